@@ -1,0 +1,72 @@
+# imgfuse build. Sources are found by directory: a new driver is one new file under drivers/ (or a
+# folder for a big one) plus its line in lib/drivers.c.
+CC      ?= cc
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man/man1
+PKGS    := fuse3 zlib libzstd
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Iinclude \
+           $(shell pkg-config --cflags $(PKGS))
+LDLIBS  += $(shell pkg-config --libs $(PKGS)) -laio -lpthread
+BUILD   ?= build
+
+CORE_SRC := $(wildcard lib/*.c) $(wildcard drivers/*.c) $(wildcard drivers/*/*.c)
+FUSE_SRC := $(wildcard fuse/*.c)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+FUSE_OBJ := $(FUSE_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test-*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all clean check asan install demo fuzz fuzz-smoke unit bench
+all: imgfuse
+
+imgfuse: $(BUILD)/imgfuse
+	cp $< $@
+
+$(BUILD)/imgfuse: $(CORE_OBJ) $(FUSE_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
+
+unit: $(UNIT_BIN)
+
+check: imgfuse unit
+	IMGFUSE=$(CURDIR)/imgfuse UNIT_DIR=$(CURDIR)/$(BUILD)/tests scripts/run-tests
+
+asan:
+	$(MAKE) BUILD=build-asan CC=clang \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" build-asan/imgfuse unit
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  IMGFUSE=$(CURDIR)/build-asan/imgfuse UNIT_DIR=$(CURDIR)/build-asan/tests IMGFUSE_ASAN=1 scripts/run-tests
+
+install: imgfuse
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)
+	install -m 0755 imgfuse $(DESTDIR)$(BINDIR)/imgfuse
+	install -m 0644 imgfuse.1 $(DESTDIR)$(MANDIR)/imgfuse.1
+
+demo: imgfuse
+	scripts/demo
+
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=clang CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" \
+	  $(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
+build-fuzz/fuzz/%: tests/fuzz/%.c $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(CORE_OBJ) $(LDLIBS)
+fuzz-smoke: fuzz
+	scripts/fuzz-smoke
+
+bench: imgfuse
+	scripts/bench
+
+clean:
+	rm -rf build build-asan build-fuzz imgfuse

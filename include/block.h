@@ -1,0 +1,281 @@
+/*
+ * block.h - the block layer's public interface and the driver interface.
+ *
+ * This header owns the contract between the three layers: the FUSE front end (fuse/) calls only the
+ * bdrv_* functions declared here; format, protocol and filter drivers (drivers/) implement a
+ * BlockDriver and register it in the table in lib/drivers.c.  Nothing here knows about FUSE, and no
+ * format-specific type appears outside drivers/.  Every I/O-path function returns 0 (or a byte count)
+ * on success and a negative errno on failure.  Open/create paths also fill an Error with a one-line,
+ * human-readable message of the form "FILE: reason".
+ */
+#ifndef IMGFUSE_BLOCK_H
+#define IMGFUSE_BLOCK_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct BlockNode BlockNode;
+typedef struct BlockDriver BlockDriver;
+
+/* ---------------------------------------------------------------- errors */
+
+/* One human-readable line, "FILE: reason" (without the "imgfuse: " prefix, which the front end adds). */
+typedef struct Error {
+    char msg[1024];
+    int errnum; /* positive errno that best describes the failure, 0 if none */
+} Error;
+
+void error_set(Error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Only sets the message if none is set yet (the first, most specific wording wins). */
+void error_setv(Error *err, int errnum, const char *fmt, va_list ap);
+
+/* Diagnostics printed by the daemon: "imgfuse: NODE: message" on stderr (and syslog-free). */
+void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int log_debug_enabled;
+#define log_debug(...) do { if (log_debug_enabled) log_msg(__VA_ARGS__); } while (0)
+
+/* ---------------------------------------------------------------- options */
+
+enum CacheMode { CACHE_WRITEBACK = 0, CACHE_NONE = 1 };
+enum AioMode { AIO_THREADS = 0, AIO_NATIVE = 1 };
+enum DiscardMode { DISCARD_IGNORE = 0, DISCARD_UNMAP = 1 };
+enum DetectZeroes { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON = 1, DETECT_ZEROES_UNMAP = 2 };
+enum ReadErrorMode { READ_ERROR_REPORT = 0, READ_ERROR_ZERO = 1 };
+
+#define MAX_BACKING_DIRS 16
+#define MAX_CHAIN_DEPTH 256
+
+typedef struct BlockOpenOpts {
+    const char *format;          /* forced format of the top image, NULL = probe */
+    bool read_only;              /* every file of the chain opened O_RDONLY */
+    enum CacheMode cache;        /* CACHE_NONE = O_DIRECT */
+    enum AioMode aio;            /* AIO_NATIVE = libaio (needs CACHE_NONE) */
+    int64_t raw_offset;          /* raw driver window: offset (0 = none) */
+    int64_t raw_size;            /* raw driver window: size (-1 = to end of file) */
+    const char *backing;         /* --backing: replaces the top image's backing file */
+    const char *backing_format;  /* --backing-format */
+    bool no_backing;             /* --no-backing */
+    const char *backing_dirs[MAX_BACKING_DIRS]; /* --backing-dir, repeatable */
+    int n_backing_dirs;
+    bool unsafe_backing;         /* --unsafe-backing: plain path resolution, no refusals */
+    const char *data_file;       /* --data-file: qcow2 external data file override */
+    int64_t l2_cache_size;       /* --l2-cache-size in bytes, 0 = driver default */
+    bool force_share;            /* --force-share: do not take/check image locks */
+    const char *blkdebug_rules;  /* test-only: rules file for the blkdebug filter on the top file */
+    enum DiscardMode discard;    /* may discard/zero writes free space in the image */
+    enum ReadErrorMode on_read_error;
+} BlockOpenOpts;
+
+void block_open_opts_init(BlockOpenOpts *o);
+
+/* ---------------------------------------------------------------- request flags, status */
+
+#define BDRV_REQ_MAY_UNMAP 0x1  /* write_zeroes may deallocate (only honoured with --discard=unmap) */
+#define BDRV_REQ_FUA       0x2  /* write through to stable storage before returning */
+#define BDRV_REQ_NO_FALLBACK 0x4 /* write_zeroes: fail with -ENOTSUP instead of writing zero bytes */
+
+/* block_status result flags */
+#define BDRV_BLOCK_DATA      0x01 /* the range holds data (reads may return non-zero) */
+#define BDRV_BLOCK_ZERO      0x02 /* the range reads as zeros */
+#define BDRV_BLOCK_ALLOCATED 0x04 /* this layer itself decides the content (else: falls to backing) */
+#define BDRV_BLOCK_OFFSET_VALID 0x08 /* host_offset / host_file are valid */
+#define BDRV_BLOCK_COMPRESSED 0x10 /* stored compressed (informational) */
+
+typedef struct BlockStatus {
+    int flags;
+    int64_t bytes;         /* length of the range this answer holds for (>0, <= requested) */
+    int64_t host_offset;   /* if OFFSET_VALID: offset in host_file */
+    BlockNode *host_file;  /* if OFFSET_VALID: the protocol node holding the bytes */
+    int depth;             /* set by bdrv_block_status_above: 0 = top layer held it */
+} BlockStatus;
+
+/* ---------------------------------------------------------------- info (for `info`, info.json) */
+
+/* A flat, ordered list of key/value pairs a driver adds to describe a node. The front end renders it as
+ * text ("key: value") and as JSON. Keys are lower-case with underscores; values are strings or ints. */
+typedef struct InfoItem {
+    char key[64];
+    char *str;      /* if non-NULL: string value */
+    int64_t num;    /* else: integer value */
+    bool is_bool;   /* integer value rendered as true/false */
+} InfoItem;
+
+typedef struct InfoList {
+    InfoItem *items;
+    int n, cap;
+} InfoList;
+
+void info_add_str(InfoList *l, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void info_add_int(InfoList *l, const char *key, int64_t v);
+void info_add_bool(InfoList *l, const char *key, bool v);
+void info_free(InfoList *l);
+
+/* ---------------------------------------------------------------- snapshots */
+
+typedef struct SnapshotInfo {
+    char id[128];
+    char name[1024];
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;      /* virtual size of the disk at the snapshot */
+    uint64_t icount;
+} SnapshotInfo;
+
+/* ---------------------------------------------------------------- create */
+
+typedef struct CreateOpts {
+    int64_t size;               /* virtual size; -1 = take the backing file's size */
+    const char *backing;        /* backing file name to record (as given) */
+    const char *backing_format; /* its format, recorded in the image */
+    const char *options;        /* driver options "k=v,k=v" (cluster_size=, compat=, extended_l2=, ...) */
+} CreateOpts;
+
+/* ---------------------------------------------------------------- the driver interface */
+
+struct BlockDriver {
+    const char *name;
+    size_t instance_size;        /* bytes of bs->opaque, zero-allocated before open */
+    bool supports_backing;       /* the seed's rule: only then may a backing child be attached */
+    bool is_protocol;            /* opens a file name (file, memory) */
+    bool is_filter;              /* passes through to bs->file (blkdebug) */
+
+    /* Score 0..100 for the first bytes of the file (len may be less than a sector for tiny files). */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+
+    /* Format/filter drivers: bs->file is already open. Protocol drivers: open bs->filename.
+     * A format driver that finds a backing file name sets bs->backing_name (and bs->backing_format_hint);
+     * the core resolves and opens the backing chain after open returns. */
+    int (*open)(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
+    void (*close)(BlockNode *bs);
+
+    /* Byte-based I/O. Requests are aligned to bs->request_alignment (the core does read-modify-write
+     * otherwise) and never longer than bs->max_transfer if that is set. Ranges never cross getlength
+     * except for protocol nodes being grown by writes. */
+    int (*read)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+    int (*write)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+    int (*write_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+    int (*discard)(BlockNode *bs, int64_t offset, int64_t bytes);
+    int (*flush)(BlockNode *bs);
+
+    /* What [offset, offset+bytes) of this layer is; st->bytes may be shorter than asked. */
+    int (*block_status)(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+
+    int64_t (*getlength)(BlockNode *bs);
+    int64_t (*get_allocated_size)(BlockNode *bs); /* host bytes used, -ENOTSUP if unknown */
+    int (*truncate)(BlockNode *bs, int64_t size);
+
+    /* Internal snapshots. snapshot_open returns a new read-only node (owned by the caller, closed with
+     * bdrv_close) that shows the disk as at the snapshot, with the same file and backing children. */
+    int (*snapshot_list)(BlockNode *bs, SnapshotInfo **list); /* returns count, list malloc'd */
+    int (*snapshot_create)(BlockNode *bs, const char *name, Error *err);
+    int (*snapshot_delete)(BlockNode *bs, const char *id_or_name, Error *err);
+    int (*snapshot_goto)(BlockNode *bs, const char *id_or_name, Error *err);
+    BlockNode *(*snapshot_open)(BlockNode *bs, const char *id, Error *err);
+    int (*vmstate_read)(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
+
+    void (*get_info)(BlockNode *bs, InfoList *info);
+    int (*check)(BlockNode *bs, InfoList *report); /* returns number of errors found, or -errno */
+    int (*create)(const char *filename, const CreateOpts *opts, Error *err);
+    bool (*has_zero_init)(BlockNode *bs);
+    void (*refresh_limits)(BlockNode *bs);
+};
+
+/* The driver table (lib/drivers.c). */
+const BlockDriver *bdrv_find_driver(const char *name);
+const BlockDriver *const *bdrv_driver_list(void); /* NULL-terminated */
+
+/* ---------------------------------------------------------------- nodes */
+
+typedef struct BlockStats {
+    uint64_t rd_ops, wr_ops, flush_ops, discard_ops, zero_ops;
+    uint64_t rd_bytes, wr_bytes, discard_bytes, zero_bytes;
+    uint64_t rd_ns_total, wr_ns_total, rd_ns_max, wr_ns_max;
+    uint64_t cor_bytes, detected_zero_ops, errors;
+} BlockStats;
+
+typedef struct TrackedRequest TrackedRequest;
+
+struct BlockNode {
+    const BlockDriver *drv;
+    void *opaque;                 /* driver state, drv->instance_size bytes */
+    char *filename;               /* as opened (path of the image file) */
+    char *node_name;              /* basename, for messages */
+    BlockNode *file;              /* protocol child of a format/filter node */
+    BlockNode *backing;           /* backing chain, NULL if none */
+    bool read_only;
+    bool probed;                  /* format was probed, not named: raw guards sector 0 on writes */
+    int depth;                    /* 0 = top of the chain */
+
+    /* Set by a format driver's open when the image names a backing file. */
+    char *backing_name;           /* exactly as written in the image */
+    char *backing_format_hint;    /* format from the image, NULL if absent */
+    char *backing_resolved;       /* set by the core: the path actually opened, and how */
+    char *backing_note;           /* e.g. "found by base name in --backing-dir /x" */
+
+    uint32_t request_alignment;   /* 1 = byte-granular */
+    int64_t max_transfer;         /* 0 = unlimited */
+
+    const BlockOpenOpts *opts;    /* the options the chain was opened with (owned by the caller) */
+
+    pthread_mutex_t req_lock;     /* guards the tracked request list */
+    pthread_cond_t req_cond;
+    TrackedRequest *tracked;
+
+    pthread_mutex_t stats_lock;
+    BlockStats stats;
+};
+
+/* Open IMAGE with its whole backing chain. Returns NULL and fills err on failure. */
+BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err);
+/* Open just a protocol node for a file (used by drivers for external data files). */
+BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
+/* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
+BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename);
+void bdrv_close(BlockNode *bs); /* flushes if writable, closes the whole chain below */
+
+/* I/O through the core: alignment, bounce buffers, zero beyond EOF, serialisation, statistics. */
+int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
+int bdrv_flush(BlockNode *bs);              /* this node and everything below */
+int64_t bdrv_getlength(BlockNode *bs);
+int64_t bdrv_get_allocated_size(BlockNode *bs); /* whole chain below this node */
+int bdrv_truncate(BlockNode *bs, int64_t size);
+
+/* Status of this one layer. */
+int bdrv_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+/* Status through the chain: descends into backing for unallocated ranges; st->depth says which layer
+ * decided. A range unallocated everywhere is reported as ZERO without DATA and without ALLOCATED. */
+int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+
+/* Number of layers in the chain from bs down. */
+int bdrv_chain_length(BlockNode *bs);
+
+/* Backing name resolution, the one place its policy lives. image_path is the image naming the backing
+ * file. On success writes the path to open into out and a note on how it was found (may be empty). */
+int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOpenOpts *opts,
+                         char *out, size_t outlen, char *note, size_t notelen, Error *err);
+
+/* Probe the format of an already-open protocol node: highest score wins, "raw" is the fallback. */
+const BlockDriver *bdrv_probe(BlockNode *file);
+
+/* Create an image file of the given format. */
+int bdrv_create(const char *format, const char *filename, const CreateOpts *opts, Error *err);
+
+/* Info about one node (format-neutral keys first, then the driver's own). */
+void bdrv_get_info(BlockNode *bs, InfoList *info);
+
+/* Snapshot API, ENOTSUP when the format has none. */
+int bdrv_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+
+/* Statistics */
+void bdrv_stats_snapshot(BlockNode *bs, BlockStats *out);
+
+#endif

@@ -1,0 +1,71 @@
+# tests/helpers.bash - shared by every bats suite: a private temp dir per test, mounting imgfuse in the
+# foreground as a background job (so a test can wait for the daemon to finish writing back after
+# unmount), and comparison helpers against qemu-img.
+: "${IMGFUSE:=$BATS_TEST_DIRNAME/../imgfuse}"
+
+setup_tmp() {
+  TMP=$(mktemp -d /tmp/imgfuse-test.XXXXXX)
+  MNT=$TMP/mnt
+  mkdir -p "$MNT"
+}
+
+# mount_img [imgfuse options...] IMAGE [MOUNTPOINT]: mounts in the background and waits until mounted.
+# The mountpoint defaults to $MNT when the last argument is not an existing directory or file.
+# Fails (and prints the daemon's log) if the daemon exits first.
+mount_img() {
+  local mp="${!#}"
+  if [ $# -lt 2 ] || { [ ! -d "$mp" ] && [ ! -f "$mp" ]; } || [ "$mp" = "${1}" ]; then
+    set -- "$@" "$MNT"; mp=$MNT
+  fi
+  "$IMGFUSE" --foreground "$@" >"$TMP/daemon.log" 2>&1 3>&- &
+  DAEMON_PID=$!
+  MOUNTED=$mp
+  local i
+  for i in $(seq 1 200); do
+    if mountpoint -q "$mp" 2>/dev/null || grep -q " $(realpath "$mp") fuse" /proc/mounts; then return 0; fi
+    if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+      cat "$TMP/daemon.log" >&2; DAEMON_PID=; return 1
+    fi
+    sleep 0.05
+  done
+  echo "mount of $mp timed out" >&2; cat "$TMP/daemon.log" >&2
+  return 1
+}
+
+# unmount_img [MOUNTPOINT]: unmounts and waits for the daemon to exit; returns the daemon's status.
+unmount_img() {
+  local mp=${1:-$MOUNTED}
+  fusermount3 -u "$mp" 2>/dev/null || umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null
+  local rc=0
+  if [ -n "${DAEMON_PID:-}" ]; then
+    local i
+    for i in $(seq 1 600); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$DAEMON_PID" 2>/dev/null; then echo "daemon did not exit" >&2; kill -9 "$DAEMON_PID"; rc=1; fi
+    wait "$DAEMON_PID" 2>/dev/null || rc=$?
+    DAEMON_PID=
+  fi
+  if [ -n "${IMGFUSE_ASAN:-}" ] && grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$TMP/daemon.log" 2>/dev/null; then
+    cat "$TMP/daemon.log" >&2; rc=86
+  fi
+  return $rc
+}
+
+teardown_tmp() {
+  if [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null; then unmount_img "$MOUNTED" || true; fi
+  for m in $(grep -o " ${TMP:-/nonexistent}[^ ]*" /proc/mounts 2>/dev/null); do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
+  [ -n "${DAEMON_PID:-}" ] && kill -9 "$DAEMON_PID" 2>/dev/null
+  [ -n "${TMP:-}" ] && rm -rf "$TMP"
+  true
+}
+
+# raw_of IMAGE: path of qemu-img's raw conversion of IMAGE (made once per test).
+raw_of() {
+  local out="$TMP/$(basename "$1").oracle.raw"
+  [ -f "$out" ] || qemu-img convert -O raw "$@" "$out"
+  echo "$out"
+}
+
+# same_bytes A B: cmp with a readable failure message.
+same_bytes() {
+  cmp "$1" "$2" || { echo "differ: $1 vs $2" >&2; return 1; }
+}
