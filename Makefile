@@ -18,8 +18,13 @@ FUSE_OBJ := $(FUSE_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test-*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all clean check asan install demo fuzz fuzz-smoke unit bench
+.PHONY: all clean check asan install demo fuzz fuzz-smoke unit bench deps
 all: imgfuse
+
+# make check / demo / asan first install what is missing (scripts/install-deps is idempotent), then
+# build in a sub-make so that pkg-config flags are read after the -dev packages exist.
+deps:
+	scripts/install-deps
 
 imgfuse: $(BUILD)/imgfuse
 	cp $< $@
@@ -37,10 +42,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h
 
 unit: $(UNIT_BIN)
 
-check: imgfuse unit
+check: deps
+	$(MAKE) imgfuse unit
 	IMGFUSE=$(CURDIR)/imgfuse UNIT_DIR=$(CURDIR)/$(BUILD)/tests scripts/run-tests
 
-asan:
+asan: deps
 	$(MAKE) BUILD=build-asan CC=clang \
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" build-asan/imgfuse unit
@@ -52,7 +58,8 @@ install: imgfuse
 	install -m 0755 imgfuse $(DESTDIR)$(BINDIR)/imgfuse
 	install -m 0644 imgfuse.1 $(DESTDIR)$(MANDIR)/imgfuse.1
 
-demo: imgfuse
+demo: deps
+	$(MAKE) imgfuse
 	scripts/demo
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
