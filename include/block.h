@@ -68,6 +68,12 @@ typedef struct BlockOpenOpts {
     const char *blkdebug_rules;  /* test-only: rules file for the blkdebug filter on the top file */
     enum DiscardMode discard;    /* may discard/zero writes free space in the image */
     enum ReadErrorMode on_read_error;
+
+    /* Request-path features (lib/request.c), applied on the root node only (the node bdrv_open returns). */
+    bool copy_on_read;           /* --copy-on-read: data read from backing is written into the top */
+    enum DetectZeroes detect_zeroes; /* --detect-zeroes */
+    int64_t iops_limit, iops_rd_limit, iops_wr_limit; /* --iops-limit[-read|-write], 0 = unlimited */
+    int64_t bps_limit, bps_rd_limit, bps_wr_limit;    /* --bps-limit[-read|-write] bytes/s, 0 = unlimited */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);
@@ -84,6 +90,13 @@ void block_open_opts_init(BlockOpenOpts *o);
 #define BDRV_BLOCK_ALLOCATED 0x04 /* this layer itself decides the content (else: falls to backing) */
 #define BDRV_BLOCK_OFFSET_VALID 0x08 /* host_offset / host_file are valid */
 #define BDRV_BLOCK_COMPRESSED 0x10 /* stored compressed (informational) */
+
+/* One piece of a scattered request: bytes at offset of the node, to/from buf. */
+typedef struct BlockExtent {
+    int64_t offset;
+    int64_t bytes;
+    void *buf;
+} BlockExtent;
 
 typedef struct BlockStatus {
     int flags;
@@ -184,6 +197,11 @@ struct BlockDriver {
     int (*create)(const char *filename, const CreateOpts *opts, Error *err);
     bool (*has_zero_init)(BlockNode *bs);
     void (*refresh_limits)(BlockNode *bs);
+
+    /* Optional: several host extents of one request in one go (libaio batch in the file driver).
+     * Offsets/lengths/buffers follow bs->request_alignment; NULL = the core loops over read/write. */
+    int (*read_extents)(BlockNode *bs, const struct BlockExtent *ext, int n);
+    int (*write_extents)(BlockNode *bs, const struct BlockExtent *ext, int n, int flags);
 };
 
 /* The driver table (lib/drivers.c). */
@@ -229,6 +247,9 @@ struct BlockNode {
 
     pthread_mutex_t stats_lock;
     BlockStats stats;
+
+    int refcnt;                   /* bdrv_ref/bdrv_close; a node is freed when the last user closes it */
+    struct BlockNodeCore *core;   /* the core's private per-node state (lib/block_int.h) */
 };
 
 /* Open IMAGE with its whole backing chain. Returns NULL and fills err on failure. */
@@ -277,5 +298,43 @@ int bdrv_snapshot_list(BlockNode *bs, SnapshotInfo **list);
 
 /* Statistics */
 void bdrv_stats_snapshot(BlockNode *bs, BlockStats *out);
+
+/* ---------------------------------------------------------------- additions (see /work/NOTES-core.md) */
+
+/* A protocol node over a private copy of buf (driver "memory"): for unit tests and fuzz targets.
+ * Images on a memory node may never open backing files (any backing name is refused). */
+BlockNode *bdrv_open_memory(const void *buf, size_t len, bool read_only);
+/* Open a format (NULL = probe) on an already-open protocol node, then its backing chain, as bdrv_open
+ * does. Takes ownership of file: on failure file is closed too. */
+BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpenOpts *opts, Error *err);
+/* Another user of bs (e.g. a snapshot view sharing file/backing children); bdrv_close drops one. */
+void bdrv_ref(BlockNode *bs);
+
+/* Several extents in one request (one io_submit batch with --aio=native); 0 or -errno. */
+int bdrv_pread_extents(BlockNode *bs, const BlockExtent *ext, int n);
+int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags);
+
+/* Thin wrappers of the driver slots: -ENOTSUP (or NULL with err set) when the driver has none. */
+int bdrv_snapshot_create(BlockNode *bs, const char *name, Error *err);
+int bdrv_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err);
+int bdrv_snapshot_goto(BlockNode *bs, const char *id_or_name, Error *err);
+BlockNode *bdrv_snapshot_open(BlockNode *bs, const char *id, Error *err);
+int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
+int bdrv_check(BlockNode *bs, InfoList *report);
+bool bdrv_has_zero_init(BlockNode *bs);
+
+/* Format drivers announce a metadata write ("l2_update", "refblock_update", ...) on their file child
+ * just before issuing it; a blkdebug filter there may then fail that I/O. No-op on other nodes. */
+void bdrv_debug_event(BlockNode *file, const char *event);
+
+/* --on-read-error=zero: ranges of the root node that read as zeros because they could not be read. */
+typedef struct ReadErrorRecord {
+    int64_t offset, length;  /* guest range of the root node */
+    int layer;               /* chain depth of the layer that decided the range (0 = top) */
+    char layer_name[256];    /* that layer's file name */
+    char reason[128];        /* strerror of the failure */
+} ReadErrorRecord;
+/* Returns the number of records and a malloc'd copy in *list (free it), or -errno. */
+int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list);
 
 #endif

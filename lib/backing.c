@@ -1,0 +1,189 @@
+/*
+ * backing.c - the backing-name policy, the one place it lives (bdrv_resolve_backing).  An image header is
+ * untrusted input: by default a backing name is followed only to a regular file inside the directory of
+ * the image naming it (or below), or inside a --backing-dir; an absolute name outside them is looked up
+ * by its base name there; device nodes, /proc, /sys, json: and protocol-style names are refused.
+ * --unsafe-backing restores plain path resolution.  It knows nothing about formats or nodes.
+ */
+#include "block_int.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define HINT "use --backing-dir DIR or --backing FILE (or --unsafe-backing)"
+
+/* "nbd:", "http://", "json:{...}", "file:x": anything that looks like a QEMU protocol prefix. */
+static bool is_protocol_style(const char *name)
+{
+    if (strncmp(name, "json:", 5) == 0 || strstr(name, "://"))
+        return true;
+    const char *colon = strchr(name, ':');
+    const char *slash = strchr(name, '/');
+    if (!colon || (slash && slash < colon) || colon == name)
+        return false;
+    for (const char *p = name; p < colon; p++)
+        if (!isalnum((unsigned char)*p) && *p != '+' && *p != '-' && *p != '_' && *p != '.')
+            return false;
+    return true;
+}
+
+/* dir of path, as given ("." for a bare name). */
+static void dir_of(const char *path, char *out, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, len, ".");
+    else if (slash == path)
+        snprintf(out, len, "/");
+    else
+        snprintf(out, len, "%.*s", (int)(slash - path), path);
+}
+
+static bool path_inside(const char *real, const char *dir)
+{
+    size_t n = strlen(dir);
+    if (strcmp(dir, "/") == 0)
+        return real[0] == '/';
+    return strncmp(real, dir, n) == 0 && real[n] == '/';
+}
+
+static bool is_system_path(const char *real)
+{
+    return path_inside(real, "/proc") || path_inside(real, "/sys") || path_inside(real, "/dev") ||
+           strcmp(real, "/proc") == 0 || strcmp(real, "/sys") == 0 || strcmp(real, "/dev") == 0;
+}
+
+typedef struct AllowedDirs {
+    char real[MAX_BACKING_DIRS + 1][PATH_MAX];
+    int n;
+} AllowedDirs;
+
+static void allowed_dirs_init(AllowedDirs *a, const char *image_dir, const BlockOpenOpts *opts)
+{
+    a->n = 0;
+    if (realpath(image_dir, a->real[a->n]))
+        a->n++;
+    for (int i = 0; opts && i < opts->n_backing_dirs && i < MAX_BACKING_DIRS; i++)
+        if (opts->backing_dirs[i] && realpath(opts->backing_dirs[i], a->real[a->n]))
+            a->n++;
+}
+
+/* Index of the allowed dir that holds real, or -1. */
+static int allowed_index(const AllowedDirs *a, const char *real)
+{
+    for (int i = 0; i < a->n; i++)
+        if (path_inside(real, a->real[i]))
+            return i;
+    return -1;
+}
+
+/* Looks base up in each allowed dir; on success writes the real path into out. */
+static int find_by_base_name(const AllowedDirs *a, const char *base, char *out, size_t outlen, int *which)
+{
+    char cand[PATH_MAX + 256], real[PATH_MAX];
+    for (int i = 0; i < a->n; i++) {
+        snprintf(cand, sizeof(cand), "%s/%s", a->real[i], base);
+        struct stat st;
+        if (!realpath(cand, real) || stat(real, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        if (allowed_index(a, real) < 0)
+            continue;
+        snprintf(out, outlen, "%s", real);
+        *which = i;
+        return 0;
+    }
+    return -ENOENT;
+}
+
+static int refuse(Error *err, const char *image, const char *name, const char *rule)
+{
+    error_set(err, EACCES, "%s: backing file '%s' refused: %s; " HINT, image, name, rule);
+    return -EACCES;
+}
+
+static int not_found(Error *err, const char *image, const char *name, const char *looked)
+{
+    error_set(err, ENOENT, "%s: backing file '%s' not found (looked for %s); use --backing FILE to name it",
+              image, name, looked);
+    return -ENOENT;
+}
+
+static int resolve_unsafe(const char *image_path, const char *name, char *out, size_t outlen, char *note,
+                          size_t notelen, Error *err)
+{
+    char dir[PATH_MAX];
+    dir_of(image_path, dir, sizeof(dir));
+    if (name[0] == '/')
+        snprintf(out, outlen, "%s", name);
+    else
+        snprintf(out, outlen, "%s/%s", dir, name);
+    struct stat st;
+    if (stat(out, &st) != 0)
+        return not_found(err, image_path, name, out);
+    snprintf(note, notelen, "plain path resolution (--unsafe-backing)");
+    return 0;
+}
+
+int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOpenOpts *opts,
+                         char *out, size_t outlen, char *note, size_t notelen, Error *err)
+{
+    if (notelen)
+        note[0] = '\0';
+    if (!name || !name[0]) {
+        error_set(err, EINVAL, "%s: empty backing file name", image_path);
+        return -EINVAL;
+    }
+    if (opts && opts->unsafe_backing)
+        return resolve_unsafe(image_path, name, out, outlen, note, notelen, err);
+    if (is_protocol_style(name))
+        return refuse(err, image_path, name, "json: and protocol-style names are never followed");
+
+    char dir[PATH_MAX], cand[2 * PATH_MAX], real[PATH_MAX];
+    dir_of(image_path, dir, sizeof(dir));
+    AllowedDirs *a = malloc(sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    allowed_dirs_init(a, dir, opts);
+    if (name[0] == '/')
+        snprintf(cand, sizeof(cand), "%s", name);
+    else
+        snprintf(cand, sizeof(cand), "%s/%s", dir, name);
+
+    int r = 0, which = -1;
+    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    if (realpath(cand, real)) {
+        struct stat st;
+        if (is_system_path(real) || stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
+            r = refuse(err, image_path, name, "only regular files are followed (no devices, /proc, /sys)");
+        } else if (allowed_index(a, real) >= 0) {
+            snprintf(out, outlen, "%s", real);
+        } else if (name[0] != '/') {
+            r = refuse(err, image_path, name,
+                       "it resolves outside the image's directory and the --backing-dir directories");
+        } else if (find_by_base_name(a, base, out, outlen, &which) == 0) {
+            snprintf(note, notelen, "absolute name outside the allowed directories; found by base name in %s",
+                     a->real[which]);
+        } else {
+            r = refuse(err, image_path, name,
+                       "an absolute name outside the image's directory is only looked up by base name "
+                       "there and in --backing-dir directories, and it is not there");
+        }
+    } else if (base[0] && find_by_base_name(a, base, out, outlen, &which) == 0 && which > 0) {
+        snprintf(note, notelen, "not at %s; found by base name in --backing-dir %s", cand, a->real[which]);
+    } else if (name[0] == '/' && base[0] && find_by_base_name(a, base, out, outlen, &which) == 0) {
+        snprintf(note, notelen, "absolute name not found; found by base name in %s", a->real[which]);
+    } else {
+        char looked[2 * PATH_MAX + 64];
+        snprintf(looked, sizeof(looked), "%s%s", cand,
+                 a->n > 1 ? " and by base name in the --backing-dir directories" : "");
+        r = not_found(err, image_path, name, looked);
+    }
+    free(a);
+    return r;
+}

@@ -1,0 +1,904 @@
+/*
+ * block.c - the block layer core: node life cycle, the I/O dispatch below the request-path features
+ * (request alignment with bounce buffers and read-modify-write, tracked requests, max_transfer
+ * splitting, zeros beyond a node's end, read-only enforcement, statistics), block status through the
+ * chain, info, create and the snapshot wrappers.  Opening images and chains lives in lib/open.c, the
+ * root node's request-path features (copy-on-read, detect-zeroes, throttling, read-error tolerance) in
+ * lib/request.c.  It knows no format and no FUSE.
+ */
+#include "block_int.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BOUNCE_CHUNK (1 * MiB)
+
+/* ---------------------------------------------------------------- nodes */
+
+BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename)
+{
+    BlockNode *bs = calloc(1, sizeof(*bs));
+    if (!bs)
+        return NULL;
+    bs->core = calloc(1, sizeof(*bs->core));
+    bs->opaque = drv->instance_size ? calloc(1, drv->instance_size) : NULL;
+    bs->filename = strdup(filename ? filename : "");
+    const char *slash = filename ? strrchr(filename, '/') : NULL;
+    bs->node_name = strdup(slash && slash[1] ? slash + 1 : (filename ? filename : ""));
+    if (!bs->core || (drv->instance_size && !bs->opaque) || !bs->filename || !bs->node_name) {
+        free(bs->core);
+        free(bs->opaque);
+        free(bs->filename);
+        free(bs->node_name);
+        free(bs);
+        return NULL;
+    }
+    bs->drv = drv;
+    bs->request_alignment = 1;
+    bs->refcnt = 1;
+    pthread_mutex_init(&bs->req_lock, NULL);
+    pthread_cond_init(&bs->req_cond, NULL);
+    pthread_mutex_init(&bs->stats_lock, NULL);
+    return bs;
+}
+
+/* Frees a node whose driver was never opened (or already closed). */
+void bdrv_free_node(BlockNode *bs)
+{
+    if (!bs)
+        return;
+    pthread_mutex_destroy(&bs->req_lock);
+    pthread_cond_destroy(&bs->req_cond);
+    pthread_mutex_destroy(&bs->stats_lock);
+    free(bs->opaque);
+    free(bs->filename);
+    free(bs->node_name);
+    free(bs->backing_name);
+    free(bs->backing_format_hint);
+    free(bs->backing_resolved);
+    free(bs->backing_note);
+    if (bs->core)
+        free(bs->core->owned_opts);
+    free(bs->core);
+    free(bs);
+}
+
+void bdrv_ref(BlockNode *bs)
+{
+    if (bs)
+        __atomic_add_fetch(&bs->refcnt, 1, __ATOMIC_SEQ_CST);
+}
+
+static bool bdrv_unref(BlockNode *bs)
+{
+    return __atomic_sub_fetch(&bs->refcnt, 1, __ATOMIC_SEQ_CST) == 0;
+}
+
+/* Closes one node and its file child; the backing chain is handled iteratively by bdrv_close. */
+static void close_one(BlockNode *bs)
+{
+    if (!bs->read_only)
+        bdrv_flush(bs);
+    if (bs->drv->close)
+        bs->drv->close(bs);
+    BlockNode *file = bs->file;
+    bs->file = NULL;
+    if (file)
+        bdrv_close(file);
+    bdrv_free_node(bs);
+}
+
+void bdrv_close(BlockNode *bs)
+{
+    while (bs && bdrv_unref(bs)) {
+        BlockNode *next = bs->backing;
+        bs->backing = NULL;
+        close_one(bs);
+        bs = next;
+    }
+}
+
+int bdrv_chain_length(BlockNode *bs)
+{
+    int n = 0;
+    for (; bs; bs = bs->backing)
+        n++;
+    return n;
+}
+
+/* ---------------------------------------------------------------- tracked requests */
+
+static bool ranges_overlap(int64_t a, int64_t alen, int64_t b, int64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+static bool tracked_conflict(BlockNode *bs, const TrackedRequest *req)
+{
+    for (TrackedRequest *t = bs->tracked; t; t = t->next)
+        if ((t->serialising || req->serialising) &&
+            ranges_overlap(t->offset, t->bytes, req->offset, req->bytes))
+            return true;
+    return false;
+}
+
+void tracked_begin(BlockNode *bs, TrackedRequest *req, int64_t offset, int64_t bytes, bool serialising)
+{
+    req->offset = offset;
+    req->bytes = bytes;
+    req->serialising = serialising;
+    pthread_mutex_lock(&bs->req_lock);
+    while (tracked_conflict(bs, req))
+        pthread_cond_wait(&bs->req_cond, &bs->req_lock);
+    req->next = bs->tracked;
+    bs->tracked = req;
+    pthread_mutex_unlock(&bs->req_lock);
+}
+
+void tracked_end(BlockNode *bs, TrackedRequest *req)
+{
+    pthread_mutex_lock(&bs->req_lock);
+    for (TrackedRequest **p = &bs->tracked; *p; p = &(*p)->next) {
+        if (*p == req) {
+            *p = req->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&bs->req_cond);
+    pthread_mutex_unlock(&bs->req_lock);
+}
+
+/* ---------------------------------------------------------------- statistics */
+
+void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
+{
+    BlockStats *s = &bs->stats;
+    pthread_mutex_lock(&bs->stats_lock);
+    if (ret < 0) {
+        s->errors++;
+    } else {
+        switch (kind) {
+        case STAT_READ:
+            s->rd_ops++;
+            s->rd_bytes += (uint64_t)bytes;
+            s->rd_ns_total += ns;
+            s->rd_ns_max = MAX(s->rd_ns_max, ns);
+            break;
+        case STAT_WRITE:
+            s->wr_ops++;
+            s->wr_bytes += (uint64_t)bytes;
+            s->wr_ns_total += ns;
+            s->wr_ns_max = MAX(s->wr_ns_max, ns);
+            break;
+        case STAT_FLUSH:
+            s->flush_ops++;
+            break;
+        case STAT_DISCARD:
+            s->discard_ops++;
+            s->discard_bytes += (uint64_t)bytes;
+            break;
+        case STAT_ZERO:
+            s->zero_ops++;
+            s->zero_bytes += (uint64_t)bytes;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&bs->stats_lock);
+}
+
+void bdrv_stats_snapshot(BlockNode *bs, BlockStats *out)
+{
+    pthread_mutex_lock(&bs->stats_lock);
+    *out = bs->stats;
+    pthread_mutex_unlock(&bs->stats_lock);
+}
+
+/* ---------------------------------------------------------------- driver calls, split at max_transfer */
+
+static int64_t transfer_limit(BlockNode *bs)
+{
+    int64_t align = bs->request_alignment > 1 ? bs->request_alignment : 1;
+    int64_t max = bs->max_transfer > 0 ? align_down(bs->max_transfer, align) : 0;
+    if (max <= 0)
+        max = bs->max_transfer > 0 ? align : INT64_MAX;
+    return max;
+}
+
+static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    int64_t max = transfer_limit(bs);
+    uint8_t *p = buf;
+    while (bytes > 0) {
+        int64_t n = MIN(bytes, max);
+        int r = bs->drv->read(bs, offset, n, p);
+        if (r < 0)
+            return r;
+        offset += n;
+        p += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+static int drv_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    int64_t max = transfer_limit(bs);
+    const uint8_t *p = buf;
+    while (bytes > 0) {
+        int64_t n = MIN(bytes, max);
+        int r = bs->drv->write(bs, offset, n, p, flags);
+        if (r < 0)
+            return r;
+        offset += n;
+        p += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+static bool is_aligned(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
+{
+    uint32_t a = bs->request_alignment;
+    return a <= 1 || (offset % a == 0 && bytes % a == 0 && (uintptr_t)buf % a == 0);
+}
+
+static void *bounce_alloc(BlockNode *bs, int64_t size)
+{
+    size_t a = MAX(bs->request_alignment, 4096u);
+    void *p = NULL;
+    if (posix_memalign(&p, a, (size_t)size) != 0)
+        return NULL;
+    return p;
+}
+
+static int64_t bounce_chunk(BlockNode *bs)
+{
+    return MAX(align_down(BOUNCE_CHUNK, bs->request_alignment), (int64_t)bs->request_alignment);
+}
+
+static int check_request(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    int64_t end;
+    if (!bs || !bs->drv || offset < 0 || bytes < 0 || !add_ok_i64(offset, bytes, &end))
+        return -EINVAL;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- read */
+
+static int aligned_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    if (is_aligned(bs, offset, bytes, buf))
+        return drv_read(bs, offset, bytes, buf);
+    int64_t a = bs->request_alignment, chunk = bounce_chunk(bs);
+    uint8_t *bounce = bounce_alloc(bs, chunk);
+    if (!bounce)
+        return -ENOMEM;
+    uint8_t *p = buf;
+    int r = 0;
+    while (bytes > 0) {
+        int64_t start = align_down(offset, a);
+        int64_t end = MIN(align_up(offset + bytes, a), start + chunk);
+        r = drv_read(bs, start, end - start, bounce);
+        if (r < 0)
+            break;
+        int64_t n = MIN(end - offset, bytes);
+        memcpy(p, bounce + (offset - start), (size_t)n);
+        offset += n;
+        p += n;
+        bytes -= n;
+    }
+    free(bounce);
+    return r;
+}
+
+/* Reads below the request-path features: zeros beyond the end of format and filter nodes (protocol
+ * drivers return zeros beyond their end themselves), alignment, splitting. */
+int bdrv_co_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    int r = check_request(bs, offset, bytes);
+    if (r < 0 || bytes == 0)
+        return r;
+    if (!bs->drv->read)
+        return -ENOTSUP;
+    if (!bs->drv->is_protocol) {
+        int64_t len = bdrv_getlength(bs);
+        if (len < 0)
+            return (int)len;
+        if (offset >= len) {
+            memset(buf, 0, (size_t)bytes);
+            return 0;
+        }
+        if (offset + bytes > len) {
+            memset((uint8_t *)buf + (len - offset), 0, (size_t)(offset + bytes - len));
+            bytes = len - offset;
+        }
+    }
+    return aligned_read(bs, offset, bytes, buf);
+}
+
+int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    if (check_request(bs, offset, bytes) < 0)
+        return -EINVAL;
+    uint64_t t0 = now_ns();
+    int r = bdrv_co_read(bs, offset, bytes, buf);
+    stats_account(bs, STAT_READ, bytes, now_ns() - t0, r);
+    return r < 0 ? r : 0;
+}
+
+/* ---------------------------------------------------------------- write */
+
+/* One bounce chunk of an unaligned write: read the partial head/tail blocks, merge, write. The caller
+ * holds a serialising tracked request over [start, end). */
+static int rmw_chunk(BlockNode *bs, int64_t start, int64_t end, int64_t offset, int64_t n,
+                     const uint8_t *src, uint8_t *bounce, int flags)
+{
+    int64_t a = bs->request_alignment;
+    int r;
+    if (offset > start) {
+        r = drv_read(bs, start, a, bounce);
+        if (r < 0)
+            return r;
+    }
+    if (offset + n < end && (end - a > start || offset == start)) {
+        r = drv_read(bs, end - a, a, bounce + (end - a - start));
+        if (r < 0)
+            return r;
+    }
+    memcpy(bounce + (offset - start), src, (size_t)n);
+    return drv_write(bs, start, end - start, bounce, flags);
+}
+
+static int aligned_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    TrackedRequest req;
+    if (is_aligned(bs, offset, bytes, buf)) {
+        if (bs->request_alignment <= 1 && !bs->core->track_writes)
+            return drv_write(bs, offset, bytes, buf, flags);
+        tracked_begin(bs, &req, offset, bytes, false);
+        int r = drv_write(bs, offset, bytes, buf, flags);
+        tracked_end(bs, &req);
+        return r;
+    }
+    int64_t a = bs->request_alignment, chunk = bounce_chunk(bs);
+    uint8_t *bounce = bounce_alloc(bs, chunk);
+    if (!bounce)
+        return -ENOMEM;
+    const uint8_t *p = buf;
+    int r = 0;
+    while (bytes > 0 && r == 0) {
+        int64_t start = align_down(offset, a);
+        int64_t end = MIN(align_up(offset + bytes, a), start + chunk);
+        int64_t n = MIN(end - offset, bytes);
+        tracked_begin(bs, &req, start, end - start, true);
+        int64_t len_before = bs->drv->is_protocol ? bdrv_getlength(bs) : -1;
+        r = rmw_chunk(bs, start, end, offset, n, p, bounce, flags);
+        if (r == 0 && len_before >= 0 && end > MAX(len_before, offset + n) && bs->drv->truncate) {
+            /* Whole blocks were written past the end of an odd-sized file: keep its exact size. */
+            r = bs->drv->truncate(bs, MAX(len_before, offset + n));
+        }
+        tracked_end(bs, &req);
+        offset += n;
+        p += n;
+        bytes -= n;
+    }
+    free(bounce);
+    return r;
+}
+
+static int check_write(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    int r = check_request(bs, offset, bytes);
+    if (r < 0)
+        return r;
+    if (bs->read_only)
+        return -EROFS;
+    if (!bs->drv->is_protocol && bytes > 0) {
+        int64_t len = bdrv_getlength(bs);
+        if (len < 0)
+            return (int)len;
+        if (offset + bytes > len)
+            return -ENOSPC;
+    }
+    return 0;
+}
+
+int bdrv_co_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    int r = check_write(bs, offset, bytes);
+    if (r < 0 || bytes == 0)
+        return r;
+    if (!bs->drv->write)
+        return -ENOTSUP;
+    return aligned_write(bs, offset, bytes, buf, flags);
+}
+
+int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    if (check_request(bs, offset, bytes) < 0)
+        return -EINVAL;
+    uint64_t t0 = now_ns();
+    int r = bdrv_co_write(bs, offset, bytes, buf, flags);
+    stats_account(bs, STAT_WRITE, bytes, now_ns() - t0, r);
+    return r < 0 ? r : 0;
+}
+
+/* ---------------------------------------------------------------- write zeroes, discard */
+
+static int write_zero_buffers(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    int64_t chunk = MIN(bytes, bounce_chunk(bs));
+    void *zeros = bounce_alloc(bs, chunk);
+    if (!zeros)
+        return -ENOMEM;
+    memset(zeros, 0, (size_t)chunk);
+    int r = 0;
+    while (bytes > 0 && r == 0) {
+        int64_t n = MIN(bytes, chunk);
+        r = aligned_write(bs, offset, n, zeros, flags & BDRV_REQ_FUA);
+        offset += n;
+        bytes -= n;
+    }
+    free(zeros);
+    return r;
+}
+
+static int drv_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    int r = -ENOTSUP;
+    if (bs->drv->write_zeroes) {
+        TrackedRequest req;
+        bool track = bs->request_alignment > 1 || bs->core->track_writes;
+        if (track)
+            tracked_begin(bs, &req, offset, bytes, false);
+        r = bs->drv->write_zeroes(bs, offset, bytes, flags);
+        if (track)
+            tracked_end(bs, &req);
+    }
+    if (r == -ENOTSUP && !(flags & BDRV_REQ_NO_FALLBACK))
+        r = write_zero_buffers(bs, offset, bytes, flags);
+    return r;
+}
+
+int bdrv_co_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    int r = check_write(bs, offset, bytes);
+    if (r < 0 || bytes == 0)
+        return r;
+    if (!bs->drv->write_zeroes && !bs->drv->write)
+        return -ENOTSUP;
+    int64_t a = bs->request_alignment;
+    if (a > 1) {
+        int64_t head_end = MIN(align_up(offset, a), offset + bytes);
+        if (head_end > offset) {
+            if (flags & BDRV_REQ_NO_FALLBACK)
+                return -ENOTSUP;
+            r = write_zero_buffers(bs, offset, head_end - offset, flags);
+            if (r < 0)
+                return r;
+            bytes -= head_end - offset;
+            offset = head_end;
+        }
+        int64_t tail = bytes % a;
+        if (tail) {
+            if (flags & BDRV_REQ_NO_FALLBACK)
+                return -ENOTSUP;
+            r = write_zero_buffers(bs, offset + bytes - tail, tail, flags);
+            if (r < 0)
+                return r;
+            bytes -= tail;
+        }
+        if (bytes == 0)
+            return 0;
+    }
+    return drv_write_zeroes(bs, offset, bytes, flags);
+}
+
+int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    if (check_request(bs, offset, bytes) < 0)
+        return -EINVAL;
+    if (bs->core->is_root && (!bs->opts || bs->opts->discard != DISCARD_UNMAP))
+        flags &= ~BDRV_REQ_MAY_UNMAP;
+    uint64_t t0 = now_ns();
+    int r = bdrv_co_write_zeroes(bs, offset, bytes, flags);
+    stats_account(bs, STAT_ZERO, bytes, now_ns() - t0, r);
+    return r < 0 ? r : 0;
+}
+
+int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    int r = check_write(bs, offset, bytes);
+    if (r < 0 || bytes == 0)
+        return r;
+    if (bs->core->is_root && (!bs->opts || bs->opts->discard != DISCARD_UNMAP))
+        return 0; /* --discard=ignore: a discard is only a hint */
+    if (!bs->drv->discard)
+        return -ENOTSUP;
+    TrackedRequest req;
+    bool track = bs->request_alignment > 1 || bs->core->track_writes;
+    if (track)
+        tracked_begin(bs, &req, offset, bytes, false);
+    r = bs->drv->discard(bs, offset, bytes);
+    if (track)
+        tracked_end(bs, &req);
+    stats_account(bs, STAT_DISCARD, bytes, 0, r);
+    return r;
+}
+
+/* ---------------------------------------------------------------- extents */
+
+int bdrv_pread_extents(BlockNode *bs, const BlockExtent *ext, int n)
+{
+    if (n <= 0)
+        return n < 0 ? -EINVAL : 0;
+    bool direct = bs->drv->read_extents != NULL && bs->drv->is_protocol;
+    for (int i = 0; i < n && direct; i++)
+        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
+            !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
+            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
+            direct = false;
+    if (direct) {
+        uint64_t t0 = now_ns();
+        int64_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += ext[i].bytes;
+        int r = bs->drv->read_extents(bs, ext, n);
+        stats_account(bs, STAT_READ, total, now_ns() - t0, r);
+        return r < 0 ? r : 0;
+    }
+    for (int i = 0; i < n; i++) {
+        int r = bdrv_pread(bs, ext[i].offset, ext[i].bytes, ext[i].buf);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags)
+{
+    if (n <= 0)
+        return n < 0 ? -EINVAL : 0;
+    bool direct = bs->drv->write_extents != NULL && bs->drv->is_protocol && !bs->read_only &&
+                  !bs->core->track_writes && bs->request_alignment <= 1;
+    for (int i = 0; i < n && direct; i++)
+        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
+            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
+            direct = false;
+    /* Aligned O_DIRECT nodes: still one batch when every extent is aligned; serialised against RMW. */
+    if (!direct && bs->drv->write_extents && bs->drv->is_protocol && !bs->read_only &&
+        bs->request_alignment > 1) {
+        direct = true;
+        for (int i = 0; i < n && direct; i++)
+            if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
+                !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
+                (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
+                direct = false;
+        if (direct) {
+            TrackedRequest *reqs = calloc((size_t)n, sizeof(*reqs));
+            if (!reqs)
+                return -ENOMEM;
+            uint64_t t0 = now_ns();
+            int64_t total = 0;
+            for (int i = 0; i < n; i++) {
+                tracked_begin(bs, &reqs[i], ext[i].offset, ext[i].bytes, false);
+                total += ext[i].bytes;
+            }
+            int r = bs->drv->write_extents(bs, ext, n, flags);
+            for (int i = 0; i < n; i++)
+                tracked_end(bs, &reqs[i]);
+            free(reqs);
+            stats_account(bs, STAT_WRITE, total, now_ns() - t0, r);
+            return r < 0 ? r : 0;
+        }
+    }
+    if (direct) {
+        uint64_t t0 = now_ns();
+        int64_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += ext[i].bytes;
+        int r = bs->drv->write_extents(bs, ext, n, flags);
+        stats_account(bs, STAT_WRITE, total, now_ns() - t0, r);
+        return r < 0 ? r : 0;
+    }
+    for (int i = 0; i < n; i++) {
+        int r = bdrv_pwrite(bs, ext[i].offset, ext[i].bytes, ext[i].buf, flags);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- flush, length, truncate */
+
+int bdrv_flush(BlockNode *bs)
+{
+    if (!bs || bs->read_only)
+        return 0;
+    uint64_t t0 = now_ns();
+    int r = bs->drv->flush ? bs->drv->flush(bs) : 0;
+    if (r >= 0 && bs->file)
+        r = bdrv_flush(bs->file);
+    stats_account(bs, STAT_FLUSH, 0, now_ns() - t0, r);
+    return r < 0 ? r : 0;
+}
+
+int64_t bdrv_getlength(BlockNode *bs)
+{
+    if (!bs || !bs->drv)
+        return -EINVAL;
+    if (bs->drv->getlength)
+        return bs->drv->getlength(bs);
+    if (bs->drv->is_filter && bs->file)
+        return bdrv_getlength(bs->file);
+    return -ENOTSUP;
+}
+
+int bdrv_truncate(BlockNode *bs, int64_t size)
+{
+    if (!bs || !bs->drv || size < 0)
+        return -EINVAL;
+    if (bs->read_only)
+        return -EROFS;
+    if (!bs->drv->truncate)
+        return -ENOTSUP;
+    return bs->drv->truncate(bs, size);
+}
+
+/* Host bytes of one node: its driver's answer, else its file child's. */
+static int64_t node_allocated_size(BlockNode *bs)
+{
+    for (int guard = 0; bs && guard < 8; guard++, bs = bs->file)
+        if (bs->drv->get_allocated_size)
+            return bs->drv->get_allocated_size(bs);
+    return -ENOTSUP;
+}
+
+int64_t bdrv_get_allocated_size(BlockNode *bs)
+{
+    int64_t total = 0;
+    bool any = false;
+    for (; bs; bs = bs->backing) {
+        int64_t n = node_allocated_size(bs);
+        if (n >= 0) {
+            total += n;
+            any = true;
+        }
+    }
+    return any ? total : -ENOTSUP;
+}
+
+/* ---------------------------------------------------------------- block status */
+
+int bdrv_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    memset(st, 0, sizeof(*st));
+    int r = check_request(bs, offset, bytes);
+    if (r < 0)
+        return r;
+    if (bytes == 0)
+        return -EINVAL;
+    int64_t len = bdrv_getlength(bs);
+    if (len < 0)
+        return (int)len;
+    if (offset >= len) {
+        st->flags = BDRV_BLOCK_ZERO;
+        st->bytes = bytes;
+        return 0;
+    }
+    bytes = MIN(bytes, len - offset);
+    if (bs->drv->block_status) {
+        r = bs->drv->block_status(bs, offset, bytes, st);
+        if (r < 0)
+            return r;
+        if (st->bytes <= 0)
+            return -EIO;
+        st->bytes = MIN(st->bytes, bytes);
+        return 0;
+    }
+    if (bs->drv->is_filter && bs->file)
+        return bdrv_block_status(bs->file, offset, bytes, st);
+    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+    st->bytes = bytes;
+    return 0;
+}
+
+int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    int depth = 0;
+    for (BlockNode *n = bs; n; n = n->backing, depth++) {
+        int64_t len = bdrv_getlength(n);
+        if (len < 0)
+            return (int)len;
+        if (offset >= len) { /* beyond this layer's end: zeros, whatever lies below */
+            memset(st, 0, sizeof(*st));
+            st->flags = BDRV_BLOCK_ZERO;
+            st->bytes = bytes;
+            st->depth = depth;
+            return 0;
+        }
+        int r = bdrv_block_status(n, offset, bytes, st);
+        if (r < 0)
+            return r;
+        st->depth = depth;
+        if (st->flags & BDRV_BLOCK_ALLOCATED)
+            return 0;
+        bytes = st->bytes;
+    }
+    memset(st, 0, sizeof(*st));
+    st->flags = BDRV_BLOCK_ZERO;
+    st->bytes = bytes;
+    st->depth = depth;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- info */
+
+void bdrv_get_info(BlockNode *bs, InfoList *info)
+{
+    info_add_str(info, "file", "%s", bs->filename);
+    info_add_str(info, "format", "%s", bs->drv->name);
+    info_add_int(info, "virtual_size", bdrv_getlength(bs));
+    int64_t alloc = node_allocated_size(bs);
+    if (alloc >= 0)
+        info_add_int(info, "allocated_size", alloc);
+    info_add_bool(info, "read_only", bs->read_only);
+    if (bs->backing_name || bs->backing) {
+        const char *name = bs->backing_name;
+        if (bs->opts && bs->opts->backing && bs->core->is_root)
+            name = bs->opts->backing;
+        info_add_str(info, "backing_file", "%s", name ? name : bs->backing->filename);
+    }
+    if (bs->backing)
+        info_add_str(info, "backing_format", "%s", bs->backing->drv->name);
+    else if (bs->backing_format_hint)
+        info_add_str(info, "backing_format", "%s", bs->backing_format_hint);
+    if (bs->backing_resolved)
+        info_add_str(info, "backing_resolved", "%s", bs->backing_resolved);
+    if (bs->backing_note && bs->backing_note[0])
+        info_add_str(info, "backing_note", "%s", bs->backing_note);
+    if (bs->drv->get_info)
+        bs->drv->get_info(bs, info);
+}
+
+/* ---------------------------------------------------------------- create */
+
+/* The size of the backing file a new image names, for CreateOpts.size == -1. */
+static int64_t backing_size_for_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    char path[4096];
+    if (opts->backing[0] == '/') {
+        snprintf(path, sizeof(path), "%s", opts->backing);
+    } else {
+        const char *slash = strrchr(filename, '/');
+        int dirlen = slash ? (int)(slash - filename) : 1;
+        snprintf(path, sizeof(path), "%.*s/%s", dirlen, slash ? filename : ".", opts->backing);
+    }
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.format = opts->backing_format;
+    o.no_backing = true;
+    BlockNode *b = bdrv_open(path, &o, err);
+    if (!b)
+        return -(err && err->errnum ? err->errnum : EIO);
+    int64_t len = bdrv_getlength(b);
+    bdrv_close(b);
+    return len;
+}
+
+int bdrv_create(const char *format, const char *filename, const CreateOpts *opts, Error *err)
+{
+    const BlockDriver *drv = bdrv_find_driver(format);
+    if (!drv) {
+        error_set(err, EINVAL, "%s: unknown format '%s'", filename, format ? format : "(none)");
+        return -EINVAL;
+    }
+    if (opts->backing && opts->backing[0] && !drv->supports_backing) {
+        error_set(err, EINVAL, "%s: format '%s' does not support backing files", filename, drv->name);
+        return -EINVAL;
+    }
+    if (!drv->create) {
+        error_set(err, ENOTSUP, "%s: format '%s' cannot create images", filename, drv->name);
+        return -ENOTSUP;
+    }
+    CreateOpts o = *opts;
+    if (o.size < 0) {
+        if (!o.backing || !o.backing[0]) {
+            error_set(err, EINVAL, "%s: an image size is needed (no backing file to take it from)", filename);
+            return -EINVAL;
+        }
+        o.size = backing_size_for_create(filename, opts, err);
+        if (o.size < 0)
+            return (int)o.size;
+    }
+    int r = drv->create(filename, &o, err);
+    if (r < 0)
+        error_set(err, -r, "%s: cannot create: %s", filename, strerror(-r));
+    return r < 0 ? r : 0;
+}
+
+/* ---------------------------------------------------------------- snapshots and other wrappers */
+
+static int not_supported(BlockNode *bs, Error *err, const char *what)
+{
+    error_set(err, ENOTSUP, "%s: format '%s' does not support %s", bs->filename, bs->drv->name, what);
+    return -ENOTSUP;
+}
+
+int bdrv_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+{
+    *list = NULL;
+    if (!bs->drv->snapshot_list)
+        return -ENOTSUP;
+    return bs->drv->snapshot_list(bs, list);
+}
+
+int bdrv_snapshot_create(BlockNode *bs, const char *name, Error *err)
+{
+    if (!bs->drv->snapshot_create)
+        return not_supported(bs, err, "internal snapshots");
+    if (bs->read_only) {
+        error_set(err, EROFS, "%s: image is read-only", bs->filename);
+        return -EROFS;
+    }
+    return bs->drv->snapshot_create(bs, name, err);
+}
+
+int bdrv_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err)
+{
+    if (!bs->drv->snapshot_delete)
+        return not_supported(bs, err, "internal snapshots");
+    if (bs->read_only) {
+        error_set(err, EROFS, "%s: image is read-only", bs->filename);
+        return -EROFS;
+    }
+    return bs->drv->snapshot_delete(bs, id_or_name, err);
+}
+
+int bdrv_snapshot_goto(BlockNode *bs, const char *id_or_name, Error *err)
+{
+    if (!bs->drv->snapshot_goto)
+        return not_supported(bs, err, "internal snapshots");
+    if (bs->read_only) {
+        error_set(err, EROFS, "%s: image is read-only", bs->filename);
+        return -EROFS;
+    }
+    return bs->drv->snapshot_goto(bs, id_or_name, err);
+}
+
+BlockNode *bdrv_snapshot_open(BlockNode *bs, const char *id, Error *err)
+{
+    if (!bs->drv->snapshot_open) {
+        not_supported(bs, err, "internal snapshots");
+        return NULL;
+    }
+    return bs->drv->snapshot_open(bs, id, err);
+}
+
+int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf)
+{
+    if (check_request(bs, offset, bytes) < 0)
+        return -EINVAL;
+    if (!bs->drv->vmstate_read)
+        return -ENOTSUP;
+    return bs->drv->vmstate_read(bs, id, offset, bytes, buf);
+}
+
+int bdrv_check(BlockNode *bs, InfoList *report)
+{
+    if (!bs->drv->check)
+        return -ENOTSUP;
+    return bs->drv->check(bs, report);
+}
+
+bool bdrv_has_zero_init(BlockNode *bs)
+{
+    if (bs->drv->has_zero_init)
+        return bs->drv->has_zero_init(bs);
+    return false;
+}

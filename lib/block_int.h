@@ -1,0 +1,42 @@
+/*
+ * block_int.h - private to lib/: the core's per-node state (tracked requests, owned options, root-node
+ * request-path state) and the helpers shared between lib/block.c and lib/request.c.  Drivers and the
+ * front end never include this file.
+ */
+#ifndef IMGFUSE_BLOCK_INT_H
+#define IMGFUSE_BLOCK_INT_H
+
+#include "block.h"
+
+/* A write (or read-modify-write, or copy-on-read) in flight on a node. Serialising requests exclude
+ * every overlapping tracked request; plain ones exclude only serialising ones. */
+struct TrackedRequest {
+    int64_t offset, bytes;
+    bool serialising;
+    TrackedRequest *next;
+};
+
+#define PROBE_BUF_SIZE 4096
+
+typedef struct BlockNodeCore {
+    BlockOpenOpts *owned_opts; /* options of a backing node (read-only copy of the caller's), freed with it */
+    bool is_root;              /* the node bdrv_open returned: request-path features apply */
+    bool track_writes;         /* track every write (copy-on-read needs it) */
+    struct RequestState *req;  /* lib/request.c state of the root node, NULL elsewhere */
+} BlockNodeCore;
+
+/* Frees a node whose driver is not open (open failed, or close already ran). */
+void bdrv_free_node(BlockNode *bs);
+
+void tracked_begin(BlockNode *bs, TrackedRequest *req, int64_t offset, int64_t bytes, bool serialising);
+void tracked_end(BlockNode *bs, TrackedRequest *req);
+
+/* The I/O paths below the request-path features (alignment, EOF, splitting; no statistics). */
+int bdrv_co_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+int bdrv_co_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+int bdrv_co_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+
+void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret);
+enum { STAT_READ, STAT_WRITE, STAT_FLUSH, STAT_DISCARD, STAT_ZERO };
+
+#endif

@@ -1,0 +1,96 @@
+/*
+ * util.c - the small helpers of util.h that are not inline: aligned zeroed buffers, the fast all-zero
+ * test, size parsing and formatting, and the monotonic clock.  Nothing here knows about images or nodes.
+ */
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+void *aligned_alloc_zero(size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 4096, size ? size : 1) != 0)
+        return NULL;
+    memset(p, 0, size ? size : 1);
+    return p;
+}
+
+bool buffer_is_zero(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len && ((uintptr_t)p & (sizeof(uint64_t) - 1))) {
+        if (*p)
+            return false;
+        p++;
+        len--;
+    }
+    const uint64_t *w = (const uint64_t *)(const void *)p;
+    while (len >= 4 * sizeof(uint64_t)) {
+        if (w[0] | w[1] | w[2] | w[3])
+            return false;
+        w += 4;
+        len -= 4 * sizeof(uint64_t);
+    }
+    p = (const uint8_t *)w;
+    while (len--)
+        if (*p++)
+            return false;
+    return true;
+}
+
+int64_t parse_size(const char *s)
+{
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno)
+        return -1;
+    uint64_t mult = 1;
+    switch (*end) {
+    case '\0': break;
+    case 'b': case 'B': mult = 1; end++; break;
+    case 'k': case 'K': mult = KiB; end++; break;
+    case 'm': case 'M': mult = MiB; end++; break;
+    case 'g': case 'G': mult = GiB; end++; break;
+    case 't': case 'T': mult = TiB; end++; break;
+    default: return -1;
+    }
+    if (mult != 1 && (*end == 'i' || *end == 'I') && (end[1] == 'B' || end[1] == 'b'))
+        end += 2;
+    else if (mult != 1 && (*end == 'B' || *end == 'b'))
+        end++;
+    if (*end)
+        return -1;
+    uint64_t r;
+    if (!mul_ok_u64(v, mult, &r) || r > (uint64_t)INT64_MAX)
+        return -1;
+    return (int64_t)r;
+}
+
+const char *format_size(uint64_t v, char *buf, size_t len)
+{
+    static const char *const units[] = { "TiB", "GiB", "MiB", "KiB" };
+    static const uint64_t scale[] = { TiB, GiB, MiB, KiB };
+    for (size_t i = 0; i < ARRAY_SIZE(units); i++) {
+        if (v && v % scale[i] == 0) {
+            snprintf(buf, len, "%" PRIu64 " %s", v / scale[i], units[i]);
+            return buf;
+        }
+    }
+    snprintf(buf, len, "%" PRIu64 " bytes", v);
+    return buf;
+}
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
