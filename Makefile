@@ -4,7 +4,7 @@ CC      ?= cc
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 MANDIR  ?= $(PREFIX)/share/man/man1
-PKGS    := fuse3 zlib libzstd
+PKGS    := fuse3 zlib libzstd libcrypto
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Iinclude \
            $(shell pkg-config --cflags $(PKGS))

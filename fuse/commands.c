@@ -1,0 +1,430 @@
+/*
+ * commands.c - the subcommands besides mounting: `info` and `map` (describe a chain, via render.c),
+ * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots) and `hash` (a
+ * digest of the raw view, computed with OpenSSL's libcrypto, holes fed as zeros without reading them).
+ * Each parses its own options with getopt_long, opens images read-only unless it must write, and reports
+ * errors as one line "imgfuse: WHAT: reason" with exit 2 for bad usage or unopenable images, 1 for
+ * runtime failures.  It knows no image format.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "imgfuse.h"
+#include "util.h"
+
+/* Options every read-only subcommand accepts to open its image. */
+typedef struct OpenArgs {
+    BlockOpenOpts opts;
+    bool json;
+    const char *algo;
+} OpenArgs;
+
+enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE };
+
+static const struct option sub_options[] = {
+    { "format", required_argument, NULL, 'f' },
+    { "json", no_argument, NULL, SUB_JSON },
+    { "algo", required_argument, NULL, SUB_ALGO },
+    { "backing-dir", required_argument, NULL, SUB_BACKING_DIR },
+    { "no-backing", no_argument, NULL, SUB_NO_BACKING },
+    { "force-share", no_argument, NULL, SUB_FORCE_SHARE },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+};
+
+static int sub_usage(const char *cmd, const char *synopsis)
+{
+    fprintf(stderr, "imgfuse: usage: imgfuse %s %s\n", cmd, synopsis);
+    return EXIT_USAGE;
+}
+
+/* Parses the options of info/map/hash. allowed lists the long options the command takes. Returns -1 to
+ * go on (image in *image), else an exit code. */
+static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allow_json, bool allow_algo,
+                          OpenArgs *a, const char **image)
+{
+    block_open_opts_init(&a->opts);
+    a->opts.read_only = true;
+    a->json = false;
+    a->algo = "sha256";
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":f:h", sub_options, NULL)) != -1) {
+        switch (c) {
+        case 'f': a->opts.format = optarg; break;
+        case SUB_JSON:
+            if (!allow_json)
+                goto unknown;
+            a->json = true;
+            break;
+        case SUB_ALGO:
+            if (!allow_algo)
+                goto unknown;
+            a->algo = optarg;
+            break;
+        case SUB_BACKING_DIR:
+            if (a->opts.n_backing_dirs == MAX_BACKING_DIRS) {
+                errmsg("--backing-dir", "at most %d directories", MAX_BACKING_DIRS);
+                return EXIT_USAGE;
+            }
+            a->opts.backing_dirs[a->opts.n_backing_dirs++] = optarg;
+            break;
+        case SUB_NO_BACKING: a->opts.no_backing = true; break;
+        case SUB_FORCE_SHARE: a->opts.force_share = true; break;
+        case 'h':
+            printf("Usage: imgfuse %s %s\n", argv[0], synopsis);
+            return EXIT_OK;
+        case ':':
+            errmsg(argv[optind - 1], "option requires an argument");
+            return EXIT_USAGE;
+        default:
+        unknown:
+            errmsg(argv[optind - 1], "unknown option for '%s'", argv[0]);
+            return EXIT_USAGE;
+        }
+    }
+    if (argc - optind != 1)
+        return sub_usage(argv[0], synopsis);
+    *image = argv[optind];
+    return -1;
+}
+
+static BlockNode *open_or_report(const char *image, const BlockOpenOpts *opts, int *rc)
+{
+    Error err;
+    memset(&err, 0, sizeof err);
+    BlockNode *bs = bdrv_open(image, opts, &err);
+    if (!bs)
+        *rc = report_error(&err, image, EXIT_USAGE);
+    return bs;
+}
+
+static int write_all_stdout(const char *s, size_t len)
+{
+    if (fwrite(s, 1, len, stdout) != len || fflush(stdout) != 0) {
+        errmsg("stdout", "%s", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    return EXIT_OK;
+}
+
+/* ---------------------------------------------------------------- info, map */
+
+int cmd_info(int argc, char **argv)
+{
+    OpenArgs a;
+    const char *image;
+    int rc = parse_sub_args(argc, argv, "[--json] [-f FMT] IMAGE", true, false, &a, &image);
+    if (rc >= 0)
+        return rc;
+    BlockNode *bs = open_or_report(image, &a.opts, &rc);
+    if (!bs)
+        return rc;
+    StrBuf sb;
+    sb_init(&sb);
+    if (a.json)
+        render_info_json(&sb, bs, NULL);
+    else
+        render_info_text(&sb, bs, NULL);
+    rc = write_all_stdout(sb.s, sb.len);
+    sb_free(&sb);
+    bdrv_close(bs);
+    return rc;
+}
+
+int cmd_map(int argc, char **argv)
+{
+    OpenArgs a;
+    const char *image;
+    int rc = parse_sub_args(argc, argv, "[--json] [-f FMT] IMAGE", true, false, &a, &image);
+    if (rc >= 0)
+        return rc;
+    BlockNode *bs = open_or_report(image, &a.opts, &rc);
+    if (!bs)
+        return rc;
+    StrBuf sb;
+    sb_init(&sb);
+    int r = a.json ? render_map_json(&sb, bs) : render_map_text(&sb, bs);
+    if (r < 0) {
+        errmsg(image, "block status failed: %s", strerror(-r));
+        rc = EXIT_RUNTIME;
+    } else {
+        rc = write_all_stdout(sb.s, sb.len);
+    }
+    sb_free(&sb);
+    bdrv_close(bs);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- create */
+
+int cmd_create(int argc, char **argv)
+{
+    static const char synopsis[] = "-f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]";
+    static const struct option create_options[] = {
+        { "format", required_argument, NULL, 'f' },
+        { "options", required_argument, NULL, 'o' },
+        { "backing", required_argument, NULL, 'b' },
+        { "backing-format", required_argument, NULL, 'F' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *fmt = NULL;
+    CreateOpts co = { .size = -1 };
+    opterr = 0;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, ":f:o:b:F:h", create_options, NULL)) != -1) {
+        switch (c) {
+        case 'f': fmt = optarg; break;
+        case 'o': co.options = optarg; break;
+        case 'b': co.backing = optarg; break;
+        case 'F': co.backing_format = optarg; break;
+        case 'h': printf("Usage: imgfuse create %s\n", synopsis); return EXIT_OK;
+        case ':': errmsg(argv[optind - 1], "option requires an argument"); return EXIT_USAGE;
+        default: errmsg(argv[optind - 1], "unknown option for 'create'"); return EXIT_USAGE;
+        }
+    }
+    int npos = argc - optind;
+    if (!fmt || npos < 1 || npos > 2)
+        return sub_usage("create", synopsis);
+    const char *file = argv[optind];
+    if (npos == 2) {
+        co.size = parse_size(argv[optind + 1]);
+        if (co.size < 0) {
+            errmsg(argv[optind + 1], "invalid size");
+            return EXIT_USAGE;
+        }
+    } else if (!co.backing) {
+        errmsg(file, "a SIZE is needed when there is no backing file");
+        return EXIT_USAGE;
+    }
+    if (co.backing_format && !co.backing) {
+        errmsg("-F", "needs -b BACKING");
+        return EXIT_USAGE;
+    }
+    const BlockDriver *drv = bdrv_find_driver(fmt);
+    if (!drv || drv->is_protocol || drv->is_filter) {
+        errmsg(fmt, "unknown image format");
+        return EXIT_USAGE;
+    }
+    if (co.backing && !drv->supports_backing) {
+        errmsg(file, "format '%s' does not support backing files", drv->name);
+        return EXIT_USAGE;
+    }
+    Error err;
+    memset(&err, 0, sizeof err);
+    int r = bdrv_create(fmt, file, &co, &err);
+    if (r < 0) {
+        if (!err.errnum)
+            err.errnum = -r;
+        bool usage = err.errnum == EINVAL || err.errnum == ENOTSUP || err.errnum == EOPNOTSUPP;
+        return report_error(&err, file, usage ? EXIT_USAGE : EXIT_RUNTIME);
+    }
+    return EXIT_OK;
+}
+
+/* ---------------------------------------------------------------- snapshot */
+
+static void format_vm_clock(uint64_t ns, char *buf, size_t len)
+{
+    uint64_t ms = ns / 1000000;
+    snprintf(buf, len, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64, ms / 3600000,
+             ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+}
+
+static int snapshot_list(BlockNode *bs, const char *image)
+{
+    SnapshotInfo *list = NULL;
+    int n = bdrv_snapshot_list(bs, &list);
+    if (n < 0) {
+        errmsg(image, "cannot list snapshots: %s", strerror(-n));
+        return EXIT_RUNTIME;
+    }
+    StrBuf sb;
+    sb_init(&sb);
+    if (n > 0)
+        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    for (int i = 0; i < n; i++) {
+        char vmsize[32], date[32] = "-", clock[32];
+        time_t t = (time_t)list[i].date_sec;
+        struct tm tm;
+        if (localtime_r(&t, &tm))
+            strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+        format_size(list[i].vm_state_size, vmsize, sizeof vmsize);
+        format_vm_clock(list[i].vm_clock_nsec, clock, sizeof clock);
+        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10" PRIu64 "\n", list[i].id, list[i].name, vmsize, date,
+                  clock, list[i].icount);
+    }
+    int rc = write_all_stdout(sb.s ? sb.s : "", sb.len);
+    sb_free(&sb);
+    free(list);
+    return rc;
+}
+
+int cmd_snapshot(int argc, char **argv)
+{
+    static const char synopsis[] = "-l|-c NAME|-d NAME|-a NAME IMAGE";
+    char action = 0;
+    const char *name = NULL;
+    opterr = 0;
+    optind = 1;
+    int c;
+    static const struct option snap_options[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    while ((c = getopt_long(argc, argv, ":lc:d:a:h", snap_options, NULL)) != -1) {
+        switch (c) {
+        case 'l': case 'c': case 'd': case 'a':
+            if (action) {
+                errmsg(argv[optind - 1], "only one of -l, -c, -d, -a");
+                return EXIT_USAGE;
+            }
+            action = (char)c;
+            name = optarg;
+            break;
+        case 'h': printf("Usage: imgfuse snapshot %s\n", synopsis); return EXIT_OK;
+        case ':': errmsg(argv[optind - 1], "option requires an argument"); return EXIT_USAGE;
+        default: errmsg(argv[optind - 1], "unknown option for 'snapshot'"); return EXIT_USAGE;
+        }
+    }
+    if (!action || argc - optind != 1)
+        return sub_usage("snapshot", synopsis);
+    const char *image = argv[optind];
+    BlockOpenOpts opts;
+    block_open_opts_init(&opts);
+    opts.read_only = action == 'l';
+    int rc = EXIT_OK;
+    BlockNode *bs = open_or_report(image, &opts, &rc);
+    if (!bs)
+        return rc;
+    Error err;
+    memset(&err, 0, sizeof err);
+    int r = 0;
+    switch (action) {
+    case 'l': rc = snapshot_list(bs, image); break;
+    case 'c': r = bdrv_snapshot_create(bs, name, &err); break;
+    case 'd': r = bdrv_snapshot_delete(bs, name, &err); break;
+    case 'a': r = bdrv_snapshot_goto(bs, name, &err); break;
+    }
+    if (r < 0) {
+        if (!err.errnum)
+            err.errnum = -r;
+        rc = report_error(&err, image, EXIT_RUNTIME);
+    }
+    r = bdrv_flush(bs);
+    if (r < 0 && rc == EXIT_OK) {
+        errmsg(image, "flush failed: %s", strerror(-r));
+        rc = EXIT_RUNTIME;
+    }
+    bdrv_close(bs);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- hash */
+
+#define HASH_CHUNK (4 * 1024 * 1024)
+
+typedef struct Progress {
+    bool on;
+    int64_t total;
+    uint64_t last_ns;
+} Progress;
+
+static void progress_show(Progress *p, int64_t done)
+{
+    if (!p->on)
+        return;
+    uint64_t now = now_ns();
+    if (done < p->total && now - p->last_ns < 200000000ULL)
+        return;
+    p->last_ns = now;
+    int pct = p->total ? (int)(done * 100 / p->total) : 100;
+    char bar[41];
+    int fill = pct * 40 / 100;
+    for (int i = 0; i < 40; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[40] = '\0';
+    fprintf(stderr, "\r[%s] %3d%%", bar, pct);
+    fflush(stderr);
+}
+
+/* Feeds the raw view into ctx: ranges the chain reports as zeros are fed from a zero buffer unread. */
+static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog)
+{
+    int64_t size = bdrv_getlength(bs);
+    if (size < 0)
+        return (int)size;
+    prog->total = size;
+    uint8_t *buf = aligned_alloc_zero(HASH_CHUNK);
+    uint8_t *zeros = aligned_alloc_zero(HASH_CHUNK);
+    int r = buf && zeros ? 0 : -ENOMEM;
+    for (int64_t pos = 0; r == 0 && pos < size;) {
+        int64_t want = MIN((int64_t)HASH_CHUNK, size - pos);
+        BlockStatus st;
+        memset(&st, 0, sizeof st);
+        r = bdrv_block_status_above(bs, pos, want, &st);
+        if (r < 0)
+            break;
+        int64_t n = st.bytes > 0 ? MIN(st.bytes, want) : want;
+        bool zero = (st.flags & BDRV_BLOCK_ZERO) && st.bytes > 0;
+        if (!zero && (r = bdrv_pread(bs, pos, n, buf)) < 0)
+            break;
+        r = EVP_DigestUpdate(ctx, zero ? zeros : buf, (size_t)n) == 1 ? 0 : -EIO;
+        pos += n;
+        progress_show(prog, pos);
+    }
+    free(buf);
+    free(zeros);
+    return r < 0 ? r : 0;
+}
+
+int cmd_hash(int argc, char **argv)
+{
+    OpenArgs a;
+    const char *image;
+    int rc = parse_sub_args(argc, argv, "[--algo sha256|sha1|md5] [-f FMT] IMAGE", false, true, &a, &image);
+    if (rc >= 0)
+        return rc;
+    const EVP_MD *md = NULL;
+    if (strcmp(a.algo, "sha256") == 0)
+        md = EVP_sha256();
+    else if (strcmp(a.algo, "sha1") == 0)
+        md = EVP_sha1();
+    else if (strcmp(a.algo, "md5") == 0)
+        md = EVP_md5();
+    if (!md) {
+        errmsg("--algo", "invalid value '%s' (expected sha256, sha1 or md5)", a.algo);
+        return EXIT_USAGE;
+    }
+    BlockNode *bs = open_or_report(image, &a.opts, &rc);
+    if (!bs)
+        return rc;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    Progress prog = { .on = isatty(STDERR_FILENO) };
+    int r = ctx && EVP_DigestInit_ex(ctx, md, NULL) == 1 ? hash_image(bs, ctx, &prog) : -ENOMEM;
+    if (prog.on)
+        fprintf(stderr, "\r\033[K");
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    if (r == 0 && EVP_DigestFinal_ex(ctx, digest, &dlen) != 1)
+        r = -EIO;
+    if (r < 0) {
+        errmsg(image, "cannot hash: %s", strerror(-r));
+        rc = EXIT_RUNTIME;
+    } else {
+        for (unsigned i = 0; i < dlen; i++)
+            printf("%02x", digest[i]);
+        printf("  %s\n", image);
+        rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
+    }
+    EVP_MD_CTX_free(ctx);
+    bdrv_close(bs);
+    return rc;
+}

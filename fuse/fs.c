@@ -1,0 +1,841 @@
+/*
+ * fs.c - the FUSE file system (libfuse3 low-level API): the mount tree (disk.raw, info, info.json in
+ * directory mode; the raw view as the root itself in file mode) and the operations on it.  Reads and
+ * writes of a raw view become bdrv_pread/bdrv_pwrite; fsync/flush, truncate, fallocate, SEEK_DATA/
+ * SEEK_HOLE and st_blocks map to the block layer's flush, truncate, write-zeroes, block status and
+ * allocated size.  It serves requests on several threads (the block layer is thread-safe).  It knows no
+ * image format; what the chain is comes from include/block.h only.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "imgfuse.h"
+#include "util.h"
+
+#define MAX_REQUEST (1024 * 1024) /* largest read/write the kernel will send (256 pages) */
+
+typedef struct Fs Fs;
+typedef struct Entry Entry;
+
+/* Renders the content of a generated (text) file at open time. */
+typedef char *(*GenFn)(Fs *fs, Entry *e, size_t *len);
+
+enum EntryKind { ENTRY_DIR, ENTRY_DISK, ENTRY_GEN };
+
+struct Entry {
+    fuse_ino_t ino, parent;
+    char *name;
+    enum EntryKind kind;
+    BlockNode *bs;          /* the raw view's node (disk) or the node described (generated) */
+    GenFn gen;
+    bool writable;          /* disk only */
+    int64_t size;           /* disk only; guarded by fs->lock */
+    struct timespec mtime;  /* guarded by fs->lock */
+};
+
+struct Fs {
+    FsConfig cfg;
+    pthread_mutex_t lock;   /* guards the entry table and the sizes/times in it */
+    Entry **entries;        /* entries[ino - 1] */
+    size_t n_entries, cap_entries;
+    uid_t uid;
+    gid_t gid;
+    struct timespec start;
+    pthread_key_t buf_key;  /* per-thread request buffer */
+    Entry *disk;            /* the main raw view */
+};
+
+/* Open-file handle bits for disk.raw (fi->fh). */
+#define FH_WRITE 0x1
+#define FH_SYNC  0x2
+
+/* The content of a generated file for one open. The kernel may send RELEASE while a READ on the same
+ * handle is still being answered, so readers hold a reference (under fs->lock). */
+typedef struct GenFile {
+    char *data;
+    size_t len;
+    int readers;
+    bool released;
+} GenFile;
+
+static GenFile *genfile_get(Fs *fs, struct fuse_file_info *fi)
+{
+    GenFile *g = (GenFile *)(uintptr_t)fi->fh;
+    pthread_mutex_lock(&fs->lock);
+    g->readers++;
+    pthread_mutex_unlock(&fs->lock);
+    return g;
+}
+
+static void genfile_put(Fs *fs, GenFile *g, bool release)
+{
+    pthread_mutex_lock(&fs->lock);
+    if (release)
+        g->released = true;
+    else
+        g->readers--;
+    bool last = g->released && g->readers == 0;
+    pthread_mutex_unlock(&fs->lock);
+    if (last) {
+        free(g->data);
+        free(g);
+    }
+}
+
+/* ---------------------------------------------------------------- the entry table */
+
+static Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs)
+{
+    if (fs->n_entries == fs->cap_entries) {
+        size_t cap = fs->cap_entries ? fs->cap_entries * 2 : 16;
+        Entry **v = realloc(fs->entries, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        fs->entries = v;
+        fs->cap_entries = cap;
+    }
+    Entry *e = calloc(1, sizeof *e);
+    if (!e || !(e->name = strdup(name))) {
+        free(e);
+        return NULL;
+    }
+    e->ino = fs->n_entries + 1;
+    e->parent = parent;
+    e->kind = kind;
+    e->bs = bs;
+    e->mtime = fs->start;
+    fs->entries[fs->n_entries++] = e;
+    return e;
+}
+
+static Entry *fs_get(Fs *fs, fuse_ino_t ino)
+{
+    Entry *e = NULL;
+    pthread_mutex_lock(&fs->lock);
+    if (ino >= 1 && ino <= fs->n_entries)
+        e = fs->entries[ino - 1];
+    pthread_mutex_unlock(&fs->lock);
+    return e;
+}
+
+static Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
+{
+    Entry *found = NULL;
+    pthread_mutex_lock(&fs->lock);
+    for (size_t i = 0; i < fs->n_entries && !found; i++) {
+        Entry *e = fs->entries[i];
+        if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0)
+            found = e;
+    }
+    pthread_mutex_unlock(&fs->lock);
+    return found;
+}
+
+static int64_t entry_size(Fs *fs, Entry *e)
+{
+    pthread_mutex_lock(&fs->lock);
+    int64_t s = e->size;
+    pthread_mutex_unlock(&fs->lock);
+    return s;
+}
+
+static void entry_touch(Fs *fs, Entry *e)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    pthread_mutex_lock(&fs->lock);
+    e->mtime = now;
+    pthread_mutex_unlock(&fs->lock);
+}
+
+/* ---------------------------------------------------------------- generated files */
+
+static char *gen_info_text(Fs *fs, Entry *e, size_t *len)
+{
+    StrBuf sb;
+    sb_init(&sb);
+    render_info_text(&sb, e->bs, &fs->cfg.facts);
+    return sb_steal(&sb, len);
+}
+
+static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
+{
+    StrBuf sb;
+    sb_init(&sb);
+    render_info_json(&sb, e->bs, &fs->cfg.facts);
+    return sb_steal(&sb, len);
+}
+
+/* ---------------------------------------------------------------- attributes */
+
+static void fill_stat(Fs *fs, Entry *e, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = e->ino;
+    st->st_uid = fs->uid;
+    st->st_gid = fs->gid;
+    st->st_blksize = 4096;
+    pthread_mutex_lock(&fs->lock);
+    st->st_mtim = st->st_ctim = st->st_atim = e->mtime;
+    int64_t size = e->size;
+    pthread_mutex_unlock(&fs->lock);
+    switch (e->kind) {
+    case ENTRY_DIR:
+        st->st_mode = S_IFDIR | 0555;
+        st->st_nlink = 2;
+        break;
+    case ENTRY_DISK: {
+        st->st_mode = S_IFREG | (e->writable ? 0644 : 0444);
+        st->st_nlink = 1;
+        st->st_size = size;
+        int64_t alloc = bdrv_get_allocated_size(e->bs);
+        st->st_blocks = alloc >= 0 ? (alloc + 511) / 512 : (size + 511) / 512;
+        break;
+    }
+    case ENTRY_GEN: {
+        size_t len = 0;
+        free(e->gen(fs, e, &len));
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_size = (off_t)len;
+        st->st_blocks = ((off_t)len + 511) / 512;
+        break;
+    }
+    }
+}
+
+/* Read-only views never change: the kernel may cache their attributes and pages for long. */
+static double attr_timeout(Entry *e)
+{
+    if (e->kind == ENTRY_GEN)
+        return 0.0;
+    return e->writable ? 1.0 : 3600.0;
+}
+
+static void fs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)fi;
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct stat st;
+    fill_stat(fs, e, &st);
+    fuse_reply_attr(req, &st, attr_timeout(e));
+}
+
+static void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_lookup_child(fs, parent, name);
+    if (!e) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct fuse_entry_param ep;
+    memset(&ep, 0, sizeof ep);
+    ep.ino = e->ino;
+    ep.generation = 1;
+    fill_stat(fs, e, &ep.attr);
+    ep.attr_timeout = attr_timeout(e);
+    ep.entry_timeout = 1.0;
+    fuse_reply_entry(req, &ep);
+}
+
+static int disk_truncate(Fs *fs, Entry *e, int64_t size)
+{
+    if (!e->writable)
+        return -EROFS;
+    int r = bdrv_truncate(e->bs, size);
+    if (r == -ENOTSUP || r == -EOPNOTSUPP)
+        return -EINVAL;
+    if (r < 0)
+        return r;
+    int64_t len = bdrv_getlength(e->bs);
+    pthread_mutex_lock(&fs->lock);
+    e->size = len >= 0 ? len : size;
+    pthread_mutex_unlock(&fs->lock);
+    entry_touch(fs, e);
+    return 0;
+}
+
+static void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                          struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    if (to_set & FUSE_SET_ATTR_SIZE) {
+        int r = e->kind == ENTRY_DISK ? disk_truncate(fs, e, attr->st_size) : -EACCES;
+        if (r < 0) {
+            fuse_reply_err(req, -r);
+            return;
+        }
+    }
+    if ((to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) && e->kind == ENTRY_DISK && e->writable) {
+        if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+            entry_touch(fs, e);
+        } else {
+            pthread_mutex_lock(&fs->lock);
+            e->mtime = attr->st_mtim;
+            pthread_mutex_unlock(&fs->lock);
+        }
+    }
+    fs_op_getattr(req, ino, fi);
+}
+
+/* ---------------------------------------------------------------- directories */
+
+typedef struct DirBuf {
+    fuse_req_t req;
+    char *buf;
+    size_t size, used;
+} DirBuf;
+
+/* Adds one entry; false when the reply buffer is full. next is the offset of the following entry. */
+static bool dirbuf_add(DirBuf *d, const char *name, fuse_ino_t ino, bool is_dir, off_t next)
+{
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    st.st_ino = ino;
+    st.st_mode = is_dir ? S_IFDIR : S_IFREG;
+    size_t n = fuse_add_direntry(d->req, d->buf + d->used, d->size - d->used, name, &st, next);
+    if (n > d->size - d->used)
+        return false;
+    d->used += n;
+    return true;
+}
+
+/* Lists ".", "..", then the children in creation order; an entry's offset is its index + 1. */
+static void fs_op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    (void)fi;
+    Fs *fs = fuse_req_userdata(req);
+    Entry *dir = fs_get(fs, ino);
+    if (!dir || dir->kind != ENTRY_DIR) {
+        fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+        return;
+    }
+    DirBuf d = { .req = req, .buf = calloc(1, size), .size = size };
+    if (!d.buf) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    off_t idx = 0;
+    bool room = true;
+    if (off <= idx)
+        room = dirbuf_add(&d, ".", ino, true, idx + 1);
+    idx++;
+    if (room && off <= idx)
+        room = dirbuf_add(&d, "..", dir->parent, true, idx + 1);
+    idx++;
+    pthread_mutex_lock(&fs->lock);
+    for (size_t i = 0; i < fs->n_entries && room; i++) {
+        Entry *e = fs->entries[i];
+        if (e->parent != ino || e->ino == ino)
+            continue;
+        if (off <= idx)
+            room = dirbuf_add(&d, e->name, e->ino, e->kind == ENTRY_DIR, idx + 1);
+        idx++;
+    }
+    pthread_mutex_unlock(&fs->lock);
+    fuse_reply_buf(req, d.buf, d.used);
+    free(d.buf);
+}
+
+/* ---------------------------------------------------------------- open / release */
+
+static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    bool wants_write = (fi->flags & O_ACCMODE) != O_RDONLY;
+    if (e->kind == ENTRY_DIR) {
+        fuse_reply_err(req, EISDIR);
+        return;
+    }
+    if (wants_write && !(e->kind == ENTRY_DISK && e->writable)) {
+        fuse_reply_err(req, e->kind == ENTRY_DISK ? EROFS : EACCES);
+        return;
+    }
+    if (e->kind == ENTRY_DISK) {
+        fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
+        fi->keep_cache = !e->writable;
+        fi->noflush = !wants_write;
+        fuse_reply_open(req, fi);
+        return;
+    }
+    GenFile *g = calloc(1, sizeof *g);
+    if (!g || !(g->data = e->gen(fs, e, &g->len))) {
+        free(g);
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    fi->fh = (uint64_t)(uintptr_t)g;
+    fi->direct_io = 1; /* content is rendered per open; its size may differ from an earlier getattr */
+    fi->noflush = 1;
+    if (fuse_reply_open(req, fi) != 0) {
+        free(g->data);
+        free(g);
+    }
+}
+
+static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (e && e->kind == ENTRY_GEN && fi->fh)
+        genfile_put(fs, (GenFile *)(uintptr_t)fi->fh, true);
+    fuse_reply_err(req, 0);
+}
+
+/* ---------------------------------------------------------------- read / write */
+
+typedef struct ThreadBuf {
+    void *p;
+    size_t cap;
+} ThreadBuf;
+
+static void thread_buf_free(void *arg)
+{
+    ThreadBuf *tb = arg;
+    free(tb->p);
+    free(tb);
+}
+
+/* A page-aligned buffer owned by the calling thread, reused across requests. */
+static void *thread_buf(Fs *fs, size_t size)
+{
+    ThreadBuf *tb = pthread_getspecific(fs->buf_key);
+    if (!tb) {
+        tb = calloc(1, sizeof *tb);
+        if (!tb)
+            return NULL;
+        pthread_setspecific(fs->buf_key, tb);
+    }
+    if (tb->cap < size) {
+        size_t cap = MAX(size, (size_t)MAX_REQUEST);
+        void *p = NULL;
+        if (posix_memalign(&p, 4096, cap) != 0)
+            return NULL;
+        free(tb->p);
+        tb->p = p;
+        tb->cap = cap;
+    }
+    return tb->p;
+}
+
+static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e || e->kind == ENTRY_DIR) {
+        fuse_reply_err(req, e ? EISDIR : ENOENT);
+        return;
+    }
+    if (e->kind == ENTRY_GEN) {
+        GenFile *g = genfile_get(fs, fi);
+        if (off < 0 || (size_t)off >= g->len)
+            fuse_reply_buf(req, NULL, 0);
+        else
+            fuse_reply_buf(req, g->data + off, MIN(size, g->len - (size_t)off));
+        genfile_put(fs, g, false);
+        return;
+    }
+    int64_t disk = entry_size(fs, e);
+    if (off >= disk) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    size_t len = (size_t)MIN((int64_t)size, disk - off);
+    void *buf = thread_buf(fs, len);
+    if (!buf) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    int r = bdrv_pread(e->bs, off, (int64_t)len, buf);
+    if (r < 0)
+        fuse_reply_err(req, -r);
+    else
+        fuse_reply_buf(req, buf, len);
+}
+
+static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                        struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e || e->kind != ENTRY_DISK) {
+        fuse_reply_err(req, e ? EBADF : ENOENT);
+        return;
+    }
+    if (!e->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    int64_t disk = entry_size(fs, e);
+    if (off >= disk) {
+        fuse_reply_err(req, size ? ENOSPC : 0);
+        return;
+    }
+    size_t len = (size_t)MIN((int64_t)size, disk - off);
+    int flags = (fi->fh & FH_SYNC) ? BDRV_REQ_FUA : 0;
+    int r = bdrv_pwrite(e->bs, off, (int64_t)len, buf, flags);
+    if (r < 0) {
+        fuse_reply_err(req, -r);
+        return;
+    }
+    entry_touch(fs, e);
+    fuse_reply_write(req, len);
+}
+
+static void fs_op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    int r = 0;
+    if (e && e->kind == ENTRY_DISK && e->writable && (fi->fh & FH_WRITE))
+        r = bdrv_flush(e->bs);
+    fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+static void fs_op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    (void)datasync;
+    (void)fi;
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    int r = 0;
+    if (e && e->kind == ENTRY_DISK && e->writable)
+        r = bdrv_flush(e->bs);
+    fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+/* PUNCH_HOLE must read back as zeros whatever the discard policy, so both modes write zeroes; a punch
+ * may deallocate (the block layer does so when --discard=unmap). Plain allocation cannot be promised. */
+static void fs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t length,
+                            struct fuse_file_info *fi)
+{
+    (void)fi;
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e || e->kind != ENTRY_DISK) {
+        fuse_reply_err(req, e ? EOPNOTSUPP : ENOENT);
+        return;
+    }
+    if (!e->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    int flags;
+    if (mode & FALLOC_FL_PUNCH_HOLE)
+        flags = BDRV_REQ_MAY_UNMAP;
+    else if (mode & FALLOC_FL_ZERO_RANGE)
+        flags = 0;
+    else {
+        fuse_reply_err(req, EOPNOTSUPP);
+        return;
+    }
+    int64_t disk = entry_size(fs, e);
+    if (off < 0 || length <= 0) {
+        fuse_reply_err(req, EINVAL);
+        return;
+    }
+    int64_t end = MIN(disk, off + (int64_t)length);
+    int r = 0;
+    if (off < end)
+        r = bdrv_pwrite_zeroes(e->bs, off, end - off, flags);
+    if (r >= 0)
+        entry_touch(fs, e);
+    fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+/* A range is a hole for SEEK_HOLE when the chain says it reads as zeros or holds no data. */
+static bool status_is_hole(int flags)
+{
+    return (flags & BDRV_BLOCK_ZERO) || !(flags & BDRV_BLOCK_DATA);
+}
+
+static off_t seek_data_hole(Entry *e, int64_t disk, off_t off, int whence)
+{
+    if (off < 0)
+        return -EINVAL;
+    if (off >= disk)
+        return -ENXIO;
+    for (int64_t pos = off; pos < disk;) {
+        BlockStatus st;
+        memset(&st, 0, sizeof st);
+        int r = bdrv_block_status_above(e->bs, pos, disk - pos, &st);
+        if (r < 0)
+            return r;
+        if (st.bytes <= 0)
+            return -EIO;
+        bool hole = status_is_hole(st.flags);
+        if ((whence == SEEK_DATA && !hole) || (whence == SEEK_HOLE && hole))
+            return pos;
+        pos += st.bytes;
+    }
+    return whence == SEEK_DATA ? -ENXIO : disk;
+}
+
+static void fs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi)
+{
+    (void)fi;
+    Fs *fs = fuse_req_userdata(req);
+    Entry *e = fs_get(fs, ino);
+    if (!e || e->kind == ENTRY_DIR) {
+        fuse_reply_err(req, e ? EISDIR : ENOENT);
+        return;
+    }
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+        fuse_reply_err(req, EINVAL);
+        return;
+    }
+    if (e->kind == ENTRY_GEN) {
+        GenFile *g = genfile_get(fs, fi);
+        if (off < 0 || (size_t)off >= g->len)
+            fuse_reply_err(req, ENXIO);
+        else
+            fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)g->len);
+        genfile_put(fs, g, false);
+        return;
+    }
+    off_t r = seek_data_hole(e, entry_size(fs, e), off, whence);
+    if (r < 0)
+        fuse_reply_err(req, (int)-r);
+    else
+        fuse_reply_lseek(req, r);
+}
+
+static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    (void)ino;
+    Fs *fs = fuse_req_userdata(req);
+    struct statvfs sv;
+    memset(&sv, 0, sizeof sv);
+    sv.f_bsize = sv.f_frsize = 4096;
+    sv.f_blocks = (fsblkcnt_t)((entry_size(fs, fs->disk) + 4095) / 4096);
+    pthread_mutex_lock(&fs->lock);
+    sv.f_files = fs->n_entries;
+    pthread_mutex_unlock(&fs->lock);
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+}
+
+/* ---------------------------------------------------------------- session setup */
+
+static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    (void)userdata;
+    conn->max_write = MAX_REQUEST;
+    conn->max_read = MAX_REQUEST;
+    conn->max_readahead = MIN(conn->max_readahead, (unsigned)MAX_REQUEST);
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
+    conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
+    if (conn->capable & FUSE_CAP_ASYNC_READ)
+        conn->want |= FUSE_CAP_ASYNC_READ;
+    if (conn->capable & FUSE_CAP_ASYNC_DIO)
+        conn->want |= FUSE_CAP_ASYNC_DIO;
+}
+
+static const struct fuse_lowlevel_ops fs_ops = {
+    .init = fs_op_init,
+    .lookup = fs_op_lookup,
+    .getattr = fs_op_getattr,
+    .setattr = fs_op_setattr,
+    .readdir = fs_op_readdir,
+    .open = fs_op_open,
+    .release = fs_op_release,
+    .read = fs_op_read,
+    .write = fs_op_write,
+    .flush = fs_op_flush,
+    .fsync = fs_op_fsync,
+    .fallocate = fs_op_fallocate,
+    .lseek = fs_op_lseek,
+    .statfs = fs_op_statfs,
+};
+
+static Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_DISK, bs);
+    if (!e)
+        return NULL;
+    e->writable = writable;
+    int64_t len = bdrv_getlength(bs);
+    e->size = len > 0 ? len : 0;
+    struct stat st;
+    if (bs->filename && stat(bs->filename, &st) == 0)
+        e->mtime = st.st_mtim;
+    return e;
+}
+
+static Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_GEN, bs);
+    if (e)
+        e->gen = gen;
+    return e;
+}
+
+static int fs_build_tree(Fs *fs)
+{
+    const FsConfig *c = &fs->cfg;
+    if (c->file_mode) {
+        fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
+        return fs->disk ? 0 : -ENOMEM;
+    }
+    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
+        !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json))
+        return -ENOMEM;
+    return 0;
+}
+
+static void fs_free(Fs *fs)
+{
+    for (size_t i = 0; i < fs->n_entries; i++) {
+        free(fs->entries[i]->name);
+        free(fs->entries[i]);
+    }
+    free(fs->entries);
+    pthread_key_delete(fs->buf_key);
+    pthread_mutex_destroy(&fs->lock);
+}
+
+/* Runs fn with stderr sent to a temporary file, then returns what was written there as one line. */
+static int capture_stderr(int (*fn)(void *), void *arg, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    fflush(stderr);
+    FILE *tmp = tmpfile();
+    int saved = tmp ? dup(STDERR_FILENO) : -1;
+    if (saved < 0) {
+        if (tmp)
+            fclose(tmp);
+        return fn(arg);
+    }
+    dup2(fileno(tmp), STDERR_FILENO);
+    int r = fn(arg);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(out, 1, outlen - 1, tmp);
+    fclose(tmp);
+    out[n] = '\0';
+    for (char *p = out; *p; p++)
+        if (*p == '\n')
+            *p = (p[1] ? ' ' : '\0');
+    return r;
+}
+
+typedef struct NewSession {
+    struct fuse_args *args;
+    Fs *fs;
+    struct fuse_session *se;
+    const char *mountpoint;
+} NewSession;
+
+static int do_session_new(void *arg)
+{
+    NewSession *ns = arg;
+    ns->se = fuse_session_new(ns->args, &fs_ops, sizeof fs_ops, ns->fs);
+    return ns->se ? 0 : -1;
+}
+
+static int do_session_mount(void *arg)
+{
+    NewSession *ns = arg;
+    return fuse_session_mount(ns->se, ns->mountpoint);
+}
+
+int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mountpoint, int max_threads,
+           void (*ready)(void *), void *ready_arg)
+{
+    Fs fs;
+    memset(&fs, 0, sizeof fs);
+    fs.cfg = *cfg;
+    fs.uid = getuid();
+    fs.gid = getgid();
+    clock_gettime(CLOCK_REALTIME, &fs.start);
+    pthread_mutex_init(&fs.lock, NULL);
+    if (pthread_key_create(&fs.buf_key, thread_buf_free) != 0) {
+        errmsg(mountpoint, "cannot create thread key");
+        pthread_mutex_destroy(&fs.lock);
+        return EXIT_RUNTIME;
+    }
+    if (fs_build_tree(&fs) < 0) {
+        errmsg(mountpoint, "out of memory");
+        fs_free(&fs);
+        return EXIT_RUNTIME;
+    }
+
+    struct fuse_args args = FUSE_ARGS_INIT(fuse_argc, fuse_argv);
+    NewSession ns = { .args = &args, .fs = &fs, .mountpoint = mountpoint };
+    char why[512];
+    int rc = EXIT_RUNTIME;
+    int r = cfg->debug ? do_session_new(&ns) : capture_stderr(do_session_new, &ns, why, sizeof why);
+    if (r < 0) {
+        errmsg(mountpoint, "bad FUSE options: %s", cfg->debug ? "see above" : (*why ? why : "rejected by libfuse"));
+        rc = EXIT_USAGE;
+        goto out_args;
+    }
+    if (fuse_set_signal_handlers(ns.se) != 0) {
+        errmsg(mountpoint, "cannot install signal handlers");
+        goto out_session;
+    }
+    r = cfg->debug ? do_session_mount(&ns) : capture_stderr(do_session_mount, &ns, why, sizeof why);
+    if (r != 0) {
+        errmsg(mountpoint, "cannot mount: %s", cfg->debug ? "see above" : (*why ? why : "fuse_session_mount failed"));
+        goto out_signals;
+    }
+    if (ready)
+        ready(ready_arg);
+
+    struct fuse_loop_config *lc = fuse_loop_cfg_create();
+    if (!lc) {
+        log_msg("%s: out of memory", mountpoint);
+        r = -ENOMEM;
+    } else {
+        fuse_loop_cfg_set_max_threads(lc, (unsigned)max_threads);
+        fuse_loop_cfg_set_idle_threads(lc, (unsigned)max_threads);
+        r = fuse_session_loop_mt(ns.se, lc);
+        fuse_loop_cfg_destroy(lc);
+    }
+    rc = r < 0 ? EXIT_RUNTIME : EXIT_OK;
+    if (r < 0)
+        log_msg("%s: session loop failed: %s", mountpoint, strerror(-r));
+    fuse_session_unmount(ns.se);
+out_signals:
+    fuse_remove_signal_handlers(ns.se);
+out_session:
+    fuse_session_destroy(ns.se);
+out_args:
+    fuse_opt_free_args(&args);
+    fs_free(&fs);
+    return rc;
+}

@@ -1,0 +1,84 @@
+/*
+ * imgfuse.h - declarations shared by the front end's files (fuse/): the string builder, the renderers of
+ * `info` and `map` (text and JSON), the mount configuration handed from the command line to the FUSE
+ * file system, and the subcommands.  Everything here talks to the block layer through include/block.h
+ * only; nothing here knows any image format.
+ */
+#ifndef IMGFUSE_FRONTEND_H
+#define IMGFUSE_FRONTEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "block.h"
+
+#define IMGFUSE_VERSION "0.1.0"
+
+/* Exit codes (DESIGN.md "Command line"). */
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+/* ---------------------------------------------------------------- strbuf.c */
+
+/* A growable NUL-terminated string. Allocation failure aborts: the front end cannot go on without it. */
+typedef struct StrBuf {
+    char *s;
+    size_t len, cap;
+} StrBuf;
+
+void sb_init(StrBuf *sb);
+void sb_free(StrBuf *sb);
+void sb_printf(StrBuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_put(StrBuf *sb, const char *s, size_t n);
+void sb_json_str(StrBuf *sb, const char *s); /* appends s as a quoted, escaped JSON string */
+char *sb_steal(StrBuf *sb, size_t *len);   /* hands the buffer to the caller, leaves sb empty */
+
+/* ---------------------------------------------------------------- render.c */
+
+/* Lines about the mount itself that `MNT/info` shows before the chain (mode, options). */
+typedef struct MountFacts {
+    bool read_only;
+    const char *mode_note;   /* e.g. "writes go to overlay X", NULL if none */
+    const char *options;     /* the command line's image/request options, as given */
+} MountFacts;
+
+/* Describe the chain below bs: what `imgfuse info` prints and what MNT/info shows. facts may be NULL. */
+void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
+void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
+/* Allocation map through the chain, like `qemu-img map`. Returns 0 or -errno. */
+int render_map_text(StrBuf *sb, BlockNode *bs);
+int render_map_json(StrBuf *sb, BlockNode *bs);
+
+/* ---------------------------------------------------------------- fs.c (the FUSE file system) */
+
+typedef struct FsConfig {
+    BlockNode *bs;            /* the opened chain (owned by the caller) */
+    bool writable;            /* disk.raw accepts writes */
+    bool file_mode;           /* MOUNTPOINT is a regular file: the root is disk.raw */
+    bool debug;
+    MountFacts facts;         /* for MNT/info */
+} FsConfig;
+
+/* Runs the mount: creates the session from fuse_argv, mounts at mountpoint, calls ready() (which may
+ * daemonize) once mounted, serves requests until unmounted or signalled, unmounts. Returns 0 on a clean
+ * unmount, EXIT_USAGE if the mount could not be made (message printed), EXIT_RUNTIME otherwise. */
+int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mountpoint,
+           int max_threads, void (*ready)(void *), void *ready_arg);
+
+/* ---------------------------------------------------------------- commands.c */
+
+int cmd_info(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_create(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_hash(int argc, char **argv);
+
+/* ---------------------------------------------------------------- main.c helpers */
+
+/* Prints "imgfuse: WHAT: reason" (one line) on stderr. */
+void errmsg(const char *what, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints the open/create error as one line and returns the exit code for it. */
+int report_error(const Error *err, const char *fallback_what, int code);
+
+#endif

@@ -1,0 +1,583 @@
+/*
+ * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash) and runs the
+ * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT`.  It parses the options (GNU getopt_long, options also
+ * after the positional arguments), checks the mountpoint, opens the image and its chain BEFORE mounting
+ * (so an open error never leaves a mount behind), builds the FUSE options, detaches into the background
+ * unless --foreground, and after the session ends flushes and closes the chain.  Errors are one line,
+ * "imgfuse: WHAT: reason"; exit 2 for bad usage or an image that cannot be opened, 1 for runtime
+ * failures.  It knows no image format.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <fuse_opt.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "imgfuse.h"
+#include "util.h"
+
+#define MOUNT_THREADS 16
+
+void errmsg(const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "imgfuse: %s: ", what);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int report_error(const Error *err, const char *fallback_what, int code)
+{
+    if (err->msg[0])
+        fprintf(stderr, "imgfuse: %s\n", err->msg);
+    else
+        errmsg(fallback_what, "%s", err->errnum ? strerror(err->errnum) : "failed");
+    return code;
+}
+
+static void usage_hint(void)
+{
+    fprintf(stderr, "imgfuse: usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT (see imgfuse --help)\n");
+}
+
+static void print_help(void)
+{
+    printf(
+"Usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT      mount IMAGE (read-only unless --rw)\n"
+"       imgfuse info [--json] IMAGE             describe an image and its backing chain\n"
+"       imgfuse map [--json] IMAGE              allocation map of the chain\n"
+"       imgfuse create -f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]\n"
+"       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
+"       imgfuse hash [--algo sha256|sha1|md5] IMAGE\n"
+"\n"
+"Shows a disk image and its whole backing chain as one flat raw file: MOUNTPOINT/disk.raw (with\n"
+"MOUNTPOINT/info and info.json) when MOUNTPOINT is a directory, MOUNTPOINT itself when it is a file.\n"
+"\n"
+"Image:\n"
+"  -f, --format FMT           format of IMAGE (default: probed)\n"
+"      --offset N, --size N   raw only: show just this window of the file\n"
+"      --backing FILE         use FILE as the backing file of IMAGE\n"
+"      --backing-format FMT   format of the backing file\n"
+"      --no-backing           ignore the backing file named in IMAGE\n"
+"      --backing-dir DIR      look for backing files in DIR too (repeatable)\n"
+"      --unsafe-backing       plain backing path resolution, no refusals\n"
+"      --data-file PATH       external data file of a qcow2 image\n"
+"      --l2-cache-size SIZE   metadata cache size (e.g. 4M)\n"
+"Writing:\n"
+"      --rw                   make disk.raw writable (IMAGE is modified)\n"
+"      --force-share          do not take or check image locks\n"
+"Request path:\n"
+"      --discard=ignore|unmap       may discards free space in the image (default ignore)\n"
+"      --on-read-error=report|zero  on an unreadable range: EIO (default) or zeros\n"
+"I/O:\n"
+"      --cache=writeback|none       none opens the files O_DIRECT (default writeback)\n"
+"      --aio=threads|native         native uses Linux AIO; needs --cache=none (default threads)\n"
+"FUSE and process:\n"
+"      --allow-other          let other users access the mount (needs user_allow_other)\n"
+"  -o OPTS                    FUSE mount options, comma separated; -o ro forces read-only,\n"
+"                             -o rw is accepted but does not enable writes (use --rw)\n"
+"      --foreground           do not detach into the background\n"
+"      --debug                log every FUSE request (implies --foreground)\n"
+"      --blkdebug RULES       test only: inject faults as described in the RULES file\n"
+"  -h, --help                 this help\n"
+"  -V, --version              version and supported formats\n"
+"\n"
+"Unmount with: fusermount3 -u MOUNTPOINT\n"
+"Exit status: 0 success, 1 runtime failure, 2 bad usage or an image that cannot be opened.\n"
+"See imgfuse(1) for details.\n");
+}
+
+static void print_version(void)
+{
+    printf("imgfuse %s (libfuse %s)\nformats:", IMGFUSE_VERSION, fuse_pkgversion());
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++)
+        if (!(*d)->is_protocol && !(*d)->is_filter)
+            printf(" %s", (*d)->name);
+    printf("\n");
+}
+
+/* ---------------------------------------------------------------- option parsing */
+
+enum {
+    OPT_OFFSET = 256, OPT_SIZE, OPT_BACKING, OPT_BACKING_FORMAT, OPT_NO_BACKING, OPT_BACKING_DIR,
+    OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
+    OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG,
+};
+
+static const struct option mount_options[] = {
+    { "format", required_argument, NULL, 'f' },
+    { "offset", required_argument, NULL, OPT_OFFSET },
+    { "size", required_argument, NULL, OPT_SIZE },
+    { "backing", required_argument, NULL, OPT_BACKING },
+    { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
+    { "no-backing", no_argument, NULL, OPT_NO_BACKING },
+    { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
+    { "unsafe-backing", no_argument, NULL, OPT_UNSAFE_BACKING },
+    { "data-file", required_argument, NULL, OPT_DATA_FILE },
+    { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+    { "rw", no_argument, NULL, OPT_RW },
+    { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
+    { "cache", required_argument, NULL, OPT_CACHE },
+    { "aio", required_argument, NULL, OPT_AIO },
+    { "discard", required_argument, NULL, OPT_DISCARD },
+    { "on-read-error", required_argument, NULL, OPT_ON_READ_ERROR },
+    { "blkdebug", required_argument, NULL, OPT_BLKDEBUG },
+    { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER },
+    { "foreground", no_argument, NULL, OPT_FOREGROUND },
+    { "debug", no_argument, NULL, OPT_DEBUG },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+};
+
+typedef struct MountArgs {
+    BlockOpenOpts open;
+    bool rw, forced_ro, allow_other, foreground, debug;
+    const char *image, *mountpoint;
+    StrBuf fuse_opts;   /* -o options passed through to libfuse */
+    StrBuf summary;     /* the image/request options as given, for MNT/info */
+} MountArgs;
+
+/* Maps VALUE to the index of the matching name, or prints the error and returns -1. */
+static int parse_choice(const char *opt, const char *value, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(value, names[i]) == 0)
+            return i;
+    StrBuf sb;
+    sb_init(&sb);
+    for (int i = 0; i < n; i++)
+        sb_printf(&sb, "%s%s", i ? (i == n - 1 ? " or " : ", ") : "", names[i]);
+    errmsg(opt, "invalid value '%s' (expected %s)", value, sb.s);
+    sb_free(&sb);
+    return -1;
+}
+
+static bool parse_size_opt(const char *opt, const char *value, int64_t *out)
+{
+    int64_t v = parse_size(value);
+    if (v < 0) {
+        errmsg(opt, "invalid size '%s'", value);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* fstab-only words that mount(8) may hand over and libfuse does not know. */
+static bool is_fstab_only(const char *o)
+{
+    static const char *const words[] = { "defaults", "auto", "noauto", "user", "users", "nouser",
+                                         "nofail", "_netdev", "owner", "group" };
+    for (size_t i = 0; i < ARRAY_SIZE(words); i++)
+        if (strcmp(o, words[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Splits a -o argument; ro/rw/allow_other/debug are ours, the rest is passed to libfuse unchanged. */
+static void take_fuse_opts(MountArgs *a, const char *arg)
+{
+    char *copy = strdup(arg);
+    if (!copy)
+        abort();
+    char *save = NULL;
+    for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+        if (strcmp(o, "ro") == 0)
+            a->forced_ro = true;
+        else if (strcmp(o, "rw") == 0 || is_fstab_only(o))
+            continue;
+        else if (strcmp(o, "allow_other") == 0)
+            a->allow_other = true;
+        else if (strcmp(o, "debug") == 0)
+            a->debug = true;
+        else
+            sb_printf(&a->fuse_opts, "%s%s", a->fuse_opts.len ? "," : "", o);
+    }
+    free(copy);
+}
+
+static void note_option(MountArgs *a, const char *name, const char *value)
+{
+    if (value)
+        sb_printf(&a->summary, "%s--%s=%s", a->summary.len ? " " : "", name, value);
+    else
+        sb_printf(&a->summary, "%s--%s", a->summary.len ? " " : "", name);
+}
+
+/* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
+static int parse_mount_args(MountArgs *a, int argc, char **argv)
+{
+    static const char *const cache_names[] = { "writeback", "none" };
+    static const char *const aio_names[] = { "threads", "native" };
+    static const char *const discard_names[] = { "ignore", "unmap" };
+    static const char *const rerr_names[] = { "report", "zero" };
+    opterr = 0;
+    optind = 1;
+    int c, longidx = -1;
+    while ((c = getopt_long(argc, argv, ":f:o:hV", mount_options, &longidx)) != -1) {
+        const char *name = longidx >= 0 ? mount_options[longidx].name : NULL;
+        int v;
+        switch (c) {
+        case 'f': a->open.format = optarg; note_option(a, "format", optarg); break;
+        case OPT_OFFSET:
+            if (!parse_size_opt("--offset", optarg, &a->open.raw_offset))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
+        case OPT_SIZE:
+            if (!parse_size_opt("--size", optarg, &a->open.raw_size))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
+        case OPT_BACKING: a->open.backing = optarg; note_option(a, name, optarg); break;
+        case OPT_BACKING_FORMAT: a->open.backing_format = optarg; note_option(a, name, optarg); break;
+        case OPT_NO_BACKING: a->open.no_backing = true; note_option(a, name, NULL); break;
+        case OPT_BACKING_DIR:
+            if (a->open.n_backing_dirs == MAX_BACKING_DIRS) {
+                errmsg("--backing-dir", "at most %d directories", MAX_BACKING_DIRS);
+                return EXIT_USAGE;
+            }
+            a->open.backing_dirs[a->open.n_backing_dirs++] = optarg;
+            note_option(a, name, optarg);
+            break;
+        case OPT_UNSAFE_BACKING: a->open.unsafe_backing = true; note_option(a, name, NULL); break;
+        case OPT_DATA_FILE: a->open.data_file = optarg; note_option(a, name, optarg); break;
+        case OPT_L2_CACHE_SIZE:
+            if (!parse_size_opt("--l2-cache-size", optarg, &a->open.l2_cache_size))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
+        case OPT_RW: a->rw = true; note_option(a, name, NULL); break;
+        case OPT_FORCE_SHARE: a->open.force_share = true; note_option(a, name, NULL); break;
+        case OPT_CACHE:
+            if ((v = parse_choice("--cache", optarg, cache_names, 2)) < 0)
+                return EXIT_USAGE;
+            a->open.cache = v ? CACHE_NONE : CACHE_WRITEBACK;
+            note_option(a, name, optarg);
+            break;
+        case OPT_AIO:
+            if ((v = parse_choice("--aio", optarg, aio_names, 2)) < 0)
+                return EXIT_USAGE;
+            a->open.aio = v ? AIO_NATIVE : AIO_THREADS;
+            note_option(a, name, optarg);
+            break;
+        case OPT_DISCARD:
+            if ((v = parse_choice("--discard", optarg, discard_names, 2)) < 0)
+                return EXIT_USAGE;
+            a->open.discard = v ? DISCARD_UNMAP : DISCARD_IGNORE;
+            note_option(a, name, optarg);
+            break;
+        case OPT_ON_READ_ERROR:
+            if ((v = parse_choice("--on-read-error", optarg, rerr_names, 2)) < 0)
+                return EXIT_USAGE;
+            a->open.on_read_error = v ? READ_ERROR_ZERO : READ_ERROR_REPORT;
+            note_option(a, name, optarg);
+            break;
+        case OPT_BLKDEBUG: a->open.blkdebug_rules = optarg; note_option(a, name, optarg); break;
+        case OPT_ALLOW_OTHER: a->allow_other = true; break;
+        case OPT_FOREGROUND: a->foreground = true; break;
+        case OPT_DEBUG: a->debug = true; break;
+        case 'o': take_fuse_opts(a, optarg); break;
+        case 'h': print_help(); return EXIT_OK;
+        case 'V': print_version(); return EXIT_OK;
+        case ':':
+            errmsg(argv[optind - 1], "option requires an argument");
+            return EXIT_USAGE;
+        default:
+            errmsg(argv[optind - 1], "unknown option");
+            return EXIT_USAGE;
+        }
+        longidx = -1;
+    }
+    if (argc - optind > 2) {
+        errmsg(argv[optind + 2], "unexpected argument (usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT)");
+        return EXIT_USAGE;
+    }
+    if (argc - optind < 2) {
+        usage_hint();
+        return EXIT_USAGE;
+    }
+    a->image = argv[optind];
+    a->mountpoint = argv[optind + 1];
+    if (a->open.aio == AIO_NATIVE && a->open.cache != CACHE_NONE) {
+        errmsg("--aio=native", "requires --cache=none");
+        return EXIT_USAGE;
+    }
+    if (a->open.no_backing && a->open.backing) {
+        errmsg("--no-backing", "cannot be combined with --backing");
+        return EXIT_USAGE;
+    }
+    if (a->debug)
+        a->foreground = true;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- mountpoint checks */
+
+/* Undoes the octal escapes of /proc/self/mountinfo (\040 for space etc.) in place. */
+static void unescape_mountinfo(char *s)
+{
+    char *w = s;
+    for (char *r = s; *r; r++) {
+        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
+            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+            r += 3;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+}
+
+static bool is_mount_point(const char *real)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return false;
+    char line[8192];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *save = NULL, *field = strtok_r(line, " ", &save);
+        for (int i = 1; field && i < 5; i++)
+            field = strtok_r(NULL, " ", &save);
+        if (field) {
+            unescape_mountinfo(field);
+            found = strcmp(field, real) == 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* Returns 0 and sets *file_mode, or prints the error and returns EXIT_USAGE. */
+static int check_mountpoint(const char *mp, bool *file_mode)
+{
+    struct stat st;
+    if (stat(mp, &st) != 0) {
+        errmsg(mp, "%s", strerror(errno));
+        return EXIT_USAGE;
+    }
+    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+        errmsg(mp, "mountpoint must be a directory or a regular file");
+        return EXIT_USAGE;
+    }
+    char real[PATH_MAX];
+    if (!realpath(mp, real)) {
+        errmsg(mp, "%s", strerror(errno));
+        return EXIT_USAGE;
+    }
+    if (is_mount_point(real)) {
+        errmsg(mp, "already a mount point (busy)");
+        return EXIT_USAGE;
+    }
+    *file_mode = S_ISREG(st.st_mode);
+    return 0;
+}
+
+static bool fuse_conf_allows_other(void)
+{
+    FILE *f = fopen("/etc/fuse.conf", "r");
+    if (!f)
+        return false;
+    char line[256];
+    bool ok = false;
+    while (!ok && fgets(line, sizeof line, f)) {
+        char *p = line + strspn(line, " \t");
+        ok = strncmp(p, "user_allow_other", 16) == 0 && (p[16] == '\n' || p[16] == '\0' || p[16] == ' ');
+    }
+    fclose(f);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- detaching */
+
+/* The process forks before opening anything, so that image locks, threads and file descriptors all live
+ * in the daemon. The parent waits until the child reports a mount (exit 0) or exits with its status. */
+typedef struct Detach {
+    int fd; /* write end of the pipe to the waiting parent, -1 in the foreground */
+} Detach;
+
+static int detach_start(Detach *d)
+{
+    int p[2];
+    if (pipe(p) != 0) {
+        errmsg("pipe", "%s", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        errmsg("fork", "%s", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    if (pid > 0) {
+        close(p[1]);
+        char b;
+        ssize_t n;
+        do
+            n = read(p[0], &b, 1);
+        while (n < 0 && errno == EINTR);
+        if (n == 1)
+            _exit(EXIT_OK);
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        _exit(WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_RUNTIME);
+    }
+    close(p[0]);
+    setsid();
+    d->fd = p[1];
+    return 0;
+}
+
+static void detach_ready(void *arg)
+{
+    Detach *d = arg;
+    if (d->fd < 0)
+        return;
+    if (chdir("/") != 0) {
+        /* harmless: the daemon keeps its working directory */
+    }
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);
+        dup2(null, STDOUT_FILENO);
+        dup2(null, STDERR_FILENO);
+        if (null > STDERR_FILENO)
+            close(null);
+    }
+    char ok = 0;
+    if (write(d->fd, &ok, 1) != 1) {
+        /* the parent is gone; nothing to tell */
+    }
+    close(d->fd);
+    d->fd = -1;
+}
+
+/* ---------------------------------------------------------------- the main job */
+
+static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
+{
+    StrBuf o;
+    sb_init(&o);
+    StrBuf fs;
+    sb_init(&fs);
+    sb_printf(&fs, "fsname=%s", a->image);
+    char *escaped = NULL;
+    if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
+        abort();
+    sb_free(&fs);
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,max_read=%d", escaped, 1024 * 1024);
+    free(escaped);
+    if (read_only)
+        sb_printf(&o, ",ro");
+    if (a->allow_other) {
+        if (getuid() == 0 || fuse_conf_allows_other())
+            sb_printf(&o, ",allow_other");
+        else
+            fprintf(stderr, "imgfuse: warning: --allow-other needs 'user_allow_other' in /etc/fuse.conf; "
+                    "mounting for this user only\n");
+    }
+    if (a->fuse_opts.len)
+        sb_printf(&o, ",%s", a->fuse_opts.s);
+    char **argv = calloc(5, sizeof *argv);
+    if (!argv)
+        abort();
+    int n = 0;
+    argv[n++] = strdup("imgfuse");
+    argv[n++] = strdup("-o");
+    argv[n++] = sb_steal(&o, NULL);
+    if (a->debug)
+        argv[n++] = strdup("-d");
+    *argc_out = n;
+    return argv;
+}
+
+static void free_argv(char **argv, int argc)
+{
+    for (int i = 0; i < argc; i++)
+        free(argv[i]);
+    free(argv);
+}
+
+static int mount_main(int argc, char **argv)
+{
+    MountArgs a;
+    memset(&a, 0, sizeof a);
+    block_open_opts_init(&a.open);
+    sb_init(&a.fuse_opts);
+    sb_init(&a.summary);
+    int rc = parse_mount_args(&a, argc, argv);
+    if (rc >= 0)
+        goto out;
+
+    bool file_mode = false;
+    if ((rc = check_mountpoint(a.mountpoint, &file_mode)) != 0)
+        goto out;
+    bool read_only = !a.rw || a.forced_ro;
+    a.open.read_only = read_only;
+    log_debug_enabled = a.debug;
+
+    Detach d = { .fd = -1 };
+    if (!a.foreground && (rc = detach_start(&d)) != 0)
+        goto out;
+
+    Error err;
+    memset(&err, 0, sizeof err);
+    BlockNode *bs = bdrv_open(a.image, &a.open, &err);
+    if (!bs) {
+        rc = report_error(&err, a.image, EXIT_USAGE);
+        goto out;
+    }
+
+    FsConfig cfg = {
+        .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
+        .facts = { .read_only = read_only, .options = a.summary.s },
+    };
+    int fargc;
+    char **fargv = build_fuse_argv(&a, read_only, &fargc);
+    rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
+    free_argv(fargv, fargc);
+
+    int r = bdrv_flush(bs);
+    if (r < 0) {
+        log_msg("%s: flush at unmount failed: %s", a.image, strerror(-r));
+        if (rc == EXIT_OK)
+            rc = EXIT_RUNTIME;
+    }
+    bdrv_close(bs);
+out:
+    sb_free(&a.fuse_opts);
+    sb_free(&a.summary);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } commands[] = {
+        { "info", cmd_info }, { "map", cmd_map }, { "create", cmd_create },
+        { "snapshot", cmd_snapshot }, { "hash", cmd_hash },
+    };
+    if (argc >= 2)
+        for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
+            if (strcmp(argv[1], commands[i].name) == 0)
+                return commands[i].fn(argc - 1, argv + 1);
+    return mount_main(argc, argv);
+}

@@ -1,0 +1,213 @@
+/*
+ * render.c - turns what the block layer says about a chain into text for people and JSON for
+ * programs: `imgfuse info`, MNT/info, MNT/info.json, and `imgfuse map`.  It renders the InfoList of each
+ * node generically (whatever keys the drivers add) and walks block status through the chain; it knows
+ * no image format and no FUSE.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "imgfuse.h"
+#include "util.h"
+
+/* Integers whose key names a size get a human-readable size after them in the text form. */
+static bool key_is_size(const char *key)
+{
+    size_t n = strlen(key);
+    return strstr(key, "size") || (n > 6 && strcmp(key + n - 6, "_bytes") == 0);
+}
+
+static void render_item_text(StrBuf *sb, const InfoItem *it)
+{
+    if (it->str) {
+        sb_printf(sb, "  %s: %s\n", it->key, it->str);
+    } else if (it->is_bool) {
+        sb_printf(sb, "  %s: %s\n", it->key, it->num ? "yes" : "no");
+    } else if (key_is_size(it->key) && it->num >= 1024) {
+        char h[64];
+        sb_printf(sb, "  %s: %" PRId64 " (%s)\n", it->key, it->num, format_size((uint64_t)it->num, h, sizeof h));
+    } else {
+        sb_printf(sb, "  %s: %" PRId64 "\n", it->key, it->num);
+    }
+}
+
+static void render_item_json(StrBuf *sb, const InfoItem *it)
+{
+    sb_json_str(sb, it->key);
+    sb_put(sb, ": ", 2);
+    if (it->str)
+        sb_json_str(sb, it->str);
+    else if (it->is_bool)
+        sb_printf(sb, "%s", it->num ? "true" : "false");
+    else
+        sb_printf(sb, "%" PRId64, it->num);
+}
+
+static void render_facts_text(StrBuf *sb, const MountFacts *f)
+{
+    if (f->read_only)
+        sb_printf(sb, "read-only: yes (evidence files opened O_RDONLY)\n");
+    else
+        sb_printf(sb, "read-only: no\n");
+    if (f->mode_note)
+        sb_printf(sb, "mode: %s\n", f->mode_note);
+    if (f->options && *f->options)
+        sb_printf(sb, "options: %s\n", f->options);
+}
+
+void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+{
+    sb_printf(sb, "image: %s\n", bs->filename);
+    sb_printf(sb, "layers: %d\n", bdrv_chain_length(bs));
+    if (facts)
+        render_facts_text(sb, facts);
+    for (BlockNode *n = bs; n; n = n->backing) {
+        InfoList info = {0};
+        bdrv_get_info(n, &info);
+        sb_printf(sb, "\nlayer %d: %s\n", n->depth, n->filename);
+        for (int i = 0; i < info.n; i++)
+            render_item_text(sb, &info.items[i]);
+        info_free(&info);
+    }
+}
+
+void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+{
+    sb_put(sb, "{\n  \"image\": ", 13);
+    sb_json_str(sb, bs->filename);
+    sb_printf(sb, ",\n  \"layer_count\": %d", bdrv_chain_length(bs));
+    if (facts) {
+        sb_printf(sb, ",\n  \"read_only\": %s", facts->read_only ? "true" : "false");
+        if (facts->mode_note) {
+            sb_put(sb, ",\n  \"mode\": ", 11);
+            sb_json_str(sb, facts->mode_note);
+        }
+        if (facts->options) {
+            sb_put(sb, ",\n  \"options\": ", 14);
+            sb_json_str(sb, facts->options);
+        }
+    }
+    sb_put(sb, ",\n  \"layers\": [", 15);
+    for (BlockNode *n = bs; n; n = n->backing) {
+        InfoList info = {0};
+        bdrv_get_info(n, &info);
+        sb_printf(sb, "%s\n    {\"depth\": %d, \"filename\": ", n == bs ? "" : ",", n->depth);
+        sb_json_str(sb, n->filename);
+        for (int i = 0; i < info.n; i++) {
+            sb_put(sb, ", ", 2);
+            render_item_json(sb, &info.items[i]);
+        }
+        sb_put(sb, "}", 1);
+        info_free(&info);
+    }
+    sb_put(sb, "\n  ]\n}\n", 7);
+}
+
+/* ---------------------------------------------------------------- map */
+
+typedef struct MapRun {
+    int64_t start, length;
+    int flags, depth;
+    int64_t host_offset;      /* -1 when not valid */
+    const char *file;         /* host file name, NULL when not valid */
+} MapRun;
+
+typedef void (*MapEmit)(StrBuf *sb, const MapRun *r, bool first);
+
+static bool runs_merge(const MapRun *a, const MapRun *b)
+{
+    if (a->flags != b->flags || a->depth != b->depth || a->file != b->file)
+        return false;
+    if (a->host_offset < 0 || b->host_offset < 0)
+        return a->host_offset == b->host_offset;
+    return a->host_offset + a->length == b->host_offset;
+}
+
+static int walk_map(StrBuf *sb, BlockNode *bs, MapEmit emit)
+{
+    int64_t size = bdrv_getlength(bs);
+    if (size < 0)
+        return (int)size;
+    MapRun cur = {0};
+    bool have = false, first = true;
+    for (int64_t pos = 0; pos < size;) {
+        BlockStatus st = {0};
+        int r = bdrv_block_status_above(bs, pos, size - pos, &st);
+        if (r < 0)
+            return r;
+        if (st.bytes <= 0)
+            return -EIO;
+        int64_t len = MIN(st.bytes, size - pos);
+        bool valid = (st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file;
+        MapRun run = {
+            .start = pos, .length = len, .depth = st.depth,
+            .flags = st.flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED),
+            .host_offset = valid ? st.host_offset : -1,
+            .file = valid ? st.host_file->filename : NULL,
+        };
+        if (have && runs_merge(&cur, &run)) {
+            cur.length += run.length;
+        } else {
+            if (have) {
+                emit(sb, &cur, first);
+                first = false;
+            }
+            cur = run;
+            have = true;
+        }
+        pos += len;
+    }
+    if (have)
+        emit(sb, &cur, first);
+    return 0;
+}
+
+static const char *run_kind(const MapRun *r)
+{
+    if (r->flags & BDRV_BLOCK_DATA)
+        return (r->flags & BDRV_BLOCK_COMPRESSED) ? "compressed" : "data";
+    if (r->flags & BDRV_BLOCK_ZERO)
+        return (r->flags & BDRV_BLOCK_ALLOCATED) ? "zero" : "unallocated";
+    return "unallocated";
+}
+
+static void emit_text(StrBuf *sb, const MapRun *r, bool first)
+{
+    if (first)
+        sb_printf(sb, "%-18s %-18s %-5s %-11s %-18s %s\n", "offset", "length", "depth", "kind",
+                  "host offset", "file");
+    char host[32] = "-";
+    if (r->host_offset >= 0)
+        snprintf(host, sizeof host, "0x%" PRIx64, (uint64_t)r->host_offset);
+    sb_printf(sb, "0x%-16" PRIx64 " 0x%-16" PRIx64 " %-5d %-11s %-18s %s\n", (uint64_t)r->start,
+              (uint64_t)r->length, r->depth, run_kind(r), host, r->file ? r->file : "-");
+}
+
+static void emit_json(StrBuf *sb, const MapRun *r, bool first)
+{
+    sb_printf(sb, "%s{ \"start\": %" PRId64 ", \"length\": %" PRId64 ", \"depth\": %d, \"present\": %s, "
+              "\"zero\": %s, \"data\": %s, \"compressed\": %s", first ? "" : ",\n", r->start, r->length,
+              r->depth, (r->flags & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA)) ? "true" : "false",
+              (r->flags & BDRV_BLOCK_ZERO) ? "true" : "false", (r->flags & BDRV_BLOCK_DATA) ? "true" : "false",
+              (r->flags & BDRV_BLOCK_COMPRESSED) ? "true" : "false");
+    if (r->host_offset >= 0) {
+        sb_printf(sb, ", \"offset\": %" PRId64 ", \"file\": ", r->host_offset);
+        sb_json_str(sb, r->file);
+    }
+    sb_put(sb, "}", 1);
+}
+
+int render_map_text(StrBuf *sb, BlockNode *bs)
+{
+    return walk_map(sb, bs, emit_text);
+}
+
+int render_map_json(StrBuf *sb, BlockNode *bs)
+{
+    sb_put(sb, "[", 1);
+    int r = walk_map(sb, bs, emit_json);
+    sb_put(sb, "]\n", 2);
+    return r;
+}

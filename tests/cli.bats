@@ -1,0 +1,190 @@
+#!/usr/bin/env bats
+# cli.bats - the command line outside the mount's data path: --help, --version, info (text and JSON),
+# map, hash, create, snapshot on formats without snapshots, -o pass-through, options after the
+# positional arguments, and one-line errors with exit 2 for bad usage of the subcommands.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
+
+nothing_mounted() {
+  ! grep -q " $TMP" /proc/mounts
+}
+
+@test "--help lists every option of the command line and exits 0" {
+  run "$IMGFUSE" --help
+  [ "$status" -eq 0 ]
+  for opt in --format --offset --size --backing --backing-format --no-backing --backing-dir \
+             --unsafe-backing --data-file --l2-cache-size --rw --force-share --discard --on-read-error \
+             --cache --aio --allow-other -o --foreground --debug --blkdebug --help --version \
+             "info [--json]" "map [--json]" "create -f FMT" "snapshot -l" "hash [--algo"; do
+    [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; false; }
+  done
+}
+
+@test "--version names the program and the formats it reads" {
+  run "$IMGFUSE" --version
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == "imgfuse "* ]]
+  [[ "$output" == *"formats:"*raw* ]]
+}
+
+@test "info describes a raw image: format, exact virtual size, chain" {
+  head -c 1000001 /dev/urandom > odd.raw
+  run "$IMGFUSE" info odd.raw
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"image: "*odd.raw* ]]
+  [[ "$output" == *"layers: 1"* ]]
+  [[ "$output" == *raw* ]]
+  [[ "$output" == *1000001* ]]
+}
+
+@test "info --json is valid JSON with the chain's layers" {
+  truncate -s 64M sparse.raw
+  run "$IMGFUSE" info --json sparse.raw
+  [ "$status" -eq 0 ]
+  echo "$output" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["image"].endswith("sparse.raw"), d
+assert d["layer_count"] == 1 and len(d["layers"]) == 1, d
+layer = d["layers"][0]
+assert layer["depth"] == 0
+assert 67108864 in layer.values(), layer
+assert "raw" in layer.values(), layer'
+}
+
+@test "options may follow the image: info IMAGE --json" {
+  truncate -s 1M late.raw
+  run "$IMGFUSE" info late.raw --json
+  [ "$status" -eq 0 ]
+  echo "$output" | python3 -c 'import json, sys; json.load(sys.stdin)'
+}
+
+@test "map --json lists the same data extents as the host file's SEEK_DATA map" {
+  truncate -s 16M m.raw
+  head -c 65536 /dev/urandom | dd of=m.raw bs=64k seek=7 conv=notrunc status=none
+  head -c 4096 /dev/urandom | dd of=m.raw bs=4k seek=4000 conv=notrunc status=none
+  run "$IMGFUSE" map --json m.raw
+  [ "$status" -eq 0 ]
+  ours=$(echo "$output" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin):
+    if r["data"]:
+        print(r["start"], r["start"] + r["length"])')
+  [ "$ours" = "$(python3 "$SEEKMAP" m.raw)" ]
+  run "$IMGFUSE" map m.raw
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == offset* ]]
+  [[ "$output" == *data* ]]
+}
+
+@test "hash prints sha256sum-style lines equal to the host tools' digests" {
+  truncate -s 8M h.raw
+  head -c 100000 /dev/urandom | dd of=h.raw bs=1 seek=3000000 conv=notrunc status=none
+  run "$IMGFUSE" hash h.raw
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(sha256sum h.raw)" ]
+  run "$IMGFUSE" hash --algo md5 h.raw
+  [ "$output" = "$(md5sum h.raw)" ]
+  run "$IMGFUSE" hash --algo=sha1 h.raw
+  [ "$output" = "$(sha1sum h.raw)" ]
+}
+
+@test "hash of a 0-byte and a 1000001-byte image" {
+  : > e.raw
+  head -c 1000001 /dev/urandom > o.raw
+  run "$IMGFUSE" hash e.raw
+  [ "$output" = "$(sha256sum e.raw)" ]
+  run "$IMGFUSE" hash o.raw
+  [ "$output" = "$(sha256sum o.raw)" ]
+}
+
+@test "create -f raw makes an image of the exact size" {
+  run "$IMGFUSE" create -f raw new.raw 1000001
+  [ "$status" -eq 0 ]
+  [ "$(stat -c %s new.raw)" -eq 1000001 ]
+  run "$IMGFUSE" create -f raw k.raw 64k
+  [ "$status" -eq 0 ]
+  [ "$(stat -c %s k.raw)" -eq 65536 ]
+}
+
+@test "create refuses a backing file for raw (the seed's rule) with exit 2" {
+  truncate -s 1M base.raw
+  run "$IMGFUSE" create -f raw -b base.raw -F raw top.raw 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: top.raw: format 'raw' does not support backing files" ]
+  [ ! -e top.raw ]
+}
+
+@test "snapshot -l on a raw image fails with one line naming the image" {
+  truncate -s 1M s.raw
+  run "$IMGFUSE" snapshot -l s.raw
+  [ "$status" -eq 1 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: "*s.raw* ]]
+}
+
+@test "subcommands: bad usage gives one line and exit 2" {
+  truncate -s 1M x.raw
+  for args in "info" "info --bogus x.raw" "info missing.raw" "info x.raw x.raw" "map" "map missing.raw" \
+              "hash --algo crc x.raw" "hash" "create" "create -f raw" "create -f nosuch n.img 1M" \
+              "create -f raw n.img lots" "snapshot x.raw" "snapshot -l -c a x.raw" "snapshot -c" \
+              "info $TMP"; do
+    run $IMGFUSE $args
+    echo "$args -> $status: $output"
+    [ "$status" -eq 2 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [[ "${lines[0]}" == "imgfuse: "* ]]
+  done
+}
+
+@test "-o options pass through to FUSE; -o rw alone keeps the mount read-only" {
+  head -c 65536 /dev/urandom > p.raw
+  mount_img -o rw,noatime,fsname=evidence p.raw "$MNT"
+  grep -q "^evidence $MNT fuse.imgfuse ro," /proc/mounts
+  [ "$(stat -c %a "$MNT/disk.raw")" = 444 ]
+  run sh -c "echo x > '$MNT/disk.raw'"
+  [ "$status" -ne 0 ]
+  cmp "$MNT/disk.raw" p.raw
+  unmount_img
+}
+
+@test "options after the positional arguments, as mount.fuse3 passes them" {
+  head -c 65536 /dev/urandom > late.raw
+  "$IMGFUSE" late.raw "$MNT" --foreground -o ro,noatime > "$TMP/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  MOUNTED=$MNT
+  for i in $(seq 1 200); do mountpoint -q "$MNT" && break; sleep 0.05; done
+  mountpoint -q "$MNT"
+  cmp "$MNT/disk.raw" late.raw
+  unmount_img
+  nothing_mounted
+}
+
+@test "file mode: a regular-file mountpoint becomes the raw view" {
+  head -c 1000001 /dev/urandom > fm.raw
+  : > view
+  mount_img fm.raw "$TMP/view"
+  [ "$(stat -c %s "$TMP/view")" -eq 1000001 ]
+  cmp "$TMP/view" fm.raw
+  unmount_img
+  [ "$(stat -c %s "$TMP/view")" -eq 0 ]
+}
+
+@test "MNT/info and MNT/info.json describe the mount and the chain" {
+  truncate -s 2M i.raw
+  mount_img i.raw "$MNT"
+  [ "$(ls "$MNT" | tr '\n' ' ')" = "disk.raw info info.json " ]
+  grep -q "^read-only: yes (evidence files opened O_RDONLY)" "$MNT/info"
+  grep -q "i.raw" "$MNT/info"
+  python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
+  [ "$(stat -c %s "$MNT/info")" -eq "$(cat "$MNT/info" | wc -c)" ]
+  unmount_img
+}
