@@ -1,0 +1,101 @@
+#!/usr/bin/env bats
+# mount-ops.bats - the file operations of a writable raw view besides plain read/write: fallocate
+# (punch hole, zero range, plain allocation), truncate, fsync, st_blocks and SEEK_DATA/SEEK_HOLE after
+# writes, and a loop device with a real file system on top of disk.raw.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() {
+  if [ -n "${LOOPDEV:-}" ]; then
+    umount "$TMP/fsmnt" 2>/dev/null
+    losetup -d "$LOOPDEV" 2>/dev/null
+  fi
+  teardown_tmp
+}
+
+SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
+
+@test "fallocate --punch-hole reads back zeros and leaves the rest alone" {
+  head -c 4194304 /dev/urandom > p.raw
+  cp p.raw orig.raw
+  mount_img --rw --discard=unmap p.raw "$MNT"
+  fallocate --punch-hole --offset 1048576 --length 65536 "$MNT/disk.raw"
+  cmp <(dd if="$MNT/disk.raw" bs=64k skip=16 count=1 status=none) <(head -c 65536 /dev/zero)
+  unmount_img
+  cmp <(head -c 1048576 p.raw) <(head -c 1048576 orig.raw)
+  cmp <(dd if=p.raw bs=64k skip=16 count=1 status=none) <(head -c 65536 /dev/zero)
+  cmp <(dd if=p.raw bs=64k skip=17 status=none) <(dd if=orig.raw bs=64k skip=17 status=none)
+}
+
+@test "fallocate --punch-hole reads back zeros with the default --discard=ignore too" {
+  head -c 1048576 /dev/urandom > q.raw
+  mount_img --rw q.raw "$MNT"
+  fallocate --punch-hole --offset 4096 --length 8192 "$MNT/disk.raw"
+  cmp <(dd if="$MNT/disk.raw" bs=4k skip=1 count=2 status=none) <(head -c 8192 /dev/zero)
+  unmount_img
+  cmp <(dd if=q.raw bs=4k skip=1 count=2 status=none) <(head -c 8192 /dev/zero)
+}
+
+@test "fallocate --zero-range zeroes; plain fallocate is not supported" {
+  head -c 1048576 /dev/urandom > z.raw
+  mount_img --rw z.raw "$MNT"
+  fallocate --zero-range --keep-size --offset 65536 --length 65536 "$MNT/disk.raw"
+  cmp <(dd if="$MNT/disk.raw" bs=64k skip=1 count=1 status=none) <(head -c 65536 /dev/zero)
+  run fallocate --offset 0 --length 4096 "$MNT/disk.raw"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"not supported"* ]]
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 1048576 ]
+  unmount_img
+  cmp <(dd if=z.raw bs=64k skip=1 count=1 status=none) <(head -c 65536 /dev/zero)
+}
+
+@test "truncate grows and shrinks a raw image" {
+  head -c 1048576 /dev/urandom > t.raw
+  cp t.raw orig.raw
+  mount_img --rw t.raw "$MNT"
+  truncate -s 3M "$MNT/disk.raw"
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 3145728 ]
+  cmp <(tail -c 2097152 "$MNT/disk.raw") <(head -c 2097152 /dev/zero)
+  truncate -s 512K "$MNT/disk.raw"
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 524288 ]
+  unmount_img
+  [ "$(stat -c %s t.raw)" -eq 524288 ]
+  cmp t.raw <(head -c 524288 orig.raw)
+}
+
+@test "writes into holes: fsync succeeds, st_blocks grows, SEEK_DATA/SEEK_HOLE follow the image" {
+  truncate -s 32M s.raw
+  mount_img --rw s.raw "$MNT"
+  before=$(stat -c %b "$MNT/disk.raw")
+  python3 - "$MNT/disk.raw" <<'EOF'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+os.pwrite(fd, b"\x5a" * 65536, 5 * 1048576)
+os.pwrite(fd, b"\xa5" * 4096, 20 * 1048576)
+os.fsync(fd)
+os.close(fd)
+EOF
+  [ "$(stat -c %b "$MNT/disk.raw")" -gt "$before" ]
+  map=$(python3 "$SEEKMAP" "$MNT/disk.raw")
+  [ "$map" = "$(python3 "$SEEKMAP" s.raw)" ]
+  [[ "$map" == *"5242880 5308416"* ]]
+  unmount_img
+  [ "$(dd if=s.raw bs=64k skip=80 count=1 status=none | tr -d '\132' | wc -c)" -eq 0 ]
+}
+
+@test "a loop device over disk.raw mounts the ext4 file system inside, read-only" {
+  truncate -s 32M fs.raw
+  mkfs.ext4 -q -F fs.raw
+  mkdir -p "$TMP/src" "$TMP/fsmnt"
+  head -c 300000 /dev/urandom > "$TMP/src/payload"
+  debugfs -w -R "write $TMP/src/payload payload" fs.raw > /dev/null 2>&1
+  mount_img fs.raw "$MNT"
+  LOOPDEV=$(losetup --find --show --read-only "$MNT/disk.raw")
+  mount -o ro,noload "$LOOPDEV" "$TMP/fsmnt"
+  cmp "$TMP/fsmnt/payload" "$TMP/src/payload"
+  umount "$TMP/fsmnt"
+  losetup -d "$LOOPDEV"
+  LOOPDEV=
+  unmount_img
+}
