@@ -192,4 +192,5 @@ const BlockDriver bdrv_raw = {
     .get_info = raw_get_info,
     .has_zero_init = raw_has_zero_init,
     .create = raw_create,
+    .shares_write = true,
 };

@@ -202,7 +202,21 @@ struct BlockDriver {
      * Offsets/lengths/buffers follow bs->request_alignment; NULL = the core loops over read/write. */
     int (*read_extents)(BlockNode *bs, const struct BlockExtent *ext, int n);
     int (*write_extents)(BlockNode *bs, const struct BlockExtent *ext, int n, int flags);
+
+    /* Format drivers: true if the format keeps no metadata that another writer could invalidate (raw);
+     * then, like QEMU, other processes may write and resize while the image is open. */
+    bool shares_write;
+    /* Protocol drivers: take QEMU-compatible image locks. held/unshared are sets of BDRV_PERM_* bits.
+     * Called by the core before a format driver's open; fails (with err set) if another process holds a
+     * conflicting lock. */
+    int (*set_perm)(BlockNode *bs, unsigned held, unsigned unshared, Error *err);
 };
+
+/* Permissions for set_perm (QEMU's numbering: lock byte 100+N held, 200+N not shared). */
+#define BDRV_PERM_CONSISTENT_READ (1u << 0)
+#define BDRV_PERM_WRITE           (1u << 1)
+#define BDRV_PERM_WRITE_UNCHANGED (1u << 2)
+#define BDRV_PERM_RESIZE          (1u << 3)
 
 /* The driver table (lib/drivers.c). */
 const BlockDriver *bdrv_find_driver(const char *name);

@@ -115,6 +115,40 @@ const BlockDriver *bdrv_probe(BlockNode *file)
     return best;
 }
 
+/* ---------------------------------------------------------------- image locks */
+
+/* The protocol node under file (through filters). */
+static BlockNode *protocol_of(BlockNode *file)
+{
+    for (int guard = 0; file && guard < 8; guard++, file = file->file)
+        if (file->drv->is_protocol)
+            return file;
+    return NULL;
+}
+
+/*
+ * QEMU-compatible locks on the image file, taken before the format driver reads or writes anything.
+ * Held: consistent read, plus write (and resize for formats with metadata) when writable. Not shared:
+ * write and resize for formats with metadata (their caches need a stable file; same as qemu-io -r for
+ * read-only nodes), nothing for raw. Read-only with --force-share: no lock taken, none checked.
+ * A writable node ignores --force-share.
+ */
+static int lock_image(BlockNode *file, const BlockDriver *fmt, const BlockOpenOpts *opts, Error *err)
+{
+    BlockNode *proto = protocol_of(file);
+    if (!proto || !proto->drv->set_perm)
+        return 0;
+    bool ro = file->read_only;
+    if (ro && opts && opts->force_share)
+        return 0;
+    unsigned held = BDRV_PERM_CONSISTENT_READ, unshared = 0;
+    if (!ro)
+        held |= BDRV_PERM_WRITE | (fmt->shares_write ? 0 : BDRV_PERM_RESIZE);
+    if (!fmt->shares_write && !(opts && opts->force_share))
+        unshared = BDRV_PERM_WRITE | BDRV_PERM_RESIZE;
+    return proto->drv->set_perm(proto, held, unshared, err);
+}
+
 /* ---------------------------------------------------------------- format nodes */
 
 /* Opens drv (or the probed format) on file; consumes file. */
@@ -137,6 +171,11 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
     } else {
         drv = bdrv_probe(file);
         probed = true;
+    }
+    int lr = lock_image(file, drv, opts, err);
+    if (lr < 0) {
+        bdrv_close(file);
+        return NULL;
     }
     BlockNode *bs = bdrv_new_node(drv, file->filename);
     if (!bs) {
