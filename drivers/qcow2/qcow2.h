@@ -1,0 +1,338 @@
+/*
+ * qcow2.h - private state and on-disk constants of the qcow2 format driver, shared by the files of
+ * drivers/qcow2/ only.  It owns the layout facts of the qcow2 specification (header fields, feature
+ * bits, header extension types, L1/L2/refcount entry masks, the snapshot table), the per-node state
+ * struct, and the prototypes that connect the driver's parts: header parsing and open (qcow2.c), the
+ * metadata table cache (cache.c), guest-to-host mapping and the read path (cluster.c), decompression
+ * (compress.c), snapshot table parsing and views (snapshot.c), and the write side (refcount.c,
+ * alloc.c/write.c, create.c, snapshot-write.c, check.c).  Nothing outside drivers/qcow2/ includes it.
+ */
+#ifndef IMGFUSE_QCOW2_H
+#define IMGFUSE_QCOW2_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "block.h"
+
+/* ---------------------------------------------------------------- header layout */
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+
+#define QCOW2_V2_HEADER_LEN 72
+#define QCOW2_V3_MIN_HEADER_LEN 104
+#define QCOW2_COMPRESSION_TYPE_OFFSET 104 /* one byte, present when header_length > 104 */
+#define QCOW2_MAX_BACKING_NAME 1023
+
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MIN_EXTL2_CLUSTER_BITS 14
+#define QCOW2_MAX_REFCOUNT_ORDER 6
+
+/* Memory budgets for tables read from untrusted headers. */
+#define QCOW2_MAX_L1_BYTES (32 * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES (8 * 1024 * 1024)
+#define QCOW2_MAX_SNAPSHOTS 65536
+#define QCOW2_MAX_SNAPSHOT_TABLE_BYTES (64 * 1024 * 1024)
+#define QCOW2_MAX_SNAPSHOT_EXTRA 1024
+#define QCOW2_MAX_VIRTUAL_SIZE (INT64_MAX / 2)
+
+/* incompatible_features */
+#define QCOW2_INCOMPAT_DIRTY        (1ULL << 0)
+#define QCOW2_INCOMPAT_CORRUPT      (1ULL << 1)
+#define QCOW2_INCOMPAT_DATA_FILE    (1ULL << 2)
+#define QCOW2_INCOMPAT_COMPRESSION  (1ULL << 3)
+#define QCOW2_INCOMPAT_EXTL2        (1ULL << 4)
+#define QCOW2_INCOMPAT_KNOWN        0x1fULL
+/* compatible_features */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
+/* autoclear_features */
+#define QCOW2_AUTOCLEAR_BITMAPS       (1ULL << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ULL << 1)
+#define QCOW2_AUTOCLEAR_KNOWN         0x3ULL
+
+/* crypt_method */
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES  1
+#define QCOW2_CRYPT_LUKS 2
+
+/* compression_type */
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* header extension types */
+#define QCOW2_EXT_END            0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE  0x6803f857u
+#define QCOW2_EXT_BITMAPS        0x23852875u
+#define QCOW2_EXT_CRYPTO         0x0537be77u
+#define QCOW2_EXT_DATA_FILE      0x44415441u
+
+#define QCOW2_FEATURE_NAME_LEN 46
+#define QCOW2_FEATURE_ENTRY_LEN 48
+#define QCOW2_FEAT_TYPE_INCOMPAT 0
+#define QCOW2_FEAT_TYPE_COMPAT   1
+#define QCOW2_FEAT_TYPE_AUTOCLEAR 2
+
+/* ---------------------------------------------------------------- table entries */
+
+#define QCOW2_OFLAG_COPIED     (1ULL << 63) /* L1/L2: refcount is exactly one */
+#define QCOW2_OFLAG_COMPRESSED (1ULL << 62) /* L2: compressed cluster */
+#define QCOW2_OFLAG_ZERO       (1ULL << 0)  /* L2 standard descriptor: reads as zeros (v3, no ext L2) */
+#define QCOW2_L1E_OFFSET_MASK  0x00fffffffffffe00ULL /* bits 9-55 */
+#define QCOW2_L2E_OFFSET_MASK  0x00fffffffffffe00ULL /* bits 9-55 */
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ULL /* bits 9-63 */
+#define QCOW2_L1E_RESERVED     0x7f000000000001ffULL
+#define QCOW2_L2E_STD_RESERVED 0x3f000000000001feULL
+
+#define QCOW2_EXTL2_SUBCLUSTERS 32
+#define QCOW2_COMPRESSED_SECTOR 512
+
+/* Type of one guest subcluster (a whole cluster without extended L2 entries). */
+typedef enum Qcow2SubclusterType {
+    QCOW2_SC_NORMAL,            /* data at host offset */
+    QCOW2_SC_COMPRESSED,        /* compressed cluster */
+    QCOW2_SC_ZERO_PLAIN,        /* reads as zeros, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,        /* reads as zeros, host cluster preallocated */
+    QCOW2_SC_UNALLOCATED_PLAIN, /* falls through to backing, no host cluster */
+    QCOW2_SC_UNALLOCATED_ALLOC, /* falls through to backing, host cluster allocated (ext L2) */
+    QCOW2_SC_INVALID,           /* corrupt entry */
+} Qcow2SubclusterType;
+
+/* ---------------------------------------------------------------- metadata cache (cache.c) */
+
+typedef struct Qcow2Cache Qcow2Cache;
+
+/* Called before a dirty table is written back (e.g. overlap checks); non-zero aborts the write. */
+typedef int (*Qcow2CacheWriteHook)(void *opaque, uint64_t offset, const void *table);
+
+/* A bounded LRU cache of cluster-sized metadata tables (L2 tables, refcount blocks), kept in on-disk
+ * (big-endian) byte order.  Tables are pinned between get and put and never evicted while pinned.
+ * Internally locked; callers still hold the node's lock around multi-step metadata updates. */
+Qcow2Cache *qcow2_cache_new(BlockNode *file, uint32_t table_size, int max_tables);
+void qcow2_cache_free(Qcow2Cache *c);
+/* Pin the table at host offset; read from disk on a miss. 0 or -errno. */
+int qcow2_cache_get(Qcow2Cache *c, uint64_t offset, void **table);
+/* Pin a table for a freshly allocated cluster without reading it (contents zeroed). */
+int qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset, void **table);
+void qcow2_cache_put(Qcow2Cache *c, void **table);
+void qcow2_cache_mark_dirty(Qcow2Cache *c, void *table);
+/* Write back every dirty table (dependencies first), then flush the file if asked. */
+int qcow2_cache_write_back(Qcow2Cache *c);
+int qcow2_cache_flush(Qcow2Cache *c);
+/* Before writing back any table of c, write back (and flush) dep: refcount blocks before L2 tables. */
+void qcow2_cache_set_dependency(Qcow2Cache *c, Qcow2Cache *dep);
+void qcow2_cache_set_write_hook(Qcow2Cache *c, Qcow2CacheWriteHook hook, void *opaque);
+/* Drop the table at offset (its cluster was freed); dirty contents are discarded. */
+void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* Drop every unpinned clean table; -EBUSY if a table is pinned or dirty. */
+int qcow2_cache_empty(Qcow2Cache *c);
+int qcow2_cache_max_tables(const Qcow2Cache *c);
+void qcow2_cache_stats(const Qcow2Cache *c, uint64_t *hits, uint64_t *misses);
+
+/* ---------------------------------------------------------------- node state */
+
+typedef struct Qcow2Feature {
+    uint8_t type; /* QCOW2_FEAT_TYPE_* */
+    uint8_t bit;
+    char name[QCOW2_FEATURE_NAME_LEN + 1];
+} Qcow2Feature;
+
+/* A header extension this driver does not interpret, kept so a header rewrite preserves it. */
+typedef struct Qcow2UnknownExt {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+} Qcow2UnknownExt;
+
+typedef struct Qcow2Snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id_str;
+    char *name;
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;      /* virtual size at the snapshot (the image's size if not recorded) */
+    bool has_disk_size;
+    uint64_t icount;         /* instruction count, UINT64_MAX if absent */
+    uint32_t extra_data_size;
+    uint8_t *extra_data;     /* the raw extra data (known and unknown fields), for rewrites */
+} Qcow2Snapshot;
+
+typedef struct Qcow2State {
+    /* --- header fields, as read (host byte order) --- */
+    uint32_t version;
+    uint32_t header_length;        /* 72 for v2 */
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;                 /* virtual disk size */
+    uint32_t crypt_method;
+    uint32_t l1_size;              /* entries in the active L1 table */
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;
+    uint8_t compression_type;      /* QCOW2_COMPRESSION_* */
+
+    /* --- derived geometry --- */
+    uint32_t cluster_size;
+    uint64_t cluster_mask;         /* cluster_size - 1 */
+    bool extended_l2;
+    uint32_t l2_entry_size;        /* 8, or 16 with extended L2 entries */
+    uint32_t l2_bits;              /* log2 of entries per L2 table */
+    uint32_t l2_size;              /* entries per L2 table */
+    uint32_t subclusters_per_cluster; /* 1, or 32 with extended L2 entries */
+    uint32_t subcluster_bits;
+    uint32_t subcluster_size;
+    uint32_t l1_vm_state_index;    /* first L1 index past the virtual disk */
+    uint32_t csize_shift;          /* compressed descriptor: sector count field position */
+    uint64_t csize_mask;
+    uint64_t compressed_offset_mask;
+    uint32_t refcount_bits;
+    uint64_t refcount_max;
+    uint32_t refcount_block_bits;  /* log2 of entries per refcount block */
+    uint32_t refcount_block_size;  /* entries per refcount block */
+
+    /* --- active L1 table (host byte order) --- */
+    uint64_t *l1_table;
+    uint32_t l1_alloc_entries;     /* allocated length of l1_table (>= l1_size) */
+
+    /* --- refcounts (write path) --- */
+    uint64_t *refcount_table;      /* host byte order */
+    uint64_t refcount_table_size;  /* entries */
+    uint64_t free_cluster_index;   /* allocation hint: first host cluster that may be free */
+    uint64_t free_byte_offset;     /* compressed-write packing hint */
+
+    /* --- snapshots --- */
+    Qcow2Snapshot *snapshots;      /* nb_snapshots entries */
+    uint64_t snapshots_size;       /* bytes of the on-disk table */
+
+    /* --- header extensions --- */
+    char *backing_file;            /* as written in the header, NULL if none */
+    char *backing_format;          /* backing_fmt extension, NULL if absent */
+    Qcow2Feature *features;        /* feature name table */
+    int nb_features;
+    Qcow2UnknownExt *unknown_exts;
+    int nb_unknown_exts;
+    bool has_bitmaps_ext;
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_directory_size;
+    uint64_t bitmap_directory_offset;
+    bool has_crypto_ext;
+    uint64_t crypto_header_offset;
+    uint64_t crypto_header_length;
+    char *data_file_name;          /* external data file extension, NULL if absent */
+
+    /* --- external data file --- */
+    BlockNode *data_file;          /* node holding guest data: bs->file, or the external data file */
+    bool has_data_file;            /* QCOW2_INCOMPAT_DATA_FILE */
+    bool data_file_raw;            /* QCOW2_AUTOCLEAR_DATA_FILE_RAW */
+    bool owns_data_file;           /* close data_file at close (not when it is bs->file or shared) */
+    char *data_file_path;          /* the path actually opened */
+
+    /* --- metadata caches --- */
+    Qcow2Cache *l2_cache;
+    Qcow2Cache *refcount_cache;    /* created by the write path */
+    uint64_t l2_cache_bytes;       /* configured size */
+    bool owns_caches;              /* false for snapshot views sharing the parent's caches */
+
+    /* --- state flags --- */
+    bool read_only;
+    bool corrupt;                  /* corrupt bit set (on disk or found while running) */
+    bool dirty;                    /* dirty bit set on disk */
+    bool use_lazy_refcounts;
+    bool header_dirty;             /* in-memory header differs from disk (write path) */
+
+    /* --- locking: one mutex per node guards all metadata above. A snapshot view points lock at its
+     * parent's mutex so metadata changes and lookups stay serialised across views. --- */
+    pthread_mutex_t own_lock;
+    pthread_mutex_t *lock;
+
+    /* --- snapshot views --- */
+    bool is_snapshot_view;
+    struct Qcow2State *parent;     /* the state this view was opened from */
+    BlockNode *meta_file;          /* node holding metadata: bs->file, or the parent's file */
+    BlockNode *backing_node;       /* where unallocated ranges are read from (NULL: zeros) */
+
+    /* --- decompression: last decompressed cluster, and one-time error logging --- */
+    pthread_mutex_t dc_lock;
+    uint8_t *dc_buf;               /* cluster_size bytes */
+    uint64_t dc_entry;             /* L2 entry of the cluster held in dc_buf, 0 = none */
+    int corruption_logged;         /* set once a corrupt structure was reported (atomic) */
+    int decompress_logged;
+
+    char *node_name;               /* for messages: the image's file name */
+} Qcow2State;
+
+/* ---------------------------------------------------------------- qcow2.c */
+
+extern const BlockDriver bdrv_qcow2;
+
+/* Parse and validate a header from the first bytes of an image (len bytes, normally one cluster or
+ * more). Fills the header fields, geometry and header extensions of s; no I/O. file_size bounds table
+ * offsets (-1 = unknown). On failure fills err ("reason" only, the caller adds the file name). */
+int qcow2_parse_header(Qcow2State *s, const uint8_t *buf, size_t len, int64_t file_size, Error *err);
+/* Free what qcow2_parse_header allocated. */
+void qcow2_free_header(Qcow2State *s);
+/* Comma-separated names of the given feature bits of a type ("dirty, corrupt, bit 9"). */
+void qcow2_feature_names(const Qcow2State *s, int type, uint64_t bits, char *out, size_t outlen);
+/* Entries needed in an L1 table for a virtual size. */
+uint64_t qcow2_size_to_l1(const Qcow2State *s, uint64_t size);
+/* Log a corruption (once per node) and mark the in-memory state corrupt. */
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---------------------------------------------------------------- cluster.c */
+
+/* Classify an L2 entry (and its bitmap with extended L2) for subcluster sc. */
+Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry, uint64_t l2_bitmap,
+                                          unsigned sc);
+/* Map [offset, offset + *bytes) of the guest disk through the L1 table l1 (l1_size entries): returns
+ * the type of the first subcluster, shortens *bytes to the run of the same type (and, for NORMAL, of
+ * contiguous host offsets), and sets *host (NORMAL/ZERO_ALLOC: host offset of 'offset') and *l2_entry
+ * (the raw entry, for compressed clusters). Caller holds *s->lock. Negative errno on I/O error. */
+int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
+                          uint64_t *bytes, uint64_t *host, uint64_t *l2_entry);
+/* Read guest data of a node (active or snapshot view) through l1. */
+int qcow2_read_l1(BlockNode *bs, Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t limit,
+                  int64_t offset, int64_t bytes, void *buf);
+int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+/* Read one L1 table from the image into host byte order (allocates *out). */
+int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **out);
+
+/* ---------------------------------------------------------------- compress.c */
+
+/* Decompress src (compressed descriptor bytes) into exactly dst_len bytes. -EIO on a corrupt stream. */
+int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len);
+/* Compress one cluster; returns the compressed length, -ENOSPC if it would not be smaller than
+ * dst_len, -EIO on failure. */
+int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len);
+/* Read and decompress the compressed cluster described by l2_entry into s->dc_buf-sized out. */
+int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out);
+
+/* ---------------------------------------------------------------- snapshot.c */
+
+/* Parse the snapshot table of s from the image (fills s->snapshots). */
+int qcow2_read_snapshots(Qcow2State *s, Error *err);
+void qcow2_free_snapshots(Qcow2State *s);
+/* Index of the snapshot whose id or name matches, -1 if none (id first, then name). */
+int qcow2_find_snapshot(const Qcow2State *s, const char *id_or_name);
+int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list);
+BlockNode *qcow2_snapshot_open(BlockNode *bs, const char *id, Error *err);
+int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
+/* Guest offset at which the vmstate of a disk of the given size starts. */
+uint64_t qcow2_vm_state_offset(const Qcow2State *s, uint64_t disk_size);
+
+/* ---------------------------------------------------------------- write side (other files) */
+/* Declared by refcount.c, alloc.c/write.c, create.c, snapshot-write.c and check.c as they land. */
+
+#endif
