@@ -261,7 +261,11 @@ typedef struct Qcow2State {
     bool is_snapshot_view;
     struct Qcow2State *parent;     /* the state this view was opened from */
     BlockNode *meta_file;          /* node holding metadata: bs->file, or the parent's file */
-    BlockNode *backing_node;       /* where unallocated ranges are read from (NULL: zeros) */
+    BlockNode *backing_node;       /* views: where unallocated ranges are read from (NULL: zeros) */
+    char *view_snapshot_name;      /* views: the snapshot shown */
+    uint64_t *vm_l1;               /* L1 table of the snapshot last used by vmstate_read */
+    uint32_t vm_l1_size;
+    uint64_t vm_l1_offset;         /* its offset, 0 = none loaded */
 
     /* --- decompression: last decompressed cluster, and one-time error logging --- */
     pthread_mutex_t dc_lock;
@@ -301,8 +305,8 @@ Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry
  * (the raw entry, for compressed clusters). Caller holds *s->lock. Negative errno on I/O error. */
 int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
                           uint64_t *bytes, uint64_t *host, uint64_t *l2_entry);
-/* Read guest data of a node (active or snapshot view) through l1. */
-int qcow2_read_l1(BlockNode *bs, Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t limit,
+/* Read guest data through the L1 table l1; unallocated ranges come from backing (zeros if NULL). */
+int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_t l1_size,
                   int64_t offset, int64_t bytes, void *buf);
 int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
@@ -316,6 +320,8 @@ int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, 
 /* Compress one cluster; returns the compressed length, -ENOSPC if it would not be smaller than
  * dst_len, -EIO on failure. */
 int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len);
+/* Forget the cached decompressed cluster (call when a compressed cluster is freed or rewritten). */
+void qcow2_invalidate_decompressed(Qcow2State *s);
 /* Read and decompress the compressed cluster described by l2_entry into s->dc_buf-sized out. */
 int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out);
 

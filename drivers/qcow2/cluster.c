@@ -1,0 +1,280 @@
+/*
+ * cluster.c - guest-to-host mapping and the read side of the qcow2 driver.  It owns the L1/L2 lookup
+ * (standard and extended L2 entries, zero clusters with and without preallocation, unallocated
+ * clusters and subclusters, compressed clusters), the classification of L2 entries, reads that merge
+ * runs of contiguous host clusters into one host request issued outside the metadata lock, the
+ * fall-through of unallocated ranges to the backing node, and block_status.  It does not allocate or
+ * modify metadata: that is the write path's job.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+#include "util.h"
+
+int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **out)
+{
+    size_t n = entries ? entries : 1;
+    uint64_t *l1 = calloc(n, sizeof(uint64_t));
+    if (!l1)
+        return -ENOMEM;
+    if (entries) {
+        int ret = bdrv_pread(s->meta_file, (int64_t)offset, (int64_t)entries * 8, l1);
+        if (ret < 0) {
+            free(l1);
+            return ret;
+        }
+        for (uint32_t i = 0; i < entries; i++)
+            l1[i] = ld_be64(&l1[i]);
+    }
+    *out = l1;
+    return 0;
+}
+
+static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const uint8_t *table, uint32_t idx)
+{
+    return ld_be64(table + (size_t)idx * s->l2_entry_size);
+}
+
+static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const uint8_t *table, uint32_t idx)
+{
+    return s->extended_l2 ? ld_be64(table + (size_t)idx * s->l2_entry_size + 8) : 0;
+}
+
+Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry, uint64_t l2_bitmap,
+                                          unsigned sc)
+{
+    if (l2_entry & QCOW2_OFLAG_COMPRESSED)
+        return s->has_data_file ? QCOW2_SC_INVALID : QCOW2_SC_COMPRESSED;
+    uint64_t host = l2_entry & QCOW2_L2E_OFFSET_MASK;
+    if (host & s->cluster_mask)
+        return QCOW2_SC_INVALID;
+    /* With an external data file, host offset 0 is valid when the COPIED bit marks the entry used. */
+    bool has_host = host || (s->has_data_file && (l2_entry & QCOW2_OFLAG_COPIED));
+    if (s->extended_l2) {
+        uint32_t alloc = (uint32_t)l2_bitmap;
+        uint32_t zero = (uint32_t)(l2_bitmap >> 32);
+        if (alloc & zero)
+            return QCOW2_SC_INVALID;
+        if (zero & (1u << sc))
+            return has_host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
+        if (alloc & (1u << sc))
+            return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_INVALID;
+        return has_host ? QCOW2_SC_UNALLOCATED_ALLOC : QCOW2_SC_UNALLOCATED_PLAIN;
+    }
+    if (s->version >= 3 && (l2_entry & QCOW2_OFLAG_ZERO))
+        return has_host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
+    return has_host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOCATED_PLAIN;
+}
+
+/* Extend a run of subclusters of the given type that starts in L2 entry idx at subcluster sc, as long as
+ * the type stays the same (and, for NORMAL, host offsets stay contiguous) and the run is shorter than
+ * max. Returns the run length in bytes counted from the start of subcluster sc. */
+static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint32_t idx, unsigned sc,
+                                 Qcow2SubclusterType type, uint64_t max)
+{
+    uint64_t entry = qcow2_l2_entry(s, table, idx);
+    uint64_t bitmap = qcow2_l2_bitmap(s, table, idx);
+    uint64_t next_host = (entry & QCOW2_L2E_OFFSET_MASK) + (uint64_t)(sc + 1) * s->subcluster_size;
+    uint64_t run = s->subcluster_size;
+    unsigned cur = sc + 1;
+    while (run < max) {
+        if (cur == s->subclusters_per_cluster) {
+            if (++idx == s->l2_size)
+                break;
+            entry = qcow2_l2_entry(s, table, idx);
+            bitmap = qcow2_l2_bitmap(s, table, idx);
+            cur = 0;
+        }
+        if (qcow2_subcluster_type(s, entry, bitmap, cur) != type)
+            break;
+        if (type == QCOW2_SC_NORMAL) {
+            uint64_t host = (entry & QCOW2_L2E_OFFSET_MASK) + (uint64_t)cur * s->subcluster_size;
+            if (host != next_host)
+                break;
+            next_host = host + s->subcluster_size;
+        }
+        run += s->subcluster_size;
+        cur++;
+    }
+    return run;
+}
+
+int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
+                          uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
+{
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    uint64_t l1_index = offset >> span_bits;
+    uint64_t span_end = (l1_index + 1) << span_bits;
+    uint64_t max = MIN(*bytes, span_end - offset);
+    *host = 0;
+    *l2_entry = 0;
+    *bytes = max;
+    if (l1_index >= l1_size)
+        return QCOW2_SC_UNALLOCATED_PLAIN;
+    uint64_t l2_offset = l1[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (!l2_offset)
+        return QCOW2_SC_UNALLOCATED_PLAIN;
+    if (l2_offset & s->cluster_mask) {
+        qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " is not cluster aligned", l2_offset);
+        return -EIO;
+    }
+    void *table;
+    int ret = qcow2_cache_get(s->l2_cache, l2_offset, &table);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint64_t in_cluster = offset & s->cluster_mask;
+    unsigned sc = (unsigned)(in_cluster >> s->subcluster_bits);
+    uint64_t entry = qcow2_l2_entry(s, table, idx);
+    Qcow2SubclusterType type = qcow2_subcluster_type(s, entry, qcow2_l2_bitmap(s, table, idx), sc);
+    uint64_t skip = in_cluster & (s->subcluster_size - 1);
+    uint64_t run;
+    if (type == QCOW2_SC_COMPRESSED || type == QCOW2_SC_INVALID)
+        run = s->cluster_size - in_cluster;
+    else
+        run = qcow2_extend_run(s, table, idx, sc, type, max + skip) - skip;
+    qcow2_cache_put(s->l2_cache, &table);
+    *bytes = MIN(run, max);
+    *l2_entry = entry;
+    if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC || type == QCOW2_SC_UNALLOCATED_ALLOC)
+        *host = (entry & QCOW2_L2E_OFFSET_MASK) + in_cluster;
+    return (int)type;
+}
+
+/* Look up one run under the metadata lock; l1 == NULL means the node's active L1 table. */
+static int qcow2_lookup(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
+                        uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
+{
+    pthread_mutex_lock(s->lock);
+    if (!l1) {
+        l1 = s->l1_table;
+        l1_size = s->l1_size;
+    }
+    int type = qcow2_get_host_offset(s, l1, l1_size, offset, bytes, host, l2_entry);
+    pthread_mutex_unlock(s->lock);
+    if (type == QCOW2_SC_INVALID) {
+        qcow2_signal_corruption(s, "invalid L2 entry 0x%016" PRIx64 " for guest offset 0x%" PRIx64,
+                                *l2_entry, offset);
+        return -EIO;
+    }
+    return type;
+}
+
+void qcow2_invalidate_decompressed(Qcow2State *s)
+{
+    pthread_mutex_lock(&s->dc_lock);
+    s->dc_entry = 0;
+    pthread_mutex_unlock(&s->dc_lock);
+}
+
+static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offset, uint64_t bytes, uint8_t *buf)
+{
+    int ret = 0;
+    pthread_mutex_lock(&s->dc_lock);
+    if (!s->dc_buf) {
+        s->dc_buf = malloc(s->cluster_size);
+        if (!s->dc_buf) {
+            pthread_mutex_unlock(&s->dc_lock);
+            return -ENOMEM;
+        }
+    }
+    if (s->dc_entry != l2_entry) {
+        s->dc_entry = 0;
+        ret = qcow2_read_compressed_cluster(s, l2_entry, s->dc_buf);
+        if (ret == 0)
+            s->dc_entry = l2_entry;
+    }
+    if (ret == 0)
+        memcpy(buf, s->dc_buf + (offset & s->cluster_mask), bytes);
+    pthread_mutex_unlock(&s->dc_lock);
+    return ret;
+}
+
+static int qcow2_read_run(Qcow2State *s, BlockNode *backing, int type, uint64_t offset, uint64_t bytes,
+                          uint64_t host, uint64_t l2_entry, uint8_t *buf)
+{
+    switch (type) {
+    case QCOW2_SC_NORMAL:
+        return bdrv_pread(s->data_file, (int64_t)host, (int64_t)bytes, buf);
+    case QCOW2_SC_COMPRESSED:
+        return qcow2_read_compressed(s, l2_entry, offset, bytes, buf);
+    case QCOW2_SC_ZERO_PLAIN:
+    case QCOW2_SC_ZERO_ALLOC:
+        memset(buf, 0, bytes);
+        return 0;
+    case QCOW2_SC_UNALLOCATED_PLAIN:
+    case QCOW2_SC_UNALLOCATED_ALLOC:
+        if (backing)
+            return bdrv_pread(backing, (int64_t)offset, (int64_t)bytes, buf);
+        memset(buf, 0, bytes);
+        return 0;
+    default:
+        return -EIO;
+    }
+}
+
+int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_t l1_size,
+                  int64_t offset, int64_t bytes, void *buf)
+{
+    uint8_t *p = buf;
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host, l2_entry;
+        int type = qcow2_lookup(s, l1, l1_size, (uint64_t)offset, &n, &host, &l2_entry);
+        if (type < 0)
+            return type;
+        int ret = qcow2_read_run(s, backing, type, (uint64_t)offset, n, host, l2_entry, p);
+        if (ret < 0)
+            return ret;
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+        p += n;
+    }
+    return 0;
+}
+
+static BlockNode *qcow2_backing_of(BlockNode *bs, Qcow2State *s)
+{
+    return s->is_snapshot_view ? s->backing_node : bs->backing;
+}
+
+int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    Qcow2State *s = bs->opaque;
+    return qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, 0, offset, bytes, buf);
+}
+
+int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    Qcow2State *s = bs->opaque;
+    uint64_t n = (uint64_t)bytes, host, l2_entry;
+    memset(st, 0, sizeof(*st));
+    if (offset < 0 || bytes <= 0)
+        return -EINVAL;
+    int type = qcow2_lookup(s, NULL, 0, (uint64_t)offset, &n, &host, &l2_entry);
+    if (type < 0)
+        return type;
+    st->bytes = (int64_t)n;
+    switch (type) {
+    case QCOW2_SC_NORMAL:
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->data_file;
+        break;
+    case QCOW2_SC_COMPRESSED:
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED;
+        break;
+    case QCOW2_SC_ZERO_PLAIN:
+    case QCOW2_SC_ZERO_ALLOC:
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        break;
+    default:
+        st->flags = 0;
+        break;
+    }
+    return 0;
+}

@@ -1,0 +1,161 @@
+/*
+ * compress.c - compressed clusters of the qcow2 driver: locating the compressed bytes from an L2
+ * descriptor, decompressing them with raw deflate (zlib) or zstd into exactly one cluster, and
+ * compressing one cluster for the write path.  Output never exceeds the destination buffer; a corrupt
+ * stream is -EIO for that cluster, logged once per node, never a crash.  It knows nothing of L1/L2
+ * lookups or caching.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include "qcow2.h"
+#include "util.h"
+
+/* zstd window limit: a cluster is at most 2 MiB, so a legitimate frame never needs more. */
+#define QCOW2_ZSTD_WINDOW_LOG_MAX 23
+/* Raw deflate window used for compression (4 KiB, what qcow2 writers use); inflate accepts any. */
+#define QCOW2_DEFLATE_WINDOW_BITS 12
+
+static int qcow2_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, -15) != Z_OK)
+        return -ENOMEM;
+    z.next_in = (Bytef *)src;
+    z.avail_in = (uInt)src_len;
+    z.next_out = dst;
+    z.avail_out = (uInt)dst_len;
+    int zr = inflate(&z, Z_FINISH);
+    /* The stream may end exactly at the cluster end (Z_STREAM_END) or be followed by padding, in
+     * which case inflate stops with a full output buffer (Z_BUF_ERROR/Z_OK). */
+    bool full = z.avail_out == 0;
+    inflateEnd(&z);
+    if ((zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK) && full)
+        return 0;
+    return -EIO;
+}
+
+static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    if (!dctx)
+        return -ENOMEM;
+    ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, QCOW2_ZSTD_WINDOW_LOG_MAX);
+    ZSTD_inBuffer in = { src, src_len, 0 };
+    ZSTD_outBuffer out = { dst, dst_len, 0 };
+    int ret = -EIO;
+    while (out.pos < out.size) {
+        size_t before_in = in.pos, before_out = out.pos;
+        size_t zr = ZSTD_decompressStream(dctx, &out, &in);
+        if (ZSTD_isError(zr))
+            break;
+        if (in.pos == before_in && out.pos == before_out)
+            break; /* no progress: input exhausted before a full cluster */
+    }
+    if (out.pos == out.size)
+        ret = 0;
+    ZSTD_freeDCtx(dctx);
+    return ret;
+}
+
+int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    switch (compression_type) {
+    case QCOW2_COMPRESSION_ZLIB:
+        return qcow2_inflate(src, src_len, dst, dst_len);
+    case QCOW2_COMPRESSION_ZSTD:
+        return qcow2_zstd_decompress(src, src_len, dst, dst_len);
+    default:
+        return -ENOTSUP;
+    }
+}
+
+static int64_t qcow2_deflate(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -QCOW2_DEFLATE_WINDOW_BITS, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK)
+        return -ENOMEM;
+    z.next_in = (Bytef *)src;
+    z.avail_in = (uInt)src_len;
+    z.next_out = dst;
+    z.avail_out = (uInt)dst_len;
+    int zr = deflate(&z, Z_FINISH);
+    int64_t out = (int64_t)(dst_len - z.avail_out);
+    deflateEnd(&z);
+    if (zr == Z_STREAM_END)
+        return out;
+    return zr == Z_OK || zr == Z_BUF_ERROR ? -ENOSPC : -EIO;
+}
+
+static int64_t qcow2_zstd_compress(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    size_t zr = ZSTD_compress(dst, dst_len, src, src_len, ZSTD_CLEVEL_DEFAULT);
+    if (ZSTD_isError(zr))
+        return ZSTD_getErrorCode(zr) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EIO;
+    return (int64_t)zr;
+}
+
+int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    switch (compression_type) {
+    case QCOW2_COMPRESSION_ZLIB:
+        return qcow2_deflate(src, src_len, dst, dst_len);
+    case QCOW2_COMPRESSION_ZSTD:
+        return qcow2_zstd_compress(src, src_len, dst, dst_len);
+    default:
+        return -ENOTSUP;
+    }
+}
+
+/* Host range of a compressed cluster: it starts at the descriptor's offset and runs to the end of the
+ * last 512-byte sector the descriptor counts. */
+static void qcow2_compressed_range(const Qcow2State *s, uint64_t l2_entry, uint64_t *offset, uint64_t *len)
+{
+    uint64_t coffset = l2_entry & s->compressed_offset_mask;
+    uint64_t nb_sectors = ((l2_entry >> s->csize_shift) & s->csize_mask) + 1;
+    *offset = coffset;
+    *len = nb_sectors * QCOW2_COMPRESSED_SECTOR - (coffset & (QCOW2_COMPRESSED_SECTOR - 1));
+}
+
+static void qcow2_log_decompress_error(Qcow2State *s, uint64_t coffset, int ret)
+{
+    if (!__atomic_exchange_n(&s->decompress_logged, 1, __ATOMIC_RELAXED))
+        log_msg("%s: cannot decompress the cluster at host offset 0x%" PRIx64 " (%s); reads of it fail with EIO",
+                s->node_name ? s->node_name : "qcow2", coffset, ret == -EIO ? "corrupt data" : strerror(-ret));
+}
+
+int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out)
+{
+    uint64_t coffset, clen;
+    qcow2_compressed_range(s, l2_entry, &coffset, &clen);
+    int64_t file_len = bdrv_getlength(s->meta_file);
+    if (file_len < 0)
+        return (int)file_len;
+    if (coffset >= (uint64_t)file_len) {
+        qcow2_log_decompress_error(s, coffset, -EIO);
+        return -EIO;
+    }
+    /* The last compressed cluster of a file may end before the sector its descriptor counts. */
+    clen = MIN(clen, (uint64_t)file_len - coffset);
+    uint8_t *src = malloc(clen);
+    if (!src)
+        return -ENOMEM;
+    int ret = bdrv_pread(s->meta_file, (int64_t)coffset, (int64_t)clen, src);
+    if (ret >= 0)
+        ret = qcow2_decompress(s->compression_type, src, clen, out, s->cluster_size);
+    free(src);
+    if (ret < 0) {
+        if (ret == -EIO || ret == -ENOTSUP)
+            ret = -EIO;
+        qcow2_log_decompress_error(s, coffset, ret);
+    }
+    return ret < 0 ? ret : 0;
+}
