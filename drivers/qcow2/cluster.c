@@ -14,23 +14,30 @@
 #include "qcow2.h"
 #include "util.h"
 
-int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **out)
+int qcow2_load_l1_part(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t first, uint64_t last,
+                       uint64_t **out)
 {
-    size_t n = entries ? entries : 1;
-    uint64_t *l1 = calloc(n, sizeof(uint64_t));
+    uint64_t *l1 = calloc(entries ? entries : 1, sizeof(uint64_t));
     if (!l1)
         return -ENOMEM;
-    if (entries) {
-        int ret = bdrv_pread(s->meta_file, (int64_t)offset, (int64_t)entries * 8, l1);
+    if (entries && first < entries) {
+        last = MIN(last, (uint64_t)entries - 1);
+        int64_t n = (int64_t)(last - first + 1);
+        int ret = bdrv_pread(s->meta_file, (int64_t)(offset + first * 8), n * 8, &l1[first]);
         if (ret < 0) {
             free(l1);
             return ret;
         }
-        for (uint32_t i = 0; i < entries; i++)
+        for (uint64_t i = first; i <= last; i++)
             l1[i] = ld_be64(&l1[i]);
     }
     *out = l1;
     return 0;
+}
+
+int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **out)
+{
+    return qcow2_load_l1_part(s, offset, entries, 0, entries ? entries - 1 : 0, out);
 }
 
 static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const uint8_t *table, uint32_t idx)

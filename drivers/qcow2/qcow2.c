@@ -674,8 +674,11 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->meta_file = bs->file;
     s->read_only = bs->read_only;
     s->node_name = strdup(bs->filename ? bs->filename : "qcow2");
-    int ret = s->node_name ? qcow2_do_open(bs, s, opts, err) : -ENOMEM;
+    Error local = { .msg = "", .errnum = 0 };
+    int ret = s->node_name ? qcow2_do_open(bs, s, opts, &local) : -ENOMEM;
     if (ret < 0) {
+        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
+                  local.msg[0] ? local.msg : strerror(-ret));
         qcow2_close(bs);
         return ret;
     }
@@ -702,8 +705,8 @@ static void qcow2_close(BlockNode *bs)
     s->l1_table = NULL;
     free(s->refcount_table);
     s->refcount_table = NULL;
-    free(s->vm_l1);
-    s->vm_l1 = NULL;
+    free(s->view_snapshot_name);
+    s->view_snapshot_name = NULL;
     free(s->dc_buf);
     s->dc_buf = NULL;
     qcow2_free_snapshots(s);
@@ -714,6 +717,9 @@ static void qcow2_close(BlockNode *bs)
         pthread_mutex_destroy(&s->own_lock);
     pthread_mutex_destroy(&s->dc_lock);
     s->lock = NULL;
+    if (s->parent_node)
+        bdrv_close(s->parent_node);
+    s->parent_node = NULL;
 }
 
 /* ---------------------------------------------------------------- info */

@@ -263,9 +263,7 @@ typedef struct Qcow2State {
     BlockNode *meta_file;          /* node holding metadata: bs->file, or the parent's file */
     BlockNode *backing_node;       /* views: where unallocated ranges are read from (NULL: zeros) */
     char *view_snapshot_name;      /* views: the snapshot shown */
-    uint64_t *vm_l1;               /* L1 table of the snapshot last used by vmstate_read */
-    uint32_t vm_l1_size;
-    uint64_t vm_l1_offset;         /* its offset, 0 = none loaded */
+    BlockNode *parent_node;        /* views: the node opened from (referenced while the view lives) */
 
     /* --- decompression: last decompressed cluster, and one-time error logging --- */
     pthread_mutex_t dc_lock;
@@ -312,6 +310,9 @@ int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 /* Read one L1 table from the image into host byte order (allocates *out). */
 int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **out);
+/* Same, but only entries [first, last] are read; the rest of the table is zero. */
+int qcow2_load_l1_part(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t first, uint64_t last,
+                       uint64_t **out);
 
 /* ---------------------------------------------------------------- compress.c */
 

@@ -1,0 +1,308 @@
+/*
+ * snapshot.c - the read side of qcow2 internal snapshots: parsing and validating the snapshot table,
+ * listing snapshots, opening a read-only view node that shows the disk as it was at a snapshot (the
+ * snapshot's own L1 table and virtual size, sharing the image's file, backing chain, metadata lock and
+ * L2 cache), and reading a snapshot's saved VM state, which lives in the snapshot's guest address space
+ * starting at the first L1 entry past its disk.  Creating and deleting snapshots is the write path's.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+#include "util.h"
+
+void bdrv_ref(BlockNode *bs); /* lib/block.c (declared in block.h once the core lands) */
+
+#define QCOW2_SNAPSHOT_HEADER_LEN 40
+
+void qcow2_free_snapshots(Qcow2State *s)
+{
+    if (s->snapshots) {
+        for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+            free(s->snapshots[i].id_str);
+            free(s->snapshots[i].name);
+            free(s->snapshots[i].extra_data);
+        }
+    }
+    free(s->snapshots);
+    s->snapshots = NULL;
+}
+
+static char *qcow2_read_string(Qcow2State *s, uint64_t offset, uint32_t len, int *ret)
+{
+    char *str = malloc((size_t)len + 1);
+    if (!str) {
+        *ret = -ENOMEM;
+        return NULL;
+    }
+    *ret = len ? bdrv_pread(s->meta_file, (int64_t)offset, len, str) : 0;
+    if (*ret < 0) {
+        free(str);
+        return NULL;
+    }
+    str[len] = '\0';
+    return str;
+}
+
+static void qcow2_snapshot_extra(Qcow2State *s, Qcow2Snapshot *sn, uint32_t vm_state_size32)
+{
+    const uint8_t *e = sn->extra_data;
+    sn->vm_state_size = sn->extra_data_size >= 8 ? ld_be64(e) : vm_state_size32;
+    sn->has_disk_size = sn->extra_data_size >= 16;
+    sn->disk_size = sn->has_disk_size ? ld_be64(e + 8) : s->size;
+    sn->icount = sn->extra_data_size >= 24 ? ld_be64(e + 16) : UINT64_MAX;
+}
+
+/* Parse the entry at *pos (advanced past it). */
+static int qcow2_read_one_snapshot(Qcow2State *s, uint64_t *pos, uint64_t table_end, Qcow2Snapshot *sn,
+                                   Error *err)
+{
+    uint8_t h[QCOW2_SNAPSHOT_HEADER_LEN];
+    if (*pos + sizeof(h) > table_end) {
+        error_set(err, EINVAL, "snapshot table runs past the end of the file");
+        return -EINVAL;
+    }
+    int ret = bdrv_pread(s->meta_file, (int64_t)*pos, sizeof(h), h);
+    if (ret < 0) {
+        error_set(err, -ret, "cannot read the snapshot table: %s", strerror(-ret));
+        return ret;
+    }
+    sn->l1_table_offset = ld_be64(h);
+    sn->l1_size = ld_be32(h + 8);
+    uint16_t id_len = ld_be16(h + 12), name_len = ld_be16(h + 14);
+    sn->date_sec = ld_be32(h + 16);
+    sn->date_nsec = ld_be32(h + 20);
+    sn->vm_clock_nsec = ld_be64(h + 24);
+    uint32_t vm_state_size32 = ld_be32(h + 32);
+    sn->extra_data_size = ld_be32(h + 36);
+    if (sn->extra_data_size > QCOW2_MAX_SNAPSHOT_EXTRA) {
+        error_set(err, EINVAL, "snapshot extra data too large (%" PRIu32 " bytes)", sn->extra_data_size);
+        return -EINVAL;
+    }
+    uint64_t entry_len = align_up((int64_t)sizeof(h) + sn->extra_data_size + id_len + name_len, 8);
+    if (entry_len > table_end - *pos) {
+        error_set(err, EINVAL, "snapshot table runs past the end of the file");
+        return -EINVAL;
+    }
+    uint64_t p = *pos + sizeof(h);
+    sn->extra_data = (uint8_t *)qcow2_read_string(s, p, sn->extra_data_size, &ret);
+    if (ret == 0)
+        sn->id_str = qcow2_read_string(s, p + sn->extra_data_size, id_len, &ret);
+    if (ret == 0)
+        sn->name = qcow2_read_string(s, p + sn->extra_data_size + id_len, name_len, &ret);
+    if (ret < 0) {
+        error_set(err, -ret, "cannot read the snapshot table: %s", strerror(-ret));
+        return ret;
+    }
+    qcow2_snapshot_extra(s, sn, vm_state_size32);
+    *pos += entry_len;
+    return 0;
+}
+
+static int qcow2_check_snapshot(Qcow2State *s, const Qcow2Snapshot *sn, int64_t file_size, Error *err)
+{
+    uint64_t end;
+    if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+        error_set(err, EFBIG, "snapshot '%s': L1 table too large (%" PRIu32 " entries)", sn->name, sn->l1_size);
+        return -EFBIG;
+    }
+    if ((sn->l1_table_offset & s->cluster_mask) ||
+        !add_ok_u64(sn->l1_table_offset, (uint64_t)sn->l1_size * 8, &end) || end > (uint64_t)file_size) {
+        error_set(err, EINVAL, "snapshot '%s': bad L1 table offset 0x%" PRIx64, sn->name, sn->l1_table_offset);
+        return -EINVAL;
+    }
+    if (sn->disk_size > QCOW2_MAX_VIRTUAL_SIZE) {
+        error_set(err, EINVAL, "snapshot '%s': virtual size too large", sn->name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int qcow2_read_snapshots(Qcow2State *s, Error *err)
+{
+    if (s->nb_snapshots == 0)
+        return 0;
+    int64_t file_size = bdrv_getlength(s->meta_file);
+    if (file_size < 0) {
+        error_set(err, (int)-file_size, "cannot get the file size");
+        return (int)file_size;
+    }
+    uint64_t table_end = MIN((uint64_t)file_size, s->snapshots_offset + QCOW2_MAX_SNAPSHOT_TABLE_BYTES);
+    s->snapshots = calloc(s->nb_snapshots, sizeof(Qcow2Snapshot));
+    if (!s->snapshots) {
+        error_set(err, ENOMEM, "out of memory reading %" PRIu32 " snapshots", s->nb_snapshots);
+        return -ENOMEM;
+    }
+    uint64_t pos = s->snapshots_offset;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        int ret = qcow2_read_one_snapshot(s, &pos, table_end, &s->snapshots[i], err);
+        if (ret == 0)
+            ret = qcow2_check_snapshot(s, &s->snapshots[i], file_size, err);
+        if (ret < 0)
+            return ret;
+    }
+    s->snapshots_size = pos - s->snapshots_offset;
+    return 0;
+}
+
+int qcow2_find_snapshot(const Qcow2State *s, const char *id_or_name)
+{
+    if (!s->snapshots || !id_or_name)
+        return -1;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        if (strcmp(s->snapshots[i].id_str, id_or_name) == 0)
+            return (int)i;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        if (strcmp(s->snapshots[i].name, id_or_name) == 0)
+            return (int)i;
+    return -1;
+}
+
+int qcow2_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+{
+    Qcow2State *s = bs->opaque;
+    *list = NULL;
+    pthread_mutex_lock(s->lock);
+    uint32_t n = s->nb_snapshots;
+    SnapshotInfo *out = calloc(n ? n : 1, sizeof(*out));
+    if (!out) {
+        pthread_mutex_unlock(s->lock);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const Qcow2Snapshot *sn = &s->snapshots[i];
+        snprintf(out[i].id, sizeof(out[i].id), "%s", sn->id_str);
+        snprintf(out[i].name, sizeof(out[i].name), "%s", sn->name);
+        out[i].date_sec = sn->date_sec;
+        out[i].date_nsec = sn->date_nsec;
+        out[i].vm_clock_nsec = sn->vm_clock_nsec;
+        out[i].vm_state_size = sn->vm_state_size;
+        out[i].disk_size = sn->disk_size;
+        out[i].icount = sn->icount;
+    }
+    pthread_mutex_unlock(s->lock);
+    *list = out;
+    return (int)n;
+}
+
+uint64_t qcow2_vm_state_offset(const Qcow2State *s, uint64_t disk_size)
+{
+    return qcow2_size_to_l1(s, disk_size) << (s->cluster_bits + s->l2_bits);
+}
+
+/* ---------------------------------------------------------------- views */
+
+/* Fill a view's state: the geometry of the parent, the snapshot's L1 table and size, and the parent's
+ * files, lock and cache. Pointers the parent owns are not copied. */
+static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn)
+{
+    uint64_t *l1;
+    int ret = qcow2_load_l1(s, sn->l1_table_offset, sn->l1_size, &l1);
+    if (ret < 0)
+        return ret;
+    memcpy(v, s, sizeof(*v));
+    v->l1_table = l1;
+    v->l1_size = sn->l1_size;
+    v->l1_alloc_entries = sn->l1_size;
+    v->size = sn->disk_size;
+    v->l1_vm_state_index = (uint32_t)qcow2_size_to_l1(s, sn->disk_size);
+    v->refcount_table = NULL;
+    v->snapshots = NULL;
+    v->nb_snapshots = 0;
+    v->backing_file = v->backing_format = v->data_file_name = NULL;
+    v->features = NULL;
+    v->nb_features = 0;
+    v->unknown_exts = NULL;
+    v->nb_unknown_exts = 0;
+    v->owns_data_file = false;
+    v->data_file_path = NULL;
+    v->refcount_cache = NULL;
+    v->owns_caches = false;
+    v->read_only = true;
+    v->header_dirty = false;
+    v->is_snapshot_view = true;
+    v->parent = s;
+    v->dc_buf = NULL;
+    v->dc_entry = 0;
+    v->corruption_logged = v->decompress_logged = 0;
+    pthread_mutex_init(&v->dc_lock, NULL);
+    v->lock = s->lock;
+    v->node_name = strdup(s->node_name ? s->node_name : "qcow2");
+    v->view_snapshot_name = strdup(sn->name);
+    if (!v->node_name || !v->view_snapshot_name)
+        return -ENOMEM;
+    return 0;
+}
+
+BlockNode *qcow2_snapshot_open(BlockNode *bs, const char *id, Error *err)
+{
+    Qcow2State *s = bs->opaque;
+    pthread_mutex_lock(s->lock);
+    int idx = qcow2_find_snapshot(s, id);
+    Qcow2Snapshot sn = idx >= 0 ? s->snapshots[idx] : (Qcow2Snapshot){ 0 };
+    pthread_mutex_unlock(s->lock);
+    if (idx < 0) {
+        error_set(err, ENOENT, "%s: no snapshot '%s'", bs->filename, id);
+        return NULL;
+    }
+    BlockNode *view = bdrv_new_node(&bdrv_qcow2, bs->filename);
+    if (!view) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return NULL;
+    }
+    Qcow2State *v = view->opaque;
+    /* The snapshot's strings stay valid: the view copies what it needs while the table is unchanged. */
+    pthread_mutex_lock(s->lock);
+    int ret = qcow2_init_view(v, s, &sn);
+    pthread_mutex_unlock(s->lock);
+    view->read_only = true;
+    view->opts = bs->opts;
+    view->depth = bs->depth;
+    view->request_alignment = 1;
+    view->file = bs->file;
+    view->backing = bs->backing;
+    bdrv_ref(view->file);
+    bdrv_ref(view->backing);
+    bdrv_ref(bs); /* the view uses the parent's lock and cache: keep the parent alive */
+    v->backing_node = bs->backing;
+    v->parent_node = bs;
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot open snapshot '%s': %s", bs->filename, id, strerror(-ret));
+        bdrv_close(view);
+        return NULL;
+    }
+    return view;
+}
+
+/* ---------------------------------------------------------------- vmstate */
+
+int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf)
+{
+    Qcow2State *s = bs->opaque;
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    pthread_mutex_lock(s->lock);
+    int idx = qcow2_find_snapshot(s, id);
+    Qcow2Snapshot sn = idx >= 0 ? s->snapshots[idx] : (Qcow2Snapshot){ 0 };
+    pthread_mutex_unlock(s->lock);
+    if (idx < 0)
+        return -ENOENT;
+    if ((uint64_t)offset >= sn.vm_state_size || bytes == 0)
+        return 0;
+    int64_t n = (int64_t)MIN((uint64_t)bytes, sn.vm_state_size - (uint64_t)offset);
+    uint64_t start = qcow2_vm_state_offset(s, sn.disk_size) + (uint64_t)offset;
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    /* Only the L1 entries covering this request are read: the rest of the table stays zero. */
+    uint64_t *l1;
+    int ret = qcow2_load_l1_part(s, sn.l1_table_offset, sn.l1_size, start >> span_bits,
+                                 (start + (uint64_t)n - 1) >> span_bits, &l1);
+    if (ret < 0)
+        return ret;
+    /* The VM state never falls through to a backing file: unallocated parts read as zeros. */
+    ret = qcow2_read_l1(s, NULL, l1, sn.l1_size, (int64_t)start, n, buf);
+    free(l1);
+    return ret < 0 ? ret : (int)n;
+}
