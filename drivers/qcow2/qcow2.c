@@ -293,6 +293,10 @@ static int qcow2_check_cluster_bits(Qcow2State *s, Error *err)
 
 static int qcow2_check_header_length(Qcow2State *s, size_t len, Error *err)
 {
+    if (s->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
+        error_set(err, EINVAL, "refcount_order %" PRIu32 " is out of range (0..6)", s->refcount_order);
+        return -EINVAL;
+    }
     if (s->version == 2)
         return 0;
     if (s->header_length < QCOW2_V3_MIN_HEADER_LEN || s->header_length % 8 ||
@@ -322,10 +326,6 @@ static int qcow2_check_features(Qcow2State *s, Error *err)
         qcow2_feature_names(s, QCOW2_FEAT_TYPE_INCOMPAT, unknown, names, sizeof(names));
         error_set(err, ENOTSUP, "unsupported qcow2 incompatible feature(s): %s", names);
         return -ENOTSUP;
-    }
-    if (s->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
-        error_set(err, EINVAL, "refcount_order %" PRIu32 " is out of range (0..6)", s->refcount_order);
-        return -EINVAL;
     }
     if (s->extended_l2 && s->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS) {
         error_set(err, EINVAL, "extended L2 entries need clusters of at least 16 KiB (cluster_bits %" PRIu32 ")",

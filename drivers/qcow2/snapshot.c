@@ -82,8 +82,10 @@ static int qcow2_read_one_snapshot(Qcow2State *s, uint64_t *pos, uint64_t table_
         error_set(err, EINVAL, "snapshot extra data too large (%" PRIu32 " bytes)", sn->extra_data_size);
         return -EINVAL;
     }
-    uint64_t entry_len = align_up((int64_t)sizeof(h) + sn->extra_data_size + id_len + name_len, 8);
-    if (entry_len > table_end - *pos) {
+    /* The padding of the last entry may lie past the end of the file. */
+    uint64_t data_len = sizeof(h) + (uint64_t)sn->extra_data_size + id_len + name_len;
+    uint64_t entry_len = (uint64_t)align_up((int64_t)data_len, 8);
+    if (data_len > table_end - *pos) {
         error_set(err, EINVAL, "snapshot table runs past the end of the file");
         return -EINVAL;
     }
