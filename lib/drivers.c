@@ -10,11 +10,13 @@ extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_memory;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_raw;
+extern const BlockDriver bdrv_qcow2;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
     &bdrv_memory,
     &bdrv_blkdebug,
+    &bdrv_qcow2,
     &bdrv_raw,
     NULL
 };

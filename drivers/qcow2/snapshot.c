@@ -14,7 +14,6 @@
 #include "qcow2.h"
 #include "util.h"
 
-void bdrv_ref(BlockNode *bs); /* lib/block.c (declared in block.h once the core lands) */
 
 #define QCOW2_SNAPSHOT_HEADER_LEN 40
 
