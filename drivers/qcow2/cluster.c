@@ -223,10 +223,43 @@ static int qcow2_read_run(Qcow2State *s, BlockNode *backing, int type, uint64_t 
     }
 }
 
+#define QCOW2_READ_BATCH 32
+
+/* Host extents of one guest request, submitted together (one batch with --aio=native). */
+typedef struct ReadBatch {
+    BlockExtent ext[QCOW2_READ_BATCH];
+    int n;
+} ReadBatch;
+
+static int qcow2_batch_flush(Qcow2State *s, ReadBatch *b)
+{
+    int ret = b->n ? bdrv_pread_extents(s->data_file, b->ext, b->n) : 0;
+    b->n = 0;
+    return ret;
+}
+
+static int qcow2_batch_add(Qcow2State *s, ReadBatch *b, uint64_t host, uint64_t bytes, uint8_t *buf)
+{
+    BlockExtent *last = b->n ? &b->ext[b->n - 1] : NULL;
+    if (last && (uint64_t)(last->offset + last->bytes) == host && (uint8_t *)last->buf + last->bytes == buf) {
+        last->bytes += (int64_t)bytes;
+        return 0;
+    }
+    if (b->n == QCOW2_READ_BATCH) {
+        int ret = qcow2_batch_flush(s, b);
+        if (ret < 0)
+            return ret;
+    }
+    b->ext[b->n++] = (BlockExtent){ .offset = (int64_t)host, .bytes = (int64_t)bytes, .buf = buf };
+    return 0;
+}
+
 int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_t l1_size,
                   int64_t offset, int64_t bytes, void *buf)
 {
     uint8_t *p = buf;
+    ReadBatch batch;
+    batch.n = 0;
     if (offset < 0 || bytes < 0)
         return -EINVAL;
     while (bytes > 0) {
@@ -234,14 +267,18 @@ int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_
         int type = qcow2_lookup(s, l1, l1_size, (uint64_t)offset, &n, &host, &l2_entry);
         if (type < 0)
             return type;
-        int ret = qcow2_read_run(s, backing, type, (uint64_t)offset, n, host, l2_entry, p);
+        int ret;
+        if (type == QCOW2_SC_NORMAL)
+            ret = qcow2_batch_add(s, &batch, host, n, p);
+        else
+            ret = qcow2_read_run(s, backing, type, (uint64_t)offset, n, host, l2_entry, p);
         if (ret < 0)
             return ret;
         offset += (int64_t)n;
         bytes -= (int64_t)n;
         p += n;
     }
-    return 0;
+    return qcow2_batch_flush(s, &batch);
 }
 
 static BlockNode *qcow2_backing_of(BlockNode *bs, Qcow2State *s)
