@@ -50,7 +50,7 @@ check_mount() {
   local img=$1; shift
   local oracle
   oracle=$(raw_of "$img")
-  mount_img "$@" "$img"
+  mount_img "$@" "$img" "$MNT"
   [ "$(stat -c %s "$MNT/disk.raw")" -eq "$(stat -c %s "$oracle")" ]
   same_bytes "$MNT/disk.raw" "$oracle"
   local ours theirs
@@ -92,15 +92,21 @@ refused() {
 
 # ---------------------------------------------------------------- versions and cluster sizes
 
-for compat in 0.10 1.1; do
-  for cs in 512 4096 65536 2M; do
-    eval "@test \"compat=$compat with $cs-byte clusters reads like qemu-img convert\" {
-      qemu-img create -q -f qcow2 -o compat=$compat,cluster_size=$cs img.qcow2 5M
-      standard_writes img.qcow2
-      check_mount img.qcow2
-    }"
-  done
-done
+# matrix_case COMPAT CLUSTER_SIZE: the standard write mix on a fresh image, checked against QEMU.
+matrix_case() {
+  qemu-img create -q -f qcow2 -o compat=$1,cluster_size=$2 img.qcow2 5M
+  standard_writes img.qcow2
+  check_mount img.qcow2
+}
+
+@test "compat=0.10 (v2) with 512-byte clusters reads like qemu-img convert" { matrix_case 0.10 512; }
+@test "compat=0.10 (v2) with 4 KiB clusters reads like qemu-img convert" { matrix_case 0.10 4096; }
+@test "compat=0.10 (v2) with 64 KiB clusters reads like qemu-img convert" { matrix_case 0.10 65536; }
+@test "compat=0.10 (v2) with 2 MiB clusters reads like qemu-img convert" { matrix_case 0.10 2M; }
+@test "compat=1.1 (v3) with 512-byte clusters reads like qemu-img convert" { matrix_case 1.1 512; }
+@test "compat=1.1 (v3) with 4 KiB clusters reads like qemu-img convert" { matrix_case 1.1 4096; }
+@test "compat=1.1 (v3) with 64 KiB clusters reads like qemu-img convert" { matrix_case 1.1 65536; }
+@test "compat=1.1 (v3) with 2 MiB clusters reads like qemu-img convert" { matrix_case 1.1 2M; }
 
 @test "a virtual size that is not a multiple of the cluster size reads to the exact last byte" {
   qemu-img create -q -f qcow2 -o cluster_size=65536 odd.qcow2 1000001
@@ -251,9 +257,10 @@ EOF
 
 @test "the external data file is found relative to the image, and --data-file overrides it" {
   mkdir sub
-  qemu-img create -q -f qcow2 -o data_file=img.data sub/img.qcow2 2M
-  qio sub/img.qcow2 'write -P 0x31 0 64k'
-  oracle=$(raw_of sub/img.qcow2)
+  # (QEMU 7.2 resolves the data file name against its working directory, so prepare it from sub/)
+  (cd sub && qemu-img create -q -f qcow2 -o data_file=img.data img.qcow2 2M &&
+    qio img.qcow2 'write -P 0x31 0 64k' && qemu-img convert -O raw img.qcow2 ../oracle.raw)
+  oracle=$TMP/oracle.raw
   # opened from another directory: the name resolves next to the image
   cd /
   mount_img "$TMP/sub/img.qcow2"
@@ -263,7 +270,7 @@ EOF
   # a different data file given on the command line wins
   cp sub/img.data other.data
   rawio other.data 'write -P 0x32 0 64k'
-  mount_img --data-file "$TMP/other.data" sub/img.qcow2
+  mount_img --data-file "$TMP/other.data" sub/img.qcow2 "$MNT"
   cmp -n 65536 "$MNT/disk.raw" other.data
   unmount_img
 }
@@ -331,7 +338,7 @@ EOF
   rawio base.raw 'write -P 0xab 0 2M'
   qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2
   qio top.qcow2 'write -P 0xcd 64k 64k'
-  mount_img --no-backing top.qcow2
+  mount_img --no-backing top.qcow2 "$MNT"
   cmp -n 65536 "$MNT/disk.raw" /dev/zero
   cmp -i 65536:0 -n 65536 "$MNT/disk.raw" <(head -c 65536 /dev/zero | tr '\0' '\315')
   unmount_img
@@ -378,10 +385,11 @@ EOF
   refused e.qcow2 "encrypted qcow2 images are not supported"
 }
 
-@test "refused: LUKS-encrypted image" {
-  qemu-img create -q -f qcow2 --object secret,id=s0,data=hunter2 \
-    -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 e.qcow2 1M
-  refused e.qcow2 "encrypted qcow2 images are not supported"
+@test "refused: LUKS-encrypted image (crypt_method 2)" {
+  # qemu-img's LUKS key-slot timing is unreliable on a loaded machine, so mark a plain image as LUKS
+  qemu-img create -q -f qcow2 e.qcow2 1M
+  patch_be e.qcow2 32 4 2
+  refused e.qcow2 "encrypted qcow2 images are not supported (LUKS)"
 }
 
 @test "the corrupt bit: read-only mount works with a warning, a writable mount is refused" {
@@ -458,15 +466,16 @@ EOF
   run "$IMGFUSE" info i.qcow2
   [ "$status" -eq 0 ]
   echo "$output"
-  [[ "$output" == *"cluster_size"*"16384"* ]]
-  [[ "$output" == *"compat"*"1.1"* ]]
+  [[ "$output" == *"cluster_size: 16384"* ]]
+  [[ "$output" == *"compat: 1.1"* ]]
   [[ "$output" == *"extended L2 entries"* ]]
   [[ "$output" == *"lazy refcounts"* ]]
-  [[ "$output" == *"compression_type"*"zstd"* ]]
-  [[ "$output" == *"refcount_bits"*"64"* ]]
+  [[ "$output" == *"compression_type: zstd"* ]]
+  [[ "$output" == *"refcount_bits: 64"* ]]
+  [[ "$output" == *"extended_l2: yes"* ]]
   qemu-img create -q -f qcow2 -o compat=0.10 old.qcow2 1M
   run "$IMGFUSE" info old.qcow2
-  [[ "$output" == *"compat"*"0.10"* ]]
+  [[ "$output" == *"compat: 0.10"* ]]
 }
 
 @test "info shows backing name and format, snapshots, data file and the bitmaps extension" {
@@ -478,13 +487,13 @@ EOF
   run "$IMGFUSE" info top.qcow2
   [ "$status" -eq 0 ]
   echo "$output"
-  [[ "$output" == *"backing_file"*"base.raw"* ]]
-  [[ "$output" == *"backing_file_format"*"raw"* ]]
-  [[ "$output" == *"snapshots"*"2"* ]]
-  [[ "$output" == *"bitmaps_extension"*"true"* ]]
+  [[ "$output" == *"backing_file: base.raw"* ]]
+  [[ "$output" == *"backing_format: raw"* ]]
+  [[ "$output" == *"snapshots: 2"* ]]
+  [[ "$output" == *"bitmaps_extension: yes"* ]]
   qemu-img create -q -f qcow2 -o data_file=x.data d.qcow2 1M
   run "$IMGFUSE" info d.qcow2
-  [[ "$output" == *"data_file"*"x.data"* ]]
+  [[ "$output" == *"data_file: "*"x.data"* ]]
 }
 
 @test "a dirty image (lazy refcounts, not closed cleanly) reads fine and info says dirty" {
@@ -493,6 +502,6 @@ EOF
   python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(80); sys.exit(0 if struct.unpack(">Q",d[72:80])[0] & 1 else 1)' d.qcow2
   run "$IMGFUSE" info d.qcow2
   echo "$output"
-  [[ "$output" == *"dirty"*"true"* ]]
+  [[ "$output" == *"dirty: yes"* ]]
   check_mount d.qcow2
 }

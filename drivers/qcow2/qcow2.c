@@ -752,10 +752,6 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "refcount_bits", s->refcount_bits);
     info_add_bool(info, "extended_l2", s->extended_l2);
     info_add_bool(info, "lazy_refcounts", s->use_lazy_refcounts);
-    if (s->backing_file)
-        info_add_str(info, "backing_file", "%s", s->backing_file);
-    if (s->backing_format)
-        info_add_str(info, "backing_file_format", "%s", s->backing_format);
     info_add_int(info, "snapshots", s->nb_snapshots);
     info_add_bool(info, "dirty", s->dirty);
     info_add_bool(info, "corrupt", s->corrupt);
