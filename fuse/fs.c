@@ -40,7 +40,6 @@ struct Entry {
     BlockNode *bs;          /* the raw view's node (disk) or the node described (generated) */
     GenFn gen;
     bool writable;          /* disk only */
-    int64_t size;           /* disk only; guarded by fs->lock */
     struct timespec mtime;  /* guarded by fs->lock */
 };
 
@@ -142,12 +141,11 @@ static Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
     return found;
 }
 
-static int64_t entry_size(Fs *fs, Entry *e)
+/* The size of a raw view is asked of the block layer each time: truncate may change it. */
+static int64_t disk_size(Entry *e)
 {
-    pthread_mutex_lock(&fs->lock);
-    int64_t s = e->size;
-    pthread_mutex_unlock(&fs->lock);
-    return s;
+    int64_t s = bdrv_getlength(e->bs);
+    return s > 0 ? s : 0;
 }
 
 static void entry_touch(Fs *fs, Entry *e)
@@ -177,6 +175,26 @@ static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
+static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
+{
+    (void)fs;
+    StrBuf sb;
+    sb_init(&sb);
+    int r = render_layer_map(&sb, e->bs);
+    if (r < 0)
+        sb_printf(&sb, "error: %s\n", strerror(-r));
+    return sb_steal(&sb, len);
+}
+
+static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
+{
+    (void)fs;
+    StrBuf sb;
+    sb_init(&sb);
+    render_stats_json(&sb, e->bs);
+    return sb_steal(&sb, len);
+}
+
 /* ---------------------------------------------------------------- attributes */
 
 static void fill_stat(Fs *fs, Entry *e, struct stat *st)
@@ -188,7 +206,6 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
     st->st_blksize = 4096;
     pthread_mutex_lock(&fs->lock);
     st->st_mtim = st->st_ctim = st->st_atim = e->mtime;
-    int64_t size = e->size;
     pthread_mutex_unlock(&fs->lock);
     switch (e->kind) {
     case ENTRY_DIR:
@@ -198,6 +215,7 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
     case ENTRY_DISK: {
         st->st_mode = S_IFREG | (e->writable ? 0644 : 0444);
         st->st_nlink = 1;
+        int64_t size = disk_size(e);
         st->st_size = size;
         int64_t alloc = bdrv_get_allocated_size(e->bs);
         st->st_blocks = alloc >= 0 ? (alloc + 511) / 512 : (size + 511) / 512;
@@ -264,10 +282,6 @@ static int disk_truncate(Fs *fs, Entry *e, int64_t size)
         return -EINVAL;
     if (r < 0)
         return r;
-    int64_t len = bdrv_getlength(e->bs);
-    pthread_mutex_lock(&fs->lock);
-    e->size = len >= 0 ? len : size;
-    pthread_mutex_unlock(&fs->lock);
     entry_touch(fs, e);
     return 0;
 }
@@ -384,7 +398,7 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     }
     if (e->kind == ENTRY_DISK) {
         fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
-        fi->keep_cache = !e->writable;
+        fi->keep_cache = !fs->cfg.writable; /* nothing can change any view of a read-only mount */
         fi->noflush = !wants_write;
         fuse_reply_open(req, fi);
         return;
@@ -466,7 +480,7 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         genfile_put(fs, g, false);
         return;
     }
-    int64_t disk = entry_size(fs, e);
+    int64_t disk = disk_size(e);
     if (off >= disk) {
         fuse_reply_buf(req, NULL, 0);
         return;
@@ -478,10 +492,13 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         return;
     }
     int r = bdrv_pread(e->bs, off, (int64_t)len, buf);
-    if (r < 0)
+    if (r < 0) {
         fuse_reply_err(req, -r);
-    else
-        fuse_reply_buf(req, buf, len);
+        return;
+    }
+    if (fs->cfg.counters)
+        fs->cfg.counters->bytes_read += len;
+    fuse_reply_buf(req, buf, len);
 }
 
 static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -497,7 +514,7 @@ static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t 
         fuse_reply_err(req, EROFS);
         return;
     }
-    int64_t disk = entry_size(fs, e);
+    int64_t disk = disk_size(e);
     if (off >= disk) {
         fuse_reply_err(req, size ? ENOSPC : 0);
         return;
@@ -510,6 +527,8 @@ static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t 
         return;
     }
     entry_touch(fs, e);
+    if (fs->cfg.counters)
+        fs->cfg.counters->bytes_written += len;
     fuse_reply_write(req, len);
 }
 
@@ -560,7 +579,7 @@ static void fs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
         fuse_reply_err(req, EOPNOTSUPP);
         return;
     }
-    int64_t disk = entry_size(fs, e);
+    int64_t disk = disk_size(e);
     if (off < 0 || length <= 0) {
         fuse_reply_err(req, EINVAL);
         return;
@@ -624,7 +643,7 @@ static void fs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, s
         genfile_put(fs, g, false);
         return;
     }
-    off_t r = seek_data_hole(e, entry_size(fs, e), off, whence);
+    off_t r = seek_data_hole(e, disk_size(e), off, whence);
     if (r < 0)
         fuse_reply_err(req, (int)-r);
     else
@@ -638,7 +657,7 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
     struct statvfs sv;
     memset(&sv, 0, sizeof sv);
     sv.f_bsize = sv.f_frsize = 4096;
-    sv.f_blocks = (fsblkcnt_t)((entry_size(fs, fs->disk) + 4095) / 4096);
+    sv.f_blocks = (fsblkcnt_t)((disk_size(fs->disk) + 4095) / 4096);
     pthread_mutex_lock(&fs->lock);
     sv.f_files = fs->n_entries;
     pthread_mutex_unlock(&fs->lock);
@@ -686,8 +705,6 @@ static Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode
     if (!e)
         return NULL;
     e->writable = writable;
-    int64_t len = bdrv_getlength(bs);
-    e->size = len > 0 ? len : 0;
     struct stat st;
     if (bs->filename && stat(bs->filename, &st) == 0)
         e->mtime = st.st_mtim;
@@ -702,6 +719,24 @@ static Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode 
     return e;
 }
 
+/* MNT/layers/N-BASENAME/{disk.raw,map} for every layer of the chain, 0 = top. */
+static int fs_build_layers(Fs *fs, fuse_ino_t root)
+{
+    Entry *dir = fs_add(fs, root, "layers", ENTRY_DIR, NULL);
+    if (!dir)
+        return -ENOMEM;
+    for (BlockNode *n = fs->cfg.bs; n; n = n->backing) {
+        const char *base = strrchr(n->filename, '/');
+        base = base && base[1] ? base + 1 : n->filename;
+        char name[256];
+        snprintf(name, sizeof name, "%d-%s", n->depth, base);
+        Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);
+        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_gen(fs, ld->ino, "map", n, gen_layer_map))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static int fs_build_tree(Fs *fs)
 {
     const FsConfig *c = &fs->cfg;
@@ -710,9 +745,10 @@ static int fs_build_tree(Fs *fs)
         return fs->disk ? 0 : -ENOMEM;
     }
     if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
-        !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json))
+        !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
+        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json))
         return -ENOMEM;
-    return 0;
+    return fs_build_layers(fs, 1);
 }
 
 static void fs_free(Fs *fs)

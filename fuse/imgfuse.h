@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "block.h"
 
@@ -49,8 +50,17 @@ void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
 /* Allocation map through the chain, like `qemu-img map`. Returns 0 or -errno. */
 int render_map_text(StrBuf *sb, BlockNode *bs);
 int render_map_json(StrBuf *sb, BlockNode *bs);
+/* What one layer itself holds, "offset length data|zero" a line (MNT/layers/N-NAME/map). */
+int render_layer_map(StrBuf *sb, BlockNode *bs);
+/* Statistics of every node of the chain and its file children (MNT/stats.json). */
+void render_stats_json(StrBuf *sb, BlockNode *bs);
 
 /* ---------------------------------------------------------------- fs.c (the FUSE file system) */
+
+/* What the mount served, for the audit log (updated atomically by the FUSE threads). */
+typedef struct FsCounters {
+    _Atomic uint64_t bytes_read, bytes_written;
+} FsCounters;
 
 typedef struct FsConfig {
     BlockNode *bs;            /* the opened chain (owned by the caller) */
@@ -58,6 +68,7 @@ typedef struct FsConfig {
     bool file_mode;           /* MOUNTPOINT is a regular file: the root is disk.raw */
     bool debug;
     MountFacts facts;         /* for MNT/info */
+    FsCounters *counters;     /* may be NULL */
 } FsConfig;
 
 /* Runs the mount: creates the session from fuse_argv, mounts at mountpoint, calls ready() (which may
@@ -65,6 +76,29 @@ typedef struct FsConfig {
  * unmount, EXIT_USAGE if the mount could not be made (message printed), EXIT_RUNTIME otherwise. */
 int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mountpoint,
            int max_threads, void (*ready)(void *), void *ready_arg);
+
+/* ---------------------------------------------------------------- audit.c */
+
+typedef struct AuditImage {
+    char *path;
+    int64_t size;
+    struct timespec mtime;
+} AuditImage;
+
+typedef struct Audit {
+    int fd;                   /* 0 = no audit log */
+    struct timespec start;
+    AuditImage *images;
+    int n;
+    char *mountpoint;
+} Audit;
+
+/* Opens FILE for appending; prints the error and returns EXIT_USAGE on failure. */
+int audit_open(Audit *a, const char *file);
+/* Records the mount time and the chain's files (size, mtime) just before mounting. */
+void audit_begin(Audit *a, BlockNode *bs, const char *mountpoint);
+/* Appends the line for this mount and closes the log. Returns 0 or -errno. */
+int audit_finish(Audit *a, bool read_only, const char *options, const FsCounters *c, int rc);
 
 /* ---------------------------------------------------------------- commands.c */
 

@@ -90,7 +90,9 @@ static void print_help(void)
 "  -o OPTS                    FUSE mount options, comma separated; -o ro forces read-only,\n"
 "                             -o rw is accepted but does not enable writes (use --rw)\n"
 "      --foreground           do not detach into the background\n"
-"      --debug                log every FUSE request (implies --foreground)\n"
+"      --debug                log every FUSE request, statistics at unmount (implies --foreground)\n"
+"      --audit-log FILE       append one JSON line per mount to FILE (times, user, image files\n"
+"                             with size and mtime, mode, options, bytes read and written)\n"
 "      --blkdebug RULES       test only: inject faults as described in the RULES file\n"
 "  -h, --help                 this help\n"
 "  -V, --version              version and supported formats\n"
@@ -114,7 +116,7 @@ static void print_version(void)
 enum {
     OPT_OFFSET = 256, OPT_SIZE, OPT_BACKING, OPT_BACKING_FORMAT, OPT_NO_BACKING, OPT_BACKING_DIR,
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
-    OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG,
+    OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
 };
 
 static const struct option mount_options[] = {
@@ -138,6 +140,7 @@ static const struct option mount_options[] = {
     { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER },
     { "foreground", no_argument, NULL, OPT_FOREGROUND },
     { "debug", no_argument, NULL, OPT_DEBUG },
+    { "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -146,7 +149,7 @@ static const struct option mount_options[] = {
 typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug;
-    const char *image, *mountpoint;
+    const char *image, *mountpoint, *audit_log;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
@@ -291,6 +294,7 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         case OPT_ALLOW_OTHER: a->allow_other = true; break;
         case OPT_FOREGROUND: a->foreground = true; break;
         case OPT_DEBUG: a->debug = true; break;
+        case OPT_AUDIT_LOG: a->audit_log = optarg; break;
         case 'o': take_fuse_opts(a, optarg); break;
         case 'h': print_help(); return EXIT_OK;
         case 'V': print_version(); return EXIT_OK;
@@ -532,6 +536,9 @@ static int mount_main(int argc, char **argv)
     a.open.read_only = read_only;
     log_debug_enabled = a.debug;
 
+    Audit audit = { .fd = 0 };
+    if (a.audit_log && (rc = audit_open(&audit, a.audit_log)) != 0)
+        goto out;
     Detach d = { .fd = -1 };
     if (!a.foreground && (rc = detach_start(&d)) != 0)
         goto out;
@@ -544,12 +551,15 @@ static int mount_main(int argc, char **argv)
         goto out;
     }
 
+    FsCounters counters = { 0 };
     FsConfig cfg = {
         .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
         .facts = { .read_only = read_only, .options = a.summary.s },
+        .counters = &counters,
     };
     int fargc;
     char **fargv = build_fuse_argv(&a, read_only, &fargc);
+    audit_begin(&audit, bs, a.mountpoint);
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
 
@@ -559,7 +569,19 @@ static int mount_main(int argc, char **argv)
         if (rc == EXIT_OK)
             rc = EXIT_RUNTIME;
     }
+    if (a.debug) {
+        StrBuf sb;
+        sb_init(&sb);
+        render_stats_json(&sb, bs);
+        log_msg("statistics at unmount:\n%s", sb.s);
+        sb_free(&sb);
+    }
     bdrv_close(bs);
+    if ((r = audit_finish(&audit, read_only, a.summary.s, &counters, rc)) < 0) {
+        log_msg("%s: cannot write the audit log: %s", a.audit_log, strerror(-r));
+        if (rc == EXIT_OK)
+            rc = EXIT_RUNTIME;
+    }
 out:
     sb_free(&a.fuse_opts);
     sb_free(&a.summary);

@@ -211,3 +211,76 @@ int render_map_json(StrBuf *sb, BlockNode *bs)
     sb_put(sb, "]\n", 2);
     return r;
 }
+
+/* ---------------------------------------------------------------- one layer's own map */
+
+/* What bs itself holds (not its backing chain): "offset length data|zero" per line, adjacent runs of the
+ * same kind merged, ranges that fall through to the backing chain left out. */
+int render_layer_map(StrBuf *sb, BlockNode *bs)
+{
+    int64_t size = bdrv_getlength(bs);
+    if (size < 0)
+        return (int)size;
+    int64_t run_start = 0, run_len = 0;
+    const char *run_kind = NULL;
+    for (int64_t pos = 0; pos < size;) {
+        BlockStatus st = {0};
+        int r = bdrv_block_status(bs, pos, size - pos, &st);
+        if (r < 0)
+            return r;
+        if (st.bytes <= 0)
+            return -EIO;
+        int64_t len = MIN(st.bytes, size - pos);
+        const char *kind = NULL;
+        if (st.flags & BDRV_BLOCK_ALLOCATED)
+            kind = (st.flags & BDRV_BLOCK_ZERO) || !(st.flags & BDRV_BLOCK_DATA) ? "zero" : "data";
+        if (kind && run_kind == kind && run_start + run_len == pos) {
+            run_len += len;
+        } else {
+            if (run_kind)
+                sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", run_start, run_len, run_kind);
+            run_kind = kind;
+            run_start = pos;
+            run_len = len;
+        }
+        pos += len;
+    }
+    if (run_kind)
+        sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", run_start, run_len, run_kind);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- statistics */
+
+static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *role, bool first)
+{
+    BlockStats s;
+    bdrv_stats_snapshot(n, &s);
+    sb_printf(sb, "%s\n    {\"depth\": %d, \"role\": \"%s\", \"driver\": ", first ? "" : ",", depth, role);
+    sb_json_str(sb, n->drv ? n->drv->name : "");
+    sb_put(sb, ", \"filename\": ", 14);
+    sb_json_str(sb, n->filename ? n->filename : "");
+    sb_printf(sb, ",\n     \"rd_ops\": %" PRIu64 ", \"rd_bytes\": %" PRIu64 ", \"wr_ops\": %" PRIu64
+              ", \"wr_bytes\": %" PRIu64 ", \"flush_ops\": %" PRIu64 ",\n     \"discard_ops\": %" PRIu64
+              ", \"discard_bytes\": %" PRIu64 ", \"zero_ops\": %" PRIu64 ", \"zero_bytes\": %" PRIu64
+              ",\n     \"rd_ns_total\": %" PRIu64 ", \"rd_ns_max\": %" PRIu64 ", \"wr_ns_total\": %" PRIu64
+              ", \"wr_ns_max\": %" PRIu64 ",\n     \"cor_bytes\": %" PRIu64 ", \"detected_zero_ops\": %" PRIu64
+              ", \"errors\": %" PRIu64 "}",
+              s.rd_ops, s.rd_bytes, s.wr_ops, s.wr_bytes, s.flush_ops, s.discard_ops, s.discard_bytes, s.zero_ops,
+              s.zero_bytes, s.rd_ns_total, s.rd_ns_max, s.wr_ns_total, s.wr_ns_max, s.cor_bytes,
+              s.detected_zero_ops, s.errors);
+}
+
+void render_stats_json(StrBuf *sb, BlockNode *bs)
+{
+    sb_put(sb, "{\n  \"nodes\": [", 14);
+    bool first = true;
+    for (BlockNode *n = bs; n; n = n->backing) {
+        render_node_stats(sb, n, n->depth, "format", first);
+        first = false;
+        int k = 0;
+        for (BlockNode *f = n->file; f && k < 8; f = f->file, k++)
+            render_node_stats(sb, f, n->depth, f->drv && f->drv->is_filter ? "filter" : "file", false);
+    }
+    sb_put(sb, "\n  ]\n}\n", 7);
+}

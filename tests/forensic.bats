@@ -1,0 +1,87 @@
+#!/usr/bin/env bats
+# forensic.bats - what forensic examiners rely on: layer views (MNT/layers/N-NAME/{disk.raw,map}), proof
+# that a read-only mount opens no image file for writing and changes nothing, the audit log, and the
+# acquisition hash.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+@test "layers/0-NAME of a raw image: disk.raw equals the image, map lists what it holds" {
+  truncate -s 8M ev.raw
+  head -c 65536 /dev/urandom | dd of=ev.raw bs=64k seek=2 conv=notrunc status=none
+  mount_img ev.raw "$MNT"
+  [ "$(ls "$MNT/layers")" = "0-ev.raw" ]
+  cmp "$MNT/layers/0-ev.raw/disk.raw" ev.raw
+  [ "$(stat -c %a "$MNT/layers/0-ev.raw/disk.raw")" = 444 ]
+  grep -qx "131072 65536 data" "$MNT/layers/0-ev.raw/map"
+  grep -qx "0 131072 zero" "$MNT/layers/0-ev.raw/map"
+  [ "$(awk '{ s += $2 } END { print s }' "$MNT/layers/0-ev.raw/map")" -eq 8388608 ]
+  unmount_img
+}
+
+@test "a read-only mount opens no image file for writing and leaves checksum and mtime unchanged" {
+  head -c 2097152 /dev/urandom > evidence.raw
+  touch -d '2019-05-06 07:08:09' evidence.raw
+  sum=$(sha256sum < evidence.raw); mtime=$(stat -c %Y evidence.raw)
+  strace -f -e trace=openat,open -o "$TMP/strace.log" "$IMGFUSE" --foreground evidence.raw "$MNT" 2>"$TMP/daemon.log" &
+  DAEMON_PID=$!
+  MOUNTED=$MNT
+  for i in $(seq 1 400); do mountpoint -q "$MNT" && break; sleep 0.05; done
+  mountpoint -q "$MNT"
+  cmp "$MNT/disk.raw" evidence.raw
+  cat "$MNT/info" "$MNT/layers/0-evidence.raw/disk.raw" > /dev/null
+  grep -q "^read-only: yes (evidence files opened O_RDONLY)" "$MNT/info"
+  unmount_img
+  grep evidence.raw "$TMP/strace.log"
+  grep evidence.raw "$TMP/strace.log" | grep -q O_RDONLY
+  ! grep evidence.raw "$TMP/strace.log" | grep -E 'O_RDWR|O_WRONLY|O_CREAT|O_TRUNC'
+  [ "$(sha256sum < evidence.raw)" = "$sum" ]
+  [ "$(stat -c %Y evidence.raw)" = "$mtime" ]
+}
+
+@test "imgfuse hash equals sha256sum of the raw image" {
+  truncate -s 5M h.raw
+  head -c 300000 /dev/urandom | dd of=h.raw bs=1 seek=1234567 conv=notrunc status=none
+  run "$IMGFUSE" hash h.raw
+  [ "$status" -eq 0 ]
+  [ "${output%% *}" = "$(sha256sum < h.raw | cut -d' ' -f1)" ]
+}
+
+@test "--audit-log appends one JSON line per mount with files, mode, options and bytes read" {
+  head -c 1048576 /dev/urandom > a.raw
+  mount_img --audit-log "$TMP/audit.log" --on-read-error=report a.raw "$MNT"
+  cat "$MNT/disk.raw" > /dev/null
+  unmount_img
+  mount_img --rw --audit-log "$TMP/audit.log" a.raw "$MNT"
+  printf 'hello' | dd of="$MNT/disk.raw" conv=notrunc status=none
+  unmount_img
+  [ "$(wc -l < "$TMP/audit.log")" -eq 2 ]
+  python3 - "$TMP/audit.log" "$TMP/a.raw" "$MNT" <<'EOF'
+import json, os, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+ro, rw = lines
+for l in lines:
+    assert l["user"] and l["uid"] == os.getuid(), l
+    assert l["mountpoint"] == sys.argv[3], l
+    assert l["images"][0]["file"] == sys.argv[2], l
+    assert l["images"][0]["size"] == 1048576, l
+    assert l["mount_time"] <= l["unmount_time"], l
+    assert l["exit_status"] == 0, l
+assert ro["mode"] == "read-only" and rw["mode"] == "read-write", lines
+assert "--on-read-error=report" in ro["options"], ro
+assert ro["bytes_read"] >= 1048576 and ro["bytes_written"] == 0, ro
+assert ro["images"][0]["unchanged"] is True, ro
+assert rw["bytes_written"] == 5, rw
+EOF
+}
+
+@test "--audit-log on an unwritable path fails before mounting with exit 2" {
+  truncate -s 1M a.raw
+  run "$IMGFUSE" --audit-log "$TMP/no/such/dir/audit.log" a.raw "$MNT"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: $TMP/no/such/dir/audit.log: "* ]]
+  ! grep -q " $TMP" /proc/mounts
+}
