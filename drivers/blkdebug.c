@@ -5,6 +5,7 @@
  *     event=l2_update errno=28 once   fail the first I/O after a driver announced "l2_update"
  *     event=any errno=5 always        fail everything
  *     event=write delay_ms=50 always  slow every write down
+ *     event=read errno=5 offset=8192 length=4096 always   fail reads touching that range
  * Events are the I/O kinds (read, write, write_zeroes, discard, flush, any) and the metadata kinds format
  * drivers announce with bdrv_debug_event() just before the I/O.  It knows no format.
  */
@@ -25,6 +26,7 @@ typedef struct DebugRule {
     int nth;        /* 0 = from the first match */
     bool always;
     int delay_ms;
+    int64_t offset, length; /* length 0 = any range */
     int hits;
     bool spent;
 } DebugRule;
@@ -77,8 +79,12 @@ static int parse_rule(char *line, DebugRule *rule, const char **why)
             bad = parse_int(v, &rule->nth);
         } else if (strcmp(tok, "delay_ms") == 0) {
             bad = parse_int(v, &rule->delay_ms);
+        } else if (strcmp(tok, "offset") == 0 || strcmp(tok, "length") == 0) {
+            int64_t n = parse_size(v);
+            bad = n < 0;
+            *(strcmp(tok, "offset") == 0 ? &rule->offset : &rule->length) = n;
         } else {
-            return *why = "unknown key (event, errno, nth, delay_ms)", -1;
+            return *why = "unknown key (event, errno, nth, delay_ms, offset, length)", -1;
         }
         if (bad)
             return *why = "bad number", -1;
@@ -144,7 +150,7 @@ void bdrv_debug_event(BlockNode *file, const char *event)
 }
 
 /* Called before each I/O of kind: consumes the pending event, applies matching rules. */
-static int blkdebug_check(BlockNode *bs, const char *kind)
+static int blkdebug_check(BlockNode *bs, const char *kind, int64_t offset, int64_t bytes)
 {
     BlkdebugState *s = bs->opaque;
     int delay = 0, errnum = 0;
@@ -158,6 +164,8 @@ static int blkdebug_check(BlockNode *bs, const char *kind)
             continue;
         if (strcmp(r->event, "any") != 0 && strcmp(r->event, kind) != 0 &&
             !(pending[0] && strcmp(r->event, pending) == 0))
+            continue;
+        if (r->length && !(offset < r->offset + r->length && r->offset < offset + bytes))
             continue;
         r->hits++;
         if (r->nth && r->hits < r->nth)
@@ -182,31 +190,31 @@ static int blkdebug_check(BlockNode *bs, const char *kind)
 
 static int blkdebug_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
-    int r = blkdebug_check(bs, "read");
+    int r = blkdebug_check(bs, "read", offset, bytes);
     return r < 0 ? r : bdrv_pread(bs->file, offset, bytes, buf);
 }
 
 static int blkdebug_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
-    int r = blkdebug_check(bs, "write");
+    int r = blkdebug_check(bs, "write", offset, bytes);
     return r < 0 ? r : bdrv_pwrite(bs->file, offset, bytes, buf, flags);
 }
 
 static int blkdebug_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 {
-    int r = blkdebug_check(bs, "write_zeroes");
+    int r = blkdebug_check(bs, "write_zeroes", offset, bytes);
     return r < 0 ? r : bdrv_pwrite_zeroes(bs->file, offset, bytes, flags);
 }
 
 static int blkdebug_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 {
-    int r = blkdebug_check(bs, "discard");
+    int r = blkdebug_check(bs, "discard", offset, bytes);
     return r < 0 ? r : bdrv_discard(bs->file, offset, bytes);
 }
 
 static int blkdebug_flush(BlockNode *bs)
 {
-    return blkdebug_check(bs, "flush"); /* the core flushes the file child afterwards */
+    return blkdebug_check(bs, "flush", 0, 0); /* the core flushes the file child afterwards */
 }
 
 static int blkdebug_truncate(BlockNode *bs, int64_t size)

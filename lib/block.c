@@ -7,6 +7,7 @@
  * lib/request.c.  It knows no format and no FUSE.
  */
 #include "block_int.h"
+#include "request.h"
 #include "util.h"
 
 #include <errno.h>
@@ -50,6 +51,7 @@ void bdrv_free_node(BlockNode *bs)
 {
     if (!bs)
         return;
+    request_state_free(bs);
     pthread_mutex_destroy(&bs->req_lock);
     pthread_cond_destroy(&bs->req_cond);
     pthread_mutex_destroy(&bs->stats_lock);
@@ -325,7 +327,7 @@ int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     if (check_request(bs, offset, bytes) < 0)
         return -EINVAL;
     uint64_t t0 = now_ns();
-    int r = bdrv_co_read(bs, offset, bytes, buf);
+    int r = bs->core->req ? request_read(bs, offset, bytes, buf) : bdrv_co_read(bs, offset, bytes, buf);
     stats_account(bs, STAT_READ, bytes, now_ns() - t0, r);
     return r < 0 ? r : 0;
 }
@@ -356,8 +358,10 @@ static int rmw_chunk(BlockNode *bs, int64_t start, int64_t end, int64_t offset, 
 static int aligned_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     TrackedRequest req;
+    bool serialised = flags & BDRV_REQ_NO_SERIALISE;
+    flags &= BDRV_REQ_DRIVER_MASK;
     if (is_aligned(bs, offset, bytes, buf)) {
-        if (bs->request_alignment <= 1 && !bs->core->track_writes)
+        if ((bs->request_alignment <= 1 && !bs->core->track_writes) || serialised)
             return drv_write(bs, offset, bytes, buf, flags);
         tracked_begin(bs, &req, offset, bytes, false);
         int r = drv_write(bs, offset, bytes, buf, flags);
@@ -422,7 +426,8 @@ int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
     if (check_request(bs, offset, bytes) < 0)
         return -EINVAL;
     uint64_t t0 = now_ns();
-    int r = bdrv_co_write(bs, offset, bytes, buf, flags);
+    int r = bs->core->req ? request_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK)
+                          : bdrv_co_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK);
     stats_account(bs, STAT_WRITE, bytes, now_ns() - t0, r);
     return r < 0 ? r : 0;
 }
@@ -505,7 +510,9 @@ int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
     if (bs->core->is_root && (!bs->opts || bs->opts->discard != DISCARD_UNMAP))
         flags &= ~BDRV_REQ_MAY_UNMAP;
     uint64_t t0 = now_ns();
-    int r = bdrv_co_write_zeroes(bs, offset, bytes, flags);
+    flags &= BDRV_REQ_DRIVER_MASK;
+    int r = bs->core->req ? request_write_zeroes(bs, offset, bytes, flags)
+                          : bdrv_co_write_zeroes(bs, offset, bytes, flags);
     stats_account(bs, STAT_ZERO, bytes, now_ns() - t0, r);
     return r < 0 ? r : 0;
 }
@@ -519,6 +526,7 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
         return 0; /* --discard=ignore: a discard is only a hint */
     if (!bs->drv->discard)
         return -ENOTSUP;
+    request_throttle(bs, true, 0);
     TrackedRequest req;
     bool track = bs->request_alignment > 1 || bs->core->track_writes;
     if (track)

@@ -18,6 +18,11 @@ struct TrackedRequest {
 
 #define PROBE_BUF_SIZE 4096
 
+/* Internal request flag (never passed to drivers): the caller already holds a serialising tracked
+ * request over the range (copy-on-read writing into the top). */
+#define BDRV_REQ_NO_SERIALISE 0x1000
+#define BDRV_REQ_DRIVER_MASK (BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA | BDRV_REQ_NO_FALLBACK)
+
 typedef struct BlockNodeCore {
     BlockOpenOpts *owned_opts; /* options of a backing node (read-only copy of the caller's), freed with it */
     bool is_root;              /* the node bdrv_open returned: request-path features apply */

@@ -6,6 +6,7 @@
  * (bdrv_resolve_backing).  It knows no format by name except the "file" protocol and "raw" fallback.
  */
 #include "block_int.h"
+#include "request.h"
 #include "util.h"
 
 #include <errno.h>
@@ -386,6 +387,10 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     if (open_backing_chain(top, opts, err) < 0) {
         if (err && !err->msg[0])
             error_set(err, EIO, "%s: cannot open the backing chain", top->filename);
+        bdrv_close(top);
+        return NULL;
+    }
+    if (request_state_init(top, opts, err) < 0) {
         bdrv_close(top);
         return NULL;
     }

@@ -1,0 +1,331 @@
+/*
+ * request.c - the request-path features of the root node (the node bdrv_open returns): throttling
+ * (token buckets for iops and bytes/s, total/read/write), detect-zeroes (an all-zero write becomes
+ * write_zeroes), copy-on-read (data found in the backing chain is written into the top node, cluster by
+ * cluster, serialised against guest writes by tracked requests) and --on-read-error=zero (unreadable
+ * ranges read as zeros and are recorded per chain).  Format-neutral: it only uses block status, reads,
+ * writes and the tracked-request machinery of lib/block.c.
+ */
+#include "request.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define COR_DEFAULT_GRANULARITY (64 * KiB)
+#define READ_ERROR_PIECE (4 * KiB)
+#define MAX_READ_ERRORS 100000
+
+typedef struct Bucket {
+    int64_t rate;   /* units per second, 0 = unlimited */
+    double level;   /* available units; negative = debt being paid off by waiting */
+    uint64_t last;  /* ns of the last refill */
+} Bucket;
+
+enum { B_IOPS, B_IOPS_RD, B_IOPS_WR, B_BPS, B_BPS_RD, B_BPS_WR, N_BUCKETS };
+
+struct RequestState {
+    pthread_mutex_t lock;           /* buckets and the error list */
+    Bucket buckets[N_BUCKETS];
+    bool throttled;
+    bool copy_on_read;
+    int64_t cor_granularity;
+    enum DetectZeroes detect_zeroes;
+    bool zero_on_error;
+    ReadErrorRecord *errors;
+    int n_errors, cap_errors;
+};
+
+/* ---------------------------------------------------------------- set up */
+
+static int64_t cluster_size_of(BlockNode *bs)
+{
+    InfoList info = { 0 };
+    if (bs->drv->get_info)
+        bs->drv->get_info(bs, &info);
+    int64_t g = 0;
+    for (int i = 0; i < info.n; i++)
+        if (strcmp(info.items[i].key, "cluster_size") == 0 && !info.items[i].str)
+            g = info.items[i].num;
+    info_free(&info);
+    return g > 0 && is_pow2((uint64_t)g) && g <= 2 * MiB ? g : COR_DEFAULT_GRANULARITY;
+}
+
+int request_state_init(BlockNode *bs, const BlockOpenOpts *o, Error *err)
+{
+    bool throttled = o->iops_limit || o->iops_rd_limit || o->iops_wr_limit || o->bps_limit ||
+                     o->bps_rd_limit || o->bps_wr_limit;
+    if (!throttled && !o->copy_on_read && o->detect_zeroes == DETECT_ZEROES_OFF &&
+        o->on_read_error != READ_ERROR_ZERO)
+        return 0;
+    if (o->iops_limit < 0 || o->iops_rd_limit < 0 || o->iops_wr_limit < 0 || o->bps_limit < 0 ||
+        o->bps_rd_limit < 0 || o->bps_wr_limit < 0) {
+        error_set(err, EINVAL, "%s: negative I/O limit", bs->filename);
+        return -EINVAL;
+    }
+    if (o->copy_on_read && bs->read_only) {
+        error_set(err, EROFS, "%s: --copy-on-read needs a writable top image (--rw or --overlay)", bs->filename);
+        return -EROFS;
+    }
+    if (o->detect_zeroes != DETECT_ZEROES_OFF && bs->read_only)
+        log_debug("%s: --detect-zeroes has no effect on a read-only image", bs->filename);
+    struct RequestState *s = calloc(1, sizeof(*s));
+    if (!s) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    const int64_t rates[N_BUCKETS] = { o->iops_limit, o->iops_rd_limit, o->iops_wr_limit,
+                                       o->bps_limit, o->bps_rd_limit, o->bps_wr_limit };
+    uint64_t now = now_ns();
+    for (int i = 0; i < N_BUCKETS; i++)
+        s->buckets[i] = (Bucket){ rates[i], 0, now };
+    s->throttled = throttled;
+    s->copy_on_read = o->copy_on_read && bs->backing;
+    s->cor_granularity = cluster_size_of(bs);
+    s->detect_zeroes = o->detect_zeroes;
+    s->zero_on_error = o->on_read_error == READ_ERROR_ZERO;
+    bs->core->req = s;
+    if (s->copy_on_read)
+        bs->core->track_writes = true;
+    return 0;
+}
+
+void request_state_free(BlockNode *bs)
+{
+    struct RequestState *s = bs->core ? bs->core->req : NULL;
+    if (!s)
+        return;
+    pthread_mutex_destroy(&s->lock);
+    free(s->errors);
+    free(s);
+    bs->core->req = NULL;
+}
+
+/* ---------------------------------------------------------------- throttling */
+
+/* Takes cost from the bucket (refilled at its rate, holding at most one second's worth); returns how
+ * long the caller must wait for its share. Called with s->lock held. */
+static uint64_t bucket_take(Bucket *b, double cost, uint64_t now)
+{
+    if (!b->rate)
+        return 0;
+    double elapsed = (double)(now - b->last) / 1e9;
+    b->last = now;
+    b->level = MIN(b->level + elapsed * (double)b->rate, (double)b->rate);
+    b->level -= cost;
+    return b->level >= 0 ? 0 : (uint64_t)(-b->level / (double)b->rate * 1e9);
+}
+
+void request_throttle(BlockNode *bs, bool write, int64_t bytes)
+{
+    struct RequestState *s = bs->core->req;
+    if (!s || !s->throttled)
+        return;
+    pthread_mutex_lock(&s->lock);
+    uint64_t now = now_ns(), wait = 0;
+    wait = MAX(wait, bucket_take(&s->buckets[B_IOPS], 1, now));
+    wait = MAX(wait, bucket_take(&s->buckets[write ? B_IOPS_WR : B_IOPS_RD], 1, now));
+    wait = MAX(wait, bucket_take(&s->buckets[B_BPS], (double)bytes, now));
+    wait = MAX(wait, bucket_take(&s->buckets[write ? B_BPS_WR : B_BPS_RD], (double)bytes, now));
+    pthread_mutex_unlock(&s->lock);
+    struct timespec ts = { (time_t)(wait / 1000000000u), (long)(wait % 1000000000u) };
+    while (wait && nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---------------------------------------------------------------- copy-on-read */
+
+/* Copies [offset, offset+bytes) (unallocated in the top) from the chain into the top if it holds data
+ * below; the caller holds a serialising tracked request over it. Fills buf with the content. */
+static int cor_copy(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
+{
+    int r = bdrv_co_read(bs, offset, bytes, buf);
+    if (r < 0)
+        return r;
+    BlockStatus st;
+    for (int64_t pos = offset; pos < offset + bytes; pos += st.bytes) {
+        r = bdrv_block_status_above(bs->backing, pos, offset + bytes - pos, &st);
+        if (r < 0)
+            return r;
+        if (!(st.flags & BDRV_BLOCK_DATA) || !(st.flags & BDRV_BLOCK_ALLOCATED))
+            continue; /* holes stay holes */
+        r = bdrv_co_write(bs, pos, st.bytes, buf + (pos - offset), BDRV_REQ_NO_SERIALISE);
+        if (r < 0)
+            return r;
+        pthread_mutex_lock(&bs->stats_lock);
+        bs->stats.cor_bytes += (uint64_t)st.bytes;
+        pthread_mutex_unlock(&bs->stats_lock);
+    }
+    return 0;
+}
+
+static int cor_read(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
+{
+    struct RequestState *s = bs->core->req;
+    int64_t len = bdrv_getlength(bs);
+    if (len < 0)
+        return (int)len;
+    if (offset >= len)
+        return bdrv_co_read(bs, offset, bytes, buf);
+    int64_t g = s->cor_granularity;
+    int64_t start = align_down(offset, g), end = MIN(align_up(offset + bytes, g), len);
+    TrackedRequest req;
+    tracked_begin(bs, &req, start, end - start, true);
+    uint8_t *bounce = NULL;
+    int r = 0;
+    BlockStatus st;
+    for (int64_t pos = start; pos < end && r == 0; pos += st.bytes) {
+        r = bdrv_block_status(bs, pos, end - pos, &st);
+        if (r < 0)
+            break;
+        int64_t lo = MAX(pos, offset), hi = MIN(pos + st.bytes, offset + bytes);
+        if (st.flags & BDRV_BLOCK_ALLOCATED) {
+            if (hi > lo)
+                r = bdrv_co_read(bs, lo, hi - lo, buf + (lo - offset));
+            continue;
+        }
+        if (!bounce && !(bounce = malloc((size_t)(end - start)))) {
+            r = -ENOMEM;
+            break;
+        }
+        r = cor_copy(bs, pos, st.bytes, bounce);
+        if (r == 0 && hi > lo)
+            memcpy(buf + (lo - offset), bounce + (lo - pos), (size_t)(hi - lo));
+    }
+    tracked_end(bs, &req);
+    free(bounce);
+    if (r == 0 && offset + bytes > end)
+        memset(buf + (end - offset), 0, (size_t)(offset + bytes - end));
+    return r;
+}
+
+/* ---------------------------------------------------------------- read errors as zeros */
+
+static void record_read_error(BlockNode *bs, int64_t offset, int64_t length, int err)
+{
+    struct RequestState *s = bs->core->req;
+    BlockStatus st;
+    int layer = 0;
+    if (bdrv_block_status_above(bs, offset, length, &st) == 0)
+        layer = st.depth;
+    BlockNode *n = bs;
+    for (int i = 0; i < layer && n->backing; i++)
+        n = n->backing;
+    const char *reason = strerror(-err);
+    bool is_new = true;
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < s->n_errors; i++) {
+        ReadErrorRecord *e = &s->errors[i];
+        if (offset >= e->offset && offset + length <= e->offset + e->length) {
+            is_new = false; /* already known and logged */
+            goto out;
+        }
+        if (e->offset + e->length == offset && e->layer == layer && strcmp(e->reason, reason) == 0) {
+            e->length += length;
+            goto out;
+        }
+    }
+    if (s->n_errors == s->cap_errors) {
+        int cap = s->cap_errors ? s->cap_errors * 2 : 16;
+        ReadErrorRecord *ne = cap <= MAX_READ_ERRORS ? realloc(s->errors, (size_t)cap * sizeof(*ne)) : NULL;
+        if (!ne)
+            goto out;
+        s->errors = ne;
+        s->cap_errors = cap;
+    }
+    ReadErrorRecord *e = &s->errors[s->n_errors++];
+    memset(e, 0, sizeof(*e));
+    e->offset = offset;
+    e->length = length;
+    e->layer = layer;
+    snprintf(e->layer_name, sizeof(e->layer_name), "%s", n->filename);
+    snprintf(e->reason, sizeof(e->reason), "%s", reason);
+out:
+    pthread_mutex_unlock(&s->lock);
+    if (is_new)
+        log_msg("%s: read error at offset %lld, %lld bytes (%s): returning zeros", n->filename,
+            (long long)offset, (long long)length, reason);
+}
+
+static int read_once(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
+{
+    struct RequestState *s = bs->core->req;
+    if (s->copy_on_read && !bs->read_only)
+        return cor_read(bs, offset, bytes, buf);
+    return bdrv_co_read(bs, offset, bytes, buf);
+}
+
+/* Retries a failed read piece by piece on a 4 KiB grid; unreadable pieces become zeros. */
+static int read_zero_on_error(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
+{
+    int64_t end = offset + bytes;
+    for (int64_t pos = offset; pos < end;) {
+        int64_t next = MIN(align_down(pos, READ_ERROR_PIECE) + READ_ERROR_PIECE, end);
+        int r = read_once(bs, pos, next - pos, buf + (pos - offset));
+        if (r == -ENOMEM)
+            return r;
+        if (r < 0) {
+            memset(buf + (pos - offset), 0, (size_t)(next - pos));
+            record_read_error(bs, pos, next - pos, r);
+        }
+        pos = next;
+    }
+    return 0;
+}
+
+int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list)
+{
+    *list = NULL;
+    struct RequestState *s = bs && bs->core ? bs->core->req : NULL;
+    if (!s)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    int n = s->n_errors;
+    if (n) {
+        *list = malloc((size_t)n * sizeof(**list));
+        if (*list)
+            memcpy(*list, s->errors, (size_t)n * sizeof(**list));
+        else
+            n = -ENOMEM;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+/* ---------------------------------------------------------------- the root's request paths */
+
+int request_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    struct RequestState *s = bs->core->req;
+    request_throttle(bs, false, bytes);
+    int r = read_once(bs, offset, bytes, buf);
+    if (r < 0 && r != -ENOMEM && r != -EINVAL && s->zero_on_error)
+        r = read_zero_on_error(bs, offset, bytes, buf);
+    return r;
+}
+
+int request_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    struct RequestState *s = bs->core->req;
+    request_throttle(bs, true, bytes);
+    if (s->detect_zeroes != DETECT_ZEROES_OFF && bytes > 0 && buffer_is_zero(buf, (size_t)bytes)) {
+        int zflags = flags & BDRV_REQ_FUA;
+        if (s->detect_zeroes == DETECT_ZEROES_UNMAP && bs->opts && bs->opts->discard == DISCARD_UNMAP)
+            zflags |= BDRV_REQ_MAY_UNMAP;
+        pthread_mutex_lock(&bs->stats_lock);
+        bs->stats.detected_zero_ops++;
+        pthread_mutex_unlock(&bs->stats_lock);
+        return bdrv_co_write_zeroes(bs, offset, bytes, zflags);
+    }
+    return bdrv_co_write(bs, offset, bytes, buf, flags);
+}
+
+int request_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    request_throttle(bs, true, bytes);
+    return bdrv_co_write_zeroes(bs, offset, bytes, flags);
+}
