@@ -1,17 +1,15 @@
 /*
- * fs.c - the FUSE file system (libfuse3 low-level API): the mount tree (disk.raw, info, info.json in
- * directory mode; the raw view as the root itself in file mode) and the operations on it.  Reads and
+ * fs.c - the FUSE file system (libfuse3 low-level API): the operations on the mount tree (tree.c,
+ * snapshots.c) and the session.  Reads and
  * writes of a raw view become bdrv_pread/bdrv_pwrite; fsync/flush, truncate, fallocate, SEEK_DATA/
  * SEEK_HOLE and st_blocks map to the block layer's flush, truncate, write-zeroes, block status and
  * allocated size.  It serves requests on several threads (the block layer is thread-safe).  It knows no
  * image format; what the chain is comes from include/block.h only.
  */
-#define FUSE_USE_VERSION 312
+#include "fs_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,36 +22,6 @@
 #include "util.h"
 
 #define MAX_REQUEST (1024 * 1024) /* largest read/write the kernel will send (256 pages) */
-
-typedef struct Fs Fs;
-typedef struct Entry Entry;
-
-/* Renders the content of a generated (text) file at open time. */
-typedef char *(*GenFn)(Fs *fs, Entry *e, size_t *len);
-
-enum EntryKind { ENTRY_DIR, ENTRY_DISK, ENTRY_GEN };
-
-struct Entry {
-    fuse_ino_t ino, parent;
-    char *name;
-    enum EntryKind kind;
-    BlockNode *bs;          /* the raw view's node (disk) or the node described (generated) */
-    GenFn gen;
-    bool writable;          /* disk only */
-    struct timespec mtime;  /* guarded by fs->lock */
-};
-
-struct Fs {
-    FsConfig cfg;
-    pthread_mutex_t lock;   /* guards the entry table and the sizes/times in it */
-    Entry **entries;        /* entries[ino - 1] */
-    size_t n_entries, cap_entries;
-    uid_t uid;
-    gid_t gid;
-    struct timespec start;
-    pthread_key_t buf_key;  /* per-thread request buffer */
-    Entry *disk;            /* the main raw view */
-};
 
 /* Open-file handle bits for disk.raw (fi->fh). */
 #define FH_WRITE 0x1
@@ -92,109 +60,6 @@ static void genfile_put(Fs *fs, GenFile *g, bool release)
     }
 }
 
-/* ---------------------------------------------------------------- the entry table */
-
-static Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs)
-{
-    if (fs->n_entries == fs->cap_entries) {
-        size_t cap = fs->cap_entries ? fs->cap_entries * 2 : 16;
-        Entry **v = realloc(fs->entries, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        fs->entries = v;
-        fs->cap_entries = cap;
-    }
-    Entry *e = calloc(1, sizeof *e);
-    if (!e || !(e->name = strdup(name))) {
-        free(e);
-        return NULL;
-    }
-    e->ino = fs->n_entries + 1;
-    e->parent = parent;
-    e->kind = kind;
-    e->bs = bs;
-    e->mtime = fs->start;
-    fs->entries[fs->n_entries++] = e;
-    return e;
-}
-
-static Entry *fs_get(Fs *fs, fuse_ino_t ino)
-{
-    Entry *e = NULL;
-    pthread_mutex_lock(&fs->lock);
-    if (ino >= 1 && ino <= fs->n_entries)
-        e = fs->entries[ino - 1];
-    pthread_mutex_unlock(&fs->lock);
-    return e;
-}
-
-static Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
-{
-    Entry *found = NULL;
-    pthread_mutex_lock(&fs->lock);
-    for (size_t i = 0; i < fs->n_entries && !found; i++) {
-        Entry *e = fs->entries[i];
-        if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0)
-            found = e;
-    }
-    pthread_mutex_unlock(&fs->lock);
-    return found;
-}
-
-/* The size of a raw view is asked of the block layer each time: truncate may change it. */
-static int64_t disk_size(Entry *e)
-{
-    int64_t s = bdrv_getlength(e->bs);
-    return s > 0 ? s : 0;
-}
-
-static void entry_touch(Fs *fs, Entry *e)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    pthread_mutex_lock(&fs->lock);
-    e->mtime = now;
-    pthread_mutex_unlock(&fs->lock);
-}
-
-/* ---------------------------------------------------------------- generated files */
-
-static char *gen_info_text(Fs *fs, Entry *e, size_t *len)
-{
-    StrBuf sb;
-    sb_init(&sb);
-    render_info_text(&sb, e->bs, &fs->cfg.facts);
-    return sb_steal(&sb, len);
-}
-
-static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
-{
-    StrBuf sb;
-    sb_init(&sb);
-    render_info_json(&sb, e->bs, &fs->cfg.facts);
-    return sb_steal(&sb, len);
-}
-
-static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
-{
-    (void)fs;
-    StrBuf sb;
-    sb_init(&sb);
-    int r = render_layer_map(&sb, e->bs);
-    if (r < 0)
-        sb_printf(&sb, "error: %s\n", strerror(-r));
-    return sb_steal(&sb, len);
-}
-
-static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
-{
-    (void)fs;
-    StrBuf sb;
-    sb_init(&sb);
-    render_stats_json(&sb, e->bs);
-    return sb_steal(&sb, len);
-}
-
 /* ---------------------------------------------------------------- attributes */
 
 static void fill_stat(Fs *fs, Entry *e, struct stat *st)
@@ -209,7 +74,7 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
     pthread_mutex_unlock(&fs->lock);
     switch (e->kind) {
     case ENTRY_DIR:
-        st->st_mode = S_IFDIR | 0555;
+        st->st_mode = S_IFDIR | (e == fs->snapdir && fs->cfg.writable ? 0755 : 0555);
         st->st_nlink = 2;
         break;
     case ENTRY_DISK: {
@@ -221,6 +86,12 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
         st->st_blocks = alloc >= 0 ? (alloc + 511) / 512 : (size + 511) / 512;
         break;
     }
+    case ENTRY_VMSTATE:
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_size = (off_t)e->snap->vm_state_size;
+        st->st_blocks = (st->st_size + 511) / 512;
+        break;
     case ENTRY_GEN: {
         size_t len = 0;
         free(e->gen(fs, e, &len));
@@ -234,11 +105,11 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
 }
 
 /* Read-only views never change: the kernel may cache their attributes and pages for long. */
-static double attr_timeout(Entry *e)
+static double attr_timeout(Fs *fs, Entry *e)
 {
     if (e->kind == ENTRY_GEN)
         return 0.0;
-    return e->writable ? 1.0 : 3600.0;
+    return fs->cfg.writable ? 1.0 : 3600.0;
 }
 
 static void fs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -252,25 +123,29 @@ static void fs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
     }
     struct stat st;
     fill_stat(fs, e, &st);
-    fuse_reply_attr(req, &st, attr_timeout(e));
+    fuse_reply_attr(req, &st, attr_timeout(fs, e));
+}
+
+void fs_reply_entry(fuse_req_t req, Fs *fs, Entry *e)
+{
+    struct fuse_entry_param ep;
+    memset(&ep, 0, sizeof ep);
+    ep.ino = e->ino;
+    ep.generation = 1;
+    fill_stat(fs, e, &ep.attr);
+    ep.attr_timeout = attr_timeout(fs, e);
+    ep.entry_timeout = 1.0;
+    fuse_reply_entry(req, &ep);
 }
 
 static void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     Fs *fs = fuse_req_userdata(req);
     Entry *e = fs_lookup_child(fs, parent, name);
-    if (!e) {
+    if (!e)
         fuse_reply_err(req, ENOENT);
-        return;
-    }
-    struct fuse_entry_param ep;
-    memset(&ep, 0, sizeof ep);
-    ep.ino = e->ino;
-    ep.generation = 1;
-    fill_stat(fs, e, &ep.attr);
-    ep.attr_timeout = attr_timeout(e);
-    ep.entry_timeout = 1.0;
-    fuse_reply_entry(req, &ep);
+    else
+        fs_reply_entry(req, fs, e);
 }
 
 static int disk_truncate(Fs *fs, Entry *e, int64_t size)
@@ -396,11 +271,18 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_err(req, e->kind == ENTRY_DISK ? EROFS : EACCES);
         return;
     }
-    if (e->kind == ENTRY_DISK) {
+    if (e->kind == ENTRY_DISK || e->kind == ENTRY_VMSTATE) {
         fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
         fi->keep_cache = !fs->cfg.writable; /* nothing can change any view of a read-only mount */
         fi->noflush = !wants_write;
-        fuse_reply_open(req, fi);
+        pthread_mutex_lock(&fs->lock);
+        e->opens++;
+        pthread_mutex_unlock(&fs->lock);
+        if (fuse_reply_open(req, fi) != 0) {
+            pthread_mutex_lock(&fs->lock);
+            e->opens--;
+            pthread_mutex_unlock(&fs->lock);
+        }
         return;
     }
     GenFile *g = calloc(1, sizeof *g);
@@ -422,8 +304,13 @@ static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
     Fs *fs = fuse_req_userdata(req);
     Entry *e = fs_get(fs, ino);
-    if (e && e->kind == ENTRY_GEN && fi->fh)
+    if (e && e->kind == ENTRY_GEN && fi->fh) {
         genfile_put(fs, (GenFile *)(uintptr_t)fi->fh, true);
+    } else if (e && (e->kind == ENTRY_DISK || e->kind == ENTRY_VMSTATE)) {
+        pthread_mutex_lock(&fs->lock);
+        e->opens--;
+        pthread_mutex_unlock(&fs->lock);
+    }
     fuse_reply_err(req, 0);
 }
 
@@ -480,7 +367,7 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         genfile_put(fs, g, false);
         return;
     }
-    int64_t disk = disk_size(e);
+    int64_t disk = e->kind == ENTRY_VMSTATE ? (int64_t)e->snap->vm_state_size : disk_size(e);
     if (off >= disk) {
         fuse_reply_buf(req, NULL, 0);
         return;
@@ -491,7 +378,7 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         fuse_reply_err(req, ENOMEM);
         return;
     }
-    int r = bdrv_pread(e->bs, off, (int64_t)len, buf);
+    int r = e->kind == ENTRY_VMSTATE ? vmstate_read(e, off, len, buf) : bdrv_pread(e->bs, off, (int64_t)len, buf);
     if (r < 0) {
         fuse_reply_err(req, -r);
         return;
@@ -643,6 +530,14 @@ static void fs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, s
         genfile_put(fs, g, false);
         return;
     }
+    if (e->kind == ENTRY_VMSTATE) {
+        off_t end = (off_t)e->snap->vm_state_size;
+        if (off < 0 || off >= end)
+            fuse_reply_err(req, ENXIO);
+        else
+            fuse_reply_lseek(req, whence == SEEK_DATA ? off : end);
+        return;
+    }
     off_t r = seek_data_hole(e, disk_size(e), off, whence);
     if (r < 0)
         fuse_reply_err(req, (int)-r);
@@ -697,70 +592,9 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .fallocate = fs_op_fallocate,
     .lseek = fs_op_lseek,
     .statfs = fs_op_statfs,
+    .mkdir = fs_op_mkdir,
+    .rmdir = fs_op_rmdir,
 };
-
-static Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable)
-{
-    Entry *e = fs_add(fs, parent, name, ENTRY_DISK, bs);
-    if (!e)
-        return NULL;
-    e->writable = writable;
-    struct stat st;
-    if (bs->filename && stat(bs->filename, &st) == 0)
-        e->mtime = st.st_mtim;
-    return e;
-}
-
-static Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen)
-{
-    Entry *e = fs_add(fs, parent, name, ENTRY_GEN, bs);
-    if (e)
-        e->gen = gen;
-    return e;
-}
-
-/* MNT/layers/N-BASENAME/{disk.raw,map} for every layer of the chain, 0 = top. */
-static int fs_build_layers(Fs *fs, fuse_ino_t root)
-{
-    Entry *dir = fs_add(fs, root, "layers", ENTRY_DIR, NULL);
-    if (!dir)
-        return -ENOMEM;
-    for (BlockNode *n = fs->cfg.bs; n; n = n->backing) {
-        const char *base = strrchr(n->filename, '/');
-        base = base && base[1] ? base + 1 : n->filename;
-        char name[256];
-        snprintf(name, sizeof name, "%d-%s", n->depth, base);
-        Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);
-        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_gen(fs, ld->ino, "map", n, gen_layer_map))
-            return -ENOMEM;
-    }
-    return 0;
-}
-
-static int fs_build_tree(Fs *fs)
-{
-    const FsConfig *c = &fs->cfg;
-    if (c->file_mode) {
-        fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
-        return fs->disk ? 0 : -ENOMEM;
-    }
-    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
-        !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
-        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json))
-        return -ENOMEM;
-    return fs_build_layers(fs, 1);
-}
-
-static void fs_free(Fs *fs)
-{
-    for (size_t i = 0; i < fs->n_entries; i++) {
-        free(fs->entries[i]->name);
-        free(fs->entries[i]);
-    }
-    free(fs->entries);
-    pthread_key_delete(fs->buf_key);
-    pthread_mutex_destroy(&fs->lock);
-}
 
 /* Runs fn with stderr sent to a temporary file, then returns what was written there as one line. */
 static int capture_stderr(int (*fn)(void *), void *arg, char *out, size_t outlen)
@@ -819,9 +653,11 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
     fs.gid = getgid();
     clock_gettime(CLOCK_REALTIME, &fs.start);
     pthread_mutex_init(&fs.lock, NULL);
+    pthread_mutex_init(&fs.snap_lock, NULL);
     if (pthread_key_create(&fs.buf_key, thread_buf_free) != 0) {
         errmsg(mountpoint, "cannot create thread key");
         pthread_mutex_destroy(&fs.lock);
+        pthread_mutex_destroy(&fs.snap_lock);
         return EXIT_RUNTIME;
     }
     if (fs_build_tree(&fs) < 0) {

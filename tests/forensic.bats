@@ -85,3 +85,44 @@ EOF
   [[ "$output" == "imgfuse: $TMP/no/such/dir/audit.log: "* ]]
   ! grep -q " $TMP" /proc/mounts
 }
+
+# make_chain: base.qcow2 <- mid.qcow2 <- top.qcow2 with distinct data in each layer and a zero cluster.
+make_chain() {
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qemu-io -c "write -P 0x11 0 1M" -c "write -P 0x12 6M 64k" base.qcow2 > /dev/null
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+  qemu-io -c "write -P 0x22 1M 1M" -c "write -z 6M 64k" mid.qcow2 > /dev/null
+  qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+  qemu-io -c "write -P 0x33 512k 1M" -c "write -P 0x34 7M 4k" top.qcow2 > /dev/null
+}
+
+@test "layers of a 3-layer qcow2 chain: disk.raw equals qemu-img convert, map equals qemu-img map" {
+  make_chain
+  mount_img top.qcow2 "$MNT"
+  [ "$(ls "$MNT/layers" | tr '\n' ' ')" = "0-top.qcow2 1-mid.qcow2 2-base.qcow2 " ]
+  n=0
+  for img in top mid base; do
+    dir="$MNT/layers/$n-$img.qcow2"
+    qemu-img convert -O raw "$img.qcow2" "$TMP/$img.conv"
+    cmp "$dir/disk.raw" "$TMP/$img.conv"
+    qemu-img map --output=json "$img.qcow2" > "$TMP/$img.map.json"
+    python3 - "$TMP/$img.map.json" "$dir/map" <<'EOF'
+import json, sys
+want = []
+for e in json.load(open(sys.argv[1])):
+    if e["depth"] != 0 or not e["present"]:
+        continue
+    kind = "data" if e["data"] else "zero"
+    if want and want[-1][2] == kind and want[-1][0] + want[-1][1] == e["start"]:
+        want[-1][1] += e["length"]
+    else:
+        want.append([e["start"], e["length"], kind])
+got = [[int(a), int(b), c] for a, b, c in (l.split() for l in open(sys.argv[2]))]
+assert got == want, (got, want)
+assert got, "layer holds nothing"
+EOF
+    n=$((n + 1))
+  done
+  cmp "$MNT/disk.raw" "$TMP/top.conv"
+  unmount_img
+}

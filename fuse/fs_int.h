@@ -1,0 +1,74 @@
+/*
+ * fs_int.h - private to the FUSE file system (fs.c, tree.c, snapshots.c): the mount tree's entries and
+ * the state of a mount.  An entry is a directory, a raw view (disk), a generated text file or a snapshot's
+ * VM state; entries live in a table indexed by inode number and are never freed before unmount (a
+ * removed entry is detached from its parent), so an inode number always names the same thing.
+ */
+#ifndef IMGFUSE_FS_INT_H
+#define IMGFUSE_FS_INT_H
+
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "imgfuse.h"
+
+typedef struct Fs Fs;
+typedef struct Entry Entry;
+
+/* Renders the content of a generated (text) file at open time. */
+typedef char *(*GenFn)(Fs *fs, Entry *e, size_t *len);
+
+enum EntryKind { ENTRY_DIR, ENTRY_DISK, ENTRY_GEN, ENTRY_VMSTATE };
+
+struct Entry {
+    fuse_ino_t ino, parent;  /* parent 0: detached (removed) */
+    char *name;
+    enum EntryKind kind;
+    BlockNode *bs;           /* disk: the node read; generated: the node described; vmstate: the image */
+    GenFn gen;
+    bool writable;           /* disk only */
+    struct timespec mtime;   /* guarded by fs->lock */
+    SnapshotInfo *snap;      /* snapshot directories and their files, else NULL */
+    int opens;               /* open handles (guarded by fs->lock) */
+};
+
+struct Fs {
+    FsConfig cfg;
+    pthread_mutex_t lock;    /* guards the entry table, parents, times and open counts */
+    Entry **entries;         /* entries[ino - 1] */
+    size_t n_entries, cap_entries;
+    uid_t uid;
+    gid_t gid;
+    struct timespec start;
+    pthread_key_t buf_key;   /* per-thread request buffer */
+    Entry *disk;             /* the main raw view */
+    Entry *snapdir;          /* MNT/snapshots, NULL when the image has no snapshot support */
+    pthread_mutex_t snap_lock; /* serialises snapshot create/delete and the refresh of the tree */
+    BlockNode **views;       /* snapshot views opened, closed at unmount */
+    size_t n_views;
+};
+
+/* tree.c */
+Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs);
+Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable);
+Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen);
+Entry *fs_get(Fs *fs, fuse_ino_t ino);
+Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name);
+int64_t disk_size(Entry *e);
+void entry_touch(Fs *fs, Entry *e);
+int fs_build_tree(Fs *fs);
+void fs_free(Fs *fs);
+
+/* snapshots.c */
+int fs_build_snapshots(Fs *fs, fuse_ino_t root);
+void fs_op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
+void fs_op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+int vmstate_read(Entry *e, int64_t off, size_t len, void *buf);
+
+/* fs.c */
+void fs_reply_entry(fuse_req_t req, Fs *fs, Entry *e);
+
+#endif

@@ -1,0 +1,192 @@
+/*
+ * tree.c - the mount tree: the table of entries (inode number -> entry), lookups by name, the fixed part
+ * of the tree (disk.raw, info, info.json, stats.json, layers/N-NAME/{disk.raw,map}) and the generated
+ * files' renderers.  The snapshot part of the tree is in snapshots.c.  It knows no image format.
+ */
+#include "fs_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util.h"
+
+/* Adds an entry under parent (0: detached, to be attached once complete). Safe while serving. */
+Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs)
+{
+    Entry *e = calloc(1, sizeof *e);
+    if (!e || !(e->name = strdup(name))) {
+        free(e);
+        return NULL;
+    }
+    e->parent = parent;
+    e->kind = kind;
+    e->bs = bs;
+    e->mtime = fs->start;
+    pthread_mutex_lock(&fs->lock);
+    if (fs->n_entries == fs->cap_entries) {
+        size_t cap = fs->cap_entries ? fs->cap_entries * 2 : 16;
+        Entry **v = realloc(fs->entries, cap * sizeof *v);
+        if (!v) {
+            pthread_mutex_unlock(&fs->lock);
+            free(e->name);
+            free(e);
+            return NULL;
+        }
+        fs->entries = v;
+        fs->cap_entries = cap;
+    }
+    e->ino = fs->n_entries + 1;
+    fs->entries[fs->n_entries++] = e;
+    pthread_mutex_unlock(&fs->lock);
+    return e;
+}
+
+Entry *fs_get(Fs *fs, fuse_ino_t ino)
+{
+    Entry *e = NULL;
+    pthread_mutex_lock(&fs->lock);
+    if (ino >= 1 && ino <= fs->n_entries)
+        e = fs->entries[ino - 1];
+    pthread_mutex_unlock(&fs->lock);
+    return e;
+}
+
+Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
+{
+    Entry *found = NULL;
+    pthread_mutex_lock(&fs->lock);
+    for (size_t i = 0; i < fs->n_entries && !found; i++) {
+        Entry *e = fs->entries[i];
+        if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0)
+            found = e;
+    }
+    pthread_mutex_unlock(&fs->lock);
+    return found;
+}
+
+/* The size of a raw view is asked of the block layer each time: truncate may change it. */
+int64_t disk_size(Entry *e)
+{
+    int64_t s = bdrv_getlength(e->bs);
+    return s > 0 ? s : 0;
+}
+
+void entry_touch(Fs *fs, Entry *e)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    pthread_mutex_lock(&fs->lock);
+    e->mtime = now;
+    pthread_mutex_unlock(&fs->lock);
+}
+
+/* ---------------------------------------------------------------- generated files */
+
+static char *gen_info_text(Fs *fs, Entry *e, size_t *len)
+{
+    StrBuf sb;
+    sb_init(&sb);
+    render_info_text(&sb, e->bs, &fs->cfg.facts);
+    return sb_steal(&sb, len);
+}
+
+static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
+{
+    StrBuf sb;
+    sb_init(&sb);
+    render_info_json(&sb, e->bs, &fs->cfg.facts);
+    return sb_steal(&sb, len);
+}
+
+static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
+{
+    (void)fs;
+    StrBuf sb;
+    sb_init(&sb);
+    int r = render_layer_map(&sb, e->bs);
+    if (r < 0)
+        sb_printf(&sb, "error: %s\n", strerror(-r));
+    return sb_steal(&sb, len);
+}
+
+static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
+{
+    (void)fs;
+    StrBuf sb;
+    sb_init(&sb);
+    render_stats_json(&sb, e->bs);
+    return sb_steal(&sb, len);
+}
+
+Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_DISK, bs);
+    if (!e)
+        return NULL;
+    e->writable = writable;
+    struct stat st;
+    if (bs->filename && stat(bs->filename, &st) == 0)
+        e->mtime = st.st_mtim;
+    return e;
+}
+
+Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_GEN, bs);
+    if (e)
+        e->gen = gen;
+    return e;
+}
+
+/* MNT/layers/N-BASENAME/{disk.raw,map} for every layer of the chain, 0 = top. */
+static int fs_build_layers(Fs *fs, fuse_ino_t root)
+{
+    Entry *dir = fs_add(fs, root, "layers", ENTRY_DIR, NULL);
+    if (!dir)
+        return -ENOMEM;
+    for (BlockNode *n = fs->cfg.bs; n; n = n->backing) {
+        const char *base = strrchr(n->filename, '/');
+        base = base && base[1] ? base + 1 : n->filename;
+        char name[256];
+        snprintf(name, sizeof name, "%d-%s", n->depth, base);
+        Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);
+        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_gen(fs, ld->ino, "map", n, gen_layer_map))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+int fs_build_tree(Fs *fs)
+{
+    const FsConfig *c = &fs->cfg;
+    if (c->file_mode) {
+        fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
+        return fs->disk ? 0 : -ENOMEM;
+    }
+    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
+        !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
+        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json))
+        return -ENOMEM;
+    int r = fs_build_layers(fs, 1);
+    return r < 0 ? r : fs_build_snapshots(fs, 1);
+}
+
+void fs_free(Fs *fs)
+{
+    for (size_t i = 0; i < fs->n_views; i++)
+        bdrv_close(fs->views[i]);
+    free(fs->views);
+    for (size_t i = 0; i < fs->n_entries; i++) {
+        free(fs->entries[i]->name);
+        free(fs->entries[i]->snap);
+        free(fs->entries[i]);
+    }
+    free(fs->entries);
+    pthread_mutex_destroy(&fs->snap_lock);
+    pthread_key_delete(fs->buf_key);
+    pthread_mutex_destroy(&fs->lock);
+}
+
