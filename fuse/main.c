@@ -80,6 +80,10 @@ static void print_help(void)
 "      --rw                   make disk.raw writable (IMAGE is modified)\n"
 "      --force-share          do not take or check image locks\n"
 "Request path:\n"
+"      --copy-on-read         data read from backing files is copied into the top image\n"
+"      --detect-zeroes=off|on|unmap  all-zero writes become zero writes (unmap: may free space)\n"
+"      --iops-limit N, --iops-limit-read N, --iops-limit-write N    operations per second\n"
+"      --bps-limit N, --bps-limit-read N, --bps-limit-write N       bytes per second (e.g. 10M)\n"
 "      --discard=ignore|unmap       may discards free space in the image (default ignore)\n"
 "      --on-read-error=report|zero  on an unreadable range: EIO (default) or zeros\n"
 "I/O:\n"
@@ -117,6 +121,7 @@ enum {
     OPT_OFFSET = 256, OPT_SIZE, OPT_BACKING, OPT_BACKING_FORMAT, OPT_NO_BACKING, OPT_BACKING_DIR,
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
+    OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
 };
 
 static const struct option mount_options[] = {
@@ -141,6 +146,14 @@ static const struct option mount_options[] = {
     { "foreground", no_argument, NULL, OPT_FOREGROUND },
     { "debug", no_argument, NULL, OPT_DEBUG },
     { "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
+    { "copy-on-read", no_argument, NULL, OPT_COPY_ON_READ },
+    { "detect-zeroes", required_argument, NULL, OPT_DETECT_ZEROES },
+    { "iops-limit", required_argument, NULL, OPT_IOPS },
+    { "iops-limit-read", required_argument, NULL, OPT_IOPS_RD },
+    { "iops-limit-write", required_argument, NULL, OPT_IOPS_WR },
+    { "bps-limit", required_argument, NULL, OPT_BPS },
+    { "bps-limit-read", required_argument, NULL, OPT_BPS_RD },
+    { "bps-limit-write", required_argument, NULL, OPT_BPS_WR },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -228,6 +241,8 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     static const char *const aio_names[] = { "threads", "native" };
     static const char *const discard_names[] = { "ignore", "unmap" };
     static const char *const rerr_names[] = { "report", "zero" };
+    static const char *const dz_names[] = { "off", "on", "unmap" };
+    static const enum DetectZeroes dz_values[] = { DETECT_ZEROES_OFF, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
     opterr = 0;
     optind = 1;
     int c, longidx = -1;
@@ -291,6 +306,23 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             note_option(a, name, optarg);
             break;
         case OPT_BLKDEBUG: a->open.blkdebug_rules = optarg; note_option(a, name, optarg); break;
+        case OPT_COPY_ON_READ: a->open.copy_on_read = true; note_option(a, name, NULL); break;
+        case OPT_DETECT_ZEROES:
+            if ((v = parse_choice("--detect-zeroes", optarg, dz_names, 3)) < 0)
+                return EXIT_USAGE;
+            a->open.detect_zeroes = dz_values[v];
+            note_option(a, name, optarg);
+            break;
+        case OPT_IOPS: case OPT_IOPS_RD: case OPT_IOPS_WR: case OPT_BPS: case OPT_BPS_RD: case OPT_BPS_WR: {
+            int64_t *limits[] = { &a->open.iops_limit, &a->open.iops_rd_limit, &a->open.iops_wr_limit,
+                                  &a->open.bps_limit, &a->open.bps_rd_limit, &a->open.bps_wr_limit };
+            char opt[64];
+            snprintf(opt, sizeof opt, "--%s", name);
+            if (!parse_size_opt(opt, optarg, limits[c - OPT_IOPS]))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
+        }
         case OPT_ALLOW_OTHER: a->allow_other = true; break;
         case OPT_FOREGROUND: a->foreground = true; break;
         case OPT_DEBUG: a->debug = true; break;

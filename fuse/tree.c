@@ -6,6 +6,7 @@
 #include "fs_int.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,23 @@ static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
+/* Ranges read as zeros under --on-read-error=zero: "offset length depth file: reason" a line. */
+static char *gen_errors(Fs *fs, Entry *e, size_t *len)
+{
+    (void)fs;
+    StrBuf sb;
+    sb_init(&sb);
+    ReadErrorRecord *list = NULL;
+    int n = bdrv_read_errors(e->bs, &list);
+    for (int i = 0; i < n; i++)
+        sb_printf(&sb, "%" PRId64 " %" PRId64 " %d %s: %s\n", list[i].offset, list[i].length, list[i].layer,
+                  list[i].layer_name, list[i].reason);
+    if (n < 0)
+        sb_printf(&sb, "error: %s\n", strerror(-n));
+    free(list);
+    return sb_steal(&sb, len);
+}
+
 static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
 {
     (void)fs;
@@ -168,7 +186,7 @@ int fs_build_tree(Fs *fs)
     }
     if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
-        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json))
+        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_gen(fs, 1, "errors", c->bs, gen_errors))
         return -ENOMEM;
     int r = fs_build_layers(fs, 1);
     return r < 0 ? r : fs_build_snapshots(fs, 1);

@@ -178,7 +178,7 @@ for r in json.load(sys.stdin):
 @test "MNT/info and MNT/info.json describe the mount and the chain" {
   truncate -s 2M i.raw
   mount_img i.raw "$MNT"
-  [ "$(ls "$MNT" | tr '\n' ' ')" = "disk.raw info info.json layers stats.json " ]
+  [ "$(ls "$MNT" | tr '\n' ' ')" = "disk.raw errors info info.json layers stats.json " ]
   grep -q "^read-only: yes (evidence files opened O_RDONLY)" "$MNT/info"
   grep -q "i.raw" "$MNT/info"
   python3 -c '

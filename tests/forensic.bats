@@ -128,3 +128,27 @@ EOF
   cmp "$MNT/disk.raw" "$TMP/top.conv"
   unmount_img
 }
+
+@test "--on-read-error=zero: unreadable ranges read as zeros and are listed in MNT/errors" {
+  head -c 1048576 /dev/urandom > bad.raw
+  printf 'event=read errno=5 offset=%d length=4096 always\nevent=read errno=5 offset=%d length=8192 always\n' \
+    $((256 * 1024)) $((768 * 1024)) > "$TMP/rules"
+  mount_img --blkdebug "$TMP/rules" bad.raw "$MNT"
+  run dd if="$MNT/disk.raw" of=/dev/null bs=4k skip=64 count=1 iflag=direct status=none
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  dd if="$MNT/disk.raw" of=/dev/null bs=4k skip=65 count=1 iflag=direct status=none
+  [ ! -s "$MNT/errors" ]
+  unmount_img
+  mount_img --blkdebug "$TMP/rules" --on-read-error=zero bad.raw "$MNT"
+  cat "$MNT/disk.raw" > "$TMP/read"
+  cmp <(head -c 262144 "$TMP/read") <(head -c 262144 bad.raw)
+  cmp <(dd if="$TMP/read" bs=4k skip=64 count=1 status=none) <(head -c 4096 /dev/zero)
+  cmp <(dd if="$TMP/read" bs=4k skip=65 count=127 status=none) <(dd if=bad.raw bs=4k skip=65 count=127 status=none)
+  cmp <(dd if="$TMP/read" bs=4k skip=192 count=2 status=none) <(head -c 8192 /dev/zero)
+  cmp <(dd if="$TMP/read" bs=4k skip=194 status=none) <(dd if=bad.raw bs=4k skip=194 status=none)
+  cat "$MNT/errors"
+  [ "$(awk '{ print $1, $2, $3 }' "$MNT/errors" | tr '\n' ';')" = "262144 4096 0;786432 8192 0;" ]
+  grep -q "Input/output error" "$MNT/errors"
+  unmount_img
+}

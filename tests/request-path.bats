@@ -40,3 +40,66 @@ EOF
   [ "$(stat_of 0 file wr_bytes)" -eq $((65536 + 4096)) ]
   unmount_img
 }
+
+@test "--detect-zeroes=unmap --discard=unmap: writing zeros frees the space, and is counted" {
+  head -c 16777216 /dev/urandom > z.raw
+  mount_img --rw --detect-zeroes=unmap --discard=unmap z.raw "$MNT"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=1M count=16 conv=notrunc,fsync status=none
+  [ "$(stat_of 0 format detected_zero_ops)" -gt 0 ]
+  unmount_img
+  cmp z.raw <(head -c 16777216 /dev/zero)
+  [ "$(stat -c %b z.raw)" -lt 2048 ]
+  [ "$(stat -c %s z.raw)" -eq 16777216 ]
+}
+
+@test "--detect-zeroes=on turns zero writes into zero requests; off writes them as data" {
+  head -c 4194304 /dev/urandom > on.raw
+  cp on.raw off.raw
+  mount_img --rw --detect-zeroes=on on.raw "$MNT"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=1M count=2 conv=notrunc,fsync status=none
+  [ "$(stat_of 0 format detected_zero_ops)" -gt 0 ]
+  [ "$(stat_of 0 file zero_bytes)" -eq 2097152 ]
+  [ "$(stat_of 0 file wr_bytes)" -eq 0 ]
+  unmount_img
+  cmp <(head -c 2097152 on.raw) <(head -c 2097152 /dev/zero)
+  mount_img --rw --detect-zeroes=off off.raw "$MNT"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=1M count=2 conv=notrunc,fsync status=none
+  [ "$(stat_of 0 format detected_zero_ops)" -eq 0 ]
+  [ "$(stat_of 0 file wr_bytes)" -eq 2097152 ]
+  [ "$(stat_of 0 file zero_bytes)" -eq 0 ]
+  unmount_img
+  cmp <(head -c 2097152 off.raw) <(head -c 2097152 /dev/zero)
+}
+
+@test "--copy-on-read on a read-only mount is refused at open with one line, exit 2" {
+  truncate -s 1M c.raw
+  run "$IMGFUSE" --copy-on-read c.raw "$MNT"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: "*"copy-on-read"* ]]
+  ! grep -q " $TMP" /proc/mounts
+}
+
+@test "--bps-limit-read holds reads back: 6 MiB at 2 MiB/s cannot take less than 1.5 s" {
+  head -c 6291456 /dev/urandom > t.raw
+  mount_img --bps-limit-read=2M --iops-limit=1000 t.raw "$MNT"
+  start=$(date +%s%N)
+  dd if="$MNT/disk.raw" of="$TMP/copy" bs=1M iflag=direct status=none
+  end=$(date +%s%N)
+  cmp "$TMP/copy" t.raw
+  [ $(( (end - start) / 1000000 )) -ge 1500 ]
+  [ "$(stat_of 0 format rd_bytes)" -eq 6291456 ]
+  unmount_img
+}
+
+@test "request-path options reject bad values with one line and exit 2" {
+  truncate -s 1M b.raw
+  for args in "--detect-zeroes=maybe" "--bps-limit=fast" "--iops-limit-write=-3" "--iops-limit"; do
+    run $IMGFUSE $args b.raw "$MNT"
+    echo "$args -> $status: $output"
+    [ "$status" -eq 2 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [[ "$output" == "imgfuse: "* ]]
+  done
+  ! grep -q " $TMP" /proc/mounts
+}
