@@ -152,3 +152,39 @@ EOF
   grep -q "Input/output error" "$MNT/errors"
   unmount_img
 }
+
+@test "a qcow2 with a broken compressed cluster: EIO there by default, zeros + MNT/errors with --on-read-error=zero" {
+  python3 -c '
+import sys
+with open(sys.argv[1], "wb") as f:
+    for c in range(16):
+        line = ("cluster %02d says hello, compress me well. " % c).encode()
+        f.write((line * (65536 // len(line) + 1))[:65536])' orig.raw
+  qemu-img convert -c -f raw -O qcow2 orig.raw c.qcow2
+  python3 "$BATS_TEST_DIRNAME/qcow2-corrupt.py" c.qcow2 bad-deflate 3
+  python3 "$BATS_TEST_DIRNAME/qcow2-corrupt.py" c.qcow2 bad-deflate 9
+  mount_img c.qcow2 "$MNT"
+  for c in 3 9; do
+    run dd if="$MNT/disk.raw" of=/dev/null bs=64k skip=$c count=1 iflag=direct status=none
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Input/output error"* ]]
+  done
+  for c in 0 2 4 8 10 15; do
+    cmp <(dd if="$MNT/disk.raw" bs=64k skip=$c count=1 iflag=direct status=none) \
+        <(dd if=orig.raw bs=64k skip=$c count=1 status=none)
+  done
+  unmount_img
+  mount_img --on-read-error=zero c.qcow2 "$MNT"
+  cat "$MNT/disk.raw" > "$TMP/read"
+  for c in $(seq 0 15); do
+    if [ "$c" = 3 ] || [ "$c" = 9 ]; then
+      cmp <(dd if="$TMP/read" bs=64k skip=$c count=1 status=none) <(head -c 65536 /dev/zero)
+    else
+      cmp <(dd if="$TMP/read" bs=64k skip=$c count=1 status=none) <(dd if=orig.raw bs=64k skip=$c count=1 status=none)
+    fi
+  done
+  cat "$MNT/errors"
+  [ "$(awk '{ print $1, $2, $3 }' "$MNT/errors" | tr '\n' ';')" = "196608 65536 0;589824 65536 0;" ]
+  grep -q "c.qcow2" "$MNT/errors"
+  unmount_img
+}
