@@ -122,6 +122,17 @@ matrix_case() {
   done
 }
 
+@test "a tiny --l2-cache-size over many L2 tables still reads byte-exact (eviction, compact tier)" {
+  qemu-img create -q -f qcow2 -o cluster_size=4k many.qcow2 80M
+  # 4 KiB clusters: one L2 table maps 2 MiB, so this touches 40 tables, some sequential, some scattered
+  cmds=()
+  for i in $(seq 0 39); do cmds+=("write -P $((i + 1)) $((i * 2))M 64k"); done
+  for i in $(seq 39 -3 0); do cmds+=("write -P 0x$((i % 9 + 1))$((i % 7)) $((i * 2 + 1))M 12k"); done
+  qio many.qcow2 "${cmds[@]}"
+  check_mount many.qcow2 --l2-cache-size 64k
+  check_mount many.qcow2 --l2-cache-size 1
+}
+
 # ---------------------------------------------------------------- zero clusters
 
 @test "zero clusters without a host cluster read as zeros and are holes" {

@@ -4,7 +4,11 @@
  * recently used unpinned clean table on a miss, tracks dirty tables, writes them back in dependency
  * order (another cache first, e.g. refcount blocks before L2 tables) and runs an optional hook before
  * each write.  Slot buffers are allocated lazily, so a large limit costs memory only for tables used.
- * It knows nothing about what the tables mean.
+ * Behind the slots sits an optional compact tier with a byte budget: a clean table leaving the slots is
+ * kept there run-length encoded (runs of equal or evenly spaced entries, which is what sequentially
+ * allocated L2 tables look like), or as a plain copy when it does not compress, and is expanded back
+ * into a slot on its next use instead of being read from disk again.  It knows nothing about what the
+ * entries mean beyond their width.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -23,6 +27,36 @@ typedef struct CacheSlot {
     int lru_prev, lru_next; /* use order: head = most recent */
 } CacheSlot;
 
+/* One run of the compact tier: count entries, entry k = first + k * delta, second word constant. */
+typedef struct CompactRun {
+    uint64_t first;
+    uint64_t second;   /* second 8 bytes of 16-byte entries (extended L2 bitmaps), else 0 */
+    uint64_t delta;
+    uint64_t count;
+} CompactRun;
+
+typedef struct CompactEntry {
+    uint64_t offset;   /* 0 = free */
+    void *blob;        /* CompactRun[nruns], or a plain copy of the table if nruns == 0 */
+    uint32_t nruns;
+    size_t bytes;      /* accounted size */
+    int hash_next;
+    int lru_prev, lru_next;
+} CompactEntry;
+
+typedef struct CompactTier {
+    uint64_t budget;       /* bytes; 0 = tier disabled */
+    uint64_t used;
+    uint32_t entry_size;   /* 8 or 16 */
+    CompactEntry *entries;
+    int nentries, cap;
+    int free_head;         /* free list through hash_next */
+    int *buckets;
+    uint32_t nbuckets;
+    int lru_head, lru_tail;
+    uint64_t hits;
+} CompactTier;
+
 struct Qcow2Cache {
     BlockNode *file;
     uint32_t table_size;
@@ -33,11 +67,14 @@ struct Qcow2Cache {
     uint32_t nbuckets;     /* power of two */
     int lru_head, lru_tail;
     uint64_t hits, misses;
+    CompactTier compact;
     Qcow2Cache *depends;
     Qcow2CacheWriteHook hook;
     void *hook_opaque;
     pthread_mutex_t lock;
 };
+
+static void compact_free(CompactTier *t);
 
 static uint32_t hash_u64(uint64_t v, uint32_t nbuckets)
 {
@@ -127,6 +164,8 @@ Qcow2Cache *qcow2_cache_new(BlockNode *file, uint32_t table_size, int max_tables
     c->file = file;
     c->table_size = table_size;
     c->max_tables = max_tables;
+    c->compact.free_head = -1;
+    c->compact.lru_head = c->compact.lru_tail = -1;
     pthread_mutex_init(&c->lock, NULL);
     return c;
 }
@@ -140,6 +179,7 @@ void qcow2_cache_free(Qcow2Cache *c)
     free(c->slots);
     free(c->offset_buckets);
     free(c->ptr_buckets);
+    compact_free(&c->compact);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -179,6 +219,235 @@ static void hash_remove(Qcow2Cache *c, int i)
     c->slots[i].dirty = false;
 }
 
+/* ---------------------------------------------------------------- compact tier */
+
+#define COMPACT_ENTRY_OVERHEAD ((size_t)sizeof(CompactEntry) + sizeof(int))
+
+static uint32_t compact_bucket(const CompactTier *t, uint64_t offset) { return hash_u64(offset, t->nbuckets); }
+
+static int compact_find(const CompactTier *t, uint64_t offset)
+{
+    if (!t->nbuckets)
+        return -1;
+    for (int i = t->buckets[compact_bucket(t, offset)]; i >= 0; i = t->entries[i].hash_next)
+        if (t->entries[i].offset == offset)
+            return i;
+    return -1;
+}
+
+static void compact_lru_unlink(CompactTier *t, int i)
+{
+    CompactEntry *e = &t->entries[i];
+    if (e->lru_prev >= 0)
+        t->entries[e->lru_prev].lru_next = e->lru_next;
+    else
+        t->lru_head = e->lru_next;
+    if (e->lru_next >= 0)
+        t->entries[e->lru_next].lru_prev = e->lru_prev;
+    else
+        t->lru_tail = e->lru_prev;
+    e->lru_prev = e->lru_next = -1;
+}
+
+static void compact_remove(CompactTier *t, int i)
+{
+    CompactEntry *e = &t->entries[i];
+    int *link = &t->buckets[compact_bucket(t, e->offset)];
+    while (*link >= 0 && *link != i)
+        link = &t->entries[*link].hash_next;
+    if (*link == i)
+        *link = e->hash_next;
+    compact_lru_unlink(t, i);
+    free(e->blob);
+    t->used -= e->bytes;
+    *e = (CompactEntry){ .offset = 0, .hash_next = t->free_head, .lru_prev = -1, .lru_next = -1 };
+    t->free_head = i;
+    t->nentries--;
+}
+
+static void compact_drop(CompactTier *t, uint64_t offset)
+{
+    int i = compact_find(t, offset);
+    if (i >= 0)
+        compact_remove(t, i);
+}
+
+static void compact_clear(CompactTier *t)
+{
+    while (t->lru_tail >= 0)
+        compact_remove(t, t->lru_tail);
+}
+
+static void compact_free(CompactTier *t)
+{
+    compact_clear(t);
+    free(t->entries);
+    free(t->buckets);
+}
+
+/* Rehash into twice as many buckets once entries outnumber them. */
+static int compact_grow_buckets(CompactTier *t)
+{
+    uint32_t nb = t->nbuckets ? t->nbuckets * 2 : 64;
+    int *b = malloc(sizeof(int) * nb);
+    if (!b)
+        return -ENOMEM;
+    for (uint32_t k = 0; k < nb; k++)
+        b[k] = -1;
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = nb;
+    for (int i = 0; i < t->cap; i++) {
+        if (!t->entries[i].offset)
+            continue;
+        uint32_t k = compact_bucket(t, t->entries[i].offset);
+        t->entries[i].hash_next = b[k];
+        b[k] = i;
+    }
+    return 0;
+}
+
+static int compact_new_entry(CompactTier *t)
+{
+    if (t->free_head < 0) {
+        int ncap = t->cap ? t->cap * 2 : 64;
+        CompactEntry *e = realloc(t->entries, sizeof(*e) * (size_t)ncap);
+        if (!e)
+            return -ENOMEM;
+        t->entries = e;
+        for (int i = ncap - 1; i >= t->cap; i--) {
+            e[i] = (CompactEntry){ .offset = 0, .hash_next = t->free_head, .lru_prev = -1, .lru_next = -1 };
+            t->free_head = i;
+        }
+        t->cap = ncap;
+    }
+    if ((uint32_t)t->nentries + 1 > t->nbuckets && compact_grow_buckets(t) < 0)
+        return -ENOMEM;
+    int i = t->free_head;
+    t->free_head = t->entries[i].hash_next;
+    t->nentries++;
+    return i;
+}
+
+/* Run-length encode a table; returns the number of runs, or 0 if it needs more than max_runs. */
+static uint32_t compact_encode(const uint8_t *table, uint32_t table_size, uint32_t entry_size,
+                               CompactRun *runs, uint32_t max_runs)
+{
+    uint32_t n = table_size / entry_size, nruns = 0;
+    CompactRun *r = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t v = ld_be64(table + (size_t)i * entry_size);
+        uint64_t w = entry_size == 16 ? ld_be64(table + (size_t)i * entry_size + 8) : 0;
+        if (r && w == r->second) {
+            if (r->count == 1) {
+                r->delta = v - r->first;
+                r->count = 2;
+                continue;
+            }
+            if (v == r->first + r->count * r->delta) {
+                r->count++;
+                continue;
+            }
+        }
+        if (nruns == max_runs)
+            return 0;
+        r = &runs[nruns++];
+        *r = (CompactRun){ .first = v, .second = w, .delta = 0, .count = 1 };
+    }
+    return nruns;
+}
+
+static void compact_decode(const CompactRun *runs, uint32_t nruns, uint32_t entry_size, uint8_t *table)
+{
+    uint8_t *p = table;
+    for (uint32_t r = 0; r < nruns; r++) {
+        for (uint64_t k = 0; k < runs[r].count; k++) {
+            st_be64(p, runs[r].first + k * runs[r].delta);
+            if (entry_size == 16)
+                st_be64(p + 8, runs[r].second);
+            p += entry_size;
+        }
+    }
+}
+
+/* Keep a copy of a clean table leaving the slots; the oldest entries make room. Failure to keep it
+ * only costs a later disk read. */
+static void compact_insert(Qcow2Cache *c, uint64_t offset, const void *table)
+{
+    CompactTier *t = &c->compact;
+    if (!t->budget)
+        return;
+    compact_drop(t, offset);
+    uint32_t max_runs = c->table_size / (uint32_t)sizeof(CompactRun) / 2;
+    CompactRun *runs = max_runs ? malloc(sizeof(CompactRun) * max_runs) : NULL;
+    uint32_t nruns = runs ? compact_encode(table, c->table_size, t->entry_size, runs, max_runs) : 0;
+    size_t blob_len = nruns ? sizeof(CompactRun) * nruns : c->table_size;
+    size_t bytes = blob_len + COMPACT_ENTRY_OVERHEAD;
+    if (bytes > t->budget) {
+        free(runs);
+        return;
+    }
+    while (t->used + bytes > t->budget && t->lru_tail >= 0)
+        compact_remove(t, t->lru_tail);
+    void *blob = malloc(blob_len);
+    int i = blob ? compact_new_entry(t) : -ENOMEM;
+    if (i < 0) {
+        free(blob);
+        free(runs);
+        return;
+    }
+    memcpy(blob, nruns ? (const void *)runs : table, blob_len);
+    free(runs);
+    CompactEntry *e = &t->entries[i];
+    *e = (CompactEntry){ .offset = offset, .blob = blob, .nruns = nruns, .bytes = bytes, .lru_prev = -1 };
+    uint32_t k = compact_bucket(t, offset);
+    e->hash_next = t->buckets[k];
+    t->buckets[k] = i;
+    e->lru_next = t->lru_head;
+    if (t->lru_head >= 0)
+        t->entries[t->lru_head].lru_prev = i;
+    t->lru_head = i;
+    if (t->lru_tail < 0)
+        t->lru_tail = i;
+    t->used += bytes;
+}
+
+/* Move the table at offset from the compact tier into table; false if it is not there. */
+static bool compact_take(Qcow2Cache *c, uint64_t offset, void *table)
+{
+    CompactTier *t = &c->compact;
+    int i = compact_find(t, offset);
+    if (i < 0)
+        return false;
+    CompactEntry *e = &t->entries[i];
+    if (e->nruns)
+        compact_decode(e->blob, e->nruns, t->entry_size, table);
+    else
+        memcpy(table, e->blob, c->table_size);
+    compact_remove(t, i);
+    t->hits++;
+    return true;
+}
+
+void qcow2_cache_set_compact_budget(Qcow2Cache *c, uint64_t bytes, uint32_t entry_size)
+{
+    pthread_mutex_lock(&c->lock);
+    compact_clear(&c->compact);
+    c->compact.budget = (entry_size == 8 || entry_size == 16) ? bytes : 0;
+    c->compact.entry_size = entry_size;
+    pthread_mutex_unlock(&c->lock);
+}
+
+uint64_t qcow2_cache_compact_used(Qcow2Cache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t used = c->compact.used;
+    pthread_mutex_unlock(&c->lock);
+    return used;
+}
+
+/* ---------------------------------------------------------------- slots */
+
 /* Write one dirty slot back to disk. Caller holds c->lock. */
 static int cache_write_slot(Qcow2Cache *c, CacheSlot *slot)
 {
@@ -215,6 +484,7 @@ static int cache_victim(Qcow2Cache *c)
         int ret = cache_write_slot(c, s);
         if (ret < 0)
             return ret;
+        compact_insert(c, s->offset, s->table);
         hash_remove(c, i);
     }
     if (!s->table) {
@@ -246,14 +516,15 @@ static int cache_get(Qcow2Cache *c, uint64_t offset, void **table, bool read_fro
             return i;
         }
         CacheSlot *slot = &c->slots[i];
-        if (read_from_disk) {
+        if (!read_from_disk) {
+            compact_drop(&c->compact, offset);
+            memset(slot->table, 0, c->table_size);
+        } else if (!compact_take(c, offset, slot->table)) {
             int ret = bdrv_pread(c->file, (int64_t)offset, c->table_size, slot->table);
             if (ret < 0) {
                 pthread_mutex_unlock(&c->lock);
                 return ret;
             }
-        } else {
-            memset(slot->table, 0, c->table_size);
         }
         slot->offset = offset;
         slot->dirty = false;
@@ -344,6 +615,7 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
         lru_unlink(c, i);
         lru_push_back(c, i);
     }
+    compact_drop(&c->compact, offset);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -363,6 +635,7 @@ int qcow2_cache_empty(Qcow2Cache *c)
         lru_unlink(c, i);
         lru_push_back(c, i);
     }
+    compact_clear(&c->compact);
     pthread_mutex_unlock(&c->lock);
     return ret;
 }

@@ -18,7 +18,7 @@
 #include "qcow2.h"
 #include "util.h"
 
-#define QCOW2_DEFAULT_L2_CACHE_MAX (32 * 1024 * 1024)
+#define QCOW2_DEFAULT_L2_CACHE (4 * 1024 * 1024)
 #define QCOW2_MIN_L2_CACHE_TABLES 4
 #define QCOW2_MAX_L2_CACHE_TABLES (1 << 22)
 
@@ -539,25 +539,28 @@ static int qcow2_check_open_mode(BlockNode *bs, Qcow2State *s, Error *err)
     return 0;
 }
 
-static uint64_t qcow2_default_l2_cache_bytes(const Qcow2State *s)
-{
-    uint64_t whole = qcow2_size_to_l1(s, s->size) * s->cluster_size;
-    return MIN(whole, (uint64_t)QCOW2_DEFAULT_L2_CACHE_MAX);
-}
-
+/* The L2 cache: plain table slots for the working set, plus a compact tier holding evicted clean
+ * tables run-length encoded. Sequentially allocated L2 tables shrink to a few dozen bytes there, so the
+ * default few MiB map a whole 1 TiB image with 64 KiB clusters (128 MiB of plain L2 tables); tables
+ * that do not compress are kept as plain copies within the same budget. */
 static int qcow2_init_l2_cache(Qcow2State *s, const BlockOpenOpts *opts, Error *err)
 {
-    uint64_t bytes = opts && opts->l2_cache_size > 0 ? (uint64_t)opts->l2_cache_size
-                                                     : qcow2_default_l2_cache_bytes(s);
-    uint64_t tables = bytes / s->cluster_size;
+    uint64_t budget = opts && opts->l2_cache_size > 0 ? (uint64_t)opts->l2_cache_size : QCOW2_DEFAULT_L2_CACHE;
+    uint64_t whole_tables = MAX(qcow2_size_to_l1(s, s->size), 1);
+    uint64_t tables = budget / 4 / s->cluster_size;
+    if (whole_tables * s->cluster_size <= budget)
+        tables = whole_tables; /* everything fits as plain tables: no compact tier needed */
     tables = MAX(tables, (uint64_t)QCOW2_MIN_L2_CACHE_TABLES);
     tables = MIN(tables, (uint64_t)QCOW2_MAX_L2_CACHE_TABLES);
-    s->l2_cache_bytes = tables * s->cluster_size;
+    uint64_t plain = tables * s->cluster_size;
+    s->l2_cache_bytes = MAX(budget, plain);
     s->l2_cache = qcow2_cache_new(s->meta_file, s->cluster_size, (int)tables);
     if (!s->l2_cache) {
         error_set(err, ENOMEM, "out of memory creating the L2 table cache");
         return -ENOMEM;
     }
+    if (tables < whole_tables && budget > plain)
+        qcow2_cache_set_compact_budget(s->l2_cache, budget - plain, s->l2_entry_size);
     s->owns_caches = true;
     return 0;
 }

@@ -129,6 +129,10 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every unpinned clean table; -EBUSY if a table is pinned or dirty. */
 int qcow2_cache_empty(Qcow2Cache *c);
 int qcow2_cache_max_tables(const Qcow2Cache *c);
+/* Give the cache a compact tier of 'bytes' for clean tables of entry_size-byte entries (8 or 16):
+ * evicted tables are kept run-length encoded and expanded on their next use. 0 disables it. */
+void qcow2_cache_set_compact_budget(Qcow2Cache *c, uint64_t bytes, uint32_t entry_size);
+uint64_t qcow2_cache_compact_used(Qcow2Cache *c);
 void qcow2_cache_stats(const Qcow2Cache *c, uint64_t *hits, uint64_t *misses);
 
 /* ---------------------------------------------------------------- node state */

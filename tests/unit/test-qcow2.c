@@ -354,6 +354,97 @@ static void test_decompress_bounds(void)
     }
 }
 
+
+/* The table cache over a memory node: 4 slots in front of 64 tables, with and without a compact tier.
+ * Sequential tables compress to one run, random ones are kept as plain copies; every table read back
+ * must equal the disk, dirty tables must reach the disk, discarded ones must be reread. */
+static void fill_table(uint8_t *t, uint32_t size, int kind, uint32_t seed)
+{
+    for (uint32_t i = 0; i < size / 8; i++) {
+        uint64_t v;
+        if (kind == 0)
+            v = (QCOW2_OFLAG_COPIED | (uint64_t)(seed + i) * 4096);
+        else if (kind == 1)
+            v = 0;
+        else
+            v = (uint64_t)rand() << 31 ^ (uint64_t)rand();
+        st_be64(t + i * 8, v);
+    }
+}
+
+static void test_cache(uint64_t compact_budget)
+{
+    enum { TS = 4096, NT = 64 };
+    uint8_t *disk = calloc(NT + 1, TS);
+    srand(7);
+    for (int k = 1; k <= NT; k++)
+        fill_table(disk + (size_t)k * TS, TS, k % 3, (uint32_t)k * 1000);
+    BlockNode *mem = bdrv_open_memory(disk, (size_t)(NT + 1) * TS, false);
+    ok(mem != NULL, "memory node for the cache test");
+    if (!mem) {
+        free(disk);
+        return;
+    }
+    Qcow2Cache *c = qcow2_cache_new(mem, TS, 4);
+    qcow2_cache_set_compact_budget(c, compact_budget, 8);
+    int bad = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        for (int k = 1; k <= NT; k++) {
+            void *t;
+            if (qcow2_cache_get(c, (uint64_t)k * TS, &t) < 0 || memcmp(t, disk + (size_t)k * TS, TS) != 0)
+                bad++;
+            qcow2_cache_put(c, &t);
+        }
+    }
+    is_int(bad, 0, "budget %llu: every table read back equals the disk, three passes",
+           (unsigned long long)compact_budget);
+    uint64_t hits, misses;
+    qcow2_cache_stats(c, &hits, &misses);
+    is_int(hits + misses, 3 * NT, "budget %llu: lookups counted", (unsigned long long)compact_budget);
+    if (compact_budget >= 64 * 1024) {
+        /* 21 sequential + 21 zero tables of 1 run each, and 22 random ones as plain 4 KiB copies */
+        ok(qcow2_cache_compact_used(c) > 0 && qcow2_cache_compact_used(c) < 22 * TS + 64 * 200, "compact tier holds sequential tables cheaply (%llu bytes)",
+           (unsigned long long)qcow2_cache_compact_used(c));
+    }
+    /* a dirty table is written back on eviction and survives the compact tier */
+    void *t;
+    qcow2_cache_get(c, 3 * TS, &t);
+    st_be64(t, 0x1234ULL << 9);
+    qcow2_cache_mark_dirty(c, t);
+    qcow2_cache_put(c, &t);
+    for (int k = 10; k < 20; k++) {
+        qcow2_cache_get(c, (uint64_t)k * TS, &t);
+        qcow2_cache_put(c, &t);
+    }
+    uint8_t back[8];
+    bdrv_pread(mem, 3 * TS, 8, back);
+    is_int(ld_be64(back), 0x1234ULL << 9, "budget %llu: dirty table written back on eviction",
+           (unsigned long long)compact_budget);
+    qcow2_cache_get(c, 3 * TS, &t);
+    is_int(ld_be64(t), 0x1234ULL << 9, "budget %llu: modified table comes back modified",
+           (unsigned long long)compact_budget);
+    qcow2_cache_put(c, &t);
+    /* discard: the next get rereads the disk */
+    st_be64(back, 0x5678ULL << 9);
+    bdrv_pwrite(mem, 3 * TS, 8, back, 0);
+    qcow2_cache_discard(c, 3 * TS);
+    qcow2_cache_get(c, 3 * TS, &t);
+    is_int(ld_be64(t), 0x5678ULL << 9, "budget %llu: discarded table is reread", (unsigned long long)compact_budget);
+    qcow2_cache_put(c, &t);
+    /* pinning: four pinned tables fill the slots, a fifth get fails cleanly */
+    void *p[5];
+    int got = 0;
+    for (int k = 0; k < 5; k++)
+        got += qcow2_cache_get(c, (uint64_t)(k + 30) * TS, &p[k]) == 0;
+    is_int(got, 4, "budget %llu: no slot is evicted while pinned", (unsigned long long)compact_budget);
+    for (int k = 0; k < 4; k++)
+        qcow2_cache_put(c, &p[k]);
+    is_int(qcow2_cache_empty(c), 0, "budget %llu: cache empties", (unsigned long long)compact_budget);
+    qcow2_cache_free(c);
+    bdrv_close(mem);
+    free(disk);
+}
+
 int main(void)
 {
     test_v2();
@@ -363,5 +454,8 @@ int main(void)
     test_data_file_ext();
     test_l2_classifier();
     test_decompress_bounds();
+    test_cache(0);
+    test_cache(16 * 1024);
+    test_cache(1024 * 1024);
     return done_testing();
 }
