@@ -188,3 +188,15 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   [ "$(stat -c %s "$MNT/info")" -eq "$(cat "$MNT/info" | wc -c)" ]
   unmount_img
 }
+
+@test "mount.fuse3 (what an fstab line 'IMAGE MNT fuse.imgfuse ro 0 0' runs) mounts read-only" {
+  head -c 65536 /dev/urandom > f.raw
+  mkdir -p "$TMP/bin"
+  ln -s "$IMGFUSE" "$TMP/bin/imgfuse"
+  PATH="$TMP/bin:$PATH" mount.fuse3 "$TMP/f.raw" "$MNT" -t imgfuse -o rw,nodev,nosuid,noatime,defaults
+  mountpoint -q "$MNT"
+  grep -q "^$TMP/f.raw $MNT fuse.imgfuse ro," /proc/mounts
+  cmp "$MNT/disk.raw" f.raw
+  fusermount3 -u "$MNT"
+  ! grep -q " $TMP" /proc/mounts
+}
