@@ -100,6 +100,21 @@ void audit_begin(Audit *a, BlockNode *bs, const char *mountpoint);
 /* Appends the line for this mount and closes the log. Returns 0 or -errno. */
 int audit_finish(Audit *a, bool read_only, const char *options, const FsCounters *c, int rc);
 
+/* ---------------------------------------------------------------- overlay.c */
+
+typedef struct Overlay {
+    char *path;          /* the overlay file opened as the top of the chain */
+    char *temp_dir;      /* --snapshot: its temporary directory, removed at cleanup */
+    char *image_abs;     /* IMAGE, absolute */
+    char *image_format;  /* IMAGE's format */
+} Overlay;
+
+/* Creates or checks the overlay (overlay == NULL: a temporary one for --snapshot) and points opts at it:
+ * the top is opened read-write with IMAGE as its backing file. Returns 0 or the exit code (printed). */
+int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOpenOpts *opts);
+/* Removes a temporary overlay and frees ov. */
+void overlay_cleanup(Overlay *ov);
+
 /* ---------------------------------------------------------------- commands.c */
 
 int cmd_info(int argc, char **argv);

@@ -78,6 +78,9 @@ static void print_help(void)
 "      --l2-cache-size SIZE   metadata cache size (e.g. 4M)\n"
 "Writing:\n"
 "      --rw                   make disk.raw writable (IMAGE is modified)\n"
+"      --overlay FILE         writes go to the qcow2 overlay FILE backed by IMAGE (created if\n"
+"                             missing, reused if it is an overlay of IMAGE); IMAGE is untouched\n"
+"      --snapshot             the same with a temporary overlay, discarded at unmount\n"
 "      --force-share          do not take or check image locks\n"
 "Request path:\n"
 "      --copy-on-read         data read from backing files is copied into the top image\n"
@@ -121,7 +124,7 @@ enum {
     OPT_OFFSET = 256, OPT_SIZE, OPT_BACKING, OPT_BACKING_FORMAT, OPT_NO_BACKING, OPT_BACKING_DIR,
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
-    OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
+    OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
 };
 
 static const struct option mount_options[] = {
@@ -146,6 +149,8 @@ static const struct option mount_options[] = {
     { "foreground", no_argument, NULL, OPT_FOREGROUND },
     { "debug", no_argument, NULL, OPT_DEBUG },
     { "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
+    { "overlay", required_argument, NULL, OPT_OVERLAY },
+    { "snapshot", no_argument, NULL, OPT_SNAPSHOT },
     { "copy-on-read", no_argument, NULL, OPT_COPY_ON_READ },
     { "detect-zeroes", required_argument, NULL, OPT_DETECT_ZEROES },
     { "iops-limit", required_argument, NULL, OPT_IOPS },
@@ -161,8 +166,8 @@ static const struct option mount_options[] = {
 
 typedef struct MountArgs {
     BlockOpenOpts open;
-    bool rw, forced_ro, allow_other, foreground, debug;
-    const char *image, *mountpoint, *audit_log;
+    bool rw, forced_ro, allow_other, foreground, debug, snapshot;
+    const char *image, *mountpoint, *audit_log, *overlay;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
@@ -306,6 +311,8 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             note_option(a, name, optarg);
             break;
         case OPT_BLKDEBUG: a->open.blkdebug_rules = optarg; note_option(a, name, optarg); break;
+        case OPT_OVERLAY: a->overlay = optarg; note_option(a, name, optarg); break;
+        case OPT_SNAPSHOT: a->snapshot = true; note_option(a, name, NULL); break;
         case OPT_COPY_ON_READ: a->open.copy_on_read = true; note_option(a, name, NULL); break;
         case OPT_DETECT_ZEROES:
             if ((v = parse_choice("--detect-zeroes", optarg, dz_names, 3)) < 0)
@@ -356,6 +363,16 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     if (a->open.no_backing && a->open.backing) {
         errmsg("--no-backing", "cannot be combined with --backing");
         return EXIT_USAGE;
+    }
+    if (a->overlay || a->snapshot) {
+        const char *opt = a->overlay ? "--overlay" : "--snapshot";
+        const char *clash = a->overlay && a->snapshot ? "--snapshot" : a->open.backing ? "--backing" :
+                            a->open.no_backing ? "--no-backing" : a->open.raw_offset || a->open.raw_size >= 0 ?
+                            "--offset/--size" : a->open.data_file ? "--data-file" : a->forced_ro ? "-o ro" : NULL;
+        if (clash) {
+            errmsg(opt, "cannot be combined with %s", clash);
+            return EXIT_USAGE;
+        }
     }
     if (a->debug)
         a->foreground = true;
@@ -564,7 +581,8 @@ static int mount_main(int argc, char **argv)
     bool file_mode = false;
     if ((rc = check_mountpoint(a.mountpoint, &file_mode)) != 0)
         goto out;
-    bool read_only = !a.rw || a.forced_ro;
+    bool use_overlay = a.overlay || a.snapshot;
+    bool read_only = !use_overlay && (!a.rw || a.forced_ro);
     a.open.read_only = read_only;
     log_debug_enabled = a.debug;
 
@@ -575,18 +593,31 @@ static int mount_main(int argc, char **argv)
     if (!a.foreground && (rc = detach_start(&d)) != 0)
         goto out;
 
+    Overlay ov;
+    memset(&ov, 0, sizeof ov);
+    char note[PATH_MAX + 128] = "";
+    if (use_overlay) {
+        if ((rc = overlay_prepare(&ov, a.image, a.overlay, &a.open)) != 0) {
+            overlay_cleanup(&ov);
+            goto out;
+        }
+        snprintf(note, sizeof note, a.snapshot ? "writes go to the temporary overlay %s, discarded at unmount"
+                                               : "writes go to the overlay %s; the image is not modified", ov.path);
+    }
+    const char *top = use_overlay ? ov.path : a.image;
     Error err;
     memset(&err, 0, sizeof err);
-    BlockNode *bs = bdrv_open(a.image, &a.open, &err);
+    BlockNode *bs = bdrv_open(top, &a.open, &err);
     if (!bs) {
-        rc = report_error(&err, a.image, EXIT_USAGE);
+        rc = report_error(&err, top, EXIT_USAGE);
+        overlay_cleanup(&ov);
         goto out;
     }
 
     FsCounters counters = { 0 };
     FsConfig cfg = {
         .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
-        .facts = { .read_only = read_only, .options = a.summary.s },
+        .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL },
         .counters = &counters,
     };
     int fargc;
@@ -609,6 +640,7 @@ static int mount_main(int argc, char **argv)
         sb_free(&sb);
     }
     bdrv_close(bs);
+    overlay_cleanup(&ov);
     if ((r = audit_finish(&audit, read_only, a.summary.s, &counters, rc)) < 0) {
         log_msg("%s: cannot write the audit log: %s", a.audit_log, strerror(-r));
         if (rc == EXIT_OK)
