@@ -275,7 +275,8 @@ static int aligned_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     if (is_aligned(bs, offset, bytes, buf))
         return drv_read(bs, offset, bytes, buf);
-    int64_t a = bs->request_alignment, chunk = bounce_chunk(bs);
+    int64_t a = bs->request_alignment;
+    int64_t chunk = MIN(bounce_chunk(bs), align_up(offset + bytes, a) - align_down(offset, a));
     uint8_t *bounce = bounce_alloc(bs, chunk);
     if (!bounce)
         return -ENOMEM;
@@ -368,7 +369,8 @@ static int aligned_write(BlockNode *bs, int64_t offset, int64_t bytes, const voi
         tracked_end(bs, &req);
         return r;
     }
-    int64_t a = bs->request_alignment, chunk = bounce_chunk(bs);
+    int64_t a = bs->request_alignment;
+    int64_t chunk = MIN(bounce_chunk(bs), align_up(offset + bytes, a) - align_down(offset, a));
     uint8_t *bounce = bounce_alloc(bs, chunk);
     if (!bounce)
         return -ENOMEM;
