@@ -7,7 +7,8 @@
  *     event=write delay_ms=50 always  slow every write down
  *     event=read errno=5 offset=8192 length=4096 always   fail reads touching that range
  * Events are the I/O kinds (read, write, write_zeroes, discard, flush, any) and the metadata kinds format
- * drivers announce with bdrv_debug_event() just before the I/O.  It knows no format.
+ * drivers announce with bdrv_debug_event() just before the I/O (an announcement applies to the next I/O
+ * of the same thread).  It knows no format.
  */
 #include "block.h"
 #include "util.h"
@@ -19,6 +20,7 @@
 #include <time.h>
 
 #define MAX_RULES 64
+#define MAX_PENDING 32
 
 typedef struct DebugRule {
     char event[64];
@@ -35,7 +37,13 @@ typedef struct BlkdebugState {
     pthread_mutex_t lock;
     DebugRule rules[MAX_RULES];
     int n_rules;
-    char pending[64]; /* metadata event announced for the next I/O, "" if none */
+    /* Metadata events announced for the next I/O of the announcing thread (another thread's I/O in
+     * between must not take it). */
+    struct {
+        pthread_t thread;
+        bool used;
+        char event[64];
+    } pending[MAX_PENDING];
 } BlkdebugState;
 
 extern const BlockDriver bdrv_blkdebug;
@@ -144,9 +152,37 @@ void bdrv_debug_event(BlockNode *file, const char *event)
     if (!file || file->drv != &bdrv_blkdebug || !event)
         return;
     BlkdebugState *s = file->opaque;
+    pthread_t self = pthread_self();
     pthread_mutex_lock(&s->lock);
-    snprintf(s->pending, sizeof(s->pending), "%s", event);
+    int slot = -1;
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (s->pending[i].used && pthread_equal(s->pending[i].thread, self)) {
+            slot = i;
+            break;
+        }
+        if (!s->pending[i].used && slot < 0)
+            slot = i;
+    }
+    if (slot >= 0) {
+        s->pending[slot].used = true;
+        s->pending[slot].thread = self;
+        snprintf(s->pending[slot].event, sizeof(s->pending[slot].event), "%s", event);
+    }
     pthread_mutex_unlock(&s->lock);
+}
+
+/* The event this thread announced for its next I/O ("" if none), consumed. With s->lock held. */
+static void take_pending(BlkdebugState *s, char *out, size_t len)
+{
+    out[0] = '\0';
+    pthread_t self = pthread_self();
+    for (int i = 0; i < MAX_PENDING; i++) {
+        if (s->pending[i].used && pthread_equal(s->pending[i].thread, self)) {
+            snprintf(out, len, "%s", s->pending[i].event);
+            s->pending[i].used = false;
+            return;
+        }
+    }
 }
 
 /* Called before each I/O of kind: consumes the pending event, applies matching rules. */
@@ -156,8 +192,7 @@ static int blkdebug_check(BlockNode *bs, const char *kind, int64_t offset, int64
     int delay = 0, errnum = 0;
     pthread_mutex_lock(&s->lock);
     char pending[64];
-    snprintf(pending, sizeof(pending), "%s", s->pending);
-    s->pending[0] = '\0';
+    take_pending(s, pending, sizeof(pending));
     for (int i = 0; i < s->n_rules; i++) {
         DebugRule *r = &s->rules[i];
         if (r->spent)

@@ -462,6 +462,12 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
+static void *other_thread_io(void *arg)
+{
+    uint8_t b[512];
+    return bdrv_pwrite(arg, 8192, sizeof(b), memset(b, 1, sizeof(b)), 0) == 0 ? NULL : (void *)1;
+}
+
 static void test_blkdebug(void)
 {
     char p[512], rules[512];
@@ -488,6 +494,16 @@ static void test_blkdebug(void)
     is_int(bdrv_pwrite(bs, 4096, 512, buf, 0), -ENOSPC, "write after announced l2_update fails");
     bdrv_debug_event(bs->file, "l2_update");
     is_int(bdrv_pwrite(bs, 4096, 512, buf, 0), 0, "once: the next one passes");
+    bdrv_close(bs);
+    write_file(rules, "event=l2_update errno=28 always\n");
+    bs = bdrv_open(p, &o, &err);
+    bdrv_debug_event(bs->file, "l2_update");
+    pthread_t th;
+    void *rv = NULL;
+    pthread_create(&th, NULL, other_thread_io, bs);
+    pthread_join(th, &rv);
+    ok(rv == NULL, "another thread's I/O does not take the announced event");
+    is_int(bdrv_pwrite(bs, 4096, 512, buf, 0), -ENOSPC, "the announcing thread's next I/O fails");
     is_int(bdrv_getlength(bs), 65536, "length through the filter");
     bdrv_close(bs);
     write_file(rules, "event=read errno=5 bogus\n");
