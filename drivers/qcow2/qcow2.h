@@ -277,6 +277,14 @@ typedef struct Qcow2State {
     int decompress_logged;
 
     char *node_name;               /* for messages: the image's file name */
+
+    /* --- write path (refcount.c, write.c, check.c, snapshot-write.c) --- */
+    bool write_ready;              /* qcow2_write_open succeeded: the fields below are live */
+    pthread_rwlock_t io_lock;      /* shared by writes; exclusive for discard, zeroing, truncate, snapshots */
+    struct Qcow2FreeRange *pending_frees; /* decrements held back until the L2/L1 updates are on disk */
+    size_t nb_pending_frees, cap_pending_frees;
+    bool first_write_done;         /* autoclear bits cleared and (lazy refcounts) dirty bit set */
+    bool discard_unmap;            /* --discard=unmap: punch holes for freed clusters */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- qcow2.c */
@@ -344,6 +352,73 @@ int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t by
 uint64_t qcow2_vm_state_offset(const Qcow2State *s, uint64_t disk_size);
 
 /* ---------------------------------------------------------------- write side (other files) */
-/* Declared by refcount.c, alloc.c/write.c, create.c, snapshot-write.c and check.c as they land. */
+
+/* A run of host clusters whose refcounts drop by one once the metadata no longer pointing at them is
+ * on disk (refcount.c). */
+typedef struct Qcow2FreeRange {
+    uint64_t offset;
+    uint64_t bytes;
+} Qcow2FreeRange;
+
+/* refcount.c -- callers hold *s->lock. */
+uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *blk, uint64_t i);
+void qcow2_refblock_set(const Qcow2State *s, uint8_t *blk, uint64_t i, uint64_t v);
+/* The fixed header fields of s, in on-disk order, into buf (QCOW2_V3_MIN_HEADER_LEN bytes). */
+void qcow2_header_serialize(const Qcow2State *s, uint8_t *buf);
+int qcow2_refcount_init(Qcow2State *s);
+void qcow2_refcount_close(Qcow2State *s);
+int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount);
+/* Add addend (+1/-1) to the refcount of every cluster touching [offset, offset + bytes). */
+int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes, int addend);
+/* Allocate n contiguous free clusters (refcount set to 1); host offset in *offset. */
+int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset);
+/* Queue a decrement for after the next metadata write-back. */
+int qcow2_free_deferred(Qcow2State *s, uint64_t offset, uint64_t bytes);
+/* Queue the decrement of the host clusters a compressed L2 entry occupies. */
+int qcow2_free_compressed_deferred(Qcow2State *s, uint64_t l2_entry);
+/* Write back refcount blocks and L2 tables in a safe order, flush, then apply queued decrements. */
+int qcow2_flush_metadata_locked(Qcow2State *s);
+/* Rewrite bytes [offset, offset + len) of the header from buf (which holds the header from byte 0). */
+int qcow2_write_header_bytes(Qcow2State *s, uint32_t offset, uint32_t len, const uint8_t *buf);
+/* Set or clear incompatible feature bits on disk (v3), flushing around the update. */
+int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear);
+
+/* write.c */
+int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
+void qcow2_write_close(BlockNode *bs);
+int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes);
+int qcow2_truncate(BlockNode *bs, int64_t size);
+int qcow2_flush(BlockNode *bs);
+bool qcow2_has_zero_init(BlockNode *bs);
+/* Stop all writes (io_lock exclusive) and take *s->lock, after the first-write preparations; for
+ * operations that rewrite metadata wholesale (snapshots). 0 or -errno (nothing held on error). */
+int qcow2_exclusive_begin(Qcow2State *s);
+void qcow2_exclusive_end(Qcow2State *s);
+/* Mark the image corrupt on disk, switch the node to read-only and log one line; returns -EIO. */
+int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* create.c */
+int qcow2_create(const char *filename, const CreateOpts *opts, Error *err);
+
+/* check.c: rebuild every refcount from the L1/L2 tables of the active state and all snapshots and commit
+ * a new metadata generation (fresh clusters, then one header write). The new active L1 (l1, l1_size
+ * entries, virtual size) and snapshot list replace the current ones; a snapshot with new_l1 != NULL gets
+ * that L1 content written to fresh clusters. Caller holds io_lock exclusively and *s->lock. */
+typedef struct Qcow2CommitSnapshot {
+    Qcow2Snapshot sn;              /* the entry as it will be written (l1_table_offset set on commit) */
+    const uint64_t *new_l1;        /* host byte order, sn.l1_size entries; NULL = keep sn.l1_table_offset */
+} Qcow2CommitSnapshot;
+int qcow2_commit_generation(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t size,
+                            const Qcow2CommitSnapshot *snaps, uint32_t nb_snaps, Error *err);
+/* Recompute every refcount of the current state (dirty bit, lazy refcounts) and commit it. */
+int qcow2_rebuild_refcounts(Qcow2State *s, Error *err);
+int qcow2_check(BlockNode *bs, InfoList *report);
+
+/* snapshot-write.c */
+int qcow2_snapshot_create(BlockNode *bs, const char *name, Error *err);
+int qcow2_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err);
+int qcow2_snapshot_goto(BlockNode *bs, const char *id_or_name, Error *err);
 
 #endif
