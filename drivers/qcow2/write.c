@@ -1,0 +1,824 @@
+/*
+ * write.c - the qcow2 driver's guest-facing write path.  It owns writes (plain overwrites of clusters
+ * the active L1/L2 tables own outright go straight to the host file outside the metadata lock; every
+ * other write allocates under the lock: a new L2 table or a copy of a shared one, then a new data
+ * cluster filled by copy-on-write from the old cluster, its decompressed contents, zeros or the backing
+ * chain, per subcluster with extended L2 entries), write_zeroes (zero flags on v3), discard, truncate,
+ * flush and the write-side open/close: the dirty bit with lazy refcounts, autoclear bits, the corrupt
+ * bit and overlap checks before metadata or data reaches the disk.  Refcounts live in refcount.c,
+ * snapshots in snapshot-write.c, the refcount rebuild in check.c.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+#include "util.h"
+
+/* ---------------------------------------------------------------- L2 entry access */
+
+static uint64_t l2e_get(const Qcow2State *s, const void *t, uint32_t i)
+{
+    return ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size);
+}
+
+static uint64_t l2b_get(const Qcow2State *s, const void *t, uint32_t i)
+{
+    return s->extended_l2 ? ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size + 8) : 0;
+}
+
+static void l2e_set(const Qcow2State *s, void *t, uint32_t i, uint64_t entry, uint64_t bitmap)
+{
+    st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size, entry);
+    if (s->extended_l2)
+        st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size + 8, bitmap);
+}
+
+static uint32_t sc_mask(unsigned first, unsigned last)
+{
+    uint64_t m = ((2ULL << last) - 1) & ~((1ULL << first) - 1);
+    return (uint32_t)m;
+}
+
+static uint32_t all_sc(const Qcow2State *s)
+{
+    return sc_mask(0, s->subclusters_per_cluster - 1);
+}
+
+/* ---------------------------------------------------------------- corruption, overlaps */
+
+int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    bool was_writable = !s->read_only;
+    s->read_only = true;
+    qcow2_signal_corruption(s, "%s; the image is now read-only", msg);
+    if (was_writable && s->write_ready && s->version >= 3 &&
+        !(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT))
+        qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
+    return -EIO;
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/* Does [offset, offset + bytes) of the image file touch metadata other than the table at 'self'? */
+static bool qcow2_overlaps_metadata(const Qcow2State *s, uint64_t offset, uint64_t bytes, uint64_t self)
+{
+    uint64_t cs = s->cluster_size;
+    if (ranges_overlap(offset, bytes, 0, cs))
+        return true;
+    if (ranges_overlap(offset, bytes, s->l1_table_offset, align_up((int64_t)s->l1_size * 8, cs)))
+        return true;
+    if (ranges_overlap(offset, bytes, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * cs))
+        return true;
+    if (s->nb_snapshots && ranges_overlap(offset, bytes, s->snapshots_offset, align_up((int64_t)s->snapshots_size, cs)))
+        return true;
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (l2 && l2 != self && ranges_overlap(offset, bytes, l2, cs))
+            return true;
+    }
+    for (uint64_t i = 0; s->refcount_table && i < s->refcount_table_size; i++) {
+        uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+        if (rb && rb != self && ranges_overlap(offset, bytes, rb, cs))
+            return true;
+    }
+    return false;
+}
+
+static int qcow2_check_data_target(Qcow2State *s, uint64_t host, uint64_t bytes)
+{
+    if (qcow2_overlaps_metadata(s, host, bytes, UINT64_MAX))
+        return qcow2_mark_corrupt(s, "data write to 0x%" PRIx64 " would overwrite metadata", host);
+    return 0;
+}
+
+static int qcow2_table_write_hook(void *opaque, uint64_t offset, const void *table)
+{
+    (void)table;
+    Qcow2State *s = opaque;
+    if (s->corrupt)
+        return -EIO;
+    if (offset < s->cluster_size ||
+        ranges_overlap(offset, s->cluster_size, s->l1_table_offset, align_up((int64_t)s->l1_size * 8, s->cluster_size)) ||
+        ranges_overlap(offset, s->cluster_size, s->refcount_table_offset,
+                       (uint64_t)s->refcount_table_clusters * s->cluster_size))
+        return qcow2_mark_corrupt(s, "metadata table write to 0x%" PRIx64 " would overwrite the header, L1 or "
+                                     "refcount table", offset);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- first write */
+
+/* Before the first change: clear the autoclear bits this driver does not maintain (stale bitmaps) and,
+ * with lazy refcounts, set the dirty bit. Caller holds *s->lock. */
+static int qcow2_prepare_write_locked(Qcow2State *s)
+{
+    if (s->first_write_done)
+        return 0;
+    int ret = 0;
+    uint64_t drop = s->autoclear_features & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (s->version >= 3 && drop) {
+        uint8_t hdr[QCOW2_V3_MIN_HEADER_LEN];
+        s->autoclear_features &= ~drop;
+        qcow2_header_serialize(s, hdr);
+        ret = qcow2_write_header_bytes(s, 88, 8, hdr);
+        if (ret == 0)
+            ret = bdrv_flush(s->meta_file);
+    }
+    if (ret == 0 && s->use_lazy_refcounts && s->version >= 3 && !s->dirty) {
+        ret = qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);
+        if (ret == 0)
+            s->dirty = true;
+    }
+    if (ret == 0)
+        s->first_write_done = true;
+    return ret;
+}
+
+static int qcow2_writable(Qcow2State *s)
+{
+    if (!s->write_ready)
+        return -EROFS;
+    if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED))
+        return -EIO;
+    if (s->read_only)
+        return -EROFS;
+    if (__atomic_load_n(&s->first_write_done, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(s->lock);
+    int ret = qcow2_prepare_write_locked(s);
+    pthread_mutex_unlock(s->lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- L2 tables */
+
+static int qcow2_write_l1_entry(Qcow2State *s, uint64_t index, uint64_t value)
+{
+    uint8_t buf[8];
+    st_be64(buf, value);
+    bdrv_debug_event(s->meta_file, "l1_update");
+    int ret = bdrv_pwrite(s->meta_file, (int64_t)(s->l1_table_offset + index * 8), 8, buf, 0);
+    if (ret == 0)
+        s->l1_table[index] = value;
+    return ret;
+}
+
+/* Pin the L2 table for L1 index l1i so that it may be modified: allocate one, or copy a shared one.
+ * The new table reaches the disk (after its refcount) before the L1 entry points at it. */
+static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
+{
+    if (l1i >= s->l1_size)
+        return qcow2_mark_corrupt(s, "guest offset beyond the L1 table (index %" PRIu64 ")", l1i);
+    uint64_t l1e = s->l1_table[l1i];
+    uint64_t old = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (old & s->cluster_mask)
+        return qcow2_mark_corrupt(s, "L2 table offset 0x%" PRIx64 " is not cluster aligned", old);
+    if (old && old < s->cluster_size)
+        return qcow2_mark_corrupt(s, "L2 table offset 0x%" PRIx64 " points into the header", old);
+    if (old && (l1e & QCOW2_OFLAG_COPIED))
+        return qcow2_cache_get(s->l2_cache, old, table);
+    uint64_t new_off;
+    int ret = qcow2_alloc_clusters(s, 1, &new_off);
+    if (ret < 0)
+        return ret;
+    void *nt;
+    ret = qcow2_cache_get_empty(s->l2_cache, new_off, &nt);
+    if (ret < 0)
+        return ret;
+    if (old) {
+        void *ot;
+        ret = qcow2_cache_get(s->l2_cache, old, &ot);
+        if (ret < 0) {
+            qcow2_cache_put(s->l2_cache, &nt);
+            return ret;
+        }
+        memcpy(nt, ot, s->cluster_size);
+        qcow2_cache_put(s->l2_cache, &ot);
+    }
+    qcow2_cache_mark_dirty(s->l2_cache, nt);
+    if (!s->use_lazy_refcounts) {
+        bdrv_debug_event(s->meta_file, "refblock_update");
+        ret = qcow2_cache_flush(s->refcount_cache);
+    }
+    if (ret == 0) {
+        bdrv_debug_event(s->meta_file, "l2_update");
+        ret = qcow2_cache_write_back(s->l2_cache);
+    }
+    if (ret == 0)
+        ret = bdrv_flush(s->meta_file);
+    if (ret == 0)
+        ret = qcow2_write_l1_entry(s, l1i, new_off | QCOW2_OFLAG_COPIED);
+    if (ret == 0 && old)
+        ret = qcow2_free_deferred(s, old, s->cluster_size);
+    if (ret < 0) {
+        qcow2_cache_put(s->l2_cache, &nt);
+        return ret;
+    }
+    *table = nt;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- fast path */
+
+/* Under *s->lock: the length of the run from offset that can be overwritten in place (clusters owned by
+ * the active tables, every touched subcluster allocated, contiguous on the host); 0 if none. */
+static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, uint64_t *host, uint64_t *run)
+{
+    *run = 0;
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    uint64_t l1i = offset >> span_bits;
+    if (l1i >= s->l1_size)
+        return 0;
+    uint64_t l1e = s->l1_table[l1i];
+    uint64_t l2off = l1e & QCOW2_L1E_OFFSET_MASK;
+    if (!l2off || !(l1e & QCOW2_OFLAG_COPIED) || (l2off & s->cluster_mask) || l2off < s->cluster_size)
+        return 0;
+    void *t;
+    int ret = qcow2_cache_get(s->l2_cache, l2off, &t);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint64_t pos = offset, end = MIN(offset + bytes, (l1i + 1) << span_bits);
+    while (pos < end) {
+        uint64_t e = l2e_get(s, t, idx);
+        if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_COPIED))
+            break;
+        uint64_t h = e & QCOW2_L2E_OFFSET_MASK;
+        if (!h || (h & s->cluster_mask))
+            break;
+        uint64_t chunk_end = MIN(end, (pos | s->cluster_mask) + 1);
+        if (s->extended_l2) {
+            uint64_t bm = l2b_get(s, t, idx);
+            uint32_t need = sc_mask((unsigned)((pos & s->cluster_mask) >> s->subcluster_bits),
+                                    (unsigned)(((chunk_end - 1) & s->cluster_mask) >> s->subcluster_bits));
+            if (((uint32_t)bm & need) != need || ((uint32_t)(bm >> 32) & need))
+                break;
+        } else if (s->version >= 3 && (e & QCOW2_OFLAG_ZERO)) {
+            break;
+        }
+        uint64_t hpos = h + (pos & s->cluster_mask);
+        if (*run == 0)
+            *host = hpos;
+        else if (hpos != *host + *run)
+            break;
+        *run += chunk_end - pos;
+        pos = chunk_end;
+        idx++;
+    }
+    qcow2_cache_put(s->l2_cache, &t);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- allocating path */
+
+static int qcow2_read_backing(BlockNode *bs, uint64_t offset, uint64_t bytes, uint8_t *buf)
+{
+    BlockNode *backing = bs->backing;
+    memset(buf, 0, bytes);
+    if (!backing)
+        return 0;
+    int64_t len = bdrv_getlength(backing);
+    if (len < 0)
+        return (int)len;
+    if ((int64_t)offset >= len)
+        return 0;
+    uint64_t n = MIN(bytes, (uint64_t)len - offset);
+    return bdrv_pread(backing, (int64_t)offset, (int64_t)n, buf);
+}
+
+/* Old guest contents of subcluster sc of the cluster at guest offset gstart into buf (cluster sized). */
+static int qcow2_old_subcluster(BlockNode *bs, Qcow2State *s, uint64_t entry, uint64_t bitmap, unsigned sc,
+                                uint64_t gstart, uint8_t *buf, uint8_t **dc)
+{
+    uint64_t off = (uint64_t)sc << s->subcluster_bits;
+    switch (qcow2_subcluster_type(s, entry, bitmap, sc)) {
+    case QCOW2_SC_NORMAL:
+        return bdrv_pread(s->data_file, (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + off), s->subcluster_size,
+                          buf + off);
+    case QCOW2_SC_COMPRESSED:
+        if (!*dc) {
+            *dc = malloc(s->cluster_size);
+            if (!*dc)
+                return -ENOMEM;
+            int ret = qcow2_read_compressed_cluster(s, entry, *dc);
+            if (ret < 0)
+                return ret;
+        }
+        memcpy(buf + off, *dc + off, s->subcluster_size);
+        return 0;
+    case QCOW2_SC_ZERO_PLAIN:
+    case QCOW2_SC_ZERO_ALLOC:
+        memset(buf + off, 0, s->subcluster_size);
+        return 0;
+    case QCOW2_SC_UNALLOCATED_PLAIN:
+    case QCOW2_SC_UNALLOCATED_ALLOC:
+        return qcow2_read_backing(bs, gstart + off, s->subcluster_size, buf + off);
+    default:
+        return qcow2_mark_corrupt(s, "invalid L2 entry 0x%016" PRIx64 " for guest offset 0x%" PRIx64, entry, gstart);
+    }
+}
+
+/* Write the subclusters of mask from buf to the host cluster at host, one request per contiguous run. */
+static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, const uint8_t *buf, bool cow)
+{
+    unsigned n = s->subclusters_per_cluster;
+    for (unsigned sc = 0; sc < n;) {
+        if (!(mask & (1u << sc))) {
+            sc++;
+            continue;
+        }
+        unsigned end = sc;
+        while (end < n && (mask & (1u << end)))
+            end++;
+        uint64_t off = (uint64_t)sc << s->subcluster_bits, len = (uint64_t)(end - sc) << s->subcluster_bits;
+        if (cow)
+            bdrv_debug_event(s->data_file, "cow_write");
+        int ret = bdrv_pwrite(s->data_file, (int64_t)(host + off), (int64_t)len, buf + off, 0);
+        if (ret < 0)
+            return ret;
+        sc = end;
+    }
+    return 0;
+}
+
+/* Rewrite guest bytes [in_off, in_off + n) of the cluster described by L2 entry idx of table t (data ==
+ * NULL: zeros), moving the cluster to a new host cluster unless the active tables own it outright.
+ * Caller holds *s->lock and has made t writable. */
+static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t idx, uint64_t gstart,
+                                 uint64_t in_off, uint64_t n, const uint8_t *data)
+{
+    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
+    uint64_t old_host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
+    if (old_host & s->cluster_mask)
+        return qcow2_mark_corrupt(s, "L2 entry 0x%016" PRIx64 " is not cluster aligned", e);
+    bool reuse = old_host && (e & QCOW2_OFLAG_COPIED);
+    uint32_t touched = sc_mask((unsigned)(in_off >> s->subcluster_bits), (unsigned)((in_off + n - 1) >> s->subcluster_bits));
+    uint32_t write_mask = touched;
+    if (!reuse && (compressed || old_host))
+        write_mask |= (compressed || !s->extended_l2) ? all_sc(s) : ((uint32_t)bm & all_sc(s));
+    uint8_t *buf = malloc(s->cluster_size), *dc = NULL;
+    if (!buf)
+        return -ENOMEM;
+    int ret = 0;
+    bool cow = false;
+    for (unsigned sc = 0; ret == 0 && sc < s->subclusters_per_cluster; sc++) {
+        uint64_t sc_start = (uint64_t)sc << s->subcluster_bits, sc_end = sc_start + s->subcluster_size;
+        if (!(write_mask & (1u << sc)) || (in_off <= sc_start && in_off + n >= sc_end))
+            continue;
+        cow = true;
+        ret = qcow2_old_subcluster(bs, s, e, bm, sc, gstart, buf, &dc);
+    }
+    free(dc);
+    if (ret == 0) {
+        if (data)
+            memcpy(buf + in_off, data, n);
+        else
+            memset(buf + in_off, 0, n);
+    }
+    uint64_t new_host = old_host;
+    if (ret == 0 && !reuse)
+        ret = qcow2_alloc_clusters(s, 1, &new_host);
+    if (ret == 0)
+        ret = qcow2_check_data_target(s, new_host, s->cluster_size);
+    if (ret == 0)
+        ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
+    free(buf);
+    if (ret < 0)
+        return ret;
+    uint64_t new_bm = 0;
+    if (s->extended_l2) {
+        uint32_t alloc = compressed ? all_sc(s) : ((uint32_t)bm | write_mask);
+        uint32_t zero = compressed ? 0 : ((uint32_t)(bm >> 32) & ~write_mask);
+        new_bm = (uint64_t)alloc | (uint64_t)zero << 32;
+    }
+    l2e_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, new_bm);
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+    if (reuse)
+        return 0;
+    if (compressed)
+        return qcow2_free_compressed_deferred(s, e);
+    return old_host ? qcow2_free_deferred(s, old_host, s->cluster_size) : 0;
+}
+
+static int qcow2_write_allocating(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t n, const uint8_t *data)
+{
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    void *t;
+    int ret = qcow2_l2_for_write(s, offset >> span_bits, &t);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    ret = qcow2_rewrite_cluster(bs, s, t, idx, offset & ~s->cluster_mask, offset & s->cluster_mask, n, data);
+    qcow2_cache_put(s->l2_cache, &t);
+    return ret;
+}
+
+/* Write with io_lock held (shared or exclusive). */
+static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t bytes, const uint8_t *p)
+{
+    while (bytes > 0) {
+        uint64_t host = 0, run = 0;
+        pthread_mutex_lock(s->lock);
+        int ret = qcow2_in_place_run(s, offset, bytes, &host, &run);
+        if (ret == 0 && run)
+            ret = qcow2_check_data_target(s, host, run);
+        if (ret == 0 && run == 0) {
+            run = MIN(bytes, s->cluster_size - (offset & s->cluster_mask));
+            ret = qcow2_write_allocating(bs, s, offset, run, p);
+            host = 0;
+        }
+        pthread_mutex_unlock(s->lock);
+        if (ret == 0 && host)
+            ret = bdrv_pwrite(s->data_file, (int64_t)host, (int64_t)run, p, 0);
+        if (ret < 0)
+            return ret;
+        offset += run;
+        bytes -= run;
+        if (p)
+            p += run;
+    }
+    return 0;
+}
+
+int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
+        return -EINVAL;
+    pthread_rwlock_rdlock(&s->io_lock);
+    ret = qcow2_write_held(bs, s, (uint64_t)offset, (uint64_t)bytes, buf);
+    pthread_rwlock_unlock(&s->io_lock);
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = qcow2_flush(bs);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- zeroes and discard */
+
+/* Turn the subclusters of mask of one cluster into zeros (zero_flag) or deallocate them (to backing),
+ * freeing the host cluster when nothing of it is used any more or (unmap) when allowed. */
+static int qcow2_zero_cluster(Qcow2State *s, uint64_t offset, uint32_t mask, bool unmap, bool to_zero)
+{
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    void *t;
+    int ret = qcow2_l2_for_write(s, offset >> span_bits, &t);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
+    uint64_t host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
+    uint64_t new_e, new_bm = 0;
+    bool free_host = false;
+    if (s->extended_l2) {
+        uint32_t alloc = (uint32_t)bm & ~mask;
+        uint32_t zero = to_zero ? ((uint32_t)(bm >> 32) | mask) : ((uint32_t)(bm >> 32) & ~mask);
+        if (compressed) { /* callers pass whole clusters for compressed entries */
+            alloc = 0;
+            zero = to_zero ? all_sc(s) : 0;
+        }
+        free_host = host && alloc == 0 && (unmap || !(e & QCOW2_OFLAG_COPIED));
+        new_e = (host && !free_host) ? (e & (QCOW2_L2E_OFFSET_MASK | QCOW2_OFLAG_COPIED)) : 0;
+        new_bm = (uint64_t)alloc | (uint64_t)zero << 32;
+    } else {
+        free_host = host && (unmap || !to_zero || !(e & QCOW2_OFLAG_COPIED));
+        new_e = to_zero ? QCOW2_OFLAG_ZERO : 0;
+        if (host && !free_host)
+            new_e |= host | QCOW2_OFLAG_COPIED;
+    }
+    l2e_set(s, t, idx, new_e, new_bm);
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+    qcow2_cache_put(s->l2_cache, &t);
+    if (compressed)
+        return qcow2_free_compressed_deferred(s, e);
+    return free_host ? qcow2_free_deferred(s, host, s->cluster_size) : 0;
+}
+
+/* Whether the cluster at offset is plain unallocated (no L2 table or an empty entry). */
+static int qcow2_cluster_is_empty(Qcow2State *s, uint64_t offset, bool *empty)
+{
+    unsigned span_bits = s->cluster_bits + s->l2_bits;
+    uint64_t l1i = offset >> span_bits;
+    *empty = true;
+    if (l1i >= s->l1_size || !(s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK))
+        return 0;
+    void *t;
+    int ret = qcow2_cache_get(s->l2_cache, s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK, &t);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    *empty = l2e_get(s, t, idx) == 0 && l2b_get(s, t, idx) == 0;
+    qcow2_cache_put(s->l2_cache, &t);
+    return 0;
+}
+
+int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    if (s->version < 3)
+        return -ENOTSUP; /* v2 has no zero flag: the core writes zero buffers */
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
+        return -EINVAL;
+    bool unmap = (flags & BDRV_REQ_MAY_UNMAP) != 0;
+    uint64_t g = s->subcluster_size;
+    uint64_t start = (uint64_t)offset, end = start + (uint64_t)bytes;
+    uint64_t a = MIN((uint64_t)align_up((int64_t)start, (int64_t)g), end);
+    uint64_t b = MAX((uint64_t)align_down((int64_t)end, (int64_t)g), a);
+    /* A partial subcluster at the end of the disk counts as whole. */
+    if (end == s->size && b < end && (end & (g - 1)))
+        b = end;
+    pthread_rwlock_wrlock(&s->io_lock);
+    if (a > start)
+        ret = qcow2_write_held(bs, s, start, a - start, NULL);
+    for (uint64_t pos = a; ret == 0 && pos < b;) {
+        uint64_t cend = MIN(b, (pos | s->cluster_mask) + 1);
+        unsigned first = (unsigned)((pos & s->cluster_mask) >> s->subcluster_bits);
+        unsigned last = (unsigned)(((cend - 1) & s->cluster_mask) >> s->subcluster_bits);
+        pthread_mutex_lock(s->lock);
+        uint64_t probe_bytes = cend - pos, host, entry;
+        int type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, pos, &probe_bytes, &host, &entry);
+        if (type == QCOW2_SC_COMPRESSED && (first != 0 || cend - pos < MIN(s->cluster_size, s->size - (pos & ~s->cluster_mask)))) {
+            pthread_mutex_unlock(s->lock);
+            ret = qcow2_write_held(bs, s, pos, cend - pos, NULL);
+        } else {
+            ret = type < 0 ? type : qcow2_zero_cluster(s, pos, sc_mask(first, last), unmap, true);
+            pthread_mutex_unlock(s->lock);
+        }
+        pos = cend;
+    }
+    if (ret == 0 && b < end)
+        ret = qcow2_write_held(bs, s, b, end - b, NULL);
+    pthread_rwlock_unlock(&s->io_lock);
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = qcow2_flush(bs);
+    return ret;
+}
+
+int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
+        return -EINVAL;
+    /* Only whole clusters are discarded (a partial cluster at the end of the disk counts as whole). */
+    uint64_t start = (uint64_t)align_up(offset, s->cluster_size);
+    uint64_t end = (uint64_t)offset + (uint64_t)bytes;
+    end = end == s->size ? end : (uint64_t)align_down((int64_t)end, s->cluster_size);
+    bool to_zero = s->version >= 3 && bs->backing; /* v3 with a backing file: read zeros afterwards */
+    pthread_rwlock_wrlock(&s->io_lock);
+    pthread_mutex_lock(s->lock);
+    for (uint64_t pos = start; ret == 0 && pos < end; pos = (pos | s->cluster_mask) + 1) {
+        bool empty;
+        ret = qcow2_cluster_is_empty(s, pos, &empty);
+        if (ret == 0 && !(empty && !to_zero))
+            ret = qcow2_zero_cluster(s, pos, all_sc(s), true, to_zero);
+    }
+    if (ret == 0 && s->nb_pending_frees)
+        ret = qcow2_flush_metadata_locked(s);
+    pthread_mutex_unlock(s->lock);
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- truncate */
+
+static int qcow2_tail_is_unallocated(Qcow2State *s, uint64_t from, uint64_t to, bool *unallocated)
+{
+    *unallocated = true;
+    while (from < to) {
+        uint64_t n = to - from, host, entry;
+        int type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, from, &n, &host, &entry);
+        if (type < 0)
+            return type;
+        if (type != QCOW2_SC_UNALLOCATED_PLAIN) {
+            *unallocated = false;
+            return 0;
+        }
+        from += n;
+    }
+    return 0;
+}
+
+/* Grow the L1 table to entries: a copy in new clusters, then one header write switching to it. */
+static int qcow2_grow_l1(Qcow2State *s, uint64_t size, uint32_t entries)
+{
+    uint64_t bytes = (uint64_t)align_up((int64_t)entries * 8, s->cluster_size);
+    uint64_t *l1 = calloc(entries, sizeof(uint64_t));
+    uint8_t *buf = calloc(1, bytes);
+    uint64_t new_off = 0;
+    int ret = (l1 && buf) ? 0 : -ENOMEM;
+    if (ret == 0)
+        ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &new_off);
+    if (ret == 0) {
+        memcpy(l1, s->l1_table, (size_t)s->l1_size * 8);
+        for (uint32_t i = 0; i < entries; i++)
+            st_be64(buf + (size_t)i * 8, l1[i]);
+        ret = qcow2_flush_metadata_locked(s);
+    }
+    if (ret == 0) {
+        bdrv_debug_event(s->meta_file, "l1_update");
+        ret = bdrv_pwrite(s->meta_file, (int64_t)new_off, (int64_t)bytes, buf, 0);
+    }
+    if (ret == 0)
+        ret = bdrv_flush(s->meta_file);
+    uint64_t old_off = s->l1_table_offset, old_bytes = (uint64_t)align_up((int64_t)s->l1_size * 8, s->cluster_size);
+    uint32_t old_size = s->l1_size;
+    uint64_t old_vsize = s->size;
+    if (ret == 0) {
+        uint8_t hdr[QCOW2_V3_MIN_HEADER_LEN];
+        s->l1_table_offset = new_off;
+        s->l1_size = entries;
+        s->size = size;
+        qcow2_header_serialize(s, hdr);
+        ret = qcow2_write_header_bytes(s, 24, 24, hdr); /* size, crypt_method, l1_size, l1_table_offset */
+        if (ret == 0)
+            ret = bdrv_flush(s->meta_file);
+        if (ret < 0) {
+            s->l1_table_offset = old_off;
+            s->l1_size = old_size;
+            s->size = old_vsize;
+        }
+    }
+    free(buf);
+    if (ret < 0) {
+        free(l1);
+        return ret;
+    }
+    free(s->l1_table);
+    s->l1_table = l1;
+    s->l1_alloc_entries = entries;
+    if (old_bytes)
+        ret = qcow2_update_refcount(s, old_off, old_bytes, -1);
+    return ret;
+}
+
+static int qcow2_set_size(Qcow2State *s, uint64_t size)
+{
+    uint8_t hdr[QCOW2_V3_MIN_HEADER_LEN];
+    uint64_t old = s->size;
+    s->size = size;
+    qcow2_header_serialize(s, hdr);
+    int ret = qcow2_write_header_bytes(s, 24, 8, hdr);
+    if (ret == 0)
+        ret = bdrv_flush(s->meta_file);
+    if (ret < 0)
+        s->size = old;
+    return ret;
+}
+
+int qcow2_truncate(BlockNode *bs, int64_t size)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    if (size < 0 || (uint64_t)size > QCOW2_MAX_VIRTUAL_SIZE)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&s->io_lock);
+    pthread_mutex_lock(s->lock);
+    uint64_t need = qcow2_size_to_l1(s, (uint64_t)size);
+    if ((uint64_t)size < s->size) {
+        bool unallocated;
+        ret = qcow2_tail_is_unallocated(s, (uint64_t)size, s->size, &unallocated);
+        if (ret == 0 && !unallocated) {
+            log_msg("%s: cannot shrink to %" PRId64 " bytes: data is allocated beyond that size", s->node_name, size);
+            ret = -ENOTSUP;
+        }
+        if (ret == 0)
+            ret = qcow2_flush_metadata_locked(s);
+        if (ret == 0)
+            ret = qcow2_set_size(s, (uint64_t)size);
+    } else if (need > s->l1_size) {
+        if (need * 8 > QCOW2_MAX_L1_BYTES)
+            ret = -EFBIG;
+        else
+            ret = qcow2_grow_l1(s, (uint64_t)size, (uint32_t)need);
+    } else if ((uint64_t)size > s->size) {
+        ret = qcow2_set_size(s, (uint64_t)size);
+    }
+    if (ret == 0)
+        s->l1_vm_state_index = (uint32_t)qcow2_size_to_l1(s, s->size);
+    pthread_mutex_unlock(s->lock);
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- flush, open, close */
+
+int qcow2_flush(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    if (!s->write_ready)
+        return 0;
+    if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED))
+        return -EIO;
+    pthread_mutex_lock(s->lock);
+    int ret = qcow2_flush_metadata_locked(s);
+    pthread_mutex_unlock(s->lock);
+    return ret;
+}
+
+bool qcow2_has_zero_init(BlockNode *bs)
+{
+    return bs->backing == NULL;
+}
+
+int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    Qcow2State *s = bs->opaque;
+    if (bs->read_only || s->is_snapshot_view)
+        return 0;
+    if (s->has_data_file) {
+        error_set(err, ENOTSUP, "writing to images with an external data file is not supported");
+        return -ENOTSUP;
+    }
+    if (pthread_rwlock_init(&s->io_lock, NULL) != 0) {
+        error_set(err, ENOMEM, "cannot create the I/O lock");
+        return -ENOMEM;
+    }
+    s->discard_unmap = opts && opts->discard == DISCARD_UNMAP;
+    int ret = qcow2_refcount_init(s);
+    if (ret < 0) {
+        pthread_rwlock_destroy(&s->io_lock);
+        qcow2_refcount_close(s);
+        error_set(err, -ret, "cannot read the refcount table: %s", strerror(-ret));
+        return ret;
+    }
+    s->write_ready = true;
+    qcow2_cache_set_write_hook(s->l2_cache, qcow2_table_write_hook, s);
+    qcow2_cache_set_write_hook(s->refcount_cache, qcow2_table_write_hook, s);
+    if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        log_msg("%s: image was not closed cleanly (dirty bit); rebuilding refcounts", s->node_name);
+        pthread_mutex_lock(s->lock);
+        ret = qcow2_rebuild_refcounts(s, err);
+        if (ret == 0)
+            ret = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
+        if (ret == 0)
+            s->dirty = false;
+        pthread_mutex_unlock(s->lock);
+        if (ret < 0) {
+            error_set(err, -ret, "cannot rebuild the refcounts: %s", strerror(-ret));
+            return ret;
+        }
+    }
+    return 0;
+}
+
+void qcow2_write_close(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    if (!s || !s->write_ready)
+        return;
+    pthread_mutex_lock(s->lock);
+    if (!s->corrupt) {
+        int ret = qcow2_flush_metadata_locked(s);
+        if (ret == 0 && s->dirty && (s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+            ret = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY);
+            if (ret == 0)
+                s->dirty = false;
+        }
+        if (ret < 0)
+            log_msg("%s: writing back metadata at close failed: %s", s->node_name, strerror(-ret));
+    }
+    pthread_mutex_unlock(s->lock);
+    qcow2_refcount_close(s);
+    pthread_rwlock_destroy(&s->io_lock);
+    s->write_ready = false;
+}
+
+int qcow2_exclusive_begin(Qcow2State *s)
+{
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    pthread_rwlock_wrlock(&s->io_lock);
+    pthread_mutex_lock(s->lock);
+    return 0;
+}
+
+void qcow2_exclusive_end(Qcow2State *s)
+{
+    pthread_mutex_unlock(s->lock);
+    pthread_rwlock_unlock(&s->io_lock);
+}
