@@ -686,6 +686,13 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         return ret;
     }
     bs->request_alignment = 1;
+    ret = qcow2_write_open(bs, opts, &local);
+    if (ret < 0) {
+        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
+                  local.msg[0] ? local.msg : strerror(-ret));
+        qcow2_close(bs);
+        return ret;
+    }
     return 0;
 }
 
@@ -694,6 +701,7 @@ static void qcow2_close(BlockNode *bs)
     Qcow2State *s = bs->opaque;
     if (!s || !s->lock)
         return; /* never opened, or already closed after a failed open */
+    qcow2_write_close(bs);
     if (s->owns_caches) {
         qcow2_cache_free(s->l2_cache);
         qcow2_cache_free(s->refcount_cache);
@@ -787,4 +795,15 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_open = qcow2_snapshot_open,
     .vmstate_read = qcow2_vmstate_read,
     .get_info = qcow2_get_info,
+    .write = qcow2_write,
+    .write_zeroes = qcow2_write_zeroes,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
+    .truncate = qcow2_truncate,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_goto = qcow2_snapshot_goto,
+    .check = qcow2_check,
+    .create = qcow2_create,
+    .has_zero_init = qcow2_has_zero_init,
 };
