@@ -1,0 +1,206 @@
+#!/usr/bin/env bats
+# qcow2-snapshot-write.bats - issue 5, the write half: creating, deleting and applying internal
+# snapshots with `imgfuse snapshot` and with mkdir/rmdir on a writable mount, checked against
+# `qemu-img snapshot -l`, `qemu-img convert -l snapshot.name=...` and `qemu-img check`, in both
+# directions (imgfuse after qemu-img and qemu-img after imgfuse), and kill -9 in the middle.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+qio() {
+  local img=$1; shift
+  local args=() c
+  for c in "$@"; do args+=(-c "$c"); done
+  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
+}
+
+check_clean() {
+  run qemu-img check "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  [[ "$output" != *"leaked"* ]]
+}
+
+# snap_names IMAGE: the snapshot names qemu-img lists, one per line, in table order.
+snap_names() {
+  qemu-img snapshot -l "$1" | awk 'NR > 2 { print $2 }'
+}
+
+# snap_raw IMAGE NAME OUT: qemu-img's raw view of snapshot NAME.
+snap_raw() {
+  qemu-img convert -l "snapshot.name=$2" -O raw "$1" "$3"
+}
+
+@test "imgfuse snapshot -c/-l/-a/-d agree with qemu-img" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 8M
+  qio a.qcow2 "write -P 0x11 0 8M"
+  qemu-img convert -O raw a.qcow2 s1.raw
+  "$IMGFUSE" snapshot -c s1 a.qcow2
+  qio a.qcow2 "write -P 0x22 1M 2M" "write -P 0x23 7M 100k"
+  qemu-img convert -O raw a.qcow2 s2.raw
+  "$IMGFUSE" snapshot -c s2 a.qcow2
+  qio a.qcow2 "write -P 0x33 0 512k"
+  qemu-img convert -O raw a.qcow2 cur.raw
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2 | tr '\n' ' ')" = "s1 s2 " ]
+  run "$IMGFUSE" snapshot -l a.qcow2
+  echo "$output"
+  [[ "$output" == *s1* && "$output" == *s2* ]]
+  snap_raw a.qcow2 s1 q1.raw; cmp q1.raw s1.raw
+  snap_raw a.qcow2 s2 q2.raw; cmp q2.raw s2.raw
+  "$IMGFUSE" snapshot -a s1 a.qcow2
+  check_clean a.qcow2
+  qemu-img convert -O raw a.qcow2 now.raw; cmp now.raw s1.raw
+  "$IMGFUSE" snapshot -d s1 a.qcow2
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2)" = "s2" ]
+  snap_raw a.qcow2 s2 q2b.raw; cmp q2b.raw s2.raw
+  qemu-img convert -O raw a.qcow2 now2.raw; cmp now2.raw s1.raw
+  "$IMGFUSE" snapshot -d s2 a.qcow2
+  check_clean a.qcow2
+  [ -z "$(snap_names a.qcow2)" ]
+}
+
+@test "snapshots made by qemu-img are applied and deleted by imgfuse, and the reverse" {
+  qemu-img create -q -f qcow2 a.qcow2 8M
+  qio a.qcow2 "write -P 0x41 0 4M"
+  qemu-img snapshot -c q1 a.qcow2
+  qemu-img convert -O raw a.qcow2 q1.raw
+  qio a.qcow2 "write -P 0x42 2M 4M"
+  "$IMGFUSE" snapshot -c i1 a.qcow2
+  qemu-img convert -O raw a.qcow2 i1.raw
+  qio a.qcow2 "write -P 0x43 0 8M"
+  qemu-img snapshot -c q2 a.qcow2
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2 | tr '\n' ' ')" = "q1 i1 q2 " ]
+  # imgfuse applies qemu's snapshot; qemu applies imgfuse's.
+  "$IMGFUSE" snapshot -a q1 a.qcow2
+  check_clean a.qcow2
+  qemu-img convert -O raw a.qcow2 now.raw; cmp now.raw q1.raw
+  qemu-img snapshot -a i1 a.qcow2
+  check_clean a.qcow2
+  qemu-img convert -O raw a.qcow2 now.raw; cmp now.raw i1.raw
+  # qemu deletes imgfuse's snapshot, imgfuse deletes qemu's.
+  qemu-img snapshot -d i1 a.qcow2
+  "$IMGFUSE" snapshot -d q2 a.qcow2
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2)" = "q1" ]
+  snap_raw a.qcow2 q1 v.raw; cmp v.raw q1.raw
+  # And writes after all this still work for both.
+  qio a.qcow2 "write -P 0x44 1M 64k"
+  "$IMGFUSE" snapshot -c i2 a.qcow2
+  qio a.qcow2 "write -P 0x45 1M 64k"
+  check_clean a.qcow2
+  snap_raw a.qcow2 i2 i2.raw
+  python3 -c 'import sys; d = open(sys.argv[1], "rb").read(); assert d[1 << 20:(1 << 20) + 65536] == b"\x44" * 65536' i2.raw
+  qemu-io -f qcow2 -c "read -P 0x45 1M 64k" a.qcow2 | grep -q "read 65536"
+}
+
+@test "snapshot entries carry QEMU's extra data: disk size and a numeric id" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 8M
+  "$IMGFUSE" snapshot -c first a.qcow2
+  run qemu-img info --output=json a.qcow2
+  echo "$output"
+  [[ "$output" == *'"name": "first"'* ]]
+  [[ "$output" == *'"id": "1"'* ]]
+  "$IMGFUSE" snapshot -c second a.qcow2
+  run qemu-img snapshot -l a.qcow2
+  [[ "$output" == *"2 "*"second"* ]]
+  run "$IMGFUSE" snapshot -c first a.qcow2
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"already exists"* ]]
+}
+
+@test "apply restores the snapshot's virtual size" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 4M
+  qio a.qcow2 "write -P 0x51 0 4M"
+  "$IMGFUSE" snapshot -c small a.qcow2
+  qemu-img resize -q a.qcow2 16M
+  qio a.qcow2 "write -P 0x52 10M 1M"
+  "$IMGFUSE" snapshot -a small a.qcow2
+  check_clean a.qcow2
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"virtual-size": 4194304'* ]]
+  qemu-io -f qcow2 -c "read -P 0x51 0 4M" a.qcow2 | grep -q "read 4194304"
+}
+
+@test "mkdir and rmdir under snapshots/ on a writable mount" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 8M
+  mount_img --rw a.qcow2 "$MNT"
+  head -c 8M /dev/urandom > data.bin
+  dd if=data.bin of="$MNT/disk.raw" bs=1M conv=notrunc status=none
+  cp "$MNT/disk.raw" at-one.raw
+  mkdir "$MNT/snapshots/one"
+  [ -f "$MNT/snapshots/one/disk.raw" ]
+  dd if=/dev/zero of="$MNT/disk.raw" bs=64k count=20 seek=3 conv=notrunc status=none
+  cmp "$MNT/snapshots/one/disk.raw" at-one.raw
+  cp "$MNT/disk.raw" at-two.raw
+  mkdir "$MNT/snapshots/two"
+  mkdir "$MNT/snapshots/three"
+  rmdir "$MNT/snapshots/three"
+  printf 'later' | dd of="$MNT/disk.raw" bs=1 seek=12345 conv=notrunc status=none
+  cp "$MNT/disk.raw" cur.raw
+  unmount_img
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2 | tr '\n' ' ')" = "one two " ]
+  snap_raw a.qcow2 one q1.raw; cmp q1.raw at-one.raw
+  snap_raw a.qcow2 two q2.raw; cmp q2.raw at-two.raw
+  qemu-img compare -f qcow2 -F raw a.qcow2 cur.raw
+}
+
+@test "snapshot of an image with a backing file, over 512-byte clusters" {
+  qemu-img create -q -f qcow2 base.qcow2 2M
+  qio base.qcow2 "write -P 0x61 0 2M"
+  "$IMGFUSE" create -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 top.qcow2
+  qio top.qcow2 "write -P 0x62 100k 300k"
+  qemu-img convert -O raw top.qcow2 s.raw
+  "$IMGFUSE" snapshot -c s top.qcow2
+  qio top.qcow2 "write -P 0x63 0 1M"
+  check_clean top.qcow2
+  snap_raw top.qcow2 s q.raw; cmp q.raw s.raw
+  "$IMGFUSE" snapshot -d s top.qcow2
+  check_clean top.qcow2
+}
+
+@test "refcount_bits=1 cannot hold a snapshot: refused cleanly, image unchanged" {
+  "$IMGFUSE" create -f qcow2 -o refcount_bits=1 a.qcow2 4M
+  qio a.qcow2 "write -P 0x71 0 1M"
+  run "$IMGFUSE" snapshot -c s a.qcow2
+  echo "$output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"refcount"* ]]
+  check_clean a.qcow2
+  [ -z "$(snap_names a.qcow2)" ]
+}
+
+@test "kill -9 during snapshot create/delete leaves the snapshot whole or absent" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=4k a.qcow2 32M
+  qio a.qcow2 "write -P 0x81 0 32M"
+  local i n
+  for i in $(seq 1 10); do
+    "$IMGFUSE" snapshot -c "s$i" a.qcow2 & local pid=$!
+    sleep "0.0$((RANDOM % 9))"
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    run qemu-img check a.qcow2
+    echo "create $i: $output"
+    [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
+    [[ "$output" != *ERROR* ]]
+    n=$(snap_names a.qcow2 | grep -c "^s$i\$" || true)
+    if [ "$n" = 1 ]; then snap_raw a.qcow2 "s$i" v.raw; qemu-img compare -q -F raw a.qcow2 v.raw; fi
+    if [ "$n" = 1 ] && [ $((i % 2)) = 0 ]; then
+      "$IMGFUSE" snapshot -d "s$i" a.qcow2 & pid=$!
+      sleep "0.0$((RANDOM % 9))"
+      kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+      run qemu-img check a.qcow2
+      echo "delete $i: $output"
+      [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
+      [[ "$output" != *ERROR* ]]
+    fi
+    qio a.qcow2 "write -P 0x$((i + 10)) $((i * 1024))k 64k"
+  done
+  qemu-img check -q -r leaks a.qcow2
+  check_clean a.qcow2
+}

@@ -1,0 +1,368 @@
+#!/usr/bin/env bats
+# qcow2-write.bats - issue 4: writes through a --rw mount keep qcow2 images valid and exact.
+# fio random read/write with crc32c verification on v3, v2, overlays, extended L2 over a backing file,
+# 512 B and 2 MiB clusters, refcount widths 1 and 64; after unmount `qemu-img check` finds no errors and
+# no leaks and `qemu-img compare` matches a copy of disk.raw taken before unmount. Also: an ext4
+# filesystem through a loop device, kill -9 during fsync'd writes, truncate, zero writes and discard.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() {
+  [ -n "${LOOPDEV:-}" ] && { umount "$TMP/fs" 2>/dev/null; losetup -d "$LOOPDEV" 2>/dev/null; }
+  teardown_tmp
+}
+
+qio() {
+  local img=$1; shift
+  local args=() c
+  for c in "$@"; do args+=(-c "$c"); done
+  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
+}
+
+# check_clean IMAGE: qemu-img check reports neither errors nor leaks.
+check_clean() {
+  run qemu-img check "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  [[ "$output" != *"leaked"* ]]
+}
+
+# fio_verify: 4 jobs on disjoint 8 MiB regions of MNT/disk.raw, random read/write, crc32c verified.
+fio_verify() {
+  fio --name=w --filename="$MNT/disk.raw" --rw=randrw --bsrange=4k-256k --verify=crc32c \
+      --numjobs=4 --size=8M --offset_increment=8M --ioengine=psync --randseed=42 \
+      --verify_fatal=1 --group_reporting "$@" > "$TMP/fio.log" 2>&1 || { cat "$TMP/fio.log"; return 1; }
+}
+
+# rw_roundtrip IMAGE [mount options]: fio, raw copy, unmount, check + compare.
+rw_roundtrip() {
+  local img=$1; shift
+  mount_img --rw "$@" "$img" "$MNT"
+  fio_verify
+  cp "$MNT/disk.raw" "$TMP/copy.raw"
+  unmount_img
+  check_clean "$img"
+  run qemu-img compare -f qcow2 -F raw "$img" "$TMP/copy.raw"
+  echo "$output"
+  [ "$status" -eq 0 ]
+}
+
+@test "fio verify on a fresh qcow2 v3" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 32M
+  rw_roundtrip a.qcow2
+}
+
+@test "fio verify on a qcow2 v2 (compat=0.10) made by qemu-img" {
+  qemu-img create -q -f qcow2 -o compat=0.10 a.qcow2 32M
+  qio a.qcow2 "write -P 0x11 0 3M" "write -P 0x22 20M 1M"
+  rw_roundtrip a.qcow2
+}
+
+@test "fio verify on an overlay over a qcow2 base keeps the base untouched" {
+  qemu-img create -q -f qcow2 base.qcow2 32M
+  qio base.qcow2 "write -P 0x5a 0 32M"
+  local sum; sum=$(sha256sum base.qcow2)
+  "$IMGFUSE" create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+  rw_roundtrip top.qcow2
+  [ "$(sha256sum base.qcow2)" = "$sum" ]
+}
+
+@test "fio verify with extended L2 entries over a backing file" {
+  qemu-img create -q -f qcow2 base.qcow2 32M
+  qio base.qcow2 "write -P 0x33 0 32M"
+  "$IMGFUSE" create -f qcow2 -o extended_l2=on,cluster_size=64k -b base.qcow2 -F qcow2 top.qcow2
+  rw_roundtrip top.qcow2
+}
+
+@test "partial writes into extended L2 subclusters allocate only what is touched" {
+  qemu-img create -q -f qcow2 base.qcow2 4M
+  qio base.qcow2 "write -P 0x44 0 4M"
+  "$IMGFUSE" create -f qcow2 -o extended_l2=on,cluster_size=64k -b base.qcow2 -F qcow2 top.qcow2
+  mount_img --rw top.qcow2 "$MNT"
+  printf 'hello' | dd of="$MNT/disk.raw" bs=1 seek=5000 conv=notrunc status=none
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean top.qcow2
+  qemu-img compare -f qcow2 -F raw top.qcow2 copy.raw
+  # Only the first 2 KiB subcluster of the first cluster is allocated in the top layer.
+  run qemu-img map --output=json top.qcow2
+  echo "$output"
+  python3 - "$output" <<'EOF'
+import json, sys
+m = json.loads(sys.argv[1])
+top = [e for e in m if e["depth"] == 0 and e["data"]]
+assert len(top) == 1 and top[0]["start"] == 4096 and top[0]["length"] == 2048, top
+EOF
+}
+
+@test "fio verify with 512-byte clusters" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=512 a.qcow2 32M
+  rw_roundtrip a.qcow2
+}
+
+@test "fio verify with 2 MiB clusters" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=2M a.qcow2 32M
+  rw_roundtrip a.qcow2
+}
+
+@test "fio verify with refcount_bits=1" {
+  "$IMGFUSE" create -f qcow2 -o refcount_bits=1 a.qcow2 32M
+  rw_roundtrip a.qcow2
+}
+
+@test "fio verify with refcount_bits=64 and 512-byte clusters (refcount table grows)" {
+  "$IMGFUSE" create -f qcow2 -o refcount_bits=64,cluster_size=512 a.qcow2 32M
+  rw_roundtrip a.qcow2
+  run qemu-img info a.qcow2
+  [[ "$output" == *"refcount bits: 64"* ]]
+}
+
+@test "fio verify with lazy refcounts: dirty bit set while mounted, clear after unmount" {
+  "$IMGFUSE" create -f qcow2 -o lazy_refcounts=on a.qcow2 32M
+  rw_roundtrip a.qcow2
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"lazy-refcounts": true'* ]]
+  [[ "$output" != *'"dirty-flag": true'* ]]
+}
+
+@test "a dirty lazy-refcount image gets its refcounts rebuilt when opened read-write" {
+  qemu-img create -q -f qcow2 -o lazy_refcounts=on a.qcow2 16M
+  # qemu-io with an abort leaves the dirty bit set and the refcounts stale.
+  qemu-io -f qcow2 -c "write -P 0x66 0 4M" -c "abort" a.qcow2 >/dev/null 2>&1 || true
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"dirty-flag": true'* ]]
+  mount_img --rw a.qcow2 "$MNT"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=4k count=1 seek=2000 conv=notrunc status=none
+  unmount_img
+  grep -q "rebuilding refcounts" "$TMP/daemon.log"
+  check_clean a.qcow2
+  qemu-io -f qcow2 -c "read -P 0x66 0 4M" a.qcow2 | grep -q "read 4194304"
+}
+
+@test "ext4 through a loop device on disk.raw, then read from qemu-img convert output" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 64M
+  mount_img --rw a.qcow2 "$MNT"
+  LOOPDEV=$(losetup -f --show "$MNT/disk.raw")
+  mkfs.ext4 -q -F "$LOOPDEV"
+  mkdir -p fs
+  mount "$LOOPDEV" fs
+  head -c 3000000 /dev/urandom > fs/blob
+  seq 1 100000 > fs/numbers
+  mkdir fs/dir && echo hello > fs/dir/file
+  local sum; sum=$(sha256sum < fs/blob)
+  sync
+  umount fs
+  e2fsck -fn "$LOOPDEV"
+  losetup -d "$LOOPDEV"; LOOPDEV=
+  unmount_img
+  check_clean a.qcow2
+  qemu-img convert -O raw a.qcow2 conv.raw
+  e2fsck -fn conv.raw
+  LOOPDEV=$(losetup -f --show -r conv.raw)
+  mount -o ro "$LOOPDEV" fs
+  [ "$(sha256sum < fs/blob)" = "$sum" ]
+  [ "$(tail -1 fs/numbers)" = 100000 ]
+  [ "$(cat fs/dir/file)" = hello ]
+  umount fs
+  losetup -d "$LOOPDEV"; LOOPDEV=
+}
+
+# crash_writer RAW LOG SEED: random 4 KiB block writes with periodic fsync; logs "W block value" before
+# each write and "S" after each fsync returned.
+crash_writer() {
+  python3 - "$@" <<'PYW'
+import os, random, sys
+path, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rnd = random.Random(seed)
+fd = os.open(path, os.O_RDWR)
+lf = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+while True:
+    for _ in range(rnd.randrange(1, 16)):
+        blk, val = rnd.randrange(0, 4096), rnd.randrange(1, 256)
+        os.write(lf, b"W %d %d\n" % (blk, val))
+        os.pwrite(fd, bytes([val]) * 4096, blk * 4096)
+    os.fsync(fd)
+    os.write(lf, b"S\n")
+PYW
+}
+
+# crash_verify RAW LOG: every block written before the last completed fsync holds its last synced
+# value or a value written after that fsync; each block is written whole.
+crash_verify() {
+  python3 - "$@" <<'PYC'
+import sys
+data = open(sys.argv[1], "rb").read()
+synced, pending, after = {}, {}, {}
+for line in open(sys.argv[2]):
+    p = line.split()
+    if p == ["S"]:
+        synced.update(pending)
+        pending, after = {}, {}
+    elif len(p) == 3:
+        blk, val = int(p[1]), int(p[2])
+        pending[blk] = val
+        after.setdefault(blk, set()).add(val)
+for blk, val in synced.items():
+    got = data[blk * 4096]
+    assert got in {val} | after.get(blk, set()), (blk, got, val)
+    assert data[blk * 4096:(blk + 1) * 4096] == bytes([got]) * 4096, blk
+print("verified", len(synced), "synced blocks")
+PYC
+}
+
+@test "kill -9 during fsync'd random writes: 20 rounds, never corrupt, fsynced data survives" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=4k a.qcow2 16M
+  local round writer
+  for round in $(seq 1 20); do
+    mount_img --rw a.qcow2 "$MNT"
+    : > "$TMP/log.$round"
+    crash_writer "$MNT/disk.raw" "$TMP/log.$round" "$round" 2>/dev/null &
+    writer=$!
+    sleep "0.$((RANDOM % 8 + 2))"
+    kill -9 "$DAEMON_PID"
+    wait "$DAEMON_PID" 2>/dev/null || true
+    DAEMON_PID=
+    kill -9 "$writer" 2>/dev/null; wait "$writer" 2>/dev/null || true
+    fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
+    run qemu-img check a.qcow2
+    echo "round $round: $output"
+    [ "$status" -eq 0 ] || [ "$status" -eq 3 ]   # 3 = leaked clusters only
+    [[ "$output" != *"ERROR"* ]]
+    qemu-img convert -O raw a.qcow2 now.raw
+    crash_verify now.raw "$TMP/log.$round"
+  done
+  qemu-img check -q -r leaks a.qcow2
+  check_clean a.qcow2
+}
+
+@test "truncate grows the virtual size (L1 grows), shrinking over data is refused" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=512 a.qcow2 1M
+  mount_img --rw a.qcow2 "$MNT"
+  printf 'A%.0s' $(seq 1 1000) | dd of="$MNT/disk.raw" bs=1 seek=1000 conv=notrunc status=none
+  truncate -s 64M "$MNT/disk.raw"
+  [ "$(stat -c %s "$MNT/disk.raw")" = 67108864 ]
+  printf 'tail' | dd of="$MNT/disk.raw" bs=1 seek=$((64*1024*1024 - 4)) conv=notrunc status=none
+  run truncate -s 512 "$MNT/disk.raw"
+  [ "$status" -ne 0 ]
+  run truncate -s 60M "$MNT/disk.raw"   # the tail holds data: refused
+  [ "$status" -ne 0 ]
+  [ "$(stat -c %s "$MNT/disk.raw")" = 67108864 ]
+  grep -q "cannot shrink" "$TMP/daemon.log"
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean a.qcow2
+  qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"virtual-size": 67108864'* ]]
+}
+
+@test "truncate shrinks when the tail is unallocated" {
+  "$IMGFUSE" create -f qcow2 a.qcow2 64M
+  mount_img --rw a.qcow2 "$MNT"
+  printf 'data' | dd of="$MNT/disk.raw" bs=1 seek=100 conv=notrunc status=none
+  truncate -s 8M "$MNT/disk.raw"
+  [ "$(stat -c %s "$MNT/disk.raw")" = 8388608 ]
+  unmount_img
+  check_clean a.qcow2
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"virtual-size": 8388608'* ]]
+  qemu-io -f qcow2 -c "read -v 100 4" a.qcow2 | grep -q "data"
+}
+
+@test "zero writes (fallocate zero-range) set zero clusters on v3 and agree with qemu-img map" {
+  qemu-img create -q -f qcow2 a.qcow2 8M
+  qio a.qcow2 "write -P 0x77 0 8M"
+  mount_img --rw a.qcow2 "$MNT"
+  fallocate -z -o 1M -l 2M "$MNT/disk.raw"
+  fallocate -z -o $((5*1024*1024 + 1000)) -l 70000 "$MNT/disk.raw"
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean a.qcow2
+  qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
+  run qemu-img map --output=json a.qcow2
+  echo "$output"
+  [[ "$output" == *'"start": 1048576, "length": 2097152, "depth": 0, "present": true, "zero": true, "data": false'* ]]
+}
+
+@test "discard with --discard=unmap frees clusters and punches holes; v3 over backing reads zeros" {
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qio base.qcow2 "write -P 0x12 0 8M"
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+  qio top.qcow2 "write -P 0x34 0 8M"
+  local before; before=$(stat -c %b top.qcow2)
+  mount_img --rw --discard=unmap top.qcow2 "$MNT"
+  fallocate -p -o 2M -l 4M "$MNT/disk.raw"
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean top.qcow2
+  qemu-img compare -f qcow2 -F raw top.qcow2 copy.raw
+  cmp -n 4194304 -i 2097152:0 copy.raw /dev/zero
+  [ "$(stat -c %b top.qcow2)" -lt "$before" ]
+  run qemu-img map --output=json top.qcow2
+  echo "$output"
+  [[ "$output" == *'"start": 2097152, "length": 4194304, "depth": 0, "present": true, "zero": true, "data": false'* ]]
+}
+
+@test "discard on v2 falls through to the backing file" {
+  qemu-img create -q -f qcow2 -o compat=0.10 base.qcow2 4M
+  qio base.qcow2 "write -P 0x12 0 4M"
+  qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 top.qcow2
+  qio top.qcow2 "write -P 0x34 0 4M"
+  mount_img --rw --discard=unmap top.qcow2 "$MNT"
+  fallocate -p -o 1M -l 1M "$MNT/disk.raw"
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean top.qcow2
+  qemu-img compare -f qcow2 -F raw top.qcow2 copy.raw
+  qemu-io -f qcow2 -c "read -P 0x12 1M 1M" -c "read -P 0x34 0 1M" -c "read -P 0x34 2M 2M" top.qcow2 | grep -c "^read" | grep -q 3
+}
+
+@test "overwriting compressed clusters allocates new ones" {
+  qemu-img create -q -f qcow2 src.qcow2 4M
+  qio src.qcow2 "write -P 0x21 0 4M"
+  qemu-img convert -c -O qcow2 src.qcow2 a.qcow2
+  mount_img --rw a.qcow2 "$MNT"
+  printf 'xyz' | dd of="$MNT/disk.raw" bs=1 seek=70000 conv=notrunc status=none
+  dd if=/dev/zero of="$MNT/disk.raw" bs=64k seek=10 count=3 conv=notrunc status=none
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean a.qcow2
+  qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
+}
+
+@test "an L2 entry pointing into the refcount table marks the image corrupt and fails with EIO" {
+  qemu-img create -q -f qcow2 a.qcow2 4M
+  qio a.qcow2 "write -P 0x21 0 64k"
+  # Point the first L2 entry at the refcount table, keeping the COPIED flag.
+  python3 - a.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+d = f.read(1 << 20)
+l1 = struct.unpack(">Q", d[40:48])[0]
+rt = struct.unpack(">Q", d[48:56])[0]
+l2 = struct.unpack(">Q", d[l1:l1 + 8])[0] & 0x00fffffffffffe00
+f.seek(l2)
+f.write(struct.pack(">Q", rt | (1 << 63)))
+PY
+  mount_img --rw a.qcow2 "$MNT"
+  run dd if=/dev/zero of="$MNT/disk.raw" bs=4k count=1 conv=notrunc,fsync status=none
+  [ "$status" -ne 0 ]
+  unmount_img || true
+  grep -q "corrupt" "$TMP/daemon.log"
+  [ "$(grep -c corrupt "$TMP/daemon.log")" -eq 1 ]
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"corrupt": true'* ]]
+}
+
+@test "writing clears the autoclear bitmaps bit" {
+  qemu-img create -q -f qcow2 a.qcow2 4M
+  qemu-img bitmap --add a.qcow2 b0
+  run qemu-img info a.qcow2
+  [[ "$output" == *"b0"* ]]
+  mount_img --rw a.qcow2 "$MNT"
+  printf 'x' | dd of="$MNT/disk.raw" bs=1 seek=10 conv=notrunc status=none
+  unmount_img
+  python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(); assert struct.unpack(">Q", d[88:96])[0] & 1 == 0' a.qcow2
+}
