@@ -442,7 +442,8 @@ static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint6
         }
         pthread_mutex_unlock(s->lock);
         if (ret == 0 && host)
-            ret = bdrv_pwrite(s->data_file, (int64_t)host, (int64_t)run, p, 0);
+            ret = p ? bdrv_pwrite(s->data_file, (int64_t)host, (int64_t)run, p, 0)
+                    : bdrv_pwrite_zeroes(s->data_file, (int64_t)host, (int64_t)run, 0);
         if (ret < 0)
             return ret;
         offset += run;
