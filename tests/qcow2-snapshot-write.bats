@@ -183,7 +183,7 @@ snap_raw() {
   for i in $(seq 1 10); do
     "$IMGFUSE" snapshot -c "s$i" a.qcow2 & local pid=$!
     sleep "0.0$((RANDOM % 9))"
-    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
     run qemu-img check a.qcow2
     echo "create $i: $output"
     [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
@@ -193,7 +193,7 @@ snap_raw() {
     if [ "$n" = 1 ] && [ $((i % 2)) = 0 ]; then
       "$IMGFUSE" snapshot -d "s$i" a.qcow2 & pid=$!
       sleep "0.0$((RANDOM % 9))"
-      kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+      kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
       run qemu-img check a.qcow2
       echo "delete $i: $output"
       [ "$status" -eq 0 ] || [ "$status" -eq 3 ]

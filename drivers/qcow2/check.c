@@ -633,7 +633,7 @@ int qcow2_check(BlockNode *bs, InfoList *report)
     if (file_size < 0)
         return (int)file_size;
     pthread_mutex_lock(s->lock);
-    int ret = s->write_ready ? qcow2_flush_metadata_locked(s) : 0;
+    int ret = s->write_ready && !s->is_snapshot_view ? qcow2_flush_metadata_locked(s) : 0;
     StoredRefcounts st = { .s = s, .entries = s->refcount_table_size, .blk_offset = 0 };
     st.table = calloc(st.entries ? st.entries : 1, sizeof(uint64_t));
     st.blk = malloc(s->cluster_size);

@@ -421,7 +421,7 @@ int qcow2_free_compressed_deferred(Qcow2State *s, uint64_t l2_entry)
 
 int qcow2_flush_metadata_locked(Qcow2State *s)
 {
-    if (!s->write_ready)
+    if (!s->write_ready || s->is_snapshot_view)
         return 0;
     bdrv_debug_event(s->meta_file, "refblock_update");
     int ret = qcow2_cache_flush(s->refcount_cache);

@@ -146,9 +146,15 @@ static int qcow2_prepare_write_locked(Qcow2State *s)
     return ret;
 }
 
+/* Snapshot views copy their parent's state: only the node that opened the image writes. */
+static bool qcow2_is_writer(const Qcow2State *s)
+{
+    return s->write_ready && !s->is_snapshot_view;
+}
+
 static int qcow2_writable(Qcow2State *s)
 {
-    if (!s->write_ready)
+    if (!qcow2_is_writer(s))
         return -EROFS;
     if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED))
         return -EIO;
@@ -730,7 +736,7 @@ int qcow2_truncate(BlockNode *bs, int64_t size)
 int qcow2_flush(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    if (!s->write_ready)
+    if (!qcow2_is_writer(s))
         return 0;
     if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED))
         return -EIO;
@@ -789,7 +795,7 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 void qcow2_write_close(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    if (!s || !s->write_ready)
+    if (!s || !qcow2_is_writer(s))
         return;
     pthread_mutex_lock(s->lock);
     if (!s->corrupt) {
