@@ -357,6 +357,7 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes, int ad
 int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset)
 {
     uint64_t ci = s->free_cluster_index;
+    uint64_t first_free = UINT64_MAX; /* first free cluster passed over (a gap shorter than n) */
     for (;;) {
         uint64_t len = 0;
         while (len < n) {
@@ -365,6 +366,8 @@ int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset)
             if (ret < 0)
                 return ret;
             if (rc) {
+                if (len && first_free == UINT64_MAX)
+                    first_free = ci;
                 ci += len + 1;
                 len = 0;
             } else {
@@ -385,8 +388,7 @@ int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset)
         if (ret < 0)
             return ret;
     }
-    if (ci == s->free_cluster_index)
-        s->free_cluster_index = ci + n;
+    s->free_cluster_index = MIN(first_free, ci + n);
     *offset = ci << s->cluster_bits;
     return 0;
 }

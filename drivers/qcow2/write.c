@@ -214,13 +214,13 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
         qcow2_cache_put(s->l2_cache, &ot);
     }
     qcow2_cache_mark_dirty(s->l2_cache, nt);
-    if (!s->use_lazy_refcounts) {
-        bdrv_debug_event(s->meta_file, "refblock_update");
-        ret = qcow2_cache_flush(s->refcount_cache);
-    }
+    /* The new table and its refcount must be on disk before the L1 entry points at it; nothing
+     * reachable points at either yet, so one flush after both writes orders them. */
+    bdrv_debug_event(s->meta_file, "refblock_update");
+    ret = qcow2_cache_write_back(s->refcount_cache);
     if (ret == 0) {
         bdrv_debug_event(s->meta_file, "l2_update");
-        ret = qcow2_cache_write_back(s->l2_cache);
+        ret = bdrv_pwrite(s->meta_file, (int64_t)new_off, s->cluster_size, nt, 0);
     }
     if (ret == 0)
         ret = bdrv_flush(s->meta_file);
