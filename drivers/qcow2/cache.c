@@ -69,6 +69,7 @@ struct Qcow2Cache {
     uint64_t hits, misses;
     CompactTier compact;
     Qcow2Cache *depends;
+    bool unsynced;         /* tables written since the last flush of the file */
     Qcow2CacheWriteHook hook;
     void *hook_opaque;
     pthread_mutex_t lock;
@@ -448,12 +449,23 @@ uint64_t qcow2_cache_compact_used(Qcow2Cache *c)
 
 /* ---------------------------------------------------------------- slots */
 
+/* Whether c holds dirty tables or wrote tables that have not been flushed to the disk yet. */
+static bool cache_needs_flush(Qcow2Cache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    bool needed = c->unsynced;
+    for (int i = 0; !needed && i < c->max_tables; i++)
+        needed = c->slots[i].offset && c->slots[i].dirty;
+    pthread_mutex_unlock(&c->lock);
+    return needed;
+}
+
 /* Write one dirty slot back to disk. Caller holds c->lock. */
 static int cache_write_slot(Qcow2Cache *c, CacheSlot *slot)
 {
     if (!slot->dirty)
         return 0;
-    if (c->depends) {
+    if (c->depends && cache_needs_flush(c->depends)) {
         int ret = qcow2_cache_flush(c->depends);
         if (ret < 0)
             return ret;
@@ -467,6 +479,7 @@ static int cache_write_slot(Qcow2Cache *c, CacheSlot *slot)
     if (ret < 0)
         return ret;
     slot->dirty = false;
+    c->unsynced = true;
     return 0;
 }
 
@@ -588,6 +601,11 @@ int qcow2_cache_flush(Qcow2Cache *c)
 {
     int ret = qcow2_cache_write_back(c);
     int fret = bdrv_flush(c->file);
+    if (ret == 0 && fret == 0) {
+        pthread_mutex_lock(&c->lock);
+        c->unsynced = false;
+        pthread_mutex_unlock(&c->lock);
+    }
     return ret < 0 ? ret : fret;
 }
 
