@@ -373,6 +373,10 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
     bool reuse = old_host && (e & QCOW2_OFLAG_COPIED);
     uint32_t touched = sc_mask((unsigned)(in_off >> s->subcluster_bits), (unsigned)((in_off + n - 1) >> s->subcluster_bits));
     uint32_t write_mask = touched;
+    /* Allocated subclusters of a cluster kept in place may see concurrent in-place writes: only the new
+     * bytes go there, never a read-modify-write of the whole subcluster. */
+    uint32_t direct = reuse && s->extended_l2 ? touched & (uint32_t)bm & ~(uint32_t)(bm >> 32) : 0;
+    write_mask &= ~direct;
     if (!reuse && (compressed || old_host))
         write_mask |= (compressed || !s->extended_l2) ? all_sc(s) : ((uint32_t)bm & all_sc(s));
     uint8_t *buf = malloc(s->cluster_size), *dc = NULL;
@@ -401,6 +405,12 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
     if (ret == 0)
         ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
+    for (unsigned sc = 0; ret == 0 && direct && sc < s->subclusters_per_cluster; sc++) {
+        uint64_t sc_start = (uint64_t)sc << s->subcluster_bits;
+        uint64_t from = MAX(sc_start, in_off), to = MIN(sc_start + s->subcluster_size, in_off + n);
+        if (direct & (1u << sc))
+            ret = bdrv_pwrite(s->data_file, (int64_t)(new_host + from), (int64_t)(to - from), buf + from, 0);
+    }
     free(buf);
     if (ret < 0)
         return ret;
