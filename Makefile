@@ -62,11 +62,14 @@ demo: deps
 	$(MAKE) imgfuse
 	scripts/demo
 
+# One libFuzzer target per format driver (tests/fuzz/fuzz-DRIVER.c), built with clang, ASan and UBSan
+# (UBSan findings abort, so the fuzzer sees them as crashes). fuzz-smoke runs each briefly (FUZZ_TIME).
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
-fuzz:
-	$(MAKE) BUILD=build-fuzz CC=clang CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" \
+fuzz: deps
+	$(MAKE) BUILD=build-fuzz CC=clang \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
 	  $(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
-build-fuzz/fuzz/%: tests/fuzz/%.c $(CORE_OBJ)
+build-fuzz/fuzz/%: tests/fuzz/%.c $(CORE_OBJ) $(wildcard tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $< $(CORE_OBJ) $(LDLIBS)
 fuzz-smoke: fuzz
