@@ -11,11 +11,21 @@
 
 int log_debug_enabled;
 
+/* Messages quote names taken from images (backing files, snapshots): a control character there must not
+ * break the one-line rule or forge log lines, so each becomes '?'. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 void error_setv(Error *err, int errnum, const char *fmt, va_list ap)
 {
     if (!err || err->msg[0])
         return;
     vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+    one_line(err->msg);
     err->errnum = errnum;
 }
 
@@ -34,6 +44,7 @@ void log_msg(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    one_line(line);
     fprintf(stderr, "imgfuse: %s\n", line);
 }
 
