@@ -1,0 +1,89 @@
+#!/usr/bin/env bats
+# tests/hostile.bats - hostile images (issue 8): the generated corpus of tests/make-hostile (hundreds of
+# images attacking every header field, table, name, chain and compressed cluster) and the regression
+# images of tests/data/hostile/ each mount and read to the end, or are refused with exit 2 and one line;
+# no crash, no hang, peak resident memory under 512 MiB. The per-image loop is tests/tools/read-all-hostile.
+load helpers
+
+setup_file() {
+  export HOSTILE="$BATS_FILE_TMPDIR/hostile"
+  python3 "$BATS_TEST_DIRNAME/make-hostile" "$HOSTILE" >/dev/null
+}
+setup() { setup_tmp; }
+teardown() { teardown_tmp; }
+
+READ_ALL="$BATS_TEST_DIRNAME/tools/read-all-hostile"
+
+# refused IMAGE [imgfuse options]: the mount fails with exit 2 and exactly one "imgfuse: " line.
+refused() {
+  local img=$1; shift
+  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: "* ]]
+}
+
+@test "hostile corpus: every generated image mounts and reads, or is refused with one line" {
+  run python3 "$READ_ALL" --jobs 2 "$HOSTILE"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "${lines[-1]}" =~ ^read-all-hostile:\ ([0-9]+)\ images:\ ([0-9]+)\ mounted.*,\ ([0-9]+)\ refused.*\ 0\ failed ]]
+  [ "${BASH_REMATCH[1]}" -ge 500 ] && [ "${BASH_REMATCH[2]}" -ge 100 ] && [ "${BASH_REMATCH[3]}" -ge 100 ]
+}
+
+@test "hostile regression images (tests/data/hostile) mount and read, or are refused with one line" {
+  run python3 "$READ_ALL" "$BATS_TEST_DIRNAME"/data/hostile/*/
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "${lines[-1]}" == *" 0 failed"* ]]
+}
+
+@test "the generated valid base images read exactly as qemu-img reads them" {
+  for f in "$HOSTILE"/qcow2-00[0-4]-valid-*.img; do
+    mount_img -f qcow2 "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
+    unmount_img
+  done
+}
+
+@test "a backing name with a newline is refused on one line (regression)" {
+  refused "$BATS_TEST_DIRNAME/data/hostile/qcow2/backing-name-newline.img" -f qcow2
+  [[ "$output" == *"backing file 'a?b' not found"* ]]
+}
+
+@test "backing loops and chains deeper than 256 layers are refused by name" {
+  refused "$(ls "$HOSTILE"/qcow2-*-backing-loop-self.img)" -f qcow2
+  [[ "$output" == *"already in the chain: loop"* ]]
+  refused "$(ls "$HOSTILE"/qcow2-*-backing-loop-spelled-differently.img)" -f qcow2
+  [[ "$output" == *"loop"* ]]
+  refused "$(ls "$HOSTILE"/qcow2-*-backing-chain-300.img)" -f qcow2
+  [[ "$output" == *"longer than 256 layers"* ]]
+  local deep
+  deep=$(ls "$HOSTILE"/qcow2-*-backing-chain-200.img)
+  mount_img -f qcow2 "$deep" "$MNT"
+  same_bytes "$MNT/disk.raw" "$(raw_of "$deep")"
+}
+
+@test "metadata tables beyond the memory budget are refused with the limit named" {
+  refused "$(ls "$HOSTILE"/qcow2-*-huge-disk-l1-over-cb16.img)" -f qcow2
+  [[ "$output" == *"L1 table is too large"* ]]
+  refused "$(ls "$HOSTILE"/qcow2-*-hdr-refcount_table_clusters-0x801.img)" -f qcow2
+  [[ "$output" == *"refcount table is too large"* ]]
+  refused "$(ls "$HOSTILE"/qcow2-*-snapshot-count-65537.img)" -f qcow2
+  [[ "$output" == *"too many snapshots"* ]]
+}
+
+@test "compressed clusters that do not inflate to exactly one cluster read as EIO, the rest reads" {
+  local good
+  good=$(raw_of "$HOSTILE/qcow2-000-valid-base.img")
+  for what in short one-byte-short garbage truncated-stream zstd-short zstd-window-2g zstd-garbage; do
+    mount_img -f qcow2 "$(ls "$HOSTILE"/qcow2-*-compressed-$what.img)" "$MNT"
+    run dd if="$MNT/disk.raw" bs=4096 skip=10 count=1 of=/dev/null status=none
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Input/output error"* ]]
+    cmp -n 40960 "$MNT/disk.raw" "$good"
+    cmp -i 45056 "$MNT/disk.raw" "$good"
+    unmount_img
+  done
+}
