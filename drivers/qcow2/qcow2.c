@@ -128,6 +128,24 @@ static char *qcow2_strndup_ext(const uint8_t *p, uint32_t len)
     return str;
 }
 
+/* Grow *arr (elem bytes each, used in use) to hold add more. Capacity is kept at the power of two at or
+ * above the count, so a header cluster packed with tiny extensions costs linear, not quadratic, time. */
+static int qcow2_reserve(void **arr, size_t elem, size_t used, size_t add)
+{
+    size_t cap = 0, need = used + add;
+    while (cap < used)
+        cap = cap ? cap * 2 : 1;
+    if (need <= cap)
+        return 0;
+    while (cap < need)
+        cap = cap ? cap * 2 : 1;
+    void *grown = realloc(*arr, elem * cap);
+    if (!grown)
+        return -ENOMEM;
+    *arr = grown;
+    return 0;
+}
+
 static int qcow2_parse_feature_table(Qcow2State *s, const uint8_t *p, uint32_t len, Error *err)
 {
     if (len % QCOW2_FEATURE_ENTRY_LEN) {
@@ -136,10 +154,8 @@ static int qcow2_parse_feature_table(Qcow2State *s, const uint8_t *p, uint32_t l
         return -EINVAL;
     }
     int n = (int)(len / QCOW2_FEATURE_ENTRY_LEN);
-    Qcow2Feature *f = realloc(s->features, sizeof(*f) * (size_t)(s->nb_features + n + 1));
-    if (!f)
+    if (qcow2_reserve((void **)&s->features, sizeof(*s->features), (size_t)s->nb_features, (size_t)n) < 0)
         return -ENOMEM;
-    s->features = f;
     for (int i = 0; i < n; i++) {
         const uint8_t *e = p + (size_t)i * QCOW2_FEATURE_ENTRY_LEN;
         Qcow2Feature *dst = &s->features[s->nb_features++];
@@ -154,10 +170,9 @@ static int qcow2_parse_feature_table(Qcow2State *s, const uint8_t *p, uint32_t l
 
 static int qcow2_keep_unknown_ext(Qcow2State *s, uint32_t type, const uint8_t *p, uint32_t len)
 {
-    Qcow2UnknownExt *u = realloc(s->unknown_exts, sizeof(*u) * (size_t)(s->nb_unknown_exts + 1));
-    if (!u)
+    if (qcow2_reserve((void **)&s->unknown_exts, sizeof(*s->unknown_exts), (size_t)s->nb_unknown_exts, 1) < 0)
         return -ENOMEM;
-    s->unknown_exts = u;
+    Qcow2UnknownExt *u = s->unknown_exts;
     uint8_t *copy = malloc(len ? len : 1);
     if (!copy)
         return -ENOMEM;
