@@ -87,3 +87,12 @@ refused() {
     unmount_img
   done
 }
+
+@test "a header cluster packed with tiny extensions opens in linear time (regression)" {
+  for img in ext-packed-unknown-2m ext-packed-feature-tables-2m; do
+    run timeout 60 "$IMGFUSE" info "$BATS_TEST_DIRNAME/data/hostile/qcow2/$img.img"
+    echo "$output" | head -5
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"virtual_size: 0"* ]]
+  done
+}
