@@ -69,6 +69,22 @@ rw_roundtrip() {
   [ "$(sha256sum base.qcow2)" = "$sum" ]
 }
 
+@test "fio verify through --overlay over a qcow2 base: base bytes and mtime unchanged" {
+  qemu-img create -q -f qcow2 base.qcow2 32M
+  qio base.qcow2 "write -P 0x5b 0 20M"
+  local sum mtime; sum=$(sha256sum base.qcow2); mtime=$(stat -c %Y.%y base.qcow2)
+  mount_img --overlay ov.qcow2 base.qcow2 "$MNT"
+  fio_verify
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean ov.qcow2
+  qemu-img compare -f qcow2 -F raw ov.qcow2 copy.raw
+  [ "$(sha256sum base.qcow2)" = "$sum" ]
+  [ "$(stat -c %Y.%y base.qcow2)" = "$mtime" ]
+  run qemu-img info --output=json ov.qcow2
+  [[ "$output" == *'"backing-filename-format": "qcow2"'* ]]
+}
+
 @test "fio verify with extended L2 entries over a backing file" {
   qemu-img create -q -f qcow2 base.qcow2 32M
   qio base.qcow2 "write -P 0x33 0 32M"
@@ -365,4 +381,25 @@ PY
   printf 'x' | dd of="$MNT/disk.raw" bs=1 seek=10 conv=notrunc status=none
   unmount_img
   python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(); assert struct.unpack(">Q", d[88:96])[0] & 1 == 0' a.qcow2
+}
+
+@test "an injected I/O error on each kind of metadata write fails the request but never corrupts" {
+  local ev
+  for ev in refblock_update l2_update l1_update header_update cow_write; do
+    rm -f a.qcow2 base.qcow2
+    qemu-img create -q -f qcow2 base.qcow2 8M
+    qio base.qcow2 "write -P 0x17 0 8M"
+    "$IMGFUSE" create -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 a.qcow2
+    echo "event=$ev errno=5 once" > rules
+    mount_img --rw --blkdebug rules a.qcow2 "$MNT"
+    # Partial-cluster writes (copy-on-write from the backing file) across many new L2 tables.
+    for i in $(seq 0 40); do
+      printf 'x%.0s' $(seq 1 100) | dd of="$MNT/disk.raw" bs=100 seek=$((i * 2000 + 7)) conv=notrunc,fsync status=none 2>/dev/null || true
+    done
+    unmount_img || true
+    run qemu-img check a.qcow2
+    echo "$ev: $output"
+    [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
+    [[ "$output" != *ERROR* ]]
+  done
 }

@@ -545,16 +545,40 @@ static int qcow2_cluster_is_empty(Qcow2State *s, uint64_t offset, bool *empty)
     return 0;
 }
 
+/* Does [offset, offset + bytes) already read as zeros without holding host clusters? */
+static bool qcow2_reads_as_zero(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    bool zero = true;
+    pthread_mutex_lock(s->lock);
+    while (zero && bytes > 0) {
+        uint64_t n = bytes, host, entry;
+        int type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, offset, &n, &host, &entry);
+        zero = type == QCOW2_SC_ZERO_PLAIN || (type == QCOW2_SC_UNALLOCATED_PLAIN && !bs->backing);
+        offset += n;
+        bytes -= n;
+    }
+    pthread_mutex_unlock(s->lock);
+    return zero;
+}
+
+/* Zero a piece smaller than a subcluster by writing zeros, unless it reads as zeros already. */
+static int qcow2_zero_partial(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    if (qcow2_reads_as_zero(bs, s, offset, bytes))
+        return 0;
+    return qcow2_write_held(bs, s, offset, bytes, NULL);
+}
+
 int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 {
     Qcow2State *s = bs->opaque;
     int ret = qcow2_writable(s);
     if (ret < 0)
         return ret;
-    if (s->version < 3)
-        return -ENOTSUP; /* v2 has no zero flag: the core writes zero buffers */
     if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
         return -EINVAL;
+    if (s->version < 3) /* no zero flag: the core writes zero buffers where zeros are not there yet */
+        return qcow2_reads_as_zero(bs, s, (uint64_t)offset, (uint64_t)bytes) ? 0 : -ENOTSUP;
     bool unmap = (flags & BDRV_REQ_MAY_UNMAP) != 0;
     uint64_t g = s->subcluster_size;
     uint64_t start = (uint64_t)offset, end = start + (uint64_t)bytes;
@@ -565,7 +589,7 @@ int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
         b = end;
     pthread_rwlock_wrlock(&s->io_lock);
     if (a > start)
-        ret = qcow2_write_held(bs, s, start, a - start, NULL);
+        ret = qcow2_zero_partial(bs, s, start, a - start);
     for (uint64_t pos = a; ret == 0 && pos < b;) {
         uint64_t cend = MIN(b, (pos | s->cluster_mask) + 1);
         unsigned first = (unsigned)((pos & s->cluster_mask) >> s->subcluster_bits);
@@ -573,7 +597,10 @@ int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
         pthread_mutex_lock(s->lock);
         uint64_t probe_bytes = cend - pos, host, entry;
         int type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, pos, &probe_bytes, &host, &entry);
-        if (type == QCOW2_SC_COMPRESSED && (first != 0 || cend - pos < MIN(s->cluster_size, s->size - (pos & ~s->cluster_mask)))) {
+        bool reads_zero = type == QCOW2_SC_ZERO_PLAIN || (type == QCOW2_SC_UNALLOCATED_PLAIN && !bs->backing);
+        if (reads_zero && probe_bytes >= cend - pos) {
+            pthread_mutex_unlock(s->lock); /* already zero and holding no host cluster */
+        } else if (type == QCOW2_SC_COMPRESSED && (first != 0 || cend - pos < MIN(s->cluster_size, s->size - (pos & ~s->cluster_mask)))) {
             pthread_mutex_unlock(s->lock);
             ret = qcow2_write_held(bs, s, pos, cend - pos, NULL);
         } else {
@@ -583,7 +610,7 @@ int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
         pos = cend;
     }
     if (ret == 0 && b < end)
-        ret = qcow2_write_held(bs, s, b, end - b, NULL);
+        ret = qcow2_zero_partial(bs, s, b, end - b);
     pthread_rwlock_unlock(&s->io_lock);
     if (ret == 0 && (flags & BDRV_REQ_FUA))
         ret = qcow2_flush(bs);

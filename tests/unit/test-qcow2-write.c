@@ -44,9 +44,10 @@ static void test_refblock_entries(void)
     ok(w[2] == 0x12 && w[3] == 0x34, "16-bit entries are big-endian");
 }
 
+static BlockOpenOpts o; /* nodes keep a pointer to their options */
+
 static BlockNode *open_rw(const char *path)
 {
-    BlockOpenOpts o;
     block_open_opts_init(&o);
     o.read_only = false;
     o.force_share = true;
