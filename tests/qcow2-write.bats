@@ -237,10 +237,11 @@ PYC
     crash_writer "$MNT/disk.raw" "$TMP/log.$round" "$round" 2>/dev/null &
     writer=$!
     sleep "0.$((RANDOM % 8 + 2))"
+    kill -0 "$DAEMON_PID"   # still alive: the load did not crash it
     kill -9 "$DAEMON_PID"
     wait "$DAEMON_PID" 2>/dev/null || true
     DAEMON_PID=
-    kill -9 "$writer" 2>/dev/null; wait "$writer" 2>/dev/null || true
+    kill -9 "$writer" 2>/dev/null || true; wait "$writer" 2>/dev/null || true
     fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
     run qemu-img check a.qcow2
     echo "round $round: $output"
