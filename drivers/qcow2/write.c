@@ -597,9 +597,8 @@ int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
         pthread_mutex_lock(s->lock);
         uint64_t probe_bytes = cend - pos, host, entry;
         int type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, pos, &probe_bytes, &host, &entry);
-        bool reads_zero = type == QCOW2_SC_ZERO_PLAIN || (type == QCOW2_SC_UNALLOCATED_PLAIN && !bs->backing);
-        if (reads_zero && probe_bytes >= cend - pos) {
-            pthread_mutex_unlock(s->lock); /* already zero and holding no host cluster */
+        if (type == QCOW2_SC_ZERO_PLAIN && probe_bytes >= cend - pos) {
+            pthread_mutex_unlock(s->lock); /* already a zero cluster */
         } else if (type == QCOW2_SC_COMPRESSED && (first != 0 || cend - pos < MIN(s->cluster_size, s->size - (pos & ~s->cluster_mask)))) {
             pthread_mutex_unlock(s->lock);
             ret = qcow2_write_held(bs, s, pos, cend - pos, NULL);
