@@ -349,11 +349,10 @@ PYC
   qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
 }
 
-@test "an L2 entry pointing into the refcount table marks the image corrupt and fails with EIO" {
-  qemu-img create -q -f qcow2 a.qcow2 4M
-  qio a.qcow2 "write -P 0x21 0 64k"
-  # Point the first L2 entry at the refcount table, keeping the COPIED flag.
-  python3 - a.qcow2 <<'PY'
+# point_l2_entry IMAGE WHERE: make the first L2 entry (COPIED set) point at the refcount table ("reftable")
+# or at 1 GiB, far past the end of the file ("eof").
+point_l2_entry() {
+  python3 - "$1" "$2" <<'PY'
 import struct, sys
 f = open(sys.argv[1], "r+b")
 d = f.read(1 << 20)
@@ -361,16 +360,30 @@ l1 = struct.unpack(">Q", d[40:48])[0]
 rt = struct.unpack(">Q", d[48:56])[0]
 l2 = struct.unpack(">Q", d[l1:l1 + 8])[0] & 0x00fffffffffffe00
 f.seek(l2)
-f.write(struct.pack(">Q", rt | (1 << 63)))
+f.write(struct.pack(">Q", (rt if sys.argv[2] == "reftable" else 1 << 30) | (1 << 63)))
 PY
-  mount_img --rw a.qcow2 "$MNT"
-  run dd if=/dev/zero of="$MNT/disk.raw" bs=4k count=1 conv=notrunc,fsync status=none
-  [ "$status" -ne 0 ]
-  unmount_img || true
-  grep -q "corrupt" "$TMP/daemon.log"
-  [ "$(grep -c corrupt "$TMP/daemon.log")" -eq 1 ]
-  run qemu-img info --output=json a.qcow2
-  [[ "$output" == *'"corrupt": true'* ]]
+}
+
+@test "an L2 entry pointing into metadata or past EOF marks the image corrupt and fails with EIO" {
+  local where
+  for where in reftable eof; do
+    rm -f a.qcow2
+    qemu-img create -q -f qcow2 a.qcow2 4M
+    qio a.qcow2 "write -P 0x21 0 64k"
+    point_l2_entry a.qcow2 "$where"
+    local size; size=$(stat -c %s a.qcow2)
+    mount_img --rw a.qcow2 "$MNT"
+    run dd if=/dev/zero of="$MNT/disk.raw" bs=4k count=1 conv=notrunc,fsync status=none
+    [ "$status" -ne 0 ]
+    run dd if=/dev/zero of="$MNT/disk.raw" bs=4k count=1 seek=100 conv=notrunc,fsync status=none
+    [ "$status" -ne 0 ]   # the node is read-only now
+    unmount_img || true
+    echo "$where: $(cat "$TMP/daemon.log")"
+    [ "$(grep -c "corrupt" "$TMP/daemon.log")" -eq 1 ]
+    run qemu-img info --output=json a.qcow2
+    [[ "$output" == *'"corrupt": true'* ]]
+    [ "$(stat -c %s a.qcow2)" -eq "$size" ]   # nothing was written through the bad entry
+  done
 }
 
 @test "writing clears the autoclear bitmaps bit" {

@@ -285,6 +285,7 @@ typedef struct Qcow2State {
     size_t nb_pending_frees, cap_pending_frees;
     bool first_write_done;         /* autoclear bits cleared and (lazy refcounts) dirty bit set */
     bool discard_unmap;            /* --discard=unmap: punch holes for freed clusters */
+    uint64_t host_end;             /* end of the image file as far as metadata may point (grows) */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- qcow2.c */

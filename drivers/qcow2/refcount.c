@@ -126,6 +126,10 @@ int qcow2_refcount_init(Qcow2State *s)
         for (uint64_t i = 0; i < n; i++)
             s->refcount_table[i] = ld_be64(&s->refcount_table[i]);
     }
+    int64_t len = bdrv_getlength(s->meta_file);
+    if (len < 0)
+        return (int)len;
+    s->host_end = (uint64_t)align_up(len, s->cluster_size);
     s->refcount_cache = qcow2_cache_new(s->meta_file, s->cluster_size, QCOW2_REFCOUNT_CACHE_TABLES);
     if (!s->refcount_cache)
         return -ENOMEM;
@@ -185,6 +189,7 @@ static int qcow2_write_reftable_entry(Qcow2State *s, uint64_t rt_index)
 static int qcow2_create_refblock(Qcow2State *s, uint64_t rt_index)
 {
     uint64_t offset = (rt_index << s->refcount_block_bits) << s->cluster_bits;
+    s->host_end = MAX(s->host_end, offset + s->cluster_size);
     void *blk;
     int ret = qcow2_cache_get_empty(s->refcount_cache, offset, &blk);
     if (ret < 0)
@@ -231,6 +236,7 @@ static int qcow2_grow_reftable(Qcow2State *s, uint64_t need_index)
     if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES)
         return -EFBIG;
     uint64_t first = s->refcount_table_size << s->refcount_block_bits; /* first undescribed cluster */
+    s->host_end = MAX(s->host_end, (first + k + tc) << s->cluster_bits);
     uint64_t *table = calloc(entries, sizeof(uint64_t));
     uint8_t *buf = calloc(1, (size_t)(tc * s->cluster_size));
     uint8_t *blk = aligned_alloc_zero(s->cluster_size);
@@ -389,6 +395,7 @@ int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset)
             return ret;
     }
     s->free_cluster_index = MIN(first_free, ci + n);
+    s->host_end = MAX(s->host_end, (ci + n) << s->cluster_bits);
     *offset = ci << s->cluster_bits;
     return 0;
 }

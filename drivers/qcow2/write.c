@@ -100,6 +100,8 @@ static int qcow2_check_data_target(Qcow2State *s, uint64_t host, uint64_t bytes)
 {
     if (qcow2_overlaps_metadata(s, host, bytes, UINT64_MAX))
         return qcow2_mark_corrupt(s, "data write to 0x%" PRIx64 " would overwrite metadata", host);
+    if (host + bytes > s->host_end)
+        return qcow2_mark_corrupt(s, "data cluster 0x%" PRIx64 " lies past the end of the image", host);
     return 0;
 }
 
@@ -142,7 +144,7 @@ static int qcow2_prepare_write_locked(Qcow2State *s)
             s->dirty = true;
     }
     if (ret == 0)
-        s->first_write_done = true;
+        __atomic_store_n(&s->first_write_done, true, __ATOMIC_RELEASE);
     return ret;
 }
 
@@ -193,6 +195,8 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
         return qcow2_mark_corrupt(s, "L2 table offset 0x%" PRIx64 " is not cluster aligned", old);
     if (old && old < s->cluster_size)
         return qcow2_mark_corrupt(s, "L2 table offset 0x%" PRIx64 " points into the header", old);
+    if (old >= s->host_end)
+        return qcow2_mark_corrupt(s, "L2 table offset 0x%" PRIx64 " lies past the end of the image", old);
     if (old && (l1e & QCOW2_OFLAG_COPIED))
         return qcow2_cache_get(s->l2_cache, old, table);
     uint64_t new_off;
