@@ -135,9 +135,22 @@ EOF
   [[ "$output" == *"refcount bits: 64"* ]]
 }
 
+# dirty_bit IMAGE: prints 1 if the qcow2 dirty bit (incompatible feature bit 0) is set on disk, else 0.
+dirty_bit() {
+  python3 -c 'import struct, sys; d = open(sys.argv[1], "rb").read(80); print(struct.unpack(">Q", d[72:80])[0] & 1)' "$1"
+}
+
 @test "fio verify with lazy refcounts: dirty bit set while mounted, clear after unmount" {
   "$IMGFUSE" create -f qcow2 -o lazy_refcounts=on a.qcow2 32M
-  rw_roundtrip a.qcow2
+  mount_img --rw a.qcow2 "$MNT"
+  [ "$(dirty_bit a.qcow2)" = 0 ]   # not before the first write
+  fio_verify
+  [ "$(dirty_bit a.qcow2)" = 1 ]
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  [ "$(dirty_bit a.qcow2)" = 0 ]
+  check_clean a.qcow2
+  qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
   run qemu-img info --output=json a.qcow2
   [[ "$output" == *'"lazy-refcounts": true'* ]]
   [[ "$output" != *'"dirty-flag": true'* ]]
@@ -420,4 +433,27 @@ PY
     [ "$status" -eq 0 ] || [ "$status" -eq 3 ]
     [[ "$output" != *ERROR* ]]
   done
+}
+
+@test "kill -9 with lazy refcounts leaves the dirty bit; the next read-write open rebuilds the refcounts" {
+  "$IMGFUSE" create -f qcow2 -o lazy_refcounts=on,cluster_size=4k a.qcow2 16M
+  head -c 4M /dev/urandom > data.bin
+  mount_img --rw a.qcow2 "$MNT"
+  dd if=data.bin of="$MNT/disk.raw" bs=64k conv=notrunc,fsync status=none
+  kill -0 "$DAEMON_PID"
+  kill -9 "$DAEMON_PID"
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=
+  fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" == *'"dirty-flag": true'* ]]
+  mount_img --rw a.qcow2 "$MNT"
+  cmp -n 4194304 "$MNT/disk.raw" data.bin
+  unmount_img
+  grep -q "rebuilding refcounts" "$TMP/daemon.log"
+  check_clean a.qcow2
+  run qemu-img info --output=json a.qcow2
+  [[ "$output" != *'"dirty-flag": true'* ]]
+  qemu-img convert -O raw a.qcow2 out.raw
+  cmp -n 4194304 out.raw data.bin
 }
