@@ -62,8 +62,10 @@ void bdrv_free_node(BlockNode *bs)
     free(bs->backing_format_hint);
     free(bs->backing_resolved);
     free(bs->backing_note);
-    if (bs->core)
+    if (bs->core) {
         free(bs->core->owned_opts);
+        free(bs->core->backing_override);
+    }
     free(bs->core);
     free(bs);
 }
@@ -509,7 +511,7 @@ int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 {
     if (check_request(bs, offset, bytes) < 0)
         return -EINVAL;
-    if (bs->core->is_root && (!bs->opts || bs->opts->discard != DISCARD_UNMAP))
+    if (bs->core->is_root && !bs->core->discard_unmap)
         flags &= ~BDRV_REQ_MAY_UNMAP;
     uint64_t t0 = now_ns();
     flags &= BDRV_REQ_DRIVER_MASK;
@@ -524,7 +526,7 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
     int r = check_write(bs, offset, bytes);
     if (r < 0 || bytes == 0)
         return r;
-    if (bs->core->is_root && (!bs->opts || bs->opts->discard != DISCARD_UNMAP))
+    if (bs->core->is_root && !bs->core->discard_unmap)
         return 0; /* --discard=ignore: a discard is only a hint */
     if (!bs->drv->discard)
         return -ENOTSUP;
@@ -759,8 +761,8 @@ void bdrv_get_info(BlockNode *bs, InfoList *info)
     info_add_bool(info, "read_only", bs->read_only);
     if (bs->backing_name || bs->backing) {
         const char *name = bs->backing_name;
-        if (bs->opts && bs->opts->backing && bs->core->is_root)
-            name = bs->opts->backing;
+        if (bs->core->backing_override)
+            name = bs->core->backing_override;
         info_add_str(info, "backing_file", "%s", name ? name : bs->backing->filename);
     }
     if (bs->backing)

@@ -26,6 +26,8 @@ struct TrackedRequest {
 typedef struct BlockNodeCore {
     BlockOpenOpts *owned_opts; /* options of a backing node (read-only copy of the caller's), freed with it */
     bool is_root;              /* the node bdrv_open returned: request-path features apply */
+    bool discard_unmap;        /* root: opts->discard == DISCARD_UNMAP (kept: the caller's opts may go) */
+    char *backing_override;    /* root: the --backing name, for info */
     bool track_writes;         /* track every write (copy-on-read needs it) */
     struct RequestState *req;  /* lib/request.c state of the root node, NULL elsewhere */
 } BlockNodeCore;

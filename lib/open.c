@@ -384,6 +384,12 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
         return NULL;
     }
     top->core->is_root = true;
+    top->core->discard_unmap = opts->discard == DISCARD_UNMAP;
+    if (opts->backing && !(top->core->backing_override = strdup(opts->backing))) {
+        error_set(err, ENOMEM, "%s: out of memory", top->filename);
+        bdrv_close(top);
+        return NULL;
+    }
     if (open_backing_chain(top, opts, err) < 0) {
         if (err && !err->msg[0])
             error_set(err, EIO, "%s: cannot open the backing chain", top->filename);

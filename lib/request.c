@@ -314,7 +314,7 @@ int request_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf,
     request_throttle(bs, true, bytes);
     if (s->detect_zeroes != DETECT_ZEROES_OFF && bytes > 0 && buffer_is_zero(buf, (size_t)bytes)) {
         int zflags = flags & BDRV_REQ_FUA;
-        if (s->detect_zeroes == DETECT_ZEROES_UNMAP && bs->opts && bs->opts->discard == DISCARD_UNMAP)
+        if (s->detect_zeroes == DETECT_ZEROES_UNMAP && bs->core->discard_unmap)
             zflags |= BDRV_REQ_MAY_UNMAP;
         pthread_mutex_lock(&bs->stats_lock);
         bs->stats.detected_zero_ops++;
