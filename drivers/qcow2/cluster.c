@@ -177,27 +177,34 @@ void qcow2_invalidate_decompressed(Qcow2State *s)
     pthread_mutex_unlock(&s->dc_lock);
 }
 
+/* The last decompressed cluster is kept so that requests smaller than a cluster decompress it once;
+ * decompression itself runs outside dc_lock, so several threads can decompress different clusters. */
 static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offset, uint64_t bytes, uint8_t *buf)
 {
-    int ret = 0;
+    uint64_t in_cluster = offset & s->cluster_mask;
     pthread_mutex_lock(&s->dc_lock);
-    if (!s->dc_buf) {
-        s->dc_buf = malloc(s->cluster_size);
-        if (!s->dc_buf) {
-            pthread_mutex_unlock(&s->dc_lock);
-            return -ENOMEM;
-        }
+    if (s->dc_buf && s->dc_entry == l2_entry) {
+        memcpy(buf, s->dc_buf + in_cluster, bytes);
+        pthread_mutex_unlock(&s->dc_lock);
+        return 0;
     }
-    if (s->dc_entry != l2_entry) {
-        s->dc_entry = 0;
-        ret = qcow2_read_compressed_cluster(s, l2_entry, s->dc_buf);
-        if (ret == 0)
-            s->dc_entry = l2_entry;
-    }
-    if (ret == 0)
-        memcpy(buf, s->dc_buf + (offset & s->cluster_mask), bytes);
     pthread_mutex_unlock(&s->dc_lock);
-    return ret;
+    uint8_t *cluster = malloc(s->cluster_size);
+    if (!cluster)
+        return -ENOMEM;
+    int ret = qcow2_read_compressed_cluster(s, l2_entry, cluster);
+    if (ret < 0) {
+        free(cluster);
+        return ret;
+    }
+    memcpy(buf, cluster + in_cluster, bytes);
+    pthread_mutex_lock(&s->dc_lock);
+    uint8_t *old = s->dc_buf;
+    s->dc_buf = cluster;
+    s->dc_entry = l2_entry;
+    pthread_mutex_unlock(&s->dc_lock);
+    free(old);
+    return 0;
 }
 
 static int qcow2_read_run(Qcow2State *s, BlockNode *backing, int type, uint64_t offset, uint64_t bytes,
