@@ -114,6 +114,39 @@ matrix_case() {
   check_mount odd.qcow2
 }
 
+@test "a 0-byte qcow2 image (v2 and v3) mounts with size 0" {
+  qemu-img create -q -f qcow2 empty3.qcow2 0
+  qemu-img create -q -f qcow2 -o compat=0.10 empty2.qcow2 0
+  for img in empty3.qcow2 empty2.qcow2; do
+    mount_img "$img" "$MNT"
+    [ "$(stat -c %s "$MNT/disk.raw")" -eq 0 ]
+    [ -z "$(python3 "$SEEKMAP" "$MNT/disk.raw")" ]
+    unmount_img
+  done
+}
+
+@test "parallel readers with different request sizes all see the same bytes (compressed and plain)" {
+  qemu-img create -q -f raw src.raw 24M
+  rawio src.raw 'write -P 0x12 0 8M' 'write -P 0x34 12M 4M'
+  head -c 3000000 /dev/urandom | dd of=src.raw bs=1 seek=17000000 conv=notrunc status=none
+  qemu-img convert -c -O qcow2 -o cluster_size=16k src.raw c.qcow2
+  qemu-img create -q -f qcow2 -o cluster_size=4k -b c.qcow2 -F qcow2 top.qcow2
+  qio top.qcow2 'write -P 0x56 1M 3M' 'write -z 13M 1M' 'write -P 0x78 20M 7k'
+  oracle=$(raw_of top.qcow2)
+  want=$(md5sum < "$oracle")
+  mount_img --l2-cache-size 32k top.qcow2 "$MNT"
+  pids=()
+  for bs in 4k 8k 64k 128k 1M 3M; do
+    (dd if="$MNT/disk.raw" bs=$bs iflag=direct 2>/dev/null | md5sum > "$TMP/md5.$bs") 3>&- &
+    pids+=($!)
+  done
+  wait "${pids[@]}" # (a bare wait would also wait for the daemon)
+  for bs in 4k 8k 64k 128k 1M 3M; do
+    [ "$(cat "$TMP/md5.$bs")" = "$want" ] || { echo "reader with bs=$bs saw different bytes"; return 1; }
+  done
+  unmount_img
+}
+
 @test "refcount_bits=1 and refcount_bits=64 images read back identical" {
   for rb in 1 64; do
     qemu-img create -q -f qcow2 -o refcount_bits=$rb rb$rb.qcow2 3M
