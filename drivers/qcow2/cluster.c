@@ -174,6 +174,7 @@ void qcow2_invalidate_decompressed(Qcow2State *s)
 {
     pthread_mutex_lock(&s->dc_lock);
     s->dc_entry = 0;
+    s->dc_gen++;
     pthread_mutex_unlock(&s->dc_lock);
 }
 
@@ -188,6 +189,7 @@ static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offs
         pthread_mutex_unlock(&s->dc_lock);
         return 0;
     }
+    uint64_t gen = s->dc_gen;
     pthread_mutex_unlock(&s->dc_lock);
     uint8_t *cluster = malloc(s->cluster_size);
     if (!cluster)
@@ -198,10 +200,14 @@ static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offs
         return ret;
     }
     memcpy(buf, cluster + in_cluster, bytes);
+    /* Keep it unless the image's compressed clusters changed meanwhile (the bytes may be stale). */
     pthread_mutex_lock(&s->dc_lock);
-    uint8_t *old = s->dc_buf;
-    s->dc_buf = cluster;
-    s->dc_entry = l2_entry;
+    uint8_t *old = cluster;
+    if (s->dc_gen == gen) {
+        old = s->dc_buf;
+        s->dc_buf = cluster;
+        s->dc_entry = l2_entry;
+    }
     pthread_mutex_unlock(&s->dc_lock);
     free(old);
     return 0;

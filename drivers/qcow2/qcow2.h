@@ -273,6 +273,7 @@ typedef struct Qcow2State {
     pthread_mutex_t dc_lock;
     uint8_t *dc_buf;               /* cluster_size bytes */
     uint64_t dc_entry;             /* L2 entry of the cluster held in dc_buf, 0 = none */
+    uint64_t dc_gen;               /* bumped by qcow2_invalidate_decompressed (under dc_lock) */
     int corruption_logged;         /* set once a corrupt structure was reported (atomic) */
     int decompress_logged;
 
