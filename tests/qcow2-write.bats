@@ -457,3 +457,18 @@ PY
   qemu-img convert -O raw a.qcow2 out.raw
   cmp -n 4194304 out.raw data.bin
 }
+
+@test "growing an overlay over a longer backing file shows zeros, not the backing data" {
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qio base.qcow2 "write -P 0x55 0 8M"
+  "$IMGFUSE" create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 2M
+  mount_img --rw top.qcow2 "$MNT"
+  truncate -s 6M "$MNT/disk.raw"
+  cmp -n 2097152 "$MNT/disk.raw" <(head -c 2097152 /dev/zero | tr '\0' '\125')
+  cmp -i 2097152:0 -n 4194304 "$MNT/disk.raw" /dev/zero
+  unmount_img
+  check_clean top.qcow2
+  qemu-img convert -O raw top.qcow2 out.raw
+  [ "$(stat -c %s out.raw)" = 6291456 ]
+  cmp -i 2097152:0 -n 4194304 out.raw /dev/zero
+}

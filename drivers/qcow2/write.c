@@ -744,6 +744,7 @@ int qcow2_truncate(BlockNode *bs, int64_t size)
         return -EINVAL;
     pthread_rwlock_wrlock(&s->io_lock);
     pthread_mutex_lock(s->lock);
+    uint64_t old_size = s->size;
     uint64_t need = qcow2_size_to_l1(s, (uint64_t)size);
     if ((uint64_t)size < s->size) {
         bool unallocated;
@@ -768,6 +769,10 @@ int qcow2_truncate(BlockNode *bs, int64_t size)
         s->l1_vm_state_index = (uint32_t)qcow2_size_to_l1(s, s->size);
     pthread_mutex_unlock(s->lock);
     pthread_rwlock_unlock(&s->io_lock);
+    /* Space added over a longer backing file must read as zeros, not as the backing file's data. */
+    int64_t backing_len = ret == 0 && bs->backing ? bdrv_getlength(bs->backing) : 0;
+    if (backing_len > (int64_t)old_size && size > (int64_t)old_size)
+        ret = bdrv_pwrite_zeroes(bs, (int64_t)old_size, MIN(size, backing_len) - (int64_t)old_size, 0);
     return ret;
 }
 
