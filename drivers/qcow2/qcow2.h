@@ -287,6 +287,7 @@ typedef struct Qcow2State {
     bool first_write_done;         /* autoclear bits cleared and (lazy refcounts) dirty bit set */
     bool discard_unmap;            /* --discard=unmap: punch holes for freed clusters */
     uint64_t host_end;             /* end of the image file as far as metadata may point (grows) */
+    bool cow_unflushed;            /* copy-on-write data not yet flushed: flush before tables are written */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- qcow2.c */

@@ -111,6 +111,14 @@ static int qcow2_table_write_hook(void *opaque, uint64_t offset, const void *tab
     Qcow2State *s = opaque;
     if (s->corrupt)
         return -EIO;
+    /* Old data copied into a new cluster must be stable before a table makes it the only copy. */
+    if (__atomic_exchange_n(&s->cow_unflushed, false, __ATOMIC_ACQ_REL)) {
+        int ret = bdrv_flush(s->data_file);
+        if (ret < 0) {
+            __atomic_store_n(&s->cow_unflushed, true, __ATOMIC_RELEASE);
+            return ret;
+        }
+    }
     if (offset < s->cluster_size ||
         ranges_overlap(offset, s->cluster_size, s->l1_table_offset, align_up((int64_t)s->l1_size * 8, s->cluster_size)) ||
         ranges_overlap(offset, s->cluster_size, s->refcount_table_offset,
@@ -409,6 +417,8 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
     if (ret == 0)
         ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
+    if (ret == 0 && cow)
+        __atomic_store_n(&s->cow_unflushed, true, __ATOMIC_RELEASE);
     for (unsigned sc = 0; ret == 0 && direct && sc < s->subclusters_per_cluster; sc++) {
         uint64_t sc_start = (uint64_t)sc << s->subcluster_bits;
         uint64_t from = MAX(sc_start, in_off), to = MIN(sc_start + s->subcluster_size, in_off + n);
