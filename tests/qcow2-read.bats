@@ -28,13 +28,15 @@ rawio() {
   qemu-io -f raw "${args[@]}" "$img" >/dev/null
 }
 
-# qemu_extents IMAGE: data extents ("start end", merged) of the whole chain as qemu-img map sees them.
-qemu_extents() {
-  qemu-img map --output=json "$1" | python3 -c '
+# map_extents KEY: reads a qemu-img style JSON map on stdin and prints the merged "start end" extents
+# whose KEY (data, zero or present) is true.
+map_extents() {
+  python3 -c '
 import json, sys
+key = sys.argv[1]
 ext = []
 for e in json.load(sys.stdin):
-    if not e["data"]:
+    if not e[key]:
         continue
     s, t = e["start"], e["start"] + e["length"]
     if ext and ext[-1][1] == s:
@@ -42,7 +44,26 @@ for e in json.load(sys.stdin):
     else:
         ext.append([s, t])
 for s, t in ext:
-    print(s, t)'
+    print(s, t)' "$1"
+}
+
+# qemu_extents IMAGE: data extents of the whole chain as qemu-img map sees them.
+qemu_extents() {
+  qemu-img map --output=json "$1" | map_extents data
+}
+
+# same_map IMAGE: `imgfuse map --json` and `qemu-img map --output=json` agree on data, zero and present.
+same_map() {
+  local key ours theirs
+  for key in data zero present; do
+    ours=$("$IMGFUSE" map --json "$1" | map_extents $key)
+    theirs=$(qemu-img map --output=json "$1" | map_extents $key)
+    if [ "$ours" != "$theirs" ]; then
+      echo "imgfuse map and qemu-img map differ on '$key' for $1"; echo "imgfuse:"; echo "$ours"
+      echo "qemu-img:"; echo "$theirs"
+      return 1
+    fi
+  done
 }
 
 # check_mount IMAGE [imgfuse options...]: mount, compare size, bytes and data map with QEMU, unmount.
@@ -61,6 +82,7 @@ check_mount() {
     unmount_img; return 1
   fi
   unmount_img
+  [ $# -gt 0 ] || same_map "$img"
 }
 
 # standard_writes IMAGE: a mix of full, partial-cluster, zero and discard writes over 5 MiB.
