@@ -405,7 +405,8 @@ static int check_write(BlockNode *bs, int64_t offset, int64_t bytes)
         return r;
     if (bs->read_only)
         return -EROFS;
-    if (!bs->drv->is_protocol && bytes > 0) {
+    /* Format nodes have a fixed end; protocol nodes grow, and so do filters over them (blkdebug). */
+    if (!bs->drv->is_protocol && !bs->drv->is_filter && bytes > 0) {
         int64_t len = bdrv_getlength(bs);
         if (len < 0)
             return (int)len;
