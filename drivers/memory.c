@@ -16,6 +16,7 @@ typedef struct MemoryState {
     pthread_rwlock_t lock;
     uint8_t *buf;
     int64_t len;
+    int64_t cap;    /* allocated bytes of buf (>= len): grows geometrically, as files grow by clusters */
 } MemoryState;
 
 /* Memory nodes are made by bdrv_open_memory, never opened by a name. */
@@ -52,11 +53,15 @@ static int memory_grow(MemoryState *s, int64_t len)
         return 0;
     if (len > MEMORY_MAX_SIZE)
         return -ENOSPC;
-    uint8_t *nb = realloc(s->buf, (size_t)len);
-    if (!nb)
-        return -ENOMEM;
-    memset(nb + s->len, 0, (size_t)(len - s->len));
-    s->buf = nb;
+    if (len > s->cap) {
+        int64_t cap = MIN(MAX(len, s->cap * 2), MEMORY_MAX_SIZE);
+        uint8_t *nb = realloc(s->buf, (size_t)cap);
+        if (!nb)
+            return -ENOMEM;
+        s->buf = nb;
+        s->cap = cap;
+    }
+    memset(s->buf + s->len, 0, (size_t)(len - s->len));
     s->len = len;
     return 0;
 }
@@ -163,5 +168,6 @@ BlockNode *bdrv_open_memory(const void *buf, size_t len, bool read_only)
     if (len)
         memcpy(s->buf, buf, len);
     s->len = (int64_t)len;
+    s->cap = (int64_t)(len ? len : 1);
     return bs;
 }
