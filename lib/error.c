@@ -11,8 +11,8 @@
 
 int log_debug_enabled;
 
-/* Messages quote names taken from images (backing files, snapshots): a control character there must not
- * break the one-line rule or forge log lines, so each becomes '?'. */
+/* Error messages quote names taken from images (backing files, snapshots): a control character there
+ * must not break the one-line rule of a refusal, so each becomes '?'. */
 static void one_line(char *s)
 {
     for (; *s; s++)
@@ -44,7 +44,6 @@ void log_msg(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    one_line(line);
     fprintf(stderr, "imgfuse: %s\n", line);
 }
 
