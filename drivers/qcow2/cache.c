@@ -72,6 +72,7 @@ struct Qcow2Cache {
     bool unsynced;         /* tables written since the last flush of the file */
     Qcow2CacheWriteHook hook;
     void *hook_opaque;
+    const char *debug_event; /* announced (bdrv_debug_event) just before each table write */
     pthread_mutex_t lock;
 };
 
@@ -475,6 +476,8 @@ static int cache_write_slot(Qcow2Cache *c, CacheSlot *slot)
         if (ret < 0)
             return ret;
     }
+    if (c->debug_event)
+        bdrv_debug_event(c->file, c->debug_event);
     int ret = bdrv_pwrite(c->file, (int64_t)slot->offset, c->table_size, slot->table, 0);
     if (ret < 0)
         return ret;
@@ -614,6 +617,11 @@ void qcow2_cache_set_dependency(Qcow2Cache *c, Qcow2Cache *dep)
     pthread_mutex_lock(&c->lock);
     c->depends = dep;
     pthread_mutex_unlock(&c->lock);
+}
+
+void qcow2_cache_set_debug_event(Qcow2Cache *c, const char *event)
+{
+    c->debug_event = event;
 }
 
 void qcow2_cache_set_write_hook(Qcow2Cache *c, Qcow2CacheWriteHook hook, void *opaque)

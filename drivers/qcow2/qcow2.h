@@ -124,6 +124,8 @@ int qcow2_cache_flush(Qcow2Cache *c);
 /* Before writing back any table of c, write back (and flush) dep: refcount blocks before L2 tables. */
 void qcow2_cache_set_dependency(Qcow2Cache *c, Qcow2Cache *dep);
 void qcow2_cache_set_write_hook(Qcow2Cache *c, Qcow2CacheWriteHook hook, void *opaque);
+/* Announce event (bdrv_debug_event: "l2_update", "refblock_update") just before each table write. */
+void qcow2_cache_set_debug_event(Qcow2Cache *c, const char *event);
 /* Drop the table at offset (its cluster was freed); dirty contents are discarded. */
 void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 /* Drop every unpinned clean table; -EBUSY if a table is pinned or dirty. */

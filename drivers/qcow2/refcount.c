@@ -197,7 +197,6 @@ static int qcow2_create_refblock(Qcow2State *s, uint64_t rt_index)
     refblock_set(s, blk, 0, 1);
     qcow2_cache_mark_dirty(s->refcount_cache, blk);
     qcow2_cache_put(s->refcount_cache, &blk);
-    bdrv_debug_event(s->meta_file, "refblock_update");
     ret = qcow2_cache_flush(s->refcount_cache);
     if (ret < 0)
         return ret;
@@ -432,11 +431,9 @@ int qcow2_flush_metadata_locked(Qcow2State *s)
 {
     if (!s->write_ready || s->is_snapshot_view)
         return 0;
-    bdrv_debug_event(s->meta_file, "refblock_update");
     int ret = qcow2_cache_flush(s->refcount_cache);
     if (ret < 0)
         return ret;
-    bdrv_debug_event(s->meta_file, "l2_update");
     ret = qcow2_cache_write_back(s->l2_cache);
     if (ret < 0 || s->nb_pending_frees == 0)
         return ret;
@@ -450,6 +447,5 @@ int qcow2_flush_metadata_locked(Qcow2State *s)
         if (ret < 0)
             return ret;
     }
-    bdrv_debug_event(s->meta_file, "refblock_update");
     return qcow2_cache_flush(s->refcount_cache);
 }

@@ -228,7 +228,6 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
     qcow2_cache_mark_dirty(s->l2_cache, nt);
     /* The new table and its refcount must be on disk before the L1 entry points at it; nothing
      * reachable points at either yet, so one flush after both writes orders them. */
-    bdrv_debug_event(s->meta_file, "refblock_update");
     ret = qcow2_cache_write_back(s->refcount_cache);
     if (ret == 0) {
         bdrv_debug_event(s->meta_file, "l2_update");
@@ -830,6 +829,8 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->write_ready = true;
     qcow2_cache_set_write_hook(s->l2_cache, qcow2_table_write_hook, s);
     qcow2_cache_set_write_hook(s->refcount_cache, qcow2_table_write_hook, s);
+    qcow2_cache_set_debug_event(s->l2_cache, "l2_update");
+    qcow2_cache_set_debug_event(s->refcount_cache, "refblock_update");
     if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         log_msg("%s: image was not closed cleanly (dirty bit); rebuilding refcounts", s->node_name);
         pthread_mutex_lock(s->lock);
