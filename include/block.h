@@ -298,6 +298,11 @@ int bdrv_chain_length(BlockNode *bs);
 int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOpenOpts *opts,
                          char *out, size_t outlen, char *note, size_t notelen, Error *err);
 
+/* A file an image names besides its backing file (qcow2's external data file), resolved to path by the
+ * driver of bs: NULL if the backing-name policy allows it (inside the image's directory or a --backing-dir,
+ * or --unsafe-backing), else the reason it is refused (always refused for images on memory nodes). */
+const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, const char *path);
+
 /* Probe the format of an already-open protocol node: highest score wins, "raw" is the fallback. */
 const BlockDriver *bdrv_probe(BlockNode *file);
 

@@ -130,6 +130,31 @@ static int resolve_unsafe(const char *image_path, const char *name, char *out, s
     return 0;
 }
 
+const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, const char *path)
+{
+    for (BlockNode *n = bs->file; n; n = n->file)
+        if (n->drv->is_protocol) {
+            if (strcmp(n->drv->name, "memory") == 0)
+                return "an in-memory image may not open files";
+            break;
+        }
+    if (opts && opts->unsafe_backing)
+        return NULL;
+    char real[PATH_MAX], dir[PATH_MAX];
+    if (!realpath(path, real))
+        return NULL; /* does not exist: the caller's open reports it */
+    if (is_system_path(real))
+        return "only regular files are followed (no devices, /proc, /sys)";
+    dir_of(bs->filename, dir, sizeof(dir));
+    AllowedDirs *a = malloc(sizeof(*a));
+    if (!a)
+        return "out of memory";
+    allowed_dirs_init(a, dir, opts);
+    bool inside = allowed_index(a, real) >= 0;
+    free(a);
+    return inside ? NULL : "it lies outside the image's directory and the --backing-dir directories";
+}
+
 int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOpenOpts *opts,
                          char *out, size_t outlen, char *note, size_t notelen, Error *err)
 {
