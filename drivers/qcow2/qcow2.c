@@ -612,6 +612,12 @@ static int qcow2_open_data_file(BlockNode *bs, Qcow2State *s, const BlockOpenOpt
         error_set(err, EINVAL, "image needs an external data file but names none; use --data-file");
         return -EINVAL;
     }
+    const char *why = opts && opts->data_file && bs->depth == 0 ? NULL : bdrv_named_file_refusal(bs, opts, path);
+    if (why) {
+        error_set(err, EACCES, "external data file '%s' refused: %s; use --data-file FILE or --backing-dir DIR "
+                  "(or --unsafe-backing)", s->data_file_name, why);
+        return -EACCES;
+    }
     struct stat st;
     if (stat(path, &st) < 0) {
         int e = errno;
