@@ -17,7 +17,7 @@ READ_ALL="$BATS_TEST_DIRNAME/tools/read-all-hostile"
 # refused IMAGE [imgfuse options]: the mount fails with exit 2 and exactly one "imgfuse: " line.
 refused() {
   local img=$1; shift
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
+  run timeout -k 5 60 "$IMGFUSE" --foreground "$@" "$img" "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
@@ -95,4 +95,17 @@ refused() {
     [ "$status" -eq 0 ]
     [[ "$output" == *"virtual_size: 0"* ]]
   done
+}
+
+@test "an external data file named outside the image's directory, or in /proc or /dev, is refused" {
+  for what in etc-passwd dotdot proc dev-zero; do
+    refused "$(ls "$HOSTILE"/qcow2-*-datafile-$what.img)" -f qcow2
+    [[ "$output" == *"external data file"*"refused"* ]]
+  done
+  # named explicitly on the command line, or with --unsafe-backing, the user's choice is followed
+  mount_img -f qcow2 --data-file "$HOSTILE/aux/base.raw" "$(ls "$HOSTILE"/qcow2-*-datafile-etc-passwd.img)" "$MNT"
+  cmp -n 4096 "$MNT/disk.raw" <(tail -c +$((5 * 4096 + 1)) "$HOSTILE/aux/base.raw")
+  unmount_img
+  mount_img -f qcow2 "$(ls "$HOSTILE"/qcow2-*-datafile-ok-raw.img)" "$MNT"
+  cmp -n 4096 "$MNT/disk.raw" <(tail -c +$((5 * 4096 + 1)) "$HOSTILE/aux/base.raw")
 }
