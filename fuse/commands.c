@@ -261,8 +261,10 @@ static int snapshot_list(BlockNode *bs, const char *image)
             strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
         format_size(list[i].vm_state_size, vmsize, sizeof vmsize);
         format_vm_clock(list[i].vm_clock_nsec, clock, sizeof clock);
-        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10" PRIu64 "\n", list[i].id, list[i].name, vmsize, date,
-                  clock, list[i].icount);
+        char icount[24] = ""; /* empty when the VM ran without instruction counting, as qemu-img shows it */
+        if (list[i].icount != UINT64_MAX)
+            snprintf(icount, sizeof icount, "%" PRIu64, list[i].icount);
+        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10s\n", list[i].id, list[i].name, vmsize, date, clock, icount);
     }
     int rc = write_all_stdout(sb.s ? sb.s : "", sb.len);
     sb_free(&sb);
