@@ -468,6 +468,7 @@ static int generation_install(Qcow2State *s, Generation *g, uint64_t size, const
     s->refcount_table_size = g->table_clusters * s->cluster_size / 8;
     s->refcount_table_offset = (g->blocks_first + g->nb_blocks) << s->cluster_bits;
     s->refcount_table_clusters = (uint32_t)g->table_clusters;
+    qcow2_note_reftable_used(s);
     if (list) {
         qcow2_free_snapshots(s);
         s->snapshots = list;

@@ -289,6 +289,7 @@ typedef struct Qcow2State {
     bool first_write_done;         /* autoclear bits cleared and (lazy refcounts) dirty bit set */
     bool discard_unmap;            /* --discard=unmap: punch holes for freed clusters */
     uint64_t host_end;             /* end of the image file as far as metadata may point (grows) */
+    uint64_t refcount_table_used;  /* entries up to the last non-zero one (overlap checks stop there) */
     bool cow_unflushed;            /* copy-on-write data not yet flushed: flush before tables are written */
 } Qcow2State;
 
@@ -371,6 +372,8 @@ void qcow2_refblock_set(const Qcow2State *s, uint8_t *blk, uint64_t i, uint64_t 
 /* The fixed header fields of s, in on-disk order, into buf (QCOW2_V3_MIN_HEADER_LEN bytes). */
 void qcow2_header_serialize(const Qcow2State *s, uint8_t *buf);
 int qcow2_refcount_init(Qcow2State *s);
+/* Recompute refcount_table_used after the in-memory refcount table changed wholesale. */
+void qcow2_note_reftable_used(Qcow2State *s);
 void qcow2_refcount_close(Qcow2State *s);
 int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index, uint64_t *refcount);
 /* Add addend (+1/-1) to the refcount of every cluster touching [offset, offset + bytes). */

@@ -113,6 +113,14 @@ int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear)
 
 /* ---------------------------------------------------------------- table */
 
+void qcow2_note_reftable_used(Qcow2State *s)
+{
+    uint64_t n = s->refcount_table_size;
+    while (n > 0 && s->refcount_table[n - 1] == 0)
+        n--;
+    s->refcount_table_used = n;
+}
+
 int qcow2_refcount_init(Qcow2State *s)
 {
     uint64_t n = s->refcount_table_size;
@@ -126,6 +134,7 @@ int qcow2_refcount_init(Qcow2State *s)
         for (uint64_t i = 0; i < n; i++)
             s->refcount_table[i] = ld_be64(&s->refcount_table[i]);
     }
+    qcow2_note_reftable_used(s);
     int64_t len = bdrv_getlength(s->meta_file);
     if (len < 0)
         return (int)len;
@@ -206,6 +215,7 @@ static int qcow2_create_refblock(Qcow2State *s, uint64_t rt_index)
         s->refcount_table[rt_index] = 0;
         return ret;
     }
+    s->refcount_table_used = MAX(s->refcount_table_used, rt_index + 1);
     return bdrv_flush(s->meta_file);
 }
 
@@ -283,6 +293,7 @@ static int qcow2_grow_reftable(Qcow2State *s, uint64_t need_index)
     free(s->refcount_table);
     s->refcount_table = table;
     s->refcount_table_size = entries;
+    qcow2_note_reftable_used(s);
     /* The old table is no longer referenced by the header that is now on disk. */
     return qcow2_update_refcount(s, old_offset, old_clusters << s->cluster_bits, -1);
 }

@@ -88,7 +88,7 @@ static bool qcow2_overlaps_metadata(const Qcow2State *s, uint64_t offset, uint64
         if (l2 && l2 != self && ranges_overlap(offset, bytes, l2, cs))
             return true;
     }
-    for (uint64_t i = 0; s->refcount_table && i < s->refcount_table_size; i++) {
+    for (uint64_t i = 0; s->refcount_table && i < s->refcount_table_used; i++) {
         uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
         if (rb && rb != self && ranges_overlap(offset, bytes, rb, cs))
             return true;
