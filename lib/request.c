@@ -127,10 +127,15 @@ void request_throttle(BlockNode *bs, bool write, int64_t bytes)
         return;
     pthread_mutex_lock(&s->lock);
     uint64_t now = now_ns(), wait = 0;
-    wait = MAX(wait, bucket_take(&s->buckets[B_IOPS], 1, now));
-    wait = MAX(wait, bucket_take(&s->buckets[write ? B_IOPS_WR : B_IOPS_RD], 1, now));
-    wait = MAX(wait, bucket_take(&s->buckets[B_BPS], (double)bytes, now));
-    wait = MAX(wait, bucket_take(&s->buckets[write ? B_BPS_WR : B_BPS_RD], (double)bytes, now));
+    /* each bucket is charged exactly once: no bucket_take() inside MAX(), which evaluates twice */
+    uint64_t waits[4] = {
+        bucket_take(&s->buckets[B_IOPS], 1, now),
+        bucket_take(&s->buckets[write ? B_IOPS_WR : B_IOPS_RD], 1, now),
+        bucket_take(&s->buckets[B_BPS], (double)bytes, now),
+        bucket_take(&s->buckets[write ? B_BPS_WR : B_BPS_RD], (double)bytes, now),
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(waits); i++)
+        wait = MAX(wait, waits[i]);
     pthread_mutex_unlock(&s->lock);
     struct timespec ts = { (time_t)(wait / 1000000000u), (long)(wait % 1000000000u) };
     while (wait && nanosleep(&ts, &ts) < 0 && errno == EINTR)
