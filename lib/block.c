@@ -123,7 +123,7 @@ static bool ranges_overlap(int64_t a, int64_t alen, int64_t b, int64_t blen)
 static bool tracked_conflict(BlockNode *bs, const TrackedRequest *req)
 {
     for (TrackedRequest *t = bs->tracked; t; t = t->next)
-        if ((t->serialising || req->serialising) &&
+        if (t->seq < req->seq && (t->serialising || req->serialising) &&
             ranges_overlap(t->offset, t->bytes, req->offset, req->bytes))
             return true;
     return false;
@@ -135,10 +135,11 @@ void tracked_begin(BlockNode *bs, TrackedRequest *req, int64_t offset, int64_t b
     req->bytes = bytes;
     req->serialising = serialising;
     pthread_mutex_lock(&bs->req_lock);
-    while (tracked_conflict(bs, req))
-        pthread_cond_wait(&bs->req_cond, &bs->req_lock);
+    req->seq = bs->core->next_seq++;
     req->next = bs->tracked;
     bs->tracked = req;
+    while (tracked_conflict(bs, req))
+        pthread_cond_wait(&bs->req_cond, &bs->req_lock);
     pthread_mutex_unlock(&bs->req_lock);
 }
 

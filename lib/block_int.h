@@ -9,10 +9,12 @@
 #include "block.h"
 
 /* A write (or read-modify-write, or copy-on-read) in flight on a node. Serialising requests exclude
- * every overlapping tracked request; plain ones exclude only serialising ones. */
+ * every overlapping tracked request; plain ones exclude only serialising ones. A request waits only for
+ * older conflicting ones (seq), so overlapping requests run in arrival order and none starves. */
 struct TrackedRequest {
     int64_t offset, bytes;
     bool serialising;
+    uint64_t seq;
     TrackedRequest *next;
 };
 
@@ -29,6 +31,7 @@ typedef struct BlockNodeCore {
     bool discard_unmap;        /* root: opts->discard == DISCARD_UNMAP (kept: the caller's opts may go) */
     char *backing_override;    /* root: the --backing name, for info */
     bool track_writes;         /* track every write (copy-on-read needs it) */
+    uint64_t next_seq;         /* tracked request arrival counter, under req_lock */
     struct RequestState *req;  /* lib/request.c state of the root node, NULL elsewhere */
 } BlockNodeCore;
 
