@@ -257,6 +257,22 @@ static void test_raw_window(void)
        65536 - 4096 - 8192) == 0 && after[4096 + 8092] == 0x55 && after[4096 + 8191] == 0x55,
        "the file changed only inside the window");
     is_int(file_size_of(p), 65536, "file size unchanged");
+    o.raw_offset = 4096;
+    o.raw_size = 8192;
+    bs = bdrv_open(p, &o, &err);
+    is_int(bs ? bdrv_truncate(bs, 4096) : 0, -ENOTSUP, "a fixed window cannot be resized");
+    bdrv_close(bs);
+    o.raw_offset = 0;
+    o.raw_size = -1;
+    bs = bdrv_open(p, &o, &err);
+    ok(bs && bdrv_truncate(bs, 100000) == 0 && bdrv_getlength(bs) == 100000 && file_size_of(p) == 100000,
+       "raw truncate grows the file to the exact size");
+    ok(bs && bdrv_truncate(bs, 65536) == 0 && file_size_of(p) == 65536, "and shrinks it");
+    bdrv_close(bs);
+    o.read_only = true;
+    bs = bdrv_open(p, &o, &err);
+    is_int(bs ? bdrv_truncate(bs, 4096) : 0, -EROFS, "truncate of a read-only image is EROFS");
+    bdrv_close(bs);
     o.raw_offset = 60000;
     o.raw_size = 10000;
     memset(&err, 0, sizeof(err));
