@@ -188,6 +188,40 @@ matrix_case() {
   check_mount many.qcow2 --l2-cache-size 1
 }
 
+@test "the default L2 cache maps a whole 1 TiB image (64 KiB clusters): no L2 table is read twice" {
+  # preallocation=metadata: 2048 L2 tables (128 MiB) with sequential host offsets, no data written
+  qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=64k big.qcow2 1T
+  mount_img big.qcow2 "$MNT"
+  file_rd_bytes() {
+    python3 -c 'import json,sys; print([n for n in json.load(open(sys.argv[1]))["nodes"] if n["role"] == "file"][0]["rd_bytes"])' \
+      "$MNT/stats.json"
+  }
+  # touch_regions SKIP: one direct 4 KiB read in each 512 MiB region (one L2 table each)
+  touch_regions() {
+    python3 - "$MNT/disk.raw" "$1" <<'EOF'
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 4096)
+for i in range(2048):
+    assert os.preadv(fd, [buf], i * 512 * 1024 * 1024 + int(sys.argv[2])) == 4096
+    assert buf[:] == bytes(4096)
+os.close(fd)
+EOF
+  }
+  before=$(file_rd_bytes)
+  touch_regions 4096
+  first=$(( $(file_rd_bytes) - before ))
+  before=$(file_rd_bytes)
+  touch_regions 8192
+  second=$(( $(file_rd_bytes) - before ))
+  unmount_img
+  echo "first pass read $first bytes of the file, second pass $second"
+  # the first pass read every L2 table, the second only the 4 KiB data blocks (plus at most 16 tables)
+  [ "$first" -ge $((2048 * 65536)) ]
+  [ "$second" -ge $((2048 * 4096)) ]
+  [ "$second" -le $((2048 * 4096 + 16 * 65536)) ]
+}
+
 # ---------------------------------------------------------------- zero clusters
 
 @test "zero clusters without a host cluster read as zeros and are holes" {
