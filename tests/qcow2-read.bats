@@ -222,6 +222,16 @@ EOF
   [ "$second" -le $((2048 * 4096 + 16 * 65536)) ]
 }
 
+@test "--cache=none --aio=native (O_DIRECT, batched host extents) reads every kind of cluster exactly" {
+  qemu-img create -q -f raw base.raw 6M
+  rawio base.raw 'write -P 0xb1 0 6M'
+  qemu-img convert -c -O qcow2 -o cluster_size=4k base.raw mid.qcow2
+  qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=32k -b mid.qcow2 -F qcow2 top.qcow2 7M
+  qio top.qcow2 'write -P 0xc1 1k 3k' 'write -P 0xc2 33k 1k' 'write -z 70k 2k' 'write -P 0xc3 2M 300k' \
+    'write -P 0xc4 6500k 7k' 'discard 3M 64k'
+  check_mount top.qcow2 --cache=none --aio=native
+}
+
 # ---------------------------------------------------------------- zero clusters
 
 @test "zero clusters without a host cluster read as zeros and are holes" {
