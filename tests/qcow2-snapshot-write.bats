@@ -252,3 +252,26 @@ snap_raw() {
   echo "$output"
   [[ "$output" == *"saved"*"293 KiB"* ]]
 }
+
+@test "mkdir/rmdir of snapshots while fio verifies random writes on the same mount" {
+  "$IMGFUSE" create -f qcow2 -o cluster_size=16k a.qcow2 32M
+  mount_img --rw a.qcow2 "$MNT"
+  # Three verified passes one after the other (fio's own verify does not survive --loops).
+  (for seed in 7 8 9; do
+     fio --name=w --filename="$MNT/disk.raw" --rw=randrw --bsrange=4k-128k --verify=crc32c --numjobs=4 \
+         --size=8M --offset_increment=8M --ioengine=psync --randseed=$seed --verify_fatal=1 \
+         --group_reporting >> fio.log 2>&1 || exit 1
+   done) &
+  local fio_pid=$! i
+  for i in 1 2 3 4 5 6; do
+    mkdir "$MNT/snapshots/s$i"
+    sleep 0.2
+    if [ $((i % 2)) = 0 ]; then rmdir "$MNT/snapshots/s$((i - 1))"; fi
+  done
+  wait "$fio_pid" || { cat fio.log; false; }
+  cp "$MNT/disk.raw" copy.raw
+  unmount_img
+  check_clean a.qcow2
+  [ "$(snap_names a.qcow2 | tr '\n' ' ')" = "s2 s4 s6 " ]
+  qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
+}
