@@ -402,8 +402,12 @@ static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t 
         return;
     }
     int64_t disk = disk_size(e);
+    if (size == 0) {
+        fuse_reply_write(req, 0);
+        return;
+    }
     if (off >= disk) {
-        fuse_reply_err(req, size ? ENOSPC : 0);
+        fuse_reply_err(req, ENOSPC);
         return;
     }
     size_t len = (size_t)MIN((int64_t)size, disk - off);
@@ -596,30 +600,45 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .rmdir = fs_op_rmdir,
 };
 
-/* Runs fn with stderr sent to a temporary file, then returns what was written there as one line. */
-static int capture_stderr(int (*fn)(void *), void *arg, char *out, size_t outlen)
+/* Runs fn with stdout on /dev/null and (unless debugging) stderr in a temporary file, whose text is
+ * returned as one line in out. Helpers fn starts (fusermount3, which stays to auto-unmount) must not keep
+ * the caller's stdout or stderr open, or `$(imgfuse ...)` would never see end-of-file. */
+static int run_quietly(int (*fn)(void *), void *arg, bool keep_stderr, char *out, size_t outlen)
 {
     out[0] = '\0';
+    fflush(stdout);
     fflush(stderr);
-    FILE *tmp = tmpfile();
-    int saved = tmp ? dup(STDERR_FILENO) : -1;
-    if (saved < 0) {
-        if (tmp)
-            fclose(tmp);
-        return fn(arg);
-    }
-    dup2(fileno(tmp), STDERR_FILENO);
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    int saved_out = null >= 0 ? fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3) : -1;
+    if (saved_out >= 0)
+        dup2(null, STDOUT_FILENO);
+    FILE *tmp = keep_stderr ? NULL : tmpfile();
+    if (tmp)
+        fcntl(fileno(tmp), F_SETFD, FD_CLOEXEC);
+    int saved_err = tmp ? fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3) : -1;
+    if (saved_err >= 0)
+        dup2(fileno(tmp), STDERR_FILENO);
     int r = fn(arg);
+    fflush(stdout);
     fflush(stderr);
-    dup2(saved, STDERR_FILENO);
-    close(saved);
-    rewind(tmp);
-    size_t n = fread(out, 1, outlen - 1, tmp);
-    fclose(tmp);
-    out[n] = '\0';
-    for (char *p = out; *p; p++)
-        if (*p == '\n')
-            *p = (p[1] ? ' ' : '\0');
+    if (saved_out >= 0) {
+        dup2(saved_out, STDOUT_FILENO);
+        close(saved_out);
+    }
+    if (null >= 0)
+        close(null);
+    if (saved_err >= 0) {
+        dup2(saved_err, STDERR_FILENO);
+        close(saved_err);
+        rewind(tmp);
+        size_t n = fread(out, 1, outlen - 1, tmp);
+        out[n] = '\0';
+        for (char *p = out; *p; p++)
+            if (*p == '\n')
+                *p = (p[1] ? ' ' : '\0');
+    }
+    if (tmp)
+        fclose(tmp);
     return r;
 }
 
@@ -670,7 +689,7 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
     NewSession ns = { .args = &args, .fs = &fs, .mountpoint = mountpoint };
     char why[512];
     int rc = EXIT_RUNTIME;
-    int r = cfg->debug ? do_session_new(&ns) : capture_stderr(do_session_new, &ns, why, sizeof why);
+    int r = run_quietly(do_session_new, &ns, cfg->debug, why, sizeof why);
     if (r < 0) {
         errmsg(mountpoint, "bad FUSE options: %s", cfg->debug ? "see above" : (*why ? why : "rejected by libfuse"));
         rc = EXIT_USAGE;
@@ -680,7 +699,7 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
         errmsg(mountpoint, "cannot install signal handlers");
         goto out_session;
     }
-    r = cfg->debug ? do_session_mount(&ns) : capture_stderr(do_session_mount, &ns, why, sizeof why);
+    r = run_quietly(do_session_mount, &ns, cfg->debug, why, sizeof why);
     if (r != 0) {
         errmsg(mountpoint, "cannot mount: %s", cfg->debug ? "see above" : (*why ? why : "fuse_session_mount failed"));
         goto out_signals;

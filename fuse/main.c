@@ -467,7 +467,7 @@ typedef struct Detach {
 static int detach_start(Detach *d)
 {
     int p[2];
-    if (pipe(p) != 0) {
+    if (pipe2(p, O_CLOEXEC) != 0) {
         errmsg("pipe", "%s", strerror(errno));
         return EXIT_RUNTIME;
     }
@@ -534,7 +534,8 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
     if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
         abort();
     sb_free(&fs);
-    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,max_read=%d", escaped, 1024 * 1024);
+    /* auto_unmount: a helper unmounts if the daemon dies, so a crash never leaves a dead mount behind */
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,auto_unmount,max_read=%d", escaped, 1024 * 1024);
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
