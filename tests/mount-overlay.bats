@@ -52,3 +52,65 @@ teardown() { teardown_tmp; }
   [ ! -e o.qcow2 ]
   ! grep -q " $TMP" /proc/mounts
 }
+
+@test "--overlay creates a qcow2 overlay: writes land there, IMAGE unchanged, reused on the next mount" {
+  head -c 4194304 /dev/urandom > base.raw
+  touch -d '2018-01-01 00:00:00' base.raw
+  sum=$(md5sum < base.raw); mtime=$(stat -c %Y base.raw)
+  mount_img --overlay new.qcow2 base.raw "$MNT"
+  printf 'written through the overlay' | dd of="$MNT/disk.raw" bs=1 seek=1048576 conv=notrunc status=none
+  dd if=/dev/zero of="$MNT/disk.raw" bs=64k seek=10 count=2 conv=notrunc,fsync status=none
+  cp "$MNT/disk.raw" "$TMP/seen.raw"
+  unmount_img
+  [ "$(md5sum < base.raw)" = "$sum" ]
+  [ "$(stat -c %Y base.raw)" = "$mtime" ]
+  qemu-img info --output=json new.qcow2 > "$TMP/info.json"
+  python3 -c '
+import json, sys
+i = json.load(open(sys.argv[1]))
+assert i["format"] == "qcow2", i
+assert i["backing-filename"] == sys.argv[2], i
+assert i["backing-filename-format"] == "raw", i
+assert i["virtual-size"] == 4194304, i' "$TMP/info.json" "$TMP/base.raw"
+  qemu-img check -q new.qcow2
+  qemu-img compare -q new.qcow2 "$TMP/seen.raw"
+  mount_img --overlay new.qcow2 base.raw "$MNT"
+  cmp "$MNT/disk.raw" "$TMP/seen.raw"
+  [ "$(python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/layers/0-new.qcow2/disk.raw" | wc -l)" -ge 1 ]
+  grep -qx "1048576 65536 data" "$MNT/layers/0-new.qcow2/map"
+  unmount_img
+}
+
+@test "--overlay over a qcow2 chain records the base's format; the chain below is never written" {
+  qemu-img create -q -f qcow2 base.qcow2 2M
+  qemu-io -c "write -P 0x5a 0 2M" base.qcow2 > /dev/null
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
+  qemu-io -c "write -P 0x6b 1M 64k" mid.qcow2 > /dev/null
+  sums=$(md5sum base.qcow2 mid.qcow2)
+  mount_img --overlay top.qcow2 mid.qcow2 "$MNT"
+  [ "$(ls "$MNT/layers" | tr '\n' ' ')" = "0-top.qcow2 1-mid.qcow2 2-base.qcow2 " ]
+  cmp "$MNT/disk.raw" "$(raw_of mid.qcow2)"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=4k seek=300 count=8 conv=notrunc,fsync status=none
+  cp "$MNT/disk.raw" "$TMP/seen.raw"
+  unmount_img
+  [ "$(md5sum base.qcow2 mid.qcow2)" = "$sums" ]
+  [ "$(qemu-img info --output=json top.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename-format"])')" = qcow2 ]
+  qemu-img check -q top.qcow2
+  qemu-img compare -q top.qcow2 "$TMP/seen.raw"
+}
+
+@test "--snapshot: writes are visible while mounted, discarded at unmount, nothing left in TMPDIR" {
+  head -c 2097152 /dev/urandom > s.raw
+  sum=$(md5sum < s.raw); mtime=$(stat -c %Y s.raw)
+  mkdir "$TMP/tmpdir"
+  TMPDIR="$TMP/tmpdir" mount_img --snapshot s.raw "$MNT"
+  [ "$(stat -c %a "$MNT/disk.raw")" = 644 ]
+  grep -q "^mode: writes go to the temporary overlay $TMP/tmpdir/imgfuse-snapshot-" "$MNT/info"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=64k count=4 conv=notrunc,fsync status=none
+  cmp <(head -c 262144 "$MNT/disk.raw") <(head -c 262144 /dev/zero)
+  [ -n "$(ls "$TMP/tmpdir")" ]
+  unmount_img
+  [ -z "$(ls "$TMP/tmpdir")" ]
+  [ "$(md5sum < s.raw)" = "$sum" ]
+  [ "$(stat -c %Y s.raw)" = "$mtime" ]
+}

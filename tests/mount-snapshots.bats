@@ -101,3 +101,32 @@ teardown() { teardown_tmp; }
   unmount_img
   [ -z "$(qemu-img snapshot -l q.qcow2)" ]
 }
+
+@test "mkdir/rmdir: EEXIST for a taken name, EBUSY while a snapshot's file is open, EPERM outside snapshots/" {
+  qemu-img create -q -f qcow2 w.qcow2 2M
+  qemu-io -c "write -P 0x31 0 1M" w.qcow2 > /dev/null
+  mount_img --rw w.qcow2 "$MNT"
+  [ "$(stat -c %a "$MNT/snapshots")" = 755 ]
+  mkdir "$MNT/snapshots/keep"
+  cp "$MNT/disk.raw" "$TMP/at-mkdir.raw"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=64k count=4 conv=notrunc,fsync status=none
+  cmp "$MNT/snapshots/keep/disk.raw" "$TMP/at-mkdir.raw"
+  ! cmp -s "$MNT/disk.raw" "$TMP/at-mkdir.raw"
+  run mkdir "$MNT/snapshots/keep"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"File exists"* ]]
+  run mkdir "$MNT/elsewhere"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"not permitted"* ]]
+  exec 7< "$MNT/snapshots/keep/disk.raw"
+  run rmdir "$MNT/snapshots/keep"
+  exec 7<&-
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"busy"* ]]
+  rmdir "$MNT/snapshots/keep"
+  [ ! -e "$MNT/snapshots/keep" ]
+  mkdir "$MNT/snapshots/final"
+  unmount_img
+  [ "$(qemu-img snapshot -l w.qcow2 | awk 'NR > 2 { print $2 }')" = final ]
+  qemu-img check -q w.qcow2
+}
