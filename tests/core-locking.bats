@@ -61,3 +61,20 @@ wait_lock() {
   [ "$status" -ne 0 ]
   unmount_img
 }
+
+@test "a qemu-storage-daemon with the image open read-write blocks a read-write mount until it exits" {
+  qemu-img create -q -f qcow2 d.qcow2 16M
+  qemu-storage-daemon --blockdev driver=file,filename=d.qcow2,node-name=f \
+    --blockdev driver=qcow2,file=f,node-name=q >qsd.log 2>&1 3>&- &
+  QIO=$!
+  wait_lock d.qcow2 101
+  run "$IMGFUSE" --rw d.qcow2 "$MNT"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: d.qcow2: image is in use by another process"*"--force-share"* ]]
+  ! mountpoint -q "$MNT"
+  kill "$QIO"; wait "$QIO" || true; QIO=
+  mount_img --rw d.qcow2 "$MNT"
+  unmount_img
+  qemu-img check -q d.qcow2
+}
