@@ -302,7 +302,16 @@ static BlockNode *qcow2_backing_of(BlockNode *bs, Qcow2State *s)
 int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     Qcow2State *s = bs->opaque;
-    return qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, 0, offset, bytes, buf);
+    /* On a writable node, discard, zeroing, truncate and snapshot switches hold io_lock exclusively
+     * while they free clusters: a read holds it shared, so the clusters it found stay its own until
+     * their data is read. Reads and writes still run in parallel. */
+    bool shared = s->write_ready && !s->is_snapshot_view;
+    if (shared)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, 0, offset, bytes, buf);
+    if (shared)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
 }
 
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
