@@ -200,3 +200,20 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   fusermount3 -u "$MNT"
   ! grep -q " $TMP" /proc/mounts
 }
+
+@test "--allow-other reaches the mount options (root may always use it)" {
+  truncate -s 64k a.raw
+  mount_img --allow-other a.raw "$MNT"
+  grep " $MNT fuse.imgfuse " /proc/mounts | grep -q allow_other
+  unmount_img
+}
+
+@test "--debug logs FUSE requests and the statistics at unmount" {
+  head -c 65536 /dev/urandom > d.raw
+  mount_img --debug d.raw "$MNT"
+  cmp "$MNT/disk.raw" d.raw
+  unmount_img
+  grep -q "LOOKUP" "$TMP/daemon.log"
+  grep -q "statistics at unmount" "$TMP/daemon.log"
+  grep -q '"rd_bytes": 65536' "$TMP/daemon.log"
+}
