@@ -19,6 +19,10 @@
 #define QCOW2_REFCOUNT_CACHE_TABLES 32
 #define QCOW2_MAX_PENDING_FREES 4096
 #define QCOW2_MAX_HOST_CLUSTER_BITS 56 /* L2 entries hold host offsets in bits 9-55 */
+/* Clusters past the end of the image that refcounts may claim before allocation calls it corruption: a
+ * crash leaks a few there; a hostile refcount table of 1M entries all naming one full refcount block
+ * would otherwise make every allocation scan billions of refcounts. */
+#define QCOW2_MAX_USED_PAST_END (1ULL << 22)
 
 /* ---------------------------------------------------------------- entries */
 
@@ -375,8 +379,11 @@ int qcow2_alloc_clusters(Qcow2State *s, uint64_t n, uint64_t *offset)
     uint64_t ci = s->free_cluster_index;
     uint64_t first_free = UINT64_MAX; /* first free cluster passed over (a gap shorter than n) */
     for (;;) {
-        uint64_t len = 0;
+        uint64_t len = 0, limit = (s->host_end >> s->cluster_bits) + QCOW2_MAX_USED_PAST_END;
         while (len < n) {
+            if (ci > limit)
+                return qcow2_mark_corrupt(s, "refcounts claim more than %llu clusters past the end of the "
+                                          "image", (unsigned long long)QCOW2_MAX_USED_PAST_END);
             uint64_t rc;
             int ret = qcow2_get_refcount(s, ci + len, &rc);
             if (ret < 0)
