@@ -188,3 +188,12 @@ with open(sys.argv[1], "wb") as f:
   grep -q "c.qcow2" "$MNT/errors"
   unmount_img
 }
+
+@test "imgfuse hash of a qcow2 chain equals sha256sum of qemu-img convert -O raw" {
+  make_chain
+  run "$IMGFUSE" hash top.qcow2
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(sha256sum < "$(raw_of top.qcow2)" | cut -d' ' -f1)  top.qcow2" ]
+  run "$IMGFUSE" hash --algo md5 mid.qcow2
+  [ "$output" = "$(md5sum < "$(raw_of mid.qcow2)" | cut -d' ' -f1)  mid.qcow2" ]
+}
