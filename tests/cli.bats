@@ -217,3 +217,15 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   grep -q "statistics at unmount" "$TMP/daemon.log"
   grep -q '"rd_bytes": 65536' "$TMP/daemon.log"
 }
+
+@test "hash draws a progress bar only when stderr is a terminal" {
+  truncate -s 64M p.raw
+  run "$IMGFUSE" hash p.raw
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(sha256sum p.raw)" ]
+  "$IMGFUSE" hash p.raw 2> "$TMP/err" > /dev/null
+  [ ! -s "$TMP/err" ]
+  script -qec "$IMGFUSE hash p.raw" /dev/null > "$TMP/tty.out"
+  grep -q '100%' "$TMP/tty.out"
+  grep -q "$(sha256sum < p.raw | cut -d' ' -f1)  p.raw" "$TMP/tty.out"
+}
