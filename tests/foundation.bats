@@ -284,18 +284,6 @@ for k in range(64):
 EOF
 }
 
-@test "kill -9 of the daemon leaves no dead mount behind (auto_unmount)" {
-  head -c 65536 /dev/urandom > k.raw
-  mount_img k.raw "$MNT"
-  cmp "$MNT/disk.raw" k.raw
-  kill -9 "$DAEMON_PID"
-  wait "$DAEMON_PID" || true
-  DAEMON_PID=
-  for i in $(seq 1 200); do nothing_mounted && break; sleep 0.05; done
-  nothing_mounted
-  [ "$(cat k.raw | md5sum)" = "$(md5sum < k.raw)" ]
-}
-
 @test "the detaching daemon does not hold the caller's output open: \$(imgfuse ...) returns" {
   head -c 65536 /dev/urandom > o.raw
   out=$(timeout 60 "$IMGFUSE" o.raw "$MNT")
