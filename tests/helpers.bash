@@ -44,10 +44,35 @@ unmount_img() {
     wait "$DAEMON_PID" 2>/dev/null || rc=$?
     DAEMON_PID=
   fi
+  wait_unmount_helper "$(realpath "$mp")" || rc=1
   if [ -n "${IMGFUSE_ASAN:-}" ] && grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$TMP/daemon.log" 2>/dev/null; then
     cat "$TMP/daemon.log" >&2; rc=86
   fi
   return $rc
+}
+
+# wait_unmount_helper MOUNTPOINT: waits until the auto_unmount helper of a daemon that died (a
+# fusermount3 process watching MOUNTPOINT) has exited. Left running, it could unmount the next mount
+# made at the same path once it gets around to its work on a loaded machine.
+wait_unmount_helper() {
+  local i
+  for i in $(seq 1 600); do
+    pgrep -f "^fusermount3 .*auto_unmount.* -- $1\$" >/dev/null || return 0
+    sleep 0.05
+  done
+  echo "auto_unmount helper for $1 still running" >&2
+  return 1
+}
+
+# kill_daemon [SIGNAL]: kills the daemon (default -9), waits for it, makes sure nothing stays mounted
+# and the auto_unmount helper is gone, so the next mount_img at the same path is safe.
+kill_daemon() {
+  local sig=${1:-9}
+  kill -"${sig#-}" "$DAEMON_PID" || true
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=
+  fusermount3 -u "$MOUNTED" 2>/dev/null || umount -l "$MOUNTED" 2>/dev/null || true
+  wait_unmount_helper "$(realpath "$MOUNTED")"
 }
 
 teardown_tmp() {

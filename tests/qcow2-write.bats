@@ -251,11 +251,8 @@ PYC
     writer=$!
     sleep "0.$((RANDOM % 8 + 2))"
     kill -0 "$DAEMON_PID"   # still alive: the load did not crash it
-    kill -9 "$DAEMON_PID"
-    wait "$DAEMON_PID" 2>/dev/null || true
-    DAEMON_PID=
+    kill_daemon -9
     kill -9 "$writer" 2>/dev/null || true; wait "$writer" 2>/dev/null || true
-    fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
     run qemu-img check a.qcow2
     echo "round $round: $output"
     [ "$status" -eq 0 ] || [ "$status" -eq 3 ]   # 3 = leaked clusters only
@@ -441,10 +438,7 @@ PY
   mount_img --rw a.qcow2 "$MNT"
   dd if=data.bin of="$MNT/disk.raw" bs=64k conv=notrunc,fsync status=none
   kill -0 "$DAEMON_PID"
-  kill -9 "$DAEMON_PID"
-  wait "$DAEMON_PID" 2>/dev/null || true
-  DAEMON_PID=
-  fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true
+  kill_daemon -9
   run qemu-img info --output=json a.qcow2
   [[ "$output" == *'"dirty-flag": true'* ]]
   mount_img --rw a.qcow2 "$MNT"
