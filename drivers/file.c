@@ -355,6 +355,12 @@ static int file_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Block
     return 0;
 }
 
+static int file_get_fd(BlockNode *bs)
+{
+    FileState *s = bs->opaque;
+    return s->direct ? -ENOTSUP : s->fd;
+}
+
 static int64_t file_getlength(BlockNode *bs)
 {
     return file_size(bs->opaque);
@@ -598,6 +604,7 @@ const BlockDriver bdrv_file = {
     .write = file_write,
     .read_extents = file_read_extents,
     .write_extents = file_write_extents,
+    .get_fd = file_get_fd,
     .write_zeroes = file_write_zeroes,
     .discard = file_discard,
     .flush = file_flush,

@@ -350,6 +350,32 @@ static void *thread_buf(Fs *fs, size_t size)
     return tb->p;
 }
 
+/* Smaller replies go through libfuse's memory path anyway (it splices nothing under two pages). */
+#define SPLICE_MIN (2 * 4096)
+
+/* Replies with the host file's bytes moved by the kernel (splice through a pipe, no copy into our
+ * buffer) when the range is one contiguous host extent that cannot change under the reply. False when
+ * the caller must read it itself. */
+static bool reply_spliced(Fs *fs, fuse_req_t req, Entry *e, off_t off, size_t len)
+{
+    if (!fs->splice_reads || len < SPLICE_MIN || len > fs->splice_max)
+        return false;
+    uint64_t t0 = now_ns();
+    BlockMapping map;
+    if (bdrv_map_contiguous(e->bs, off, (int64_t)len, &map) <= 0)
+        return false;
+    /* Counted before the reply, like bdrv_pread's reads: a reader that got its data sees it counted. */
+    bdrv_account_mapped_read(e->bs, &map, (int64_t)len, now_ns() - t0);
+    if (fs->cfg.counters)
+        fs->cfg.counters->bytes_read += len;
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
+    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    bv.buf[0].fd = map.fd;
+    bv.buf[0].pos = map.host_offset;
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    return true;
+}
+
 static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
     Fs *fs = fuse_req_userdata(req);
@@ -373,6 +399,8 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
         return;
     }
     size_t len = (size_t)MIN((int64_t)size, disk - off);
+    if (e->kind == ENTRY_DISK && reply_spliced(fs, req, e, off, len))
+        return;
     void *buf = thread_buf(fs, len);
     if (!buf) {
         fuse_reply_err(req, ENOMEM);
@@ -566,9 +594,34 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ---------------------------------------------------------------- session setup */
 
+/* libfuse splices a reply only if its per-thread pipe holds all of it (data, header and a few pages of
+ * slack); it grows the pipe up to /proc/sys/fs/pipe-max-size, or beyond with CAP_SYS_RESOURCE. Above
+ * that it would copy through a fresh malloc'd buffer, which costs more than our own read. */
+static size_t splice_limit(void)
+{
+    const size_t slack = 4 * 4096;
+    int p[2];
+    if (pipe(p) != 0)
+        return 0;
+    size_t limit = 0;
+    if (fcntl(p[0], F_SETPIPE_SZ, (int)(MAX_REQUEST + slack)) >= 0) {
+        limit = MAX_REQUEST;
+    } else {
+        FILE *f = fopen("/proc/sys/fs/pipe-max-size", "r");
+        unsigned long max = 0;
+        if (f && fscanf(f, "%lu", &max) == 1 && max > slack)
+            limit = MIN((size_t)max - slack, (size_t)MAX_REQUEST);
+        if (f)
+            fclose(f);
+    }
+    close(p[0]);
+    close(p[1]);
+    return limit;
+}
+
 static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
 {
-    (void)userdata;
+    Fs *fs = userdata;
     conn->max_write = MAX_REQUEST;
     conn->max_read = MAX_REQUEST;
     conn->max_readahead = MIN(conn->max_readahead, (unsigned)MAX_REQUEST);
@@ -579,6 +632,13 @@ static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)
         conn->want |= FUSE_CAP_ASYNC_DIO;
+    if (!fs->cfg.writable && (conn->capable & FUSE_CAP_SPLICE_WRITE)) {
+        fs->splice_max = splice_limit();
+        if (fs->splice_max >= SPLICE_MIN) {
+            conn->want |= FUSE_CAP_SPLICE_WRITE;
+            fs->splice_reads = true;
+        }
+    }
 }
 
 static const struct fuse_lowlevel_ops fs_ops = {

@@ -44,6 +44,8 @@ struct Fs {
     gid_t gid;
     struct timespec start;
     pthread_key_t buf_key;   /* per-thread request buffer */
+    bool splice_reads;       /* read-only mount and FUSE_CAP_SPLICE_WRITE granted: reply mapped reads by splice */
+    size_t splice_max;       /* largest read libfuse can splice (its pipe must hold the whole reply) */
     Entry *disk;             /* the main raw view */
     Entry *snapdir;          /* MNT/snapshots, NULL when the image has no snapshot support */
     pthread_mutex_t snap_lock; /* serialises snapshot create/delete and the refresh of the tree */

@@ -210,6 +210,9 @@ struct BlockDriver {
      * Called by the core before a format driver's open; fails (with err set) if another process holds a
      * conflicting lock. */
     int (*set_perm)(BlockNode *bs, unsigned held, unsigned unshared, Error *err);
+    /* Protocol drivers, optional: the descriptor whose bytes at a host offset are this node's bytes at
+     * that offset, for zero-copy reads (bdrv_map_contiguous); -ENOTSUP when there is none (O_DIRECT). */
+    int (*get_fd)(BlockNode *bs);
 };
 
 /* Permissions for set_perm (QEMU's numbering: lock byte 100+N held, 200+N not shared). */
@@ -355,5 +358,22 @@ typedef struct ReadErrorRecord {
 } ReadErrorRecord;
 /* Returns the number of records and a malloc'd copy in *list (free it), or -errno. */
 int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list);
+
+/* Zero-copy reads: where a read-only range of bs lives on the host. */
+typedef struct BlockMapping {
+    int fd;               /* borrowed: valid while the chain is open; read it with pread/splice at host_offset */
+    int64_t host_offset;
+    BlockNode *host_file; /* the protocol node of fd */
+    int depth;            /* the layer that holds the range (0 = bs) */
+} BlockMapping;
+/* 1 and *map filled when [offset, offset+bytes) of bs reads exactly as the same number of bytes of one
+ * host file from host_offset on, and nothing can change that while the chain is open: every node opened
+ * read-only, no request-path feature (throttling, copy-on-read, read errors as zeros, detect-zeroes),
+ * no O_DIRECT, no filter, no compressed or zero range, all within the host file. 0 when not (read with
+ * bdrv_pread then), or -errno. */
+int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map);
+/* Counts a read done through a mapping in the statistics of every node bdrv_pread would have counted it
+ * in (bs, the backing layers down to map->depth, the host file). */
+void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns);
 
 #endif

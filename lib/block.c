@@ -750,6 +750,65 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
     return 0;
 }
 
+/* ---------------------------------------------------------------- zero-copy mapping */
+
+/* Nothing can change what bs reads as, and reads go straight to the drivers: see bdrv_map_contiguous. */
+static bool mapping_allowed(BlockNode *bs)
+{
+    const BlockOpenOpts *o = bs->opts;
+    return bs->read_only && o && o->read_only && o->cache != CACHE_NONE && !o->blkdebug_rules &&
+           !o->copy_on_read && o->on_read_error != READ_ERROR_ZERO && !bs->core->req && !bs->core->track_writes;
+}
+
+/* One piece of the range: plain data of a read-only protocol node that can hand out its descriptor. */
+static bool mappable_piece(const BlockStatus *st)
+{
+    const int need = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+    BlockNode *h = st->host_file;
+    return (st->flags & need) == need && !(st->flags & (BDRV_BLOCK_ZERO | BDRV_BLOCK_COMPRESSED)) && h &&
+           h->drv->is_protocol && !h->drv->is_filter && h->drv->get_fd && h->read_only && st->bytes > 0;
+}
+
+int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map)
+{
+    if (offset < 0 || bytes <= 0 || !mapping_allowed(bs))
+        return 0;
+    BlockStatus first;
+    memset(&first, 0, sizeof(first));
+    for (int64_t pos = offset; pos < offset + bytes;) {
+        BlockStatus st;
+        memset(&st, 0, sizeof(st));
+        int r = bdrv_block_status_above(bs, pos, offset + bytes - pos, &st);
+        if (r < 0)
+            return r;
+        if (!mappable_piece(&st))
+            return 0;
+        if (pos == offset)
+            first = st;
+        else if (st.host_file != first.host_file || st.depth != first.depth ||
+                 st.host_offset != first.host_offset + (pos - offset))
+            return 0;
+        pos += st.bytes;
+    }
+    int64_t host_len = bdrv_getlength(first.host_file);
+    if (host_len < 0 || first.host_offset < 0 || first.host_offset > host_len - bytes)
+        return 0; /* partly beyond the host file's end: bdrv_pread pads with zeros, a splice would not */
+    int fd = first.host_file->drv->get_fd(first.host_file);
+    if (fd < 0)
+        return 0;
+    *map = (BlockMapping){ .fd = fd, .host_offset = first.host_offset, .host_file = first.host_file,
+                           .depth = first.depth };
+    return 1;
+}
+
+void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns)
+{
+    BlockNode *n = bs;
+    for (int d = 0; n && d <= map->depth; d++, n = n->backing)
+        stats_account(n, STAT_READ, bytes, ns, 0);
+    stats_account(map->host_file, STAT_READ, bytes, ns, 0);
+}
+
 /* ---------------------------------------------------------------- info */
 
 void bdrv_get_info(BlockNode *bs, InfoList *info)
