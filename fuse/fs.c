@@ -702,6 +702,67 @@ static int run_quietly(int (*fn)(void *), void *arg, bool keep_stderr, char *out
     return r;
 }
 
+/* The kernel's readahead window of the mount (its bdi). The default 128 KiB makes sequential reads
+ * arrive as 128 KiB requests; a window of the largest request lets them arrive as 1 MiB ones. */
+#define READ_AHEAD_KB 1024
+
+/* A mount point field of /proc/self/mountinfo, with its octal escapes (\040 for a space...) undone. */
+static void unescape_mountinfo(char *s)
+{
+    char *out = s;
+    for (char *p = s; *p; p++) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
+            *out++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 3;
+        } else {
+            *out++ = *p;
+        }
+    }
+    *out = '\0';
+}
+
+/* "MAJ:MIN" of the newest mount at path (absolute, resolved before mounting), from mountinfo: stat()
+ * on the mount itself would wait for a FUSE reply the session loop, not yet running, cannot give. */
+static bool mount_devno(const char *path, char *devno, size_t len)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    if (!f)
+        return false;
+    char *line = NULL;
+    size_t cap = 0;
+    bool found = false;
+    while (getline(&line, &cap, f) > 0) {
+        char dev[64], mnt[4096];
+        if (sscanf(line, "%*s %*s %63s %*s %4095s", dev, mnt) != 2)
+            continue;
+        unescape_mountinfo(mnt);
+        if (strcmp(mnt, path) == 0) {
+            snprintf(devno, len, "%s", dev);
+            found = true; /* keep going: the last match is the mount on top */
+        }
+    }
+    free(line);
+    fclose(f);
+    return found;
+}
+
+/* Best effort: only root may write the window; anyone else keeps the kernel's default. */
+static void raise_readahead(const char *abs_mountpoint)
+{
+    char devno[64], path[128];
+    if (!abs_mountpoint || !mount_devno(abs_mountpoint, devno, sizeof devno))
+        return;
+    snprintf(path, sizeof path, "/sys/class/bdi/%s/read_ahead_kb", devno);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char val[32];
+    int n = snprintf(val, sizeof val, "%d\n", READ_AHEAD_KB);
+    if (write(fd, val, (size_t)n) != n)
+        log_debug("%s: cannot set read_ahead_kb", abs_mountpoint);
+    close(fd);
+}
+
 typedef struct NewSession {
     struct fuse_args *args;
     Fs *fs;
@@ -759,11 +820,15 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
         errmsg(mountpoint, "cannot install signal handlers");
         goto out_session;
     }
+    char *abs_mountpoint = realpath(mountpoint, NULL);
     r = run_quietly(do_session_mount, &ns, cfg->debug, why, sizeof why);
     if (r != 0) {
         errmsg(mountpoint, "cannot mount: %s", cfg->debug ? "see above" : (*why ? why : "fuse_session_mount failed"));
+        free(abs_mountpoint);
         goto out_signals;
     }
+    raise_readahead(abs_mountpoint);
+    free(abs_mountpoint);
     if (ready)
         ready(ready_arg);
 
