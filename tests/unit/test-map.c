@@ -1,0 +1,158 @@
+/*
+ * test-map.c - bdrv_map_contiguous, the core hook behind the front end's zero-copy (splice) reads: on
+ * images made by qemu-img, a mapped range's host bytes equal what bdrv_pread returns (raw, allocated
+ * qcow2 clusters, a backing layer); compressed, zero, unallocated, layer-straddling and host-scattered
+ * ranges are refused, as are writable chains and request-path features; bdrv_account_mapped_read counts
+ * the read where bdrv_pread would.
+ */
+#include "block.h"
+#include "tap.h"
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    char full[4096 + 512];
+    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
+    return system(full);
+}
+
+static BlockNode *open_image(const char *name, bool read_only)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    static BlockOpenOpts opts[8]; /* must outlive the node */
+    static int n_opts;
+    BlockOpenOpts *o = &opts[n_opts++ % 8];
+    block_open_opts_init(o);
+    o->read_only = read_only;
+    Error err;
+    memset(&err, 0, sizeof(err));
+    BlockNode *bs = bdrv_open(path, o, &err);
+    if (!bs)
+        printf("# %s\n", err.msg);
+    return bs;
+}
+
+/* True when [off, off+len) maps and the host bytes there equal bdrv_pread's. */
+static bool maps_to_same_bytes(BlockNode *bs, int64_t off, int64_t len, BlockMapping *m)
+{
+    if (bdrv_map_contiguous(bs, off, len, m) != 1)
+        return false;
+    uint8_t *want = malloc((size_t)len), *got = malloc((size_t)len);
+    bool same = want && got && bdrv_pread(bs, off, len, want) == 0 &&
+                pread(m->fd, got, (size_t)len, m->host_offset) == (ssize_t)len && memcmp(want, got, (size_t)len) == 0;
+    free(want);
+    free(got);
+    return same;
+}
+
+static void test_raw(void)
+{
+    ok(sh("qemu-img create -q -f raw r.raw 4M && qemu-io -f raw -c 'write -P 0x5a 0 3M' r.raw") == 0, "made a raw image");
+    BlockNode *bs = open_image("r.raw", true);
+    BlockMapping m;
+    ok(bs && maps_to_same_bytes(bs, 4096, 1048576, &m) && m.host_offset == 4096 && m.depth == 0,
+       "raw: a data range maps to the same offset of the file");
+    is_int(bdrv_map_contiguous(bs, 3 * 1048576, 65536, &m), 0, "raw: a hole of the file is not mapped");
+    bdrv_close(bs);
+    bs = open_image("r.raw", false);
+    is_int(bdrv_map_contiguous(bs, 0, 65536, &m), 0, "raw: a writable chain is never mapped");
+    bdrv_close(bs);
+}
+
+static void test_qcow2(void)
+{
+    ok(sh("qemu-img create -q -f qcow2 -o cluster_size=65536 b.qcow2 4M && "
+          "qemu-io -f qcow2 -c 'write -P 0x11 0 1M' b.qcow2 && "
+          "qemu-img create -q -f qcow2 -o cluster_size=65536 -b b.qcow2 -F qcow2 t.qcow2 && "
+          "qemu-io -f qcow2 -c 'write -P 0x22 1M 1M' -c 'write -z 2M 64k' -c 'write -P 0x33 512k 64k' t.qcow2 && "
+          "qemu-io -f qcow2 -c 'write -P 0x45 3136k 64k' -c 'write -P 0x44 3M 64k' t.qcow2 && "
+          "qemu-img create -q -f raw src.raw 1M && qemu-io -f raw -c 'write -P 0x66 0 1M' src.raw && "
+          "qemu-img convert -c -O qcow2 src.raw c.qcow2") == 0, "made a qcow2 chain and a compressed qcow2");
+    BlockNode *bs = open_image("t.qcow2", true);
+    BlockMapping m;
+    ok(bs && maps_to_same_bytes(bs, 1048576 + 4096, 128 * 1024, &m) && m.depth == 0 && m.host_file == bs->file,
+       "qcow2: allocated clusters of the top map into its file");
+    ok(bs && maps_to_same_bytes(bs, 0, 256 * 1024, &m) && m.depth == 1 && m.host_file == bs->backing->file,
+       "qcow2: clusters of the backing layer map into the backing file");
+    is_int(bdrv_map_contiguous(bs, 512 * 1024 - 4096, 8192, &m), 0, "a range straddling two layers is not mapped");
+    is_int(bdrv_map_contiguous(bs, 2 * 1048576, 4096, &m), 0, "a zero cluster is not mapped");
+    is_int(bdrv_map_contiguous(bs, 3 * 1048576 - 65536, 4096, &m), 0, "an unallocated range is not mapped");
+    is_int(bdrv_map_contiguous(bs, 3 * 1048576 + 60 * 1024, 8192, &m), 0,
+           "clusters not adjacent on the host are not mapped as one");
+
+    BlockStats top0, file0, base0, top1, file1, base1;
+    bdrv_stats_snapshot(bs, &top0);
+    bdrv_stats_snapshot(bs->file, &file0);
+    bdrv_stats_snapshot(bs->backing, &base0);
+    ok(bdrv_map_contiguous(bs, 0, 65536, &m) == 1, "mapped a backing cluster");
+    bdrv_account_mapped_read(bs, &m, 65536, 1000);
+    bdrv_stats_snapshot(bs, &top1);
+    bdrv_stats_snapshot(bs->file, &file1);
+    bdrv_stats_snapshot(bs->backing, &base1);
+    ok(top1.rd_ops == top0.rd_ops + 1 && top1.rd_bytes == top0.rd_bytes + 65536 &&
+       base1.rd_ops == base0.rd_ops + 1 && base1.rd_bytes == base0.rd_bytes + 65536 &&
+       file1.rd_bytes == file0.rd_bytes, "a mapped read is counted in the top and the layer that held it");
+    BlockStats bf0, bf1;
+    bdrv_stats_snapshot(bs->backing->file, &bf0);
+    bdrv_account_mapped_read(bs, &m, 65536, 1000);
+    bdrv_stats_snapshot(bs->backing->file, &bf1);
+    ok(bf1.rd_ops == bf0.rd_ops + 1 && bf1.rd_bytes == bf0.rd_bytes + 65536, "... and in that layer's host file");
+    bdrv_close(bs);
+
+    bs = open_image("c.qcow2", true);
+    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "compressed clusters are not mapped");
+    if (bs)
+        bdrv_close(bs);
+}
+
+static void test_request_path_features(void)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/r.raw", tmpdir);
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.bps_limit = 1 << 30;
+    Error err;
+    memset(&err, 0, sizeof(err));
+    BlockNode *bs = bdrv_open(path, &o, &err);
+    BlockMapping m;
+    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "a throttled chain is not mapped");
+    bdrv_close(bs);
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.on_read_error = READ_ERROR_ZERO;
+    bs = bdrv_open(path, &o, &err);
+    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "--on-read-error=zero is not mapped");
+    bdrv_close(bs);
+}
+
+int main(void)
+{
+    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-map.XXXXXX", base);
+    if (!mkdtemp(tmpdir))
+        return 1;
+    test_raw();
+    test_qcow2();
+    test_request_path_features();
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        return 1;
+    return done_testing();
+}
