@@ -76,6 +76,8 @@ typedef struct FsConfig {
  * unmount, EXIT_USAGE if the mount could not be made (message printed), EXIT_RUNTIME otherwise. */
 int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mountpoint,
            int max_threads, void (*ready)(void *), void *ready_arg);
+/* The largest read request a mount asks the kernel for (its max_read option; INIT must say the same). */
+unsigned fs_max_read(bool writable);
 
 /* ---------------------------------------------------------------- audit.c */
 

@@ -535,7 +535,7 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
         abort();
     sb_free(&fs);
     /* auto_unmount: a helper unmounts if the daemon dies, so a crash never leaves a dead mount behind */
-    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,auto_unmount,max_read=%d", escaped, 1024 * 1024);
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,auto_unmount,max_read=%u", escaped, fs_max_read(!read_only));
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
