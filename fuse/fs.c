@@ -714,7 +714,7 @@ static int run_quietly(int (*fn)(void *), void *arg, bool keep_stderr, char *out
 }
 
 /* The kernel's readahead window of the mount (its bdi). The default 128 KiB makes sequential reads
- * arrive as 128 KiB requests; a window of the largest request lets them arrive as 1 MiB ones. */
+ * arrive as 128 KiB requests; 1 MiB lets them arrive as requests of fs_max_read bytes. */
 #define READ_AHEAD_KB 1024
 
 /* A mount point field of /proc/self/mountinfo, with its octal escapes (\040 for a space...) undone. */
