@@ -153,7 +153,7 @@ EOF
   unmount_img
 }
 
-@test "a qcow2 with a broken compressed cluster: EIO there by default, zeros + MNT/errors with --on-read-error=zero" {
+@test "a qcow2 with broken compressed clusters and an L2 entry past EOF: EIO there by default, zeros + MNT/errors with --on-read-error=zero" {
   python3 -c '
 import sys
 with open(sys.argv[1], "wb") as f:
@@ -163,13 +163,14 @@ with open(sys.argv[1], "wb") as f:
   qemu-img convert -c -f raw -O qcow2 orig.raw c.qcow2
   python3 "$BATS_TEST_DIRNAME/qcow2-corrupt.py" c.qcow2 bad-deflate 3
   python3 "$BATS_TEST_DIRNAME/qcow2-corrupt.py" c.qcow2 bad-deflate 9
+  python3 "$BATS_TEST_DIRNAME/qcow2-corrupt.py" c.qcow2 past-eof 12
   mount_img c.qcow2 "$MNT"
-  for c in 3 9; do
+  for c in 3 9 12; do
     run dd if="$MNT/disk.raw" of=/dev/null bs=64k skip=$c count=1 iflag=direct status=none
     [ "$status" -ne 0 ]
     [[ "$output" == *"Input/output error"* ]]
   done
-  for c in 0 2 4 8 10 15; do
+  for c in 0 2 4 8 10 11 13 15; do
     cmp <(dd if="$MNT/disk.raw" bs=64k skip=$c count=1 iflag=direct status=none) \
         <(dd if=orig.raw bs=64k skip=$c count=1 status=none)
   done
@@ -177,14 +178,14 @@ with open(sys.argv[1], "wb") as f:
   mount_img --on-read-error=zero c.qcow2 "$MNT"
   cat "$MNT/disk.raw" > "$TMP/read"
   for c in $(seq 0 15); do
-    if [ "$c" = 3 ] || [ "$c" = 9 ]; then
+    if [ "$c" = 3 ] || [ "$c" = 9 ] || [ "$c" = 12 ]; then
       cmp <(dd if="$TMP/read" bs=64k skip=$c count=1 status=none) <(head -c 65536 /dev/zero)
     else
       cmp <(dd if="$TMP/read" bs=64k skip=$c count=1 status=none) <(dd if=orig.raw bs=64k skip=$c count=1 status=none)
     fi
   done
   cat "$MNT/errors"
-  [ "$(awk '{ print $1, $2, $3 }' "$MNT/errors" | tr '\n' ';')" = "196608 65536 0;589824 65536 0;" ]
+  [ "$(awk '{ print $1, $2, $3 }' "$MNT/errors" | tr '\n' ';')" = "196608 65536 0;589824 65536 0;786432 65536 0;" ]
   grep -q "c.qcow2" "$MNT/errors"
   unmount_img
 }

@@ -161,7 +161,14 @@ static int qcow2_lookup(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uin
         l1_size = s->l1_size;
     }
     int type = qcow2_get_host_offset(s, l1, l1_size, offset, bytes, host, l2_entry);
+    /* The file driver reads zeros past its end, so a data cluster there would read as silent zeros. */
+    bool past_end = type == QCOW2_SC_NORMAL && !s->has_data_file && *host + *bytes > s->host_end;
     pthread_mutex_unlock(s->lock);
+    if (past_end) {
+        qcow2_signal_corruption(s, "data cluster 0x%" PRIx64 " for guest offset 0x%" PRIx64
+                                " lies past the end of the image", *host & ~s->cluster_mask, offset);
+        return -EIO;
+    }
     if (type == QCOW2_SC_INVALID) {
         qcow2_signal_corruption(s, "invalid L2 entry 0x%016" PRIx64 " for guest offset 0x%" PRIx64,
                                 *l2_entry, offset);

@@ -671,6 +671,8 @@ static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts
         ret = qcow2_check_open_mode(bs, s, err);
     if (ret < 0)
         return ret;
+    /* where metadata may point; the write path moves it as the file grows */
+    s->host_end = (uint64_t)align_up(file_size, (int64_t)1 << s->cluster_bits);
     ret = qcow2_load_l1(s, s->l1_table_offset, s->l1_size, &s->l1_table);
     if (ret < 0) {
         error_set(err, -ret, "cannot read the L1 table: %s", strerror(-ret));
