@@ -130,3 +130,29 @@ teardown() { teardown_tmp; }
   [ "$(qemu-img snapshot -l w.qcow2 | awk 'NR > 2 { print $2 }')" = final ]
   qemu-img check -q w.qcow2
 }
+
+@test "--overlay mounts: snapshots of the overlay by mkdir/rmdir, the base never written" {
+  qemu-img create -q -f qcow2 base.qcow2 4M
+  qemu-io -c "write -P 0x41 0 4M" base.qcow2 > /dev/null
+  sum=$(sha256sum < base.qcow2); mtime=$(stat -c %Y base.qcow2)
+  mount_img --overlay ov.qcow2 base.qcow2 "$MNT"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=64k count=3 seek=5 conv=notrunc,fsync status=none
+  mkdir "$MNT/snapshots/first"
+  cp "$MNT/disk.raw" "$TMP/at-first.raw"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=64k count=2 seek=5 conv=notrunc,fsync status=none
+  mkdir "$MNT/snapshots/second"
+  cmp "$MNT/snapshots/first/disk.raw" "$TMP/at-first.raw"
+  rmdir "$MNT/snapshots/second"
+  cp "$MNT/disk.raw" "$TMP/final.raw"
+  unmount_img
+  [ "$(qemu-img snapshot -l ov.qcow2 | awk 'NR > 2 { print $2 }')" = first ]
+  run qemu-img check ov.qcow2
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  [[ "$output" != *"leaked"* ]]
+  qemu-img convert -l snapshot.name=first -O raw ov.qcow2 snap.raw
+  cmp snap.raw "$TMP/at-first.raw"
+  qemu-img compare -f qcow2 -F raw ov.qcow2 "$TMP/final.raw"
+  [ "$(sha256sum < base.qcow2)" = "$sum" ]
+  [ "$(stat -c %Y base.qcow2)" = "$mtime" ]
+}
