@@ -103,3 +103,37 @@ EOF
   done
   ! grep -q " $TMP" /proc/mounts
 }
+
+# map_kinds IMAGE: the distinct (data, zero) pairs qemu-img map reports over the whole image
+map_kinds() {
+  qemu-img map --output=json "$1" | python3 -c '
+import json, sys
+print(" ".join(sorted({"data=%s,zero=%s" % (e["data"], e["zero"]) for e in json.load(sys.stdin)})))'
+}
+
+@test "qcow2: 64 MiB of zeros become zero clusters with on and unmap (file no larger), data with off" {
+  qemu-img create -q -f qcow2 full.qcow2 64M
+  qemu-io -c "write -P 0x5a 0 64M" full.qcow2 > /dev/null
+  local before
+  before=$(stat -c %s full.qcow2)
+  mount_img --rw --detect-zeroes=unmap --discard=unmap full.qcow2 "$MNT"
+  dd if=/dev/zero of="$MNT/disk.raw" bs=1M count=64 conv=notrunc,fsync status=none
+  unmount_img
+  [ "$(stat -c %s full.qcow2)" -le "$before" ]
+  [ "$(map_kinds full.qcow2)" = "data=False,zero=True" ]
+  truncate -s 64M zero.raw
+  qemu-img compare -f qcow2 -F raw full.qcow2 zero.raw
+  qemu-img check -q full.qcow2
+
+  for mode in on off; do
+    qemu-img create -q -f qcow2 "$mode.qcow2" 64M
+    mount_img --rw --detect-zeroes=$mode "$mode.qcow2" "$MNT"
+    dd if=/dev/zero of="$MNT/disk.raw" bs=1M count=64 conv=notrunc,fsync status=none
+    unmount_img
+    qemu-img check -q "$mode.qcow2"
+  done
+  [ "$(map_kinds on.qcow2)" = "data=False,zero=True" ]
+  [ "$(stat -c %s on.qcow2)" -lt 1048576 ]
+  [ "$(map_kinds off.qcow2)" = "data=True,zero=False" ]
+  [ "$(stat -c %s off.qcow2)" -gt 67108864 ]
+}
