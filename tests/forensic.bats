@@ -21,26 +21,33 @@ teardown() { teardown_tmp; }
   unmount_img
 }
 
-@test "a read-only mount opens no image file for writing and leaves checksum and mtime unchanged" {
+@test "a read-only mount of a chain opens no image file for writing; checksums and mtimes unchanged" {
   head -c 2097152 /dev/urandom > evidence.raw
-  touch -d '2019-05-06 07:08:09' evidence.raw
-  sum=$(sha256sum < evidence.raw); mtime=$(stat -c %Y evidence.raw)
+  qemu-img create -q -f qcow2 -b evidence.raw -F raw mid.qcow2
+  qemu-io -c "write -P 0x21 64k 128k" mid.qcow2 > /dev/null
+  qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
+  qemu-io -c "write -P 0x22 1M 64k" top.qcow2 > /dev/null
+  touch -d '2019-05-06 07:08:09' evidence.raw mid.qcow2 top.qcow2
+  local f sums
+  sums=$(sha256sum evidence.raw mid.qcow2 top.qcow2; stat -c '%n %Y' evidence.raw mid.qcow2 top.qcow2)
+  qemu-img convert -O raw top.qcow2 "$TMP/oracle.raw"
+  touch -d '2019-05-06 07:08:09' evidence.raw mid.qcow2 top.qcow2
   # LeakSanitizer cannot run under ptrace; the other sanitizers still do
   ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
-    strace -f -e trace=openat,open -o "$TMP/strace.log" "$IMGFUSE" --foreground evidence.raw "$MNT" 2>"$TMP/daemon.log" &
+    strace -f -e trace=openat,open -o "$TMP/strace.log" "$IMGFUSE" --foreground top.qcow2 "$MNT" 2>"$TMP/daemon.log" &
   DAEMON_PID=$!
   MOUNTED=$MNT
   for i in $(seq 1 400); do mountpoint -q "$MNT" && break; sleep 0.05; done
   mountpoint -q "$MNT"
-  cmp "$MNT/disk.raw" evidence.raw
-  cat "$MNT/info" "$MNT/layers/0-evidence.raw/disk.raw" > /dev/null
+  cmp "$MNT/disk.raw" "$TMP/oracle.raw"
+  cat "$MNT/info" "$MNT"/layers/*/disk.raw "$MNT"/layers/*/map > /dev/null
   grep -q "^read-only: yes (evidence files opened O_RDONLY)" "$MNT/info"
   unmount_img
-  grep evidence.raw "$TMP/strace.log"
-  grep evidence.raw "$TMP/strace.log" | grep -q O_RDONLY
-  ! grep evidence.raw "$TMP/strace.log" | grep -E 'O_RDWR|O_WRONLY|O_CREAT|O_TRUNC'
-  [ "$(sha256sum < evidence.raw)" = "$sum" ]
-  [ "$(stat -c %Y evidence.raw)" = "$mtime" ]
+  for f in evidence.raw mid.qcow2 top.qcow2; do
+    grep "$f" "$TMP/strace.log" | grep -q O_RDONLY
+    ! grep "$f" "$TMP/strace.log" | grep -E 'O_RDWR|O_WRONLY|O_CREAT|O_TRUNC'
+  done
+  [ "$(sha256sum evidence.raw mid.qcow2 top.qcow2; stat -c '%n %Y' evidence.raw mid.qcow2 top.qcow2)" = "$sums" ]
 }
 
 @test "imgfuse hash equals sha256sum of the raw image" {
