@@ -291,6 +291,8 @@ typedef struct Qcow2State {
     uint64_t host_end;             /* end of the image file as far as metadata may point (grows) */
     uint64_t refcount_table_used;  /* entries up to the last non-zero one (overlap checks stop there) */
     bool cow_unflushed;            /* copy-on-write data not yet flushed: flush before tables are written */
+    struct Qcow2AllocInFlight *allocs_in_flight; /* guest clusters whose new data is being written unlocked */
+    pthread_cond_t alloc_done;     /* broadcast (with *lock) when an entry leaves allocs_in_flight */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- qcow2.c */

@@ -300,6 +300,33 @@ static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, ui
 
 /* ---------------------------------------------------------------- allocating path */
 
+/* Guest clusters [start, end) got new host clusters whose data is being written outside *s->lock; their
+ * L2 entries still hold the old values. Any other allocating write to them waits (alloc_done). */
+typedef struct Qcow2AllocInFlight {
+    uint64_t start, end;
+    struct Qcow2AllocInFlight *next;
+} Qcow2AllocInFlight;
+
+/* Under *s->lock: is an allocating write in flight over guest range [start, end)? */
+static bool qcow2_alloc_busy(const Qcow2State *s, uint64_t start, uint64_t end)
+{
+    for (const Qcow2AllocInFlight *a = s->allocs_in_flight; a; a = a->next)
+        if (a->start < end && start < a->end)
+            return true;
+    return false;
+}
+
+static void qcow2_alloc_finish(Qcow2State *s, Qcow2AllocInFlight *me)
+{
+    for (Qcow2AllocInFlight **pp = &s->allocs_in_flight; *pp; pp = &(*pp)->next) {
+        if (*pp == me) {
+            *pp = me->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&s->alloc_done);
+}
+
 static int qcow2_read_backing(BlockNode *bs, uint64_t offset, uint64_t bytes, uint8_t *buf)
 {
     BlockNode *backing = bs->backing;
@@ -370,6 +397,21 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
     return 0;
 }
 
+/* A new cluster at the end of the image file for a cluster that reads as zeros with nothing below: the
+ * file reads as zeros past its end, so only the guest bytes are written, no zero padding. */
+static int qcow2_fill_fresh_cluster(Qcow2State *s, void *t, uint32_t idx, uint64_t new_host, uint64_t in_off,
+                                   uint64_t n, const uint8_t *data)
+{
+    int ret = data ? bdrv_pwrite(s->data_file, (int64_t)(new_host + in_off), (int64_t)n, data, 0) : 0;
+    if (ret < 0) {
+        qcow2_update_refcount(s, new_host, s->cluster_size, -1); /* nothing points at it */
+        return ret;
+    }
+    l2e_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, 0);
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+    return 0;
+}
+
 /* Rewrite guest bytes [in_off, in_off + n) of the cluster described by L2 entry idx of table t (data ==
  * NULL: zeros), moving the cluster to a new host cluster unless the active tables own it outright.
  * Caller holds *s->lock and has made t writable. */
@@ -390,6 +432,20 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
     write_mask &= ~direct;
     if (!reuse && (compressed || old_host))
         write_mask |= (compressed || !s->extended_l2) ? all_sc(s) : ((uint32_t)bm & all_sc(s));
+    uint64_t new_host = old_host;
+    bool allocated = false;
+    if (!reuse && !compressed && !old_host && !s->extended_l2) {
+        Qcow2SubclusterType type = qcow2_subcluster_type(s, e, bm, 0);
+        if (type == QCOW2_SC_ZERO_PLAIN || (type == QCOW2_SC_UNALLOCATED_PLAIN && !bs->backing)) {
+            uint64_t old_end = s->host_end;
+            int ret = qcow2_alloc_clusters(s, 1, &new_host);
+            if (ret < 0)
+                return ret;
+            allocated = true;
+            if (new_host == old_end && s->host_end == old_end + s->cluster_size)
+                return qcow2_fill_fresh_cluster(s, t, idx, new_host, in_off, n, data);
+        }
+    }
     uint8_t *buf = malloc(s->cluster_size), *dc = NULL;
     if (!buf)
         return -ENOMEM;
@@ -409,10 +465,9 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         else
             memset(buf + in_off, 0, n);
     }
-    uint64_t new_host = old_host;
-    if (ret == 0 && !reuse)
+    if (ret == 0 && !reuse && !allocated)
         ret = qcow2_alloc_clusters(s, 1, &new_host);
-    if (ret == 0)
+    if (ret == 0 && reuse) /* fresh clusters are free by construction: only in-place targets are checked */
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
     if (ret == 0)
         ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
@@ -455,6 +510,88 @@ static int qcow2_write_allocating(BlockNode *bs, Qcow2State *s, uint64_t offset,
     return ret;
 }
 
+/* Under *s->lock: how many clusters from the cluster-aligned guest offset (at most max, all in one L2
+ * table t at index idx) can simply get new host clusters: not owned in place by the active tables (those
+ * are overwritten where they are) and not part of another allocating write in flight. */
+static uint64_t qcow2_replaceable_run(const Qcow2State *s, const void *t, uint32_t idx, uint64_t offset,
+                                      uint64_t max)
+{
+    uint64_t k = 0;
+    for (; k < max; k++) {
+        uint64_t e = l2e_get(s, t, idx + (uint32_t)k);
+        uint64_t host = (e & QCOW2_OFLAG_COMPRESSED) ? 0 : e & QCOW2_L2E_OFFSET_MASK;
+        if ((host && (e & QCOW2_OFLAG_COPIED)) || (host & s->cluster_mask))
+            break;
+        uint64_t g = offset + (k << s->cluster_bits);
+        if (k && qcow2_alloc_busy(s, g, g + s->cluster_size))
+            break;
+    }
+    return k;
+}
+
+/* Point the L2 entries of the run at the new host clusters (written already), freeing the old ones. */
+static int qcow2_link_new_clusters(Qcow2State *s, uint64_t offset, uint64_t k, uint64_t new_host)
+{
+    void *t;
+    int ret = qcow2_l2_for_write(s, offset >> (s->cluster_bits + s->l2_bits), &t);
+    if (ret < 0)
+        return ret;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    for (uint64_t j = 0; ret == 0 && j < k; j++) {
+        uint64_t e = l2e_get(s, t, idx + (uint32_t)j);
+        l2e_set(s, t, idx + (uint32_t)j, (new_host + (j << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
+                s->extended_l2 ? all_sc(s) : 0);
+        if (e & QCOW2_OFLAG_COMPRESSED)
+            ret = qcow2_free_compressed_deferred(s, e);
+        else if (e & QCOW2_L2E_OFFSET_MASK)
+            ret = qcow2_free_deferred(s, e & QCOW2_L2E_OFFSET_MASK, s->cluster_size);
+    }
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+    qcow2_cache_put(s->l2_cache, &t);
+    return ret;
+}
+
+/* Whole clusters from the cluster-aligned guest offset (bytes >= one cluster): allocate the run of new
+ * host clusters at once, write the guest data there in one request outside *s->lock, then fill in the
+ * L2 entries (data before refcounts before L2 reach the disk; a crash in between only leaks clusters).
+ * Called and returns with *s->lock held; *done: guest bytes written (0: use the cluster-by-cluster path). */
+static int qcow2_write_new_clusters(Qcow2State *s, uint64_t offset, uint64_t bytes, const uint8_t *p,
+                                    uint64_t *done)
+{
+    *done = 0;
+    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    /* A new refcount block goes into the first cluster it describes: a run of at most half a block's
+     * clusters always fits after it, so the allocator's search converges. */
+    uint64_t max = MIN(bytes >> s->cluster_bits, (uint64_t)(s->l2_size - idx));
+    max = MIN(max, MAX((uint64_t)s->refcount_block_size / 2, 1));
+    void *t;
+    int ret = qcow2_l2_for_write(s, offset >> (s->cluster_bits + s->l2_bits), &t);
+    if (ret < 0)
+        return ret;
+    uint64_t k = qcow2_replaceable_run(s, t, idx, offset, max);
+    qcow2_cache_put(s->l2_cache, &t);
+    if (k == 0)
+        return 0;
+    uint64_t new_host, len = k << s->cluster_bits;
+    /* Fresh clusters are free by construction: no metadata overlap check needed. */
+    ret = qcow2_alloc_clusters(s, k, &new_host);
+    if (ret < 0)
+        return ret;
+    Qcow2AllocInFlight me = { offset, offset + len, s->allocs_in_flight };
+    s->allocs_in_flight = &me;
+    pthread_mutex_unlock(s->lock);
+    ret = bdrv_pwrite(s->data_file, (int64_t)new_host, (int64_t)len, p, 0);
+    pthread_mutex_lock(s->lock);
+    if (ret == 0)
+        ret = qcow2_link_new_clusters(s, offset, k, new_host);
+    else if (!s->corrupt)
+        qcow2_update_refcount(s, new_host, len, -1); /* nothing points at them: give them back */
+    qcow2_alloc_finish(s, &me);
+    if (ret == 0)
+        *done = len;
+    return ret;
+}
+
 /* Write with io_lock held (shared or exclusive). */
 static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t bytes, const uint8_t *p)
 {
@@ -465,8 +602,18 @@ static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint6
         if (ret == 0 && run)
             ret = qcow2_check_data_target(s, host, run);
         if (ret == 0 && run == 0) {
-            run = MIN(bytes, s->cluster_size - (offset & s->cluster_mask));
-            ret = qcow2_write_allocating(bs, s, offset, run, p);
+            uint64_t cstart = offset & ~s->cluster_mask;
+            if (qcow2_alloc_busy(s, cstart, cstart + s->cluster_size)) {
+                pthread_cond_wait(&s->alloc_done, s->lock); /* then look at the cluster again */
+                pthread_mutex_unlock(s->lock);
+                continue;
+            }
+            if (p && offset == cstart && bytes >= s->cluster_size)
+                ret = qcow2_write_new_clusters(s, offset, bytes, p, &run);
+            if (ret == 0 && run == 0) {
+                run = MIN(bytes, s->cluster_size - (offset & s->cluster_mask));
+                ret = qcow2_write_allocating(bs, s, offset, run, p);
+            }
             host = 0;
         }
         pthread_mutex_unlock(s->lock);
@@ -818,10 +965,17 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         error_set(err, ENOMEM, "cannot create the I/O lock");
         return -ENOMEM;
     }
+    if (pthread_cond_init(&s->alloc_done, NULL) != 0) {
+        pthread_rwlock_destroy(&s->io_lock);
+        error_set(err, ENOMEM, "cannot create the allocation condition variable");
+        return -ENOMEM;
+    }
+    s->allocs_in_flight = NULL;
     s->discard_unmap = opts && opts->discard == DISCARD_UNMAP;
     int ret = qcow2_refcount_init(s);
     if (ret < 0) {
         pthread_rwlock_destroy(&s->io_lock);
+        pthread_cond_destroy(&s->alloc_done);
         qcow2_refcount_close(s);
         error_set(err, -ret, "cannot read the refcount table: %s", strerror(-ret));
         return ret;
@@ -867,6 +1021,7 @@ void qcow2_write_close(BlockNode *bs)
     pthread_mutex_unlock(s->lock);
     qcow2_refcount_close(s);
     pthread_rwlock_destroy(&s->io_lock);
+    pthread_cond_destroy(&s->alloc_done);
     s->write_ready = false;
 }
 
