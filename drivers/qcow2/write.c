@@ -398,11 +398,12 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
 }
 
 /* A new cluster at the end of the image file for a cluster that reads as zeros with nothing below: the
- * file reads as zeros past its end, so only the guest bytes are written, no zero padding. */
+ * file reads as zeros past its end (and host_end is the file length rounded up to a cluster), so only
+ * the guest bytes are written, no zero padding. */
 static int qcow2_fill_fresh_cluster(Qcow2State *s, void *t, uint32_t idx, uint64_t new_host, uint64_t in_off,
                                    uint64_t n, const uint8_t *data)
 {
-    int ret = data ? bdrv_pwrite(s->data_file, (int64_t)(new_host + in_off), (int64_t)n, data, 0) : 0;
+    int ret = bdrv_pwrite(s->data_file, (int64_t)(new_host + in_off), (int64_t)n, data, 0);
     if (ret < 0) {
         qcow2_update_refcount(s, new_host, s->cluster_size, -1); /* nothing points at it */
         return ret;
@@ -442,7 +443,9 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
             if (ret < 0)
                 return ret;
             allocated = true;
-            if (new_host == old_end && s->host_end == old_end + s->cluster_size)
+            /* Guest bytes must be written so the file reaches into the cluster (a data cluster wholly
+             * past the end of the file is refused as corrupt at the next open). */
+            if (data && new_host == old_end && s->host_end == old_end + s->cluster_size)
                 return qcow2_fill_fresh_cluster(s, t, idx, new_host, in_off, n, data);
         }
     }
