@@ -397,22 +397,6 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
     return 0;
 }
 
-/* A new cluster at the end of the image file for a cluster that reads as zeros with nothing below: the
- * file reads as zeros past its end (and host_end is the file length rounded up to a cluster), so only
- * the guest bytes are written, no zero padding. */
-static int qcow2_fill_fresh_cluster(Qcow2State *s, void *t, uint32_t idx, uint64_t new_host, uint64_t in_off,
-                                   uint64_t n, const uint8_t *data)
-{
-    int ret = bdrv_pwrite(s->data_file, (int64_t)(new_host + in_off), (int64_t)n, data, 0);
-    if (ret < 0) {
-        qcow2_update_refcount(s, new_host, s->cluster_size, -1); /* nothing points at it */
-        return ret;
-    }
-    l2e_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, 0);
-    qcow2_cache_mark_dirty(s->l2_cache, t);
-    return 0;
-}
-
 /* Rewrite guest bytes [in_off, in_off + n) of the cluster described by L2 entry idx of table t (data ==
  * NULL: zeros), moving the cluster to a new host cluster unless the active tables own it outright.
  * Caller holds *s->lock and has made t writable. */
@@ -433,22 +417,6 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
     write_mask &= ~direct;
     if (!reuse && (compressed || old_host))
         write_mask |= (compressed || !s->extended_l2) ? all_sc(s) : ((uint32_t)bm & all_sc(s));
-    uint64_t new_host = old_host;
-    bool allocated = false;
-    if (!reuse && !compressed && !old_host && !s->extended_l2) {
-        Qcow2SubclusterType type = qcow2_subcluster_type(s, e, bm, 0);
-        if (type == QCOW2_SC_ZERO_PLAIN || (type == QCOW2_SC_UNALLOCATED_PLAIN && !bs->backing)) {
-            uint64_t old_end = s->host_end;
-            int ret = qcow2_alloc_clusters(s, 1, &new_host);
-            if (ret < 0)
-                return ret;
-            allocated = true;
-            /* Guest bytes must be written so the file reaches into the cluster (a data cluster wholly
-             * past the end of the file is refused as corrupt at the next open). */
-            if (data && new_host == old_end && s->host_end == old_end + s->cluster_size)
-                return qcow2_fill_fresh_cluster(s, t, idx, new_host, in_off, n, data);
-        }
-    }
     uint8_t *buf = malloc(s->cluster_size), *dc = NULL;
     if (!buf)
         return -ENOMEM;
@@ -468,7 +436,8 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         else
             memset(buf + in_off, 0, n);
     }
-    if (ret == 0 && !reuse && !allocated)
+    uint64_t new_host = old_host;
+    if (ret == 0 && !reuse)
         ret = qcow2_alloc_clusters(s, 1, &new_host);
     if (ret == 0 && reuse) /* fresh clusters are free by construction: only in-place targets are checked */
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
