@@ -113,7 +113,14 @@ static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
-/* Ranges read as zeros under --on-read-error=zero: "offset length depth file: reason" a line. */
+static int cmp_error_offset(const void *a, const void *b)
+{
+    const ReadErrorRecord *x = a, *y = b;
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/* Ranges read as zeros under --on-read-error=zero: "offset length depth file: reason" a line, in disk
+ * order (parallel readers record them in whatever order they hit them). */
 static char *gen_errors(Fs *fs, Entry *e, size_t *len)
 {
     (void)fs;
@@ -121,6 +128,8 @@ static char *gen_errors(Fs *fs, Entry *e, size_t *len)
     sb_init(&sb);
     ReadErrorRecord *list = NULL;
     int n = bdrv_read_errors(e->bs, &list);
+    if (n > 1)
+        qsort(list, (size_t)n, sizeof(*list), cmp_error_offset);
     for (int i = 0; i < n; i++)
         sb_printf(&sb, "%" PRId64 " %" PRId64 " %d %s: %s\n", list[i].offset, list[i].length, list[i].layer,
                   list[i].layer_name, list[i].reason);
