@@ -911,37 +911,34 @@ int bdrv_snapshot_list(BlockNode *bs, SnapshotInfo **list)
     return bs->drv->snapshot_list(bs, list);
 }
 
-int bdrv_snapshot_create(BlockNode *bs, const char *name, Error *err)
+/* Snapshot create/delete/goto change the image: the driver must have the slot, the node be writable. */
+static int snapshot_change_allowed(BlockNode *bs, bool has_slot, Error *err)
 {
-    if (!bs->drv->snapshot_create)
+    if (!has_slot)
         return not_supported(bs, err, "internal snapshots");
     if (bs->read_only) {
         error_set(err, EROFS, "%s: image is read-only", bs->filename);
         return -EROFS;
     }
-    return bs->drv->snapshot_create(bs, name, err);
+    return 0;
+}
+
+int bdrv_snapshot_create(BlockNode *bs, const char *name, Error *err)
+{
+    int ret = snapshot_change_allowed(bs, bs->drv->snapshot_create != NULL, err);
+    return ret < 0 ? ret : bs->drv->snapshot_create(bs, name, err);
 }
 
 int bdrv_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err)
 {
-    if (!bs->drv->snapshot_delete)
-        return not_supported(bs, err, "internal snapshots");
-    if (bs->read_only) {
-        error_set(err, EROFS, "%s: image is read-only", bs->filename);
-        return -EROFS;
-    }
-    return bs->drv->snapshot_delete(bs, id_or_name, err);
+    int ret = snapshot_change_allowed(bs, bs->drv->snapshot_delete != NULL, err);
+    return ret < 0 ? ret : bs->drv->snapshot_delete(bs, id_or_name, err);
 }
 
 int bdrv_snapshot_goto(BlockNode *bs, const char *id_or_name, Error *err)
 {
-    if (!bs->drv->snapshot_goto)
-        return not_supported(bs, err, "internal snapshots");
-    if (bs->read_only) {
-        error_set(err, EROFS, "%s: image is read-only", bs->filename);
-        return -EROFS;
-    }
-    return bs->drv->snapshot_goto(bs, id_or_name, err);
+    int ret = snapshot_change_allowed(bs, bs->drv->snapshot_goto != NULL, err);
+    return ret < 0 ? ret : bs->drv->snapshot_goto(bs, id_or_name, err);
 }
 
 BlockNode *bdrv_snapshot_open(BlockNode *bs, const char *id, Error *err)
