@@ -94,3 +94,20 @@ raw_of() {
 same_bytes() {
   cmp "$1" "$2" || { echo "differ: $1 vs $2" >&2; return 1; }
 }
+
+# qio IMAGE CMD...: runs each qemu-io command on the qcow2 IMAGE (output discarded).
+qio() {
+  local img=$1; shift
+  local args=() c
+  for c in "$@"; do args+=(-c "$c"); done
+  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
+}
+
+# check_clean IMAGE: qemu-img check reports neither errors nor leaks.
+check_clean() {
+  run qemu-img check "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  [[ "$output" != *"leaked"* ]]
+}

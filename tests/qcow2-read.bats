@@ -13,13 +13,6 @@ teardown() { teardown_tmp; }
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 
 # qio IMAGE CMD...: run qemu-io commands on a qcow2 image, quietly.
-qio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
-}
-
 # rawio IMAGE CMD...: the same for a raw image.
 rawio() {
   local img=$1; shift

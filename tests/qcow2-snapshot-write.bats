@@ -9,21 +9,6 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; }
 teardown() { teardown_tmp; }
 
-qio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
-}
-
-check_clean() {
-  run qemu-img check "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  [[ "$output" == *"No errors were found"* ]]
-  [[ "$output" != *"leaked"* ]]
-}
-
 # snap_names IMAGE: the snapshot names qemu-img lists, one per line, in table order.
 snap_names() {
   qemu-img snapshot -l "$1" | awk 'NR > 2 { print $2 }'

@@ -13,22 +13,6 @@ teardown() {
   teardown_tmp
 }
 
-qio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
-}
-
-# check_clean IMAGE: qemu-img check reports neither errors nor leaks.
-check_clean() {
-  run qemu-img check "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  [[ "$output" == *"No errors were found"* ]]
-  [[ "$output" != *"leaked"* ]]
-}
-
 # fio_verify: 4 jobs on disjoint 8 MiB regions of MNT/disk.raw, random read/write, crc32c verified.
 fio_verify() {
   fio --name=w --filename="$MNT/disk.raw" --rw=randrw --bsrange=4k-256k --verify=crc32c \
