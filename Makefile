@@ -36,7 +36,7 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard f
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h tests/unit/scratch.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
 

@@ -6,6 +6,7 @@
  * formats.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -17,43 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    char full[4096 + 512];
-    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
-    return system(full);
-}
-
-static char *tpath(const char *name)
-{
-    static char bufs[8][512];
-    static int i;
-    char *p = bufs[i++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return NULL;
-    struct stat st;
-    fstat(fd, &st);
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    ssize_t n = read(fd, buf, (size_t)st.st_size);
-    close(fd);
-    *len = n < 0 ? 0 : (size_t)n;
-    return buf;
-}
 
 /* True if reading all of bs equals qemu-img's raw conversion of image. */
 static bool same_as_qemu(BlockNode *bs, const char *image, const char *oracle)
@@ -245,9 +209,7 @@ static void test_forced_formats(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-chain.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
+    if (!scratch_init("chain"))
         return 1;
     test_three_layers();
     test_short_backing();
@@ -255,9 +217,6 @@ int main(void)
     test_hostile_names();
     test_memory_refuses_backing();
     test_forced_formats();
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("# could not remove %s\n", tmpdir);
+    scratch_cleanup();
     return done_testing();
 }

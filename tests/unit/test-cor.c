@@ -5,6 +5,7 @@
  * are never overwritten by a copy; detect-zeroes on qcow2 gives zero clusters, not 64 MiB of data.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -17,43 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[256];
 #define DISK (8 * MiB)
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048], full[2048 + 512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
-    return system(full);
-}
-
-static char *tpath(const char *name)
-{
-    static char bufs[4][512];
-    static int i;
-    char *p = bufs[i++ % 4];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return NULL;
-    struct stat st;
-    fstat(fd, &st);
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    ssize_t n = read(fd, buf, (size_t)st.st_size);
-    close(fd);
-    *len = n < 0 ? 0 : (size_t)n;
-    return buf;
-}
 
 static int make_chain(void)
 {
@@ -229,16 +194,11 @@ static void test_detect_zeroes_qcow2(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-cor.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
+    if (!scratch_init("cor"))
         return 1;
     test_cor_pass();
     test_cor_concurrent();
     test_detect_zeroes_qcow2();
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("# could not remove %s\n", tmpdir);
+    scratch_cleanup();
     return done_testing();
 }

@@ -6,6 +6,7 @@
  * the read where bdrv_pread would.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -14,20 +15,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof(cmd), fmt, ap);
-    va_end(ap);
-    char full[4096 + 512];
-    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
-    return system(full);
-}
 
 static BlockNode *open_image(const char *name, bool read_only)
 {
@@ -143,16 +130,11 @@ static void test_request_path_features(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-map.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
+    if (!scratch_init("map"))
         return 1;
     test_raw();
     test_qcow2();
     test_request_path_features();
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        return 1;
+    scratch_cleanup();
     return done_testing();
 }

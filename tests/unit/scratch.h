@@ -1,0 +1,72 @@
+/*
+ * scratch.h - a private scratch directory for the C unit tests that build images with qemu-img: make
+ * it, run shell commands inside it, name files in it, read a file whole, remove it.  Test-only; one
+ * directory per test program.
+ */
+#ifndef IMGFUSE_SCRATCH_H
+#define IMGFUSE_SCRATCH_H
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+/* Makes $TMPDIR/imgfuse-NAME.XXXXXX (mkdtemp template); false on failure. */
+static inline bool scratch_init(const char *name)
+{
+    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-%s.XXXXXX", base, name);
+    return mkdtemp(tmpdir) != NULL;
+}
+
+static inline void scratch_cleanup(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        printf("# could not remove %s\n", tmpdir);
+}
+
+/* Runs a shell command in the scratch directory, output discarded; returns system()'s status. */
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2), unused));
+static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    char full[4096 + 512];
+    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
+    return system(full);
+}
+
+/* Path of NAME in the scratch directory (one of 8 rotating buffers). */
+static __attribute__((unused)) char *tpath(const char *name)
+{
+    static char bufs[8][512];
+    static int i;
+    char *p = bufs[i++ % 8];
+    snprintf(p, 512, "%s/%s", tmpdir, name);
+    return p;
+}
+
+/* The whole file, malloc'd, or NULL; *len its size. */
+static __attribute__((unused)) uint8_t *slurp(const char *path, size_t *len)
+{
+    *len = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    uint8_t *buf = fstat(fd, &st) == 0 ? malloc((size_t)st.st_size + 1) : NULL;
+    ssize_t n = buf ? read(fd, buf, (size_t)st.st_size) : -1;
+    close(fd);
+    *len = n < 0 ? 0 : (size_t)n;
+    return buf;
+}
+#endif
