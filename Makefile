@@ -4,11 +4,12 @@ CC      ?= cc
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 MANDIR  ?= $(PREFIX)/share/man/man1
-PKGS    := fuse3 zlib libzstd libcrypto
+PKGS    := fuse3 zlib libzstd libdeflate
 CFLAGS  ?= -O2 -g
+# libcrypto: headers only; `imgfuse hash` loads the library itself (fuse/commands.c says why)
 override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Iinclude \
-           $(shell pkg-config --cflags $(PKGS))
-LDLIBS  += $(shell pkg-config --libs $(PKGS)) -laio -lpthread
+           $(shell pkg-config --cflags $(PKGS) libcrypto)
+LDLIBS  += $(shell pkg-config --libs $(PKGS)) -laio -lpthread -ldl
 BUILD   ?= build
 
 CORE_SRC := $(wildcard lib/*.c) $(wildcard drivers/*.c) $(wildcard drivers/*/*.c)

@@ -431,6 +431,77 @@ static bool compact_take(Qcow2Cache *c, uint64_t offset, void *table)
     return true;
 }
 
+/* Make compact entry i the most recently used. */
+static void compact_touch(CompactTier *t, int i)
+{
+    if (t->lru_head == i)
+        return;
+    compact_lru_unlink(t, i);
+    CompactEntry *e = &t->entries[i];
+    e->lru_prev = -1;
+    e->lru_next = t->lru_head;
+    if (t->lru_head >= 0)
+        t->entries[t->lru_head].lru_prev = i;
+    t->lru_head = i;
+    if (t->lru_tail < 0)
+        t->lru_tail = i;
+}
+
+/* Decode entries [first, first + count) of a compact entry into out. */
+static void compact_decode_range(const CompactTier *t, const CompactEntry *e, uint32_t first, uint32_t count,
+                                 uint8_t *out)
+{
+    uint32_t es = t->entry_size;
+    if (!e->nruns) {
+        memcpy(out, (const uint8_t *)e->blob + (size_t)first * es, (size_t)count * es);
+        return;
+    }
+    const CompactRun *runs = e->blob;
+    uint64_t run_start = 0;
+    for (uint32_t r = 0; r < e->nruns && count > 0; r++) {
+        uint64_t run_end = run_start + runs[r].count;
+        for (uint64_t k = MAX(first, run_start); k < run_end && count > 0; k++, first++, count--) {
+            st_be64(out, runs[r].first + (k - run_start) * runs[r].delta);
+            if (es == 16)
+                st_be64(out + 8, runs[r].second);
+            out += es;
+        }
+        run_start = run_end;
+    }
+}
+
+int qcow2_cache_read_entries(Qcow2Cache *c, uint64_t offset, uint32_t entry_size, uint32_t first,
+                             uint32_t count, void *out)
+{
+    if ((uint64_t)first + count > c->table_size / entry_size)
+        return -EINVAL;
+    pthread_mutex_lock(&c->lock);
+    int i = offset ? cache_find(c, offset) : -1;
+    if (i >= 0) {
+        c->hits++;
+        lru_touch(c, i);
+        memcpy(out, (const uint8_t *)c->slots[i].table + (size_t)first * entry_size, (size_t)count * entry_size);
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+    }
+    int k = entry_size == c->compact.entry_size ? compact_find(&c->compact, offset) : -1;
+    if (k >= 0) {
+        c->compact.hits++;
+        compact_touch(&c->compact, k);
+        compact_decode_range(&c->compact, &c->compact.entries[k], first, count, out);
+        pthread_mutex_unlock(&c->lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&c->lock);
+    void *table;
+    int ret = qcow2_cache_get(c, offset, &table);
+    if (ret < 0)
+        return ret;
+    memcpy(out, (const uint8_t *)table + (size_t)first * entry_size, (size_t)count * entry_size);
+    qcow2_cache_put(c, &table);
+    return 0;
+}
+
 void qcow2_cache_set_compact_budget(Qcow2Cache *c, uint64_t bytes, uint32_t entry_size)
 {
     pthread_mutex_lock(&c->lock);

@@ -79,8 +79,8 @@ Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry
 /* Extend a run of subclusters of the given type that starts in L2 entry idx at subcluster sc, as long as
  * the type stays the same (and, for NORMAL, host offsets stay contiguous) and the run is shorter than
  * max. Returns the run length in bytes counted from the start of subcluster sc. */
-static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint32_t idx, unsigned sc,
-                                 Qcow2SubclusterType type, uint64_t max)
+static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint32_t nentries, uint32_t idx,
+                                 unsigned sc, Qcow2SubclusterType type, uint64_t max)
 {
     uint64_t entry = qcow2_l2_entry(s, table, idx);
     uint64_t bitmap = qcow2_l2_bitmap(s, table, idx);
@@ -89,7 +89,7 @@ static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint
     unsigned cur = sc + 1;
     while (run < max) {
         if (cur == s->subclusters_per_cluster) {
-            if (++idx == s->l2_size)
+            if (++idx == nentries)
                 break;
             entry = qcow2_l2_entry(s, table, idx);
             bitmap = qcow2_l2_bitmap(s, table, idx);
@@ -108,6 +108,9 @@ static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint
     }
     return run;
 }
+
+/* L2 entries one lookup looks at: a run of up to 16 MiB with 64 KiB clusters. */
+#define QCOW2_LOOKUP_ENTRIES 256
 
 int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
                           uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
@@ -128,22 +131,25 @@ int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, u
         qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64 " is not cluster aligned", l2_offset);
         return -EIO;
     }
-    void *table;
-    int ret = qcow2_cache_get(s->l2_cache, l2_offset, &table);
-    if (ret < 0)
-        return ret;
+    /* Only the entries this run can reach are copied out of the cache (at most QCOW2_LOOKUP_ENTRIES;
+     * callers loop for longer ranges), so a table that is not in a slot is not expanded into one. */
     uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
     uint64_t in_cluster = offset & s->cluster_mask;
+    uint64_t reach = (in_cluster + max + s->cluster_size - 1) >> s->cluster_bits;
+    uint32_t nentries = (uint32_t)MIN(MIN(reach, (uint64_t)QCOW2_LOOKUP_ENTRIES), (uint64_t)(s->l2_size - idx));
+    uint8_t table[QCOW2_LOOKUP_ENTRIES * 16];
+    int ret = qcow2_cache_read_entries(s->l2_cache, l2_offset, s->l2_entry_size, idx, nentries, table);
+    if (ret < 0)
+        return ret;
     unsigned sc = (unsigned)(in_cluster >> s->subcluster_bits);
-    uint64_t entry = qcow2_l2_entry(s, table, idx);
-    Qcow2SubclusterType type = qcow2_subcluster_type(s, entry, qcow2_l2_bitmap(s, table, idx), sc);
+    uint64_t entry = qcow2_l2_entry(s, table, 0);
+    Qcow2SubclusterType type = qcow2_subcluster_type(s, entry, qcow2_l2_bitmap(s, table, 0), sc);
     uint64_t skip = in_cluster & (s->subcluster_size - 1);
     uint64_t run;
     if (type == QCOW2_SC_COMPRESSED || type == QCOW2_SC_INVALID)
         run = s->cluster_size - in_cluster;
     else
-        run = qcow2_extend_run(s, table, idx, sc, type, max + skip) - skip;
-    qcow2_cache_put(s->l2_cache, &table);
+        run = qcow2_extend_run(s, table, nentries, 0, sc, type, max + skip) - skip;
     *bytes = MIN(run, max);
     *l2_entry = entry;
     if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC || type == QCOW2_SC_UNALLOCATED_ALLOC)
@@ -179,45 +185,30 @@ static int qcow2_lookup(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uin
 
 void qcow2_invalidate_decompressed(Qcow2State *s)
 {
-    pthread_mutex_lock(&s->dc_lock);
-    s->dc_entry = 0;
-    s->dc_gen++;
-    pthread_mutex_unlock(&s->dc_lock);
+    qcow2_dcache_invalidate(&s->dcache);
 }
 
-/* The last decompressed cluster is kept so that requests smaller than a cluster decompress it once;
- * decompression itself runs outside dc_lock, so several threads can decompress different clusters. */
+/* A whole cluster is decompressed straight into the caller's buffer; parts of one come from the cache
+ * of recently decompressed clusters, or are decompressed into a buffer the cache may keep. Threads
+ * decompress different clusters at the same time (nothing is locked while decompressing). */
 static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offset, uint64_t bytes, uint8_t *buf)
 {
     uint64_t in_cluster = offset & s->cluster_mask;
-    pthread_mutex_lock(&s->dc_lock);
-    if (s->dc_buf && s->dc_entry == l2_entry) {
-        memcpy(buf, s->dc_buf + in_cluster, bytes);
-        pthread_mutex_unlock(&s->dc_lock);
+    if (in_cluster == 0 && bytes == s->cluster_size)
+        return qcow2_read_compressed_cluster(s, l2_entry, buf);
+    uint64_t gen;
+    if (qcow2_dcache_read(&s->dcache, l2_entry, in_cluster, bytes, buf, &gen))
         return 0;
-    }
-    uint64_t gen = s->dc_gen;
-    pthread_mutex_unlock(&s->dc_lock);
     uint8_t *cluster = malloc(s->cluster_size);
     if (!cluster)
         return -ENOMEM;
     int ret = qcow2_read_compressed_cluster(s, l2_entry, cluster);
-    if (ret < 0) {
-        free(cluster);
-        return ret;
+    if (ret == 0) {
+        memcpy(buf, cluster + in_cluster, bytes);
+        qcow2_dcache_keep(&s->dcache, l2_entry, s->cluster_size, &cluster, gen);
     }
-    memcpy(buf, cluster + in_cluster, bytes);
-    /* Keep it unless the image's compressed clusters changed meanwhile (the bytes may be stale). */
-    pthread_mutex_lock(&s->dc_lock);
-    uint8_t *old = cluster;
-    if (s->dc_gen == gen) {
-        old = s->dc_buf;
-        s->dc_buf = cluster;
-        s->dc_entry = l2_entry;
-    }
-    pthread_mutex_unlock(&s->dc_lock);
-    free(old);
-    return 0;
+    free(cluster);
+    return ret;
 }
 
 static int qcow2_read_run(Qcow2State *s, BlockNode *backing, int type, uint64_t offset, uint64_t bytes,

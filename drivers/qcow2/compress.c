@@ -1,12 +1,15 @@
 /*
  * compress.c - compressed clusters of the qcow2 driver: locating the compressed bytes from an L2
- * descriptor, decompressing them with raw deflate (zlib) or zstd into exactly one cluster, and
- * compressing one cluster for the write path.  Output never exceeds the destination buffer; a corrupt
- * stream is -EIO for that cluster, logged once per node, never a crash.  It knows nothing of L1/L2
- * lookups or caching.
+ * descriptor, decompressing them with raw deflate (libdeflate, zlib as the fallback) or zstd into
+ * exactly one cluster, and compressing one cluster for the write path.  Each thread keeps its own
+ * decompressor contexts and input buffer, so decompression allocates nothing per cluster and threads
+ * never wait for each other.  Output never exceeds the destination buffer; a corrupt stream is -EIO for
+ * that cluster, logged once per node, never a crash.  It knows nothing of L1/L2 lookups or caching.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <libdeflate.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -21,7 +24,54 @@
 /* Raw deflate window used for compression (4 KiB, what qcow2 writers use); inflate accepts any. */
 #define QCOW2_DEFLATE_WINDOW_BITS 12
 
-static int qcow2_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
+/* Per-thread decompression state, created on first use and freed when the thread exits. */
+typedef struct DecompressScratch {
+    struct libdeflate_decompressor *deflate;
+    ZSTD_DCtx *zstd;
+    uint8_t *src;      /* compressed bytes of the cluster being read */
+    size_t src_cap;
+} DecompressScratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_free(void *p)
+{
+    DecompressScratch *sc = p;
+    if (!sc)
+        return;
+    if (sc->deflate)
+        libdeflate_free_decompressor(sc->deflate);
+    ZSTD_freeDCtx(sc->zstd);
+    free(sc->src);
+    free(sc);
+}
+
+static void scratch_key_create(void)
+{
+    scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+/* This thread's scratch state, or NULL when out of memory (callers then use one-shot contexts). */
+static DecompressScratch *scratch_get(void)
+{
+    pthread_once(&scratch_once, scratch_key_create);
+    if (!scratch_key_ok)
+        return NULL;
+    DecompressScratch *sc = pthread_getspecific(scratch_key);
+    if (sc)
+        return sc;
+    sc = calloc(1, sizeof(*sc));
+    if (sc && pthread_setspecific(scratch_key, sc) != 0) {
+        free(sc);
+        sc = NULL;
+    }
+    return sc;
+}
+
+/* zlib's streaming inflate: the reference behaviour, used when libdeflate cannot decide. */
+static int qcow2_zlib_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
     memset(&z, 0, sizeof(z));
@@ -41,11 +91,38 @@ static int qcow2_inflate(const void *src, size_t src_len, void *dst, size_t dst_
     return -EIO;
 }
 
+/* Raw deflate into exactly dst_len bytes. libdeflate decodes a whole buffer about twice as fast as
+ * zlib's streaming inflate; it accepts trailing bytes after the stream (the descriptor counts whole
+ * sectors) and fails on a stream that ends early. A stream that would produce more than a cluster, or
+ * that libdeflate rejects, goes to zlib, which decides as before (a full cluster is accepted). */
+static int qcow2_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    DecompressScratch *sc = scratch_get();
+    if (sc && !sc->deflate)
+        sc->deflate = libdeflate_alloc_decompressor();
+    if (sc && sc->deflate) {
+        size_t used_in;
+        enum libdeflate_result r = libdeflate_deflate_decompress_ex(sc->deflate, src, src_len, dst, dst_len,
+                                                                    &used_in, NULL);
+        if (r == LIBDEFLATE_SUCCESS)
+            return 0;
+        if (r == LIBDEFLATE_SHORT_OUTPUT)
+            return -EIO;
+    }
+    return qcow2_zlib_inflate(src, src_len, dst, dst_len);
+}
+
 static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
-    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    DecompressScratch *sc = scratch_get();
+    ZSTD_DCtx *dctx = sc ? sc->zstd : NULL;
+    if (sc && !dctx)
+        dctx = sc->zstd = ZSTD_createDCtx();
+    else if (!sc)
+        dctx = ZSTD_createDCtx();
     if (!dctx)
         return -ENOMEM;
+    ZSTD_DCtx_reset(dctx, ZSTD_reset_session_and_parameters);
     ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, QCOW2_ZSTD_WINDOW_LOG_MAX);
     ZSTD_inBuffer in = { src, src_len, 0 };
     ZSTD_outBuffer out = { dst, dst_len, 0 };
@@ -60,7 +137,8 @@ static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, siz
     }
     if (out.pos == out.size)
         ret = 0;
-    ZSTD_freeDCtx(dctx);
+    if (!sc)
+        ZSTD_freeDCtx(dctx);
     return ret;
 }
 
@@ -145,13 +223,26 @@ int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out
     }
     /* The last compressed cluster of a file may end before the sector its descriptor counts. */
     clen = MIN(clen, (uint64_t)file_len - coffset);
-    uint8_t *src = malloc(clen);
+    /* The input goes to this thread's buffer (grown to at most two clusters, the longest range a
+     * descriptor can count); without one, a buffer of its own. */
+    DecompressScratch *sc = scratch_get();
+    uint8_t *src = NULL;
+    if (sc && sc->src_cap < clen) {
+        uint8_t *grown = realloc(sc->src, clen);
+        if (grown) {
+            sc->src = grown;
+            sc->src_cap = clen;
+        }
+    }
+    bool own = !sc || sc->src_cap < clen;
+    src = own ? malloc(clen) : sc->src;
     if (!src)
         return -ENOMEM;
     int ret = bdrv_pread(s->meta_file, (int64_t)coffset, (int64_t)clen, src);
     if (ret >= 0)
         ret = qcow2_decompress(s->compression_type, src, clen, out, s->cluster_size);
-    free(src);
+    if (own)
+        free(src);
     if (ret < 0) {
         if (ret == -EIO || ret == -ENOTSUP)
             ret = -EIO;

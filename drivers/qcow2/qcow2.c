@@ -695,7 +695,7 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     Qcow2State *s = bs->opaque;
     pthread_mutex_init(&s->own_lock, NULL);
-    pthread_mutex_init(&s->dc_lock, NULL);
+    qcow2_dcache_init(&s->dcache);
     s->lock = &s->own_lock;
     s->meta_file = bs->file;
     s->read_only = bs->read_only;
@@ -741,15 +741,13 @@ static void qcow2_close(BlockNode *bs)
     s->refcount_table = NULL;
     free(s->view_snapshot_name);
     s->view_snapshot_name = NULL;
-    free(s->dc_buf);
-    s->dc_buf = NULL;
     qcow2_free_snapshots(s);
     qcow2_free_header(s);
     free(s->node_name);
     s->node_name = NULL;
     if (s->lock == &s->own_lock)
         pthread_mutex_destroy(&s->own_lock);
-    pthread_mutex_destroy(&s->dc_lock);
+    qcow2_dcache_destroy(&s->dcache);
     s->lock = NULL;
     if (s->parent_node)
         bdrv_close(s->parent_node);

@@ -114,6 +114,11 @@ Qcow2Cache *qcow2_cache_new(BlockNode *file, uint32_t table_size, int max_tables
 void qcow2_cache_free(Qcow2Cache *c);
 /* Pin the table at host offset; read from disk on a miss. 0 or -errno. */
 int qcow2_cache_get(Qcow2Cache *c, uint64_t offset, void **table);
+/* Copy entries [first, first + count) of the table at offset (entry_size bytes each, on-disk order)
+ * into out, for lookups that only read: a table kept run-length encoded is decoded for just those
+ * entries instead of being expanded into a slot. 0 or -errno. */
+int qcow2_cache_read_entries(Qcow2Cache *c, uint64_t offset, uint32_t entry_size, uint32_t first,
+                             uint32_t count, void *out);
 /* Pin a table for a freshly allocated cluster without reading it (contents zeroed). */
 int qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset, void **table);
 void qcow2_cache_put(Qcow2Cache *c, void **table);
@@ -167,6 +172,21 @@ typedef struct Qcow2Snapshot {
     uint32_t extra_data_size;
     uint8_t *extra_data;     /* the raw extra data (known and unknown fields), for rewrites */
 } Qcow2Snapshot;
+
+/* Recently decompressed clusters (dcache.c). */
+typedef struct Qcow2DcacheSlot {
+    uint64_t key;                  /* raw L2 entry of the compressed cluster */
+    uint8_t *buf;                  /* cluster_size bytes; NULL = slot empty */
+    uint64_t last_use;
+} Qcow2DcacheSlot;
+
+typedef struct Qcow2Dcache {
+    pthread_mutex_t lock;
+    Qcow2DcacheSlot *slots;        /* allocated on first use */
+    unsigned nslots;
+    uint64_t tick;                 /* use counter for least-recently-used eviction */
+    uint64_t gen;                  /* bumped by qcow2_dcache_invalidate */
+} Qcow2Dcache;
 
 typedef struct Qcow2State {
     /* --- header fields, as read (host byte order) --- */
@@ -271,11 +291,8 @@ typedef struct Qcow2State {
     char *view_snapshot_name;      /* views: the snapshot shown */
     BlockNode *parent_node;        /* views: the node opened from (referenced while the view lives) */
 
-    /* --- decompression: last decompressed cluster, and one-time error logging --- */
-    pthread_mutex_t dc_lock;
-    uint8_t *dc_buf;               /* cluster_size bytes */
-    uint64_t dc_entry;             /* L2 entry of the cluster held in dc_buf, 0 = none */
-    uint64_t dc_gen;               /* bumped by qcow2_invalidate_decompressed (under dc_lock) */
+    /* --- decompression: recently decompressed clusters, and one-time error logging --- */
+    Qcow2Dcache dcache;
     int corruption_logged;         /* set once a corrupt structure was reported (atomic) */
     int decompress_logged;
 
@@ -341,9 +358,18 @@ int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, 
 /* Compress one cluster; returns the compressed length, -ENOSPC if it would not be smaller than
  * dst_len, -EIO on failure. */
 int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len);
-/* Forget the cached decompressed cluster (call when a compressed cluster is freed or rewritten). */
+/* Forget the cached decompressed clusters (call when a compressed cluster is freed or rewritten). */
 void qcow2_invalidate_decompressed(Qcow2State *s);
-/* Read and decompress the compressed cluster described by l2_entry into s->dc_buf-sized out. */
+void qcow2_dcache_init(Qcow2Dcache *c);
+void qcow2_dcache_destroy(Qcow2Dcache *c);
+/* Copy bytes at offset of the cluster keyed key into dst if it is cached; *gen receives the cache's
+ * generation, to be passed to qcow2_dcache_keep after a miss. */
+bool qcow2_dcache_read(Qcow2Dcache *c, uint64_t key, uint64_t offset, uint64_t bytes, void *dst, uint64_t *gen);
+/* Offer the decompressed cluster *buf (malloc'd, cluster_size bytes). The cache may take it; *buf is
+ * then replaced by the buffer to free instead (an evicted one, or NULL). */
+void qcow2_dcache_keep(Qcow2Dcache *c, uint64_t key, uint32_t cluster_size, uint8_t **buf, uint64_t gen);
+void qcow2_dcache_invalidate(Qcow2Dcache *c);
+/* Read and decompress the compressed cluster described by l2_entry into out (cluster_size bytes). */
 int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out);
 
 /* ---------------------------------------------------------------- snapshot.c */

@@ -226,10 +226,8 @@ static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn
     v->header_dirty = false;
     v->is_snapshot_view = true;
     v->parent = s;
-    v->dc_buf = NULL;
-    v->dc_entry = 0;
     v->corruption_logged = v->decompress_logged = 0;
-    pthread_mutex_init(&v->dc_lock, NULL);
+    qcow2_dcache_init(&v->dcache);
     v->lock = s->lock;
     v->node_name = strdup(s->node_name ? s->node_name : "qcow2");
     v->view_snapshot_name = strdup(sn->name);

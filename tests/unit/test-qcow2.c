@@ -352,6 +352,50 @@ static void test_decompress_bounds(void)
         is_int(qcow2_compress((uint8_t)type, src, sizeof(src), tiny, sizeof(tiny)), -ENOSPC,
                "type %d output bounded by the destination", type);
     }
+    /* a deflate stream longer than a cluster: its first cluster is accepted (as zlib always did) */
+    static uint8_t big[8192], bigcomp[9000];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (uint8_t)(i % 251);
+    int64_t n = qcow2_compress(QCOW2_COMPRESSION_ZLIB, big, sizeof(big), bigcomp, sizeof(bigcomp));
+    ok(n > 0, "zlib compresses two clusters' worth");
+    is_int(qcow2_decompress(QCOW2_COMPRESSION_ZLIB, bigcomp, (size_t)n, out, sizeof(out)), 0,
+           "a stream longer than the cluster fills the cluster");
+    ok(memcmp(out, big, sizeof(out)) == 0, "and gives its first cluster");
+}
+
+/* The cache of decompressed clusters: hits copy the right bytes, the least recently used slot is
+ * evicted, a result computed before an invalidation is not kept. */
+static void test_dcache(void)
+{
+    enum { CS = 512 * 1024 }; /* 2 slots at this cluster size */
+    Qcow2Dcache c;
+    qcow2_dcache_init(&c);
+    uint64_t gen;
+    uint8_t out[8];
+    ok(!qcow2_dcache_read(&c, 1, 0, 8, out, &gen), "empty cache misses");
+    for (uint64_t key = 1; key <= 3; key++) {
+        uint8_t *buf = malloc(CS);
+        memset(buf, (int)key, CS);
+        qcow2_dcache_keep(&c, key, CS, &buf, gen);
+        free(buf);
+        if (key == 2)
+            ok(qcow2_dcache_read(&c, 1, 100, 8, out, &gen) && out[0] == 1 && out[7] == 1,
+               "cluster 1 is still cached and used (so 2 is the oldest)");
+    }
+    ok(qcow2_dcache_read(&c, 3, CS - 8, 8, out, &gen) && out[0] == 3, "newest cluster cached");
+    ok(qcow2_dcache_read(&c, 1, 0, 8, out, &gen) && out[0] == 1, "recently used cluster kept");
+    ok(!qcow2_dcache_read(&c, 2, 0, 8, out, &gen), "least recently used cluster evicted");
+    uint64_t before = gen;
+    qcow2_dcache_invalidate(&c);
+    ok(!qcow2_dcache_read(&c, 1, 0, 8, out, &gen), "invalidate empties the cache");
+    uint8_t *stale = malloc(CS);
+    memset(stale, 9, CS);
+    uint8_t *kept = stale;
+    qcow2_dcache_keep(&c, 9, CS, &stale, before);
+    ok(stale == kept, "a cluster decompressed before the invalidation is handed back");
+    free(stale);
+    ok(!qcow2_dcache_read(&c, 9, 0, 8, out, &gen), "and not cached");
+    qcow2_dcache_destroy(&c);
 }
 
 
@@ -401,6 +445,24 @@ static void test_cache(uint64_t compact_budget)
     uint64_t hits, misses;
     qcow2_cache_stats(c, &hits, &misses);
     is_int(hits + misses, 3 * NT, "budget %llu: lookups counted", (unsigned long long)compact_budget);
+    /* windows of entries, from slots, from the compact tier (decoded in place) and from the disk */
+    int bad_windows = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int k = 1; k <= NT; k++) {
+            static const uint32_t win[][2] = { { 0, 1 }, { 5, 17 }, { 100, 256 }, { TS / 8 - 3, 3 }, { 0, TS / 8 } };
+            for (size_t w = 0; w < sizeof(win) / sizeof(win[0]); w++) {
+                uint8_t out[TS];
+                int r = qcow2_cache_read_entries(c, (uint64_t)k * TS, 8, win[w][0], win[w][1], out);
+                if (r < 0 || memcmp(out, disk + (size_t)k * TS + (size_t)win[w][0] * 8, (size_t)win[w][1] * 8) != 0)
+                    bad_windows++;
+            }
+        }
+    }
+    is_int(bad_windows, 0, "budget %llu: entry windows read without expanding equal the disk",
+           (unsigned long long)compact_budget);
+    uint8_t spare[16];
+    is_int(qcow2_cache_read_entries(c, TS, 8, TS / 8 - 1, 2, spare), -EINVAL,
+           "budget %llu: a window past the table's end is refused", (unsigned long long)compact_budget);
     if (compact_budget >= 64 * 1024) {
         /* 21 sequential + 21 zero tables of 1 run each, and 22 random ones as plain 4 KiB copies */
         ok(qcow2_cache_compact_used(c) > 0 && qcow2_cache_compact_used(c) < 22 * TS + 64 * 200, "compact tier holds sequential tables cheaply (%llu bytes)",
@@ -454,6 +516,7 @@ int main(void)
     test_data_file_ext();
     test_l2_classifier();
     test_decompress_bounds();
+    test_dcache();
     test_cache(0);
     test_cache(16 * 1024);
     test_cache(1024 * 1024);
