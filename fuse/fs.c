@@ -316,38 +316,38 @@ static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 /* ---------------------------------------------------------------- read / write */
 
-typedef struct ThreadBuf {
-    void *p;
-    size_t cap;
-} ThreadBuf;
-
-static void thread_buf_free(void *arg)
+/* Request buffers are shared by all worker threads through a last-in first-out pool: as many exist
+ * as requests were ever in flight at once (a few), not one per thread, and the one handed out next is
+ * the one used last, whose pages are resident. So the daemon's resident size follows the concurrency of
+ * the I/O, not the number of worker threads. */
+static void *buf_get(Fs *fs)
 {
-    ThreadBuf *tb = arg;
-    free(tb->p);
-    free(tb);
+    void *p = NULL;
+    pthread_mutex_lock(&fs->buf_lock);
+    if (fs->n_free_bufs)
+        p = fs->free_bufs[--fs->n_free_bufs];
+    pthread_mutex_unlock(&fs->buf_lock);
+    if (!p && posix_memalign(&p, 4096, MAX_REQUEST) != 0)
+        p = NULL;
+    return p;
 }
 
-/* A page-aligned buffer owned by the calling thread, reused across requests. */
-static void *thread_buf(Fs *fs, size_t size)
+static void buf_put(Fs *fs, void *p)
 {
-    ThreadBuf *tb = pthread_getspecific(fs->buf_key);
-    if (!tb) {
-        tb = calloc(1, sizeof *tb);
-        if (!tb)
-            return NULL;
-        pthread_setspecific(fs->buf_key, tb);
+    pthread_mutex_lock(&fs->buf_lock);
+    if (fs->n_free_bufs < sizeof(fs->free_bufs) / sizeof(fs->free_bufs[0])) {
+        fs->free_bufs[fs->n_free_bufs++] = p;
+        p = NULL;
     }
-    if (tb->cap < size) {
-        size_t cap = MAX(size, (size_t)MAX_REQUEST);
-        void *p = NULL;
-        if (posix_memalign(&p, 4096, cap) != 0)
-            return NULL;
-        free(tb->p);
-        tb->p = p;
-        tb->cap = cap;
-    }
-    return tb->p;
+    pthread_mutex_unlock(&fs->buf_lock);
+    free(p);
+}
+
+void fs_free_buffers(Fs *fs)
+{
+    while (fs->n_free_bufs)
+        free(fs->free_bufs[--fs->n_free_bufs]);
+    pthread_mutex_destroy(&fs->buf_lock);
 }
 
 /* Read-only mounts reply by splice, through a pipe that must hold the whole reply plus a few pages:
@@ -411,7 +411,7 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
     size_t len = (size_t)MIN((int64_t)size, disk - off);
     if (e->kind == ENTRY_DISK && reply_spliced(fs, req, e, off, len))
         return;
-    void *buf = thread_buf(fs, len);
+    void *buf = len <= MAX_REQUEST ? buf_get(fs) : NULL;
     if (!buf) {
         fuse_reply_err(req, ENOMEM);
         return;
@@ -419,11 +419,12 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
     int r = e->kind == ENTRY_VMSTATE ? vmstate_read(e, off, len, buf) : bdrv_pread(e->bs, off, (int64_t)len, buf);
     if (r < 0) {
         fuse_reply_err(req, -r);
-        return;
+    } else {
+        if (fs->cfg.counters)
+            fs->cfg.counters->bytes_read += len;
+        fuse_reply_buf(req, buf, len);
     }
-    if (fs->cfg.counters)
-        fs->cfg.counters->bytes_read += len;
-    fuse_reply_buf(req, buf, len);
+    buf_put(fs, buf);
 }
 
 static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -805,12 +806,7 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
     clock_gettime(CLOCK_REALTIME, &fs.start);
     pthread_mutex_init(&fs.lock, NULL);
     pthread_mutex_init(&fs.snap_lock, NULL);
-    if (pthread_key_create(&fs.buf_key, thread_buf_free) != 0) {
-        errmsg(mountpoint, "cannot create thread key");
-        pthread_mutex_destroy(&fs.lock);
-        pthread_mutex_destroy(&fs.snap_lock);
-        return EXIT_RUNTIME;
-    }
+    pthread_mutex_init(&fs.buf_lock, NULL);
     if (fs_build_tree(&fs) < 0) {
         errmsg(mountpoint, "out of memory");
         fs_free(&fs);

@@ -43,7 +43,9 @@ struct Fs {
     uid_t uid;
     gid_t gid;
     struct timespec start;
-    pthread_key_t buf_key;   /* per-thread request buffer */
+    pthread_mutex_t buf_lock; /* guards the pool of request buffers */
+    void *free_bufs[64];     /* request buffers not in use (MAX_REQUEST bytes), most recently used last */
+    size_t n_free_bufs;
     bool splice_reads;       /* read-only mount and FUSE_CAP_SPLICE_WRITE granted: reply mapped reads by splice */
     size_t splice_max;       /* largest read libfuse can splice (its pipe must hold the whole reply) */
     Entry *disk;             /* the main raw view */
@@ -63,6 +65,8 @@ int64_t disk_size(Entry *e);
 void entry_touch(Fs *fs, Entry *e);
 int fs_build_tree(Fs *fs);
 void fs_free(Fs *fs);
+/* Free the pooled request buffers (at teardown, when no request is running). */
+void fs_free_buffers(Fs *fs);
 
 /* snapshots.c */
 int fs_build_snapshots(Fs *fs, fuse_ino_t root);

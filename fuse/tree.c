@@ -213,7 +213,7 @@ void fs_free(Fs *fs)
     }
     free(fs->entries);
     pthread_mutex_destroy(&fs->snap_lock);
-    pthread_key_delete(fs->buf_key);
+    fs_free_buffers(fs);
     pthread_mutex_destroy(&fs->lock);
 }
 
