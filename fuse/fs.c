@@ -735,7 +735,7 @@ static void unescape_mountinfo(char *s)
 
 /* "MAJ:MIN" of the newest mount at path (absolute, resolved before mounting), from mountinfo: stat()
  * on the mount itself would wait for a FUSE reply the session loop, not yet running, cannot give. */
-static bool mount_devno(const char *path, char *devno, size_t len)
+static bool mount_devno(const char *path, char *devno, size_t len, long *mount_id)
 {
     FILE *f = fopen("/proc/self/mountinfo", "r");
     if (!f)
@@ -745,11 +745,13 @@ static bool mount_devno(const char *path, char *devno, size_t len)
     bool found = false;
     while (getline(&line, &cap, f) > 0) {
         char dev[64], mnt[4096];
-        if (sscanf(line, "%*s %*s %63s %*s %4095s", dev, mnt) != 2)
+        long id;
+        if (sscanf(line, "%ld %*s %63s %*s %4095s", &id, dev, mnt) != 3)
             continue;
         unescape_mountinfo(mnt);
         if (strcmp(mnt, path) == 0) {
             snprintf(devno, len, "%s", dev);
+            *mount_id = id;
             found = true; /* keep going: the last match is the mount on top */
         }
     }
@@ -759,11 +761,9 @@ static bool mount_devno(const char *path, char *devno, size_t len)
 }
 
 /* Best effort: only root may write the window; anyone else keeps the kernel's default. */
-static void raise_readahead(const char *abs_mountpoint)
+static void raise_readahead(const char *abs_mountpoint, const char *devno)
 {
-    char devno[64], path[128];
-    if (!abs_mountpoint || !mount_devno(abs_mountpoint, devno, sizeof devno))
-        return;
+    char path[128];
     snprintf(path, sizeof path, "/sys/class/bdi/%s/read_ahead_kb", devno);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
@@ -834,7 +834,14 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
         free(abs_mountpoint);
         goto out_signals;
     }
-    raise_readahead(abs_mountpoint);
+    char devno[64];
+    long mount_id = -1;
+    fs.watcher_pid = -1;
+    if (abs_mountpoint && mount_devno(abs_mountpoint, devno, sizeof devno, &mount_id)) {
+        raise_readahead(abs_mountpoint, devno);
+        if (cfg->watch_unmount)
+            fs_start_unmount_watcher(&fs, abs_mountpoint, mount_id, devno);
+    }
     free(abs_mountpoint);
     if (ready)
         ready(ready_arg);
@@ -853,6 +860,7 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
     if (r < 0)
         log_msg("%s: session loop failed: %s", mountpoint, strerror(-r));
     fuse_session_unmount(ns.se);
+    fs_stop_unmount_watcher(&fs);
 out_signals:
     fuse_remove_signal_handlers(ns.se);
 out_session:

@@ -46,6 +46,8 @@ struct Fs {
     pthread_mutex_t buf_lock; /* guards the pool of request buffers */
     void *free_bufs[64];     /* request buffers not in use (MAX_REQUEST bytes), most recently used last */
     size_t n_free_bufs;
+    pid_t watcher_pid;       /* fuse/unwatch.c's watcher, -1 = none */
+    int watcher_fd;          /* the daemon's end of the watcher's pipe */
     bool splice_reads;       /* read-only mount and FUSE_CAP_SPLICE_WRITE granted: reply mapped reads by splice */
     size_t splice_max;       /* largest read libfuse can splice (its pipe must hold the whole reply) */
     Entry *disk;             /* the main raw view */
@@ -65,6 +67,11 @@ int64_t disk_size(Entry *e);
 void entry_touch(Fs *fs, Entry *e);
 int fs_build_tree(Fs *fs);
 void fs_free(Fs *fs);
+/* unwatch.c: fork the watcher that detaches the mount at abs_mountpoint (mount ID, device) if the
+ * daemon dies without unmounting (used instead of libfuse's auto_unmount for mounts made by root);
+ * stop it (and reap it) after a clean unmount. */
+void fs_start_unmount_watcher(Fs *fs, const char *abs_mountpoint, long mount_id, const char *devno);
+void fs_stop_unmount_watcher(Fs *fs);
 /* Free the pooled request buffers (at teardown, when no request is running). */
 void fs_free_buffers(Fs *fs);
 

@@ -69,6 +69,7 @@ typedef struct FsConfig {
     bool debug;
     MountFacts facts;         /* for MNT/info */
     FsCounters *counters;     /* may be NULL */
+    bool watch_unmount;       /* mounted without auto_unmount: start fuse/unwatch.c's watcher instead */
 } FsConfig;
 
 /* Runs the mount: creates the session from fuse_argv, mounts at mountpoint, calls ready() (which may

@@ -535,8 +535,11 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
     if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
         abort();
     sb_free(&fs);
-    /* auto_unmount: a helper unmounts if the daemon dies, so a crash never leaves a dead mount behind */
-    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,auto_unmount,max_read=%u", escaped, fs_max_read(!read_only));
+    /* If the daemon dies, its mount must go too, never left behind dead: as root, imgfuse mounts
+     * directly and its own watcher (fuse/unwatch.c) does that; anyone else mounts through fusermount3
+     * with libfuse's auto_unmount, whose helper does it. */
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,%smax_read=%u", escaped,
+              geteuid() == 0 ? "" : "auto_unmount,", fs_max_read(!read_only));
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
@@ -620,7 +623,7 @@ static int mount_main(int argc, char **argv)
     FsConfig cfg = {
         .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
         .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL },
-        .counters = &counters,
+        .counters = &counters, .watch_unmount = geteuid() == 0,
     };
     int fargc;
     char **fargv = build_fuse_argv(&a, read_only, &fargc);

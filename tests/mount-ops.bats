@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # mount-ops.bats - the file operations of a writable raw view besides plain read/write: fallocate
 # (punch hole, zero range, plain allocation), truncate, fsync, st_blocks and SEEK_DATA/SEEK_HOLE after
-# writes, and a loop device with a real file system on top of disk.raw.
+# writes, a loop device with a real file system on top of disk.raw, and what happens to the mount when
+# the daemon is killed.
 
 load helpers
 
@@ -98,4 +99,24 @@ EOF
   losetup -d "$LOOPDEV"
   LOOPDEV=
   unmount_img
+}
+
+@test "kill -9 of the daemon: its watcher removes the dead mount; a clean unmount leaves no watcher" {
+  [ "$(id -u)" = 0 ] || skip "the watcher is used for mounts made by root"
+  head -c 1048576 /dev/urandom > k.raw
+  mount_img k.raw "$MNT"
+  pid=$DAEMON_PID
+  live() { ps -eo stat=,comm= | awk '$2 == "imgfuse-unmount" && $1 !~ /^Z/' | wc -l; }
+  [ "$(live)" -ge 1 ]
+  kill -9 "$pid"; wait "$pid" 2>/dev/null || true; DAEMON_PID=
+  for i in $(seq 1 100); do mountpoint -q "$MNT" || break; sleep 0.05; done
+  run mountpoint -q "$MNT"
+  [ "$status" -ne 0 ]
+  wait_unmount_helper "$(realpath "$MNT")"
+  [ -z "$(orphan_unmount_watchers)" ]
+  before=$(live)
+  mount_img k.raw "$MNT"
+  cmp "$MNT/disk.raw" k.raw
+  unmount_img
+  [ "$(live)" -eq "$before" ]
 }
