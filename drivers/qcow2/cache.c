@@ -251,6 +251,19 @@ static void compact_lru_unlink(CompactTier *t, int i)
     e->lru_prev = e->lru_next = -1;
 }
 
+/* Put compact entry i (unlinked) at the head of the use order. */
+static void compact_lru_push_front(CompactTier *t, int i)
+{
+    CompactEntry *e = &t->entries[i];
+    e->lru_prev = -1;
+    e->lru_next = t->lru_head;
+    if (t->lru_head >= 0)
+        t->entries[t->lru_head].lru_prev = i;
+    t->lru_head = i;
+    if (t->lru_tail < 0)
+        t->lru_tail = i;
+}
+
 static void compact_remove(CompactTier *t, int i)
 {
     CompactEntry *e = &t->entries[i];
@@ -405,12 +418,7 @@ static void compact_insert(Qcow2Cache *c, uint64_t offset, const void *table)
     uint32_t k = compact_bucket(t, offset);
     e->hash_next = t->buckets[k];
     t->buckets[k] = i;
-    e->lru_next = t->lru_head;
-    if (t->lru_head >= 0)
-        t->entries[t->lru_head].lru_prev = i;
-    t->lru_head = i;
-    if (t->lru_tail < 0)
-        t->lru_tail = i;
+    compact_lru_push_front(t, i);
     t->used += bytes;
 }
 
@@ -437,14 +445,7 @@ static void compact_touch(CompactTier *t, int i)
     if (t->lru_head == i)
         return;
     compact_lru_unlink(t, i);
-    CompactEntry *e = &t->entries[i];
-    e->lru_prev = -1;
-    e->lru_next = t->lru_head;
-    if (t->lru_head >= 0)
-        t->entries[t->lru_head].lru_prev = i;
-    t->lru_head = i;
-    if (t->lru_tail < 0)
-        t->lru_tail = i;
+    compact_lru_push_front(t, i);
 }
 
 /* Decode entries [first, first + count) of a compact entry into out. */
