@@ -363,26 +363,67 @@ unsigned fs_max_read(bool writable)
 /* Smaller replies go through libfuse's memory path anyway (it splices nothing under two pages). */
 #define SPLICE_MIN (2 * 4096)
 
-/* Replies with the host file's bytes moved by the kernel (splice through a pipe, no copy into our
- * buffer) when the range is one contiguous host extent that cannot change under the reply. False when
- * the caller must read it itself. */
+/* Pieces of one spliced reply: a 512 KiB read of an overlay whose layers alternate every 64 KiB cluster
+ * needs 8; more than this many falls back to a read into a buffer. */
+#define SPLICE_MAX_EXTENTS 64
+
+/* What zero extents are written into the pipe from: never written, so it stays on the kernel's shared
+ * zero page and costs no memory. */
+static char splice_zeros[MAX_REQUEST];
+
+/* Pipe slots (pages) a reply of these extents takes: a spliced page-cache page per page the host range
+ * touches, written zeros a page each plus one partly filled, and a page for the reply's header. libfuse
+ * falls back to a slower copy when its pipe overflows, so such replies are read into a buffer instead. */
+static size_t pipe_pages_needed(const BlockMapExtent *x, int n)
+{
+    const int64_t page = 4096;
+    size_t pages = 1;
+    for (int i = 0; i < n; i++) {
+        int64_t first = x[i].fd >= 0 ? x[i].host_offset % page : 0;
+        pages += (size_t)((first + x[i].bytes + page - 1) / page) + (x[i].fd < 0);
+    }
+    return pages;
+}
+
+/* Replies with the host files' bytes moved by the kernel (splice through a pipe, no copy into our
+ * buffer) when the range maps to a few host extents and zeros that cannot change under the reply. False
+ * when the caller must read it itself. */
 static bool reply_spliced(Fs *fs, fuse_req_t req, Entry *e, off_t off, size_t len)
 {
     if (!fs->splice_reads || len < SPLICE_MIN || len > fs->splice_max)
         return false;
     uint64_t t0 = now_ns();
-    BlockMapping map;
-    if (bdrv_map_contiguous(e->bs, off, (int64_t)len, &map) <= 0)
+    BlockMapExtent x[SPLICE_MAX_EXTENTS];
+    int n = bdrv_map_extents(e->bs, off, (int64_t)len, x, SPLICE_MAX_EXTENTS);
+    if (n <= 0 || pipe_pages_needed(x, n) > fs->splice_pipe_pages)
         return false;
     /* Counted before the reply, like bdrv_pread's reads: a reader that got its data sees it counted. */
-    bdrv_account_mapped_read(e->bs, &map, (int64_t)len, now_ns() - t0);
+    bdrv_account_extents(e->bs, x, n, now_ns() - t0);
     if (fs->cfg.counters)
         fs->cfg.counters->bytes_read += len;
-    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(len);
-    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-    bv.buf[0].fd = map.fd;
-    bv.buf[0].pos = map.host_offset;
-    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    if (n == 1 && x[0].fd < 0) { /* all zeros: one copy from the zero page, not two through the pipe */
+        fuse_reply_buf(req, splice_zeros, len);
+        return true;
+    }
+    union {
+        struct fuse_bufvec bv;
+        char space[sizeof(struct fuse_bufvec) + (SPLICE_MAX_EXTENTS - 1) * sizeof(struct fuse_buf)];
+    } u;
+    memset(&u.bv, 0, sizeof u.bv);
+    u.bv.count = (size_t)n;
+    for (int i = 0; i < n; i++) {
+        struct fuse_buf *b = &u.bv.buf[i];
+        memset(b, 0, sizeof *b);
+        b->size = (size_t)x[i].bytes;
+        if (x[i].fd >= 0) {
+            b->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+            b->fd = x[i].fd;
+            b->pos = x[i].host_offset;
+        } else {
+            b->mem = splice_zeros;
+        }
+    }
+    fuse_reply_data(req, &u.bv, FUSE_BUF_SPLICE_MOVE);
     return true;
 }
 
@@ -605,12 +646,14 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* ---------------------------------------------------------------- session setup */
 
+#define SPLICE_PIPE_SLACK (4 * 4096)
+
 /* libfuse splices a reply only if its per-thread pipe holds all of it (data, header and a few pages of
  * slack); it grows the pipe up to /proc/sys/fs/pipe-max-size, or beyond with CAP_SYS_RESOURCE. Above
  * that it would copy through a fresh malloc'd buffer, which costs more than our own read. */
 static size_t splice_limit(void)
 {
-    const size_t slack = 4 * 4096;
+    const size_t slack = SPLICE_PIPE_SLACK;
     int p[2];
     if (pipe(p) != 0)
         return 0;
@@ -646,6 +689,7 @@ static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_ASYNC_DIO;
     if (!fs->cfg.writable && (conn->capable & FUSE_CAP_SPLICE_WRITE)) {
         fs->splice_max = splice_limit();
+        fs->splice_pipe_pages = (fs->splice_max + SPLICE_PIPE_SLACK) / 4096;
         if (fs->splice_max >= SPLICE_MIN) {
             conn->want |= FUSE_CAP_SPLICE_WRITE;
             fs->splice_reads = true;

@@ -50,6 +50,7 @@ struct Fs {
     int watcher_fd;          /* the daemon's end of the watcher's pipe */
     bool splice_reads;       /* read-only mount and FUSE_CAP_SPLICE_WRITE granted: reply mapped reads by splice */
     size_t splice_max;       /* largest read libfuse can splice (its pipe must hold the whole reply) */
+    size_t splice_pipe_pages; /* pages its pipe holds, for replies of several extents */
     Entry *disk;             /* the main raw view */
     Entry *snapdir;          /* MNT/snapshots, NULL when the image has no snapshot support */
     pthread_mutex_t snap_lock; /* serialises snapshot create/delete and the refresh of the tree */

@@ -372,6 +372,22 @@ typedef struct BlockMapping {
  * no O_DIRECT, no filter, no compressed or zero range, all within the host file. 0 when not (read with
  * bdrv_pread then), or -errno. */
 int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map);
+/* One piece of a mapped range: its bytes are host bytes of one file (fd >= 0, from host_offset on), or
+ * zeros (fd -1), decided by the layer at depth (0 = bs). */
+typedef struct BlockMapExtent {
+    int64_t bytes;
+    int fd;               /* borrowed like BlockMapping.fd; -1: the piece reads as zeros */
+    int64_t host_offset;
+    BlockNode *host_file; /* NULL for zeros */
+    int depth;
+} BlockMapExtent;
+/* Like bdrv_map_contiguous, for a range that may be scattered over the host files of several layers and
+ * hold zeros: fills ext with at most max_ext extents (neighbours merged) that read, in order, exactly as
+ * [offset, offset+bytes) of bs and returns their number; 0 when a piece is not mappable (compressed,
+ * beyond its host file...) or more extents would be needed; -errno. */
+int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExtent *ext, int max_ext);
+/* Counts reads done through extents where bdrv_pread would have (as bdrv_account_mapped_read). */
+void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns);
 /* Counts a read done through a mapping in the statistics of every node bdrv_pread would have counted it
  * in (bs, the backing layers down to map->depth, the host file). */
 void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns);

@@ -769,44 +769,87 @@ static bool mappable_piece(const BlockStatus *st)
            h->drv->is_protocol && !h->drv->is_filter && h->drv->get_fd && h->read_only && st->bytes > 0;
 }
 
-int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map)
+/* The extent one block-status answer stands for, or false when the piece cannot be handed out (compressed,
+ * behind a filter, partly beyond its host file's end: bdrv_pread pads with zeros there, a splice would not). */
+static bool piece_extent(const BlockStatus *st, BlockMapExtent *x)
 {
-    if (offset < 0 || bytes <= 0 || !mapping_allowed(bs))
+    *x = (BlockMapExtent){ .bytes = st->bytes, .fd = -1, .host_offset = -1, .depth = st->depth };
+    if ((st->flags & BDRV_BLOCK_ZERO) && !(st->flags & BDRV_BLOCK_COMPRESSED))
+        return true;
+    if (!mappable_piece(st))
+        return false;
+    int64_t host_len = bdrv_getlength(st->host_file);
+    if (host_len < 0 || st->host_offset < 0 || st->host_offset > host_len - st->bytes)
+        return false;
+    x->fd = st->host_file->drv->get_fd(st->host_file);
+    x->host_offset = st->host_offset;
+    x->host_file = st->host_file;
+    return x->fd >= 0;
+}
+
+/* b continues a in the same layer: the same zeros, or the next bytes of the same host file. */
+static bool extends(const BlockMapExtent *a, const BlockMapExtent *b)
+{
+    if (a->depth != b->depth || a->fd != b->fd)
+        return false;
+    return a->fd < 0 || (a->host_file == b->host_file && b->host_offset == a->host_offset + a->bytes);
+}
+
+int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExtent *ext, int max_ext)
+{
+    if (offset < 0 || bytes <= 0 || max_ext <= 0 || !mapping_allowed(bs))
         return 0;
-    BlockStatus first;
-    memset(&first, 0, sizeof(first));
+    int n = 0;
     for (int64_t pos = offset; pos < offset + bytes;) {
         BlockStatus st;
         memset(&st, 0, sizeof(st));
         int r = bdrv_block_status_above(bs, pos, offset + bytes - pos, &st);
         if (r < 0)
             return r;
-        if (!mappable_piece(&st))
+        st.bytes = MIN(st.bytes, offset + bytes - pos);
+        BlockMapExtent x;
+        if (st.bytes <= 0 || !piece_extent(&st, &x))
             return 0;
-        if (pos == offset)
-            first = st;
-        else if (st.host_file != first.host_file || st.depth != first.depth ||
-                 st.host_offset != first.host_offset + (pos - offset))
+        if (n > 0 && extends(&ext[n - 1], &x))
+            ext[n - 1].bytes += x.bytes;
+        else if (n < max_ext)
+            ext[n++] = x;
+        else
             return 0;
         pos += st.bytes;
     }
-    int64_t host_len = bdrv_getlength(first.host_file);
-    if (host_len < 0 || first.host_offset < 0 || first.host_offset > host_len - bytes)
-        return 0; /* partly beyond the host file's end: bdrv_pread pads with zeros, a splice would not */
-    int fd = first.host_file->drv->get_fd(first.host_file);
-    if (fd < 0)
-        return 0;
-    *map = (BlockMapping){ .fd = fd, .host_offset = first.host_offset, .host_file = first.host_file,
-                           .depth = first.depth };
+    return n;
+}
+
+int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map)
+{
+    BlockMapExtent x;
+    int r = bdrv_map_extents(bs, offset, bytes, &x, 1);
+    if (r <= 0 || x.fd < 0)
+        return r < 0 ? r : 0;
+    *map = (BlockMapping){ .fd = x.fd, .host_offset = x.host_offset, .host_file = x.host_file, .depth = x.depth };
     return 1;
+}
+
+void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns)
+{
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        total += ext[i].bytes;
+        BlockNode *layer = bs->backing; /* bs itself is counted once below, as one bdrv_pread would */
+        for (int d = 1; layer && d <= ext[i].depth; d++, layer = layer->backing)
+            stats_account(layer, STAT_READ, ext[i].bytes, ns, 0);
+        if (ext[i].host_file)
+            stats_account(ext[i].host_file, STAT_READ, ext[i].bytes, ns, 0);
+    }
+    stats_account(bs, STAT_READ, total, ns, 0);
 }
 
 void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns)
 {
-    BlockNode *n = bs;
-    for (int d = 0; n && d <= map->depth; d++, n = n->backing)
-        stats_account(n, STAT_READ, bytes, ns, 0);
-    stats_account(map->host_file, STAT_READ, bytes, ns, 0);
+    BlockMapExtent x = { .bytes = bytes, .fd = map->fd, .host_offset = map->host_offset, .host_file = map->host_file,
+                      .depth = map->depth };
+    bdrv_account_extents(bs, &x, 1, ns);
 }
 
 /* ---------------------------------------------------------------- info */

@@ -1,9 +1,9 @@
 #!/usr/bin/env bats
 # read-path.bats - the read path of read-only mounts (issue 9): reads answered by splice from the host
-# file (raw, allocated qcow2 clusters in any layer) next to reads the daemon assembles itself
-# (compressed, zero, unallocated, straddling layers) return qemu-img's bytes for every request size;
-# statistics and the audit log count them exactly; the mount's readahead window is raised to 1 MiB
-# when the daemon may (root).
+# files, in one piece (raw, allocated qcow2 clusters in any layer) or several (layers alternating, zero
+# clusters, holes), next to reads the daemon assembles itself (compressed) return qemu-img's bytes for
+# every request size; statistics and the audit log count them exactly; the mount's readahead window is
+# raised to 1 MiB when the daemon may (root).
 
 load helpers
 
@@ -73,6 +73,33 @@ PY
   [ $((f1 - f0)) -ge 65536 ]
   [ $((b1 - b0)) -eq $((f1 - f0)) ]
   [ $((bf1 - bf0)) -eq $((f1 - f0)) ]
+  unmount_img
+}
+
+@test "read-only overlay alternating layers every cluster, with zero clusters and holes: bytes and counts" {
+  # 4 MiB, 64 KiB clusters: even clusters in the base, odd ones in the overlay, then zeros and holes
+  qemu-img create -q -f qcow2 -o cluster_size=65536 "$TMP/b.qcow2" 4M
+  qemu-img create -q -f qcow2 -o cluster_size=65536 -b "$TMP/b.qcow2" -F qcow2 "$TMP/t.qcow2"
+  bcmds=(); tcmds=()
+  for i in $(seq 0 2 31); do bcmds+=(-c "write -P $((i + 1)) $((i * 64))k 64k"); done
+  for i in $(seq 1 2 31); do tcmds+=(-c "write -P $((i + 101)) $((i * 64))k 64k"); done
+  qemu-io -f qcow2 "${bcmds[@]}" "$TMP/b.qcow2" >/dev/null
+  qemu-io -f qcow2 "${tcmds[@]}" -c 'write -z 2176k 64k' -c 'write -P 0x77 2304k 4k' "$TMP/t.qcow2" >/dev/null
+  want=$(raw_of "$TMP/t.qcow2")
+  mount_img "$TMP/t.qcow2"
+  for bs in 1M 512k 192k 12k; do
+    dd if="$MNT/disk.raw" of="$TMP/got" bs=$bs iflag=direct status=none
+    same_bytes "$TMP/got" "$want"
+  done
+  fmt0=$(stat_sum format rd_bytes); file0=$(stat_sum file rd_bytes)
+  top0=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][0]["rd_ops"])' "$MNT/stats.json")
+  dd if="$MNT/disk.raw" of=/dev/null bs=512k count=4 iflag=direct status=none
+  top1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][0]["rd_ops"])' "$MNT/stats.json")
+  # the top counts each request once; the format nodes together saw it once in the top and half of it
+  # in the base; the host files saw exactly the data bytes (the metadata is cached by now)
+  [ $((top1 - top0)) -eq 4 ]
+  [ $(( $(stat_sum format rd_bytes) - fmt0 )) -eq $((2097152 + 1048576)) ]
+  [ $(( $(stat_sum file rd_bytes) - file0 )) -eq 2097152 ]
   unmount_img
 }
 

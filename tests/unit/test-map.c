@@ -3,7 +3,9 @@
  * images made by qemu-img, a mapped range's host bytes equal what bdrv_pread returns (raw, allocated
  * qcow2 clusters, a backing layer); compressed, zero, unallocated, layer-straddling and host-scattered
  * ranges are refused, as are writable chains and request-path features; bdrv_account_mapped_read counts
- * the read where bdrv_pread would.
+ * the read where bdrv_pread would. bdrv_map_extents hands out a scattered range as host extents of several
+ * layers and zero pieces whose bytes, in order, equal bdrv_pread's; it refuses compressed pieces and ranges
+ * needing more extents than allowed; bdrv_account_extents counts the top once and each layer per extent.
  */
 #include "block.h"
 #include "scratch.h"
@@ -106,6 +108,73 @@ static void test_qcow2(void)
         bdrv_close(bs);
 }
 
+/* True when the extents of [off, off+len) put together (host bytes, zeros) equal bdrv_pread's bytes. */
+static bool extents_read_same(BlockNode *bs, int64_t off, int64_t len, const BlockMapExtent *x, int n)
+{
+    uint8_t *want = malloc((size_t)len), *got = calloc(1, (size_t)len);
+    bool same = want && got && bdrv_pread(bs, off, len, want) == 0;
+    int64_t at = 0;
+    for (int i = 0; same && i < n; i++) {
+        if (x[i].fd >= 0)
+            same = pread(x[i].fd, got + at, (size_t)x[i].bytes, x[i].host_offset) == (ssize_t)x[i].bytes;
+        at += x[i].bytes;
+    }
+    same = same && at == len && memcmp(want, got, (size_t)len) == 0;
+    free(want);
+    free(got);
+    return same;
+}
+
+static void test_extents(void)
+{
+    /* t.qcow2 from test_qcow2: backing data 0..1M (top 512k..576k), top data 1M..2M, a zero cluster at
+     * 2M, holes above, top clusters at 3M and 3136k not adjacent on the host. */
+    BlockNode *bs = open_image("t.qcow2", true);
+    BlockMapExtent x[16];
+    int n = bs ? bdrv_map_extents(bs, 512 * 1024 - 4096, 8192, x, 8) : -1;
+    ok(n == 2 && x[0].bytes == 4096 && x[0].depth == 1 && x[0].host_file == bs->backing->file &&
+       x[1].bytes == 4096 && x[1].depth == 0 && x[1].host_file == bs->file && extents_read_same(bs, 512 * 1024 - 4096, 8192, x, n),
+       "a range straddling two layers is two extents, one in each layer's file");
+    n = bs ? bdrv_map_extents(bs, 2 * 1048576 - 4096, 69632, x, 8) : -1;
+    ok(n == 2 && x[0].fd >= 0 && x[1].fd < 0 && x[1].host_file == NULL && x[1].bytes == 65536 && x[1].depth == 0 &&
+       extents_read_same(bs, 2 * 1048576 - 4096, 69632, x, n), "a zero cluster is a zero extent of the top");
+    n = bs ? bdrv_map_extents(bs, 2 * 1048576 + 65536, 131072, x, 8) : -1;
+    ok(n == 1 && x[0].fd < 0 && x[0].bytes == 131072 && x[0].depth == 2,
+       "a range unallocated in every layer is one zero extent, found below the bottom layer");
+    n = bs ? bdrv_map_extents(bs, 0, 4 * 1048576, x, 16) : -1;
+    ok(n > 2 && extents_read_same(bs, 0, 4 * 1048576, x, n), "the whole chain maps into %d extents with qemu-img's bytes", n);
+    is_int(bs ? bdrv_map_extents(bs, 0, 4 * 1048576, x, 2) : -1, 0, "a range needing more extents than allowed is refused");
+    n = bs ? bdrv_map_extents(bs, 3 * 1048576 + 60 * 1024, 8192, x, 8) : -1;
+    ok(n == 2 && x[0].host_offset + 4096 != x[1].host_offset && extents_read_same(bs, 3 * 1048576 + 60 * 1024, 8192, x, n),
+       "clusters not adjacent on the host are separate extents");
+
+    BlockStats top0, base0, bfile0, file0, top1, base1, bfile1, file1;
+    n = bs ? bdrv_map_extents(bs, 512 * 1024 - 4096, 8192, x, 8) : 0;
+    bdrv_stats_snapshot(bs, &top0);
+    bdrv_stats_snapshot(bs->file, &file0);
+    bdrv_stats_snapshot(bs->backing, &base0);
+    bdrv_stats_snapshot(bs->backing->file, &bfile0);
+    bdrv_account_extents(bs, x, n, 1000);
+    bdrv_stats_snapshot(bs, &top1);
+    bdrv_stats_snapshot(bs->file, &file1);
+    bdrv_stats_snapshot(bs->backing, &base1);
+    bdrv_stats_snapshot(bs->backing->file, &bfile1);
+    ok(top1.rd_ops == top0.rd_ops + 1 && top1.rd_bytes == top0.rd_bytes + 8192 && base1.rd_bytes == base0.rd_bytes + 4096 &&
+       file1.rd_bytes == file0.rd_bytes + 4096 && bfile1.rd_bytes == bfile0.rd_bytes + 4096,
+       "extents are counted once in the top and per extent in the layer and host file that held them");
+    if (bs)
+        bdrv_close(bs);
+
+    bs = open_image("c.qcow2", true);
+    is_int(bs ? bdrv_map_extents(bs, 0, 65536, x, 8) : -1, 0, "compressed clusters are not mapped as extents");
+    if (bs)
+        bdrv_close(bs);
+    bs = open_image("t.qcow2", false);
+    is_int(bs ? bdrv_map_extents(bs, 0, 65536, x, 8) : -1, 0, "a writable chain is never mapped as extents");
+    if (bs)
+        bdrv_close(bs);
+}
+
 static void test_request_path_features(void)
 {
     char path[512];
@@ -134,6 +203,7 @@ int main(void)
         return 1;
     test_raw();
     test_qcow2();
+    test_extents();
     test_request_path_features();
     scratch_cleanup();
     return done_testing();
