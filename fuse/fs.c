@@ -274,6 +274,7 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     if (e->kind == ENTRY_DISK || e->kind == ENTRY_VMSTATE) {
         fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
         fi->keep_cache = !fs->cfg.writable; /* nothing can change any view of a read-only mount */
+        fi->direct_io = fs->cfg.direct_io;
         fi->noflush = !wants_write;
         pthread_mutex_lock(&fs->lock);
         e->opens++;

@@ -70,6 +70,7 @@ typedef struct FsConfig {
     MountFacts facts;         /* for MNT/info */
     FsCounters *counters;     /* may be NULL */
     bool watch_unmount;       /* mounted without auto_unmount: start fuse/unwatch.c's watcher instead */
+    bool direct_io;           /* raw views bypass the kernel's page cache (FOPEN_DIRECT_IO) */
 } FsConfig;
 
 /* Runs the mount: creates the session from fuse_argv, mounts at mountpoint, calls ready() (which may

@@ -93,6 +93,8 @@ static void print_help(void)
 "I/O:\n"
 "      --cache=writeback|none       none opens the files O_DIRECT (default writeback)\n"
 "      --aio=threads|native         native uses Linux AIO; needs --cache=none (default threads)\n"
+"      --direct-io            reads and writes of disk.raw bypass the mount's page cache: faster\n"
+"                             large transfers, slower small reads, no shared mmap (-o direct_io)\n"
 "FUSE and process:\n"
 "      --allow-other          let other users access the mount (needs user_allow_other)\n"
 "  -o OPTS                    FUSE mount options, comma separated; -o ro forces read-only,\n"
@@ -126,6 +128,7 @@ enum {
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
+    OPT_DIRECT_IO,
 };
 
 static const struct option mount_options[] = {
@@ -143,6 +146,7 @@ static const struct option mount_options[] = {
     { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
     { "cache", required_argument, NULL, OPT_CACHE },
     { "aio", required_argument, NULL, OPT_AIO },
+    { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
     { "discard", required_argument, NULL, OPT_DISCARD },
     { "on-read-error", required_argument, NULL, OPT_ON_READ_ERROR },
     { "blkdebug", required_argument, NULL, OPT_BLKDEBUG },
@@ -167,7 +171,7 @@ static const struct option mount_options[] = {
 
 typedef struct MountArgs {
     BlockOpenOpts open;
-    bool rw, forced_ro, allow_other, foreground, debug, snapshot;
+    bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     const char *image, *mountpoint, *audit_log, *overlay;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
@@ -210,7 +214,8 @@ static bool is_fstab_only(const char *o)
     return false;
 }
 
-/* Splits a -o argument; ro/rw/allow_other/debug are ours, the rest is passed to libfuse unchanged. */
+/* Splits a -o argument; ro/rw/allow_other/debug/direct_io are ours, the rest is passed to libfuse
+ * unchanged. */
 static void take_fuse_opts(MountArgs *a, const char *arg)
 {
     char *copy = strdup(arg);
@@ -226,6 +231,8 @@ static void take_fuse_opts(MountArgs *a, const char *arg)
             a->allow_other = true;
         else if (strcmp(o, "debug") == 0)
             a->debug = true;
+        else if (strcmp(o, "direct_io") == 0)
+            a->direct_io = true;
         else
             sb_printf(&a->fuse_opts, "%s%s", a->fuse_opts.len ? "," : "", o);
     }
@@ -293,6 +300,7 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             a->open.cache = v ? CACHE_NONE : CACHE_WRITEBACK;
             note_option(a, name, optarg);
             break;
+        case OPT_DIRECT_IO: a->direct_io = true; break;
         case OPT_AIO:
             if ((v = parse_choice("--aio", optarg, aio_names, 2)) < 0)
                 return EXIT_USAGE;
@@ -619,11 +627,13 @@ static int mount_main(int argc, char **argv)
         goto out;
     }
 
+    if (a.direct_io)
+        note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
     FsCounters counters = { 0 };
     FsConfig cfg = {
         .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
         .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL },
-        .counters = &counters, .watch_unmount = geteuid() == 0,
+        .counters = &counters, .watch_unmount = geteuid() == 0, .direct_io = a.direct_io,
     };
     int fargc;
     char **fargv = build_fuse_argv(&a, read_only, &fargc);

@@ -2,8 +2,8 @@
 # read-path.bats - the read path of read-only mounts (issue 9): reads answered by splice from the host
 # files, in one piece (raw, allocated qcow2 clusters in any layer) or several (layers alternating, zero
 # clusters, holes), next to reads the daemon assembles itself (compressed) return qemu-img's bytes for
-# every request size; statistics and the audit log count them exactly; the mount's readahead window is
-# raised to 1 MiB when the daemon may (root).
+# every request size; statistics and the audit log count them exactly; --direct-io sends every read to
+# the daemon; the mount's readahead window is raised to 1 MiB when the daemon may (root).
 
 load helpers
 
@@ -100,6 +100,56 @@ PY
   [ $((top1 - top0)) -eq 4 ]
   [ $(( $(stat_sum format rd_bytes) - fmt0 )) -eq $((2097152 + 1048576)) ]
   [ $(( $(stat_sum file rd_bytes) - file0 )) -eq 2097152 ]
+  unmount_img
+}
+
+@test "--direct-io: every read reaches the daemon, with qemu-img's bytes; private mmap works, shared is refused" {
+  make_chain
+  want=$(raw_of "$TMP/t.qcow2")
+  mount_img --direct-io "$TMP/t.qcow2" "$MNT"
+  grep -qx 'options: --direct-io' "$MNT/info"
+  for bs in 1M 128k 12k; do
+    dd if="$MNT/disk.raw" of="$TMP/got" bs=$bs status=none
+    same_bytes "$TMP/got" "$want"
+  done
+  # the same MiB read twice through the page-cache path of dd (no O_DIRECT): both reach the daemon
+  top0=$(stat_sum format rd_bytes)
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=1 status=none
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=1 status=none
+  top1=$(stat_sum format rd_bytes)
+  # the top and the backing layer (0..512k of this chain is in the backing) both count their part
+  [ $((top1 - top0)) -ge 2097152 ]
+  python3 - "$MNT/disk.raw" "$want" <<'PY'
+import errno, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+want = open(sys.argv[2], "rb").read()
+m = mmap.mmap(fd, 1 << 20, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ, offset=1 << 20)
+assert m[:] == want[1 << 20:2 << 20]
+try:
+    mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    raise SystemExit("shared mmap of a --direct-io view should fail")
+except OSError as e:
+    assert e.errno == errno.ENODEV, e
+PY
+  unmount_img
+  # -o direct_io is the same option; without it a second read of the same MiB is a page-cache hit
+  mount_img -o direct_io "$TMP/t.qcow2" "$MNT"
+  grep -qx 'options: --direct-io' "$MNT/info"
+  unmount_img
+  # writes too go straight to the daemon, and land in the image
+  cp "$TMP/t.qcow2" "$TMP/w.qcow2"
+  head -c 300000 /dev/urandom > "$TMP/patch"
+  mount_img --rw --direct-io "$TMP/w.qcow2" "$MNT"
+  dd if="$TMP/patch" of="$MNT/disk.raw" bs=100000 seek=1 conv=notrunc status=none
+  unmount_img
+  cp "$want" "$TMP/want-w"
+  dd if="$TMP/patch" of="$TMP/want-w" bs=100000 seek=1 conv=notrunc status=none
+  same_bytes "$(raw_of "$TMP/w.qcow2")" "$TMP/want-w"
+  mount_img "$TMP/t.qcow2"
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=1 status=none
+  top0=$(stat_sum format rd_bytes)
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=1 status=none
+  [ "$(stat_sum format rd_bytes)" -eq "$top0" ]
   unmount_img
 }
 
