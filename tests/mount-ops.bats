@@ -85,13 +85,15 @@ EOF
   [ "$(dd if=s.raw bs=64k skip=80 count=1 status=none | tr -d '\132' | wc -c)" -eq 0 ]
 }
 
-@test "a loop device over disk.raw mounts the ext4 file system inside, read-only" {
+# loop_ext4_ro [MOUNT OPTIONS...]: an ext4 file system in a raw image, mounted through a read-only loop
+# device over disk.raw, shows the file written into it
+loop_ext4_ro() {
   truncate -s 32M fs.raw
   mkfs.ext4 -q -F fs.raw
   mkdir -p "$TMP/src" "$TMP/fsmnt"
   head -c 300000 /dev/urandom > "$TMP/src/payload"
   debugfs -w -R "write $TMP/src/payload payload" fs.raw > /dev/null 2>&1
-  mount_img fs.raw "$MNT"
+  mount_img "$@" fs.raw "$MNT"
   LOOPDEV=$(losetup --find --show --read-only "$MNT/disk.raw")
   mount -o ro,noload "$LOOPDEV" "$TMP/fsmnt"
   cmp "$TMP/fsmnt/payload" "$TMP/src/payload"
@@ -99,6 +101,14 @@ EOF
   losetup -d "$LOOPDEV"
   LOOPDEV=
   unmount_img
+}
+
+@test "a loop device over disk.raw mounts the ext4 file system inside, read-only" {
+  loop_ext4_ro
+}
+
+@test "the same through --direct-io (the loop device's reads go straight to the daemon)" {
+  loop_ext4_ro --direct-io
 }
 
 @test "kill -9 of the daemon: its watcher removes the dead mount; a clean unmount leaves no watcher" {
