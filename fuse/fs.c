@@ -679,7 +679,8 @@ static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
     Fs *fs = userdata;
     conn->max_write = MAX_REQUEST;
     conn->max_read = fs_max_read(fs->cfg.writable);
-    /* The kernel keeps the smaller of this and the window raise_readahead set before INIT was answered. */
+    /* When INIT is answered the kernel caps the mount's readahead window at this; post_mount raises the
+     * window to it, before or after. */
     conn->max_readahead = MAX_REQUEST;
     conn->max_background = 64;
     conn->congestion_threshold = 48;

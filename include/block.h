@@ -211,7 +211,7 @@ struct BlockDriver {
      * conflicting lock. */
     int (*set_perm)(BlockNode *bs, unsigned held, unsigned unshared, Error *err);
     /* Protocol drivers, optional: the descriptor whose bytes at a host offset are this node's bytes at
-     * that offset, for zero-copy reads (bdrv_map_contiguous); -ENOTSUP when there is none (O_DIRECT). */
+     * that offset, for zero-copy reads (bdrv_map_extents); -ENOTSUP when there is none (O_DIRECT). */
     int (*get_fd)(BlockNode *bs);
 };
 
@@ -359,37 +359,26 @@ typedef struct ReadErrorRecord {
 /* Returns the number of records and a malloc'd copy in *list (free it), or -errno. */
 int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list);
 
-/* Zero-copy reads: where a read-only range of bs lives on the host. */
-typedef struct BlockMapping {
-    int fd;               /* borrowed: valid while the chain is open; read it with pread/splice at host_offset */
-    int64_t host_offset;
-    BlockNode *host_file; /* the protocol node of fd */
-    int depth;            /* the layer that holds the range (0 = bs) */
-} BlockMapping;
-/* 1 and *map filled when [offset, offset+bytes) of bs reads exactly as the same number of bytes of one
- * host file from host_offset on, and nothing can change that while the chain is open: every node opened
- * read-only, no request-path feature (throttling, copy-on-read, read errors as zeros, detect-zeroes),
- * no O_DIRECT, no filter, no compressed or zero range, all within the host file. 0 when not (read with
- * bdrv_pread then), or -errno. */
-int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map);
-/* One piece of a mapped range: its bytes are host bytes of one file (fd >= 0, from host_offset on), or
- * zeros (fd -1), decided by the layer at depth (0 = bs). */
+/* Zero-copy reads: where a read-only range of bs lives on the host. One piece of a mapped range: its
+ * bytes are host bytes of one file (fd >= 0, from host_offset on), or zeros (fd -1), decided by the layer
+ * at depth (0 = bs). */
 typedef struct BlockMapExtent {
     int64_t bytes;
-    int fd;               /* borrowed like BlockMapping.fd; -1: the piece reads as zeros */
+    int fd;               /* borrowed: valid while the chain is open; read it with pread/splice at host_offset;
+                           * -1: the piece reads as zeros */
     int64_t host_offset;
-    BlockNode *host_file; /* NULL for zeros */
+    BlockNode *host_file; /* the protocol node of fd; NULL for zeros */
     int depth;
 } BlockMapExtent;
-/* Like bdrv_map_contiguous, for a range that may be scattered over the host files of several layers and
- * hold zeros: fills ext with at most max_ext extents (neighbours merged) that read, in order, exactly as
- * [offset, offset+bytes) of bs and returns their number; 0 when a piece is not mappable (compressed,
- * beyond its host file...) or more extents would be needed; -errno. */
+/* Fills ext with at most max_ext extents (neighbours merged) that read, in order, exactly as [offset,
+ * offset+bytes) of bs, and returns their number, when nothing can change that while the chain is open:
+ * every node opened read-only, no request-path feature (throttling, copy-on-read, read errors as zeros,
+ * detect-zeroes), no O_DIRECT, no filter, no compressed piece, every host range within its file. 0 when
+ * not, or when more extents would be needed (read with bdrv_pread then); -errno. */
 int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExtent *ext, int max_ext);
-/* Counts reads done through extents where bdrv_pread would have (as bdrv_account_mapped_read). */
+/* Counts reads done through extents in the statistics of every node bdrv_pread would have counted them
+ * in: bs once for the whole range, each backing layer down to an extent's depth and its host file per
+ * extent. */
 void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns);
-/* Counts a read done through a mapping in the statistics of every node bdrv_pread would have counted it
- * in (bs, the backing layers down to map->depth, the host file). */
-void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns);
 
 #endif

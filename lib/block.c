@@ -752,7 +752,7 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 
 /* ---------------------------------------------------------------- zero-copy mapping */
 
-/* Nothing can change what bs reads as, and reads go straight to the drivers: see bdrv_map_contiguous. */
+/* Nothing can change what bs reads as, and reads go straight to the drivers: see bdrv_map_extents. */
 static bool mapping_allowed(BlockNode *bs)
 {
     const BlockOpenOpts *o = bs->opts;
@@ -821,16 +821,6 @@ int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExten
     return n;
 }
 
-int bdrv_map_contiguous(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapping *map)
-{
-    BlockMapExtent x;
-    int r = bdrv_map_extents(bs, offset, bytes, &x, 1);
-    if (r <= 0 || x.fd < 0)
-        return r < 0 ? r : 0;
-    *map = (BlockMapping){ .fd = x.fd, .host_offset = x.host_offset, .host_file = x.host_file, .depth = x.depth };
-    return 1;
-}
-
 void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns)
 {
     int64_t total = 0;
@@ -843,13 +833,6 @@ void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint6
             stats_account(ext[i].host_file, STAT_READ, ext[i].bytes, ns, 0);
     }
     stats_account(bs, STAT_READ, total, ns, 0);
-}
-
-void bdrv_account_mapped_read(BlockNode *bs, const BlockMapping *map, int64_t bytes, uint64_t ns)
-{
-    BlockMapExtent x = { .bytes = bytes, .fd = map->fd, .host_offset = map->host_offset, .host_file = map->host_file,
-                      .depth = map->depth };
-    bdrv_account_extents(bs, &x, 1, ns);
 }
 
 /* ---------------------------------------------------------------- info */

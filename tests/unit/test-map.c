@@ -1,11 +1,12 @@
 /*
- * test-map.c - bdrv_map_contiguous, the core hook behind the front end's zero-copy (splice) reads: on
- * images made by qemu-img, a mapped range's host bytes equal what bdrv_pread returns (raw, allocated
- * qcow2 clusters, a backing layer); compressed, zero, unallocated, layer-straddling and host-scattered
- * ranges are refused, as are writable chains and request-path features; bdrv_account_mapped_read counts
- * the read where bdrv_pread would. bdrv_map_extents hands out a scattered range as host extents of several
- * layers and zero pieces whose bytes, in order, equal bdrv_pread's; it refuses compressed pieces and ranges
- * needing more extents than allowed; bdrv_account_extents counts the top once and each layer per extent.
+ * test-map.c - bdrv_map_extents, the core hook behind the front end's zero-copy (splice) reads. As one
+ * extent (map_contiguous below): on images made by qemu-img, a mapped range's host bytes equal what
+ * bdrv_pread returns (raw, allocated qcow2 clusters, a backing layer); compressed, zero, unallocated,
+ * layer-straddling and host-scattered ranges are refused, as are writable chains and request-path
+ * features; bdrv_account_extents counts the read where bdrv_pread would. As several extents, it hands
+ * out a scattered range as host extents of several layers and zero pieces whose bytes, in order, equal
+ * bdrv_pread's; it refuses compressed pieces and ranges needing more extents than allowed;
+ * bdrv_account_extents counts the top once and each layer per extent.
  */
 #include "block.h"
 #include "scratch.h"
@@ -35,10 +36,17 @@ static BlockNode *open_image(const char *name, bool read_only)
     return bs;
 }
 
-/* True when [off, off+len) maps and the host bytes there equal bdrv_pread's. */
-static bool maps_to_same_bytes(BlockNode *bs, int64_t off, int64_t len, BlockMapping *m)
+/* 1 when [off, off+len) maps to one host extent (what a single splice can answer), else 0 or -errno. */
+static int map_contiguous(BlockNode *bs, int64_t off, int64_t len, BlockMapExtent *m)
 {
-    if (bdrv_map_contiguous(bs, off, len, m) != 1)
+    int r = bdrv_map_extents(bs, off, len, m, 1);
+    return r == 1 && m->fd >= 0 ? 1 : (r < 0 ? r : 0);
+}
+
+/* True when [off, off+len) maps and the host bytes there equal bdrv_pread's. */
+static bool maps_to_same_bytes(BlockNode *bs, int64_t off, int64_t len, BlockMapExtent *m)
+{
+    if (map_contiguous(bs, off, len, m) != 1)
         return false;
     uint8_t *want = malloc((size_t)len), *got = malloc((size_t)len);
     bool same = want && got && bdrv_pread(bs, off, len, want) == 0 &&
@@ -52,13 +60,13 @@ static void test_raw(void)
 {
     ok(sh("qemu-img create -q -f raw r.raw 4M && qemu-io -f raw -c 'write -P 0x5a 0 3M' r.raw") == 0, "made a raw image");
     BlockNode *bs = open_image("r.raw", true);
-    BlockMapping m;
+    BlockMapExtent m;
     ok(bs && maps_to_same_bytes(bs, 4096, 1048576, &m) && m.host_offset == 4096 && m.depth == 0,
        "raw: a data range maps to the same offset of the file");
-    is_int(bdrv_map_contiguous(bs, 3 * 1048576, 65536, &m), 0, "raw: a hole of the file is not mapped");
+    is_int(map_contiguous(bs, 3 * 1048576, 65536, &m), 0, "raw: a hole of the file is not mapped");
     bdrv_close(bs);
     bs = open_image("r.raw", false);
-    is_int(bdrv_map_contiguous(bs, 0, 65536, &m), 0, "raw: a writable chain is never mapped");
+    is_int(map_contiguous(bs, 0, 65536, &m), 0, "raw: a writable chain is never mapped");
     bdrv_close(bs);
 }
 
@@ -72,23 +80,23 @@ static void test_qcow2(void)
           "qemu-img create -q -f raw src.raw 1M && qemu-io -f raw -c 'write -P 0x66 0 1M' src.raw && "
           "qemu-img convert -c -O qcow2 src.raw c.qcow2") == 0, "made a qcow2 chain and a compressed qcow2");
     BlockNode *bs = open_image("t.qcow2", true);
-    BlockMapping m;
+    BlockMapExtent m;
     ok(bs && maps_to_same_bytes(bs, 1048576 + 4096, 128 * 1024, &m) && m.depth == 0 && m.host_file == bs->file,
        "qcow2: allocated clusters of the top map into its file");
     ok(bs && maps_to_same_bytes(bs, 0, 256 * 1024, &m) && m.depth == 1 && m.host_file == bs->backing->file,
        "qcow2: clusters of the backing layer map into the backing file");
-    is_int(bdrv_map_contiguous(bs, 512 * 1024 - 4096, 8192, &m), 0, "a range straddling two layers is not mapped");
-    is_int(bdrv_map_contiguous(bs, 2 * 1048576, 4096, &m), 0, "a zero cluster is not mapped");
-    is_int(bdrv_map_contiguous(bs, 3 * 1048576 - 65536, 4096, &m), 0, "an unallocated range is not mapped");
-    is_int(bdrv_map_contiguous(bs, 3 * 1048576 + 60 * 1024, 8192, &m), 0,
+    is_int(map_contiguous(bs, 512 * 1024 - 4096, 8192, &m), 0, "a range straddling two layers is not mapped");
+    is_int(map_contiguous(bs, 2 * 1048576, 4096, &m), 0, "a zero cluster is not mapped");
+    is_int(map_contiguous(bs, 3 * 1048576 - 65536, 4096, &m), 0, "an unallocated range is not mapped");
+    is_int(map_contiguous(bs, 3 * 1048576 + 60 * 1024, 8192, &m), 0,
            "clusters not adjacent on the host are not mapped as one");
 
     BlockStats top0, file0, base0, top1, file1, base1;
     bdrv_stats_snapshot(bs, &top0);
     bdrv_stats_snapshot(bs->file, &file0);
     bdrv_stats_snapshot(bs->backing, &base0);
-    ok(bdrv_map_contiguous(bs, 0, 65536, &m) == 1, "mapped a backing cluster");
-    bdrv_account_mapped_read(bs, &m, 65536, 1000);
+    ok(map_contiguous(bs, 0, 65536, &m) == 1, "mapped a backing cluster");
+    bdrv_account_extents(bs, &m, 1, 1000);
     bdrv_stats_snapshot(bs, &top1);
     bdrv_stats_snapshot(bs->file, &file1);
     bdrv_stats_snapshot(bs->backing, &base1);
@@ -97,13 +105,13 @@ static void test_qcow2(void)
        file1.rd_bytes == file0.rd_bytes, "a mapped read is counted in the top and the layer that held it");
     BlockStats bf0, bf1;
     bdrv_stats_snapshot(bs->backing->file, &bf0);
-    bdrv_account_mapped_read(bs, &m, 65536, 1000);
+    bdrv_account_extents(bs, &m, 1, 1000);
     bdrv_stats_snapshot(bs->backing->file, &bf1);
     ok(bf1.rd_ops == bf0.rd_ops + 1 && bf1.rd_bytes == bf0.rd_bytes + 65536, "... and in that layer's host file");
     bdrv_close(bs);
 
     bs = open_image("c.qcow2", true);
-    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "compressed clusters are not mapped");
+    is_int(bs ? map_contiguous(bs, 0, 65536, &m) : -1, 0, "compressed clusters are not mapped");
     if (bs)
         bdrv_close(bs);
 }
@@ -186,14 +194,14 @@ static void test_request_path_features(void)
     Error err;
     memset(&err, 0, sizeof(err));
     BlockNode *bs = bdrv_open(path, &o, &err);
-    BlockMapping m;
-    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "a throttled chain is not mapped");
+    BlockMapExtent m;
+    is_int(bs ? map_contiguous(bs, 0, 65536, &m) : -1, 0, "a throttled chain is not mapped");
     bdrv_close(bs);
     block_open_opts_init(&o);
     o.read_only = true;
     o.on_read_error = READ_ERROR_ZERO;
     bs = bdrv_open(path, &o, &err);
-    is_int(bs ? bdrv_map_contiguous(bs, 0, 65536, &m) : -1, 0, "--on-read-error=zero is not mapped");
+    is_int(bs ? map_contiguous(bs, 0, 65536, &m) : -1, 0, "--on-read-error=zero is not mapped");
     bdrv_close(bs);
 }
 
