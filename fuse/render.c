@@ -1,6 +1,6 @@
 /*
  * render.c - turns what the block layer says about a chain into text for people and JSON for
- * programs: `imgfuse info`, MNT/info, MNT/info.json, and `imgfuse map`.  It renders the InfoList of each
+ * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the InfoList of each
  * node generically (whatever keys the drivers add) and walks block status through the chain; it knows
  * no image format and no FUSE.
  */
@@ -265,10 +265,32 @@ static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *r
               ", \"discard_bytes\": %" PRIu64 ", \"zero_ops\": %" PRIu64 ", \"zero_bytes\": %" PRIu64
               ",\n     \"rd_ns_total\": %" PRIu64 ", \"rd_ns_max\": %" PRIu64 ", \"wr_ns_total\": %" PRIu64
               ", \"wr_ns_max\": %" PRIu64 ",\n     \"cor_bytes\": %" PRIu64 ", \"detected_zero_ops\": %" PRIu64
-              ", \"errors\": %" PRIu64 "}",
+              ", \"errors\": %" PRIu64,
               s.rd_ops, s.rd_bytes, s.wr_ops, s.wr_bytes, s.flush_ops, s.discard_ops, s.discard_bytes, s.zero_ops,
               s.zero_bytes, s.rd_ns_total, s.rd_ns_max, s.wr_ns_total, s.wr_ns_max, s.cor_bytes,
               s.detected_zero_ops, s.errors);
+    int64_t mem = bdrv_memory_used(n);
+    if (mem >= 0)
+        sb_printf(sb, ", \"mem_bytes\": %" PRId64, mem);
+    sb_put(sb, "}", 1);
+}
+
+/* VmRSS and VmHWM of this process from /proc/self/status, in bytes (-1 when not found). */
+static void process_rss(int64_t *rss, int64_t *peak)
+{
+    *rss = *peak = -1;
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f)
+        return;
+    char line[256];
+    long long kb;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1)
+            *rss = kb * 1024;
+        else if (sscanf(line, "VmHWM: %lld kB", &kb) == 1)
+            *peak = kb * 1024;
+    }
+    fclose(f);
 }
 
 void render_stats_json(StrBuf *sb, BlockNode *bs)
@@ -282,5 +304,8 @@ void render_stats_json(StrBuf *sb, BlockNode *bs)
         for (BlockNode *f = n->file; f && k < 8; f = f->file, k++)
             render_node_stats(sb, f, n->depth, f->drv && f->drv->is_filter ? "filter" : "file", false);
     }
-    sb_put(sb, "\n  ]\n}\n", 7);
+    int64_t rss, peak;
+    process_rss(&rss, &peak);
+    sb_printf(sb, "\n  ],\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
+              peak);
 }

@@ -181,6 +181,7 @@ struct BlockDriver {
 
     int64_t (*getlength)(BlockNode *bs);
     int64_t (*get_allocated_size)(BlockNode *bs); /* host bytes used, -ENOTSUP if unknown */
+    int64_t (*memory_used)(BlockNode *bs);        /* bytes of tables and caches held, -ENOTSUP if not told */
     int (*truncate)(BlockNode *bs, int64_t size);
 
     /* Internal snapshots. snapshot_open returns a new read-only node (owned by the caller, closed with
@@ -285,6 +286,7 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int bdrv_flush(BlockNode *bs);              /* this node and everything below */
 int64_t bdrv_getlength(BlockNode *bs);
 int64_t bdrv_get_allocated_size(BlockNode *bs); /* whole chain below this node */
+int64_t bdrv_memory_used(BlockNode *bs);        /* this one node's tables and caches, -ENOTSUP if not told */
 int bdrv_truncate(BlockNode *bs, int64_t size);
 
 /* Status of this one layer. */

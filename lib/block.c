@@ -663,6 +663,11 @@ int bdrv_truncate(BlockNode *bs, int64_t size)
     return bs->drv->truncate(bs, size);
 }
 
+int64_t bdrv_memory_used(BlockNode *bs)
+{
+    return bs->drv && bs->drv->memory_used ? bs->drv->memory_used(bs) : -ENOTSUP;
+}
+
 /* Host bytes of one node: its driver's answer, else its file child's. */
 static int64_t node_allocated_size(BlockNode *bs)
 {

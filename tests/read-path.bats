@@ -3,7 +3,8 @@
 # files, in one piece (raw, allocated qcow2 clusters in any layer) or several (layers alternating, zero
 # clusters, holes), next to reads the daemon assembles itself (compressed) return qemu-img's bytes for
 # every request size; statistics and the audit log count them exactly; --direct-io sends every read to
-# the daemon; the mount's readahead window is raised to 1 MiB when the daemon may (root).
+# the daemon; the mount's readahead window is raised to 1 MiB when the daemon may (root); stats.json
+# reports the memory each qcow2 node holds, within its cache limit, and the daemon's resident size.
 
 load helpers
 
@@ -159,5 +160,48 @@ PY
   ra=$(cat "/sys/class/bdi/$(mountpoint -d "$MNT")/read_ahead_kb")
   if [ "$(id -u)" -eq 0 ]; then [ "$ra" -eq 1024 ]; else [ "$ra" -gt 0 ] && [ "$ra" -ne 1024 ]; fi
   cmp "$MNT/disk.raw" "$TMP/r.raw"
+  unmount_img
+}
+
+# mem_check NODE_MIN NODE_SLACK: every qcow2 node of stats.json holds more than NODE_MIN bytes and no
+# more than its configured L2 cache (info.json) + the decompressed-cluster cache (1 MiB) + NODE_SLACK;
+# the process's resident size is reported, its peak no lower.
+mem_check() {
+  python3 - "$MNT/stats.json" "$MNT/info.json" "$1" "$2" <<'PY'
+import json, sys
+stats = json.load(open(sys.argv[1])); info = json.load(open(sys.argv[2]))
+lo, slack = int(sys.argv[3]), int(sys.argv[4])
+limits = {l["filename"]: l["l2_cache_size"] for l in info["layers"]}
+nodes = [n for n in stats["nodes"] if n["driver"] == "qcow2"]
+assert len(nodes) == len(limits) == 2, nodes
+for n in nodes:
+    assert lo < n["mem_bytes"] <= limits[n["filename"]] + (1 << 20) + slack, (n["filename"], n["mem_bytes"], limits)
+    print(n["filename"], n["mem_bytes"], file=sys.stderr)
+assert all("mem_bytes" not in n for n in stats["nodes"] if n["driver"] == "file")
+p = stats["process"]
+assert 1 << 20 < p["rss_bytes"] <= p["peak_rss_bytes"] < 256 << 20, p
+PY
+}
+
+@test "stats.json reports what each qcow2 node holds in memory, within --l2-cache-size, and the resident size" {
+  # 4 KiB clusters: an L2 table maps 2 MiB, so each 64 MiB layer has 32 tables (128 KiB)
+  qemu-img create -q -f qcow2 -o cluster_size=4096 "$TMP/b.qcow2" 64M
+  qemu-io -f qcow2 -c 'write -c -P 0x32 8M 64k' -c 'write -P 0x31 0 8M' -c 'write -P 0x31 8256k 57280k' \
+    "$TMP/b.qcow2" >/dev/null
+  qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$TMP/b.qcow2" -F qcow2 "$TMP/t.qcow2"
+  qemu-io -f qcow2 -c 'write -P 0x33 1M 40M' "$TMP/t.qcow2" >/dev/null
+  want=$(raw_of "$TMP/t.qcow2")
+
+  # default cache: every table fits as a plain table and stays after a whole read; the top has the 21
+  # tables of 1M-41M, the base is read for the other 13 of its 32
+  mount_img "$TMP/t.qcow2" "$MNT"
+  same_bytes "$MNT/disk.raw" "$want"
+  mem_check $((13 * 4096)) 65536
+  unmount_img
+
+  # a 64 KiB cache cannot hold them: what is held stays within it, and the bytes are still right
+  mount_img --l2-cache-size 64K "$TMP/t.qcow2" "$MNT"
+  same_bytes "$MNT/disk.raw" "$want"
+  mem_check 4096 65536
   unmount_img
 }

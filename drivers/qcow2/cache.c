@@ -520,6 +520,19 @@ uint64_t qcow2_cache_compact_used(Qcow2Cache *c)
     return used;
 }
 
+uint64_t qcow2_cache_memory(Qcow2Cache *c)
+{
+    uint64_t bytes = sizeof(*c) + (uint64_t)c->max_tables * sizeof(*c->slots) + 2ull * c->nbuckets * sizeof(int);
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < c->max_tables; i++)
+        if (c->slots[i].table)
+            bytes += c->table_size;
+    bytes += c->compact.used + (uint64_t)c->compact.cap * sizeof(*c->compact.entries) +
+             (uint64_t)c->compact.nbuckets * sizeof(int);
+    pthread_mutex_unlock(&c->lock);
+    return bytes;
+}
+
 /* ---------------------------------------------------------------- slots */
 
 /* Whether c holds dirty tables or wrote tables that have not been flushed to the disk yet. */

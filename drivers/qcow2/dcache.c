@@ -98,3 +98,14 @@ void qcow2_dcache_invalidate(Qcow2Dcache *c)
     c->gen++;
     pthread_mutex_unlock(&c->lock);
 }
+
+uint64_t qcow2_dcache_memory(Qcow2Dcache *c, uint32_t cluster_size)
+{
+    pthread_mutex_lock(&c->lock);
+    uint64_t bytes = (uint64_t)c->nslots * sizeof(*c->slots);
+    for (unsigned i = 0; i < c->nslots; i++)
+        if (c->slots[i].buf)
+            bytes += cluster_size;
+    pthread_mutex_unlock(&c->lock);
+    return bytes;
+}

@@ -802,6 +802,27 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
 
 /* ---------------------------------------------------------------- the driver */
 
+/* What this node keeps in memory: the active L1 and refcount tables, the snapshot table, the metadata
+ * caches (a snapshot view shares its parent's and counts none) and the decompressed clusters. */
+static int64_t qcow2_memory_used(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    pthread_mutex_lock(s->lock);
+    uint64_t bytes = sizeof(*s) + (uint64_t)s->l1_alloc_entries * sizeof(uint64_t) +
+                     s->refcount_table_size * sizeof(uint64_t) + (uint64_t)s->nb_snapshots * sizeof(Qcow2Snapshot);
+    for (uint32_t i = 0; i < s->nb_snapshots; i++)
+        bytes += s->snapshots[i].extra_data_size;
+    pthread_mutex_unlock(s->lock);
+    if (s->owns_caches) {
+        if (s->l2_cache)
+            bytes += qcow2_cache_memory(s->l2_cache);
+        if (s->refcount_cache)
+            bytes += qcow2_cache_memory(s->refcount_cache);
+    }
+    bytes += qcow2_dcache_memory(&s->dcache, s->cluster_size);
+    return (int64_t)MIN(bytes, (uint64_t)INT64_MAX);
+}
+
 const BlockDriver bdrv_qcow2 = {
     .name = "qcow2",
     .instance_size = sizeof(Qcow2State),
@@ -816,6 +837,7 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_open = qcow2_snapshot_open,
     .vmstate_read = qcow2_vmstate_read,
     .get_info = qcow2_get_info,
+    .memory_used = qcow2_memory_used,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,
     .discard = qcow2_discard,

@@ -140,6 +140,8 @@ int qcow2_cache_max_tables(const Qcow2Cache *c);
  * evicted tables are kept run-length encoded and expanded on their next use. 0 disables it. */
 void qcow2_cache_set_compact_budget(Qcow2Cache *c, uint64_t bytes, uint32_t entry_size);
 uint64_t qcow2_cache_compact_used(Qcow2Cache *c);
+/* Bytes the cache holds now: its index, the table slots in use and the compact tier. */
+uint64_t qcow2_cache_memory(Qcow2Cache *c);
 void qcow2_cache_stats(const Qcow2Cache *c, uint64_t *hits, uint64_t *misses);
 
 /* ---------------------------------------------------------------- node state */
@@ -369,6 +371,8 @@ bool qcow2_dcache_read(Qcow2Dcache *c, uint64_t key, uint64_t offset, uint64_t b
  * then replaced by the buffer to free instead (an evicted one, or NULL). */
 void qcow2_dcache_keep(Qcow2Dcache *c, uint64_t key, uint32_t cluster_size, uint8_t **buf, uint64_t gen);
 void qcow2_dcache_invalidate(Qcow2Dcache *c);
+/* Bytes of decompressed clusters held (each cluster_size bytes). */
+uint64_t qcow2_dcache_memory(Qcow2Dcache *c, uint32_t cluster_size);
 /* Read and decompress the compressed cluster described by l2_entry into out (cluster_size bytes). */
 int qcow2_read_compressed_cluster(Qcow2State *s, uint64_t l2_entry, uint8_t *out);
 
