@@ -1,8 +1,9 @@
 /*
  * render.c - turns what the block layer says about a chain into text for people and JSON for
- * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the InfoList of each
- * node generically (whatever keys the drivers add) and walks block status through the chain; it knows
- * no image format and no FUSE.
+ * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the
+ * InfoList of each node generically (whatever keys the drivers add), walks block status through the
+ * chain and adds the statistics, memory and resident size of the nodes; it knows no image format and
+ * no FUSE.
  */
 #include <errno.h>
 #include <inttypes.h>
