@@ -1,0 +1,899 @@
+/*
+ * vdi.c - the VirtualBox VDI format driver.  It owns the VDI layout: the pre-header (a text line, the
+ * signature 0xbeda107f and the version) and the version 1.1 header, validated field by field against the
+ * file size before anything is trusted; the block map (one little-endian uint32 per guest block: a host
+ * block index, 0xffffffff for "not allocated" and 0xfffffffe for "reads as zeros"), held in memory; reads
+ * and block status with host offsets, so the front end can seek and splice as for qcow2; and, on writable
+ * nodes, in-place writes, block allocation in the data area, write-zeroes and discard.  Dynamic (type 1)
+ * and fixed (type 2) images are supported; undo and differencing images are refused.  A VDI image has no
+ * backing file in this driver: unallocated blocks read as zeros.  The block map is the only metadata
+ * besides the header and is written through at once, so the driver keeps nothing to write back at flush
+ * (the core flushes the file).  It knows nothing of FUSE or of other formats.
+ */
+#include "block.h"
+#include "util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- the on-disk layout */
+
+#define VDI_SIGNATURE        0xbeda107fu
+#define VDI_SIGNATURE_OFFSET 0x40
+#define VDI_VERSION_OFFSET   0x44
+#define VDI_HEADER_OFFSET    0x48   /* the header proper starts after the pre-header */
+#define VDI_VERSION_1_1      0x00010001u
+#define VDI_HEADER_MIN_SIZE  0x180  /* the v1.1 fields this driver reads (VirtualBox also writes 0x190) */
+#define VDI_HEADER_READ      512    /* pre-header plus the largest header read */
+
+/* Field offsets from the start of the file. */
+#define VDI_OFF_HEADER_SIZE      0x48
+#define VDI_OFF_IMAGE_TYPE       0x4c
+#define VDI_OFF_IMAGE_FLAGS      0x50
+#define VDI_OFF_COMMENT          0x54
+#define VDI_COMMENT_LEN          256
+#define VDI_OFF_BMAP             0x154
+#define VDI_OFF_DATA             0x158
+#define VDI_OFF_CYLINDERS        0x15c
+#define VDI_OFF_HEADS            0x160
+#define VDI_OFF_SECTORS          0x164
+#define VDI_OFF_SECTOR_SIZE      0x168
+#define VDI_OFF_DISK_SIZE        0x170
+#define VDI_OFF_BLOCK_SIZE       0x178
+#define VDI_OFF_BLOCK_EXTRA      0x17c
+#define VDI_OFF_BLOCKS_IN_IMAGE  0x180
+#define VDI_OFF_BLOCKS_ALLOCATED 0x184
+#define VDI_OFF_UUID_IMAGE       0x188
+#define VDI_OFF_UUID_LAST_SNAP   0x198
+#define VDI_OFF_UUID_LINK        0x1a8
+#define VDI_OFF_UUID_PARENT      0x1b8
+
+enum { VDI_TYPE_DYNAMIC = 1, VDI_TYPE_STATIC = 2, VDI_TYPE_UNDO = 3, VDI_TYPE_DIFF = 4 };
+
+#define VDI_ENTRY_UNALLOCATED 0xffffffffu
+#define VDI_ENTRY_ZERO        0xfffffffeu
+
+#define VDI_SECTOR_SIZE  512
+#define VDI_BLOCK_SIZE   (1u << 20)
+/* The block map is held in memory (4 bytes per block, plus a bit per block on writable nodes): 2^24
+ * blocks of 1 MiB are a 16 TiB disk and a 64 MiB map. */
+#define VDI_MAX_BLOCKS   (1u << 24)
+/* Blocks unmapped before the file is flushed and their host blocks become reusable. */
+#define VDI_UNMAP_BATCH  256
+
+/* What one guest block is. */
+typedef enum { VDI_UNALLOCATED, VDI_ZERO, VDI_DATA, VDI_BAD } VdiKind;
+
+typedef struct VdiState {
+    const char *name;            /* bs->filename, for messages */
+    BlockNode *file;
+
+    /* header */
+    uint32_t header_size, image_type, image_flags;
+    uint32_t bmap_offset, data_offset;
+    uint32_t cylinders, heads, sectors;
+    uint64_t disk_size;
+    uint32_t block_size, block_shift;
+    uint32_t blocks_in_image, blocks_allocated_header;
+    uint8_t uuid_image[16], uuid_last_snap[16], uuid_link[16], uuid_parent[16];
+    char comment[VDI_COMMENT_LEN + 1]; /* printable ASCII only: the bytes are untrusted */
+
+    /* the block map, host byte order; guarded by lock */
+    pthread_mutex_t lock;
+    uint32_t *bmap;
+    uint32_t blocks_allocated;   /* entries holding a host block index */
+    uint64_t host_limit;         /* data at or past this file offset is not in the file */
+    int bad_entry_logged;
+
+    /* writable nodes only */
+    bool writable;
+    uint64_t *host_used;         /* bit per host block index: referenced by the map (or being filled) */
+    uint32_t free_hint;          /* no free host index below this one */
+    pthread_mutex_t alloc_lock;  /* one allocation at a time: no block is allocated twice */
+    pthread_rwlock_t io_lock;    /* shared by reads and writes, exclusive while blocks are unmapped */
+} VdiState;
+
+/* ---------------------------------------------------------------- probe */
+
+static int vdi_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < VDI_SIGNATURE_OFFSET + 4 || ld_le32(buf + VDI_SIGNATURE_OFFSET) != VDI_SIGNATURE)
+        return 0;
+    return 100;
+}
+
+/* ---------------------------------------------------------------- header */
+
+static const char *vdi_type_name(uint32_t type)
+{
+    switch (type) {
+    case VDI_TYPE_DYNAMIC: return "dynamic";
+    case VDI_TYPE_STATIC: return "static";
+    case VDI_TYPE_UNDO: return "undo";
+    case VDI_TYPE_DIFF: return "differencing";
+    default: return "unknown";
+    }
+}
+
+static bool vdi_uuid_is_null(const uint8_t *uuid)
+{
+    for (int i = 0; i < 16; i++)
+        if (uuid[i])
+            return false;
+    return true;
+}
+
+/* VirtualBox stores UUIDs with the first three fields little-endian (the GUID layout). */
+static void vdi_format_uuid(const uint8_t *u, char *out, size_t len)
+{
+    snprintf(out, len, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[3], u[2], u[1],
+             u[0], u[5], u[4], u[7], u[6], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+static void vdi_copy_comment(VdiState *s, const uint8_t *p)
+{
+    size_t n = strnlen((const char *)p, VDI_COMMENT_LEN);
+    for (size_t i = 0; i < n; i++)
+        s->comment[i] = (p[i] >= 0x20 && p[i] < 0x7f) ? (char)p[i] : '?';
+    s->comment[n] = '\0';
+}
+
+static void vdi_parse_fields(VdiState *s, const uint8_t *h)
+{
+    s->header_size = ld_le32(h + VDI_OFF_HEADER_SIZE);
+    s->image_type = ld_le32(h + VDI_OFF_IMAGE_TYPE);
+    s->image_flags = ld_le32(h + VDI_OFF_IMAGE_FLAGS);
+    vdi_copy_comment(s, h + VDI_OFF_COMMENT);
+    s->bmap_offset = ld_le32(h + VDI_OFF_BMAP);
+    s->data_offset = ld_le32(h + VDI_OFF_DATA);
+    s->cylinders = ld_le32(h + VDI_OFF_CYLINDERS);
+    s->heads = ld_le32(h + VDI_OFF_HEADS);
+    s->sectors = ld_le32(h + VDI_OFF_SECTORS);
+    s->disk_size = ld_le64(h + VDI_OFF_DISK_SIZE);
+    s->block_size = ld_le32(h + VDI_OFF_BLOCK_SIZE);
+    s->blocks_in_image = ld_le32(h + VDI_OFF_BLOCKS_IN_IMAGE);
+    s->blocks_allocated_header = ld_le32(h + VDI_OFF_BLOCKS_ALLOCATED);
+    memcpy(s->uuid_image, h + VDI_OFF_UUID_IMAGE, 16);
+    memcpy(s->uuid_last_snap, h + VDI_OFF_UUID_LAST_SNAP, 16);
+    memcpy(s->uuid_link, h + VDI_OFF_UUID_LINK, 16);
+    memcpy(s->uuid_parent, h + VDI_OFF_UUID_PARENT, 16);
+}
+
+/* Signature, version, header size, image type: what kind of file this is. */
+static int vdi_check_identity(VdiState *s, const uint8_t *h, int64_t file_size, Error *err)
+{
+    if (file_size < VDI_HEADER_OFFSET + VDI_HEADER_MIN_SIZE) {
+        error_set(err, EINVAL, "%s: file too short for a VDI header (%" PRId64 " bytes)", s->name, file_size);
+        return -EINVAL;
+    }
+    if (ld_le32(h + VDI_SIGNATURE_OFFSET) != VDI_SIGNATURE) {
+        error_set(err, EINVAL, "%s: not a VDI image (bad signature 0x%08" PRIx32 ")", s->name,
+                  ld_le32(h + VDI_SIGNATURE_OFFSET));
+        return -EINVAL;
+    }
+    uint32_t version = ld_le32(h + VDI_VERSION_OFFSET);
+    if (version != VDI_VERSION_1_1) {
+        error_set(err, ENOTSUP, "%s: unsupported VDI version %" PRIu32 ".%" PRIu32 " (only 1.1 is supported)",
+                  s->name, version >> 16, version & 0xffff);
+        return -ENOTSUP;
+    }
+    if (s->header_size < VDI_HEADER_MIN_SIZE) {
+        error_set(err, EINVAL, "%s: VDI header size %" PRIu32 " is smaller than the %d bytes of version 1.1",
+                  s->name, s->header_size, VDI_HEADER_MIN_SIZE);
+        return -EINVAL;
+    }
+    /* Undo and differencing images need their parent image for the blocks they do not hold; following a
+     * parent by UUID (and refusing mismatched ones) would be a later step, through the backing chain. */
+    if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC) {
+        error_set(err, ENOTSUP, "%s: unsupported VDI image type %" PRIu32 " (%s); only dynamic and static images "
+                  "are supported", s->name, s->image_type, vdi_type_name(s->image_type));
+        return -ENOTSUP;
+    }
+    if (!vdi_uuid_is_null(s->uuid_link) || !vdi_uuid_is_null(s->uuid_parent)) {
+        error_set(err, ENOTSUP, "%s: the VDI image names a parent image (link or parent UUID set); "
+                  "differencing chains are not supported", s->name);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* Sector, block and disk sizes: the geometry of the block map. */
+static int vdi_check_geometry(VdiState *s, const uint8_t *h, Error *err)
+{
+    uint32_t sector_size = ld_le32(h + VDI_OFF_SECTOR_SIZE);
+    uint32_t block_extra = ld_le32(h + VDI_OFF_BLOCK_EXTRA);
+    if (sector_size != VDI_SECTOR_SIZE) {
+        error_set(err, ENOTSUP, "%s: unsupported VDI sector size %" PRIu32 " (only 512)", s->name, sector_size);
+        return -ENOTSUP;
+    }
+    if (s->block_size != VDI_BLOCK_SIZE) {
+        error_set(err, ENOTSUP, "%s: unsupported VDI block size %" PRIu32 " (only 1 MiB, the size VirtualBox uses)",
+                  s->name, s->block_size);
+        return -ENOTSUP;
+    }
+    s->block_shift = 20;
+    if (block_extra != 0) {
+        error_set(err, ENOTSUP, "%s: VDI blocks with %" PRIu32 " bytes of extra data are not supported", s->name,
+                  block_extra);
+        return -ENOTSUP;
+    }
+    if (s->blocks_in_image > VDI_MAX_BLOCKS) {
+        error_set(err, EFBIG, "%s: block map of %" PRIu32 " entries is larger than the limit of %u (16 TiB)",
+                  s->name, s->blocks_in_image, VDI_MAX_BLOCKS);
+        return -EFBIG;
+    }
+    uint64_t needed = (s->disk_size + s->block_size - 1) >> s->block_shift;
+    if (s->disk_size > (uint64_t)VDI_MAX_BLOCKS * s->block_size || needed != s->blocks_in_image) {
+        error_set(err, EINVAL, "%s: blocks_in_image %" PRIu32 " does not match the disk size %" PRIu64
+                  " (which needs %" PRIu64 " blocks of 1 MiB)", s->name, s->blocks_in_image, s->disk_size, needed);
+        return -EINVAL;
+    }
+    if (s->blocks_allocated_header > s->blocks_in_image) {
+        error_set(err, EINVAL, "%s: blocks_allocated %" PRIu32 " exceeds blocks_in_image %" PRIu32, s->name,
+                  s->blocks_allocated_header, s->blocks_in_image);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Header, block map and data area follow each other in the file, sector aligned. */
+static int vdi_check_layout(VdiState *s, int64_t file_size, Error *err)
+{
+    uint64_t header_end = (uint64_t)VDI_HEADER_OFFSET + s->header_size;
+    uint64_t bmap_end = (uint64_t)s->bmap_offset + (uint64_t)s->blocks_in_image * 4;
+    if (s->bmap_offset % VDI_SECTOR_SIZE || s->data_offset % VDI_SECTOR_SIZE) {
+        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " or data offset 0x%" PRIx32
+                  " is not sector aligned", s->name, s->bmap_offset, s->data_offset);
+        return -EINVAL;
+    }
+    if (s->bmap_offset < header_end) {
+        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " overlaps the header (%" PRIu64 " bytes)",
+                  s->name, s->bmap_offset, header_end);
+        return -EINVAL;
+    }
+    if (bmap_end > (uint64_t)file_size) {
+        error_set(err, EINVAL, "%s: block map extends past the end of the file", s->name);
+        return -EINVAL;
+    }
+    if (s->data_offset < bmap_end) {
+        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " overlaps the block map (which ends at 0x%" PRIx64 ")",
+                  s->name, s->data_offset, bmap_end);
+        return -EINVAL;
+    }
+    if (s->data_offset > (uint64_t)file_size) {
+        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " is past the end of the file", s->name, s->data_offset);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int vdi_read_header(VdiState *s, int64_t file_size, Error *err)
+{
+    uint8_t h[VDI_HEADER_READ];
+    memset(h, 0, sizeof(h));
+    int ret = bdrv_pread(s->file, 0, MIN((int64_t)sizeof(h), file_size), h);
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot read the VDI header: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    vdi_parse_fields(s, h);
+    ret = vdi_check_identity(s, h, file_size, err);
+    if (ret == 0)
+        ret = vdi_check_geometry(s, h, err);
+    if (ret == 0)
+        ret = vdi_check_layout(s, file_size, err);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- the block map */
+
+static uint64_t vdi_host_offset(const VdiState *s, uint32_t index)
+{
+    return s->data_offset + ((uint64_t)index << s->block_shift);
+}
+
+/* Guest bytes of block b that lie inside the disk (the last block may be partly outside it). */
+static uint64_t vdi_block_visible(const VdiState *s, uint64_t b)
+{
+    return MIN((uint64_t)s->block_size, s->disk_size - (b << s->block_shift));
+}
+
+/* Caller holds s->lock. */
+static VdiKind vdi_classify(const VdiState *s, uint64_t b, uint64_t *host)
+{
+    uint32_t e = s->bmap[b];
+    *host = 0;
+    if (e == VDI_ENTRY_UNALLOCATED)
+        return VDI_UNALLOCATED;
+    if (e == VDI_ENTRY_ZERO)
+        return VDI_ZERO;
+    *host = vdi_host_offset(s, e);
+    return *host + vdi_block_visible(s, b) <= s->host_limit ? VDI_DATA : VDI_BAD;
+}
+
+static int vdi_bad_entry(VdiState *s, uint64_t b)
+{
+    if (!__atomic_exchange_n(&s->bad_entry_logged, 1, __ATOMIC_RELAXED))
+        log_msg("%s: block map entry %" PRIu64 " (0x%08" PRIx32 ") points past the end of the file; reads of "
+                "that block fail", s->name, b, s->bmap[b]);
+    return -EIO;
+}
+
+/* The run of blocks from guest offset on (at most max bytes) that are all of one kind, with contiguous
+ * host blocks for data. Sets *run and, for data, *host. */
+static VdiKind vdi_map_run(VdiState *s, uint64_t offset, uint64_t max, uint64_t *run, uint64_t *host)
+{
+    uint64_t b = offset >> s->block_shift, in = offset & (s->block_size - 1);
+    pthread_mutex_lock(&s->lock);
+    uint64_t h;
+    VdiKind kind = vdi_classify(s, b, &h);
+    uint64_t n = MIN(max, (uint64_t)s->block_size - in);
+    uint64_t next_host = h + s->block_size;
+    *host = h + in;
+    while (n < max && kind != VDI_BAD) {
+        uint64_t nh;
+        if (vdi_classify(s, ++b, &nh) != kind || (kind == VDI_DATA && nh != next_host))
+            break;
+        n += MIN(max - n, (uint64_t)s->block_size);
+        next_host = nh + s->block_size;
+    }
+    if (kind == VDI_BAD)
+        vdi_bad_entry(s, b);
+    pthread_mutex_unlock(&s->lock);
+    *run = n;
+    return kind;
+}
+
+static int vdi_load_bmap(VdiState *s, int64_t file_size, Error *err)
+{
+    size_t n = s->blocks_in_image;
+    s->bmap = malloc(MAX(n, (size_t)1) * sizeof(uint32_t));
+    if (!s->bmap) {
+        error_set(err, ENOMEM, "%s: out of memory for a block map of %zu entries", s->name, n);
+        return -ENOMEM;
+    }
+    int ret = n ? bdrv_pread(s->file, s->bmap_offset, (int64_t)(n * 4), s->bmap) : 0;
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot read the block map: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    s->blocks_allocated = 0;
+    for (size_t i = 0; i < n; i++) {
+        s->bmap[i] = ld_le32(&s->bmap[i]);
+        if (s->bmap[i] < VDI_ENTRY_ZERO)
+            s->blocks_allocated++;
+    }
+    s->host_limit = (uint64_t)file_size;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- writable open */
+
+static bool vdi_used_test(const VdiState *s, uint32_t i) { return s->host_used[i / 64] >> (i % 64) & 1; }
+static void vdi_used_set(VdiState *s, uint32_t i) { s->host_used[i / 64] |= 1ULL << (i % 64); }
+static void vdi_used_clear(VdiState *s, uint32_t i)
+{
+    s->host_used[i / 64] &= ~(1ULL << (i % 64));
+    s->free_hint = MIN(s->free_hint, i);
+}
+
+/* A writable image must map every allocated block to its own host block inside the file: writes to a
+ * block shared with another would change both, and one past the end of the file would grow it blindly. */
+static int vdi_build_host_used(VdiState *s, Error *err)
+{
+    size_t words = ((size_t)s->blocks_in_image + 63) / 64;
+    s->host_used = calloc(MAX(words, (size_t)1), sizeof(uint64_t));
+    if (!s->host_used) {
+        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        return -ENOMEM;
+    }
+    for (uint32_t b = 0; b < s->blocks_in_image; b++) {
+        uint32_t e = s->bmap[b];
+        uint64_t host;
+        if (e >= VDI_ENTRY_ZERO)
+            continue;
+        const char *why = NULL;
+        if (e >= s->blocks_in_image)
+            why = "a host block index beyond blocks_in_image";
+        else if (vdi_classify(s, b, &host) == VDI_BAD)
+            why = "a host block past the end of the file";
+        else if (vdi_used_test(s, e))
+            why = "a host block another block also uses";
+        if (why) {
+            error_set(err, EINVAL, "%s: block map entry %" PRIu32 " (0x%08" PRIx32 ") names %s; the image can only "
+                      "be opened read-only", s->name, b, e, why);
+            return -EINVAL;
+        }
+        vdi_used_set(s, e);
+    }
+    s->free_hint = 0;
+    return 0;
+}
+
+static int vdi_write_header_count(VdiState *s)
+{
+    uint8_t buf[4];
+    st_le32(buf, s->blocks_allocated);
+    bdrv_debug_event(s->file, "vdi_header_update");
+    return bdrv_pwrite(s->file, VDI_OFF_BLOCKS_ALLOCATED, 4, buf, 0);
+}
+
+static int vdi_open_writable(VdiState *s, Error *err)
+{
+    int ret = vdi_build_host_used(s, err);
+    if (ret < 0)
+        return ret;
+    if (s->blocks_allocated != s->blocks_allocated_header) {
+        /* e.g. left by a crash between a map update and the header update */
+        log_msg("%s: header says %" PRIu32 " blocks allocated, the block map %" PRIu32 "; header corrected",
+                s->name, s->blocks_allocated_header, s->blocks_allocated);
+        ret = vdi_write_header_count(s);
+        if (ret < 0) {
+            error_set(err, -ret, "%s: cannot update the header: %s", s->name, strerror(-ret));
+            return ret;
+        }
+        s->blocks_allocated_header = s->blocks_allocated;
+    }
+    pthread_mutex_init(&s->alloc_lock, NULL);
+    pthread_rwlock_init(&s->io_lock, NULL);
+    s->writable = true;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- open, close */
+
+static void vdi_close(BlockNode *bs)
+{
+    VdiState *s = bs->opaque;
+    if (!s->name)
+        return; /* never opened */
+    if (s->writable) {
+        pthread_mutex_destroy(&s->alloc_lock);
+        pthread_rwlock_destroy(&s->io_lock);
+        s->writable = false;
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s->bmap);
+    free(s->host_used);
+    s->bmap = NULL;
+    s->host_used = NULL;
+    s->name = NULL;
+}
+
+static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    (void)opts;
+    VdiState *s = bs->opaque;
+    s->name = bs->filename ? bs->filename : "vdi";
+    s->file = bs->file;
+    pthread_mutex_init(&s->lock, NULL);
+    int64_t file_size = bdrv_getlength(bs->file);
+    int ret = (int)MIN(file_size, 0);
+    if (ret < 0)
+        error_set(err, -ret, "%s: cannot get the file size: %s", s->name, strerror(-ret));
+    if (ret == 0)
+        ret = vdi_read_header(s, file_size, err);
+    if (ret == 0)
+        ret = vdi_load_bmap(s, file_size, err);
+    if (ret == 0 && !bs->read_only)
+        ret = vdi_open_writable(s, err);
+    if (ret < 0) {
+        vdi_close(bs);
+        return ret;
+    }
+    bs->request_alignment = 1;
+    return 0;
+}
+
+static int64_t vdi_getlength(BlockNode *bs)
+{
+    VdiState *s = bs->opaque;
+    return (int64_t)s->disk_size;
+}
+
+/* ---------------------------------------------------------------- read, block status */
+
+static int vdi_read_locked(VdiState *s, uint64_t offset, uint64_t bytes, uint8_t *p)
+{
+    while (bytes > 0) {
+        uint64_t n, host;
+        VdiKind kind = vdi_map_run(s, offset, bytes, &n, &host);
+        int ret = 0;
+        if (kind == VDI_BAD)
+            return -EIO;
+        if (kind == VDI_DATA)
+            ret = bdrv_pread(s->file, (int64_t)host, (int64_t)n, p);
+        else
+            memset(p, 0, n);
+        if (ret < 0)
+            return ret;
+        offset += n;
+        bytes -= n;
+        p += n;
+    }
+    return 0;
+}
+
+static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    VdiState *s = bs->opaque;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
+        return -EINVAL;
+    /* shared: an unmap (exclusive) cannot free a host block this read is about to read */
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = vdi_read_locked(s, (uint64_t)offset, (uint64_t)bytes, buf);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    VdiState *s = bs->opaque;
+    memset(st, 0, sizeof(*st));
+    if (offset < 0 || bytes <= 0 || (uint64_t)offset >= s->disk_size)
+        return -EINVAL;
+    uint64_t n, host, max = MIN((uint64_t)bytes, s->disk_size - (uint64_t)offset);
+    VdiKind kind = vdi_map_run(s, (uint64_t)offset, max, &n, &host);
+    st->bytes = (int64_t)n;
+    switch (kind) {
+    case VDI_DATA:
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->file;
+        return 0;
+    case VDI_ZERO:
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        return 0;
+    case VDI_UNALLOCATED:
+        return 0;
+    default:
+        return -EIO;
+    }
+}
+
+/* ---------------------------------------------------------------- allocation */
+
+/* The lowest host block index no map entry uses; caller holds s->lock. */
+static int vdi_find_free_host(VdiState *s, uint32_t *index)
+{
+    for (uint32_t i = s->free_hint; i < s->blocks_in_image; i++) {
+        if (s->host_used[i / 64] == UINT64_MAX) {
+            i |= 63;
+            continue;
+        }
+        if (!vdi_used_test(s, i)) {
+            *index = i;
+            s->free_hint = i + 1;
+            return 0;
+        }
+    }
+    s->free_hint = s->blocks_in_image;
+    return -ENOSPC; /* cannot happen while an unallocated block exists: one index per guest block */
+}
+
+static int vdi_write_bmap_entries(VdiState *s, uint32_t first, uint32_t count)
+{
+    uint8_t buf[VDI_UNMAP_BATCH * 4];
+    for (uint32_t i = 0; i < count; i++)
+        st_le32(buf + 4 * i, s->bmap[first + i]);
+    bdrv_debug_event(s->file, "vdi_bmap_update");
+    return bdrv_pwrite(s->file, s->bmap_offset + (int64_t)first * 4, (int64_t)count * 4, buf, 0);
+}
+
+/* Fill a whole host block: zeros, the data at 'in', zeros up to the block end. */
+static int vdi_fill_new_block(VdiState *s, uint64_t host, uint64_t in, uint64_t n, const uint8_t *data)
+{
+    int ret = in ? bdrv_pwrite_zeroes(s->file, (int64_t)host, (int64_t)in, 0) : 0;
+    if (ret == 0)
+        ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, data, 0);
+    uint64_t tail = s->block_size - in - n;
+    if (ret == 0 && tail)
+        ret = bdrv_pwrite_zeroes(s->file, (int64_t)(host + in + n), (int64_t)tail, 0);
+    return ret;
+}
+
+/* Write [in, in + n) of guest block b, which holds no data yet, into a new host block. The block's data
+ * reaches the disk (flush) before the map entry names it, so a crash leaves either the old entry or one
+ * pointing at complete data; then the header's count follows. Allocations are serialised by alloc_lock,
+ * and the entry is looked at again under it: a concurrent writer of the same block that got here first
+ * has allocated it, and this write then goes in place. Caller holds io_lock shared. */
+static int vdi_allocate_write(VdiState *s, uint64_t b, uint64_t in, uint64_t n, const uint8_t *data)
+{
+    pthread_mutex_lock(&s->alloc_lock);
+    pthread_mutex_lock(&s->lock);
+    uint64_t host;
+    VdiKind kind = vdi_classify(s, b, &host);
+    uint32_t index = 0;
+    int ret = kind == VDI_BAD ? vdi_bad_entry(s, b) : 0;
+    if (kind == VDI_UNALLOCATED || kind == VDI_ZERO) {
+        ret = vdi_find_free_host(s, &index);
+        if (ret == 0)
+            vdi_used_set(s, index);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0 || kind == VDI_DATA) {
+        pthread_mutex_unlock(&s->alloc_lock);
+        return ret < 0 ? ret : bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, data, 0);
+    }
+    host = vdi_host_offset(s, index);
+    ret = vdi_fill_new_block(s, host, in, n, data);
+    if (ret == 0)
+        ret = bdrv_flush(s->file);
+    uint32_t old = s->bmap[b];
+    if (ret == 0) {
+        pthread_mutex_lock(&s->lock);
+        s->bmap[b] = index;
+        s->blocks_allocated++;
+        s->host_limit = MAX(s->host_limit, host + s->block_size);
+        pthread_mutex_unlock(&s->lock);
+        ret = vdi_write_bmap_entries(s, (uint32_t)b, 1);
+        if (ret < 0) { /* the entry on disk is unknown: keep the block reserved, forget the mapping */
+            pthread_mutex_lock(&s->lock);
+            s->bmap[b] = old;
+            s->blocks_allocated--;
+            pthread_mutex_unlock(&s->lock);
+            pthread_mutex_unlock(&s->alloc_lock);
+            return ret;
+        }
+        ret = vdi_write_header_count(s);
+    } else {
+        pthread_mutex_lock(&s->lock);
+        vdi_used_clear(s, index);
+        pthread_mutex_unlock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->alloc_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- write */
+
+static int vdi_write_locked(VdiState *s, uint64_t offset, uint64_t bytes, const uint8_t *p)
+{
+    while (bytes > 0) {
+        uint64_t n, host;
+        VdiKind kind = vdi_map_run(s, offset, bytes, &n, &host);
+        int ret;
+        if (kind == VDI_BAD)
+            return -EIO;
+        if (kind == VDI_DATA) {
+            ret = bdrv_pwrite(s->file, (int64_t)host, (int64_t)n, p, 0);
+        } else {
+            uint64_t in = offset & (s->block_size - 1);
+            n = MIN(bytes, (uint64_t)s->block_size - in);
+            ret = vdi_allocate_write(s, offset >> s->block_shift, in, n, p);
+        }
+        if (ret < 0)
+            return ret;
+        offset += n;
+        bytes -= n;
+        p += n;
+    }
+    return 0;
+}
+
+static int vdi_check_write(VdiState *s, int64_t offset, int64_t bytes)
+{
+    if (!s->writable)
+        return -EROFS;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
+        return -EINVAL;
+    return 0;
+}
+
+static int vdi_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    VdiState *s = bs->opaque;
+    int ret = vdi_check_write(s, offset, bytes);
+    if (ret < 0)
+        return ret;
+    pthread_rwlock_rdlock(&s->io_lock);
+    ret = vdi_write_locked(s, (uint64_t)offset, (uint64_t)bytes, buf);
+    pthread_rwlock_unlock(&s->io_lock);
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = bdrv_flush(s->file);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- zeroes, discard */
+
+/* Zero [offset, offset + bytes) where blocks hold data; blocks without data read as zeros already. */
+static int vdi_zero_in_place(VdiState *s, uint64_t offset, uint64_t bytes)
+{
+    while (bytes > 0) {
+        uint64_t n, host;
+        VdiKind kind = vdi_map_run(s, offset, bytes, &n, &host);
+        if (kind == VDI_BAD)
+            return -EIO;
+        if (kind == VDI_DATA) {
+            int ret = bdrv_pwrite_zeroes(s->file, (int64_t)host, (int64_t)n, 0);
+            if (ret < 0)
+                return ret;
+        }
+        offset += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+/* Hand host blocks back for reuse once no entry on disk names them: the map and header changes are
+ * flushed first, so a crash can never leave an old entry pointing at a reused block. The host range is
+ * punched where the file system can (best effort: a reused block is zero-filled anyway). */
+static int vdi_release_hosts(VdiState *s, const uint32_t *hosts, int n)
+{
+    int ret = n ? vdi_write_header_count(s) : 0;
+    if (ret == 0 && n)
+        ret = bdrv_flush(s->file);
+    if (ret < 0)
+        return ret; /* the blocks stay reserved: leaked until the next writable open, never reused early */
+    for (int i = 0; i < n; i++) {
+        bdrv_discard(s->file, (int64_t)vdi_host_offset(s, hosts[i]), s->block_size);
+        pthread_mutex_lock(&s->lock);
+        vdi_used_clear(s, hosts[i]);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return 0;
+}
+
+/* Turn whole guest blocks [first, first + count) that hold data into zero entries. Caller holds io_lock
+ * exclusively, so no read or write is using their host blocks. */
+static int vdi_unmap_blocks(VdiState *s, uint64_t first, uint64_t count)
+{
+    uint32_t hosts[VDI_UNMAP_BATCH];
+    int ret = 0;
+    while (ret == 0 && count > 0) {
+        uint32_t chunk = (uint32_t)MIN(count, (uint64_t)VDI_UNMAP_BATCH);
+        int n = 0;
+        pthread_mutex_lock(&s->lock);
+        for (uint32_t i = 0; i < chunk; i++) {
+            uint64_t host;
+            VdiKind kind = vdi_classify(s, first + i, &host);
+            if (kind == VDI_BAD)
+                ret = vdi_bad_entry(s, first + i);
+            if (kind != VDI_DATA || ret < 0)
+                continue;
+            hosts[n++] = s->bmap[first + i];
+            s->bmap[first + i] = VDI_ENTRY_ZERO;
+            s->blocks_allocated--;
+        }
+        pthread_mutex_unlock(&s->lock);
+        /* the map slice is written even after an error: entries changed in memory must reach the disk */
+        int wret = n ? vdi_write_bmap_entries(s, (uint32_t)first, chunk) : 0;
+        if (wret == 0)
+            wret = vdi_release_hosts(s, hosts, n);
+        ret = ret < 0 ? ret : wret;
+        first += chunk;
+        count -= chunk;
+    }
+    return ret;
+}
+
+/* Whole blocks inside [offset, offset + bytes): *first and *count (a partial block at the end of the disk
+ * counts as whole). */
+static void vdi_whole_blocks(const VdiState *s, uint64_t offset, uint64_t bytes, uint64_t *first, uint64_t *count)
+{
+    uint64_t end = offset + bytes;
+    uint64_t start = (offset + s->block_size - 1) >> s->block_shift;
+    uint64_t stop = end == s->disk_size ? (end + s->block_size - 1) >> s->block_shift : end >> s->block_shift;
+    *first = start;
+    *count = stop > start ? stop - start : 0;
+}
+
+static int vdi_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    VdiState *s = bs->opaque;
+    int ret = vdi_check_write(s, offset, bytes);
+    if (ret < 0)
+        return ret;
+    uint64_t first = 0, count = 0;
+    /* static images keep every block in place; dynamic ones may drop whole blocks when allowed */
+    if ((flags & BDRV_REQ_MAY_UNMAP) && s->image_type == VDI_TYPE_DYNAMIC)
+        vdi_whole_blocks(s, (uint64_t)offset, (uint64_t)bytes, &first, &count);
+    if (count == 0) {
+        pthread_rwlock_rdlock(&s->io_lock);
+        ret = vdi_zero_in_place(s, (uint64_t)offset, (uint64_t)bytes);
+    } else {
+        uint64_t a = first << s->block_shift, b = MIN((first + count) << s->block_shift, s->disk_size);
+        uint64_t end = (uint64_t)offset + (uint64_t)bytes;
+        pthread_rwlock_wrlock(&s->io_lock);
+        ret = vdi_zero_in_place(s, (uint64_t)offset, a - (uint64_t)offset);
+        if (ret == 0)
+            ret = vdi_unmap_blocks(s, first, count);
+        if (ret == 0)
+            ret = vdi_zero_in_place(s, b, end - b);
+    }
+    pthread_rwlock_unlock(&s->io_lock);
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = bdrv_flush(s->file);
+    return ret;
+}
+
+/* A discard is a hint: whole blocks of a dynamic image become zero entries, the rest is left alone. */
+static int vdi_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    VdiState *s = bs->opaque;
+    int ret = vdi_check_write(s, offset, bytes);
+    if (ret < 0 || s->image_type != VDI_TYPE_DYNAMIC)
+        return ret;
+    uint64_t first, count;
+    vdi_whole_blocks(s, (uint64_t)offset, (uint64_t)bytes, &first, &count);
+    if (count == 0)
+        return 0;
+    pthread_rwlock_wrlock(&s->io_lock);
+    ret = vdi_unmap_blocks(s, first, count);
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- info */
+
+static bool vdi_has_zero_init(BlockNode *bs)
+{
+    VdiState *s = bs->opaque;
+    /* a new dynamic image maps no block; a static one is as zeroed as its file */
+    return s->image_type == VDI_TYPE_DYNAMIC || bdrv_has_zero_init(bs->file);
+}
+
+static void vdi_info_uuid(InfoList *info, const char *key, const uint8_t *uuid)
+{
+    char text[40];
+    vdi_format_uuid(uuid, text, sizeof(text));
+    info_add_str(info, key, "%s", text);
+}
+
+static void vdi_get_info(BlockNode *bs, InfoList *info)
+{
+    VdiState *s = bs->opaque;
+    info_add_str(info, "vdi_version", "1.1");
+    info_add_str(info, "image_type", "%s", vdi_type_name(s->image_type));
+    info_add_str(info, "image_flags", "0x%08" PRIx32, s->image_flags);
+    info_add_int(info, "header_size", s->header_size);
+    info_add_int(info, "block_size", s->block_size);
+    pthread_mutex_lock(&s->lock);
+    uint32_t allocated = s->blocks_allocated;
+    pthread_mutex_unlock(&s->lock);
+    info_add_int(info, "blocks_total", s->blocks_in_image);
+    info_add_int(info, "blocks_allocated", allocated);
+    if (s->blocks_allocated_header != allocated && !s->writable)
+        info_add_int(info, "blocks_allocated_in_header", s->blocks_allocated_header);
+    info_add_int(info, "block_map_offset", s->bmap_offset);
+    info_add_int(info, "data_offset", s->data_offset);
+    info_add_str(info, "geometry", "%" PRIu32 "/%" PRIu32 "/%" PRIu32, s->cylinders, s->heads, s->sectors);
+    vdi_info_uuid(info, "uuid", s->uuid_image);
+    vdi_info_uuid(info, "uuid_last_snapshot", s->uuid_last_snap);
+    vdi_info_uuid(info, "uuid_link", s->uuid_link);
+    vdi_info_uuid(info, "uuid_parent", s->uuid_parent);
+    info_add_str(info, "comment", "%s", s->comment);
+}
+
+static int64_t vdi_memory_used(BlockNode *bs)
+{
+    VdiState *s = bs->opaque;
+    int64_t bytes = (int64_t)sizeof(*s) + (int64_t)s->blocks_in_image * 4;
+    if (s->host_used)
+        bytes += ((int64_t)s->blocks_in_image + 63) / 64 * 8;
+    return bytes;
+}
+
+const BlockDriver bdrv_vdi = {
+    .name = "vdi",
+    .instance_size = sizeof(VdiState),
+    .probe = vdi_probe,
+    .open = vdi_open,
+    .close = vdi_close,
+    .read = vdi_read,
+    .write = vdi_write,
+    .write_zeroes = vdi_write_zeroes,
+    .discard = vdi_discard,
+    .block_status = vdi_block_status,
+    .getlength = vdi_getlength,
+    .memory_used = vdi_memory_used,
+    .get_info = vdi_get_info,
+    .has_zero_init = vdi_has_zero_init,
+};
