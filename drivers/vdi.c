@@ -227,7 +227,7 @@ static int vdi_check_geometry(VdiState *s, const uint8_t *h, Error *err)
                   s->name, s->blocks_in_image, VDI_MAX_BLOCKS);
         return -EFBIG;
     }
-    uint64_t needed = (s->disk_size + s->block_size - 1) >> s->block_shift;
+    uint64_t needed = (s->disk_size >> s->block_shift) + ((s->disk_size & (s->block_size - 1)) != 0);
     if (s->disk_size > (uint64_t)VDI_MAX_BLOCKS * s->block_size || needed != s->blocks_in_image) {
         error_set(err, EINVAL, "%s: blocks_in_image %" PRIu32 " does not match the disk size %" PRIu64
                   " (which needs %" PRIu64 " blocks of 1 MiB)", s->name, s->blocks_in_image, s->disk_size, needed);
@@ -246,9 +246,12 @@ static int vdi_check_layout(VdiState *s, int64_t file_size, Error *err)
 {
     uint64_t header_end = (uint64_t)VDI_HEADER_OFFSET + s->header_size;
     uint64_t bmap_end = (uint64_t)s->bmap_offset + (uint64_t)s->blocks_in_image * 4;
-    if (s->bmap_offset % VDI_SECTOR_SIZE || s->data_offset % VDI_SECTOR_SIZE) {
-        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " or data offset 0x%" PRIx32
-                  " is not sector aligned", s->name, s->bmap_offset, s->data_offset);
+    if (s->bmap_offset % VDI_SECTOR_SIZE) {
+        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " is not sector aligned", s->name, s->bmap_offset);
+        return -EINVAL;
+    }
+    if (s->data_offset % VDI_SECTOR_SIZE) {
+        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " is not sector aligned", s->name, s->data_offset);
         return -EINVAL;
     }
     if (s->bmap_offset < header_end) {
