@@ -328,3 +328,35 @@ EOF
   grep -q "bad.vdi: block map entry 2 (0x000003e8) points past the end of the file" "$TMP/daemon.log"
   refused bad.vdi "block map entry 2 (0x000003e8) names a host block index beyond blocks_in_image; the image can only be opened read-only" --rw
 }
+
+@test "--cache=none (O_DIRECT on the image file): reads and allocating writes give the same bytes" {
+  qemu-img create -q -f vdi d.vdi 3M
+  vio d.vdi 'write -P 0x11 512 7000'
+  qemu-img convert -O raw d.vdi want.raw
+  check_mount d.vdi --cache=none
+  mount_img --rw --cache=none d.vdi "$MNT"
+  write_both 3333 2000 8 "$MNT/disk.raw" want.raw
+  write_both $((2 * MiB + 1)) 9000 9 "$MNT/disk.raw" want.raw
+  same_bytes "$MNT/disk.raw" want.raw
+  unmount_img
+  check_clean d.vdi
+  qemu-img convert -O raw d.vdi got.raw
+  same_bytes got.raw want.raw
+}
+
+@test "the generated hostile VDI images mount and read or are refused with one line, read-only and --rw" {
+  python3 "$BATS_TEST_DIRNAME/make-hostile" "$TMP/h" vdi >/dev/null
+  for mode in "" --rw; do
+    run python3 "$BATS_TEST_DIRNAME/tools/read-all-hostile" $mode --jobs 2 "$TMP/h"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "${lines[-1]}" =~ ^read-all-hostile:\ ([0-9]+)\ images:\ ([0-9]+)\ mounted.*,\ ([0-9]+)\ refused.*\ 0\ failed ]]
+    [ "${BASH_REMATCH[1]}" -ge 90 ] && [ "${BASH_REMATCH[2]}" -ge 5 ] && [ "${BASH_REMATCH[3]}" -ge 60 ]
+  done
+  for f in "$TMP"/h/vdi-00[01]-valid-*.img; do
+    mount_img -f vdi "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
+    unmount_img
+  done
+  refused "$(ls "$TMP"/h/vdi-*-huge-16t-all-shared.img)" "names a host block another block also uses" --rw -f vdi
+}
