@@ -11,12 +11,14 @@ extern const BlockDriver bdrv_memory;
 extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
+extern const BlockDriver bdrv_vpc;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
     &bdrv_memory,
     &bdrv_blkdebug,
     &bdrv_qcow2,
+    &bdrv_vpc,
     &bdrv_raw,
     NULL
 };
