@@ -289,7 +289,8 @@ static int vpc_check_header(VpcState *s, Error *err)
                   s->block_size);
         return -EINVAL;
     }
-    s->bitmap_size = (uint32_t)align_up(s->block_size / VPC_SECTOR / 8, VPC_SECTOR);
+    /* one bit per sector, padded to whole sectors (never zero: a 512-byte block still has one) */
+    s->bitmap_size = (uint32_t)align_up(align_up(s->block_size / VPC_SECTOR, 8) / 8, VPC_SECTOR);
     s->max_entries = ld_be32(s->header + DH_MAX_ENTRIES);
     uint64_t needed = ((uint64_t)s->size + s->block_size - 1) / s->block_size;
     if (needed > VPC_MAX_BAT_ENTRIES) {

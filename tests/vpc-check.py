@@ -38,7 +38,7 @@ def main():
             if hdr[:8] != b"cxsparse" or checksum(hdr, 36) != struct.unpack(">I", hdr[36:40])[0]:
                 errors.append("dynamic header cookie or checksum bad")
             bat_off, _, entries, bsize = struct.unpack(">QIII", hdr[16:36])
-            bitmap = (bsize // SECTOR // 8 + SECTOR - 1) // SECTOR * SECTOR
+            bitmap = ((bsize // SECTOR + 7) // 8 + SECTOR - 1) // SECTOR * SECTOR
             f.seek(bat_off)
             bat = struct.unpack(">%dI" % entries, f.read(entries * 4))
             meta_end = max(hoff + 1024, bat_off + entries * 4)

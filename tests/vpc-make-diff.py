@@ -7,9 +7,12 @@ same virtual size, records the parent's UUID and name, and carries the parent lo
 write OFF:LEN:BYTE fills LEN bytes (whole sectors) at guest offset OFF with BYTE in the child and sets
 exactly those sectors' bitmap bits: every other sector of the disk comes from the parent. With
 --parent-raw RAW --expect OUT the expected raw view (parent bytes with the writes applied) goes to OUT.
+With --dynamic SIZE and PARENT "none" it writes a plain dynamic disk (type 3) of SIZE bytes instead (the
+fuzz seeds use it for blocks smaller than QEMU makes).
 
 Usage: vpc-make-diff.py [--block-size N] [--locators w2ru,w2ku,macx] [--parent-name NAME]
-                        [--locator-path PATH] [--parent-raw RAW --expect OUT] PARENT CHILD [OFF:LEN:BYTE...]
+                        [--locator-path PATH] [--parent-raw RAW --expect OUT] [--dynamic SIZE]
+                        PARENT|none CHILD [OFF:LEN:BYTE...]
 """
 import argparse
 import os
@@ -55,16 +58,28 @@ def main():
     ap.add_argument("--locator-path", help="path the locators name (default: the parent's base name)")
     ap.add_argument("--parent-raw")
     ap.add_argument("--expect")
+    ap.add_argument("--dynamic", type=int, help="no parent: a dynamic disk of this many bytes")
     ap.add_argument("parent")
     ap.add_argument("child")
     ap.add_argument("writes", nargs="*")
     a = ap.parse_args()
 
-    pfooter = read_parent_footer(a.parent)
-    size = virtual_size(pfooter)
+    if a.dynamic is not None:
+        pfooter = bytearray(SECTOR)
+        pfooter[0:8] = b"conectix"
+        struct.pack_into(">III", pfooter, 8, 2, 0x00010000, 0)
+        pfooter[28:32] = b"qem2"  # sized by current_size, not by the CHS geometry
+        cyl = min(a.dynamic // SECTOR, 65535)  # a geometry of cyl/1/1 no larger than the disk
+        struct.pack_into(">IIQQHBB", pfooter, 32, 0x00050003, 0x5769326B, a.dynamic, a.dynamic, cyl, 1, 1)
+        pfooter[68:84] = uuid.uuid4().bytes
+        pfooter = bytes(pfooter)
+        a.locators = ""
+    else:
+        pfooter = read_parent_footer(a.parent)
+    size = a.dynamic if a.dynamic is not None else virtual_size(pfooter)
     bs = a.block_size
     entries = (size + bs - 1) // bs
-    bitmap_size = (bs // SECTOR // 8 + SECTOR - 1) // SECTOR * SECTOR
+    bitmap_size = ((bs // SECTOR + 7) // 8 + SECTOR - 1) // SECTOR * SECTOR
     base = os.path.basename(a.parent)
     target = a.locator_path or base
 
@@ -112,7 +127,7 @@ def main():
 
     footer = bytearray(pfooter)
     footer[16:24] = struct.pack(">Q", header_off)
-    footer[60:64] = struct.pack(">I", 4)
+    footer[60:64] = struct.pack(">I", 3 if a.dynamic is not None else 4)
     footer[68:84] = uuid.uuid4().bytes
     footer = with_checksum(footer, 64)
 
@@ -123,6 +138,9 @@ def main():
     hdr[40:56] = pfooter[68:84]
     hdr[56:60] = pfooter[24:28]
     pname = (a.parent_name if a.parent_name is not None else base).encode("utf-16-be")[:512]
+    if a.dynamic is not None:
+        hdr[40:60] = bytes(20)
+        pname = b""
     hdr[64:64 + len(pname)] = pname
     for i, (code, data, off, space) in enumerate(locs):
         struct.pack_into(">4sIIIQ", hdr, 576 + 24 * i, code, space // SECTOR, len(data), 0, off)
