@@ -913,9 +913,12 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
                  "missing or damaged)" : "at the end");
     if (!is_dynamic(s))
         return;
+    pthread_mutex_lock(&s->lock);
+    uint32_t allocated = s->allocated;
+    pthread_mutex_unlock(&s->lock);
     info_add_int(info, "block_size", s->block_size);
     info_add_int(info, "bat_entries", s->entries);
-    info_add_int(info, "allocated_blocks", s->allocated);
+    info_add_int(info, "allocated_blocks", allocated);
     if (s->type == VPC_TYPE_DIFF) {
         char pname[PATH_MAX];
         format_uuid(s->header + DH_PARENT_UUID, uuid);

@@ -3,8 +3,9 @@
 # by qemu-io read byte for byte like `qemu-img convert -O raw`, with the same size and data map;
 # differencing disks (written by tests/vpc-make-diff.py, QEMU cannot make them) read as the parent with
 # the child's sectors on top, checked against the expected bytes and against vhdimount (libvhdi);
-# writes through --rw mounts keep the image valid (tests/vpc-check.py, vhdiinfo) and exact (qemu-img
-# compare); damaged images are refused with one line naming the file and the reason.
+# writes through --rw mounts (qemu-io and dd at unaligned offsets, fio with 4 jobs and verification) keep
+# the image valid (tests/vpc-check.py and vhdiinfo: `qemu-img check` does not support vpc) and exact
+# (qemu-img compare); damaged images are refused with one line naming the file and the reason.
 
 load helpers
 
@@ -295,6 +296,30 @@ top = [(e["start"], e["start"] + e["length"]) for e in m if e.get("depth") == 0 
 assert (512, 1024) in top and (1024, 1536) not in top, top
 assert not any(s < 512 for s, t in top), top
 EOF
+}
+
+@test "--rw fio with 4 jobs and crc32c verification on a dynamic disk and on a differencing child" {
+  qemu-img create -q -f vpc -o force_size=on d.vhd 32M
+  qemu-img create -q -f vpc -o force_size=on p.vhd 32M
+  vio p.vhd 'write -P 0x5c 0 32M'
+  python3 "$MAKE_DIFF" --block-size 524288 p.vhd c.vhd 0:4096:0x61
+  local psum; psum=$(sha256sum p.vhd)
+  local img
+  for img in d.vhd c.vhd; do
+    mount_img --rw "$img" "$MNT"
+    fio --name=w --filename="$MNT/disk.raw" --rw=randrw --bsrange=4k-256k --verify=crc32c --numjobs=4 \
+      --size=8M --offset_increment=8M --ioengine=psync --randseed=42 --verify_fatal=1 --group_reporting \
+      > fio.log 2>&1 || { cat fio.log; return 1; }
+    cp "$MNT/disk.raw" copy.raw
+    unmount_img
+    vhd_clean "$img"
+    mount_img "$img" "$MNT"
+    same_bytes "$MNT/disk.raw" copy.raw
+    unmount_img
+    # QEMU reads a dynamic disk, not a differencing one
+    [ "$img" = c.vhd ] || qemu-img compare -f vpc -F raw "$img" copy.raw
+  done
+  [ "$(sha256sum p.vhd)" = "$psum" ]
 }
 
 # ---------------------------------------------------------------- damaged images
