@@ -161,14 +161,14 @@ static int vpc_probe(const uint8_t *buf, size_t len, const char *filename)
 
 /* ---------------------------------------------------------------- footer */
 
-/* NULL if buf holds a footer with a good checksum, else why not. */
-static const char *vpc_footer_problem(const uint8_t *buf)
+static bool vpc_footer_has_cookie(const uint8_t *buf)
 {
-    if (memcmp(buf + FT_COOKIE, "conectix", 8) != 0)
-        return "no footer cookie";
-    if (vpc_checksum(buf, VPC_FOOTER_SIZE, FT_CHECKSUM) != ld_be32(buf + FT_CHECKSUM))
-        return "footer checksum mismatch";
-    return NULL;
+    return memcmp(buf + FT_COOKIE, "conectix", 8) == 0;
+}
+
+static bool vpc_footer_valid(const uint8_t *buf)
+{
+    return vpc_footer_has_cookie(buf) && vpc_checksum(buf, VPC_FOOTER_SIZE, FT_CHECKSUM) == ld_be32(buf + FT_CHECKSUM);
 }
 
 /* The footer at the end is the one the format defines; the copy at offset 0 that dynamic disks carry
@@ -176,36 +176,35 @@ static const char *vpc_footer_problem(const uint8_t *buf)
 static int vpc_read_footer(BlockNode *bs, VpcState *s, Error *err)
 {
     uint8_t tail[VPC_FOOTER_SIZE], head[VPC_FOOTER_SIZE];
-    const char *tail_problem = "file too short for a footer", *head_problem = "no footer cookie";
-    int r;
-    if (s->file_size >= VPC_FOOTER_SIZE) {
-        r = bdrv_pread(bs->file, s->file_size - VPC_FOOTER_SIZE, VPC_FOOTER_SIZE, tail);
-        if (r < 0) {
-            error_set(err, -r, "cannot read the footer: %s", strerror(-r));
-            return r;
-        }
-        tail_problem = vpc_footer_problem(tail);
-        r = bdrv_pread(bs->file, 0, VPC_FOOTER_SIZE, head);
-        if (r < 0) {
-            error_set(err, -r, "cannot read the footer copy: %s", strerror(-r));
-            return r;
-        }
-        head_problem = vpc_footer_problem(head);
+    if (s->file_size < VPC_FOOTER_SIZE) {
+        error_set(err, EINVAL, "file too short for a VHD footer (%" PRId64 " bytes)", s->file_size);
+        return -EINVAL;
     }
-    if (!tail_problem) {
+    int r = bdrv_pread(bs->file, s->file_size - VPC_FOOTER_SIZE, VPC_FOOTER_SIZE, tail);
+    if (r == 0)
+        r = bdrv_pread(bs->file, 0, VPC_FOOTER_SIZE, head);
+    if (r < 0) {
+        error_set(err, -r, "cannot read the footer: %s", strerror(-r));
+        return r;
+    }
+    if (vpc_footer_valid(tail)) {
         memcpy(s->footer, tail, VPC_FOOTER_SIZE);
         return 0;
     }
-    if (!head_problem && ld_be32(head + FT_TYPE) != VPC_TYPE_FIXED) {
+    if (vpc_footer_valid(head) && ld_be32(head + FT_TYPE) != VPC_TYPE_FIXED) {
         memcpy(s->footer, head, VPC_FOOTER_SIZE);
         s->footer_from_copy = true;
         return 0;
     }
-    /* Name the damage that is there: a checksum beats a missing cookie. */
-    const char *why = strcmp(tail_problem, "no footer cookie") != 0 ? tail_problem : head_problem;
-    if (strcmp(why, "no footer cookie") == 0)
-        why = s->file_size < VPC_FOOTER_SIZE ? "file too short for a VHD footer" : "no VHD footer (cookie 'conectix') at the end of the file or at offset 0";
-    error_set(err, EINVAL, "%s", why);
+    if (vpc_footer_has_cookie(tail))
+        error_set(err, EINVAL, "footer checksum mismatch (stored 0x%08" PRIx32 ", computed 0x%08" PRIx32 ")%s",
+                  ld_be32(tail + FT_CHECKSUM), vpc_checksum(tail, VPC_FOOTER_SIZE, FT_CHECKSUM),
+                  vpc_footer_has_cookie(head) ? ", and the copy at offset 0 is no better" : "");
+    else if (vpc_footer_has_cookie(head))
+        error_set(err, EINVAL, "no footer at the end of the file, and the copy at offset 0 is not usable "
+                  "(footer checksum mismatch or a fixed disk's footer)");
+    else
+        error_set(err, EINVAL, "no VHD footer (cookie 'conectix') at the end of the file or at offset 0");
     return -EINVAL;
 }
 
@@ -233,7 +232,7 @@ static void vpc_set_size(VpcState *s)
         s->size = (int64_t)MIN(current / VPC_SECTOR, (uint64_t)INT64_MAX / VPC_SECTOR) * VPC_SECTOR;
 }
 
-static int vpc_check_footer(BlockNode *bs, VpcState *s, Error *err)
+static int vpc_check_footer(VpcState *s, Error *err)
 {
     s->type = ld_be32(s->footer + FT_TYPE);
     if (s->type != VPC_TYPE_FIXED && s->type != VPC_TYPE_DYNAMIC && s->type != VPC_TYPE_DIFF) {
@@ -247,7 +246,6 @@ static int vpc_check_footer(BlockNode *bs, VpcState *s, Error *err)
                   "the footer): the file is truncated", s->size, s->file_size);
         return -EINVAL;
     }
-    (void)bs;
     return 0;
 }
 
@@ -573,6 +571,18 @@ static void vpc_close(BlockNode *bs)
     s->lock_ready = false;
 }
 
+static int vpc_open_dynamic(BlockNode *bs, VpcState *s, Error *err)
+{
+    int r = vpc_read_header(bs, s, err);
+    if (r == 0)
+        r = vpc_check_header(s, err);
+    if (r == 0)
+        r = vpc_load_bat(bs, s, err);
+    if (r == 0 && s->type == VPC_TYPE_DIFF)
+        r = vpc_find_parent(bs, s, err);
+    return r;
+}
+
 static int vpc_do_open(BlockNode *bs, VpcState *s, const BlockOpenOpts *opts, Error *err)
 {
     s->file_size = bdrv_getlength(bs->file);
@@ -582,17 +592,9 @@ static int vpc_do_open(BlockNode *bs, VpcState *s, const BlockOpenOpts *opts, Er
     }
     int r = vpc_read_footer(bs, s, err);
     if (r == 0)
-        r = vpc_check_footer(bs, s, err);
-    if (r < 0 || !is_dynamic(s))
-        goto backing_check;
-    r = vpc_read_header(bs, s, err);
-    if (r == 0)
-        r = vpc_check_header(s, err);
-    if (r == 0)
-        r = vpc_load_bat(bs, s, err);
-    if (r == 0 && s->type == VPC_TYPE_DIFF)
-        r = vpc_find_parent(bs, s, err);
-backing_check:
+        r = vpc_check_footer(s, err);
+    if (r == 0 && is_dynamic(s))
+        r = vpc_open_dynamic(bs, s, err);
     if (r == 0 && s->type != VPC_TYPE_DIFF && opts && opts->backing && bs->depth == 0) {
         error_set(err, EINVAL, "a %s VHD does not support backing files (only differencing disks have a parent)",
                   vpc_subformat(s->type));
@@ -630,48 +632,62 @@ static int vpc_bad_block(BlockNode *bs, VpcState *s, uint32_t idx)
     return -EIO;
 }
 
+/* True if the first nbits bits of a sector bitmap are all set. */
+static bool bitmap_all_set(const uint8_t *bitmap, uint64_t nbits)
+{
+    for (uint64_t i = 0; i < nbits / 8; i++)
+        if (bitmap[i] != 0xFF)
+            return false;
+    for (uint64_t sec = nbits / 8 * 8; sec < nbits; sec++)
+        if (!sector_bit(bitmap, sec))
+            return false;
+    return true;
+}
+
 /* Under s->lock: how the run of guest bytes from offset (at most bytes, within one block for allocated
- * blocks) is stored. *n gets the run length, *host the file offset of a present run. */
+ * blocks) is stored. *n gets the run length, *host the file offset of a present run. A block's bitmap
+ * is read whole when it is small (up to 16 MiB blocks), and a block found with every bit set is
+ * remembered as full: its bitmap is not read again (every block QEMU writes is such a block). */
 static int vpc_lookup(BlockNode *bs, VpcState *s, uint64_t offset, uint64_t bytes, uint64_t *n, uint64_t *host)
 {
     uint32_t idx = (uint32_t)(offset / s->block_size);
     uint64_t in_block = offset % s->block_size;
     uint64_t max = MIN(bytes, s->block_size - in_block);
     *host = 0;
-    if (idx >= s->entries) {
-        *n = max;
+    *n = max;
+    if (idx >= s->entries)
         return VPC_ABSENT;
-    }
     if (bit_get(s->bad, idx))
         return vpc_bad_block(bs, s, idx);
     if (s->bat[idx] == VPC_BAT_UNUSED) {
-        /* unallocated blocks in a row make one run */
-        uint64_t run = max;
-        for (uint32_t i = idx + 1; run < bytes && i < s->entries && s->bat[i] == VPC_BAT_UNUSED && !bit_get(s->bad, i); i++)
+        uint64_t run = max; /* unallocated blocks in a row make one run (a bad entry is not unallocated) */
+        for (uint32_t i = idx + 1; run < bytes && i < s->entries && s->bat[i] == VPC_BAT_UNUSED; i++)
             run += s->block_size;
         *n = MIN(run, bytes);
         return VPC_ABSENT;
     }
     uint64_t block = (uint64_t)s->bat[idx] * VPC_SECTOR;
     *host = block + s->bitmap_size + in_block;
-    if (bit_get(s->full, idx)) {
-        *n = max;
+    if (bit_get(s->full, idx))
         return VPC_PRESENT;
-    }
+    uint64_t sectors = s->block_size / VPC_SECTOR, map_bytes = (sectors + 7) / 8;
     uint64_t first = in_block / VPC_SECTOR, last = (in_block + max - 1) / VPC_SECTOR;
-    last = MIN(last, (first / 8 + VPC_SCAN_BYTES) * 8 - 1);
-    uint64_t from = first / 8, nbytes = last / 8 - from + 1;
+    uint64_t from = map_bytes <= VPC_SCAN_BYTES ? 0 : first / 8;
+    last = MIN(last, (from + VPC_SCAN_BYTES) * 8 - 1);
+    uint64_t nbytes = from == 0 ? MIN(map_bytes, (uint64_t)VPC_SCAN_BYTES) : last / 8 - from + 1;
     uint8_t bitmap[VPC_SCAN_BYTES];
     int r = bdrv_pread(bs->file, (int64_t)(block + from), (int64_t)nbytes, bitmap);
     if (r < 0)
         return r;
+    if (from == 0 && nbytes == map_bytes && bitmap_all_set(bitmap, sectors)) {
+        bit_set(s->full, idx);
+        return VPC_PRESENT;
+    }
     /* bitmap[0] is byte 'from' of the block's bitmap: sector sec is bit sec - from * 8 of the buffer */
     bool present = sector_bit(bitmap, first - from * 8);
     uint64_t sec = first + 1;
     while (sec <= last && sector_bit(bitmap, sec - from * 8) == present)
         sec++;
-    if (present && first == 0 && sec == (uint64_t)s->block_size / VPC_SECTOR)
-        bit_set(s->full, idx);
     *n = MIN(sec * VPC_SECTOR - in_block, max);
     return present ? VPC_PRESENT : VPC_ABSENT;
 }
