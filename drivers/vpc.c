@@ -89,6 +89,7 @@ typedef struct VpcState {
     uint64_t next_block;   /* where a new block goes; the footer follows it */
     uint32_t allocated;
     int bad_logged;
+    int parent_checked;    /* the parent's UUID was compared with the one recorded here (once) */
     char parent_source[8]; /* where the parent name came from: "W2ru", "W2ku", "MacX", "header" */
 } VpcState;
 
@@ -554,6 +555,39 @@ static int vpc_find_parent(BlockNode *bs, VpcState *s, Error *err)
     return 0;
 }
 
+/* The parent a differencing disk opened with (bs->backing, once the core has attached it), if it is a
+ * VHD too: its UUID can be compared with the one recorded in the child's header. NULL otherwise. */
+extern const BlockDriver bdrv_vpc;
+static const VpcState *vpc_parent_state(BlockNode *bs)
+{
+    return bs->backing && bs->backing->drv == &bdrv_vpc ? bs->backing->opaque : NULL;
+}
+
+/* Whether the parent opened is the disk this one was made from: 1 yes, 0 no, -1 cannot tell. */
+static int vpc_parent_matches(BlockNode *bs, const VpcState *s)
+{
+    const VpcState *p = vpc_parent_state(bs);
+    if (s->type != VPC_TYPE_DIFF || !p)
+        return -1;
+    return memcmp(p->footer + FT_UUID, s->header + DH_PARENT_UUID, 16) == 0;
+}
+
+/* A parent found by name alone (a base-name lookup, a copied file) may not be the right one: say so
+ * once, on the first read, when the chain is complete. The data is still served: the user may have
+ * named the parent on purpose with --backing. */
+static void vpc_check_parent_once(BlockNode *bs, VpcState *s)
+{
+    if (s->type != VPC_TYPE_DIFF || __atomic_exchange_n(&s->parent_checked, 1, __ATOMIC_RELAXED))
+        return;
+    if (vpc_parent_matches(bs, s) == 0) {
+        char want[37], got[37];
+        format_uuid(s->header + DH_PARENT_UUID, want);
+        format_uuid(vpc_parent_state(bs)->footer + FT_UUID, got);
+        log_msg("%s: warning: parent %s has UUID %s, but this differencing disk was made from %s", bs->filename,
+                bs->backing->filename, got, want);
+    }
+}
+
 /* ---------------------------------------------------------------- open, close */
 
 static void vpc_close(BlockNode *bs)
@@ -708,6 +742,7 @@ static int vpc_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     VpcState *s = bs->opaque;
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_pread(bs->file, offset, bytes, buf);
+    vpc_check_parent_once(bs, s);
     uint8_t *p = buf;
     while (bytes > 0) {
         uint64_t n, host;
@@ -740,6 +775,7 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         st->host_file = bs->file;
         return 0;
     }
+    vpc_check_parent_once(bs, s); /* zero-copy reads ask block status and never come to vpc_read */
     uint64_t n, host;
     int r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
     if (r < 0)
@@ -939,6 +975,9 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
         char pname[PATH_MAX];
         format_uuid(s->header + DH_PARENT_UUID, uuid);
         info_add_str(info, "parent_uuid", "%s", uuid);
+        int match = vpc_parent_matches(bs, s);
+        if (match >= 0)
+            info_add_bool(info, "parent_uuid_matches", match == 1);
         if (utf16_to_utf8(s->header + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES, true, false, pname, sizeof(pname)))
             info_add_str(info, "parent_name", "%s", pname);
         info_add_str(info, "parent_locator", "%s", s->parent_source);

@@ -212,6 +212,20 @@ make_parent() {
   [[ "$output" == *"parent_locator: header"* ]]
 }
 
+@test "differencing: a parent with another UUID is served with a warning, and info says it does not match" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
+  run "$IMGFUSE" info c.vhd
+  [[ "$output" == *"parent_uuid_matches: yes"* ]]
+  mv p.vhd orig.vhd
+  qemu-img convert -f vpc -O vpc orig.vhd p.vhd   # the same bytes, a new UUID
+  mount_img c.vhd "$MNT"
+  grep -q "parent_uuid_matches: no" "$MNT/info"
+  cmp -i 4096 -n 100000 "$MNT/disk.raw" p.raw
+  unmount_img
+  grep -q "c.vhd: warning: parent .*p.vhd has UUID .*, but this differencing disk was made from" "$TMP/daemon.log"
+}
+
 @test "differencing: a missing parent is refused with one line naming the image and the parent" {
   make_parent
   python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
