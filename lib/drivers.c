@@ -12,6 +12,7 @@ extern const BlockDriver bdrv_blkdebug;
 extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
+extern const BlockDriver bdrv_vpc;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -19,6 +20,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_blkdebug,
     &bdrv_qcow2,
     &bdrv_vdi,
+    &bdrv_vpc,
     &bdrv_raw,
     NULL
 };

@@ -29,6 +29,8 @@ typedef struct FuzzConfig {
     const char *format;  /* the driver this target fuzzes */
     bool writable;       /* also exercise the write path */
     bool raw_window;     /* take --offset/--size for the raw driver from the input's first bytes */
+    bool no_backing;     /* open with --no-backing: a child naming a parent still opens (memory nodes
+                          * may not open files), so its own read path runs with no backing node */
 } FuzzConfig;
 
 /* ---------------------------------------------------------------- the fuzzcap filter */
@@ -275,6 +277,7 @@ static void fuzz_options(const FuzzConfig *cfg, const uint8_t *data, size_t size
     o->read_only = read_only;
     o->discard = DISCARD_UNMAP;
     o->l2_cache_size = 64 * KiB; /* small: eviction paths get exercised */
+    o->no_backing = cfg->no_backing;
     if (cfg->raw_window && size >= 4) {
         o->raw_offset = data[0] & 0x3f ? (int64_t)(data[1] % 64) * 8 : 0;
         o->raw_size = data[2] & 0x3 ? -1 : (int64_t)data[3] * 16;
