@@ -794,10 +794,12 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 /*
  * Under s->lock: a new block for BAT entry idx at the end of the data. The order keeps the file valid
  * at every step: the footer is first written behind the new block (the old footer is then no longer the
- * last sector and becomes part of the block), the block's bitmap is cleared (no sector present: they
- * read as zeros, or from the parent of a differencing disk), and only after a flush does the BAT entry
- * point at the block. A crash before that leaves an unused tail, never a BAT entry pointing at garbage.
- * The data area is left as a hole where it lies past the old end of the file.
+ * last sector and becomes part of the block), the block's bitmap is written, and only after a flush
+ * does the BAT entry point at the block. A crash before that leaves an unused tail, never a BAT entry
+ * pointing at garbage. The data area is zero (a hole where it lies past the old end of the file).
+ * A differencing disk's bitmap starts clear: no sector present, all read from the parent. A dynamic
+ * disk's has every bit set, as QEMU writes it: its sectors read as zeros either way, and a full block
+ * needs no bitmap read, update and flush on each later write.
  */
 static int vpc_alloc_block(BlockNode *bs, VpcState *s, uint32_t idx)
 {
@@ -814,9 +816,12 @@ static int vpc_alloc_block(BlockNode *bs, VpcState *s, uint32_t idx)
     uint64_t data = block + s->bitmap_size;
     if (r == 0 && (uint64_t)old_len > data) /* stale bytes (a trailing footer, junk) inside the new block */
         r = bdrv_pwrite_zeroes(bs->file, (int64_t)data, (int64_t)(MIN((uint64_t)old_len, end) - data), 0);
-    uint8_t *bitmap = r == 0 ? calloc(1, s->bitmap_size) : NULL;
+    bool all_present = s->type == VPC_TYPE_DYNAMIC;
+    uint8_t *bitmap = r == 0 ? malloc(s->bitmap_size) : NULL;
     if (r == 0 && !bitmap)
         r = -ENOMEM;
+    if (bitmap)
+        memset(bitmap, all_present ? 0xFF : 0, s->bitmap_size);
     if (r == 0)
         r = bdrv_pwrite(bs->file, (int64_t)block, s->bitmap_size, bitmap, 0);
     free(bitmap);
@@ -833,6 +838,8 @@ static int vpc_alloc_block(BlockNode *bs, VpcState *s, uint32_t idx)
     s->bat[idx] = (uint32_t)(block / VPC_SECTOR);
     s->next_block = end;
     s->allocated++;
+    if (all_present)
+        bit_set(s->full, idx);
     return 0;
 }
 
