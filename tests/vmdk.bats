@@ -1,0 +1,276 @@
+#!/usr/bin/env bats
+# vmdk.bats - the VMDK driver on real mounts. Images of every subformat qemu-img makes (monolithicSparse,
+# monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized; zeroed grains, adapter
+# types, sizes that are not a multiple of the grain) filled by qemu-io or converted from a pattern read
+# byte for byte like `qemu-img convert -O raw`, with QEMU's data map; delta links read the parent under
+# the child's grains; extent names escaping the descriptor's directory are refused unless
+# --unsafe-backing; damaged images are refused with one line naming the file, or read EIO on the
+# damaged grain only; --rw is refused (the driver is read-only).
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
+
+# vio IMAGE CMD...: qemu-io commands on a vmdk image, quietly.
+vio() {
+  local img=$1; shift
+  local args=() c
+  for c in "$@"; do args+=(-c "$c"); done
+  qemu-io -f vmdk "${args[@]}" "$img" >/dev/null
+}
+
+# qemu_data_extents IMAGE: merged "start end" data extents of qemu-img map.
+qemu_data_extents() {
+  qemu-img map -f vmdk --output=json "$1" | python3 -c '
+import json, sys
+ext = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    s, t = e["start"], e["start"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+# check_mount IMAGE [options]: size and bytes of disk.raw equal QEMU's view; with MAP=1 the SEEK_DATA
+# map of disk.raw equals qemu-img map's data ranges too.
+check_mount() {
+  local img=$1; shift
+  local oracle="$TMP/$(basename "$img").oracle.raw"
+  qemu-img convert -f vmdk -O raw "$img" "$oracle"
+  mount_img "$@" "$img" "$MNT"
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq "$(stat -c %s "$oracle")" ]
+  same_bytes "$MNT/disk.raw" "$oracle"
+  local ours theirs=
+  ours=$(python3 "$SEEKMAP" "$MNT/disk.raw")
+  [ -n "${MAP:-}" ] && theirs=$(qemu_data_extents "$img")
+  unmount_img
+  if [ -n "${MAP:-}" ] && [ "$ours" != "$theirs" ]; then
+    echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
+    return 1
+  fi
+}
+
+# refused IMAGE PATTERN [options...]: mounting fails with exit 2 and one line naming IMAGE and PATTERN.
+refused() {
+  local img=$1 pattern=$2; shift 2
+  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
+  echo "status $status: $output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: $img: "*"$pattern"* ]]
+}
+
+# patch IMAGE OFFSET STRUCT VALUE: packs VALUE (python struct format STRUCT, little-endian) at OFFSET.
+patch() {
+  python3 -c 'import struct,sys
+p, off, fmt, v = sys.argv[1], int(sys.argv[2], 0), sys.argv[3], int(sys.argv[4], 0)
+with open(p, "r+b") as f:
+    f.seek(off); f.write(struct.pack("<" + fmt, v))' "$@"
+}
+
+# fill IMAGE: data in the first grain, across a grain boundary, a partial grain and the last sectors.
+fill() {
+  vio "$1" "write -P 0xa1 0 4k" "write -P 0xb2 60k 8k" "write -P 0xc3 200k 1k" "write -P 0xd4 $(( $2 - 1024 )) 1k"
+}
+
+@test "monolithicSparse: bytes, size and data map equal qemu-img's (size not a multiple of the grain)" {
+  local size=$(( 1000 * 1024 + 512 ))
+  qemu-img create -q -f vmdk -o subformat=monolithicSparse d.vmdk $size
+  fill d.vmdk $size
+  MAP=1 check_mount d.vmdk
+  run "$IMGFUSE" info d.vmdk
+  [[ "$output" == *"subformat: monolithicSparse"* ]]
+  [[ "$output" == *"virtual_size: $size "* ]]
+}
+
+@test "monolithicSparse with zeroed grains and a SCSI adapter: zero grains read as zeros, map as QEMU's" {
+  qemu-img create -q -f vmdk -o zeroed_grain=on,adapter_type=lsilogic z.vmdk 1M
+  vio z.vmdk "write -P 0x55 0 300k" "write -z 64k 64k" "write -z 512k 128k" "write -P 0x66 600k 4k"
+  MAP=1 check_mount z.vmdk
+  run "$IMGFUSE" map z.vmdk
+  [[ "$output" == *"zero"* ]]
+  [[ "$output" == *"zeroed grains"* ]] || "$IMGFUSE" info z.vmdk | grep -q "zeroed grains"
+}
+
+@test "monolithicSparse: the redundant grain directory is checked, and a damaged one refuses the image" {
+  qemu-img create -q -f vmdk r.vmdk 1M
+  vio r.vmdk "write -P 0x12 0 64k"
+  "$IMGFUSE" info r.vmdk | grep -q "redundant GD"
+  patch r.vmdk 48 Q 0x7fffffff   # rgdOffset far past the end of the file
+  refused r.vmdk "redundant grain directory lies outside the file"
+}
+
+@test "monolithicFlat and twoGbMaxExtentFlat: descriptor files and their flat extents read exactly" {
+  for sf in monolithicFlat twoGbMaxExtentFlat; do
+    qemu-img create -q -f vmdk -o subformat=$sf,adapter_type=buslogic $sf.vmdk 777k
+    fill $sf.vmdk $(( 777 * 1024 ))
+    check_mount $sf.vmdk
+  done
+  "$IMGFUSE" info monolithicFlat.vmdk | grep -q "monolithicFlat-flat.vmdk flat"
+}
+
+@test "twoGbMaxExtentSparse: a descriptor with a sparse extent file reads exactly, map as QEMU's" {
+  qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse t.vmdk 3M
+  fill t.vmdk $(( 3 * 1024 * 1024 ))
+  MAP=1 check_mount t.vmdk
+}
+
+@test "multi-extent descriptor: two flat, one zero and one sparse extent in order, sizes summed" {
+  head -c 64k /dev/urandom > a.bin
+  head -c 32k /dev/urandom > b.bin
+  qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse s.vmdk 128k
+  vio s.vmdk "write -P 0x77 64k 4k"
+  printf '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="custom"\n\n' > m.vmdk
+  printf 'RW 128 FLAT "a.bin" 0\nRDONLY 64 FLAT "b.bin" 0\nRW 16 ZERO\nRW 256 SPARSE "s-s001.vmdk"\n' >> m.vmdk
+  printf 'ddb.adapterType = "ide"\n' >> m.vmdk
+  qemu-img convert -O raw s.vmdk s.raw
+  cat a.bin b.bin <(head -c 8k /dev/zero) s.raw > expect.raw
+  mount_img m.vmdk "$MNT"
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq $(( (64 + 32 + 8 + 128) * 1024 )) ]
+  same_bytes "$MNT/disk.raw" expect.raw
+  unmount_img
+}
+
+@test "streamOptimized: compressed grains (qemu-img convert from a pattern) read exactly" {
+  python3 -c 'import sys; sys.stdout.buffer.write(bytes((i * 7 + (i >> 12)) & 255 for i in range(1500 * 1024 + 512)))' > pat.raw
+  dd if=/dev/zero of=pat.raw bs=64k seek=5 count=3 conv=notrunc status=none
+  qemu-img convert -f raw -O vmdk -o subformat=streamOptimized pat.raw s.vmdk
+  check_mount s.vmdk
+  same_bytes "$(raw_of s.vmdk)" pat.raw
+  qemu-img create -q -f vmdk -o subformat=streamOptimized e.vmdk 1M
+  check_mount e.vmdk
+  run "$IMGFUSE" map s.vmdk
+  [[ "$output" == *"compressed"* ]] || [[ "$output" == *"data"* ]]
+}
+
+@test "streamOptimized: a grain that does not inflate to one grain reads EIO, the rest reads" {
+  python3 -c 'import sys; sys.stdout.buffer.write(bytes((i * 3) & 255 for i in range(256 * 1024)))' > pat.raw
+  qemu-img convert -f raw -O vmdk -o subformat=streamOptimized pat.raw s.vmdk
+  # the first grain marker follows the header and descriptor: damage its compressed bytes
+  local off
+  off=$(python3 -c 'import struct
+d = open("s.vmdk", "rb").read()
+o = struct.unpack_from("<Q", d, 64)[0] * 512
+print(o + 12 + 10)')
+  printf '\xff\xff\xff\xff\xff\xff\xff\xff' | dd of=s.vmdk bs=1 seek=$off conv=notrunc status=none
+  mount_img s.vmdk
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 iflag=direct status=none
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  run cmp <(dd if="$MNT/disk.raw" bs=64k skip=1 status=none) <(dd if=pat.raw bs=64k skip=1 status=none)
+  [ "$status" -eq 0 ]
+  unmount_img
+  grep -q "does not inflate to one grain" "$TMP/daemon.log"
+}
+
+@test "delta link: a child made with -b base.vmdk reads the parent under its own grains" {
+  qemu-img create -q -f vmdk base.vmdk 2M
+  vio base.vmdk "write -P 0x22 0 1M" "write -P 0x23 1536k 512k"
+  qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
+  vio child.vmdk "write -P 0x33 100k 200k" "write -P 0x34 1600k 3k"
+  check_mount child.vmdk
+  run "$IMGFUSE" info child.vmdk
+  [[ "$output" == *"backing_resolved: $TMP/base.vmdk"* ]]
+  [[ "$output" == *"parent_cid_matches: yes"* ]]
+  # the parent changed after the child was made: the CID no longer matches, a warning is logged
+  vio base.vmdk "write -P 0x44 0 512"
+  run "$IMGFUSE" info child.vmdk
+  [[ "$output" == *"parent_cid_matches: no"* ]]
+  mount_img child.vmdk
+  cat "$MNT/disk.raw" > /dev/null
+  unmount_img
+  grep -q "does not match the CID" "$TMP/daemon.log"
+}
+
+@test "extent paths: /etc/passwd, ../outside.img and a symlink out of the directory are refused on one line" {
+  mkdir sub
+  head -c 1M /dev/zero > outside.img
+  ln -s ../outside.img sub/link.img
+  desc() { printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW %s FLAT "%s" 0\n' "$1" "$2"; }
+  desc 1 /etc/passwd > sub/abs.vmdk
+  desc 2048 ../outside.img > sub/dotdot.vmdk
+  desc 2048 link.img > sub/sym.vmdk
+  refused sub/abs.vmdk 'extent "/etc/passwd" refused: absolute extent paths are not followed'
+  refused sub/dotdot.vmdk 'extent "../outside.img" refused: it lies outside the image'
+  refused sub/sym.vmdk 'extent "link.img" refused: it lies outside the image'
+  # the policy is the backing-name policy: --unsafe-backing follows the name as written
+  mount_img --unsafe-backing sub/dotdot.vmdk "$MNT"
+  same_bytes "$MNT/disk.raw" outside.img
+  unmount_img
+}
+
+@test "--rw is refused with one line: the driver reads only" {
+  qemu-img create -q -f vmdk d.vmdk 1M
+  refused d.vmdk "writing VMDK images is not supported" --rw
+}
+
+@test "damaged sparse headers are refused with one line naming the file and the field" {
+  qemu-img create -q -f vmdk d.vmdk 1M
+  vio d.vmdk "write -P 0x12 0 64k"
+  cp d.vmdk v.vmdk; patch v.vmdk 4 I 4
+  refused v.vmdk "unsupported VMDK sparse extent version 4"
+  cp d.vmdk g.vmdk; patch g.vmdk 20 Q $(( 1 << 20 ))
+  refused g.vmdk "grain size of 1048576 sectors is not a power of two from 1 to"
+  cp d.vmdk g3.vmdk; patch g3.vmdk 20 Q 96
+  refused g3.vmdk "grain size of 96 sectors"
+  cp d.vmdk n.vmdk; patch n.vmdk 44 I 1024
+  refused n.vmdk "1024 entries per grain table"
+  cp d.vmdk gd.vmdk; patch gd.vmdk 56 Q 0x100000
+  refused gd.vmdk "grain directory lies outside the file"
+  cp d.vmdk c.vmdk; patch c.vmdk 12 Q $(( 1 << 55 ))
+  refused c.vmdk "capacity too large"
+  cp d.vmdk c2.vmdk; patch c2.vmdk 12 Q $(( 1 << 52 ))
+  refused c2.vmdk "68719476736 grain tables exceed the limit of 4194304"
+  cp d.vmdk cow.vmdk; printf 'COWD' | dd of=cow.vmdk conv=notrunc status=none
+  refused cow.vmdk "ESX sparse (COWD) extents are not supported"
+  cp d.vmdk t.vmdk; truncate -s 4096 t.vmdk
+  refused t.vmdk "lies outside the file"
+  cp d.vmdk dz.vmdk; patch dz.vmdk 36 Q 1000
+  refused dz.vmdk "embedded descriptor of 1000 sectors exceeds the limit"
+}
+
+@test "a grain table entry past the end of the file reads EIO for that grain only, logged once" {
+  qemu-img create -q -f vmdk d.vmdk 1M
+  vio d.vmdk "write -P 0x12 0 64k" "write -P 0x13 64k 64k"
+  # first GT (from the first GD entry): point entry 0 far past the end
+  python3 -c 'import struct
+with open("d.vmdk", "r+b") as f:
+    h = f.read(512)
+    gd = struct.unpack_from("<Q", h, 56)[0] * 512
+    f.seek(gd); gt = struct.unpack("<I", f.read(4))[0] * 512
+    f.seek(gt); f.write(struct.pack("<I", 0x7ffffff0))'
+  mount_img d.vmdk
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 iflag=direct status=none
+  [ "$status" -ne 0 ]
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 iflag=direct status=none
+  [ "$status" -ne 0 ]
+  cmp <(dd if="$MNT/disk.raw" bs=64k skip=1 count=1 status=none) <(python3 -c 'import sys; sys.stdout.buffer.write(b"\x13" * 65536)')
+  unmount_img
+  [ "$(grep -c "points past the end of the file" "$TMP/daemon.log")" -eq 1 ]
+}
+
+@test "descriptor files: garbage lines, overlong lines, huge files and extent size mismatches are refused" {
+  head -c 64k /dev/zero > f.bin
+  printf '# Disk DescriptorFile\nversion=1\nthis is not a descriptor line\nRW 128 FLAT "f.bin" 0\n' > g.vmdk
+  refused g.vmdk "descriptor line 3 is neither a comment"
+  { printf '# Disk DescriptorFile\n# '; head -c 2000 /dev/zero | tr '\0' x; printf '\nRW 128 FLAT "f.bin" 0\n'; } > l.vmdk
+  refused l.vmdk "descriptor line 2 is longer than 1024 bytes"
+  { printf '# Disk DescriptorFile\nRW 128 FLAT "f.bin" 0\n'; head -c 70000 /dev/zero | tr '\0' '#'; } > h.vmdk
+  refused h.vmdk "exceeds the limit of 65536 bytes"
+  printf '# Disk DescriptorFile\nRW 256 FLAT "f.bin" 0\n' > s.vmdk
+  refused s.vmdk 'flat extent "f.bin" (65536 bytes) is shorter than the 131072 bytes'
+  printf '# Disk DescriptorFile\nRW 128 FLAT "f.bin\n' > q.vmdk
+  refused q.vmdk "descriptor line 2 is not a valid extent line"
+  printf '# Disk DescriptorFile\nRW 128 VMFSSPARSE "f.bin"\n' > v.vmdk
+  refused v.vmdk "extent type VMFSSPARSE is not supported"
+  printf '# Disk DescriptorFile\nversion=1\n' > e.vmdk
+  refused e.vmdk "the descriptor names no extent"
+}
