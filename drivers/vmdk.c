@@ -620,13 +620,27 @@ static GrainKind vmdk_classify(VmdkExtent *e, uint64_t g, uint32_t entry, uint64
     return (e->flags & VMDK_FLAG_COMPRESSED) ? GRAIN_COMPRESSED : GRAIN_DATA;
 }
 
-/* What grain g of extent ei is; *host for data and compressed grains. */
-static int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_t *host)
+static bool gt_is_empty(const uint32_t gte[VMDK_GTES_PER_GT])
+{
+    for (int i = 0; i < VMDK_GTES_PER_GT; i++)
+        if (gte[i])
+            return false;
+    return true;
+}
+
+/* What grain g of extent ei is; *host for data and compressed grains. If whole_gt is given, it is set when
+ * the answer (absent) holds for the rest of g's grain table, so a map of a huge empty disk takes one step
+ * per table, not per grain. */
+static int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_t *host, bool *whole_gt)
 {
     VmdkExtent *e = &s->ext[ei];
     uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT);
+    if (whole_gt)
+        *whole_gt = false;
     if (e->gd[gt] == 0) {
         *kind = GRAIN_ABSENT;
+        if (whole_gt)
+            *whole_gt = true;
         return 0;
     }
     if (!range_in_file((uint64_t)e->gd[gt] * VMDK_SECTOR, VMDK_GT_BYTES, e->file_size)) {
@@ -639,6 +653,8 @@ static int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_
     if (r < 0)
         return r;
     *kind = vmdk_classify(e, g, gte[g % VMDK_GTES_PER_GT], host);
+    if (whole_gt && *kind == GRAIN_ABSENT)
+        *whole_gt = gt_is_empty(gte);
     return 0;
 }
 
@@ -719,7 +735,7 @@ static int64_t vmdk_read_sparse(BlockNode *bs, VmdkState *s, int ei, uint64_t of
     uint64_t n = MIN(bytes, e->grain_bytes - in_grain);
     GrainKind kind;
     uint64_t host = 0;
-    int r = vmdk_grain(s, ei, g, &kind, &host);
+    int r = vmdk_grain(s, ei, g, &kind, &host, NULL);
     if (r < 0)
         return r;
     switch (kind) {
@@ -785,16 +801,20 @@ static int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 static int vmdk_status_sparse(VmdkState *s, int ei, uint64_t off, uint64_t bytes, BlockStatus *st)
 {
     VmdkExtent *e = &s->ext[ei];
-    uint64_t g = off / e->grain_bytes, n = 0;
+    uint64_t n = 0;
     GrainKind first = GRAIN_ABSENT;
     uint64_t first_host = 0;
     while (n < bytes) {
         GrainKind kind;
-        uint64_t host = 0, take = MIN(bytes - n, e->grain_bytes - (off + n) % e->grain_bytes);
-        int r = vmdk_grain(s, ei, g, &kind, &host);
+        bool whole_gt;
+        uint64_t pos = off + n, g = pos / e->grain_bytes, host = 0;
+        int r = vmdk_grain(s, ei, g, &kind, &host, &whole_gt);
         if (r < 0)
             return r;
-        host += (off + n) % e->grain_bytes;
+        uint64_t span_end = whole_gt ? (g / VMDK_GTES_PER_GT + 1) * VMDK_GTES_PER_GT * e->grain_bytes
+                                     : (g + 1) * e->grain_bytes;
+        uint64_t take = MIN(bytes - n, span_end - pos);
+        host += pos % e->grain_bytes;
         if (n == 0) {
             first = kind;
             first_host = host;
@@ -802,7 +822,6 @@ static int vmdk_status_sparse(VmdkState *s, int ei, uint64_t off, uint64_t bytes
             break;
         }
         n += take;
-        g++;
         if (kind == GRAIN_BAD)
             break;
     }
@@ -937,7 +956,7 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
 static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, const char *file, Error *err)
 {
     if (strcmp(d->access, "NOACCESS") == 0) {
-        error_set(err, ENOTSUP, "%s: extent \"%s\" is marked NOACCESS", file, d->name);
+        error_set(err, ENOTSUP, "%s: extent \"%s\" (%s) is marked NOACCESS", file, d->name, d->type);
         return -ENOTSUP;
     }
     if (strcmp(d->type, "FLAT") == 0 || strcmp(d->type, "VMFS") == 0)
