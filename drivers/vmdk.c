@@ -1,13 +1,15 @@
 /*
- * vmdk.c - the VMware VMDK format driver (read-only).  It owns the VMDK layout after VMware's "Virtual
+ * vmdk.c - the VMware VMDK format driver.  It owns the VMDK layout after VMware's "Virtual
  * Disk Format 1.1": the text descriptor (standalone, or embedded in a hosted sparse extent), parsed
  * defensively into an ordered list of extents; hosted sparse extents ("KDMV" header, grain directory and
  * 512-entry grain tables, zeroed-grain entries, the redundant directory, stream-optimized files with
  * deflate-compressed grains, grain markers and the footer copy of the header); flat and zero extents; and
  * the delta-link fields (CID, parentCID, parentFileNameHint), which become bs->backing_name for the core
  * to resolve.  Extent file names are untrusted: each is resolved against the descriptor's directory and
- * must stay inside it (or a --backing-dir) unless --unsafe-backing is given, and every extent is opened
- * read-only.  Writing is refused at open.  Every header field and table entry is checked against the
+ * must stay inside it (or a --backing-dir) unless --unsafe-backing is given; extents are opened read-only
+ * unless the node is writable.  On writable nodes, flat extents are written in place and hosted sparse
+ * extents in place or by appending a whole grain, flushed before the primary and then the redundant
+ * grain table name it; stream-optimized and zero extents refuse --rw.  Every header field and table entry is checked against the
  * file size before it is used; a damaged grain reads as EIO, logged once per extent.  Grain tables are
  * read on demand into a small fixed cache, so memory is bounded whatever the header says.  It knows
  * nothing of FUSE or of other formats.
@@ -100,7 +102,8 @@ typedef struct VmdkExtent {
     uint64_t gd_off, rgd_off, meta_end; /* bytes; meta_end: the overhead, nothing of the data lies below */
     uint64_t desc_off, desc_bytes;
     uint32_t n_gts;
-    uint32_t *gd;           /* host byte order */
+    uint32_t *gd;           /* host byte order; entries change only under alloc_lock (atomic accesses) */
+    uint32_t *rgd;          /* writable nodes with a redundant directory: its entries */
     int bad_logged;
 } VmdkExtent;
 
@@ -117,8 +120,12 @@ typedef struct VmdkState {
     bool standalone_descriptor;
     int parent_checked;
 
-    pthread_mutex_t lock;   /* guards the grain-table cache */
+    pthread_mutex_t lock;   /* guards the grain-table cache and cache_gen */
     bool lock_ready;
+    uint64_t cache_gen;     /* bumped by every grain-table write: a table read before it is not cached */
+    pthread_mutex_t alloc_lock; /* writable nodes: one grain or table allocation at a time */
+    int cid_changed;        /* the first write gave the disk a new CID */
+    bool writable;
     GtSlot *gt_cache;       /* direct-mapped over (extent, gt index) */
     int64_t *gt_cache_ext;  /* extent index of each slot */
 } VmdkState;
@@ -563,11 +570,16 @@ static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return a < b + blen && b < a + alen;
 }
 
-/* Copies grain table gt of extent ei into gte (through the cache). */
-static int vmdk_load_gt(VmdkState *s, int ei, uint32_t gt, uint32_t gte[VMDK_GTES_PER_GT])
+static size_t gt_slot(uint32_t gt, int ei)
+{
+    return ((size_t)gt * 31 + (size_t)ei) % VMDK_GT_CACHE_SLOTS;
+}
+
+/* Copies grain table gt (at gt_sector) of extent ei into gte (through the cache). */
+static int vmdk_load_gt(VmdkState *s, int ei, uint32_t gt, uint32_t gt_sector, uint32_t gte[VMDK_GTES_PER_GT])
 {
     VmdkExtent *e = &s->ext[ei];
-    size_t slot = ((size_t)gt * 31 + (size_t)ei) % VMDK_GT_CACHE_SLOTS;
+    size_t slot = gt_slot(gt, ei);
     pthread_mutex_lock(&s->lock);
     GtSlot *c = &s->gt_cache[slot];
     if (c->gt_index == gt && s->gt_cache_ext[slot] == ei) {
@@ -575,19 +587,28 @@ static int vmdk_load_gt(VmdkState *s, int ei, uint32_t gt, uint32_t gte[VMDK_GTE
         pthread_mutex_unlock(&s->lock);
         return 0;
     }
+    uint64_t gen = s->cache_gen;
     pthread_mutex_unlock(&s->lock);
     uint8_t raw[VMDK_GT_BYTES];
-    int r = bdrv_pread(e->file, (int64_t)e->gd[gt] * VMDK_SECTOR, VMDK_GT_BYTES, raw);
+    int r = bdrv_pread(e->file, (int64_t)gt_sector * VMDK_SECTOR, VMDK_GT_BYTES, raw);
     if (r < 0)
         return r;
     for (int i = 0; i < VMDK_GTES_PER_GT; i++)
         gte[i] = ld_le32(raw + 4 * i);
     pthread_mutex_lock(&s->lock);
-    memcpy(c->gte, gte, sizeof(c->gte));
-    c->gt_index = gt;
-    s->gt_cache_ext[slot] = ei;
+    if (gen == s->cache_gen) { /* no table was written meanwhile: what was read is current */
+        memcpy(c->gte, gte, sizeof(c->gte));
+        c->gt_index = gt;
+        s->gt_cache_ext[slot] = ei;
+    }
     pthread_mutex_unlock(&s->lock);
     return 0;
+}
+
+/* The extent file's size: it grows under alloc_lock while reads look at it. */
+static int64_t ext_size(const VmdkExtent *e)
+{
+    return __atomic_load_n(&e->file_size, __ATOMIC_ACQUIRE);
 }
 
 /* Bytes of grain g that lie inside the extent's capacity. */
@@ -606,7 +627,7 @@ static GrainKind vmdk_classify(VmdkExtent *e, uint64_t g, uint32_t entry, uint64
     uint64_t off = (uint64_t)entry * VMDK_SECTOR;
     uint64_t len = (e->flags & VMDK_FLAG_COMPRESSED) ? VMDK_MARKER_HEADER : grain_len(e, g);
     uint64_t gd_bytes = (uint64_t)e->n_gts * 4;
-    if (!range_in_file(off, len, e->file_size)) {
+    if (!range_in_file(off, len, ext_size(e))) {
         vmdk_log_bad(e, g, "points past the end of the file");
         return GRAIN_BAD;
     }
@@ -635,21 +656,22 @@ static int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_
 {
     VmdkExtent *e = &s->ext[ei];
     uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT);
+    uint32_t gt_sector = __atomic_load_n(&e->gd[gt], __ATOMIC_ACQUIRE);
     if (whole_gt)
         *whole_gt = false;
-    if (e->gd[gt] == 0) {
+    if (gt_sector == 0) {
         *kind = GRAIN_ABSENT;
         if (whole_gt)
             *whole_gt = true;
         return 0;
     }
-    if (!range_in_file((uint64_t)e->gd[gt] * VMDK_SECTOR, VMDK_GT_BYTES, e->file_size)) {
+    if (!range_in_file((uint64_t)gt_sector * VMDK_SECTOR, VMDK_GT_BYTES, ext_size(e))) {
         vmdk_log_bad(e, g, "has its grain table outside the file");
         *kind = GRAIN_BAD;
         return 0;
     }
     uint32_t gte[VMDK_GTES_PER_GT];
-    int r = vmdk_load_gt(s, ei, gt, gte);
+    int r = vmdk_load_gt(s, ei, gt, gt_sector, gte);
     if (r < 0)
         return r;
     *kind = vmdk_classify(e, g, gte[g % VMDK_GTES_PER_GT], host);
@@ -671,12 +693,12 @@ static int vmdk_inflate_grain(VmdkExtent *e, uint64_t g, uint64_t host, uint8_t 
         in_len = ld_le32(m + 8);
         data = host + VMDK_MARKER_HEADER;
         if (ld_le64(m) != g * (e->grain_bytes / VMDK_SECTOR) || in_len == 0 || in_len > max_in ||
-            !range_in_file(data, in_len, e->file_size)) {
+            !range_in_file(data, in_len, ext_size(e))) {
             vmdk_log_bad(e, g, "has a damaged grain marker");
             return -EIO;
         }
     } else {
-        in_len = MIN(max_in, (uint64_t)e->file_size - host);
+        in_len = MIN(max_in, (uint64_t)ext_size(e) - host);
     }
     uint8_t *in = malloc(in_len);
     if (!in)
@@ -869,6 +891,267 @@ static int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Block
     return 0;
 }
 
+/* ---------------------------------------------------------------- writing */
+
+/* Writes one little-endian table entry (a GD or GT slot) at byte offset off of the extent file. */
+static int vmdk_write_entry(VmdkExtent *e, uint64_t off, uint32_t v, const char *event)
+{
+    uint8_t le[4];
+    st_le32(le, v);
+    bdrv_debug_event(e->file, event);
+    return bdrv_pwrite(e->file, (int64_t)off, 4, le, 0);
+}
+
+/* Appends len zero-or-given bytes at the end of the extent file (sector-aligned); returns the sector. */
+static int vmdk_append(VmdkExtent *e, const void *buf, uint64_t len, uint32_t *sector)
+{
+    uint64_t off = (uint64_t)align_up(ext_size(e), VMDK_SECTOR), end;
+    if (!add_ok_u64(off, len, &end) || end / VMDK_SECTOR > UINT32_MAX)
+        return -EFBIG; /* grain table entries hold 32-bit sector numbers */
+    int r = bdrv_pwrite(e->file, (int64_t)off, (int64_t)len, buf, 0);
+    if (r < 0)
+        return r;
+    __atomic_store_n(&e->file_size, (int64_t)end, __ATOMIC_RELEASE);
+    *sector = (uint32_t)(off / VMDK_SECTOR);
+    return 0;
+}
+
+/* Grain directory entry gt has no table: appends a zeroed one (and its redundant copy), flushes them,
+ * then points the directory entries at them. Called with alloc_lock held. */
+static int vmdk_alloc_gt(VmdkExtent *e, uint32_t gt)
+{
+    static const uint8_t zeros[VMDK_GT_BYTES];
+    uint32_t sec, rsec = 0;
+    int r = vmdk_append(e, zeros, VMDK_GT_BYTES, &sec);
+    if (r == 0 && e->rgd)
+        r = vmdk_append(e, zeros, VMDK_GT_BYTES, &rsec);
+    if (r == 0)
+        r = bdrv_flush(e->file);
+    if (r == 0)
+        r = vmdk_write_entry(e, e->gd_off + 4 * (uint64_t)gt, sec, "l1_update");
+    if (r == 0 && e->rgd) {
+        r = vmdk_write_entry(e, e->rgd_off + 4 * (uint64_t)gt, rsec, "l1_update");
+        e->rgd[gt] = rsec;
+    }
+    if (r == 0)
+        __atomic_store_n(&e->gd[gt], sec, __ATOMIC_RELEASE);
+    return r;
+}
+
+/* Sets grain table entry g to sector in the primary table, then the redundant one; updates the cache. */
+static int vmdk_set_gte(VmdkState *s, int ei, uint64_t g, uint32_t sector)
+{
+    VmdkExtent *e = &s->ext[ei];
+    uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT), idx = (uint32_t)(g % VMDK_GTES_PER_GT);
+    pthread_mutex_lock(&s->lock);
+    s->cache_gen++;
+    size_t slot = gt_slot(gt, ei);
+    if (s->gt_cache[slot].gt_index == gt && s->gt_cache_ext[slot] == ei)
+        s->gt_cache[slot].gte[idx] = sector;
+    pthread_mutex_unlock(&s->lock);
+    int r = vmdk_write_entry(e, (uint64_t)e->gd[gt] * VMDK_SECTOR + 4 * idx, sector, "l2_update");
+    if (r == 0 && e->rgd)
+        r = vmdk_write_entry(e, (uint64_t)e->rgd[gt] * VMDK_SECTOR + 4 * idx, sector, "l2_update");
+    return r;
+}
+
+/* A first write into grain g (absent or zeroed): the whole grain is built (from the parent, or zeros),
+ * the new bytes copied in, appended and flushed, and only then do the grain tables name it, so a crash
+ * never leaves an entry pointing at unwritten data. Called with alloc_lock held. */
+static int vmdk_alloc_grain(BlockNode *bs, VmdkState *s, int ei, uint64_t g, GrainKind kind, uint64_t in_grain,
+                            uint64_t n, const uint8_t *buf)
+{
+    VmdkExtent *e = &s->ext[ei];
+    uint8_t *grain = calloc(1, e->grain_bytes);
+    if (!grain)
+        return -ENOMEM;
+    int r = 0;
+    uint64_t gstart = g * e->grain_bytes, glen = grain_len(e, g);
+    if (kind == GRAIN_ABSENT && bs->backing && (in_grain > 0 || n < glen))
+        r = bdrv_pread(bs->backing, (int64_t)(e->start + gstart), (int64_t)glen, grain);
+    memcpy(grain + in_grain, buf, n);
+    uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT), sector = 0;
+    if (r == 0 && e->gd[gt] == 0)
+        r = vmdk_alloc_gt(e, gt);
+    if (r == 0)
+        r = vmdk_append(e, grain, e->grain_bytes, &sector);
+    free(grain);
+    if (r == 0)
+        r = bdrv_flush(e->file);
+    if (r == 0)
+        r = vmdk_set_gte(s, ei, g, sector);
+    return r;
+}
+
+/* Where the CID value of descriptor text starts and ends (a line "CID = 1234abcd"); false if none. */
+static bool find_cid(const char *text, size_t *vstart, size_t *vend)
+{
+    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        const char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (strncmp(p, "CID", 3) != 0)
+            continue;
+        p += 3;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p != '=')
+            continue;
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        *vstart = (size_t)(p - text);
+        while (isxdigit((unsigned char)*p))
+            p++;
+        *vend = (size_t)(p - text);
+        return true;
+    }
+    return false;
+}
+
+/* The CID changes the first time the disk is written after it is opened (the specification's rule), so
+ * a delta link made on the old content notices that its parent changed. The descriptor is rewritten in
+ * place: a standalone file whole, an embedded one within its sectors. Called with alloc_lock held. */
+static int vmdk_new_cid(BlockNode *bs, VmdkState *s)
+{
+    uint64_t off = 0, len;
+    if (s->standalone_descriptor) {
+        int64_t n = bdrv_getlength(bs->file);
+        if (n < 0)
+            return (int)n;
+        len = (uint64_t)MIN(n, VMDK_MAX_DESC_BYTES);
+    } else {
+        off = s->ext[0].desc_off;
+        len = s->ext[0].desc_bytes;
+    }
+    char *text = calloc(1, len + 16), *out = calloc(1, len + 16);
+    int r = text && out ? bdrv_pread(bs->file, (int64_t)off, (int64_t)len, text) : -ENOMEM;
+    size_t vs, ve;
+    if (r == 0 && find_cid(text, &vs, &ve)) {
+        uint32_t cid;
+        do {
+            cid = (uint32_t)random() ^ (uint32_t)now_ns();
+        } while (cid == s->cid || cid == UINT32_MAX);
+        int n = snprintf(out, len + 16, "%.*s%08" PRIx32 "%s", (int)vs, text, cid, text + ve);
+        size_t used = s->standalone_descriptor ? (size_t)n : strnlen(text, len) - (ve - vs) + 8;
+        if ((uint64_t)n <= len + 8 && (s->standalone_descriptor || used <= len)) {
+            bdrv_debug_event(bs->file, "descriptor_update");
+            r = bdrv_pwrite(bs->file, (int64_t)off, s->standalone_descriptor ? n : (int64_t)MIN((uint64_t)n, len),
+                            out, 0);
+            if (r == 0)
+                s->cid = cid;
+        }
+    }
+    free(text);
+    free(out);
+    return r;
+}
+
+/* Writes up to the end of one grain of sparse extent ei; returns the bytes done or -errno. */
+static int64_t vmdk_write_sparse(BlockNode *bs, VmdkState *s, int ei, uint64_t off, uint64_t bytes,
+                                 const uint8_t *buf, int flags)
+{
+    VmdkExtent *e = &s->ext[ei];
+    uint64_t g = off / e->grain_bytes, in_grain = off % e->grain_bytes;
+    uint64_t n = MIN(bytes, e->grain_bytes - in_grain), host = 0;
+    GrainKind kind;
+    int r = vmdk_grain(s, ei, g, &kind, &host, NULL);
+    if (r == 0 && kind != GRAIN_DATA && kind != GRAIN_BAD) {
+        pthread_mutex_lock(&s->alloc_lock);
+        r = vmdk_grain(s, ei, g, &kind, &host, NULL); /* another writer may have allocated it meanwhile */
+        if (r == 0 && (kind == GRAIN_ABSENT || kind == GRAIN_ZERO))
+            r = vmdk_alloc_grain(bs, s, ei, g, kind, in_grain, n, buf);
+        pthread_mutex_unlock(&s->alloc_lock);
+        if (r < 0 || kind == GRAIN_ABSENT || kind == GRAIN_ZERO)
+            return r < 0 ? r : (int64_t)n;
+    }
+    if (r == 0 && kind == GRAIN_DATA)
+        r = bdrv_pwrite(e->file, (int64_t)(host + in_grain), (int64_t)n, buf, flags);
+    else if (r == 0)
+        r = -EIO; /* a damaged entry: writing through it could overwrite metadata */
+    return r < 0 ? r : (int64_t)n;
+}
+
+static int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    VmdkState *s = bs->opaque;
+    const uint8_t *p = buf;
+    if (s->has_cid && !__atomic_load_n(&s->cid_changed, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&s->alloc_lock);
+        int r = s->cid_changed ? 0 : vmdk_new_cid(bs, s);
+        if (r == 0)
+            __atomic_store_n(&s->cid_changed, 1, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&s->alloc_lock);
+        if (r < 0)
+            return r;
+    }
+    while (bytes > 0) {
+        int ei = vmdk_find_extent(s, (uint64_t)offset);
+        VmdkExtent *e = &s->ext[ei];
+        uint64_t off = (uint64_t)offset - e->start;
+        uint64_t n = MIN((uint64_t)bytes, e->bytes - off);
+        int64_t done;
+        if (e->type == EXT_FLAT) {
+            int r = bdrv_pwrite(e->file, (int64_t)(e->flat_offset + off), (int64_t)n, p, flags);
+            done = r < 0 ? r : (int64_t)n;
+        } else {
+            done = vmdk_write_sparse(bs, s, ei, off, n, p, flags);
+        }
+        if (done < 0)
+            return (int)done;
+        offset += done;
+        bytes -= done;
+        p += done;
+    }
+    return 0;
+}
+
+static int vmdk_flush(BlockNode *bs)
+{
+    VmdkState *s = bs->opaque;
+    for (int i = 0; i < s->n_ext; i++)
+        if (s->ext[i].owns_file) {
+            int r = bdrv_flush(s->ext[i].file);
+            if (r < 0)
+                return r;
+        }
+    return 0; /* the core flushes bs->file */
+}
+
+/* --rw: every extent must be one this driver can write, and a redundant directory must mirror the
+ * primary one (each table present in both), so that every grain table update has both places. */
+static int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err)
+{
+    if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && (e->flags & VMDK_FLAG_COMPRESSED))) {
+        error_set(err, EROFS, "%s: writing %s extents is not supported%s%s%s; mount read-only or use --overlay FILE",
+                  bs->filename, e->type == EXT_ZERO ? "ZERO" : "stream-optimized (compressed)",
+                  e->owns_file ? " (extent \"" : "", e->owns_file ? e->name : "", e->owns_file ? "\")" : "");
+        return -EROFS;
+    }
+    if (e->type != EXT_SPARSE || !(e->flags & VMDK_FLAG_RGD))
+        return 0;
+    size_t bytes = (size_t)e->n_gts * 4;
+    uint8_t *raw = malloc(bytes ? bytes : 1);
+    e->rgd = malloc(bytes ? bytes : 1);
+    if (!raw || !e->rgd) {
+        free(raw);
+        error_set(err, ENOMEM, "%s: out of memory", e->name);
+        return -ENOMEM;
+    }
+    int r = bytes ? bdrv_pread(e->file, (int64_t)e->rgd_off, (int64_t)bytes, raw) : 0;
+    for (uint32_t i = 0; r == 0 && i < e->n_gts; i++) {
+        e->rgd[i] = ld_le32(raw + 4 * (size_t)i);
+        bool rgt_ok = range_in_file((uint64_t)e->rgd[i] * VMDK_SECTOR, VMDK_GT_BYTES, e->file_size);
+        if ((e->gd[i] != 0) != (e->rgd[i] != 0) || (e->rgd[i] && !rgt_ok) || (e->rgd[i] && e->rgd[i] == e->gd[i])) {
+            error_set(err, EINVAL, "%s: the redundant grain directory of \"%s\" does not mirror the primary one "
+                      "(entry %" PRIu32 "); refusing to write", bs->filename, e->name, i);
+            r = -EINVAL;
+        }
+    }
+    free(raw);
+    return r;
+}
+
 /* ---------------------------------------------------------------- delta links */
 
 static void vmdk_check_parent_once(BlockNode *bs, VmdkState *s)
@@ -946,7 +1229,7 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
         error_set(err, EACCES, "%s: extent \"%s\" is not a regular file", bs->filename, e->name);
         return -EACCES;
     }
-    e->file = bdrv_open_file(path, opts, true, err);
+    e->file = bdrv_open_file(path, opts, bs->read_only, err);
     if (!e->file)
         return -(err->errnum ? err->errnum : EIO);
     e->owns_file = true;
@@ -1059,6 +1342,7 @@ static void vmdk_close(BlockNode *bs)
         if (s->ext[i].owns_file && s->ext[i].file)
             bdrv_close(s->ext[i].file);
         free(s->ext[i].gd);
+        free(s->ext[i].rgd);
         free(s->ext[i].name);
     }
     free(s->ext);
@@ -1070,8 +1354,10 @@ static void vmdk_close(BlockNode *bs)
     s->gt_cache_ext = NULL;
     free(s->parent_hint);
     s->parent_hint = NULL;
-    if (s->lock_ready)
+    if (s->lock_ready) {
         pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->alloc_lock);
+    }
     s->lock_ready = false;
 }
 
@@ -1188,11 +1474,6 @@ static int vmdk_open_monolithic(BlockNode *bs, VmdkState *s, Error *err)
 
 static int vmdk_do_open(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, Error *err)
 {
-    if (!bs->read_only) {
-        error_set(err, EROFS, "%s: writing VMDK images is not supported; mount read-only or use --overlay FILE",
-                  bs->filename);
-        return -EROFS;
-    }
     uint8_t head[32] = { 0 };
     int64_t fsize = bdrv_getlength(bs->file);
     int r = fsize < 0 ? (int)fsize : bdrv_pread(bs->file, 0, MIN(fsize, (int64_t)sizeof(head)), head);
@@ -1216,6 +1497,9 @@ static int vmdk_do_open(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, 
         error_set(err, EINVAL, "%s: not a VMDK image (neither a sparse extent nor a descriptor file)", bs->filename);
         r = -EINVAL;
     }
+    s->writable = !bs->read_only;
+    for (int i = 0; r == 0 && s->writable && i < s->n_ext; i++)
+        r = vmdk_check_writable(bs, &s->ext[i], err);
     return r;
 }
 
@@ -1224,6 +1508,7 @@ static int vmdk_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     VmdkState *s = bs->opaque;
     s->name = bs->filename;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->alloc_lock, NULL);
     s->lock_ready = true;
     Error local = { .msg = "", .errnum = 0 };
     int r = vmdk_do_open(bs, s, opts, &local);
@@ -1303,6 +1588,8 @@ const BlockDriver bdrv_vmdk = {
     .open = vmdk_open,
     .close = vmdk_close,
     .read = vmdk_read,
+    .write = vmdk_write,
+    .flush = vmdk_flush,
     .block_status = vmdk_block_status,
     .getlength = vmdk_getlength,
     .get_info = vmdk_get_info,
