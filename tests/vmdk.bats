@@ -5,7 +5,9 @@
 # byte for byte like `qemu-img convert -O raw`, with QEMU's data map; delta links read the parent under
 # the child's grains; extent names escaping the descriptor's directory are refused unless
 # --unsafe-backing; damaged images are refused with one line naming the file, or read EIO on the
-# damaged grain only; --rw is refused (the driver is read-only).
+# damaged grain only; --rw mounts write sparse and flat extents (unaligned, into empty, allocated and
+# zeroed grains, through a delta link) and leave the image `qemu-img check` clean and equal to the
+# expected raw (qemu-img compare); stream-optimized and ZERO extents refuse --rw.
 
 load helpers
 
@@ -207,9 +209,84 @@ print(o + 12 + 10)')
   unmount_img
 }
 
-@test "--rw is refused with one line: the driver reads only" {
-  qemu-img create -q -f vmdk d.vmdk 1M
-  refused d.vmdk "writing VMDK images is not supported" --rw
+# wr FILE... -- OFF LEN BYTE...: pwrite LEN bytes of BYTE at OFF into every FILE (the mount and the expected raw).
+wr() {
+  python3 -c 'import os, sys
+i = sys.argv.index("--")
+files, ops = sys.argv[1:i], sys.argv[i + 1:]
+for f in files:
+    fd = os.open(f, os.O_RDWR)
+    for j in range(0, len(ops), 3):
+        off, n, b = int(ops[j], 0), int(ops[j + 1], 0), int(ops[j + 2], 0)
+        os.pwrite(fd, bytes([b]) * n, off)
+    os.close(fd)' "$@"
+}
+
+# rw_roundtrip IMAGE SIZE: unaligned writes through a --rw mount into empty, allocated and zeroed grains,
+# across grain boundaries and at the very end; the mount reads what was written, and after unmount
+# qemu-img check is clean and qemu-img compare finds the image equal to the expected raw.
+rw_roundtrip() {
+  local img=$1 size=$2
+  qemu-img convert -f vmdk -O raw "$img" expect.raw
+  mount_img --rw "$img" "$MNT"
+  wr "$MNT/disk.raw" expect.raw -- 1000 3000 0x21  70001 5000 0x22  $(( 131072 - 100 )) 300 0x23 \
+     $(( size - 700 )) 700 0x24  300000 200000 0x25  65 1 0x26
+  same_bytes "$MNT/disk.raw" expect.raw
+  unmount_img
+  run qemu-img check -f vmdk "$img"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  qemu-img compare -f vmdk -F raw "$img" expect.raw
+  mount_img "$img" "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  unmount_img
+}
+
+@test "--rw monolithicSparse: unaligned writes into empty, allocated and zeroed grains; check clean, compare equal" {
+  qemu-img create -q -f vmdk w.vmdk 3M
+  vio w.vmdk "write -P 0x11 64k 64k"
+  rw_roundtrip w.vmdk $(( 3 * 1024 * 1024 ))
+  qemu-img create -q -f vmdk -o zeroed_grain=on z.vmdk 1M
+  vio z.vmdk "write -P 0x11 0 1M" "write -z 0 128k" "write -z 256k 64k"
+  rw_roundtrip z.vmdk $(( 1024 * 1024 ))
+}
+
+@test "--rw twoGbMaxExtentSparse, monolithicFlat and twoGbMaxExtentFlat: extent files are written; check clean" {
+  for sf in twoGbMaxExtentSparse monolithicFlat twoGbMaxExtentFlat; do
+    qemu-img create -q -f vmdk -o subformat=$sf $sf.vmdk 2M
+    vio $sf.vmdk "write -P 0x31 0 100k"
+    rw_roundtrip $sf.vmdk $(( 2 * 1024 * 1024 ))
+  done
+}
+
+@test "--rw delta link: a first write into a grain copies the rest of it from the parent" {
+  qemu-img create -q -f vmdk base.vmdk 1M
+  vio base.vmdk "write -P 0x22 0 1M"
+  qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
+  rw_roundtrip child.vmdk $(( 1024 * 1024 ))
+  # the parent was not touched
+  head -c 1M /dev/zero | tr '\0' '\042' > base.raw
+  qemu-img compare -f vmdk -F raw base.vmdk base.raw
+}
+
+@test "--rw: the first write gives the disk a new CID, so a delta made on it no longer matches" {
+  qemu-img create -q -f vmdk base.vmdk 1M
+  qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
+  "$IMGFUSE" info child.vmdk | grep -q "parent_cid_matches: yes"
+  mount_img --rw base.vmdk "$MNT"
+  wr "$MNT/disk.raw" -- 4096 512 0x55
+  unmount_img
+  run "$IMGFUSE" info child.vmdk
+  [[ "$output" == *"parent_cid_matches: no"* ]]
+  qemu-img check base.vmdk
+}
+
+@test "--rw is refused with one line for stream-optimized and ZERO extents" {
+  qemu-img create -q -f vmdk -o subformat=streamOptimized s.vmdk 1M
+  refused s.vmdk "writing stream-optimized (compressed) extents is not supported" --rw
+  printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\nRW 8 ZERO\n' > z.vmdk
+  refused z.vmdk "writing ZERO extents is not supported" --rw
 }
 
 @test "damaged sparse headers are refused with one line naming the file and the field" {
