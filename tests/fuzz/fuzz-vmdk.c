@@ -2,10 +2,9 @@
  * fuzz-vmdk.c - libFuzzer target for the VMDK format driver: the sparse extent header and its footer copy
  * (stream-optimized), the grain directory and grain tables, zeroed-grain entries, grain markers and the
  * inflation of compressed grains, block status, grain and table allocation on the write path, and the
- * descriptor parser (embedded in a sparse extent,
- * or a standalone descriptor, whose extent files an in-memory image may never open), all through
- * fuzz-common.h.  --no-backing lets a delta
- * link's own grains be read.
+ * descriptor parser (embedded in a sparse extent, or a standalone descriptor, whose extent files an
+ * in-memory image may never open), all through fuzz-common.h.  --no-backing lets a delta link's own
+ * grains be read.
  */
 #include "fuzz-common.h"
 
