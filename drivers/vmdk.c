@@ -938,20 +938,26 @@ static int vmdk_alloc_gt(VmdkExtent *e, uint32_t gt)
     return r;
 }
 
-/* Sets grain table entry g to sector in the primary table, then the redundant one; updates the cache. */
+/* Sets grain table entry g to sector in the primary table, then the redundant one; then the cache. A
+ * reader that read the table from the file before the update may cache it only if cache_gen did not
+ * move meanwhile; one that cached it before the update has its slot patched here. */
 static int vmdk_set_gte(VmdkState *s, int ei, uint64_t g, uint32_t sector)
 {
     VmdkExtent *e = &s->ext[ei];
     uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT), idx = (uint32_t)(g % VMDK_GTES_PER_GT);
-    pthread_mutex_lock(&s->lock);
-    s->cache_gen++;
-    size_t slot = gt_slot(gt, ei);
-    if (s->gt_cache[slot].gt_index == gt && s->gt_cache_ext[slot] == ei)
-        s->gt_cache[slot].gte[idx] = sector;
-    pthread_mutex_unlock(&s->lock);
     int r = vmdk_write_entry(e, (uint64_t)e->gd[gt] * VMDK_SECTOR + 4 * idx, sector, "l2_update");
     if (r == 0 && e->rgd)
         r = vmdk_write_entry(e, (uint64_t)e->rgd[gt] * VMDK_SECTOR + 4 * idx, sector, "l2_update");
+    pthread_mutex_lock(&s->lock);
+    s->cache_gen++;
+    size_t slot = gt_slot(gt, ei);
+    if (s->gt_cache[slot].gt_index == gt && s->gt_cache_ext[slot] == ei) {
+        if (r == 0)
+            s->gt_cache[slot].gte[idx] = sector;
+        else
+            s->gt_cache[slot].gt_index = -1; /* what the file holds now is unknown: read it again */
+    }
+    pthread_mutex_unlock(&s->lock);
     return r;
 }
 

@@ -282,6 +282,22 @@ rw_roundtrip() {
   qemu-img check base.vmdk
 }
 
+@test "--rw: a failed grain table update (blkdebug) fails that write only; the image stays clean and unchanged there" {
+  qemu-img create -q -f vmdk w.vmdk 1M
+  vio w.vmdk "write -P 0x11 0 64k"
+  qemu-img convert -O raw w.vmdk expect.raw
+  echo "event=l2_update errno=5 once" > rules
+  mount_img --rw --blkdebug rules w.vmdk "$MNT"
+  run dd if=/dev/zero of="$MNT/disk.raw" bs=4k seek=64 count=1 conv=notrunc oflag=direct status=none
+  [ "$status" -ne 0 ]
+  wr "$MNT/disk.raw" expect.raw -- 4096 100 0x42  300000 512 0x43
+  unmount_img
+  run qemu-img check -f vmdk w.vmdk
+  echo "$output"
+  [[ "$output" == *"No errors were found"* ]]
+  qemu-img compare -f vmdk -F raw w.vmdk expect.raw
+}
+
 @test "--rw is refused with one line for stream-optimized and ZERO extents" {
   qemu-img create -q -f vmdk -o subformat=streamOptimized s.vmdk 1M
   refused s.vmdk "writing stream-optimized (compressed) extents is not supported" --rw
