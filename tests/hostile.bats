@@ -55,6 +55,14 @@ refused() {
   done
 }
 
+@test "the generated valid vmdk images (sparse, zeroed grains, stream-optimized) read exactly as qemu-img reads them" {
+  for f in "$HOSTILE"/vmdk-00[0-2]-valid-*.img; do
+    mount_img -f vmdk "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
+    unmount_img
+  done
+}
+
 @test "a backing name with a newline is refused on one line (regression)" {
   refused "$BATS_TEST_DIRNAME/data/hostile/qcow2/backing-name-newline.img" -f qcow2
   [[ "$output" == *"backing file 'a?b' not found"* ]]
