@@ -1,18 +1,18 @@
 /*
- * vmdk.c - the VMware VMDK format driver.  It owns the VMDK layout after VMware's "Virtual
- * Disk Format 1.1": the text descriptor (standalone, or embedded in a hosted sparse extent), parsed
- * defensively into an ordered list of extents; hosted sparse extents ("KDMV" header, grain directory and
- * 512-entry grain tables, zeroed-grain entries, the redundant directory, stream-optimized files with
- * deflate-compressed grains, grain markers and the footer copy of the header); flat and zero extents; and
- * the delta-link fields (CID, parentCID, parentFileNameHint), which become bs->backing_name for the core
- * to resolve.  Extent file names are untrusted: each is resolved against the descriptor's directory and
- * must stay inside it (or a --backing-dir) unless --unsafe-backing is given; extents are opened read-only
- * unless the node is writable.  On writable nodes, flat extents are written in place and hosted sparse
- * extents in place or by appending a whole grain, flushed before the primary and then the redundant
- * grain table name it; stream-optimized and zero extents refuse --rw.  Every header field and table entry is checked against the
- * file size before it is used; a damaged grain reads as EIO, logged once per extent.  Grain tables are
- * read on demand into a small fixed cache, so memory is bounded whatever the header says.  It knows
- * nothing of FUSE or of other formats.
+ * vmdk.c - the VMware VMDK format driver.  It owns the VMDK layout after VMware's "Virtual Disk Format
+ * 1.1": the text descriptor (standalone, or embedded in a hosted sparse extent), parsed defensively into
+ * an ordered list of extents; hosted sparse extents ("KDMV" header, grain directory and 512-entry grain
+ * tables, zeroed-grain entries, the redundant directory, stream-optimized files with deflate-compressed
+ * grains, grain markers and the footer copy of the header); flat and zero extents; and the delta-link
+ * fields (CID, parentCID, parentFileNameHint), which become bs->backing_name for the core to resolve.
+ * Extent file names are untrusted: each is resolved against the descriptor's directory and must stay
+ * inside it (or a --backing-dir) unless --unsafe-backing is given; extents are opened read-only unless
+ * the node is writable.  On writable nodes flat extents are written in place, and hosted sparse extents
+ * in place or by appending a whole grain that is flushed before the primary, then the redundant, grain
+ * table names it; stream-optimized and zero extents refuse --rw.  Every header field and table entry is
+ * checked against the file size before it is used; a damaged grain reads as EIO, logged once per
+ * extent.  Grain tables are read on demand into a small fixed cache, so memory is bounded whatever the
+ * header says.  It knows nothing of FUSE or of other formats.
  */
 #include "block.h"
 #include "util.h"
