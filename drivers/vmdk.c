@@ -69,6 +69,8 @@
 /* Bounds this driver accepts (VMware writes 128-sector grains and descriptors of a few sectors). */
 #define VMDK_MAX_GRAIN_SECTORS  2048u          /* 1 MiB grains */
 #define VMDK_MAX_GTS            (1u << 22)     /* a 16 MiB grain directory */
+/* Grain directories of all extents together: a descriptor may name one big sparse file many times. */
+#define VMDK_MAX_GD_TOTAL       (64u << 20)
 #define VMDK_MAX_DESC_BYTES     (64 * 1024)    /* standalone or embedded descriptor */
 #define VMDK_MAX_LINE           1024
 #define VMDK_MAX_EXTENTS        4096
@@ -466,9 +468,15 @@ static int vmdk_check_offsets(VmdkExtent *e, const uint8_t *h, Error *err)
     return 0;
 }
 
-static int vmdk_read_gd(VmdkExtent *e, Error *err)
+static int vmdk_read_gd(VmdkExtent *e, uint64_t *gd_budget, Error *err)
 {
     size_t bytes = (size_t)e->n_gts * 4;
+    if (bytes > *gd_budget) {
+        error_set(err, EINVAL, "%s: the grain directories of the image's extents exceed %u MiB together",
+                  e->name, VMDK_MAX_GD_TOTAL >> 20);
+        return -EINVAL;
+    }
+    *gd_budget -= bytes;
     uint8_t *raw = malloc(bytes ? bytes : 1);
     e->gd = malloc(bytes ? bytes : 1);
     if (!raw || !e->gd) {
@@ -524,8 +532,8 @@ static int vmdk_read_footer(VmdkExtent *e, uint8_t *h, Error *err)
     return r;
 }
 
-/* Reads and validates the sparse header of e->file; loads the grain directory. */
-static int vmdk_open_sparse(VmdkExtent *e, Error *err)
+/* Reads and validates the sparse header of e->file; loads the grain directory within *gd_budget bytes. */
+static int vmdk_open_sparse(VmdkExtent *e, uint64_t *gd_budget, Error *err)
 {
     uint8_t h[VMDK_SECTOR];
     e->file_size = bdrv_getlength(e->file);
@@ -553,7 +561,7 @@ static int vmdk_open_sparse(VmdkExtent *e, Error *err)
             r = vmdk_bad_header(err, e->name, "the footer and the header place the descriptor differently");
     }
     if (r == 0)
-        r = vmdk_read_gd(e, err);
+        r = vmdk_read_gd(e, gd_budget, err);
     return r;
 }
 
@@ -1279,7 +1287,7 @@ static int vmdk_check_flat(VmdkExtent *e, const char *file, Error *err)
 }
 
 static int vmdk_open_one_extent(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, const DescExtent *d,
-                                Error *err)
+                                uint64_t *gd_budget, Error *err)
 {
     int r = vmdk_extent_type(e, d, bs->filename, err);
     if (r < 0 || e->type == EXT_ZERO)
@@ -1293,7 +1301,11 @@ static int vmdk_open_one_extent(BlockNode *bs, const BlockOpenOpts *opts, VmdkEx
         return r;
     if (e->type == EXT_FLAT)
         return vmdk_check_flat(e, bs->filename, err);
-    r = vmdk_open_sparse(e, err);
+    Error local = { .msg = "", .errnum = 0 };
+    r = vmdk_open_sparse(e, gd_budget, &local);
+    if (r < 0) /* local names the extent file; say which image's descriptor named it */
+        error_set(err, local.errnum ? local.errnum : -r, "%s: extent %s", bs->filename,
+                  local.msg[0] ? local.msg : strerror(-r));
     if (r == 0 && e->capacity * VMDK_SECTOR < e->bytes) {
         error_set(err, EINVAL, "%s: sparse extent \"%s\" holds %" PRIu64 " sectors, fewer than the descriptor's %"
                   PRIu64, bs->filename, e->name, e->capacity, e->bytes / VMDK_SECTOR);
@@ -1310,7 +1322,7 @@ static int vmdk_open_extents(BlockNode *bs, VmdkState *s, const BlockOpenOpts *o
         error_set(err, ENOMEM, "%s: out of memory", bs->filename);
         return -ENOMEM;
     }
-    uint64_t start = 0;
+    uint64_t start = 0, gd_budget = VMDK_MAX_GD_TOTAL;
     for (int i = 0; i < d->n_ext; i++) {
         VmdkExtent *e = &s->ext[i];
         s->n_ext = i + 1;
@@ -1329,7 +1341,7 @@ static int vmdk_open_extents(BlockNode *bs, VmdkState *s, const BlockOpenOpts *o
         e->start = start;
         e->bytes = d->ext[i].sectors * VMDK_SECTOR;
         start += e->bytes;
-        int r = vmdk_open_one_extent(bs, opts, e, &d->ext[i], err);
+        int r = vmdk_open_one_extent(bs, opts, e, &d->ext[i], &gd_budget, err);
         if (r < 0)
             return r;
     }
@@ -1466,7 +1478,8 @@ static int vmdk_open_monolithic(BlockNode *bs, VmdkState *s, Error *err)
         return -ENOMEM;
     e->type = EXT_SPARSE;
     e->file = bs->file;
-    int r = vmdk_open_sparse(e, err);
+    uint64_t gd_budget = VMDK_MAX_GD_TOTAL;
+    int r = vmdk_open_sparse(e, &gd_budget, err);
     if (r < 0)
         return r;
     e->bytes = e->capacity * VMDK_SECTOR;

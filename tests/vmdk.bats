@@ -366,4 +366,13 @@ with open("d.vmdk", "r+b") as f:
   refused v.vmdk "extent type VMFSSPARSE is not supported"
   printf '# Disk DescriptorFile\nversion=1\n' > e.vmdk
   refused e.vmdk "the descriptor names no extent"
+  # one sparse file with a 16 MiB grain directory, named 20 times: the directories' memory is bounded
+  python3 -c 'import struct
+cap, n_gts = (1 << 22) * 512, 1 << 22
+h = struct.pack("<IIIQQQQIQQQ", 0x564D444B, 1, 0, cap, 1, 0, 0, 512, 0, 1, 1) + b"\0\n \r\n\0\0"
+with open("big.vmdk", "wb") as f:
+    f.write(h.ljust(512, b"\0")); f.truncate(512 + 4 * n_gts)
+with open("many.vmdk", "w") as f:
+    f.write("# Disk DescriptorFile\n" + "RW %d SPARSE \"big.vmdk\"\n" % cap * 20)'
+  refused many.vmdk "extent big.vmdk: the grain directories of the image's extents exceed 64 MiB together"
 }
