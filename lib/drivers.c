@@ -13,6 +13,7 @@ extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
 extern const BlockDriver bdrv_vpc;
+extern const BlockDriver bdrv_qed;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -21,6 +22,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qcow2,
     &bdrv_vdi,
     &bdrv_vpc,
+    &bdrv_qed,
     &bdrv_raw,
     NULL
 };
