@@ -273,11 +273,18 @@ static int qed_init_cache(QedState *s, Error *err)
     return 0;
 }
 
-/* A table (L2) offset is usable if aligned, past the header and the whole table lies in the file. */
+/* Whether [off, off + len) overlaps the L1 table. */
+static bool qed_hits_l1(const QedState *s, uint64_t off, uint64_t len)
+{
+    return off < s->l1_offset + s->table_bytes && s->l1_offset < off + len;
+}
+
+/* A table (L2) offset is usable if aligned, past the header, clear of the L1 table and the whole table
+ * lies in the file. */
 static bool qed_table_offset_ok(const QedState *s, uint64_t off)
 {
     return off % s->cluster_size == 0 && off >= s->data_start && off <= s->host_limit &&
-           s->host_limit - off >= s->table_bytes;
+           s->host_limit - off >= s->table_bytes && !qed_hits_l1(s, off, s->table_bytes);
 }
 
 /* Caller holds cache_lock. Returns the slice holding file offset slice_off, reading it on a miss. */
@@ -326,8 +333,8 @@ static void qed_invalidate_slices(QedState *s, uint64_t off, uint64_t len)
 static void qed_log_bad(QedState *s, const char *what, uint64_t cluster, uint64_t entry)
 {
     if (!__atomic_exchange_n(&s->bad_entry_logged, 1, __ATOMIC_RELAXED))
-        log_msg("%s: %s for guest cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or past the end "
-                "of the file; reads of that range fail", s->name, what, cluster, entry);
+        log_msg("%s: %s for guest cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or past "
+                "the end of the file; reads of that range fail", s->name, what, cluster, entry);
 }
 
 /* The raw L2 entry of guest cluster c (0 when its L2 table is unallocated). */
@@ -361,7 +368,7 @@ static uint64_t qed_cluster_visible(const QedState *s, uint64_t c)
 static bool qed_data_offset_ok(const QedState *s, uint64_t host, uint64_t c)
 {
     return host % s->cluster_size == 0 && host >= s->data_start && host <= s->host_limit &&
-           s->host_limit - host >= qed_cluster_visible(s, c);
+           s->host_limit - host >= qed_cluster_visible(s, c) && !qed_hits_l1(s, host, s->cluster_size);
 }
 
 /* What guest cluster c is; for data, *host is its file offset. -errno in *err_out for I/O failures. */
@@ -518,7 +525,7 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") lies past the disk size", cl, e);
             else if (!qed_data_offset_ok(s, e, cl))
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
-                                  "or past the end of the file", cl, e);
+                                  "or L1 table or past the end of the file", cl, e);
             else
                 qed_check_mark(c, e, s->cluster_size, s->cluster_bits,
                                "data cluster of guest cluster %" PRIu64 " (0x%" PRIx64 ") is referenced twice", cl);
@@ -549,8 +556,8 @@ static int qed_check_tables(QedState *s, QedCheck *c)
         if (l2 == 0)
             continue;
         if (!qed_table_offset_ok(s, l2)) {
-            qed_check_problem(c, "L1 entry %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or past the end "
-                              "of the file", i, l2);
+            qed_check_problem(c, "L1 entry %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or "
+                              "past the end of the file", i, l2);
             continue;
         }
         int before = c->errors;
