@@ -54,6 +54,8 @@
  * smallest clusters needs 512 Ki entries (4 MiB). */
 #define QED_MAX_IMAGE_SIZE (1ull << 50)
 #define QED_MAX_BACKING_NAME 1023
+/* Every allocation of a new L2 table writes a whole table; writable opens refuse larger tables. */
+#define QED_MAX_WRITABLE_TABLE (64 * MiB)
 
 #define QED_ENTRY_ZERO 1ull
 
@@ -371,7 +373,23 @@ static bool qed_data_offset_ok(const QedState *s, uint64_t host, uint64_t c)
            s->host_limit - host >= qed_cluster_visible(s, c) && !qed_hits_l1(s, host, s->cluster_size);
 }
 
-/* What guest cluster c is; for data, *host is its file offset. -errno in *err_out for I/O failures. */
+/* What an L2 entry e of guest cluster c says; for data, *host is its file offset. */
+static QedKind qed_entry_kind(QedState *s, uint64_t c, uint64_t e, uint64_t *host)
+{
+    *host = 0;
+    if (e == 0)
+        return QED_UNALLOCATED;
+    if (e == QED_ENTRY_ZERO)
+        return QED_ZERO;
+    if (!qed_data_offset_ok(s, e, c)) {
+        qed_log_bad(s, "L2 entry", c, e);
+        return QED_BAD;
+    }
+    *host = e;
+    return QED_DATA;
+}
+
+/* What guest cluster c is; for data, *host is its file offset. -errno in *err_out for failures. */
 static QedKind qed_classify(QedState *s, uint64_t c, uint64_t *host, int *err_out)
 {
     uint64_t e;
@@ -379,38 +397,104 @@ static QedKind qed_classify(QedState *s, uint64_t c, uint64_t *host, int *err_ou
     *err_out = qed_l2_entry(s, c, &e);
     if (*err_out < 0)
         return QED_BAD;
-    if (e == 0)
-        return QED_UNALLOCATED;
-    if (e == QED_ENTRY_ZERO)
-        return QED_ZERO;
-    if (!qed_data_offset_ok(s, e, c)) {
-        qed_log_bad(s, "L2 entry", c, e);
+    QedKind kind = qed_entry_kind(s, c, e, host);
+    if (kind == QED_BAD)
         *err_out = -EIO;
-        return QED_BAD;
-    }
-    *host = e;
-    return QED_DATA;
+    return kind;
 }
 
-/* The run from guest offset on (at most max bytes) of clusters of one kind, host-contiguous for data. */
+/* A run being built by qed_map_run: its kind, clusters so far, and the host offset it continues at. */
+typedef struct QedRun {
+    QedKind kind;
+    uint64_t clusters, next_host;
+} QedRun;
+
+/* Adds one cluster of kind k (host h) to the run; false if it does not continue it. */
+static bool qed_run_extend(QedState *s, QedRun *r, QedKind k, uint64_t h)
+{
+    if (r->clusters && (k != r->kind || k == QED_BAD || (k == QED_DATA && h != r->next_host)))
+        return false;
+    r->kind = k;
+    r->next_host = h + s->cluster_size;
+    r->clusters++;
+    return true;
+}
+
+/* Extends the run over the clusters from c on (at most max) that one L2 table maps. Returns the clusters
+ * added; stops early when the run ends (*stop). */
+static uint64_t qed_run_in_table(QedState *s, QedRun *r, uint64_t c, uint64_t max, bool *stop, int *err)
+{
+    uint64_t l2 = s->l1[c / s->table_entries], l2i = c % s->table_entries;
+    uint64_t span = MIN(max, s->table_entries - l2i);
+    if (l2 == 0) { /* a whole unallocated table: no per-cluster work */
+        if (r->clusters && r->kind != QED_UNALLOCATED) {
+            *stop = true;
+            return 0;
+        }
+        r->kind = QED_UNALLOCATED;
+        r->clusters += span;
+        return span;
+    }
+    if (!qed_table_offset_ok(s, l2)) {
+        qed_log_bad(s, "L1 entry", c, l2);
+        *stop = true;
+        if (r->clusters)
+            return 0;
+        *err = -EIO;
+        r->kind = QED_BAD;
+        r->clusters = 1;
+        return 1;
+    }
+    uint64_t done = 0;
+    pthread_mutex_lock(&s->cache_lock);
+    while (done < span && !*stop) {
+        QedSlice *sl;
+        uint64_t idx = l2i + done, in_slice = idx % s->slice_entries;
+        int ret = qed_get_slice(s, l2 + idx / s->slice_entries * s->slice_bytes, &sl);
+        if (ret < 0) {
+            *stop = true;
+            if (!r->clusters) {
+                *err = ret;
+                r->kind = QED_BAD;
+                r->clusters = 1;
+                done++;
+            }
+            break;
+        }
+        for (uint64_t j = in_slice; j < s->slice_entries && done < span; j++) {
+            uint64_t h;
+            QedKind k = qed_entry_kind(s, c + done, sl->entries[j], &h);
+            if (!qed_run_extend(s, r, k, h)) {
+                *stop = true;
+                break;
+            }
+            done++;
+            if (k == QED_BAD) {
+                *err = -EIO;
+                *stop = true;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->cache_lock);
+    return done;
+}
+
+/* The run from guest offset on (at most max bytes) of clusters of one kind, host-contiguous for data:
+ * its length in *run and, for data, its host offset in *host. A bad entry is a run of one cluster. */
 static QedKind qed_map_run(QedState *s, uint64_t offset, uint64_t max, uint64_t *run, uint64_t *host, int *err)
 {
-    uint64_t c = offset >> s->cluster_bits, in = offset & (s->cluster_size - 1);
-    uint64_t h;
-    QedKind kind = qed_classify(s, c, &h, err);
-    uint64_t n = MIN(max, (uint64_t)s->cluster_size - in);
-    uint64_t next_host = h + s->cluster_size;
-    *host = h + in;
-    while (n < max && kind != QED_BAD) {
-        uint64_t nh;
-        int e2;
-        if (qed_classify(s, ++c, &nh, &e2) != kind || (kind == QED_DATA && nh != next_host))
-            break;
-        n += MIN(max - n, (uint64_t)s->cluster_size);
-        next_host = nh + s->cluster_size;
-    }
-    *run = n;
-    return kind;
+    uint64_t c0 = offset >> s->cluster_bits, in = offset & (s->cluster_size - 1);
+    uint64_t want = (in + max + s->cluster_size - 1) >> s->cluster_bits, c = c0;
+    QedRun r = { QED_UNALLOCATED, 0, 0 };
+    bool stop = false;
+    *err = 0;
+    while (!stop && c < c0 + want)
+        c += qed_run_in_table(s, &r, c, c0 + want - c, &stop, err);
+    /* next_host is just past the run's last cluster */
+    *host = r.kind == QED_DATA ? r.next_host - (r.clusters << s->cluster_bits) + in : 0;
+    *run = MIN(max, (r.clusters << s->cluster_bits) - in);
+    return r.kind;
 }
 
 /* ---------------------------------------------------------------- read, block status */
@@ -596,6 +680,11 @@ static int qed_check(BlockNode *bs, InfoList *report)
  * cluster another entry uses would make an in-place write damage other data. */
 static int qed_open_writable(QedState *s, Error *err)
 {
+    if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
+        error_set(err, ENOTSUP, "%s: tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
+                  "the image can only be opened read-only", s->name, s->table_bytes >> 20, QED_MAX_WRITABLE_TABLE >> 20);
+        return -ENOTSUP;
+    }
     QedCheck c;
     int ret = qed_check_tables(s, &c);
     if (ret < 0) {
