@@ -612,7 +612,7 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
                                   "or L1 table or past the end of the file", cl, e);
             else
                 qed_check_mark(c, e, s->cluster_size, s->cluster_bits,
-                               "data cluster of guest cluster %" PRIu64 " (0x%" PRIx64 ") is referenced twice", cl);
+                               "data cluster of guest cluster %" PRIu64 " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
         }
     }
     return 0;
