@@ -342,3 +342,48 @@ EOF
   [ $(( $(od -An -tu8 -j16 -N8 d.qed) & 2 )) -eq 0 ]
   qed_clean d.qed
 }
+
+@test "a daemon killed during allocating writes: fsynced data survives; the flagged image is served, then checked and cleared by --rw" {
+  qemu-img create -q -f qed -o cluster_size=4096,table_size=2 k.qed 40M
+  truncate -s 40M want.raw
+  mount_img --rw k.qed "$MNT"
+  local i
+  for i in 0 1 2 3; do
+    head -c 8192 /dev/urandom > chunk
+    dd if=chunk of=want.raw bs=8192 seek=$((i * 3145728 + 4096)) oflag=seek_bytes conv=notrunc status=none
+    dd if=chunk of="$MNT/disk.raw" bs=8192 seek=$((i * 3145728 + 4096)) oflag=seek_bytes conv=notrunc,fsync status=none
+  done
+  # allocating writes that reach the daemon (O_DIRECT) from a writer that keeps the file open, so no
+  # close flushes them; the daemon dies meanwhile
+  python3 - "$MNT/disk.raw" 3>&- <<'PY' &
+import mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+for i in range(20, 40):
+    buf.seek(0)
+    buf.write(os.urandom(65536))
+    os.pwrite(fd, buf, i * 1048576)
+    if i == 20:
+        open("started", "w").close()
+time.sleep(60)
+PY
+  local writer=$!
+  for i in $(seq 1 100); do [ -e started ] && break; sleep 0.05; done
+  [ -e started ]
+  sleep 0.1
+  kill_daemon 9
+  kill "$writer" 2>/dev/null || true
+  wait "$writer" || true
+  [ $(( $(od -An -tu8 -j16 -N8 k.qed) & 2 )) -eq 2 ]
+  run qemu-img check -f qed --output=json k.qed
+  echo "$output"
+  [[ "$output" != *'"corruptions"'* ]]
+  mount_img k.qed "$MNT"
+  cmp -n $((20 * 1048576)) "$MNT/disk.raw" want.raw
+  unmount_img
+  grep -q "needing a consistency check" "$TMP/daemon.log"
+  mount_img --rw k.qed "$MNT"
+  unmount_img
+  grep -q "it passed and the mark is cleared" "$TMP/daemon.log"
+  qed_clean k.qed
+}
