@@ -611,8 +611,8 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
                                   "or L1 table or past the end of the file", cl, e);
             else
-                qed_check_mark(c, e, s->cluster_size, s->cluster_bits,
-                               "data cluster of guest cluster %" PRIu64 " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
+                qed_check_mark(c, e, s->cluster_size, s->cluster_bits, "data cluster of guest cluster %" PRIu64
+                               " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
         }
     }
     return 0;
@@ -631,9 +631,10 @@ static int qed_check_tables(QedState *s, QedCheck *c)
         free(c->used);
         return -ENOMEM;
     }
-    qed_check_mark(c, 0, s->data_start, s->cluster_bits, "header %" PRIu64 "%" PRIu64, 0);
-    qed_check_mark(c, s->l1_offset, s->table_bytes, s->cluster_bits, "L1 table %" PRIu64 " at 0x%" PRIx64
-                   " overlaps the header", 0);
+    /* the first marks cannot collide (open checked that L1 lies past the header) */
+    qed_check_mark(c, 0, s->data_start, s->cluster_bits, "header of %" PRIu64 " bytes at 0x%" PRIx64, s->data_start);
+    qed_check_mark(c, s->l1_offset, s->table_bytes, s->cluster_bits, "L1 table of %" PRIu64 " bytes at 0x%" PRIx64
+                   " overlaps the header", s->table_bytes);
     int ret = 0;
     for (uint64_t i = 0; i < s->l1_used && ret == 0; i++) {
         uint64_t l2 = s->l1[i];
@@ -682,7 +683,8 @@ static int qed_open_writable(QedState *s, Error *err)
 {
     if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
         error_set(err, ENOTSUP, "%s: tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
-                  "the image can only be opened read-only", s->name, s->table_bytes >> 20, QED_MAX_WRITABLE_TABLE >> 20);
+                  "the image can only be opened read-only", s->name, s->table_bytes >> 20,
+                  QED_MAX_WRITABLE_TABLE >> 20);
         return -ENOTSUP;
     }
     QedCheck c;
