@@ -14,6 +14,7 @@ extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
 extern const BlockDriver bdrv_vpc;
 extern const BlockDriver bdrv_vmdk;
+extern const BlockDriver bdrv_qed;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -23,6 +24,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_vdi,
     &bdrv_vpc,
     &bdrv_vmdk,
+    &bdrv_qed,
     &bdrv_raw,
     NULL
 };

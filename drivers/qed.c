@@ -1,0 +1,1012 @@
+/*
+ * qed.c - the QED (QEMU Enhanced Disk) format driver.  It owns the QED layout: the little-endian header
+ * in the first header_size clusters (magic "QED\0", cluster and table sizes, feature bits, the L1 table
+ * offset, the guest size and the backing file name), validated field by field against the file size
+ * before anything is trusted; the two-level tables (an L1 table held in memory for the part of the disk
+ * that exists, L2 tables read through a small LRU cache of fixed-size slices, so memory stays bounded
+ * whatever the table size); reads and block status with host offsets, falling through to the backing
+ * file for unallocated clusters and reading zeros for zero clusters (L2 entry 1); and, on writable nodes,
+ * in-place writes to allocated clusters and allocating writes that append clusters at the end of the
+ * file (data, then a new L2 table, then the L1 entry, each flushed before the next names it), filling
+ * the rest of a new cluster from the backing file.  The QED_F_NEED_CHECK header bit is set before the
+ * first allocation and cleared at flush; a writable open checks every table entry first and refuses an
+ * inconsistent image, a read-only open of a flagged image warns once and serves it.  It knows nothing of
+ * FUSE or of other formats.
+ */
+#include "block.h"
+#include "util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- the on-disk layout */
+
+#define QED_MAGIC 0x00444551u /* "QED\0" read little-endian */
+
+#define QED_OFF_MAGIC          0
+#define QED_OFF_CLUSTER_SIZE   4
+#define QED_OFF_TABLE_SIZE     8
+#define QED_OFF_HEADER_SIZE    12
+#define QED_OFF_FEATURES       16
+#define QED_OFF_COMPAT         24
+#define QED_OFF_AUTOCLEAR      32
+#define QED_OFF_L1_OFFSET      40
+#define QED_OFF_IMAGE_SIZE     48
+#define QED_OFF_BACKING_OFFSET 56
+#define QED_OFF_BACKING_SIZE   60
+#define QED_HEADER_BYTES       64
+
+#define QED_F_BACKING_FILE            UINT64_C(0x1)
+#define QED_F_NEED_CHECK              UINT64_C(0x2)
+#define QED_F_BACKING_FORMAT_NO_PROBE UINT64_C(0x4)
+#define QED_F_KNOWN (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
+
+#define QED_MIN_CLUSTER (4 * KiB)
+#define QED_MAX_CLUSTER (64 * MiB)
+#define QED_MAX_TABLE   16
+/* The header area (header_size clusters) is never read whole; this only keeps its size sane. */
+#define QED_MAX_HEADER_BYTES (64 * MiB)
+/* The part of the L1 table held in memory grows with the square root of the disk size: 1 PiB with the
+ * smallest clusters needs 512 Ki entries (4 MiB). */
+#define QED_MAX_IMAGE_SIZE (1ull << 50)
+#define QED_MAX_BACKING_NAME 1023
+/* Every allocation of a new L2 table writes a whole table; writable opens refuse larger tables. */
+#define QED_MAX_WRITABLE_TABLE (64 * MiB)
+
+#define QED_ENTRY_ZERO 1ull
+
+/* L2 cache: slices of at most this many bytes, at most QED_CACHE_BYTES in all. */
+#define QED_SLICE_MAX_BYTES (64 * KiB)
+#define QED_CACHE_BYTES     (4 * MiB)
+#define QED_CACHE_MAX_SLICES 256
+
+typedef enum { QED_UNALLOCATED, QED_ZERO, QED_DATA, QED_BAD } QedKind;
+
+typedef struct QedSlice {
+    uint64_t file_offset;  /* where the slice starts in the file; valid only if entries != NULL */
+    uint64_t last_use;
+    uint64_t *entries;     /* host byte order */
+} QedSlice;
+
+typedef struct QedState {
+    const char *name;
+    BlockNode *file;
+    BlockNode *bs;
+
+    /* header */
+    uint32_t cluster_size, cluster_bits, table_size, header_size;
+    uint64_t features, compat_features, autoclear_features;
+    uint64_t l1_offset, image_size;
+    uint64_t table_bytes, table_entries;  /* one L1 or L2 table */
+    uint64_t data_start;                  /* end of the header area */
+
+    uint64_t *l1;          /* the first l1_used entries of the L1 table, host byte order */
+    uint64_t l1_used;
+    uint64_t host_limit;   /* no host byte at or past this offset is in the file */
+
+    /* L2 slice cache, guarded by cache_lock */
+    pthread_mutex_t cache_lock;
+    QedSlice *slices;
+    int n_slices;
+    uint64_t slice_bytes, slice_entries, use_clock;
+
+    int bad_entry_logged;
+
+    /* writable nodes only */
+    bool writable;
+    pthread_rwlock_t io_lock;  /* shared: reads and in-place writes; exclusive: allocating writes, flush */
+    uint64_t file_end;         /* next cluster to allocate, cluster aligned */
+    bool need_check_set;       /* this session set QED_F_NEED_CHECK on disk */
+    uint8_t *cow_buf;          /* one cluster, used under the exclusive lock */
+} QedState;
+
+/* ---------------------------------------------------------------- probe */
+
+static int qed_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len < QED_HEADER_BYTES || ld_le32(buf + QED_OFF_MAGIC) != QED_MAGIC)
+        return 0;
+    return 100;
+}
+
+/* ---------------------------------------------------------------- header */
+
+static int qed_check_sizes(QedState *s, Error *err)
+{
+    if (!is_pow2(s->cluster_size) || s->cluster_size < QED_MIN_CLUSTER || s->cluster_size > QED_MAX_CLUSTER) {
+        error_set(err, EINVAL, "%s: cluster size %" PRIu32 " is not a power of two from 4 KiB to 64 MiB", s->name,
+                  s->cluster_size);
+        return -EINVAL;
+    }
+    s->cluster_bits = (uint32_t)__builtin_ctz(s->cluster_size);
+    if (!is_pow2(s->table_size) || s->table_size > QED_MAX_TABLE) {
+        error_set(err, EINVAL, "%s: table size %" PRIu32 " is not a power of two from 1 to 16 clusters", s->name,
+                  s->table_size);
+        return -EINVAL;
+    }
+    if (s->header_size == 0 || (uint64_t)s->header_size * s->cluster_size > QED_MAX_HEADER_BYTES) {
+        error_set(err, EINVAL, "%s: header size of %" PRIu32 " clusters is out of range", s->name, s->header_size);
+        return -EINVAL;
+    }
+    s->data_start = (uint64_t)s->header_size * s->cluster_size;
+    s->table_bytes = (uint64_t)s->table_size * s->cluster_size;
+    s->table_entries = s->table_bytes / 8;
+    /* entries^2 * cluster_size may not fit in 64 bits: compare in steps */
+    uint64_t per_l1 = s->table_entries * s->cluster_size, max_size;
+    if (!mul_ok_u64(per_l1, s->table_entries, &max_size))
+        max_size = UINT64_MAX;
+    if (s->image_size % 512 || s->image_size > max_size || s->image_size > QED_MAX_IMAGE_SIZE) {
+        error_set(err, EINVAL, "%s: image size %" PRIu64 " is not a multiple of 512 or larger than the tables "
+                  "can address (or than 1 PiB)", s->name, s->image_size);
+        return -EINVAL;
+    }
+    s->l1_used = (s->image_size + per_l1 - 1) / per_l1;
+    return 0;
+}
+
+static int qed_check_layout(QedState *s, uint64_t file_size, Error *err)
+{
+    if (s->features & ~QED_F_KNOWN) {
+        error_set(err, ENOTSUP, "%s: unknown incompatible QED feature bits 0x%" PRIx64 " (known: backing_file, "
+                  "need_check, backing_format_no_probe)", s->name, s->features & ~QED_F_KNOWN);
+        return -ENOTSUP;
+    }
+    if (s->l1_offset % s->cluster_size || s->l1_offset < s->data_start) {
+        error_set(err, EINVAL, "%s: L1 table offset 0x%" PRIx64 " is not cluster aligned or lies in the header",
+                  s->name, s->l1_offset);
+        return -EINVAL;
+    }
+    if (s->l1_offset > file_size || file_size - s->l1_offset < s->table_bytes) {
+        error_set(err, EINVAL, "%s: L1 table extends past the end of the file", s->name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int qed_read_backing_name(QedState *s, const uint8_t *h, BlockNode *bs, Error *err)
+{
+    if (!(s->features & QED_F_BACKING_FILE))
+        return 0;
+    uint32_t off = ld_le32(h + QED_OFF_BACKING_OFFSET), size = ld_le32(h + QED_OFF_BACKING_SIZE);
+    if (size == 0 || size > QED_MAX_BACKING_NAME || off < QED_HEADER_BYTES ||
+        (uint64_t)off + size > s->data_start) {
+        error_set(err, EINVAL, "%s: backing file name (offset %" PRIu32 ", %" PRIu32 " bytes) lies outside the "
+                  "header or is longer than %d bytes", s->name, off, size, QED_MAX_BACKING_NAME);
+        return -EINVAL;
+    }
+    char name[QED_MAX_BACKING_NAME + 1];
+    int ret = bdrv_pread(s->file, off, size, name);
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot read the backing file name: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    name[size] = '\0';
+    if (strlen(name) != size) {
+        error_set(err, EINVAL, "%s: backing file name contains a NUL byte", s->name);
+        return -EINVAL;
+    }
+    bs->backing_name = strdup(name);
+    if (s->features & QED_F_BACKING_FORMAT_NO_PROBE)
+        bs->backing_format_hint = strdup("raw");
+    if (!bs->backing_name || ((s->features & QED_F_BACKING_FORMAT_NO_PROBE) && !bs->backing_format_hint)) {
+        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error *err)
+{
+    uint8_t h[QED_HEADER_BYTES];
+    if (file_size < QED_HEADER_BYTES) {
+        error_set(err, EINVAL, "%s: file too short for a QED header (%" PRIu64 " bytes)", s->name, file_size);
+        return -EINVAL;
+    }
+    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot read the QED header: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    if (ld_le32(h + QED_OFF_MAGIC) != QED_MAGIC) {
+        error_set(err, EINVAL, "%s: not a QED image (bad magic)", s->name);
+        return -EINVAL;
+    }
+    s->cluster_size = ld_le32(h + QED_OFF_CLUSTER_SIZE);
+    s->table_size = ld_le32(h + QED_OFF_TABLE_SIZE);
+    s->header_size = ld_le32(h + QED_OFF_HEADER_SIZE);
+    s->features = ld_le64(h + QED_OFF_FEATURES);
+    s->compat_features = ld_le64(h + QED_OFF_COMPAT);
+    s->autoclear_features = ld_le64(h + QED_OFF_AUTOCLEAR);
+    s->l1_offset = ld_le64(h + QED_OFF_L1_OFFSET);
+    s->image_size = ld_le64(h + QED_OFF_IMAGE_SIZE);
+    ret = qed_check_sizes(s, err);
+    if (ret == 0)
+        ret = qed_check_layout(s, file_size, err);
+    if (ret == 0)
+        ret = qed_read_backing_name(s, h, bs, err);
+    return ret;
+}
+
+static int qed_write_features(QedState *s, uint64_t features)
+{
+    uint8_t buf[8];
+    st_le64(buf, features);
+    bdrv_debug_event(s->file, "qed_header_update");
+    int ret = bdrv_pwrite(s->file, QED_OFF_FEATURES, 8, buf, 0);
+    if (ret == 0)
+        s->features = features;
+    return ret;
+}
+
+/* ---------------------------------------------------------------- tables */
+
+static int qed_load_l1(QedState *s, Error *err)
+{
+    s->l1 = calloc(MAX(s->l1_used, (uint64_t)1), sizeof(uint64_t));
+    if (!s->l1) {
+        error_set(err, ENOMEM, "%s: out of memory for an L1 table of %" PRIu64 " entries", s->name, s->l1_used);
+        return -ENOMEM;
+    }
+    int ret = s->l1_used ? bdrv_pread(s->file, (int64_t)s->l1_offset, (int64_t)(s->l1_used * 8), s->l1) : 0;
+    if (ret < 0) {
+        error_set(err, -ret, "%s: cannot read the L1 table: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    for (uint64_t i = 0; i < s->l1_used; i++)
+        s->l1[i] = ld_le64(&s->l1[i]);
+    return 0;
+}
+
+static int qed_init_cache(QedState *s, Error *err)
+{
+    s->slice_bytes = MIN(s->table_bytes, (uint64_t)QED_SLICE_MAX_BYTES);
+    s->slice_entries = s->slice_bytes / 8;
+    s->n_slices = (int)MIN((uint64_t)QED_CACHE_MAX_SLICES, QED_CACHE_BYTES / s->slice_bytes);
+    s->slices = calloc((size_t)s->n_slices, sizeof(QedSlice));
+    if (!s->slices) {
+        error_set(err, ENOMEM, "%s: out of memory for the L2 cache", s->name);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Whether [off, off + len) overlaps the L1 table. */
+static bool qed_hits_l1(const QedState *s, uint64_t off, uint64_t len)
+{
+    return off < s->l1_offset + s->table_bytes && s->l1_offset < off + len;
+}
+
+/* A table (L2) offset is usable if aligned, past the header, clear of the L1 table and the whole table
+ * lies in the file. */
+static bool qed_table_offset_ok(const QedState *s, uint64_t off)
+{
+    return off % s->cluster_size == 0 && off >= s->data_start && off <= s->host_limit &&
+           s->host_limit - off >= s->table_bytes && !qed_hits_l1(s, off, s->table_bytes);
+}
+
+/* Caller holds cache_lock. Returns the slice holding file offset slice_off, reading it on a miss. */
+static int qed_get_slice(QedState *s, uint64_t slice_off, QedSlice **out)
+{
+    QedSlice *victim = &s->slices[0];
+    for (int i = 0; i < s->n_slices; i++) {
+        QedSlice *sl = &s->slices[i];
+        if (sl->entries && sl->file_offset == slice_off) {
+            sl->last_use = ++s->use_clock;
+            *out = sl;
+            return 0;
+        }
+        if (!sl->entries || (victim->entries && sl->last_use < victim->last_use))
+            victim = sl;
+    }
+    if (!victim->entries) {
+        victim->entries = malloc(s->slice_bytes);
+        if (!victim->entries)
+            return -ENOMEM;
+    }
+    victim->file_offset = UINT64_MAX;
+    int ret = bdrv_pread(s->file, (int64_t)slice_off, (int64_t)s->slice_bytes, victim->entries);
+    if (ret < 0)
+        return ret;
+    for (uint64_t i = 0; i < s->slice_entries; i++)
+        victim->entries[i] = ld_le64(&victim->entries[i]);
+    victim->file_offset = slice_off;
+    victim->last_use = ++s->use_clock;
+    *out = victim;
+    return 0;
+}
+
+/* Drops cached slices overlapping [off, off + len) of the file: they are reread after an L2 update. */
+static void qed_invalidate_slices(QedState *s, uint64_t off, uint64_t len)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    for (int i = 0; i < s->n_slices; i++) {
+        QedSlice *sl = &s->slices[i];
+        if (sl->entries && sl->file_offset < off + len && off < sl->file_offset + s->slice_bytes)
+            sl->file_offset = UINT64_MAX, sl->last_use = 0;
+    }
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+static void qed_log_bad(QedState *s, const char *what, uint64_t cluster, uint64_t entry)
+{
+    if (!__atomic_exchange_n(&s->bad_entry_logged, 1, __ATOMIC_RELAXED))
+        log_msg("%s: %s for guest cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or past "
+                "the end of the file; reads of that range fail", s->name, what, cluster, entry);
+}
+
+/* The raw L2 entry of guest cluster c (0 when its L2 table is unallocated). */
+static int qed_l2_entry(QedState *s, uint64_t c, uint64_t *entry)
+{
+    uint64_t l1i = c / s->table_entries, l2i = c % s->table_entries;
+    uint64_t l2 = s->l1[l1i];
+    *entry = 0;
+    if (l2 == 0)
+        return 0;
+    if (!qed_table_offset_ok(s, l2)) {
+        qed_log_bad(s, "L1 entry", c, l2);
+        return -EIO;
+    }
+    uint64_t slice_off = l2 + l2i / s->slice_entries * s->slice_bytes;
+    pthread_mutex_lock(&s->cache_lock);
+    QedSlice *sl;
+    int ret = qed_get_slice(s, slice_off, &sl);
+    if (ret == 0)
+        *entry = sl->entries[l2i % s->slice_entries];
+    pthread_mutex_unlock(&s->cache_lock);
+    return ret;
+}
+
+/* Guest bytes of cluster c inside the disk (the last cluster may be partly outside it). */
+static uint64_t qed_cluster_visible(const QedState *s, uint64_t c)
+{
+    return MIN((uint64_t)s->cluster_size, s->image_size - (c << s->cluster_bits));
+}
+
+static bool qed_data_offset_ok(const QedState *s, uint64_t host, uint64_t c)
+{
+    return host % s->cluster_size == 0 && host >= s->data_start && host <= s->host_limit &&
+           s->host_limit - host >= qed_cluster_visible(s, c) && !qed_hits_l1(s, host, s->cluster_size);
+}
+
+/* What an L2 entry e of guest cluster c says; for data, *host is its file offset. */
+static QedKind qed_entry_kind(QedState *s, uint64_t c, uint64_t e, uint64_t *host)
+{
+    *host = 0;
+    if (e == 0)
+        return QED_UNALLOCATED;
+    if (e == QED_ENTRY_ZERO)
+        return QED_ZERO;
+    if (!qed_data_offset_ok(s, e, c)) {
+        qed_log_bad(s, "L2 entry", c, e);
+        return QED_BAD;
+    }
+    *host = e;
+    return QED_DATA;
+}
+
+/* What guest cluster c is; for data, *host is its file offset. -errno in *err_out for failures. */
+static QedKind qed_classify(QedState *s, uint64_t c, uint64_t *host, int *err_out)
+{
+    uint64_t e;
+    *host = 0;
+    *err_out = qed_l2_entry(s, c, &e);
+    if (*err_out < 0)
+        return QED_BAD;
+    QedKind kind = qed_entry_kind(s, c, e, host);
+    if (kind == QED_BAD)
+        *err_out = -EIO;
+    return kind;
+}
+
+/* A run being built by qed_map_run: its kind, clusters so far, and the host offset it continues at. */
+typedef struct QedRun {
+    QedKind kind;
+    uint64_t clusters, next_host;
+} QedRun;
+
+/* Adds one cluster of kind k (host h) to the run; false if it does not continue it. */
+static bool qed_run_extend(QedState *s, QedRun *r, QedKind k, uint64_t h)
+{
+    if (r->clusters && (k != r->kind || k == QED_BAD || (k == QED_DATA && h != r->next_host)))
+        return false;
+    r->kind = k;
+    r->next_host = h + s->cluster_size;
+    r->clusters++;
+    return true;
+}
+
+/* Extends the run over the clusters from c on (at most max) that one L2 table maps. Returns the clusters
+ * added; stops early when the run ends (*stop). */
+static uint64_t qed_run_in_table(QedState *s, QedRun *r, uint64_t c, uint64_t max, bool *stop, int *err)
+{
+    uint64_t l2 = s->l1[c / s->table_entries], l2i = c % s->table_entries;
+    uint64_t span = MIN(max, s->table_entries - l2i);
+    if (l2 == 0) { /* a whole unallocated table: no per-cluster work */
+        if (r->clusters && r->kind != QED_UNALLOCATED) {
+            *stop = true;
+            return 0;
+        }
+        r->kind = QED_UNALLOCATED;
+        r->clusters += span;
+        return span;
+    }
+    if (!qed_table_offset_ok(s, l2)) {
+        qed_log_bad(s, "L1 entry", c, l2);
+        *stop = true;
+        if (r->clusters)
+            return 0;
+        *err = -EIO;
+        r->kind = QED_BAD;
+        r->clusters = 1;
+        return 1;
+    }
+    uint64_t done = 0;
+    pthread_mutex_lock(&s->cache_lock);
+    while (done < span && !*stop) {
+        QedSlice *sl;
+        uint64_t idx = l2i + done, in_slice = idx % s->slice_entries;
+        int ret = qed_get_slice(s, l2 + idx / s->slice_entries * s->slice_bytes, &sl);
+        if (ret < 0) {
+            *stop = true;
+            if (!r->clusters) {
+                *err = ret;
+                r->kind = QED_BAD;
+                r->clusters = 1;
+                done++;
+            }
+            break;
+        }
+        for (uint64_t j = in_slice; j < s->slice_entries && done < span; j++) {
+            uint64_t h;
+            QedKind k = qed_entry_kind(s, c + done, sl->entries[j], &h);
+            if (!qed_run_extend(s, r, k, h)) {
+                *stop = true;
+                break;
+            }
+            done++;
+            if (k == QED_BAD) {
+                *err = -EIO;
+                *stop = true;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->cache_lock);
+    return done;
+}
+
+/* The run from guest offset on (at most max bytes) of clusters of one kind, host-contiguous for data:
+ * its length in *run and, for data, its host offset in *host. A bad entry is a run of one cluster. */
+static QedKind qed_map_run(QedState *s, uint64_t offset, uint64_t max, uint64_t *run, uint64_t *host, int *err)
+{
+    uint64_t c0 = offset >> s->cluster_bits, in = offset & (s->cluster_size - 1);
+    uint64_t want = (in + max + s->cluster_size - 1) >> s->cluster_bits, c = c0;
+    QedRun r = { QED_UNALLOCATED, 0, 0 };
+    bool stop = false;
+    *err = 0;
+    while (!stop && c < c0 + want)
+        c += qed_run_in_table(s, &r, c, c0 + want - c, &stop, err);
+    /* next_host is just past the run's last cluster */
+    *host = r.kind == QED_DATA ? r.next_host - (r.clusters << s->cluster_bits) + in : 0;
+    *run = MIN(max, (r.clusters << s->cluster_bits) - in);
+    return r.kind;
+}
+
+/* ---------------------------------------------------------------- read, block status */
+
+static int qed_read_locked(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, uint8_t *p)
+{
+    while (bytes > 0) {
+        uint64_t n, host;
+        int ret = 0;
+        QedKind kind = qed_map_run(s, offset, bytes, &n, &host, &ret);
+        if (kind == QED_BAD)
+            return ret < 0 ? ret : -EIO;
+        if (kind == QED_DATA)
+            ret = bdrv_pread(s->file, (int64_t)host, (int64_t)n, p);
+        else if (kind == QED_UNALLOCATED && bs->backing)
+            ret = bdrv_pread(bs->backing, (int64_t)offset, (int64_t)n, p);
+        else
+            memset(p, 0, n);
+        if (ret < 0)
+            return ret;
+        offset += n;
+        bytes -= n;
+        p += n;
+    }
+    return 0;
+}
+
+static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    QedState *s = bs->opaque;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
+        return -EINVAL;
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = qed_read_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, buf);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    QedState *s = bs->opaque;
+    memset(st, 0, sizeof(*st));
+    if (offset < 0 || bytes <= 0 || (uint64_t)offset >= s->image_size)
+        return -EINVAL;
+    uint64_t n, host, max = MIN((uint64_t)bytes, s->image_size - (uint64_t)offset);
+    int ret = 0;
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    QedKind kind = qed_map_run(s, (uint64_t)offset, max, &n, &host, &ret);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    st->bytes = (int64_t)n;
+    switch (kind) {
+    case QED_DATA:
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->file;
+        return 0;
+    case QED_ZERO:
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        return 0;
+    case QED_UNALLOCATED:
+        return 0;
+    default:
+        return ret < 0 ? ret : -EIO;
+    }
+}
+
+/* ---------------------------------------------------------------- consistency check */
+
+typedef struct QedCheck {
+    uint64_t *used;      /* bit per file cluster: referenced already (NULL: file too large to track) */
+    uint64_t n_clusters;
+    int errors;
+    char first[256];     /* the first problem, for the open error */
+} QedCheck;
+
+static void qed_check_problem(QedCheck *c, const char *fmt, uint64_t a, uint64_t b)
+{
+    if (c->errors++ == 0)
+        snprintf(c->first, sizeof(c->first), fmt, a, b);
+}
+
+/* Marks [off, off + len) as referenced; a second reference is an error. */
+static void qed_check_mark(QedCheck *c, uint64_t off, uint64_t len, unsigned bits, const char *what, uint64_t idx)
+{
+    if (!c->used)
+        return;
+    for (uint64_t k = off >> bits; k < (off + len + (1ull << bits) - 1) >> bits && k < c->n_clusters; k++) {
+        if (c->used[k / 64] >> (k % 64) & 1) {
+            qed_check_problem(c, what, idx, off);
+            return;
+        }
+        c->used[k / 64] |= 1ull << (k % 64);
+    }
+}
+
+static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uint64_t *buf)
+{
+    for (uint64_t done = 0; done < s->table_entries; done += s->slice_entries) {
+        int ret = bdrv_pread(s->file, (int64_t)(l2 + done * 8), (int64_t)s->slice_bytes, buf);
+        if (ret < 0)
+            return ret;
+        for (uint64_t i = 0; i < s->slice_entries; i++) {
+            uint64_t e = ld_le64(&buf[i]);
+            uint64_t cl = l1i * s->table_entries + done + i;
+            if (e <= QED_ENTRY_ZERO)
+                continue;
+            if (cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits)
+                qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") lies past the disk size", cl, e);
+            else if (!qed_data_offset_ok(s, e, cl))
+                qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
+                                  "or L1 table or past the end of the file", cl, e);
+            else
+                qed_check_mark(c, e, s->cluster_size, s->cluster_bits, "data cluster of guest cluster %" PRIu64
+                               " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
+        }
+    }
+    return 0;
+}
+
+/* Checks every table entry against the file: returns the number of problems (the first in c->first) or
+ * -errno. Leaked clusters are not problems: new clusters are always appended. */
+static int qed_check_tables(QedState *s, QedCheck *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->n_clusters = (s->host_limit + s->cluster_size - 1) >> s->cluster_bits;
+    if (c->n_clusters <= (1ull << 28)) /* a 32 MiB bitmap at most; larger files skip the overlap test */
+        c->used = calloc((size_t)(c->n_clusters + 63) / 64 + 1, 8);
+    uint64_t *buf = malloc(s->slice_bytes);
+    if (!buf) {
+        free(c->used);
+        return -ENOMEM;
+    }
+    /* the first marks cannot collide (open checked that L1 lies past the header) */
+    qed_check_mark(c, 0, s->data_start, s->cluster_bits, "header of %" PRIu64 " bytes at 0x%" PRIx64, s->data_start);
+    qed_check_mark(c, s->l1_offset, s->table_bytes, s->cluster_bits, "L1 table of %" PRIu64 " bytes at 0x%" PRIx64
+                   " overlaps the header", s->table_bytes);
+    int ret = 0;
+    for (uint64_t i = 0; i < s->l1_used && ret == 0; i++) {
+        uint64_t l2 = s->l1[i];
+        if (l2 == 0)
+            continue;
+        if (!qed_table_offset_ok(s, l2)) {
+            qed_check_problem(c, "L1 entry %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or "
+                              "past the end of the file", i, l2);
+            continue;
+        }
+        int before = c->errors;
+        qed_check_mark(c, l2, s->table_bytes, s->cluster_bits, "L2 table of L1 entry %" PRIu64 " (0x%" PRIx64
+                       ") overlaps another table or cluster", i);
+        if (c->errors == before)
+            ret = qed_check_l2(s, c, i, l2, buf);
+    }
+    free(buf);
+    free(c->used);
+    c->used = NULL;
+    return ret < 0 ? ret : c->errors;
+}
+
+static int qed_check(BlockNode *bs, InfoList *report)
+{
+    QedState *s = bs->opaque;
+    QedCheck c;
+    if (s->writable)
+        pthread_rwlock_wrlock(&s->io_lock);
+    int ret = qed_check_tables(s, &c);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    if (ret < 0)
+        return ret;
+    info_add_int(report, "errors", ret);
+    if (ret > 0)
+        info_add_str(report, "first_error", "%s", c.first);
+    info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- writable open */
+
+/* A writable image is checked whole first: an entry pointing into the header, into a table or at a
+ * cluster another entry uses would make an in-place write damage other data. */
+static int qed_open_writable(QedState *s, Error *err)
+{
+    if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
+        error_set(err, ENOTSUP, "%s: tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
+                  "the image can only be opened read-only", s->name, s->table_bytes >> 20,
+                  QED_MAX_WRITABLE_TABLE >> 20);
+        return -ENOTSUP;
+    }
+    QedCheck c;
+    int ret = qed_check_tables(s, &c);
+    if (ret < 0) {
+        error_set(err, -ret, "%s: consistency check failed: %s", s->name, strerror(-ret));
+        return ret;
+    }
+    if (ret > 0) {
+        error_set(err, EINVAL, "%s: %s (%d problem%s); the image can only be opened read-only", s->name, c.first,
+                  ret, ret == 1 ? "" : "s");
+        return -EINVAL;
+    }
+    s->cow_buf = malloc(s->cluster_size);
+    if (!s->cow_buf) {
+        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        return -ENOMEM;
+    }
+    if (s->features & QED_F_NEED_CHECK) {
+        ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK);
+        if (ret == 0)
+            ret = bdrv_flush(s->file);
+        if (ret < 0) {
+            error_set(err, -ret, "%s: cannot clear the needs-check flag: %s", s->name, strerror(-ret));
+            return ret;
+        }
+        log_msg("%s: the image was marked as needing a consistency check; it passed and the mark is cleared", s->name);
+    }
+    s->file_end = (uint64_t)align_up((int64_t)s->host_limit, s->cluster_size);
+    pthread_rwlock_init(&s->io_lock, NULL);
+    s->writable = true;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- open, close */
+
+static void qed_close(BlockNode *bs)
+{
+    QedState *s = bs->opaque;
+    if (!s->name)
+        return;
+    if (s->writable)
+        pthread_rwlock_destroy(&s->io_lock);
+    s->writable = false;
+    pthread_mutex_destroy(&s->cache_lock);
+    for (int i = 0; s->slices && i < s->n_slices; i++)
+        free(s->slices[i].entries);
+    free(s->slices);
+    free(s->l1);
+    free(s->cow_buf);
+    s->slices = NULL;
+    s->l1 = NULL;
+    s->cow_buf = NULL;
+    s->name = NULL;
+}
+
+static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    (void)opts;
+    QedState *s = bs->opaque;
+    s->name = bs->filename ? bs->filename : "qed";
+    s->file = bs->file;
+    s->bs = bs;
+    pthread_mutex_init(&s->cache_lock, NULL);
+    int64_t file_size = bdrv_getlength(bs->file);
+    int ret = (int)MIN(file_size, 0);
+    if (ret < 0)
+        error_set(err, -ret, "%s: cannot get the file size: %s", s->name, strerror(-ret));
+    if (ret == 0) {
+        s->host_limit = (uint64_t)file_size;
+        ret = qed_read_header(s, bs, (uint64_t)file_size, err);
+    }
+    if (ret == 0)
+        ret = qed_load_l1(s, err);
+    if (ret == 0)
+        ret = qed_init_cache(s, err);
+    if (ret == 0 && !bs->read_only)
+        ret = qed_open_writable(s, err);
+    else if (ret == 0 && (s->features & QED_F_NEED_CHECK))
+        log_msg("%s: the image is marked as needing a consistency check (it was not closed cleanly); served "
+                "read-only as it is", s->name);
+    if (ret < 0) {
+        qed_close(bs);
+        return ret;
+    }
+    bs->request_alignment = 1;
+    return 0;
+}
+
+static int64_t qed_getlength(BlockNode *bs)
+{
+    QedState *s = bs->opaque;
+    return (int64_t)s->image_size;
+}
+
+/* ---------------------------------------------------------------- allocating writes */
+
+/* Sets QED_F_NEED_CHECK on disk before the first allocation since the last flush. Exclusive lock held. */
+static int qed_mark_dirty(QedState *s)
+{
+    if (s->need_check_set)
+        return 0;
+    int ret = qed_write_features(s, s->features | QED_F_NEED_CHECK);
+    if (ret == 0)
+        ret = bdrv_flush(s->file);
+    if (ret == 0)
+        s->need_check_set = true;
+    return ret;
+}
+
+/* The bytes a new cluster c starts from: the backing file's for an unallocated cluster, else zeros. */
+static int qed_cow_fill(BlockNode *bs, QedState *s, uint64_t c, QedKind kind)
+{
+    uint64_t visible = qed_cluster_visible(s, c);
+    memset(s->cow_buf, 0, s->cluster_size);
+    if (kind != QED_UNALLOCATED || !bs->backing)
+        return 0;
+    return bdrv_pread(bs->backing, (int64_t)(c << s->cluster_bits), (int64_t)visible, s->cow_buf);
+}
+
+/* Writes [in, in + n) of guest cluster c into a new cluster at the end of the file, returned in *host. */
+static int qed_write_new_cluster(BlockNode *bs, QedState *s, uint64_t c, QedKind kind, uint64_t in, uint64_t n,
+                                 const uint8_t *p, uint64_t *host)
+{
+    const uint8_t *src = p;
+    if (in != 0 || n != s->cluster_size) {
+        int ret = qed_cow_fill(bs, s, c, kind);
+        if (ret < 0)
+            return ret;
+        memcpy(s->cow_buf + in, p, n);
+        src = s->cow_buf;
+    }
+    *host = s->file_end;
+    s->file_end += s->cluster_size;
+    int ret = bdrv_pwrite(s->file, (int64_t)*host, s->cluster_size, src, 0);
+    if (ret == 0)
+        s->host_limit = MAX(s->host_limit, *host + s->cluster_size);
+    return ret;
+}
+
+static int qed_write_l2_entries(QedState *s, uint64_t l2, uint64_t first, uint64_t count, const uint64_t *ent)
+{
+    uint8_t *buf = malloc(count * 8);
+    if (!buf)
+        return -ENOMEM;
+    for (uint64_t i = 0; i < count; i++)
+        st_le64(buf + 8 * i, ent[i]);
+    bdrv_debug_event(s->file, "qed_l2_update");
+    int ret = bdrv_pwrite(s->file, (int64_t)(l2 + first * 8), (int64_t)(count * 8), buf, 0);
+    free(buf);
+    qed_invalidate_slices(s, l2 + first * 8, count * 8);
+    return ret;
+}
+
+/* A new L2 table at the end of the file holding ent at [first, first + count), then the L1 entry. */
+static int qed_new_l2_table(QedState *s, uint64_t l1i, uint64_t first, uint64_t count, const uint64_t *ent)
+{
+    uint64_t l2 = s->file_end;
+    s->file_end += s->table_bytes;
+    int ret = bdrv_pwrite_zeroes(s->file, (int64_t)l2, (int64_t)s->table_bytes, 0);
+    if (ret == 0) {
+        s->host_limit = MAX(s->host_limit, l2 + s->table_bytes);
+        ret = qed_write_l2_entries(s, l2, first, count, ent);
+    }
+    if (ret == 0)
+        ret = bdrv_flush(s->file); /* the table is on disk before L1 names it */
+    if (ret < 0)
+        return ret;
+    uint8_t buf[8];
+    st_le64(buf, l2);
+    bdrv_debug_event(s->file, "qed_l1_update");
+    ret = bdrv_pwrite(s->file, (int64_t)(s->l1_offset + l1i * 8), 8, buf, 0);
+    if (ret == 0)
+        s->l1[l1i] = l2;
+    return ret;
+}
+
+/* Writes the part of [offset, offset + bytes) inside one L2 table's span; *done is how much. Allocates
+ * clusters for unallocated and zero ones; the data is flushed before the tables name it. Caller holds the
+ * exclusive lock. */
+static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, const uint8_t *p,
+                                uint64_t *done)
+{
+    uint64_t c0 = offset >> s->cluster_bits, l1i = c0 / s->table_entries;
+    uint64_t span_end = MIN((l1i + 1) * s->table_entries << s->cluster_bits, offset + bytes);
+    uint64_t last = (span_end - 1) >> s->cluster_bits, count = last - c0 + 1;
+    uint64_t *ent = malloc(count * 8);
+    if (!ent)
+        return -ENOMEM;
+    int ret = qed_mark_dirty(s);
+    bool changed = false;
+    for (uint64_t c = c0, pos = offset; ret == 0 && c <= last; c++) {
+        uint64_t in = pos & (s->cluster_size - 1), n = MIN(span_end - pos, (uint64_t)s->cluster_size - in), host;
+        QedKind kind = qed_classify(s, c, &host, &ret);
+        if (kind == QED_BAD)
+            ret = ret < 0 ? ret : -EIO;
+        else if (kind == QED_DATA)
+            ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, p + (pos - offset), 0);
+        else {
+            ret = qed_write_new_cluster(bs, s, c, kind, in, n, p + (pos - offset), &host);
+            changed = true;
+        }
+        ent[c - c0] = host;
+        pos += n;
+    }
+    if (ret == 0 && changed)
+        ret = bdrv_flush(s->file); /* data before L2 */
+    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
+    if (ret == 0 && changed)
+        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+    free(ent);
+    *done = span_end - offset;
+    return ret;
+}
+
+/* ---------------------------------------------------------------- write, flush */
+
+static int qed_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    QedState *s = bs->opaque;
+    if (!s->writable)
+        return -EROFS;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
+        return -EINVAL;
+    const uint8_t *p = buf;
+    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
+    int ret = 0;
+    while (ret == 0 && left > 0) {
+        uint64_t n, host;
+        pthread_rwlock_rdlock(&s->io_lock);
+        QedKind kind = qed_map_run(s, off, left, &n, &host, &ret);
+        if (kind == QED_DATA)
+            ret = bdrv_pwrite(s->file, (int64_t)host, (int64_t)n, p, 0);
+        pthread_rwlock_unlock(&s->io_lock);
+        if (kind == QED_BAD)
+            return ret < 0 ? ret : -EIO;
+        if (kind != QED_DATA) {
+            pthread_rwlock_wrlock(&s->io_lock);
+            ret = qed_allocating_write(bs, s, off, left, p, &n);
+            pthread_rwlock_unlock(&s->io_lock);
+        }
+        off += n;
+        left -= n;
+        p += n;
+    }
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = bdrv_flush(bs);
+    return ret;
+}
+
+/* Everything written so far reaches the disk, then the needs-check mark is cleared (the core flushes the
+ * file once more after this). */
+static int qed_flush(BlockNode *bs)
+{
+    QedState *s = bs->opaque;
+    if (!s->writable)
+        return 0;
+    pthread_rwlock_wrlock(&s->io_lock);
+    int ret = 0;
+    if (s->need_check_set) {
+        ret = bdrv_flush(s->file);
+        if (ret == 0)
+            ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK);
+        if (ret == 0)
+            s->need_check_set = false;
+    }
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- info */
+
+static bool qed_has_zero_init(BlockNode *bs)
+{
+    return bs->backing == NULL;
+}
+
+static void qed_get_info(BlockNode *bs, InfoList *info)
+{
+    QedState *s = bs->opaque;
+    info_add_int(info, "cluster_size", s->cluster_size);
+    info_add_int(info, "table_size", s->table_size);
+    info_add_int(info, "header_size", s->header_size);
+    info_add_str(info, "features", "0x%" PRIx64, s->features);
+    info_add_str(info, "compat_features", "0x%" PRIx64, s->compat_features);
+    info_add_str(info, "autoclear_features", "0x%" PRIx64, s->autoclear_features);
+    info_add_bool(info, "need_check", (s->features & QED_F_NEED_CHECK) != 0);
+    info_add_bool(info, "backing_format_no_probe", (s->features & QED_F_BACKING_FORMAT_NO_PROBE) != 0);
+    info_add_int(info, "l1_table_offset", (int64_t)s->l1_offset);
+    info_add_int(info, "l1_entries_used", (int64_t)s->l1_used);
+    info_add_int(info, "l2_cache_slices", s->n_slices);
+    info_add_int(info, "l2_cache_slice_bytes", (int64_t)s->slice_bytes);
+}
+
+static int64_t qed_memory_used(BlockNode *bs)
+{
+    QedState *s = bs->opaque;
+    int64_t bytes = (int64_t)sizeof(*s) + (int64_t)(s->l1_used * 8) + (int64_t)s->n_slices * (int64_t)sizeof(QedSlice);
+    pthread_mutex_lock(&s->cache_lock);
+    for (int i = 0; i < s->n_slices; i++)
+        if (s->slices[i].entries)
+            bytes += (int64_t)s->slice_bytes;
+    pthread_mutex_unlock(&s->cache_lock);
+    if (s->cow_buf)
+        bytes += s->cluster_size;
+    return bytes;
+}
+
+const BlockDriver bdrv_qed = {
+    .name = "qed",
+    .instance_size = sizeof(QedState),
+    .supports_backing = true,
+    .probe = qed_probe,
+    .open = qed_open,
+    .close = qed_close,
+    .read = qed_read,
+    .write = qed_write,
+    .flush = qed_flush,
+    .block_status = qed_block_status,
+    .getlength = qed_getlength,
+    .memory_used = qed_memory_used,
+    .get_info = qed_get_info,
+    .check = qed_check,
+    .has_zero_init = qed_has_zero_init,
+};
