@@ -105,12 +105,55 @@ same_bytes() {
   cmp "$1" "$2" || { echo "differ: $1 vs $2" >&2; return 1; }
 }
 
-# qio IMAGE CMD...: runs each qemu-io command on the qcow2 IMAGE (output discarded).
-qio() {
-  local img=$1; shift
+# fmt_io FORMAT IMAGE CMD...: runs each qemu-io command on IMAGE opened as FORMAT (output discarded).
+fmt_io() {
+  local fmt=$1 img=$2; shift 2
   local args=() c
   for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f qcow2 "${args[@]}" "$img" >/dev/null
+  qemu-io -f "$fmt" "${args[@]}" "$img" >/dev/null
+}
+
+# qio IMAGE CMD...: qemu-io commands on a qcow2 IMAGE.
+qio() { fmt_io qcow2 "$@"; }
+
+# qemu_data_extents FORMAT IMAGE: the "start end" ranges qemu-img map calls data, adjacent ones merged.
+qemu_data_extents() {
+  qemu-img map -f "$1" --output=json "$2" | python3 -c '
+import json, sys
+ext = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    s, t = e["start"], e["start"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+# refused_open IMAGE PATTERN [options...]: mounting IMAGE fails with exit 2, one line naming IMAGE and
+# PATTERN, and nothing mounted.
+refused_open() {
+  local img=$1 pattern=$2; shift 2
+  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
+  echo "status $status: $output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: $img: "*"$pattern"* ]]
+  ! grep -q " $MNT " /proc/mounts
+}
+
+# patch_le FILE OFFSET WIDTH VALUE: overwrites a little-endian field of WIDTH bytes (4 or 8) in place.
+patch_le() {
+  python3 - "$@" <<'EOF'
+import struct, sys
+path, off, width, val = sys.argv[1], int(sys.argv[2], 0), int(sys.argv[3]), int(sys.argv[4], 0)
+with open(path, "r+b") as f:
+    f.seek(off)
+    f.write(struct.pack("<I" if width == 4 else "<Q", val))
+EOF
 }
 
 # check_clean IMAGE: qemu-img check reports neither errors nor leaks.

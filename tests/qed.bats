@@ -14,31 +14,6 @@ teardown() { teardown_tmp; }
 
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 
-# dio IMAGE CMD...: qemu-io commands on a qed image, quietly.
-dio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f qed "${args[@]}" "$img" >/dev/null
-}
-
-# data_extents IMAGE: merged "start end" data extents of qemu-img map (top layer and backing).
-data_extents() {
-  qemu-img map -f qed --output=json "$1" | python3 -c '
-import json, sys
-ext = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, t = e["start"], e["start"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)'
-}
-
 # check_mount IMAGE [options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's view.
 check_mount() {
   local img=$1; shift
@@ -49,34 +24,12 @@ check_mount() {
   same_bytes "$MNT/disk.raw" "$oracle"
   local ours theirs
   ours=$(python3 "$SEEKMAP" "$MNT/disk.raw")
-  theirs=$(data_extents "$img")
+  theirs=$(qemu_data_extents qed "$img")
   unmount_img
   if [ "$ours" != "$theirs" ]; then
     echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
     return 1
   fi
-}
-
-# refused IMAGE PATTERN [options...]: mounting fails with exit 2 and one line naming IMAGE and PATTERN.
-refused() {
-  local img=$1 pattern=$2; shift 2
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
-  echo "status $status: $output"
-  [ "$status" -eq 2 ]
-  [ "${#lines[@]}" -eq 1 ]
-  [[ "$output" == "imgfuse: $img: "*"$pattern"* ]]
-  ! grep -q " $MNT " /proc/mounts
-}
-
-# patch_le FILE OFFSET WIDTH VALUE: a little-endian 4- or 8-byte field written in place.
-patch_le() {
-  python3 - "$@" <<'EOF'
-import struct, sys
-path, off, width, val = sys.argv[1], int(sys.argv[2], 0), int(sys.argv[3]), int(sys.argv[4], 0)
-with open(path, "r+b") as f:
-    f.seek(off)
-    f.write(struct.pack("<I" if width == 4 else "<Q", val))
-EOF
 }
 
 # l2_entry_offset IMAGE CLUSTER: file offset of the L2 entry of guest cluster CLUSTER (its L2 table must exist).
@@ -134,7 +87,7 @@ EOF
     qemu-img create -q -f qed -o cluster_size=$1,table_size=$2 i.qed $3
     local size; size=$(qemu-img info --output=json i.qed | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
     if [ "$size" -gt 65536 ]; then
-      dio i.qed 'write -P 0x11 0 512' "write -P 0x22 $((size / 3)) 70001" "write -z $((size / 2)) $(( $1 * 2 ))" \
+      fmt_io qed i.qed 'write -P 0x11 0 512' "write -P 0x22 $((size / 3)) 70001" "write -z $((size / 2)) $(( $1 * 2 ))" \
         "write -P 0x33 $((size - 1000)) 1000"
     fi
     check_mount i.qed
@@ -151,7 +104,7 @@ EOF
   unmount_img
   check_mount c.qed
   qemu-img create -q -f qed -o cluster_size=8192 z.qed 5M
-  dio z.qed 'write -z 8192 16384' 'write -P 0x5e 32768 1M' 'write -z 2M 1M' 'write -P 0x5f 4M 8192'
+  fmt_io qed z.qed 'write -z 8192 16384' 'write -P 0x5e 32768 1M' 'write -z 2M 1M' 'write -P 0x5f 4M 8192'
   check_mount z.qed
   # zero clusters are allocated-zero in the map of the top layer, not data
   run "$IMGFUSE" map --json z.qed
@@ -167,7 +120,7 @@ EOF
   qemu-img create -q -f qcow2 base.qcow2 12M
   qemu-io -f qcow2 -c 'write -P 0x41 0 12M' base.qcow2 >/dev/null
   qemu-img create -q -f qed -o cluster_size=4096,table_size=2 -b base.qcow2 -F qcow2 top.qed 16M
-  dio top.qed 'write -P 0x42 4096 5000' 'write -z 1M 8192' 'write -P 0x43 14M 4096'
+  fmt_io qed top.qed 'write -P 0x42 4096 5000' 'write -z 1M 8192' 'write -P 0x43 14M 4096'
   qemu-img convert -f qed -O raw top.qed expect.raw
   mount_img top.qed "$MNT"
   same_bytes "$MNT/disk.raw" expect.raw
@@ -181,7 +134,7 @@ EOF
   cp base.qcow2 rawbase.img
   qemu-img create -q -f qed -b rawbase.img -F raw top2.qed 2M
   [ $(( $(od -An -tu8 -j16 -N8 top2.qed) & 5 )) -eq 5 ]
-  dio top2.qed 'write -P 0x44 100000 3'
+  fmt_io qed top2.qed 'write -P 0x44 100000 3'
   qemu-img convert -f qed -O raw top2.qed expect2.raw
   mount_img top2.qed "$MNT"
   same_bytes "$MNT/disk.raw" expect2.raw
@@ -192,7 +145,7 @@ EOF
 
 @test "info names the geometry; memory_used stays bounded for a 4 TiB image" {
   qemu-img create -q -f qed -o cluster_size=65536,table_size=16 big.qed 4T
-  dio big.qed 'write -P 1 0 64k' 'write -P 2 3T 64k'
+  fmt_io qed big.qed 'write -P 1 0 64k' 'write -P 2 3T 64k'
   mount_img big.qed "$MNT"
   grep -q "cluster_size: 65536" "$MNT/info"
   grep -q "table_size: 16" "$MNT/info"
@@ -215,7 +168,7 @@ EOF
   qemu-img create -q -f qcow2 base.qcow2 10M
   qemu-io -f qcow2 -c 'write -P 0x61 0 10M' base.qcow2 >/dev/null
   qemu-img create -q -f qed -o cluster_size=4096,table_size=2 -b base.qcow2 -F qcow2 top.qed 12M
-  dio top.qed 'write -P 0x62 2M 64k' 'write -z 3M 8192'
+  fmt_io qed top.qed 'write -P 0x62 2M 64k' 'write -z 3M 8192'
   local bsum; bsum=$(sha256sum base.qcow2)
   qemu-img convert -f qed -O raw top.qed expect.raw
   mount_img --rw top.qed "$MNT"
@@ -277,34 +230,34 @@ EOF
 
 @test "damaged headers are refused with one line naming the file and the reason" {
   qemu-img create -q -f qed -o cluster_size=4096,table_size=2 good.qed 3M
-  dio good.qed 'write -P 1 0 1M'
+  fmt_io qed good.qed 'write -P 1 0 1M'
   cp good.qed magic.qed && patch_le magic.qed 0 4 0x12345678
-  refused magic.qed "not a QED image (bad magic)" -f qed
+  refused_open magic.qed "not a QED image (bad magic)" -f qed
   cp good.qed feat.qed && patch_le feat.qed 16 8 0x30
-  refused feat.qed "unknown incompatible QED feature bits 0x30"
+  refused_open feat.qed "unknown incompatible QED feature bits 0x30"
   cp good.qed cs.qed && patch_le cs.qed 4 4 2048
-  refused cs.qed "cluster size 2048 is not a power of two from 4 KiB to 64 MiB"
+  refused_open cs.qed "cluster size 2048 is not a power of two from 4 KiB to 64 MiB"
   cp good.qed cs2.qed && patch_le cs2.qed 4 4 $((128 << 20))
-  refused cs2.qed "cluster size 134217728"
+  refused_open cs2.qed "cluster size 134217728"
   cp good.qed ts.qed && patch_le ts.qed 8 4 3
-  refused ts.qed "table size 3 is not a power of two"
+  refused_open ts.qed "table size 3 is not a power of two"
   cp good.qed l1.qed && patch_le l1.qed 40 8 $((1 << 40))
-  refused l1.qed "L1 table extends past the end of the file"
+  refused_open l1.qed "L1 table extends past the end of the file"
   cp good.qed l1u.qed && patch_le l1u.qed 40 8 4097
-  refused l1u.qed "L1 table offset 0x1001 is not cluster aligned"
+  refused_open l1u.qed "L1 table offset 0x1001 is not cluster aligned"
   head -c 6000 good.qed > trunc.qed
-  refused trunc.qed "L1 table extends past the end of the file"
+  refused_open trunc.qed "L1 table extends past the end of the file"
   head -c 40 good.qed > tiny.qed
-  refused tiny.qed "file too short for a QED header" -f qed
+  refused_open tiny.qed "file too short for a QED header" -f qed
   cp good.qed size.qed && patch_le size.qed 48 8 $((1 << 60))
-  refused size.qed "larger than the tables can address"
+  refused_open size.qed "larger than the tables can address"
   cp good.qed bk.qed && patch_le bk.qed 16 8 1 && patch_le bk.qed 56 4 4000 && patch_le bk.qed 60 4 200
-  refused bk.qed "backing file name (offset 4000, 200 bytes) lies outside the header"
+  refused_open bk.qed "backing file name (offset 4000, 200 bytes) lies outside the header"
 }
 
 @test "an L2 entry past the end of the file or into the L1 table: EIO for that cluster only, logged once; --rw refused" {
   qemu-img create -q -f qed -o cluster_size=4096,table_size=2 d.qed 4M
-  dio d.qed 'write -P 0x11 0 1M'
+  fmt_io qed d.qed 'write -P 0x11 0 1M'
   local good; good=$(raw_of d.qed)
   cp d.qed past.qed; patch_le past.qed "$(l2_entry_offset past.qed 5)" 8 $((1 << 40))
   cp d.qed hdr.qed; patch_le hdr.qed "$(l2_entry_offset hdr.qed 5)" 8 4096  # the L1 table
@@ -319,12 +272,12 @@ EOF
     unmount_img
     [ "$(grep -c "L2 entry for guest cluster 5" "$TMP/daemon.log")" -eq 1 ]
   done
-  refused past.qed "L2 entry for cluster 5 (0x10000000000) is unaligned, in the header or L1 table or past the end of the file" --rw
+  refused_open past.qed "L2 entry for cluster 5 (0x10000000000) is unaligned, in the header or L1 table or past the end of the file" --rw
 }
 
 @test "QED_F_NEED_CHECK: read-only mounts warn once and serve; --rw checks, clears the flag, or refuses a bad image" {
   qemu-img create -q -f qed -o cluster_size=4096,table_size=2 d.qed 4M
-  dio d.qed 'write -P 0x11 0 1M'
+  fmt_io qed d.qed 'write -P 0x11 0 1M'
   local good; good=$(raw_of d.qed)
   patch_le d.qed 16 8 2
   mount_img d.qed "$MNT"
@@ -334,7 +287,7 @@ EOF
   [ "$(grep -c "needing a consistency check" "$TMP/daemon.log")" -eq 1 ]
   [ $(( $(od -An -tu8 -j16 -N8 d.qed) & 2 )) -eq 2 ]   # read-only: the file is untouched
   cp d.qed bad.qed; patch_le bad.qed "$(l2_entry_offset bad.qed 3)" 8 12345
-  refused bad.qed "L2 entry for cluster 3 (0x3039) is unaligned" --rw
+  refused_open bad.qed "L2 entry for cluster 3 (0x3039) is unaligned" --rw
   mount_img --rw d.qed "$MNT"
   same_bytes "$MNT/disk.raw" "$good"
   unmount_img

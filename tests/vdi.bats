@@ -13,14 +13,6 @@ teardown() { teardown_tmp; }
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 MiB=1048576
 
-# vio IMAGE CMD...: qemu-io commands on a VDI image, quietly.
-vio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f vdi "${args[@]}" "$img" >/dev/null
-}
-
 # extents KEY: merged "start end" extents whose KEY is true, from a qemu-img style JSON map on stdin.
 extents() {
   python3 -c '
@@ -60,17 +52,6 @@ check_mount() {
   done
 }
 
-# patch_le FILE OFFSET WIDTH VALUE: overwrite a little-endian field of WIDTH bytes (4 or 8).
-patch_le() {
-  python3 - "$@" <<'EOF'
-import struct, sys
-path, off, width, val = sys.argv[1], int(sys.argv[2], 0), int(sys.argv[3]), int(sys.argv[4], 0)
-with open(path, "r+b") as f:
-    f.seek(off)
-    f.write(struct.pack("<I" if width == 4 else "<Q", val))
-EOF
-}
-
 # header_u32 FILE OFFSET: a little-endian uint32 header field, as a decimal number.
 header_u32() {
   python3 -c 'import struct, sys; print(struct.unpack_from("<I", open(sys.argv[1], "rb").read(512), int(sys.argv[2], 0))[0])' "$1" "$2"
@@ -89,17 +70,6 @@ with open(sys.argv[1], "rb") as f:
 EOF
 }
 
-# refused IMAGE PATTERN [options]: the mount fails with exit 2 and one line naming IMAGE and PATTERN.
-refused() {
-  local img=$1 pattern=$2; shift 2
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
-  echo "status $status: $output"
-  [ "$status" -eq 2 ]
-  [ "${#lines[@]}" -eq 1 ]
-  [[ "${lines[0]}" == "imgfuse: $img: "*"$pattern"* ]]
-  ! grep -q " $MNT " /proc/mounts
-}
-
 # write_both OFFSET LENGTH SEED FILES...: the same pseudo-random bytes into each file at OFFSET.
 write_both() {
   local off=$1 len=$2 seed=$3 f; shift 3
@@ -114,7 +84,7 @@ write_both() {
 
 @test "a dynamic image, partly allocated, with a virtual size not a multiple of 1 MiB, reads like qemu-img" {
   qemu-img create -q -f vdi dyn.vdi 5000000
-  vio dyn.vdi 'write -P 0x11 0 7000' 'write -P 0x22 1M 1M' 'write -P 0x33 3M 4k' 'write -P 0x44 4999000 1192'
+  fmt_io vdi dyn.vdi 'write -P 0x11 0 7000' 'write -P 0x22 1M 1M' 'write -P 0x33 3M 4k' 'write -P 0x44 4999000 1192'
   check_mount dyn.vdi
   # the 4 KiB write in the otherwise empty block 3 reads as data for its whole block, zeros around it
   mount_img dyn.vdi "$MNT"
@@ -125,7 +95,7 @@ write_both() {
 
 @test "a static (fixed) image reads like qemu-img, every block data" {
   qemu-img create -q -f vdi -o static=on fixed.vdi 3M
-  vio fixed.vdi 'write -P 0x5a 100 5000' 'write -P 0xa5 2M 1M'
+  fmt_io vdi fixed.vdi 'write -P 0x5a 100 5000' 'write -P 0xa5 2M 1M'
   check_mount fixed.vdi
   run "$IMGFUSE" info fixed.vdi
   [[ "$output" == *"image_type: static"* ]]
@@ -154,7 +124,7 @@ write_both() {
 
 @test "info and info.json describe the image; the untrusted comment is reduced to printable ASCII" {
   qemu-img create -q -f vdi info.vdi 2M
-  vio info.vdi 'write -P 1 0 512'
+  fmt_io vdi info.vdi 'write -P 1 0 512'
   printf 'evil\nline\033[31m\xff' | dd of=info.vdi bs=1 seek=$((0x54)) conv=notrunc status=none
   run "$IMGFUSE" info info.vdi
   echo "$output"
@@ -183,7 +153,7 @@ EOF
 
 @test "--rw: unaligned writes into allocated, unallocated and the last partial block; qemu-img check is clean" {
   qemu-img create -q -f vdi w.vdi 5000000
-  vio w.vdi 'write -P 0x11 0 7000' 'write -P 0x22 2M 1M'
+  fmt_io vdi w.vdi 'write -P 0x11 0 7000' 'write -P 0x22 2M 1M'
   qemu-img convert -O raw w.vdi want.raw
   mount_img --rw w.vdi "$MNT"
   write_both 12345 5000 1 "$MNT/disk.raw" want.raw                  # inside an allocated block
@@ -246,7 +216,7 @@ EOF
 
 @test "punching a hole with --discard=unmap makes whole blocks zero entries; their host block is reused" {
   qemu-img create -q -f vdi p.vdi 4M
-  vio p.vdi 'write -P 0x11 0 4M'
+  fmt_io vdi p.vdi 'write -P 0x11 0 4M'
   size=$(stat -c %s p.vdi)
   mount_img --rw --discard=unmap p.vdi "$MNT"
   fallocate -p -o $((MiB - 10)) -l $((MiB + 20)) "$MNT/disk.raw"   # block 1 whole, 10 bytes either side
@@ -270,7 +240,7 @@ $((2 * MiB)) $((4 * MiB))" ]
 
 @test "without --discard=unmap a punched hole writes zeros and keeps every block allocated" {
   qemu-img create -q -f vdi k.vdi 3M
-  vio k.vdi 'write -P 0x11 0 3M'
+  fmt_io vdi k.vdi 'write -P 0x11 0 3M'
   mount_img --rw k.vdi "$MNT"
   fallocate -p -o $((MiB / 2)) -l $((2 * MiB)) "$MNT/disk.raw"
   unmount_img
@@ -285,34 +255,34 @@ $((2 * MiB)) $((4 * MiB))" ]
 
 @test "broken headers are refused with one line naming the file and the reason" {
   qemu-img create -q -f vdi good.vdi 3M
-  vio good.vdi 'write -P 1 0 1M'
+  fmt_io vdi good.vdi 'write -P 1 0 1M'
   head -c 300 good.vdi > trunc.vdi
-  refused trunc.vdi "file too short for a VDI header"
+  refused_open trunc.vdi "file too short for a VDI header"
   cp good.vdi sig.vdi && patch_le sig.vdi 0x40 4 0x12345678
-  refused sig.vdi "not a VDI image (bad signature 0x12345678)" -f vdi
+  refused_open sig.vdi "not a VDI image (bad signature 0x12345678)" -f vdi
   cp good.vdi ver.vdi && patch_le ver.vdi 0x44 4 0x00020000
-  refused ver.vdi "unsupported VDI version 2.0"
+  refused_open ver.vdi "unsupported VDI version 2.0"
   cp good.vdi diff.vdi && patch_le diff.vdi 0x4c 4 4
-  refused diff.vdi "unsupported VDI image type 4 (differencing)"
+  refused_open diff.vdi "unsupported VDI image type 4 (differencing)"
   cp good.vdi undo.vdi && patch_le undo.vdi 0x4c 4 3
-  refused undo.vdi "unsupported VDI image type 3 (undo)"
+  refused_open undo.vdi "unsupported VDI image type 3 (undo)"
   cp good.vdi bmap.vdi && patch_le bmap.vdi 0x154 4 $((64 * MiB))
-  refused bmap.vdi "block map extends past the end of the file"
+  refused_open bmap.vdi "block map extends past the end of the file"
   cp good.vdi blocks.vdi && patch_le blocks.vdi 0x180 4 2
-  refused blocks.vdi "blocks_in_image 2 does not match the disk size 3145728"
+  refused_open blocks.vdi "blocks_in_image 2 does not match the disk size 3145728"
   cp good.vdi size.vdi && patch_le size.vdi 0x170 8 $((5 * MiB))
-  refused size.vdi "does not match the disk size"
+  refused_open size.vdi "does not match the disk size"
   cp good.vdi bsize.vdi && patch_le bsize.vdi 0x178 4 65536
-  refused bsize.vdi "unsupported VDI block size 65536"
+  refused_open bsize.vdi "unsupported VDI block size 65536"
   cp good.vdi parent.vdi && patch_le parent.vdi 0x1b8 4 7
-  refused parent.vdi "names a parent image"
+  refused_open parent.vdi "names a parent image"
   cp good.vdi huge.vdi && patch_le huge.vdi 0x180 4 $((0x7fffffff)) && patch_le huge.vdi 0x170 8 $((0x7fffffff * MiB))
-  refused huge.vdi "larger than the limit"
+  refused_open huge.vdi "larger than the limit"
 }
 
 @test "a block map entry past the end of the file: that block reads EIO, the rest reads, --rw is refused" {
   qemu-img create -q -f vdi bad.vdi 3M
-  vio bad.vdi 'write -P 0x11 0 1M' 'write -P 0x22 2M 1M'
+  fmt_io vdi bad.vdi 'write -P 0x11 0 1M' 'write -P 0x22 2M 1M'
   python3 - bad.vdi <<'EOF'
 import struct, sys
 with open(sys.argv[1], "r+b") as f:
@@ -326,12 +296,12 @@ EOF
   cmp -n $MiB "$MNT/disk.raw" <(head -c $MiB /dev/zero | tr '\0' '\021')
   unmount_img
   grep -q "bad.vdi: block map entry 2 (0x000003e8) points past the end of the file" "$TMP/daemon.log"
-  refused bad.vdi "block map entry 2 (0x000003e8) names a host block index beyond blocks_in_image; the image can only be opened read-only" --rw
+  refused_open bad.vdi "block map entry 2 (0x000003e8) names a host block index beyond blocks_in_image; the image can only be opened read-only" --rw
 }
 
 @test "--cache=none (O_DIRECT on the image file): reads and allocating writes give the same bytes" {
   qemu-img create -q -f vdi d.vdi 3M
-  vio d.vdi 'write -P 0x11 512 7000'
+  fmt_io vdi d.vdi 'write -P 0x11 512 7000'
   qemu-img convert -O raw d.vdi want.raw
   check_mount d.vdi --cache=none
   mount_img --rw --cache=none d.vdi "$MNT"
@@ -358,12 +328,12 @@ EOF
     same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
     unmount_img
   done
-  refused "$(ls "$TMP"/h/vdi-*-huge-16t-all-shared.img)" "names a host block another block also uses" --rw -f vdi
+  refused_open "$(ls "$TMP"/h/vdi-*-huge-16t-all-shared.img)" "names a host block another block also uses" --rw -f vdi
 }
 
 @test "a header count that disagrees with the block map is corrected by the next --rw mount" {
   qemu-img create -q -f vdi n.vdi 4M
-  vio n.vdi 'write -P 1 0 1k' 'write -P 2 3M 1k'
+  fmt_io vdi n.vdi 'write -P 1 0 1k' 'write -P 2 3M 1k'
   patch_le n.vdi 0x184 4 3
   run "$IMGFUSE" info n.vdi
   [[ "$output" == *"blocks_allocated: 2"* ]]

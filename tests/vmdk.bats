@@ -16,31 +16,6 @@ teardown() { teardown_tmp; }
 
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 
-# vio IMAGE CMD...: qemu-io commands on a vmdk image, quietly.
-vio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f vmdk "${args[@]}" "$img" >/dev/null
-}
-
-# qemu_data_extents IMAGE: merged "start end" data extents of qemu-img map.
-qemu_data_extents() {
-  qemu-img map -f vmdk --output=json "$1" | python3 -c '
-import json, sys
-ext = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, t = e["start"], e["start"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)'
-}
-
 # check_mount IMAGE [options]: size and bytes of disk.raw equal QEMU's view; with MAP=1 the SEEK_DATA
 # map of disk.raw equals qemu-img map's data ranges too.
 check_mount() {
@@ -52,22 +27,12 @@ check_mount() {
   same_bytes "$MNT/disk.raw" "$oracle"
   local ours theirs=
   ours=$(python3 "$SEEKMAP" "$MNT/disk.raw")
-  [ -n "${MAP:-}" ] && theirs=$(qemu_data_extents "$img")
+  [ -n "${MAP:-}" ] && theirs=$(qemu_data_extents vmdk "$img")
   unmount_img
   if [ -n "${MAP:-}" ] && [ "$ours" != "$theirs" ]; then
     echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
     return 1
   fi
-}
-
-# refused IMAGE PATTERN [options...]: mounting fails with exit 2 and one line naming IMAGE and PATTERN.
-refused() {
-  local img=$1 pattern=$2; shift 2
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
-  echo "status $status: $output"
-  [ "$status" -eq 2 ]
-  [ "${#lines[@]}" -eq 1 ]
-  [[ "$output" == "imgfuse: $img: "*"$pattern"* ]]
 }
 
 # patch IMAGE OFFSET STRUCT VALUE: packs VALUE (python struct format STRUCT, little-endian) at OFFSET.
@@ -80,7 +45,7 @@ with open(p, "r+b") as f:
 
 # fill IMAGE: data in the first grain, across a grain boundary, a partial grain and the last sectors.
 fill() {
-  vio "$1" "write -P 0xa1 0 4k" "write -P 0xb2 60k 8k" "write -P 0xc3 200k 1k" "write -P 0xd4 $(( $2 - 1024 )) 1k"
+  fmt_io vmdk "$1" "write -P 0xa1 0 4k" "write -P 0xb2 60k 8k" "write -P 0xc3 200k 1k" "write -P 0xd4 $(( $2 - 1024 )) 1k"
 }
 
 @test "monolithicSparse: bytes, size and data map equal qemu-img's (size not a multiple of the grain)" {
@@ -95,7 +60,7 @@ fill() {
 
 @test "monolithicSparse with zeroed grains and a SCSI adapter: zero grains read as zeros, map as QEMU's" {
   qemu-img create -q -f vmdk -o zeroed_grain=on,adapter_type=lsilogic z.vmdk 1M
-  vio z.vmdk "write -P 0x55 0 300k" "write -z 64k 64k" "write -z 512k 128k" "write -P 0x66 600k 4k"
+  fmt_io vmdk z.vmdk "write -P 0x55 0 300k" "write -z 64k 64k" "write -z 512k 128k" "write -P 0x66 600k 4k"
   MAP=1 check_mount z.vmdk
   run "$IMGFUSE" map z.vmdk
   [[ "$output" == *"zero"* ]]
@@ -104,10 +69,10 @@ fill() {
 
 @test "monolithicSparse: the redundant grain directory is checked, and a damaged one refuses the image" {
   qemu-img create -q -f vmdk r.vmdk 1M
-  vio r.vmdk "write -P 0x12 0 64k"
+  fmt_io vmdk r.vmdk "write -P 0x12 0 64k"
   "$IMGFUSE" info r.vmdk | grep -q "redundant GD"
   patch r.vmdk 48 Q 0x7fffffff   # rgdOffset far past the end of the file
-  refused r.vmdk "redundant grain directory lies outside the file"
+  refused_open r.vmdk "redundant grain directory lies outside the file"
 }
 
 @test "monolithicFlat and twoGbMaxExtentFlat: descriptor files and their flat extents read exactly" {
@@ -129,7 +94,7 @@ fill() {
   head -c 64k /dev/urandom > a.bin
   head -c 32k /dev/urandom > b.bin
   qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse s.vmdk 128k
-  vio s.vmdk "write -P 0x77 64k 4k"
+  fmt_io vmdk s.vmdk "write -P 0x77 64k 4k"
   printf '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType="custom"\n\n' > m.vmdk
   printf 'RW 128 FLAT "a.bin" 0\nRDONLY 64 FLAT "b.bin" 0\nRW 16 ZERO\nRW 256 SPARSE "s-s001.vmdk"\n' >> m.vmdk
   printf 'ddb.adapterType = "ide"\n' >> m.vmdk
@@ -175,15 +140,15 @@ print(o + 12 + 10)')
 
 @test "delta link: a child made with -b base.vmdk reads the parent under its own grains" {
   qemu-img create -q -f vmdk base.vmdk 2M
-  vio base.vmdk "write -P 0x22 0 1M" "write -P 0x23 1536k 512k"
+  fmt_io vmdk base.vmdk "write -P 0x22 0 1M" "write -P 0x23 1536k 512k"
   qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
-  vio child.vmdk "write -P 0x33 100k 200k" "write -P 0x34 1600k 3k"
+  fmt_io vmdk child.vmdk "write -P 0x33 100k 200k" "write -P 0x34 1600k 3k"
   check_mount child.vmdk
   run "$IMGFUSE" info child.vmdk
   [[ "$output" == *"backing_resolved: $TMP/base.vmdk"* ]]
   [[ "$output" == *"parent_cid_matches: yes"* ]]
   # the parent changed after the child was made: the CID no longer matches, a warning is logged
-  vio base.vmdk "write -P 0x44 0 512"
+  fmt_io vmdk base.vmdk "write -P 0x44 0 512"
   run "$IMGFUSE" info child.vmdk
   [[ "$output" == *"parent_cid_matches: no"* ]]
   mount_img child.vmdk
@@ -200,9 +165,9 @@ print(o + 12 + 10)')
   desc 1 /etc/passwd > sub/abs.vmdk
   desc 2048 ../outside.img > sub/dotdot.vmdk
   desc 2048 link.img > sub/sym.vmdk
-  refused sub/abs.vmdk 'extent "/etc/passwd" refused: absolute extent paths are not followed'
-  refused sub/dotdot.vmdk 'extent "../outside.img" refused: it lies outside the image'
-  refused sub/sym.vmdk 'extent "link.img" refused: it lies outside the image'
+  refused_open sub/abs.vmdk 'extent "/etc/passwd" refused: absolute extent paths are not followed'
+  refused_open sub/dotdot.vmdk 'extent "../outside.img" refused: it lies outside the image'
+  refused_open sub/sym.vmdk 'extent "link.img" refused: it lies outside the image'
   # the policy is the backing-name policy: --unsafe-backing follows the name as written
   mount_img --unsafe-backing sub/dotdot.vmdk "$MNT"
   same_bytes "$MNT/disk.raw" outside.img
@@ -245,24 +210,24 @@ rw_roundtrip() {
 
 @test "--rw monolithicSparse: unaligned writes into empty, allocated and zeroed grains; check clean, compare equal" {
   qemu-img create -q -f vmdk w.vmdk 3M
-  vio w.vmdk "write -P 0x11 64k 64k"
+  fmt_io vmdk w.vmdk "write -P 0x11 64k 64k"
   rw_roundtrip w.vmdk $(( 3 * 1024 * 1024 ))
   qemu-img create -q -f vmdk -o zeroed_grain=on z.vmdk 1M
-  vio z.vmdk "write -P 0x11 0 1M" "write -z 0 128k" "write -z 256k 64k"
+  fmt_io vmdk z.vmdk "write -P 0x11 0 1M" "write -z 0 128k" "write -z 256k 64k"
   rw_roundtrip z.vmdk $(( 1024 * 1024 ))
 }
 
 @test "--rw twoGbMaxExtentSparse, monolithicFlat and twoGbMaxExtentFlat: extent files are written; check clean" {
   for sf in twoGbMaxExtentSparse monolithicFlat twoGbMaxExtentFlat; do
     qemu-img create -q -f vmdk -o subformat=$sf $sf.vmdk 2M
-    vio $sf.vmdk "write -P 0x31 0 100k"
+    fmt_io vmdk $sf.vmdk "write -P 0x31 0 100k"
     rw_roundtrip $sf.vmdk $(( 2 * 1024 * 1024 ))
   done
 }
 
 @test "--rw delta link: a first write into a grain copies the rest of it from the parent" {
   qemu-img create -q -f vmdk base.vmdk 1M
-  vio base.vmdk "write -P 0x22 0 1M"
+  fmt_io vmdk base.vmdk "write -P 0x22 0 1M"
   qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
   rw_roundtrip child.vmdk $(( 1024 * 1024 ))
   # the parent was not touched
@@ -284,7 +249,7 @@ rw_roundtrip() {
 
 @test "--rw: a failed grain table update (blkdebug) fails that write only; the image stays clean and unchanged there" {
   qemu-img create -q -f vmdk w.vmdk 1M
-  vio w.vmdk "write -P 0x11 0 64k"
+  fmt_io vmdk w.vmdk "write -P 0x11 0 64k"
   qemu-img convert -O raw w.vmdk expect.raw
   echo "event=l2_update errno=5 once" > rules
   mount_img --rw --blkdebug rules w.vmdk "$MNT"
@@ -300,39 +265,39 @@ rw_roundtrip() {
 
 @test "--rw is refused with one line for stream-optimized and ZERO extents" {
   qemu-img create -q -f vmdk -o subformat=streamOptimized s.vmdk 1M
-  refused s.vmdk "writing stream-optimized (compressed) extents is not supported" --rw
+  refused_open s.vmdk "writing stream-optimized (compressed) extents is not supported" --rw
   printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\nRW 8 ZERO\n' > z.vmdk
-  refused z.vmdk "writing ZERO extents is not supported" --rw
+  refused_open z.vmdk "writing ZERO extents is not supported" --rw
 }
 
 @test "damaged sparse headers are refused with one line naming the file and the field" {
   qemu-img create -q -f vmdk d.vmdk 1M
-  vio d.vmdk "write -P 0x12 0 64k"
+  fmt_io vmdk d.vmdk "write -P 0x12 0 64k"
   cp d.vmdk v.vmdk; patch v.vmdk 4 I 4
-  refused v.vmdk "unsupported VMDK sparse extent version 4"
+  refused_open v.vmdk "unsupported VMDK sparse extent version 4"
   cp d.vmdk g.vmdk; patch g.vmdk 20 Q $(( 1 << 20 ))
-  refused g.vmdk "grain size of 1048576 sectors is not a power of two from 1 to"
+  refused_open g.vmdk "grain size of 1048576 sectors is not a power of two from 1 to"
   cp d.vmdk g3.vmdk; patch g3.vmdk 20 Q 96
-  refused g3.vmdk "grain size of 96 sectors"
+  refused_open g3.vmdk "grain size of 96 sectors"
   cp d.vmdk n.vmdk; patch n.vmdk 44 I 1024
-  refused n.vmdk "1024 entries per grain table"
+  refused_open n.vmdk "1024 entries per grain table"
   cp d.vmdk gd.vmdk; patch gd.vmdk 56 Q 0x100000
-  refused gd.vmdk "grain directory lies outside the file"
+  refused_open gd.vmdk "grain directory lies outside the file"
   cp d.vmdk c.vmdk; patch c.vmdk 12 Q $(( 1 << 55 ))
-  refused c.vmdk "capacity too large"
+  refused_open c.vmdk "capacity too large"
   cp d.vmdk c2.vmdk; patch c2.vmdk 12 Q $(( 1 << 52 ))
-  refused c2.vmdk "68719476736 grain tables exceed the limit of 4194304"
+  refused_open c2.vmdk "68719476736 grain tables exceed the limit of 4194304"
   cp d.vmdk cow.vmdk; printf 'COWD' | dd of=cow.vmdk conv=notrunc status=none
-  refused cow.vmdk "ESX sparse (COWD) extents are not supported"
+  refused_open cow.vmdk "ESX sparse (COWD) extents are not supported"
   cp d.vmdk t.vmdk; truncate -s 4096 t.vmdk
-  refused t.vmdk "lies outside the file"
+  refused_open t.vmdk "lies outside the file"
   cp d.vmdk dz.vmdk; patch dz.vmdk 36 Q 1000
-  refused dz.vmdk "embedded descriptor of 1000 sectors exceeds the limit"
+  refused_open dz.vmdk "embedded descriptor of 1000 sectors exceeds the limit"
 }
 
 @test "a grain table entry past the end of the file reads EIO for that grain only, logged once" {
   qemu-img create -q -f vmdk d.vmdk 1M
-  vio d.vmdk "write -P 0x12 0 64k" "write -P 0x13 64k 64k"
+  fmt_io vmdk d.vmdk "write -P 0x12 0 64k" "write -P 0x13 64k 64k"
   # first GT (from the first GD entry): point entry 0 far past the end
   python3 -c 'import struct
 with open("d.vmdk", "r+b") as f:
@@ -353,19 +318,19 @@ with open("d.vmdk", "r+b") as f:
 @test "descriptor files: garbage lines, overlong lines, huge files and extent size mismatches are refused" {
   head -c 64k /dev/zero > f.bin
   printf '# Disk DescriptorFile\nversion=1\nthis is not a descriptor line\nRW 128 FLAT "f.bin" 0\n' > g.vmdk
-  refused g.vmdk "descriptor line 3 is neither a comment"
+  refused_open g.vmdk "descriptor line 3 is neither a comment"
   { printf '# Disk DescriptorFile\n# '; head -c 2000 /dev/zero | tr '\0' x; printf '\nRW 128 FLAT "f.bin" 0\n'; } > l.vmdk
-  refused l.vmdk "descriptor line 2 is longer than 1024 bytes"
+  refused_open l.vmdk "descriptor line 2 is longer than 1024 bytes"
   { printf '# Disk DescriptorFile\nRW 128 FLAT "f.bin" 0\n'; head -c 70000 /dev/zero | tr '\0' '#'; } > h.vmdk
-  refused h.vmdk "exceeds the limit of 65536 bytes"
+  refused_open h.vmdk "exceeds the limit of 65536 bytes"
   printf '# Disk DescriptorFile\nRW 256 FLAT "f.bin" 0\n' > s.vmdk
-  refused s.vmdk 'flat extent "f.bin" (65536 bytes) is shorter than the 131072 bytes'
+  refused_open s.vmdk 'flat extent "f.bin" (65536 bytes) is shorter than the 131072 bytes'
   printf '# Disk DescriptorFile\nRW 128 FLAT "f.bin\n' > q.vmdk
-  refused q.vmdk "descriptor line 2 is not a valid extent line"
+  refused_open q.vmdk "descriptor line 2 is not a valid extent line"
   printf '# Disk DescriptorFile\nRW 128 VMFSSPARSE "f.bin"\n' > v.vmdk
-  refused v.vmdk "extent type VMFSSPARSE is not supported"
+  refused_open v.vmdk "extent type VMFSSPARSE is not supported"
   printf '# Disk DescriptorFile\nversion=1\n' > e.vmdk
-  refused e.vmdk "the descriptor names no extent"
+  refused_open e.vmdk "the descriptor names no extent"
   # one sparse file with a 16 MiB grain directory, named 20 times: the directories' memory is bounded
   python3 -c 'import struct
 cap, n_gts = (1 << 22) * 512, 1 << 22
@@ -374,5 +339,5 @@ with open("big.vmdk", "wb") as f:
     f.write(h.ljust(512, b"\0")); f.truncate(512 + 4 * n_gts)
 with open("many.vmdk", "w") as f:
     f.write("# Disk DescriptorFile\n" + "RW %d SPARSE \"big.vmdk\"\n" % cap * 20)'
-  refused many.vmdk "extent big.vmdk: the grain directories of the image's extents exceed 64 MiB together"
+  refused_open many.vmdk "extent big.vmdk: the grain directories of the image's extents exceed 64 MiB together"
 }

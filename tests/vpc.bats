@@ -16,31 +16,6 @@ SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 MAKE_DIFF="$BATS_TEST_DIRNAME/vpc-make-diff.py"
 VPC_CHECK="$BATS_TEST_DIRNAME/vpc-check.py"
 
-# vio IMAGE CMD...: qemu-io commands on a vpc image, quietly.
-vio() {
-  local img=$1; shift
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  qemu-io -f vpc "${args[@]}" "$img" >/dev/null
-}
-
-# qemu_data_extents IMAGE: merged "start end" data extents of qemu-img map.
-qemu_data_extents() {
-  qemu-img map -f vpc --output=json "$1" | python3 -c '
-import json, sys
-ext = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, t = e["start"], e["start"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)'
-}
-
 # check_mount IMAGE [options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's view. With
 # HOST_MAP=1 (fixed disks) the map must be the image file's own SEEK_DATA map instead: holes of the file
 # are holes of the disk, where qemu-img map calls a fixed VHD data throughout.
@@ -56,24 +31,13 @@ check_mount() {
   if [ -n "${HOST_MAP:-}" ]; then
     theirs=$(python3 "$SEEKMAP" "$img" 0 "$(stat -c %s "$oracle")")
   else
-    theirs=$(qemu_data_extents "$img")
+    theirs=$(qemu_data_extents vpc "$img")
   fi
   unmount_img
   if [ "$ours" != "$theirs" ]; then
     echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
     return 1
   fi
-}
-
-# refused IMAGE PATTERN [options...]: mounting fails with exit 2 and one line naming IMAGE and PATTERN.
-refused() {
-  local img=$1 pattern=$2; shift 2
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
-  echo "status $status: $output"
-  [ "$status" -eq 2 ]
-  [ "${#lines[@]}" -eq 1 ]
-  [[ "$output" == "imgfuse: $img: "*"$pattern"* ]]
-  ! grep -q " $MNT " /proc/mounts
 }
 
 # patch IMAGE OFFSET HEXBYTES: overwrite bytes of a file in place.
@@ -97,7 +61,7 @@ vhd_clean() {
   qemu-img create -q -f vpc e.vhd 7M
   check_mount e.vhd
   qemu-img create -q -f vpc d.vhd 13M
-  vio d.vhd 'write -P 0x11 0 7000' 'write -P 0x22 3M 1M' 'write -P 0x33 6291968 4096' \
+  fmt_io vpc d.vhd 'write -P 0x11 0 7000' 'write -P 0x22 3M 1M' 'write -P 0x33 6291968 4096' \
     'write -P 0x44 9000000 1234567' 'write -P 0x55 300 1'
   check_mount d.vhd
   # the 4 KiB write allocated a whole block, QEMU-style: the bitmap says every sector is present
@@ -110,10 +74,10 @@ vhd_clean() {
 @test "dynamic: sizes not a multiple of the block size, from the CHS geometry and from force_size" {
   for size in 1000k 5M 33M; do
     qemu-img create -q -f vpc a.vhd $size
-    vio a.vhd 'write -P 0x66 0 64k' "write -P 0x77 $(( $(qemu-img info --output=json a.vhd | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])') - 1024 )) 1024"
+    fmt_io vpc a.vhd 'write -P 0x66 0 64k' "write -P 0x77 $(( $(qemu-img info --output=json a.vhd | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])') - 1024 )) 1024"
     check_mount a.vhd
     qemu-img create -q -f vpc -o force_size=on b.vhd $size
-    vio b.vhd 'write -P 0x68 4k 4k'
+    fmt_io vpc b.vhd 'write -P 0x68 4k 4k'
     check_mount b.vhd
     run "$IMGFUSE" info b.vhd
     [[ "$output" == *"creator_app: qem2"* ]]
@@ -124,7 +88,7 @@ vhd_clean() {
 
 @test "fixed: read with --format vpc like qemu-img convert; probed, it is raw (as in QEMU)" {
   qemu-img create -q -f vpc -o subformat=fixed f.vhd 6M
-  vio f.vhd 'write -P 0x12 0 1M' 'write -P 0x34 5000000 77777'
+  fmt_io vpc f.vhd 'write -P 0x12 0 1M' 'write -P 0x34 5000000 77777'
   HOST_MAP=1 check_mount f.vhd -f vpc
   run "$IMGFUSE" info -f vpc f.vhd
   [[ "$output" == *"subformat: fixed"* ]]
@@ -154,7 +118,7 @@ open('src.raw', 'wb').write(d)"
 # make_parent: p.vhd (dynamic, 8 MiB + CHS rounding, every byte 0xaa except one empty block) and p.raw.
 make_parent() {
   qemu-img create -q -f vpc p.vhd 8M
-  vio p.vhd 'write -P 0xaa 0 4M' 'write -P 0xab 6M 2M'
+  fmt_io vpc p.vhd 'write -P 0xaa 0 4M' 'write -P 0xab 6M 2M'
   qemu-img convert -f vpc -O raw p.vhd p.raw
 }
 
@@ -230,7 +194,7 @@ make_parent() {
   make_parent
   python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
   rm p.vhd
-  refused c.vhd "backing file './p.vhd' not found"
+  refused_open c.vhd "backing file './p.vhd' not found"
   # --no-backing shows the child alone: its sectors, zeros elsewhere
   mount_img --no-backing c.vhd "$MNT"
   cmp -n 4096 "$MNT/disk.raw" <(head -c 4096 /dev/zero | tr '\0' '\141')
@@ -241,7 +205,7 @@ make_parent() {
 
 @test "--rw dynamic: unaligned writes into new and allocated blocks; check clean, bytes exact" {
   qemu-img create -q -f vpc d.vhd 11M
-  vio d.vhd 'write -P 0x11 2M 2M'
+  fmt_io vpc d.vhd 'write -P 0x11 2M 2M'
   qemu-img convert -f vpc -O raw d.vhd expect.raw
   mount_img --rw d.vhd "$MNT"
   local w
@@ -315,7 +279,7 @@ EOF
 @test "--rw fio with 4 jobs and crc32c verification on a dynamic disk and on a differencing child" {
   qemu-img create -q -f vpc -o force_size=on d.vhd 32M
   qemu-img create -q -f vpc -o force_size=on p.vhd 32M
-  vio p.vhd 'write -P 0x5c 0 32M'
+  fmt_io vpc p.vhd 'write -P 0x5c 0 32M'
   python3 "$MAKE_DIFF" --block-size 524288 p.vhd c.vhd 0:4096:0x61
   local psum; psum=$(sha256sum p.vhd)
   local img
@@ -340,14 +304,14 @@ EOF
 
 @test "damaged: bad checksums, a BAT past the end, truncated files, --backing on a dynamic disk" {
   qemu-img create -q -f vpc d.vhd 5M
-  vio d.vhd 'write -P 0x11 0 3M'
+  fmt_io vpc d.vhd 'write -P 0x11 0 3M'
   local size; size=$(stat -c %s d.vhd)
 
   cp d.vhd both.vhd; patch both.vhd 100 ff; patch both.vhd $((size - 512 + 100)) ff
-  refused both.vhd "footer checksum mismatch"
+  refused_open both.vhd "footer checksum mismatch"
 
   cp d.vhd hdr.vhd; patch hdr.vhd $((512 + 40)) ff
-  refused hdr.vhd "dynamic disk header checksum mismatch"
+  refused_open hdr.vhd "dynamic disk header checksum mismatch"
 
   cp d.vhd bat.vhd; patch bat.vhd $((512 + 16)) 00000000ffff0000
   python3 - bat.vhd <<'EOF'
@@ -358,16 +322,16 @@ d[512 + 36:512 + 40] = b"\0\0\0\0"
 d[512 + 36:512 + 40] = struct.pack(">I", (~sum(d[512:512 + 1024])) & 0xFFFFFFFF)
 open(p, "wb").write(d)
 EOF
-  refused bat.vhd "BAT (offset 4294901760, 12 bytes) lies past the end of the file"
+  refused_open bat.vhd "BAT (offset 4294901760, 12 bytes) lies past the end of the file"
 
   cp d.vhd cut.vhd; truncate -s 1000000 cut.vhd
-  refused cut.vhd "the file is truncated"
+  refused_open cut.vhd "the file is truncated"
 
   qemu-img create -q -f vpc -o subformat=fixed f.vhd 1M
   truncate -s -4096 f.vhd
-  refused f.vhd "no VHD footer" -f vpc
+  refused_open f.vhd "no VHD footer" -f vpc
 
-  refused d.vhd "does not support backing files" --backing f.vhd
+  refused_open d.vhd "does not support backing files" --backing f.vhd
 
   # only the footer at the end is damaged: the copy at offset 0 stands in, and info says so
   cp d.vhd tail.vhd; patch tail.vhd $((size - 512 + 100)) ff
@@ -378,7 +342,7 @@ EOF
 
 @test "damaged: a BAT entry pointing past the end or into the header reads as EIO, the rest reads" {
   qemu-img create -q -f vpc d.vhd 7M
-  vio d.vhd 'write -P 0x11 0 6M'
+  fmt_io vpc d.vhd 'write -P 0x11 0 6M'
   local good; good=$(raw_of d.vhd)
   cp d.vhd past.vhd; patch past.vhd $((1536 + 4)) 00ffffff
   cp d.vhd meta.vhd; patch meta.vhd $((1536 + 4)) 00000001
