@@ -1202,17 +1202,6 @@ static int vmdk_set_parent(BlockNode *bs, VmdkState *s, const Descriptor *d)
 
 /* ---------------------------------------------------------------- extents from the descriptor */
 
-static void dir_of(const char *path, char *out, size_t len)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(out, len, ".");
-    else if (slash == path)
-        snprintf(out, len, "/");
-    else
-        snprintf(out, len, "%.*s", (int)(slash - path), path);
-}
-
 /* Opens the file an extent line names, under the extent-path policy (the backing-name policy's). */
 static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, Error *err)
 {
@@ -1223,7 +1212,7 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
                   "(use --unsafe-backing)", bs->filename, e->name);
         return -EACCES;
     }
-    dir_of(bs->filename, dir, sizeof(dir));
+    path_dir_of(bs->filename, dir, sizeof(dir));
     if (e->name[0] == '/')
         snprintf(path, sizeof(path), "%s", e->name);
     else

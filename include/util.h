@@ -67,6 +67,9 @@ int64_t parse_size(const char *s);
 /* Format a byte count as "1 GiB" / "64 KiB" / "1000001 bytes" into buf. */
 const char *format_size(uint64_t v, char *buf, size_t len);
 
+/* The directory part of path, as given: "." for a bare name, "/" for a name in the root. */
+void path_dir_of(const char *path, char *out, size_t len);
+
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
 

@@ -33,18 +33,6 @@ static bool is_protocol_style(const char *name)
     return true;
 }
 
-/* dir of path, as given ("." for a bare name). */
-static void dir_of(const char *path, char *out, size_t len)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(out, len, ".");
-    else if (slash == path)
-        snprintf(out, len, "/");
-    else
-        snprintf(out, len, "%.*s", (int)(slash - path), path);
-}
-
 static bool path_inside(const char *real, const char *dir)
 {
     size_t n = strlen(dir);
@@ -118,7 +106,7 @@ static int resolve_unsafe(const char *image_path, const char *name, char *out, s
                           size_t notelen, Error *err)
 {
     char dir[PATH_MAX];
-    dir_of(image_path, dir, sizeof(dir));
+    path_dir_of(image_path, dir, sizeof(dir));
     if (name[0] == '/')
         snprintf(out, outlen, "%s", name);
     else
@@ -145,7 +133,7 @@ const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, co
         return NULL; /* does not exist: the caller's open reports it */
     if (is_system_path(real))
         return "only regular files are followed (no devices, /proc, /sys)";
-    dir_of(bs->filename, dir, sizeof(dir));
+    path_dir_of(bs->filename, dir, sizeof(dir));
     AllowedDirs *a = malloc(sizeof(*a));
     if (!a)
         return "out of memory";
@@ -170,7 +158,7 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
         return refuse(err, image_path, name, "json: and protocol-style names are never followed");
 
     char dir[PATH_MAX], cand[2 * PATH_MAX], real[PATH_MAX];
-    dir_of(image_path, dir, sizeof(dir));
+    path_dir_of(image_path, dir, sizeof(dir));
     AllowedDirs *a = malloc(sizeof(*a));
     if (!a)
         return -ENOMEM;

@@ -1,6 +1,7 @@
 /*
  * util.c - the small helpers of util.h that are not inline: aligned zeroed buffers, the fast all-zero
- * test, size parsing and formatting, and the monotonic clock.  Nothing here knows about images or nodes.
+ * test, size parsing and formatting, the directory part of a path, and the monotonic clock.  Nothing
+ * here knows about images or nodes.
  */
 #include "util.h"
 
@@ -9,6 +10,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void *aligned_alloc_zero(size_t size)
@@ -93,4 +95,15 @@ uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void path_dir_of(const char *path, char *out, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, len, ".");
+    else if (slash == path)
+        snprintf(out, len, "/");
+    else
+        snprintf(out, len, "%.*s", (int)(slash - path), path);
 }
