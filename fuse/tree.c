@@ -141,10 +141,16 @@ static char *gen_errors(Fs *fs, Entry *e, size_t *len)
 
 static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
 {
-    (void)fs;
     StrBuf sb;
     sb_init(&sb);
-    render_stats_json(&sb, e->bs);
+    BlockNode **views = NULL;
+    const char **names = NULL;
+    size_t n = fs_open_views(fs, &views, &names);
+    render_stats_json_views(&sb, e->bs, views, names, n);
+    for (size_t i = 0; i < n; i++)
+        bdrv_close(views[i]);
+    free(views);
+    free(names);
     return sb_steal(&sb, len);
 }
 
@@ -203,12 +209,9 @@ int fs_build_tree(Fs *fs)
 
 void fs_free(Fs *fs)
 {
-    for (size_t i = 0; i < fs->n_views; i++)
-        bdrv_close(fs->views[i]);
-    free(fs->views);
+    fs_free_snapshots(fs);
     for (size_t i = 0; i < fs->n_entries; i++) {
         free(fs->entries[i]->name);
-        free(fs->entries[i]->snap);
         free(fs->entries[i]);
     }
     free(fs->entries);
