@@ -44,6 +44,7 @@ struct Entry {
     struct timespec mtime;   /* guarded by fs->lock */
     SnapDir *snap;           /* snapshot directories and their files (the directory owns it), else NULL */
     int opens;               /* open handles (guarded by fs->lock) */
+    Entry *hnext;            /* next in its bucket of fs->hash (attached entries only) */
 };
 
 struct Fs {
@@ -51,6 +52,8 @@ struct Fs {
     pthread_mutex_t lock;    /* guards the entry table, parents, times and open counts */
     Entry **entries;         /* entries[ino - 1] */
     size_t n_entries, cap_entries;
+    Entry **hash;            /* attached entries by (parent, name), chained through hnext; NULL: none */
+    size_t hash_cap;         /* buckets, a power of two */
     uid_t uid;
     gid_t gid;
     struct timespec start;
@@ -73,6 +76,8 @@ Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, b
 Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen);
 Entry *fs_get(Fs *fs, fuse_ino_t ino);
 Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name);
+/* Attach e under parent, or detach it (parent 0); keeps lookups by name right. */
+void fs_set_parent(Fs *fs, Entry *e, fuse_ino_t parent);
 int64_t disk_size(Entry *e);
 void entry_touch(Fs *fs, Entry *e);
 int fs_build_tree(Fs *fs);

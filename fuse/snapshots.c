@@ -192,9 +192,7 @@ static int add_snapshot_dir(Fs *fs, const SnapshotInfo *sn, const char *dirname,
             return -ENOMEM;
         vm->snap = sd;
     }
-    pthread_mutex_lock(&fs->lock);
-    d->parent = fs->snapdir->ino;
-    pthread_mutex_unlock(&fs->lock);
+    fs_set_parent(fs, d, fs->snapdir->ino);
     return 0;
 }
 
@@ -213,17 +211,18 @@ static int detach_gone(Fs *fs, const SnapshotInfo *list, int n, DirName *names, 
         index_add(&ix, (size_t)k);
     }
     pthread_mutex_lock(&fs->lock);
-    for (size_t i = 0; i < fs->n_entries; i++) {
-        Entry *e = fs->entries[i];
+    size_t n_entries = fs->n_entries; /* parents change only under fs->snap_lock, which the caller holds */
+    pthread_mutex_unlock(&fs->lock);
+    for (fuse_ino_t ino = 1; ino <= n_entries; ino++) {
+        Entry *e = fs_get(fs, ino);
         if (e->parent != fs->snapdir->ino || !e->snap)
             continue;
         long k = index_find(&ix, e->name);
         if (k >= 0 && strcmp(list[k].id, e->snap->id) == 0)
             present[k] = true;
         else
-            e->parent = 0; /* deleted (or renamed): detached */
+            fs_set_parent(fs, e, 0); /* deleted (or renamed): detached */
     }
-    pthread_mutex_unlock(&fs->lock);
     free(ix.slot);
     free(keys);
     return 0;

@@ -103,7 +103,7 @@ peak_mib() { json_get "$MNT/stats.json" 'j["process"]["peak_rss_bytes"] >> 20'; 
 @test "65,536 snapshots (the most the format allows) mount with every directory, peak memory under 256 MiB" {
   bomb c.qcow2 count 65536
   mount_limited c.qcow2
-  [ "$(ls "$MNT/snapshots" | wc -l)" -eq 65536 ]
+  [ "$(ls -l "$MNT/snapshots" | grep -c "^d")" -eq 65536 ]
   grep -qx "name: s65535" "$MNT/snapshots/s65535/info"
   qemu-img convert -l snapshot.id=65536 -O raw c.qcow2 last.raw
   cmp "$MNT/snapshots/s65535/disk.raw" last.raw
