@@ -317,6 +317,7 @@ static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn
     v->size = sn->disk_size;
     v->l1_vm_state_index = (uint32_t)qcow2_size_to_l1(s, sn->disk_size);
     v->refcount_table = NULL;
+    v->refcount_table_size = 0;
     v->snapshots = NULL;
     v->nb_snapshots = 0;
     v->backing_file = v->backing_format = v->data_file_name = NULL;
