@@ -54,6 +54,7 @@ struct Fs {
     size_t n_entries, cap_entries;
     Entry **hash;            /* attached entries by (parent, name), chained through hnext; NULL: none */
     size_t hash_cap;         /* buckets, a power of two */
+    uint64_t hash_seed;      /* random, for every hash of names taken from images */
     uid_t uid;
     gid_t gid;
     struct timespec start;

@@ -32,18 +32,20 @@ typedef struct NameIndex {
     uint32_t *slot;          /* position + 1, 0 = empty */
     size_t mask;
     const char *const *key;
+    uint64_t seed;           /* the mount's random seed: names cannot be chosen to collide */
 } NameIndex;
 
-static size_t name_hash(const char *s)
+static size_t name_hash(const NameIndex *ix, const char *s)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL ^ ix->seed; /* FNV-1a */
     for (; *s; s++)
         h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return (size_t)h;
+    return (size_t)(h ^ (h >> 29));
 }
 
-static bool index_init(NameIndex *ix, const char *const *key, size_t n)
+static bool index_init(NameIndex *ix, const char *const *key, size_t n, uint64_t seed)
 {
+    ix->seed = seed;
     size_t cap = 16;
     while (cap < 2 * n)
         cap *= 2;
@@ -56,7 +58,7 @@ static bool index_init(NameIndex *ix, const char *const *key, size_t n)
 /* Position of the first string added equal to s, or -1. */
 static long index_find(const NameIndex *ix, const char *s)
 {
-    for (size_t h = name_hash(s) & ix->mask; ix->slot[h]; h = (h + 1) & ix->mask)
+    for (size_t h = name_hash(ix, s) & ix->mask; ix->slot[h]; h = (h + 1) & ix->mask)
         if (strcmp(ix->key[ix->slot[h] - 1], s) == 0)
             return (long)ix->slot[h] - 1;
     return -1;
@@ -65,7 +67,7 @@ static long index_find(const NameIndex *ix, const char *s)
 /* Adds position pos unless its string is there already: returns the earlier position, or -1. */
 static long index_add(NameIndex *ix, size_t pos)
 {
-    size_t h = name_hash(ix->key[pos]) & ix->mask;
+    size_t h = name_hash(ix, ix->key[pos]) & ix->mask;
     for (; ix->slot[h]; h = (h + 1) & ix->mask)
         if (strcmp(ix->key[ix->slot[h] - 1], ix->key[pos]) == 0)
             return (long)ix->slot[h] - 1;
@@ -75,16 +77,17 @@ static long index_add(NameIndex *ix, size_t pos)
 
 /* ---------------------------------------------------------------- directory names */
 
-/* The directory name of each snapshot: its name when usable, unique and not the id-ID of a snapshot
- * (another's or its own: "id-1" named snapshot 3 is shown as id-3, snapshot 1 as id-1 or by its name),
- * else id-ID. Names shown are then distinct as long as ids are. Linear in n. */
-static int assign_dir_names(const SnapshotInfo *list, int n, DirName *names)
+/* The directory name of each snapshot: its name when usable, unique and not the id-ID of another
+ * snapshot (snapshot 3 named "id-1" is shown as id-3 when a snapshot 1 exists), else id-ID. Names shown
+ * are then distinct as long as ids are. Linear in n. */
+static int assign_dir_names(const SnapshotInfo *list, int n, DirName *names, uint64_t seed)
 {
     size_t m = (size_t)n;
     const char **by_name = calloc(m + 1, sizeof *by_name), **by_id = calloc(m + 1, sizeof *by_id);
     bool *shared = calloc(m + 1, sizeof *shared);
     NameIndex names_ix = { 0 }, ids_ix = { 0 };
-    int r = by_name && by_id && shared && index_init(&names_ix, by_name, m) && index_init(&ids_ix, by_id, m) ? 0 : -ENOMEM;
+    int r = by_name && by_id && shared && index_init(&names_ix, by_name, m, seed) &&
+            index_init(&ids_ix, by_id, m, seed) ? 0 : -ENOMEM;
     for (size_t i = 0; r == 0 && i < m; i++) {
         snprintf(names[i], sizeof names[i], "id-%s", list[i].id);
         by_name[i] = list[i].name;
@@ -206,7 +209,7 @@ static int detach_gone(Fs *fs, const SnapshotInfo *list, int n, DirName *names, 
 {
     const char **keys = calloc((size_t)n + 1, sizeof *keys);
     NameIndex ix = { 0 };
-    if (!keys || !index_init(&ix, keys, (size_t)n)) {
+    if (!keys || !index_init(&ix, keys, (size_t)n, fs->hash_seed)) {
         free(keys);
         return -ENOMEM;
     }
@@ -244,7 +247,7 @@ static int refresh_snapshots(Fs *fs)
     bool *present = calloc((size_t)n + 1, sizeof *present);
     SnapDir **todo = calloc((size_t)n + 1, sizeof *todo);
     char **todo_names = calloc((size_t)n + 1, sizeof *todo_names);
-    int r = names && present && todo && todo_names ? assign_dir_names(list, n, names) : -ENOMEM;
+    int r = names && present && todo && todo_names ? assign_dir_names(list, n, names, fs->hash_seed) : -ENOMEM;
     if (r == 0)
         r = detach_gone(fs, list, n, names, present);
     /* The new snapshots in their compact form, so that the list (1.2 KB a snapshot) is freed before the

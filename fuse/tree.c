@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -19,9 +21,9 @@
 /* Attached entries are found by (parent, name) through a hash table chained through Entry.hnext, so a
  * lookup costs the same in a directory of 65,536 snapshots as in the root (ls -l of such a directory
  * took minutes when every lookup scanned the whole table). Guarded by fs->lock. */
-static size_t child_hash(fuse_ino_t parent, const char *name)
+static size_t child_hash(const Fs *fs, fuse_ino_t parent, const char *name)
 {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)parent; /* FNV-1a over the name */
+    uint64_t h = (1469598103934665603ULL ^ fs->hash_seed) + (uint64_t)parent; /* FNV-1a over the name */
     for (; *name; name++)
         h = (h ^ (uint8_t)*name) * 1099511628211ULL;
     return (size_t)(h ^ (h >> 29));
@@ -31,7 +33,7 @@ static void hash_link(Fs *fs, Entry *e)
 {
     if (!fs->hash || !e->parent)
         return;
-    Entry **b = &fs->hash[child_hash(e->parent, e->name) & (fs->hash_cap - 1)];
+    Entry **b = &fs->hash[child_hash(fs, e->parent, e->name) & (fs->hash_cap - 1)];
     e->hnext = *b;
     *b = e;
 }
@@ -40,7 +42,7 @@ static void hash_unlink(Fs *fs, Entry *e)
 {
     if (!fs->hash || !e->parent)
         return;
-    for (Entry **p = &fs->hash[child_hash(e->parent, e->name) & (fs->hash_cap - 1)]; *p; p = &(*p)->hnext)
+    for (Entry **p = &fs->hash[child_hash(fs, e->parent, e->name) & (fs->hash_cap - 1)]; *p; p = &(*p)->hnext)
         if (*p == e) {
             *p = e->hnext;
             break;
@@ -126,7 +128,7 @@ Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
     Entry *found = NULL;
     pthread_mutex_lock(&fs->lock);
     if (fs->hash) {
-        for (Entry *e = fs->hash[child_hash(parent, name) & (fs->hash_cap - 1)]; e; e = e->hnext)
+        for (Entry *e = fs->hash[child_hash(fs, parent, name) & (fs->hash_cap - 1)]; e; e = e->hnext)
             if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0 && (!found || e->ino < found->ino))
                 found = e;
     } else {
@@ -267,6 +269,8 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
 int fs_build_tree(Fs *fs)
 {
     const FsConfig *c = &fs->cfg;
+    if (getrandom(&fs->hash_seed, sizeof fs->hash_seed, GRND_NONBLOCK) != (ssize_t)sizeof fs->hash_seed)
+        fs->hash_seed = (uint64_t)fs->start.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
     if (c->file_mode) {
         fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
         return fs->disk ? 0 : -ENOMEM;
