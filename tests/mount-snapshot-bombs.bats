@@ -52,6 +52,8 @@ peak_mib() { json_get "$MNT/stats.json" 'j["process"]["peak_rss_bytes"] >> 20'; 
   [ "$(du -k b.qcow2 | cut -f1)" -lt 400 ]
   mount_limited b.qcow2
   [ "$(ls "$MNT/snapshots" | wc -l)" -eq 1000 ]
+  # the mount opened no view
+  [ "$(json_get "$MNT/stats.json" 'len([n for n in j["nodes"] if n["role"] == "snapshot"])')" -eq 0 ]
   for id in 1 501; do
     qemu-img convert -l snapshot.id=$id -O raw b.qcow2 "$TMP/s$id.raw"
   done
