@@ -80,9 +80,10 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
     case ENTRY_DISK: {
         st->st_mode = S_IFREG | (e->writable ? 0644 : 0444);
         st->st_nlink = 1;
-        int64_t size = disk_size(e);
+        /* a snapshot's view may not be open: its size is the snapshot's, its host bytes the image's */
+        int64_t size = e->snap ? (int64_t)MIN(e->snap->disk_size, (uint64_t)INT64_MAX) : disk_size(e);
         st->st_size = size;
-        int64_t alloc = bdrv_get_allocated_size(e->bs);
+        int64_t alloc = bdrv_get_allocated_size(e->snap ? fs->cfg.bs : e->bs);
         st->st_blocks = alloc >= 0 ? (alloc + 511) / 512 : (size + 511) / 512;
         break;
     }
@@ -272,6 +273,11 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     if (e->kind == ENTRY_DISK || e->kind == ENTRY_VMSTATE) {
+        int r = e->kind == ENTRY_DISK && e->snap ? fs_view_get(fs, e) : 0;
+        if (r < 0) {
+            fuse_reply_err(req, -r);
+            return;
+        }
         fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
         fi->keep_cache = !fs->cfg.writable; /* nothing can change any view of a read-only mount */
         fi->direct_io = fs->cfg.direct_io;
@@ -283,6 +289,8 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
             pthread_mutex_lock(&fs->lock);
             e->opens--;
             pthread_mutex_unlock(&fs->lock);
+            if (e->kind == ENTRY_DISK && e->snap)
+                fs_view_put(fs, e);
         }
         return;
     }
@@ -311,6 +319,8 @@ static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
         pthread_mutex_lock(&fs->lock);
         e->opens--;
         pthread_mutex_unlock(&fs->lock);
+        if (e->kind == ENTRY_DISK && e->snap)
+            fs_view_put(fs, e); /* the last release closes the snapshot's view */
     }
     fuse_reply_err(req, 0);
 }

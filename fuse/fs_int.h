@@ -18,6 +18,17 @@
 typedef struct Fs Fs;
 typedef struct Entry Entry;
 
+/* One internal snapshot as the tree shows it, shared by its directory (which owns it) and files. Its
+ * view node is opened on the first open of its disk.raw and closed at the last release (snapshots.c). */
+typedef struct SnapDir {
+    char *id, *name;
+    uint64_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec, vm_state_size, disk_size, icount;
+    BlockNode *view;         /* NULL while disk.raw is not open (guarded by fs->snap_lock) */
+    int view_users;
+} SnapDir;
+
 /* Renders the content of a generated (text) file at open time. */
 typedef char *(*GenFn)(Fs *fs, Entry *e, size_t *len);
 
@@ -31,8 +42,9 @@ struct Entry {
     GenFn gen;
     bool writable;           /* disk only */
     struct timespec mtime;   /* guarded by fs->lock */
-    SnapshotInfo *snap;      /* snapshot directories and their files, else NULL */
+    SnapDir *snap;           /* snapshot directories and their files (the directory owns it), else NULL */
     int opens;               /* open handles (guarded by fs->lock) */
+    Entry *hnext;            /* next in its bucket of fs->hash (attached entries only) */
 };
 
 struct Fs {
@@ -40,6 +52,9 @@ struct Fs {
     pthread_mutex_t lock;    /* guards the entry table, parents, times and open counts */
     Entry **entries;         /* entries[ino - 1] */
     size_t n_entries, cap_entries;
+    Entry **hash;            /* attached entries by (parent, name), chained through hnext; NULL: none */
+    size_t hash_cap;         /* buckets, a power of two */
+    uint64_t hash_seed;      /* random, for every hash of names taken from images */
     uid_t uid;
     gid_t gid;
     struct timespec start;
@@ -53,9 +68,7 @@ struct Fs {
     size_t splice_pipe_pages; /* pages its pipe holds, for replies of several extents */
     Entry *disk;             /* the main raw view */
     Entry *snapdir;          /* MNT/snapshots, NULL when the image has no snapshot support */
-    pthread_mutex_t snap_lock; /* serialises snapshot create/delete and the refresh of the tree */
-    BlockNode **views;       /* snapshot views opened, closed at unmount */
-    size_t n_views;
+    pthread_mutex_t snap_lock; /* serialises snapshot create/delete, the refresh of the tree, view open/close */
 };
 
 /* tree.c */
@@ -64,6 +77,8 @@ Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, b
 Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen);
 Entry *fs_get(Fs *fs, fuse_ino_t ino);
 Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name);
+/* Attach e under parent, or detach it (parent 0); keeps lookups by name right. */
+void fs_set_parent(Fs *fs, Entry *e, fuse_ino_t parent);
 int64_t disk_size(Entry *e);
 void entry_touch(Fs *fs, Entry *e);
 int fs_build_tree(Fs *fs);
@@ -81,6 +96,13 @@ int fs_build_snapshots(Fs *fs, fuse_ino_t root);
 void fs_op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode);
 void fs_op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
 int vmstate_read(Entry *e, int64_t off, size_t len, void *buf);
+/* A snapshot's disk.raw (e->snap set): open its view on first use (e->bs), close it at the last release. */
+int fs_view_get(Fs *fs, Entry *e);
+void fs_view_put(Fs *fs, Entry *e);
+/* The snapshot views open now, each referenced (bdrv_ref) for the caller, who closes them, and the
+ * names of their snapshots (valid until unmount). */
+size_t fs_open_views(Fs *fs, BlockNode ***views, const char ***names);
+void fs_free_snapshots(Fs *fs);
 
 /* fs.c */
 void fs_reply_entry(fuse_req_t req, Fs *fs, Entry *e);

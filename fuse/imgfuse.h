@@ -54,6 +54,9 @@ int render_map_json(StrBuf *sb, BlockNode *bs);
 int render_layer_map(StrBuf *sb, BlockNode *bs);
 /* Statistics of every node of the chain and its file children (MNT/stats.json). */
 void render_stats_json(StrBuf *sb, BlockNode *bs);
+/* The same, with the snapshot views open now among the nodes (role "snapshot", names[i] the snapshot). */
+void render_stats_json_views(StrBuf *sb, BlockNode *bs, BlockNode *const *views, const char *const *names,
+                             size_t n_views);
 
 /* ---------------------------------------------------------------- fs.c (the FUSE file system) */
 

@@ -253,7 +253,8 @@ int render_layer_map(StrBuf *sb, BlockNode *bs)
 
 /* ---------------------------------------------------------------- statistics */
 
-static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *role, bool first)
+static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *role, bool first,
+                              const char *snapshot)
 {
     BlockStats s;
     bdrv_stats_snapshot(n, &s);
@@ -261,6 +262,10 @@ static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *r
     sb_json_str(sb, n->drv ? n->drv->name : "");
     sb_put(sb, ", \"filename\": ", 14);
     sb_json_str(sb, n->filename ? n->filename : "");
+    if (snapshot) {
+        sb_put(sb, ", \"snapshot\": ", 14);
+        sb_json_str(sb, snapshot);
+    }
     sb_printf(sb, ",\n     \"rd_ops\": %" PRIu64 ", \"rd_bytes\": %" PRIu64 ", \"wr_ops\": %" PRIu64
               ", \"wr_bytes\": %" PRIu64 ", \"flush_ops\": %" PRIu64 ",\n     \"discard_ops\": %" PRIu64
               ", \"discard_bytes\": %" PRIu64 ", \"zero_ops\": %" PRIu64 ", \"zero_bytes\": %" PRIu64
@@ -296,15 +301,23 @@ static void process_rss(int64_t *rss, int64_t *peak)
 
 void render_stats_json(StrBuf *sb, BlockNode *bs)
 {
+    render_stats_json_views(sb, bs, NULL, NULL, 0);
+}
+
+void render_stats_json_views(StrBuf *sb, BlockNode *bs, BlockNode *const *views, const char *const *names,
+                             size_t n_views)
+{
     sb_put(sb, "{\n  \"nodes\": [", 14);
     bool first = true;
     for (BlockNode *n = bs; n; n = n->backing) {
-        render_node_stats(sb, n, n->depth, "format", first);
+        render_node_stats(sb, n, n->depth, "format", first, NULL);
         first = false;
         int k = 0;
         for (BlockNode *f = n->file; f && k < 8; f = f->file, k++)
-            render_node_stats(sb, f, n->depth, f->drv && f->drv->is_filter ? "filter" : "file", false);
+            render_node_stats(sb, f, n->depth, f->drv && f->drv->is_filter ? "filter" : "file", false, NULL);
     }
+    for (size_t i = 0; i < n_views; i++)
+        render_node_stats(sb, views[i], views[i]->depth, "snapshot", first && i == 0, names[i]);
     int64_t rss, peak;
     process_rss(&rss, &peak);
     sb_printf(sb, "\n  ],\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,

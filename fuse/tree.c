@@ -10,9 +10,72 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
+
+/* ---------------------------------------------------------------- lookups by name */
+
+/* Attached entries are found by (parent, name) through a hash table chained through Entry.hnext, so a
+ * lookup costs the same in a directory of 65,536 snapshots as in the root (ls -l of such a directory
+ * took minutes when every lookup scanned the whole table). Guarded by fs->lock. */
+static size_t child_hash(const Fs *fs, fuse_ino_t parent, const char *name)
+{
+    uint64_t h = (1469598103934665603ULL ^ fs->hash_seed) + (uint64_t)parent; /* FNV-1a over the name */
+    for (; *name; name++)
+        h = (h ^ (uint8_t)*name) * 1099511628211ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
+static void hash_link(Fs *fs, Entry *e)
+{
+    if (!fs->hash || !e->parent)
+        return;
+    Entry **b = &fs->hash[child_hash(fs, e->parent, e->name) & (fs->hash_cap - 1)];
+    e->hnext = *b;
+    *b = e;
+}
+
+static void hash_unlink(Fs *fs, Entry *e)
+{
+    if (!fs->hash || !e->parent)
+        return;
+    for (Entry **p = &fs->hash[child_hash(fs, e->parent, e->name) & (fs->hash_cap - 1)]; *p; p = &(*p)->hnext)
+        if (*p == e) {
+            *p = e->hnext;
+            break;
+        }
+    e->hnext = NULL;
+}
+
+/* Keeps the buckets at least as many as the entries; without memory for more, chains grow longer. */
+static void hash_grow(Fs *fs)
+{
+    if (fs->hash && fs->n_entries <= fs->hash_cap)
+        return;
+    size_t cap = fs->hash_cap ? fs->hash_cap * 2 : 64;
+    while (cap < fs->n_entries)
+        cap *= 2;
+    Entry **t = calloc(cap, sizeof *t);
+    if (!t)
+        return;
+    free(fs->hash);
+    fs->hash = t;
+    fs->hash_cap = cap;
+    for (size_t i = 0; i < fs->n_entries; i++)
+        hash_link(fs, fs->entries[i]);
+}
+
+void fs_set_parent(Fs *fs, Entry *e, fuse_ino_t parent)
+{
+    pthread_mutex_lock(&fs->lock);
+    hash_unlink(fs, e);
+    e->parent = parent;
+    hash_link(fs, e);
+    pthread_mutex_unlock(&fs->lock);
+}
 
 /* Adds an entry under parent (0: detached, to be attached once complete). Safe while serving. */
 Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs)
@@ -41,6 +104,10 @@ Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, 
     }
     e->ino = fs->n_entries + 1;
     fs->entries[fs->n_entries++] = e;
+    if (fs->hash && fs->n_entries <= fs->hash_cap)
+        hash_link(fs, e);
+    else
+        hash_grow(fs); /* links every entry, e too */
     pthread_mutex_unlock(&fs->lock);
     return e;
 }
@@ -55,14 +122,21 @@ Entry *fs_get(Fs *fs, fuse_ino_t ino)
     return e;
 }
 
+/* The first entry (lowest inode number) named name under parent. */
 Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name)
 {
     Entry *found = NULL;
     pthread_mutex_lock(&fs->lock);
-    for (size_t i = 0; i < fs->n_entries && !found; i++) {
-        Entry *e = fs->entries[i];
-        if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0)
-            found = e;
+    if (fs->hash) {
+        for (Entry *e = fs->hash[child_hash(fs, parent, name) & (fs->hash_cap - 1)]; e; e = e->hnext)
+            if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0 && (!found || e->ino < found->ino))
+                found = e;
+    } else {
+        for (size_t i = 0; i < fs->n_entries && !found; i++) {
+            Entry *e = fs->entries[i];
+            if (e->parent == parent && e->ino != parent && strcmp(e->name, name) == 0)
+                found = e;
+        }
     }
     pthread_mutex_unlock(&fs->lock);
     return found;
@@ -141,10 +215,16 @@ static char *gen_errors(Fs *fs, Entry *e, size_t *len)
 
 static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
 {
-    (void)fs;
     StrBuf sb;
     sb_init(&sb);
-    render_stats_json(&sb, e->bs);
+    BlockNode **views = NULL;
+    const char **names = NULL;
+    size_t n = fs_open_views(fs, &views, &names);
+    render_stats_json_views(&sb, e->bs, views, names, n);
+    for (size_t i = 0; i < n; i++)
+        bdrv_close(views[i]);
+    free(views);
+    free(names);
     return sb_steal(&sb, len);
 }
 
@@ -189,6 +269,8 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
 int fs_build_tree(Fs *fs)
 {
     const FsConfig *c = &fs->cfg;
+    if (getrandom(&fs->hash_seed, sizeof fs->hash_seed, GRND_NONBLOCK) != (ssize_t)sizeof fs->hash_seed)
+        fs->hash_seed = (uint64_t)fs->start.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
     if (c->file_mode) {
         fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
         return fs->disk ? 0 : -ENOMEM;
@@ -203,15 +285,13 @@ int fs_build_tree(Fs *fs)
 
 void fs_free(Fs *fs)
 {
-    for (size_t i = 0; i < fs->n_views; i++)
-        bdrv_close(fs->views[i]);
-    free(fs->views);
+    fs_free_snapshots(fs);
     for (size_t i = 0; i < fs->n_entries; i++) {
         free(fs->entries[i]->name);
-        free(fs->entries[i]->snap);
         free(fs->entries[i]);
     }
     free(fs->entries);
+    free(fs->hash);
     pthread_mutex_destroy(&fs->snap_lock);
     fs_free_buffers(fs);
     pthread_mutex_destroy(&fs->lock);

@@ -156,3 +156,28 @@ teardown() { teardown_tmp; }
   [ "$(sha256sum < base.qcow2)" = "$sum" ]
   [ "$(stat -c %Y base.qcow2)" = "$mtime" ]
 }
+
+@test "mkdir of a name over 255 bytes fails with ENAMETOOLONG and creates no snapshot, however often retried" {
+  qemu-img create -q -f qcow2 s.qcow2 1M
+  qemu-img snapshot -c one s.qcow2
+  mount_img --rw s.qcow2 "$MNT"
+  local long i
+  long=$(head -c 256 /dev/zero | tr '\0' n)
+  for i in 1 2 3; do
+    run mkdir "$MNT/snapshots/$long"
+    echo "$output"
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"File name too long"* ]]
+  done
+  # a name the tree would show as another snapshot's id-ID is refused too; any other is shown as given
+  run mkdir "$MNT/snapshots/id-1"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Invalid argument"* ]]
+  mkdir "$MNT/snapshots/$(head -c 255 /dev/zero | tr '\0' m)"
+  mkdir "$MNT/snapshots/two"
+  [ "$(LC_ALL=C ls "$MNT/snapshots" | sed "s/^mmmm*$/m255/" | tr "\n" " ")" = "m255 one two " ]
+  unmount_img
+  [ "$("$IMGFUSE" snapshot -l s.qcow2 | awk 'NR > 1 { print $1 }' | tr '\n' ' ')" = "1 2 3 " ]
+  [ "$(qemu-img snapshot -l s.qcow2 | awk 'NR > 2 { print $1 }' | tr '\n' ' ')" = "1 2 3 " ]
+  ! qemu-img snapshot -l s.qcow2 | grep -q nnnn
+}

@@ -476,6 +476,7 @@ static int generation_install(Qcow2State *s, Generation *g, uint64_t size, const
     }
     s->snapshots_offset = g->snap_table_offset;
     s->snapshots_size = g->snap_table_bytes;
+    qcow2_l1_slices_invalidate(s); /* every snapshot L1 table was rewritten elsewhere */
     s->free_cluster_index = 0;
     s->host_end = MAX(s->host_end, g->next << s->cluster_bits);
     qcow2_cache_empty(s->refcount_cache);

@@ -112,19 +112,45 @@ static uint64_t qcow2_extend_run(const Qcow2State *s, const uint8_t *table, uint
 /* L2 entries one lookup looks at: a run of up to 16 MiB with 64 KiB clusters. */
 #define QCOW2_LOOKUP_ENTRIES 256
 
-int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
-                          uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
+/* Clamp *bytes to the L2 span of offset and return that span's L1 index. */
+static uint64_t qcow2_lookup_start(Qcow2State *s, uint64_t offset, uint64_t *bytes, uint64_t *host,
+                                   uint64_t *l2_entry)
 {
     unsigned span_bits = s->cluster_bits + s->l2_bits;
     uint64_t l1_index = offset >> span_bits;
     uint64_t span_end = (l1_index + 1) << span_bits;
-    uint64_t max = MIN(*bytes, span_end - offset);
+    *bytes = MIN(*bytes, span_end - offset);
     *host = 0;
     *l2_entry = 0;
-    *bytes = max;
-    if (l1_index >= l1_size)
-        return QCOW2_SC_UNALLOCATED_PLAIN;
-    uint64_t l2_offset = l1[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    return l1_index;
+}
+
+static int qcow2_map_in_l2(Qcow2State *s, uint64_t l1_entry, uint64_t offset, uint64_t *bytes, uint64_t *host,
+                           uint64_t *l2_entry);
+
+int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
+                          uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
+{
+    uint64_t l1_index = qcow2_lookup_start(s, offset, bytes, host, l2_entry);
+    return qcow2_map_in_l2(s, l1_index < l1_size ? l1[l1_index] : 0, offset, bytes, host, l2_entry);
+}
+
+/* The same through a snapshot L1 table read in slices (ref), or a view's own (ref NULL). */
+static int qcow2_get_host_offset_sliced(Qcow2State *s, const Qcow2L1Ref *ref, uint64_t offset, uint64_t *bytes,
+                                        uint64_t *host, uint64_t *l2_entry)
+{
+    uint64_t l1_index = qcow2_lookup_start(s, offset, bytes, host, l2_entry), l1e;
+    int ret = ref ? qcow2_snapshot_l1_entry(s, ref->offset, ref->size, l1_index, &l1e)
+                  : qcow2_view_l1_entry(s, l1_index, &l1e);
+    return ret < 0 ? ret : qcow2_map_in_l2(s, l1e, offset, bytes, host, l2_entry);
+}
+
+/* Map offset through the L2 table l1_entry points at; *bytes is already clamped to its span. */
+static int qcow2_map_in_l2(Qcow2State *s, uint64_t l1_entry, uint64_t offset, uint64_t *bytes, uint64_t *host,
+                           uint64_t *l2_entry)
+{
+    uint64_t max = *bytes;
+    uint64_t l2_offset = l1_entry & QCOW2_L1E_OFFSET_MASK;
     if (!l2_offset)
         return QCOW2_SC_UNALLOCATED_PLAIN;
     if (l2_offset & s->cluster_mask) {
@@ -157,16 +183,19 @@ int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, u
     return (int)type;
 }
 
-/* Look up one run under the metadata lock; l1 == NULL means the node's active L1 table. */
-static int qcow2_lookup(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
-                        uint64_t *bytes, uint64_t *host, uint64_t *l2_entry)
+/* Look up one run under the metadata lock; l1 == NULL means the node's own L1 table (a view's is read in
+ * slices). */
+static int qcow2_lookup(Qcow2State *s, const Qcow2L1Ref *l1, uint64_t offset, uint64_t *bytes, uint64_t *host,
+                        uint64_t *l2_entry)
 {
     pthread_mutex_lock(s->lock);
-    if (!l1) {
-        l1 = s->l1_table;
-        l1_size = s->l1_size;
-    }
-    int type = qcow2_get_host_offset(s, l1, l1_size, offset, bytes, host, l2_entry);
+    int type;
+    if (l1 && l1->table)
+        type = qcow2_get_host_offset(s, l1->table, l1->size, offset, bytes, host, l2_entry);
+    else if (l1 || s->is_snapshot_view)
+        type = qcow2_get_host_offset_sliced(s, l1, offset, bytes, host, l2_entry);
+    else
+        type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, offset, bytes, host, l2_entry);
     /* The file driver reads zeros past its end, so a data cluster there would read as silent zeros. */
     bool past_end = type == QCOW2_SC_NORMAL && !s->has_data_file && *host + *bytes > s->host_end;
     pthread_mutex_unlock(s->lock);
@@ -265,8 +294,7 @@ static int qcow2_batch_add(Qcow2State *s, ReadBatch *b, uint64_t host, uint64_t 
     return 0;
 }
 
-int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_t l1_size,
-                  int64_t offset, int64_t bytes, void *buf)
+int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf)
 {
     uint8_t *p = buf;
     ReadBatch batch;
@@ -275,7 +303,7 @@ int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_
         return -EINVAL;
     while (bytes > 0) {
         uint64_t n = (uint64_t)bytes, host, l2_entry;
-        int type = qcow2_lookup(s, l1, l1_size, (uint64_t)offset, &n, &host, &l2_entry);
+        int type = qcow2_lookup(s, l1, (uint64_t)offset, &n, &host, &l2_entry);
         if (type < 0)
             return type;
         int ret;
@@ -306,7 +334,7 @@ int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     bool shared = s->write_ready && !s->is_snapshot_view;
     if (shared)
         pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, 0, offset, bytes, buf);
+    int ret = qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, offset, bytes, buf);
     if (shared)
         pthread_rwlock_unlock(&s->io_lock);
     return ret;
@@ -319,7 +347,7 @@ int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus
     memset(st, 0, sizeof(*st));
     if (offset < 0 || bytes <= 0)
         return -EINVAL;
-    int type = qcow2_lookup(s, NULL, 0, (uint64_t)offset, &n, &host, &l2_entry);
+    int type = qcow2_lookup(s, NULL, (uint64_t)offset, &n, &host, &l2_entry);
     if (type < 0)
         return type;
     st->bytes = (int64_t)n;

@@ -741,6 +741,9 @@ static void qcow2_close(BlockNode *bs)
     s->refcount_table = NULL;
     free(s->view_snapshot_name);
     s->view_snapshot_name = NULL;
+    free(s->view_snapshot_id);
+    s->view_snapshot_id = NULL;
+    qcow2_l1_slices_free(s);
     qcow2_free_snapshots(s);
     qcow2_free_header(s);
     free(s->node_name);
@@ -802,16 +805,16 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
 
 /* ---------------------------------------------------------------- the driver */
 
-/* What this node keeps in memory: the active L1 and refcount tables, the snapshot table, the metadata
- * caches (a snapshot view shares its parent's and counts none) and the decompressed clusters. */
+/* What this node keeps in memory: the active L1 and refcount tables, the snapshot table (entries, names,
+ * extra data) and the slices of snapshot L1 tables read for views, the metadata caches (a snapshot view
+ * shares its parent's and counts none) and the decompressed clusters. */
 static int64_t qcow2_memory_used(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
     pthread_mutex_lock(s->lock);
     uint64_t bytes = sizeof(*s) + (uint64_t)s->l1_alloc_entries * sizeof(uint64_t) +
-                     s->refcount_table_size * sizeof(uint64_t) + (uint64_t)s->nb_snapshots * sizeof(Qcow2Snapshot);
-    for (uint32_t i = 0; i < s->nb_snapshots; i++)
-        bytes += s->snapshots[i].extra_data_size;
+                     s->refcount_table_size * sizeof(uint64_t) + qcow2_snapshots_memory(s) +
+                     qcow2_l1_slices_memory(s);
     pthread_mutex_unlock(s->lock);
     if (s->owns_caches) {
         if (s->l2_cache)

@@ -292,6 +292,13 @@ typedef struct Qcow2State {
     BlockNode *backing_node;       /* views: where unallocated ranges are read from (NULL: zeros) */
     char *view_snapshot_name;      /* views: the snapshot shown */
     BlockNode *parent_node;        /* views: the node opened from (referenced while the view lives) */
+    /* --- snapshot L1 tables are never loaded whole for a view: their entries are read in slices
+     * through the image's slice cache (snapshot.c), whose size is fixed whatever the tables' sizes. --- */
+    uint64_t view_l1_offset;       /* views: where the snapshot's L1 table is */
+    char *view_snapshot_id;        /* views: the snapshot's id, to find its table again after a commit */
+    uint64_t view_generation;      /* views: the parent's snapshot_generation view_l1_offset belongs to */
+    uint64_t snapshot_generation;  /* image: bumped whenever the snapshot table is rewritten */
+    struct Qcow2L1Slices *l1_slices; /* image: slices of snapshot L1 tables (views, vmstate), or NULL */
 
     /* --- decompression: recently decompressed clusters, and one-time error logging --- */
     Qcow2Dcache dcache;
@@ -342,9 +349,16 @@ Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry
  * (the raw entry, for compressed clusters). Caller holds *s->lock. Negative errno on I/O error. */
 int qcow2_get_host_offset(Qcow2State *s, const uint64_t *l1, uint32_t l1_size, uint64_t offset,
                           uint64_t *bytes, uint64_t *host, uint64_t *l2_entry);
-/* Read guest data through the L1 table l1; unallocated ranges come from backing (zeros if NULL). */
-int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const uint64_t *l1, uint32_t l1_size,
-                  int64_t offset, int64_t bytes, void *buf);
+/* Where lookups find L1 entries: a table in memory, or (table NULL) a snapshot's table in the image file
+ * at offset, read in slices through the image's slice cache. */
+typedef struct Qcow2L1Ref {
+    const uint64_t *table;
+    uint64_t offset;
+    uint32_t size;
+} Qcow2L1Ref;
+/* Read guest data through the L1 table l1 (NULL: the node's own, a view's read in slices); unallocated
+ * ranges come from backing (zeros if NULL). */
+int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf);
 int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 /* Read one L1 table from the image into host byte order (allocates *out). */
@@ -388,6 +402,21 @@ BlockNode *qcow2_snapshot_open(BlockNode *bs, const char *id, Error *err);
 int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
 /* Guest offset at which the vmstate of a disk of the given size starts. */
 uint64_t qcow2_vm_state_offset(const Qcow2State *s, uint64_t disk_size);
+/* Snapshot L1 slice cache, a fixed QCOW2_L1_SLICE_SLOTS slices of QCOW2_L1_SLICE_ENTRIES entries per image
+ * (256 KiB), shared by all its views and vmstate reads. Entry index of the L1 table of l1_size entries at
+ * l1_offset of image img (0 past the table), or -errno; caller holds *img->lock. */
+#define QCOW2_L1_SLICE_ENTRIES 512
+#define QCOW2_L1_SLICE_SLOTS 64
+int qcow2_snapshot_l1_entry(Qcow2State *img, uint64_t l1_offset, uint32_t l1_size, uint64_t index,
+                            uint64_t *entry);
+/* The same for a view's own snapshot table (found again by id after the table moved). */
+int qcow2_view_l1_entry(Qcow2State *v, uint64_t index, uint64_t *entry);
+/* The snapshot table was rewritten (L1 tables moved): drop every slice. Caller holds *s->lock. */
+void qcow2_l1_slices_invalidate(Qcow2State *s);
+void qcow2_l1_slices_free(Qcow2State *s);
+uint64_t qcow2_l1_slices_memory(const Qcow2State *s);
+/* Bytes the parsed snapshot table holds (entries, names, extra data). Caller holds *s->lock. */
+uint64_t qcow2_snapshots_memory(const Qcow2State *s);
 
 /* ---------------------------------------------------------------- write side (other files) */
 

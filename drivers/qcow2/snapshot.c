@@ -194,23 +194,130 @@ uint64_t qcow2_vm_state_offset(const Qcow2State *s, uint64_t disk_size)
     return qcow2_size_to_l1(s, disk_size) << (s->cluster_bits + s->l2_bits);
 }
 
+/* ---------------------------------------------------------------- L1 slices */
+
+/* Views and vmstate reads never load a snapshot's L1 table whole (up to 32 MiB each, and an image may hold
+ * thousands): the entries a lookup needs are read in slices of QCOW2_L1_SLICE_ENTRIES through one cache per
+ * image of QCOW2_L1_SLICE_SLOTS slices, evicted least recently used.  A slice is keyed by its host offset
+ * and length, so tables that overlap or share an offset cannot mix entries. */
+typedef struct Qcow2L1Slice {
+    uint64_t offset;     /* host offset of the slice's first entry */
+    uint32_t entries;    /* 0: the slot is empty */
+    uint64_t last_use;
+    uint64_t e[QCOW2_L1_SLICE_ENTRIES]; /* host byte order */
+} Qcow2L1Slice;
+
+struct Qcow2L1Slices {
+    uint64_t tick;
+    Qcow2L1Slice slot[QCOW2_L1_SLICE_SLOTS];
+};
+
+static Qcow2L1Slice *qcow2_l1_slice_find(struct Qcow2L1Slices *c, uint64_t offset, uint32_t entries)
+{
+    Qcow2L1Slice *victim = NULL;
+    for (int i = 0; i < QCOW2_L1_SLICE_SLOTS; i++) {
+        Qcow2L1Slice *sl = &c->slot[i];
+        if (sl->entries == entries && sl->offset == offset)
+            return sl;
+        bool better = !victim || (victim->entries && (!sl->entries || sl->last_use < victim->last_use));
+        if (better)
+            victim = sl;
+    }
+    victim->entries = 0; /* the caller fills it */
+    return victim;
+}
+
+int qcow2_snapshot_l1_entry(Qcow2State *img, uint64_t l1_offset, uint32_t l1_size, uint64_t index,
+                            uint64_t *entry)
+{
+    *entry = 0;
+    if (index >= l1_size)
+        return 0;
+    if (!img->l1_slices && !(img->l1_slices = calloc(1, sizeof(*img->l1_slices))))
+        return -ENOMEM;
+    uint64_t first = index / QCOW2_L1_SLICE_ENTRIES * QCOW2_L1_SLICE_ENTRIES;
+    uint32_t n = (uint32_t)MIN((uint64_t)QCOW2_L1_SLICE_ENTRIES, l1_size - first);
+    uint64_t offset = l1_offset + first * 8; /* cannot wrap: the table was checked to lie inside the file */
+    Qcow2L1Slice *sl = qcow2_l1_slice_find(img->l1_slices, offset, n);
+    if (sl->entries == 0) {
+        int ret = bdrv_pread(img->meta_file, (int64_t)offset, (int64_t)n * 8, sl->e);
+        if (ret < 0)
+            return ret;
+        for (uint32_t i = 0; i < n; i++)
+            sl->e[i] = ld_be64(&sl->e[i]);
+        sl->offset = offset;
+        sl->entries = n;
+    }
+    sl->last_use = ++img->l1_slices->tick;
+    *entry = sl->e[index - first];
+    return 0;
+}
+
+int qcow2_view_l1_entry(Qcow2State *v, uint64_t index, uint64_t *entry)
+{
+    Qcow2State *img = v->parent;
+    if (v->view_generation != img->snapshot_generation) {
+        /* The table was rewritten (a snapshot created, deleted or applied): the tables moved. */
+        int idx = -1;
+        for (uint32_t i = 0; i < img->nb_snapshots && idx < 0; i++)
+            if (strcmp(img->snapshots[i].id_str, v->view_snapshot_id) == 0)
+                idx = (int)i;
+        if (idx < 0) {
+            *entry = 0;
+            return -EIO; /* the snapshot is gone */
+        }
+        v->view_l1_offset = img->snapshots[idx].l1_table_offset;
+        v->l1_size = MIN(v->l1_size, img->snapshots[idx].l1_size);
+        v->view_generation = img->snapshot_generation;
+    }
+    return qcow2_snapshot_l1_entry(img, v->view_l1_offset, v->l1_size, index, entry);
+}
+
+void qcow2_l1_slices_invalidate(Qcow2State *s)
+{
+    s->snapshot_generation++;
+    if (s->l1_slices)
+        for (int i = 0; i < QCOW2_L1_SLICE_SLOTS; i++)
+            s->l1_slices->slot[i].entries = 0;
+}
+
+void qcow2_l1_slices_free(Qcow2State *s)
+{
+    free(s->l1_slices);
+    s->l1_slices = NULL;
+}
+
+uint64_t qcow2_l1_slices_memory(const Qcow2State *s)
+{
+    return s->l1_slices ? sizeof(*s->l1_slices) : 0;
+}
+
+uint64_t qcow2_snapshots_memory(const Qcow2State *s)
+{
+    uint64_t bytes = (uint64_t)s->nb_snapshots * sizeof(Qcow2Snapshot);
+    for (uint32_t i = 0; s->snapshots && i < s->nb_snapshots; i++)
+        bytes += s->snapshots[i].extra_data_size + strlen(s->snapshots[i].id_str) + strlen(s->snapshots[i].name) + 2;
+    return bytes;
+}
+
 /* ---------------------------------------------------------------- views */
 
-/* Fill a view's state: the geometry of the parent, the snapshot's L1 table and size, and the parent's
- * files, lock and cache. Pointers the parent owns are not copied. */
+/* Fill a view's state: the geometry of the parent, where the snapshot's L1 table is and the snapshot's
+ * size, and the parent's files, lock and caches. Pointers the parent owns are not copied. Nothing is read:
+ * opening a view costs a few hundred bytes, whatever the size of the snapshot's L1 table. */
 static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn)
 {
-    uint64_t *l1;
-    int ret = qcow2_load_l1(s, sn->l1_table_offset, sn->l1_size, &l1);
-    if (ret < 0)
-        return ret;
     memcpy(v, s, sizeof(*v));
-    v->l1_table = l1;
+    v->l1_table = NULL;
     v->l1_size = sn->l1_size;
-    v->l1_alloc_entries = sn->l1_size;
+    v->l1_alloc_entries = 0;
+    v->view_l1_offset = sn->l1_table_offset;
+    v->view_generation = s->snapshot_generation;
+    v->l1_slices = NULL;
     v->size = sn->disk_size;
     v->l1_vm_state_index = (uint32_t)qcow2_size_to_l1(s, sn->disk_size);
     v->refcount_table = NULL;
+    v->refcount_table_size = 0;
     v->snapshots = NULL;
     v->nb_snapshots = 0;
     v->backing_file = v->backing_format = v->data_file_name = NULL;
@@ -231,7 +338,8 @@ static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn
     v->lock = s->lock;
     v->node_name = strdup(s->node_name ? s->node_name : "qcow2");
     v->view_snapshot_name = strdup(sn->name);
-    if (!v->node_name || !v->view_snapshot_name)
+    v->view_snapshot_id = strdup(sn->id_str);
+    if (!v->node_name || !v->view_snapshot_name || !v->view_snapshot_id)
         return -ENOMEM;
     return 0;
 }
@@ -293,15 +401,9 @@ int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t by
         return 0;
     int64_t n = (int64_t)MIN((uint64_t)bytes, sn.vm_state_size - (uint64_t)offset);
     uint64_t start = qcow2_vm_state_offset(s, sn.disk_size) + (uint64_t)offset;
-    unsigned span_bits = s->cluster_bits + s->l2_bits;
-    /* Only the L1 entries covering this request are read: the rest of the table stays zero. */
-    uint64_t *l1;
-    int ret = qcow2_load_l1_part(s, sn.l1_table_offset, sn.l1_size, start >> span_bits,
-                                 (start + (uint64_t)n - 1) >> span_bits, &l1);
-    if (ret < 0)
-        return ret;
-    /* The VM state never falls through to a backing file: unallocated parts read as zeros. */
-    ret = qcow2_read_l1(s, NULL, l1, sn.l1_size, (int64_t)start, n, buf);
-    free(l1);
+    /* The L1 entries covering this request are read in slices; the VM state never falls through to a
+     * backing file: unallocated parts read as zeros. */
+    Qcow2L1Ref l1 = { .table = NULL, .offset = sn.l1_table_offset, .size = sn.l1_size };
+    int ret = qcow2_read_l1(s, NULL, &l1, (int64_t)start, n, buf);
     return ret < 0 ? ret : (int)n;
 }
