@@ -174,7 +174,7 @@ typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     const char *image, *mountpoint, *audit_log, *overlay;
-    int64_t win_offset, win_size; /* --offset/--size: a window filter over the chain (win_size -1: to the end) */
+    int64_t win_offset, win_size; /* --offset/--size: a window over the chain (size -1: to its end) */
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;

@@ -189,11 +189,12 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
 int fs_build_tree(Fs *fs)
 {
     const FsConfig *c = &fs->cfg;
+    BlockNode *view = c->view ? c->view : c->bs;
     if (c->file_mode) {
-        fs->disk = fs_add_disk(fs, 1, "/", c->view ? c->view : c->bs, c->writable);
+        fs->disk = fs_add_disk(fs, 1, "/", view, c->writable);
         return fs->disk ? 0 : -ENOMEM;
     }
-    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->view ? c->view : c->bs, c->writable)) ||
+    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", view, c->writable)) ||
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
         !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_gen(fs, 1, "errors", c->bs, gen_errors))
         return -ENOMEM;

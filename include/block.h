@@ -382,8 +382,8 @@ typedef struct BlockMapExtent {
 /* Fills ext with at most max_ext extents (neighbours merged) that read, in order, exactly as [offset,
  * offset+bytes) of bs, and returns their number, when nothing can change that while the chain is open:
  * every node opened read-only, no request-path feature (throttling, copy-on-read, read errors as zeros,
- * detect-zeroes), no O_DIRECT, no filter but windows, no compressed piece, every host range within its file. 0 when
- * not, or when more extents would be needed (read with bdrv_pread then); -errno. */
+ * detect-zeroes), no O_DIRECT, no filter but windows, no compressed piece, every host range within its
+ * file. 0 when not, or when more extents would be needed (read with bdrv_pread then); -errno. */
 int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExtent *ext, int max_ext);
 /* Counts reads done through extents in the statistics of every node bdrv_pread would have counted them
  * in: bs once for the whole range, each backing layer down to an extent's depth and its host file per

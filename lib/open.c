@@ -3,7 +3,8 @@
  * wins, raw is the fallback) or a forced format, the format node, and then the backing chain, opened
  * iteratively (never recursively: an image controls how deep a chain goes) with the seed's rule, loop
  * detection, a depth limit, read-only backing nodes, and the one place the backing-name policy lives
- * (bdrv_resolve_backing).  It knows no format by name except the "file" protocol and "raw" fallback.
+ * (bdrv_resolve_backing); bdrv_open_window stacks the "window" filter over a chain.  It knows no format
+ * by name except the "file" protocol and "raw" fallback.
  */
 #include "block_int.h"
 #include "request.h"
