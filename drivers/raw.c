@@ -1,25 +1,19 @@
 /*
- * raw.c - the "raw" format driver: the bytes of the file are the disk.  An optional window (--offset,
- * --size) confines every request to one part of the file, e.g. one partition of a whole-disk image.
- * Sizes are exact to the byte.  When raw was probed rather than named and the node is writable, a write
- * that would make the first sector probe as another format is refused (the format-probing attack).
+ * raw.c - the "raw" format driver: the bytes of the file are the disk (a window of it, --offset/--size,
+ * is the window filter's job, drivers/window.c, as for every format).  Sizes are exact to the byte.
+ * When raw was probed rather than named and the node is writable, a write that would make the first
+ * sector probe as another format is refused (the format-probing attack).
  * It knows nothing about other formats beyond asking their probe functions.
  */
 #include "block.h"
 #include "util.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define RAW_GUARD_BYTES 512
 #define RAW_PROBE_BYTES 4096
-
-typedef struct RawState {
-    int64_t offset;  /* window start in the file */
-    int64_t size;    /* window size, -1 = to the end of the file */
-} RawState;
 
 static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
 {
@@ -31,48 +25,23 @@ static int raw_probe(const uint8_t *buf, size_t len, const char *filename)
 
 static int raw_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
-    RawState *s = bs->opaque;
-    s->offset = opts ? opts->raw_offset : 0;
-    s->size = opts ? opts->raw_size : -1;
+    (void)opts;
     int64_t flen = bdrv_getlength(bs->file);
     if (flen < 0) {
         error_set(err, (int)-flen, "%s: cannot get the file size: %s", bs->filename, strerror((int)-flen));
         return (int)flen;
-    }
-    if (s->offset < 0 || s->size < -1) {
-        error_set(err, EINVAL, "%s: negative --offset or --size", bs->filename);
-        return -EINVAL;
-    }
-    if (s->offset > flen) {
-        error_set(err, EINVAL, "%s: --offset %" PRId64 " is beyond the end of the file (%" PRId64 " bytes)",
-                  bs->filename, s->offset, flen);
-        return -EINVAL;
-    }
-    int64_t end;
-    if (s->size >= 0 && (!add_ok_i64(s->offset, s->size, &end) || end > flen)) {
-        error_set(err, EINVAL,
-                  "%s: --offset %" PRId64 " + --size %" PRId64 " is beyond the end of the file (%" PRId64
-                  " bytes)", bs->filename, s->offset, s->size, flen);
-        return -EINVAL;
     }
     return 0;
 }
 
 static int64_t raw_getlength(BlockNode *bs)
 {
-    RawState *s = bs->opaque;
-    if (s->size >= 0)
-        return s->size;
-    int64_t flen = bdrv_getlength(bs->file);
-    if (flen < 0)
-        return flen;
-    return MAX(flen - s->offset, 0);
+    return bdrv_getlength(bs->file);
 }
 
 static int raw_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
-    RawState *s = bs->opaque;
-    return bdrv_pread(bs->file, s->offset + offset, bytes, buf);
+    return bdrv_pread(bs->file, offset, bytes, buf);
 }
 
 /* Would the first bytes of the file, after this write, probe as a format other than raw? */
@@ -105,49 +74,38 @@ static int raw_probe_guard(BlockNode *bs, int64_t file_offset, int64_t bytes, co
 
 static int raw_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
-    RawState *s = bs->opaque;
-    int64_t foff = s->offset + offset;
-    if (bs->probed && foff < RAW_GUARD_BYTES) {
-        int r = raw_probe_guard(bs, foff, bytes, buf);
+    if (bs->probed && offset < RAW_GUARD_BYTES) {
+        int r = raw_probe_guard(bs, offset, bytes, buf);
         if (r < 0)
             return r;
     }
-    return bdrv_pwrite(bs->file, foff, bytes, buf, flags);
+    return bdrv_pwrite(bs->file, offset, bytes, buf, flags);
 }
 
 static int raw_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 {
-    RawState *s = bs->opaque;
-    return bdrv_pwrite_zeroes(bs->file, s->offset + offset, bytes, flags);
+    return bdrv_pwrite_zeroes(bs->file, offset, bytes, flags);
 }
 
 static int raw_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 {
-    RawState *s = bs->opaque;
-    return bdrv_discard(bs->file, s->offset + offset, bytes);
+    return bdrv_discard(bs->file, offset, bytes);
 }
 
 static int raw_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    RawState *s = bs->opaque;
-    int r = bdrv_block_status(bs->file, s->offset + offset, bytes, st);
+    int r = bdrv_block_status(bs->file, offset, bytes, st);
     if (r < 0)
         return r;
     st->flags |= BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-    st->host_offset = s->offset + offset;
+    st->host_offset = offset;
     st->host_file = bs->file;
     return 0;
 }
 
 static int raw_truncate(BlockNode *bs, int64_t size)
 {
-    RawState *s = bs->opaque;
-    if (s->size >= 0)
-        return -ENOTSUP; /* a fixed window cannot change size */
-    int64_t end;
-    if (!add_ok_i64(s->offset, size, &end))
-        return -EINVAL;
-    return bdrv_truncate(bs->file, end);
+    return bdrv_truncate(bs->file, size);
 }
 
 static int64_t raw_get_allocated_size(BlockNode *bs)
@@ -155,19 +113,9 @@ static int64_t raw_get_allocated_size(BlockNode *bs)
     return bdrv_get_allocated_size(bs->file);
 }
 
-static void raw_get_info(BlockNode *bs, InfoList *info)
-{
-    RawState *s = bs->opaque;
-    if (s->offset || s->size >= 0) {
-        info_add_int(info, "raw_offset", s->offset);
-        info_add_int(info, "raw_size", raw_getlength(bs));
-    }
-}
-
 static bool raw_has_zero_init(BlockNode *bs)
 {
-    RawState *s = bs->opaque;
-    return s->offset == 0 && s->size < 0 && bdrv_has_zero_init(bs->file);
+    return bdrv_has_zero_init(bs->file);
 }
 
 static int raw_create(const char *filename, const CreateOpts *opts, Error *err)
@@ -178,7 +126,6 @@ static int raw_create(const char *filename, const CreateOpts *opts, Error *err)
 
 const BlockDriver bdrv_raw = {
     .name = "raw",
-    .instance_size = sizeof(RawState),
     .probe = raw_probe,
     .open = raw_open,
     .read = raw_read,
@@ -189,7 +136,6 @@ const BlockDriver bdrv_raw = {
     .getlength = raw_getlength,
     .get_allocated_size = raw_get_allocated_size,
     .truncate = raw_truncate,
-    .get_info = raw_get_info,
     .has_zero_init = raw_has_zero_init,
     .create = raw_create,
     .shares_write = true,

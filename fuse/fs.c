@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,10 +150,23 @@ static void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         fs_reply_entry(req, fs, e);
 }
 
+/* A raw view behaves like a block device: it may grow where the format allows, but never shrinks through
+ * the mount (a truncate to 0 or to a seek offset would destroy the disk). Shrinking is an offline job. */
 static int disk_truncate(Fs *fs, Entry *e, int64_t size)
 {
     if (!e->writable)
         return -EROFS;
+    int64_t cur = bdrv_getlength(e->bs);
+    if (cur < 0)
+        return (int)cur;
+    if (size == cur)
+        return 0;
+    if (size < cur) {
+        log_msg("%s: cannot shrink from %" PRId64 " to %" PRId64 " bytes: disk.raw never shrinks through the "
+                "mount (write with dd conv=notrunc; shrink offline with qemu-img resize --shrink)",
+                e->bs->filename, cur, size);
+        return -EPERM;
+    }
     int r = bdrv_truncate(e->bs, size);
     if (r == -ENOTSUP || r == -EOPNOTSUPP)
         return -EINVAL;
@@ -278,6 +292,8 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
             fuse_reply_err(req, -r);
             return;
         }
+        /* O_TRUNC (atomic, see fs_op_init) is ignored: dd without conv=notrunc, cp and a shell's '>' then
+         * write into the disk as into a block device, size and the other bytes unchanged. */
         fi->fh = (wants_write ? FH_WRITE : 0) | ((fi->flags & (O_SYNC | O_DSYNC)) ? FH_SYNC : 0);
         fi->keep_cache = !fs->cfg.writable; /* nothing can change any view of a read-only mount */
         fi->direct_io = fs->cfg.direct_io;
@@ -694,7 +710,10 @@ static void fs_op_init(void *userdata, struct fuse_conn_info *conn)
     conn->max_readahead = MAX_REQUEST;
     conn->max_background = 64;
     conn->congestion_threshold = 48;
-    conn->want &= ~(unsigned)FUSE_CAP_ATOMIC_O_TRUNC;
+    /* O_TRUNC then comes as an open flag (which fs_op_open ignores, as a block device does) instead of a
+     * size-0 SETATTR that could not be told from a real truncate. */
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+        conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
     if (conn->capable & FUSE_CAP_ASYNC_READ)
         conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)

@@ -42,6 +42,7 @@ typedef struct MountFacts {
     bool read_only;
     const char *mode_note;   /* e.g. "writes go to overlay X", NULL if none */
     const char *options;     /* the command line's image/request options, as given */
+    BlockNode *window;       /* the window filter disk.raw shows, NULL if the whole disk */
 } MountFacts;
 
 /* Describe the chain below bs: what `imgfuse info` prints and what MNT/info shows. facts may be NULL. */
@@ -67,6 +68,7 @@ typedef struct FsCounters {
 
 typedef struct FsConfig {
     BlockNode *bs;            /* the opened chain (owned by the caller) */
+    BlockNode *view;          /* what disk.raw shows: bs, or a window filter over it (owned by the caller) */
     bool writable;            /* disk.raw accepts writes */
     bool file_mode;           /* MOUNTPOINT is a regular file: the root is disk.raw */
     bool debug;
@@ -114,6 +116,7 @@ typedef struct Overlay {
     char *temp_dir;      /* --snapshot: its temporary directory, removed at cleanup */
     char *image_abs;     /* IMAGE, absolute */
     char *image_format;  /* IMAGE's format */
+    int64_t image_size;  /* IMAGE's exact virtual size (the overlay's is rounded up to 512 bytes) */
 } Overlay;
 
 /* Creates or checks the overlay (overlay == NULL: a temporary one for --snapshot) and points opts at it:

@@ -69,7 +69,7 @@ static void print_help(void)
 "\n"
 "Image:\n"
 "  -f, --format FMT           format of IMAGE (default: probed)\n"
-"      --offset N, --size N   raw only: show just this window of the file\n"
+"      --offset N, --size N   show just this window of the disk (any format)\n"
 "      --backing FILE         use FILE as the backing file of IMAGE\n"
 "      --backing-format FMT   format of the backing file\n"
 "      --no-backing           ignore the backing file named in IMAGE\n"
@@ -174,6 +174,7 @@ typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     const char *image, *mountpoint, *audit_log, *overlay;
+    int64_t win_offset, win_size; /* --offset/--size: a window over the chain (size -1: to its end) */
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
@@ -266,12 +267,12 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         switch (c) {
         case 'f': a->open.format = optarg; note_option(a, "format", optarg); break;
         case OPT_OFFSET:
-            if (!parse_size_opt("--offset", optarg, &a->open.raw_offset))
+            if (!parse_size_opt("--offset", optarg, &a->win_offset))
                 return EXIT_USAGE;
             note_option(a, name, optarg);
             break;
         case OPT_SIZE:
-            if (!parse_size_opt("--size", optarg, &a->open.raw_size))
+            if (!parse_size_opt("--size", optarg, &a->win_size))
                 return EXIT_USAGE;
             note_option(a, name, optarg);
             break;
@@ -377,7 +378,7 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     if (a->overlay || a->snapshot) {
         const char *opt = a->overlay ? "--overlay" : "--snapshot";
         const char *clash = a->overlay && a->snapshot ? "--snapshot" : a->open.backing ? "--backing" :
-                            a->open.no_backing ? "--no-backing" : a->open.raw_offset || a->open.raw_size >= 0 ?
+                            a->open.no_backing ? "--no-backing" : a->win_offset || a->win_size >= 0 ?
                             "--offset/--size" : a->open.data_file ? "--data-file" : a->forced_ro ? "-o ro" : NULL;
         if (clash) {
             errmsg(opt, "cannot be combined with %s", clash);
@@ -581,11 +582,26 @@ static void free_argv(char **argv, int argc)
     free(argv);
 }
 
+/* What disk.raw shows: the chain itself, or a window filter over it for --offset/--size, and over an
+ * overlay of an image whose size is not a multiple of 512 (the overlay's own size is rounded up, as
+ * QEMU's is), so that the view keeps the image's exact size. NULL with err set when the window does not
+ * fit the disk. */
+static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs, Error *err)
+{
+    if (a->win_offset || a->win_size >= 0)
+        return bdrv_open_window(bs, a->win_offset, a->win_size, err);
+    if (ov->path && ov->image_size >= 0 && bdrv_getlength(bs) == align_up(ov->image_size, 512) &&
+        ov->image_size % 512)
+        return bdrv_open_window(bs, 0, ov->image_size, err);
+    return bs;
+}
+
 static int mount_main(int argc, char **argv)
 {
     MountArgs a;
     memset(&a, 0, sizeof a);
     block_open_opts_init(&a.open);
+    a.win_size = -1;
     sb_init(&a.fuse_opts);
     sb_init(&a.summary);
     int rc = parse_mount_args(&a, argc, argv);
@@ -622,8 +638,10 @@ static int mount_main(int argc, char **argv)
     Error err;
     memset(&err, 0, sizeof err);
     BlockNode *bs = bdrv_open(top, &a.open, &err);
-    if (!bs) {
+    BlockNode *view = bs ? open_view(&a, &ov, bs, &err) : NULL;
+    if (!view) {
         rc = report_error(&err, top, EXIT_USAGE);
+        bdrv_close(bs);
         overlay_cleanup(&ov);
         goto out;
     }
@@ -632,8 +650,9 @@ static int mount_main(int argc, char **argv)
         note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
     FsCounters counters = { 0 };
     FsConfig cfg = {
-        .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
-        .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL },
+        .bs = bs, .view = view, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
+        .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL,
+                   .window = view != bs ? view : NULL },
         .counters = &counters, .watch_unmount = geteuid() == 0, .direct_io = a.direct_io,
     };
     int fargc;
@@ -642,7 +661,7 @@ static int mount_main(int argc, char **argv)
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
 
-    int r = bdrv_flush(bs);
+    int r = bdrv_flush(view);
     if (r < 0) {
         log_msg("%s: flush at unmount failed: %s", a.image, strerror(-r));
         if (rc == EXIT_OK)
@@ -655,6 +674,8 @@ static int mount_main(int argc, char **argv)
         log_msg("statistics at unmount:\n%s", sb.s);
         sb_free(&sb);
     }
+    if (view != bs)
+        bdrv_close(view);
     bdrv_close(bs);
     overlay_cleanup(&ov);
     if ((r = audit_finish(&audit, read_only, a.summary.s, &counters, rc)) < 0) {

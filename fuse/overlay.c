@@ -118,6 +118,7 @@ int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOp
     int rc = probe_image(image, opts, &ov->image_format, &size);
     if (rc)
         return rc;
+    ov->image_size = size;
     struct stat st;
     if (overlay && stat(overlay, &st) == 0) {
         if (!S_ISREG(st.st_mode)) {
@@ -143,8 +144,6 @@ int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOp
     opts->backing = ov->image_abs;
     opts->backing_format = ov->image_format;
     opts->no_backing = false;
-    opts->raw_offset = 0;
-    opts->raw_size = -1;
     opts->read_only = false;
     return 0;
 }

@@ -46,6 +46,21 @@ static void render_item_json(StrBuf *sb, const InfoItem *it)
         sb_printf(sb, "%" PRId64, it->num);
 }
 
+/* The window_offset and window_size a window filter reports (drivers/window.c's info keys). */
+static void window_bounds(BlockNode *w, int64_t *offset, int64_t *size)
+{
+    InfoList info = {0};
+    bdrv_get_info(w, &info);
+    *offset = *size = 0;
+    for (int i = 0; i < info.n; i++) {
+        if (strcmp(info.items[i].key, "window_offset") == 0)
+            *offset = info.items[i].num;
+        else if (strcmp(info.items[i].key, "window_size") == 0)
+            *size = info.items[i].num;
+    }
+    info_free(&info);
+}
+
 static void render_facts_text(StrBuf *sb, const MountFacts *f)
 {
     if (f->read_only)
@@ -56,6 +71,12 @@ static void render_facts_text(StrBuf *sb, const MountFacts *f)
         sb_printf(sb, "mode: %s\n", f->mode_note);
     if (f->options && *f->options)
         sb_printf(sb, "options: %s\n", f->options);
+    if (f->window) {
+        int64_t off, size;
+        window_bounds(f->window, &off, &size);
+        sb_printf(sb, "window: offset %" PRId64 ", size %" PRId64 " (disk.raw shows these bytes of the disk)\n",
+                  off, size);
+    }
 }
 
 void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
@@ -88,6 +109,11 @@ void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
         if (facts->options) {
             sb_put(sb, ",\n  \"options\": ", 14);
             sb_json_str(sb, facts->options);
+        }
+        if (facts->window) {
+            int64_t off, size;
+            window_bounds(facts->window, &off, &size);
+            sb_printf(sb, ",\n  \"window\": {\"offset\": %" PRId64 ", \"size\": %" PRId64 "}", off, size);
         }
     }
     sb_put(sb, ",\n  \"layers\": [", 15);

@@ -271,11 +271,12 @@ int fs_build_tree(Fs *fs)
     const FsConfig *c = &fs->cfg;
     if (getrandom(&fs->hash_seed, sizeof fs->hash_seed, GRND_NONBLOCK) != (ssize_t)sizeof fs->hash_seed)
         fs->hash_seed = (uint64_t)fs->start.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+    BlockNode *view = c->view ? c->view : c->bs;
     if (c->file_mode) {
-        fs->disk = fs_add_disk(fs, 1, "/", c->bs, c->writable);
+        fs->disk = fs_add_disk(fs, 1, "/", view, c->writable);
         return fs->disk ? 0 : -ENOMEM;
     }
-    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", c->bs, c->writable)) ||
+    if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", view, c->writable)) ||
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
         !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_gen(fs, 1, "errors", c->bs, gen_errors))
         return -ENOMEM;

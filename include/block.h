@@ -54,8 +54,8 @@ typedef struct BlockOpenOpts {
     bool read_only;              /* every file of the chain opened O_RDONLY */
     enum CacheMode cache;        /* CACHE_NONE = O_DIRECT */
     enum AioMode aio;            /* AIO_NATIVE = libaio (needs CACHE_NONE) */
-    int64_t raw_offset;          /* raw driver window: offset (0 = none) */
-    int64_t raw_size;            /* raw driver window: size (-1 = to end of file) */
+    int64_t window_offset;       /* the window filter's start (drivers/window.c; see bdrv_open_window) */
+    int64_t window_size;         /* the window filter's size (-1 = to the end of the node below) */
     const char *backing;         /* --backing: replaces the top image's backing file */
     const char *backing_format;  /* --backing-format */
     bool no_backing;             /* --no-backing */
@@ -157,6 +157,8 @@ struct BlockDriver {
     bool supports_backing;       /* the seed's rule: only then may a backing child be attached */
     bool is_protocol;            /* opens a file name (file, memory) */
     bool is_filter;              /* passes through to bs->file (blkdebug) */
+    bool over_chain;             /* a filter over a whole chain (window): its block status is the chain's
+                                  * below, depth included; bdrv_block_status_above takes it as final */
 
     /* Score 0..100 for the first bytes of the file (len may be less than a sector for tiny files). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -272,6 +274,11 @@ struct BlockNode {
 
 /* Open IMAGE with its whole backing chain. Returns NULL and fills err on failure. */
 BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err);
+/* The window filter (drivers/window.c) over bs, a chain's top node: shows [offset, offset + size) of it
+ * (size -1: to its end), for reads, writes (never past the window's end: ENOSPC), block status and length.
+ * Takes its own reference on bs (the caller still closes bs). NULL with err set ("FILE: reason") if the
+ * window passes the end of bs. */
+BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *err);
 /* Open just a protocol node for a file (used by drivers for external data files). */
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
@@ -375,8 +382,8 @@ typedef struct BlockMapExtent {
 /* Fills ext with at most max_ext extents (neighbours merged) that read, in order, exactly as [offset,
  * offset+bytes) of bs, and returns their number, when nothing can change that while the chain is open:
  * every node opened read-only, no request-path feature (throttling, copy-on-read, read errors as zeros,
- * detect-zeroes), no O_DIRECT, no filter, no compressed piece, every host range within its file. 0 when
- * not, or when more extents would be needed (read with bdrv_pread then); -errno. */
+ * detect-zeroes), no O_DIRECT, no filter but windows, no compressed piece, every host range within its
+ * file. 0 when not, or when more extents would be needed (read with bdrv_pread then); -errno. */
 int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExtent *ext, int max_ext);
 /* Counts reads done through extents in the statistics of every node bdrv_pread would have counted them
  * in: bs once for the whole range, each backing layer down to an extent's depth and its host file per

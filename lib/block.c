@@ -743,6 +743,8 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         int r = bdrv_block_status(n, offset, bytes, st);
         if (r < 0)
             return r;
+        if (n->drv->over_chain)
+            return 0; /* a window answered for the whole chain below it, st->depth its layer there */
         st->depth = depth;
         if (st->flags & BDRV_BLOCK_ALLOCATED)
             return 0;
@@ -758,11 +760,23 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 /* ---------------------------------------------------------------- zero-copy mapping */
 
 /* Nothing can change what bs reads as, and reads go straight to the drivers: see bdrv_map_extents. */
-static bool mapping_allowed(BlockNode *bs)
+static bool node_mapping_allowed(BlockNode *bs)
 {
     const BlockOpenOpts *o = bs->opts;
     return bs->read_only && o && o->read_only && o->cache != CACHE_NONE && !o->blkdebug_rules &&
            !o->copy_on_read && o->on_read_error != READ_ERROR_ZERO && !bs->core->req && !bs->core->track_writes;
+}
+
+/* bs and, through window filters (whose block status passes host offsets through), the chain's top. */
+static bool mapping_allowed(BlockNode *bs)
+{
+    for (int guard = 0; bs && guard < 8; guard++, bs = bs->file) {
+        if (!node_mapping_allowed(bs))
+            return false;
+        if (!bs->drv->over_chain)
+            return true;
+    }
+    return false;
 }
 
 /* One piece of the range: plain data of a read-only protocol node that can hand out its descriptor. */
@@ -829,6 +843,12 @@ int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExten
 void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns)
 {
     int64_t total = 0;
+    for (int guard = 0; bs->drv->over_chain && bs->file && guard < 8; guard++, bs = bs->file) {
+        int64_t sum = 0; /* a window counts the range once, as its bdrv_pread would, then the chain below */
+        for (int i = 0; i < n; i++)
+            sum += ext[i].bytes;
+        stats_account(bs, STAT_READ, sum, ns, 0);
+    }
     for (int i = 0; i < n; i++) {
         total += ext[i].bytes;
         BlockNode *layer = bs->backing; /* bs itself is counted once below, as one bdrv_pread would */

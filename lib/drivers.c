@@ -9,6 +9,7 @@
 extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_memory;
 extern const BlockDriver bdrv_blkdebug;
+extern const BlockDriver bdrv_window;
 extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
@@ -20,6 +21,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_file,
     &bdrv_memory,
     &bdrv_blkdebug,
+    &bdrv_window,
     &bdrv_qcow2,
     &bdrv_vdi,
     &bdrv_vpc,

@@ -3,7 +3,8 @@
  * wins, raw is the fallback) or a forced format, the format node, and then the backing chain, opened
  * iteratively (never recursively: an image controls how deep a chain goes) with the seed's rule, loop
  * detection, a depth limit, read-only backing nodes, and the one place the backing-name policy lives
- * (bdrv_resolve_backing).  It knows no format by name except the "file" protocol and "raw" fallback.
+ * (bdrv_resolve_backing); bdrv_open_window stacks the "window" filter over a chain.  It knows no format
+ * by name except the "file" protocol and "raw" fallback.
  */
 #include "block_int.h"
 #include "request.h"
@@ -21,7 +22,7 @@ void block_open_opts_init(BlockOpenOpts *o)
 {
     memset(o, 0, sizeof(*o));
     o->read_only = true;
-    o->raw_size = -1;
+    o->window_size = -1;
 }
 
 /* ---------------------------------------------------------------- protocol nodes */
@@ -246,8 +247,8 @@ static BlockOpenOpts *backing_opts(const BlockOpenOpts *top)
     *o = *top;
     o->format = NULL;
     o->read_only = true;
-    o->raw_offset = 0;
-    o->raw_size = -1;
+    o->window_offset = 0;
+    o->window_size = -1;
     o->backing = NULL;
     o->backing_format = NULL;
     o->no_backing = false;
@@ -407,6 +408,35 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
                 n->opts = NULL;
     }
     return top;
+}
+
+BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *err)
+{
+    const BlockDriver *drv = bdrv_find_driver("window");
+    BlockOpenOpts o;
+    if (bs->opts)
+        o = *bs->opts;
+    else
+        block_open_opts_init(&o);
+    o.window_offset = offset;
+    o.window_size = size;
+    BlockNode *w = drv ? bdrv_new_node(drv, bs->filename) : NULL;
+    if (!w) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return NULL;
+    }
+    bdrv_ref(bs);
+    w->file = bs;
+    w->read_only = bs->read_only;
+    w->opts = &o;
+    int r = drv->open(w, &o, err);
+    w->opts = bs->opts; /* o lives on this stack: the window keeps its values in its own state */
+    if (r < 0) {
+        error_set(err, -r, "%s: %s", bs->filename, strerror(-r));
+        bdrv_close(w);
+        return NULL;
+    }
+    return w;
 }
 
 BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err)

@@ -114,3 +114,34 @@ assert i["virtual-size"] == 4194304, i' "$TMP/info.json" "$TMP/base.raw"
   [ "$(md5sum < s.raw)" = "$sum" ]
   [ "$(stat -c %Y s.raw)" = "$mtime" ]
 }
+
+@test "--overlay and --snapshot of a raw image whose size is not a multiple of 512 keep its exact size" {
+  for size in 1000 $((1048576 + 7)); do
+    head -c $size /dev/urandom > odd.raw
+    sum=$(md5sum < odd.raw)
+    rm -f odd.qcow2
+    mount_img --overlay odd.qcow2 odd.raw "$MNT"
+    [ "$(stat -c %s "$MNT/disk.raw")" -eq $size ]
+    cmp "$MNT/disk.raw" odd.raw
+    printf 'END' | dd of="$MNT/disk.raw" bs=1 seek=$((size - 3)) conv=notrunc status=none
+    run dd if=/dev/zero of="$MNT/disk.raw" bs=1 count=1 seek=$size conv=notrunc status=none
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"No space left on device"* ]]
+    unmount_img
+    [ "$(md5sum < odd.raw)" = "$sum" ]
+    check_clean odd.qcow2
+    run qemu-img info --output=json odd.qcow2     # QEMU's own rounding, as for an overlay it makes
+    [[ "$output" == *"\"virtual-size\": $(( (size + 511) / 512 * 512 ))"* ]]
+    mount_img --overlay odd.qcow2 odd.raw "$MNT"  # reused: the same exact size, the write kept
+    [ "$(stat -c %s "$MNT/disk.raw")" -eq $size ]
+    cmp <(head -c $((size - 3)) "$MNT/disk.raw") <(head -c $((size - 3)) odd.raw)
+    [ "$(tail -c 3 "$MNT/disk.raw")" = END ]
+    unmount_img
+
+    mount_img --snapshot odd.raw "$MNT"
+    [ "$(stat -c %s "$MNT/disk.raw")" -eq $size ]
+    cmp "$MNT/disk.raw" odd.raw
+    unmount_img
+    [ "$(md5sum < odd.raw)" = "$sum" ]
+  done
+}

@@ -28,7 +28,7 @@
 typedef struct FuzzConfig {
     const char *format;  /* the driver this target fuzzes */
     bool writable;       /* also exercise the write path */
-    bool raw_window;     /* take --offset/--size for the raw driver from the input's first bytes */
+    bool raw_window;     /* stack a window filter, its bounds from the input's first bytes */
     bool no_backing;     /* open with --no-backing: a child naming a parent still opens (memory nodes
                           * may not open files), so its own read path runs with no backing node */
 } FuzzConfig;
@@ -278,10 +278,25 @@ static void fuzz_options(const FuzzConfig *cfg, const uint8_t *data, size_t size
     o->discard = DISCARD_UNMAP;
     o->l2_cache_size = 64 * KiB; /* small: eviction paths get exercised */
     o->no_backing = cfg->no_backing;
-    if (cfg->raw_window && size >= 4) {
-        o->raw_offset = data[0] & 0x3f ? (int64_t)(data[1] % 64) * 8 : 0;
-        o->raw_size = data[2] & 0x3 ? -1 : (int64_t)data[3] * 16;
-    }
+    (void)data;
+    (void)size;
+}
+
+/* cfg->raw_window: a window filter over bs, its bounds taken from the first bytes of the input. */
+static BlockNode *fuzz_window(const FuzzConfig *cfg, const uint8_t *data, size_t size, BlockNode *bs)
+{
+    if (!bs || !cfg->raw_window || size < 4)
+        return bs;
+    int64_t offset = data[0] & 0x3f ? (int64_t)(data[1] % 64) * 8 : 0;
+    int64_t wsize = data[2] & 0x3 ? -1 : (int64_t)data[3] * 16;
+    if (!offset && wsize < 0)
+        return bs;
+    Error err = { .msg = "", .errnum = 0 };
+    BlockNode *w = bdrv_open_window(bs, offset, wsize, &err);
+    if (!w && !err.msg[0])
+        abort(); /* every refusal must say why */
+    bdrv_close(bs);
+    return w;
 }
 
 static BlockNode *fuzz_open(const FuzzConfig *cfg, const uint8_t *data, size_t size, const char *format,
@@ -295,7 +310,7 @@ static BlockNode *fuzz_open(const FuzzConfig *cfg, const uint8_t *data, size_t s
     BlockNode *bs = bdrv_open_on_node(file, format, o, &err);
     if (!bs && !err.msg[0])
         abort(); /* every refusal must say why */
-    return bs;
+    return fuzz_window(cfg, data, size, bs);
 }
 
 static int fuzz_run(const FuzzConfig *cfg, const uint8_t *data, size_t size)

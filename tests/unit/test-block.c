@@ -225,6 +225,17 @@ static void test_memory(void)
     bdrv_close(bs);
 }
 
+/* A raw image opened whole, then the window filter over it. */
+static BlockNode *open_window(const char *p, BlockOpenOpts *o, int64_t offset, int64_t size, Error *err)
+{
+    BlockNode *bs = bdrv_open(p, o, err);
+    if (!bs)
+        return NULL;
+    BlockNode *w = bdrv_open_window(bs, offset, size, err);
+    bdrv_close(bs); /* the window holds its own reference */
+    return w;
+}
+
 static void test_raw_window(void)
 {
     char p[512];
@@ -234,9 +245,7 @@ static void test_raw_window(void)
     BlockOpenOpts o;
     block_open_opts_init(&o);
     o.read_only = false;
-    o.raw_offset = 4096;
-    o.raw_size = 8192;
-    BlockNode *bs = bdrv_open(p, &o, &err);
+    BlockNode *bs = open_window(p, &o, 4096, 8192, &err);
     ok(bs != NULL, "open a raw window: %s", err.msg);
     if (!bs)
         return;
@@ -246,8 +255,13 @@ static void test_raw_window(void)
     ok(bdrv_pread(bs, 8000, 1000, buf) == 0 && memcmp(buf, data + 4096 + 8000, 192) == 0 &&
        buffer_is_zero(buf + 192, 808), "reads past the window end are zeros");
     is_int(bdrv_pwrite(bs, 8100, 100, buf, 0), -ENOSPC, "writes may not leave the window");
+    is_int(bdrv_pwrite_zeroes(bs, 8100, 100, 0), -ENOSPC, "nor may write-zeroes");
+    is_int(bdrv_discard(bs, 8190, 4096), -ENOSPC, "nor discards");
     memset(buf, 0x55, 100);
     ok(bdrv_pwrite(bs, 8092, 100, buf, 0) == 0, "write at the window end");
+    BlockStatus st;
+    ok(bdrv_block_status_above(bs, 100, 8000, &st) == 0 && (st.flags & BDRV_BLOCK_OFFSET_VALID) &&
+       st.host_offset == 4096 + 100, "block status passes the host offset through (%" PRId64 ")", st.host_offset);
     bdrv_close(bs);
     uint8_t *after = malloc(65536);
     int fd = open(p, O_RDONLY);
@@ -257,13 +271,9 @@ static void test_raw_window(void)
        65536 - 4096 - 8192) == 0 && after[4096 + 8092] == 0x55 && after[4096 + 8191] == 0x55,
        "the file changed only inside the window");
     is_int(file_size_of(p), 65536, "file size unchanged");
-    o.raw_offset = 4096;
-    o.raw_size = 8192;
-    bs = bdrv_open(p, &o, &err);
+    bs = open_window(p, &o, 4096, 8192, &err);
     is_int(bs ? bdrv_truncate(bs, 4096) : 0, -ENOTSUP, "a fixed window cannot be resized");
     bdrv_close(bs);
-    o.raw_offset = 0;
-    o.raw_size = -1;
     bs = bdrv_open(p, &o, &err);
     ok(bs && bdrv_truncate(bs, 100000) == 0 && bdrv_getlength(bs) == 100000 && file_size_of(p) == 100000,
        "raw truncate grows the file to the exact size");
@@ -273,10 +283,9 @@ static void test_raw_window(void)
     bs = bdrv_open(p, &o, &err);
     is_int(bs ? bdrv_truncate(bs, 4096) : 0, -EROFS, "truncate of a read-only image is EROFS");
     bdrv_close(bs);
-    o.raw_offset = 60000;
-    o.raw_size = 10000;
     memset(&err, 0, sizeof(err));
-    ok(bdrv_open(p, &o, &err) == NULL && strstr(err.msg, "beyond the end"), "window beyond EOF: %s", err.msg);
+    ok(open_window(p, &o, 60000, 10000, &err) == NULL && strstr(err.msg, "beyond the end"),
+       "window beyond the end: %s", err.msg);
     free(after);
     free(data);
 }
