@@ -152,14 +152,23 @@ int cmd_map(int argc, char **argv)
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
     if (!bs)
         return rc;
+    /* streamed: runs are written as the walk closes them, in pieces of about MAP_PIECE bytes */
+    enum { MAP_PIECE = 64 * 1024 };
+    MapStream m;
+    map_stream_init(&m, bs, a.json ? MAP_JSON : MAP_TEXT);
     StrBuf sb;
     sb_init(&sb);
-    int r = a.json ? render_map_json(&sb, bs) : render_map_text(&sb, bs);
-    if (r < 0) {
+    int r;
+    rc = EXIT_OK;
+    do {
+        sb.len = 0;
+        r = map_stream_next(&m, &sb, MAP_PIECE);
+        if (sb.len && (rc = write_all_stdout(sb.s, sb.len)) != EXIT_OK)
+            break;
+    } while (r > 0);
+    if (r < 0 && rc == EXIT_OK) {
         errmsg(image, "block status failed: %s", strerror(-r));
         rc = EXIT_RUNTIME;
-    } else {
-        rc = write_all_stdout(sb.s, sb.len);
     }
     sb_free(&sb);
     bdrv_close(bs);

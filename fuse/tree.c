@@ -102,16 +102,22 @@ static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
-static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
+/* MNT/layers/N-NAME/map, streamed (render.c's MapStream). */
+static void *layer_map_open(Fs *fs, Entry *e)
 {
     (void)fs;
-    StrBuf sb;
-    sb_init(&sb);
-    int r = render_layer_map(&sb, e->bs);
-    if (r < 0)
-        sb_printf(&sb, "error: %s\n", strerror(-r));
-    return sb_steal(&sb, len);
+    MapStream *m = malloc(sizeof *m);
+    if (m)
+        map_stream_init(m, e->bs, MAP_LAYER);
+    return m;
 }
+
+static int layer_map_next(void *state, StrBuf *sb, size_t want)
+{
+    return map_stream_next(state, sb, want);
+}
+
+static const StreamOps layer_map_ops = { layer_map_open, layer_map_next, free };
 
 static int cmp_error_offset(const void *a, const void *b)
 {
@@ -148,6 +154,14 @@ static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
+Entry *fs_add_stream(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, const StreamOps *ops)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_GEN, bs);
+    if (e)
+        e->stream = ops;
+    return e;
+}
+
 Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable)
 {
     Entry *e = fs_add(fs, parent, name, ENTRY_DISK, bs);
@@ -180,7 +194,7 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
         char name[256];
         snprintf(name, sizeof name, "%d-%s", n->depth, base);
         Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);
-        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_gen(fs, ld->ino, "map", n, gen_layer_map))
+        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_stream(fs, ld->ino, "map", n, &layer_map_ops))
             return -ENOMEM;
     }
     return 0;
