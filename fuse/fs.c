@@ -667,7 +667,7 @@ static off_t seek_data_hole(Entry *e, int64_t disk, off_t off, int whence)
     for (int64_t pos = off; pos < disk;) {
         BlockStatus st;
         memset(&st, 0, sizeof st);
-        int r = bdrv_block_status_above(e->bs, pos, disk - pos, &st);
+        int r = bdrv_block_status_as_read(e->bs, pos, disk - pos, &st);
         if (r < 0)
             return r;
         if (st.bytes <= 0)
