@@ -303,8 +303,12 @@ void render_stats_json(StrBuf *sb, BlockNode *bs)
         for (BlockNode *f = n->file; f && k < 8; f = f->file, k++)
             render_node_stats(sb, f, n->depth, f->drv && f->drv->is_filter ? "filter" : "file", false);
     }
+    ReadErrorSummary es;
+    bdrv_read_errors_summary(bs, &es);
     int64_t rss, peak;
     process_rss(&rss, &peak);
-    sb_printf(sb, "\n  ],\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
+    sb_printf(sb, "\n  ],\n  \"read_errors\": {\"ranges\": %" PRIu64 ", \"mem_bytes\": %" PRIu64 ", \"unlisted_ranges\": %"
+              PRIu64 ", \"unlisted_bytes\": %" PRIu64 "}", es.ranges, es.mem_bytes, es.unlisted, es.unlisted_bytes);
+    sb_printf(sb, ",\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
               peak);
 }

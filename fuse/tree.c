@@ -150,11 +150,11 @@ static int errors_next(void *state, StrBuf *sb, size_t want)
             es->next = rec[n - 1].offset + 1;
             continue;
         }
-        uint64_t count, bytes;
-        bdrv_read_errors_unlisted(es->bs, &count, &bytes);
-        if (count)
+        ReadErrorSummary sum;
+        bdrv_read_errors_summary(es->bs, &sum);
+        if (sum.unlisted)
             sb_printf(sb, "not listed: %" PRIu64 " more ranges, %" PRIu64 " bytes, read as zeros (the list is full)\n",
-                      count, bytes);
+                      sum.unlisted, sum.unlisted_bytes);
         es->done = true;
     }
     return es->done ? 0 : 1;

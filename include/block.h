@@ -362,8 +362,12 @@ typedef struct ReadErrorRecord {
  * after offset into out; returns how many (0: no more). Adjacent ranges of one layer and reason are
  * merged; the list keeps at most 524288 ranges (12 MiB, 24 MiB while merging new ones in). */
 int bdrv_read_errors_from(BlockNode *bs, int64_t offset, ReadErrorRecord *out, int max);
-/* Ranges read as zeros but not listed because the list was full: how many (recorded reads) and bytes. */
-void bdrv_read_errors_unlisted(BlockNode *bs, uint64_t *count, uint64_t *bytes);
+/* The list's size and memory, and the ranges read as zeros but not listed because it was full. */
+typedef struct ReadErrorSummary {
+    uint64_t ranges, mem_bytes;
+    uint64_t unlisted, unlisted_bytes;
+} ReadErrorSummary;
+void bdrv_read_errors_summary(BlockNode *bs, ReadErrorSummary *sum);
 /* bdrv_block_status_above as reads see it (SEEK_DATA/SEEK_HOLE): under --on-read-error=zero a range whose
  * status cannot be read is reported as data (it reads as zeros), never as an error. */
 int bdrv_block_status_as_read(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);

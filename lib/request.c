@@ -422,15 +422,18 @@ int bdrv_read_errors_from(BlockNode *bs, int64_t offset, ReadErrorRecord *out, i
     return (int)n;
 }
 
-void bdrv_read_errors_unlisted(BlockNode *bs, uint64_t *count, uint64_t *bytes)
+void bdrv_read_errors_summary(BlockNode *bs, ReadErrorSummary *sum)
 {
     struct RequestState *s = bs && bs->core ? bs->core->req : NULL;
-    *count = *bytes = 0;
+    memset(sum, 0, sizeof(*sum));
     if (!s)
         return;
     pthread_mutex_lock(&s->lock);
-    *count = s->errors.unlisted;
-    *bytes = s->errors.unlisted_bytes;
+    errlist_compact(&s->errors);
+    sum->ranges = s->errors.n_sorted;
+    sum->mem_bytes = s->errors.cap * sizeof(ErrRange);
+    sum->unlisted = s->errors.unlisted;
+    sum->unlisted_bytes = s->errors.unlisted_bytes;
     pthread_mutex_unlock(&s->lock);
 }
 

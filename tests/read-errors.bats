@@ -49,8 +49,12 @@ for k, l in enumerate(lines):
     assert (int(off), int(length), depth) == ((2 * k + 1) * 4096, 4096, "0"), l
     assert rest.endswith("bad.qcow2: Input/output error"), l
 EOF
-  # the daemon logs the first ranges only; the list has them all
+  # the daemon logs the first ranges only; the list has them all; stats.json tells its size and memory
   [ "$(grep -c 'returning zeros' "$TMP/daemon.log")" -le 16 ]
+  python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))["read_errors"]
+assert e["ranges"] == 131072 and 0 < e["mem_bytes"] <= 24 << 20 and e["unlisted_ranges"] == 0, e' "$MNT/stats.json"
   unmount_img
 }
 
@@ -63,6 +67,10 @@ EOF
   [ "$(tail -n 1 errors.txt)" = "not listed: 131072 more ranges, 536870912 bytes, read as zeros (the list is full)" ]
   [ "$(wc -l < errors.txt)" -eq 524289 ]
   grep -q "more than 524288 ranges read as zeros: further ones are counted, not listed" "$TMP/daemon.log"
+  python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))["read_errors"]
+assert e == {"ranges": 524288, "mem_bytes": 24 << 20, "unlisted_ranges": 131072, "unlisted_bytes": 131072 * 4096}, e' "$MNT/stats.json"
   unmount_img
 }
 
