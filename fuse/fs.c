@@ -113,8 +113,10 @@ static bool stream_seek(GenFile *g, int64_t off)
         stream_more(g, STREAM_PIECE);
     }
     size_t drop = (size_t)(off - g->base);
-    memmove(g->pending.s, g->pending.s + drop, g->pending.len - drop);
-    g->pending.len -= drop;
+    if (drop) {
+        memmove(g->pending.s, g->pending.s + drop, g->pending.len - drop);
+        g->pending.len -= drop;
+    }
     g->base = off;
     return true;
 }
