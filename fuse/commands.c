@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,15 @@ typedef struct OpenArgs {
     BlockOpenOpts opts;
     bool json;
     const char *algo;
+    bool progress;            /* hash: -p */
+    int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
 } OpenArgs;
 
-enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE };
+enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
+
+/* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
+ * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
+#define HASH_DEFAULT_MAX_SIZE (16LL << 40)
 
 static const struct option sub_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -37,6 +44,9 @@ static const struct option sub_options[] = {
     { "backing-dir", required_argument, NULL, SUB_BACKING_DIR },
     { "no-backing", no_argument, NULL, SUB_NO_BACKING },
     { "force-share", no_argument, NULL, SUB_FORCE_SHARE },
+    { "progress", no_argument, NULL, 'p' },
+    { "max-size", required_argument, NULL, SUB_MAX_SIZE },
+    { "force", no_argument, NULL, SUB_FORCE },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -56,10 +66,12 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->opts.read_only = true;
     a->json = false;
     a->algo = "sha256";
+    a->progress = false;
+    a->max_size = HASH_DEFAULT_MAX_SIZE;
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":f:h", sub_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hp", sub_options, NULL)) != -1) {
         switch (c) {
         case 'f': a->opts.format = optarg; break;
         case SUB_JSON:
@@ -81,6 +93,24 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             break;
         case SUB_NO_BACKING: a->opts.no_backing = true; break;
         case SUB_FORCE_SHARE: a->opts.force_share = true; break;
+        case 'p':
+            if (!allow_algo)
+                goto unknown;
+            a->progress = true;
+            break;
+        case SUB_MAX_SIZE:
+            if (!allow_algo)
+                goto unknown;
+            if ((a->max_size = parse_size(optarg)) <= 0) {
+                errmsg("--max-size", "invalid size '%s'", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case SUB_FORCE:
+            if (!allow_algo)
+                goto unknown;
+            a->max_size = 0;
+            break;
         case 'h':
             printf("Usage: imgfuse %s %s\n", argv[0], synopsis);
             return EXIT_OK;
@@ -152,14 +182,23 @@ int cmd_map(int argc, char **argv)
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
     if (!bs)
         return rc;
+    /* streamed: runs are written as the walk closes them, in pieces of about MAP_PIECE bytes */
+    enum { MAP_PIECE = 64 * 1024 };
+    MapStream m;
+    map_stream_init(&m, bs, a.json ? MAP_JSON : MAP_TEXT);
     StrBuf sb;
     sb_init(&sb);
-    int r = a.json ? render_map_json(&sb, bs) : render_map_text(&sb, bs);
-    if (r < 0) {
+    int r;
+    rc = EXIT_OK;
+    do {
+        sb.len = 0;
+        r = map_stream_next(&m, &sb, MAP_PIECE);
+        if (sb.len && (rc = write_all_stdout(sb.s, sb.len)) != EXIT_OK)
+            break;
+    } while (r > 0);
+    if (r < 0 && rc == EXIT_OK) {
         errmsg(image, "block status failed: %s", strerror(-r));
         rc = EXIT_RUNTIME;
-    } else {
-        rc = write_all_stdout(sb.s, sb.len);
     }
     sb_free(&sb);
     bdrv_close(bs);
@@ -335,8 +374,36 @@ int cmd_snapshot(int argc, char **argv)
 
 #define HASH_CHUNK (4 * 1024 * 1024)
 
+/* Zeros for the digest of holes: never written, so its pages stay the kernel's shared zero page. */
+static uint8_t hash_zeros[1024 * 1024];
+
+/* SIGINT/SIGTERM during `imgfuse hash`: the loop stops at the next chunk. */
+static volatile sig_atomic_t hash_stop;
+
+static void hash_on_signal(int sig)
+{
+    hash_stop = sig;
+}
+
+/* "8.0 EiB", "1.5 GiB", "512 bytes": sizes of any magnitude, rounded, for progress and messages. */
+static const char *approx_size(uint64_t v, char *buf, size_t len)
+{
+    static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+    if (v < 1024) {
+        snprintf(buf, len, "%" PRIu64 " bytes", v);
+        return buf;
+    }
+    double x = (double)v;
+    size_t u = 0;
+    for (x /= 1024; x >= 1024 && u + 1 < ARRAY_SIZE(units); u++)
+        x /= 1024;
+    snprintf(buf, len, "%.1f %s", x, units[u]);
+    return buf;
+}
+
 typedef struct Progress {
-    bool on;
+    bool on;                  /* -p, or standard error is a terminal */
+    bool tty;                 /* redraw one line; else a line every few seconds */
     int64_t total;
     uint64_t last_ns;
 } Progress;
@@ -346,16 +413,23 @@ static void progress_show(Progress *p, int64_t done)
     if (!p->on)
         return;
     uint64_t now = now_ns();
-    if (done < p->total && now - p->last_ns < 200000000ULL)
+    if (done < p->total && now - p->last_ns < (p->tty ? 200000000ULL : 2000000000ULL))
         return;
     p->last_ns = now;
-    int pct = p->total ? (int)(done * 100 / p->total) : 100;
+    int pct = p->total ? (int)((double)done * 100 / (double)p->total) : 100;
+    char a[32], b[32];
+    approx_size((uint64_t)done, a, sizeof a);
+    approx_size((uint64_t)p->total, b, sizeof b);
+    if (!p->tty) {
+        fprintf(stderr, "imgfuse: hash: %3d%% (%s of %s)\n", pct, a, b);
+        return;
+    }
     char bar[41];
     int fill = pct * 40 / 100;
     for (int i = 0; i < 40; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[40] = '\0';
-    fprintf(stderr, "\r[%s] %3d%%", bar, pct);
+    fprintf(stderr, "\r[%s] %3d%% (%s of %s)\033[K", bar, pct, a, b);
     fflush(stderr);
 }
 
@@ -401,33 +475,54 @@ static int crypto_load(void)
     return 0;
 }
 
-/* Feeds the raw view into ctx: ranges the chain reports as zeros are fed from a zero buffer unread. */
-static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog)
+/* Feeds n zero bytes into ctx from hash_zeros (nothing read, nothing allocated). */
+static int hash_zero_run(EVP_MD_CTX *ctx, int64_t n)
+{
+    while (n > 0 && !hash_stop) {
+        size_t k = (size_t)MIN(n, (int64_t)sizeof(hash_zeros));
+        if (crypto.update(ctx, hash_zeros, k) != 1)
+            return -EIO;
+        n -= (int64_t)k;
+    }
+    return 0;
+}
+
+/* Feeds the raw view into ctx: ranges the chain reports as zeros are fed from hash_zeros unread, one
+ * block-status call per run. Stops early (*done < size) when hash_stop is set. */
+static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog, int64_t *done)
 {
     int64_t size = bdrv_getlength(bs);
     if (size < 0)
         return (int)size;
     prog->total = size;
     uint8_t *buf = aligned_alloc_zero(HASH_CHUNK);
-    uint8_t *zeros = aligned_alloc_zero(HASH_CHUNK);
-    int r = buf && zeros ? 0 : -ENOMEM;
-    for (int64_t pos = 0; r == 0 && pos < size;) {
-        int64_t want = MIN((int64_t)HASH_CHUNK, size - pos);
+    int r = buf ? 0 : -ENOMEM;
+    int64_t pos = 0;
+    while (r == 0 && pos < size && !hash_stop) {
         BlockStatus st;
         memset(&st, 0, sizeof st);
-        r = bdrv_block_status_above(bs, pos, want, &st);
+        r = bdrv_block_status_above(bs, pos, size - pos, &st);
         if (r < 0)
             break;
-        int64_t n = st.bytes > 0 ? MIN(st.bytes, want) : want;
-        bool zero = (st.flags & BDRV_BLOCK_ZERO) && st.bytes > 0;
-        if (!zero && (r = bdrv_pread(bs, pos, n, buf)) < 0)
+        int64_t n = st.bytes > 0 ? MIN(st.bytes, size - pos) : MIN((int64_t)HASH_CHUNK, size - pos);
+        if ((st.flags & BDRV_BLOCK_ZERO) && st.bytes > 0) {
+            /* a zero run, in steps so that progress and signals are seen */
+            for (int64_t end = pos + n; r == 0 && pos < end && !hash_stop; progress_show(prog, pos)) {
+                int64_t k = MIN(end - pos, (int64_t)256 << 20);
+                r = hash_zero_run(ctx, k);
+                pos += k;
+            }
+            continue;
+        }
+        n = MIN(n, (int64_t)HASH_CHUNK);
+        if ((r = bdrv_pread(bs, pos, n, buf)) < 0)
             break;
-        r = crypto.update(ctx, zero ? zeros : buf, (size_t)n) == 1 ? 0 : -EIO;
+        r = crypto.update(ctx, buf, (size_t)n) == 1 ? 0 : -EIO;
         pos += n;
         progress_show(prog, pos);
     }
+    *done = pos;
     free(buf);
-    free(zeros);
     return r < 0 ? r : 0;
 }
 
@@ -435,7 +530,8 @@ int cmd_hash(int argc, char **argv)
 {
     OpenArgs a;
     const char *image;
-    int rc = parse_sub_args(argc, argv, "[--algo sha256|sha1|md5] [-f FMT] IMAGE", false, true, &a, &image);
+    int rc = parse_sub_args(argc, argv, "[--algo sha256|sha1|md5] [-p] [--max-size SIZE|--force] [-f FMT] IMAGE",
+                            false, true, &a, &image);
     if (rc >= 0)
         return rc;
     bool known = strcmp(a.algo, "sha256") == 0 || strcmp(a.algo, "sha1") == 0 || strcmp(a.algo, "md5") == 0;
@@ -448,18 +544,46 @@ int cmd_hash(int argc, char **argv)
     const EVP_MD *md = strcmp(a.algo, "sha256") == 0 ? crypto.sha256()
                        : strcmp(a.algo, "sha1") == 0 ? crypto.sha1() : crypto.md5();
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
-    if (!bs)
+    if (!bs) {
+        dlclose(crypto.lib);
+        crypto.lib = NULL;
         return rc;
+    }
+    int64_t size = bdrv_getlength(bs);
+    if (a.max_size && size > a.max_size) {
+        char h[32], lim[32];
+        errmsg(image, "virtual size %" PRId64 " bytes (%s) is above the limit of %s for hash: give --max-size SIZE "
+               "or --force", size, approx_size((uint64_t)size, h, sizeof h),
+               approx_size((uint64_t)a.max_size, lim, sizeof lim));
+        bdrv_close(bs);
+        dlclose(crypto.lib);
+        crypto.lib = NULL;
+        return EXIT_USAGE;
+    }
+    struct sigaction sa = { .sa_handler = hash_on_signal }, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    hash_stop = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     EVP_MD_CTX *ctx = md ? crypto.ctx_new() : NULL;
-    Progress prog = { .on = isatty(STDERR_FILENO) };
-    int r = ctx && crypto.init(ctx, md, NULL) == 1 ? hash_image(bs, ctx, &prog) : -ENOMEM;
-    if (prog.on)
+    Progress prog = { .tty = isatty(STDERR_FILENO) };
+    prog.on = a.progress || prog.tty;
+    int64_t done = 0;
+    int r = ctx && crypto.init(ctx, md, NULL) == 1 ? hash_image(bs, ctx, &prog, &done) : -ENOMEM;
+    if (prog.on && prog.tty)
         fprintf(stderr, "\r\033[K");
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
-    if (r == 0 && crypto.final(ctx, digest, &dlen) != 1)
+    if (r == 0 && !hash_stop && crypto.final(ctx, digest, &dlen) != 1)
         r = -EIO;
-    if (r < 0) {
+    if (r == 0 && hash_stop) {
+        char h[32], t[32];
+        errmsg(image, "hash stopped by %s after %s of %s: no digest", hash_stop == SIGINT ? "SIGINT" : "SIGTERM",
+               approx_size((uint64_t)done, h, sizeof h), approx_size((uint64_t)size, t, sizeof t));
+        rc = EXIT_RUNTIME;
+    } else if (r < 0) {
         errmsg(image, "cannot hash: %s", strerror(-r));
         rc = EXIT_RUNTIME;
     } else {

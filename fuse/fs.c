@@ -35,7 +35,26 @@ typedef struct GenFile {
     size_t len;
     int readers;
     bool released;
+    /* streamed files (Entry.stream): the generator, and its output from offset base on not yet read */
+    const StreamOps *ops;
+    void *state;
+    StrBuf pending;
+    int64_t base;
+    bool eof;
+    pthread_mutex_t lock;    /* one read of the handle at a time moves the generator */
 } GenFile;
+
+static void genfile_free(GenFile *g)
+{
+    if (g->ops) {
+        if (g->state)
+            g->ops->close(g->state);
+        sb_free(&g->pending);
+        pthread_mutex_destroy(&g->lock);
+    }
+    free(g->data);
+    free(g);
+}
 
 static GenFile *genfile_get(Fs *fs, struct fuse_file_info *fi)
 {
@@ -55,10 +74,72 @@ static void genfile_put(Fs *fs, GenFile *g, bool release)
         g->readers--;
     bool last = g->released && g->readers == 0;
     pthread_mutex_unlock(&fs->lock);
-    if (last) {
-        free(g->data);
-        free(g);
+    if (last)
+        genfile_free(g);
+}
+
+/* ---------------------------------------------------------------- streamed generated files */
+
+#define STREAM_PIECE (64 * 1024) /* generated ahead of a read that must skip forward */
+
+static int stream_restart(Fs *fs, Entry *e, GenFile *g)
+{
+    if (g->state)
+        g->ops->close(g->state);
+    g->state = g->ops->open(fs, e);
+    g->pending.len = 0;
+    g->base = 0;
+    g->eof = false;
+    return g->state ? 0 : -ENOMEM;
+}
+
+/* Runs the generator once more; a failure ends the file with an "error: ..." line. */
+static void stream_more(GenFile *g, size_t want)
+{
+    int r = g->ops->next(g->state, &g->pending, want);
+    if (r < 0)
+        sb_printf(&g->pending, "error: %s\n", strerror(-r));
+    if (r <= 0)
+        g->eof = true;
+}
+
+/* Drops the pending output before off (generating it first if needed); false when the file ends first. */
+static bool stream_seek(GenFile *g, int64_t off)
+{
+    while (g->base + (int64_t)g->pending.len < off) {
+        g->base += (int64_t)g->pending.len;
+        g->pending.len = 0;
+        if (g->eof)
+            return false;
+        stream_more(g, STREAM_PIECE);
     }
+    size_t drop = (size_t)(off - g->base);
+    if (drop) {
+        memmove(g->pending.s, g->pending.s + drop, g->pending.len - drop);
+        g->pending.len -= drop;
+    }
+    g->base = off;
+    return true;
+}
+
+static void stream_read(fuse_req_t req, Fs *fs, Entry *e, GenFile *g, size_t size, off_t off)
+{
+    pthread_mutex_lock(&g->lock);
+    int r = off < g->base || !g->state ? stream_restart(fs, e, g) : 0;
+    if (r < 0) {
+        pthread_mutex_unlock(&g->lock);
+        fuse_reply_err(req, -r);
+        return;
+    }
+    if (off < 0 || !stream_seek(g, off)) {
+        pthread_mutex_unlock(&g->lock);
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    while (!g->eof && g->pending.len < size)
+        stream_more(g, size);
+    fuse_reply_buf(req, g->pending.s, MIN(size, g->pending.len));
+    pthread_mutex_unlock(&g->lock);
 }
 
 /* ---------------------------------------------------------------- attributes */
@@ -96,7 +177,8 @@ static void fill_stat(Fs *fs, Entry *e, struct stat *st)
         break;
     case ENTRY_GEN: {
         size_t len = 0;
-        free(e->gen(fs, e, &len));
+        if (!e->stream)
+            free(e->gen(fs, e, &len));
         st->st_mode = S_IFREG | 0444;
         st->st_nlink = 1;
         st->st_size = (off_t)len;
@@ -311,18 +393,23 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     GenFile *g = calloc(1, sizeof *g);
-    if (!g || !(g->data = e->gen(fs, e, &g->len))) {
+    if (g && e->stream) {
+        g->ops = e->stream;
+        sb_init(&g->pending);
+        pthread_mutex_init(&g->lock, NULL);
+    } else if (g && !(g->data = e->gen(fs, e, &g->len))) {
         free(g);
+        g = NULL;
+    }
+    if (!g) {
         fuse_reply_err(req, ENOMEM);
         return;
     }
     fi->fh = (uint64_t)(uintptr_t)g;
     fi->direct_io = 1; /* content is rendered per open; its size may differ from an earlier getattr */
     fi->noflush = 1;
-    if (fuse_reply_open(req, fi) != 0) {
-        free(g->data);
-        free(g);
-    }
+    if (fuse_reply_open(req, fi) != 0)
+        genfile_free(g);
 }
 
 static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -464,7 +551,9 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
     }
     if (e->kind == ENTRY_GEN) {
         GenFile *g = genfile_get(fs, fi);
-        if (off < 0 || (size_t)off >= g->len)
+        if (g->ops)
+            stream_read(req, fs, e, g, size, off);
+        else if (off < 0 || (size_t)off >= g->len)
             fuse_reply_buf(req, NULL, 0);
         else
             fuse_reply_buf(req, g->data + off, MIN(size, g->len - (size_t)off));
@@ -606,7 +695,7 @@ static off_t seek_data_hole(Entry *e, int64_t disk, off_t off, int whence)
     for (int64_t pos = off; pos < disk;) {
         BlockStatus st;
         memset(&st, 0, sizeof st);
-        int r = bdrv_block_status_above(e->bs, pos, disk - pos, &st);
+        int r = bdrv_block_status_as_read(e->bs, pos, disk - pos, &st);
         if (r < 0)
             return r;
         if (st.bytes <= 0)
@@ -634,7 +723,9 @@ static void fs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, s
     }
     if (e->kind == ENTRY_GEN) {
         GenFile *g = genfile_get(fs, fi);
-        if (off < 0 || (size_t)off >= g->len)
+        if (g->ops && off >= 0) /* a stream's end is not known before it is generated */
+            fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)INT64_MAX);
+        else if (off < 0 || (size_t)off >= g->len)
             fuse_reply_err(req, ENXIO);
         else
             fuse_reply_lseek(req, whence == SEEK_DATA ? off : (off_t)g->len);

@@ -32,6 +32,15 @@ typedef struct SnapDir {
 /* Renders the content of a generated (text) file at open time. */
 typedef char *(*GenFn)(Fs *fs, Entry *e, size_t *len);
 
+/* A generated file that grows with the image (a layer's map, the errors list) is streamed instead: it
+ * shows size 0 (as /proc files do) and is served direct_io from a generator that resumes where the
+ * previous read of the handle stopped; a read at an earlier offset starts it again. */
+typedef struct StreamOps {
+    void *(*open)(Fs *fs, Entry *e);                   /* NULL: out of memory */
+    int (*next)(void *state, StrBuf *sb, size_t want); /* appends until sb->len >= want: 1 more, 0 end, -errno */
+    void (*close)(void *state);
+} StreamOps;
+
 enum EntryKind { ENTRY_DIR, ENTRY_DISK, ENTRY_GEN, ENTRY_VMSTATE };
 
 struct Entry {
@@ -40,6 +49,7 @@ struct Entry {
     enum EntryKind kind;
     BlockNode *bs;           /* disk: the node read; generated: the node described; vmstate: the image */
     GenFn gen;
+    const StreamOps *stream; /* generated: streamed instead of gen (see StreamOps) */
     bool writable;           /* disk only */
     struct timespec mtime;   /* guarded by fs->lock */
     SnapDir *snap;           /* snapshot directories and their files (the directory owns it), else NULL */
@@ -75,6 +85,7 @@ struct Fs {
 Entry *fs_add(Fs *fs, fuse_ino_t parent, const char *name, enum EntryKind kind, BlockNode *bs);
 Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable);
 Entry *fs_add_gen(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, GenFn gen);
+Entry *fs_add_stream(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, const StreamOps *ops);
 Entry *fs_get(Fs *fs, fuse_ino_t ino);
 Entry *fs_lookup_child(Fs *fs, fuse_ino_t parent, const char *name);
 /* Attach e under parent, or detach it (parent 0); keeps lookups by name right. */

@@ -48,11 +48,30 @@ typedef struct MountFacts {
 /* Describe the chain below bs: what `imgfuse info` prints and what MNT/info shows. facts may be NULL. */
 void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
 void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
-/* Allocation map through the chain, like `qemu-img map`. Returns 0 or -errno. */
-int render_map_text(StrBuf *sb, BlockNode *bs);
-int render_map_json(StrBuf *sb, BlockNode *bs);
-/* What one layer itself holds, "offset length data|zero" a line (MNT/layers/N-NAME/map). */
-int render_layer_map(StrBuf *sb, BlockNode *bs);
+/* Maps, streamed: the allocation map through the chain like `qemu-img map` (text or JSON), or what one
+ * layer itself holds, "offset length data|zero" a line (MNT/layers/N-NAME/map). */
+enum MapKind { MAP_TEXT, MAP_JSON, MAP_LAYER };
+
+typedef struct MapRun {
+    int64_t start, length;
+    int flags, depth;
+    int64_t host_offset;      /* -1 when not valid */
+    const char *file;         /* host file name, NULL when not valid */
+} MapRun;
+
+/* A map being rendered: constant memory (the run not yet closed), whatever the disk. */
+typedef struct MapStream {
+    BlockNode *bs;
+    enum MapKind kind;
+    int64_t pos, size;        /* size -1: not started */
+    MapRun cur;               /* the run being extended */
+    bool have, first, done;
+} MapStream;
+
+void map_stream_init(MapStream *m, BlockNode *bs, enum MapKind kind);
+/* Appends the next lines to sb until sb->len >= want or the map ends. Returns 1 while more follows, 0
+ * once the map is complete, or -errno (block status failed). */
+int map_stream_next(MapStream *m, StrBuf *sb, size_t want);
 /* Statistics of every node of the chain and its file children (MNT/stats.json). */
 void render_stats_json(StrBuf *sb, BlockNode *bs);
 /* The same, with the snapshot views open now among the nodes (role "snapshot", names[i] the snapshot). */

@@ -2,7 +2,7 @@
  * render.c - turns what the block layer says about a chain into text for people and JSON for
  * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the
  * InfoList of each node generically (whatever keys the drivers add), walks block status through the
- * chain and adds the statistics, memory and resident size of the nodes; it knows no image format and
+ * chain (streamed, see MapStream) and adds the statistics, memory and resident size of the nodes; it knows no image format and
  * no FUSE.
  */
 #include <errno.h>
@@ -134,14 +134,9 @@ void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
 
 /* ---------------------------------------------------------------- map */
 
-typedef struct MapRun {
-    int64_t start, length;
-    int flags, depth;
-    int64_t host_offset;      /* -1 when not valid */
-    const char *file;         /* host file name, NULL when not valid */
-} MapRun;
-
-typedef void (*MapEmit)(StrBuf *sb, const MapRun *r, bool first);
+/* The maps are streamed: map_stream_next() walks block status from where it stopped and appends the
+ * lines of the runs it closes, so neither `imgfuse map` nor MNT/layers/N/map ever holds more than one
+ * run and a few lines, whatever the size and fragmentation of the disk. */
 
 static bool runs_merge(const MapRun *a, const MapRun *b)
 {
@@ -150,45 +145,6 @@ static bool runs_merge(const MapRun *a, const MapRun *b)
     if (a->host_offset < 0 || b->host_offset < 0)
         return a->host_offset == b->host_offset;
     return a->host_offset + a->length == b->host_offset;
-}
-
-static int walk_map(StrBuf *sb, BlockNode *bs, MapEmit emit)
-{
-    int64_t size = bdrv_getlength(bs);
-    if (size < 0)
-        return (int)size;
-    MapRun cur = {0};
-    bool have = false, first = true;
-    for (int64_t pos = 0; pos < size;) {
-        BlockStatus st = {0};
-        int r = bdrv_block_status_above(bs, pos, size - pos, &st);
-        if (r < 0)
-            return r;
-        if (st.bytes <= 0)
-            return -EIO;
-        int64_t len = MIN(st.bytes, size - pos);
-        bool valid = (st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file;
-        MapRun run = {
-            .start = pos, .length = len, .depth = st.depth,
-            .flags = st.flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED),
-            .host_offset = valid ? st.host_offset : -1,
-            .file = valid ? st.host_file->filename : NULL,
-        };
-        if (have && runs_merge(&cur, &run)) {
-            cur.length += run.length;
-        } else {
-            if (have) {
-                emit(sb, &cur, first);
-                first = false;
-            }
-            cur = run;
-            have = true;
-        }
-        pos += len;
-    }
-    if (have)
-        emit(sb, &cur, first);
-    return 0;
 }
 
 static const char *run_kind(const MapRun *r)
@@ -226,54 +182,96 @@ static void emit_json(StrBuf *sb, const MapRun *r, bool first)
     sb_put(sb, "}", 1);
 }
 
-int render_map_text(StrBuf *sb, BlockNode *bs)
+/* One layer's own map: "offset length data|zero"; ranges that fall through to the backing chain (flags
+ * 0 here) are left out. */
+static void emit_layer(StrBuf *sb, const MapRun *r, bool first)
 {
-    return walk_map(sb, bs, emit_text);
+    (void)first;
+    if (r->flags)
+        sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", r->start, r->length,
+                  r->flags == BDRV_BLOCK_DATA ? "data" : "zero");
 }
 
-int render_map_json(StrBuf *sb, BlockNode *bs)
+/* The run block status gives at pos, as the stream's kind sees it. */
+static int map_next_run(MapStream *m, MapRun *run)
 {
-    sb_put(sb, "[", 1);
-    int r = walk_map(sb, bs, emit_json);
-    sb_put(sb, "]\n", 2);
-    return r;
+    BlockStatus st = {0};
+    int64_t left = m->size - m->pos;
+    int r = m->kind == MAP_LAYER ? bdrv_block_status(m->bs, m->pos, left, &st)
+                                 : bdrv_block_status_above(m->bs, m->pos, left, &st);
+    if (r < 0)
+        return r;
+    if (st.bytes <= 0)
+        return -EIO;
+    *run = (MapRun){ .start = m->pos, .length = MIN(st.bytes, left), .host_offset = -1 };
+    if (m->kind == MAP_LAYER) {
+        /* adjacent runs of the same kind merge, whatever their host offsets */
+        if (st.flags & BDRV_BLOCK_ALLOCATED)
+            run->flags = (st.flags & BDRV_BLOCK_ZERO) || !(st.flags & BDRV_BLOCK_DATA) ? BDRV_BLOCK_ZERO
+                                                                                       : BDRV_BLOCK_DATA;
+        return 0;
+    }
+    bool valid = (st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file;
+    run->depth = st.depth;
+    run->flags = st.flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED);
+    run->host_offset = valid ? st.host_offset : -1;
+    run->file = valid ? st.host_file->filename : NULL;
+    return 0;
 }
 
-/* ---------------------------------------------------------------- one layer's own map */
-
-/* What bs itself holds (not its backing chain): "offset length data|zero" per line, adjacent runs of the
- * same kind merged, ranges that fall through to the backing chain left out. */
-int render_layer_map(StrBuf *sb, BlockNode *bs)
+static void map_emit(MapStream *m, StrBuf *sb, const MapRun *r)
 {
-    int64_t size = bdrv_getlength(bs);
-    if (size < 0)
-        return (int)size;
-    int64_t run_start = 0, run_len = 0;
-    const char *run_kind = NULL;
-    for (int64_t pos = 0; pos < size;) {
-        BlockStatus st = {0};
-        int r = bdrv_block_status(bs, pos, size - pos, &st);
+    if (m->kind == MAP_TEXT)
+        emit_text(sb, r, m->first);
+    else if (m->kind == MAP_JSON)
+        emit_json(sb, r, m->first);
+    else
+        emit_layer(sb, r, m->first);
+    m->first = false;
+}
+
+void map_stream_init(MapStream *m, BlockNode *bs, enum MapKind kind)
+{
+    memset(m, 0, sizeof *m);
+    m->bs = bs;
+    m->kind = kind;
+    m->first = true;
+    m->size = -1;
+}
+
+int map_stream_next(MapStream *m, StrBuf *sb, size_t want)
+{
+    if (m->done)
+        return 0;
+    if (m->size < 0) {
+        m->size = bdrv_getlength(m->bs);
+        if (m->size < 0)
+            return (int)m->size;
+        if (m->kind == MAP_JSON)
+            sb_put(sb, "[", 1);
+    }
+    while (sb->len < want && m->pos < m->size) {
+        MapRun run;
+        int r = map_next_run(m, &run);
         if (r < 0)
             return r;
-        if (st.bytes <= 0)
-            return -EIO;
-        int64_t len = MIN(st.bytes, size - pos);
-        const char *kind = NULL;
-        if (st.flags & BDRV_BLOCK_ALLOCATED)
-            kind = (st.flags & BDRV_BLOCK_ZERO) || !(st.flags & BDRV_BLOCK_DATA) ? "zero" : "data";
-        if (kind && run_kind == kind && run_start + run_len == pos) {
-            run_len += len;
+        if (m->have && runs_merge(&m->cur, &run)) {
+            m->cur.length += run.length;
         } else {
-            if (run_kind)
-                sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", run_start, run_len, run_kind);
-            run_kind = kind;
-            run_start = pos;
-            run_len = len;
+            if (m->have)
+                map_emit(m, sb, &m->cur);
+            m->cur = run;
+            m->have = true;
         }
-        pos += len;
+        m->pos += run.length;
     }
-    if (run_kind)
-        sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", run_start, run_len, run_kind);
+    if (m->pos < m->size)
+        return 1;
+    if (m->have)
+        map_emit(m, sb, &m->cur);
+    if (m->kind == MAP_JSON)
+        sb_put(sb, "]\n", 2);
+    m->done = true;
     return 0;
 }
 
@@ -344,8 +342,12 @@ void render_stats_json_views(StrBuf *sb, BlockNode *bs, BlockNode *const *views,
     }
     for (size_t i = 0; i < n_views; i++)
         render_node_stats(sb, views[i], views[i]->depth, "snapshot", first && i == 0, names[i]);
+    ReadErrorSummary es;
+    bdrv_read_errors_summary(bs, &es);
     int64_t rss, peak;
     process_rss(&rss, &peak);
-    sb_printf(sb, "\n  ],\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
+    sb_printf(sb, "\n  ],\n  \"read_errors\": {\"ranges\": %" PRIu64 ", \"mem_bytes\": %" PRIu64 ", \"unlisted_ranges\": %"
+              PRIu64 ", \"unlisted_bytes\": %" PRIu64 "}", es.ranges, es.mem_bytes, es.unlisted, es.unlisted_bytes);
+    sb_printf(sb, ",\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
               peak);
 }

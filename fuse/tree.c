@@ -176,42 +176,65 @@ static char *gen_info_json(Fs *fs, Entry *e, size_t *len)
     return sb_steal(&sb, len);
 }
 
-static char *gen_layer_map(Fs *fs, Entry *e, size_t *len)
+/* MNT/layers/N-NAME/map, streamed (render.c's MapStream). */
+static void *layer_map_open(Fs *fs, Entry *e)
 {
     (void)fs;
-    StrBuf sb;
-    sb_init(&sb);
-    int r = render_layer_map(&sb, e->bs);
-    if (r < 0)
-        sb_printf(&sb, "error: %s\n", strerror(-r));
-    return sb_steal(&sb, len);
+    MapStream *m = malloc(sizeof *m);
+    if (m)
+        map_stream_init(m, e->bs, MAP_LAYER);
+    return m;
 }
 
-static int cmp_error_offset(const void *a, const void *b)
+static int layer_map_next(void *state, StrBuf *sb, size_t want)
 {
-    const ReadErrorRecord *x = a, *y = b;
-    return (x->offset > y->offset) - (x->offset < y->offset);
+    return map_stream_next(state, sb, want);
 }
+
+static const StreamOps layer_map_ops = { layer_map_open, layer_map_next, free };
 
 /* Ranges read as zeros under --on-read-error=zero: "offset length depth file: reason" a line, in disk
- * order (parallel readers record them in whatever order they hit them). */
-static char *gen_errors(Fs *fs, Entry *e, size_t *len)
+ * order, streamed from the block layer's list; if the list was full, a last line says how much is not
+ * listed. */
+typedef struct ErrorsStream {
+    BlockNode *bs;
+    int64_t next;             /* guest offset the next record starts at or after */
+    bool done;
+} ErrorsStream;
+
+static void *errors_open(Fs *fs, Entry *e)
 {
     (void)fs;
-    StrBuf sb;
-    sb_init(&sb);
-    ReadErrorRecord *list = NULL;
-    int n = bdrv_read_errors(e->bs, &list);
-    if (n > 1)
-        qsort(list, (size_t)n, sizeof(*list), cmp_error_offset);
-    for (int i = 0; i < n; i++)
-        sb_printf(&sb, "%" PRId64 " %" PRId64 " %d %s: %s\n", list[i].offset, list[i].length, list[i].layer,
-                  list[i].layer_name, list[i].reason);
-    if (n < 0)
-        sb_printf(&sb, "error: %s\n", strerror(-n));
-    free(list);
-    return sb_steal(&sb, len);
+    ErrorsStream *es = calloc(1, sizeof *es);
+    if (es)
+        es->bs = e->bs;
+    return es;
 }
+
+static int errors_next(void *state, StrBuf *sb, size_t want)
+{
+    ErrorsStream *es = state;
+    ReadErrorRecord rec[16];
+    while (!es->done && sb->len < want) {
+        int n = bdrv_read_errors_from(es->bs, es->next, rec, (int)ARRAY_SIZE(rec));
+        for (int i = 0; i < n; i++)
+            sb_printf(sb, "%" PRId64 " %" PRId64 " %d %s: %s\n", rec[i].offset, rec[i].length, rec[i].layer,
+                      rec[i].layer_name, rec[i].reason);
+        if (n > 0) {
+            es->next = rec[n - 1].offset + 1;
+            continue;
+        }
+        ReadErrorSummary sum;
+        bdrv_read_errors_summary(es->bs, &sum);
+        if (sum.unlisted)
+            sb_printf(sb, "not listed: %" PRIu64 " more ranges, %" PRIu64 " bytes, read as zeros (the list is full)\n",
+                      sum.unlisted, sum.unlisted_bytes);
+        es->done = true;
+    }
+    return es->done ? 0 : 1;
+}
+
+static const StreamOps errors_ops = { errors_open, errors_next, free };
 
 static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
 {
@@ -226,6 +249,14 @@ static char *gen_stats_json(Fs *fs, Entry *e, size_t *len)
     free(views);
     free(names);
     return sb_steal(&sb, len);
+}
+
+Entry *fs_add_stream(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, const StreamOps *ops)
+{
+    Entry *e = fs_add(fs, parent, name, ENTRY_GEN, bs);
+    if (e)
+        e->stream = ops;
+    return e;
 }
 
 Entry *fs_add_disk(Fs *fs, fuse_ino_t parent, const char *name, BlockNode *bs, bool writable)
@@ -260,7 +291,7 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
         char name[256];
         snprintf(name, sizeof name, "%d-%s", n->depth, base);
         Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);
-        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_gen(fs, ld->ino, "map", n, gen_layer_map))
+        if (!ld || !fs_add_disk(fs, ld->ino, "disk.raw", n, false) || !fs_add_stream(fs, ld->ino, "map", n, &layer_map_ops))
             return -ENOMEM;
     }
     return 0;
@@ -278,7 +309,7 @@ int fs_build_tree(Fs *fs)
     }
     if (!fs_add(fs, 1, "/", ENTRY_DIR, NULL) || !(fs->disk = fs_add_disk(fs, 1, "disk.raw", view, c->writable)) ||
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
-        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_gen(fs, 1, "errors", c->bs, gen_errors))
+        !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_stream(fs, 1, "errors", c->bs, &errors_ops))
         return -ENOMEM;
     int r = fs_build_layers(fs, 1);
     return r < 0 ? r : fs_build_snapshots(fs, 1);

@@ -365,8 +365,19 @@ typedef struct ReadErrorRecord {
     char layer_name[256];    /* that layer's file name */
     char reason[128];        /* strerror of the failure */
 } ReadErrorRecord;
-/* Returns the number of records and a malloc'd copy in *list (free it), or -errno. */
-int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list);
+/* The list, in disk order and streamed: copies up to max records (at most 64 a call) that start at or
+ * after offset into out; returns how many (0: no more). Adjacent ranges of one layer and reason are
+ * merged; the list keeps at most 524288 ranges (12 MiB, 24 MiB while merging new ones in). */
+int bdrv_read_errors_from(BlockNode *bs, int64_t offset, ReadErrorRecord *out, int max);
+/* The list's size and memory, and the ranges read as zeros but not listed because it was full. */
+typedef struct ReadErrorSummary {
+    uint64_t ranges, mem_bytes;
+    uint64_t unlisted, unlisted_bytes;
+} ReadErrorSummary;
+void bdrv_read_errors_summary(BlockNode *bs, ReadErrorSummary *sum);
+/* bdrv_block_status_above as reads see it (SEEK_DATA/SEEK_HOLE): under --on-read-error=zero a range whose
+ * status cannot be read is reported as data (it reads as zeros), never as an error. */
+int bdrv_block_status_as_read(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
 /* Zero-copy reads: where a read-only range of bs lives on the host. One piece of a mapped range: its
  * bytes are host bytes of one file (fd >= 0, from host_offset on), or zeros (fd -1), decided by the layer

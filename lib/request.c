@@ -17,7 +17,7 @@
 
 #define COR_DEFAULT_GRANULARITY (64 * KiB)
 #define READ_ERROR_PIECE (4 * KiB)
-#define MAX_READ_ERRORS 100000
+#define READ_ERRORS_LOGGED 16  /* the daemon logs this many ranges; MNT/errors lists them all */
 
 typedef struct Bucket {
     int64_t rate;   /* units per second, 0 = unlimited */
@@ -35,8 +35,8 @@ struct RequestState {
     int64_t cor_granularity;
     enum DetectZeroes detect_zeroes;
     bool zero_on_error;
-    ReadErrorRecord *errors;
-    int n_errors, cap_errors;
+    ErrList errors;
+    uint64_t errors_logged;
 };
 
 /* ---------------------------------------------------------------- set up */
@@ -100,7 +100,7 @@ void request_state_free(BlockNode *bs)
     if (!s)
         return;
     pthread_mutex_destroy(&s->lock);
-    free(s->errors);
+    errlist_free(&s->errors);
     free(s);
     bs->core->req = NULL;
 }
@@ -208,7 +208,151 @@ static int cor_read(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
     return r;
 }
 
+/* ---------------------------------------------------------------- the list of ranges read as zeros */
+
+/* The list is a sorted array of disjoint ranges (neighbours of the same layer and errno merged) and an
+ * unsorted tail of new ranges. A range extending the last one found is merged at once (sequential
+ * readers); a range already listed is found by binary search; others go to the tail, which is sorted and
+ * merged into the array once it is as long as the array: O(log n) per range amortised, whatever order
+ * parallel readers record in. At most ERRLIST_MAX_RANGES are kept, array and tail together (24 bytes
+ * each: ERRLIST_BUDGET bytes); further ranges are only counted. */
+
+static bool errrange_joins(const ErrRange *a, const ErrRange *b)
+{
+    return a->offset + a->length == b->offset && a->layer == b->layer && a->err == b->err;
+}
+
+/* Index of the last sorted range starting at or before offset, -1 if none. */
+static int64_t errlist_find(const ErrList *l, int64_t offset)
+{
+    int64_t lo = 0, hi = (int64_t)l->n_sorted; /* answer in [lo - 1, hi - 1] */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (l->r[mid].offset <= offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo - 1;
+}
+
+static int cmp_errrange(const void *a, const void *b)
+{
+    const ErrRange *x = a, *y = b;
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/* Sorts the tail and merges it into the sorted ranges (in place, from the back), then joins neighbours. */
+void errlist_compact(ErrList *l)
+{
+    if (!l->n_tail)
+        return;
+    ErrRange *tail = l->r + l->n_sorted;
+    qsort(tail, l->n_tail, sizeof(*tail), cmp_errrange);
+    /* merge two sorted runs that are already adjacent in r: rotate through the spare room after them */
+    size_t a = l->n_sorted, b = l->n_tail, n = a + b;
+    if (a && b && l->r[a - 1].offset > tail[0].offset) {
+        /* l->cap >= 2 * n is kept by errlist_add, so r + n can hold a copy of the tail */
+        memcpy(l->r + n, tail, b * sizeof(*tail));
+        ErrRange *t = l->r + n;
+        size_t i = a, j = b, k = n;
+        while (j > 0) {
+            if (i > 0 && l->r[i - 1].offset > t[j - 1].offset)
+                l->r[--k] = l->r[--i];
+            else
+                l->r[--k] = t[--j];
+        }
+    }
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        ErrRange *last = out ? &l->r[out - 1] : NULL;
+        if (last && last->offset + last->length >= l->r[i].offset &&
+            (last->offset + last->length > l->r[i].offset || errrange_joins(last, &l->r[i]))) {
+            int64_t end = MAX(last->offset + last->length, l->r[i].offset + l->r[i].length);
+            last->length = end - last->offset; /* overlapping: the same bytes, listed once */
+        } else {
+            l->r[out++] = l->r[i];
+        }
+    }
+    l->n_sorted = out;
+    l->n_tail = 0;
+}
+
+/* Grows the array so that the sorted ranges, the tail and a merge copy of the tail fit. */
+static bool errlist_reserve(ErrList *l, size_t n)
+{
+    size_t want = 2 * n;
+    if (want <= l->cap)
+        return true;
+    size_t cap = l->cap ? l->cap : 1024;
+    while (cap < want)
+        cap *= 2;
+    if (cap > 2 * ERRLIST_MAX_RANGES)
+        cap = 2 * ERRLIST_MAX_RANGES;
+    if (cap < want)
+        return false;
+    ErrRange *r = realloc(l->r, cap * sizeof(*r));
+    if (!r)
+        return false;
+    l->r = r;
+    l->cap = cap;
+    return true;
+}
+
+int errlist_add(ErrList *l, int64_t offset, int64_t length, int layer, int err)
+{
+    ErrRange nr = { offset, length, layer, err };
+    ErrRange *last = l->n_tail ? &l->r[l->n_sorted + l->n_tail - 1] : l->n_sorted ? &l->r[l->n_sorted - 1] : NULL;
+    if (last && errrange_joins(last, &nr)) {
+        last->length += length;
+        return 1;
+    }
+    int64_t i = errlist_find(l, offset);
+    if (i >= 0 && l->r[i].offset + l->r[i].length >= offset + length)
+        return 0; /* already listed */
+    for (size_t k = l->n_sorted + l->n_tail; k > l->n_sorted && k + 8 > l->n_sorted + l->n_tail; k--)
+        if (l->r[k - 1].offset <= offset && l->r[k - 1].offset + l->r[k - 1].length >= offset + length)
+            return 0; /* among the last ranges added */
+    if (l->n_sorted + l->n_tail >= ERRLIST_MAX_RANGES)
+        errlist_compact(l);
+    if (l->n_sorted + l->n_tail >= ERRLIST_MAX_RANGES || !errlist_reserve(l, l->n_sorted + l->n_tail + 1)) {
+        l->unlisted++;
+        l->unlisted_bytes += (uint64_t)length;
+        return -ENOSPC;
+    }
+    l->r[l->n_sorted + l->n_tail++] = nr;
+    if (l->n_tail >= MAX(l->n_sorted, (size_t)1024))
+        errlist_compact(l);
+    return 1;
+}
+
+size_t errlist_from(ErrList *l, int64_t offset, ErrRange *out, size_t max)
+{
+    errlist_compact(l);
+    int64_t i = errlist_find(l, offset);
+    if (i < 0 || l->r[i].offset < offset)
+        i++;
+    size_t n = 0;
+    while (n < max && (size_t)i < l->n_sorted)
+        out[n++] = l->r[i++];
+    return n;
+}
+
+void errlist_free(ErrList *l)
+{
+    free(l->r);
+    memset(l, 0, sizeof(*l));
+}
+
 /* ---------------------------------------------------------------- read errors as zeros */
+
+static BlockNode *chain_layer(BlockNode *bs, int layer)
+{
+    BlockNode *n = bs;
+    for (int i = 0; i < layer && n->backing; i++)
+        n = n->backing;
+    return n;
+}
 
 static void record_read_error(BlockNode *bs, int64_t offset, int64_t length, int err)
 {
@@ -217,43 +361,19 @@ static void record_read_error(BlockNode *bs, int64_t offset, int64_t length, int
     int layer = 0;
     if (bdrv_block_status_above(bs, offset, length, &st) == 0)
         layer = st.depth;
-    BlockNode *n = bs;
-    for (int i = 0; i < layer && n->backing; i++)
-        n = n->backing;
-    const char *reason = strerror(-err);
-    bool is_new = true;
     pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < s->n_errors; i++) {
-        ReadErrorRecord *e = &s->errors[i];
-        if (offset >= e->offset && offset + length <= e->offset + e->length) {
-            is_new = false; /* already known and logged */
-            goto out;
-        }
-        if (e->offset + e->length == offset && e->layer == layer && strcmp(e->reason, reason) == 0) {
-            e->length += length;
-            goto out;
-        }
-    }
-    if (s->n_errors == s->cap_errors) {
-        int cap = s->cap_errors ? s->cap_errors * 2 : 16;
-        ReadErrorRecord *ne = cap <= MAX_READ_ERRORS ? realloc(s->errors, (size_t)cap * sizeof(*ne)) : NULL;
-        if (!ne)
-            goto out;
-        s->errors = ne;
-        s->cap_errors = cap;
-    }
-    ReadErrorRecord *e = &s->errors[s->n_errors++];
-    memset(e, 0, sizeof(*e));
-    e->offset = offset;
-    e->length = length;
-    e->layer = layer;
-    snprintf(e->layer_name, sizeof(e->layer_name), "%s", n->filename);
-    snprintf(e->reason, sizeof(e->reason), "%s", reason);
-out:
+    int r = errlist_add(&s->errors, offset, length, layer, -err);
+    bool log = r > 0 && s->errors_logged < READ_ERRORS_LOGGED;
+    bool last = log && ++s->errors_logged == READ_ERRORS_LOGGED;
+    bool full = r == -ENOSPC && s->errors.unlisted == 1;
     pthread_mutex_unlock(&s->lock);
-    if (is_new)
-        log_msg("%s: read error at offset %lld, %lld bytes (%s): returning zeros", n->filename,
-            (long long)offset, (long long)length, reason);
+    const char *name = chain_layer(bs, layer)->filename;
+    if (log)
+        log_msg("%s: read error at offset %lld, %lld bytes (%s): returning zeros%s", name, (long long)offset,
+                (long long)length, strerror(-err), last ? " (further ones are listed in MOUNTPOINT/errors only)" : "");
+    if (full)
+        log_msg("%s: more than %d ranges read as zeros: further ones are counted, not listed", name,
+                ERRLIST_MAX_RANGES);
 }
 
 static int read_once(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
@@ -282,23 +402,58 @@ static int read_zero_on_error(BlockNode *bs, int64_t offset, int64_t bytes, uint
     return 0;
 }
 
-int bdrv_read_errors(BlockNode *bs, ReadErrorRecord **list)
+int bdrv_read_errors_from(BlockNode *bs, int64_t offset, ReadErrorRecord *out, int max)
 {
-    *list = NULL;
     struct RequestState *s = bs && bs->core ? bs->core->req : NULL;
-    if (!s)
+    if (!s || max <= 0)
         return 0;
+    ErrRange r[64];
     pthread_mutex_lock(&s->lock);
-    int n = s->n_errors;
-    if (n) {
-        *list = malloc((size_t)n * sizeof(**list));
-        if (*list)
-            memcpy(*list, s->errors, (size_t)n * sizeof(**list));
-        else
-            n = -ENOMEM;
-    }
+    size_t n = errlist_from(&s->errors, offset, r, MIN((size_t)max, ARRAY_SIZE(r)));
     pthread_mutex_unlock(&s->lock);
-    return n;
+    for (size_t i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof(out[i]));
+        out[i].offset = r[i].offset;
+        out[i].length = r[i].length;
+        out[i].layer = r[i].layer;
+        snprintf(out[i].layer_name, sizeof(out[i].layer_name), "%s", chain_layer(bs, r[i].layer)->filename);
+        snprintf(out[i].reason, sizeof(out[i].reason), "%s", strerror(r[i].err));
+    }
+    return (int)n;
+}
+
+void bdrv_read_errors_summary(BlockNode *bs, ReadErrorSummary *sum)
+{
+    struct RequestState *s = bs && bs->core ? bs->core->req : NULL;
+    memset(sum, 0, sizeof(*sum));
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    errlist_compact(&s->errors);
+    sum->ranges = s->errors.n_sorted;
+    sum->mem_bytes = s->errors.cap * sizeof(ErrRange);
+    sum->unlisted = s->errors.unlisted;
+    sum->unlisted_bytes = s->errors.unlisted_bytes;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* A range whose status cannot be read reads as zeros (or as what can be read of it) under
+ * --on-read-error=zero, so it is data: READ_ERROR_PIECE bytes, doubled while the status at the end still
+ * fails, so that a damaged table over terabytes costs a few dozen look-ups, not one per piece. */
+int bdrv_block_status_as_read(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    struct RequestState *s = bs && bs->core ? bs->core->req : NULL;
+    int r = bdrv_block_status_above(bs, offset, bytes, st);
+    if (r >= 0 || r == -ENOMEM || r == -EINVAL || !s || !s->zero_on_error || bytes <= 0)
+        return r;
+    int64_t len = MIN(READ_ERROR_PIECE - offset % READ_ERROR_PIECE, bytes);
+    BlockStatus probe;
+    while (len < bytes && bdrv_block_status_above(bs, offset + len, bytes - len, &probe) < 0)
+        len = MIN(len * 2, bytes);
+    memset(st, 0, sizeof(*st));
+    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+    st->bytes = len;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- the root's request paths */

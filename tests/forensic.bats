@@ -145,7 +145,7 @@ EOF
   [ "$status" -ne 0 ]
   [[ "$output" == *"Input/output error"* ]]
   dd if="$MNT/disk.raw" of=/dev/null bs=4k skip=65 count=1 iflag=direct status=none
-  [ ! -s "$MNT/errors" ]
+  [ -z "$(cat "$MNT/errors")" ]   # streamed (size 0): read it to see it is empty
   unmount_img
   mount_img --blkdebug "$TMP/rules" --on-read-error=zero bad.raw "$MNT"
   cat "$MNT/disk.raw" > "$TMP/read"

@@ -198,10 +198,13 @@ static int qcow2_lookup(Qcow2State *s, const Qcow2L1Ref *l1, uint64_t offset, ui
         type = qcow2_get_host_offset(s, s->l1_table, s->l1_size, offset, bytes, host, l2_entry);
     /* The file driver reads zeros past its end, so a data cluster there would read as silent zeros. */
     bool past_end = type == QCOW2_SC_NORMAL && !s->has_data_file && *host + *bytes > s->host_end;
+    /* the first cluster of the run that reaches past the end, not the run's first one */
+    uint64_t bad = MAX(*host, s->host_end) & ~s->cluster_mask;
     pthread_mutex_unlock(s->lock);
     if (past_end) {
+        uint64_t guest = (offset + (MAX(bad, *host) - *host)) & ~s->cluster_mask;
         qcow2_signal_corruption(s, "data cluster 0x%" PRIx64 " for guest offset 0x%" PRIx64
-                                " lies past the end of the image", *host & ~s->cluster_mask, offset);
+                                " lies past the end of the image", bad, guest);
         return -EIO;
     }
     if (type == QCOW2_SC_INVALID) {

@@ -4,6 +4,7 @@
  * faster than its rate), --on-read-error=zero with the error list, and the option checks at open.
  */
 #include "block.h"
+#include "../../lib/request.h"
 #include "tap.h"
 #include "util.h"
 
@@ -173,8 +174,8 @@ static void test_read_errors(void)
     uint8_t *buf = malloc(256 * KiB);
     ok(bs != NULL, "open with a failing range: %s", err.msg);
     is_int(bs ? bdrv_pread(bs, 0, 64 * KiB, buf) : 0, -EIO, "default: the read fails with EIO");
-    ReadErrorRecord *list;
-    is_int(bs ? bdrv_read_errors(bs, &list) : -1, 0, "default: no error list");
+    ReadErrorRecord list[4];
+    is_int(bs ? bdrv_read_errors_from(bs, 0, list, 4) : -1, 0, "default: no error list");
     bdrv_close(bs);
 
     o.on_read_error = READ_ERROR_ZERO;
@@ -187,16 +188,75 @@ static void test_read_errors(void)
     ok(buffer_is_zero(buf + 8192, 4096) && buf[8191] == (uint8_t)(8191 % 251 + 1) && buf[12288] ==
        (uint8_t)(12288 % 251 + 1), "only the 4 KiB piece holding the bad range is zero");
     is_int(bdrv_pread(bs, 8000, 5000, buf), 0, "a second read of the range");
-    int n = bdrv_read_errors(bs, &list);
+    int n = bdrv_read_errors_from(bs, 0, list, 4);
     is_int(n, 1, "one error recorded, not duplicated");
     if (n == 1) {
         ok(list[0].offset == 8192 && list[0].length == 4096 && list[0].layer == 0 &&
            strstr(list[0].layer_name, "err.img") && strstr(list[0].reason, "Input/output error"),
            "record: offset 8192, 4096 bytes, layer 0, reason");
     }
-    free(list);
+    is_int(bdrv_read_errors_from(bs, 8193, list, 4), 0, "no record starts after it");
     bdrv_close(bs);
     free(buf);
+}
+
+/* Walks the whole list in pieces as MNT/errors does; returns the number of ranges and checks order. */
+static size_t errlist_walk(ErrList *l, int64_t *bytes, bool *sorted)
+{
+    ErrRange r[64];
+    size_t total = 0, n;
+    int64_t from = 0, end = -1;
+    *bytes = 0;
+    *sorted = true;
+    while ((n = errlist_from(l, from, r, 64)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            *sorted &= r[i].offset > end;
+            end = r[i].offset + r[i].length;
+            *bytes += r[i].length;
+        }
+        total += n;
+        from = r[n - 1].offset + 1;
+    }
+    return total;
+}
+
+static void test_error_list(void)
+{
+    ErrList l = { 0 };
+    /* every other 4 KiB piece of 2.4 GiB, recorded from the end backwards: 300000 ranges, none lost */
+    const int n = 300000;
+    for (int i = n - 1; i >= 0; i--)
+        errlist_add(&l, (int64_t)i * 8192, 4096, 0, EIO);
+    int64_t bytes;
+    bool sorted;
+    is_int((int)errlist_walk(&l, &bytes, &sorted), n, "300000 ranges recorded backwards: all listed");
+    ok(sorted && bytes == (int64_t)n * 4096, "in disk order, 4096 bytes each");
+    is_int(errlist_add(&l, 8192 * 1000, 4096, 0, EIO), 0, "a range listed already is not added again");
+    is_int(errlist_add(&l, 8192 * 1000 + 4096, 4096, 0, EIO), 1, "the gap after it is");
+    is_int(errlist_add(&l, 8192 * 1000 + 4096, 4096, 0, EIO), 0, "once");
+    ErrRange r[2];
+    ok(errlist_from(&l, 8192 * 1000, r, 2) == 2 && r[0].length == 3 * 4096 && r[1].offset == 8192 * 1002,
+       "and joins both neighbours into one range");
+    errlist_free(&l);
+
+    /* adjacent pieces in a scrambled order merge into one range; another layer or errno does not */
+    for (int i = 0; i < 5000; i++)
+        errlist_add(&l, (int64_t)((i * 7919) % 5000) * 4096, 4096, 1, EIO);
+    errlist_add(&l, 5000 * 4096, 4096, 1, EILSEQ);
+    ErrRange one[4];
+    size_t got = errlist_from(&l, 0, one, 4);
+    ok(got == 2 && one[0].offset == 0 && one[0].length == 5000 * 4096 && one[0].layer == 1 &&
+       one[1].err == EILSEQ, "5000 adjacent pieces in any order: one range, then the other errno's");
+    errlist_free(&l);
+
+    /* the budget: further ranges are counted, not kept */
+    for (int64_t i = 0; i < ERRLIST_MAX_RANGES + 10; i++)
+        errlist_add(&l, i * 8192, 4096, 0, EIO);
+    is_int((int)errlist_walk(&l, &bytes, &sorted), ERRLIST_MAX_RANGES, "the list stops at its budget");
+    ok(l.unlisted == 10 && l.unlisted_bytes == 40960, "the 10 further ranges are counted: %llu, %llu bytes",
+       (unsigned long long)l.unlisted, (unsigned long long)l.unlisted_bytes);
+    ok(l.cap * sizeof(ErrRange) <= 24 * MiB, "memory within 24 MiB: %zu bytes", l.cap * sizeof(ErrRange));
+    errlist_free(&l);
 }
 
 static void test_cor_needs_writable(void)
@@ -230,6 +290,7 @@ int main(void)
     test_detect_zeroes();
     test_throttle();
     test_read_errors();
+    test_error_list();
     test_cor_needs_writable();
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
