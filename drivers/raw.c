@@ -2,8 +2,10 @@
  * raw.c - the "raw" format driver: the bytes of the file are the disk (a window of it, --offset/--size,
  * is the window filter's job, drivers/window.c, as for every format).  Sizes are exact to the byte.
  * When raw was probed rather than named and the node is writable, a write that would make the first
- * sector probe as another format is refused (the format-probing attack).
- * It knows nothing about other formats beyond asking their probe functions.
+ * sector probe as another format, or carry any magic of lib/probe.c's table of known formats, is
+ * refused (the format-probing attack); info names a format the file looks like (a fixed VHD, or any
+ * file opened with -f raw).  It knows nothing about other formats beyond asking their probe functions
+ * and that table.
  */
 #include "block.h"
 #include "util.h"
@@ -59,6 +61,11 @@ static int raw_probe_guard(BlockNode *bs, int64_t file_offset, int64_t bytes, co
     memcpy(head + file_offset, buf, (size_t)n);
     int64_t flen = bdrv_getlength(bs->file);
     size_t len = (size_t)MIN(RAW_PROBE_BYTES, MAX(flen, file_offset + n));
+    const char *known = bdrv_known_magic_at_start(head, len);
+    if (known) {
+        log_msg("%s: write to sector 0 refused: the image would then look like a %s", bs->filename, known);
+        r = -EPERM;
+    }
     for (const BlockDriver *const *d = bdrv_driver_list(); *d && r == 0; d++) {
         if (*d == bs->drv || (*d)->is_protocol || (*d)->is_filter || !(*d)->probe)
             continue;
@@ -113,6 +120,15 @@ static int64_t raw_get_allocated_size(BlockNode *bs)
     return bdrv_get_allocated_size(bs->file);
 }
 
+static void raw_get_info(BlockNode *bs, InfoList *info)
+{
+    const char *driver = NULL, *what = bdrv_known_format_hint(bs->file, &driver);
+    if (what && driver)
+        info_add_str(info, "looks_like", "%s (read it with -f %s)", what, driver);
+    else if (what)
+        info_add_str(info, "looks_like", "%s (no driver for it yet)", what);
+}
+
 static bool raw_has_zero_init(BlockNode *bs)
 {
     return bdrv_has_zero_init(bs->file);
@@ -136,6 +152,7 @@ const BlockDriver bdrv_raw = {
     .getlength = raw_getlength,
     .get_allocated_size = raw_get_allocated_size,
     .truncate = raw_truncate,
+    .get_info = raw_get_info,
     .has_zero_init = raw_has_zero_init,
     .create = raw_create,
     .shares_write = true,

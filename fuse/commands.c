@@ -305,7 +305,15 @@ static int snapshot_list(BlockNode *bs, const char *image)
         char icount[24] = ""; /* empty when the VM ran without instruction counting, as qemu-img shows it */
         if (list[i].icount != UINT64_MAX)
             snprintf(icount, sizeof icount, "%" PRIu64, list[i].icount);
-        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10s\n", list[i].id, list[i].name, vmsize, date, clock, icount);
+        StrBuf id, name; /* escaped: a name from the image must not forge a line */
+        sb_init(&id);
+        sb_init(&name);
+        sb_text_str(&id, list[i].id);
+        sb_text_str(&name, list[i].name);
+        sb_printf(&sb, "%-8s %-24s %12s %19s %15s %10s\n", id.s ? id.s : "", name.s ? name.s : "", vmsize, date,
+                  clock, icount);
+        sb_free(&id);
+        sb_free(&name);
     }
     int rc = write_all_stdout(sb.s ? sb.s : "", sb.len);
     sb_free(&sb);

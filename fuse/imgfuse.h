@@ -33,6 +33,11 @@ void sb_free(StrBuf *sb);
 void sb_printf(StrBuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sb_put(StrBuf *sb, const char *s, size_t n);
 void sb_json_str(StrBuf *sb, const char *s); /* appends s as a quoted, escaped JSON string */
+/* "key": "value", plus "key_hex": "<the exact bytes in hex>" when value is not valid UTF-8. */
+void sb_json_member(StrBuf *sb, const char *key, const char *value);
+/* Appends s escaped for text output: \\ \n \r \t, \xNN for other controls, C1 and non-UTF-8 bytes. */
+void sb_text_str(StrBuf *sb, const char *s);
+bool str_is_utf8(const char *s);
 char *sb_steal(StrBuf *sb, size_t *len);   /* hands the buffer to the caller, leaves sb empty */
 
 /* ---------------------------------------------------------------- render.c */

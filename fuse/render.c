@@ -2,8 +2,10 @@
  * render.c - turns what the block layer says about a chain into text for people and JSON for
  * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the
  * InfoList of each node generically (whatever keys the drivers add), walks block status through the
- * chain (streamed, see MapStream) and adds the statistics, memory and resident size of the nodes; it knows no image format and
- * no FUSE.
+ * chain (streamed, see MapStream) and adds the statistics, memory and resident size of the nodes.
+ * Every string a file can supply (names, paths, notes, driver strings) is escaped here, in one place:
+ * text with sb_text_str, JSON with sb_json_member (valid UTF-8 always, KEY_hex for exact bytes).  It
+ * knows no image format and no FUSE.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -20,10 +22,20 @@ static bool key_is_size(const char *key)
     return strstr(key, "size") || (n > 6 && strcmp(key + n - 6, "_bytes") == 0);
 }
 
+/* "NAME: VALUE\n" with VALUE escaped (sb_text_str): every string an image supplies goes through here. */
+static void text_line(StrBuf *sb, const char *indent, const char *name, const char *value)
+{
+    sb_printf(sb, "%s", indent);
+    sb_text_str(sb, name);
+    sb_put(sb, ": ", 2);
+    sb_text_str(sb, value);
+    sb_put(sb, "\n", 1);
+}
+
 static void render_item_text(StrBuf *sb, const InfoItem *it)
 {
     if (it->str) {
-        sb_printf(sb, "  %s: %s\n", it->key, it->str);
+        text_line(sb, "  ", it->key, it->str);
     } else if (it->is_bool) {
         sb_printf(sb, "  %s: %s\n", it->key, it->num ? "yes" : "no");
     } else if (key_is_size(it->key) && it->num >= 1024) {
@@ -36,11 +48,13 @@ static void render_item_text(StrBuf *sb, const InfoItem *it)
 
 static void render_item_json(StrBuf *sb, const InfoItem *it)
 {
+    if (it->str) {
+        sb_json_member(sb, it->key, it->str);
+        return;
+    }
     sb_json_str(sb, it->key);
     sb_put(sb, ": ", 2);
-    if (it->str)
-        sb_json_str(sb, it->str);
-    else if (it->is_bool)
+    if (it->is_bool)
         sb_printf(sb, "%s", it->num ? "true" : "false");
     else
         sb_printf(sb, "%" PRId64, it->num);
@@ -68,9 +82,9 @@ static void render_facts_text(StrBuf *sb, const MountFacts *f)
     else
         sb_printf(sb, "read-only: no\n");
     if (f->mode_note)
-        sb_printf(sb, "mode: %s\n", f->mode_note);
+        text_line(sb, "", "mode", f->mode_note);
     if (f->options && *f->options)
-        sb_printf(sb, "options: %s\n", f->options);
+        text_line(sb, "", "options", f->options);
     if (f->window) {
         int64_t off, size;
         window_bounds(f->window, &off, &size);
@@ -81,14 +95,17 @@ static void render_facts_text(StrBuf *sb, const MountFacts *f)
 
 void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
 {
-    sb_printf(sb, "image: %s\n", bs->filename);
+    text_line(sb, "", "image", bs->filename);
     sb_printf(sb, "layers: %d\n", bdrv_chain_length(bs));
     if (facts)
         render_facts_text(sb, facts);
     for (BlockNode *n = bs; n; n = n->backing) {
         InfoList info = {0};
         bdrv_get_info(n, &info);
-        sb_printf(sb, "\nlayer %d: %s\n", n->depth, n->filename);
+        sb_printf(sb, "\n");
+        char layer[32];
+        snprintf(layer, sizeof layer, "layer %d", n->depth);
+        text_line(sb, "", layer, n->filename);
         for (int i = 0; i < info.n; i++)
             render_item_text(sb, &info.items[i]);
         info_free(&info);
@@ -97,18 +114,18 @@ void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
 
 void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
 {
-    sb_put(sb, "{\n  \"image\": ", 13);
-    sb_json_str(sb, bs->filename);
+    sb_put(sb, "{\n  ", 4);
+    sb_json_member(sb, "image", bs->filename);
     sb_printf(sb, ",\n  \"layer_count\": %d", bdrv_chain_length(bs));
     if (facts) {
         sb_printf(sb, ",\n  \"read_only\": %s", facts->read_only ? "true" : "false");
         if (facts->mode_note) {
-            sb_put(sb, ",\n  \"mode\": ", 11);
-            sb_json_str(sb, facts->mode_note);
+            sb_put(sb, ",\n  ", 4);
+            sb_json_member(sb, "mode", facts->mode_note);
         }
         if (facts->options) {
-            sb_put(sb, ",\n  \"options\": ", 14);
-            sb_json_str(sb, facts->options);
+            sb_put(sb, ",\n  ", 4);
+            sb_json_member(sb, "options", facts->options);
         }
         if (facts->window) {
             int64_t off, size;
@@ -120,8 +137,8 @@ void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
     for (BlockNode *n = bs; n; n = n->backing) {
         InfoList info = {0};
         bdrv_get_info(n, &info);
-        sb_printf(sb, "%s\n    {\"depth\": %d, \"filename\": ", n == bs ? "" : ",", n->depth);
-        sb_json_str(sb, n->filename);
+        sb_printf(sb, "%s\n    {\"depth\": %d, ", n == bs ? "" : ",", n->depth);
+        sb_json_member(sb, "filename", n->filename);
         for (int i = 0; i < info.n; i++) {
             sb_put(sb, ", ", 2);
             render_item_json(sb, &info.items[i]);
@@ -164,8 +181,10 @@ static void emit_text(StrBuf *sb, const MapRun *r, bool first)
     char host[32] = "-";
     if (r->host_offset >= 0)
         snprintf(host, sizeof host, "0x%" PRIx64, (uint64_t)r->host_offset);
-    sb_printf(sb, "0x%-16" PRIx64 " 0x%-16" PRIx64 " %-5d %-11s %-18s %s\n", (uint64_t)r->start,
-              (uint64_t)r->length, r->depth, run_kind(r), host, r->file ? r->file : "-");
+    sb_printf(sb, "0x%-16" PRIx64 " 0x%-16" PRIx64 " %-5d %-11s %-18s ", (uint64_t)r->start,
+              (uint64_t)r->length, r->depth, run_kind(r), host);
+    sb_text_str(sb, r->file ? r->file : "-");
+    sb_put(sb, "\n", 1);
 }
 
 static void emit_json(StrBuf *sb, const MapRun *r, bool first)
@@ -176,8 +195,8 @@ static void emit_json(StrBuf *sb, const MapRun *r, bool first)
               (r->flags & BDRV_BLOCK_ZERO) ? "true" : "false", (r->flags & BDRV_BLOCK_DATA) ? "true" : "false",
               (r->flags & BDRV_BLOCK_COMPRESSED) ? "true" : "false");
     if (r->host_offset >= 0) {
-        sb_printf(sb, ", \"offset\": %" PRId64 ", \"file\": ", r->host_offset);
-        sb_json_str(sb, r->file);
+        sb_printf(sb, ", \"offset\": %" PRId64 ", ", r->host_offset);
+        sb_json_member(sb, "file", r->file);
     }
     sb_put(sb, "}", 1);
 }
@@ -284,11 +303,11 @@ static void render_node_stats(StrBuf *sb, BlockNode *n, int depth, const char *r
     bdrv_stats_snapshot(n, &s);
     sb_printf(sb, "%s\n    {\"depth\": %d, \"role\": \"%s\", \"driver\": ", first ? "" : ",", depth, role);
     sb_json_str(sb, n->drv ? n->drv->name : "");
-    sb_put(sb, ", \"filename\": ", 14);
-    sb_json_str(sb, n->filename ? n->filename : "");
+    sb_put(sb, ", ", 2);
+    sb_json_member(sb, "filename", n->filename ? n->filename : "");
     if (snapshot) {
-        sb_put(sb, ", \"snapshot\": ", 14);
-        sb_json_str(sb, snapshot);
+        sb_put(sb, ", ", 2);
+        sb_json_member(sb, "snapshot", snapshot);
     }
     sb_printf(sb, ",\n     \"rd_ops\": %" PRIu64 ", \"rd_bytes\": %" PRIu64 ", \"wr_ops\": %" PRIu64
               ", \"wr_bytes\": %" PRIu64 ", \"flush_ops\": %" PRIu64 ",\n     \"discard_ops\": %" PRIu64

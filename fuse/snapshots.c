@@ -122,9 +122,13 @@ static char *gen_snapshot_info(Fs *fs, Entry *e, size_t *len)
     if (gmtime_r(&t, &tm))
         strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
     uint64_t ms = sn->vm_clock_nsec / 1000000;
-    sb_printf(&sb, "id: %s\nname: %s\ndate: %s\nvm_clock: %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64
+    sb_put(&sb, "id: ", 4);
+    sb_text_str(&sb, sn->id);
+    sb_put(&sb, "\nname: ", 7);
+    sb_text_str(&sb, sn->name);
+    sb_printf(&sb, "\ndate: %s\nvm_clock: %02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64
               "\nvm_state_size: %" PRIu64 "\ndisk_size: %" PRIu64 "\n",
-              sn->id, sn->name, date, ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000, sn->vm_state_size,
+              date, ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000, sn->vm_state_size,
               sn->disk_size);
     /* all-ones means the VM ran without instruction counting (QEMU prints nothing then) */
     if (sn->icount == UINT64_MAX)

@@ -318,6 +318,18 @@ const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, co
 /* Probe the format of an already-open protocol node: highest score wins, "raw" is the fallback. */
 const BlockDriver *bdrv_probe(BlockNode *file);
 
+/* lib/probe.c, the table of every known format magic (with or without a driver). After the drivers'
+ * probes chose raw for file: 0 if file is raw for all the table knows (or *drv set to the driver of a
+ * known magic whose probe declined, so its open says why), -ENOTSUP with err set ("FILE: VHDX image: no
+ * driver for this format yet ...") for a known format without a driver. */
+int bdrv_probe_known(BlockNode *file, const BlockDriver **drv, Error *err);
+/* The description of the known format whose magic sits in the first len bytes of buf (magic only, no
+ * version check), NULL if none: the raw driver's sector-0 write guard. */
+const char *bdrv_known_magic_at_start(const uint8_t *buf, size_t len);
+/* What file looks like by the table, hint-only entries too (a fixed VHD's footer), NULL if nothing;
+ * *driver = the driver that reads it (NULL: none). Reads the file. */
+const char *bdrv_known_format_hint(BlockNode *file, const char **driver);
+
 /* Create an image file of the given format. */
 int bdrv_create(const char *format, const char *filename, const CreateOpts *opts, Error *err);
 

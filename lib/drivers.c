@@ -1,6 +1,7 @@
 /*
  * drivers.c - the driver table: the one list of every block driver, in probe-tie order.  Adding a
- * driver is one extern line and one table line here; nothing else in lib/ names a driver.
+ * driver is one extern line and one table line here; nothing else in lib/ names a driver, except the
+ * table of known format magics in lib/probe.c (a new format's magic moves there from "no driver yet").
  */
 #include "block.h"
 

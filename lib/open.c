@@ -3,8 +3,9 @@
  * wins, raw is the fallback) or a forced format, the format node, and then the backing chain, opened
  * iteratively (never recursively: an image controls how deep a chain goes) with the seed's rule, loop
  * detection, a depth limit, read-only backing nodes, and the one place the backing-name policy lives
- * (bdrv_resolve_backing); bdrv_open_window stacks the "window" filter over a chain.  It knows no format
- * by name except the "file" protocol and "raw" fallback.
+ * (bdrv_resolve_backing); bdrv_open_window stacks the "window" filter over a chain.  A probe that finds
+ * only raw asks lib/probe.c's table of known magics, so a format without a driver is refused by name.
+ * It knows no format by name except the "file" protocol and "raw" fallback.
  */
 #include "block_int.h"
 #include "request.h"
@@ -173,6 +174,10 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
     } else {
         drv = bdrv_probe(file);
         probed = true;
+        if (drv == bdrv_find_driver("raw") && bdrv_probe_known(file, &drv, err) < 0) {
+            bdrv_close(file);
+            return NULL;
+        }
     }
     int lr = lock_image(file, drv, opts, err);
     if (lr < 0) {

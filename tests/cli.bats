@@ -229,3 +229,63 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   grep -q '100%' "$TMP/tty.out"
   grep -q "$(sha256sum < p.raw | cut -d' ' -f1)  p.raw" "$TMP/tty.out"
 }
+
+# Issue 16 item 4: command words are commands, never image names.
+@test "a file named like a command is not mounted: 'check evidence.qcow2' exits 2 and mounts nothing" {
+  qemu-img create -q -f qcow2 evidence.qcow2 1M
+  cp evidence.qcow2 evidence.orig
+  printf 'not a command' > check
+  truncate -s 64K check
+  # the issue's reproducer exactly, then with an option before the command word
+  for opt in "" --foreground; do
+    run $IMGFUSE $opt check evidence.qcow2
+    echo "$status: $output"
+    [ "$status" -eq 2 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [ "${lines[0]}" = "imgfuse: check: command not implemented yet (a file of that name is mounted as ./check)" ]
+    nothing_mounted
+    cmp evidence.qcow2 evidence.orig
+  done
+  run $IMGFUSE --foreground info evidence.qcow2
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "imgfuse: info: a command comes before any option (a file of that name is mounted as ./info)" ]
+  for word in unmount verify convert commit stream rebase resize compare amend mount; do
+    run $IMGFUSE $word evidence.qcow2
+    [ "$status" -eq 2 ]
+    [ "${lines[0]}" = "imgfuse: $word: command not implemented yet (a file of that name is mounted as ./$word)" ]
+  done
+  nothing_mounted
+  mount_img ./check "$MNT"
+  cmp "$MNT/disk.raw" check
+  unmount_img
+}
+
+@test "an unknown bare word is an unknown command with the list; a file of that name is an image" {
+  qemu-img create -q -f qcow2 evidence.qcow2 1M
+  run $IMGFUSE --foreground chek evidence.qcow2
+  echo "$status: $output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: chek: unknown command (commands: info, map, create, snapshot, hash; an image is named by its path, e.g. ./chek)" ]
+  nothing_mounted
+  truncate -s 64K disk
+  mount_img disk "$MNT"
+  cmp "$MNT/disk.raw" disk
+  unmount_img
+}
+
+@test "implemented commands still run with files of their names beside the image" {
+  qemu-img create -q -f qcow2 evidence.qcow2 1M
+  for f in info map hash snapshot create; do truncate -s 4K $f; done
+  run $IMGFUSE info evidence.qcow2
+  [ "$status" -eq 0 ]; [[ "$output" == *"format: qcow2"* ]]
+  run $IMGFUSE map evidence.qcow2
+  [ "$status" -eq 0 ]
+  run $IMGFUSE hash evidence.qcow2
+  [ "$status" -eq 0 ]; [[ "$output" == *"evidence.qcow2"* ]]
+  run $IMGFUSE snapshot -l evidence.qcow2
+  [ "$status" -eq 0 ]
+  run $IMGFUSE create -f raw new.img 1M
+  [ "$status" -eq 0 ]; [ "$(stat -c %s new.img)" -eq 1048576 ]
+  nothing_mounted
+}

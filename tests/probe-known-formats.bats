@@ -1,0 +1,178 @@
+#!/usr/bin/env bats
+# probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
+# cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
+# by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
+# bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
+# GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+# magic_file FILE SIZE OFFSET HEXBYTES [end]: a file of SIZE bytes (pattern 0x5a) with HEXBYTES at OFFSET
+# from the start, or OFFSET bytes before the end with "end".
+magic_file() {
+  python3 - "$@" <<'EOF'
+import sys
+path, size, off, magic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3], 0), bytes.fromhex(sys.argv[4])
+d = bytearray(b"\x5a" * size)
+if len(sys.argv) > 5 and sys.argv[5] == "end":
+    off = size - off
+d[off:off + len(magic)] = magic
+open(path, "wb").write(d)
+EOF
+}
+
+hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
+
+# make_all: one file per known format without a driver, name -> description in KNOWN.
+make_all() {
+  declare -gA KNOWN
+  qemu-img create -q -f vhdx x.vhdx 4M
+  qemu-img create -q -f parallels p.hdd 4M
+  qemu-img create -q -f qcow q1.qcow 4M
+  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 l.luks 1M
+  magic_file l2.luks 65536 0 "4c554b53babe0002"
+  magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
+  magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
+  magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
+  magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
+  magic_file e.E01 65536 0 "455646090d0aff00"
+  magic_file e2.Ex01 65536 0 "455646320d0a8100"
+  magic_file l.L01 65536 0 "4c5646090d0aff00"
+  magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
+  magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
+  magic_file s.vmdk 65536 0 "bebafeca01000000"
+  KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
+         [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
+         [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
+         [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
+         [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
+         [l2.Lx01]="EWF2 logical evidence (Lx01) file" [a.aff]="AFF evidence file"
+         [s.vmdk]="VMDK seSparse extent")
+}
+
+refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to see the file's bytes)"; }
+
+@test "every known format without a driver is refused by name with exit 2, mount, info and map alike" {
+  make_all
+  for f in "${!KNOWN[@]}"; do
+    for cmd in "--foreground" "info" "map"; do
+      if [ "$cmd" = --foreground ]; then run timeout 30 "$IMGFUSE" --foreground "$f" "$MNT"; else run "$IMGFUSE" $cmd "$f"; fi
+      echo "$cmd $f -> $status: $output"
+      [ "$status" -eq 2 ]
+      [ "${#lines[@]}" -eq 1 ]
+      [ "${lines[0]}" = "$(refusal "$f" "${KNOWN[$f]}")" ]
+    done
+    ! grep -q " $MNT " /proc/mounts
+  done
+}
+
+@test "-f raw mounts each of them read-only with the file's exact bytes, and info names what it looks like" {
+  make_all
+  for f in "${!KNOWN[@]}"; do
+    mount_img -f raw "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$f"
+    grep -q "^  format: raw$" "$MNT/info"
+    grep -qF "  looks_like: ${KNOWN[$f]} (no driver for it yet)" "$MNT/info"
+    ! : > "$MNT/disk.raw" 2>/dev/null
+    unmount_img
+    run "$IMGFUSE" map -f raw "$f"
+    [ "$status" -eq 0 ]
+  done
+  # --rw with -f raw: the container's bytes are writable when asked for
+  cp x.vhdx w.vhdx
+  mount_img --rw -f raw w.vhdx "$MNT"
+  printf 'changed!' | dd of="$MNT/disk.raw" bs=1 seek=0 conv=notrunc status=none
+  unmount_img
+  [ "$(head -c 8 w.vhdx)" = "changed!" ]
+}
+
+@test "a known format without a driver is refused as a backing file (probed) and as an --overlay base" {
+  qemu-img create -q -f vhdx base.vhdx 4M
+  # qed stores no backing format: the backing file is probed
+  qemu-img create -q -f qed -b base.vhdx -F vhdx top.qed 4M
+  run timeout 30 "$IMGFUSE" --foreground top.qed "$MNT"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.vhdx" "VHDX image")" ]
+  ! grep -q " $MNT " /proc/mounts
+  # a qcow2 whose backing-format extension is gone (renamed to an unknown extension): probed too
+  qemu-img create -q -f qcow2 -b base.vhdx -F raw top.qcow2 4M
+  python3 - <<'EOF'
+d = bytearray(open("top.qcow2", "rb").read())
+i = d.index(bytes.fromhex("e2792aca"), 72, 4096)
+d[i:i + 4] = bytes.fromhex("12345678")
+open("top.qcow2", "wb").write(d)
+EOF
+  run "$IMGFUSE" info top.qcow2
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.vhdx" "VHDX image")" ]
+  # the backing file declared raw is read raw, as declared (never probed)
+  qemu-img create -q -f qcow2 -b base.vhdx -F raw declared.qcow2 4M
+  run "$IMGFUSE" info declared.qcow2
+  [ "$status" -eq 0 ]
+  # --overlay over a LUKS container: refused, no overlay made
+  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 c.luks 1M
+  run timeout 30 "$IMGFUSE" --foreground --overlay ov.qcow2 c.luks "$MNT"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "$(refusal c.luks "LUKS encrypted container")" ]
+  [ ! -e ov.qcow2 ]
+  ! grep -q " $MNT " /proc/mounts
+}
+
+@test "a probed raw image mounted --rw refuses a write putting any known magic in sector 0" {
+  truncate -s 1M d.raw
+  cp d.raw d.orig
+  mount_img --rw d.raw "$MNT"
+  for magic in vhdxfile 'LUKS\xba\xbe' 'EVF\x09\x0d\x0a\xff\x00' WithouFreSpacExt 'QFI\xfb\x00\x00\x00\x01'; do
+    run dd of="$MNT/disk.raw" bs=512 count=1 conv=notrunc status=none < <(printf "$magic"; head -c 500 /dev/zero)
+    echo "$magic -> $status: $output"
+    [ "$status" -ne 0 ]
+  done
+  # the VDI magic sits at 0x40: a write there is refused too; other writes to sector 0 are fine
+  run dd of="$MNT/disk.raw" bs=1 seek=64 conv=notrunc status=none < <(printf '\x7f\x10\xda\xbe')
+  [ "$status" -ne 0 ]
+  printf 'plain data' | dd of="$MNT/disk.raw" bs=1 seek=0 conv=notrunc status=none
+  unmount_img
+  grep -q "write to sector 0 refused: the image would then look like a VHDX image" "$TMP/daemon.log"
+  [ "$(head -c 10 d.raw)" = "plain data" ]
+  cmp -i 512 d.raw d.orig
+}
+
+@test "plain disks stay raw: MBR, GPT and ISO9660 signatures are never refused" {
+  magic_file mbr.img 1048576 510 55aa
+  magic_file gpt.img 1048576 512 "$(hex 'EFI PART')"
+  magic_file iso.img 1048576 32769 "$(hex CD001)"
+  for f in mbr.img gpt.img iso.img; do
+    mount_img "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$f"
+    grep -q "^  format: raw$" "$MNT/info"
+    ! grep -q looks_like "$MNT/info"
+    unmount_img
+  done
+}
+
+@test "a fixed VHD stays raw when probed (as in QEMU); info says -f vpc reads it" {
+  qemu-img create -q -f vpc -o subformat=fixed f.vhd 4M
+  run "$IMGFUSE" info f.vhd
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"  format: raw"* ]]
+  [[ "$output" == *"  looks_like: fixed VHD image (read it with -f vpc)"* ]]
+  run "$IMGFUSE" info -f vpc f.vhd
+  [ "$status" -eq 0 ]
+  [[ "$output" != *"looks_like"* ]]
+}
+
+@test "a qcow magic with a version no driver knows goes to the qcow2 driver, which says why" {
+  magic_file q4.img 65536 0 "514649fb00000004"
+  run "$IMGFUSE" info q4.img
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: q4.img: "*"version 4"* ]]
+}

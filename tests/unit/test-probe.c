@@ -1,0 +1,108 @@
+/*
+ * test-probe.c - unit tests of lib/probe.c, the table of known format magics, on in-memory images: each
+ * format without a driver is refused by name on a probe (head magics, and DMG's trailer before the end),
+ * a known magic whose driver declined goes to that driver, plain disks (MBR, GPT, ISO9660) and a fixed
+ * VHD stay raw, -f raw opens them all, and the raw sector-0 guard's magic check.
+ */
+#include "block.h"
+#include "tap.h"
+#include "util.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define IMG_SIZE 65536
+
+static uint8_t img[IMG_SIZE];
+
+/* img filled with 0x5a, magic (len bytes) at off from the start, or off bytes before the end. */
+static void put_magic(const char *magic, size_t len, size_t off, bool from_end)
+{
+    memset(img, 0x5a, sizeof img);
+    memcpy(img + (from_end ? IMG_SIZE - off : off), magic, len);
+}
+
+/* Opens img probed; returns the driver name ("" on failure) and leaves the message in err. */
+static const char *probe_open(Error *err, const char *format)
+{
+    static char name[32];
+    memset(err, 0, sizeof *err);
+    BlockNode *bs = bdrv_open_on_node(bdrv_open_memory(img, sizeof img, true), format, NULL, err);
+    snprintf(name, sizeof name, "%s", bs ? bs->drv->name : "");
+    if (bs)
+        bdrv_close(bs);
+    return name;
+}
+
+static void test_refused(void)
+{
+    static const struct {
+        const char *magic;
+        size_t len, off;
+        bool from_end;
+        const char *what;
+    } cases[] = {
+        { "vhdxfile", 8, 0, false, "VHDX image" },
+        { "QFI\xfb\0\0\0\x01", 8, 0, false, "qcow (version 1) image" },
+        { "WithoutFreeSpace", 16, 0, false, "Parallels image" },
+        { "WithouFreSpacExt", 16, 0, false, "Parallels image" },
+        { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
+        { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
+        { "koly", 4, 512, true, "DMG (UDIF) image" },
+        { "EVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF (E01) evidence file" },
+        { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
+        { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
+        { "LEF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 logical evidence (Lx01) file" },
+        { "AFF10\r\n", 7, 0, false, "AFF evidence file" },
+        { "\xbe\xba\xfe\xca", 4, 0, false, "VMDK seSparse extent" },
+        { "LUKS\xba\xbe\0\x01", 8, 0, false, "LUKS encrypted container" },
+        { "LUKS\xba\xbe\0\x02", 8, 0, false, "LUKS encrypted container" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        Error err;
+        put_magic(cases[i].magic, cases[i].len, cases[i].off, cases[i].from_end);
+        const char *drv = probe_open(&err, NULL);
+        char want[160];
+        snprintf(want, sizeof want, "%s: no driver for this format yet (use -f raw to see the file's bytes)",
+                 cases[i].what);
+        ok(!drv[0] && err.errnum == ENOTSUP && strstr(err.msg, want), "%s refused by name: %s", cases[i].what,
+           err.msg);
+        ok(strcmp(probe_open(&err, "raw"), "raw") == 0, "%s opens with -f raw", cases[i].what);
+        if (!cases[i].from_end)
+            ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "%s: the sector-0 guard knows its magic",
+               cases[i].what);
+    }
+}
+
+static void test_not_refused(void)
+{
+    Error err;
+    put_magic("\x55\xaa", 2, 510, false);
+    ok(strcmp(probe_open(&err, NULL), "raw") == 0, "an MBR disk is raw");
+    put_magic("EFI PART", 8, 512, false);
+    ok(strcmp(probe_open(&err, NULL), "raw") == 0, "a GPT disk is raw");
+    put_magic("CD001", 5, 32769, false);
+    ok(strcmp(probe_open(&err, NULL), "raw") == 0, "an ISO9660 image is raw");
+    put_magic("conectix", 8, 512, true);
+    ok(strcmp(probe_open(&err, NULL), "raw") == 0, "a fixed VHD (footer at the end) probes as raw, as in QEMU");
+    ok(bdrv_known_magic_at_start(img, sizeof img) == NULL, "no start magic in a fixed VHD");
+    memset(img, 0, sizeof img);
+    ok(strcmp(probe_open(&err, NULL), "raw") == 0, "zeros are raw");
+    ok(bdrv_known_magic_at_start(img, 3) == NULL, "three bytes match nothing");
+}
+
+static void test_declined(void)
+{
+    Error err;
+    put_magic("QFI\xfb\0\0\0\x04", 8, 0, false);
+    const char *drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "version 4"), "a qcow2 magic of version 4 goes to the qcow2 driver: %s", err.msg);
+}
+
+int main(void)
+{
+    test_refused();
+    test_not_refused();
+    test_declined();
+    return done_testing();
+}
