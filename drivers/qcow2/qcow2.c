@@ -803,7 +803,7 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
 /* ---------------------------------------------------------------- the driver */
 
 /* What this node keeps in memory: the active L1 and refcount tables, the snapshot table, the metadata
- * caches (a snapshot view shares its parent's and counts none) and the decompressed clusters. */
+ * map (writable nodes), the metadata caches (a snapshot view shares its parent's and counts none) and the decompressed clusters. */
 static int64_t qcow2_memory_used(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
@@ -812,6 +812,7 @@ static int64_t qcow2_memory_used(BlockNode *bs)
                      s->refcount_table_size * sizeof(uint64_t) + (uint64_t)s->nb_snapshots * sizeof(Qcow2Snapshot);
     for (uint32_t i = 0; i < s->nb_snapshots; i++)
         bytes += s->snapshots[i].extra_data_size;
+    bytes += qcow2_meta_memory(s); /* the metadata map of a writable node */
     pthread_mutex_unlock(s->lock);
     if (s->owns_caches) {
         if (s->l2_cache)

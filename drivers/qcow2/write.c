@@ -221,10 +221,10 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
     }
     if (ret == 0)
         ret = bdrv_flush(s->meta_file);
+    /* On failure the new table stays allocated, mapped and dirty in the cache: a later write-back may
+     * still write it, and nothing else is put there. */
     if (ret == 0)
         ret = qcow2_write_l1_entry(s, l1i, new_off | QCOW2_OFLAG_COPIED);
-    else
-        qcow2_meta_remove(s, QCOW2_META_L2, new_off);
     if (ret == 0 && old) {
         qcow2_meta_retire_l2(s, old);
         ret = qcow2_free_deferred(s, old, s->cluster_size);
