@@ -270,12 +270,30 @@ uint64_t qcow2_meta_memory(const Qcow2State *s)
     return s->meta ? sizeof(*s->meta) + s->meta->cap * sizeof(Qcow2MetaRun) : 0;
 }
 
+/* The refcount table entry describing cluster c names a usable block (or none): checked here so that the
+ * lookup below reports through err instead of marking the image corrupt while it is being opened. */
+static bool refblock_entry_valid(const Qcow2State *s, uint64_t c)
+{
+    uint64_t rt = c >> s->refcount_block_bits;
+    if (rt >= s->refcount_table_size)
+        return true;
+    uint64_t off = s->refcount_table[rt] & QCOW2_REFT_OFFSET_MASK;
+    return !(off & s->cluster_mask) && (off || !s->refcount_table[rt]);
+}
+
 int qcow2_meta_check_refcounts(Qcow2State *s, Error *err)
 {
     const Qcow2MetaMap *m = s->meta;
     for (size_t i = 0; m && i < m->n; i++) {
         const Qcow2MetaRun *r = &m->runs[i];
         for (uint64_t c = r->start; c < r->start + r->n; c++) {
+            if (!refblock_entry_valid(s, c)) {
+                error_set(err, EINVAL, "refcount table entry %" PRIu64 " (for %s at 0x%" PRIx64 ") is invalid; "
+                          "run 'qemu-img check -r all %s' before writing (read-only mounts still work)",
+                          c >> s->refcount_block_bits, qcow2_meta_kind_name((Qcow2MetaKind)r->kind),
+                          c << s->cluster_bits, s->node_name);
+                return -EINVAL;
+            }
             uint64_t rc;
             int ret = qcow2_get_refcount(s, c, &rc);
             if (ret < 0) {
