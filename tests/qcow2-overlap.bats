@@ -128,3 +128,25 @@ EOF
   check_clean a.qcow2
   qemu-img compare -f qcow2 -F raw a.qcow2 copy.raw
 }
+
+@test "issue 16.2: the --rw open check of 4M L2 tables named in reverse order is bounded in time and memory" {
+  # 512-byte clusters, 128 GiB: a 32 MiB L1 table (the budget) whose 4M entries name distinct L2 tables
+  # from the end of a sparse file backwards; none has a refcount, so the open is refused.
+  qemu-img create -q -f qcow2 -o cluster_size=512 h.qcow2 128G
+  python3 - h.qcow2 <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    h = f.read(48)
+    n, off = struct.unpack(">I", h[36:40])[0], struct.unpack(">Q", h[40:48])[0]
+    base = 64 << 20
+    f.seek(off)
+    f.write(b"".join(struct.pack(">Q", (1 << 63) | (base + (n - 1 - i) * 512)) for i in range(n)))
+    f.truncate(base + n * 512 + 512)
+PY
+  run /usr/bin/time -f "peak %M KiB" prlimit --as=$((1024 << 20)) -- timeout -k 5 20 "$IMGFUSE" --foreground --rw h.qcow2 "$MNT"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "imgfuse: h.qcow2: refcounts inconsistent with the tables: an L2 table at 0x4000000 has refcount 0 and would be overwritten by new data; run 'qemu-img check -r all h.qcow2' before writing (read-only mounts still work)" ]
+  [[ "${lines[-1]}" =~ ^peak\ ([0-9]+)\ KiB$ ]]
+  [ "${BASH_REMATCH[1]}" -lt $((320 << 10)) ]
+}

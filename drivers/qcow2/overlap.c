@@ -17,10 +17,10 @@
 #include "qcow2.h"
 #include "util.h"
 
-/* At most this many runs (16 bytes each: 64 MiB): the L1 and refcount table budgets allow 4M L2 tables
- * and 1M refcount blocks, but an image that really has more metadata clusters than this is refused for
- * writing rather than mapped without bound. */
-#define QCOW2_MAX_META_RUNS (1u << 22)
+/* At most this many runs (16 bytes each: 128 MiB): the L1 and refcount table budgets allow 4M active L2
+ * tables and 1M refcount blocks, which fit with room for L2 tables only snapshots name; an image with
+ * more metadata clusters than this is refused for writing rather than mapped without bound. */
+#define QCOW2_MAX_META_RUNS (1u << 23)
 /* Snapshot L1 tables read at open to find the L2 tables they name, all snapshots together. */
 #define QCOW2_MAX_SNAPSHOT_L1_SCAN (64ULL * 1024 * 1024)
 
@@ -76,6 +76,22 @@ static const Qcow2MetaRun *map_find(const Qcow2MetaMap *m, uint64_t c, uint64_t 
     return i < m->n && m->runs[i].start < c + n ? &m->runs[i] : NULL;
 }
 
+/* Room for one more run, within the budget. */
+static int map_reserve(Qcow2MetaMap *m)
+{
+    if (m->n < m->cap)
+        return 0;
+    if (m->cap >= QCOW2_MAX_META_RUNS)
+        return -EFBIG;
+    size_t cap = m->cap ? MIN(m->cap * 2, (size_t)QCOW2_MAX_META_RUNS) : 64;
+    Qcow2MetaRun *p = realloc(m->runs, cap * sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    m->runs = p;
+    m->cap = cap;
+    return 0;
+}
+
 /* Insert a run of clusters [c, c + n). An L2 table already there is shared (a snapshot and the active
  * L1, or two snapshots, name it): it only gains flags. Any other overlap returns -EEXIST and *hit. */
 static int map_insert(Qcow2MetaMap *m, uint64_t c, uint64_t n, Qcow2MetaKind kind, uint16_t flags,
@@ -95,16 +111,9 @@ static int map_insert(Qcow2MetaMap *m, uint64_t c, uint64_t n, Qcow2MetaKind kin
         *hit = r;
         return -EEXIST;
     }
-    if (m->n == m->cap) {
-        if (m->cap >= QCOW2_MAX_META_RUNS)
-            return -EFBIG;
-        size_t cap = m->cap ? MIN(m->cap * 2, (size_t)QCOW2_MAX_META_RUNS) : 64;
-        Qcow2MetaRun *p = realloc(m->runs, cap * sizeof(*p));
-        if (!p)
-            return -ENOMEM;
-        m->runs = p;
-        m->cap = cap;
-    }
+    int ret = map_reserve(m);
+    if (ret < 0)
+        return ret;
     memmove(&m->runs[i + 1], &m->runs[i], (m->n - i) * sizeof(*m->runs));
     m->runs[i] = (Qcow2MetaRun){ c, (uint32_t)n, (uint16_t)kind, flags };
     m->n++;
@@ -136,26 +145,57 @@ static uint64_t clusters_of(const Qcow2State *s, uint64_t bytes)
     return (bytes + s->cluster_mask) >> s->cluster_bits;
 }
 
-/* Add one structure found in the image; an overlap is reported in err. */
+/* Add one structure found in the image, unsorted (build_finish sorts and checks the whole set). */
 static int build_add(Qcow2State *s, Qcow2MetaMap *m, uint64_t offset, uint64_t bytes, Qcow2MetaKind kind,
                      uint16_t flags, Error *err)
 {
-    const Qcow2MetaRun *hit = NULL;
-    int ret = map_insert(m, offset >> s->cluster_bits, clusters_of(s, bytes + (offset & s->cluster_mask)), kind,
-                         flags, &hit);
-    if (ret == -EEXIST) {
-        error_set(err, EINVAL, "metadata overlap: %s at 0x%" PRIx64 " overlaps %s at 0x%" PRIx64 "; run "
-                  "'qemu-img check -r all %s' before writing (read-only mounts still work)",
-                  qcow2_meta_kind_name(kind), offset, qcow2_meta_kind_name((Qcow2MetaKind)hit->kind),
-                  hit->start << s->cluster_bits, s->node_name);
-        return -EINVAL;
-    }
+    uint64_t n = clusters_of(s, bytes + (offset & s->cluster_mask));
+    int ret = n == 0 ? 0 : n > UINT32_MAX ? -EFBIG : map_reserve(m);
+    if (n && ret == 0)
+        m->runs[m->n++] = (Qcow2MetaRun){ offset >> s->cluster_bits, (uint32_t)n, (uint16_t)kind, flags };
     if (ret == -EFBIG)
         error_set(err, EFBIG, "more than %u runs of metadata clusters: too many to check writes against",
                   QCOW2_MAX_META_RUNS);
     else if (ret < 0)
         error_set(err, -ret, "cannot map the metadata: %s", strerror(-ret));
     return ret;
+}
+
+static int run_cmp(const void *a, const void *b)
+{
+    const Qcow2MetaRun *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    return (int)x->kind - (int)y->kind;
+}
+
+/* Sort the runs (O(n log n) whatever order the tables name them in) and refuse overlaps; an L2 table
+ * named more than once (shared with snapshots) is kept once with the flags of all. */
+static int build_finish(Qcow2State *s, Qcow2MetaMap *m, Error *err)
+{
+    if (m->n == 0)
+        return 0;
+    qsort(m->runs, m->n, sizeof(*m->runs), run_cmp);
+    size_t j = 0;
+    for (size_t i = 1; i < m->n; i++) {
+        Qcow2MetaRun *last = &m->runs[j], *cur = &m->runs[i];
+        if (cur->start >= last->start + last->n) {
+            m->runs[++j] = *cur;
+            continue;
+        }
+        if (cur->kind == QCOW2_META_L2 && last->kind == QCOW2_META_L2 && cur->start == last->start &&
+            cur->n == last->n) {
+            last->flags |= cur->flags;
+            continue;
+        }
+        error_set(err, EINVAL, "metadata overlap: %s at 0x%" PRIx64 " overlaps %s at 0x%" PRIx64 "; run "
+                  "'qemu-img check -r all %s' before writing (read-only mounts still work)",
+                  qcow2_meta_kind_name((Qcow2MetaKind)cur->kind), cur->start << s->cluster_bits,
+                  qcow2_meta_kind_name((Qcow2MetaKind)last->kind), last->start << s->cluster_bits, s->node_name);
+        return -EINVAL;
+    }
+    m->n = j + 1;
+    return 0;
 }
 
 /* The L2 tables an L1 table names. Entries that are not cluster aligned or lie past the end of the
@@ -226,6 +266,8 @@ static int build_map(Qcow2State *s, Qcow2MetaMap **out, Error *err)
         ret = build_add_l2s(s, m, s->l1_table, s->l1_size, 0, err);
     if (ret == 0)
         ret = build_add_snapshots(s, m, err);
+    if (ret == 0)
+        ret = build_finish(s, m, err);
     if (ret < 0) {
         map_free(m);
         return ret;

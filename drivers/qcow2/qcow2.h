@@ -5,7 +5,8 @@
  * struct, and the prototypes that connect the driver's parts: header parsing and open (qcow2.c), the
  * metadata table cache (cache.c), guest-to-host mapping and the read path (cluster.c), decompression
  * (compress.c), snapshot table parsing and views (snapshot.c), and the write side (refcount.c,
- * alloc.c/write.c, create.c, snapshot-write.c, check.c).  Nothing outside drivers/qcow2/ includes it.
+ * alloc.c/write.c, create.c, snapshot-write.c, check.c, overlap.c: where metadata lives, checked before
+ * every host write).  Nothing outside drivers/qcow2/ includes it.
  */
 #ifndef IMGFUSE_QCOW2_H
 #define IMGFUSE_QCOW2_H
