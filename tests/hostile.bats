@@ -127,16 +127,18 @@ refused() {
   cmp -n 4096 "$MNT/disk.raw" <(tail -c +$((5 * 4096 + 1)) "$HOSTILE/aux/base.raw")
 }
 
-@test "refcounts claiming billions of clusters in use: an allocating write fails with EIO at once (regression)" {
+@test "refcounts claiming billions of clusters in use: --rw is refused at once, reads still work (regression)" {
   cp "$BATS_TEST_DIRNAME/data/hostile/qcow2/reftable-all-one-full-refblock.img" "$TMP/rc.qcow2"
-  mount_img --rw -f qcow2 "$TMP/rc.qcow2" "$MNT"
-  run timeout 60 dd if=/dev/zero of="$MNT/disk.raw" bs=4096 count=1 seek=100 conv=notrunc,fsync status=none
+  # Every refcount table entry names the same block: since issue 16.2 the writable open finds the
+  # overlapping refcount blocks and refuses, before the allocator could scan the claimed clusters.
+  run timeout 60 "$IMGFUSE" --foreground --rw -f qcow2 "$TMP/rc.qcow2" "$MNT"
   echo "$output"
-  [ "$status" -eq 1 ]
-  [[ "$output" == *"Input/output error"* ]]
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: $TMP/rc.qcow2: metadata overlap: a refcount block at 0x"*" overlaps a refcount block at 0x"* ]]
+  mount_img -f qcow2 "$TMP/rc.qcow2" "$MNT"
   # guest cluster 0 still reads its data (make-hostile's pattern 1)
   cmp -n 65536 "$MNT/disk.raw" <(python3 -c "
 import sys; sys.stdout.buffer.write(bytes(((i * 131 + 17 + (i >> 9)) & 0xFF) for i in range(65536)))")
-  unmount_img || true
-  grep -q "refcounts claim more than" "$TMP/daemon.log"
+  unmount_img
 }

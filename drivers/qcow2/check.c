@@ -187,6 +187,7 @@ static int snapshot_dup(const Qcow2Snapshot *src, Qcow2Snapshot *dst)
 typedef struct Generation {
     RefCounts r;
     uint64_t next;            /* next fresh cluster */
+    uint64_t first_new;       /* the first of them (the end of the file) */
     uint64_t *l1;             /* new active L1, host order */
     uint32_t l1_size;
     uint64_t l1_offset;
@@ -414,7 +415,9 @@ static int write_refcounts(Qcow2State *s, const Generation *g, uint64_t **table_
 static int generation_write(Qcow2State *s, Generation *g, const Qcow2CommitSnapshot *snaps, uint32_t nb_snaps,
                             uint64_t **reftable)
 {
-    int ret = 0;
+    /* Everything new goes past the end of the file, where no mapped metadata may be. */
+    uint64_t first = g->first_new << s->cluster_bits;
+    int ret = qcow2_meta_check_write(s, QCOW2_META_NEW, first, (g->next << s->cluster_bits) - first);
     for (uint32_t k = 0; ret == 0 && k < g->nb_copies; k++)
         ret = write_l2_copy(s, g, g->copy_src[k], g->copy_dst[k]);
     if (ret == 0)
@@ -498,6 +501,7 @@ int qcow2_commit_generation(Qcow2State *s, const uint64_t *l1, uint32_t l1_size,
     Generation g = { 0 };
     g.next = (uint64_t)align_up(file_size, s->cluster_size) >> s->cluster_bits;
     g.r.limit = g.next;
+    g.first_new = g.next;
     g.l1_size = l1_size;
     g.l1 = calloc(l1_size ? l1_size : 1, sizeof(uint64_t));
     g.copy_index = calloc(l1_size ? l1_size : 1, sizeof(uint32_t));
@@ -529,10 +533,13 @@ int qcow2_commit_generation(Qcow2State *s, const uint64_t *l1, uint32_t l1_size,
         ret = qcow2_write_header_bytes(s, 24, 48, hdr); /* the commit: one write inside the first sector */
         if (ret == 0)
             ret = bdrv_flush(s->meta_file);
-        if (ret == 0)
+        if (ret == 0) {
             ret = generation_install(s, &g, size, snaps, nb_snaps, reftable);
-        else
+            int mret = qcow2_meta_rebuild(s); /* the metadata map follows the committed generation */
+            ret = ret < 0 ? ret : mret;
+        } else {
             free(reftable);
+        }
     }
     generation_free(&g);
     if (ret < 0)

@@ -806,8 +806,9 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
 /* ---------------------------------------------------------------- the driver */
 
 /* What this node keeps in memory: the active L1 and refcount tables, the snapshot table (entries, names,
- * extra data) and the slices of snapshot L1 tables read for views, the metadata caches (a snapshot view
- * shares its parent's and counts none) and the decompressed clusters. */
+ * extra data) and the slices of snapshot L1 tables read for views, the metadata map (writable nodes),
+ * the metadata caches (a snapshot view shares its parent's and counts none) and the decompressed
+ * clusters. */
 static int64_t qcow2_memory_used(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
@@ -815,6 +816,7 @@ static int64_t qcow2_memory_used(BlockNode *bs)
     uint64_t bytes = sizeof(*s) + (uint64_t)s->l1_alloc_entries * sizeof(uint64_t) +
                      s->refcount_table_size * sizeof(uint64_t) + qcow2_snapshots_memory(s) +
                      qcow2_l1_slices_memory(s);
+    bytes += qcow2_meta_memory(s); /* the metadata map of a writable node */
     pthread_mutex_unlock(s->lock);
     if (s->owns_caches) {
         if (s->l2_cache)

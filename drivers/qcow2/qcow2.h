@@ -5,7 +5,8 @@
  * struct, and the prototypes that connect the driver's parts: header parsing and open (qcow2.c), the
  * metadata table cache (cache.c), guest-to-host mapping and the read path (cluster.c), decompression
  * (compress.c), snapshot table parsing and views (snapshot.c), and the write side (refcount.c,
- * alloc.c/write.c, create.c, snapshot-write.c, check.c).  Nothing outside drivers/qcow2/ includes it.
+ * alloc.c/write.c, create.c, snapshot-write.c, check.c, overlap.c: where metadata lives, checked before
+ * every host write).  Nothing outside drivers/qcow2/ includes it.
  */
 #ifndef IMGFUSE_QCOW2_H
 #define IMGFUSE_QCOW2_H
@@ -319,6 +320,7 @@ typedef struct Qcow2State {
     bool cow_unflushed;            /* copy-on-write data not yet flushed: flush before tables are written */
     struct Qcow2AllocInFlight *allocs_in_flight; /* guest clusters whose new data is being written unlocked */
     pthread_cond_t alloc_done;     /* broadcast (with *lock) when an entry leaves allocs_in_flight */
+    struct Qcow2MetaMap *meta;     /* where metadata lives in the file (overlap.c); writer only */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- qcow2.c */
@@ -484,6 +486,41 @@ int qcow2_commit_generation(Qcow2State *s, const uint64_t *l1, uint32_t l1_size,
 /* Recompute every refcount of the current state (dirty bit, lazy refcounts) and commit it. */
 int qcow2_rebuild_refcounts(Qcow2State *s, Error *err);
 int qcow2_check(BlockNode *bs, InfoList *report);
+
+/* overlap.c -- the metadata map of a writable node and the overlap checks on it (callers hold *s->lock
+ * once the node is live). Kinds name what a host write carries and what it would hit. */
+typedef struct Qcow2MetaMap Qcow2MetaMap;
+typedef enum Qcow2MetaKind {
+    QCOW2_META_DATA,      /* guest data: may overlap no metadata */
+    QCOW2_META_HEADER,
+    QCOW2_META_L1,
+    QCOW2_META_REFTABLE,
+    QCOW2_META_REFBLOCK,
+    QCOW2_META_L2,
+    QCOW2_META_SNAPTABLE,
+    QCOW2_META_SNAP_L1,
+    QCOW2_META_NEW,       /* a new metadata generation (check.c): may overlap nothing */
+} Qcow2MetaKind;
+const char *qcow2_meta_kind_name(Qcow2MetaKind kind);
+/* Map every metadata structure of s (header, L1, refcount table and blocks, active L2 tables, snapshot
+ * table, snapshot L1 tables and their L2 tables) into s->meta; two structures overlapping, or too many
+ * to map, fail with a one-line reason in err. */
+int qcow2_meta_build(Qcow2State *s, Error *err);
+/* Same, after metadata was replaced wholesale; a failure marks the image corrupt (-EIO). */
+int qcow2_meta_rebuild(Qcow2State *s);
+void qcow2_meta_free(Qcow2State *s);
+uint64_t qcow2_meta_memory(const Qcow2State *s);
+/* Every mapped metadata cluster has a non-zero refcount; else a one-line reason in err. */
+int qcow2_meta_check_refcounts(Qcow2State *s, Error *err);
+/* Before a host write of [offset, offset + bytes) carrying 'what': 0, or -EIO after refusing it (one
+ * line, corrupt bit, node read-only) when it touches metadata other than the structure itself. */
+int qcow2_meta_check_write(Qcow2State *s, Qcow2MetaKind what, uint64_t offset, uint64_t bytes);
+/* Register newly placed metadata; overlapping what is mapped refuses like qcow2_meta_check_write. */
+int qcow2_meta_add(Qcow2State *s, Qcow2MetaKind kind, uint64_t offset, uint64_t bytes);
+/* Forget the structure of that kind starting at offset (it was retired). */
+void qcow2_meta_remove(Qcow2State *s, Qcow2MetaKind kind, uint64_t offset);
+/* The active L1 stopped naming the L2 table at offset: forget it unless a snapshot names it. */
+void qcow2_meta_retire_l2(Qcow2State *s, uint64_t offset);
 
 /* snapshot-write.c */
 int qcow2_snapshot_create(BlockNode *bs, const char *name, Error *err);

@@ -95,6 +95,9 @@ void qcow2_header_serialize(const Qcow2State *s, uint8_t *buf)
 
 int qcow2_write_header_bytes(Qcow2State *s, uint32_t offset, uint32_t len, const uint8_t *buf)
 {
+    int ret = qcow2_meta_check_write(s, QCOW2_META_HEADER, offset, len);
+    if (ret < 0)
+        return ret;
     bdrv_debug_event(s->meta_file, "header_update");
     return bdrv_pwrite(s->meta_file, offset, len, buf + offset, 0);
 }
@@ -193,6 +196,9 @@ static int qcow2_write_reftable_entry(Qcow2State *s, uint64_t rt_index)
 {
     uint8_t buf[8];
     st_be64(buf, s->refcount_table[rt_index]);
+    int ret = qcow2_meta_check_write(s, QCOW2_META_REFTABLE, s->refcount_table_offset + rt_index * 8, 8);
+    if (ret < 0)
+        return ret;
     bdrv_debug_event(s->meta_file, "reftable_update");
     return bdrv_pwrite(s->meta_file, (int64_t)(s->refcount_table_offset + rt_index * 8), 8, buf, 0);
 }
@@ -203,16 +209,25 @@ static int qcow2_create_refblock(Qcow2State *s, uint64_t rt_index)
 {
     uint64_t offset = (rt_index << s->refcount_block_bits) << s->cluster_bits;
     s->host_end = MAX(s->host_end, offset + s->cluster_size);
-    void *blk;
-    int ret = qcow2_cache_get_empty(s->refcount_cache, offset, &blk);
+    /* "Every cluster it would describe is free" holds only if no metadata lives there. */
+    int ret = qcow2_meta_add(s, QCOW2_META_REFBLOCK, offset, s->cluster_size);
     if (ret < 0)
         return ret;
+    void *blk;
+    ret = qcow2_cache_get_empty(s->refcount_cache, offset, &blk);
+    if (ret < 0) {
+        qcow2_meta_remove(s, QCOW2_META_REFBLOCK, offset);
+        return ret;
+    }
     refblock_set(s, blk, 0, 1);
     qcow2_cache_mark_dirty(s->refcount_cache, blk);
     qcow2_cache_put(s->refcount_cache, &blk);
     ret = qcow2_cache_flush(s->refcount_cache);
-    if (ret < 0)
+    if (ret < 0) {
+        qcow2_cache_discard(s->refcount_cache, offset);
+        qcow2_meta_remove(s, QCOW2_META_REFBLOCK, offset);
         return ret;
+    }
     s->refcount_table[rt_index] = offset;
     ret = qcow2_write_reftable_entry(s, rt_index);
     if (ret < 0) {
@@ -254,6 +269,15 @@ static int qcow2_grow_reftable(Qcow2State *s, uint64_t need_index)
     uint8_t *buf = calloc(1, (size_t)(tc * s->cluster_size));
     uint8_t *blk = aligned_alloc_zero(s->cluster_size);
     int ret = (table && buf && blk) ? 0 : -ENOMEM;
+    uint64_t mapped = 0; /* new blocks, then the new table, registered in the metadata map */
+    for (uint64_t j = 0; ret == 0 && j < k; j++) {
+        ret = qcow2_meta_add(s, QCOW2_META_REFBLOCK, (first + j) << s->cluster_bits, s->cluster_size);
+        mapped += ret == 0;
+    }
+    if (ret == 0) {
+        ret = qcow2_meta_add(s, QCOW2_META_REFTABLE, (first + k) << s->cluster_bits, tc << s->cluster_bits);
+        mapped += ret == 0;
+    }
     for (uint64_t j = 0; ret == 0 && j < k; j++) {
         memset(blk, 0, s->cluster_size);
         for (uint64_t c = first; c < first + k + tc; c++)
@@ -291,9 +315,14 @@ static int qcow2_grow_reftable(Qcow2State *s, uint64_t need_index)
     free(buf);
     free(blk);
     if (ret < 0) {
+        if (mapped > k)
+            qcow2_meta_remove(s, QCOW2_META_REFTABLE, (first + k) << s->cluster_bits);
+        for (uint64_t j = 0; j < MIN(mapped, k); j++)
+            qcow2_meta_remove(s, QCOW2_META_REFBLOCK, (first + j) << s->cluster_bits);
         free(table);
         return ret;
     }
+    qcow2_meta_remove(s, QCOW2_META_REFTABLE, old_offset);
     free(s->refcount_table);
     s->refcount_table = table;
     s->refcount_table_size = entries;

@@ -328,6 +328,7 @@ static int qcow2_init_view(Qcow2State *v, Qcow2State *s, const Qcow2Snapshot *sn
     v->owns_data_file = false;
     v->data_file_path = NULL;
     v->refcount_cache = NULL;
+    v->meta = NULL;
     v->owns_caches = false;
     v->read_only = true;
     v->header_dirty = false;

@@ -66,49 +66,20 @@ int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...)
     return -EIO;
 }
 
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
-    return a < b + blen && b < a + alen;
-}
-
-/* Does [offset, offset + bytes) of the image file touch metadata other than the table at 'self'? */
-static bool qcow2_overlaps_metadata(const Qcow2State *s, uint64_t offset, uint64_t bytes, uint64_t self)
-{
-    uint64_t cs = s->cluster_size;
-    if (ranges_overlap(offset, bytes, 0, cs))
-        return true;
-    if (ranges_overlap(offset, bytes, s->l1_table_offset, align_up((int64_t)s->l1_size * 8, cs)))
-        return true;
-    if (ranges_overlap(offset, bytes, s->refcount_table_offset, (uint64_t)s->refcount_table_clusters * cs))
-        return true;
-    if (s->nb_snapshots && ranges_overlap(offset, bytes, s->snapshots_offset, align_up((int64_t)s->snapshots_size, cs)))
-        return true;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
-        if (l2 && l2 != self && ranges_overlap(offset, bytes, l2, cs))
-            return true;
-    }
-    for (uint64_t i = 0; s->refcount_table && i < s->refcount_table_used; i++) {
-        uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
-        if (rb && rb != self && ranges_overlap(offset, bytes, rb, cs))
-            return true;
-    }
-    return false;
-}
-
 static int qcow2_check_data_target(Qcow2State *s, uint64_t host, uint64_t bytes)
 {
-    if (qcow2_overlaps_metadata(s, host, bytes, UINT64_MAX))
-        return qcow2_mark_corrupt(s, "data write to 0x%" PRIx64 " would overwrite metadata", host);
+    int ret = qcow2_meta_check_write(s, QCOW2_META_DATA, host, bytes);
+    if (ret < 0)
+        return ret;
     if (host + bytes > s->host_end)
         return qcow2_mark_corrupt(s, "data cluster 0x%" PRIx64 " lies past the end of the image", host);
     return 0;
 }
 
-static int qcow2_table_write_hook(void *opaque, uint64_t offset, const void *table)
+/* Before a cached table of the given kind is written back: copy-on-write data first, then the overlap
+ * check (the table must be where the metadata map has it). */
+static int qcow2_table_write_check(Qcow2State *s, Qcow2MetaKind kind, uint64_t offset)
 {
-    (void)table;
-    Qcow2State *s = opaque;
     if (s->corrupt)
         return -EIO;
     /* Old data copied into a new cluster must be stable before a table makes it the only copy. */
@@ -119,13 +90,19 @@ static int qcow2_table_write_hook(void *opaque, uint64_t offset, const void *tab
             return ret;
         }
     }
-    if (offset < s->cluster_size ||
-        ranges_overlap(offset, s->cluster_size, s->l1_table_offset, align_up((int64_t)s->l1_size * 8, s->cluster_size)) ||
-        ranges_overlap(offset, s->cluster_size, s->refcount_table_offset,
-                       (uint64_t)s->refcount_table_clusters * s->cluster_size))
-        return qcow2_mark_corrupt(s, "metadata table write to 0x%" PRIx64 " would overwrite the header, L1 or "
-                                     "refcount table", offset);
-    return 0;
+    return qcow2_meta_check_write(s, kind, offset, s->cluster_size);
+}
+
+static int qcow2_l2_write_hook(void *opaque, uint64_t offset, const void *table)
+{
+    (void)table;
+    return qcow2_table_write_check(opaque, QCOW2_META_L2, offset);
+}
+
+static int qcow2_refblock_write_hook(void *opaque, uint64_t offset, const void *table)
+{
+    (void)table;
+    return qcow2_table_write_check(opaque, QCOW2_META_REFBLOCK, offset);
 }
 
 /* ---------------------------------------------------------------- first write */
@@ -184,8 +161,11 @@ static int qcow2_write_l1_entry(Qcow2State *s, uint64_t index, uint64_t value)
 {
     uint8_t buf[8];
     st_be64(buf, value);
+    int ret = qcow2_meta_check_write(s, QCOW2_META_L1, s->l1_table_offset + index * 8, 8);
+    if (ret < 0)
+        return ret;
     bdrv_debug_event(s->meta_file, "l1_update");
-    int ret = bdrv_pwrite(s->meta_file, (int64_t)(s->l1_table_offset + index * 8), 8, buf, 0);
+    ret = bdrv_pwrite(s->meta_file, (int64_t)(s->l1_table_offset + index * 8), 8, buf, 0);
     if (ret == 0)
         s->l1_table[index] = value;
     return ret;
@@ -211,10 +191,16 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
     int ret = qcow2_alloc_clusters(s, 1, &new_off);
     if (ret < 0)
         return ret;
-    void *nt;
-    ret = qcow2_cache_get_empty(s->l2_cache, new_off, &nt);
+    /* Refcounts that lie about metadata show up here: the new table must not land on any. */
+    ret = qcow2_meta_add(s, QCOW2_META_L2, new_off, s->cluster_size);
     if (ret < 0)
         return ret;
+    void *nt;
+    ret = qcow2_cache_get_empty(s->l2_cache, new_off, &nt);
+    if (ret < 0) {
+        qcow2_meta_remove(s, QCOW2_META_L2, new_off);
+        return ret;
+    }
     if (old) {
         void *ot;
         ret = qcow2_cache_get(s->l2_cache, old, &ot);
@@ -235,10 +221,14 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
     }
     if (ret == 0)
         ret = bdrv_flush(s->meta_file);
+    /* On failure the new table stays allocated, mapped and dirty in the cache: a later write-back may
+     * still write it, and nothing else is put there. */
     if (ret == 0)
         ret = qcow2_write_l1_entry(s, l1i, new_off | QCOW2_OFLAG_COPIED);
-    if (ret == 0 && old)
+    if (ret == 0 && old) {
+        qcow2_meta_retire_l2(s, old);
         ret = qcow2_free_deferred(s, old, s->cluster_size);
+    }
     if (ret < 0) {
         qcow2_cache_put(s->l2_cache, &nt);
         return ret;
@@ -439,7 +429,7 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
     uint64_t new_host = old_host;
     if (ret == 0 && !reuse)
         ret = qcow2_alloc_clusters(s, 1, &new_host);
-    if (ret == 0 && reuse) /* fresh clusters are free by construction: only in-place targets are checked */
+    if (ret == 0) /* fresh clusters too: refcounts may claim metadata clusters are free */
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
     if (ret == 0)
         ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
@@ -545,8 +535,9 @@ static int qcow2_write_new_clusters(Qcow2State *s, uint64_t offset, uint64_t byt
     if (k == 0)
         return 0;
     uint64_t new_host, len = k << s->cluster_bits;
-    /* Fresh clusters are free by construction: no metadata overlap check needed. */
     ret = qcow2_alloc_clusters(s, k, &new_host);
+    if (ret == 0) /* fresh clusters are free only as far as the refcounts tell the truth */
+        ret = qcow2_check_data_target(s, new_host, len);
     if (ret < 0)
         return ret;
     Qcow2AllocInFlight me = { offset, offset + len, s->allocs_in_flight };
@@ -805,7 +796,11 @@ static int qcow2_grow_l1(Qcow2State *s, uint64_t size, uint32_t entries)
     int ret = (l1 && buf) ? 0 : -ENOMEM;
     if (ret == 0)
         ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &new_off);
+    bool mapped = false;
+    if (ret == 0)
+        ret = qcow2_meta_add(s, QCOW2_META_L1, new_off, bytes);
     if (ret == 0) {
+        mapped = true;
         memcpy(l1, s->l1_table, (size_t)s->l1_size * 8);
         for (uint32_t i = 0; i < entries; i++)
             st_be64(buf + (size_t)i * 8, l1[i]);
@@ -837,9 +832,12 @@ static int qcow2_grow_l1(Qcow2State *s, uint64_t size, uint32_t entries)
     }
     free(buf);
     if (ret < 0) {
+        if (mapped)
+            qcow2_meta_remove(s, QCOW2_META_L1, new_off);
         free(l1);
         return ret;
     }
+    qcow2_meta_remove(s, QCOW2_META_L1, old_off);
     free(s->l1_table);
     s->l1_table = l1;
     s->l1_alloc_entries = entries;
@@ -952,9 +950,16 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         error_set(err, -ret, "cannot read the refcount table: %s", strerror(-ret));
         return ret;
     }
+    ret = qcow2_meta_build(s, err);
+    if (ret < 0) {
+        pthread_rwlock_destroy(&s->io_lock);
+        pthread_cond_destroy(&s->alloc_done);
+        qcow2_refcount_close(s);
+        return ret;
+    }
     s->write_ready = true;
-    qcow2_cache_set_write_hook(s->l2_cache, qcow2_table_write_hook, s);
-    qcow2_cache_set_write_hook(s->refcount_cache, qcow2_table_write_hook, s);
+    qcow2_cache_set_write_hook(s->l2_cache, qcow2_l2_write_hook, s);
+    qcow2_cache_set_write_hook(s->refcount_cache, qcow2_refblock_write_hook, s);
     qcow2_cache_set_debug_event(s->l2_cache, "l2_update");
     qcow2_cache_set_debug_event(s->refcount_cache, "refblock_update");
     if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
@@ -971,7 +976,11 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
             return ret;
         }
     }
-    return 0;
+    /* Refcounts of zero on metadata would hand it out as free space: refuse rather than write. */
+    pthread_mutex_lock(s->lock);
+    ret = qcow2_meta_check_refcounts(s, err);
+    pthread_mutex_unlock(s->lock);
+    return ret;
 }
 
 void qcow2_write_close(BlockNode *bs)
@@ -992,6 +1001,7 @@ void qcow2_write_close(BlockNode *bs)
     }
     pthread_mutex_unlock(s->lock);
     qcow2_refcount_close(s);
+    qcow2_meta_free(s);
     pthread_rwlock_destroy(&s->io_lock);
     pthread_cond_destroy(&s->alloc_done);
     s->write_ready = false;
