@@ -26,20 +26,24 @@ EOF
 
 hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
 
+# make_luks FILE: a real LUKS1 container. qemu-img times its PBKDF on this CPU and gives up with
+# "Unable to get accurate CPU usage" when the machine is busy, so it is given a few tries.
+make_luks() {
+  local i
+  for i in 1 2 3 4 5 6 7 8; do
+    qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M 2>/dev/null && return 0
+    rm -f "$1"; sleep 1
+  done
+  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
+}
+
 # make_all: one file per known format without a driver, name -> description in KNOWN.
 make_all() {
   declare -gA KNOWN
   qemu-img create -q -f vhdx x.vhdx 4M
   qemu-img create -q -f parallels p.hdd 4M
   qemu-img create -q -f qcow q1.qcow 4M
-  # qemu-img times its PBKDF on this CPU and gives up with "Unable to get accurate CPU usage" when the
-  # machine is busy: a few tries
-  local i
-  for i in 1 2 3 4 5; do
-    qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 l.luks 1M && break
-    sleep 1
-  done
-  [ -s l.luks ]
+  make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
   magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
   magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
@@ -123,7 +127,7 @@ EOF
   run "$IMGFUSE" info declared.qcow2
   [ "$status" -eq 0 ]
   # --overlay over a LUKS container: refused, no overlay made
-  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 c.luks 1M
+  make_luks c.luks
   run timeout 30 "$IMGFUSE" --foreground --overlay ov.qcow2 c.luks "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
