@@ -69,7 +69,9 @@ typedef struct FsConfig {
     bool debug;
     MountFacts facts;         /* for MNT/info */
     FsCounters *counters;     /* may be NULL */
-    bool watch_unmount;       /* mounted without auto_unmount: start fuse/unwatch.c's watcher instead */
+    bool watch_unmount;       /* start fuse/unwatch.c's watcher (detaches the mount if the daemon dies) */
+    char *proc_title;         /* the daemon's command-line memory, renamed in the watcher (may be NULL) */
+    size_t proc_title_len;
     bool direct_io;           /* raw views bypass the kernel's page cache (FOPEN_DIRECT_IO) */
 } FsConfig;
 

@@ -544,11 +544,10 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
     if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
         abort();
     sb_free(&fs);
-    /* If the daemon dies, its mount must go too, never left behind dead: as root, imgfuse mounts
-     * directly and its own watcher (fuse/unwatch.c) does that; anyone else mounts through fusermount3
-     * with libfuse's auto_unmount, whose helper does it. */
-    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,%smax_read=%u", escaped,
-              geteuid() == 0 ? "" : "auto_unmount,", fs_max_read(!read_only));
+    /* If the daemon dies, its mount must go too, never left behind dead: imgfuse's own watcher
+     * (fuse/unwatch.c) does that for every user, so libfuse's auto_unmount is not asked for (its helper
+     * cannot see a user's mount without allow_other die, see there). */
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,max_read=%u", escaped, fs_max_read(!read_only));
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
@@ -581,8 +580,26 @@ static void free_argv(char **argv, int argc)
     free(argv);
 }
 
+/* The memory of the command line (the argument strings, one after the other), before getopt reorders
+ * the pointers; len 0 if the strings are not contiguous. */
+static char *command_line_area(int argc, char **argv, size_t *len)
+{
+    char *lo = argv[0], *hi = argv[0];
+    size_t total = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        total += n;
+        lo = argv[i] < lo ? argv[i] : lo;
+        hi = argv[i] + n > hi ? argv[i] + n : hi;
+    }
+    *len = (size_t)(hi - lo) == total ? total : 0;
+    return lo;
+}
+
 static int mount_main(int argc, char **argv)
 {
+    size_t title_len;
+    char *title = command_line_area(argc, argv, &title_len);
     MountArgs a;
     memset(&a, 0, sizeof a);
     block_open_opts_init(&a.open);
@@ -634,7 +651,8 @@ static int mount_main(int argc, char **argv)
     FsConfig cfg = {
         .bs = bs, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
         .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL },
-        .counters = &counters, .watch_unmount = geteuid() == 0, .direct_io = a.direct_io,
+        .counters = &counters, .watch_unmount = true, .direct_io = a.direct_io,
+        .proc_title = title, .proc_title_len = title_len,
     };
     int fargc;
     char **fargv = build_fuse_argv(&a, read_only, &fargc);

@@ -54,12 +54,12 @@ unmount_img() {
 # wait_unmount_helper MOUNTPOINT: waits until the auto_unmount helper of a daemon that died (a
 # fusermount3 process watching MOUNTPOINT) has exited. Left running, it could unmount the next mount
 # made at the same path once it gets around to its work on a loaded machine.
-# As root imgfuse mounts directly and its own watcher (comm imgfuse-unmount) does that job: one whose
+# imgfuse's own watcher (comm imgf-unmount, fuse/unwatch.c) does that job for its mounts: one whose
 # daemon is gone (its parent is no longer an imgfuse process) is about to look at the mount point.
 orphan_unmount_watchers() {
   local st pp comm
   ps -eo stat=,ppid=,comm= | while read -r st pp comm; do
-    [ "$comm" = imgfuse-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] && echo "$pp"
+    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] && echo "$pp"
   done
 }
 wait_unmount_helper() {
