@@ -7,13 +7,15 @@
  *
  * The watcher is forked before the mount is made, named (comm and command line "imgf-unmount", which
  * `pkill imgfuse` does not match) by the daemon around the fork, so it is never for a moment called
- * imgfuse, and it leaves the daemon's process group and session at once; signals other than SIGKILL are
- * ignored.  Right after mounting, the daemon sends it the mount's identity: statx's STATX_MNT_ID_UNIQUE
+ * imgfuse, and the daemon moves it into a process group of its own at once; it ignores every signal but
+ * SIGKILL.  Right after mounting, the daemon sends it the mount's identity: statx's STATX_MNT_ID_UNIQUE
  * of the mount point (never reused while the system runs; kernels before 6.8 give the older, reusable
  * STATX_MNT_ID instead).  The watcher then blocks on the pipe whose other end only the daemon holds.
  * When the daemon is gone it detaches the mount only if the topmost mount at the mount point still has
  * that identity and (where listmount(2) exists) nothing is mounted below it, through
- * /proc/self/fd of a descriptor it checked, so a new mount made at the same path is never touched.
+ * /proc/self/fd of a descriptor it checked, so a new mount made at the same path is never touched.  Should
+ * the daemon die between mount(2) and that message, the watcher detaches a mount on top of what was at
+ * the path before if its connection is dead (ENOTCONN).
  * Holding the mount open meanwhile is not an option: `fusermount3 -u` would fail with EBUSY.
  * Without the right to umount2 (a user's mount) it runs `fusermount3 -u -z`.  The child runs only
  * async-signal-safe calls (the daemon may have threads when it forks).
@@ -121,11 +123,10 @@ static bool read_full(int fd, void *buf, size_t len)
     return true;
 }
 
-static void detach(const char *path, const MountIdent *id)
+/* Detaches the mount whose root fd is (an O_PATH descriptor, closed here); without the right to, runs
+ * fusermount3 -u -z on path. */
+static void detach_fd(int fd, const char *path)
 {
-    int fd = open_if_ours(path, id);
-    if (fd < 0)
-        return;
     /* the magic link names exactly the mount checked, whatever has happened at path since */
     char self[64];
     snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
@@ -141,9 +142,35 @@ static void detach(const char *path, const MountIdent *id)
     execle("/bin/fusermount3", "fusermount3", "-u", "-z", "--", path, (char *)NULL, env);
 }
 
-static void watcher_main(int fd, const char *path, char *title, size_t title_len)
+static void detach(const char *path, const MountIdent *id)
 {
-    setsid();
+    int fd = open_if_ours(path, id);
+    if (fd >= 0)
+        detach_fd(fd, path);
+}
+
+/* Detaches the topmost mount at path if it is not the one that was there before the daemon mounted
+ * (below) and its FUSE connection is gone (a forced getattr fails with ENOTCONN at once). */
+static void detach_dead(const char *path, const MountIdent *below)
+{
+    int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    unsigned mask = below->unique ? STATX_MNT_ID_UNIQUE : STATX_MNT_ID;
+    struct statx stx;
+    memset(&stx, 0, sizeof stx);
+    if (statx_nosync(fd, "", AT_EMPTY_PATH, mask, &stx) == 0 && (stx.stx_mask & mask) && stx.stx_mnt_id != below->id &&
+        syscall(SYS_statx, fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &stx) != 0 &&
+        errno == ENOTCONN) {
+        detach_fd(fd, path);
+        return;
+    }
+    close(fd);
+}
+
+static void watcher_main(int fd, const char *path, const MountIdent *below, char *title, size_t title_len)
+{
+    setpgid(0, 0); /* the parent does the same at once: whoever runs first */
     struct sigaction ign;
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
@@ -164,8 +191,13 @@ static void watcher_main(int fd, const char *path, char *title, size_t title_len
         dup2(null, STDERR_FILENO);
     }
     MountIdent id;
-    if (!read_full(fd, &id, sizeof id))
-        _exit(0); /* nothing was mounted */
+    if (!read_full(fd, &id, sizeof id)) {
+        /* The daemon died before it could say which mount is its own, perhaps between mount(2) and
+         * that message: a mount it made is on top of what was there before, and dead. */
+        if (below->id)
+            detach_dead(path, below);
+        _exit(0);
+    }
     char c;
     while (read(fd, &c, 1) < 0 && errno == EINTR)
         ;
@@ -188,6 +220,10 @@ void fs_start_unmount_watcher(Fs *fs, const char *abs_mountpoint)
     fs->watcher_fd = -1;
     if (!abs_mountpoint || pipe2(p, O_CLOEXEC) != 0)
         return;
+    MountIdent below = { 0 };
+    char devno[64];
+    if (!fs_mount_identity(abs_mountpoint, &below, devno, sizeof devno))
+        below.id = 0;
     char name[16] = "";
     syscall(SYS_prctl, PR_GET_NAME, name, 0L, 0L, 0L);
     set_name(WATCHER_NAME); /* the child is born with its own name */
@@ -199,9 +235,11 @@ void fs_start_unmount_watcher(Fs *fs, const char *abs_mountpoint)
         if (fd != 3 && dup2(fd, 3) == 3)
             fd = 3;
         close_range((unsigned)fd + 1, ~0U, 0);
-        watcher_main(fd, abs_mountpoint, fs->cfg.proc_title, fs->cfg.proc_title_len);
+        watcher_main(fd, abs_mountpoint, &below, fs->cfg.proc_title, fs->cfg.proc_title_len);
     }
     set_name(name);
+    if (pid > 0)
+        setpgid(pid, pid); /* out of the daemon's process group before anything is mounted */
     close(p[0]);
     if (pid < 0) {
         close(p[1]);

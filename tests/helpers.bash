@@ -164,3 +164,19 @@ check_clean() {
   [[ "$output" == *"No errors were found"* ]]
   [[ "$output" != *"leaked"* ]]
 }
+
+# --- the mount's lifecycle (unmount watcher, imgfuse unmount) ---
+
+# test_user: the name of an unprivileged user for tests (created once, without a home directory).
+test_user() {
+  id -u imgfuse-user >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin imgfuse-user >/dev/null 2>&1 || id -u imgfuse-user >/dev/null
+  echo imgfuse-user
+}
+
+# wait_gone MOUNTPOINT: until MOUNTPOINT is no longer a mount point (10 s at most); then it must be a
+# plain, reachable directory or file again (no ENOTCONN).
+wait_gone() {
+  local i
+  for i in $(seq 1 200); do mountpoint -q "$1" 2>/dev/null || break; sleep 0.05; done
+  ! mountpoint -q "$1" 2>/dev/null && stat "$1" >/dev/null
+}

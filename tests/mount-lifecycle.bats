@@ -1,0 +1,99 @@
+#!/usr/bin/env bats
+# mount-lifecycle.bats - what is left when a mount ends: the unmount watcher removes the mount of a
+# daemon killed with kill -9 for an unprivileged user, for a mount point whose escaped name is longer
+# than 4,095 bytes, and when the kill is aimed at every imgfuse process or the daemon's whole process
+# group at once.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() { teardown_tmp; }
+
+# start_own_group IMAGE MOUNTPOINT: the daemon in the foreground as the leader of its own process group
+# (as the detached daemon is); sets DAEMON_PID and waits for the mount.
+start_own_group() {
+  setsid "$IMGFUSE" --foreground "$1" "$2" >"$TMP/daemon.log" 2>&1 3>&- &
+  DAEMON_PID=$!
+  MOUNTED=$2
+  local i
+  for i in $(seq 1 200); do mountpoint -q "$2" && return 0; sleep 0.02; done
+  cat "$TMP/daemon.log" >&2; return 1
+}
+
+@test "kill -9 of an unprivileged user's daemon (no --allow-other): the mount is removed" {
+  user=$(test_user)
+  chmod 755 "$TMP"
+  head -c 1048576 /dev/urandom > u.raw
+  chown "$user" u.raw "$MNT"
+  # A private mount namespace with a /dev/fuse the user may open (Debian's udev makes it 0666; this
+  # machine's is 0600), so nothing outside the test changes.
+  cat > user.sh <<EOS
+set -e
+mknod -m 0666 "$TMP/fuse" c 10 229
+mount --bind "$TMP/fuse" /dev/fuse
+runuser -u "$user" -- "$IMGFUSE" u.raw "$MNT"
+runuser -u "$user" -- cmp "$MNT/disk.raw" u.raw
+pid=\$(pgrep -u "$user" -x imgfuse)
+[ -n "\$pid" ]
+kill -9 \$pid
+for i in \$(seq 1 200); do grep -q " $MNT fuse" /proc/self/mounts || break; sleep 0.05; done
+! grep " $MNT fuse" /proc/self/mounts
+runuser -u "$user" -- stat "$MNT" >/dev/null
+EOS
+  run timeout 60 unshare -m --propagation private bash user.sh
+  echo "$output"
+  [ "$status" -eq 0 ]
+}
+
+@test "kill -9 with a mount point whose escaped name is over 4,095 bytes: the mount is removed" {
+  head -c 1048576 /dev/urandom > l.raw
+  # each space is one byte here and four (\040) in /proc/self/mountinfo
+  deep=$TMP
+  for i in 1 2 3 4 5 6; do deep="$deep/d$(printf '%*s' 200 '')"; done
+  mkdir -p "$deep/mnt"
+  [ "$(printf '%s' "$deep/mnt" | wc -c)" -lt 4096 ]
+  [ "$(printf '%s' "$deep/mnt" | sed 's/ /\\040/g' | wc -c)" -gt 4095 ]
+  mount_img l.raw "$deep/mnt"
+  cmp "$deep/mnt/disk.raw" l.raw
+  kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
+  wait_gone "$deep/mnt"
+  wait_unmount_helper "$(realpath "$deep/mnt")"
+}
+
+@test "a mount point whose real name is over 4,095 bytes is refused with one line, nothing mounted" {
+  head -c 4096 /dev/urandom > r.raw
+  name=$(printf 'd%.0s' $(seq 1 220))
+  for i in $(seq 1 20); do mkdir "$name"; cd "$name"; done
+  mkdir mnt
+  run "$IMGFUSE" --foreground "$TMP/r.raw" mnt
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: mnt: "* ]]
+  ! grep -q " $TMP/d" /proc/mounts
+  cd "$TMP"
+}
+
+@test "pkill -9 imgfuse right after mounting: the watcher is not matched and removes the mount" {
+  head -c 1048576 /dev/urandom > p.raw
+  for round in $(seq 1 10); do
+    start_own_group p.raw "$MNT"
+    # what pkill -9 imgfuse does, narrowed to this daemon and its children (other mounts may be running)
+    ours=" $DAEMON_PID $(cat /proc/"$DAEMON_PID"/task/*/children 2>/dev/null) "
+    for p in $(pgrep imgfuse); do [[ "$ours" == *" $p "* ]] && kill -9 "$p"; done
+    wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
+    wait_gone "$MNT"
+    wait_unmount_helper "$(realpath "$MNT")"
+  done
+}
+
+@test "kill -9 of the daemon's whole process group right after mounting: the mount is removed" {
+  head -c 1048576 /dev/urandom > g.raw
+  for round in $(seq 1 10); do
+    start_own_group g.raw "$MNT"
+    kill -9 -- -"$DAEMON_PID"
+    wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
+    wait_gone "$MNT"
+    wait_unmount_helper "$(realpath "$MNT")"
+  done
+}
