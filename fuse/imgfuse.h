@@ -118,6 +118,9 @@ typedef struct Overlay {
 /* Creates or checks the overlay (overlay == NULL: a temporary one for --snapshot) and points opts at it:
  * the top is opened read-write with IMAGE as its backing file. Returns 0 or the exit code (printed). */
 int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOpenOpts *opts);
+/* --snapshot: unlinks the temporary overlay and its directory once the chain has them open, so nothing
+ * stays in $TMPDIR even after a kill -9 (no-op for --overlay). */
+void overlay_unlink_temp(Overlay *ov);
 /* Removes a temporary overlay and frees ov. */
 void overlay_cleanup(Overlay *ov);
 

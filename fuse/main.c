@@ -632,7 +632,7 @@ static int mount_main(int argc, char **argv)
             overlay_cleanup(&ov);
             goto out;
         }
-        snprintf(note, sizeof note, a.snapshot ? "writes go to the temporary overlay %s, discarded at unmount"
+        snprintf(note, sizeof note, a.snapshot ? "writes go to the temporary overlay %s (deleted), discarded at unmount"
                                                : "writes go to the overlay %s; the image is not modified", ov.path);
     }
     const char *top = use_overlay ? ov.path : a.image;
@@ -644,6 +644,7 @@ static int mount_main(int argc, char **argv)
         overlay_cleanup(&ov);
         goto out;
     }
+    overlay_unlink_temp(&ov);
 
     if (a.direct_io)
         note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
