@@ -645,6 +645,20 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
     fuse_reply_statfs(req, &sv);
 }
 
+/* `imgfuse unmount` asks the daemon behind a mount point for its pid (IMGFUSE_IOC_PID on the root,
+ * opened), so it can wait for that process to exit; any other ioctl is not supported. */
+static void fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+                        unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+    (void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz;
+    if (cmd != IMGFUSE_IOC_PID || ino != FUSE_ROOT_ID || out_bufsz < sizeof(uint64_t)) {
+        fuse_reply_err(req, ENOTTY);
+        return;
+    }
+    uint64_t pid = (uint64_t)getpid();
+    fuse_reply_ioctl(req, 0, &pid, sizeof pid);
+}
+
 /* ---------------------------------------------------------------- session setup */
 
 #define SPLICE_PIPE_SLACK (4 * 4096)
@@ -714,6 +728,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .fallocate = fs_op_fallocate,
     .lseek = fs_op_lseek,
     .statfs = fs_op_statfs,
+    .ioctl = fs_op_ioctl,
     .mkdir = fs_op_mkdir,
     .rmdir = fs_op_rmdir,
 };

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -131,6 +132,12 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+
+/* ---------------------------------------------------------------- unmount.c */
+
+/* The ioctl on a mount's root that the daemon answers with its pid (a uint64_t). */
+#define IMGFUSE_IOC_PID _IOR('i', 0x70, uint64_t)
+int cmd_unmount(int argc, char **argv);
 
 /* ---------------------------------------------------------------- main.c helpers */
 
