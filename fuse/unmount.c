@@ -13,6 +13,8 @@
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,14 +211,53 @@ static int detach_dead(const char *path)
     return pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EPERM;
 }
 
-/* Waits for the process behind pidfd to exit; false after timeout_ms (< 0: forever). */
-static bool wait_exit(int pidfd, int timeout_ms)
+/* Waits up to *left_ms (< 0: forever) for fd to become readable; counts the time spent off *left_ms.
+ * false on timeout. */
+static bool wait_readable(int fd, int *left_ms)
 {
-    struct pollfd p = { .fd = pidfd, .events = POLLIN };
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     int r;
-    while ((r = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR)
+    while ((r = poll(&p, 1, *left_ms)) < 0 && errno == EINTR)
         ;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (*left_ms >= 0) {
+        long spent = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        *left_ms = spent >= *left_ms ? 0 : *left_ms - (int)spent;
+    }
     return r > 0;
+}
+
+/* daemon_pid within *left_ms: a daemon that never answers leaves its caller in a FUSE request only
+ * SIGKILL ends (even a pending SIGTERM waits behind a caught signal there), so a child asks and is
+ * killed on timeout. -ETIMEDOUT then. */
+static int64_t daemon_pid_within(const char *path, int *left_ms)
+{
+    if (*left_ms < 0)
+        return daemon_pid(path);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return -errno;
+    pid_t child = fork();
+    if (child < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -errno;
+    }
+    if (child == 0) {
+        int64_t v = daemon_pid(path);
+        _exit(write(p[1], &v, sizeof v) == (ssize_t)sizeof v ? 0 : 1);
+    }
+    close(p[1]);
+    int64_t v = -ETIMEDOUT;
+    if (!wait_readable(p[0], left_ms) || read(p[0], &v, sizeof v) != (ssize_t)sizeof v)
+        v = -ETIMEDOUT;
+    close(p[0]);
+    kill(child, SIGKILL);
+    while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return v;
 }
 
 static int unmount_one(const char *given, int timeout_s)
@@ -248,12 +289,17 @@ static int unmount_one(const char *given, int timeout_s)
         rc = EXIT_USAGE;
         goto out;
     }
-    int64_t pid = daemon_pid(path);
+    int left_ms = timeout_s > 0 ? timeout_s * 1000 : -1;
+    int64_t pid = daemon_pid_within(path, &left_ms);
     if (pid == -ENOTCONN || pid == -ECONNABORTED) {
         if ((r = detach_dead(path)) < 0)
             errmsg(given, "its daemon is gone and the mount cannot be removed: %s", strerror(-r));
         else
             rc = EXIT_OK;
+        goto out;
+    }
+    if (pid == -ETIMEDOUT) {
+        errmsg(given, "timeout: its daemon has not answered after %d s", timeout_s);
         goto out;
     }
     if (pid < 0) {
@@ -262,7 +308,7 @@ static int unmount_one(const char *given, int timeout_s)
         goto out;
     }
     int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0U);
-    if (pidfd < 0 || daemon_pid(path) != pid) {
+    if (pidfd < 0 || daemon_pid_within(path, &left_ms) != pid) {
         errmsg(given, "cannot hold on to its daemon (pid %lld): %s", (long long)pid,
                pidfd < 0 ? strerror(errno) : "it changed");
         if (pidfd >= 0)
@@ -280,7 +326,7 @@ static int unmount_one(const char *given, int timeout_s)
         sb_free(&who);
     } else if (r < 0) {
         errmsg(given, "cannot unmount: %s", strerror(-r));
-    } else if (!wait_exit(pidfd, timeout_s > 0 ? timeout_s * 1000 : -1)) {
+    } else if (!wait_readable(pidfd, &left_ms)) {
         errmsg(given, "unmounted, but its daemon (pid %lld) has not exited after %d s", (long long)pid, timeout_s);
     } else {
         rc = EXIT_OK;

@@ -187,3 +187,34 @@ EOS
   [ -z "$output" ]
   wait_gone "$MNT"
 }
+
+@test "imgfuse unmount --timeout: a daemon that does not answer gives one line and exit 1, the mount intact" {
+  head -c 1048576 /dev/urandom > t.raw
+  mount_img t.raw "$MNT"
+  kill -STOP "$DAEMON_PID"
+  run timeout 30 "$IMGFUSE" unmount --timeout 1 "$MNT"
+  kill -CONT "$DAEMON_PID"
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [ "$output" = "imgfuse: $MNT: timeout: its daemon has not answered after 1 s" ]
+  cmp "$MNT/disk.raw" t.raw
+  run "$IMGFUSE" unmount --timeout 10 "$MNT"
+  [ "$status" -eq 0 ]
+  wait "$DAEMON_PID"; DAEMON_PID=
+}
+
+@test "file mode: imgfuse unmount, --pid-file, and the watcher after kill -9 all work on a file mount point" {
+  head -c 1048576 /dev/urandom > f.raw
+  : > view
+  "$IMGFUSE" --pid-file f.pid f.raw view
+  cmp view f.raw
+  pid=$(cat f.pid)
+  run "$IMGFUSE" unmount view
+  [ "$status" -eq 0 ]
+  ! kill -0 "$pid" 2>/dev/null
+  [ ! -e f.pid ] && [ ! -s view ]
+  mount_img f.raw "$TMP/view"
+  kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
+  wait_gone "$TMP/view"
+  [ ! -s view ]
+}
