@@ -127,9 +127,16 @@ static bool read_full(int fd, void *buf, size_t len)
  * fusermount3 -u -z on path. */
 static void detach_fd(int fd, const char *path)
 {
-    /* the magic link names exactly the mount checked, whatever has happened at path since */
-    char self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    /* the magic link names exactly the mount checked, whatever has happened at path since (built by
+     * hand: snprintf is not async-signal-safe) */
+    char self[32] = "/proc/self/fd/", digits[12];
+    int nd = 0;
+    for (unsigned v = (unsigned)fd; nd == 0 || v; v /= 10)
+        digits[nd++] = (char)('0' + v % 10);
+    size_t at = strlen(self);
+    while (nd)
+        self[at++] = digits[--nd];
+    self[at] = '\0';
     int r = umount2(self, MNT_DETACH);
     if (r != 0 && errno == ENOENT) /* no /proc */
         r = umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW);
