@@ -762,6 +762,20 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
     fuse_reply_statfs(req, &sv);
 }
 
+/* `imgfuse unmount` asks the daemon behind a mount point for its pid (IMGFUSE_IOC_PID on the root,
+ * opened), so it can wait for that process to exit; any other ioctl is not supported. */
+static void fs_op_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+                        unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+    (void)arg, (void)fi, (void)flags, (void)in_buf, (void)in_bufsz;
+    if (cmd != IMGFUSE_IOC_PID || ino != FUSE_ROOT_ID || out_bufsz < sizeof(uint64_t)) {
+        fuse_reply_err(req, ENOTTY);
+        return;
+    }
+    uint64_t pid = (uint64_t)getpid();
+    fuse_reply_ioctl(req, 0, &pid, sizeof pid);
+}
+
 /* ---------------------------------------------------------------- session setup */
 
 #define SPLICE_PIPE_SLACK (4 * 4096)
@@ -834,6 +848,7 @@ static const struct fuse_lowlevel_ops fs_ops = {
     .fallocate = fs_op_fallocate,
     .lseek = fs_op_lseek,
     .statfs = fs_op_statfs,
+    .ioctl = fs_op_ioctl,
     .mkdir = fs_op_mkdir,
     .rmdir = fs_op_rmdir,
 };
@@ -884,48 +899,6 @@ static int run_quietly(int (*fn)(void *), void *arg, bool keep_stderr, char *out
  * arrive as 128 KiB requests; 1 MiB lets them arrive as requests of fs_max_read bytes. */
 #define READ_AHEAD_KB 1024
 
-/* A mount point field of /proc/self/mountinfo, with its octal escapes (\040 for a space...) undone. */
-static void unescape_mountinfo(char *s)
-{
-    char *out = s;
-    for (char *p = s; *p; p++) {
-        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' && p[3] >= '0' && p[3] <= '7') {
-            *out++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
-            p += 3;
-        } else {
-            *out++ = *p;
-        }
-    }
-    *out = '\0';
-}
-
-/* "MAJ:MIN" of the newest mount at path (absolute, resolved before mounting), from mountinfo: stat()
- * on the mount itself would wait for a FUSE reply the session loop, not yet running, cannot give. */
-static bool mount_devno(const char *path, char *devno, size_t len, long *mount_id)
-{
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return false;
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (getline(&line, &cap, f) > 0) {
-        char dev[64], mnt[4096];
-        long id;
-        if (sscanf(line, "%ld %*s %63s %*s %4095s", &id, dev, mnt) != 3)
-            continue;
-        unescape_mountinfo(mnt);
-        if (strcmp(mnt, path) == 0) {
-            snprintf(devno, len, "%s", dev);
-            *mount_id = id;
-            found = true; /* keep going: the last match is the mount on top */
-        }
-    }
-    free(line);
-    fclose(f);
-    return found;
-}
-
 /* Best effort: only root may write the window; anyone else keeps the kernel's default. */
 static void raise_readahead(const char *abs_mountpoint, const char *devno)
 {
@@ -941,27 +914,18 @@ static void raise_readahead(const char *abs_mountpoint, const char *devno)
     close(fd);
 }
 
-/* What follows the mount, off the path to the first reply: the mount's readahead window and, as root,
- * the unmount watcher (forking it took about 0.15 ms, reading mountinfo and writing the window 0.1 ms).
- * The session loop answers INIT meanwhile; the kernel caps the window only when INIT is answered, at
- * the 1 MiB fs_op_init allows, so raising it before or after makes no difference. The watcher's child
- * runs only async-signal-safe calls, as a fork from a threaded process requires. */
+/* What follows the mount, off the path to the first reply: the mount's readahead window (writing it
+ * took about 0.1 ms). The session loop answers INIT meanwhile; the kernel caps the window only when INIT
+ * is answered, at the 1 MiB fs_op_init allows, so raising it before or after makes no difference. */
 typedef struct PostMount {
-    Fs *fs;
     const char *abs_mountpoint;
-    bool watch;
+    char devno[64];
 } PostMount;
 
 static void *post_mount(void *arg)
 {
     PostMount *pm = arg;
-    char devno[64];
-    long mount_id = -1;
-    if (mount_devno(pm->abs_mountpoint, devno, sizeof devno, &mount_id)) {
-        raise_readahead(pm->abs_mountpoint, devno);
-        if (pm->watch)
-            fs_start_unmount_watcher(pm->fs, pm->abs_mountpoint, mount_id, devno);
-    }
+    raise_readahead(pm->abs_mountpoint, pm->devno);
     return NULL;
 }
 
@@ -1018,17 +982,26 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
         goto out_session;
     }
     char *abs_mountpoint = realpath(mountpoint, NULL);
+    fs.watcher_pid = -1;
+    fs.watcher_fd = -1;
+    if (cfg->watch_unmount)
+        fs_start_unmount_watcher(&fs, abs_mountpoint);
     r = run_quietly(do_session_mount, &ns, cfg->debug, why, sizeof why);
     if (r != 0) {
         errmsg(mountpoint, "cannot mount: %s", cfg->debug ? "see above" : (*why ? why : "fuse_session_mount failed"));
+        fs_stop_unmount_watcher(&fs);
         free(abs_mountpoint);
         goto out_signals;
     }
-    fs.watcher_pid = -1;
-    PostMount pm = { .fs = &fs, .abs_mountpoint = abs_mountpoint, .watch = cfg->watch_unmount };
+    /* at once, in this thread: a kill -9 from now on must find the watcher told which mount is ours */
+    PostMount pm = { .abs_mountpoint = abs_mountpoint };
+    MountIdent ident;
+    bool known = abs_mountpoint && fs_mount_identity(abs_mountpoint, &ident, pm.devno, sizeof pm.devno);
+    if (known)
+        fs_arm_unmount_watcher(&fs, &ident);
     pthread_t pm_thread;
-    bool pm_threaded = abs_mountpoint && pthread_create(&pm_thread, NULL, post_mount, &pm) == 0;
-    if (abs_mountpoint && !pm_threaded)
+    bool pm_threaded = known && pthread_create(&pm_thread, NULL, post_mount, &pm) == 0;
+    if (known && !pm_threaded)
         post_mount(&pm);
     if (ready)
         ready(ready_arg);

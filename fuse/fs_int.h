@@ -94,10 +94,17 @@ int64_t disk_size(Entry *e);
 void entry_touch(Fs *fs, Entry *e);
 int fs_build_tree(Fs *fs);
 void fs_free(Fs *fs);
-/* unwatch.c: fork the watcher that detaches the mount at abs_mountpoint (mount ID, device) if the
- * daemon dies without unmounting (used instead of libfuse's auto_unmount for mounts made by root);
- * stop it (and reap it) after a clean unmount. */
-void fs_start_unmount_watcher(Fs *fs, const char *abs_mountpoint, long mount_id, const char *devno);
+/* unwatch.c: the unmount watcher, which detaches the daemon's mount if the daemon dies without
+ * unmounting. Start it before mounting, arm it with the mount's identity right after, stop (and reap)
+ * it after the session has unmounted. fs_mount_identity: the topmost mount at path, asking the daemon
+ * nothing, and its device number "MAJ:MIN". */
+typedef struct MountIdent {
+    uint64_t id;             /* statx's stx_mnt_id */
+    bool unique;             /* STATX_MNT_ID_UNIQUE (never reused), else the reusable STATX_MNT_ID */
+} MountIdent;
+bool fs_mount_identity(const char *path, MountIdent *id, char *devno, size_t len);
+void fs_start_unmount_watcher(Fs *fs, const char *abs_mountpoint);
+void fs_arm_unmount_watcher(Fs *fs, const MountIdent *id);
 void fs_stop_unmount_watcher(Fs *fs);
 /* Free the pooled request buffers (at teardown, when no request is running). */
 void fs_free_buffers(Fs *fs);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -98,7 +99,9 @@ typedef struct FsConfig {
     bool debug;
     MountFacts facts;         /* for MNT/info */
     FsCounters *counters;     /* may be NULL */
-    bool watch_unmount;       /* mounted without auto_unmount: start fuse/unwatch.c's watcher instead */
+    bool watch_unmount;       /* start fuse/unwatch.c's watcher (detaches the mount if the daemon dies) */
+    char *proc_title;         /* the daemon's command-line memory, renamed in the watcher (may be NULL) */
+    size_t proc_title_len;
     bool direct_io;           /* raw views bypass the kernel's page cache (FOPEN_DIRECT_IO) */
 } FsConfig;
 
@@ -146,6 +149,9 @@ typedef struct Overlay {
 /* Creates or checks the overlay (overlay == NULL: a temporary one for --snapshot) and points opts at it:
  * the top is opened read-write with IMAGE as its backing file. Returns 0 or the exit code (printed). */
 int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOpenOpts *opts);
+/* --snapshot: unlinks the temporary overlay and its directory once the chain has them open, so nothing
+ * stays in $TMPDIR even after a kill -9 (no-op for --overlay). */
+void overlay_unlink_temp(Overlay *ov);
 /* Removes a temporary overlay and frees ov. */
 void overlay_cleanup(Overlay *ov);
 
@@ -156,6 +162,12 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+
+/* ---------------------------------------------------------------- unmount.c */
+
+/* The ioctl on a mount's root that the daemon answers with its pid (a uint64_t). */
+#define IMGFUSE_IOC_PID _IOR('i', 0x70, uint64_t)
+int cmd_unmount(int argc, char **argv);
 
 /* ---------------------------------------------------------------- main.c helpers */
 

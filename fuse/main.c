@@ -67,6 +67,7 @@ static void print_help(void)
 "       imgfuse create -f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]\n"
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
 "       imgfuse hash [--algo sha256|sha1|md5] [-p] [--max-size SIZE|--force] IMAGE\n"
+"       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
 "\n"
 "Shows a disk image and its whole backing chain as one flat raw file: MOUNTPOINT/disk.raw (with\n"
 "MOUNTPOINT/info and info.json) when MOUNTPOINT is a directory, MOUNTPOINT itself when it is a file.\n"
@@ -108,11 +109,12 @@ static void print_help(void)
 "      --debug                log every FUSE request, statistics at unmount (implies --foreground)\n"
 "      --audit-log FILE       append one JSON line per mount to FILE (times, user, image files\n"
 "                             with size and mtime, mode, options, bytes read and written)\n"
+"      --pid-file FILE        write the daemon's pid to FILE while it runs\n"
 "      --blkdebug RULES       test only: inject faults as described in the RULES file\n"
 "  -h, --help                 this help\n"
 "  -V, --version              version and supported formats\n"
 "\n"
-"Unmount with: fusermount3 -u MOUNTPOINT\n"
+"Unmount with: imgfuse unmount MOUNTPOINT (returns when the daemon has exited), or fusermount3 -u\n"
 "Exit status: 0 success, 1 runtime failure, 2 bad usage or an image that cannot be opened.\n"
 "See imgfuse(1) for details.\n");
 }
@@ -133,7 +135,7 @@ enum {
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
-    OPT_DIRECT_IO,
+    OPT_DIRECT_IO, OPT_PID_FILE,
 };
 
 static const struct option mount_options[] = {
@@ -159,6 +161,7 @@ static const struct option mount_options[] = {
     { "foreground", no_argument, NULL, OPT_FOREGROUND },
     { "debug", no_argument, NULL, OPT_DEBUG },
     { "audit-log", required_argument, NULL, OPT_AUDIT_LOG },
+    { "pid-file", required_argument, NULL, OPT_PID_FILE },
     { "overlay", required_argument, NULL, OPT_OVERLAY },
     { "snapshot", no_argument, NULL, OPT_SNAPSHOT },
     { "copy-on-read", no_argument, NULL, OPT_COPY_ON_READ },
@@ -177,7 +180,7 @@ static const struct option mount_options[] = {
 typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
-    const char *image, *mountpoint, *audit_log, *overlay;
+    const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
     int64_t win_offset, win_size; /* --offset/--size: a window over the chain (size -1: to its end) */
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
@@ -349,6 +352,7 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         case OPT_FOREGROUND: a->foreground = true; break;
         case OPT_DEBUG: a->debug = true; break;
         case OPT_AUDIT_LOG: a->audit_log = optarg; break;
+        case OPT_PID_FILE: a->pid_file = optarg; break;
         case 'o': take_fuse_opts(a, optarg); break;
         case 'h': print_help(); return EXIT_OK;
         case 'V': print_version(); return EXIT_OK;
@@ -538,6 +542,50 @@ static void detach_ready(void *arg)
     d->fd = -1;
 }
 
+/* ---------------------------------------------------------------- the pid file */
+
+/* FILE made absolute (the daemon changes to / when it detaches); malloc'd, NULL on failure. */
+static char *absolute_path(const char *file)
+{
+    if (file[0] == '/')
+        return strdup(file);
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return NULL;
+    StrBuf sb;
+    sb_init(&sb);
+    sb_printf(&sb, "%s/%s", cwd, file);
+    return sb_steal(&sb, NULL);
+}
+
+/* Writes this process's pid to path (replacing the file). Prints the error and returns EXIT_RUNTIME. */
+static int pid_file_write(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0) {
+        errmsg(path, "cannot write the pid file: %s", strerror(errno));
+        if (fd >= 0)
+            unlink(path);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+/* Removes the pid file if it still names this process. */
+static void pid_file_remove(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+    if (!f)
+        return;
+    bool ours = fscanf(f, "%ld", &pid) == 1 && pid == (long)getpid();
+    fclose(f);
+    if (ours)
+        unlink(path);
+}
+
 /* ---------------------------------------------------------------- the main job */
 
 static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
@@ -551,11 +599,10 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
     if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
         abort();
     sb_free(&fs);
-    /* If the daemon dies, its mount must go too, never left behind dead: as root, imgfuse mounts
-     * directly and its own watcher (fuse/unwatch.c) does that; anyone else mounts through fusermount3
-     * with libfuse's auto_unmount, whose helper does it. */
-    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,%smax_read=%u", escaped,
-              geteuid() == 0 ? "" : "auto_unmount,", fs_max_read(!read_only));
+    /* If the daemon dies, its mount must go too, never left behind dead: imgfuse's own watcher
+     * (fuse/unwatch.c) does that for every user, so libfuse's auto_unmount is not asked for (its helper
+     * cannot see a user's mount without allow_other die, see there). */
+    sb_printf(&o, "%s,subtype=imgfuse,default_permissions,max_read=%u", escaped, fs_max_read(!read_only));
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
@@ -602,8 +649,27 @@ static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs
     return bs;
 }
 
+/* The memory of the command line (the argument strings, one after the other), before getopt reorders
+ * the pointers; len 0 if the strings are not contiguous. */
+static char *command_line_area(int argc, char **argv, size_t *len)
+{
+    char *lo = argv[0], *hi = argv[0];
+    size_t total = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        total += n;
+        lo = argv[i] < lo ? argv[i] : lo;
+        hi = argv[i] + n > hi ? argv[i] + n : hi;
+    }
+    *len = (size_t)(hi - lo) == total ? total : 0;
+    return lo;
+}
+
 static int mount_main(int argc, char **argv)
 {
+    size_t title_len;
+    char *title = command_line_area(argc, argv, &title_len);
+    char *pid_file = NULL;
     MountArgs a;
     memset(&a, 0, sizeof a);
     block_open_opts_init(&a.open);
@@ -625,8 +691,16 @@ static int mount_main(int argc, char **argv)
     Audit audit = { .fd = 0 };
     if (a.audit_log && (rc = audit_open(&audit, a.audit_log)) != 0)
         goto out;
+    if (a.pid_file && !(pid_file = absolute_path(a.pid_file))) {
+        errmsg(a.pid_file, "%s", strerror(errno));
+        rc = EXIT_USAGE;
+        goto out;
+    }
     Detach d = { .fd = -1 };
     if (!a.foreground && (rc = detach_start(&d)) != 0)
+        goto out;
+    /* from here on this is the daemon: its pid goes to the pid file before anything is served */
+    if (pid_file && (rc = pid_file_write(pid_file)) != 0)
         goto out;
 
     Overlay ov;
@@ -637,7 +711,7 @@ static int mount_main(int argc, char **argv)
             overlay_cleanup(&ov);
             goto out;
         }
-        snprintf(note, sizeof note, a.snapshot ? "writes go to the temporary overlay %s, discarded at unmount"
+        snprintf(note, sizeof note, a.snapshot ? "writes go to the temporary overlay %s (deleted), discarded at unmount"
                                                : "writes go to the overlay %s; the image is not modified", ov.path);
     }
     const char *top = use_overlay ? ov.path : a.image;
@@ -651,6 +725,7 @@ static int mount_main(int argc, char **argv)
         overlay_cleanup(&ov);
         goto out;
     }
+    overlay_unlink_temp(&ov);
 
     if (a.direct_io)
         note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
@@ -659,7 +734,8 @@ static int mount_main(int argc, char **argv)
         .bs = bs, .view = view, .writable = !read_only, .file_mode = file_mode, .debug = a.debug,
         .facts = { .read_only = read_only, .options = a.summary.s, .mode_note = note[0] ? note : NULL,
                    .window = view != bs ? view : NULL },
-        .counters = &counters, .watch_unmount = geteuid() == 0, .direct_io = a.direct_io,
+        .counters = &counters, .watch_unmount = true, .direct_io = a.direct_io,
+        .proc_title = title, .proc_title_len = title_len,
     };
     int fargc;
     char **fargv = build_fuse_argv(&a, read_only, &fargc);
@@ -690,6 +766,10 @@ static int mount_main(int argc, char **argv)
             rc = EXIT_RUNTIME;
     }
 out:
+    if (pid_file) {
+        pid_file_remove(pid_file); /* last: the image is closed and its locks are released */
+        free(pid_file);
+    }
     sb_free(&a.fuse_opts);
     sb_free(&a.summary);
     return rc;
@@ -700,13 +780,13 @@ static const struct {
     int (*fn)(int, char **);
 } commands[] = {
     { "info", cmd_info }, { "map", cmd_map }, { "create", cmd_create },
-    { "snapshot", cmd_snapshot }, { "hash", cmd_hash },
+    { "snapshot", cmd_snapshot }, { "hash", cmd_hash }, { "unmount", cmd_unmount },
 };
 
 /* Words reserved for the commands of DESIGN.md that are not built yet: a first argument equal to one is
  * never taken for an image file of that name (write ./check to mount a file called check). */
 static const char *const planned_commands[] = {
-    "unmount", "verify", "check", "convert", "commit", "stream", "rebase", "resize", "compare", "amend", "mount",
+    "verify", "check", "convert", "commit", "stream", "rebase", "resize", "compare", "amend", "mount",
 };
 
 static bool is_planned_command(const char *word)

@@ -2,7 +2,8 @@
  * overlay.c - --overlay FILE and --snapshot: writes go to a qcow2 overlay whose backing file is IMAGE, so
  * IMAGE is never written.  The overlay is created with bdrv_create (backing = IMAGE's absolute path,
  * backing format = IMAGE's probed or given format, size = IMAGE's virtual size), or reused when it already
- * is an overlay of IMAGE; --snapshot uses a temporary one in $TMPDIR, removed at unmount.  The top of the
+ * is an overlay of IMAGE; --snapshot uses a temporary one in $TMPDIR, unlinked (with its directory) as
+ * soon as the chain has it open, so that not even a kill -9 leaves the examiner's writes behind.  The top of the
  * chain is then opened read-write with IMAGE named explicitly as its backing file (so the backing-name
  * safety rules need no exception for the temporary directory); the chain below stays read-only.
  * It knows no format besides asking the block layer for "qcow2".
@@ -146,6 +147,18 @@ int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOp
     opts->no_backing = false;
     opts->read_only = false;
     return 0;
+}
+
+void overlay_unlink_temp(Overlay *ov)
+{
+    if (!ov->temp_dir)
+        return;
+    if (ov->path && unlink(ov->path) != 0)
+        log_msg("%s: cannot remove the temporary overlay: %s", ov->path, strerror(errno));
+    if (rmdir(ov->temp_dir) != 0)
+        log_msg("%s: cannot remove: %s", ov->temp_dir, strerror(errno));
+    free(ov->temp_dir);
+    ov->temp_dir = NULL;
 }
 
 void overlay_cleanup(Overlay *ov)

@@ -54,12 +54,12 @@ unmount_img() {
 # wait_unmount_helper MOUNTPOINT: waits until the auto_unmount helper of a daemon that died (a
 # fusermount3 process watching MOUNTPOINT) has exited. Left running, it could unmount the next mount
 # made at the same path once it gets around to its work on a loaded machine.
-# As root imgfuse mounts directly and its own watcher (comm imgfuse-unmount) does that job: one whose
+# imgfuse's own watcher (comm imgf-unmount, fuse/unwatch.c) does that job for its mounts: one whose
 # daemon is gone (its parent is no longer an imgfuse process) is about to look at the mount point.
 orphan_unmount_watchers() {
   local st pp comm
   ps -eo stat=,ppid=,comm= | while read -r st pp comm; do
-    [ "$comm" = imgfuse-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] && echo "$pp"
+    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] && echo "$pp"
   done
 }
 wait_unmount_helper() {
@@ -163,4 +163,20 @@ check_clean() {
   [ "$status" -eq 0 ]
   [[ "$output" == *"No errors were found"* ]]
   [[ "$output" != *"leaked"* ]]
+}
+
+# --- the mount's lifecycle (unmount watcher, imgfuse unmount) ---
+
+# test_user: the name of an unprivileged user for tests (created once, without a home directory).
+test_user() {
+  id -u imgfuse-user >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin imgfuse-user >/dev/null 2>&1 || id -u imgfuse-user >/dev/null
+  echo imgfuse-user
+}
+
+# wait_gone MOUNTPOINT: until MOUNTPOINT is no longer a mount point (10 s at most); then it must be a
+# plain, reachable directory or file again (no ENOTCONN).
+wait_gone() {
+  local i
+  for i in $(seq 1 200); do mountpoint -q "$1" 2>/dev/null || break; sleep 0.05; done
+  ! mountpoint -q "$1" 2>/dev/null && stat "$1" >/dev/null
 }

@@ -105,10 +105,10 @@ assert i["virtual-size"] == 4194304, i' "$TMP/info.json" "$TMP/base.raw"
   mkdir "$TMP/tmpdir"
   TMPDIR="$TMP/tmpdir" mount_img --snapshot s.raw "$MNT"
   [ "$(stat -c %a "$MNT/disk.raw")" = 644 ]
-  grep -q "^mode: writes go to the temporary overlay $TMP/tmpdir/imgfuse-snapshot-" "$MNT/info"
+  grep -q "^mode: writes go to the temporary overlay $TMP/tmpdir/imgfuse-snapshot-.*/overlay.qcow2 (deleted), discarded at unmount$" "$MNT/info"
   dd if=/dev/zero of="$MNT/disk.raw" bs=64k count=4 conv=notrunc,fsync status=none
   cmp <(head -c 262144 "$MNT/disk.raw") <(head -c 262144 /dev/zero)
-  [ -n "$(ls "$TMP/tmpdir")" ]
+  [ -z "$(ls "$TMP/tmpdir")" ]   # unlinked while open
   unmount_img
   [ -z "$(ls "$TMP/tmpdir")" ]
   [ "$(md5sum < s.raw)" = "$sum" ]
@@ -144,4 +144,20 @@ assert i["virtual-size"] == 4194304, i' "$TMP/info.json" "$TMP/base.raw"
     unmount_img
     [ "$(md5sum < odd.raw)" = "$sum" ]
   done
+}
+
+@test "--snapshot then kill -9: nothing of the overlay stays in TMPDIR, and no dead mount" {
+  head -c 2097152 /dev/urandom > k.raw
+  sum=$(md5sum < k.raw)
+  mkdir "$TMP/tmpdir"
+  TMPDIR="$TMP/tmpdir" mount_img --snapshot k.raw "$MNT"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=64k count=8 conv=notrunc,fsync status=none
+  [ "$(ls -A "$TMP/tmpdir")" = "" ]
+  # the daemon still holds the (deleted) overlay, with the writes in it
+  ls -l /proc/"$DAEMON_PID"/fd | grep -q "$TMP/tmpdir/imgfuse-snapshot-.*/overlay.qcow2 (deleted)"
+  kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
+  wait_gone "$MNT"
+  wait_unmount_helper "$(realpath "$MNT")"
+  [ "$(ls -A "$TMP/tmpdir")" = "" ]
+  [ "$(md5sum < k.raw)" = "$sum" ]
 }
