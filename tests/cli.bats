@@ -250,11 +250,20 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   run $IMGFUSE --foreground info evidence.qcow2
   [ "$status" -eq 2 ]
   [ "${lines[0]}" = "imgfuse: info: a command comes before any option (a file of that name is mounted as ./info)" ]
-  for word in unmount verify convert commit stream rebase resize compare amend mount; do
+  for word in verify convert commit stream rebase resize compare amend mount; do
     run $IMGFUSE $word evidence.qcow2
     [ "$status" -eq 2 ]
     [ "${lines[0]}" = "imgfuse: $word: command not implemented yet (a file of that name is mounted as ./$word)" ]
   done
+  # unmount is a command: it never mounts, and refuses what is not a mount
+  printf 'not a command' > unmount
+  run $IMGFUSE unmount evidence.qcow2
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "imgfuse: evidence.qcow2: not mounted" ]
+  run $IMGFUSE --foreground unmount evidence.qcow2
+  [ "$status" -eq 2 ]
+  [ "${lines[0]}" = "imgfuse: unmount: a command comes before any option (a file of that name is mounted as ./unmount)" ]
+  cmp evidence.qcow2 evidence.orig
   nothing_mounted
   mount_img ./check "$MNT"
   cmp "$MNT/disk.raw" check
@@ -267,7 +276,7 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   echo "$status: $output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "imgfuse: chek: unknown command (commands: info, map, create, snapshot, hash; an image is named by its path, e.g. ./chek)" ]
+  [ "${lines[0]}" = "imgfuse: chek: unknown command (commands: info, map, create, snapshot, hash, unmount; an image is named by its path, e.g. ./chek)" ]
   nothing_mounted
   truncate -s 64K disk
   mount_img disk "$MNT"
