@@ -757,74 +757,29 @@ static int vmdk_find_extent(const VmdkState *s, uint64_t offset)
 
 static void vmdk_check_parent_once(BlockNode *bs, VmdkState *s);
 
-/* Reads up to the end of one grain of sparse extent ei; returns the bytes done or -errno. */
-static int64_t vmdk_read_sparse(BlockNode *bs, VmdkState *s, int ei, uint64_t off, uint64_t bytes, uint8_t *buf)
+/* Decodes [off, off+bytes) of sparse extent ei, a run its map could not hand out: compressed grains are
+ * inflated one at a time, a damaged grain fails with EIO. */
+static int vmdk_decode_sparse(VmdkState *s, int ei, uint64_t off, uint64_t bytes, uint8_t *buf)
 {
     VmdkExtent *e = &s->ext[ei];
-    uint64_t g = off / e->grain_bytes, in_grain = off % e->grain_bytes;
-    uint64_t n = MIN(bytes, e->grain_bytes - in_grain);
-    GrainKind kind;
-    uint64_t host = 0;
-    int r = vmdk_grain(s, ei, g, &kind, &host, NULL);
-    if (r < 0)
-        return r;
-    switch (kind) {
-    case GRAIN_ABSENT:
-        if (bs->backing)
-            r = bdrv_pread(bs->backing, (int64_t)(e->start + off), (int64_t)n, buf);
-        else
-            memset(buf, 0, n);
-        break;
-    case GRAIN_ZERO:
-        memset(buf, 0, n);
-        break;
-    case GRAIN_DATA:
-        r = bdrv_pread(e->file, (int64_t)(host + in_grain), (int64_t)n, buf);
-        break;
-    case GRAIN_COMPRESSED: {
-        uint8_t *grain = malloc(e->grain_bytes);
-        if (!grain)
-            return -ENOMEM;
-        r = vmdk_inflate_grain(e, g, host, grain);
+    uint8_t *grain = NULL;
+    int r = 0;
+    for (uint64_t done = 0, n; r == 0 && done < bytes; done += n) {
+        uint64_t pos = off + done, g = pos / e->grain_bytes, in_grain = pos % e->grain_bytes, host = 0;
+        GrainKind kind;
+        n = MIN(bytes - done, e->grain_bytes - in_grain);
+        r = vmdk_grain(s, ei, g, &kind, &host, NULL);
+        if (r == 0 && kind != GRAIN_COMPRESSED)
+            r = -EIO; /* a damaged grain, or the table changed under the map: never guess */
+        if (r == 0 && !grain && !(grain = malloc(e->grain_bytes)))
+            r = -ENOMEM;
         if (r == 0)
-            memcpy(buf, grain + in_grain, n);
-        free(grain);
-        break;
+            r = vmdk_inflate_grain(e, g, host, grain);
+        if (r == 0)
+            memcpy(buf + done, grain + in_grain, n);
     }
-    case GRAIN_BAD:
-        r = -EIO;
-        break;
-    }
-    return r < 0 ? r : (int64_t)n;
-}
-
-static int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
-{
-    VmdkState *s = bs->opaque;
-    uint8_t *p = buf;
-    vmdk_check_parent_once(bs, s);
-    while (bytes > 0) {
-        int ei = vmdk_find_extent(s, (uint64_t)offset);
-        VmdkExtent *e = &s->ext[ei];
-        uint64_t off = (uint64_t)offset - e->start;
-        uint64_t n = MIN((uint64_t)bytes, e->bytes - off);
-        int64_t done;
-        if (e->type == EXT_ZERO) {
-            memset(p, 0, n);
-            done = (int64_t)n;
-        } else if (e->type == EXT_FLAT) {
-            int r = bdrv_pread(e->file, (int64_t)(e->flat_offset + off), (int64_t)n, p);
-            done = r < 0 ? r : (int64_t)n;
-        } else {
-            done = vmdk_read_sparse(bs, s, ei, off, n, p);
-        }
-        if (done < 0)
-            return (int)done;
-        offset += done;
-        bytes -= done;
-        p += done;
-    }
-    return 0;
+    free(grain);
+    return r;
 }
 
 /* Status of a run of grains of one kind (host-contiguous for data) from off in sparse extent ei. */
@@ -877,11 +832,12 @@ static int vmdk_status_sparse(VmdkState *s, int ei, uint64_t off, uint64_t bytes
     return 0;
 }
 
-static int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+/* The map of [offset, offset+bytes) of one extent: a run of grains of one kind, or of a flat or zero
+ * extent. */
+static int vmdk_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
     VmdkState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    vmdk_check_parent_once(bs, s); /* zero-copy reads ask block status and never come to vmdk_read */
+    (void)opaque;
     int ei = vmdk_find_extent(s, (uint64_t)offset);
     VmdkExtent *e = &s->ext[ei];
     uint64_t off = (uint64_t)offset - e->start;
@@ -897,6 +853,35 @@ static int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Block
     st->host_offset = (int64_t)(e->flat_offset + off);
     st->host_file = e->file;
     return 0;
+}
+
+/* A run vmdk_map left to the driver (compressed or damaged grains) lies in one sparse extent. */
+static int vmdk_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque)
+{
+    VmdkState *s = bs->opaque;
+    (void)st;
+    (void)opaque;
+    int ei = vmdk_find_extent(s, (uint64_t)offset);
+    VmdkExtent *e = &s->ext[ei];
+    uint64_t off = (uint64_t)offset - e->start;
+    if (e->type != EXT_SPARSE || (uint64_t)bytes > e->bytes - off)
+        return -EIO;
+    return vmdk_decode_sparse(s, ei, off, (uint64_t)bytes, buf);
+}
+
+static const BlockReadMap vmdk_read_map = { .map = vmdk_map, .decode = vmdk_decode };
+
+static int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    vmdk_check_parent_once(bs, bs->opaque);
+    return bdrv_read_mapped(bs, offset, bytes, buf, &vmdk_read_map, NULL);
+}
+
+static int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    memset(st, 0, sizeof(*st));
+    vmdk_check_parent_once(bs, bs->opaque); /* zero-copy reads ask block status and never come to vmdk_read */
+    return vmdk_map(bs, offset, bytes, st, NULL);
 }
 
 /* ---------------------------------------------------------------- writing */
