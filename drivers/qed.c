@@ -499,55 +499,17 @@ static QedKind qed_map_run(QedState *s, uint64_t offset, uint64_t max, uint64_t 
 
 /* ---------------------------------------------------------------- read, block status */
 
-static int qed_read_locked(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, uint8_t *p)
-{
-    while (bytes > 0) {
-        uint64_t n, host;
-        int ret = 0;
-        QedKind kind = qed_map_run(s, offset, bytes, &n, &host, &ret);
-        if (kind == QED_BAD)
-            return ret < 0 ? ret : -EIO;
-        if (kind == QED_DATA)
-            ret = bdrv_pread(s->file, (int64_t)host, (int64_t)n, p);
-        else if (kind == QED_UNALLOCATED && bs->backing)
-            ret = bdrv_pread(bs->backing, (int64_t)offset, (int64_t)n, p);
-        else
-            memset(p, 0, n);
-        if (ret < 0)
-            return ret;
-        offset += n;
-        bytes -= n;
-        p += n;
-    }
-    return 0;
-}
-
-static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* The map of [offset, offset+bytes): one run of clusters of one kind (host-contiguous for data). The
+ * caller holds io_lock shared on writable nodes. */
+static int qed_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
     QedState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qed_read_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, buf);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
-}
-
-static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    QedState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
+    (void)opaque;
     if (offset < 0 || bytes <= 0 || (uint64_t)offset >= s->image_size)
         return -EINVAL;
     uint64_t n, host, max = MIN((uint64_t)bytes, s->image_size - (uint64_t)offset);
     int ret = 0;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
     QedKind kind = qed_map_run(s, (uint64_t)offset, max, &n, &host, &ret);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
     st->bytes = (int64_t)n;
     switch (kind) {
     case QED_DATA:
@@ -563,6 +525,33 @@ static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
     default:
         return ret < 0 ? ret : -EIO;
     }
+}
+
+static const BlockReadMap qed_read_map = { .map = qed_map };
+
+static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    QedState *s = bs->opaque;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
+        return -EINVAL;
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &qed_read_map, NULL);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    QedState *s = bs->opaque;
+    memset(st, 0, sizeof(*st));
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = qed_map(bs, offset, bytes, st, NULL);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
 }
 
 /* ---------------------------------------------------------------- consistency check */

@@ -501,45 +501,11 @@ static int64_t vdi_getlength(BlockNode *bs)
 
 /* ---------------------------------------------------------------- read, block status */
 
-static int vdi_read_locked(VdiState *s, uint64_t offset, uint64_t bytes, uint8_t *p)
-{
-    while (bytes > 0) {
-        uint64_t n, host;
-        VdiKind kind = vdi_map_run(s, offset, bytes, &n, &host);
-        int ret = 0;
-        if (kind == VDI_BAD)
-            return -EIO;
-        if (kind == VDI_DATA)
-            ret = bdrv_pread(s->file, (int64_t)host, (int64_t)n, p);
-        else
-            memset(p, 0, n);
-        if (ret < 0)
-            return ret;
-        offset += n;
-        bytes -= n;
-        p += n;
-    }
-    return 0;
-}
-
-static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* The map of [offset, offset+bytes): one run of blocks of one kind (host-contiguous for data). */
+static int vdi_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
     VdiState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
-        return -EINVAL;
-    /* shared: an unmap (exclusive) cannot free a host block this read is about to read */
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = vdi_read_locked(s, (uint64_t)offset, (uint64_t)bytes, buf);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
-}
-
-static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    VdiState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
+    (void)opaque;
     if (offset < 0 || bytes <= 0 || (uint64_t)offset >= s->disk_size)
         return -EINVAL;
     uint64_t n, host, max = MIN((uint64_t)bytes, s->disk_size - (uint64_t)offset);
@@ -555,10 +521,32 @@ static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
         return 0;
     case VDI_UNALLOCATED:
-        return 0;
+        return 0; /* no backing node: zeros */
     default:
         return -EIO;
     }
+}
+
+static const BlockReadMap vdi_read_map = { .map = vdi_map };
+
+static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    VdiState *s = bs->opaque;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
+        return -EINVAL;
+    /* shared: an unmap (exclusive) cannot free a host block this read is about to read */
+    if (s->writable)
+        pthread_rwlock_rdlock(&s->io_lock);
+    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &vdi_read_map, NULL);
+    if (s->writable)
+        pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    memset(st, 0, sizeof(*st));
+    return vdi_map(bs, offset, bytes, st, NULL);
 }
 
 /* ---------------------------------------------------------------- allocation */

@@ -737,29 +737,34 @@ static int vpc_lookup_locked(BlockNode *bs, VpcState *s, uint64_t offset, uint64
 
 /* ---------------------------------------------------------------- read, block status */
 
+/* The map of [offset, offset+bytes) of a dynamic or differencing disk: a run present in the image, or
+ * absent (the parent's bytes, zeros without one). */
+static int vpc_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
+{
+    VpcState *s = bs->opaque;
+    uint64_t n, host;
+    (void)opaque;
+    int r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
+    if (r < 0)
+        return r;
+    st->bytes = (int64_t)n;
+    if (r == VPC_PRESENT) {
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = bs->file;
+    }
+    return 0;
+}
+
+static const BlockReadMap vpc_read_map = { .map = vpc_map };
+
 static int vpc_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     VpcState *s = bs->opaque;
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_pread(bs->file, offset, bytes, buf);
     vpc_check_parent_once(bs, s);
-    uint8_t *p = buf;
-    while (bytes > 0) {
-        uint64_t n, host;
-        int r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
-        if (r == VPC_PRESENT)
-            r = bdrv_pread(bs->file, (int64_t)host, (int64_t)n, p);
-        else if (r == VPC_ABSENT && bs->backing)
-            r = bdrv_pread(bs->backing, offset, (int64_t)n, p);
-        else if (r == VPC_ABSENT)
-            memset(p, 0, n);
-        if (r < 0)
-            return r;
-        offset += (int64_t)n;
-        bytes -= (int64_t)n;
-        p += n;
-    }
-    return 0;
+    return bdrv_read_mapped(bs, offset, bytes, buf, &vpc_read_map, NULL);
 }
 
 static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
@@ -776,17 +781,7 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         return 0;
     }
     vpc_check_parent_once(bs, s); /* zero-copy reads ask block status and never come to vpc_read */
-    uint64_t n, host;
-    int r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
-    if (r < 0)
-        return r;
-    st->bytes = (int64_t)n;
-    if (r == VPC_PRESENT) {
-        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-        st->host_offset = (int64_t)host;
-        st->host_file = bs->file;
-    }
-    return 0;
+    return vpc_map(bs, offset, bytes, st, NULL);
 }
 
 /* ---------------------------------------------------------------- write */

@@ -413,4 +413,32 @@ int bdrv_map_extents(BlockNode *bs, int64_t offset, int64_t bytes, BlockMapExten
  * extent. */
 void bdrv_account_extents(BlockNode *bs, const BlockMapExtent *ext, int n, uint64_t ns);
 
+/* ---------------------------------------------------------------- reading through a driver's map */
+
+/* How a reader interprets one run of a layer's map (a BlockStatus answer for that one layer): the one
+ * place this lives, so that bdrv_read_mapped (buffered reads) and bdrv_map_extents (spliced reads) agree.
+ *   BLOCK_RUN_ZERO     ZERO set and COMPRESSED not: the run reads as zeros.
+ *   BLOCK_RUN_BACKING  else ALLOCATED not set: the run is the backing node's bytes at the same guest
+ *                      offset (zeros where there is no backing node, or beyond its end).
+ *   BLOCK_RUN_HOST     else DATA and OFFSET_VALID set, COMPRESSED not, host_file non-NULL: the run is
+ *                      host_file's bytes from host_offset on.
+ *   BLOCK_RUN_DECODE   anything else (compressed, encrypted, damaged pieces): only the driver can say what
+ *                      it reads as (bdrv_map_extents never hands it out). */
+typedef enum { BLOCK_RUN_ZERO, BLOCK_RUN_BACKING, BLOCK_RUN_HOST, BLOCK_RUN_DECODE } BlockRunKind;
+BlockRunKind bdrv_run_kind(const BlockStatus *st);
+
+/* A driver's map, for bdrv_read_mapped. map answers for [offset, offset+bytes) of this one layer as its
+ * block_status slot does (st zeroed by the caller; st->bytes > 0 and may be shorter than asked; a negative
+ * errno fails the read). decode fills buf with the bytes of a BLOCK_RUN_DECODE run, [offset, offset+bytes)
+ * (within the run st describes); NULL: such runs fail with EIO. Both run under whatever lock the driver
+ * holds around bdrv_read_mapped and may take their own. */
+typedef struct BlockReadMap {
+    int (*map)(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque);
+    int (*decode)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque);
+} BlockReadMap;
+/* Reads [offset, offset+bytes) of bs (a driver's own node, from its read slot) run by run through m:
+ * host runs with bdrv_pread of the host file, zero runs as zeros, backing runs with bdrv_pread of
+ * bs->backing, decode runs through m->decode. 0 or the first negative errno. */
+int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
+
 #endif

@@ -779,21 +779,22 @@ static bool mapping_allowed(BlockNode *bs)
     return false;
 }
 
-/* One piece of the range: plain data of a read-only protocol node that can hand out its descriptor. */
+/* One piece of the range: a host run (as bdrv_read_mapped reads it too, bdrv_run_kind) of a read-only
+ * protocol node that can hand out its descriptor. */
 static bool mappable_piece(const BlockStatus *st)
 {
-    const int need = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
     BlockNode *h = st->host_file;
-    return (st->flags & need) == need && !(st->flags & (BDRV_BLOCK_ZERO | BDRV_BLOCK_COMPRESSED)) && h &&
-           h->drv->is_protocol && !h->drv->is_filter && h->drv->get_fd && h->read_only && st->bytes > 0;
+    return bdrv_run_kind(st) == BLOCK_RUN_HOST && h->drv->is_protocol && !h->drv->is_filter && h->drv->get_fd &&
+           h->read_only && st->bytes > 0;
 }
 
-/* The extent one block-status answer stands for, or false when the piece cannot be handed out (compressed,
- * behind a filter, partly beyond its host file's end: bdrv_pread pads with zeros there, a splice would not). */
+/* The extent one block-status answer of the chain stands for, or false when the piece cannot be handed out
+ * (compressed, behind a filter, partly beyond its host file's end: bdrv_pread pads with zeros there, a
+ * splice would not). */
 static bool piece_extent(const BlockStatus *st, BlockMapExtent *x)
 {
     *x = (BlockMapExtent){ .bytes = st->bytes, .fd = -1, .host_offset = -1, .depth = st->depth };
-    if ((st->flags & BDRV_BLOCK_ZERO) && !(st->flags & BDRV_BLOCK_COMPRESSED))
+    if (bdrv_run_kind(st) == BLOCK_RUN_ZERO)
         return true;
     if (!mappable_piece(st))
         return false;

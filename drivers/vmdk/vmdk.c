@@ -1,0 +1,479 @@
+/*
+ * vmdk.c - the VMware VMDK format driver.  It owns the VMDK layout after VMware's "Virtual Disk Format
+ * 1.1": the text descriptor (standalone, or embedded in a hosted sparse extent), parsed defensively into
+ * an ordered list of extents; hosted sparse extents ("KDMV" header, grain directory and 512-entry grain
+ * tables, zeroed-grain entries, the redundant directory, stream-optimized files with deflate-compressed
+ * grains, grain markers and the footer copy of the header); flat and zero extents; and the delta-link
+ * fields (CID, parentCID, parentFileNameHint), which become bs->backing_name for the core to resolve.
+ * Extent file names are untrusted: each is resolved against the descriptor's directory and must stay
+ * inside it (or a --backing-dir) unless --unsafe-backing is given; extents are opened read-only unless
+ * the node is writable.  On writable nodes flat extents are written in place, and hosted sparse extents
+ * in place or by appending a whole grain that is flushed before the primary, then the redundant, grain
+ * table names it; stream-optimized and zero extents refuse --rw.  Every header field and table entry is
+ * checked against the file size before it is used; a damaged grain reads as EIO, logged once per
+ * extent.  Grain tables are read on demand into a small fixed cache, so memory is bounded whatever the
+ * header says.  It knows nothing of FUSE or of other formats.
+ * This file owns the probe, the delta links, opening the extents the descriptor names, open and close,
+ * info and the driver table; the other parts are in drivers/vmdk/ (vmdk.h says which file owns what).
+ */
+#include "vmdk.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* ---------------------------------------------------------------- probe */
+
+static int vmdk_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    if (len >= 4 && (ld_le32(buf) == VMDK_MAGIC || ld_le32(buf) == VMDK_COWD_MAGIC))
+        return 100;
+    if (len >= strlen(VMDK_DESC_SIGNATURE) && memcmp(buf, VMDK_DESC_SIGNATURE, strlen(VMDK_DESC_SIGNATURE)) == 0)
+        return 100;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- delta links */
+
+void vmdk_check_parent_once(BlockNode *bs, VmdkState *s)
+{
+    if (!bs->backing || !s->has_parent_cid || __atomic_exchange_n(&s->parent_checked, 1, __ATOMIC_RELAXED))
+        return;
+    if (strcmp(bs->backing->drv->name, "vmdk") != 0)
+        return;
+    const VmdkState *p = bs->backing->opaque;
+    if (p->has_cid && p->cid != s->parent_cid)
+        log_msg("%s: warning: parentCID %08" PRIx32 " does not match the CID %08" PRIx32 " of the parent %s; "
+                "the parent may have changed since this delta was made", bs->filename, s->parent_cid, p->cid,
+                bs->backing->filename);
+}
+
+static int vmdk_set_parent(BlockNode *bs, VmdkState *s, const Descriptor *d)
+{
+    s->cid = d->cid;
+    s->has_cid = d->has_cid;
+    s->parent_cid = d->parent_cid;
+    s->has_parent_cid = d->has_parent_cid && d->parent_cid != UINT32_MAX;
+    if (!s->has_parent_cid)
+        return 0;
+    if (!d->has_parent_hint || !d->parent_hint[0]) {
+        log_msg("%s: the descriptor has a parentCID but no parentFileNameHint; opened without its parent",
+                bs->filename);
+        return 0;
+    }
+    s->parent_hint = strdup(d->parent_hint);
+    bs->backing_name = strdup(d->parent_hint);
+    bs->backing_format_hint = strdup("vmdk");
+    return s->parent_hint && bs->backing_name && bs->backing_format_hint ? 0 : -ENOMEM;
+}
+
+/* ---------------------------------------------------------------- extents from the descriptor */
+
+/* Opens the file an extent line names, under the extent-path policy (the backing-name policy's). */
+static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, Error *err)
+{
+    char dir[PATH_MAX], path[2 * PATH_MAX];
+    bool unsafe = opts && opts->unsafe_backing;
+    if (e->name[0] == '/' && !unsafe) {
+        error_set(err, EACCES, "%s: extent \"%s\" refused: absolute extent paths are not followed "
+                  "(use --unsafe-backing)", bs->filename, e->name);
+        return -EACCES;
+    }
+    path_dir_of(bs->filename, dir, sizeof(dir));
+    if (e->name[0] == '/')
+        snprintf(path, sizeof(path), "%s", e->name);
+    else
+        snprintf(path, sizeof(path), "%s/%s", dir, e->name);
+    const char *why = bdrv_named_file_refusal(bs, opts, path);
+    if (why) {
+        error_set(err, EACCES, "%s: extent \"%s\" refused: %s (use --unsafe-backing)", bs->filename, e->name, why);
+        return -EACCES;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        int en = errno;
+        error_set(err, en, "%s: extent \"%s\": %s", bs->filename, e->name, strerror(en));
+        return -en;
+    }
+    if (!S_ISREG(st.st_mode) && !unsafe) {
+        error_set(err, EACCES, "%s: extent \"%s\" is not a regular file", bs->filename, e->name);
+        return -EACCES;
+    }
+    e->file = bdrv_open_file(path, opts, bs->read_only, err);
+    if (!e->file)
+        return -(err->errnum ? err->errnum : EIO);
+    e->owns_file = true;
+    return 0;
+}
+
+static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, const char *file, Error *err)
+{
+    if (strcmp(d->access, "NOACCESS") == 0) {
+        error_set(err, ENOTSUP, "%s: extent \"%s\" (%s) is marked NOACCESS", file, d->name, d->type);
+        return -ENOTSUP;
+    }
+    if (strcmp(d->type, "FLAT") == 0 || strcmp(d->type, "VMFS") == 0)
+        e->type = EXT_FLAT;
+    else if (strcmp(d->type, "SPARSE") == 0)
+        e->type = EXT_SPARSE;
+    else if (strcmp(d->type, "ZERO") == 0)
+        e->type = EXT_ZERO;
+    else {
+        error_set(err, ENOTSUP, "%s: extent type %s is not supported (only FLAT, VMFS, SPARSE and ZERO)", file,
+                  d->type);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+static int vmdk_check_flat(VmdkExtent *e, const char *file, Error *err)
+{
+    int64_t fsize = bdrv_getlength(e->file);
+    uint64_t end;
+    if (fsize < 0) {
+        error_set(err, (int)-fsize, "%s: extent \"%s\": cannot get its size", file, e->name);
+        return (int)fsize;
+    }
+    if (!add_ok_u64(e->flat_offset, e->bytes, &end) || end > (uint64_t)fsize) {
+        error_set(err, EINVAL, "%s: flat extent \"%s\" (%" PRId64 " bytes) is shorter than the %" PRIu64
+                  " bytes the descriptor gives it", file, e->name, fsize, end);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int vmdk_open_one_extent(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, const DescExtent *d,
+                                uint64_t *gd_budget, Error *err)
+{
+    int r = vmdk_extent_type(e, d, bs->filename, err);
+    if (r < 0 || e->type == EXT_ZERO)
+        return r;
+    if (!vmdk_sectors_to_bytes(d->offset, &e->flat_offset)) {
+        error_set(err, EINVAL, "%s: extent \"%s\": offset too large", bs->filename, d->name);
+        return -EINVAL;
+    }
+    r = vmdk_open_extent_file(bs, opts, e, err);
+    if (r < 0)
+        return r;
+    if (e->type == EXT_FLAT)
+        return vmdk_check_flat(e, bs->filename, err);
+    Error local = { .msg = "", .errnum = 0 };
+    r = vmdk_open_sparse(e, gd_budget, &local);
+    if (r < 0) /* local names the extent file; say which image's descriptor named it */
+        error_set(err, local.errnum ? local.errnum : -r, "%s: extent %s", bs->filename,
+                  local.msg[0] ? local.msg : strerror(-r));
+    if (r == 0 && e->capacity * VMDK_SECTOR < e->bytes) {
+        error_set(err, EINVAL, "%s: sparse extent \"%s\" holds %" PRIu64 " sectors, fewer than the descriptor's %"
+                  PRIu64, bs->filename, e->name, e->capacity, e->bytes / VMDK_SECTOR);
+        r = -EINVAL;
+    }
+    return r;
+}
+
+static int vmdk_open_extents(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, const Descriptor *d,
+                             Error *err)
+{
+    s->ext = calloc((size_t)d->n_ext, sizeof(*s->ext));
+    if (!s->ext) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return -ENOMEM;
+    }
+    uint64_t start = 0, gd_budget = VMDK_MAX_GD_TOTAL;
+    for (int i = 0; i < d->n_ext; i++) {
+        VmdkExtent *e = &s->ext[i];
+        s->n_ext = i + 1;
+        e->name = strdup(d->ext[i].name[0] ? d->ext[i].name : "(zero)");
+        if (!e->name) {
+            error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+            return -ENOMEM;
+        }
+        uint64_t end;
+        if (d->ext[i].sectors == 0 || d->ext[i].sectors > VMDK_MAX_CAPACITY ||
+            !add_ok_u64(start, d->ext[i].sectors * VMDK_SECTOR, &end) || end > INT64_MAX) {
+            error_set(err, EINVAL, "%s: extent %d has a size of %" PRIu64 " sectors, or the sum is too large",
+                      bs->filename, i + 1, d->ext[i].sectors);
+            return -EINVAL;
+        }
+        e->start = start;
+        e->bytes = d->ext[i].sectors * VMDK_SECTOR;
+        start += e->bytes;
+        int r = vmdk_open_one_extent(bs, opts, e, &d->ext[i], &gd_budget, err);
+        if (r < 0)
+            return r;
+    }
+    s->size = start;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- open, close */
+
+static void vmdk_close(BlockNode *bs)
+{
+    VmdkState *s = bs->opaque;
+    if (!s)
+        return;
+    for (int i = 0; i < s->n_ext; i++) {
+        if (s->ext[i].owns_file && s->ext[i].file)
+            bdrv_close(s->ext[i].file);
+        free(s->ext[i].gd);
+        free(s->ext[i].rgd);
+        free(s->ext[i].name);
+    }
+    free(s->ext);
+    s->ext = NULL;
+    s->n_ext = 0;
+    free(s->gt_cache);
+    free(s->gt_cache_ext);
+    s->gt_cache = NULL;
+    s->gt_cache_ext = NULL;
+    free(s->parent_hint);
+    s->parent_hint = NULL;
+    if (s->lock_ready) {
+        pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->alloc_lock);
+    }
+    s->lock_ready = false;
+}
+
+static int vmdk_read_text(BlockNode *file, int64_t off, int64_t len, char **out, const char *name, Error *err)
+{
+    *out = calloc(1, (size_t)len + 1);
+    if (!*out) {
+        error_set(err, ENOMEM, "%s: out of memory", name);
+        return -ENOMEM;
+    }
+    int r = bdrv_pread(file, off, len, *out);
+    if (r < 0)
+        error_set(err, -r, "%s: cannot read the descriptor: %s", name, strerror(-r));
+    return r;
+}
+
+/* A standalone descriptor file: bs->file is the text, every extent is another file. */
+static int vmdk_open_descriptor(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, Error *err)
+{
+    int64_t size = bdrv_getlength(bs->file);
+    if (size < 0) {
+        error_set(err, (int)-size, "%s: cannot get the file size", bs->filename);
+        return (int)size;
+    }
+    if (size > VMDK_MAX_DESC_BYTES) {
+        error_set(err, EINVAL, "%s: a descriptor file of %" PRId64 " bytes exceeds the limit of %d bytes",
+                  bs->filename, size, VMDK_MAX_DESC_BYTES);
+        return -EINVAL;
+    }
+    char *text;
+    Descriptor d;
+    memset(&d, 0, sizeof(d));
+    int r = vmdk_read_text(bs->file, 0, size, &text, bs->filename, err);
+    if (r == 0)
+        r = vmdk_desc_parse(&d, text, (size_t)size, bs->filename, err);
+    free(text);
+    s->standalone_descriptor = true;
+    if (r == 0 && d.n_ext == 0) {
+        error_set(err, EINVAL, "%s: the descriptor names no extent", bs->filename);
+        r = -EINVAL;
+    }
+    if (r == 0) {
+        snprintf(s->create_type, sizeof(s->create_type), "%s", d.create_type);
+        r = vmdk_open_extents(bs, s, opts, &d, err);
+    }
+    if (r == 0)
+        r = vmdk_set_parent(bs, s, &d);
+    free(d.ext);
+    return r;
+}
+
+/* The embedded descriptor of a monolithic sparse file must name this one sparse extent. */
+static int vmdk_use_embedded(BlockNode *bs, VmdkState *s, VmdkExtent *e, Error *err)
+{
+    char *text;
+    Descriptor d;
+    memset(&d, 0, sizeof(d));
+    int r = vmdk_read_text(bs->file, (int64_t)e->desc_off, (int64_t)e->desc_bytes, &text, bs->filename, err);
+    if (r == 0)
+        r = vmdk_desc_parse(&d, text, (size_t)e->desc_bytes, bs->filename, err);
+    free(text);
+    /* QEMU writes an extent-less descriptor into each extent file of a twoGbMaxExtentSparse disk */
+    if (r == 0 && d.n_ext > 1) {
+        error_set(err, ENOTSUP, "%s: the embedded descriptor names %d extents (only one, this file, is possible)",
+                  bs->filename, d.n_ext);
+        r = -ENOTSUP;
+    }
+    if (r == 0 && d.n_ext == 1 && strcmp(d.ext[0].type, "SPARSE") != 0) {
+        error_set(err, ENOTSUP, "%s: the embedded descriptor names a %s extent (only SPARSE, this file, is possible)",
+                  bs->filename, d.ext[0].type);
+        r = -ENOTSUP;
+    }
+    if (r == 0 && d.n_ext == 1 && d.ext[0].sectors > e->capacity) {
+        error_set(err, EINVAL, "%s: the descriptor's extent of %" PRIu64 " sectors exceeds the capacity of %"
+                  PRIu64, bs->filename, d.ext[0].sectors, e->capacity);
+        r = -EINVAL;
+    }
+    if (r == 0) {
+        snprintf(s->create_type, sizeof(s->create_type), "%s", d.create_type);
+        if (d.n_ext == 1)
+            e->bytes = d.ext[0].sectors * VMDK_SECTOR;
+        r = vmdk_set_parent(bs, s, &d);
+    }
+    free(d.ext);
+    return r;
+}
+
+/* A hosted sparse file opened directly: bs->file is the one extent. */
+static int vmdk_open_monolithic(BlockNode *bs, VmdkState *s, Error *err)
+{
+    s->ext = calloc(1, sizeof(*s->ext));
+    if (!s->ext) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return -ENOMEM;
+    }
+    s->n_ext = 1;
+    VmdkExtent *e = &s->ext[0];
+    e->name = strdup(bs->filename);
+    if (!e->name)
+        return -ENOMEM;
+    e->type = EXT_SPARSE;
+    e->file = bs->file;
+    uint64_t gd_budget = VMDK_MAX_GD_TOTAL;
+    int r = vmdk_open_sparse(e, &gd_budget, err);
+    if (r < 0)
+        return r;
+    e->bytes = e->capacity * VMDK_SECTOR;
+    if (e->desc_bytes)
+        r = vmdk_use_embedded(bs, s, e, err);
+    else
+        snprintf(s->create_type, sizeof(s->create_type), "sparse extent");
+    s->size = e->bytes;
+    return r;
+}
+
+static int vmdk_do_open(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, Error *err)
+{
+    uint8_t head[32] = { 0 };
+    int64_t fsize = bdrv_getlength(bs->file);
+    int r = fsize < 0 ? (int)fsize : bdrv_pread(bs->file, 0, MIN(fsize, (int64_t)sizeof(head)), head);
+    if (r < 0) {
+        error_set(err, -r, "%s: cannot read the image: %s", bs->filename, strerror(-r));
+        return r;
+    }
+    s->gt_cache = calloc(VMDK_GT_CACHE_SLOTS, sizeof(*s->gt_cache));
+    s->gt_cache_ext = calloc(VMDK_GT_CACHE_SLOTS, sizeof(*s->gt_cache_ext));
+    if (!s->gt_cache || !s->gt_cache_ext) {
+        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < VMDK_GT_CACHE_SLOTS; i++)
+        s->gt_cache[i].gt_index = -1;
+    if (ld_le32(head) == VMDK_MAGIC || ld_le32(head) == VMDK_COWD_MAGIC)
+        r = vmdk_open_monolithic(bs, s, err);
+    else if (memcmp(head, VMDK_DESC_SIGNATURE, strlen(VMDK_DESC_SIGNATURE)) == 0)
+        r = vmdk_open_descriptor(bs, s, opts, err);
+    else {
+        error_set(err, EINVAL, "%s: not a VMDK image (neither a sparse extent nor a descriptor file)", bs->filename);
+        r = -EINVAL;
+    }
+    s->writable = !bs->read_only;
+    for (int i = 0; r == 0 && s->writable && i < s->n_ext; i++)
+        r = vmdk_check_writable(bs, &s->ext[i], err);
+    return r;
+}
+
+static int vmdk_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    VmdkState *s = bs->opaque;
+    s->name = bs->filename;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->alloc_lock, NULL);
+    s->lock_ready = true;
+    Error local = { .msg = "", .errnum = 0 };
+    int r = vmdk_do_open(bs, s, opts, &local);
+    if (r < 0) {
+        error_set(err, local.errnum ? local.errnum : -r, "%s", local.msg[0] ? local.msg : strerror(-r));
+        vmdk_close(bs);
+        return r;
+    }
+    bs->request_alignment = VMDK_SECTOR;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- info */
+
+static int64_t vmdk_getlength(BlockNode *bs)
+{
+    VmdkState *s = bs->opaque;
+    return (int64_t)s->size;
+}
+
+static int64_t vmdk_memory_used(BlockNode *bs)
+{
+    VmdkState *s = bs->opaque;
+    int64_t n = (int64_t)(sizeof(GtSlot) + sizeof(int64_t)) * VMDK_GT_CACHE_SLOTS;
+    for (int i = 0; i < s->n_ext; i++)
+        n += (int64_t)sizeof(VmdkExtent) + (int64_t)s->ext[i].n_gts * 4;
+    return n;
+}
+
+static const char *vmdk_extent_type_name(ExtentType t)
+{
+    return t == EXT_FLAT ? "flat" : t == EXT_SPARSE ? "sparse" : "zero";
+}
+
+static void vmdk_get_info(BlockNode *bs, InfoList *info)
+{
+    VmdkState *s = bs->opaque;
+    info_add_str(info, "subformat", "%s", s->create_type[0] ? s->create_type : "unknown");
+    info_add_int(info, "extents", s->n_ext);
+    if (s->has_cid)
+        info_add_str(info, "cid", "%08" PRIx32, s->cid);
+    if (s->has_parent_cid) {
+        info_add_str(info, "parent_cid", "%08" PRIx32, s->parent_cid);
+        if (s->parent_hint)
+            info_add_str(info, "parent_file_name_hint", "%s", s->parent_hint);
+        if (bs->backing && strcmp(bs->backing->drv->name, "vmdk") == 0) {
+            const VmdkState *p = bs->backing->opaque;
+            if (p->has_cid)
+                info_add_bool(info, "parent_cid_matches", p->cid == s->parent_cid);
+        }
+    }
+    for (int i = 0; i < s->n_ext && i < 8; i++) {
+        const VmdkExtent *e = &s->ext[i];
+        char key[64];
+        snprintf(key, sizeof(key), "extent%d", i);
+        if (e->type == EXT_SPARSE)
+            info_add_str(info, key, "%s sparse v%" PRIu32 " %" PRIu64 " bytes, grain %" PRIu64 "%s%s%s", e->name,
+                         e->version, e->bytes, e->grain_bytes, (e->flags & VMDK_FLAG_COMPRESSED) ? ", compressed" : "",
+                         (e->flags & VMDK_FLAG_RGD) ? ", redundant GD" : "",
+                         (e->flags & VMDK_FLAG_ZERO_GRAIN) ? ", zeroed grains" : "");
+        else
+            info_add_str(info, key, "%s %s %" PRIu64 " bytes", e->name, vmdk_extent_type_name(e->type), e->bytes);
+    }
+}
+
+static bool vmdk_has_zero_init(BlockNode *bs)
+{
+    (void)bs;
+    return false;
+}
+
+const BlockDriver bdrv_vmdk = {
+    .name = "vmdk",
+    .instance_size = sizeof(VmdkState),
+    .supports_backing = true,
+    .probe = vmdk_probe,
+    .open = vmdk_open,
+    .close = vmdk_close,
+    .read = vmdk_read,
+    .write = vmdk_write,
+    .flush = vmdk_flush,
+    .block_status = vmdk_block_status,
+    .getlength = vmdk_getlength,
+    .get_info = vmdk_get_info,
+    .memory_used = vmdk_memory_used,
+    .has_zero_init = vmdk_has_zero_init,
+};
