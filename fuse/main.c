@@ -58,6 +58,20 @@ static void usage_hint(void)
     fprintf(stderr, "imgfuse: usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT (see imgfuse --help)\n");
 }
 
+/* The driver options, from the drivers' own tables. */
+static void print_driver_options(void)
+{
+    printf("Driver options (-o DRIVER.KEY=VALUE, repeatable, also in fstab; the long options above\n"
+           "that name one are the same):\n");
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++) {
+        for (const BlockOptionSpec *sp = (*d)->options; sp && sp->name; sp++) {
+            char key[96];
+            snprintf(key, sizeof key, "%s.%s=%s", (*d)->name, sp->name, bdrv_opt_type_name(sp->type));
+            printf("  %-26s %s\n", key, sp->help);
+        }
+    }
+}
+
 static void print_help(void)
 {
     printf(
@@ -112,7 +126,9 @@ static void print_help(void)
 "      --pid-file FILE        write the daemon's pid to FILE while it runs\n"
 "      --blkdebug RULES       test only: inject faults as described in the RULES file\n"
 "  -h, --help                 this help\n"
-"  -V, --version              version and supported formats\n"
+"  -V, --version              version and supported formats\n");
+    print_driver_options();
+    printf(
 "\n"
 "Unmount with: imgfuse unmount MOUNTPOINT (returns when the daemon has exited), or fusermount3 -u\n"
 "Exit status: 0 success, 1 runtime failure, 2 bad usage or an image that cannot be opened.\n"

@@ -75,6 +75,8 @@ typedef struct BlockOpenOpts {
      * "driver options" below. */
     const char *driver_opts[MAX_DRIVER_OPTS];
     int n_driver_opts;
+    bool driver_opts_partial;    /* open only a part of the chain the options are for (the image under an
+                                  * --overlay): a driver option without a node of its driver is not refused */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);

@@ -540,7 +540,7 @@ BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err
     if (!file)
         return NULL;
     BlockNode *top = bdrv_open_on_node(file, opts->format, opts, err);
-    if (top && check_options_used(top, opts, filename, err) < 0) {
+    if (top && !opts->driver_opts_partial && check_options_used(top, opts, filename, err) < 0) {
         bdrv_close(top);
         top = NULL;
     }

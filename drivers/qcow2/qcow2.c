@@ -832,7 +832,7 @@ static int64_t qcow2_memory_used(BlockNode *bs)
 
 static const BlockOptionSpec qcow2_options[] = {
     { "data-file", BDRV_OPT_STRING, BDRV_OPT_TOP_ONLY,
-      "external data file of the top image, instead of the one it names (--data-file)" },
+      "external data file of the top image (--data-file)" },
     { "l2-cache-size", BDRV_OPT_SIZE, 0, "L2 table cache of each qcow2 layer, bytes (--l2-cache-size)" },
     { NULL, 0, 0, NULL },
 };
