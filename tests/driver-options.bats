@@ -69,6 +69,21 @@ l2_sizes() {
   unmount_img
 }
 
+@test "an fstab line can carry driver options: mount.fuse3 passes them through" {
+  qemu-img create -q -f qcow2 -o cluster_size=4k f.qcow2 64M
+  qio f.qcow2 'write -P 0x51 0 3M'
+  whole=$(raw_of f.qcow2)
+  mkdir -p "$TMP/bin"
+  ln -s "$IMGFUSE" "$TMP/bin/imgfuse"
+  PATH="$TMP/bin:$PATH" mount.fuse3 "$TMP/f.qcow2" "$MNT" -t imgfuse \
+    -o ro,nodev,noatime,qcow2.l2-cache-size=64K,window.offset=1M,window.size=2M
+  mountpoint -q "$MNT"
+  [ "$(l2_sizes)" = "65536" ]
+  cmp "$MNT/disk.raw" <(tail -c +1048577 "$whole" | head -c 2097152)
+  fusermount3 -u "$MNT"
+  ! grep -q " $MNT " /proc/mounts
+}
+
 @test "-o blkdebug.rules=FILE is --blkdebug FILE" {
   head -c 1M /dev/urandom > bad.raw
   echo "event=read errno=5 offset=8192 length=4096 always" > rules
