@@ -1,6 +1,6 @@
 /*
  * blkdebug.c - the "blkdebug" filter driver, for tests only: it passes every request through to its file
- * child and injects failures and delays by rules read from a file (--blkdebug rules, one rule a line):
+ * child and injects failures and delays by rules read from a file (option rules, --blkdebug; a rule a line):
  *     event=read errno=5 nth=3        fail the 3rd read
  *     event=l2_update errno=28 once   fail the first I/O after a driver announced "l2_update"
  *     event=any errno=5 always        fail everything
@@ -135,7 +135,9 @@ static int blkdebug_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     BlkdebugState *s = bs->opaque;
     pthread_mutex_init(&s->lock, NULL);
-    int r = opts && opts->blkdebug_rules ? blkdebug_load(s, opts->blkdebug_rules, err) : 0;
+    (void)opts;
+    const char *rules = bdrv_opt_str(bs, "rules");
+    int r = rules ? blkdebug_load(s, rules, err) : 0;
     if (r < 0)
         pthread_mutex_destroy(&s->lock);
     return r;
@@ -263,7 +265,13 @@ static void blkdebug_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "blkdebug_rules", s->n_rules);
 }
 
+static const BlockOptionSpec blkdebug_options[] = {
+    { "rules", BDRV_OPT_STRING, BDRV_OPT_TOP_ONLY, "test only: file of fault injection rules (--blkdebug)" },
+    { NULL, 0, 0, NULL },
+};
+
 const BlockDriver bdrv_blkdebug = {
+    .options = blkdebug_options,
     .name = "blkdebug",
     .instance_size = sizeof(BlkdebugState),
     .is_filter = true,

@@ -4,7 +4,8 @@
  * request is shifted by offset; reads past the window's end are zeros (the core), writes, write-zeroes and
  * discards that would pass it fail with ENOSPC and never reach the node below beyond it.  Block status is
  * the chain's below (host offsets passed through, so read-only windows keep the zero-copy read path).
- * It is stacked by bdrv_open_window (lib/open.c) with opts->window_offset/window_size and knows no format.
+ * It is stacked over a chain by bdrv_open (window.offset, window.size options) or bdrv_open_window
+ * (lib/open.c) and knows no format.
  */
 #include "block.h"
 #include "util.h"
@@ -21,8 +22,9 @@ typedef struct WindowState {
 static int window_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     WindowState *s = bs->opaque;
-    s->offset = opts->window_offset;
-    s->size = opts->window_size;
+    (void)opts;
+    s->offset = bdrv_opt_size(bs, "offset", 0);
+    s->size = bdrv_opt_size(bs, "size", -1);
     int64_t len = bdrv_getlength(bs->file);
     if (len < 0) {
         error_set(err, (int)-len, "%s: cannot get the disk size: %s", bs->filename, strerror((int)-len));
@@ -125,8 +127,15 @@ static bool window_has_zero_init(BlockNode *bs)
     return s->offset == 0 && s->size < 0 && bdrv_has_zero_init(bs->file);
 }
 
+static const BlockOptionSpec window_options[] = {
+    { "offset", BDRV_OPT_SIZE, BDRV_OPT_TOP_ONLY, "start of the window over the chain, bytes (--offset)" },
+    { "size", BDRV_OPT_SIZE, BDRV_OPT_TOP_ONLY, "size of the window, bytes (--size; default: to the end)" },
+    { NULL, 0, 0, NULL },
+};
+
 const BlockDriver bdrv_window = {
     .name = "window",
+    .options = window_options,
     .instance_size = sizeof(WindowState),
     .is_filter = true,
     .over_chain = true,

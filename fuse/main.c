@@ -58,6 +58,20 @@ static void usage_hint(void)
     fprintf(stderr, "imgfuse: usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT (see imgfuse --help)\n");
 }
 
+/* The driver options, from the drivers' own tables. */
+static void print_driver_options(void)
+{
+    printf("Driver options (-o DRIVER.KEY=VALUE, repeatable, also in fstab; the long options above\n"
+           "that name one are the same):\n");
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++) {
+        for (const BlockOptionSpec *sp = (*d)->options; sp && sp->name; sp++) {
+            char key[96];
+            snprintf(key, sizeof key, "%s.%s=%s", (*d)->name, sp->name, bdrv_opt_type_name(sp->type));
+            printf("  %-26s %s\n", key, sp->help);
+        }
+    }
+}
+
 static void print_help(void)
 {
     printf(
@@ -112,7 +126,9 @@ static void print_help(void)
 "      --pid-file FILE        write the daemon's pid to FILE while it runs\n"
 "      --blkdebug RULES       test only: inject faults as described in the RULES file\n"
 "  -h, --help                 this help\n"
-"  -V, --version              version and supported formats\n"
+"  -V, --version              version and supported formats\n");
+    print_driver_options();
+    printf(
 "\n"
 "Unmount with: imgfuse unmount MOUNTPOINT (returns when the daemon has exited), or fusermount3 -u\n"
 "Exit status: 0 success, 1 runtime failure, 2 bad usage or an image that cannot be opened.\n"
@@ -181,7 +197,8 @@ typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
-    int64_t win_offset, win_size; /* --offset/--size: a window over the chain (size -1: to its end) */
+    char *driver_items[MAX_DRIVER_OPTS]; /* the "DRIVER.KEY=VALUE" strings of open.driver_opts we made */
+    int n_driver_items;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
@@ -212,6 +229,38 @@ static bool parse_size_opt(const char *opt, const char *value, int64_t *out)
     return true;
 }
 
+/* Adds the driver option "KEY=VALUE" (KEY is DRIVER.NAME; value NULL: item is whole) to the open options;
+ * what is wrong with it is said at open, naming the image. False with the error printed when full. */
+static bool add_driver_opt(MountArgs *a, const char *key, const char *value)
+{
+    char *item = NULL;
+    if (value ? asprintf(&item, "%s=%s", key, value) < 0 : !(item = strdup(key)))
+        abort();
+    if (bdrv_opts_add(&a->open, item) < 0) {
+        errmsg(item, "at most %d driver options", MAX_DRIVER_OPTS);
+        free(item);
+        return false;
+    }
+    a->driver_items[a->n_driver_items++] = item;
+    return true;
+}
+
+/* A long option that stands for a driver option: a size is checked here, where the option is named. */
+static bool map_long_opt(MountArgs *a, const char *opt, const char *key, bool is_size, const char *value)
+{
+    int64_t v;
+    char name[64];
+    snprintf(name, sizeof name, "--%s", opt);
+    return (!is_size || parse_size_opt(name, value, &v)) && add_driver_opt(a, key, value);
+}
+
+/* True if "KEY[=VALUE]" is a driver option (KEY has a dot), not a FUSE one. */
+static bool is_driver_opt(const char *o)
+{
+    const char *dot = strchr(o, '.'), *eq = strchr(o, '=');
+    return dot && dot != o && (!eq || dot < eq);
+}
+
 /* fstab-only words that mount(8) may hand over and libfuse does not know. */
 static bool is_fstab_only(const char *o)
 {
@@ -223,16 +272,21 @@ static bool is_fstab_only(const char *o)
     return false;
 }
 
-/* Splits a -o argument; ro/rw/allow_other/debug/direct_io are ours, the rest is passed to libfuse
- * unchanged. */
-static void take_fuse_opts(MountArgs *a, const char *arg)
+/* Splits a -o argument; ro/rw/allow_other/debug/direct_io and DRIVER.KEY=VALUE are ours, the rest is
+ * passed to libfuse unchanged. False with the error printed if there are too many driver options. */
+static bool take_fuse_opts(MountArgs *a, const char *arg)
 {
     char *copy = strdup(arg);
     if (!copy)
         abort();
     char *save = NULL;
-    for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-        if (strcmp(o, "ro") == 0)
+    bool ok = true;
+    for (char *o = strtok_r(copy, ",", &save); ok && o; o = strtok_r(NULL, ",", &save)) {
+        if (is_driver_opt(o)) {
+            ok = add_driver_opt(a, o, NULL);
+            if (ok)
+                sb_printf(&a->summary, "%s-o %s", a->summary.len ? " " : "", o);
+        } else if (strcmp(o, "ro") == 0)
             a->forced_ro = true;
         else if (strcmp(o, "rw") == 0 || is_fstab_only(o))
             continue;
@@ -246,6 +300,7 @@ static void take_fuse_opts(MountArgs *a, const char *arg)
             sb_printf(&a->fuse_opts, "%s%s", a->fuse_opts.len ? "," : "", o);
     }
     free(copy);
+    return ok;
 }
 
 static void note_option(MountArgs *a, const char *name, const char *value)
@@ -274,12 +329,12 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         switch (c) {
         case 'f': a->open.format = optarg; note_option(a, "format", optarg); break;
         case OPT_OFFSET:
-            if (!parse_size_opt("--offset", optarg, &a->win_offset))
+            if (!map_long_opt(a, name, "window.offset", true, optarg))
                 return EXIT_USAGE;
             note_option(a, name, optarg);
             break;
         case OPT_SIZE:
-            if (!parse_size_opt("--size", optarg, &a->win_size))
+            if (!map_long_opt(a, name, "window.size", true, optarg))
                 return EXIT_USAGE;
             note_option(a, name, optarg);
             break;
@@ -295,9 +350,13 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             note_option(a, name, optarg);
             break;
         case OPT_UNSAFE_BACKING: a->open.unsafe_backing = true; note_option(a, name, NULL); break;
-        case OPT_DATA_FILE: a->open.data_file = optarg; note_option(a, name, optarg); break;
+        case OPT_DATA_FILE:
+            if (!map_long_opt(a, name, "qcow2.data-file", false, optarg))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
         case OPT_L2_CACHE_SIZE:
-            if (!parse_size_opt("--l2-cache-size", optarg, &a->open.l2_cache_size))
+            if (!map_long_opt(a, name, "qcow2.l2-cache-size", true, optarg))
                 return EXIT_USAGE;
             note_option(a, name, optarg);
             break;
@@ -328,7 +387,11 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             a->open.on_read_error = v ? READ_ERROR_ZERO : READ_ERROR_REPORT;
             note_option(a, name, optarg);
             break;
-        case OPT_BLKDEBUG: a->open.blkdebug_rules = optarg; note_option(a, name, optarg); break;
+        case OPT_BLKDEBUG:
+            if (!map_long_opt(a, name, "blkdebug.rules", false, optarg))
+                return EXIT_USAGE;
+            note_option(a, name, optarg);
+            break;
         case OPT_OVERLAY: a->overlay = optarg; note_option(a, name, optarg); break;
         case OPT_SNAPSHOT: a->snapshot = true; note_option(a, name, NULL); break;
         case OPT_COPY_ON_READ: a->open.copy_on_read = true; note_option(a, name, NULL); break;
@@ -353,7 +416,10 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         case OPT_DEBUG: a->debug = true; break;
         case OPT_AUDIT_LOG: a->audit_log = optarg; break;
         case OPT_PID_FILE: a->pid_file = optarg; break;
-        case 'o': take_fuse_opts(a, optarg); break;
+        case 'o':
+            if (!take_fuse_opts(a, optarg))
+                return EXIT_USAGE;
+            break;
         case 'h': print_help(); return EXIT_OK;
         case 'V': print_version(); return EXIT_OK;
         case ':':
@@ -386,10 +452,12 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
         return EXIT_USAGE;
     }
     if (a->overlay || a->snapshot) {
+        const BlockDriver *window = bdrv_find_driver("window");
         const char *opt = a->overlay ? "--overlay" : "--snapshot";
         const char *clash = a->overlay && a->snapshot ? "--snapshot" : a->open.backing ? "--backing" :
-                            a->open.no_backing ? "--no-backing" : a->win_offset || a->win_size >= 0 ?
-                            "--offset/--size" : a->open.data_file ? "--data-file" : a->forced_ro ? "-o ro" : NULL;
+                            a->open.no_backing ? "--no-backing" : bdrv_opts_name_driver(&a->open, window) ?
+                            "--offset/--size" : bdrv_opts_find(&a->open, "qcow2", "data-file") ? "--data-file" :
+                            a->forced_ro ? "-o ro" : NULL;
         if (clash) {
             errmsg(opt, "cannot be combined with %s", clash);
             return EXIT_USAGE;
@@ -641,8 +709,8 @@ static void free_argv(char **argv, int argc)
  * fit the disk. */
 static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs, Error *err)
 {
-    if (a->win_offset || a->win_size >= 0)
-        return bdrv_open_window(bs, a->win_offset, a->win_size, err);
+    if (bdrv_opts_name_driver(&a->open, bdrv_find_driver("window")))
+        return bdrv_open_chain_filters(bs, &a->open, err);
     if (ov->path && ov->image_size >= 0 && bdrv_getlength(bs) == align_up(ov->image_size, 512) &&
         ov->image_size % 512)
         return bdrv_open_window(bs, 0, ov->image_size, err);
@@ -673,7 +741,6 @@ static int mount_main(int argc, char **argv)
     MountArgs a;
     memset(&a, 0, sizeof a);
     block_open_opts_init(&a.open);
-    a.win_size = -1;
     sb_init(&a.fuse_opts);
     sb_init(&a.summary);
     int rc = parse_mount_args(&a, argc, argv);
@@ -772,6 +839,8 @@ out:
     }
     sb_free(&a.fuse_opts);
     sb_free(&a.summary);
+    for (int i = 0; i < a.n_driver_items; i++)
+        free(a.driver_items[i]);
     return rc;
 }
 

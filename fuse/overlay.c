@@ -27,6 +27,7 @@ static int probe_image(const char *image, const BlockOpenOpts *user, char **fmt,
     o.read_only = true;
     o.copy_on_read = false;
     o.detect_zeroes = DETECT_ZEROES_OFF;
+    o.driver_opts_partial = true; /* the overlay is in the chain the options are for, not here */
     Error err;
     memset(&err, 0, sizeof err);
     BlockNode *bs = bdrv_open(image, &o, &err);

@@ -48,24 +48,20 @@ enum ReadErrorMode { READ_ERROR_REPORT = 0, READ_ERROR_ZERO = 1 };
 
 #define MAX_BACKING_DIRS 16
 #define MAX_CHAIN_DEPTH 256
+#define MAX_DRIVER_OPTS 32
 
 typedef struct BlockOpenOpts {
     const char *format;          /* forced format of the top image, NULL = probe */
     bool read_only;              /* every file of the chain opened O_RDONLY */
     enum CacheMode cache;        /* CACHE_NONE = O_DIRECT */
     enum AioMode aio;            /* AIO_NATIVE = libaio (needs CACHE_NONE) */
-    int64_t window_offset;       /* the window filter's start (drivers/window.c; see bdrv_open_window) */
-    int64_t window_size;         /* the window filter's size (-1 = to the end of the node below) */
     const char *backing;         /* --backing: replaces the top image's backing file */
     const char *backing_format;  /* --backing-format */
     bool no_backing;             /* --no-backing */
     const char *backing_dirs[MAX_BACKING_DIRS]; /* --backing-dir, repeatable */
     int n_backing_dirs;
     bool unsafe_backing;         /* --unsafe-backing: plain path resolution, no refusals */
-    const char *data_file;       /* --data-file: qcow2 external data file override */
-    int64_t l2_cache_size;       /* --l2-cache-size in bytes, 0 = driver default */
     bool force_share;            /* --force-share: do not take/check image locks */
-    const char *blkdebug_rules;  /* test-only: rules file for the blkdebug filter on the top file */
     enum DiscardMode discard;    /* may discard/zero writes free space in the image */
     enum ReadErrorMode on_read_error;
 
@@ -74,9 +70,57 @@ typedef struct BlockOpenOpts {
     enum DetectZeroes detect_zeroes; /* --detect-zeroes */
     int64_t iops_limit, iops_rd_limit, iops_wr_limit; /* --iops-limit[-read|-write], 0 = unlimited */
     int64_t bps_limit, bps_rd_limit, bps_wr_limit;    /* --bps-limit[-read|-write] bytes/s, 0 = unlimited */
+
+    /* Driver options, "DRIVER.KEY=VALUE" (strings owned by the caller), in the order given; see
+     * "driver options" below. */
+    const char *driver_opts[MAX_DRIVER_OPTS];
+    int n_driver_opts;
+    bool driver_opts_partial;    /* open only a part of the chain the options are for (the image under an
+                                  * --overlay): a driver option without a node of its driver is not refused */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);
+
+/* ---------------------------------------------------------------- driver options (lib/options.c)
+ *
+ * Each driver declares its options in a table (BlockDriver.options, ended by a NULL name) and reads them
+ * in its open with bdrv_opt_*.  The caller passes them as "DRIVER.KEY=VALUE" (KEY alone for a bool: on).
+ * Who receives one: every node of that driver in the chain (backing layers too), except options flagged
+ * BDRV_OPT_TOP_ONLY, which only the top image's node sees.  A filter driver named in the options is stacked:
+ * one over a file (blkdebug) by bdrv_open, one over the whole chain (window) by bdrv_open_chain_filters.  bdrv_open refuses, naming the
+ * driver and the key, an unknown driver or key, a bad value, and an option whose driver has no node in the
+ * opened chain; filters over a whole chain (window) are stacked by bdrv_open_chain_filters instead.
+ * The last of several values of one key wins. */
+typedef enum BlockOptionType { BDRV_OPT_STRING, BDRV_OPT_SIZE, BDRV_OPT_INT, BDRV_OPT_BOOL } BlockOptionType;
+
+#define BDRV_OPT_TOP_ONLY 0x1   /* only the top image's node receives it (never a backing layer) */
+
+typedef struct BlockOptionSpec {
+    const char *name;     /* KEY, e.g. "l2-cache-size" */
+    BlockOptionType type; /* size: bytes with an optional K/M/G/T suffix; int: signed decimal; bool: on/off */
+    unsigned flags;       /* BDRV_OPT_* */
+    const char *help;     /* one line for --help and the man page */
+} BlockOptionSpec;
+
+/* Appends "DRIVER.KEY=VALUE" (not copied) to o: -E2BIG when MAX_DRIVER_OPTS are given already, -EINVAL
+ * when item has no "DRIVER." part. Validation comes at open (bdrv_opts_validate). */
+int bdrv_opts_add(BlockOpenOpts *o, const char *item);
+/* 0 if every driver option of o names a known driver, one of its keys and a valid value; else -EINVAL
+ * with err set: "FILENAME: qcow2 option 'l2-cache-size': not a size: 'abc'". */
+int bdrv_opts_validate(const BlockOpenOpts *o, const char *filename, Error *err);
+/* True if o holds an option of driver drv (the key is not checked). */
+bool bdrv_opts_name_driver(const BlockOpenOpts *o, const BlockDriver *drv);
+/* The value an option item gives KEY of driver drvname (last wins), NULL if none: for the front end. */
+const char *bdrv_opts_find(const BlockOpenOpts *o, const char *drvname, const char *key);
+/* The type's name as --help shows it: "SIZE", "INT", "on|off", "STRING". */
+const char *bdrv_opt_type_name(BlockOptionType type);
+
+/* For drivers, in open: the value of this node's option KEY (bs->drv's table must declare it), from
+ * bs->opts; NULL / dflt when not given. Values were validated by bdrv_open. */
+const char *bdrv_opt_str(const BlockNode *bs, const char *key);
+int64_t bdrv_opt_size(const BlockNode *bs, const char *key, int64_t dflt);
+int64_t bdrv_opt_int(const BlockNode *bs, const char *key, int64_t dflt);
+bool bdrv_opt_bool(const BlockNode *bs, const char *key, bool dflt);
 
 /* ---------------------------------------------------------------- request flags, status */
 
@@ -159,6 +203,7 @@ struct BlockDriver {
     bool is_filter;              /* passes through to bs->file (blkdebug) */
     bool over_chain;             /* a filter over a whole chain (window): its block status is the chain's
                                   * below, depth included; bdrv_block_status_above takes it as final */
+    const BlockOptionSpec *options; /* the options it takes (see "driver options"), NULL name ends; NULL: none */
 
     /* Score 0..100 for the first bytes of the file (len may be less than a sector for tiny files). */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
@@ -279,6 +324,10 @@ BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err
  * Takes its own reference on bs (the caller still closes bs). NULL with err set ("FILE: reason") if the
  * window passes the end of bs. */
 BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *err);
+/* The filters over a whole chain that opts' driver options name (window.offset, window.size), stacked over
+ * bs, a chain's top (each takes its own reference on bs); bs itself when opts names none. NULL with err
+ * set when one cannot open. bdrv_open leaves them to this call (the caller keeps chain and view apart). */
+BlockNode *bdrv_open_chain_filters(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
 /* Open just a protocol node for a file (used by drivers for external data files). */
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */

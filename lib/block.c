@@ -759,11 +759,20 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 
 /* ---------------------------------------------------------------- zero-copy mapping */
 
+/* True if o stacks a filter under the format (blkdebug): its reads may not be what the file holds. */
+static bool opts_name_file_filter(const BlockOpenOpts *o)
+{
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++)
+        if ((*d)->is_filter && !(*d)->over_chain && bdrv_opts_name_driver(o, *d))
+            return true;
+    return false;
+}
+
 /* Nothing can change what bs reads as, and reads go straight to the drivers: see bdrv_map_extents. */
 static bool node_mapping_allowed(BlockNode *bs)
 {
     const BlockOpenOpts *o = bs->opts;
-    return bs->read_only && o && o->read_only && o->cache != CACHE_NONE && !o->blkdebug_rules &&
+    return bs->read_only && o && o->read_only && o->cache != CACHE_NONE && !opts_name_file_filter(o) &&
            !o->copy_on_read && o->on_read_error != READ_ERROR_ZERO && !bs->core->req && !bs->core->track_writes;
 }
 

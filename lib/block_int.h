@@ -35,6 +35,9 @@ typedef struct BlockNodeCore {
     struct RequestState *req;  /* lib/request.c state of the root node, NULL elsewhere */
 } BlockNodeCore;
 
+/* lib/options.c: keeps only the driver options a backing layer receives (drops BDRV_OPT_TOP_ONLY ones). */
+void bdrv_opts_drop_top_only(BlockOpenOpts *o);
+
 /* Frees a node whose driver is not open (open failed, or close already ran). */
 void bdrv_free_node(BlockNode *bs);
 

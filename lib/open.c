@@ -1,9 +1,11 @@
 /*
- * open.c - opening images: protocol node (+ optional blkdebug filter), format probing (highest score
+ * open.c - opening images: protocol node (+ the file filters the driver options name: blkdebug),
+ * format probing (highest score
  * wins, raw is the fallback) or a forced format, the format node, and then the backing chain, opened
  * iteratively (never recursively: an image controls how deep a chain goes) with the seed's rule, loop
  * detection, a depth limit, read-only backing nodes, and the one place the backing-name policy lives
- * (bdrv_resolve_backing); bdrv_open_window stacks the "window" filter over a chain.  A probe that finds
+ * (bdrv_resolve_backing); bdrv_open_chain_filters stacks the filters over a whole chain that the driver
+ * options name (window), bdrv_open_window a window given by its numbers.  Every driver option must reach a node of its driver.  A probe that finds
  * only raw asks lib/probe.c's table of known magics, so a format without a driver is refused by name.
  * It knows no format by name except the "file" protocol and "raw" fallback.
  */
@@ -12,6 +14,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +26,6 @@ void block_open_opts_init(BlockOpenOpts *o)
 {
     memset(o, 0, sizeof(*o));
     o->read_only = true;
-    o->window_size = -1;
 }
 
 /* ---------------------------------------------------------------- protocol nodes */
@@ -252,13 +254,10 @@ static BlockOpenOpts *backing_opts(const BlockOpenOpts *top)
     *o = *top;
     o->format = NULL;
     o->read_only = true;
-    o->window_offset = 0;
-    o->window_size = -1;
     o->backing = NULL;
     o->backing_format = NULL;
     o->no_backing = false;
-    o->data_file = NULL;
-    o->blkdebug_rules = NULL;
+    bdrv_opts_drop_top_only(o);
     o->copy_on_read = false;
     o->detect_zeroes = DETECT_ZEROES_OFF;
     o->iops_limit = o->iops_rd_limit = o->iops_wr_limit = 0;
@@ -380,6 +379,10 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
         bdrv_close(file);
         return NULL;
     }
+    if (bdrv_opts_validate(opts, file->filename, err) < 0) {
+        bdrv_close(file);
+        return NULL;
+    }
     BlockNode *top = open_format(file, format, opts, err);
     if (!top)
         return NULL;
@@ -415,16 +418,10 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     return top;
 }
 
-BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *err)
+/* Stacks drv, a filter over a whole chain, on bs with the options o (which may live on the caller's stack:
+ * the filter keeps its values in its own state); takes its own reference on bs. */
+static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const BlockOpenOpts *o, Error *err)
 {
-    const BlockDriver *drv = bdrv_find_driver("window");
-    BlockOpenOpts o;
-    if (bs->opts)
-        o = *bs->opts;
-    else
-        block_open_opts_init(&o);
-    o.window_offset = offset;
-    o.window_size = size;
     BlockNode *w = drv ? bdrv_new_node(drv, bs->filename) : NULL;
     if (!w) {
         error_set(err, ENOMEM, "%s: out of memory", bs->filename);
@@ -433,15 +430,96 @@ BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *
     bdrv_ref(bs);
     w->file = bs;
     w->read_only = bs->read_only;
-    w->opts = &o;
-    int r = drv->open(w, &o, err);
-    w->opts = bs->opts; /* o lives on this stack: the window keeps its values in its own state */
+    w->opts = o;
+    int r = drv->open(w, o, err);
+    w->opts = bs->opts;
     if (r < 0) {
         error_set(err, -r, "%s: %s", bs->filename, strerror(-r));
         bdrv_close(w);
         return NULL;
     }
     return w;
+}
+
+BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *err)
+{
+    BlockOpenOpts o;
+    if (bs->opts)
+        o = *bs->opts;
+    else
+        block_open_opts_init(&o);
+    char off_item[64], size_item[64];
+    snprintf(off_item, sizeof off_item, "window.offset=%" PRId64, offset);
+    snprintf(size_item, sizeof size_item, "window.size=%" PRId64, size);
+    o.n_driver_opts = 0;
+    if (offset < 0 || size < -1) {
+        error_set(err, EINVAL, "%s: negative --offset or --size", bs->filename);
+        return NULL;
+    }
+    bdrv_opts_add(&o, off_item);
+    if (size >= 0)
+        bdrv_opts_add(&o, size_item);
+    return open_over_chain(bdrv_find_driver("window"), bs, &o, err);
+}
+
+/* True if a node of drv is in the chain from top (file children and backing layers). */
+static bool chain_has_driver(BlockNode *top, const BlockDriver *drv)
+{
+    for (BlockNode *layer = top; layer;) {
+        BlockNode *next = NULL;
+        for (int guard = 0; layer && guard < 8; guard++, layer = layer->file) {
+            if (layer->drv == drv)
+                return true;
+            if (!next)
+                next = layer->backing;
+        }
+        layer = next;
+    }
+    return false;
+}
+
+/* Every driver option of opts must reach a node: refuses one whose driver the chain does not have
+ * (filters over a whole chain are not in it yet: bdrv_open_chain_filters stacks them). */
+static int check_options_used(BlockNode *top, const BlockOpenOpts *opts, const char *filename, Error *err)
+{
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++) {
+        if ((*d)->over_chain || !bdrv_opts_name_driver(opts, *d) || chain_has_driver(top, *d))
+            continue;
+        for (int i = 0; i < opts->n_driver_opts; i++) {
+            const char *it = opts->driver_opts[i];
+            size_t n = strlen((*d)->name);
+            if (strncmp(it, (*d)->name, n) == 0 && it[n] == '.') {
+                error_set(err, EINVAL, "%s: %s option '%.*s': the chain has no %s layer", filename,
+                          (*d)->name, (int)strcspn(it + n + 1, "="), it + n + 1, (*d)->name);
+                break;
+            }
+        }
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Filters named in the driver options: those over a file go under the format (file is consumed). */
+static BlockNode *stack_file_filters(BlockNode *file, const BlockOpenOpts *opts, Error *err)
+{
+    for (const BlockDriver *const *d = bdrv_driver_list(); file && *d; d++)
+        if ((*d)->is_filter && !(*d)->over_chain && bdrv_opts_name_driver(opts, *d))
+            file = open_filter((*d)->name, file, opts, err);
+    return file;
+}
+
+BlockNode *bdrv_open_chain_filters(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    BlockNode *top = bs;
+    for (const BlockDriver *const *d = bdrv_driver_list(); top && *d; d++) {
+        if (!(*d)->over_chain || !bdrv_opts_name_driver(opts, *d))
+            continue;
+        BlockNode *w = open_over_chain(*d, top, opts, err);
+        if (top != bs)
+            bdrv_close(top);
+        top = w;
+    }
+    return top;
 }
 
 BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err)
@@ -455,15 +533,17 @@ BlockNode *bdrv_open(const char *filename, const BlockOpenOpts *opts, Error *err
         error_set(err, EINVAL, "(empty name): no image file given");
         return NULL;
     }
+    if (bdrv_opts_validate(opts, filename, err) < 0)
+        return NULL;
     BlockNode *file = bdrv_open_file(filename, opts, opts->read_only, err);
+    file = file ? stack_file_filters(file, opts, err) : NULL;
     if (!file)
         return NULL;
-    if (opts->blkdebug_rules) {
-        file = open_filter("blkdebug", file, opts, err);
-        if (!file)
-            return NULL;
-    }
     BlockNode *top = bdrv_open_on_node(file, opts->format, opts, err);
+    if (top && !opts->driver_opts_partial && check_options_used(top, opts, filename, err) < 0) {
+        bdrv_close(top);
+        top = NULL;
+    }
     if (top && opts == &defaults) {
         for (BlockNode *n = top; n; n = n->file)
             if (n->opts == &defaults)

@@ -558,9 +558,10 @@ static int qcow2_check_open_mode(BlockNode *bs, Qcow2State *s, Error *err)
  * tables run-length encoded. Sequentially allocated L2 tables shrink to a few dozen bytes there, so the
  * default few MiB map a whole 1 TiB image with 64 KiB clusters (128 MiB of plain L2 tables); tables
  * that do not compress are kept as plain copies within the same budget. */
-static int qcow2_init_l2_cache(Qcow2State *s, const BlockOpenOpts *opts, Error *err)
+static int qcow2_init_l2_cache(BlockNode *bs, Qcow2State *s, Error *err)
 {
-    uint64_t budget = opts && opts->l2_cache_size > 0 ? (uint64_t)opts->l2_cache_size : QCOW2_DEFAULT_L2_CACHE;
+    int64_t given = bdrv_opt_size(bs, "l2-cache-size", 0);
+    uint64_t budget = given > 0 ? (uint64_t)given : QCOW2_DEFAULT_L2_CACHE;
     uint64_t whole_tables = MAX(qcow2_size_to_l1(s, s->size), 1);
     uint64_t tables = budget / 4 / s->cluster_size;
     if (whole_tables * s->cluster_size <= budget)
@@ -595,8 +596,9 @@ static int qcow2_open_data_file(BlockNode *bs, Qcow2State *s, const BlockOpenOpt
         return 0;
     }
     char path[PATH_MAX];
-    if (opts && opts->data_file && bs->depth == 0) {
-        snprintf(path, sizeof(path), "%s", opts->data_file);
+    const char *given = bs->depth == 0 ? bdrv_opt_str(bs, "data-file") : NULL;
+    if (given) {
+        snprintf(path, sizeof(path), "%s", given);
     } else if (s->data_file_name) {
         if (s->data_file_name[0] == '/') {
             snprintf(path, sizeof(path), "%s", s->data_file_name);
@@ -612,7 +614,7 @@ static int qcow2_open_data_file(BlockNode *bs, Qcow2State *s, const BlockOpenOpt
         error_set(err, EINVAL, "image needs an external data file but names none; use --data-file");
         return -EINVAL;
     }
-    const char *why = opts && opts->data_file && bs->depth == 0 ? NULL : bdrv_named_file_refusal(bs, opts, path);
+    const char *why = given ? NULL : bdrv_named_file_refusal(bs, opts, path);
     if (why) {
         error_set(err, EACCES, "external data file '%s' refused: %s; use --data-file FILE or --backing-dir DIR "
                   "(or --unsafe-backing)", s->data_file_name, why);
@@ -679,7 +681,7 @@ static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts
         return ret;
     }
     s->l1_alloc_entries = s->l1_size;
-    ret = qcow2_init_l2_cache(s, opts, err);
+    ret = qcow2_init_l2_cache(bs, s, err);
     if (ret == 0)
         ret = qcow2_read_snapshots(s, err);
     if (ret == 0)
@@ -828,8 +830,16 @@ static int64_t qcow2_memory_used(BlockNode *bs)
     return (int64_t)MIN(bytes, (uint64_t)INT64_MAX);
 }
 
+static const BlockOptionSpec qcow2_options[] = {
+    { "data-file", BDRV_OPT_STRING, BDRV_OPT_TOP_ONLY,
+      "external data file of the top image (--data-file)" },
+    { "l2-cache-size", BDRV_OPT_SIZE, 0, "L2 table cache of each qcow2 layer, bytes (--l2-cache-size)" },
+    { NULL, 0, 0, NULL },
+};
+
 const BlockDriver bdrv_qcow2 = {
     .name = "qcow2",
+    .options = qcow2_options,
     .instance_size = sizeof(Qcow2State),
     .supports_backing = true,
     .probe = qcow2_probe,

@@ -503,7 +503,9 @@ static void test_blkdebug(void)
     BlockOpenOpts o;
     block_open_opts_init(&o);
     o.read_only = false;
-    o.blkdebug_rules = rules;
+    char rules_opt[600];
+    snprintf(rules_opt, sizeof rules_opt, "blkdebug.rules=%s", rules);
+    bdrv_opts_add(&o, rules_opt);
     o.format = "raw"; /* no probe read through the filter */
     Error err = { 0 };
     BlockNode *bs = bdrv_open(p, &o, &err);

@@ -168,7 +168,9 @@ static void test_read_errors(void)
     BlockOpenOpts o;
     block_open_opts_init(&o);
     o.format = "raw";
-    o.blkdebug_rules = rules;
+    char rules_opt[600];
+    snprintf(rules_opt, sizeof rules_opt, "blkdebug.rules=%s", rules);
+    bdrv_opts_add(&o, rules_opt);
     Error err = { 0 };
     BlockNode *bs = bdrv_open(p, &o, &err);
     uint8_t *buf = malloc(256 * KiB);
