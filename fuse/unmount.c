@@ -59,27 +59,26 @@ static int mount_at(const char *path, MountAt *m)
     return 0;
 }
 
-/* The file system type of mount id (from /proc/self/mountinfo, "... - TYPE SOURCE OPTIONS"), malloc'd;
- * NULL if not found. */
+typedef struct TypeOf {
+    uint64_t id;
+    char *type;
+} TypeOf;
+
+static bool type_of_id(const MountInfoLine *m, void *arg)
+{
+    TypeOf *t = arg;
+    if (m->id != t->id)
+        return false;
+    t->type = strdup(m->fstype);
+    return true;
+}
+
+/* The file system type of mount id (from /proc/self/mountinfo), malloc'd; NULL if not found. */
 static char *mount_type(uint64_t id)
 {
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return NULL;
-    char *line = NULL, *type = NULL;
-    size_t cap = 0;
-    while (!type && getline(&line, &cap, f) > 0) {
-        char *end;
-        unsigned long long v = strtoull(line, &end, 10);
-        char *sep = strstr(line, " - ");
-        if (end == line || v != id || !sep)
-            continue;
-        sep += 3;
-        type = strndup(sep, strcspn(sep, " \n"));
-    }
-    free(line);
-    fclose(f);
-    return type;
+    TypeOf t = { .id = id };
+    mountinfo_find(type_of_id, &t);
+    return t.type;
 }
 
 /* Asks the daemon for its pid through the mount's root; -errno on failure. */

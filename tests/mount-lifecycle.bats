@@ -218,3 +218,24 @@ EOS
   wait_gone "$TMP/view"
   [ ! -s view ]
 }
+
+@test "a busy mount point whose mountinfo line is over 8 KiB is still refused: one line, nothing stacked" {
+  head -c 1048576 /dev/urandom > b.raw
+  # each space is one byte in the real name and four (\040) in /proc/self/mountinfo
+  deep=$TMP
+  for i in $(seq 1 14); do deep="$deep/d$(printf '%*s' 200 '')"; done
+  mkdir -p "$deep/mnt"
+  [ "$(printf '%s' "$deep/mnt" | wc -c)" -lt 4096 ]
+  [ "$(printf '%s' "$deep/mnt" | sed 's/ /\\040/g' | wc -c)" -gt 8192 ]
+  mount_img b.raw "$deep/mnt"
+  run timeout 20 "$IMGFUSE" b.raw "$deep/mnt"
+  echo "${output:0:200}"
+  # a second mount stacked on the first (the failure this guards against) is removed before asserting
+  [ "$status" -eq 0 ] && { "$IMGFUSE" unmount "$deep/mnt" || fusermount3 -u "$deep/mnt"; }
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "$output" = "imgfuse: $deep/mnt: already a mount point (busy)" ]
+  [ "$(grep -c ' fuse.imgfuse ' /proc/self/mountinfo | tr -d ' ')" -ge 1 ]
+  cmp "$deep/mnt/disk.raw" b.raw
+  unmount_img "$deep/mnt"
+}
