@@ -27,8 +27,7 @@ BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename)
     bs->core = calloc(1, sizeof(*bs->core));
     bs->opaque = drv->instance_size ? calloc(1, drv->instance_size) : NULL;
     bs->filename = strdup(filename ? filename : "");
-    const char *slash = filename ? strrchr(filename, '/') : NULL;
-    bs->node_name = strdup(slash && slash[1] ? slash + 1 : (filename ? filename : ""));
+    bs->node_name = strdup(path_base_of(filename ? filename : ""));
     if (!bs->core || (drv->instance_size && !bs->opaque) || !bs->filename || !bs->node_name) {
         free(bs->core);
         free(bs->opaque);
@@ -114,11 +113,6 @@ int bdrv_chain_length(BlockNode *bs)
 }
 
 /* ---------------------------------------------------------------- tracked requests */
-
-static bool ranges_overlap(int64_t a, int64_t alen, int64_t b, int64_t blen)
-{
-    return a < b + blen && b < a + alen;
-}
 
 static bool tracked_conflict(BlockNode *bs, const TrackedRequest *req)
 {

@@ -62,6 +62,14 @@ static void test_util(void)
     void *a = aligned_alloc_zero(8192);
     ok(a && ((uintptr_t)a % 4096) == 0 && buffer_is_zero(a, 8192), "aligned_alloc_zero");
     free(a);
+    /* the shared range and path helpers (issue 17 item 5: one copy each for lib/, drivers/ and fuse/) */
+    ok(ranges_overlap(0, 10, 9, 1) && ranges_overlap(9, 1, 0, 10), "ranges_overlap: last byte, both orders");
+    ok(!ranges_overlap(0, 10, 10, 5) && !ranges_overlap(10, 5, 0, 10), "ranges_overlap: touching ranges do not");
+    ok(ranges_overlap(UINT64_MAX - 8, 4, UINT64_MAX - 6, 4), "ranges_overlap: near the top of the range");
+    ok(strcmp(path_base_of("/a/b/c.qcow2"), "c.qcow2") == 0 && strcmp(path_base_of("c.qcow2"), "c.qcow2") == 0,
+       "path_base_of: last component, bare name");
+    ok(strcmp(path_base_of("/a/b/"), "/a/b/") == 0 && strcmp(path_base_of(""), "") == 0,
+       "path_base_of: a trailing slash or an empty name gives all of it");
 }
 
 static void test_open_raw_readonly(void)
