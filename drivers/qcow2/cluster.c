@@ -40,16 +40,6 @@ int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **o
     return qcow2_load_l1_part(s, offset, entries, 0, entries ? entries - 1 : 0, out);
 }
 
-static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const uint8_t *table, uint32_t idx)
-{
-    return ld_be64(table + (size_t)idx * s->l2_entry_size);
-}
-
-static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const uint8_t *table, uint32_t idx)
-{
-    return s->extended_l2 ? ld_be64(table + (size_t)idx * s->l2_entry_size + 8) : 0;
-}
-
 Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry, uint64_t l2_bitmap,
                                           unsigned sc)
 {

@@ -2,11 +2,12 @@
  * qcow2.h - private state and on-disk constants of the qcow2 format driver, shared by the files of
  * drivers/qcow2/ only.  It owns the layout facts of the qcow2 specification (header fields, feature
  * bits, header extension types, L1/L2/refcount entry masks, the snapshot table), the per-node state
- * struct, and the prototypes that connect the driver's parts: header parsing and open (qcow2.c), the
- * metadata table cache (cache.c), guest-to-host mapping and the read path (cluster.c), decompression
- * (compress.c), snapshot table parsing and views (snapshot.c), and the write side (refcount.c,
- * alloc.c/write.c, create.c, snapshot-write.c, check.c, overlap.c: where metadata lives, checked before
- * every host write).  Nothing outside drivers/qcow2/ includes it.
+ * struct, the accessors of the entries of an L2 table (cluster.c, check.c, write.c), and the prototypes
+ * that connect the driver's parts: header parsing and open (qcow2.c), the metadata table cache
+ * (cache.c), guest-to-host mapping and the read path (cluster.c), decompression (compress.c), snapshot
+ * table parsing and views (snapshot.c), and the write side (refcount.c, alloc.c/write.c, create.c,
+ * snapshot-write.c, check.c, overlap.c: where metadata lives, checked before every host write).
+ * Nothing outside drivers/qcow2/ includes it.
  */
 #ifndef IMGFUSE_QCOW2_H
 #define IMGFUSE_QCOW2_H
@@ -16,6 +17,7 @@
 #include <stdint.h>
 
 #include "block.h"
+#include "util.h"
 
 /* ---------------------------------------------------------------- header layout */
 
@@ -322,6 +324,28 @@ typedef struct Qcow2State {
     pthread_cond_t alloc_done;     /* broadcast (with *lock) when an entry leaves allocs_in_flight */
     struct Qcow2MetaMap *meta;     /* where metadata lives in the file (overlap.c); writer only */
 } Qcow2State;
+
+/* ---------------------------------------------------------------- L2 entries in a table */
+
+/* Entry i of an L2 table (its first 8 bytes with extended L2 entries). */
+static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const void *table, uint32_t i)
+{
+    return ld_be64((const uint8_t *)table + (size_t)i * s->l2_entry_size);
+}
+
+/* The subcluster bitmap of entry i (extended L2 entries only, else 0). */
+static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const void *table, uint32_t i)
+{
+    return s->extended_l2 ? ld_be64((const uint8_t *)table + (size_t)i * s->l2_entry_size + 8) : 0;
+}
+
+/* Stores entry i (and its bitmap, with extended L2 entries). */
+static inline void qcow2_l2_set(const Qcow2State *s, void *table, uint32_t i, uint64_t entry, uint64_t bitmap)
+{
+    st_be64((uint8_t *)table + (size_t)i * s->l2_entry_size, entry);
+    if (s->extended_l2)
+        st_be64((uint8_t *)table + (size_t)i * s->l2_entry_size + 8, bitmap);
+}
 
 /* ---------------------------------------------------------------- qcow2.c */
 

@@ -18,24 +18,7 @@
 #include "qcow2.h"
 #include "util.h"
 
-/* ---------------------------------------------------------------- L2 entry access */
-
-static uint64_t l2e_get(const Qcow2State *s, const void *t, uint32_t i)
-{
-    return ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size);
-}
-
-static uint64_t l2b_get(const Qcow2State *s, const void *t, uint32_t i)
-{
-    return s->extended_l2 ? ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size + 8) : 0;
-}
-
-static void l2e_set(const Qcow2State *s, void *t, uint32_t i, uint64_t entry, uint64_t bitmap)
-{
-    st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size, entry);
-    if (s->extended_l2)
-        st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size + 8, bitmap);
-}
+/* ---------------------------------------------------------------- subcluster masks */
 
 static uint32_t sc_mask(unsigned first, unsigned last)
 {
@@ -259,7 +242,7 @@ static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, ui
     uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
     uint64_t pos = offset, end = MIN(offset + bytes, (l1i + 1) << span_bits);
     while (pos < end) {
-        uint64_t e = l2e_get(s, t, idx);
+        uint64_t e = qcow2_l2_entry(s, t, idx);
         if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_COPIED))
             break;
         uint64_t h = e & QCOW2_L2E_OFFSET_MASK;
@@ -267,7 +250,7 @@ static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, ui
             break;
         uint64_t chunk_end = MIN(end, (pos | s->cluster_mask) + 1);
         if (s->extended_l2) {
-            uint64_t bm = l2b_get(s, t, idx);
+            uint64_t bm = qcow2_l2_bitmap(s, t, idx);
             uint32_t need = sc_mask((unsigned)((pos & s->cluster_mask) >> s->subcluster_bits),
                                     (unsigned)(((chunk_end - 1) & s->cluster_mask) >> s->subcluster_bits));
             if (((uint32_t)bm & need) != need || ((uint32_t)(bm >> 32) & need))
@@ -393,7 +376,7 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
 static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t idx, uint64_t gstart,
                                  uint64_t in_off, uint64_t n, const uint8_t *data)
 {
-    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    uint64_t e = qcow2_l2_entry(s, t, idx), bm = qcow2_l2_bitmap(s, t, idx);
     bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
     uint64_t old_host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
     if (old_host & s->cluster_mask)
@@ -450,7 +433,7 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         uint32_t zero = compressed ? 0 : ((uint32_t)(bm >> 32) & ~write_mask);
         new_bm = (uint64_t)alloc | (uint64_t)zero << 32;
     }
-    l2e_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, new_bm);
+    qcow2_l2_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, new_bm);
     qcow2_cache_mark_dirty(s->l2_cache, t);
     if (reuse)
         return 0;
@@ -480,7 +463,7 @@ static uint64_t qcow2_replaceable_run(const Qcow2State *s, const void *t, uint32
 {
     uint64_t k = 0;
     for (; k < max; k++) {
-        uint64_t e = l2e_get(s, t, idx + (uint32_t)k);
+        uint64_t e = qcow2_l2_entry(s, t, idx + (uint32_t)k);
         uint64_t host = (e & QCOW2_OFLAG_COMPRESSED) ? 0 : e & QCOW2_L2E_OFFSET_MASK;
         if ((host && (e & QCOW2_OFLAG_COPIED)) || (host & s->cluster_mask))
             break;
@@ -500,8 +483,8 @@ static int qcow2_link_new_clusters(Qcow2State *s, uint64_t offset, uint64_t k, u
         return ret;
     uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
     for (uint64_t j = 0; ret == 0 && j < k; j++) {
-        uint64_t e = l2e_get(s, t, idx + (uint32_t)j);
-        l2e_set(s, t, idx + (uint32_t)j, (new_host + (j << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
+        uint64_t e = qcow2_l2_entry(s, t, idx + (uint32_t)j);
+        qcow2_l2_set(s, t, idx + (uint32_t)j, (new_host + (j << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
                 s->extended_l2 ? all_sc(s) : 0);
         if (e & QCOW2_OFLAG_COMPRESSED)
             ret = qcow2_free_compressed_deferred(s, e);
@@ -621,7 +604,7 @@ static int qcow2_zero_cluster(Qcow2State *s, uint64_t offset, uint32_t mask, boo
     if (ret < 0)
         return ret;
     uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
-    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    uint64_t e = qcow2_l2_entry(s, t, idx), bm = qcow2_l2_bitmap(s, t, idx);
     bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
     uint64_t host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
     uint64_t new_e, new_bm = 0;
@@ -642,7 +625,7 @@ static int qcow2_zero_cluster(Qcow2State *s, uint64_t offset, uint32_t mask, boo
         if (host && !free_host)
             new_e |= host | QCOW2_OFLAG_COPIED;
     }
-    l2e_set(s, t, idx, new_e, new_bm);
+    qcow2_l2_set(s, t, idx, new_e, new_bm);
     qcow2_cache_mark_dirty(s->l2_cache, t);
     qcow2_cache_put(s->l2_cache, &t);
     if (compressed)
@@ -663,7 +646,7 @@ static int qcow2_cluster_is_empty(Qcow2State *s, uint64_t offset, bool *empty)
     if (ret < 0)
         return ret;
     uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
-    *empty = l2e_get(s, t, idx) == 0 && l2b_get(s, t, idx) == 0;
+    *empty = qcow2_l2_entry(s, t, idx) == 0 && qcow2_l2_bitmap(s, t, idx) == 0;
     qcow2_cache_put(s->l2_cache, &t);
     return 0;
 }
