@@ -5,6 +5,7 @@
  * guard, block status, the memory driver, blkdebug rules and events, statistics and info.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -16,7 +17,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[256];
 
 static void path_in_tmp(char *out, size_t len, const char *name)
 {
@@ -603,22 +603,13 @@ static bool tmp_supports_direct(const char *dir)
 int main(void)
 {
     const char *bases[] = { getenv("TMPDIR"), "/var/tmp", "/tmp", "." };
-    tmpdir[0] = '\0';
-    for (size_t i = 0; i < ARRAY_SIZE(bases) && !tmpdir[0]; i++) {
-        if (!bases[i])
-            continue;
-        snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-unit.XXXXXX", bases[i]);
-        if (!mkdtemp(tmpdir) || !tmp_supports_direct(tmpdir)) {
-            if (tmpdir[0] && access(tmpdir, F_OK) == 0)
-                rmdir(tmpdir);
-            tmpdir[0] = '\0';
-        }
+    bool made = false;
+    for (size_t i = 0; i < ARRAY_SIZE(bases) && !made; i++) {
+        if (bases[i] && scratch_init_at(bases[i], "unit") && !(made = tmp_supports_direct(tmpdir)))
+            rmdir(tmpdir);
     }
-    if (!tmpdir[0]) {
-        snprintf(tmpdir, sizeof(tmpdir), "/tmp/imgfuse-unit.XXXXXX");
-        if (!mkdtemp(tmpdir))
-            return 1;
-    }
+    if (!made && !scratch_init_at("/tmp", "unit"))
+        return 1;
     test_util();
     test_open_raw_readonly();
     test_open_errors();
@@ -633,9 +624,6 @@ int main(void)
     test_block_status();
     test_blkdebug();
     test_resolve_backing();
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("# could not remove %s\n", tmpdir);
+    scratch_cleanup();
     return done_testing();
 }
