@@ -16,9 +16,7 @@ start_own_group() {
   setsid "$IMGFUSE" --foreground "$1" "$2" >"$TMP/daemon.log" 2>&1 3>&- &
   DAEMON_PID=$!
   MOUNTED=$2
-  local i
-  for i in $(seq 1 200); do mountpoint -q "$2" && return 0; sleep 0.02; done
-  cat "$TMP/daemon.log" >&2; return 1
+  wait_mounted "$2" 200 0.02 || { cat "$TMP/daemon.log" >&2; return 1; }
 }
 
 @test "an unprivileged user (no --allow-other): imgfuse unmount works, and after kill -9 the mount is removed" {
@@ -76,7 +74,7 @@ EOS
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: mnt: "* ]]
-  ! grep -q " $TMP/d" /proc/mounts
+  nothing_mounted "$TMP/d"
   cd "$TMP"
 }
 
