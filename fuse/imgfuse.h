@@ -175,6 +175,9 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+/* A getopt_long failure (c is ':' for a missing argument, else the option is unknown, "for 'CMD'" when
+ * cmd is given): prints the one-line error naming the option and returns EXIT_USAGE. */
+int option_error(char **argv, int c, const char *cmd);
 
 /* ---------------------------------------------------------------- unmount.c */
 

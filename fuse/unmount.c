@@ -364,12 +364,8 @@ int cmd_unmount(int argc, char **argv)
                    "Unmounts MOUNTPOINT and returns when its daemon has flushed, released its locks and "
                    "exited.\n");
             return EXIT_OK;
-        case ':':
-            errmsg(argv[optind - 1], "option requires an argument");
-            return EXIT_USAGE;
         default:
-            errmsg(argv[optind - 1], "unknown option");
-            return EXIT_USAGE;
+            return option_error(argv, c, NULL);
         }
     }
     if (argc - optind != 1) {
