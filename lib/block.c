@@ -152,6 +152,18 @@ void tracked_end(BlockNode *bs, TrackedRequest *req)
 
 /* ---------------------------------------------------------------- statistics */
 
+static void count_op(uint64_t *ops, uint64_t *total, int64_t bytes)
+{
+    (*ops)++;
+    *total += (uint64_t)bytes;
+}
+
+static void time_op(uint64_t *ns_total, uint64_t *ns_max, uint64_t ns)
+{
+    *ns_total += ns;
+    *ns_max = MAX(*ns_max, ns);
+}
+
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
 {
     BlockStats *s = &bs->stats;
@@ -161,28 +173,16 @@ void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
     } else {
         switch (kind) {
         case STAT_READ:
-            s->rd_ops++;
-            s->rd_bytes += (uint64_t)bytes;
-            s->rd_ns_total += ns;
-            s->rd_ns_max = MAX(s->rd_ns_max, ns);
+            count_op(&s->rd_ops, &s->rd_bytes, bytes);
+            time_op(&s->rd_ns_total, &s->rd_ns_max, ns);
             break;
         case STAT_WRITE:
-            s->wr_ops++;
-            s->wr_bytes += (uint64_t)bytes;
-            s->wr_ns_total += ns;
-            s->wr_ns_max = MAX(s->wr_ns_max, ns);
+            count_op(&s->wr_ops, &s->wr_bytes, bytes);
+            time_op(&s->wr_ns_total, &s->wr_ns_max, ns);
             break;
-        case STAT_FLUSH:
-            s->flush_ops++;
-            break;
-        case STAT_DISCARD:
-            s->discard_ops++;
-            s->discard_bytes += (uint64_t)bytes;
-            break;
-        case STAT_ZERO:
-            s->zero_ops++;
-            s->zero_bytes += (uint64_t)bytes;
-            break;
+        case STAT_FLUSH: s->flush_ops++; break;
+        case STAT_DISCARD: count_op(&s->discard_ops, &s->discard_bytes, bytes); break;
+        case STAT_ZERO: count_op(&s->zero_ops, &s->zero_bytes, bytes); break;
         }
     }
     pthread_mutex_unlock(&bs->stats_lock);
@@ -206,13 +206,13 @@ static int64_t transfer_limit(BlockNode *bs)
     return max;
 }
 
-static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* A read or write in pieces of at most the node's transfer limit (p is only read from when writing). */
+static int drv_rw(BlockNode *bs, bool write, int64_t offset, int64_t bytes, uint8_t *p, int flags)
 {
     int64_t max = transfer_limit(bs);
-    uint8_t *p = buf;
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int r = bs->drv->read(bs, offset, n, p);
+        int r = write ? bs->drv->write(bs, offset, n, p, flags) : bs->drv->read(bs, offset, n, p);
         if (r < 0)
             return r;
         offset += n;
@@ -222,20 +222,14 @@ static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     return 0;
 }
 
+static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    return drv_rw(bs, false, offset, bytes, buf, 0);
+}
+
 static int drv_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
-    int64_t max = transfer_limit(bs);
-    const uint8_t *p = buf;
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, max);
-        int r = bs->drv->write(bs, offset, n, p, flags);
-        if (r < 0)
-            return r;
-        offset += n;
-        p += n;
-        bytes -= n;
-    }
-    return 0;
+    return drv_rw(bs, true, offset, bytes, (uint8_t *)buf, flags);
 }
 
 static bool is_aligned(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
