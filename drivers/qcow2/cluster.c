@@ -149,7 +149,7 @@ static int qcow2_map_in_l2(Qcow2State *s, uint64_t l1_entry, uint64_t offset, ui
     }
     /* Only the entries this run can reach are copied out of the cache (at most QCOW2_LOOKUP_ENTRIES;
      * callers loop for longer ranges), so a table that is not in a slot is not expanded into one. */
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint32_t idx = qcow2_l2_index(s, offset);
     uint64_t in_cluster = offset & s->cluster_mask;
     uint64_t reach = (in_cluster + max + s->cluster_size - 1) >> s->cluster_bits;
     uint32_t nentries = (uint32_t)MIN(MIN(reach, (uint64_t)QCOW2_LOOKUP_ENTRIES), (uint64_t)(s->l2_size - idx));

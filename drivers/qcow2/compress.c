@@ -142,18 +142,6 @@ static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, siz
     return ret;
 }
 
-int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
-{
-    switch (compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return qcow2_inflate(src, src_len, dst, dst_len);
-    case QCOW2_COMPRESSION_ZSTD:
-        return qcow2_zstd_decompress(src, src_len, dst, dst_len);
-    default:
-        return -ENOTSUP;
-    }
-}
-
 static int64_t qcow2_deflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
@@ -181,16 +169,30 @@ static int64_t qcow2_zstd_compress(const void *src, size_t src_len, void *dst, s
     return (int64_t)zr;
 }
 
+/* The two compression types the header may name, by their header value. */
+typedef struct Qcow2Codec {
+    int (*decompress)(const void *src, size_t src_len, void *dst, size_t dst_len);
+    int64_t (*compress)(const void *src, size_t src_len, void *dst, size_t dst_len);
+} Qcow2Codec;
+
+static const Qcow2Codec *qcow2_codec(uint8_t compression_type)
+{
+    static const Qcow2Codec zlib = { qcow2_inflate, qcow2_deflate };
+    static const Qcow2Codec zstd = { qcow2_zstd_decompress, qcow2_zstd_compress };
+    return compression_type == QCOW2_COMPRESSION_ZLIB ? &zlib :
+           compression_type == QCOW2_COMPRESSION_ZSTD ? &zstd : NULL;
+}
+
+int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    const Qcow2Codec *c = qcow2_codec(compression_type);
+    return c ? c->decompress(src, src_len, dst, dst_len) : -ENOTSUP;
+}
+
 int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
 {
-    switch (compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return qcow2_deflate(src, src_len, dst, dst_len);
-    case QCOW2_COMPRESSION_ZSTD:
-        return qcow2_zstd_compress(src, src_len, dst, dst_len);
-    default:
-        return -ENOTSUP;
-    }
+    const Qcow2Codec *c = qcow2_codec(compression_type);
+    return c ? c->compress(src, src_len, dst, dst_len) : -ENOTSUP;
 }
 
 /* Host range of a compressed cluster: it starts at the descriptor's offset and runs to the end of the

@@ -495,16 +495,21 @@ void qcow2_free_header(Qcow2State *s)
 
 /* ---------------------------------------------------------------- corruption */
 
-void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+void qcow2_vsignal_corruption(Qcow2State *s, const char *tail, const char *fmt, va_list ap)
 {
     char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (!__atomic_exchange_n(&s->corruption_logged, 1, __ATOMIC_RELAXED))
+        log_msg("%s: corrupt qcow2 metadata: %s%s", s->node_name ? s->node_name : "qcow2", msg, tail);
+    __atomic_store_n(&s->corrupt, true, __ATOMIC_RELAXED);
+}
+
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    qcow2_vsignal_corruption(s, "", fmt, ap);
     va_end(ap);
-    if (!__atomic_exchange_n(&s->corruption_logged, 1, __ATOMIC_RELAXED))
-        log_msg("%s: corrupt qcow2 metadata: %s", s->node_name ? s->node_name : "qcow2", msg);
-    __atomic_store_n(&s->corrupt, true, __ATOMIC_RELAXED);
 }
 
 /* ---------------------------------------------------------------- open */

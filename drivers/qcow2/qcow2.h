@@ -13,6 +13,7 @@
 #define IMGFUSE_QCOW2_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -327,6 +328,12 @@ typedef struct Qcow2State {
 
 /* ---------------------------------------------------------------- L2 entries in a table */
 
+/* The index of guest offset's entry in its L2 table. */
+static inline uint32_t qcow2_l2_index(const Qcow2State *s, uint64_t offset)
+{
+    return (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+}
+
 /* Entry i of an L2 table (its first 8 bytes with extended L2 entries). */
 static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const void *table, uint32_t i)
 {
@@ -363,6 +370,9 @@ void qcow2_feature_names(const Qcow2State *s, int type, uint64_t bits, char *out
 uint64_t qcow2_size_to_l1(const Qcow2State *s, uint64_t size);
 /* Log a corruption (once per node) and mark the in-memory state corrupt. */
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same from a va_list, with tail appended to the logged line. */
+void qcow2_vsignal_corruption(Qcow2State *s, const char *tail, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* ---------------------------------------------------------------- cluster.c */
 
