@@ -534,16 +534,24 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 
 /* ---------------------------------------------------------------- extents */
 
+/* Whether every extent may go to the driver's batch call as it is: within the node, not empty, within
+ * max_transfer and, when aligned is asked, aligned to the node's request alignment. */
+static bool extents_batchable(BlockNode *bs, const BlockExtent *ext, int n, bool aligned)
+{
+    for (int i = 0; i < n; i++)
+        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
+            (aligned && !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf)) ||
+            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
+            return false;
+    return true;
+}
+
 int bdrv_pread_extents(BlockNode *bs, const BlockExtent *ext, int n)
 {
     if (n <= 0)
         return n < 0 ? -EINVAL : 0;
-    bool direct = bs->drv->read_extents != NULL && bs->drv->is_protocol;
-    for (int i = 0; i < n && direct; i++)
-        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-            !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
-            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-            direct = false;
+    bool direct = bs->drv->read_extents != NULL && bs->drv->is_protocol &&
+                  extents_batchable(bs, ext, n, true);
     if (direct) {
         uint64_t t0 = now_ns();
         int64_t total = 0;
@@ -566,20 +574,12 @@ int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags)
     if (n <= 0)
         return n < 0 ? -EINVAL : 0;
     bool direct = bs->drv->write_extents != NULL && bs->drv->is_protocol && !bs->read_only &&
-                  !bs->core->track_writes && bs->request_alignment <= 1;
-    for (int i = 0; i < n && direct; i++)
-        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-            direct = false;
+                  !bs->core->track_writes && bs->request_alignment <= 1 &&
+                  extents_batchable(bs, ext, n, false);
     /* Aligned O_DIRECT nodes: still one batch when every extent is aligned; serialised against RMW. */
     if (!direct && bs->drv->write_extents && bs->drv->is_protocol && !bs->read_only &&
         bs->request_alignment > 1) {
-        direct = true;
-        for (int i = 0; i < n && direct; i++)
-            if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-                !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
-                (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-                direct = false;
+        direct = extents_batchable(bs, ext, n, true);
         if (direct) {
             TrackedRequest *reqs = calloc((size_t)n, sizeof(*reqs));
             if (!reqs)

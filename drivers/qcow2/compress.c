@@ -70,17 +70,23 @@ static DecompressScratch *scratch_get(void)
     return sc;
 }
 
+/* A zlib stream over src into dst, before its inflateInit2/deflateInit2 (which keep these fields). */
+static void zstream_over(z_stream *z, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    memset(z, 0, sizeof(*z));
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)src_len;
+    z->next_out = dst;
+    z->avail_out = (uInt)dst_len;
+}
+
 /* zlib's streaming inflate: the reference behaviour, used when libdeflate cannot decide. */
 static int qcow2_zlib_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
-    memset(&z, 0, sizeof(z));
+    zstream_over(&z, src, src_len, dst, dst_len);
     if (inflateInit2(&z, -15) != Z_OK)
         return -ENOMEM;
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
     int zr = inflate(&z, Z_FINISH);
     /* The stream may end exactly at the cluster end (Z_STREAM_END) or be followed by padding, in
      * which case inflate stops with a full output buffer (Z_BUF_ERROR/Z_OK). */
@@ -145,14 +151,10 @@ static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, siz
 static int64_t qcow2_deflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
-    memset(&z, 0, sizeof(z));
+    zstream_over(&z, src, src_len, dst, dst_len);
     if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -QCOW2_DEFLATE_WINDOW_BITS, 9,
                      Z_DEFAULT_STRATEGY) != Z_OK)
         return -ENOMEM;
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
     int zr = deflate(&z, Z_FINISH);
     int64_t out = (int64_t)(dst_len - z.avail_out);
     deflateEnd(&z);
