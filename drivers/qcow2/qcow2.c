@@ -253,21 +253,27 @@ static int qcow2_parse_extensions(Qcow2State *s, const uint8_t *buf, uint64_t st
 
 /* ---------------------------------------------------------------- header */
 
+/* Sets err as error_set does and returns -errnum: the refusal of one header check. */
+static int header_error(Error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int header_error(Error *err, int errnum, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_setv(err, errnum, fmt, ap);
+    va_end(ap);
+    return -errnum;
+}
+
 static int qcow2_read_fixed_header(Qcow2State *s, const uint8_t *buf, size_t len, Error *err)
 {
-    if (len < QCOW2_V2_HEADER_LEN) {
-        error_set(err, EINVAL, "file too short for a qcow2 header");
-        return -EINVAL;
-    }
-    if (ld_be32(buf) != QCOW2_MAGIC) {
-        error_set(err, EINVAL, "not a qcow2 image (bad magic)");
-        return -EINVAL;
-    }
+    if (len < QCOW2_V2_HEADER_LEN)
+        return header_error(err, EINVAL, "file too short for a qcow2 header");
+    if (ld_be32(buf) != QCOW2_MAGIC)
+        return header_error(err, EINVAL, "not a qcow2 image (bad magic)");
     s->version = ld_be32(buf + 4);
-    if (s->version != 2 && s->version != 3) {
-        error_set(err, ENOTSUP, "unsupported qcow2 version %" PRIu32 " (only 2 and 3 are known)", s->version);
-        return -ENOTSUP;
-    }
+    if (s->version != 2 && s->version != 3)
+        return header_error(err, ENOTSUP, "unsupported qcow2 version %" PRIu32 " (only 2 and 3 are known)",
+                            s->version);
     s->backing_file_offset = ld_be64(buf + 8);
     s->backing_file_size = ld_be32(buf + 16);
     s->cluster_bits = ld_be32(buf + 20);
@@ -284,27 +290,14 @@ static int qcow2_read_fixed_header(Qcow2State *s, const uint8_t *buf, size_t len
         s->refcount_order = 4;
         return 0;
     }
-    if (len < QCOW2_V3_MIN_HEADER_LEN) {
-        error_set(err, EINVAL, "file too short for a qcow2 version 3 header");
-        return -EINVAL;
-    }
+    if (len < QCOW2_V3_MIN_HEADER_LEN)
+        return header_error(err, EINVAL, "file too short for a qcow2 version 3 header");
     s->incompatible_features = ld_be64(buf + 72);
     s->compatible_features = ld_be64(buf + 80);
     s->autoclear_features = ld_be64(buf + 88);
     s->refcount_order = ld_be32(buf + 96);
     s->header_length = ld_be32(buf + 100);
     return 0;
-}
-
-/* Sets err as error_set does and returns -errnum: the refusal of one header check. */
-static int header_error(Error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int header_error(Error *err, int errnum, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    error_setv(err, errnum, fmt, ap);
-    va_end(ap);
-    return -errnum;
 }
 
 static int qcow2_check_cluster_bits(Qcow2State *s, Error *err)
@@ -637,6 +630,9 @@ static int qcow2_set_backing(BlockNode *bs, Qcow2State *s)
     return 0;
 }
 
+/* free(p), and p no longer points at freed memory (a second close finds NULLs). */
+#define FREE_CLEAR(p) do { free(p); (p) = NULL; } while (0)
+
 static void qcow2_close(BlockNode *bs);
 
 static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, Error *err)
@@ -719,21 +715,15 @@ static void qcow2_close(BlockNode *bs)
     if (s->owns_data_file && s->data_file)
         bdrv_close(s->data_file);
     s->data_file = NULL;
-    free(s->data_file_path);
-    s->data_file_path = NULL;
-    free(s->l1_table);
-    s->l1_table = NULL;
-    free(s->refcount_table);
-    s->refcount_table = NULL;
-    free(s->view_snapshot_name);
-    s->view_snapshot_name = NULL;
-    free(s->view_snapshot_id);
-    s->view_snapshot_id = NULL;
+    FREE_CLEAR(s->data_file_path);
+    FREE_CLEAR(s->l1_table);
+    FREE_CLEAR(s->refcount_table);
+    FREE_CLEAR(s->view_snapshot_name);
+    FREE_CLEAR(s->view_snapshot_id);
     qcow2_l1_slices_free(s);
     qcow2_free_snapshots(s);
     qcow2_free_header(s);
-    free(s->node_name);
-    s->node_name = NULL;
+    FREE_CLEAR(s->node_name);
     if (s->lock == &s->own_lock)
         pthread_mutex_destroy(&s->own_lock);
     qcow2_dcache_destroy(&s->dcache);
