@@ -202,7 +202,7 @@ static int blkdebug_check(BlockNode *bs, const char *kind, int64_t offset, int64
         if (strcmp(r->event, "any") != 0 && strcmp(r->event, kind) != 0 &&
             !(pending[0] && strcmp(r->event, pending) == 0))
             continue;
-        if (r->length && !(offset < r->offset + r->length && r->offset < offset + bytes))
+        if (r->length && !ranges_overlap(offset, bytes, r->offset, r->length))
             continue;
         r->hits++;
         if (r->nth && r->hits < r->nth)

@@ -51,6 +51,17 @@ static const struct option sub_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
+int option_error(char **argv, int c, const char *cmd)
+{
+    if (c == ':')
+        errmsg(argv[optind - 1], "option requires an argument");
+    else if (cmd)
+        errmsg(argv[optind - 1], "unknown option for '%s'", cmd);
+    else
+        errmsg(argv[optind - 1], "unknown option");
+    return EXIT_USAGE;
+}
+
 static int sub_usage(const char *cmd, const char *synopsis)
 {
     fprintf(stderr, "imgfuse: usage: imgfuse %s %s\n", cmd, synopsis);
@@ -114,13 +125,9 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
         case 'h':
             printf("Usage: imgfuse %s %s\n", argv[0], synopsis);
             return EXIT_OK;
-        case ':':
-            errmsg(argv[optind - 1], "option requires an argument");
-            return EXIT_USAGE;
         default:
         unknown:
-            errmsg(argv[optind - 1], "unknown option for '%s'", argv[0]);
-            return EXIT_USAGE;
+            return option_error(argv, c, argv[0]);
         }
     }
     if (argc - optind != 1)
@@ -150,7 +157,8 @@ static int write_all_stdout(const char *s, size_t len)
 
 /* ---------------------------------------------------------------- info, map */
 
-int cmd_info(int argc, char **argv)
+/* info and map: their options, the image opened, out() writing through sb, the image closed. */
+static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const OpenArgs *, const char *, StrBuf *))
 {
     OpenArgs a;
     const char *image;
@@ -162,47 +170,50 @@ int cmd_info(int argc, char **argv)
         return rc;
     StrBuf sb;
     sb_init(&sb);
-    if (a.json)
-        render_info_json(&sb, bs, NULL);
-    else
-        render_info_text(&sb, bs, NULL);
-    rc = write_all_stdout(sb.s, sb.len);
+    rc = out(bs, &a, image, &sb);
     sb_free(&sb);
     bdrv_close(bs);
     return rc;
 }
 
-int cmd_map(int argc, char **argv)
+static int info_out(BlockNode *bs, const OpenArgs *a, const char *image, StrBuf *sb)
 {
-    OpenArgs a;
-    const char *image;
-    int rc = parse_sub_args(argc, argv, "[--json] [-f FMT] IMAGE", true, false, &a, &image);
-    if (rc >= 0)
-        return rc;
-    BlockNode *bs = open_or_report(image, &a.opts, &rc);
-    if (!bs)
-        return rc;
-    /* streamed: runs are written as the walk closes them, in pieces of about MAP_PIECE bytes */
+    (void)image;
+    if (a->json)
+        render_info_json(sb, bs, NULL);
+    else
+        render_info_text(sb, bs, NULL);
+    return write_all_stdout(sb->s, sb->len);
+}
+
+/* Streamed: runs are written as the walk closes them, in pieces of about MAP_PIECE bytes. */
+static int map_out(BlockNode *bs, const OpenArgs *a, const char *image, StrBuf *sb)
+{
     enum { MAP_PIECE = 64 * 1024 };
     MapStream m;
-    map_stream_init(&m, bs, a.json ? MAP_JSON : MAP_TEXT);
-    StrBuf sb;
-    sb_init(&sb);
-    int r;
-    rc = EXIT_OK;
+    map_stream_init(&m, bs, a->json ? MAP_JSON : MAP_TEXT);
+    int r, rc = EXIT_OK;
     do {
-        sb.len = 0;
-        r = map_stream_next(&m, &sb, MAP_PIECE);
-        if (sb.len && (rc = write_all_stdout(sb.s, sb.len)) != EXIT_OK)
+        sb->len = 0;
+        r = map_stream_next(&m, sb, MAP_PIECE);
+        if (sb->len && (rc = write_all_stdout(sb->s, sb->len)) != EXIT_OK)
             break;
     } while (r > 0);
     if (r < 0 && rc == EXIT_OK) {
         errmsg(image, "block status failed: %s", strerror(-r));
         rc = EXIT_RUNTIME;
     }
-    sb_free(&sb);
-    bdrv_close(bs);
     return rc;
+}
+
+int cmd_info(int argc, char **argv)
+{
+    return run_info_map(argc, argv, info_out);
+}
+
+int cmd_map(int argc, char **argv)
+{
+    return run_info_map(argc, argv, map_out);
 }
 
 /* ---------------------------------------------------------------- create */
@@ -230,8 +241,7 @@ int cmd_create(int argc, char **argv)
         case 'b': co.backing = optarg; break;
         case 'F': co.backing_format = optarg; break;
         case 'h': printf("Usage: imgfuse create %s\n", synopsis); return EXIT_OK;
-        case ':': errmsg(argv[optind - 1], "option requires an argument"); return EXIT_USAGE;
-        default: errmsg(argv[optind - 1], "unknown option for 'create'"); return EXIT_USAGE;
+        default: return option_error(argv, c, "create");
         }
     }
     int npos = argc - optind;
@@ -341,8 +351,7 @@ int cmd_snapshot(int argc, char **argv)
             name = optarg;
             break;
         case 'h': printf("Usage: imgfuse snapshot %s\n", synopsis); return EXIT_OK;
-        case ':': errmsg(argv[optind - 1], "option requires an argument"); return EXIT_USAGE;
-        default: errmsg(argv[optind - 1], "unknown option for 'snapshot'"); return EXIT_USAGE;
+        default: return option_error(argv, c, "snapshot");
         }
     }
     if (!action || argc - optind != 1)

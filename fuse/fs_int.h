@@ -124,5 +124,6 @@ void fs_free_snapshots(Fs *fs);
 
 /* fs.c */
 void fs_reply_entry(fuse_req_t req, Fs *fs, Entry *e);
+extern const struct fuse_lowlevel_ops fs_ops; /* what mount.c's session serves */
 
 #endif

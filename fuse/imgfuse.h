@@ -84,7 +84,7 @@ void render_stats_json(StrBuf *sb, BlockNode *bs);
 void render_stats_json_views(StrBuf *sb, BlockNode *bs, BlockNode *const *views, const char *const *names,
                              size_t n_views);
 
-/* ---------------------------------------------------------------- fs.c (the FUSE file system) */
+/* ---------------------------------------------------------------- fs.c (the FUSE file system), mount.c */
 
 /* What the mount served, for the audit log (updated atomically by the FUSE threads). */
 typedef struct FsCounters {
@@ -112,6 +112,19 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
            int max_threads, void (*ready)(void *), void *ready_arg);
 /* The largest read request a mount asks the kernel for (its max_read option; INIT must say the same). */
 unsigned fs_max_read(bool writable);
+
+/* ---------------------------------------------------------------- mount.c (also runs fs_run above) */
+
+/* One line of /proc/self/mountinfo: the mount's id, its mount point (unescaped) and file system type. */
+typedef struct MountInfoLine {
+    uint64_t id;
+    const char *mount_point;
+    const char *fstype;
+} MountInfoLine;
+
+/* Calls match on each mount in /proc/self/mountinfo (the line's strings live until match returns) until
+ * it returns true; false if none did or the file cannot be read. */
+bool mountinfo_find(bool (*match)(const MountInfoLine *m, void *arg), void *arg);
 
 /* ---------------------------------------------------------------- audit.c */
 
@@ -162,6 +175,9 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+/* A getopt_long failure (c is ':' for a missing argument, else the option is unknown, "for 'CMD'" when
+ * cmd is given): prints the one-line error naming the option and returns EXIT_USAGE. */
+int option_error(char **argv, int c, const char *cmd);
 
 /* ---------------------------------------------------------------- unmount.c */
 

@@ -470,39 +470,14 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
 
 /* ---------------------------------------------------------------- mountpoint checks */
 
-/* Undoes the octal escapes of /proc/self/mountinfo (\040 for space etc.) in place. */
-static void unescape_mountinfo(char *s)
+static bool mount_point_is(const MountInfoLine *m, void *real)
 {
-    char *w = s;
-    for (char *r = s; *r; r++) {
-        if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' && r[3] >= '0' && r[3] <= '7') {
-            *w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
-            r += 3;
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
+    return strcmp(m->mount_point, real) == 0;
 }
 
 static bool is_mount_point(const char *real)
 {
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return false;
-    char line[8192];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) {
-        char *save = NULL, *field = strtok_r(line, " ", &save);
-        for (int i = 1; field && i < 5; i++)
-            field = strtok_r(NULL, " ", &save);
-        if (field) {
-            unescape_mountinfo(field);
-            found = strcmp(field, real) == 0;
-        }
-    }
-    fclose(f);
-    return found;
+    return mountinfo_find(mount_point_is, (void *)real);
 }
 
 /* Returns 0 and sets *file_mode, or prints the error and returns EXIT_USAGE. */

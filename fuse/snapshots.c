@@ -421,18 +421,28 @@ static int check_new_name(Fs *fs, const char *name)
     return r;
 }
 
+/* The start of mkdir or rmdir under parent: false once the refusal is answered, else true with
+ * fs->snap_lock held and err cleared. */
+static bool snapshot_change_begin(fuse_req_t req, Fs *fs, fuse_ino_t parent, Error *err)
+{
+    int r = check_snapshot_change(fs, parent);
+    if (r < 0) {
+        fuse_reply_err(req, -r);
+        return false;
+    }
+    pthread_mutex_lock(&fs->snap_lock);
+    memset(err, 0, sizeof *err);
+    return true;
+}
+
 void fs_op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
     (void)mode;
     Fs *fs = fuse_req_userdata(req);
-    int r = check_snapshot_change(fs, parent);
-    if (r < 0) {
-        fuse_reply_err(req, -r);
-        return;
-    }
-    pthread_mutex_lock(&fs->snap_lock);
     Error err;
-    memset(&err, 0, sizeof err);
+    if (!snapshot_change_begin(req, fs, parent, &err))
+        return;
+    int r;
     if (fs_lookup_child(fs, parent, name)) {
         r = -EEXIST;
     } else if ((r = check_new_name(fs, name)) < 0) {
@@ -453,14 +463,10 @@ void fs_op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mod
 void fs_op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     Fs *fs = fuse_req_userdata(req);
-    int r = check_snapshot_change(fs, parent);
-    if (r < 0) {
-        fuse_reply_err(req, -r);
-        return;
-    }
-    pthread_mutex_lock(&fs->snap_lock);
     Error err;
-    memset(&err, 0, sizeof err);
+    if (!snapshot_change_begin(req, fs, parent, &err))
+        return;
+    int r;
     Entry *d = fs_lookup_child(fs, parent, name);
     if (!d || !d->snap) {
         r = -ENOENT;

@@ -286,8 +286,7 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
     if (!dir)
         return -ENOMEM;
     for (BlockNode *n = fs->cfg.bs; n; n = n->backing) {
-        const char *base = strrchr(n->filename, '/');
-        base = base && base[1] ? base + 1 : n->filename;
+        const char *base = path_base_of(n->filename);
         char name[256];
         snprintf(name, sizeof name, "%d-%s", n->depth, base);
         Entry *ld = fs_add(fs, dir->ino, name, ENTRY_DIR, NULL);

@@ -59,27 +59,26 @@ static int mount_at(const char *path, MountAt *m)
     return 0;
 }
 
-/* The file system type of mount id (from /proc/self/mountinfo, "... - TYPE SOURCE OPTIONS"), malloc'd;
- * NULL if not found. */
+typedef struct TypeOf {
+    uint64_t id;
+    char *type;
+} TypeOf;
+
+static bool type_of_id(const MountInfoLine *m, void *arg)
+{
+    TypeOf *t = arg;
+    if (m->id != t->id)
+        return false;
+    t->type = strdup(m->fstype);
+    return true;
+}
+
+/* The file system type of mount id (from /proc/self/mountinfo), malloc'd; NULL if not found. */
 static char *mount_type(uint64_t id)
 {
-    FILE *f = fopen("/proc/self/mountinfo", "r");
-    if (!f)
-        return NULL;
-    char *line = NULL, *type = NULL;
-    size_t cap = 0;
-    while (!type && getline(&line, &cap, f) > 0) {
-        char *end;
-        unsigned long long v = strtoull(line, &end, 10);
-        char *sep = strstr(line, " - ");
-        if (end == line || v != id || !sep)
-            continue;
-        sep += 3;
-        type = strndup(sep, strcspn(sep, " \n"));
-    }
-    free(line);
-    fclose(f);
-    return type;
+    TypeOf t = { .id = id };
+    mountinfo_find(type_of_id, &t);
+    return t.type;
 }
 
 /* Asks the daemon for its pid through the mount's root; -errno on failure. */
@@ -365,12 +364,8 @@ int cmd_unmount(int argc, char **argv)
                    "Unmounts MOUNTPOINT and returns when its daemon has flushed, released its locks and "
                    "exited.\n");
             return EXIT_OK;
-        case ':':
-            errmsg(argv[optind - 1], "option requires an argument");
-            return EXIT_USAGE;
         default:
-            errmsg(argv[optind - 1], "unknown option");
-            return EXIT_USAGE;
+            return option_error(argv, c, NULL);
         }
     }
     if (argc - optind != 1) {

@@ -56,6 +56,11 @@ static inline void st_le64(void *p, uint64_t v) { uint8_t *b = p; st_le32(b, (ui
 static inline bool add_ok_u64(uint64_t a, uint64_t b, uint64_t *r) { return !__builtin_add_overflow(a, b, r); }
 static inline bool mul_ok_u64(uint64_t a, uint64_t b, uint64_t *r) { return !__builtin_mul_overflow(a, b, r); }
 static inline bool add_ok_i64(int64_t a, int64_t b, int64_t *r) { return !__builtin_add_overflow(a, b, r); }
+/* Whether the byte ranges [a, a + alen) and [b, b + blen) overlap (callers keep the ends in range). */
+static inline bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
 
 /* Buffer aligned to 4096 bytes (enough for O_DIRECT on every device we meet). NULL on failure. */
 void *aligned_alloc_zero(size_t size);
@@ -69,6 +74,9 @@ const char *format_size(uint64_t v, char *buf, size_t len);
 
 /* The directory part of path, as given: "." for a bare name, "/" for a name in the root. */
 void path_dir_of(const char *path, char *out, size_t len);
+/* The last component of path, for names and messages: what follows the last '/', or all of path when
+ * nothing does (no slash, or a trailing one). */
+const char *path_base_of(const char *path);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);

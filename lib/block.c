@@ -27,8 +27,7 @@ BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename)
     bs->core = calloc(1, sizeof(*bs->core));
     bs->opaque = drv->instance_size ? calloc(1, drv->instance_size) : NULL;
     bs->filename = strdup(filename ? filename : "");
-    const char *slash = filename ? strrchr(filename, '/') : NULL;
-    bs->node_name = strdup(slash && slash[1] ? slash + 1 : (filename ? filename : ""));
+    bs->node_name = strdup(path_base_of(filename ? filename : ""));
     if (!bs->core || (drv->instance_size && !bs->opaque) || !bs->filename || !bs->node_name) {
         free(bs->core);
         free(bs->opaque);
@@ -115,11 +114,6 @@ int bdrv_chain_length(BlockNode *bs)
 
 /* ---------------------------------------------------------------- tracked requests */
 
-static bool ranges_overlap(int64_t a, int64_t alen, int64_t b, int64_t blen)
-{
-    return a < b + blen && b < a + alen;
-}
-
 static bool tracked_conflict(BlockNode *bs, const TrackedRequest *req)
 {
     for (TrackedRequest *t = bs->tracked; t; t = t->next)
@@ -158,6 +152,18 @@ void tracked_end(BlockNode *bs, TrackedRequest *req)
 
 /* ---------------------------------------------------------------- statistics */
 
+static void count_op(uint64_t *ops, uint64_t *total, int64_t bytes)
+{
+    (*ops)++;
+    *total += (uint64_t)bytes;
+}
+
+static void time_op(uint64_t *ns_total, uint64_t *ns_max, uint64_t ns)
+{
+    *ns_total += ns;
+    *ns_max = MAX(*ns_max, ns);
+}
+
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
 {
     BlockStats *s = &bs->stats;
@@ -167,28 +173,16 @@ void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
     } else {
         switch (kind) {
         case STAT_READ:
-            s->rd_ops++;
-            s->rd_bytes += (uint64_t)bytes;
-            s->rd_ns_total += ns;
-            s->rd_ns_max = MAX(s->rd_ns_max, ns);
+            count_op(&s->rd_ops, &s->rd_bytes, bytes);
+            time_op(&s->rd_ns_total, &s->rd_ns_max, ns);
             break;
         case STAT_WRITE:
-            s->wr_ops++;
-            s->wr_bytes += (uint64_t)bytes;
-            s->wr_ns_total += ns;
-            s->wr_ns_max = MAX(s->wr_ns_max, ns);
+            count_op(&s->wr_ops, &s->wr_bytes, bytes);
+            time_op(&s->wr_ns_total, &s->wr_ns_max, ns);
             break;
-        case STAT_FLUSH:
-            s->flush_ops++;
-            break;
-        case STAT_DISCARD:
-            s->discard_ops++;
-            s->discard_bytes += (uint64_t)bytes;
-            break;
-        case STAT_ZERO:
-            s->zero_ops++;
-            s->zero_bytes += (uint64_t)bytes;
-            break;
+        case STAT_FLUSH: s->flush_ops++; break;
+        case STAT_DISCARD: count_op(&s->discard_ops, &s->discard_bytes, bytes); break;
+        case STAT_ZERO: count_op(&s->zero_ops, &s->zero_bytes, bytes); break;
         }
     }
     pthread_mutex_unlock(&bs->stats_lock);
@@ -212,13 +206,13 @@ static int64_t transfer_limit(BlockNode *bs)
     return max;
 }
 
-static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* A read or write in pieces of at most the node's transfer limit (p is only read from when writing). */
+static int drv_rw(BlockNode *bs, bool write, int64_t offset, int64_t bytes, uint8_t *p, int flags)
 {
     int64_t max = transfer_limit(bs);
-    uint8_t *p = buf;
     while (bytes > 0) {
         int64_t n = MIN(bytes, max);
-        int r = bs->drv->read(bs, offset, n, p);
+        int r = write ? bs->drv->write(bs, offset, n, p, flags) : bs->drv->read(bs, offset, n, p);
         if (r < 0)
             return r;
         offset += n;
@@ -228,20 +222,14 @@ static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     return 0;
 }
 
+static int drv_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    return drv_rw(bs, false, offset, bytes, buf, 0);
+}
+
 static int drv_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
-    int64_t max = transfer_limit(bs);
-    const uint8_t *p = buf;
-    while (bytes > 0) {
-        int64_t n = MIN(bytes, max);
-        int r = bs->drv->write(bs, offset, n, p, flags);
-        if (r < 0)
-            return r;
-        offset += n;
-        p += n;
-        bytes -= n;
-    }
-    return 0;
+    return drv_rw(bs, true, offset, bytes, (uint8_t *)buf, flags);
 }
 
 static bool is_aligned(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
@@ -546,16 +534,24 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 
 /* ---------------------------------------------------------------- extents */
 
+/* Whether every extent may go to the driver's batch call as it is: within the node, not empty, within
+ * max_transfer and, when aligned is asked, aligned to the node's request alignment. */
+static bool extents_batchable(BlockNode *bs, const BlockExtent *ext, int n, bool aligned)
+{
+    for (int i = 0; i < n; i++)
+        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
+            (aligned && !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf)) ||
+            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
+            return false;
+    return true;
+}
+
 int bdrv_pread_extents(BlockNode *bs, const BlockExtent *ext, int n)
 {
     if (n <= 0)
         return n < 0 ? -EINVAL : 0;
-    bool direct = bs->drv->read_extents != NULL && bs->drv->is_protocol;
-    for (int i = 0; i < n && direct; i++)
-        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-            !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
-            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-            direct = false;
+    bool direct = bs->drv->read_extents != NULL && bs->drv->is_protocol &&
+                  extents_batchable(bs, ext, n, true);
     if (direct) {
         uint64_t t0 = now_ns();
         int64_t total = 0;
@@ -578,20 +574,12 @@ int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags)
     if (n <= 0)
         return n < 0 ? -EINVAL : 0;
     bool direct = bs->drv->write_extents != NULL && bs->drv->is_protocol && !bs->read_only &&
-                  !bs->core->track_writes && bs->request_alignment <= 1;
-    for (int i = 0; i < n && direct; i++)
-        if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-            (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-            direct = false;
+                  !bs->core->track_writes && bs->request_alignment <= 1 &&
+                  extents_batchable(bs, ext, n, false);
     /* Aligned O_DIRECT nodes: still one batch when every extent is aligned; serialised against RMW. */
     if (!direct && bs->drv->write_extents && bs->drv->is_protocol && !bs->read_only &&
         bs->request_alignment > 1) {
-        direct = true;
-        for (int i = 0; i < n && direct; i++)
-            if (check_request(bs, ext[i].offset, ext[i].bytes) < 0 || ext[i].bytes == 0 ||
-                !is_aligned(bs, ext[i].offset, ext[i].bytes, ext[i].buf) ||
-                (bs->max_transfer > 0 && ext[i].bytes > bs->max_transfer))
-                direct = false;
+        direct = extents_batchable(bs, ext, n, true);
         if (direct) {
             TrackedRequest *reqs = calloc((size_t)n, sizeof(*reqs));
             if (!reqs)

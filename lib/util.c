@@ -107,3 +107,9 @@ void path_dir_of(const char *path, char *out, size_t len)
     else
         snprintf(out, len, "%.*s", (int)(slash - path), path);
 }
+
+const char *path_base_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash && slash[1] ? slash + 1 : path;
+}

@@ -10,10 +10,6 @@ teardown() { teardown_tmp; }
 
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 
-nothing_mounted() {
-  ! grep -q " $TMP" /proc/mounts
-}
-
 @test "--help lists every option of the command line and exits 0" {
   run "$IMGFUSE" --help
   [ "$status" -eq 0 ]
@@ -159,8 +155,7 @@ for r in json.load(sys.stdin):
   "$IMGFUSE" late.raw "$MNT" --foreground -o ro,noatime > "$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
   MOUNTED=$MNT
-  for i in $(seq 1 200); do mountpoint -q "$MNT" && break; sleep 0.05; done
-  mountpoint -q "$MNT"
+  wait_mounted "$MNT"
   cmp "$MNT/disk.raw" late.raw
   unmount_img
   nothing_mounted
@@ -199,7 +194,7 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   grep -q "^$TMP/f.raw $MNT fuse.imgfuse ro," /proc/mounts
   cmp "$MNT/disk.raw" f.raw
   fusermount3 -u "$MNT"
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 @test "--allow-other reaches the mount options (root may always use it)" {

@@ -37,8 +37,7 @@ teardown() { teardown_tmp; }
     strace -f -e trace=openat,open -o "$TMP/strace.log" "$IMGFUSE" --foreground top.qcow2 "$MNT" 2>"$TMP/daemon.log" &
   DAEMON_PID=$!
   MOUNTED=$MNT
-  for i in $(seq 1 400); do mountpoint -q "$MNT" && break; sleep 0.05; done
-  mountpoint -q "$MNT"
+  wait_mounted "$MNT" 400
   cmp "$MNT/disk.raw" "$TMP/oracle.raw"
   cat "$MNT/info" "$MNT"/layers/*/disk.raw "$MNT"/layers/*/map > /dev/null
   grep -q "^read-only: yes (evidence files opened O_RDONLY)" "$MNT/info"
@@ -92,7 +91,7 @@ EOF
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "$output" == "imgfuse: $TMP/no/such/dir/audit.log: "* ]]
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 # make_chain: base.qcow2 <- mid.qcow2 <- top.qcow2 with distinct data in each layer and a zero cluster.

@@ -11,10 +11,6 @@ teardown() { teardown_tmp; }
 
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 
-nothing_mounted() {
-  ! grep -q " $TMP" /proc/mounts
-}
-
 md5() { md5sum < "$1" | cut -d' ' -f1; }
 
 # mount_check_identical IMAGE: mount read-only, compare size, bytes and (if sparse) the map, unmount.

@@ -142,7 +142,7 @@ refused_open() {
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: $img: "*"$pattern"* ]]
-  ! grep -q " $MNT " /proc/mounts
+  not_mounted "$MNT"
 }
 
 # patch_le FILE OFFSET WIDTH VALUE: overwrites a little-endian field of WIDTH bytes (4 or 8) in place.
@@ -179,4 +179,24 @@ wait_gone() {
   local i
   for i in $(seq 1 200); do mountpoint -q "$1" 2>/dev/null || break; sleep 0.05; done
   ! mountpoint -q "$1" 2>/dev/null && stat "$1" >/dev/null
+}
+
+# --- mount checks shared by the suites ---
+
+# nothing_mounted [PREFIX]: no mount point in /proc/mounts begins with PREFIX ($TMP by default).
+nothing_mounted() {
+  ! grep -q " ${1:-$TMP}" /proc/mounts
+}
+
+# not_mounted MOUNTPOINT: MOUNTPOINT itself is not in /proc/mounts.
+not_mounted() {
+  ! grep -q " $1 " /proc/mounts
+}
+
+# wait_mounted MOUNTPOINT [TRIES] [INTERVAL]: until MOUNTPOINT is a mount point (TRIES checks INTERVAL
+# seconds apart, by default 200 and 0.05); fails if it never becomes one.
+wait_mounted() {
+  local i
+  for i in $(seq 1 "${2:-200}"); do mountpoint -q "$1" && return 0; sleep "${3:-0.05}"; done
+  mountpoint -q "$1"
 }

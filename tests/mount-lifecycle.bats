@@ -16,9 +16,7 @@ start_own_group() {
   setsid "$IMGFUSE" --foreground "$1" "$2" >"$TMP/daemon.log" 2>&1 3>&- &
   DAEMON_PID=$!
   MOUNTED=$2
-  local i
-  for i in $(seq 1 200); do mountpoint -q "$2" && return 0; sleep 0.02; done
-  cat "$TMP/daemon.log" >&2; return 1
+  wait_mounted "$2" 200 0.02 || { cat "$TMP/daemon.log" >&2; return 1; }
 }
 
 @test "an unprivileged user (no --allow-other): imgfuse unmount works, and after kill -9 the mount is removed" {
@@ -76,7 +74,7 @@ EOS
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: mnt: "* ]]
-  ! grep -q " $TMP/d" /proc/mounts
+  nothing_mounted "$TMP/d"
   cd "$TMP"
 }
 
@@ -217,4 +215,25 @@ EOS
   kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=
   wait_gone "$TMP/view"
   [ ! -s view ]
+}
+
+@test "a busy mount point whose mountinfo line is over 8 KiB is still refused: one line, nothing stacked" {
+  head -c 1048576 /dev/urandom > b.raw
+  # each space is one byte in the real name and four (\040) in /proc/self/mountinfo
+  deep=$TMP
+  for i in $(seq 1 14); do deep="$deep/d$(printf '%*s' 200 '')"; done
+  mkdir -p "$deep/mnt"
+  [ "$(printf '%s' "$deep/mnt" | wc -c)" -lt 4096 ]
+  [ "$(printf '%s' "$deep/mnt" | sed 's/ /\\040/g' | wc -c)" -gt 8192 ]
+  mount_img b.raw "$deep/mnt"
+  run timeout 20 "$IMGFUSE" b.raw "$deep/mnt"
+  echo "${output:0:200}"
+  # a second mount stacked on the first (the failure this guards against) is removed before asserting
+  [ "$status" -eq 0 ] && { "$IMGFUSE" unmount "$deep/mnt" || fusermount3 -u "$deep/mnt"; }
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "$output" = "imgfuse: $deep/mnt: already a mount point (busy)" ]
+  [ "$(grep -c ' fuse.imgfuse ' /proc/self/mountinfo | tr -d ' ')" -ge 1 ]
+  cmp "$deep/mnt/disk.raw" b.raw
+  unmount_img "$deep/mnt"
 }

@@ -36,7 +36,7 @@ teardown() { teardown_tmp; }
     [[ "$output" == "imgfuse: $ov: "*"refusing to use it" ]]
     [ "$(md5sum < "$ov")" = "$before" ]
   done
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 @test "--overlay and --snapshot refuse options that make no sense with them" {
@@ -50,7 +50,7 @@ teardown() { teardown_tmp; }
     [[ "$output" == "imgfuse: "* ]]
   done
   [ ! -e o.qcow2 ]
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 @test "--overlay creates a qcow2 overlay: writes land there, IMAGE unchanged, reused on the next mount" {

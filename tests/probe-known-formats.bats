@@ -76,7 +76,7 @@ refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to 
       [ "${#lines[@]}" -eq 1 ]
       [ "${lines[0]}" = "$(refusal "$f" "${KNOWN[$f]}")" ]
     done
-    ! grep -q " $MNT " /proc/mounts
+    not_mounted "$MNT"
   done
 }
 
@@ -109,7 +109,7 @@ refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to 
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [ "${lines[0]}" = "$(refusal "$TMP/base.vhdx" "VHDX image")" ]
-  ! grep -q " $MNT " /proc/mounts
+  not_mounted "$MNT"
   # a qcow2 whose backing-format extension is gone (renamed to an unknown extension): probed too
   qemu-img create -q -f qcow2 -b base.vhdx -F raw top.qcow2 4M
   python3 - <<'EOF'
@@ -133,7 +133,7 @@ EOF
   [ "$status" -eq 2 ]
   [ "${lines[0]}" = "$(refusal c.luks "LUKS encrypted container")" ]
   [ ! -e ov.qcow2 ]
-  ! grep -q " $MNT " /proc/mounts
+  not_mounted "$MNT"
 }
 
 @test "a probed raw image mounted --rw refuses a write putting any known magic in sector 0" {

@@ -20,7 +20,7 @@ rw_refused() {
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [ "${lines[0]}" = "imgfuse: $1: $2" ]
-  ! grep -q " $MNT " /proc/mounts
+  not_mounted "$MNT"
 }
 
 # readonly_matches IMAGE: a read-only mount shows what qemu-img shows.

@@ -102,7 +102,7 @@ refused() {
   echo "status $status: $output"
   [ "$status" -eq 2 ]
   [[ "$output" == *"imgfuse: "*"$img"*"$pattern"* ]]
-  ! grep -q " $MNT " /proc/mounts
+  not_mounted "$MNT"
 }
 
 # ---------------------------------------------------------------- versions and cluster sizes

@@ -77,7 +77,7 @@ EOF
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "$output" == "imgfuse: "*"copy-on-read"* ]]
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 @test "--bps-limit-read holds reads back: 6 MiB at 2 MiB/s cannot take less than 1.5 s" {
@@ -101,7 +101,7 @@ EOF
     [ "${#lines[@]}" -eq 1 ]
     [[ "$output" == "imgfuse: "* ]]
   done
-  ! grep -q " $TMP" /proc/mounts
+  nothing_mounted
 }
 
 # map_kinds IMAGE: the distinct (data, zero) pairs qemu-img map reports over the whole image

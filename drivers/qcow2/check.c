@@ -65,11 +65,6 @@ static uint64_t rc_get(const RefCounts *r, uint64_t ci)
     return ci < r->n ? r->c[ci] : 0;
 }
 
-static uint64_t l2_entry_at(const Qcow2State *s, const uint8_t *t, uint32_t j)
-{
-    return ld_be64(t + (size_t)j * s->l2_entry_size);
-}
-
 static void compressed_extent(const Qcow2State *s, uint64_t e, uint64_t *start, uint64_t *bytes)
 {
     *start = (e & s->compressed_offset_mask) & ~(uint64_t)(QCOW2_COMPRESSED_SECTOR - 1);
@@ -83,7 +78,7 @@ static int count_l2(Qcow2State *s, RefCounts *r, uint64_t l2off)
     if (ret < 0)
         return ret;
     for (uint32_t j = 0; ret == 0 && j < s->l2_size; j++) {
-        uint64_t e = l2_entry_at(s, t, j);
+        uint64_t e = qcow2_l2_entry(s, t, j);
         if (e & QCOW2_OFLAG_COMPRESSED) {
             uint64_t start, bytes;
             compressed_extent(s, e, &start, &bytes);
@@ -130,7 +125,7 @@ static int l2_copied_mismatches(Qcow2State *s, const RefCounts *r, uint64_t l2of
         return ret;
     *mismatches = 0;
     for (uint32_t j = 0; j < s->l2_size; j++) {
-        uint64_t e = l2_entry_at(s, t, j);
+        uint64_t e = qcow2_l2_entry(s, t, j);
         uint64_t host = (e & QCOW2_OFLAG_COMPRESSED) ? 0 : e & QCOW2_L2E_OFFSET_MASK;
         bool want = host && rc_get(r, host >> s->cluster_bits) == 1;
         if (want != ((e & QCOW2_OFLAG_COPIED) != 0))

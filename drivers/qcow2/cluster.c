@@ -40,16 +40,6 @@ int qcow2_load_l1(Qcow2State *s, uint64_t offset, uint32_t entries, uint64_t **o
     return qcow2_load_l1_part(s, offset, entries, 0, entries ? entries - 1 : 0, out);
 }
 
-static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const uint8_t *table, uint32_t idx)
-{
-    return ld_be64(table + (size_t)idx * s->l2_entry_size);
-}
-
-static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const uint8_t *table, uint32_t idx)
-{
-    return s->extended_l2 ? ld_be64(table + (size_t)idx * s->l2_entry_size + 8) : 0;
-}
-
 Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s, uint64_t l2_entry, uint64_t l2_bitmap,
                                           unsigned sc)
 {
@@ -159,7 +149,7 @@ static int qcow2_map_in_l2(Qcow2State *s, uint64_t l1_entry, uint64_t offset, ui
     }
     /* Only the entries this run can reach are copied out of the cache (at most QCOW2_LOOKUP_ENTRIES;
      * callers loop for longer ranges), so a table that is not in a slot is not expanded into one. */
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint32_t idx = qcow2_l2_index(s, offset);
     uint64_t in_cluster = offset & s->cluster_mask;
     uint64_t reach = (in_cluster + max + s->cluster_size - 1) >> s->cluster_bits;
     uint32_t nentries = (uint32_t)MIN(MIN(reach, (uint64_t)QCOW2_LOOKUP_ENTRIES), (uint64_t)(s->l2_size - idx));

@@ -70,17 +70,23 @@ static DecompressScratch *scratch_get(void)
     return sc;
 }
 
+/* A zlib stream over src into dst, before its inflateInit2/deflateInit2 (which keep these fields). */
+static void zstream_over(z_stream *z, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    memset(z, 0, sizeof(*z));
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)src_len;
+    z->next_out = dst;
+    z->avail_out = (uInt)dst_len;
+}
+
 /* zlib's streaming inflate: the reference behaviour, used when libdeflate cannot decide. */
 static int qcow2_zlib_inflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
-    memset(&z, 0, sizeof(z));
+    zstream_over(&z, src, src_len, dst, dst_len);
     if (inflateInit2(&z, -15) != Z_OK)
         return -ENOMEM;
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
     int zr = inflate(&z, Z_FINISH);
     /* The stream may end exactly at the cluster end (Z_STREAM_END) or be followed by padding, in
      * which case inflate stops with a full output buffer (Z_BUF_ERROR/Z_OK). */
@@ -142,29 +148,13 @@ static int qcow2_zstd_decompress(const void *src, size_t src_len, void *dst, siz
     return ret;
 }
 
-int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
-{
-    switch (compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return qcow2_inflate(src, src_len, dst, dst_len);
-    case QCOW2_COMPRESSION_ZSTD:
-        return qcow2_zstd_decompress(src, src_len, dst, dst_len);
-    default:
-        return -ENOTSUP;
-    }
-}
-
 static int64_t qcow2_deflate(const void *src, size_t src_len, void *dst, size_t dst_len)
 {
     z_stream z;
-    memset(&z, 0, sizeof(z));
+    zstream_over(&z, src, src_len, dst, dst_len);
     if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -QCOW2_DEFLATE_WINDOW_BITS, 9,
                      Z_DEFAULT_STRATEGY) != Z_OK)
         return -ENOMEM;
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
     int zr = deflate(&z, Z_FINISH);
     int64_t out = (int64_t)(dst_len - z.avail_out);
     deflateEnd(&z);
@@ -181,16 +171,30 @@ static int64_t qcow2_zstd_compress(const void *src, size_t src_len, void *dst, s
     return (int64_t)zr;
 }
 
+/* The two compression types the header may name, by their header value. */
+typedef struct Qcow2Codec {
+    int (*decompress)(const void *src, size_t src_len, void *dst, size_t dst_len);
+    int64_t (*compress)(const void *src, size_t src_len, void *dst, size_t dst_len);
+} Qcow2Codec;
+
+static const Qcow2Codec *qcow2_codec(uint8_t compression_type)
+{
+    static const Qcow2Codec zlib = { qcow2_inflate, qcow2_deflate };
+    static const Qcow2Codec zstd = { qcow2_zstd_decompress, qcow2_zstd_compress };
+    return compression_type == QCOW2_COMPRESSION_ZLIB ? &zlib :
+           compression_type == QCOW2_COMPRESSION_ZSTD ? &zstd : NULL;
+}
+
+int qcow2_decompress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
+{
+    const Qcow2Codec *c = qcow2_codec(compression_type);
+    return c ? c->decompress(src, src_len, dst, dst_len) : -ENOTSUP;
+}
+
 int64_t qcow2_compress(uint8_t compression_type, const void *src, size_t src_len, void *dst, size_t dst_len)
 {
-    switch (compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return qcow2_deflate(src, src_len, dst, dst_len);
-    case QCOW2_COMPRESSION_ZSTD:
-        return qcow2_zstd_compress(src, src_len, dst, dst_len);
-    default:
-        return -ENOTSUP;
-    }
+    const Qcow2Codec *c = qcow2_codec(compression_type);
+    return c ? c->compress(src, src_len, dst, dst_len) : -ENOTSUP;
 }
 
 /* Host range of a compressed cluster: it starts at the descriptor's offset and runs to the end of the

@@ -253,21 +253,27 @@ static int qcow2_parse_extensions(Qcow2State *s, const uint8_t *buf, uint64_t st
 
 /* ---------------------------------------------------------------- header */
 
+/* Sets err as error_set does and returns -errnum: the refusal of one header check. */
+static int header_error(Error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int header_error(Error *err, int errnum, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    error_setv(err, errnum, fmt, ap);
+    va_end(ap);
+    return -errnum;
+}
+
 static int qcow2_read_fixed_header(Qcow2State *s, const uint8_t *buf, size_t len, Error *err)
 {
-    if (len < QCOW2_V2_HEADER_LEN) {
-        error_set(err, EINVAL, "file too short for a qcow2 header");
-        return -EINVAL;
-    }
-    if (ld_be32(buf) != QCOW2_MAGIC) {
-        error_set(err, EINVAL, "not a qcow2 image (bad magic)");
-        return -EINVAL;
-    }
+    if (len < QCOW2_V2_HEADER_LEN)
+        return header_error(err, EINVAL, "file too short for a qcow2 header");
+    if (ld_be32(buf) != QCOW2_MAGIC)
+        return header_error(err, EINVAL, "not a qcow2 image (bad magic)");
     s->version = ld_be32(buf + 4);
-    if (s->version != 2 && s->version != 3) {
-        error_set(err, ENOTSUP, "unsupported qcow2 version %" PRIu32 " (only 2 and 3 are known)", s->version);
-        return -ENOTSUP;
-    }
+    if (s->version != 2 && s->version != 3)
+        return header_error(err, ENOTSUP, "unsupported qcow2 version %" PRIu32 " (only 2 and 3 are known)",
+                            s->version);
     s->backing_file_offset = ld_be64(buf + 8);
     s->backing_file_size = ld_be32(buf + 16);
     s->cluster_bits = ld_be32(buf + 20);
@@ -284,10 +290,8 @@ static int qcow2_read_fixed_header(Qcow2State *s, const uint8_t *buf, size_t len
         s->refcount_order = 4;
         return 0;
     }
-    if (len < QCOW2_V3_MIN_HEADER_LEN) {
-        error_set(err, EINVAL, "file too short for a qcow2 version 3 header");
-        return -EINVAL;
-    }
+    if (len < QCOW2_V3_MIN_HEADER_LEN)
+        return header_error(err, EINVAL, "file too short for a qcow2 version 3 header");
     s->incompatible_features = ld_be64(buf + 72);
     s->compatible_features = ld_be64(buf + 80);
     s->autoclear_features = ld_be64(buf + 88);
@@ -298,31 +302,24 @@ static int qcow2_read_fixed_header(Qcow2State *s, const uint8_t *buf, size_t len
 
 static int qcow2_check_cluster_bits(Qcow2State *s, Error *err)
 {
-    if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS || s->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
-        error_set(err, EINVAL, "invalid cluster size: cluster_bits %" PRIu32 " is outside %d..%d "
-                  "(512 bytes to 2 MiB)", s->cluster_bits, QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
-        return -EINVAL;
-    }
+    if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS || s->cluster_bits > QCOW2_MAX_CLUSTER_BITS)
+        return header_error(err, EINVAL, "invalid cluster size: cluster_bits %" PRIu32 " is outside %d..%d "
+                            "(512 bytes to 2 MiB)", s->cluster_bits, QCOW2_MIN_CLUSTER_BITS, QCOW2_MAX_CLUSTER_BITS);
     return 0;
 }
 
 static int qcow2_check_header_length(Qcow2State *s, size_t len, Error *err)
 {
-    if (s->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
-        error_set(err, EINVAL, "refcount_order %" PRIu32 " is out of range (0..6)", s->refcount_order);
-        return -EINVAL;
-    }
+    if (s->refcount_order > QCOW2_MAX_REFCOUNT_ORDER)
+        return header_error(err, EINVAL, "refcount_order %" PRIu32 " is out of range (0..6)",
+                            s->refcount_order);
     if (s->version == 2)
         return 0;
     if (s->header_length < QCOW2_V3_MIN_HEADER_LEN || s->header_length % 8 ||
-        s->header_length > (1u << s->cluster_bits)) {
-        error_set(err, EINVAL, "invalid header_length %" PRIu32, s->header_length);
-        return -EINVAL;
-    }
-    if (s->header_length > len) {
-        error_set(err, EINVAL, "header truncated (header_length %" PRIu32 ")", s->header_length);
-        return -EINVAL;
-    }
+        s->header_length > (1u << s->cluster_bits))
+        return header_error(err, EINVAL, "invalid header_length %" PRIu32, s->header_length);
+    if (s->header_length > len)
+        return header_error(err, EINVAL, "header truncated (header_length %" PRIu32 ")", s->header_length);
     return 0;
 }
 
@@ -342,25 +339,17 @@ static int qcow2_check_features(Qcow2State *s, Error *err)
         error_set(err, ENOTSUP, "unsupported qcow2 incompatible feature(s): %s", names);
         return -ENOTSUP;
     }
-    if (s->extended_l2 && s->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS) {
-        error_set(err, EINVAL, "extended L2 entries need clusters of at least 16 KiB (cluster_bits %" PRIu32 ")",
-                  s->cluster_bits);
-        return -EINVAL;
-    }
+    if (s->extended_l2 && s->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS)
+        return header_error(err, EINVAL, "extended L2 entries need clusters of at least 16 KiB (cluster_bits %"
+                            PRIu32 ")", s->cluster_bits);
     bool has_type_bit = (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) != 0;
-    if (has_type_bit != (s->compression_type != QCOW2_COMPRESSION_ZLIB)) {
-        error_set(err, EINVAL, "compression type bit and compression_type field (%u) disagree",
-                  s->compression_type);
-        return -EINVAL;
-    }
-    if (s->compression_type > QCOW2_COMPRESSION_ZSTD) {
-        error_set(err, ENOTSUP, "unsupported compression type %u", s->compression_type);
-        return -ENOTSUP;
-    }
-    if (s->data_file_raw && !s->has_data_file) {
-        error_set(err, EINVAL, "raw external data bit set without an external data file");
-        return -EINVAL;
-    }
+    if (has_type_bit != (s->compression_type != QCOW2_COMPRESSION_ZLIB))
+        return header_error(err, EINVAL, "compression type bit and compression_type field (%u) disagree",
+                            s->compression_type);
+    if (s->compression_type > QCOW2_COMPRESSION_ZSTD)
+        return header_error(err, ENOTSUP, "unsupported compression type %u", s->compression_type);
+    if (s->data_file_raw && !s->has_data_file)
+        return header_error(err, EINVAL, "raw external data bit set without an external data file");
     return 0;
 }
 
@@ -369,55 +358,40 @@ static int qcow2_check_table(const Qcow2State *s, const char *what, uint64_t off
                              int64_t file_size, Error *err)
 {
     uint64_t end;
-    if (offset & s->cluster_mask) {
-        error_set(err, EINVAL, "%s offset 0x%" PRIx64 " is not cluster aligned", what, offset);
-        return -EINVAL;
-    }
-    if (bytes && offset == 0) {
-        error_set(err, EINVAL, "%s at offset 0 overlaps the header", what);
-        return -EINVAL;
-    }
+    if (offset & s->cluster_mask)
+        return header_error(err, EINVAL, "%s offset 0x%" PRIx64 " is not cluster aligned", what, offset);
+    if (bytes && offset == 0)
+        return header_error(err, EINVAL, "%s at offset 0 overlaps the header", what);
     if (!add_ok_u64(offset, bytes, &end) || end > (uint64_t)INT64_MAX ||
-        (file_size >= 0 && end > (uint64_t)file_size)) {
-        error_set(err, EINVAL, "%s (0x%" PRIx64 " + %" PRIu64 " bytes) lies beyond the end of the file",
-                  what, offset, bytes);
-        return -EINVAL;
-    }
+        (file_size >= 0 && end > (uint64_t)file_size))
+        return header_error(err, EINVAL, "%s (0x%" PRIx64 " + %" PRIu64 " bytes) lies beyond the end of the file",
+                            what, offset, bytes);
     return 0;
 }
 
 static int qcow2_check_tables(Qcow2State *s, int64_t file_size, Error *err)
 {
-    if (s->size > QCOW2_MAX_VIRTUAL_SIZE) {
-        error_set(err, EINVAL, "virtual size %" PRIu64 " is too large", s->size);
-        return -EINVAL;
-    }
-    if ((uint64_t)s->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-        error_set(err, EFBIG, "L1 table is too large (%" PRIu32 " entries, limit %d)", s->l1_size,
-                  QCOW2_MAX_L1_BYTES / 8);
-        return -EFBIG;
-    }
+    if (s->size > QCOW2_MAX_VIRTUAL_SIZE)
+        return header_error(err, EINVAL, "virtual size %" PRIu64 " is too large", s->size);
+    if ((uint64_t)s->l1_size * 8 > QCOW2_MAX_L1_BYTES)
+        return header_error(err, EFBIG, "L1 table is too large (%" PRIu32 " entries, limit %d)", s->l1_size,
+                            QCOW2_MAX_L1_BYTES / 8);
     uint64_t need = qcow2_size_to_l1(s, s->size);
-    if (need > s->l1_size) {
-        error_set(err, EINVAL, "L1 table too small for the virtual size (%" PRIu32 " entries, need %" PRIu64 ")",
-                  s->l1_size, need);
-        return -EINVAL;
-    }
+    if (need > s->l1_size)
+        return header_error(err, EINVAL, "L1 table too small for the virtual size (%" PRIu32 " entries, need %"
+                            PRIu64 ")", s->l1_size, need);
     int ret = qcow2_check_table(s, "L1 table", s->l1_table_offset, (uint64_t)s->l1_size * 8, file_size, err);
     if (ret < 0)
         return ret;
     uint64_t rt_bytes = (uint64_t)s->refcount_table_clusters << s->cluster_bits;
-    if (rt_bytes > QCOW2_MAX_REFTABLE_BYTES) {
-        error_set(err, EFBIG, "refcount table is too large (%" PRIu32 " clusters)", s->refcount_table_clusters);
-        return -EFBIG;
-    }
+    if (rt_bytes > QCOW2_MAX_REFTABLE_BYTES)
+        return header_error(err, EFBIG, "refcount table is too large (%" PRIu32 " clusters)",
+                            s->refcount_table_clusters);
     ret = qcow2_check_table(s, "refcount table", s->refcount_table_offset, rt_bytes, file_size, err);
     if (ret < 0)
         return ret;
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-        error_set(err, EFBIG, "too many snapshots (%" PRIu32 ")", s->nb_snapshots);
-        return -EFBIG;
-    }
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+        return header_error(err, EFBIG, "too many snapshots (%" PRIu32 ")", s->nb_snapshots);
     if (s->nb_snapshots) {
         ret = qcow2_check_table(s, "snapshot table", s->snapshots_offset, 40, file_size, err);
         if (ret < 0)
@@ -495,16 +469,21 @@ void qcow2_free_header(Qcow2State *s)
 
 /* ---------------------------------------------------------------- corruption */
 
-void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+void qcow2_vsignal_corruption(Qcow2State *s, const char *tail, const char *fmt, va_list ap)
 {
     char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (!__atomic_exchange_n(&s->corruption_logged, 1, __ATOMIC_RELAXED))
+        log_msg("%s: corrupt qcow2 metadata: %s%s", s->node_name ? s->node_name : "qcow2", msg, tail);
+    __atomic_store_n(&s->corrupt, true, __ATOMIC_RELAXED);
+}
+
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    qcow2_vsignal_corruption(s, "", fmt, ap);
     va_end(ap);
-    if (!__atomic_exchange_n(&s->corruption_logged, 1, __ATOMIC_RELAXED))
-        log_msg("%s: corrupt qcow2 metadata: %s", s->node_name ? s->node_name : "qcow2", msg);
-    __atomic_store_n(&s->corrupt, true, __ATOMIC_RELAXED);
 }
 
 /* ---------------------------------------------------------------- open */
@@ -653,6 +632,9 @@ static int qcow2_set_backing(BlockNode *bs, Qcow2State *s)
     return 0;
 }
 
+/* free(p), and p no longer points at freed memory (a second close finds NULLs). */
+#define FREE_CLEAR(p) do { free(p); (p) = NULL; } while (0)
+
 static void qcow2_close(BlockNode *bs);
 
 static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, Error *err)
@@ -735,21 +717,15 @@ static void qcow2_close(BlockNode *bs)
     if (s->owns_data_file && s->data_file)
         bdrv_close(s->data_file);
     s->data_file = NULL;
-    free(s->data_file_path);
-    s->data_file_path = NULL;
-    free(s->l1_table);
-    s->l1_table = NULL;
-    free(s->refcount_table);
-    s->refcount_table = NULL;
-    free(s->view_snapshot_name);
-    s->view_snapshot_name = NULL;
-    free(s->view_snapshot_id);
-    s->view_snapshot_id = NULL;
+    FREE_CLEAR(s->data_file_path);
+    FREE_CLEAR(s->l1_table);
+    FREE_CLEAR(s->refcount_table);
+    FREE_CLEAR(s->view_snapshot_name);
+    FREE_CLEAR(s->view_snapshot_id);
     qcow2_l1_slices_free(s);
     qcow2_free_snapshots(s);
     qcow2_free_header(s);
-    free(s->node_name);
-    s->node_name = NULL;
+    FREE_CLEAR(s->node_name);
     if (s->lock == &s->own_lock)
         pthread_mutex_destroy(&s->own_lock);
     qcow2_dcache_destroy(&s->dcache);

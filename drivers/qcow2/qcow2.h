@@ -2,20 +2,23 @@
  * qcow2.h - private state and on-disk constants of the qcow2 format driver, shared by the files of
  * drivers/qcow2/ only.  It owns the layout facts of the qcow2 specification (header fields, feature
  * bits, header extension types, L1/L2/refcount entry masks, the snapshot table), the per-node state
- * struct, and the prototypes that connect the driver's parts: header parsing and open (qcow2.c), the
- * metadata table cache (cache.c), guest-to-host mapping and the read path (cluster.c), decompression
- * (compress.c), snapshot table parsing and views (snapshot.c), and the write side (refcount.c,
- * alloc.c/write.c, create.c, snapshot-write.c, check.c, overlap.c: where metadata lives, checked before
- * every host write).  Nothing outside drivers/qcow2/ includes it.
+ * struct, the accessors of the entries of an L2 table (cluster.c, check.c, write.c), and the prototypes
+ * that connect the driver's parts: header parsing and open (qcow2.c), the metadata table cache
+ * (cache.c), guest-to-host mapping and the read path (cluster.c), decompression (compress.c), snapshot
+ * table parsing and views (snapshot.c), and the write side (refcount.c, alloc.c/write.c, create.c,
+ * snapshot-write.c, check.c, overlap.c: where metadata lives, checked before every host write).
+ * Nothing outside drivers/qcow2/ includes it.
  */
 #ifndef IMGFUSE_QCOW2_H
 #define IMGFUSE_QCOW2_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "block.h"
+#include "util.h"
 
 /* ---------------------------------------------------------------- header layout */
 
@@ -323,6 +326,34 @@ typedef struct Qcow2State {
     struct Qcow2MetaMap *meta;     /* where metadata lives in the file (overlap.c); writer only */
 } Qcow2State;
 
+/* ---------------------------------------------------------------- L2 entries in a table */
+
+/* The index of guest offset's entry in its L2 table. */
+static inline uint32_t qcow2_l2_index(const Qcow2State *s, uint64_t offset)
+{
+    return (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+}
+
+/* Entry i of an L2 table (its first 8 bytes with extended L2 entries). */
+static inline uint64_t qcow2_l2_entry(const Qcow2State *s, const void *table, uint32_t i)
+{
+    return ld_be64((const uint8_t *)table + (size_t)i * s->l2_entry_size);
+}
+
+/* The subcluster bitmap of entry i (extended L2 entries only, else 0). */
+static inline uint64_t qcow2_l2_bitmap(const Qcow2State *s, const void *table, uint32_t i)
+{
+    return s->extended_l2 ? ld_be64((const uint8_t *)table + (size_t)i * s->l2_entry_size + 8) : 0;
+}
+
+/* Stores entry i (and its bitmap, with extended L2 entries). */
+static inline void qcow2_l2_set(const Qcow2State *s, void *table, uint32_t i, uint64_t entry, uint64_t bitmap)
+{
+    st_be64((uint8_t *)table + (size_t)i * s->l2_entry_size, entry);
+    if (s->extended_l2)
+        st_be64((uint8_t *)table + (size_t)i * s->l2_entry_size + 8, bitmap);
+}
+
 /* ---------------------------------------------------------------- qcow2.c */
 
 extern const BlockDriver bdrv_qcow2;
@@ -339,6 +370,9 @@ void qcow2_feature_names(const Qcow2State *s, int type, uint64_t bits, char *out
 uint64_t qcow2_size_to_l1(const Qcow2State *s, uint64_t size);
 /* Log a corruption (once per node) and mark the in-memory state corrupt. */
 void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The same from a va_list, with tail appended to the logged line. */
+void qcow2_vsignal_corruption(Qcow2State *s, const char *tail, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* ---------------------------------------------------------------- cluster.c */
 

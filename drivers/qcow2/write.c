@@ -18,24 +18,7 @@
 #include "qcow2.h"
 #include "util.h"
 
-/* ---------------------------------------------------------------- L2 entry access */
-
-static uint64_t l2e_get(const Qcow2State *s, const void *t, uint32_t i)
-{
-    return ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size);
-}
-
-static uint64_t l2b_get(const Qcow2State *s, const void *t, uint32_t i)
-{
-    return s->extended_l2 ? ld_be64((const uint8_t *)t + (size_t)i * s->l2_entry_size + 8) : 0;
-}
-
-static void l2e_set(const Qcow2State *s, void *t, uint32_t i, uint64_t entry, uint64_t bitmap)
-{
-    st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size, entry);
-    if (s->extended_l2)
-        st_be64((uint8_t *)t + (size_t)i * s->l2_entry_size + 8, bitmap);
-}
+/* ---------------------------------------------------------------- subcluster masks */
 
 static uint32_t sc_mask(unsigned first, unsigned last)
 {
@@ -52,14 +35,12 @@ static uint32_t all_sc(const Qcow2State *s)
 
 int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...)
 {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     bool was_writable = !s->read_only;
     s->read_only = true;
-    qcow2_signal_corruption(s, "%s; the image is now read-only", msg);
+    va_list ap;
+    va_start(ap, fmt);
+    qcow2_vsignal_corruption(s, "; the image is now read-only", fmt, ap);
+    va_end(ap);
     if (was_writable && s->write_ready && s->version >= 3 &&
         !(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT))
         qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
@@ -155,6 +136,17 @@ static int qcow2_writable(Qcow2State *s)
     return ret;
 }
 
+/* qcow2_writable, and [offset, offset + bytes) within the disk (-EINVAL if not). */
+static int qcow2_writable_range(Qcow2State *s, int64_t offset, int64_t bytes)
+{
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
+        return -EINVAL;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- L2 tables */
 
 static int qcow2_write_l1_entry(Qcow2State *s, uint64_t index, uint64_t value)
@@ -237,6 +229,14 @@ static int qcow2_l2_for_write(Qcow2State *s, uint64_t l1i, void **table)
     return 0;
 }
 
+/* The L2 table holding guest offset's entry, pinned for writing (qcow2_l2_for_write), and the index of
+ * the entry in it. */
+static int qcow2_l2_slot_for_write(Qcow2State *s, uint64_t offset, void **table, uint32_t *idx)
+{
+    *idx = qcow2_l2_index(s, offset);
+    return qcow2_l2_for_write(s, offset >> (s->cluster_bits + s->l2_bits), table);
+}
+
 /* ---------------------------------------------------------------- fast path */
 
 /* Under *s->lock: the length of the run from offset that can be overwritten in place (clusters owned by
@@ -256,10 +256,10 @@ static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, ui
     int ret = qcow2_cache_get(s->l2_cache, l2off, &t);
     if (ret < 0)
         return ret;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint32_t idx = qcow2_l2_index(s, offset);
     uint64_t pos = offset, end = MIN(offset + bytes, (l1i + 1) << span_bits);
     while (pos < end) {
-        uint64_t e = l2e_get(s, t, idx);
+        uint64_t e = qcow2_l2_entry(s, t, idx);
         if ((e & QCOW2_OFLAG_COMPRESSED) || !(e & QCOW2_OFLAG_COPIED))
             break;
         uint64_t h = e & QCOW2_L2E_OFFSET_MASK;
@@ -267,7 +267,7 @@ static int qcow2_in_place_run(Qcow2State *s, uint64_t offset, uint64_t bytes, ui
             break;
         uint64_t chunk_end = MIN(end, (pos | s->cluster_mask) + 1);
         if (s->extended_l2) {
-            uint64_t bm = l2b_get(s, t, idx);
+            uint64_t bm = qcow2_l2_bitmap(s, t, idx);
             uint32_t need = sc_mask((unsigned)((pos & s->cluster_mask) >> s->subcluster_bits),
                                     (unsigned)(((chunk_end - 1) & s->cluster_mask) >> s->subcluster_bits));
             if (((uint32_t)bm & need) != need || ((uint32_t)(bm >> 32) & need))
@@ -393,7 +393,7 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
 static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t idx, uint64_t gstart,
                                  uint64_t in_off, uint64_t n, const uint8_t *data)
 {
-    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    uint64_t e = qcow2_l2_entry(s, t, idx), bm = qcow2_l2_bitmap(s, t, idx);
     bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
     uint64_t old_host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
     if (old_host & s->cluster_mask)
@@ -450,7 +450,7 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
         uint32_t zero = compressed ? 0 : ((uint32_t)(bm >> 32) & ~write_mask);
         new_bm = (uint64_t)alloc | (uint64_t)zero << 32;
     }
-    l2e_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, new_bm);
+    qcow2_l2_set(s, t, idx, new_host | QCOW2_OFLAG_COPIED, new_bm);
     qcow2_cache_mark_dirty(s->l2_cache, t);
     if (reuse)
         return 0;
@@ -461,12 +461,11 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
 
 static int qcow2_write_allocating(BlockNode *bs, Qcow2State *s, uint64_t offset, uint64_t n, const uint8_t *data)
 {
-    unsigned span_bits = s->cluster_bits + s->l2_bits;
     void *t;
-    int ret = qcow2_l2_for_write(s, offset >> span_bits, &t);
+    uint32_t idx;
+    int ret = qcow2_l2_slot_for_write(s, offset, &t, &idx);
     if (ret < 0)
         return ret;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
     ret = qcow2_rewrite_cluster(bs, s, t, idx, offset & ~s->cluster_mask, offset & s->cluster_mask, n, data);
     qcow2_cache_put(s->l2_cache, &t);
     return ret;
@@ -480,7 +479,7 @@ static uint64_t qcow2_replaceable_run(const Qcow2State *s, const void *t, uint32
 {
     uint64_t k = 0;
     for (; k < max; k++) {
-        uint64_t e = l2e_get(s, t, idx + (uint32_t)k);
+        uint64_t e = qcow2_l2_entry(s, t, idx + (uint32_t)k);
         uint64_t host = (e & QCOW2_OFLAG_COMPRESSED) ? 0 : e & QCOW2_L2E_OFFSET_MASK;
         if ((host && (e & QCOW2_OFLAG_COPIED)) || (host & s->cluster_mask))
             break;
@@ -495,13 +494,13 @@ static uint64_t qcow2_replaceable_run(const Qcow2State *s, const void *t, uint32
 static int qcow2_link_new_clusters(Qcow2State *s, uint64_t offset, uint64_t k, uint64_t new_host)
 {
     void *t;
-    int ret = qcow2_l2_for_write(s, offset >> (s->cluster_bits + s->l2_bits), &t);
+    uint32_t idx;
+    int ret = qcow2_l2_slot_for_write(s, offset, &t, &idx);
     if (ret < 0)
         return ret;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
     for (uint64_t j = 0; ret == 0 && j < k; j++) {
-        uint64_t e = l2e_get(s, t, idx + (uint32_t)j);
-        l2e_set(s, t, idx + (uint32_t)j, (new_host + (j << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
+        uint64_t e = qcow2_l2_entry(s, t, idx + (uint32_t)j);
+        qcow2_l2_set(s, t, idx + (uint32_t)j, (new_host + (j << s->cluster_bits)) | QCOW2_OFLAG_COPIED,
                 s->extended_l2 ? all_sc(s) : 0);
         if (e & QCOW2_OFLAG_COMPRESSED)
             ret = qcow2_free_compressed_deferred(s, e);
@@ -521,7 +520,7 @@ static int qcow2_write_new_clusters(Qcow2State *s, uint64_t offset, uint64_t byt
                                     uint64_t *done)
 {
     *done = 0;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+    uint32_t idx = qcow2_l2_index(s, offset);
     /* A new refcount block goes into the first cluster it describes: a run of at most half a block's
      * clusters always fits after it, so the allocator's search converges. */
     uint64_t max = MIN(bytes >> s->cluster_bits, (uint64_t)(s->l2_size - idx));
@@ -596,11 +595,9 @@ static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint6
 int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     Qcow2State *s = bs->opaque;
-    int ret = qcow2_writable(s);
+    int ret = qcow2_writable_range(s, offset, bytes);
     if (ret < 0)
         return ret;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
     pthread_rwlock_rdlock(&s->io_lock);
     ret = qcow2_write_held(bs, s, (uint64_t)offset, (uint64_t)bytes, buf);
     pthread_rwlock_unlock(&s->io_lock);
@@ -615,13 +612,12 @@ int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
  * freeing the host cluster when nothing of it is used any more or (unmap) when allowed. */
 static int qcow2_zero_cluster(Qcow2State *s, uint64_t offset, uint32_t mask, bool unmap, bool to_zero)
 {
-    unsigned span_bits = s->cluster_bits + s->l2_bits;
     void *t;
-    int ret = qcow2_l2_for_write(s, offset >> span_bits, &t);
+    uint32_t idx;
+    int ret = qcow2_l2_slot_for_write(s, offset, &t, &idx);
     if (ret < 0)
         return ret;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
-    uint64_t e = l2e_get(s, t, idx), bm = l2b_get(s, t, idx);
+    uint64_t e = qcow2_l2_entry(s, t, idx), bm = qcow2_l2_bitmap(s, t, idx);
     bool compressed = (e & QCOW2_OFLAG_COMPRESSED) != 0;
     uint64_t host = compressed ? 0 : e & QCOW2_L2E_OFFSET_MASK;
     uint64_t new_e, new_bm = 0;
@@ -642,7 +638,7 @@ static int qcow2_zero_cluster(Qcow2State *s, uint64_t offset, uint32_t mask, boo
         if (host && !free_host)
             new_e |= host | QCOW2_OFLAG_COPIED;
     }
-    l2e_set(s, t, idx, new_e, new_bm);
+    qcow2_l2_set(s, t, idx, new_e, new_bm);
     qcow2_cache_mark_dirty(s->l2_cache, t);
     qcow2_cache_put(s->l2_cache, &t);
     if (compressed)
@@ -662,8 +658,8 @@ static int qcow2_cluster_is_empty(Qcow2State *s, uint64_t offset, bool *empty)
     int ret = qcow2_cache_get(s->l2_cache, s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK, &t);
     if (ret < 0)
         return ret;
-    uint32_t idx = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
-    *empty = l2e_get(s, t, idx) == 0 && l2b_get(s, t, idx) == 0;
+    uint32_t idx = qcow2_l2_index(s, offset);
+    *empty = qcow2_l2_entry(s, t, idx) == 0 && qcow2_l2_bitmap(s, t, idx) == 0;
     qcow2_cache_put(s->l2_cache, &t);
     return 0;
 }
@@ -695,11 +691,9 @@ static int qcow2_zero_partial(BlockNode *bs, Qcow2State *s, uint64_t offset, uin
 int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 {
     Qcow2State *s = bs->opaque;
-    int ret = qcow2_writable(s);
+    int ret = qcow2_writable_range(s, offset, bytes);
     if (ret < 0)
         return ret;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
     if (s->version < 3) /* no zero flag: the core writes zero buffers where zeros are not there yet */
         return qcow2_reads_as_zero(bs, s, (uint64_t)offset, (uint64_t)bytes) ? 0 : -ENOTSUP;
     bool unmap = (flags & BDRV_REQ_MAY_UNMAP) != 0;
@@ -742,11 +736,9 @@ int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
 int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 {
     Qcow2State *s = bs->opaque;
-    int ret = qcow2_writable(s);
+    int ret = qcow2_writable_range(s, offset, bytes);
     if (ret < 0)
         return ret;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
     /* Only whole clusters are discarded (a partial cluster at the end of the disk counts as whole). */
     uint64_t start = (uint64_t)align_up(offset, s->cluster_size);
     uint64_t end = (uint64_t)offset + (uint64_t)bytes;

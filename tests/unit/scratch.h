@@ -1,11 +1,13 @@
 /*
  * scratch.h - a private scratch directory for the C unit tests that build images with qemu-img: make
- * it, run shell commands inside it, name files in it, read a file whole, remove it.  Test-only; one
- * directory per test program.
+ * it (under $TMPDIR or a base the test picks), run shell commands inside it, name files in it, read a
+ * file whole, remove it.  Test-only; one directory per test program, and every unit test that needs
+ * one uses this.
  */
 #ifndef IMGFUSE_SCRATCH_H
 #define IMGFUSE_SCRATCH_H
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +17,20 @@
 
 static char tmpdir[256];
 
-/* Makes $TMPDIR/imgfuse-NAME.XXXXXX (mkdtemp template); false on failure. */
+/* Makes BASE/imgfuse-NAME.XXXXXX (mkdtemp template); false (and tmpdir empty) on failure. */
+static inline bool scratch_init_at(const char *base, const char *name)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-%s.XXXXXX", base, name);
+    if (mkdtemp(tmpdir))
+        return true;
+    tmpdir[0] = '\0';
+    return false;
+}
+
+/* Makes $TMPDIR/imgfuse-NAME.XXXXXX (/tmp without TMPDIR); false on failure. */
 static inline bool scratch_init(const char *name)
 {
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-%s.XXXXXX", base, name);
-    return mkdtemp(tmpdir) != NULL;
+    return scratch_init_at(getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", name);
 }
 
 static inline void scratch_cleanup(void)
@@ -31,7 +41,8 @@ static inline void scratch_cleanup(void)
         printf("# could not remove %s\n", tmpdir);
 }
 
-/* Runs a shell command in the scratch directory, output discarded; returns system()'s status. */
+/* Runs a shell command in the scratch directory, output discarded; returns system()'s status. The
+ * command may end in a here-document (the group closes on a line of its own). */
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2), unused));
 static int sh(const char *fmt, ...)
 {
@@ -41,7 +52,7 @@ static int sh(const char *fmt, ...)
     vsnprintf(cmd, sizeof(cmd), fmt, ap);
     va_end(ap);
     char full[4096 + 512];
-    snprintf(full, sizeof(full), "cd '%s' && { %s; } >/dev/null 2>&1", tmpdir, cmd);
+    snprintf(full, sizeof(full), "cd '%s' && { %s\n} >/dev/null 2>&1", tmpdir, cmd);
     return system(full);
 }
 

@@ -5,6 +5,7 @@
  * behave as qemu-io -r and -U do.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -21,7 +22,7 @@
 #define QCOW2_RW_HELD (BDRV_PERM_CONSISTENT_READ | BDRV_PERM_WRITE | BDRV_PERM_RESIZE)
 #define QCOW2_UNSHARED (BDRV_PERM_WRITE | BDRV_PERM_RESIZE)
 
-static char tmpdir[256], img[300], rawimg[300];
+static char img[300], rawimg[300];
 
 /* Bitmask of the lock bytes 100..103 (bits 0..3) and 200..203 (bits 4..7) held on the file. */
 static unsigned lock_bytes(const char *path)
@@ -178,8 +179,7 @@ static void test_qemu_refused(void)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/imgfuse-lock.XXXXXX");
-    if (!mkdtemp(tmpdir))
+    if (!scratch_init("lock"))
         return 1;
     snprintf(img, sizeof(img), "%s/img.qcow2", tmpdir);
     snprintf(rawimg, sizeof(rawimg), "%s/img.raw", tmpdir);
@@ -190,8 +190,6 @@ int main(void)
     test_our_lock_bytes();
     test_qemu_writer();
     test_qemu_refused();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("# could not remove %s\n", tmpdir);
+    scratch_cleanup();
     return done_testing();
 }

@@ -13,40 +13,8 @@
 #include <unistd.h>
 
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
-
-static char dir[64];
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = snprintf(cmd, sizeof(cmd), "cd %s && ", dir);
-    vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
-    va_end(ap);
-    return system(cmd);
-}
-
-static uint8_t *slurp(const char *name, size_t *len)
-{
-    char path[256];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(*len ? *len : 1);
-    if (buf && fread(buf, 1, *len, f) != *len) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    return buf;
-}
 
 /* The view of snapshot id must equal qemu-img's conversion of it, cut to the snapshot's size. */
 static void check_view(BlockNode *bs, const char *id, int64_t want_size)
@@ -59,7 +27,7 @@ static void check_view(BlockNode *bs, const char *id, int64_t want_size)
     is_int(bdrv_getlength(view), want_size, "view '%s' has the snapshot's own virtual size", id);
     sh("qemu-img convert -l snapshot.name=%s -O raw img.qcow2 snap.raw", id);
     size_t len = 0;
-    uint8_t *ref = slurp("snap.raw", &len);
+    uint8_t *ref = slurp(tpath("snap.raw"), &len);
     uint8_t *got = malloc((size_t)want_size);
     ok(ref && got && len >= (size_t)want_size, "qemu-img converted snapshot '%s'", id);
     if (ref && got && len >= (size_t)want_size) {
@@ -134,8 +102,7 @@ static void test_view_across_commits(const char *path)
 
 int main(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/imgfuse-unit-snap.XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (!scratch_init("unit-snap")) {
         ok(0, "temp dir");
         return done_testing();
     }
@@ -157,7 +124,7 @@ int main(void)
     block_open_opts_init(&o);
     Error err = { .msg = "" };
     char path[128];
-    snprintf(path, sizeof(path), "%s/img.qcow2", dir);
+    snprintf(path, sizeof(path), "%s/img.qcow2", tmpdir);
     BlockNode *bs = bdrv_open(path, &o, &err);
     ok(bs != NULL, "image opens (%s)", err.msg);
     if (!bs)
@@ -217,6 +184,6 @@ int main(void)
         bdrv_close(view);
     }
     test_view_across_commits(path);
-    sh("cd / && rm -rf %s", dir);
+    scratch_cleanup();
     return done_testing();
 }

@@ -13,10 +13,9 @@
 #include <unistd.h>
 
 #include "../../drivers/qcow2/qcow2.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
-
-static char dir[] = "/tmp/imgfuse-unit-qcow2w.XXXXXX";
 
 static void test_refblock_entries(void)
 {
@@ -109,8 +108,7 @@ static bool random_io(BlockNode *bs, uint8_t *mirror, int64_t size, unsigned see
 
 static void test_write_and_check(const char *options, const char *label)
 {
-    char path[256];
-    snprintf(path, sizeof(path), "%s/w.qcow2", dir);
+    const char *path = tpath("w.qcow2");
     int64_t size = 8 * MiB;
     ok(create(path, options, size) == 0, "%s: create", label);
     BlockNode *bs = open_rw(path);
@@ -137,8 +135,7 @@ static void test_write_and_check(const char *options, const char *label)
 
 static void test_snapshots(void)
 {
-    char path[256];
-    snprintf(path, sizeof(path), "%s/s.qcow2", dir);
+    const char *path = tpath("s.qcow2");
     int64_t size = 4 * MiB;
     ok(create(path, "cluster_size=4k", size) == 0, "snapshots: create");
     BlockNode *bs = open_rw(path);
@@ -182,7 +179,7 @@ static void test_snapshots(void)
 
 int main(void)
 {
-    if (!mkdtemp(dir)) {
+    if (!scratch_init("unit-qcow2w")) {
         perror("mkdtemp");
         return 1;
     }
@@ -194,6 +191,6 @@ int main(void)
     test_write_and_check("extended_l2=on,cluster_size=32k", "extended L2");
     test_write_and_check("refcount_bits=2,cluster_size=1k", "2-bit refcounts");
     test_snapshots();
-    rmdir(dir);
+    scratch_cleanup();
     return done_testing();
 }

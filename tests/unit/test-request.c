@@ -5,6 +5,7 @@
  */
 #include "block.h"
 #include "../../lib/request.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -14,8 +15,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static char tmpdir[256];
 
 static void path_in_tmp(char *out, size_t len, const char *name)
 {
@@ -285,18 +284,13 @@ static void test_cor_needs_writable(void)
 
 int main(void)
 {
-    const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof(tmpdir), "%s/imgfuse-req.XXXXXX", base);
-    if (!mkdtemp(tmpdir))
+    if (!scratch_init("req"))
         return 1;
     test_detect_zeroes();
     test_throttle();
     test_read_errors();
     test_error_list();
     test_cor_needs_writable();
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0)
-        printf("# could not remove %s\n", tmpdir);
+    scratch_cleanup();
     return done_testing();
 }
