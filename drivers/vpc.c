@@ -945,6 +945,13 @@ static int64_t vpc_memory_used(BlockNode *bs)
     return (int64_t)(sizeof(*s) + (uint64_t)s->entries * 4 + 2 * (((uint64_t)s->entries + 7) / 8));
 }
 
+/* A fixed disk has no blocks: no allocation unit to tell. */
+static void vpc_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    const VpcState *s = bs->opaque;
+    facts->cluster_size = s->type == VPC_TYPE_FIXED ? 0 : s->block_size;
+}
+
 static void vpc_get_info(BlockNode *bs, InfoList *info)
 {
     VpcState *s = bs->opaque;
@@ -999,6 +1006,7 @@ const BlockDriver bdrv_vpc = {
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,
     .get_info = vpc_get_info,
+    .get_facts = vpc_get_facts,
     .memory_used = vpc_memory_used,
     .has_zero_init = vpc_has_zero_init,
 };

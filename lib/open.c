@@ -46,8 +46,6 @@ static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, co
         bdrv_free_node(bs);
         return NULL;
     }
-    if (drv->refresh_limits)
-        drv->refresh_limits(bs);
     return bs;
 }
 
@@ -204,8 +202,6 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
         bdrv_close(file);
         return NULL;
     }
-    if (drv->refresh_limits)
-        drv->refresh_limits(bs);
     return bs;
 }
 

@@ -358,3 +358,16 @@ EOF
     grep -q "BAT entry 1 .*EIO" "$TMP/daemon.log"
   done
 }
+
+@test "--copy-on-read into a differencing disk copies whole VHD blocks (the driver's cluster_size fact)" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
+  mount_img --rw --copy-on-read c.vhd "$MNT"
+  cmp -i 2101248 -n 4096 "$MNT/disk.raw" p.raw   # 2 MiB + 4 KiB: block 1, held by the parent only
+  cor=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["nodes"][0]["cor_bytes"])' "$MNT/stats.json")
+  unmount_img
+  [ "$cor" -eq 2097152 ]   # the parent's 2 MiB block, not 64 KiB of it
+  mount_img --no-backing c.vhd "$MNT"
+  cmp -i 2097152:2097152 -n 2097152 "$MNT/disk.raw" p.raw
+  unmount_img
+}

@@ -778,6 +778,11 @@ static void qcow2_info_features(Qcow2State *s, InfoList *info)
     info_add_str(info, "features", "%s", all[0] ? all : "none");
 }
 
+static void qcow2_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    facts->cluster_size = ((Qcow2State *)bs->opaque)->cluster_size;
+}
+
 static void qcow2_get_info(BlockNode *bs, InfoList *info)
 {
     Qcow2State *s = bs->opaque;
@@ -852,6 +857,7 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_open = qcow2_snapshot_open,
     .vmstate_read = qcow2_vmstate_read,
     .get_info = qcow2_get_info,
+    .get_facts = qcow2_get_facts,
     .memory_used = qcow2_memory_used,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,

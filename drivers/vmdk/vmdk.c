@@ -424,6 +424,15 @@ static const char *vmdk_extent_type_name(ExtentType t)
     return t == EXT_FLAT ? "flat" : t == EXT_SPARSE ? "sparse" : "zero";
 }
 
+/* The largest grain of the sparse extents (flat extents have no allocation unit). */
+static void vmdk_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    const VmdkState *s = bs->opaque;
+    for (int i = 0; i < s->n_ext; i++)
+        if (s->ext[i].type == EXT_SPARSE && (int64_t)s->ext[i].grain_bytes > facts->cluster_size)
+            facts->cluster_size = (int64_t)s->ext[i].grain_bytes;
+}
+
 static void vmdk_get_info(BlockNode *bs, InfoList *info)
 {
     VmdkState *s = bs->opaque;
@@ -474,6 +483,7 @@ const BlockDriver bdrv_vmdk = {
     .block_status = vmdk_block_status,
     .getlength = vmdk_getlength,
     .get_info = vmdk_get_info,
+    .get_facts = vmdk_get_facts,
     .memory_used = vmdk_memory_used,
     .has_zero_init = vmdk_has_zero_init,
 };

@@ -5,6 +5,7 @@
  * guard, block status, the memory driver, blkdebug rules and events, statistics and info.
  */
 #include "block.h"
+#include "../../lib/block_int.h" /* bdrv_pwrite_extents: only the tests use it */
 #include "tap.h"
 #include "util.h"
 
