@@ -89,7 +89,6 @@ typedef struct VpcState {
     uint64_t next_block;   /* where a new block goes; the footer follows it */
     uint32_t allocated;
     int bad_logged;
-    int parent_checked;    /* the parent's UUID was compared with the one recorded here (once) */
     char parent_source[8]; /* where the parent name came from: "W2ru", "W2ku", "MacX", "header" */
 } VpcState;
 
@@ -573,12 +572,12 @@ static int vpc_parent_matches(BlockNode *bs, const VpcState *s)
 }
 
 /* A parent found by name alone (a base-name lookup, a copied file) may not be the right one: say so
- * once, on the first read, when the chain is complete. The data is still served: the user may have
+ * once the chain is attached (the backing_attached slot). The data is still served: the user may have
  * named the parent on purpose with --backing. */
-static void vpc_check_parent_once(BlockNode *bs, VpcState *s)
+static int vpc_backing_attached(BlockNode *bs, Error *err)
 {
-    if (s->type != VPC_TYPE_DIFF || __atomic_exchange_n(&s->parent_checked, 1, __ATOMIC_RELAXED))
-        return;
+    (void)err;
+    const VpcState *s = bs->opaque;
     if (vpc_parent_matches(bs, s) == 0) {
         char want[37], got[37];
         format_uuid(s->header + DH_PARENT_UUID, want);
@@ -586,6 +585,7 @@ static void vpc_check_parent_once(BlockNode *bs, VpcState *s)
         log_msg("%s: warning: parent %s has UUID %s, but this differencing disk was made from %s", bs->filename,
                 bs->backing->filename, got, want);
     }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- open, close */
@@ -763,7 +763,6 @@ static int vpc_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     VpcState *s = bs->opaque;
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_pread(bs->file, offset, bytes, buf);
-    vpc_check_parent_once(bs, s);
     return bdrv_read_mapped(bs, offset, bytes, buf, &vpc_read_map, NULL);
 }
 
@@ -780,7 +779,6 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         st->host_file = bs->file;
         return 0;
     }
-    vpc_check_parent_once(bs, s); /* zero-copy reads ask block status and never come to vpc_read */
     return vpc_map(bs, offset, bytes, st, NULL);
 }
 
@@ -1006,6 +1004,7 @@ const BlockDriver bdrv_vpc = {
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,
     .get_info = vpc_get_info,
+    .backing_attached = vpc_backing_attached,
     .get_facts = vpc_get_facts,
     .memory_used = vpc_memory_used,
     .has_zero_init = vpc_has_zero_init,

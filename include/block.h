@@ -204,7 +204,7 @@ typedef struct BlockDriverFacts {
 /* ---------------------------------------------------------------- the driver interface
  *
  * What the core serialises, and what is left to the driver:
- *   - probe, open, create and close run alone: no other slot of the node runs meanwhile.
+ *   - probe, open, create, close and backing_attached run alone: no other slot of the node runs meanwhile.
  *   - Every other slot may be called from several threads at once on the same node, with any mix of reads,
  *     writes, block status, flush, info and snapshot calls: a driver guards its own metadata (tables,
  *     caches, headers) with its own lock and keeps data transfers outside it where the format allows.
@@ -231,9 +231,13 @@ struct BlockDriver {
      * the core resolves and opens the backing chain after open returns. */
     int (*open)(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
     void (*close)(BlockNode *bs);
+    /* Format drivers, optional: called once per node after the core attached the whole backing chain below
+     * it (bs->backing set, or NULL: none, --no-backing), before any I/O: checks of the parent (vpc's parent
+     * UUID, vmdk's parentCID) belong here, not in the read path. A negative errno fails the open (err set). */
+    int (*backing_attached)(BlockNode *bs, Error *err);
 
     /* Byte-based I/O. Requests are aligned to bs->request_alignment (the core does read-modify-write
-     * otherwise) and never longer than bs->max_transfer if that is set. Ranges never cross getlength
+     * otherwise) and never longer than bs->max_transfer if the driver's open set it. Ranges never cross getlength
      * except for protocol nodes being grown by writes. */
     int (*read)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
     int (*write)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);

@@ -362,6 +362,21 @@ static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *
     return r;
 }
 
+/* Tells every node of the chain from top down that its backing chain is complete (backing_attached). */
+static int backing_attached(BlockNode *top, Error *err)
+{
+    for (BlockNode *n = top; n; n = n->backing) {
+        if (!n->drv->backing_attached)
+            continue;
+        int r = n->drv->backing_attached(n, err);
+        if (r < 0) {
+            error_set(err, -r, "%s: %s", n->filename, strerror(-r));
+            return r;
+        }
+    }
+    return 0;
+}
+
 BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpenOpts *opts, Error *err)
 {
     BlockOpenOpts defaults;
@@ -398,6 +413,10 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     if (open_backing_chain(top, opts, err) < 0) {
         if (err && !err->msg[0])
             error_set(err, EIO, "%s: cannot open the backing chain", top->filename);
+        bdrv_close(top);
+        return NULL;
+    }
+    if (backing_attached(top, err) < 0) {
         bdrv_close(top);
         return NULL;
     }

@@ -371,3 +371,16 @@ EOF
   cmp -i 2097152:2097152 -n 2097152 "$MNT/disk.raw" p.raw
   unmount_img
 }
+
+@test "differencing: the parent's UUID is checked once the chain is attached, before any read" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
+  mv p.vhd orig.vhd
+  qemu-img convert -f vpc -O vpc orig.vhd p.vhd   # the same bytes, a new UUID
+  run "$IMGFUSE" info c.vhd
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"c.vhd: warning: parent "*"p.vhd has UUID "*", but this differencing disk was made from "* ]]
+  mount_img c.vhd "$MNT"   # nothing reads disk.raw
+  unmount_img
+  grep -q "c.vhd: warning: parent .*p.vhd has UUID .*, but this differencing disk was made from" "$TMP/daemon.log"
+}
