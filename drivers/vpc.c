@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define VPC_SECTOR 512
 #define VPC_FOOTER_SIZE 512
@@ -89,7 +88,7 @@ typedef struct VpcState {
     uint64_t next_block;   /* where a new block goes; the footer follows it */
     uint32_t allocated;
     int bad_logged;
-    char parent_source[8]; /* where the parent name came from: "W2ru", "W2ku", "MacX", "header" */
+    char parent_source[BDRV_MAX_BACKING_CANDIDATES][8]; /* of each backing candidate: "W2ru", "W2ku", "MacX", "header" */
 } VpcState;
 
 /* ---------------------------------------------------------------- small helpers */
@@ -495,36 +494,22 @@ static bool vpc_locator_name(BlockNode *bs, VpcState *s, const uint8_t *e, char 
     return out[0] != '\0';
 }
 
-static bool name_exists_near(const char *image, const char *name)
-{
-    char path[2 * PATH_MAX];
-    const char *slash = strrchr(image, '/');
-    int len;
-    if (name[0] == '/' || !slash)
-        len = snprintf(path, sizeof(path), "%s", name);
-    else
-        len = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - image), image, name);
-    struct stat st;
-    return len > 0 && (size_t)len < sizeof(path) && stat(path, &st) == 0;
-}
-
 /*
  * The parent of a differencing disk: the locators in the order relative (W2ru), absolute (W2ku), MacX,
- * then the parent's name in the header. The first of them that names an existing file (relative to the
- * image) is taken, else the first one found; lib/backing.c then applies the backing-name policy to it.
+ * then the parent's name in the header, as backing candidates: the core takes the first of them that the
+ * backing-name policy resolves (lib/open.c), and info tells which locator that was.
  */
 static int vpc_find_parent(BlockNode *bs, VpcState *s, Error *err)
 {
     static const uint32_t order[] = { PLAT_W2RU, PLAT_W2KU, PLAT_MACX };
     static const char *const order_names[] = { "W2ru", "W2ku", "MacX" };
     char cand[4][PATH_MAX];
-    const char *source[4];
     int n = 0;
     for (size_t k = 0; k < ARRAY_SIZE(order); k++) {
         for (int i = 0; i < VPC_LOCATORS; i++) {
             const uint8_t *e = s->header + DH_LOCATORS + i * PL_ENTRY_SIZE;
             if (ld_be32(e + PL_CODE) == order[k] && vpc_locator_name(bs, s, e, cand[n], PATH_MAX)) {
-                source[n++] = order_names[k];
+                snprintf(s->parent_source[n++], sizeof(s->parent_source[0]), "%s", order_names[k]);
                 break;
             }
         }
@@ -532,26 +517,33 @@ static int vpc_find_parent(BlockNode *bs, VpcState *s, Error *err)
     if (utf16_to_utf8(s->header + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES, true, true, cand[n], PATH_MAX)) {
         windows_to_posix(cand[n]);
         if (cand[n][0])
-            source[n++] = "header";
+            snprintf(s->parent_source[n++], sizeof(s->parent_source[0]), "header");
     }
     if (n == 0) {
         error_set(err, EINVAL, "differencing disk names no parent (no usable parent locator or parent name)");
         return -EINVAL;
     }
-    int pick = 0;
     for (int i = 0; i < n; i++)
-        if (name_exists_near(bs->filename, cand[i])) {
-            pick = i;
-            break;
+        if (!(bs->backing_candidates[i] = strdup(cand[i]))) {
+            error_set(err, ENOMEM, "out of memory");
+            return -ENOMEM;
         }
-    bs->backing_name = strdup(cand[pick]);
+    bs->backing_name = strdup(cand[0]);
     bs->backing_format_hint = strdup("vpc");
     if (!bs->backing_name || !bs->backing_format_hint) {
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
-    snprintf(s->parent_source, sizeof(s->parent_source), "%s", source[pick]);
     return 0;
+}
+
+/* Where the parent name followed came from: the locator of the candidate the core chose. */
+static const char *vpc_parent_source(BlockNode *bs, const VpcState *s)
+{
+    for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES && bs->backing_candidates[i]; i++)
+        if (bs->backing_name && strcmp(bs->backing_name, bs->backing_candidates[i]) == 0)
+            return s->parent_source[i];
+    return s->parent_source[0];
 }
 
 /* The parent a differencing disk opened with (bs->backing, once the core has attached it), if it is a
@@ -987,7 +979,7 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
             info_add_bool(info, "parent_uuid_matches", match == 1);
         if (utf16_to_utf8(s->header + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES, true, false, pname, sizeof(pname)))
             info_add_str(info, "parent_name", "%s", pname);
-        info_add_str(info, "parent_locator", "%s", s->parent_source);
+        info_add_str(info, "parent_locator", "%s", vpc_parent_source(bs, s));
     }
 }
 

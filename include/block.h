@@ -49,6 +49,7 @@ enum ReadErrorMode { READ_ERROR_REPORT = 0, READ_ERROR_ZERO = 1 };
 #define MAX_BACKING_DIRS 16
 #define MAX_CHAIN_DEPTH 256
 #define MAX_DRIVER_OPTS 32
+#define BDRV_MAX_BACKING_CANDIDATES 4
 
 typedef struct BlockOpenOpts {
     const char *format;          /* forced format of the top image, NULL = probe */
@@ -322,6 +323,11 @@ struct BlockNode {
     /* Set by a format driver's open when the image names a backing file. */
     char *backing_name;           /* exactly as written in the image */
     char *backing_format_hint;    /* format from the image, NULL if absent */
+    /* Or, when the image names its backing file in several places (vpc's parent locators): the candidate
+     * names in the driver's order, backing_name set to the first. The core, not the driver, chooses: it
+     * takes the first the backing-name policy resolves (backing_name becomes that one) and reports the first
+     * one's refusal when none resolves. Freed with the node. */
+    char *backing_candidates[BDRV_MAX_BACKING_CANDIDATES];
     char *backing_resolved;       /* set by the core: the path actually opened, and how */
     char *backing_note;           /* e.g. "found by base name in --backing-dir /x" */
 

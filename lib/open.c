@@ -286,6 +286,42 @@ static int attach_backing(BlockNode *cur, const char *path, const char *note, co
     return 0;
 }
 
+/* Resolves cur's backing name through the policy: name itself, or when the driver listed candidates (name
+ * is the first), the first of them that resolves, which becomes cur->backing_name; if none does, the first
+ * one's refusal. path: PATH_MAX bytes, note: 1024. */
+static int resolve_candidates(BlockNode *cur, const char *name, const BlockOpenOpts *opts, char *path, char *note,
+                              Error *err)
+{
+    char *const *cand = cur->backing_candidates;
+    if (!cand[0] || strcmp(name, cand[0]) != 0)
+        return bdrv_resolve_backing(cur->filename, name, opts, path, PATH_MAX, note, 1024, err);
+    Error *e = calloc(2, sizeof(*e)); /* e[0]: the first candidate's refusal */
+    if (!e)
+        return -ENOMEM;
+    int r = -ENOENT;
+    for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES && cand[i]; i++) {
+        e[1].msg[0] = '\0';
+        int ri = bdrv_resolve_backing(cur->filename, cand[i], opts, path, PATH_MAX, note, 1024, &e[i ? 1 : 0]);
+        if (ri == 0) {
+            char *chosen = i ? strdup(cand[i]) : NULL;
+            r = i && !chosen ? -ENOMEM : 0;
+            if (chosen) {
+                free(cur->backing_name);
+                cur->backing_name = chosen;
+            }
+            break;
+        }
+        if (i == 0)
+            r = ri;
+    }
+    if (r == -ENOMEM)
+        error_set(err, ENOMEM, "%s: out of memory", cur->filename);
+    else if (r < 0)
+        error_set(err, e[0].errnum, "%s", e[0].msg);
+    free(e);
+    return r;
+}
+
 static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *err)
 {
     ChainWalk *walk = calloc(1, sizeof(*walk));
@@ -337,9 +373,10 @@ static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *
             snprintf(path, PATH_MAX, "%s", name);
             snprintf(note, 1024, "given with --backing");
         } else {
-            r = bdrv_resolve_backing(cur->filename, name, opts, path, PATH_MAX, note, 1024, err);
+            r = resolve_candidates(cur, name, opts, path, note, err);
             if (r < 0)
                 break;
+            name = cur->backing_name;
         }
         struct stat st;
         if (stat(path, &st) == 0 && chain_seen(walk, &st)) {

@@ -384,3 +384,20 @@ EOF
   unmount_img
   grep -q "c.vhd: warning: parent .*p.vhd has UUID .*, but this differencing disk was made from" "$TMP/daemon.log"
 }
+
+@test "differencing: the core picks the first parent locator the backing policy allows, not the first that exists" {
+  make_parent
+  mkdir img outside
+  cp p.vhd outside/p.vhd   # a file of the parent's name outside the image's directory
+  python3 "$MAKE_DIFF" --locators w2ru --locator-path ../outside/p.vhd --parent-name p.vhd \
+    --parent-raw p.raw --expect expect.raw p.vhd img/c.vhd 0:4096:0x61
+  mv p.vhd img/p.vhd
+  mount_img img/c.vhd "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  grep -q "backing_resolved: $TMP/img/p.vhd" "$MNT/info"
+  grep -q "parent_locator: header" "$MNT/info"
+  unmount_img
+  # no candidate allowed: the first one's refusal, on one line
+  rm img/p.vhd
+  refused_open img/c.vhd "backing file '../outside/p.vhd' refused: it resolves outside the image's directory"
+}
