@@ -637,8 +637,7 @@ static int vpc_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     Error local = { .msg = "", .errnum = 0 };
     int r = vpc_do_open(bs, s, opts, &local);
     if (r < 0) {
-        error_set(err, local.errnum ? local.errnum : -r, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-r));
+        error_set(err, local.errnum ? local.errnum : -r, "%s", local.msg[0] ? local.msg : strerror(-r));
         vpc_close(bs);
         return r;
     }

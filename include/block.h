@@ -228,6 +228,7 @@ struct BlockDriver {
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
 
     /* Format/filter drivers: bs->file is already open. Protocol drivers: open bs->filename.
+     * On failure err holds the reason; the core puts "bs->filename: " in front (unless it starts so).
      * A format driver that finds a backing file name sets bs->backing_name (and bs->backing_format_hint);
      * the core resolves and opens the backing chain after open returns. */
     int (*open)(BlockNode *bs, const BlockOpenOpts *opts, Error *err);

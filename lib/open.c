@@ -28,6 +28,34 @@ void block_open_opts_init(BlockOpenOpts *o)
     o->read_only = true;
 }
 
+/* ---------------------------------------------------------------- the driver's open */
+
+/*
+ * The one rule for where the file name enters an open error: the line starts with the name of the file
+ * being opened (bs->filename), exactly once, and the core puts it there. A driver writes the reason; a
+ * message that already starts with "bs->filename:" (drivers that name it in each message) is kept as is;
+ * one about another file (an extent, a rules file) follows the image's name. No message: what and
+ * strerror.
+ */
+static int driver_open(BlockNode *bs, const BlockOpenOpts *opts, const char *what, Error *err)
+{
+    Error *local = calloc(1, sizeof(*local));
+    int r = local ? bs->drv->open(bs, opts, local) : -ENOMEM;
+    if (r >= 0) {
+        free(local);
+        return r;
+    }
+    size_t n = strlen(bs->filename);
+    if (!local || !local->msg[0])
+        error_set(err, -r, "%s: %s%s", bs->filename, what, strerror(-r));
+    else if (strncmp(local->msg, bs->filename, n) == 0 && local->msg[n] == ':')
+        error_set(err, local->errnum ? local->errnum : -r, "%s", local->msg);
+    else
+        error_set(err, local->errnum ? local->errnum : -r, "%s: %s", bs->filename, local->msg);
+    free(local);
+    return r;
+}
+
 /* ---------------------------------------------------------------- protocol nodes */
 
 static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, const BlockOpenOpts *opts,
@@ -40,9 +68,8 @@ static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, co
     }
     bs->read_only = read_only;
     bs->opts = opts;
-    int r = drv->open(bs, opts, err);
+    int r = driver_open(bs, opts, "", err);
     if (r < 0) {
-        error_set(err, -r, "%s: %s", filename, strerror(-r));
         bdrv_free_node(bs);
         return NULL;
     }
@@ -81,9 +108,8 @@ static BlockNode *open_filter(const char *name, BlockNode *file, const BlockOpen
     bs->read_only = file->read_only;
     bs->opts = opts;
     bs->request_alignment = file->request_alignment;
-    int r = drv->open(bs, opts, err);
+    int r = driver_open(bs, opts, "", err);
     if (r < 0) {
-        error_set(err, -r, "%s: %s", file->filename, strerror(-r));
         bs->file = NULL;
         bdrv_free_node(bs);
         bdrv_close(file);
@@ -194,9 +220,10 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
     bs->read_only = file->read_only;
     bs->opts = opts;
     bs->probed = probed;
-    int r = drv->open(bs, opts, err);
+    char what[64];
+    snprintf(what, sizeof(what), "cannot open as %s: ", drv->name);
+    int r = driver_open(bs, opts, what, err);
     if (r < 0) {
-        error_set(err, -r, "%s: cannot open as %s: %s", file->filename, drv->name, strerror(-r));
         bs->file = NULL;
         bdrv_free_node(bs);
         bdrv_close(file);

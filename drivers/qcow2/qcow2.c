@@ -705,16 +705,14 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     Error local = { .msg = "", .errnum = 0 };
     int ret = s->node_name ? qcow2_do_open(bs, s, opts, &local) : -ENOMEM;
     if (ret < 0) {
-        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-ret));
+        error_set(err, local.errnum ? local.errnum : -ret, "%s", local.msg[0] ? local.msg : strerror(-ret));
         qcow2_close(bs);
         return ret;
     }
     bs->request_alignment = 1;
     ret = qcow2_write_open(bs, opts, &local);
     if (ret < 0) {
-        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-ret));
+        error_set(err, local.errnum ? local.errnum : -ret, "%s", local.msg[0] ? local.msg : strerror(-ret));
         qcow2_close(bs);
         return ret;
     }
