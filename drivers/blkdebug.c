@@ -7,7 +7,7 @@
  *     event=write delay_ms=50 always  slow every write down
  *     event=read errno=5 offset=8192 length=4096 always   fail reads touching that range
  * Events are the I/O kinds (read, write, write_zeroes, discard, flush, any) and the metadata kinds format
- * drivers announce with bdrv_debug_event() just before the I/O (an announcement applies to the next I/O
+ * drivers announce with bdrv_debug_event() (the debug_event slot) just before the I/O (an announcement applies to the next I/O
  * of the same thread).  It knows no format.
  */
 #include "block.h"
@@ -45,8 +45,6 @@ typedef struct BlkdebugState {
         char event[64];
     } pending[MAX_PENDING];
 } BlkdebugState;
-
-extern const BlockDriver bdrv_blkdebug;
 
 static int parse_int(const char *v, int *out)
 {
@@ -149,11 +147,10 @@ static void blkdebug_close(BlockNode *bs)
     pthread_mutex_destroy(&s->lock);
 }
 
-void bdrv_debug_event(BlockNode *file, const char *event)
+/* The debug_event slot: remembers event for this thread's next I/O on bs. */
+static void blkdebug_debug_event(BlockNode *bs, const char *event)
 {
-    if (!file || file->drv != &bdrv_blkdebug || !event)
-        return;
-    BlkdebugState *s = file->opaque;
+    BlkdebugState *s = bs->opaque;
     pthread_t self = pthread_self();
     pthread_mutex_lock(&s->lock);
     int slot = -1;
@@ -284,4 +281,5 @@ const BlockDriver bdrv_blkdebug = {
     .flush = blkdebug_flush,
     .truncate = blkdebug_truncate,
     .get_info = blkdebug_get_info,
+    .debug_event = blkdebug_debug_event,
 };

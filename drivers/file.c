@@ -22,6 +22,8 @@
 
 #define AIO_CONTEXTS 4
 #define AIO_DEPTH 128
+/* Linux moves at most this many bytes in one read or write (the file node's max_transfer). */
+#define FILE_MAX_TRANSFER 0x7ffff000
 
 typedef struct FileAio {
     pthread_mutex_t lock;
@@ -551,6 +553,7 @@ static int file_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->can_punch = s->can_zero_range = !bs->read_only;
     if (s->direct)
         bs->request_alignment = discover_alignment(s);
+    bs->max_transfer = FILE_MAX_TRANSFER;
     if (opts && opts->aio == AIO_NATIVE) {
         int r = aio_pool_init(s, name);
         if (r < 0) {

@@ -951,6 +951,11 @@ static bool qed_has_zero_init(BlockNode *bs)
     return bs->backing == NULL;
 }
 
+static void qed_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    facts->cluster_size = ((QedState *)bs->opaque)->cluster_size;
+}
+
 static void qed_get_info(BlockNode *bs, InfoList *info)
 {
     QedState *s = bs->opaque;
@@ -996,6 +1001,7 @@ const BlockDriver bdrv_qed = {
     .getlength = qed_getlength,
     .memory_used = qed_memory_used,
     .get_info = qed_get_info,
+    .get_facts = qed_get_facts,
     .check = qed_check,
     .has_zero_init = qed_has_zero_init,
 };

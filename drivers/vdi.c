@@ -838,6 +838,11 @@ static void vdi_info_uuid(InfoList *info, const char *key, const uint8_t *uuid)
     info_add_str(info, key, "%s", text);
 }
 
+static void vdi_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    facts->cluster_size = ((VdiState *)bs->opaque)->block_size;
+}
+
 static void vdi_get_info(BlockNode *bs, InfoList *info)
 {
     VdiState *s = bs->opaque;
@@ -886,5 +891,6 @@ const BlockDriver bdrv_vdi = {
     .getlength = vdi_getlength,
     .memory_used = vdi_memory_used,
     .get_info = vdi_get_info,
+    .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
 };

@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define VPC_SECTOR 512
 #define VPC_FOOTER_SIZE 512
@@ -89,8 +88,7 @@ typedef struct VpcState {
     uint64_t next_block;   /* where a new block goes; the footer follows it */
     uint32_t allocated;
     int bad_logged;
-    int parent_checked;    /* the parent's UUID was compared with the one recorded here (once) */
-    char parent_source[8]; /* where the parent name came from: "W2ru", "W2ku", "MacX", "header" */
+    char parent_source[BDRV_MAX_BACKING_CANDIDATES][8]; /* of each backing candidate: "W2ru", "W2ku", "MacX", "header" */
 } VpcState;
 
 /* ---------------------------------------------------------------- small helpers */
@@ -496,36 +494,22 @@ static bool vpc_locator_name(BlockNode *bs, VpcState *s, const uint8_t *e, char 
     return out[0] != '\0';
 }
 
-static bool name_exists_near(const char *image, const char *name)
-{
-    char path[2 * PATH_MAX];
-    const char *slash = strrchr(image, '/');
-    int len;
-    if (name[0] == '/' || !slash)
-        len = snprintf(path, sizeof(path), "%s", name);
-    else
-        len = snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - image), image, name);
-    struct stat st;
-    return len > 0 && (size_t)len < sizeof(path) && stat(path, &st) == 0;
-}
-
 /*
  * The parent of a differencing disk: the locators in the order relative (W2ru), absolute (W2ku), MacX,
- * then the parent's name in the header. The first of them that names an existing file (relative to the
- * image) is taken, else the first one found; lib/backing.c then applies the backing-name policy to it.
+ * then the parent's name in the header, as backing candidates: the core takes the first of them that the
+ * backing-name policy resolves (lib/open.c), and info tells which locator that was.
  */
 static int vpc_find_parent(BlockNode *bs, VpcState *s, Error *err)
 {
     static const uint32_t order[] = { PLAT_W2RU, PLAT_W2KU, PLAT_MACX };
     static const char *const order_names[] = { "W2ru", "W2ku", "MacX" };
     char cand[4][PATH_MAX];
-    const char *source[4];
     int n = 0;
     for (size_t k = 0; k < ARRAY_SIZE(order); k++) {
         for (int i = 0; i < VPC_LOCATORS; i++) {
             const uint8_t *e = s->header + DH_LOCATORS + i * PL_ENTRY_SIZE;
             if (ld_be32(e + PL_CODE) == order[k] && vpc_locator_name(bs, s, e, cand[n], PATH_MAX)) {
-                source[n++] = order_names[k];
+                snprintf(s->parent_source[n++], sizeof(s->parent_source[0]), "%s", order_names[k]);
                 break;
             }
         }
@@ -533,26 +517,33 @@ static int vpc_find_parent(BlockNode *bs, VpcState *s, Error *err)
     if (utf16_to_utf8(s->header + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES, true, true, cand[n], PATH_MAX)) {
         windows_to_posix(cand[n]);
         if (cand[n][0])
-            source[n++] = "header";
+            snprintf(s->parent_source[n++], sizeof(s->parent_source[0]), "header");
     }
     if (n == 0) {
         error_set(err, EINVAL, "differencing disk names no parent (no usable parent locator or parent name)");
         return -EINVAL;
     }
-    int pick = 0;
     for (int i = 0; i < n; i++)
-        if (name_exists_near(bs->filename, cand[i])) {
-            pick = i;
-            break;
+        if (!(bs->backing_candidates[i] = strdup(cand[i]))) {
+            error_set(err, ENOMEM, "out of memory");
+            return -ENOMEM;
         }
-    bs->backing_name = strdup(cand[pick]);
+    bs->backing_name = strdup(cand[0]);
     bs->backing_format_hint = strdup("vpc");
     if (!bs->backing_name || !bs->backing_format_hint) {
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
-    snprintf(s->parent_source, sizeof(s->parent_source), "%s", source[pick]);
     return 0;
+}
+
+/* Where the parent name followed came from: the locator of the candidate the core chose. */
+static const char *vpc_parent_source(BlockNode *bs, const VpcState *s)
+{
+    for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES && bs->backing_candidates[i]; i++)
+        if (bs->backing_name && strcmp(bs->backing_name, bs->backing_candidates[i]) == 0)
+            return s->parent_source[i];
+    return s->parent_source[0];
 }
 
 /* The parent a differencing disk opened with (bs->backing, once the core has attached it), if it is a
@@ -573,12 +564,12 @@ static int vpc_parent_matches(BlockNode *bs, const VpcState *s)
 }
 
 /* A parent found by name alone (a base-name lookup, a copied file) may not be the right one: say so
- * once, on the first read, when the chain is complete. The data is still served: the user may have
+ * once the chain is attached (the backing_attached slot). The data is still served: the user may have
  * named the parent on purpose with --backing. */
-static void vpc_check_parent_once(BlockNode *bs, VpcState *s)
+static int vpc_backing_attached(BlockNode *bs, Error *err)
 {
-    if (s->type != VPC_TYPE_DIFF || __atomic_exchange_n(&s->parent_checked, 1, __ATOMIC_RELAXED))
-        return;
+    (void)err;
+    const VpcState *s = bs->opaque;
     if (vpc_parent_matches(bs, s) == 0) {
         char want[37], got[37];
         format_uuid(s->header + DH_PARENT_UUID, want);
@@ -586,6 +577,7 @@ static void vpc_check_parent_once(BlockNode *bs, VpcState *s)
         log_msg("%s: warning: parent %s has UUID %s, but this differencing disk was made from %s", bs->filename,
                 bs->backing->filename, got, want);
     }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- open, close */
@@ -645,8 +637,7 @@ static int vpc_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     Error local = { .msg = "", .errnum = 0 };
     int r = vpc_do_open(bs, s, opts, &local);
     if (r < 0) {
-        error_set(err, local.errnum ? local.errnum : -r, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-r));
+        error_set(err, local.errnum ? local.errnum : -r, "%s", local.msg[0] ? local.msg : strerror(-r));
         vpc_close(bs);
         return r;
     }
@@ -763,7 +754,6 @@ static int vpc_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     VpcState *s = bs->opaque;
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_pread(bs->file, offset, bytes, buf);
-    vpc_check_parent_once(bs, s);
     return bdrv_read_mapped(bs, offset, bytes, buf, &vpc_read_map, NULL);
 }
 
@@ -780,7 +770,6 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
         st->host_file = bs->file;
         return 0;
     }
-    vpc_check_parent_once(bs, s); /* zero-copy reads ask block status and never come to vpc_read */
     return vpc_map(bs, offset, bytes, st, NULL);
 }
 
@@ -945,6 +934,13 @@ static int64_t vpc_memory_used(BlockNode *bs)
     return (int64_t)(sizeof(*s) + (uint64_t)s->entries * 4 + 2 * (((uint64_t)s->entries + 7) / 8));
 }
 
+/* A fixed disk has no blocks: no allocation unit to tell. */
+static void vpc_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    const VpcState *s = bs->opaque;
+    facts->cluster_size = s->type == VPC_TYPE_FIXED ? 0 : s->block_size;
+}
+
 static void vpc_get_info(BlockNode *bs, InfoList *info)
 {
     VpcState *s = bs->opaque;
@@ -982,7 +978,7 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
             info_add_bool(info, "parent_uuid_matches", match == 1);
         if (utf16_to_utf8(s->header + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES, true, false, pname, sizeof(pname)))
             info_add_str(info, "parent_name", "%s", pname);
-        info_add_str(info, "parent_locator", "%s", s->parent_source);
+        info_add_str(info, "parent_locator", "%s", vpc_parent_source(bs, s));
     }
 }
 
@@ -999,6 +995,8 @@ const BlockDriver bdrv_vpc = {
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,
     .get_info = vpc_get_info,
+    .backing_attached = vpc_backing_attached,
+    .get_facts = vpc_get_facts,
     .memory_used = vpc_memory_used,
     .has_zero_init = vpc_has_zero_init,
 };

@@ -49,6 +49,7 @@ enum ReadErrorMode { READ_ERROR_REPORT = 0, READ_ERROR_ZERO = 1 };
 #define MAX_BACKING_DIRS 16
 #define MAX_CHAIN_DEPTH 256
 #define MAX_DRIVER_OPTS 32
+#define BDRV_MAX_BACKING_CANDIDATES 4
 
 typedef struct BlockOpenOpts {
     const char *format;          /* forced format of the top image, NULL = probe */
@@ -193,7 +194,25 @@ typedef struct CreateOpts {
     const char *options;        /* driver options "k=v,k=v" (cluster_size=, compat=, extended_l2=, ...) */
 } CreateOpts;
 
-/* ---------------------------------------------------------------- the driver interface */
+/* ---------------------------------------------------------------- typed driver facts */
+
+/* What a format driver knows of its layout that the core uses (get_facts): zero = not told. */
+typedef struct BlockDriverFacts {
+    int64_t cluster_size;   /* allocation unit of the format (qcow2/qed cluster, vdi/vpc block, vmdk grain):
+                             * copy-on-read copies whole units of it */
+} BlockDriverFacts;
+
+/* ---------------------------------------------------------------- the driver interface
+ *
+ * What the core serialises, and what is left to the driver:
+ *   - probe, open, create, close and backing_attached run alone: no other slot of the node runs meanwhile.
+ *   - Every other slot may be called from several threads at once on the same node, with any mix of reads,
+ *     writes, block status, flush, info and snapshot calls: a driver guards its own metadata (tables,
+ *     caches, headers) with its own lock and keeps data transfers outside it where the format allows.
+ *   - The core serialises only overlapping guest ranges that must not interleave: read-modify-write of an
+ *     unaligned write (request_alignment > 1) and copy-on-read. Two aligned writes to the same cluster may
+ *     reach a driver together; allocating it once is the driver's job.
+ *   - debug_event is called from inside other drivers' I/O paths and must not block on I/O. */
 
 struct BlockDriver {
     const char *name;
@@ -209,13 +228,18 @@ struct BlockDriver {
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
 
     /* Format/filter drivers: bs->file is already open. Protocol drivers: open bs->filename.
+     * On failure err holds the reason; the core puts "bs->filename: " in front (unless it starts so).
      * A format driver that finds a backing file name sets bs->backing_name (and bs->backing_format_hint);
      * the core resolves and opens the backing chain after open returns. */
     int (*open)(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
     void (*close)(BlockNode *bs);
+    /* Format drivers, optional: called once per node after the core attached the whole backing chain below
+     * it (bs->backing set, or NULL: none, --no-backing), before any I/O: checks of the parent (vpc's parent
+     * UUID, vmdk's parentCID) belong here, not in the read path. A negative errno fails the open (err set). */
+    int (*backing_attached)(BlockNode *bs, Error *err);
 
     /* Byte-based I/O. Requests are aligned to bs->request_alignment (the core does read-modify-write
-     * otherwise) and never longer than bs->max_transfer if that is set. Ranges never cross getlength
+     * otherwise) and never longer than bs->max_transfer if the driver's open set it. Ranges never cross getlength
      * except for protocol nodes being grown by writes. */
     int (*read)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
     int (*write)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
@@ -244,7 +268,11 @@ struct BlockDriver {
     int (*check)(BlockNode *bs, InfoList *report); /* returns number of errors found, or -errno */
     int (*create)(const char *filename, const CreateOpts *opts, Error *err);
     bool (*has_zero_init)(BlockNode *bs);
-    void (*refresh_limits)(BlockNode *bs);
+    /* Format drivers: the typed facts of an open node (facts zeroed by the core); NULL: none. */
+    void (*get_facts)(BlockNode *bs, BlockDriverFacts *facts);
+    /* Filter drivers, optional: a format driver above announced event (bdrv_debug_event) for the calling
+     * thread's next I/O on bs (blkdebug fails or slows that I/O). */
+    void (*debug_event)(BlockNode *bs, const char *event);
 
     /* Optional: several host extents of one request in one go (libaio batch in the file driver).
      * Offsets/lengths/buffers follow bs->request_alignment; NULL = the core loops over read/write. */
@@ -282,8 +310,6 @@ typedef struct BlockStats {
     uint64_t cor_bytes, detected_zero_ops, errors;
 } BlockStats;
 
-typedef struct TrackedRequest TrackedRequest;
-
 struct BlockNode {
     const BlockDriver *drv;
     void *opaque;                 /* driver state, drv->instance_size bytes */
@@ -298,23 +324,22 @@ struct BlockNode {
     /* Set by a format driver's open when the image names a backing file. */
     char *backing_name;           /* exactly as written in the image */
     char *backing_format_hint;    /* format from the image, NULL if absent */
+    /* Or, when the image names its backing file in several places (vpc's parent locators): the candidate
+     * names in the driver's order, backing_name set to the first. The core, not the driver, chooses: it
+     * takes the first the backing-name policy resolves (backing_name becomes that one) and reports the first
+     * one's refusal when none resolves. Freed with the node. */
+    char *backing_candidates[BDRV_MAX_BACKING_CANDIDATES];
     char *backing_resolved;       /* set by the core: the path actually opened, and how */
     char *backing_note;           /* e.g. "found by base name in --backing-dir /x" */
 
-    uint32_t request_alignment;   /* 1 = byte-granular */
-    int64_t max_transfer;         /* 0 = unlimited */
+    uint32_t request_alignment;   /* set by open: 1 = byte-granular */
+    int64_t max_transfer;         /* set by open: longest single read/write the driver takes, 0 = unlimited */
 
     const BlockOpenOpts *opts;    /* the options the chain was opened with (owned by the caller) */
 
-    pthread_mutex_t req_lock;     /* guards the tracked request list */
-    pthread_cond_t req_cond;
-    TrackedRequest *tracked;
-
-    pthread_mutex_t stats_lock;
-    BlockStats stats;
-
-    int refcnt;                   /* bdrv_ref/bdrv_close; a node is freed when the last user closes it */
-    struct BlockNodeCore *core;   /* the core's private per-node state (lib/block_int.h) */
+    /* The core's private per-node state (lib/block_int.h): tracked requests, statistics, the reference
+     * count, root-node request-path state. Drivers and the front end use the bdrv_* calls instead. */
+    struct BlockNodeCore *core;
 };
 
 /* Open IMAGE with its whole backing chain. Returns NULL and fills err on failure. */
@@ -404,7 +429,6 @@ void bdrv_ref(BlockNode *bs);
 
 /* Several extents in one request (one io_submit batch with --aio=native); 0 or -errno. */
 int bdrv_pread_extents(BlockNode *bs, const BlockExtent *ext, int n);
-int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags);
 
 /* Thin wrappers of the driver slots: -ENOTSUP (or NULL with err set) when the driver has none. */
 int bdrv_snapshot_create(BlockNode *bs, const char *name, Error *err);
@@ -414,9 +438,12 @@ BlockNode *bdrv_snapshot_open(BlockNode *bs, const char *id, Error *err);
 int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
 int bdrv_check(BlockNode *bs, InfoList *report);
 bool bdrv_has_zero_init(BlockNode *bs);
+/* The typed facts of bs's driver (all zero when it tells none). */
+void bdrv_get_facts(BlockNode *bs, BlockDriverFacts *facts);
 
 /* Format drivers announce a metadata write ("l2_update", "refblock_update", ...) on their file child
- * just before issuing it; a blkdebug filter there may then fail that I/O. No-op on other nodes. */
+ * just before issuing it; a filter there with a debug_event slot (blkdebug) may then fail that I/O.
+ * No-op on other nodes. */
 void bdrv_debug_event(BlockNode *file, const char *event);
 
 /* --on-read-error=zero: ranges of the root node that read as zeros because they could not be read. */

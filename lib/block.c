@@ -38,10 +38,10 @@ BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename)
     }
     bs->drv = drv;
     bs->request_alignment = 1;
-    bs->refcnt = 1;
-    pthread_mutex_init(&bs->req_lock, NULL);
-    pthread_cond_init(&bs->req_cond, NULL);
-    pthread_mutex_init(&bs->stats_lock, NULL);
+    bs->core->refcnt = 1;
+    pthread_mutex_init(&bs->core->req_lock, NULL);
+    pthread_cond_init(&bs->core->req_cond, NULL);
+    pthread_mutex_init(&bs->core->stats_lock, NULL);
     return bs;
 }
 
@@ -51,14 +51,16 @@ void bdrv_free_node(BlockNode *bs)
     if (!bs)
         return;
     request_state_free(bs);
-    pthread_mutex_destroy(&bs->req_lock);
-    pthread_cond_destroy(&bs->req_cond);
-    pthread_mutex_destroy(&bs->stats_lock);
+    pthread_mutex_destroy(&bs->core->req_lock);
+    pthread_cond_destroy(&bs->core->req_cond);
+    pthread_mutex_destroy(&bs->core->stats_lock);
     free(bs->opaque);
     free(bs->filename);
     free(bs->node_name);
     free(bs->backing_name);
     free(bs->backing_format_hint);
+    for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES; i++)
+        free(bs->backing_candidates[i]);
     free(bs->backing_resolved);
     free(bs->backing_note);
     if (bs->core) {
@@ -72,12 +74,12 @@ void bdrv_free_node(BlockNode *bs)
 void bdrv_ref(BlockNode *bs)
 {
     if (bs)
-        __atomic_add_fetch(&bs->refcnt, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&bs->core->refcnt, 1, __ATOMIC_SEQ_CST);
 }
 
 static bool bdrv_unref(BlockNode *bs)
 {
-    return __atomic_sub_fetch(&bs->refcnt, 1, __ATOMIC_SEQ_CST) == 0;
+    return __atomic_sub_fetch(&bs->core->refcnt, 1, __ATOMIC_SEQ_CST) == 0;
 }
 
 /* Closes one node and its file child; the backing chain is handled iteratively by bdrv_close. */
@@ -116,7 +118,7 @@ int bdrv_chain_length(BlockNode *bs)
 
 static bool tracked_conflict(BlockNode *bs, const TrackedRequest *req)
 {
-    for (TrackedRequest *t = bs->tracked; t; t = t->next)
+    for (TrackedRequest *t = bs->core->tracked; t; t = t->next)
         if (t->seq < req->seq && (t->serialising || req->serialising) &&
             ranges_overlap(t->offset, t->bytes, req->offset, req->bytes))
             return true;
@@ -128,26 +130,26 @@ void tracked_begin(BlockNode *bs, TrackedRequest *req, int64_t offset, int64_t b
     req->offset = offset;
     req->bytes = bytes;
     req->serialising = serialising;
-    pthread_mutex_lock(&bs->req_lock);
+    pthread_mutex_lock(&bs->core->req_lock);
     req->seq = bs->core->next_seq++;
-    req->next = bs->tracked;
-    bs->tracked = req;
+    req->next = bs->core->tracked;
+    bs->core->tracked = req;
     while (tracked_conflict(bs, req))
-        pthread_cond_wait(&bs->req_cond, &bs->req_lock);
-    pthread_mutex_unlock(&bs->req_lock);
+        pthread_cond_wait(&bs->core->req_cond, &bs->core->req_lock);
+    pthread_mutex_unlock(&bs->core->req_lock);
 }
 
 void tracked_end(BlockNode *bs, TrackedRequest *req)
 {
-    pthread_mutex_lock(&bs->req_lock);
-    for (TrackedRequest **p = &bs->tracked; *p; p = &(*p)->next) {
+    pthread_mutex_lock(&bs->core->req_lock);
+    for (TrackedRequest **p = &bs->core->tracked; *p; p = &(*p)->next) {
         if (*p == req) {
             *p = req->next;
             break;
         }
     }
-    pthread_cond_broadcast(&bs->req_cond);
-    pthread_mutex_unlock(&bs->req_lock);
+    pthread_cond_broadcast(&bs->core->req_cond);
+    pthread_mutex_unlock(&bs->core->req_lock);
 }
 
 /* ---------------------------------------------------------------- statistics */
@@ -166,8 +168,8 @@ static void time_op(uint64_t *ns_total, uint64_t *ns_max, uint64_t ns)
 
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
 {
-    BlockStats *s = &bs->stats;
-    pthread_mutex_lock(&bs->stats_lock);
+    BlockStats *s = &bs->core->stats;
+    pthread_mutex_lock(&bs->core->stats_lock);
     if (ret < 0) {
         s->errors++;
     } else {
@@ -185,14 +187,14 @@ void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
         case STAT_ZERO: count_op(&s->zero_ops, &s->zero_bytes, bytes); break;
         }
     }
-    pthread_mutex_unlock(&bs->stats_lock);
+    pthread_mutex_unlock(&bs->core->stats_lock);
 }
 
 void bdrv_stats_snapshot(BlockNode *bs, BlockStats *out)
 {
-    pthread_mutex_lock(&bs->stats_lock);
-    *out = bs->stats;
-    pthread_mutex_unlock(&bs->stats_lock);
+    pthread_mutex_lock(&bs->core->stats_lock);
+    *out = bs->core->stats;
+    pthread_mutex_unlock(&bs->core->stats_lock);
 }
 
 /* ---------------------------------------------------------------- driver calls, split at max_transfer */
@@ -371,14 +373,16 @@ static int aligned_write(BlockNode *bs, int64_t offset, int64_t bytes, const voi
         int64_t start = align_down(offset, a);
         int64_t end = MIN(align_up(offset + bytes, a), start + chunk);
         int64_t n = MIN(end - offset, bytes);
-        tracked_begin(bs, &req, start, end - start, true);
+        if (!serialised) /* else the caller's serialising request covers it (copy-on-read) */
+            tracked_begin(bs, &req, start, end - start, true);
         int64_t len_before = bs->drv->is_protocol ? bdrv_getlength(bs) : -1;
         r = rmw_chunk(bs, start, end, offset, n, p, bounce, flags);
         if (r == 0 && len_before >= 0 && end > MAX(len_before, offset + n) && bs->drv->truncate) {
             /* Whole blocks were written past the end of an odd-sized file: keep its exact size. */
             r = bs->drv->truncate(bs, MAX(len_before, offset + n));
         }
-        tracked_end(bs, &req);
+        if (!serialised)
+            tracked_end(bs, &req);
         offset += n;
         p += n;
         bytes -= n;
@@ -1020,4 +1024,17 @@ bool bdrv_has_zero_init(BlockNode *bs)
     if (bs->drv->has_zero_init)
         return bs->drv->has_zero_init(bs);
     return false;
+}
+
+void bdrv_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    memset(facts, 0, sizeof(*facts));
+    if (bs->drv->get_facts)
+        bs->drv->get_facts(bs, facts);
+}
+
+void bdrv_debug_event(BlockNode *file, const char *event)
+{
+    if (file && event && file->drv->debug_event)
+        file->drv->debug_event(file, event);
 }

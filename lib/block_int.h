@@ -8,6 +8,8 @@
 
 #include "block.h"
 
+typedef struct TrackedRequest TrackedRequest;
+
 /* A write (or read-modify-write, or copy-on-read) in flight on a node. Serialising requests exclude
  * every overlapping tracked request; plain ones exclude only serialising ones. A request waits only for
  * older conflicting ones (seq), so overlapping requests run in arrival order and none starves. */
@@ -26,6 +28,12 @@ struct TrackedRequest {
 #define BDRV_REQ_DRIVER_MASK (BDRV_REQ_MAY_UNMAP | BDRV_REQ_FUA | BDRV_REQ_NO_FALLBACK)
 
 typedef struct BlockNodeCore {
+    pthread_mutex_t req_lock;  /* guards the tracked request list */
+    pthread_cond_t req_cond;
+    TrackedRequest *tracked;
+    pthread_mutex_t stats_lock;
+    BlockStats stats;
+    int refcnt;                /* bdrv_ref/bdrv_close; a node is freed when the last user closes it */
     BlockOpenOpts *owned_opts; /* options of a backing node (read-only copy of the caller's), freed with it */
     bool is_root;              /* the node bdrv_open returned: request-path features apply */
     bool discard_unmap;        /* root: opts->discard == DISCARD_UNMAP (kept: the caller's opts may go) */
@@ -48,6 +56,10 @@ void tracked_end(BlockNode *bs, TrackedRequest *req);
 int bdrv_co_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int bdrv_co_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int bdrv_co_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+
+/* Several extents written in one request (the file driver's batch); 0 or -errno. Only the unit tests use
+ * it today, so it stays out of block.h. */
+int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags);
 
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret);
 enum { STAT_READ, STAT_WRITE, STAT_FLUSH, STAT_DISCARD, STAT_ZERO };

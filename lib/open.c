@@ -28,6 +28,34 @@ void block_open_opts_init(BlockOpenOpts *o)
     o->read_only = true;
 }
 
+/* ---------------------------------------------------------------- the driver's open */
+
+/*
+ * The one rule for where the file name enters an open error: the line starts with the name of the file
+ * being opened (bs->filename), exactly once, and the core puts it there. A driver writes the reason; a
+ * message that already starts with "bs->filename:" (drivers that name it in each message) is kept as is;
+ * one about another file (an extent, a rules file) follows the image's name. No message: what and
+ * strerror.
+ */
+static int driver_open(BlockNode *bs, const BlockOpenOpts *opts, const char *what, Error *err)
+{
+    Error *local = calloc(1, sizeof(*local));
+    int r = local ? bs->drv->open(bs, opts, local) : -ENOMEM;
+    if (r >= 0) {
+        free(local);
+        return r;
+    }
+    size_t n = strlen(bs->filename);
+    if (!local || !local->msg[0])
+        error_set(err, -r, "%s: %s%s", bs->filename, what, strerror(-r));
+    else if (strncmp(local->msg, bs->filename, n) == 0 && local->msg[n] == ':')
+        error_set(err, local->errnum ? local->errnum : -r, "%s", local->msg);
+    else
+        error_set(err, local->errnum ? local->errnum : -r, "%s: %s", bs->filename, local->msg);
+    free(local);
+    return r;
+}
+
 /* ---------------------------------------------------------------- protocol nodes */
 
 static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, const BlockOpenOpts *opts,
@@ -40,14 +68,11 @@ static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, co
     }
     bs->read_only = read_only;
     bs->opts = opts;
-    int r = drv->open(bs, opts, err);
+    int r = driver_open(bs, opts, "", err);
     if (r < 0) {
-        error_set(err, -r, "%s: %s", filename, strerror(-r));
         bdrv_free_node(bs);
         return NULL;
     }
-    if (drv->refresh_limits)
-        drv->refresh_limits(bs);
     return bs;
 }
 
@@ -83,9 +108,8 @@ static BlockNode *open_filter(const char *name, BlockNode *file, const BlockOpen
     bs->read_only = file->read_only;
     bs->opts = opts;
     bs->request_alignment = file->request_alignment;
-    int r = drv->open(bs, opts, err);
+    int r = driver_open(bs, opts, "", err);
     if (r < 0) {
-        error_set(err, -r, "%s: %s", file->filename, strerror(-r));
         bs->file = NULL;
         bdrv_free_node(bs);
         bdrv_close(file);
@@ -196,16 +220,15 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
     bs->read_only = file->read_only;
     bs->opts = opts;
     bs->probed = probed;
-    int r = drv->open(bs, opts, err);
+    char what[64];
+    snprintf(what, sizeof(what), "cannot open as %s: ", drv->name);
+    int r = driver_open(bs, opts, what, err);
     if (r < 0) {
-        error_set(err, -r, "%s: cannot open as %s: %s", file->filename, drv->name, strerror(-r));
         bs->file = NULL;
         bdrv_free_node(bs);
         bdrv_close(file);
         return NULL;
     }
-    if (drv->refresh_limits)
-        drv->refresh_limits(bs);
     return bs;
 }
 
@@ -290,6 +313,42 @@ static int attach_backing(BlockNode *cur, const char *path, const char *note, co
     return 0;
 }
 
+/* Resolves cur's backing name through the policy: name itself, or when the driver listed candidates (name
+ * is the first), the first of them that resolves, which becomes cur->backing_name; if none does, the first
+ * one's refusal. path: PATH_MAX bytes, note: 1024. */
+static int resolve_candidates(BlockNode *cur, const char *name, const BlockOpenOpts *opts, char *path, char *note,
+                              Error *err)
+{
+    char *const *cand = cur->backing_candidates;
+    if (!cand[0] || strcmp(name, cand[0]) != 0)
+        return bdrv_resolve_backing(cur->filename, name, opts, path, PATH_MAX, note, 1024, err);
+    Error *e = calloc(2, sizeof(*e)); /* e[0]: the first candidate's refusal */
+    if (!e)
+        return -ENOMEM;
+    int r = -ENOENT;
+    for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES && cand[i]; i++) {
+        e[1].msg[0] = '\0';
+        int ri = bdrv_resolve_backing(cur->filename, cand[i], opts, path, PATH_MAX, note, 1024, &e[i ? 1 : 0]);
+        if (ri == 0) {
+            char *chosen = i ? strdup(cand[i]) : NULL;
+            r = i && !chosen ? -ENOMEM : 0;
+            if (chosen) {
+                free(cur->backing_name);
+                cur->backing_name = chosen;
+            }
+            break;
+        }
+        if (i == 0)
+            r = ri;
+    }
+    if (r == -ENOMEM)
+        error_set(err, ENOMEM, "%s: out of memory", cur->filename);
+    else if (r < 0)
+        error_set(err, e[0].errnum, "%s", e[0].msg);
+    free(e);
+    return r;
+}
+
 static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *err)
 {
     ChainWalk *walk = calloc(1, sizeof(*walk));
@@ -341,9 +400,10 @@ static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *
             snprintf(path, PATH_MAX, "%s", name);
             snprintf(note, 1024, "given with --backing");
         } else {
-            r = bdrv_resolve_backing(cur->filename, name, opts, path, PATH_MAX, note, 1024, err);
+            r = resolve_candidates(cur, name, opts, path, note, err);
             if (r < 0)
                 break;
+            name = cur->backing_name;
         }
         struct stat st;
         if (stat(path, &st) == 0 && chain_seen(walk, &st)) {
@@ -364,6 +424,21 @@ static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *
     free(note);
     free(walk);
     return r;
+}
+
+/* Tells every node of the chain from top down that its backing chain is complete (backing_attached). */
+static int backing_attached(BlockNode *top, Error *err)
+{
+    for (BlockNode *n = top; n; n = n->backing) {
+        if (!n->drv->backing_attached)
+            continue;
+        int r = n->drv->backing_attached(n, err);
+        if (r < 0) {
+            error_set(err, -r, "%s: %s", n->filename, strerror(-r));
+            return r;
+        }
+    }
+    return 0;
 }
 
 BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpenOpts *opts, Error *err)
@@ -402,6 +477,10 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     if (open_backing_chain(top, opts, err) < 0) {
         if (err && !err->msg[0])
             error_set(err, EIO, "%s: cannot open the backing chain", top->filename);
+        bdrv_close(top);
+        return NULL;
+    }
+    if (backing_attached(top, err) < 0) {
         bdrv_close(top);
         return NULL;
     }

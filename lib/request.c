@@ -41,16 +41,12 @@ struct RequestState {
 
 /* ---------------------------------------------------------------- set up */
 
-static int64_t cluster_size_of(BlockNode *bs)
+/* Copy-on-read copies whole allocation units of the top's format (its cluster_size fact). */
+static int64_t cor_granularity_of(BlockNode *bs)
 {
-    InfoList info = { 0 };
-    if (bs->drv->get_info)
-        bs->drv->get_info(bs, &info);
-    int64_t g = 0;
-    for (int i = 0; i < info.n; i++)
-        if (strcmp(info.items[i].key, "cluster_size") == 0 && !info.items[i].str)
-            g = info.items[i].num;
-    info_free(&info);
+    BlockDriverFacts f;
+    bdrv_get_facts(bs, &f);
+    int64_t g = f.cluster_size;
     return g > 0 && is_pow2((uint64_t)g) && g <= 2 * MiB ? g : COR_DEFAULT_GRANULARITY;
 }
 
@@ -85,7 +81,7 @@ int request_state_init(BlockNode *bs, const BlockOpenOpts *o, Error *err)
         s->buckets[i] = (Bucket){ rates[i], 0, now };
     s->throttled = throttled;
     s->copy_on_read = o->copy_on_read && bs->backing;
-    s->cor_granularity = cluster_size_of(bs);
+    s->cor_granularity = cor_granularity_of(bs);
     s->detect_zeroes = o->detect_zeroes;
     s->zero_on_error = o->on_read_error == READ_ERROR_ZERO;
     bs->core->req = s;
@@ -161,9 +157,9 @@ static int cor_copy(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
         r = bdrv_co_write(bs, pos, st.bytes, buf + (pos - offset), BDRV_REQ_NO_SERIALISE);
         if (r < 0)
             return r;
-        pthread_mutex_lock(&bs->stats_lock);
-        bs->stats.cor_bytes += (uint64_t)st.bytes;
-        pthread_mutex_unlock(&bs->stats_lock);
+        pthread_mutex_lock(&bs->core->stats_lock);
+        bs->core->stats.cor_bytes += (uint64_t)st.bytes;
+        pthread_mutex_unlock(&bs->core->stats_lock);
     }
     return 0;
 }
@@ -476,9 +472,9 @@ int request_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf,
         int zflags = flags & BDRV_REQ_FUA;
         if (s->detect_zeroes == DETECT_ZEROES_UNMAP && bs->core->discard_unmap)
             zflags |= BDRV_REQ_MAY_UNMAP;
-        pthread_mutex_lock(&bs->stats_lock);
-        bs->stats.detected_zero_ops++;
-        pthread_mutex_unlock(&bs->stats_lock);
+        pthread_mutex_lock(&bs->core->stats_lock);
+        bs->core->stats.detected_zero_ops++;
+        pthread_mutex_unlock(&bs->core->stats_lock);
         return bdrv_co_write_zeroes(bs, offset, bytes, zflags);
     }
     return bdrv_co_write(bs, offset, bytes, buf, flags);

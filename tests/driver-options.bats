@@ -140,3 +140,16 @@ l2_sizes() {
     [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; false; }
   done
 }
+
+@test "a driver's open error starts with the image's name once: a bad blkdebug rules file names the image, then the rules" {
+  qemu-img create -q -f qcow2 a.qcow2 1M
+  printf 'event=read bogus\n' > rules
+  refused_open a.qcow2 "$TMP/rules: line 1: unknown flag (once, always)" -o blkdebug.rules="$TMP/rules"
+  [ "${lines[0]}" = "imgfuse: a.qcow2: $TMP/rules: line 1: unknown flag (once, always)" ]
+  # drivers that name the file themselves are not named twice
+  printf 'x' > bad.qcow2
+  refused_open bad.qcow2 "file too short for a qcow2 header" -f qcow2
+  [ "${lines[0]}" = "imgfuse: bad.qcow2: file too short for a qcow2 header" ]
+  refused_open bad.qcow2 "file too short for a VDI header (1 bytes)" -f vdi
+  [ "${lines[0]}" = "imgfuse: bad.qcow2: file too short for a VDI header (1 bytes)" ]
+}

@@ -341,3 +341,15 @@ with open("many.vmdk", "w") as f:
     f.write("# Disk DescriptorFile\n" + "RW %d SPARSE \"big.vmdk\"\n" % cap * 20)'
   refused_open many.vmdk "extent big.vmdk: the grain directories of the image's extents exceed 64 MiB together"
 }
+
+@test "delta links: the parent's CID is checked once the chain is attached, before any read" {
+  qemu-img create -q -f vmdk base.vmdk 2M
+  qemu-img create -q -f vmdk -b base.vmdk -F vmdk child.vmdk
+  fmt_io vmdk base.vmdk "write -P 0x44 0 512"   # the parent changes after the child was made
+  run "$IMGFUSE" info child.vmdk
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"child.vmdk: warning: parentCID "*" does not match the CID "*" of the parent "*"base.vmdk"* ]]
+  mount_img child.vmdk "$MNT"   # nothing reads disk.raw
+  unmount_img
+  grep -q "does not match the CID" "$TMP/daemon.log"
+}

@@ -358,3 +358,46 @@ EOF
     grep -q "BAT entry 1 .*EIO" "$TMP/daemon.log"
   done
 }
+
+@test "--copy-on-read into a differencing disk copies whole VHD blocks (the driver's cluster_size fact)" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
+  mount_img --rw --copy-on-read c.vhd "$MNT"
+  cmp -i 2101248 -n 4096 "$MNT/disk.raw" p.raw   # 2 MiB + 4 KiB: block 1, held by the parent only
+  cor=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["nodes"][0]["cor_bytes"])' "$MNT/stats.json")
+  unmount_img
+  [ "$cor" -eq 2097152 ]   # the parent's 2 MiB block, not 64 KiB of it
+  mount_img --no-backing c.vhd "$MNT"
+  cmp -i 2097152:2097152 -n 2097152 "$MNT/disk.raw" p.raw
+  unmount_img
+}
+
+@test "differencing: the parent's UUID is checked once the chain is attached, before any read" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhd c.vhd 0:4096:0x61
+  mv p.vhd orig.vhd
+  qemu-img convert -f vpc -O vpc orig.vhd p.vhd   # the same bytes, a new UUID
+  run "$IMGFUSE" info c.vhd
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"c.vhd: warning: parent "*"p.vhd has UUID "*", but this differencing disk was made from "* ]]
+  mount_img c.vhd "$MNT"   # nothing reads disk.raw
+  unmount_img
+  grep -q "c.vhd: warning: parent .*p.vhd has UUID .*, but this differencing disk was made from" "$TMP/daemon.log"
+}
+
+@test "differencing: the core picks the first parent locator the backing policy allows, not the first that exists" {
+  make_parent
+  mkdir img outside
+  cp p.vhd outside/p.vhd   # a file of the parent's name outside the image's directory
+  python3 "$MAKE_DIFF" --locators w2ru --locator-path ../outside/p.vhd --parent-name p.vhd \
+    --parent-raw p.raw --expect expect.raw p.vhd img/c.vhd 0:4096:0x61
+  mv p.vhd img/p.vhd
+  mount_img img/c.vhd "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  grep -q "backing_resolved: $TMP/img/p.vhd" "$MNT/info"
+  grep -q "parent_locator: header" "$MNT/info"
+  unmount_img
+  # no candidate allowed: the first one's refusal, on one line
+  rm img/p.vhd
+  refused_open img/c.vhd "backing file '../outside/p.vhd' refused: it resolves outside the image's directory"
+}

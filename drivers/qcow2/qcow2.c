@@ -687,16 +687,14 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     Error local = { .msg = "", .errnum = 0 };
     int ret = s->node_name ? qcow2_do_open(bs, s, opts, &local) : -ENOMEM;
     if (ret < 0) {
-        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-ret));
+        error_set(err, local.errnum ? local.errnum : -ret, "%s", local.msg[0] ? local.msg : strerror(-ret));
         qcow2_close(bs);
         return ret;
     }
     bs->request_alignment = 1;
     ret = qcow2_write_open(bs, opts, &local);
     if (ret < 0) {
-        error_set(err, local.errnum ? local.errnum : -ret, "%s: %s", bs->filename,
-                  local.msg[0] ? local.msg : strerror(-ret));
+        error_set(err, local.errnum ? local.errnum : -ret, "%s", local.msg[0] ? local.msg : strerror(-ret));
         qcow2_close(bs);
         return ret;
     }
@@ -752,6 +750,11 @@ static void qcow2_info_features(Qcow2State *s, InfoList *info)
     snprintf(all, sizeof(all), "%s%s%s%s%s", inc, inc[0] && (comp[0] || ac[0]) ? ", " : "", comp,
              comp[0] && ac[0] ? ", " : "", ac);
     info_add_str(info, "features", "%s", all[0] ? all : "none");
+}
+
+static void qcow2_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    facts->cluster_size = ((Qcow2State *)bs->opaque)->cluster_size;
 }
 
 static void qcow2_get_info(BlockNode *bs, InfoList *info)
@@ -828,6 +831,7 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_open = qcow2_snapshot_open,
     .vmstate_read = qcow2_vmstate_read,
     .get_info = qcow2_get_info,
+    .get_facts = qcow2_get_facts,
     .memory_used = qcow2_memory_used,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,

@@ -143,13 +143,11 @@ static const BlockReadMap vmdk_read_map = { .map = vmdk_map, .decode = vmdk_deco
 
 int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
-    vmdk_check_parent_once(bs, bs->opaque);
     return bdrv_read_mapped(bs, offset, bytes, buf, &vmdk_read_map, NULL);
 }
 
 int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     memset(st, 0, sizeof(*st));
-    vmdk_check_parent_once(bs, bs->opaque); /* zero-copy reads ask block status and never come to vmdk_read */
     return vmdk_map(bs, offset, bytes, st, NULL);
 }

@@ -41,17 +41,20 @@ static int vmdk_probe(const uint8_t *buf, size_t len, const char *filename)
 
 /* ---------------------------------------------------------------- delta links */
 
-void vmdk_check_parent_once(BlockNode *bs, VmdkState *s)
+/* The backing_attached slot: a parent whose CID is not the parentCID recorded here has changed since this
+ * delta was made; say so once, when the chain is attached. The data is still served. */
+static int vmdk_backing_attached(BlockNode *bs, Error *err)
 {
-    if (!bs->backing || !s->has_parent_cid || __atomic_exchange_n(&s->parent_checked, 1, __ATOMIC_RELAXED))
-        return;
-    if (strcmp(bs->backing->drv->name, "vmdk") != 0)
-        return;
+    (void)err;
+    const VmdkState *s = bs->opaque;
+    if (!bs->backing || !s->has_parent_cid || strcmp(bs->backing->drv->name, "vmdk") != 0)
+        return 0;
     const VmdkState *p = bs->backing->opaque;
     if (p->has_cid && p->cid != s->parent_cid)
         log_msg("%s: warning: parentCID %08" PRIx32 " does not match the CID %08" PRIx32 " of the parent %s; "
                 "the parent may have changed since this delta was made", bs->filename, s->parent_cid, p->cid,
                 bs->backing->filename);
+    return 0;
 }
 
 static int vmdk_set_parent(BlockNode *bs, VmdkState *s, const Descriptor *d)
@@ -424,6 +427,15 @@ static const char *vmdk_extent_type_name(ExtentType t)
     return t == EXT_FLAT ? "flat" : t == EXT_SPARSE ? "sparse" : "zero";
 }
 
+/* The largest grain of the sparse extents (flat extents have no allocation unit). */
+static void vmdk_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    const VmdkState *s = bs->opaque;
+    for (int i = 0; i < s->n_ext; i++)
+        if (s->ext[i].type == EXT_SPARSE && (int64_t)s->ext[i].grain_bytes > facts->cluster_size)
+            facts->cluster_size = (int64_t)s->ext[i].grain_bytes;
+}
+
 static void vmdk_get_info(BlockNode *bs, InfoList *info)
 {
     VmdkState *s = bs->opaque;
@@ -474,6 +486,8 @@ const BlockDriver bdrv_vmdk = {
     .block_status = vmdk_block_status,
     .getlength = vmdk_getlength,
     .get_info = vmdk_get_info,
+    .backing_attached = vmdk_backing_attached,
+    .get_facts = vmdk_get_facts,
     .memory_used = vmdk_memory_used,
     .has_zero_init = vmdk_has_zero_init,
 };

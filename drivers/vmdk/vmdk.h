@@ -110,7 +110,6 @@ typedef struct VmdkState {
     bool has_cid, has_parent_cid;
     char *parent_hint;
     bool standalone_descriptor;
-    int parent_checked;
 
     pthread_mutex_t lock;   /* guards the grain-table cache and cache_gen */
     bool lock_ready;
@@ -194,8 +193,5 @@ int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus 
 int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err);
 int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int vmdk_flush(BlockNode *bs);
-
-/* vmdk.c: checks the parent's CID against parentCID once, at the first read. */
-void vmdk_check_parent_once(BlockNode *bs, VmdkState *s);
 
 #endif

@@ -276,7 +276,10 @@ static void fuzz_options(const FuzzConfig *cfg, const uint8_t *data, size_t size
     block_open_opts_init(o);
     o->read_only = read_only;
     o->discard = DISCARD_UNMAP;
-    o->l2_cache_size = 64 * KiB; /* small: eviction paths get exercised */
+    if (cfg->format && strcmp(cfg->format, "qcow2") == 0) {
+        bdrv_opts_add(o, "qcow2.l2-cache-size=64K"); /* small: eviction paths get exercised */
+        o->driver_opts_partial = true; /* a probe that finds another format is not refused for it */
+    }
     o->no_backing = cfg->no_backing;
     (void)data;
     (void)size;

@@ -6,6 +6,7 @@
  */
 #include "block.h"
 #include "scratch.h"
+#include "../../lib/block_int.h" /* bdrv_pwrite_extents: only the tests use it */
 #include "tap.h"
 #include "util.h"
 
