@@ -42,10 +42,35 @@ typedef struct GenFile {
     int64_t base;
     bool eof;
     pthread_mutex_t lock;    /* one read of the handle at a time moves the generator */
+    struct GenFile *prev, *next; /* in Fs.open_files while open */
 } GenFile;
 
-static void genfile_free(GenFile *g)
+static void genfile_link(Fs *fs, GenFile *g)
 {
+    pthread_mutex_lock(&fs->lock);
+    g->next = fs->open_files;
+    if (g->next)
+        g->next->prev = g;
+    fs->open_files = g;
+    pthread_mutex_unlock(&fs->lock);
+}
+
+static void genfile_unlink(Fs *fs, GenFile *g)
+{
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        fs->open_files = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+}
+
+/* Unlinks g from fs->open_files (fs->lock taken here) and frees it. */
+static void genfile_free(Fs *fs, GenFile *g)
+{
+    pthread_mutex_lock(&fs->lock);
+    genfile_unlink(fs, g);
+    pthread_mutex_unlock(&fs->lock);
     if (g->ops) {
         if (g->state)
             g->ops->close(g->state);
@@ -75,7 +100,7 @@ static void genfile_put(Fs *fs, GenFile *g, bool release)
     bool last = g->released && g->readers == 0;
     pthread_mutex_unlock(&fs->lock);
     if (last)
-        genfile_free(g);
+        genfile_free(fs, g);
 }
 
 /* ---------------------------------------------------------------- streamed generated files */
@@ -405,11 +430,12 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fuse_reply_err(req, ENOMEM);
         return;
     }
+    genfile_link(fs, g);
     fi->fh = (uint64_t)(uintptr_t)g;
     fi->direct_io = 1; /* content is rendered per open; its size may differ from an earlier getattr */
     fi->noflush = 1;
     if (fuse_reply_open(req, fi) != 0)
-        genfile_free(g);
+        genfile_free(fs, g);
 }
 
 static void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -455,6 +481,13 @@ static void buf_put(Fs *fs, void *p)
     }
     pthread_mutex_unlock(&fs->buf_lock);
     free(p);
+}
+
+/* At teardown: generated files whose release never arrived (the session ended first). */
+void fs_free_open_files(Fs *fs)
+{
+    while (fs->open_files)
+        genfile_free(fs, fs->open_files);
 }
 
 void fs_free_buffers(Fs *fs)

@@ -68,6 +68,8 @@ struct Fs {
     uid_t uid;
     gid_t gid;
     struct timespec start;
+    struct GenFile *open_files; /* generated files opened and not yet released (under lock): the kernel may
+                              * tear the session down before it sends their release, so fs_free frees them */
     pthread_mutex_t buf_lock; /* guards the pool of request buffers */
     void *free_bufs[64];     /* request buffers not in use (MAX_REQUEST bytes), most recently used last */
     size_t n_free_bufs;
@@ -108,6 +110,7 @@ void fs_arm_unmount_watcher(Fs *fs, const MountIdent *id);
 void fs_stop_unmount_watcher(Fs *fs);
 /* Free the pooled request buffers (at teardown, when no request is running). */
 void fs_free_buffers(Fs *fs);
+void fs_free_open_files(Fs *fs);
 
 /* snapshots.c */
 int fs_build_snapshots(Fs *fs, fuse_ino_t root);

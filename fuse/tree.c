@@ -324,6 +324,7 @@ void fs_free(Fs *fs)
     free(fs->entries);
     free(fs->hash);
     pthread_mutex_destroy(&fs->snap_lock);
+    fs_free_open_files(fs);
     fs_free_buffers(fs);
     pthread_mutex_destroy(&fs->lock);
 }
