@@ -200,3 +200,23 @@ wait_mounted() {
   for i in $(seq 1 "${2:-200}"); do mountpoint -q "$1" && return 0; sleep "${3:-0.05}"; done
   mountpoint -q "$1"
 }
+
+# layer_map_equals_qemu JSON MAP: the text of a MNT/layers/N-NAME/map file (a "START LENGTH data|zero"
+# line per run of that layer) equals what `qemu-img map --output=json` (in JSON) says that one layer
+# holds: its depth-0 present extents, neighbours of one kind merged.
+layer_map_equals_qemu() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys
+want = []
+for e in json.load(open(sys.argv[1])):
+    if e["depth"] != 0 or not e["present"]:
+        continue
+    kind = "data" if e["data"] else "zero"
+    if want and want[-1][2] == kind and want[-1][0] + want[-1][1] == e["start"]:
+        want[-1][1] += e["length"]
+    else:
+        want.append([e["start"], e["length"], kind])
+got = [[int(a), int(b), c] for a, b, c in (l.split() for l in open(sys.argv[2]))]
+assert got == want, (got[:5], want[:5])
+EOF
+}

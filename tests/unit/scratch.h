@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "block.h"
 
 static char tmpdir[256];
 
@@ -80,4 +83,24 @@ static __attribute__((unused)) uint8_t *slurp(const char *path, size_t *len)
     *len = n < 0 ? 0 : (size_t)n;
     return buf;
 }
+
+/* Opens tmpdir/NAME with its whole chain and default options, read-only or not; NULL after printing the
+ * reason as a TAP comment. A node keeps a pointer to its options, so they live in a small ring. */
+static __attribute__((unused)) BlockNode *scratch_open(const char *name, bool read_only)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    static BlockOpenOpts opts[16];
+    static int n_opts;
+    BlockOpenOpts *o = &opts[n_opts++ % 16];
+    block_open_opts_init(o);
+    o->read_only = read_only;
+    Error err;
+    memset(&err, 0, sizeof(err));
+    BlockNode *bs = bdrv_open(path, o, &err);
+    if (!bs)
+        printf("# %s\n", err.msg);
+    return bs;
+}
+
 #endif

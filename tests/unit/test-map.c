@@ -19,23 +19,6 @@
 #include <unistd.h>
 
 
-static BlockNode *open_image(const char *name, bool read_only)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
-    static BlockOpenOpts opts[8]; /* must outlive the node */
-    static int n_opts;
-    BlockOpenOpts *o = &opts[n_opts++ % 8];
-    block_open_opts_init(o);
-    o->read_only = read_only;
-    Error err;
-    memset(&err, 0, sizeof(err));
-    BlockNode *bs = bdrv_open(path, o, &err);
-    if (!bs)
-        printf("# %s\n", err.msg);
-    return bs;
-}
-
 /* 1 when [off, off+len) maps to one host extent (what a single splice can answer), else 0 or -errno. */
 static int map_contiguous(BlockNode *bs, int64_t off, int64_t len, BlockMapExtent *m)
 {
@@ -59,13 +42,13 @@ static bool maps_to_same_bytes(BlockNode *bs, int64_t off, int64_t len, BlockMap
 static void test_raw(void)
 {
     ok(sh("qemu-img create -q -f raw r.raw 4M && qemu-io -f raw -c 'write -P 0x5a 0 3M' r.raw") == 0, "made a raw image");
-    BlockNode *bs = open_image("r.raw", true);
+    BlockNode *bs = scratch_open("r.raw", true);
     BlockMapExtent m;
     ok(bs && maps_to_same_bytes(bs, 4096, 1048576, &m) && m.host_offset == 4096 && m.depth == 0,
        "raw: a data range maps to the same offset of the file");
     is_int(map_contiguous(bs, 3 * 1048576, 65536, &m), 0, "raw: a hole of the file is not mapped");
     bdrv_close(bs);
-    bs = open_image("r.raw", false);
+    bs = scratch_open("r.raw", false);
     is_int(map_contiguous(bs, 0, 65536, &m), 0, "raw: a writable chain is never mapped");
     bdrv_close(bs);
 }
@@ -79,7 +62,7 @@ static void test_qcow2(void)
           "qemu-io -f qcow2 -c 'write -P 0x45 3136k 64k' -c 'write -P 0x44 3M 64k' t.qcow2 && "
           "qemu-img create -q -f raw src.raw 1M && qemu-io -f raw -c 'write -P 0x66 0 1M' src.raw && "
           "qemu-img convert -c -O qcow2 src.raw c.qcow2") == 0, "made a qcow2 chain and a compressed qcow2");
-    BlockNode *bs = open_image("t.qcow2", true);
+    BlockNode *bs = scratch_open("t.qcow2", true);
     BlockMapExtent m;
     ok(bs && maps_to_same_bytes(bs, 1048576 + 4096, 128 * 1024, &m) && m.depth == 0 && m.host_file == bs->file,
        "qcow2: allocated clusters of the top map into its file");
@@ -110,7 +93,7 @@ static void test_qcow2(void)
     ok(bf1.rd_ops == bf0.rd_ops + 1 && bf1.rd_bytes == bf0.rd_bytes + 65536, "... and in that layer's host file");
     bdrv_close(bs);
 
-    bs = open_image("c.qcow2", true);
+    bs = scratch_open("c.qcow2", true);
     is_int(bs ? map_contiguous(bs, 0, 65536, &m) : -1, 0, "compressed clusters are not mapped");
     if (bs)
         bdrv_close(bs);
@@ -137,7 +120,7 @@ static void test_extents(void)
 {
     /* t.qcow2 from test_qcow2: backing data 0..1M (top 512k..576k), top data 1M..2M, a zero cluster at
      * 2M, holes above, top clusters at 3M and 3136k not adjacent on the host. */
-    BlockNode *bs = open_image("t.qcow2", true);
+    BlockNode *bs = scratch_open("t.qcow2", true);
     BlockMapExtent x[16];
     int n = bs ? bdrv_map_extents(bs, 512 * 1024 - 4096, 8192, x, 8) : -1;
     ok(n == 2 && x[0].bytes == 4096 && x[0].depth == 1 && x[0].host_file == bs->backing->file &&
@@ -173,11 +156,11 @@ static void test_extents(void)
     if (bs)
         bdrv_close(bs);
 
-    bs = open_image("c.qcow2", true);
+    bs = scratch_open("c.qcow2", true);
     is_int(bs ? bdrv_map_extents(bs, 0, 65536, x, 8) : -1, 0, "compressed clusters are not mapped as extents");
     if (bs)
         bdrv_close(bs);
-    bs = open_image("t.qcow2", false);
+    bs = scratch_open("t.qcow2", false);
     is_int(bs ? bdrv_map_extents(bs, 0, 65536, x, 8) : -1, 0, "a writable chain is never mapped as extents");
     if (bs)
         bdrv_close(bs);

@@ -177,28 +177,11 @@ static void test_scripted(void)
 
 /* ---------------------------------------------------------------- real images */
 
-static BlockNode *open_ro(const char *name)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
-    static BlockOpenOpts opts[16]; /* must outlive the node */
-    static int n_opts;
-    BlockOpenOpts *o = &opts[n_opts++ % 16];
-    block_open_opts_init(o);
-    o->read_only = true;
-    Error err;
-    memset(&err, 0, sizeof(err));
-    BlockNode *bs = bdrv_open(path, o, &err);
-    if (!bs)
-        printf("# %s\n", err.msg);
-    return bs;
-}
-
 /* bdrv_pread of the whole image equals want.raw (qemu-img convert's), and every 64 KiB piece that
  * bdrv_map_extents hands out reads, extent by extent, as bdrv_pread's bytes. *mapped counts them. */
 static bool reads_agree(const char *name, const char *want_raw, int *mapped)
 {
-    BlockNode *bs = open_ro(name);
+    BlockNode *bs = scratch_open(name, true);
     char path[512];
     snprintf(path, sizeof(path), "%s/%s", tmpdir, want_raw);
     int fd = open(path, O_RDONLY);
