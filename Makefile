@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # imgfuse build. Sources are found by directory: a new driver is one new file under drivers/ (or a
 # folder for a big one) plus its line in lib/drivers.c.
 CC      ?= cc

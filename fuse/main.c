@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash; a command
  * word is never taken for a file name: planned commands and unknown bare words are errors) and runs the
