@@ -262,11 +262,15 @@ static bool is_driver_opt(const char *o)
     return dot && dot != o && (!eq || dot < eq);
 }
 
-/* fstab-only words that mount(8) may hand over and libfuse does not know. */
+/* fstab-only words that mount(8) may hand over and libfuse does not know; also the x-* and
+ * comment= words of other programs (x-systemd.automount), which mount(8) keeps from its helpers but a
+ * helper run by hand or by another tool may pass on. */
 static bool is_fstab_only(const char *o)
 {
     static const char *const words[] = { "defaults", "auto", "noauto", "user", "users", "nouser",
                                          "nofail", "_netdev", "owner", "group" };
+    if (strncmp(o, "x-", 2) == 0 || strncmp(o, "comment=", 8) == 0)
+        return true;
     for (size_t i = 0; i < ARRAY_SIZE(words); i++)
         if (strcmp(o, words[i]) == 0)
             return true;
@@ -283,13 +287,15 @@ static bool take_fuse_opts(MountArgs *a, const char *arg)
     char *save = NULL;
     bool ok = true;
     for (char *o = strtok_r(copy, ",", &save); ok && o; o = strtok_r(NULL, ",", &save)) {
+        if (is_fstab_only(o))
+            continue;
         if (is_driver_opt(o)) {
             ok = add_driver_opt(a, o, NULL);
             if (ok)
                 sb_printf(&a->summary, "%s-o %s", a->summary.len ? " " : "", o);
         } else if (strcmp(o, "ro") == 0)
             a->forced_ro = true;
-        else if (strcmp(o, "rw") == 0 || is_fstab_only(o))
+        else if (strcmp(o, "rw") == 0)
             continue;
         else if (strcmp(o, "allow_other") == 0)
             a->allow_other = true;
