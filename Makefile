@@ -73,7 +73,9 @@ install: imgfuse
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
-demo: deps
+# the demo installs only what it needs: the build dependencies, fuse3 and hexdump (no test tools)
+demo:
+	scripts/install-deps --demo
 	$(MAKE) imgfuse
 	scripts/demo
 
