@@ -255,11 +255,12 @@ static bool map_long_opt(MountArgs *a, const char *opt, const char *key, bool is
     return (!is_size || parse_size_opt(name, value, &v)) && add_driver_opt(a, key, value);
 }
 
-/* True if "KEY[=VALUE]" is a driver option (KEY has a dot), not a FUSE one. */
+/* True if "KEY[=VALUE]" is a driver option (KEY has a dot), not a FUSE one; x-* words (x-systemd.automount)
+ * are other programs' fstab words. */
 static bool is_driver_opt(const char *o)
 {
     const char *dot = strchr(o, '.'), *eq = strchr(o, '=');
-    return dot && dot != o && (!eq || dot < eq);
+    return dot && dot != o && (!eq || dot < eq) && strncmp(o, "x-", 2) != 0;
 }
 
 /* fstab-only words that mount(8) may hand over and libfuse does not know; also the x-* and
@@ -287,15 +288,13 @@ static bool take_fuse_opts(MountArgs *a, const char *arg)
     char *save = NULL;
     bool ok = true;
     for (char *o = strtok_r(copy, ",", &save); ok && o; o = strtok_r(NULL, ",", &save)) {
-        if (is_fstab_only(o))
-            continue;
         if (is_driver_opt(o)) {
             ok = add_driver_opt(a, o, NULL);
             if (ok)
                 sb_printf(&a->summary, "%s-o %s", a->summary.len ? " " : "", o);
         } else if (strcmp(o, "ro") == 0)
             a->forced_ro = true;
-        else if (strcmp(o, "rw") == 0)
+        else if (strcmp(o, "rw") == 0 || is_fstab_only(o))
             continue;
         else if (strcmp(o, "allow_other") == 0)
             a->allow_other = true;
