@@ -38,6 +38,16 @@ _imgfuse_metavar() {
   done < <(_imgfuse_optcols "$1" "$2")
 }
 
+# _imgfuse_o_words HELP: the words -o takes on a mount: FUSE's, the drivers' KEY= and, when the help
+# says every mount option is also -o NAME[=VALUE], the long options' names (NAME= for those with a value).
+_imgfuse_o_words() {
+  printf '%s\n' ro rw allow_other direct_io
+  printf '%s\n' "$1" | sed -nE 's/^ +([a-z0-9]+\.[a-z0-9-]+=).*/\1/p'
+  printf '%s\n' "$1" | grep -q -- '-o NAME\[=VALUE\]' || return 0
+  _imgfuse_optcols "$1" "" | grep -oE -- '--[a-z][a-z0-9-]*(=[^ ,]+| [A-Z][A-Z_]*)?' |
+    sed -E 's/^--//; s/[= ].*/=/' | grep -vxE 'help|version'
+}
+
 # _imgfuse_values PROG HELP CMD OPT CUR [PREFIX]: sets COMPREPLY to what may follow OPT, each
 # reply starting with PREFIX ("--opt=" when the line was not split at '=').
 _imgfuse_values() {
@@ -47,7 +57,10 @@ _imgfuse_values() {
     FMT|FORMAT) COMPREPLY=($(compgen -W "$("$1" --version 2>/dev/null | sed -n 's/^formats: //p')" -- "$5")) ;;
     DIR|MOUNTPOINT) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$5")) ;;
     FILE|PATH|IMAGE|BACKING|RULES) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$5")) ;;
-    OPTS) COMPREPLY=($(compgen -W "ro rw allow_other direct_io $(printf '%s\n' "$2" | sed -nE 's/^ +([a-z0-9]+\.[a-z0-9-]+=).*/\1/p')" -- "$5"))
+    OPTS) [ -z "$3" ] || [ "$3" = mount ] || return 0      # create -o: the format's options
+          local pre=
+          [[ "$5" == *,* ]] && pre=${5%,*},
+          COMPREPLY=($(compgen -P "$pre" -W "$(_imgfuse_o_words "$2" | sort -u)" -- "${5##*,}"))
           compopt -o nospace 2>/dev/null ;;
     *'|'*) COMPREPLY=($(compgen -P "${6:-}" -W "${meta//|/ }" -- "$5")) ;;
     *) COMPREPLY=() ;;
