@@ -1,13 +1,18 @@
+# SPDX-License-Identifier: MIT
 # imgfuse build. Sources are found by directory: a new driver is one new file under drivers/ (or a
 # folder for a big one) plus its line in lib/drivers.c.
 CC      ?= cc
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
 MANDIR  ?= $(PREFIX)/share/man/man1
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
+# a user's or a packager's build with another compiler still builds with warnings.
+WERROR  ?=
 PKGS    := fuse3 zlib libzstd libdeflate
 CFLAGS  ?= -O2 -g
 # libcrypto: headers only; `imgfuse hash` loads the library itself (fuse/commands.c says why)
-override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror -Iinclude \
+override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra $(WERROR) -Iinclude \
            $(shell pkg-config --cflags $(PKGS) libcrypto)
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -laio -lpthread -ldl
 BUILD   ?= build
@@ -19,7 +24,7 @@ FUSE_OBJ := $(FUSE_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test-*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all clean check asan install demo fuzz fuzz-smoke unit bench deps
+.PHONY: all clean check asan install uninstall demo fuzz fuzz-smoke unit bench deps
 all: imgfuse
 
 # make check / demo / asan first install what is missing (scripts/install-deps is idempotent), then
@@ -35,31 +40,42 @@ $(BUILD)/imgfuse: $(CORE_OBJ) $(FUSE_OBJ)
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h tests/unit/scratch.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
 
 unit: $(UNIT_BIN)
 
 check: deps
-	$(MAKE) imgfuse unit
+	$(MAKE) WERROR=-Werror imgfuse unit
 	IMGFUSE=$(CURDIR)/imgfuse UNIT_DIR=$(CURDIR)/$(BUILD)/tests scripts/run-tests
 
 asan: deps
-	$(MAKE) BUILD=build-asan CC=clang \
+	$(MAKE) BUILD=build-asan CC=clang WERROR=-Werror \
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" build-asan/imgfuse unit
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=86 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  IMGFUSE=$(CURDIR)/build-asan/imgfuse UNIT_DIR=$(CURDIR)/build-asan/tests IMGFUSE_ASAN=1 scripts/run-tests
 
+# install: the binary, its man page and its bash completion. mount(8) runs mount.fuse3 (package fuse3)
+# for `mount -t fuse.imgfuse` and fstab lines; it starts `imgfuse IMAGE MNT -o OPTS` through /bin/sh
+# without PATH, so BINDIR must be on sh's default path (/usr/local/bin and /usr/bin are).
+# uninstall removes exactly these files.
+INSTALLED := $(BINDIR)/imgfuse $(MANDIR)/imgfuse.1 $(BASHCOMPDIR)/imgfuse
 install: imgfuse
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(BASHCOMPDIR)
 	install -m 0755 imgfuse $(DESTDIR)$(BINDIR)/imgfuse
 	install -m 0644 imgfuse.1 $(DESTDIR)$(MANDIR)/imgfuse.1
+	install -m 0644 completions/imgfuse.bash $(DESTDIR)$(BASHCOMPDIR)/imgfuse
 
-demo: deps
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+# the demo installs only what it needs: the build dependencies, fuse3 and hexdump (no test tools)
+demo:
+	scripts/install-deps --demo
 	$(MAKE) imgfuse
 	scripts/demo
 

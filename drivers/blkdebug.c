@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * blkdebug.c - the "blkdebug" filter driver, for tests only: it passes every request through to its file
  * child and injects failures and delays by rules read from a file (option rules, --blkdebug; a rule a line):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * file.c - the "file" protocol driver: a host file or block device read and written with pread/pwrite
  * (short I/O and EINTR handled), or with O_DIRECT (--cache=none, alignment discovered at open) and libaio

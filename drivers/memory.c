@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * memory.c - the "memory" protocol driver: a node over a private, growable byte buffer, for unit tests
  * and fuzz targets (bdrv_open_memory).  Reads beyond the end give zeros.  It never touches the file

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * qed.c - the QED (QEMU Enhanced Disk) format driver.  It owns the QED layout: the little-endian header
  * in the first header_size clusters (magic "QED\0", cluster and table sizes, feature bits, the L1 table

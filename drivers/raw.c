@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * raw.c - the "raw" format driver: the bytes of the file are the disk (a window of it, --offset/--size,
  * is the window filter's job, drivers/window.c, as for every format).  Sizes are exact to the byte.

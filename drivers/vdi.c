@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * vdi.c - the VirtualBox VDI format driver.  It owns the VDI layout: the pre-header (a text line, the
  * signature 0xbeda107f and the version) and the version 1.1 header, validated field by field against the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * vpc.c - the VHD format driver ("vpc", Microsoft Virtual Hard Disk 1.0): fixed disks (the data, then a
  * 512-byte footer), dynamic disks (a footer copy at offset 0, a dynamic disk header, the block allocation

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * window.c - the "window" filter driver: shows [offset, offset + size) of the node below it, a format
  * node with its whole backing chain (--offset/--size on any format, one partition of a disk).  Every

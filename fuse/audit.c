@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * audit.c - the audit log of a mount (--audit-log FILE): one JSON line appended per mount, written at
  * unmount, with the mount and unmount times, the user, every image file of the chain with its size and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * commands.c - the subcommands besides mounting: `info` and `map` (describe a chain, via render.c),
  * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots) and `hash` (a

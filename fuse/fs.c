@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fs.c - the FUSE file system (libfuse3 low-level API): the operations on the mount tree (tree.c,
  * snapshots.c); mount.c makes the session that serves them.  Reads and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fs_int.h - private to the FUSE file system (fs.c, tree.c, snapshots.c): the mount tree's entries and
  * the state of a mount.  An entry is a directory, a raw view (disk), a generated text file or a snapshot's

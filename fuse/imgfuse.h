@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * imgfuse.h - declarations shared by the front end's files (fuse/): the string builder, the renderers of
  * `info` and `map` (text and JSON), the mount configuration handed from the command line to the FUSE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash; a command
  * word is never taken for a file name: planned commands and unknown bare words are errors) and runs the
@@ -254,18 +255,23 @@ static bool map_long_opt(MountArgs *a, const char *opt, const char *key, bool is
     return (!is_size || parse_size_opt(name, value, &v)) && add_driver_opt(a, key, value);
 }
 
-/* True if "KEY[=VALUE]" is a driver option (KEY has a dot), not a FUSE one. */
+/* True if "KEY[=VALUE]" is a driver option (KEY has a dot), not a FUSE one; x-* words (x-systemd.automount)
+ * are other programs' fstab words. */
 static bool is_driver_opt(const char *o)
 {
     const char *dot = strchr(o, '.'), *eq = strchr(o, '=');
-    return dot && dot != o && (!eq || dot < eq);
+    return dot && dot != o && (!eq || dot < eq) && strncmp(o, "x-", 2) != 0;
 }
 
-/* fstab-only words that mount(8) may hand over and libfuse does not know. */
+/* fstab-only words that mount(8) may hand over and libfuse does not know; also the x-* and
+ * comment= words of other programs (x-systemd.automount), which mount(8) keeps from its helpers but a
+ * helper run by hand or by another tool may pass on. */
 static bool is_fstab_only(const char *o)
 {
     static const char *const words[] = { "defaults", "auto", "noauto", "user", "users", "nouser",
                                          "nofail", "_netdev", "owner", "group" };
+    if (strncmp(o, "x-", 2) == 0 || strncmp(o, "comment=", 8) == 0)
+        return true;
     for (size_t i = 0; i < ARRAY_SIZE(words); i++)
         if (strcmp(o, words[i]) == 0)
             return true;

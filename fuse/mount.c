@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mount.c - making and ending a mount, apart from what the mount serves (fs.c): the FUSE session's
  * set-up (libfuse's own chatter caught into one-line errors, the unmount watcher started before the

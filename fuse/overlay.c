@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * overlay.c - --overlay FILE and --snapshot: writes go to a qcow2 overlay whose backing file is IMAGE, so
  * IMAGE is never written.  The overlay is created with bdrv_create (backing = IMAGE's absolute path,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * render.c - turns what the block layer says about a chain into text for people and JSON for
  * programs: `imgfuse info`, MNT/info, MNT/info.json, MNT/stats.json and `imgfuse map`.  It renders the

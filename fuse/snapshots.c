@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapshots.c - MNT/snapshots: a directory per internal snapshot of the top image with disk.raw (the
  * read-only view of the disk at that snapshot), info and, when the snapshot holds VM state, vmstate.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * strbuf.c - a growable string used to build the text the front end shows (info, info.json, map,
  * generated files of the mount).  It knows JSON string escaping (always valid UTF-8 JSON: a byte that is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tree.c - the mount tree: the table of entries (inode number -> entry), lookups by name, the fixed part
  * of the tree (disk.raw, info, info.json, stats.json, layers/N-NAME/{disk.raw,map}) and the generated

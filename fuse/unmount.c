@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * unmount.c - `imgfuse unmount [--timeout SECONDS] MOUNTPOINT`: unmounts an imgfuse mount as
  * `fusermount3 -u` would (umount2 as root, fusermount3 for anyone else) and returns only when that

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * unwatch.c - the unmount watcher: a small process that removes the daemon's mount if the daemon dies
  * without unmounting (kill -9, a crash), so no dead (ENOTCONN) mount is ever left behind.  It is used for

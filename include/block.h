@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * block.h - the block layer's public interface and the driver interface.
  *

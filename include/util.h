@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * util.h - small helpers shared by every layer: big/little-endian loads and stores, alignment
  * arithmetic, overflow-checked additions and multiplications for sizes computed from untrusted header

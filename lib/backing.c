@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * backing.c - the backing-name policy, the one place it lives (bdrv_resolve_backing).  An image header is
  * untrusted input: by default a backing name is followed only to a regular file inside the directory of

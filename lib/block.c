@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * block.c - the block layer core: node life cycle, the I/O dispatch below the request-path features
  * (request alignment with bounce buffers and read-modify-write, tracked requests, max_transfer

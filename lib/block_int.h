@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * block_int.h - private to lib/: the core's per-node state (tracked requests, owned options, root-node
  * request-path state) and the helpers shared between lib/block.c and lib/request.c.  Drivers and the

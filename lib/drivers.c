@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * drivers.c - the driver table: the one list of every block driver, in probe-tie order.  Adding a
  * driver is one extern line and one table line here; nothing else in lib/ names a driver, except the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * error.c - the Error type (one human-readable line plus an errno), daemon diagnostics (log_msg) and the
  * InfoList key/value list that drivers fill for `info`.  It owns wording helpers only; it knows nothing

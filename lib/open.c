@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * open.c - opening images: protocol node (+ the file filters the driver options name: blkdebug),
  * format probing (highest score

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * options.c - driver options: the "DRIVER.KEY=VALUE" list a BlockOpenOpts carries, checked against the
  * option tables the drivers declare (BlockDriver.options), and the lookups a driver calls in its open.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * probe.c - the one table of every format magic the project knows: for each format its description,
  * where its magic lives (from the start of the file, or before its end like a DMG trailer or a fixed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * readmap.c - reading a node through its driver's map (bdrv_read_mapped) and the one interpretation of
  * a map's run (bdrv_run_kind) that this buffered read and the zero-copy mapping of lib/block.c

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * request.c - the request-path features of the root node (the node bdrv_open returns): throttling
  * (token buckets for iops and bytes/s, total/read/write), detect-zeroes (an all-zero write becomes

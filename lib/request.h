@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * request.h - private to lib/: the root node's request-path features (lib/request.c), called by the
  * bdrv_* entry points of lib/block.c when the root has a RequestState.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * util.c - the small helpers of util.h that are not inline: aligned zeroed buffers, the fast all-zero
  * test, size parsing and formatting, the directory part of a path, and the monotonic clock.  Nothing

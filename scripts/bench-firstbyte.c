@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * bench-firstbyte.c - scripts/bench's mount-latency probe (not part of imgfuse).  Waits until FILE,
  * under the FUSE mount MNT, returns its first 4 KiB, polling every 200 microseconds, and exits 0; exits

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # cli.bats - the command line outside the mount's data path: --help, --version, info (text and JSON),
 # map, hash, create, snapshot on formats without snapshots, -o pass-through, options after the
 # positional arguments, and one-line errors with exit 2 for bad usage of the subcommands.

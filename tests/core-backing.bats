@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # core-backing.bats - the block layer's backing-name policy and chain rules seen from the command line:
 # hostile backing names in an image header are refused before mounting (exit 2, one line naming the name,
 # the rule and the hint), explicit options make the sensible ones work, missing backing files and loops

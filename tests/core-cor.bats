@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # core-cor.bats - copy-on-read through a mount (issue 6): after reading the whole disk of an overlay
 # mounted with --copy-on-read, every range with data in the base is data in the top layer (qemu-img map),
 # holes stay holes, the overlay alone reads back the same bytes and qemu-img check is clean; concurrent

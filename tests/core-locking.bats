@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # core-locking.bats - QEMU-compatible image locks through the command line: while qemu-io holds a qcow2
 # image read-write, imgfuse refuses to mount it (read-write, or read-only without --force-share) with one
 # clear line and exit 2, and mounts it with --force-share; while imgfuse has it mounted read-write, QEMU

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # disk-notrunc.bats - a writable disk.raw behaves like a block device: an O_TRUNC open (dd without
 # conv=notrunc, cp, a shell's '>') writes into the disk and changes neither its size nor the other bytes,
 # on raw and qcow2, in directory and file mode; truncate/ftruncate never shrink it (EPERM and one line in

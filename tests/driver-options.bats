@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # driver-options.bats - driver options given as -o DRIVER.KEY=VALUE (as an fstab line can) behave exactly
 # as the long options that map onto them (qcow2.l2-cache-size, qcow2.data-file, window.offset/size,
 # blkdebug.rules), mixed with FUSE options in one -o; an unknown driver or key, a bad value and an option

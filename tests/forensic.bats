@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # forensic.bats - what forensic examiners rely on: layer views (MNT/layers/N-NAME/{disk.raw,map}), proof
 # that a read-only mount opens no image file for writing and changes nothing, the audit log, and the
 # acquisition hash.

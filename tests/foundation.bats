@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # foundation.bats - what issue 2 says must hold for raw images on a real FUSE mount: exact sizes,
 # byte-identical reads, SEEK_DATA/SEEK_HOLE equal to the host file's map, read-only by default,
 # fio-verified writes with --rw (also O_DIRECT + Linux AIO), --offset/--size windows, the seed's rule,

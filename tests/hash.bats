@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # tests/hash.bats - `imgfuse hash` on huge disks (issue 16 item 9): a virtual size above the limit is
 # refused with one line (exit 2) unless --max-size or --force; a forced run shows progress with -p and
 # stops cleanly on SIGINT/SIGTERM (one line, exit 1); holes are hashed from a zero buffer, and the digest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # tests/helpers.bash - shared by every bats suite: a private temp dir per test, mounting imgfuse in the
 # foreground as a background job (so a test can wait for the daemon to finish writing back after
 # unmount), and comparison helpers against qemu-img.

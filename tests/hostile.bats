@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # tests/hostile.bats - hostile images (issue 8): the generated corpus of tests/make-hostile (hundreds of
 # images attacking every header field, table, name, chain and compressed cluster) and the regression
 # images of tests/data/hostile/ each mount and read to the end, or are refused with exit 2 and one line;

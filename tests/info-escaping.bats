@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # info-escaping.bats - strings an image supplies (here a qcow2 backing name with a newline, a forged
 # "read-only: no", a 0xff byte and an ESC) never forge a line or a terminal escape in `imgfuse info`,
 # MNT/info and `imgfuse map`, and info.json, `info --json` and `map --json` stay valid UTF-8 JSON with

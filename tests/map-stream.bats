@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # tests/map-stream.bats - maps are streamed (issue 16 item 7): `imgfuse map` writes runs as it walks and
 # MNT/layers/N/map is generated read by read, so a small hostile image with a huge, fragmented disk (every
 # run one cluster) costs neither the command nor the daemon memory that grows with the disk; on normal

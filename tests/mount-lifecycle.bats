@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # mount-lifecycle.bats - what is left when a mount ends: the unmount watcher removes the mount of a
 # daemon killed with kill -9 for an unprivileged user, for a mount point whose escaped name is longer
 # than 4,095 bytes, and when the kill is aimed at every imgfuse process or the daemon's whole process

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # mount-ops.bats - the file operations of a writable raw view besides plain read/write: fallocate
 # (punch hole, zero range, plain allocation), truncate, fsync, st_blocks and SEEK_DATA/SEEK_HOLE after
 # writes, a loop device with a real file system on top of disk.raw, and what happens to the mount when

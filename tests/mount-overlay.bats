@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # mount-overlay.bats - --overlay FILE and --snapshot: writes go to a qcow2 overlay backed by IMAGE, IMAGE's
 # bytes and mtime never change; an existing FILE is reused only when it is an overlay of IMAGE.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # mount-snapshot-bombs.bats - snapshot tables that are small on disk and huge in memory (issue 16, items 5
 # and 6): a 200 KiB image with 1000 snapshots of 32 MiB L1 tables mounts, lists and reads its views within
 # a memory budget (views open on first open and read their L1 tables in slices); 65,536 snapshots mount

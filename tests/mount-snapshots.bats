@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # mount-snapshots.bats - MNT/snapshots/NAME/{disk.raw,info,vmstate}: internal snapshots of a qcow2 image
 # as read-only views, byte-identical to qemu-img's conversion of each snapshot; names that cannot be
 # file names or repeat shown as id-N; vmstate of exactly its size.

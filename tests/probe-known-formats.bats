@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
 # cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's

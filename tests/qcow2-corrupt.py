@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """qcow2-corrupt.py IMAGE MODE CLUSTER: damages guest cluster CLUSTER (within the first L2 table) of a
 qcow2 image, following the qcow2 spec's L1/L2 layout:
   past-eof      its L2 entry points to a host cluster beyond the end of the file

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-create.bats - issue 4: `imgfuse create -f qcow2` with every creation option makes images that
 # qemu-img accepts (check clean, info shows the options), refuses bad option combinations with one clear
 # line, records backing file and format, and obeys the seed's rule for formats without backing files.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # tests/qcow2-faults.bats - I/O errors injected (--blkdebug RULES) at each kind of qcow2 metadata write
 # (l1_update l2_update refblock_update reftable_update header_update cow_write), once, always and on the
 # Nth occurrence, during a workload of fsynced writes on an overlay: the writer sees EIO, the daemon

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-overlap.bats - issue 16 item 2: writes into a qcow2 whose refcounts lie must never land on its
 # metadata. A --rw open refuses (exit 2, one line naming the damage and `qemu-img check -r all`) when a
 # metadata cluster has refcount 0 or two metadata structures overlap, and leaves the file untouched;

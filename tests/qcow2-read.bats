@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-read.bats - issue 3: every qcow2 image QEMU writes reads back byte for byte like
 # `qemu-img convert -O raw` on a real mount, and SEEK_DATA/SEEK_HOLE agree with `qemu-img map`.
 # Images come from qemu-img create/convert and qemu-io: v2 and v3, 512 B to 2 MiB clusters, zero

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-savevm.bats - an internal snapshot with real VM state, made by QEMU itself (`savevm` on the
 # monitor of an accelerator-free `qemu-system-x86_64 -machine none`): snapshots/NAME/vmstate has the
 # size QEMU reports and exactly the bytes QEMU stored. The byte oracle: apply the snapshot, delete it and

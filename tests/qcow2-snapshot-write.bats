@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-snapshot-write.bats - issue 5, the write half: creating, deleting and applying internal
 # snapshots with `imgfuse snapshot` and with mkdir/rmdir on a writable mount, checked against
 # `qemu-img snapshot -l`, `qemu-img convert -l snapshot.name=...` and `qemu-img check`, in both

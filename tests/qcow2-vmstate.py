@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """qcow2-vmstate.py IMAGE NAME DISK_SIZE VMSTATE_SIZE: turns the existing internal snapshot NAME of a
 qcow2 v3 image into one that holds VM state, by patching its snapshot table entry (qcow2 spec,
 "Snapshots"): the 32-bit and 64-bit VM state sizes and the virtual disk size in the extra data.  The test

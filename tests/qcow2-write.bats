@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qcow2-write.bats - issue 4: writes through a --rw mount keep qcow2 images valid and exact.
 # fio random read/write with crc32c verification on v3, v2, overlays, extended L2 over a backing file,
 # 512 B and 2 MiB clusters, refcount widths 1 and 64; after unmount `qemu-img check` finds no errors and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # qed.bats - the QED driver on real mounts. Images made by qemu-img (several cluster and table sizes,
 # sizes not a multiple of the cluster size, zero clusters, qemu-img convert -O qed) and backing chains
 # (qcow2 and raw bases) read byte for byte like `qemu-img convert -O raw` with the same data map;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # tests/read-errors.bats - --on-read-error=zero on images with many damaged clusters (issue 16 items 8
 # and 17): reading is linear in the damage, MNT/errors lists every range read as zeros (and says so on a
 # last line if its budget is exceeded), SEEK_DATA/SEEK_HOLE never fail where a read returns zeros, so cp

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # read-path.bats - the read path of read-only mounts (issue 9): reads answered by splice from the host
 # files, in one piece (raw, allocated qcow2 clusters in any layer) or several (layers alternating, zero
 # clusters, holes), next to reads the daemon assembles itself (compressed) return qemu-img's bytes for

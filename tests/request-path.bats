@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # request-path.bats - the block layer's request-path features as seen through the mount: statistics in
 # MNT/stats.json (exact byte counts of what a test did).
 

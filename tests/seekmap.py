@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """seekmap.py FILE [START [END]]: prints the data extents of FILE as "start end" lines (end exclusive),
 found with lseek(SEEK_DATA)/lseek(SEEK_HOLE) only, between START and END (default: the whole file).
 Used by the bats suites to compare the map of a mounted disk.raw with the map of the host file."""

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # vdi.bats - the VirtualBox VDI driver: dynamic and static images made by qemu-img and qemu-io read back
 # byte for byte like `qemu-img convert -O raw`, with SEEK_DATA/SEEK_HOLE and `imgfuse map` agreeing with
 # `qemu-img map`; writes through --rw mounts (in place, into new blocks, concurrent, punched holes) leave

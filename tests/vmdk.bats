@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # vmdk.bats - the VMDK driver on real mounts. Images of every subformat qemu-img makes (monolithicSparse,
 # monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized; zeroed grains, adapter
 # types, sizes that are not a multiple of the grain) filled by qemu-io or converted from a pattern read

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """tests/vpc-check.py IMAGE - a structural check of a VHD image, for the write tests (`qemu-img check`
 does not support vpc): the footer at the end has its cookie and a good checksum; for dynamic and
 differencing disks the copy at offset 0 equals it, the dynamic header's checksum is good, and every BAT

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """tests/vpc-make-diff.py - writes a VHD differencing disk (disk type 4) over an existing dynamic or fixed
 VHD parent, written from the VHD 1.0 specification for the tests (QEMU cannot create one).
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # vpc.bats - the VHD ("vpc") driver on real mounts. Dynamic and fixed images made by qemu-img and filled
 # by qemu-io read byte for byte like `qemu-img convert -O raw`, with the same size and data map;
 # differencing disks (written by tests/vpc-make-diff.py, QEMU cannot make them) read as the parent with

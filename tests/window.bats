@@ -1,4 +1,5 @@
 #!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
 # window.bats - --offset/--size on any format (the window filter, drivers/window.c): a qcow2 with its
 # backing chain, vmdk and vpc show exactly the slice of `qemu-img convert -O raw`; --rw writes land at
 # offset + the window's offset in the guest and never past the window's end (ENOSPC, nothing beyond

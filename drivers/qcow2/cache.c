@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cache.c - the qcow2 driver's bounded metadata table cache.  It owns a fixed maximum number of
  * cluster-sized table slots (L2 tables or refcount blocks) in on-disk byte order, evicts the least

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * check.c - whole-image refcount accounting of the qcow2 driver.  It owns the walk that counts every
  * reference to every host cluster (header, active and snapshot L1 tables, their L2 tables and data

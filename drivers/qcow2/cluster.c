@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * cluster.c - guest-to-host mapping and the read side of the qcow2 driver.  It owns the L1/L2 lookup
  * (standard and extended L2 entries, zero clusters with and without preallocation, unallocated

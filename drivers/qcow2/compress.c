@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * compress.c - compressed clusters of the qcow2 driver: locating the compressed bytes from an L2
  * descriptor, decompressing them with raw deflate (libdeflate, zlib as the fallback) or zstd into

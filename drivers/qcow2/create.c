@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * create.c - making new qcow2 images (the driver's `create` slot, reached through bdrv_create).  It owns
  * the creation options (cluster_size, compat, extended_l2, refcount_bits, compression_type,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dcache.c - the qcow2 driver's cache of decompressed clusters.  A compressed cluster has to be
  * decompressed whole even when a request wants 4 KiB of it, so the last few decompressed clusters are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * overlap.c - the qcow2 write path's map of where metadata lives in the image file, and the checks built
  * on it.  At a writable open it collects every metadata structure into a sorted array of cluster runs

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * qcow2.c - the qcow2 format driver's front: probing, header and header-extension parsing with
  * validation of every field (the header is untrusted input: all arithmetic is overflow-checked and

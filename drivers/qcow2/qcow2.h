@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * qcow2.h - private state and on-disk constants of the qcow2 format driver, shared by the files of
  * drivers/qcow2/ only.  It owns the layout facts of the qcow2 specification (header fields, feature

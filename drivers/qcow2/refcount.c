@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * refcount.c - host cluster accounting of the qcow2 write path.  It owns the in-memory refcount table,
  * reading and writing refcount entries of every width (refcount_order 0..6: 1 to 64 bits, sub-byte

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapshot-write.c - creating, deleting and applying (reverting to) qcow2 internal snapshots.  Each
  * operation builds the new snapshot list and active L1 table in memory and hands them to the metadata

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapshot.c - the read side of qcow2 internal snapshots: parsing and validating the snapshot table,
  * listing snapshots, opening a read-only view node that shows the disk as it was at a snapshot (the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * write.c - the qcow2 driver's guest-facing write path.  It owns writes (plain overwrites of clusters
  * the active L1/L2 tables own outright go straight to the host file outside the metadata lock; every

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * descriptor.c - the VMDK text descriptor (standalone, or embedded in a hosted sparse extent), parsed
  * defensively: bounded lines, known keys (CID, parentCID, parentFileNameHint, createType), extent lines

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * read.c - the read side of the VMDK driver: the map of a guest range (a run of grains of one kind in a
  * sparse extent, a flat extent's host bytes, a zero extent), read through the core's bdrv_read_mapped

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * sparse.c - hosted sparse extents of the VMDK driver: the "KDMV" header (or its footer copy in a
  * stream-optimized file), every field checked against the file size, the grain directory read within a

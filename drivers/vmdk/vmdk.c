@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * vmdk.c - the VMware VMDK format driver.  It owns the VMDK layout after VMware's "Virtual Disk Format
  * 1.1": the text descriptor (standalone, or embedded in a hosted sparse extent), parsed defensively into

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * vmdk.h - private state and on-disk constants of the VMDK format driver, shared by the files of
  * drivers/vmdk/ only.  It owns the layout facts of VMware's "Virtual Disk Format 1.1" (sparse header

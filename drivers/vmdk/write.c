@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * write.c - the write side of the VMDK driver: flat extents in place; hosted sparse extents in place or
  * by appending a whole grain that is flushed before the primary, then the redundant, grain table names

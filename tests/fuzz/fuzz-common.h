@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-common.h - the shared body of every libFuzzer target in tests/fuzz/ (one fuzz-DRIVER.c per format
  * driver includes it and names its driver).  It owns what one fuzz input goes through: the input is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-qcow2.c - libFuzzer target for the qcow2 format driver: header and extension parsing, L1/L2
  * mapping, compressed clusters, snapshot table and views, and (when the driver has a write path)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-qed.c - libFuzzer target for the QED format driver: header validation (sizes, feature bits, the
  * L1 table and backing name bounds), L1 and L2 entries (unallocated, zero, data, unaligned, past the end

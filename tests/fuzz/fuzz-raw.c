@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-raw.c - libFuzzer target for the raw format driver: the input is the disk, its first bytes also
  * choose a --offset/--size window; read, block status, probing and writes through fuzz-common.h.

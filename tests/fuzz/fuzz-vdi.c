@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-vdi.c - libFuzzer target for the VDI format driver: header validation, the block map and its
  * entries (unallocated, zero, data, past the end of the file), reads, block status, info, and on a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-vmdk.c - libFuzzer target for the VMDK format driver: the sparse extent header and its footer copy
  * (stream-optimized), the grain directory and grain tables, zeroed-grain entries, grain markers and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz-vpc.c - libFuzzer target for the VHD (vpc) format driver: footer and footer-copy selection,
  * checksums, the dynamic header, BAT loading and validation, parent locators (opened with --no-backing,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * scratch.h - a private scratch directory for the C unit tests that build images with qemu-img: make
  * it (under $TMPDIR or a base the test picks), run shell commands inside it, name files in it, read a

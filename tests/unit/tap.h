@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * tap.h - a tiny TAP producer for the C unit tests: ok()/is() print "ok N - name" or "not ok N - name",
  * done_testing() prints the plan and returns the exit status.  No framework, no allocation.

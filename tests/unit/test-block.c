@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-block.c - unit tests of the block layer core and of the file, raw, memory and blkdebug drivers:
  * utilities, probing and forced formats, the seed's rule, open errors, read-modify-write under O_DIRECT

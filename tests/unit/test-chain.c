@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-chain.c - backing chains opened by the core, on images made by qemu-img: relative names resolved
  * against the naming image's directory, content equal to qemu-img convert, block status depth, a shorter

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-cor.c - copy-on-read through the core on a qcow2 overlay made by qemu-img: a full read pass copies
  * exactly the base's data clusters (holes and zero clusters stay unallocated), the overlay alone then

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-locking.c - QEMU-compatible image locks of the file driver, checked against a real qemu-io:
  * the lock bytes we take equal the ones qemu-io takes (seen in /proc/locks), a writable open is refused

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-map.c - bdrv_map_extents, the core hook behind the front end's zero-copy (splice) reads. As one
  * extent (map_contiguous below): on images made by qemu-img, a mapped range's host bytes equal what

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-options.c - unit tests of driver options (lib/options.c and their use in lib/open.c): adding
  * items, validation against the drivers' tables with the exact one-line messages, typed lookups (last

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-probe.c - unit tests of lib/probe.c, the table of known format magics, on in-memory images: each
  * format without a driver is refused by name on a probe (head magics, and DMG's trailer before the end),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-qcow2-snapshot.c - the qcow2 driver's snapshot read side against QEMU: images with internal
  * snapshots are made by qemu-img/qemu-io in a private temp dir; snapshot_list must match the table,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-qcow2-write.c - unit tests of the qcow2 write path through the block layer, without FUSE and
  * without QEMU: refcount entries of every width packed and unpacked, images made by the driver's create

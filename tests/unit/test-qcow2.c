@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-qcow2.c - unit tests of the qcow2 driver's header parsing and validation on fixed byte arrays
  * (no files, no QEMU): field decoding for versions 2 and 3, derived geometry, header extensions

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-readmap.c - bdrv_read_mapped, the core helper through which vdi, qed, vpc and vmdk read (a
  * driver's map of runs: host bytes, zeros, the backing node, or pieces only the driver decodes), and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-request.c - unit tests of the root node's request-path features (lib/request.c): detect-zeroes
  * with and without unmap, the discard policy, throttling (lower bounds only: a token bucket can never be

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-vdi.c - unit tests of the VDI driver on images built byte by byte in memory (no qemu-img): the
  * probe, header refusals and their wording, the kinds of block map entries (data, unallocated, zero,

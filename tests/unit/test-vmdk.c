@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-vmdk.c - unit tests of the VMDK driver on images built here as byte arrays and opened on memory
  * nodes (no files, no QEMU): a hosted sparse extent with 4 KiB grains (data, unallocated and zeroed

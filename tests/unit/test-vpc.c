@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test-vpc.c - unit tests of the VHD (vpc) driver on images built here as byte arrays and opened on
  * memory nodes (no files, no QEMU): checksums, the footer copy standing in for a damaged footer, the
