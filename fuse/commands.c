@@ -29,10 +29,12 @@ typedef struct OpenArgs {
     const char *algo;
     bool progress;            /* hash: -p */
     bool quiet;               /* hash: -q, no progress at all */
+    const char *audit_log;    /* hash: --audit-log FILE */
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
 } OpenArgs;
 
-enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
+enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
+       SUB_AUDIT_LOG };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -47,6 +49,7 @@ static const struct option sub_options[] = {
     { "force-share", no_argument, NULL, SUB_FORCE_SHARE },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
+    { "audit-log", required_argument, NULL, SUB_AUDIT_LOG },
     { "max-size", required_argument, NULL, SUB_MAX_SIZE },
     { "force", no_argument, NULL, SUB_FORCE },
     { "help", no_argument, NULL, 'h' },
@@ -81,6 +84,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->algo = "sha256";
     a->progress = false;
     a->quiet = false;
+    a->audit_log = NULL;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
     opterr = 0;
     optind = 1;
@@ -116,6 +120,11 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             if (!allow_algo)
                 goto unknown;
             a->quiet = true;
+            break;
+        case SUB_AUDIT_LOG:
+            if (!allow_algo)
+                goto unknown;
+            a->audit_log = optarg;
             break;
         case SUB_MAX_SIZE:
             if (!allow_algo)
@@ -628,15 +637,31 @@ static int hash_image(BlockNode *bs, HashSet *hs, Progress *prog, int64_t *done)
     return r < 0 ? r : 0;
 }
 
+/* With --audit-log: appends the line of one image (n digests in hex, rc) and returns rc, or 1 with one
+ * line if the log cannot be written. */
+static int hash_audit(Audit *audit, const OpenArgs *a, const char *image, int64_t size, int n, const HashSet *hs,
+                      const char *const *hex, int rc)
+{
+    int r = audit_hash(audit, image, size, n, hs->name, hex, rc);
+    if (r < 0) {
+        errmsg(a->audit_log, "cannot write the audit log: %s", strerror(-r));
+        return MAX(rc, EXIT_RUNTIME);
+    }
+    return rc;
+}
+
 /* Hashes one image with every digest of hs and prints a sha256sum-style line per digest. Returns its
  * exit status: 2 if it cannot be opened or is over --max-size, 1 if reading or hashing failed or a
  * signal stopped it (hash_stop), else 0. several: progress lines name the image. */
-static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool several)
+static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool several, Audit *audit)
 {
     int rc;
+    char hex[HASH_MAX_ALGOS][2 * EVP_MAX_MD_SIZE + 1];
+    const char *hexp[HASH_MAX_ALGOS];
     BlockNode *bs = open_or_report(image, &a->opts, &rc);
+    audit_begin(audit, bs, NULL);
     if (!bs)
-        return rc;
+        return hash_audit(audit, a, image, -1, 0, hs, hexp, rc);
     int64_t size = bdrv_getlength(bs);
     if (a->max_size && size > a->max_size) {
         char h[32], lim[32];
@@ -644,7 +669,7 @@ static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool seve
                "or --force", size, approx_size((uint64_t)size, h, sizeof h),
                approx_size((uint64_t)a->max_size, lim, sizeof lim));
         bdrv_close(bs);
-        return EXIT_USAGE;
+        return hash_audit(audit, a, image, size, 0, hs, hexp, EXIT_USAGE);
     }
     Progress prog = { .tty = isatty(STDERR_FILENO), .name = several ? image : NULL };
     prog.on = !a->quiet && (a->progress || prog.tty);
@@ -671,13 +696,15 @@ static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool seve
     } else {
         for (int i = 0; i < hs->n; i++) {
             for (unsigned j = 0; j < dlen[i]; j++)
-                printf("%02x", digest[i][j]);
-            printf("  %s\n", image);
+                sprintf(hex[i] + 2 * j, "%02x", digest[i][j]);
+            hex[i][2 * dlen[i]] = '\0';
+            hexp[i] = hex[i];
+            printf("%s  %s\n", hex[i], image);
         }
         rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
     }
     bdrv_close(bs);
-    return rc;
+    return hash_audit(audit, a, image, size, rc == EXIT_OK ? hs->n : 0, hs, hexp, rc);
 }
 
 /* imgfuse hash [OPTIONS] IMAGE...: each image in turn, all digests in one pass. The exit status is the
@@ -687,7 +714,7 @@ int cmd_hash(int argc, char **argv)
     OpenArgs a;
     const char *image;
     int rc = parse_sub_args(argc, argv,
-                            "[--algo sha256|sha1|md5[,...]] [-p|-q] [--max-size SIZE|--force] [-f FMT] IMAGE...",
+                            "[--algo sha256|sha1|md5[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] [-f FMT] IMAGE...",
                             false, true, &a, &image);
     if (rc >= 0)
         return rc;
@@ -695,8 +722,13 @@ int cmd_hash(int argc, char **argv)
     HashSet hs;
     if (hash_parse_algos(a.algo, &hs) < 0)
         return EXIT_USAGE;
-    if (crypto_load() < 0)
+    Audit audit = { .fd = 0 };
+    if (a.audit_log && (rc = audit_open(&audit, a.audit_log)) != 0)
+        return rc;
+    if (crypto_load() < 0) {
+        audit_close(&audit);
         return EXIT_RUNTIME;
+    }
     struct sigaction sa = { .sa_handler = hash_on_signal }, old_int, old_term;
     sigemptyset(&sa.sa_mask);
     hash_stop = 0;
@@ -708,13 +740,14 @@ int cmd_hash(int argc, char **argv)
     } else {
         rc = EXIT_OK;
         for (int i = first; i < argc && !hash_stop; i++) {
-            int r = hash_one(argv[i], &a, &hs, argc - first > 1);
+            int r = hash_one(argv[i], &a, &hs, argc - first > 1, &audit);
             rc = MAX(rc, r);
         }
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     hash_set_close(&hs);
+    audit_close(&audit);
     dlclose(crypto.lib);
     crypto.lib = NULL;
     return rc;

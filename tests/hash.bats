@@ -172,3 +172,33 @@ sums_of() {
   [ "$(cat err.txt)" = "imgfuse: missing.raw: No such file or directory" ]
   [ "$(cat out.txt)" = "$(sums_of q.raw q.raw | sed -n 3p)" ]
 }
+
+@test "the audit log names imgfuse's version: hash --audit-log appends a line per image with its digests, a mount its line" {
+  head -c 1048576 /dev/urandom > a.raw
+  qemu-img convert -O qcow2 a.raw a.qcow2
+  version=$("$IMGFUSE" --version | head -n 1 | cut -d' ' -f2)
+  [[ "$version" =~ ^[0-9]+\.[0-9]+ ]]
+  run "$IMGFUSE" hash -q --audit-log "$TMP/audit.log" --algo md5,sha1,sha256 a.qcow2 missing.raw
+  [ "$status" -eq 2 ]
+  mount_img --audit-log "$TMP/audit.log" a.qcow2 "$MNT"
+  cat "$MNT/disk.raw" > /dev/null
+  unmount_img
+  [ "$(wc -l < "$TMP/audit.log")" -eq 3 ]
+  python3 - "$TMP/audit.log" "$version" "$TMP/a.qcow2" a.raw <<'PY'
+import hashlib, json, os, sys
+log, version, qcow2, raw = sys.argv[1:]
+h, miss, mnt = [json.loads(l) for l in open(log)]
+data = open(raw, "rb").read()
+for l in (h, miss, mnt):
+    assert l["imgfuse_version"] == version, l
+    assert l["uid"] == os.getuid() and l["user"], l
+assert h["command"] == "hash" and h["image"] == "a.qcow2" and h["exit_status"] == 0, h
+assert h["virtual_size"] == len(data), h
+assert h["digests"] == {a: hashlib.new(a, data).hexdigest() for a in ("md5", "sha1", "sha256")}, h
+assert [i["file"] for i in h["images"]] == [qcow2] and h["images"][0]["unchanged"] is True, h
+assert h["start_time"] <= h["end_time"], h
+assert miss["image"] == "missing.raw" and miss["exit_status"] == 2 and miss["digests"] == {}, miss
+assert miss["images"] == [] and miss["virtual_size"] == -1, miss
+assert "command" not in mnt and mnt["mode"] == "read-only" and mnt["bytes_read"] >= len(data), mnt
+PY
+}
