@@ -14,9 +14,10 @@ zero_8e() {
   printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="custom"\nRW 18014398509481983 ZERO\n' > huge.vmdk
 }
 
-# stops_on SIGNAL: starts a forced hash of huge.vmdk, sends SIGNAL after a second; it must end within 20 s.
+# stops_on SIGNAL: starts a forced hash of huge.vmdk (--algo $HASH_ALGO if set), sends SIGNAL after a
+# second; it must end within 20 s.
 stops_on() {
-  "$IMGFUSE" hash -p --force -f vmdk huge.vmdk > out.txt 2> err.txt &
+  "$IMGFUSE" hash -p --force ${HASH_ALGO:+--algo "$HASH_ALGO"} -f vmdk huge.vmdk > out.txt 2> err.txt &
   local pid=$! i
   sleep 1
   kill -"$1" "$pid"
@@ -102,6 +103,10 @@ sums_of() {
     [ "$status" -eq 0 ]
     [ "$output" = "$(sums_of "$(raw_of "$img")" "$img")" ]
   done
+  # SIGINT and SIGTERM stop a run of three digests (two of them on threads of their own) as they stop one
+  zero_8e
+  HASH_ALGO=md5,sha1,sha256 stops_on INT
+  HASH_ALGO=sha256,md5 stops_on TERM
   # the order of the list is the order of the lines; one algorithm alone is the old output
   run "$IMGFUSE" hash --algo=sha256,md5 top.qcow2
   [ "$status" -eq 0 ]
