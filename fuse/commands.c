@@ -12,7 +12,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -513,40 +512,19 @@ static int crypto_load(void)
 }
 
 /* The digests of one `imgfuse hash` run: the algorithms --algo lists, in its order, each with its
- * context. Every byte of the raw view is read once and fed to each of them. With several, digest 0 runs
- * on the reading thread and each other one on a thread of its own, all over the same chunk at once, so
- * that one pass costs about the slowest digest rather than their sum when there are CPUs for them. */
+ * context. Every byte of the raw view is read once and fed to each of them. */
 #define HASH_MAX_ALGOS 3
 
-/* One digest alone is fed in slices of this size, so that a chunk stays in the CPU cache. */
+/* Digests are fed in slices of this size, so that a chunk read once stays in the CPU cache while each
+ * digest goes over it. */
 #define HASH_SLICE (128 * 1024)
 
-typedef struct HashSet HashSet;
-
-typedef struct HashThread {
-    HashSet *hs;
-    int i;                             /* the digest it feeds */
-    pthread_t thread;
-    int r;                             /* -EIO once an update failed */
-} HashThread;
-
-struct HashSet {
+typedef struct HashSet {
     int n;
     const char *name[HASH_MAX_ALGOS];
     const EVP_MD *md[HASH_MAX_ALGOS];
     EVP_MD_CTX *ctx[HASH_MAX_ALGOS];
-    /* threads for digests 1..n-1 (none if n is 1 or one could not be started); a round is one chunk */
-    int n_threads;
-    HashThread th[HASH_MAX_ALGOS];
-    pthread_mutex_t lock;
-    pthread_cond_t go, done;
-    uint64_t round;                    /* bumped by the reader for each chunk */
-    int pending;                       /* threads still feeding this round's chunk */
-    bool quit;
-    bool sync_ready;                   /* lock, go and done initialised */
-    const uint8_t *data;               /* this round's chunk */
-    size_t len;
-};
+} HashSet;
 
 /* Parses --algo's comma-separated list ("sha256", "md5,sha1,sha256") into hs->name; -1 with one line
  * when an item is not one of the three or comes twice. */
@@ -578,74 +556,7 @@ static int hash_parse_algos(const char *list, HashSet *hs)
     }
 }
 
-/* Digest th->i's thread: feeds each round's chunk into its context, until quit. */
-static void *hash_thread(void *opaque)
-{
-    HashThread *th = opaque;
-    HashSet *hs = th->hs;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&hs->lock);
-    for (;;) {
-        while (hs->round == seen && !hs->quit)
-            pthread_cond_wait(&hs->go, &hs->lock);
-        if (hs->quit)
-            break;
-        seen = hs->round;
-        const uint8_t *data = hs->data;
-        size_t len = hs->len;
-        pthread_mutex_unlock(&hs->lock);
-        if (crypto.update(hs->ctx[th->i], data, len) != 1)
-            th->r = -EIO;
-        pthread_mutex_lock(&hs->lock);
-        if (--hs->pending == 0)
-            pthread_cond_signal(&hs->done);
-    }
-    pthread_mutex_unlock(&hs->lock);
-    return NULL;
-}
-
-/* Stops and joins the first `started` digest threads. */
-static void hash_threads_stop(HashSet *hs, int started)
-{
-    pthread_mutex_lock(&hs->lock);
-    hs->quit = true;
-    pthread_cond_broadcast(&hs->go);
-    pthread_mutex_unlock(&hs->lock);
-    for (int i = 1; i <= started; i++)
-        pthread_join(hs->th[i].thread, NULL);
-    hs->n_threads = 0;
-}
-
-/* Starts a thread for each digest after the first, with SIGINT and SIGTERM blocked in them so that the
- * signals reach the reading thread. If one cannot be started, every digest runs on the reading thread. */
-static void hash_threads_start(HashSet *hs)
-{
-    if (hs->n < 2)
-        return;
-    pthread_mutex_init(&hs->lock, NULL);
-    pthread_cond_init(&hs->go, NULL);
-    pthread_cond_init(&hs->done, NULL);
-    hs->sync_ready = true;
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    int started = 0;
-    for (int i = 1; i < hs->n; i++, started++) {
-        hs->th[i] = (HashThread){ .hs = hs, .i = i };
-        if (pthread_create(&hs->th[i].thread, NULL, hash_thread, &hs->th[i]) != 0)
-            break;
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (started == hs->n - 1)
-        hs->n_threads = started;
-    else
-        hash_threads_stop(hs, started);
-}
-
-/* Makes a context for each algorithm of hs (after crypto_load) and starts the digest threads. Returns 0
- * or -ENOMEM. */
+/* Makes a context for each algorithm of hs (after crypto_load). Returns 0 or -ENOMEM. */
 static int hash_set_open(HashSet *hs)
 {
     for (int i = 0; i < hs->n; i++) {
@@ -654,44 +565,18 @@ static int hash_set_open(HashSet *hs)
         if (!hs->md[i] || !(hs->ctx[i] = crypto.ctx_new()))
             return -ENOMEM;
     }
-    hash_threads_start(hs);
     return 0;
 }
 
 static void hash_set_close(HashSet *hs)
 {
-    if (hs->n_threads)
-        hash_threads_stop(hs, hs->n_threads);
-    if (hs->sync_ready) {
-        pthread_mutex_destroy(&hs->lock);
-        pthread_cond_destroy(&hs->go);
-        pthread_cond_destroy(&hs->done);
-    }
     for (int i = 0; i < hs->n; i++)
         crypto.ctx_free(hs->ctx[i]);
 }
 
-/* Feeds len bytes at p into every digest of hs: on this thread slice by slice, or digest 0 here and the
- * others on their threads at the same time. Returns when all have taken the bytes. */
+/* Feeds len bytes at p into every digest of hs, slice by slice. */
 static int hash_update(HashSet *hs, const uint8_t *p, size_t len)
 {
-    if (hs->n_threads) {
-        pthread_mutex_lock(&hs->lock);
-        hs->data = p;
-        hs->len = len;
-        hs->pending = hs->n_threads;
-        hs->round++;
-        pthread_cond_broadcast(&hs->go);
-        pthread_mutex_unlock(&hs->lock);
-        int r = crypto.update(hs->ctx[0], p, len) == 1 ? 0 : -EIO;
-        pthread_mutex_lock(&hs->lock);
-        while (hs->pending)
-            pthread_cond_wait(&hs->done, &hs->lock);
-        pthread_mutex_unlock(&hs->lock);
-        for (int i = 1; i <= hs->n_threads; i++)
-            r = hs->th[i].r < 0 ? hs->th[i].r : r;
-        return r;
-    }
     for (size_t off = 0; off < len; off += HASH_SLICE) {
         size_t k = MIN(len - off, (size_t)HASH_SLICE);
         for (int i = 0; i < hs->n; i++)
@@ -790,10 +675,8 @@ static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool seve
     prog.on = !a->quiet && (a->progress || prog.tty);
     int64_t done = 0;
     int r = 0;
-    for (int i = 0; r == 0 && i < hs->n; i++) {
+    for (int i = 0; r == 0 && i < hs->n; i++)
         r = crypto.init(hs->ctx[i], hs->md[i], NULL) == 1 ? 0 : -EIO;
-        hs->th[i].r = 0;
-    }
     if (r == 0)
         r = hash_image(bs, hs, &prog, &done);
     if (prog.on && prog.tty)
