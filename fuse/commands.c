@@ -29,10 +29,13 @@ typedef struct OpenArgs {
     bool json;
     const char *algo;
     bool progress;            /* hash: -p */
+    bool quiet;               /* hash: -q, no progress at all */
+    const char *audit_log;    /* hash: --audit-log FILE */
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
 } OpenArgs;
 
-enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
+enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
+       SUB_AUDIT_LOG };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -46,6 +49,8 @@ static const struct option sub_options[] = {
     { "no-backing", no_argument, NULL, SUB_NO_BACKING },
     { "force-share", no_argument, NULL, SUB_FORCE_SHARE },
     { "progress", no_argument, NULL, 'p' },
+    { "quiet", no_argument, NULL, 'q' },
+    { "audit-log", required_argument, NULL, SUB_AUDIT_LOG },
     { "max-size", required_argument, NULL, SUB_MAX_SIZE },
     { "force", no_argument, NULL, SUB_FORCE },
     { "help", no_argument, NULL, 'h' },
@@ -79,11 +84,13 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->json = false;
     a->algo = "sha256";
     a->progress = false;
+    a->quiet = false;
+    a->audit_log = NULL;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":f:hp", sub_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:hpq", sub_options, NULL)) != -1) {
         switch (c) {
         case 'f': a->opts.format = optarg; break;
         case SUB_JSON:
@@ -110,6 +117,16 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
                 goto unknown;
             a->progress = true;
             break;
+        case 'q':
+            if (!allow_algo)
+                goto unknown;
+            a->quiet = true;
+            break;
+        case SUB_AUDIT_LOG:
+            if (!allow_algo)
+                goto unknown;
+            a->audit_log = optarg;
+            break;
         case SUB_MAX_SIZE:
             if (!allow_algo)
                 goto unknown;
@@ -131,7 +148,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             return option_error(argv, c, argv[0]);
         }
     }
-    if (argc - optind != 1)
+    if (argc - optind < 1 || (argc - optind > 1 && !allow_algo)) /* hash takes several images */
         return sub_usage(argv[0], synopsis);
     *image = argv[optind];
     return -1;
@@ -420,8 +437,9 @@ static const char *approx_size(uint64_t v, char *buf, size_t len)
 }
 
 typedef struct Progress {
-    bool on;                  /* -p, or standard error is a terminal */
+    bool on;                  /* -p, or standard error is a terminal; never with -q */
     bool tty;                 /* redraw one line; else a line every few seconds */
+    const char *name;         /* the image, when several are hashed; else NULL */
     int64_t total;
     uint64_t last_ns;
 } Progress;
@@ -438,8 +456,9 @@ static void progress_show(Progress *p, int64_t done)
     char a[32], b[32];
     approx_size((uint64_t)done, a, sizeof a);
     approx_size((uint64_t)p->total, b, sizeof b);
+    const char *name = p->name ? p->name : "", *sep = p->name ? ": " : "";
     if (!p->tty) {
-        fprintf(stderr, "imgfuse: hash: %3d%% (%s of %s)\n", pct, a, b);
+        fprintf(stderr, "imgfuse: hash: %s%s%3d%% (%s of %s)\n", name, sep, pct, a, b);
         return;
     }
     char bar[41];
@@ -447,7 +466,7 @@ static void progress_show(Progress *p, int64_t done)
     for (int i = 0; i < 40; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[40] = '\0';
-    fprintf(stderr, "\r[%s] %3d%% (%s of %s)\033[K", bar, pct, a, b);
+    fprintf(stderr, "\r%s%s[%s] %3d%% (%s of %s)\033[K", name, sep, bar, pct, a, b);
     fflush(stderr);
 }
 
@@ -493,21 +512,96 @@ static int crypto_load(void)
     return 0;
 }
 
-/* Feeds n zero bytes into ctx from hash_zeros (nothing read, nothing allocated). */
-static int hash_zero_run(EVP_MD_CTX *ctx, int64_t n)
+/* The digests of one `imgfuse hash` run: the algorithms --algo lists, in its order, each with its
+ * context. Every byte of the raw view is read once and fed to each of them. */
+#define HASH_MAX_ALGOS 3
+
+/* Digests are fed in slices of this size, so that a chunk read once stays in the CPU cache while each
+ * digest goes over it. */
+#define HASH_SLICE (128 * 1024)
+
+typedef struct HashSet {
+    int n;
+    const char *name[HASH_MAX_ALGOS];
+    const EVP_MD *md[HASH_MAX_ALGOS];
+    EVP_MD_CTX *ctx[HASH_MAX_ALGOS];
+} HashSet;
+
+/* Parses --algo's comma-separated list ("sha256", "md5,sha1,sha256") into hs->name; -1 with one line
+ * when an item is not one of the three or comes twice. */
+static int hash_parse_algos(const char *list, HashSet *hs)
+{
+    static const char *const known[] = { "sha256", "sha1", "md5" };
+    memset(hs, 0, sizeof *hs);
+    for (const char *p = list;; p++) {
+        size_t len = strcspn(p, ",");
+        int k = -1;
+        for (int i = 0; i < (int)ARRAY_SIZE(known); i++)
+            if (strlen(known[i]) == len && strncmp(p, known[i], len) == 0)
+                k = i;
+        if (k < 0) {
+            errmsg("--algo", "invalid value '%s' (expected sha256, sha1 or md5, or a list such as md5,sha1,sha256)",
+                   list);
+            return -1;
+        }
+        for (int i = 0; i < hs->n; i++) {
+            if (hs->name[i] == known[k]) {
+                errmsg("--algo", "invalid value '%s' (%s named twice)", list, known[k]);
+                return -1;
+            }
+        }
+        hs->name[hs->n++] = known[k];
+        p += len;
+        if (!*p)
+            return 0;
+    }
+}
+
+/* Makes a context for each algorithm of hs (after crypto_load). Returns 0 or -ENOMEM. */
+static int hash_set_open(HashSet *hs)
+{
+    for (int i = 0; i < hs->n; i++) {
+        hs->md[i] = strcmp(hs->name[i], "sha256") == 0 ? crypto.sha256()
+                    : strcmp(hs->name[i], "sha1") == 0 ? crypto.sha1() : crypto.md5();
+        if (!hs->md[i] || !(hs->ctx[i] = crypto.ctx_new()))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static void hash_set_close(HashSet *hs)
+{
+    for (int i = 0; i < hs->n; i++)
+        crypto.ctx_free(hs->ctx[i]);
+}
+
+/* Feeds len bytes at p into every digest of hs, slice by slice. */
+static int hash_update(HashSet *hs, const uint8_t *p, size_t len)
+{
+    for (size_t off = 0; off < len; off += HASH_SLICE) {
+        size_t k = MIN(len - off, (size_t)HASH_SLICE);
+        for (int i = 0; i < hs->n; i++)
+            if (crypto.update(hs->ctx[i], p + off, k) != 1)
+                return -EIO;
+    }
+    return 0;
+}
+
+/* Feeds n zero bytes into every digest from hash_zeros (nothing read, nothing allocated). */
+static int hash_zero_run(HashSet *hs, int64_t n)
 {
     while (n > 0 && !hash_stop) {
         size_t k = (size_t)MIN(n, (int64_t)sizeof(hash_zeros));
-        if (crypto.update(ctx, hash_zeros, k) != 1)
+        if (hash_update(hs, hash_zeros, k) < 0)
             return -EIO;
         n -= (int64_t)k;
     }
     return 0;
 }
 
-/* Feeds the raw view into ctx: ranges the chain reports as zeros are fed from hash_zeros unread, one
- * block-status call per run. Stops early (*done < size) when hash_stop is set. */
-static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog, int64_t *done)
+/* Feeds the raw view into every digest of hs: ranges the chain reports as zeros are fed from hash_zeros
+ * unread, one block-status call per run. Stops early (*done < size) when hash_stop is set. */
+static int hash_image(BlockNode *bs, HashSet *hs, Progress *prog, int64_t *done)
 {
     int64_t size = bdrv_getlength(bs);
     if (size < 0)
@@ -527,7 +621,7 @@ static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog, int64_t *d
             /* a zero run, in steps so that progress and signals are seen */
             for (int64_t end = pos + n; r == 0 && pos < end && !hash_stop; progress_show(prog, pos)) {
                 int64_t k = MIN(end - pos, (int64_t)256 << 20);
-                r = hash_zero_run(ctx, k);
+                r = hash_zero_run(hs, k);
                 pos += k;
             }
             continue;
@@ -535,7 +629,7 @@ static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog, int64_t *d
         n = MIN(n, (int64_t)HASH_CHUNK);
         if ((r = bdrv_pread(bs, pos, n, buf)) < 0)
             break;
-        r = crypto.update(ctx, buf, (size_t)n) == 1 ? 0 : -EIO;
+        r = hash_update(hs, buf, (size_t)n);
         pos += n;
         progress_show(prog, pos);
     }
@@ -544,58 +638,54 @@ static int hash_image(BlockNode *bs, EVP_MD_CTX *ctx, Progress *prog, int64_t *d
     return r < 0 ? r : 0;
 }
 
-int cmd_hash(int argc, char **argv)
+/* With --audit-log: appends the line of one image (n digests in hex, rc) and returns rc, or 1 with one
+ * line if the log cannot be written. */
+static int hash_audit(Audit *audit, const OpenArgs *a, const char *image, int64_t size, int n, const HashSet *hs,
+                      const char *const *hex, int rc)
 {
-    OpenArgs a;
-    const char *image;
-    int rc = parse_sub_args(argc, argv, "[--algo sha256|sha1|md5] [-p] [--max-size SIZE|--force] [-f FMT] IMAGE",
-                            false, true, &a, &image);
-    if (rc >= 0)
-        return rc;
-    bool known = strcmp(a.algo, "sha256") == 0 || strcmp(a.algo, "sha1") == 0 || strcmp(a.algo, "md5") == 0;
-    if (!known) {
-        errmsg("--algo", "invalid value '%s' (expected sha256, sha1 or md5)", a.algo);
-        return EXIT_USAGE;
+    int r = audit_hash(audit, image, size, n, hs->name, hex, rc);
+    if (r < 0) {
+        errmsg(a->audit_log, "cannot write the audit log: %s", strerror(-r));
+        return MAX(rc, EXIT_RUNTIME);
     }
-    if (crypto_load() < 0)
-        return EXIT_RUNTIME;
-    const EVP_MD *md = strcmp(a.algo, "sha256") == 0 ? crypto.sha256()
-                       : strcmp(a.algo, "sha1") == 0 ? crypto.sha1() : crypto.md5();
-    BlockNode *bs = open_or_report(image, &a.opts, &rc);
-    if (!bs) {
-        dlclose(crypto.lib);
-        crypto.lib = NULL;
-        return rc;
-    }
+    return rc;
+}
+
+/* Hashes one image with every digest of hs and prints a sha256sum-style line per digest. Returns its
+ * exit status: 2 if it cannot be opened or is over --max-size, 1 if reading or hashing failed or a
+ * signal stopped it (hash_stop), else 0. several: progress lines name the image. */
+static int hash_one(const char *image, const OpenArgs *a, HashSet *hs, bool several, Audit *audit)
+{
+    int rc;
+    char hex[HASH_MAX_ALGOS][2 * EVP_MAX_MD_SIZE + 1];
+    const char *hexp[HASH_MAX_ALGOS];
+    BlockNode *bs = open_or_report(image, &a->opts, &rc);
+    audit_begin(audit, bs, NULL);
+    if (!bs)
+        return hash_audit(audit, a, image, -1, 0, hs, hexp, rc);
     int64_t size = bdrv_getlength(bs);
-    if (a.max_size && size > a.max_size) {
+    if (a->max_size && size > a->max_size) {
         char h[32], lim[32];
         errmsg(image, "virtual size %" PRId64 " bytes (%s) is above the limit of %s for hash: give --max-size SIZE "
                "or --force", size, approx_size((uint64_t)size, h, sizeof h),
-               approx_size((uint64_t)a.max_size, lim, sizeof lim));
+               approx_size((uint64_t)a->max_size, lim, sizeof lim));
         bdrv_close(bs);
-        dlclose(crypto.lib);
-        crypto.lib = NULL;
-        return EXIT_USAGE;
+        return hash_audit(audit, a, image, size, 0, hs, hexp, EXIT_USAGE);
     }
-    struct sigaction sa = { .sa_handler = hash_on_signal }, old_int, old_term;
-    sigemptyset(&sa.sa_mask);
-    hash_stop = 0;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    EVP_MD_CTX *ctx = md ? crypto.ctx_new() : NULL;
-    Progress prog = { .tty = isatty(STDERR_FILENO) };
-    prog.on = a.progress || prog.tty;
+    Progress prog = { .tty = isatty(STDERR_FILENO), .name = several ? image : NULL };
+    prog.on = !a->quiet && (a->progress || prog.tty);
     int64_t done = 0;
-    int r = ctx && crypto.init(ctx, md, NULL) == 1 ? hash_image(bs, ctx, &prog, &done) : -ENOMEM;
+    int r = 0;
+    for (int i = 0; r == 0 && i < hs->n; i++)
+        r = crypto.init(hs->ctx[i], hs->md[i], NULL) == 1 ? 0 : -EIO;
+    if (r == 0)
+        r = hash_image(bs, hs, &prog, &done);
     if (prog.on && prog.tty)
         fprintf(stderr, "\r\033[K");
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int dlen = 0;
-    if (r == 0 && !hash_stop && crypto.final(ctx, digest, &dlen) != 1)
-        r = -EIO;
+    unsigned char digest[HASH_MAX_ALGOS][EVP_MAX_MD_SIZE];
+    unsigned int dlen[HASH_MAX_ALGOS] = { 0 };
+    for (int i = 0; r == 0 && !hash_stop && i < hs->n; i++)
+        r = crypto.final(hs->ctx[i], digest[i], &dlen[i]) == 1 ? 0 : -EIO;
     if (r == 0 && hash_stop) {
         char h[32], t[32];
         errmsg(image, "hash stopped by %s after %s of %s: no digest", hash_stop == SIGINT ? "SIGINT" : "SIGTERM",
@@ -605,13 +695,60 @@ int cmd_hash(int argc, char **argv)
         errmsg(image, "cannot hash: %s", strerror(-r));
         rc = EXIT_RUNTIME;
     } else {
-        for (unsigned i = 0; i < dlen; i++)
-            printf("%02x", digest[i]);
-        printf("  %s\n", image);
+        for (int i = 0; i < hs->n; i++) {
+            for (unsigned j = 0; j < dlen[i]; j++)
+                sprintf(hex[i] + 2 * j, "%02x", digest[i][j]);
+            hex[i][2 * dlen[i]] = '\0';
+            hexp[i] = hex[i];
+            printf("%s  %s\n", hex[i], image);
+        }
         rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
     }
-    crypto.ctx_free(ctx);
     bdrv_close(bs);
+    return hash_audit(audit, a, image, size, rc == EXIT_OK ? hs->n : 0, hs, hexp, rc);
+}
+
+/* imgfuse hash [OPTIONS] IMAGE...: each image in turn, all digests in one pass. The exit status is the
+ * highest of the images' (0 only if every digest was printed); a signal stops the whole run. */
+int cmd_hash(int argc, char **argv)
+{
+    OpenArgs a;
+    const char *image;
+    int rc = parse_sub_args(argc, argv,
+                            "[--algo sha256|sha1|md5[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] [-f FMT] IMAGE...",
+                            false, true, &a, &image);
+    if (rc >= 0)
+        return rc;
+    int first = optind;
+    HashSet hs;
+    if (hash_parse_algos(a.algo, &hs) < 0)
+        return EXIT_USAGE;
+    Audit audit = { .fd = 0 };
+    if (a.audit_log && (rc = audit_open(&audit, a.audit_log)) != 0)
+        return rc;
+    if (crypto_load() < 0) {
+        audit_close(&audit);
+        return EXIT_RUNTIME;
+    }
+    struct sigaction sa = { .sa_handler = hash_on_signal }, old_int, old_term;
+    sigemptyset(&sa.sa_mask);
+    hash_stop = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    if (hash_set_open(&hs) < 0) {
+        errmsg("hash", "%s", strerror(ENOMEM));
+        rc = EXIT_RUNTIME;
+    } else {
+        rc = EXIT_OK;
+        for (int i = first; i < argc && !hash_stop; i++) {
+            int r = hash_one(argv[i], &a, &hs, argc - first > 1, &audit);
+            rc = MAX(rc, r);
+        }
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    hash_set_close(&hs);
+    audit_close(&audit);
     dlclose(crypto.lib);
     crypto.lib = NULL;
     return rc;

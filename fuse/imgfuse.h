@@ -149,6 +149,12 @@ int audit_open(Audit *a, const char *file);
 void audit_begin(Audit *a, BlockNode *bs, const char *mountpoint);
 /* Appends the line for this mount and closes the log. Returns 0 or -errno. */
 int audit_finish(Audit *a, bool read_only, const char *options, const FsCounters *c, int rc);
+/* `imgfuse hash`: after audit_begin(a, bs or NULL, NULL) for IMAGE, appends its line: size (-1 if not
+ * opened), the n digests algo[i] = hex[i] (none unless rc is 0), rc. The log stays open for the next
+ * image; audit_close closes it. Returns 0 or -errno. */
+int audit_hash(Audit *a, const char *image, int64_t size, int n, const char *const *algo, const char *const *hex,
+               int rc);
+void audit_close(Audit *a);
 
 /* ---------------------------------------------------------------- overlay.c */
 

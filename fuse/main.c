@@ -81,7 +81,7 @@ static void print_help(void)
 "       imgfuse map [--json] IMAGE              allocation map of the chain\n"
 "       imgfuse create -f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]\n"
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
-"       imgfuse hash [--algo sha256|sha1|md5] [-p] [--max-size SIZE|--force] IMAGE\n"
+"       imgfuse hash [--algo ALGO[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] IMAGE...\n"
 "       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
 "\n"
 "Shows a disk image and its whole backing chain as one flat raw file: MOUNTPOINT/disk.raw (with\n"
