@@ -3,7 +3,8 @@
  * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots) and `hash` (a
  * digest of the raw view, computed with OpenSSL's libcrypto, holes fed as zeros without reading them;
  * libcrypto is loaded only by `hash`, see Crypto below).
- * Each parses its own options with getopt_long, opens images read-only unless it must write, and reports
+ * Each parses its own options (cli_getopt: long options spelled in full; info, map and hash share the open
+ * options every error message may recommend), opens images read-only unless it must write, and reports
  * errors as one line "imgfuse: WHAT: reason" with exit 2 for bad usage or unopenable images, 1 for
  * runtime failures.  It knows no image format.
  */

@@ -1,12 +1,13 @@
 /*
  * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash; a command
  * word is never taken for a file name: planned commands and unknown bare words are errors) and runs the
- * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT`.  It parses the options (GNU getopt_long, options also
- * after the positional arguments), checks the mountpoint, opens the image and its chain BEFORE mounting
- * (so an open error never leaves a mount behind), builds the FUSE options, detaches into the background
- * unless --foreground, and after the session ends flushes and closes the chain.  Errors are one line,
- * "imgfuse: WHAT: reason"; exit 2 for bad usage or an image that cannot be opened, 1 for runtime
- * failures.  It knows no image format.
+ * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT` (also `imgfuse mount ...`).  It parses the options (GNU
+ * getopt_long with cli.c's exact spelling, options also after the positional arguments; every mount option
+ * is also -o NAME[=VALUE] through the same table, for fstab), checks the mountpoint, opens the image and
+ * its chain BEFORE mounting (so an open error never leaves a mount behind), builds the FUSE options,
+ * detaches into the background unless --foreground, and after the session ends flushes and closes the
+ * chain.  Errors are one line, "imgfuse: WHAT: reason"; exit 2 for bad usage or an image that cannot be
+ * opened, 1 for runtime failures.  It knows no image format.
  */
 #define FUSE_USE_VERSION 312
 
@@ -83,7 +84,8 @@ static void print_help(void)
 "       imgfuse create -f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]\n"
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
 "       imgfuse hash [--algo sha256|sha1|md5] [-p] [--max-size SIZE|--force] IMAGE\n"
-"       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n""       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
+"       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
+"       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
 "       imgfuse COMMAND --help                options of COMMAND, a line each, and an example\n"
 "\n"
 "Shows a disk image and its whole backing chain as one flat raw file: MOUNTPOINT/disk.raw (with\n"
