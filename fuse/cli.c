@@ -93,7 +93,11 @@ static void suggest(StrBuf *sb, const char *name, size_t n, const struct option 
 int cli_option_error(char **argv, int c, const char *cmd, const struct option *longopts)
 {
     const char *text = argv[optind - 1];
-    if (c == ':') {
+    /* an abbreviation without its argument (`--over` last) is an unknown option, not a missing argument */
+    bool exact_long = false;
+    for (const struct option *o = longopts; o && o->name && strncmp(text, "--", 2) == 0; o++)
+        exact_long |= strcmp(o->name, text + 2) == 0;
+    if (c == ':' && (exact_long || strncmp(text, "--", 2) != 0)) {
         errmsg(text, "option requires an argument");
         return EXIT_USAGE;
     }

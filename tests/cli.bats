@@ -311,6 +311,8 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
 --over=x e.qcow2 mnt|imgfuse: --over: unknown option (did you mean --overlay?)
 --foreg e.qcow2 mnt|imgfuse: --foreg: unknown option (did you mean --foreground?)
 --snap e.qcow2 mnt|imgfuse: --snap: unknown option (did you mean --snapshot?)
+e.qcow2 mnt --over|imgfuse: --over: unknown option (did you mean --overlay?)
+e.qcow2 mnt --overlay|imgfuse: --overlay: option requires an argument
 --rw=yes e.qcow2 mnt|imgfuse: --rw=yes: option takes no value
 info --backing-d x e.qcow2|imgfuse: --backing-d: unknown option for 'info' (did you mean --backing-dir?)
 info --js e.qcow2|imgfuse: --js: unknown option for 'info' (did you mean --json?)
