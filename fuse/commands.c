@@ -4,7 +4,8 @@
  * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots) and `hash` (a
  * digest of the raw view, computed with OpenSSL's libcrypto, holes fed as zeros without reading them;
  * libcrypto is loaded only by `hash`, see Crypto below).
- * Each parses its own options with getopt_long, opens images read-only unless it must write, and reports
+ * Each parses its own options (cli_getopt: long options spelled in full; info, map and hash share the open
+ * options every error message may recommend), opens images read-only unless it must write, and reports
  * errors as one line "imgfuse: WHAT: reason" with exit 2 for bad usage or unopenable images, 1 for
  * runtime failures.  It knows no image format.
  */
@@ -12,6 +13,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,10 +34,12 @@ typedef struct OpenArgs {
     bool quiet;               /* hash: -q, no progress at all */
     const char *audit_log;    /* hash: --audit-log FILE */
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
+    char data_file_opt[PATH_MAX + 32]; /* "qcow2.data-file=PATH" for --data-file, in opts */
 } OpenArgs;
 
 enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
-       SUB_AUDIT_LOG };
+       SUB_AUDIT_LOG, SUB_BACKING, SUB_BACKING_FORMAT, SUB_UNSAFE_BACKING, SUB_DATA_FILE, SUB_IMAGE_OPTS,
+       SUB_OBJECT };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -47,7 +51,13 @@ static const struct option sub_options[] = {
     { "algo", required_argument, NULL, SUB_ALGO },
     { "backing-dir", required_argument, NULL, SUB_BACKING_DIR },
     { "no-backing", no_argument, NULL, SUB_NO_BACKING },
-    { "force-share", no_argument, NULL, SUB_FORCE_SHARE },
+    { "backing", required_argument, NULL, SUB_BACKING },
+    { "backing-format", required_argument, NULL, SUB_BACKING_FORMAT },
+    { "unsafe-backing", no_argument, NULL, SUB_UNSAFE_BACKING },
+    { "data-file", required_argument, NULL, SUB_DATA_FILE },
+    { "image-opts", no_argument, NULL, SUB_IMAGE_OPTS },
+    { "object", required_argument, NULL, SUB_OBJECT },
+    { "force-share", no_argument, NULL, 'U' },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
     { "audit-log", required_argument, NULL, SUB_AUDIT_LOG },
@@ -56,17 +66,6 @@ static const struct option sub_options[] = {
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
-
-int option_error(char **argv, int c, const char *cmd)
-{
-    if (c == ':')
-        errmsg(argv[optind - 1], "option requires an argument");
-    else if (cmd)
-        errmsg(argv[optind - 1], "unknown option for '%s'", cmd);
-    else
-        errmsg(argv[optind - 1], "unknown option");
-    return EXIT_USAGE;
-}
 
 static int sub_usage(const char *cmd, const char *synopsis)
 {
@@ -87,12 +86,33 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->quiet = false;
     a->audit_log = NULL;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
+    a->data_file_opt[0] = '\0';
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":f:hpq", sub_options, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, ":f:hpqU", sub_options, NULL)) != -1) {
         switch (c) {
         case 'f': a->opts.format = optarg; break;
+        case SUB_BACKING: a->opts.backing = optarg; break;
+        case SUB_BACKING_FORMAT: a->opts.backing_format = optarg; break;
+        case SUB_UNSAFE_BACKING: a->opts.unsafe_backing = true; break;
+        case SUB_DATA_FILE:
+            if (a->data_file_opt[0] || snprintf(a->data_file_opt, sizeof a->data_file_opt, "qcow2.data-file=%s",
+                                                optarg) >= (int)sizeof a->data_file_opt) {
+                errmsg("--data-file", a->data_file_opt[0] ? "given twice" : "path too long");
+                return EXIT_USAGE;
+            }
+            if (bdrv_opts_add(&a->opts, a->data_file_opt) < 0) {
+                errmsg("--data-file", "too many driver options");
+                return EXIT_USAGE;
+            }
+            break;
+        case SUB_IMAGE_OPTS:
+            errmsg("--image-opts", "not supported: IMAGE is a file name");
+            return EXIT_USAGE;
+        case SUB_OBJECT:
+            errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
+            return EXIT_USAGE;
         case SUB_JSON:
             if (!allow_json)
                 goto unknown;
@@ -111,7 +131,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             a->opts.backing_dirs[a->opts.n_backing_dirs++] = optarg;
             break;
         case SUB_NO_BACKING: a->opts.no_backing = true; break;
-        case SUB_FORCE_SHARE: a->opts.force_share = true; break;
+        case 'U': a->opts.force_share = true; break;
         case 'p':
             if (!allow_algo)
                 goto unknown;
@@ -141,15 +161,23 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             a->max_size = 0;
             break;
         case 'h':
-            printf("Usage: imgfuse %s %s\n", argv[0], synopsis);
-            return EXIT_OK;
+            return cli_print_help(argv[0]);
         default:
         unknown:
-            return option_error(argv, c, argv[0]);
+            return cli_option_error(argv, c, argv[0], sub_options);
         }
     }
+    if (a->opts.no_backing && a->opts.backing) {
+        errmsg("--no-backing", "cannot be combined with --backing");
+        return EXIT_USAGE;
+    }
+    if (backing_is_a_dir(a->opts.backing))
+        return EXIT_USAGE;
     if (argc - optind < 1 || (argc - optind > 1 && !allow_algo)) /* hash takes several images */
         return sub_usage(argv[0], synopsis);
+    for (int i = optind; i < argc; i++)
+        if (cli_url_error(argv[i]))
+            return EXIT_USAGE;
     *image = argv[optind];
     return -1;
 }
@@ -236,6 +264,32 @@ int cmd_map(int argc, char **argv)
 
 /* ---------------------------------------------------------------- create */
 
+/* `create [-f FMT] -o help`: the creation options of FMT (all formats that create images without -f),
+ * one line each, from the drivers' own tables. */
+static int create_options_help(const char *fmt)
+{
+    const BlockDriver *one = fmt ? bdrv_find_driver(fmt) : NULL;
+    if (fmt && (!one || one->is_protocol || one->is_filter || !one->create)) {
+        errmsg(fmt, one && !one->create ? "imgfuse cannot create images of this format" : "unknown image format");
+        return EXIT_USAGE;
+    }
+    for (const BlockDriver *const *d = bdrv_driver_list(); *d; d++) {
+        if ((*d)->is_protocol || (*d)->is_filter || !(*d)->create || (one && *d != one))
+            continue;
+        if (!(*d)->create_options || !(*d)->create_options->name) {
+            printf("%s: no creation options\n", (*d)->name);
+            continue;
+        }
+        printf("%s: creation options (-o KEY=VALUE,...):\n", (*d)->name);
+        for (const BlockOptionSpec *sp = (*d)->create_options; sp->name; sp++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s=%s", sp->name, bdrv_opt_type_name(sp->type));
+            printf("  %-24s %s\n", key, sp->help);
+        }
+    }
+    return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
+}
+
 int cmd_create(int argc, char **argv)
 {
     static const char synopsis[] = "-f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]";
@@ -252,16 +306,18 @@ int cmd_create(int argc, char **argv)
     opterr = 0;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, ":f:o:b:F:h", create_options, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, ":f:o:b:F:h", create_options, NULL)) != -1) {
         switch (c) {
         case 'f': fmt = optarg; break;
         case 'o': co.options = optarg; break;
         case 'b': co.backing = optarg; break;
         case 'F': co.backing_format = optarg; break;
-        case 'h': printf("Usage: imgfuse create %s\n", synopsis); return EXIT_OK;
-        default: return option_error(argv, c, "create");
+        case 'h': return cli_print_help("create");
+        default: return cli_option_error(argv, c, "create", create_options);
         }
     }
+    if (co.options && strcmp(co.options, "help") == 0)
+        return create_options_help(fmt);
     int npos = argc - optind;
     if (!fmt || npos < 1 || npos > 2)
         return sub_usage("create", synopsis);
@@ -278,6 +334,11 @@ int cmd_create(int argc, char **argv)
     }
     if (co.backing_format && !co.backing) {
         errmsg("-F", "needs -b BACKING");
+        return EXIT_USAGE;
+    }
+    if (co.backing && !co.backing_format) {
+        /* as qemu-img since 6.1: a probed backing format is how raw data gets read as an image */
+        errmsg(file, "backing file specified without backing format; add -F FMT");
         return EXIT_USAGE;
     }
     const BlockDriver *drv = bdrv_find_driver(fmt);
@@ -358,7 +419,7 @@ int cmd_snapshot(int argc, char **argv)
     optind = 1;
     int c;
     static const struct option snap_options[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
-    while ((c = getopt_long(argc, argv, ":lc:d:a:h", snap_options, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, ":lc:d:a:h", snap_options, NULL)) != -1) {
         switch (c) {
         case 'l': case 'c': case 'd': case 'a':
             if (action) {
@@ -368,8 +429,8 @@ int cmd_snapshot(int argc, char **argv)
             action = (char)c;
             name = optarg;
             break;
-        case 'h': printf("Usage: imgfuse snapshot %s\n", synopsis); return EXIT_OK;
-        default: return option_error(argv, c, "snapshot");
+        case 'h': return cli_print_help("snapshot");
+        default: return cli_option_error(argv, c, "snapshot", snap_options);
         }
     }
     if (!action || argc - optind != 1)

@@ -182,9 +182,24 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
-/* A getopt_long failure (c is ':' for a missing argument, else the option is unknown, "for 'CMD'" when
- * cmd is given): prints the one-line error naming the option and returns EXIT_USAGE. */
-int option_error(char **argv, int c, const char *cmd);
+
+/* ---------------------------------------------------------------- cli.c */
+
+struct option;
+/* getopt_long that takes a long option only when spelled out in full: an abbreviation (`--r` for `--rw`)
+ * returns '?' with argv[optind - 1] naming it, as an unknown option does. */
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, int *longidx);
+/* A cli_getopt failure (c is ':' for a missing argument, else the option is unknown, "for 'CMD'" when cmd
+ * is given): prints the one-line error naming the option, with "did you mean --X?" when one of longopts
+ * is near, and returns EXIT_USAGE. */
+int cli_option_error(char **argv, int c, const char *cmd, const struct option *longopts);
+/* True (error printed) if image is a URL of a network protocol (nbd://, http://, rbd:, ...) and no local
+ * file of that name exists. */
+bool cli_url_error(const char *image);
+/* True (error printed, with "did you mean --backing-dir?") if the --backing FILE given is a directory. */
+bool backing_is_a_dir(const char *backing);
+/* Prints `imgfuse CMD --help` (options a line each, an example); returns the exit code. */
+int cli_print_help(const char *cmd);
 
 /* ---------------------------------------------------------------- unmount.c */
 

@@ -2,16 +2,18 @@
 /*
  * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash; a command
  * word is never taken for a file name: planned commands and unknown bare words are errors) and runs the
- * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT`.  It parses the options (GNU getopt_long, options also
- * after the positional arguments), checks the mountpoint, opens the image and its chain BEFORE mounting
- * (so an open error never leaves a mount behind), builds the FUSE options, detaches into the background
- * unless --foreground, and after the session ends flushes and closes the chain.  Errors are one line,
- * "imgfuse: WHAT: reason"; exit 2 for bad usage or an image that cannot be opened, 1 for runtime
- * failures.  It knows no image format.
+ * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT` (also `imgfuse mount ...`).  It parses the options (GNU
+ * getopt_long with cli.c's exact spelling, options also after the positional arguments; every mount option
+ * is also -o NAME[=VALUE] through the same table, for fstab), checks the mountpoint, opens the image and
+ * its chain BEFORE mounting (so an open error never leaves a mount behind), builds the FUSE options,
+ * detaches into the background unless --foreground, and after the session ends flushes and closes the
+ * chain.  Errors are one line, "imgfuse: WHAT: reason"; exit 2 for bad usage or an image that cannot be
+ * opened, 1 for runtime failures.  It knows no image format.
  */
 #define FUSE_USE_VERSION 312
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
@@ -53,6 +55,7 @@ int report_error(const Error *err, const char *fallback_what, int code)
 }
 
 static bool command_word_error(const char *word);
+static bool fuse_conf_allows_other(void);
 
 static void usage_hint(void)
 {
@@ -83,12 +86,14 @@ static void print_help(void)
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
 "       imgfuse hash [--algo ALGO[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] IMAGE...\n"
 "       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
+"       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
+"       imgfuse COMMAND --help                options of COMMAND, a line each, and an example\n"
 "\n"
 "Shows a disk image and its whole backing chain as one flat raw file: MOUNTPOINT/disk.raw (with\n"
 "MOUNTPOINT/info and info.json) when MOUNTPOINT is a directory, MOUNTPOINT itself when it is a file.\n"
 "\n"
 "Image:\n"
-"  -f, --format FMT           format of IMAGE (default: probed)\n"
+"  -f, --format FMT           format of IMAGE (default: probed; -f is not --foreground)\n"
 "      --offset N, --size N   show just this window of the disk (any format)\n"
 "      --backing FILE         use FILE as the backing file of IMAGE\n"
 "      --backing-format FMT   format of the backing file\n"
@@ -102,7 +107,8 @@ static void print_help(void)
 "      --overlay FILE         writes go to the qcow2 overlay FILE backed by IMAGE (created if\n"
 "                             missing, reused if it is an overlay of IMAGE); IMAGE is untouched\n"
 "      --snapshot             the same with a temporary overlay, discarded at unmount\n"
-"      --force-share          do not take or check image locks\n"
+"  -U, --force-share          do not take or check image locks\n"
+"  -r, --read-only            read-only (the default; refused with --rw, --overlay, --snapshot)\n"
 "Request path:\n"
 "      --copy-on-read         data read from backing files is copied into the top image\n"
 "      --detect-zeroes=off|on|unmap  all-zero writes become zero writes (unmap: may free space)\n"
@@ -117,9 +123,12 @@ static void print_help(void)
 "                             cached twice, faster writes, slower re-reads and small reads, no shared\n"
 "                             mmap (also -o direct_io)\n"
 "FUSE and process:\n"
-"      --allow-other          let other users access the mount (needs user_allow_other)\n"
-"  -o OPTS                    FUSE mount options, comma separated; -o ro forces read-only,\n"
-"                             -o rw is accepted but does not enable writes (use --rw)\n"
+"      --allow-other          let other users access the mount (a user needs user_allow_other\n"
+"                             in /etc/fuse.conf, else the mount is refused)\n"
+"      --nonempty             mount over a directory that has files in it (they are hidden)\n"
+"  -o OPTS                    mount options NAME[=VALUE], comma separated: the options above by\n"
+"                             their long names, DRIVER.KEY=VALUE, FUSE options; -o ro forces\n"
+"                             read-only, -o rw does not enable writes (-o writable does)\n"
 "      --foreground           do not detach into the background\n"
 "      --debug                log every FUSE request, statistics at unmount (implies --foreground)\n"
 "      --audit-log FILE       append one JSON line per mount to FILE (times, user, image files\n"
@@ -130,6 +139,12 @@ static void print_help(void)
 "  -V, --version              version and supported formats\n");
     print_driver_options();
     printf(
+"\n"
+"Every mount option is also -o NAME[=VALUE] (fstab): -o format=vpc,backing-dir=DIR,overlay=FILE;\n"
+"-o writable is --rw (-o rw, the fstab default, leaves the mount read-only).\n"
+"\n"
+"Example:\n"
+"  imgfuse --backing-dir /srv/base vm.qcow2 /mnt/vm\n"
 "\n"
 "Unmount with: imgfuse unmount MOUNTPOINT (returns when the daemon has exited), or fusermount3 -u\n"
 "Exit status: 0 success, 1 runtime failure, 2 bad usage or an image that cannot be opened.\n"
@@ -152,7 +167,7 @@ enum {
     OPT_UNSAFE_BACKING, OPT_DATA_FILE, OPT_L2_CACHE_SIZE, OPT_RW, OPT_FORCE_SHARE, OPT_CACHE, OPT_AIO,
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
-    OPT_DIRECT_IO, OPT_PID_FILE,
+    OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
 };
 
 static const struct option mount_options[] = {
@@ -167,7 +182,6 @@ static const struct option mount_options[] = {
     { "data-file", required_argument, NULL, OPT_DATA_FILE },
     { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
     { "rw", no_argument, NULL, OPT_RW },
-    { "force-share", no_argument, NULL, OPT_FORCE_SHARE },
     { "cache", required_argument, NULL, OPT_CACHE },
     { "aio", required_argument, NULL, OPT_AIO },
     { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
@@ -189,6 +203,11 @@ static const struct option mount_options[] = {
     { "bps-limit", required_argument, NULL, OPT_BPS },
     { "bps-limit-read", required_argument, NULL, OPT_BPS_RD },
     { "bps-limit-write", required_argument, NULL, OPT_BPS_WR },
+    { "read-only", no_argument, NULL, 'r' },
+    { "force-share", no_argument, NULL, 'U' },
+    { "nonempty", no_argument, NULL, OPT_NONEMPTY },
+    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+    { "object", required_argument, NULL, OPT_OBJECT },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
@@ -197,7 +216,10 @@ static const struct option mount_options[] = {
 typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
+    bool read_only_opt, nonempty;
     const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
+    char **o_items;     /* the copies of -o arguments, which option values point into */
+    size_t n_o_items;
     char *driver_items[MAX_DRIVER_OPTS]; /* the "DRIVER.KEY=VALUE" strings of open.driver_opts we made */
     int n_driver_items;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
@@ -278,37 +300,6 @@ static bool is_fstab_only(const char *o)
     return false;
 }
 
-/* Splits a -o argument; ro/rw/allow_other/debug/direct_io and DRIVER.KEY=VALUE are ours, the rest is
- * passed to libfuse unchanged. False with the error printed if there are too many driver options. */
-static bool take_fuse_opts(MountArgs *a, const char *arg)
-{
-    char *copy = strdup(arg);
-    if (!copy)
-        abort();
-    char *save = NULL;
-    bool ok = true;
-    for (char *o = strtok_r(copy, ",", &save); ok && o; o = strtok_r(NULL, ",", &save)) {
-        if (is_driver_opt(o)) {
-            ok = add_driver_opt(a, o, NULL);
-            if (ok)
-                sb_printf(&a->summary, "%s-o %s", a->summary.len ? " " : "", o);
-        } else if (strcmp(o, "ro") == 0)
-            a->forced_ro = true;
-        else if (strcmp(o, "rw") == 0 || is_fstab_only(o))
-            continue;
-        else if (strcmp(o, "allow_other") == 0)
-            a->allow_other = true;
-        else if (strcmp(o, "debug") == 0)
-            a->debug = true;
-        else if (strcmp(o, "direct_io") == 0)
-            a->direct_io = true;
-        else
-            sb_printf(&a->fuse_opts, "%s%s", a->fuse_opts.len ? "," : "", o);
-    }
-    free(copy);
-    return ok;
-}
-
 static void note_option(MountArgs *a, const char *name, const char *value)
 {
     if (value)
@@ -317,8 +308,9 @@ static void note_option(MountArgs *a, const char *name, const char *value)
         sb_printf(&a->summary, "%s--%s", a->summary.len ? " " : "", name);
 }
 
-/* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
-static int parse_mount_args(MountArgs *a, int argc, char **argv)
+/* Applies one mount option, given as --NAME[=ARG] (or its short form) or as -o NAME[=ARG]: c is its
+ * getopt code, name its long name. Returns -1 to go on, else the exit code (help/version: 0, errors: 2). */
+static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *arg)
 {
     static const char *const cache_names[] = { "writeback", "none" };
     static const char *const aio_names[] = { "threads", "native" };
@@ -326,135 +318,225 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     static const char *const rerr_names[] = { "report", "zero" };
     static const char *const dz_names[] = { "off", "on", "unmap" };
     static const enum DetectZeroes dz_values[] = { DETECT_ZEROES_OFF, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
-    opterr = 0;
-    optind = 1;
-    int c, longidx = -1;
-    while ((c = getopt_long(argc, argv, ":f:o:hV", mount_options, &longidx)) != -1) {
-        const char *name = longidx >= 0 ? mount_options[longidx].name : NULL;
-        int v;
-        switch (c) {
-        case 'f': a->open.format = optarg; note_option(a, "format", optarg); break;
-        case OPT_OFFSET:
-            if (!map_long_opt(a, name, "window.offset", true, optarg))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_SIZE:
-            if (!map_long_opt(a, name, "window.size", true, optarg))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_BACKING: a->open.backing = optarg; note_option(a, name, optarg); break;
-        case OPT_BACKING_FORMAT: a->open.backing_format = optarg; note_option(a, name, optarg); break;
-        case OPT_NO_BACKING: a->open.no_backing = true; note_option(a, name, NULL); break;
-        case OPT_BACKING_DIR:
-            if (a->open.n_backing_dirs == MAX_BACKING_DIRS) {
-                errmsg("--backing-dir", "at most %d directories", MAX_BACKING_DIRS);
-                return EXIT_USAGE;
-            }
-            a->open.backing_dirs[a->open.n_backing_dirs++] = optarg;
-            note_option(a, name, optarg);
-            break;
-        case OPT_UNSAFE_BACKING: a->open.unsafe_backing = true; note_option(a, name, NULL); break;
-        case OPT_DATA_FILE:
-            if (!map_long_opt(a, name, "qcow2.data-file", false, optarg))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_L2_CACHE_SIZE:
-            if (!map_long_opt(a, name, "qcow2.l2-cache-size", true, optarg))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_RW: a->rw = true; note_option(a, name, NULL); break;
-        case OPT_FORCE_SHARE: a->open.force_share = true; note_option(a, name, NULL); break;
-        case OPT_CACHE:
-            if ((v = parse_choice("--cache", optarg, cache_names, 2)) < 0)
-                return EXIT_USAGE;
-            a->open.cache = v ? CACHE_NONE : CACHE_WRITEBACK;
-            note_option(a, name, optarg);
-            break;
-        case OPT_DIRECT_IO: a->direct_io = true; break;
-        case OPT_AIO:
-            if ((v = parse_choice("--aio", optarg, aio_names, 2)) < 0)
-                return EXIT_USAGE;
-            a->open.aio = v ? AIO_NATIVE : AIO_THREADS;
-            note_option(a, name, optarg);
-            break;
-        case OPT_DISCARD:
-            if ((v = parse_choice("--discard", optarg, discard_names, 2)) < 0)
-                return EXIT_USAGE;
-            a->open.discard = v ? DISCARD_UNMAP : DISCARD_IGNORE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_ON_READ_ERROR:
-            if ((v = parse_choice("--on-read-error", optarg, rerr_names, 2)) < 0)
-                return EXIT_USAGE;
-            a->open.on_read_error = v ? READ_ERROR_ZERO : READ_ERROR_REPORT;
-            note_option(a, name, optarg);
-            break;
-        case OPT_BLKDEBUG:
-            if (!map_long_opt(a, name, "blkdebug.rules", false, optarg))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        case OPT_OVERLAY: a->overlay = optarg; note_option(a, name, optarg); break;
-        case OPT_SNAPSHOT: a->snapshot = true; note_option(a, name, NULL); break;
-        case OPT_COPY_ON_READ: a->open.copy_on_read = true; note_option(a, name, NULL); break;
-        case OPT_DETECT_ZEROES:
-            if ((v = parse_choice("--detect-zeroes", optarg, dz_names, 3)) < 0)
-                return EXIT_USAGE;
-            a->open.detect_zeroes = dz_values[v];
-            note_option(a, name, optarg);
-            break;
-        case OPT_IOPS: case OPT_IOPS_RD: case OPT_IOPS_WR: case OPT_BPS: case OPT_BPS_RD: case OPT_BPS_WR: {
-            int64_t *limits[] = { &a->open.iops_limit, &a->open.iops_rd_limit, &a->open.iops_wr_limit,
-                                  &a->open.bps_limit, &a->open.bps_rd_limit, &a->open.bps_wr_limit };
-            char opt[64];
-            snprintf(opt, sizeof opt, "--%s", name);
-            if (!parse_size_opt(opt, optarg, limits[c - OPT_IOPS]))
-                return EXIT_USAGE;
-            note_option(a, name, optarg);
-            break;
-        }
-        case OPT_ALLOW_OTHER: a->allow_other = true; break;
-        case OPT_FOREGROUND: a->foreground = true; break;
-        case OPT_DEBUG: a->debug = true; break;
-        case OPT_AUDIT_LOG: a->audit_log = optarg; break;
-        case OPT_PID_FILE: a->pid_file = optarg; break;
-        case 'o':
-            if (!take_fuse_opts(a, optarg))
-                return EXIT_USAGE;
-            break;
-        case 'h': print_help(); return EXIT_OK;
-        case 'V': print_version(); return EXIT_OK;
-        case ':':
-            errmsg(argv[optind - 1], "option requires an argument");
+    int v;
+    switch (c) {
+    case 'f': a->open.format = arg; note_option(a, "format", arg); break;
+    case OPT_OFFSET:
+        if (!map_long_opt(a, name, "window.offset", true, arg))
             return EXIT_USAGE;
-        default:
-            errmsg(argv[optind - 1], "unknown option");
+        note_option(a, name, arg);
+        break;
+    case OPT_SIZE:
+        if (!map_long_opt(a, name, "window.size", true, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_BACKING: a->open.backing = arg; note_option(a, name, arg); break;
+    case OPT_BACKING_FORMAT: a->open.backing_format = arg; note_option(a, name, arg); break;
+    case OPT_NO_BACKING: a->open.no_backing = true; note_option(a, name, NULL); break;
+    case OPT_BACKING_DIR:
+        if (a->open.n_backing_dirs == MAX_BACKING_DIRS) {
+            errmsg("--backing-dir", "at most %d directories", MAX_BACKING_DIRS);
             return EXIT_USAGE;
         }
-        longidx = -1;
+        a->open.backing_dirs[a->open.n_backing_dirs++] = arg;
+        note_option(a, name, arg);
+        break;
+    case OPT_UNSAFE_BACKING: a->open.unsafe_backing = true; note_option(a, name, NULL); break;
+    case OPT_DATA_FILE:
+        if (!map_long_opt(a, name, "qcow2.data-file", false, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_L2_CACHE_SIZE:
+        if (!map_long_opt(a, name, "qcow2.l2-cache-size", true, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_RW: a->rw = true; note_option(a, "rw", NULL); break;
+    case 'r': a->read_only_opt = true; break;
+    case 'U': a->open.force_share = true; note_option(a, "force-share", NULL); break;
+    case OPT_CACHE:
+        if ((v = parse_choice("--cache", arg, cache_names, 2)) < 0)
+            return EXIT_USAGE;
+        a->open.cache = v ? CACHE_NONE : CACHE_WRITEBACK;
+        note_option(a, name, arg);
+        break;
+    case OPT_DIRECT_IO: a->direct_io = true; break;
+    case OPT_AIO:
+        if ((v = parse_choice("--aio", arg, aio_names, 2)) < 0)
+            return EXIT_USAGE;
+        a->open.aio = v ? AIO_NATIVE : AIO_THREADS;
+        note_option(a, name, arg);
+        break;
+    case OPT_DISCARD:
+        if ((v = parse_choice("--discard", arg, discard_names, 2)) < 0)
+            return EXIT_USAGE;
+        a->open.discard = v ? DISCARD_UNMAP : DISCARD_IGNORE;
+        note_option(a, name, arg);
+        break;
+    case OPT_ON_READ_ERROR:
+        if ((v = parse_choice("--on-read-error", arg, rerr_names, 2)) < 0)
+            return EXIT_USAGE;
+        a->open.on_read_error = v ? READ_ERROR_ZERO : READ_ERROR_REPORT;
+        note_option(a, name, arg);
+        break;
+    case OPT_BLKDEBUG:
+        if (!map_long_opt(a, name, "blkdebug.rules", false, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_OVERLAY: a->overlay = arg; note_option(a, name, arg); break;
+    case OPT_SNAPSHOT: a->snapshot = true; note_option(a, name, NULL); break;
+    case OPT_COPY_ON_READ: a->open.copy_on_read = true; note_option(a, name, NULL); break;
+    case OPT_DETECT_ZEROES:
+        if ((v = parse_choice("--detect-zeroes", arg, dz_names, 3)) < 0)
+            return EXIT_USAGE;
+        a->open.detect_zeroes = dz_values[v];
+        note_option(a, name, arg);
+        break;
+    case OPT_IOPS: case OPT_IOPS_RD: case OPT_IOPS_WR: case OPT_BPS: case OPT_BPS_RD: case OPT_BPS_WR: {
+        int64_t *limits[] = { &a->open.iops_limit, &a->open.iops_rd_limit, &a->open.iops_wr_limit,
+                              &a->open.bps_limit, &a->open.bps_rd_limit, &a->open.bps_wr_limit };
+        char opt[64];
+        snprintf(opt, sizeof opt, "--%s", name);
+        if (!parse_size_opt(opt, arg, limits[c - OPT_IOPS]))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
     }
-    if (argc - optind > 2) {
-        errmsg(argv[optind + 2], "unexpected argument (usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT)");
+    case OPT_ALLOW_OTHER: a->allow_other = true; break;
+    case OPT_FOREGROUND: a->foreground = true; break;
+    case OPT_DEBUG: a->debug = true; break;
+    case OPT_AUDIT_LOG: a->audit_log = arg; break;
+    case OPT_PID_FILE: a->pid_file = arg; break;
+    case OPT_NONEMPTY: a->nonempty = true; break;
+    case OPT_IMAGE_OPTS:
+        errmsg("--image-opts", "not supported: IMAGE is a file name; driver options go in -o DRIVER.KEY=VALUE");
+        return EXIT_USAGE;
+    case OPT_OBJECT:
+        errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
+        return EXIT_USAGE;
+    case 'h': print_help(); return EXIT_OK;
+    case 'V': print_version(); return EXIT_OK;
+    default: abort();
+    }
+    return -1;
+}
+
+/* The long option NAME (n bytes, spelled in full) among the mount options that -o also takes; NULL if
+ * none. -o help and -o version are not options of a mount. */
+static const struct option *find_mount_opt(const char *name, size_t n)
+{
+    for (const struct option *o = mount_options; o->name; o++)
+        if (strlen(o->name) == n && strncmp(o->name, name, n) == 0 && o->val != 'h' && o->val != 'V')
+            return o;
+    return NULL;
+}
+
+/* One item of -o that names a mount option (NAME or NAME=VALUE, the long option's name; "writable" is
+ * --rw, whose name is the fstab word for the default): 1 if it is not one, else what apply_mount_opt
+ * returns. The value points into the item, which lives as long as a. */
+static int take_named_opt(MountArgs *a, char *item)
+{
+    size_t n = strcspn(item, "=");
+    char *value = item[n] ? item + n + 1 : NULL;
+    const struct option *o = n == 8 && strncmp(item, "writable", 8) == 0 ? find_mount_opt("rw", 2)
+                             : n == 2 && strncmp(item, "rw", 2) == 0 ? NULL : find_mount_opt(item, n);
+    if (!o)
+        return 1;
+    char what[80];
+    snprintf(what, sizeof what, "-o %.*s", (int)MIN(n, 64), item);
+    if (o->has_arg == required_argument && !value) {
+        errmsg(what, "needs a value (%s=VALUE)", what);
         return EXIT_USAGE;
     }
-    if (argc - optind < 2) {
-        usage_hint();
+    if (o->has_arg == no_argument && value) {
+        errmsg(what, "takes no value");
         return EXIT_USAGE;
     }
-    a->image = argv[optind];
-    a->mountpoint = argv[optind + 1];
-    if (command_word_error(a->image))
-        return EXIT_USAGE;
+    return apply_mount_opt(a, o->val, o->name, value);
+}
+
+/* Splits a -o argument: DRIVER.KEY=VALUE, the mount options by their long names (format=vpc,
+ * backing-dir=DIR, ...), ro and the legacy allow_other/debug/direct_io are ours; rw is the fstab default
+ * and only noticed; the rest is passed to libfuse unchanged. Returns -1 to go on, else the exit code. */
+static int take_fuse_opts(MountArgs *a, const char *arg)
+{
+    char *copy = strdup(arg);
+    char **items = realloc(a->o_items, (a->n_o_items + 1) * sizeof *items);
+    if (!copy || !items)
+        abort();
+    a->o_items = items;
+    a->o_items[a->n_o_items++] = copy;
+    char *save = NULL;
+    int rc = -1;
+    for (char *o = strtok_r(copy, ",", &save); rc < 0 && o; o = strtok_r(NULL, ",", &save)) {
+        if (is_driver_opt(o)) {
+            if (!add_driver_opt(a, o, NULL))
+                rc = EXIT_USAGE;
+            else
+                sb_printf(&a->summary, "%s-o %s", a->summary.len ? " " : "", o);
+        } else if (strcmp(o, "ro") == 0)
+            a->forced_ro = true;
+        else if (strcmp(o, "rw") == 0)
+            fprintf(stderr, "imgfuse: -o rw: notice: the mount stays read-only; --rw or -o writable makes it "
+                    "writable\n");
+        else if (is_fstab_only(o))
+            continue;
+        else if (strcmp(o, "allow_other") == 0)
+            a->allow_other = true;
+        else if (strcmp(o, "debug") == 0)
+            a->debug = true;
+        else if (strcmp(o, "direct_io") == 0)
+            a->direct_io = true;
+        else if ((rc = take_named_opt(a, o)) == 1) {
+            rc = -1;
+            sb_printf(&a->fuse_opts, "%s%s", a->fuse_opts.len ? "," : "", o);
+        }
+    }
+    return rc;
+}
+
+/* -f given a file instead of a format (the user meant --foreground): true with the hint printed. */
+static bool format_is_a_file(const char *format)
+{
+    struct stat st;
+    if (bdrv_find_driver(format) || (!strchr(format, '/') && !strchr(format, '.') && stat(format, &st) != 0))
+        return false;
+    errmsg("-f", "'%s' is not a format name; did you mean --foreground? (-f names a format)", format);
+    return true;
+}
+
+/* The positional arguments: IMAGE first. A directory as IMAGE with a regular file as MOUNTPOINT is the
+ * pair swapped. True with the error printed. */
+static bool positional_error(const char *image, const char *mountpoint)
+{
+    struct stat si, sm;
+    if (cli_url_error(image) || command_word_error(image))
+        return true;
+    if (stat(image, &si) == 0 && S_ISDIR(si.st_mode) && stat(mountpoint, &sm) == 0 && S_ISREG(sm.st_mode)) {
+        errmsg(image, "is a directory; IMAGE comes first: imgfuse IMAGE MOUNTPOINT");
+        return true;
+    }
+    return false;
+}
+
+/* Combinations of options that contradict each other. Prints the error and returns EXIT_USAGE, or 0. */
+static int check_combinations(const MountArgs *a)
+{
     if (a->open.aio == AIO_NATIVE && a->open.cache != CACHE_NONE) {
         errmsg("--aio=native", "requires --cache=none");
         return EXIT_USAGE;
     }
     if (a->open.no_backing && a->open.backing) {
         errmsg("--no-backing", "cannot be combined with --backing");
+        return EXIT_USAGE;
+    }
+    if (backing_is_a_dir(a->open.backing))
+        return EXIT_USAGE;
+    if (a->read_only_opt && (a->rw || a->overlay || a->snapshot)) {
+        errmsg("--read-only", "cannot be combined with %s", a->rw ? "--rw" : a->overlay ? "--overlay" : "--snapshot");
         return EXIT_USAGE;
     }
     if (a->overlay || a->snapshot) {
@@ -469,11 +551,49 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             return EXIT_USAGE;
         }
     }
+    if (a->allow_other && getuid() != 0 && !fuse_conf_allows_other()) {
+        errmsg("--allow-other", "not permitted for this user: add the line 'user_allow_other' to /etc/fuse.conf "
+               "(or mount as root)");
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
+static int parse_mount_args(MountArgs *a, int argc, char **argv)
+{
+    opterr = 0;
+    optind = 1;
+    int c, longidx = -1, rc;
+    while ((c = cli_getopt(argc, argv, ":f:o:hVrU", mount_options, &longidx)) != -1) {
+        if (c == '?' || c == ':')
+            return cli_option_error(argv, c, NULL, mount_options);
+        rc = c == 'o' ? take_fuse_opts(a, optarg)
+                      : apply_mount_opt(a, c, longidx >= 0 ? mount_options[longidx].name : NULL, optarg);
+        if (rc >= 0)
+            return rc;
+        longidx = -1;
+    }
+    if (a->open.format && format_is_a_file(a->open.format))
+        return EXIT_USAGE;
+    if (argc - optind > 2) {
+        errmsg(argv[optind + 2], "unexpected argument (usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT)");
+        return EXIT_USAGE;
+    }
+    if (argc - optind < 2) {
+        usage_hint();
+        return EXIT_USAGE;
+    }
+    a->image = argv[optind];
+    a->mountpoint = argv[optind + 1];
+    if (positional_error(a->image, a->mountpoint))
+        return EXIT_USAGE;
+    if ((rc = check_combinations(a)) != 0)
+        return rc;
     if (a->debug)
         a->foreground = true;
     return -1;
 }
-
 /* ---------------------------------------------------------------- mountpoint checks */
 
 static bool mount_point_is(const MountInfoLine *m, void *real)
@@ -486,12 +606,30 @@ static bool is_mount_point(const char *real)
     return mountinfo_find(mount_point_is, (void *)real);
 }
 
-/* Returns 0 and sets *file_mode, or prints the error and returns EXIT_USAGE. */
-static int check_mountpoint(const char *mp, bool *file_mode)
+/* True if the directory dir has entries besides . and .. (a mount would hide them). */
+static bool dir_has_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return false;
+    struct dirent *e;
+    bool any = false;
+    while (!any && (e = readdir(d)))
+        any = strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return any;
+}
+
+/* Returns 0 and sets *file_mode, or prints the error and returns EXIT_USAGE. A directory with files in it
+ * is refused unless nonempty: the mount would hide them, and the user may have meant another one. */
+static int check_mountpoint(const char *mp, bool nonempty, bool *file_mode)
 {
     struct stat st;
     if (stat(mp, &st) != 0) {
-        errmsg(mp, "%s", strerror(errno));
+        if (errno == ENOENT)
+            errmsg(mp, "the mountpoint does not exist (create the directory first)");
+        else
+            errmsg(mp, "cannot use as the mountpoint: %s", strerror(errno));
         return EXIT_USAGE;
     }
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
@@ -505,6 +643,10 @@ static int check_mountpoint(const char *mp, bool *file_mode)
     }
     if (is_mount_point(real)) {
         errmsg(mp, "already a mount point (busy)");
+        return EXIT_USAGE;
+    }
+    if (S_ISDIR(st.st_mode) && !nonempty && dir_has_entries(mp)) {
+        errmsg(mp, "the mountpoint is not empty (the mount would hide its files); give --nonempty to mount over them");
         return EXIT_USAGE;
     }
     *file_mode = S_ISREG(st.st_mode);
@@ -637,13 +779,13 @@ static void pid_file_remove(const char *path)
 
 /* ---------------------------------------------------------------- the main job */
 
-static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
+static char **build_fuse_argv(MountArgs *a, const char *image_abs, bool read_only, int *argc_out)
 {
     StrBuf o;
     sb_init(&o);
     StrBuf fs;
     sb_init(&fs);
-    sb_printf(&fs, "fsname=%s", a->image);
+    sb_printf(&fs, "fsname=%s", image_abs);
     char *escaped = NULL;
     if (fuse_opt_add_opt_escaped(&escaped, fs.s) != 0)
         abort();
@@ -655,13 +797,8 @@ static char **build_fuse_argv(MountArgs *a, bool read_only, int *argc_out)
     free(escaped);
     if (read_only)
         sb_printf(&o, ",ro");
-    if (a->allow_other) {
-        if (getuid() == 0 || fuse_conf_allows_other())
-            sb_printf(&o, ",allow_other");
-        else
-            fprintf(stderr, "imgfuse: warning: --allow-other needs 'user_allow_other' in /etc/fuse.conf; "
-                    "mounting for this user only\n");
-    }
+    if (a->allow_other)
+        sb_printf(&o, ",allow_other"); /* permitted: checked with the other options */
     if (a->fuse_opts.len)
         sb_printf(&o, ",%s", a->fuse_opts.s);
     char **argv = calloc(5, sizeof *argv);
@@ -729,7 +866,7 @@ static int mount_main(int argc, char **argv)
         goto out;
 
     bool file_mode = false;
-    if ((rc = check_mountpoint(a.mountpoint, &file_mode)) != 0)
+    if ((rc = check_mountpoint(a.mountpoint, a.nonempty, &file_mode)) != 0)
         goto out;
     bool use_overlay = a.overlay || a.snapshot;
     bool read_only = !use_overlay && (!a.rw || a.forced_ro);
@@ -786,7 +923,9 @@ static int mount_main(int argc, char **argv)
         .proc_title = title, .proc_title_len = title_len,
     };
     int fargc;
-    char **fargv = build_fuse_argv(&a, read_only, &fargc);
+    char *image_abs = realpath(a.image, NULL);
+    char **fargv = build_fuse_argv(&a, image_abs ? image_abs : a.image, read_only, &fargc);
+    free(image_abs);
     audit_begin(&audit, bs, a.mountpoint);
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
@@ -822,6 +961,9 @@ out:
     sb_free(&a.summary);
     for (int i = 0; i < a.n_driver_items; i++)
         free(a.driver_items[i]);
+    for (size_t i = 0; i < a.n_o_items; i++)
+        free(a.o_items[i]);
+    free(a.o_items);
     return rc;
 }
 
@@ -831,12 +973,13 @@ static const struct {
 } commands[] = {
     { "info", cmd_info }, { "map", cmd_map }, { "create", cmd_create },
     { "snapshot", cmd_snapshot }, { "hash", cmd_hash }, { "unmount", cmd_unmount },
+    { "mount", mount_main }, /* `imgfuse mount IMAGE MOUNTPOINT`: the main job by name */
 };
 
 /* Words reserved for the commands of DESIGN.md that are not built yet: a first argument equal to one is
  * never taken for an image file of that name (write ./check to mount a file called check). */
 static const char *const planned_commands[] = {
-    "verify", "check", "convert", "commit", "stream", "rebase", "resize", "compare", "amend", "mount",
+    "verify", "check", "convert", "commit", "stream", "rebase", "resize", "compare", "amend",
 };
 
 static bool is_planned_command(const char *word)

@@ -348,7 +348,7 @@ int cmd_unmount(int argc, char **argv)
     int timeout_s = 0, c;
     opterr = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, ":h", opts, NULL)) != -1) {
         switch (c) {
         case 't': {
             char *end;
@@ -361,12 +361,9 @@ int cmd_unmount(int argc, char **argv)
             break;
         }
         case 'h':
-            printf("Usage: imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
-                   "Unmounts MOUNTPOINT and returns when its daemon has flushed, released its locks and "
-                   "exited.\n");
-            return EXIT_OK;
+            return cli_print_help("unmount");
         default:
-            return option_error(argv, c, NULL);
+            return cli_option_error(argv, c, "unmount", opts);
         }
     }
     if (argc - optind != 1) {

@@ -290,6 +290,9 @@ struct BlockDriver {
     /* Protocol drivers, optional: the descriptor whose bytes at a host offset are this node's bytes at
      * that offset, for zero-copy reads (bdrv_map_extents); -ENOTSUP when there is none (O_DIRECT). */
     int (*get_fd)(BlockNode *bs);
+    /* Format drivers with create: the creation options create takes in CreateOpts.options ("-o help"
+     * of `imgfuse create` lists them); NULL: none. */
+    const BlockOptionSpec *create_options;
 };
 
 /* Permissions for set_perm (QEMU's numbering: lock byte 100+N held, 200+N not shared). */

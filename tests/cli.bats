@@ -246,7 +246,7 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   run $IMGFUSE --foreground info evidence.qcow2
   [ "$status" -eq 2 ]
   [ "${lines[0]}" = "imgfuse: info: a command comes before any option (a file of that name is mounted as ./info)" ]
-  for word in verify convert commit stream rebase resize compare amend mount; do
+  for word in verify convert commit stream rebase resize compare amend; do
     run $IMGFUSE $word evidence.qcow2
     [ "$status" -eq 2 ]
     [ "${lines[0]}" = "imgfuse: $word: command not implemented yet (a file of that name is mounted as ./$word)" ]
@@ -272,7 +272,7 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   echo "$status: $output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "imgfuse: chek: unknown command (commands: info, map, create, snapshot, hash, unmount; an image is named by its path, e.g. ./chek)" ]
+  [ "${lines[0]}" = "imgfuse: chek: unknown command (commands: info, map, create, snapshot, hash, unmount, mount; an image is named by its path, e.g. ./chek)" ]
   nothing_mounted
   truncate -s 64K disk
   mount_img disk "$MNT"
@@ -294,4 +294,196 @@ assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
   run $IMGFUSE create -f raw new.img 1M
   [ "$status" -eq 0 ]; [ "$(stat -c %s new.img)" -eq 1048576 ]
   nothing_mounted
+}
+
+# --- the exact command line (issue 18): no abbreviations, hints, qemu spellings, -o NAME=VALUE, --help ---
+
+@test "long options match only when spelled in full, for the mount and every command (exit 2, did you mean)" {
+  qemu-img create -q -f qcow2 e.qcow2 1M
+  cp e.qcow2 e.orig
+  while IFS='|' read -r args want; do
+    run $IMGFUSE $args
+    echo "$args -> $status: $output"
+    [ "$status" -eq 2 ]
+    [ "${#lines[@]}" -eq 1 ]
+    [ "${lines[0]}" = "$want" ]
+  done <<'CASES'
+--r e.qcow2 mnt|imgfuse: --r: unknown option (did you mean --rw or --read-only?)
+--over=x e.qcow2 mnt|imgfuse: --over: unknown option (did you mean --overlay?)
+--foreg e.qcow2 mnt|imgfuse: --foreg: unknown option (did you mean --foreground?)
+--snap e.qcow2 mnt|imgfuse: --snap: unknown option (did you mean --snapshot?)
+e.qcow2 mnt --over|imgfuse: --over: unknown option (did you mean --overlay?)
+e.qcow2 mnt --overlay|imgfuse: --overlay: option requires an argument
+--rw=yes e.qcow2 mnt|imgfuse: --rw=yes: option takes no value
+info --backing-d x e.qcow2|imgfuse: --backing-d: unknown option for 'info' (did you mean --backing-dir?)
+info --js e.qcow2|imgfuse: --js: unknown option for 'info' (did you mean --json?)
+map --jsno e.qcow2|imgfuse: --jsno: unknown option for 'map' (did you mean --json?)
+hash --alg md5 e.qcow2|imgfuse: --alg: unknown option for 'hash' (did you mean --algo?)
+create --form raw n.raw 1M|imgfuse: --form: unknown option for 'create' (did you mean --format?)
+snapshot --hel|imgfuse: --hel: unknown option for 'snapshot' (did you mean --help?)
+unmount --time 3 mnt|imgfuse: --time: unknown option for 'unmount' (did you mean --timeout?)
+CASES
+  [ ! -e x ] && [ ! -e n.raw ]
+  cmp e.qcow2 e.orig
+  nothing_mounted
+}
+
+@test "info --backing DIR (a directory) suggests --backing-dir; --backing FILE is a backing file" {
+  mkdir base
+  qemu-img create -q -f qcow2 base/b.qcow2 1M
+  qemu-img create -q -f qcow2 -u -b b.qcow2 -F qcow2 t.qcow2 1M
+  run $IMGFUSE info --backing base t.qcow2
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: --backing: 'base' is a directory; did you mean --backing-dir base? (--backing names a file)" ]
+  run $IMGFUSE --foreground --backing base t.qcow2 mnt
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: --backing: 'base' is a directory; did you mean --backing-dir base? (--backing names a file)" ]
+  run $IMGFUSE info --backing base/b.qcow2 t.qcow2
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"layer 1: "*"base/b.qcow2"* ]]
+}
+
+@test "every option an error message recommends is accepted by mount, info, map and hash" {
+  # the options the messages of lib/ and drivers/ recommend ("use --X ... or --Y"); --rw and --overlay
+  # are advice for a mount only
+  src=$BATS_TEST_DIRNAME/..
+  recommended=$(grep -rhoE 'use --[a-z-]+( [A-Z]+)?(,? \(?or --[a-z-]+( [A-Z]+)?\)?)*' "$src/lib" "$src/drivers" |
+                grep -oE -- '--[a-z-]+' | sort -u)
+  [ "$(echo "$recommended" | wc -l)" -ge 5 ]
+  qemu-img create -q -f qcow2 e.qcow2 1M
+  for opt in $recommended; do
+    cmds="info map hash"
+    case $opt in
+      --rw|--overlay) cmds=; arg=(); [ $opt = --overlay ] && arg=(ov.qcow2) ;;
+      --backing|--data-file) arg=(e.qcow2) ;;
+      --backing-dir) arg=(.) ;;
+      --force-share|--unsafe-backing) arg=() ;;
+      *) echo "a message recommends $opt: give it a case here"; false ;;
+    esac
+    for cmd in $cmds; do
+      run $IMGFUSE $cmd "$opt" "${arg[@]}" nosuch.qcow2
+      echo "$cmd $opt: $output"
+      [ "$output" = "imgfuse: nosuch.qcow2: No such file or directory" ]
+    done
+    run $IMGFUSE --foreground "$opt" "${arg[@]}" nosuch.qcow2 mnt
+    [ "$output" = "imgfuse: nosuch.qcow2: No such file or directory" ]
+  done
+}
+
+@test "every mount option is also -o NAME[=VALUE], from the same table as the long options" {
+  # the long options --help lists, each given as -o (help, version, image-opts, object are no mount options)
+  names=$($IMGFUSE --help | grep -oE -- '^ +(-[a-zA-Z], )?--[a-z][a-z0-9-]*' | grep -oE -- '--[a-z0-9-]+' | sort -u)
+  [ "$(echo "$names" | wc -l)" -ge 30 ]
+  for n in $names; do
+    n=${n#--}
+    case $n in
+      help|version) continue ;;
+      cache) o="$n=none" ;; aio) o="$n=threads" ;; discard) o="$n=ignore" ;; on-read-error) o="$n=report" ;;
+      detect-zeroes) o="$n=off" ;; offset|size|l2-cache-size|iops-limit*|bps-limit*) o="$n=1M" ;;
+      format) o="$n=qcow2" ;; backing-format) o="$n=qcow2" ;; audit-log) o="$n=$TMP/audit.log" ;;
+      pid-file) o="$n=$TMP/pid" ;; backing|backing-dir|data-file|blkdebug|overlay) o="$n=$TMP/x" ;;
+      rw) o=writable ;;
+      *) o=$n ;;
+    esac
+    run $IMGFUSE --foreground -o "$o" nosuch.qcow2 mnt
+    echo "-o $o: $output"
+    [ "$status" -eq 2 ]
+    [[ "$output" != *"bad FUSE options"* ]]
+    [[ "$output" != *"unknown option"* ]]
+  done
+  run $IMGFUSE --foreground -o overlay nosuch.qcow2 mnt
+  [ "$output" = "imgfuse: -o overlay: needs a value (-o overlay=VALUE)" ]
+  run $IMGFUSE --foreground -o snapshot=yes nosuch.qcow2 mnt
+  [ "$output" = "imgfuse: -o snapshot: takes no value" ]
+  run $IMGFUSE --foreground -o cache=fast nosuch.qcow2 mnt
+  [ "$output" = "imgfuse: --cache: invalid value 'fast' (expected writeback or none)" ]
+}
+
+@test "an fstab-style -o line says it all: format, backing-dir, offset, overlay (through mount.fuse3)" {
+  mkdir base vms work
+  qemu-img create -q -f qcow2 base/b.qcow2 4M
+  qemu-io -f qcow2 -c 'write -P 0x61 0 2M' base/b.qcow2 >/dev/null
+  (cd vms && qemu-img create -q -f qcow2 -b ../base/b.qcow2 -F qcow2 top.qcow2)
+  qemu-io -f qcow2 -c 'write -P 0x62 1M 64k' vms/top.qcow2 >/dev/null
+  cp vms/top.qcow2 top.orig
+  mkdir -p "$TMP/bin"
+  ln -s "$IMGFUSE" "$TMP/bin/imgfuse"
+  PATH="$TMP/bin:$PATH" mount.fuse3 "$TMP/vms/top.qcow2" "$MNT" -t imgfuse \
+    -o "ro,nodev,format=qcow2,backing-dir=$TMP/base,offset=1M,l2-cache-size=1M"
+  mountpoint -q "$MNT"
+  cmp "$MNT/disk.raw" <(tail -c +$(((1 << 20) + 1)) "$(raw_of vms/top.qcow2)")
+  grep -q "options: --format=qcow2 --backing-dir=$TMP/base --offset=1M --l2-cache-size=1M" "$MNT/info"
+  "$IMGFUSE" unmount "$MNT"
+  PATH="$TMP/bin:$PATH" mount.fuse3 "$TMP/vms/top.qcow2" "$MNT" -t imgfuse \
+    -o "rw,nodev,backing-dir=$TMP/base,overlay=$TMP/work/ov.qcow2"
+  mountpoint -q "$MNT"
+  grep -q " $MNT fuse.imgfuse rw," /proc/mounts
+  printf 'over' | dd of="$MNT/disk.raw" conv=notrunc 2>/dev/null
+  "$IMGFUSE" unmount "$MNT"
+  cmp vms/top.qcow2 top.orig
+  qemu-img convert -O raw work/ov.qcow2 o.raw
+  [ "$(head -c 4 o.raw)" = over ]
+  cmp <(tail -c +5 o.raw) <(tail -c +5 "$(raw_of vms/top.qcow2)")
+}
+
+@test "the fsname in /proc/mounts is the image's absolute path" {
+  mkdir -p d/e
+  head -c 65536 /dev/urandom > d/e/abs.raw
+  cd d
+  mount_img e/abs.raw "$MNT"
+  [ "$(awk -v m="$MNT" '$2 == m { print $1 }' /proc/mounts)" = "$TMP/d/e/abs.raw" ]
+  unmount_img
+  cd "$TMP"
+}
+
+@test "create -o help lists the creation options of a format, a line each; -b needs -F" {
+  run $IMGFUSE create -f qcow2 -o help
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = "qcow2: creation options (-o KEY=VALUE,...):" ]
+  for k in cluster_size=SIZE compat=STRING extended_l2=on\|off lazy_refcounts=on\|off refcount_bits=INT \
+           compression_type=STRING; do
+    printf '%s\n' "${lines[@]}" | grep -qE "^  ${k} +[a-z0-9]" || { echo "missing $k"; false; }
+  done
+  [ "${#lines[@]}" -eq 7 ]
+  run $IMGFUSE create -f raw -o help
+  [ "$status" -eq 0 ]
+  [ "$output" = "raw: no creation options" ]
+  run $IMGFUSE create -o help
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"qcow2: creation options"*"raw: no creation options"* ]]
+  run $IMGFUSE create -f vhd -o help
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: vhd: unknown image format" ]
+  qemu-img create -q -f qcow2 b.qcow2 1M
+  run $IMGFUSE create -f qcow2 -b b.qcow2 t.qcow2
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: t.qcow2: backing file specified without backing format; add -F FMT" ]
+  [ ! -e t.qcow2 ]
+}
+
+@test "CMD --help and CMD -h: the options a line each and an example, exit 0, for every command" {
+  for cmd in info map hash create snapshot unmount mount; do
+    for h in --help -h; do
+      run $IMGFUSE $cmd $h
+      echo "$cmd $h: $output"
+      [ "$status" -eq 0 ]
+      [[ "${lines[0]}" == "Usage: imgfuse "* ]]
+      printf '%s\n' "${lines[@]}" | grep -qE '^  (-[a-zA-Z], )?--?[a-z]'
+      printf '%s\n' "${lines[@]}" | grep -qx "Example:"
+      printf '%s\n' "${lines[@]}" | grep -qE "^  imgfuse( $cmd)? "
+    done
+  done
+  run $IMGFUSE info --help
+  for opt in --json --format --backing --backing-format --no-backing --backing-dir --unsafe-backing --data-file \
+             --force-share; do
+    [[ "$output" == *" $opt "* ]] || { echo "info --help lacks $opt"; false; }
+  done
+}
+
+@test "-o rw alone prints one notice naming what makes a mount writable" {
+  head -c 65536 /dev/urandom > n.raw
+  mount_img -o rw n.raw "$MNT"
+  [ "$(cat "$TMP/daemon.log")" = "imgfuse: -o rw: notice: the mount stays read-only; --rw or -o writable makes it writable" ]
+  grep -q " $MNT fuse.imgfuse ro," /proc/mounts
+  unmount_img
 }

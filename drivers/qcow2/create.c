@@ -46,6 +46,17 @@ static int log2_exact(int64_t v)
     return b;
 }
 
+/* What parse_option takes, for `imgfuse create -f qcow2 -o help`. */
+const BlockOptionSpec qcow2_create_options[] = {
+    { "cluster_size", BDRV_OPT_SIZE, 0, "cluster size, a power of two from 512 to 2M (default 64k)" },
+    { "compat", BDRV_OPT_STRING, 0, "0.10 (version 2) or 1.1 (version 3, the default)" },
+    { "extended_l2", BDRV_OPT_BOOL, 0, "subclusters: 32 per cluster (needs compat=1.1, cluster_size >= 16k)" },
+    { "lazy_refcounts", BDRV_OPT_BOOL, 0, "postpone refcount updates (needs compat=1.1)" },
+    { "refcount_bits", BDRV_OPT_INT, 0, "width of a refcount entry, a power of two from 1 to 64 (default 16)" },
+    { "compression_type", BDRV_OPT_STRING, 0, "zlib (the default) or zstd" },
+    { NULL, 0, 0, NULL },
+};
+
 static int parse_option(CreateParams *p, const char *key, const char *val, Error *err, const char *filename)
 {
     bool b;

@@ -844,5 +844,6 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_goto = qcow2_snapshot_goto,
     .check = qcow2_check,
     .create = qcow2_create,
+    .create_options = qcow2_create_options,
     .has_zero_init = qcow2_has_zero_init,
 };

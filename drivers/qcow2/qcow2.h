@@ -507,6 +507,7 @@ int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...) __attribute__((forma
 
 /* create.c */
 int qcow2_create(const char *filename, const CreateOpts *opts, Error *err);
+extern const BlockOptionSpec qcow2_create_options[];
 
 /* check.c: rebuild every refcount from the L1/L2 tables of the active state and all snapshots and commit
  * a new metadata generation (fresh clusters, then one header write). The new active L1 (l1, l1_size

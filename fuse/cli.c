@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cli.c - the spelling rules every command of the command line shares: a long option counts only when
+ * spelled out in full (getopt_long alone takes any unambiguous prefix, and `--r` would be `--rw`), an
+ * unknown or misspelt option gets a "did you mean" hint, an image named by a URL is refused by name, and
+ * the --help text of each subcommand.  Parsing the options themselves stays with each command (main.c,
+ * commands.c, unmount.c).  It knows no image format.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "imgfuse.h"
+#include "util.h"
+
+/* The argv element that holds the option getopt_long just returned (its argument may follow it). */
+static int option_element(char **argv)
+{
+    return optarg && optind >= 2 && optarg == argv[optind - 1] ? optind - 2 : optind - 1;
+}
+
+int cli_getopt(int argc, char **argv, const char *shortopts, const struct option *longopts, int *longidx)
+{
+    int idx = -1;
+    int c = getopt_long(argc, argv, shortopts, longopts, &idx);
+    if (longidx)
+        *longidx = idx;
+    if (c == -1 || idx < 0)
+        return c;
+    int el = option_element(argv);
+    const char *text = argv[el];
+    size_t n = strcspn(text + 2, "=");
+    if (strncmp(text, "--", 2) == 0 && n == strlen(longopts[idx].name) &&
+        strncmp(text + 2, longopts[idx].name, n) == 0)
+        return c;
+    optind = el + 1; /* an abbreviation: refused, and argv[optind - 1] names it */
+    optopt = 0;
+    if (longidx)
+        *longidx = -1;
+    return '?';
+}
+
+/* Edit distance of a and b (b at most 63 characters; longer: a large number). */
+static size_t edit_distance(const char *a, size_t la, const char *b)
+{
+    size_t lb = strlen(b), row[64];
+    if (lb >= ARRAY_SIZE(row) || la >= 64)
+        return 64;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            best = MIN(best, up + 1);
+            best = MIN(best, row[j - 1] + 1);
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* Appends " (did you mean --X?)" or " (did you mean --X or --Y?)" for the typed name (n bytes): the long
+ * options it abbreviates, else the nearest ones within a small edit distance. Nothing if none is near. */
+static void suggest(StrBuf *sb, const char *name, size_t n, const struct option *longopts)
+{
+    const struct option *hits[3];
+    size_t nhits = 0, best = n < 4 ? 1 : 2;
+    for (const struct option *o = longopts; o->name && nhits < ARRAY_SIZE(hits); o++)
+        if (n && strncmp(o->name, name, n) == 0)
+            hits[nhits++] = o;
+    if (!nhits) {
+        for (const struct option *o = longopts; o->name; o++) {
+            size_t d = edit_distance(name, n, o->name);
+            if (d < best) {
+                best = d;
+                nhits = 0;
+            }
+            if (d == best && nhits < ARRAY_SIZE(hits))
+                hits[nhits++] = o;
+        }
+    }
+    for (size_t i = 0; i < nhits; i++)
+        sb_printf(sb, "%s--%s%s", i == 0 ? " (did you mean " : i + 1 == nhits ? " or " : ", ", hits[i]->name,
+                  i + 1 == nhits ? "?)" : "");
+}
+
+int cli_option_error(char **argv, int c, const char *cmd, const struct option *longopts)
+{
+    const char *text = argv[optind - 1];
+    /* an abbreviation without its argument (`--over` last) is an unknown option, not a missing argument */
+    bool exact_long = false;
+    for (const struct option *o = longopts; o && o->name && strncmp(text, "--", 2) == 0; o++)
+        exact_long |= strcmp(o->name, text + 2) == 0;
+    if (c == ':' && (exact_long || strncmp(text, "--", 2) != 0)) {
+        errmsg(text, "option requires an argument");
+        return EXIT_USAGE;
+    }
+    StrBuf sb;
+    sb_init(&sb);
+    char shortopt[3] = { '-', (char)optopt, '\0' };
+    if (optopt && strncmp(text, "--", 2) != 0) {
+        text = shortopt;
+        sb_printf(&sb, "unknown option");
+    } else {
+        size_t n = strcspn(text + 2, "=");
+        const struct option *exact = NULL;
+        for (const struct option *o = longopts; o && o->name; o++)
+            if (strlen(o->name) == n && strncmp(o->name, text + 2, n) == 0)
+                exact = o;
+        if (exact && exact->has_arg == no_argument && text[2 + n] == '=') {
+            errmsg(text, "option takes no value");
+            sb_free(&sb);
+            return EXIT_USAGE;
+        }
+        sb_printf(&sb, "unknown option");
+        if (cmd)
+            sb_printf(&sb, " for '%s'", cmd);
+        if (longopts && strncmp(text, "--", 2) == 0)
+            suggest(&sb, text + 2, n, longopts);
+        char *name = strndup(text, n + 2);
+        if (!name)
+            abort();
+        errmsg(name, "%s", sb.s);
+        free(name);
+        sb_free(&sb);
+        return EXIT_USAGE;
+    }
+    if (cmd)
+        sb_printf(&sb, " for '%s'", cmd);
+    errmsg(text, "%s", sb.s);
+    sb_free(&sb);
+    return EXIT_USAGE;
+}
+
+bool cli_url_error(const char *image)
+{
+    static const char *const schemes[] = { "nbd", "nbds", "nbd+unix", "nbd+tcp", "http", "https", "ftp", "ftps",
+                                           "s3", "rbd", "iscsi", "ssh", "sftp", "gluster", "nfs", "file" };
+    size_t n = strspn(image, "abcdefghijklmnopqrstuvwxyz0123456789+.-");
+    if (n == 0 || image[n] != ':')
+        return false;
+    struct stat st;
+    if (lstat(image, &st) == 0)
+        return false; /* a local file of that name */
+    bool known = strncmp(image + n, "://", 3) == 0;
+    for (size_t i = 0; !known && i < ARRAY_SIZE(schemes); i++)
+        known = strlen(schemes[i]) == n && strncmp(image, schemes[i], n) == 0;
+    if (!known)
+        return false;
+    errmsg(image, "network protocols are not supported yet (%.*s); give the path of a local image file", (int)n,
+           image);
+    return true;
+}
+
+bool backing_is_a_dir(const char *backing)
+{
+    struct stat st;
+    if (!backing || stat(backing, &st) != 0 || !S_ISDIR(st.st_mode))
+        return false;
+    errmsg("--backing", "'%s' is a directory; did you mean --backing-dir %s? (--backing names a file)", backing,
+           backing);
+    return true;
+}
+
+/* ---------------------------------------------------------------- --help of the subcommands */
+
+typedef struct CommandHelp {
+    const char *name, *synopsis, *summary, *options, *example;
+} CommandHelp;
+
+#define OPEN_OPTIONS \
+    "  -f, --format FMT         format of IMAGE (default: probed)\n" \
+    "      --backing FILE       use FILE as the backing file of IMAGE\n" \
+    "      --backing-format FMT format of that backing file\n" \
+    "      --no-backing         ignore the backing file named in IMAGE\n" \
+    "      --backing-dir DIR    look for backing files in DIR too (repeatable)\n" \
+    "      --unsafe-backing     plain backing path resolution, no refusals\n" \
+    "      --data-file PATH     external data file of a qcow2 image\n" \
+    "  -U, --force-share        do not take or check image locks (the image may be in use)\n" \
+    "  -h, --help               this help\n"
+
+static const CommandHelp command_help[] = {
+    { "mount", "[OPTIONS] IMAGE MOUNTPOINT",
+      "The same as `imgfuse [OPTIONS] IMAGE MOUNTPOINT`: mounts IMAGE, read-only unless --rw.",
+      "  (all the options of `imgfuse --help`)\n",
+      "imgfuse mount -f qcow2 disk.qcow2 /mnt/disk" },
+    { "info", "[OPTIONS] IMAGE", "Describes an image and its backing chain.",
+      "      --json               JSON instead of text\n" OPEN_OPTIONS,
+      "imgfuse info --backing-dir ../base vms/top.qcow2" },
+    { "map", "[OPTIONS] IMAGE", "Prints the allocation map of the chain, as qemu-img map does.",
+      "      --json               JSON instead of text\n" OPEN_OPTIONS,
+      "imgfuse map --json disk.qcow2" },
+    { "hash", "[OPTIONS] IMAGE...", "Prints the digests of the raw view of each IMAGE, like sha256sum.",
+      "      --algo ALGO[,ALGO]   sha256, sha1 and/or md5, all in one pass (default sha256)\n"
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
+      "  -q, --quiet              no progress, errors only\n"
+      "      --audit-log FILE     append one JSON line per image (version, user, files, digests)\n"
+      "      --max-size SIZE      refuse disks larger than SIZE (default 16T)\n"
+      "      --force              no size limit\n" OPEN_OPTIONS,
+      "imgfuse hash --algo md5,sha1,sha256 evidence.vmdk" },
+    { "create", "-f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]",
+      "Creates a new image FILE of SIZE bytes (K, M, G, T suffixes), or as large as BACKING.",
+      "  -f, --format FMT         format of the new image\n"
+      "  -o, --options OPTS       creation options KEY=VALUE,... (-o help lists those of FMT)\n"
+      "  -b, --backing BACKING    backing file recorded in the image\n"
+      "  -F, --backing-format FMT format of BACKING (required with -b)\n"
+      "  -h, --help               this help\n",
+      "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
+    { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
+      "  -l                       list the snapshots\n"
+      "  -c NAME                  create snapshot NAME\n"
+      "  -d NAME                  delete snapshot NAME (name or id)\n"
+      "  -a NAME                  apply snapshot NAME: the disk returns to it\n"
+      "  -h, --help               this help\n",
+      "imgfuse snapshot -c before-upgrade vm.qcow2" },
+    { "unmount", "[--timeout SECONDS] MOUNTPOINT",
+      "Unmounts MOUNTPOINT and returns when its daemon has flushed, released its locks and exited.",
+      "      --timeout SECONDS    give up after SECONDS (1 to 86400; default: wait)\n"
+      "  -h, --help               this help\n",
+      "imgfuse unmount /mnt/disk" },
+};
+
+int cli_print_help(const char *cmd)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(command_help); i++) {
+        const CommandHelp *h = &command_help[i];
+        if (strcmp(cmd, h->name) != 0)
+            continue;
+        printf("Usage: imgfuse %s %s\n%s\n\nOptions:\n%s\nExample:\n  %s\n", h->name, h->synopsis, h->summary,
+               h->options, h->example);
+        return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
+    }
+    return EXIT_RUNTIME;
+}
