@@ -197,7 +197,7 @@ static const CommandHelp command_help[] = {
       "      --json               JSON instead of text\n" OPEN_OPTIONS,
       "imgfuse map --json disk.qcow2" },
     { "hash", "[OPTIONS] IMAGE...", "Prints the digests of the raw view of each IMAGE, like sha256sum.",
-      "      --algo ALGO[,ALGO]   sha256, sha1 and/or md5, all in one pass (default sha256)\n"
+      "      --algo sha256|sha1|md5[,...]  one or more digests, one pass (default sha256)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              no progress, errors only\n"
       "      --audit-log FILE     append one JSON line per image (version, user, files, digests)\n"
