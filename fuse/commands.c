@@ -25,13 +25,14 @@
 /* Options every read-only subcommand accepts to open its image. */
 typedef struct OpenArgs {
     BlockOpenOpts opts;
-    bool json;
+    bool json;                /* info, map: --json, --output=json */
+    bool backing_chain;       /* info: --backing-chain (map walks the chain anyway) */
     const char *algo;
     bool progress;            /* hash: -p */
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
 } OpenArgs;
 
-enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
+enum { SUB_JSON = 256, SUB_OUTPUT, SUB_BACKING_CHAIN, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -40,6 +41,8 @@ enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHAR
 static const struct option sub_options[] = {
     { "format", required_argument, NULL, 'f' },
     { "json", no_argument, NULL, SUB_JSON },
+    { "output", required_argument, NULL, SUB_OUTPUT },
+    { "backing-chain", no_argument, NULL, SUB_BACKING_CHAIN },
     { "algo", required_argument, NULL, SUB_ALGO },
     { "backing-dir", required_argument, NULL, SUB_BACKING_DIR },
     { "no-backing", no_argument, NULL, SUB_NO_BACKING },
@@ -75,7 +78,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
 {
     block_open_opts_init(&a->opts);
     a->opts.read_only = true;
-    a->json = false;
+    a->json = a->backing_chain = false;
     a->algo = "sha256";
     a->progress = false;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
@@ -89,6 +92,17 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             if (!allow_json)
                 goto unknown;
             a->json = true;
+            break;
+        case SUB_OUTPUT:
+        case SUB_BACKING_CHAIN:
+            if (!allow_json)
+                goto unknown;
+            if (c == SUB_BACKING_CHAIN)
+                a->backing_chain = true;
+            else if (strcmp(optarg, "json") == 0 || strcmp(optarg, "human") == 0)
+                a->json = optarg[0] == 'j';
+            else
+                return errmsg("--output", "must be 'human' or 'json', not '%s'", optarg), EXIT_USAGE;
             break;
         case SUB_ALGO:
             if (!allow_algo)
@@ -162,7 +176,8 @@ static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const Ope
 {
     OpenArgs a;
     const char *image;
-    int rc = parse_sub_args(argc, argv, "[--json] [-f FMT] IMAGE", true, false, &a, &image);
+    int rc = parse_sub_args(argc, argv, "[--output=human|json] [--backing-chain] [-f FMT] IMAGE", true, false, &a,
+                            &image);
     if (rc >= 0)
         return rc;
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
@@ -179,7 +194,9 @@ static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const Ope
 static int info_out(BlockNode *bs, const OpenArgs *a, const char *image, StrBuf *sb)
 {
     (void)image;
-    if (a->json)
+    if (a->json && a->backing_chain)
+        render_info_json_chain(sb, bs, NULL);
+    else if (a->json)
         render_info_json(sb, bs, NULL);
     else
         render_info_text(sb, bs, NULL);
