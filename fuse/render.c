@@ -208,15 +208,25 @@ static void render_format_specific(StrBuf *sb, BlockNode *n, bool *first)
     info_free(&data);
 }
 
-static void render_snapshots(StrBuf *sb, BlockNode *n, bool *first)
+/* A hostile snapshot table (65536 entries, 64 MiB of names that escape to six bytes each) would make the
+ * list hundreds of MiB of JSON: it stops after this much, the rest counted under the extra key. */
+#define SNAPSHOTS_JSON_BUDGET (4u << 20)
+
+/* Returns how many snapshots the budget left out. */
+static int render_snapshots(StrBuf *sb, BlockNode *n, bool *first)
 {
     SnapshotInfo *list = NULL;
-    int count = bdrv_snapshot_list(n, &list);
+    int count = bdrv_snapshot_list(n, &list), omitted = 0;
     if (count > 0) {
         json_top_key(sb, "snapshots", first);
         sb_put(sb, "[", 1);
+        size_t start = sb->len;
         for (int i = 0; i < count; i++) {
             const SnapshotInfo *sn = &list[i];
+            if (sb->len - start > SNAPSHOTS_JSON_BUDGET) {
+                omitted = count - i;
+                break;
+            }
             sb_printf(sb, "%s\n    {\"id\": ", i ? "," : "");
             sb_json_str(sb, sn->id);
             sb_put(sb, ", \"name\": ", 10);
@@ -231,6 +241,7 @@ static void render_snapshots(StrBuf *sb, BlockNode *n, bool *first)
         sb_put(sb, "]", 1);
     }
     free(list);
+    return omitted;
 }
 
 /* The path qemu-img opens for a backing name written in the image named image: the name itself when it is
@@ -265,10 +276,13 @@ static int64_t info_num(const InfoList *info, const char *key, int64_t dflt)
     return dflt;
 }
 
-/* The old layer object, now inside the extra key: depth, file name and every item of bdrv_get_info. */
-static void render_layer_extras(StrBuf *sb, BlockNode *n, const InfoList *info)
+/* The old layer object, now inside the extra key: depth, file name and every item of bdrv_get_info (and
+ * how many snapshots the list left out, when it did). */
+static void render_layer_extras(StrBuf *sb, BlockNode *n, const InfoList *info, int omitted)
 {
     sb_printf(sb, "{\"depth\": %d, ", n->depth);
+    if (omitted)
+        sb_printf(sb, "\"snapshots_not_listed\": %d, ", omitted);
     sb_json_member(sb, "filename", n->filename);
     for (int i = 0; i < info->n; i++) {
         sb_put(sb, ", ", 2);
@@ -278,7 +292,7 @@ static void render_layer_extras(StrBuf *sb, BlockNode *n, const InfoList *info)
 }
 
 /* The whole chain and the mount, for the first object's extra key. */
-static void render_chain_extras(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+static void render_chain_extras(StrBuf *sb, BlockNode *bs, const MountFacts *facts, int omitted)
 {
     sb_put(sb, "{\n    ", 6);
     sb_json_member(sb, "image", bs->filename);
@@ -304,7 +318,7 @@ static void render_chain_extras(StrBuf *sb, BlockNode *bs, const MountFacts *fac
         InfoList info = {0};
         bdrv_get_info(n, &info);
         sb_put(sb, n == bs ? "\n      " : ",\n      ", n == bs ? 7 : 8);
-        render_layer_extras(sb, n, &info);
+        render_layer_extras(sb, n, &info, n == bs ? omitted : 0);
         info_free(&info);
     }
     sb_put(sb, "\n    ]\n  }", 10);
@@ -354,12 +368,12 @@ static void render_image_info(StrBuf *sb, BlockNode *top, BlockNode *n, const Mo
         sb_json_str(sb, full);
     }
     render_format_specific(sb, n, &first);
-    render_snapshots(sb, n, &first);
+    int omitted = render_snapshots(sb, n, &first);
     json_top_key(sb, "imgfuse", &first);
     if (n == top)
-        render_chain_extras(sb, top, facts);
+        render_chain_extras(sb, top, facts, omitted);
     else
-        render_layer_extras(sb, n, &info);
+        render_layer_extras(sb, n, &info, omitted);
     sb_put(sb, "\n}", 2);
     info_free(&info);
 }

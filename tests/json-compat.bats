@@ -224,3 +224,27 @@ EOF
   ! grep -q $'\x1b' i.json c.json m.json
   ! LC_ALL=C grep -q $'\xff' i.json c.json m.json
 }
+
+@test "a snapshot table of 65536 long names that are not UTF-8: info --output=json stays under 5 MiB, the rest counted" {
+  python3 - "$BATS_TEST_DIRNAME/make-hostile" <<'PY'
+import importlib.machinery, importlib.util, sys
+loader = importlib.machinery.SourceFileLoader("make_hostile", sys.argv[1])
+m = importlib.util.module_from_spec(importlib.util.spec_from_loader("make_hostile", loader))
+loader.exec_module(m)
+q = m.q2()
+# 65536 snapshots, each a 900-byte name of 0xff (6 bytes of JSON apiece): 350 MiB of JSON unbounded
+entries = [q.snapshot_entry(q.off(10), 1, str(i + 1).encode(), b"\xff" * 900) for i in range(65536)]
+m.write_sparse("names.qcow2", m.snapshot_table_image(entries, 1 << 20))
+PY
+  limit=()
+  [ -n "${IMGFUSE_ASAN:-}" ] || limit=(prlimit --as=$((1 << 30)) --)
+  "${limit[@]}" "$IMGFUSE" info --output=json -f qcow2 names.qcow2 > i.json
+  [ "$(stat -c %s i.json)" -lt $((5 << 20)) ]
+  python3 - <<'PY'
+import json
+j = json.loads(open("i.json", "rb").read().decode("utf-8"))
+listed, left = len(j["snapshots"]), j["imgfuse"]["layers"][0]["snapshots_not_listed"]
+assert 100 < listed < 65536 and listed + left == 65536, (listed, left)
+assert j["snapshots"][0]["name"] == "\ufffd" * 900 and j["snapshots"][0]["id"] == "1", j["snapshots"][0]
+PY
+}
