@@ -206,7 +206,7 @@ typedef struct BlockDriverFacts {
                                * zeros, as qemu-img reports them (present): formats qemu opens without a
                                * backing file (vpc, vdi) */
     bool data_over_host_zero; /* qemu-img reports a data range of this node that lies on zeros of its host
-                               * file (a hole) as data and zero (fixed vpc, static vdi) */
+                               * file (a hole) as data and zero (fixed vpc, static vdi, flat vmdk) */
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface

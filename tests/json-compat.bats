@@ -122,14 +122,17 @@ assert [l["imgfuse"].get("depth") for l in c[1:]] == [1, 2], c'
   agree q.qed
 }
 
-@test "vmdk monolithicSparse, streamOptimized and twoGbMaxExtentSparse agree with qemu-img" {
+@test "vmdk monolithicSparse, streamOptimized, twoGbMaxExtentSparse and flat agree with qemu-img" {
   make_src
   qemu-img convert -O vmdk src.raw sparse.vmdk
   qemu-img convert -O vmdk -o subformat=streamOptimized src.raw stream.vmdk
   qemu-img convert -O vmdk -o subformat=twoGbMaxExtentSparse src.raw two.vmdk
   qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentSparse big.vmdk 5G
   fmt_io vmdk big.vmdk 'write -P 1 2G 64k'
-  for img in sparse.vmdk stream.vmdk two.vmdk big.vmdk "$TMP/two.vmdk"; do agree "$img"; done
+  qemu-img convert -O vmdk -o subformat=monolithicFlat src.raw flat.vmdk
+  qemu-img create -q -f vmdk -o subformat=twoGbMaxExtentFlat twoflat.vmdk 3G
+  fmt_io vmdk twoflat.vmdk 'write -P 1 2047M 2M'
+  for img in sparse.vmdk stream.vmdk two.vmdk big.vmdk "$TMP/two.vmdk" flat.vmdk twoflat.vmdk; do agree "$img"; done
   [ "$(key stream.vmdk 'j["format-specific"]["data"]["extents"][0]["compressed"]')" = True ]
   [ "$(key big.vmdk '[e["filename"] for e in j["format-specific"]["data"]["extents"]]')" = \
     "['big-s001.vmdk', 'big-s002.vmdk', 'big-s003.vmdk']" ]

@@ -429,13 +429,18 @@ static const char *vmdk_extent_type_name(ExtentType t)
     return t == EXT_FLAT ? "flat" : t == EXT_SPARSE ? "sparse" : "zero";
 }
 
-/* The largest grain of the sparse extents (flat extents have no allocation unit). */
+/* The largest grain of the sparse extents (flat extents have no allocation unit). qemu-img looks through
+ * flat extents to the holes of their files: a disk of flat extents only says so. */
 static void vmdk_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     const VmdkState *s = bs->opaque;
-    for (int i = 0; i < s->n_ext; i++)
+    bool all_flat = true;
+    for (int i = 0; i < s->n_ext; i++) {
         if (s->ext[i].type == EXT_SPARSE && (int64_t)s->ext[i].grain_bytes > facts->cluster_size)
             facts->cluster_size = (int64_t)s->ext[i].grain_bytes;
+        all_flat = all_flat && s->ext[i].type != EXT_SPARSE;
+    }
+    facts->data_over_host_zero = all_flat;
 }
 
 static void vmdk_get_info(BlockNode *bs, InfoList *info)
