@@ -32,7 +32,8 @@ typedef struct OpenArgs {
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
 } OpenArgs;
 
-enum { SUB_JSON = 256, SUB_OUTPUT, SUB_BACKING_CHAIN, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE };
+enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
+       SUB_OUTPUT, SUB_BACKING_CHAIN };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -101,8 +102,10 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
                 a->backing_chain = true;
             else if (strcmp(optarg, "json") == 0 || strcmp(optarg, "human") == 0)
                 a->json = optarg[0] == 'j';
-            else
-                return errmsg("--output", "must be 'human' or 'json', not '%s'", optarg), EXIT_USAGE;
+            else {
+                errmsg("--output", "must be 'human' or 'json', not '%s'", optarg);
+                return EXIT_USAGE;
+            }
             break;
         case SUB_ALGO:
             if (!allow_algo)
