@@ -955,6 +955,7 @@ static bool qed_has_zero_init(BlockNode *bs)
 static void qed_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = ((QedState *)bs->opaque)->cluster_size;
+    facts->dirty = (((QedState *)bs->opaque)->features & QED_F_NEED_CHECK) != 0;
 }
 
 static void qed_get_info(BlockNode *bs, InfoList *info)

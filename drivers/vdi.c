@@ -842,6 +842,8 @@ static void vdi_info_uuid(InfoList *info, const char *key, const uint8_t *uuid)
 static void vdi_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = ((VdiState *)bs->opaque)->block_size;
+    facts->unallocated_is_zero = true;
+    facts->data_over_host_zero = ((VdiState *)bs->opaque)->image_type == VDI_TYPE_STATIC;
 }
 
 static void vdi_get_info(BlockNode *bs, InfoList *info)

@@ -940,6 +940,8 @@ static void vpc_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     const VpcState *s = bs->opaque;
     facts->cluster_size = s->type == VPC_TYPE_FIXED ? 0 : s->block_size;
+    facts->unallocated_is_zero = true;
+    facts->data_over_host_zero = s->type == VPC_TYPE_FIXED;
 }
 
 static void vpc_get_info(BlockNode *bs, InfoList *info)

@@ -191,11 +191,13 @@ static const CommandHelp command_help[] = {
       "  (all the options of `imgfuse --help`)\n",
       "imgfuse mount -f qcow2 disk.qcow2 /mnt/disk" },
     { "info", "[OPTIONS] IMAGE", "Describes an image and its backing chain.",
-      "      --json               JSON instead of text\n" OPEN_OPTIONS,
-      "imgfuse info --backing-dir ../base vms/top.qcow2" },
+      "      --output=human|json  text (default) or qemu-img's JSON schema (--json: the same)\n"
+      "      --backing-chain      JSON: one object per layer, top first, as qemu-img prints\n" OPEN_OPTIONS,
+      "imgfuse info --output=json --backing-dir ../base vms/top.qcow2" },
     { "map", "[OPTIONS] IMAGE", "Prints the allocation map of the chain, as qemu-img map does.",
-      "      --json               JSON instead of text\n" OPEN_OPTIONS,
-      "imgfuse map --json disk.qcow2" },
+      "      --output=human|json  text (default) or qemu-img map's JSON, extent by extent (--json)\n"
+      "      --backing-chain      accepted (the map always walks the whole chain)\n" OPEN_OPTIONS,
+      "imgfuse map --output=json disk.qcow2" },
     { "hash", "[OPTIONS] IMAGE...", "Prints the digests of the raw view of each IMAGE, like sha256sum.",
       "      --algo sha256|sha1|md5[,...]  one or more digests, one pass (default sha256)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"

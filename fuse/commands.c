@@ -28,7 +28,8 @@
 /* Options every read-only subcommand accepts to open its image. */
 typedef struct OpenArgs {
     BlockOpenOpts opts;
-    bool json;
+    bool json;                /* info, map: --json, --output=json */
+    bool backing_chain;       /* info: --backing-chain (map walks the chain anyway) */
     const char *algo;
     bool progress;            /* hash: -p */
     bool quiet;               /* hash: -q, no progress at all */
@@ -39,7 +40,7 @@ typedef struct OpenArgs {
 
 enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
        SUB_AUDIT_LOG, SUB_BACKING, SUB_BACKING_FORMAT, SUB_UNSAFE_BACKING, SUB_DATA_FILE, SUB_IMAGE_OPTS,
-       SUB_OBJECT };
+       SUB_OBJECT, SUB_OUTPUT, SUB_BACKING_CHAIN };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -48,6 +49,8 @@ enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHAR
 static const struct option sub_options[] = {
     { "format", required_argument, NULL, 'f' },
     { "json", no_argument, NULL, SUB_JSON },
+    { "output", required_argument, NULL, SUB_OUTPUT },
+    { "backing-chain", no_argument, NULL, SUB_BACKING_CHAIN },
     { "algo", required_argument, NULL, SUB_ALGO },
     { "backing-dir", required_argument, NULL, SUB_BACKING_DIR },
     { "no-backing", no_argument, NULL, SUB_NO_BACKING },
@@ -80,7 +83,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
 {
     block_open_opts_init(&a->opts);
     a->opts.read_only = true;
-    a->json = false;
+    a->json = a->backing_chain = false;
     a->algo = "sha256";
     a->progress = false;
     a->quiet = false;
@@ -117,6 +120,19 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             if (!allow_json)
                 goto unknown;
             a->json = true;
+            break;
+        case SUB_OUTPUT:
+        case SUB_BACKING_CHAIN:
+            if (!allow_json)
+                goto unknown;
+            if (c == SUB_BACKING_CHAIN)
+                a->backing_chain = true;
+            else if (strcmp(optarg, "json") == 0 || strcmp(optarg, "human") == 0)
+                a->json = optarg[0] == 'j';
+            else {
+                errmsg("--output", "must be 'human' or 'json', not '%s'", optarg);
+                return EXIT_USAGE;
+            }
             break;
         case SUB_ALGO:
             if (!allow_algo)
@@ -208,7 +224,8 @@ static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const Ope
 {
     OpenArgs a;
     const char *image;
-    int rc = parse_sub_args(argc, argv, "[--json] [-f FMT] IMAGE", true, false, &a, &image);
+    int rc = parse_sub_args(argc, argv, "[--output=human|json] [--backing-chain] [-f FMT] IMAGE", true, false, &a,
+                            &image);
     if (rc >= 0)
         return rc;
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
@@ -225,7 +242,9 @@ static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const Ope
 static int info_out(BlockNode *bs, const OpenArgs *a, const char *image, StrBuf *sb)
 {
     (void)image;
-    if (a->json)
+    if (a->json && a->backing_chain)
+        render_info_json_chain(sb, bs, NULL);
+    else if (a->json)
         render_info_json(sb, bs, NULL);
     else
         render_info_text(sb, bs, NULL);

@@ -55,6 +55,8 @@ typedef struct MountFacts {
 /* Describe the chain below bs: what `imgfuse info` prints and what MNT/info shows. facts may be NULL. */
 void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
 void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
+/* The same as an array of one object per layer, top first (`info --output=json --backing-chain`). */
+void render_info_json_chain(StrBuf *sb, BlockNode *bs, const MountFacts *facts);
 /* Maps, streamed: the allocation map through the chain like `qemu-img map` (text or JSON), or what one
  * layer itself holds, "offset length data|zero" a line (MNT/layers/N-NAME/map). */
 enum MapKind { MAP_TEXT, MAP_JSON, MAP_LAYER };
@@ -73,6 +75,8 @@ typedef struct MapStream {
     int64_t pos, size;        /* size -1: not started */
     MapRun cur;               /* the run being extended */
     bool have, first, done;
+    int bottom_depth;         /* MAP_JSON: the last layer's depth, and whether its unallocated ranges are */
+    bool bottom_zero;         /* its own zeros (BlockDriverFacts.unallocated_is_zero) */
 } MapStream;
 
 void map_stream_init(MapStream *m, BlockNode *bs, enum MapKind kind);

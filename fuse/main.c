@@ -80,8 +80,8 @@ static void print_help(void)
 {
     printf(
 "Usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT      mount IMAGE (read-only unless --rw)\n"
-"       imgfuse info [--json] IMAGE             describe an image and its backing chain\n"
-"       imgfuse map [--json] IMAGE              allocation map of the chain\n"
+"       imgfuse info [--output=json] IMAGE      describe an image and its backing chain\n"
+"       imgfuse map [--output=json] IMAGE       allocation map of the chain\n"
 "       imgfuse create -f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]\n"
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
 "       imgfuse hash [--algo ALGO[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] IMAGE...\n"

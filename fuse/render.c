@@ -10,7 +10,9 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "imgfuse.h"
@@ -113,41 +115,284 @@ void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
     }
 }
 
-void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+/* ---------------------------------------------------------------- info as JSON
+ *
+ * qemu-img's schema (ImageInfo): one object for the top image, or with --backing-chain an array of one per
+ * layer, top first.  Only qemu's keys at the top level of an object, with qemu's types; imgfuse's own facts
+ * under the one extra key "imgfuse": in the first object the whole chain and the mount (the chain's
+ * layers with every item their drivers give, exact bytes as KEY_hex), in each further object its own
+ * layer's items.  qemu's string values are escaped like any other (U+FFFD for a byte that is not UTF-8); the
+ * exact bytes of a name are in the extra key. */
+
+/* ", \"key\": " between members of an object (first: none). */
+static void json_key(StrBuf *sb, const char *key, bool *first)
 {
-    sb_put(sb, "{\n  ", 4);
+    if (!*first)
+        sb_put(sb, ", ", 2);
+    *first = false;
+    sb_json_str(sb, key);
+    sb_put(sb, ": ", 2);
+}
+
+/* The same for the members of an ImageInfo object: one a line. */
+static void json_top_key(StrBuf *sb, const char *key, bool *first)
+{
+    sb_put(sb, *first ? "\n  " : ",\n  ", *first ? 3 : 4);
+    *first = false;
+    sb_json_str(sb, key);
+    sb_put(sb, ": ", 2);
+}
+
+static void json_item_value(StrBuf *sb, const InfoItem *it)
+{
+    if (it->str)
+        sb_json_str(sb, it->str);
+    else if (it->is_bool)
+        sb_printf(sb, "%s", it->num ? "true" : "false");
+    else
+        sb_printf(sb, "%" PRId64, it->num);
+}
+
+/* Length of the "NAME/" prefix of an array item's key ("extents/0/filename"), 0 for a plain member. */
+static size_t array_prefix(const char *key)
+{
+    const char *slash = strchr(key, '/');
+    return slash ? (size_t)(slash - key) + 1 : 0;
+}
+
+/* The members of a format-specific "data" object: plain items as members, "NAME/I/KEY" items as an array
+ * NAME of objects, a new object where I changes. */
+static void render_specific_data(StrBuf *sb, const InfoList *d)
+{
+    bool first = true;
+    for (int i = 0; i < d->n;) {
+        const char *key = d->items[i].key;
+        size_t pre = array_prefix(key);
+        if (!pre) {
+            json_key(sb, key, &first);
+            json_item_value(sb, &d->items[i++]);
+            continue;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)pre - 1, key);
+        json_key(sb, name, &first);
+        sb_put(sb, "[", 1);
+        long elem = -1;
+        bool first_member = true;
+        for (; i < d->n && array_prefix(d->items[i].key) == pre && strncmp(d->items[i].key, key, pre) == 0; i++) {
+            char *rest;
+            long e = strtol(d->items[i].key + pre, &rest, 10);
+            if (e != elem) {
+                sb_printf(sb, "%s{", elem < 0 ? "" : "}, ");
+                elem = e;
+                first_member = true;
+            }
+            json_key(sb, *rest == '/' ? rest + 1 : rest, &first_member);
+            json_item_value(sb, &d->items[i]);
+        }
+        sb_put(sb, elem < 0 ? "]" : "}]", elem < 0 ? 1 : 2);
+    }
+}
+
+static void render_format_specific(StrBuf *sb, BlockNode *n, bool *first)
+{
+    InfoList data = {0};
+    const char *type = bdrv_get_format_specific(n, &data);
+    if (type) {
+        json_top_key(sb, "format-specific", first);
+        sb_put(sb, "{\"type\": ", 9);
+        sb_json_str(sb, type);
+        sb_put(sb, ", \"data\": {", 11);
+        render_specific_data(sb, &data);
+        sb_put(sb, "}}", 2);
+    }
+    info_free(&data);
+}
+
+/* A hostile snapshot table (65536 entries, 64 MiB of names that escape to six bytes each) would make the
+ * list hundreds of MiB of JSON: it stops after this much, the rest counted under the extra key. */
+#define SNAPSHOTS_JSON_BUDGET (4u << 20)
+
+/* Returns how many snapshots the budget left out. */
+static int render_snapshots(StrBuf *sb, BlockNode *n, bool *first)
+{
+    SnapshotInfo *list = NULL;
+    int count = bdrv_snapshot_list(n, &list), omitted = 0;
+    if (count > 0) {
+        json_top_key(sb, "snapshots", first);
+        sb_put(sb, "[", 1);
+        size_t start = sb->len;
+        for (int i = 0; i < count; i++) {
+            const SnapshotInfo *sn = &list[i];
+            if (sb->len - start > SNAPSHOTS_JSON_BUDGET) {
+                omitted = count - i;
+                break;
+            }
+            sb_printf(sb, "%s\n    {\"id\": ", i ? "," : "");
+            sb_json_str(sb, sn->id);
+            sb_put(sb, ", \"name\": ", 10);
+            sb_json_str(sb, sn->name);
+            sb_printf(sb, ", \"vm-state-size\": %" PRIu64 ", \"date-sec\": %" PRIu64 ", \"date-nsec\": %" PRIu32
+                      ", \"vm-clock-sec\": %" PRIu64 ", \"vm-clock-nsec\": %" PRIu64, sn->vm_state_size,
+                      sn->date_sec, sn->date_nsec, sn->vm_clock_nsec / 1000000000u, sn->vm_clock_nsec % 1000000000u);
+            if (sn->icount != UINT64_MAX)
+                sb_printf(sb, ", \"icount\": %" PRIu64, sn->icount);
+            sb_put(sb, "}", 1);
+        }
+        sb_put(sb, "]", 1);
+    }
+    free(list);
+    return omitted;
+}
+
+/* The path qemu-img opens for a backing name written in the image named image: the name itself when it is
+ * absolute or image has no directory part, else the name joined to that directory part. */
+static void qemu_backing_path(const char *image, const char *name, char *out, size_t len)
+{
+    const char *slash = strrchr(image, '/');
+    if (name[0] == '/' || !slash)
+        snprintf(out, len, "%s", name);
+    else
+        snprintf(out, len, "%.*s/%s", (int)(slash - image), image, name);
+}
+
+/* The file name of layer n as qemu-img shows it: the top as given, a backing layer by the path qemu would
+ * have opened for it (the same file; else, when imgfuse found it elsewhere, the path it opened). */
+static void layer_name(BlockNode *top, BlockNode *n, char *out, size_t len)
+{
+    snprintf(out, len, "%s", top->filename);
+    for (BlockNode *p = top; p != n && p->backing; p = p->backing) {
+        char cand[4096], a[PATH_MAX], b[PATH_MAX];
+        qemu_backing_path(out, p->backing_name ? p->backing_name : p->backing->filename, cand, sizeof cand);
+        bool same = p->backing_name && realpath(cand, a) && realpath(p->backing->filename, b) && !strcmp(a, b);
+        snprintf(out, len, "%s", same ? cand : p->backing->filename);
+    }
+}
+
+static int64_t info_num(const InfoList *info, const char *key, int64_t dflt)
+{
+    for (int i = 0; i < info->n; i++)
+        if (!info->items[i].str && strcmp(info->items[i].key, key) == 0)
+            return info->items[i].num;
+    return dflt;
+}
+
+/* The old layer object, now inside the extra key: depth, file name and every item of bdrv_get_info (and
+ * how many snapshots the list left out, when it did). */
+static void render_layer_extras(StrBuf *sb, BlockNode *n, const InfoList *info, int omitted)
+{
+    sb_printf(sb, "{\"depth\": %d, ", n->depth);
+    if (omitted)
+        sb_printf(sb, "\"snapshots_not_listed\": %d, ", omitted);
+    sb_json_member(sb, "filename", n->filename);
+    for (int i = 0; i < info->n; i++) {
+        sb_put(sb, ", ", 2);
+        render_item_json(sb, &info->items[i]);
+    }
+    sb_put(sb, "}", 1);
+}
+
+/* The whole chain and the mount, for the first object's extra key. */
+static void render_chain_extras(StrBuf *sb, BlockNode *bs, const MountFacts *facts, int omitted)
+{
+    sb_put(sb, "{\n    ", 6);
     sb_json_member(sb, "image", bs->filename);
-    sb_printf(sb, ",\n  \"layer_count\": %d", bdrv_chain_length(bs));
+    sb_printf(sb, ",\n    \"layer_count\": %d", bdrv_chain_length(bs));
     if (facts) {
-        sb_printf(sb, ",\n  \"read_only\": %s", facts->read_only ? "true" : "false");
+        sb_printf(sb, ",\n    \"read_only\": %s", facts->read_only ? "true" : "false");
         if (facts->mode_note) {
-            sb_put(sb, ",\n  ", 4);
+            sb_put(sb, ",\n    ", 6);
             sb_json_member(sb, "mode", facts->mode_note);
         }
         if (facts->options) {
-            sb_put(sb, ",\n  ", 4);
+            sb_put(sb, ",\n    ", 6);
             sb_json_member(sb, "options", facts->options);
         }
         if (facts->window) {
             int64_t off, size;
             window_bounds(facts->window, &off, &size);
-            sb_printf(sb, ",\n  \"window\": {\"offset\": %" PRId64 ", \"size\": %" PRId64 "}", off, size);
+            sb_printf(sb, ",\n    \"window\": {\"offset\": %" PRId64 ", \"size\": %" PRId64 "}", off, size);
         }
     }
-    sb_put(sb, ",\n  \"layers\": [", 15);
+    sb_put(sb, ",\n    \"layers\": [", 17);
     for (BlockNode *n = bs; n; n = n->backing) {
         InfoList info = {0};
         bdrv_get_info(n, &info);
-        sb_printf(sb, "%s\n    {\"depth\": %d, ", n == bs ? "" : ",", n->depth);
-        sb_json_member(sb, "filename", n->filename);
-        for (int i = 0; i < info.n; i++) {
-            sb_put(sb, ", ", 2);
-            render_item_json(sb, &info.items[i]);
-        }
-        sb_put(sb, "}", 1);
+        sb_put(sb, n == bs ? "\n      " : ",\n      ", n == bs ? 7 : 8);
+        render_layer_extras(sb, n, &info, n == bs ? omitted : 0);
         info_free(&info);
     }
-    sb_put(sb, "\n  ]\n}\n", 7);
+    sb_put(sb, "\n    ]\n  }", 10);
+}
+
+/* One layer's ImageInfo object (top: the top of the chain, for file names; facts: the mount's, or NULL). */
+static void render_image_info(StrBuf *sb, BlockNode *top, BlockNode *n, const MountFacts *facts)
+{
+    InfoList info = {0};
+    bdrv_get_info(n, &info);
+    BlockDriverFacts df;
+    bdrv_get_facts(n, &df);
+    char name[4096];
+    layer_name(top, n, name, sizeof name);
+    bool first = true;
+    sb_put(sb, "{", 1);
+    json_top_key(sb, "filename", &first);
+    sb_json_str(sb, name);
+    json_top_key(sb, "format", &first);
+    sb_json_str(sb, n->drv->name);
+    json_top_key(sb, "virtual-size", &first);
+    sb_printf(sb, "%" PRId64, bdrv_getlength(n));
+    int64_t actual = info_num(&info, "allocated_size", -1);
+    if (actual >= 0) {
+        json_top_key(sb, "actual-size", &first);
+        sb_printf(sb, "%" PRId64, actual);
+    }
+    if (df.cluster_size > 0) {
+        json_top_key(sb, "cluster-size", &first);
+        sb_printf(sb, "%" PRId64, df.cluster_size);
+    }
+    json_top_key(sb, "dirty-flag", &first);
+    sb_printf(sb, "%s", df.dirty ? "true" : "false");
+    if (n->backing_name) {
+        char full[4096];
+        json_top_key(sb, "backing-filename", &first);
+        sb_json_str(sb, n->backing_name);
+        if (n->backing_format_hint) {
+            json_top_key(sb, "backing-filename-format", &first);
+            sb_json_str(sb, n->backing_format_hint);
+        }
+        if (n->backing)
+            layer_name(top, n->backing, full, sizeof full);
+        else
+            qemu_backing_path(name, n->backing_name, full, sizeof full);
+        json_top_key(sb, "full-backing-filename", &first);
+        sb_json_str(sb, full);
+    }
+    render_format_specific(sb, n, &first);
+    int omitted = render_snapshots(sb, n, &first);
+    json_top_key(sb, "imgfuse", &first);
+    if (n == top)
+        render_chain_extras(sb, top, facts, omitted);
+    else
+        render_layer_extras(sb, n, &info, omitted);
+    sb_put(sb, "\n}", 2);
+    info_free(&info);
+}
+
+void render_info_json(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+{
+    render_image_info(sb, bs, bs, facts);
+    sb_put(sb, "\n", 1);
+}
+
+void render_info_json_chain(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
+{
+    sb_put(sb, "[", 1);
+    for (BlockNode *n = bs; n; n = n->backing) {
+        sb_put(sb, n == bs ? "" : ",\n", n == bs ? 0 : 2);
+        render_image_info(sb, bs, n, facts);
+    }
+    sb_put(sb, "]\n", 2);
 }
 
 /* ---------------------------------------------------------------- map */
@@ -188,18 +433,37 @@ static void emit_text(StrBuf *sb, const MapRun *r, bool first)
     sb_put(sb, "\n", 1);
 }
 
+/* qemu-img map's JSON, as the qemu-img of Debian 12 (7.2) prints it: no "compressed" member (qemu 8.2 added
+ * it), no file name; "offset" where the host offset is valid (never for compressed data). */
 static void emit_json(StrBuf *sb, const MapRun *r, bool first)
 {
     sb_printf(sb, "%s{ \"start\": %" PRId64 ", \"length\": %" PRId64 ", \"depth\": %d, \"present\": %s, "
-              "\"zero\": %s, \"data\": %s, \"compressed\": %s", first ? "" : ",\n", r->start, r->length,
+              "\"zero\": %s, \"data\": %s", first ? "" : ",\n", r->start, r->length,
               r->depth, (r->flags & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA)) ? "true" : "false",
-              (r->flags & BDRV_BLOCK_ZERO) ? "true" : "false", (r->flags & BDRV_BLOCK_DATA) ? "true" : "false",
-              (r->flags & BDRV_BLOCK_COMPRESSED) ? "true" : "false");
-    if (r->host_offset >= 0) {
-        sb_printf(sb, ", \"offset\": %" PRId64 ", ", r->host_offset);
-        sb_json_member(sb, "file", r->file);
-    }
+              (r->flags & BDRV_BLOCK_ZERO) ? "true" : "false", (r->flags & BDRV_BLOCK_DATA) ? "true" : "false");
+    if (r->host_offset >= 0)
+        sb_printf(sb, ", \"offset\": %" PRId64, r->host_offset);
     sb_put(sb, "}", 1);
+}
+
+/* A run as qemu-img map reports it: a range no layer holds belongs to the last layer (its depth), and is
+ * that layer's own zeros (present) for formats qemu opens without a backing file; a range beyond the end
+ * of a shorter backing layer belongs, not present, to the layer above it; compressed data has no host
+ * offset and merges with its neighbours like any data. */
+static void qemu_map_run(const MapStream *m, MapRun *run)
+{
+    if (!(run->flags & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA))) {
+        if (run->depth <= m->bottom_depth)
+            run->depth = MAX(run->depth - 1, 0);
+        else if (m->bottom_zero)
+            run->flags |= BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO;
+        run->depth = MIN(run->depth, m->bottom_depth);
+    }
+    if (run->flags & BDRV_BLOCK_COMPRESSED) {
+        run->host_offset = -1;
+        run->file = NULL;
+    }
+    run->flags &= ~BDRV_BLOCK_COMPRESSED;
 }
 
 /* One layer's own map: "offset length data|zero"; ranges that fall through to the backing chain (flags
@@ -210,6 +474,23 @@ static void emit_layer(StrBuf *sb, const MapRun *r, bool first)
     if (r->flags)
         sb_printf(sb, "%" PRId64 " %" PRId64 " %s\n", r->start, r->length,
                   r->flags == BDRV_BLOCK_DATA ? "data" : "zero");
+}
+
+/* MAP_JSON: a host run of a layer whose data qemu-img looks through to its host file (data_over_host_zero)
+ * is data, and zero where the host file holds zeros: shortened to what the host file's status covers. */
+static void qemu_host_zeros(const MapStream *m, const BlockStatus *st, MapRun *run)
+{
+    BlockNode *n = m->bs;
+    for (int d = 0; d < st->depth && n->backing; d++)
+        n = n->backing;
+    BlockDriverFacts f;
+    bdrv_get_facts(n, &f);
+    BlockStatus hs;
+    if (!f.data_over_host_zero || !(run->flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) ||
+        bdrv_block_status(st->host_file, st->host_offset, run->length, &hs) < 0 || hs.bytes <= 0)
+        return;
+    run->length = MIN(run->length, hs.bytes);
+    run->flags = BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA | (hs.flags & BDRV_BLOCK_ZERO);
 }
 
 /* The run block status gives at pos, as the stream's kind sees it. */
@@ -236,6 +517,10 @@ static int map_next_run(MapStream *m, MapRun *run)
     run->flags = st.flags & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED);
     run->host_offset = valid ? st.host_offset : -1;
     run->file = valid ? st.host_file->filename : NULL;
+    if (m->kind == MAP_JSON && valid)
+        qemu_host_zeros(m, &st, run);
+    if (m->kind == MAP_JSON)
+        qemu_map_run(m, run);
     return 0;
 }
 
@@ -267,8 +552,16 @@ int map_stream_next(MapStream *m, StrBuf *sb, size_t want)
         m->size = bdrv_getlength(m->bs);
         if (m->size < 0)
             return (int)m->size;
-        if (m->kind == MAP_JSON)
+        if (m->kind == MAP_JSON) {
             sb_put(sb, "[", 1);
+            BlockNode *n = m->bs;
+            while (n->backing)
+                n = n->backing;
+            BlockDriverFacts f;
+            bdrv_get_facts(n, &f);
+            m->bottom_depth = n->depth;
+            m->bottom_zero = f.unallocated_is_zero;
+        }
     }
     while (sb->len < want && m->pos < m->size) {
         MapRun run;

@@ -201,6 +201,13 @@ typedef struct CreateOpts {
 typedef struct BlockDriverFacts {
     int64_t cluster_size;   /* allocation unit of the format (qcow2/qed cluster, vdi/vpc block, vmdk grain):
                              * copy-on-read copies whole units of it */
+    /* For `info --output=json` and `map --output=json` (qemu-img's schema). */
+    bool dirty;             /* the image says it was not closed cleanly (qcow2 dirty bit, qed need-check) */
+    bool unallocated_is_zero; /* with no backing node, the ranges this node leaves unallocated are its own
+                               * zeros, as qemu-img reports them (present): formats qemu opens without a
+                               * backing file (vpc, vdi) */
+    bool data_over_host_zero; /* qemu-img reports a data range of this node that lies on zeros of its host
+                               * file (a hole) as data and zero (fixed vpc, static vdi, flat vmdk) */
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface
@@ -271,6 +278,11 @@ struct BlockDriver {
     bool (*has_zero_init)(BlockNode *bs);
     /* Format drivers: the typed facts of an open node (facts zeroed by the core); NULL: none. */
     void (*get_facts)(BlockNode *bs, BlockDriverFacts *facts);
+    /* Format drivers, optional: qemu-img's "format-specific" object of the node (info --output=json).
+     * Returns its "type" (NULL: none) and adds its "data" members to data (empty on entry) under qemu's
+     * kebab-case keys, typed; the members of an array of objects as items "NAME/I/KEY", I = 0, 1, ... in
+     * order. */
+    const char *(*get_format_specific)(BlockNode *bs, InfoList *data);
     /* Filter drivers, optional: a format driver above announced event (bdrv_debug_event) for the calling
      * thread's next I/O on bs (blkdebug fails or slows that I/O). */
     void (*debug_event)(BlockNode *bs, const char *event);
@@ -444,6 +456,8 @@ int bdrv_check(BlockNode *bs, InfoList *report);
 bool bdrv_has_zero_init(BlockNode *bs);
 /* The typed facts of bs's driver (all zero when it tells none). */
 void bdrv_get_facts(BlockNode *bs, BlockDriverFacts *facts);
+/* qemu-img's "format-specific" type and data of bs (the get_format_specific slot); NULL when none. */
+const char *bdrv_get_format_specific(BlockNode *bs, InfoList *data);
 
 /* Format drivers announce a metadata write ("l2_update", "refblock_update", ...) on their file child
  * just before issuing it; a filter there with a debug_event slot (blkdebug) may then fail that I/O.

@@ -1034,6 +1034,11 @@ void bdrv_get_facts(BlockNode *bs, BlockDriverFacts *facts)
         bs->drv->get_facts(bs, facts);
 }
 
+const char *bdrv_get_format_specific(BlockNode *bs, InfoList *data)
+{
+    return bs->drv->get_format_specific ? bs->drv->get_format_specific(bs, data) : NULL;
+}
+
 void bdrv_debug_event(BlockNode *file, const char *event)
 {
     if (file && event && file->drv->debug_event)

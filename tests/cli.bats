@@ -47,9 +47,11 @@ SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
   echo "$output" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-assert d["image"].endswith("sparse.raw"), d
-assert d["layer_count"] == 1 and len(d["layers"]) == 1, d
-layer = d["layers"][0]
+assert d["filename"].endswith("sparse.raw") and d["format"] == "raw" and d["virtual-size"] == 67108864, d
+x = d["imgfuse"]
+assert x["image"].endswith("sparse.raw"), x
+assert x["layer_count"] == 1 and len(x["layers"]) == 1, x
+layer = x["layers"][0]
 assert layer["depth"] == 0
 assert 67108864 in layer.values(), layer
 assert "raw" in layer.values(), layer'
@@ -181,7 +183,8 @@ for r in json.load(sys.stdin):
   python3 -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert d["read_only"] is True and d["layer_count"] == 1, d' "$MNT/info.json"
+assert d["imgfuse"]["read_only"] is True and d["imgfuse"]["layer_count"] == 1, d
+assert d["filename"].endswith("i.raw") and d["virtual-size"] == 2097152, d' "$MNT/info.json"
   [ "$(stat -c %s "$MNT/info")" -eq "$(cat "$MNT/info" | wc -c)" ]
   unmount_img
 }

@@ -22,7 +22,7 @@ refused_exactly() {
 
 # l2_sizes: the l2_cache_size of every qcow2 layer of the mount's info.json, one line.
 l2_sizes() {
-  python3 -c 'import json, sys; print(*[l["l2_cache_size"] for l in json.load(open(sys.argv[1]))["layers"] if "l2_cache_size" in l])' \
+  python3 -c 'import json, sys; print(*[l["l2_cache_size"] for l in json.load(open(sys.argv[1]))["imgfuse"]["layers"] if "l2_cache_size" in l])' \
     "$MNT/info.json"
 }
 

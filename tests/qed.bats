@@ -156,7 +156,7 @@ EOF
   dd if="$MNT/disk.raw" of=/dev/null bs=1M count=64 skip=$((3 << 20)) status=none
   python3 - "$MNT/info.json" "$MNT/stats.json" <<'EOF'
 import json, re, sys
-l = json.load(open(sys.argv[1]))["layers"][0]
+l = json.load(open(sys.argv[1]))["imgfuse"]["layers"][0]
 assert l["l1_entries_used"] == 512, l
 mem = [int(m) for m in re.findall(r'"mem_bytes": (\d+)', open(sys.argv[2]).read())]
 assert mem and max(mem) < 8 << 20, mem

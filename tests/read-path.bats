@@ -172,7 +172,7 @@ mem_check() {
 import json, sys
 stats = json.load(open(sys.argv[1])); info = json.load(open(sys.argv[2]))
 lo, slack = int(sys.argv[3]), int(sys.argv[4])
-limits = {l["filename"]: l["l2_cache_size"] for l in info["layers"]}
+limits = {l["filename"]: l["l2_cache_size"] for l in info["imgfuse"]["layers"]}
 nodes = [n for n in stats["nodes"] if n["driver"] == "qcow2"]
 assert len(nodes) == len(limits) == 2, nodes
 for n in nodes:

@@ -355,8 +355,12 @@ int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus
         st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED;
         break;
     case QCOW2_SC_ZERO_PLAIN:
-    case QCOW2_SC_ZERO_ALLOC:
         st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        break;
+    case QCOW2_SC_ZERO_ALLOC: /* reads as zeros; where its cluster lies is told, as qemu-img map does */
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->data_file;
         break;
     default:
         st->flags = 0;

@@ -756,6 +756,27 @@ static void qcow2_info_features(Qcow2State *s, InfoList *info)
 static void qcow2_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = ((Qcow2State *)bs->opaque)->cluster_size;
+    facts->dirty = ((Qcow2State *)bs->opaque)->dirty;
+}
+
+/* What qemu-img shows of the header: version 2 images have neither the feature bits nor extended L2. */
+static const char *qcow2_get_format_specific(BlockNode *bs, InfoList *data)
+{
+    Qcow2State *s = bs->opaque;
+    info_add_str(data, "compat", "%s", s->version == 2 ? "0.10" : "1.1");
+    info_add_str(data, "compression-type", "%s", s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
+    info_add_int(data, "refcount-bits", s->refcount_bits);
+    if (s->version == 2)
+        return "qcow2";
+    info_add_bool(data, "lazy-refcounts", s->use_lazy_refcounts);
+    info_add_bool(data, "corrupt", s->corrupt);
+    info_add_bool(data, "extended-l2", s->extended_l2);
+    if (s->has_data_file) {
+        if (s->data_file_name)
+            info_add_str(data, "data-file", "%s", s->data_file_name);
+        info_add_bool(data, "data-file-raw", s->data_file_raw);
+    }
+    return "qcow2";
 }
 
 static void qcow2_get_info(BlockNode *bs, InfoList *info)
@@ -833,6 +854,7 @@ const BlockDriver bdrv_qcow2 = {
     .vmstate_read = qcow2_vmstate_read,
     .get_info = qcow2_get_info,
     .get_facts = qcow2_get_facts,
+    .get_format_specific = qcow2_get_format_specific,
     .memory_used = qcow2_memory_used,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,

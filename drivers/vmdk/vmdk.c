@@ -122,6 +122,8 @@ static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, const char *file
         error_set(err, ENOTSUP, "%s: extent \"%s\" (%s) is marked NOACCESS", file, d->name, d->type);
         return -ENOTSUP;
     }
+    memcpy(e->kind, d->type, sizeof(e->kind));
+    e->kind[sizeof(e->kind) - 1] = '\0';
     if (strcmp(d->type, "FLAT") == 0 || strcmp(d->type, "VMFS") == 0)
         e->type = EXT_FLAT;
     else if (strcmp(d->type, "SPARSE") == 0)
@@ -428,13 +430,18 @@ static const char *vmdk_extent_type_name(ExtentType t)
     return t == EXT_FLAT ? "flat" : t == EXT_SPARSE ? "sparse" : "zero";
 }
 
-/* The largest grain of the sparse extents (flat extents have no allocation unit). */
+/* The largest grain of the sparse extents (flat extents have no allocation unit). qemu-img looks through
+ * flat extents to the holes of their files: a disk of flat extents only says so. */
 static void vmdk_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     const VmdkState *s = bs->opaque;
-    for (int i = 0; i < s->n_ext; i++)
+    bool all_flat = true;
+    for (int i = 0; i < s->n_ext; i++) {
         if (s->ext[i].type == EXT_SPARSE && (int64_t)s->ext[i].grain_bytes > facts->cluster_size)
             facts->cluster_size = (int64_t)s->ext[i].grain_bytes;
+        all_flat = all_flat && s->ext[i].type != EXT_SPARSE;
+    }
+    facts->data_over_host_zero = all_flat;
 }
 
 static void vmdk_get_info(BlockNode *bs, InfoList *info)
@@ -468,6 +475,60 @@ static void vmdk_get_info(BlockNode *bs, InfoList *info)
     }
 }
 
+/* Host bytes of the image: the descriptor (or hosted sparse file) and every extent file it opened. */
+static int64_t vmdk_get_allocated_size(BlockNode *bs)
+{
+    const VmdkState *s = bs->opaque;
+    int64_t total = bdrv_get_allocated_size(bs->file);
+    for (int i = 0; i < s->n_ext && total >= 0; i++) {
+        if (!s->ext[i].owns_file)
+            continue;
+        int64_t n = bdrv_get_allocated_size(s->ext[i].file);
+        total = n < 0 ? n : total + n;
+    }
+    return total;
+}
+
+/* An extent's file as qemu-img names it: the descriptor's name joined to the directory part of the image name
+ * (nothing for a name without one), the image name itself for a hosted sparse file. */
+static void vmdk_extent_path(const BlockNode *bs, const VmdkExtent *e, char *out, size_t len)
+{
+    const char *slash = strrchr(bs->filename, '/');
+    if (!e->kind[0] || e->name[0] == '/' || !slash)
+        snprintf(out, len, "%s", e->kind[0] ? e->name : bs->filename);
+    else
+        snprintf(out, len, "%.*s/%s", (int)(slash - bs->filename), bs->filename, e->name);
+}
+
+/* What qemu-img shows of the descriptor and of each extent ("extents/I/KEY" items, see block.h). */
+static const char *vmdk_get_format_specific(BlockNode *bs, InfoList *data)
+{
+    const VmdkState *s = bs->opaque;
+    info_add_int(data, "cid", s->has_cid ? s->cid : UINT32_MAX); /* qemu's value for "none" */
+    info_add_int(data, "parent-cid", s->has_parent_cid ? s->parent_cid : UINT32_MAX);
+    info_add_str(data, "create-type", "%s", s->create_type);
+    for (int i = 0; i < s->n_ext; i++) {
+        const VmdkExtent *e = &s->ext[i];
+        char key[64], path[4096];
+        vmdk_extent_path(bs, e, path, sizeof(path));
+        snprintf(key, sizeof(key), "extents/%d/filename", i);
+        info_add_str(data, key, "%s", path);
+        snprintf(key, sizeof(key), "extents/%d/format", i);
+        info_add_str(data, key, "%s", e->kind);
+        snprintf(key, sizeof(key), "extents/%d/virtual-size", i);
+        info_add_int(data, key, (int64_t)e->bytes);
+        if (e->type == EXT_SPARSE) {
+            snprintf(key, sizeof(key), "extents/%d/cluster-size", i);
+            info_add_int(data, key, (int64_t)e->grain_bytes);
+        }
+        if (e->type == EXT_SPARSE && (e->flags & VMDK_FLAG_COMPRESSED)) {
+            snprintf(key, sizeof(key), "extents/%d/compressed", i);
+            info_add_bool(data, key, true);
+        }
+    }
+    return "vmdk";
+}
+
 static bool vmdk_has_zero_init(BlockNode *bs)
 {
     (void)bs;
@@ -489,6 +550,8 @@ const BlockDriver bdrv_vmdk = {
     .get_info = vmdk_get_info,
     .backing_attached = vmdk_backing_attached,
     .get_facts = vmdk_get_facts,
+    .get_allocated_size = vmdk_get_allocated_size,
+    .get_format_specific = vmdk_get_format_specific,
     .memory_used = vmdk_memory_used,
     .has_zero_init = vmdk_has_zero_init,
 };

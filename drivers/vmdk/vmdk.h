@@ -81,6 +81,7 @@ typedef struct GtSlot {
 typedef struct VmdkExtent {
     char *name;            /* as written in the descriptor (or the image name), for messages */
     ExtentType type;
+    char kind[16];         /* the descriptor's type word (FLAT, VMFS, SPARSE, ZERO); "" for a hosted sparse file */
     BlockNode *file;       /* the extent's protocol node; NULL for zero extents */
     bool owns_file;        /* false when it is bs->file itself */
     uint64_t start;        /* guest byte offset of its first byte */
