@@ -191,11 +191,13 @@ static const CommandHelp command_help[] = {
       "  (all the options of `imgfuse --help`)\n",
       "imgfuse mount -f qcow2 disk.qcow2 /mnt/disk" },
     { "info", "[OPTIONS] IMAGE", "Describes an image and its backing chain.",
-      "      --output=human|json  text (default) or qemu-img's JSON schema (--json: the same)\n"
+      "      --output=human|json  text (default) or qemu-img's JSON schema\n"
+      "      --json               the same as --output=json\n"
       "      --backing-chain      JSON: one object per layer, top first, as qemu-img prints\n" OPEN_OPTIONS,
       "imgfuse info --output=json --backing-dir ../base vms/top.qcow2" },
     { "map", "[OPTIONS] IMAGE", "Prints the allocation map of the chain, as qemu-img map does.",
-      "      --output=human|json  text (default) or qemu-img map's JSON, extent by extent (--json)\n"
+      "      --output=human|json  text (default) or qemu-img map's JSON, extent by extent\n"
+      "      --json               the same as --output=json\n"
       "      --backing-chain      accepted (the map always walks the whole chain)\n" OPEN_OPTIONS,
       "imgfuse map --output=json disk.qcow2" },
     { "hash", "[OPTIONS] IMAGE...", "Prints the digests of the raw view of each IMAGE, like sha256sum.",

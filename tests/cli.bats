@@ -17,7 +17,7 @@ SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
   for opt in --format --offset --size --backing --backing-format --no-backing --backing-dir \
              --unsafe-backing --data-file --l2-cache-size --rw --force-share --discard --on-read-error \
              --cache --aio --allow-other -o --foreground --debug --blkdebug --help --version \
-             "info [--json]" "map [--json]" "create -f FMT" "snapshot -l" "hash [--algo" \
+             "info [--output=json]" "map [--output=json]" "create -f FMT" "snapshot -l" "hash [--algo" \
              --pid-file "unmount [--timeout SECONDS] MOUNTPOINT"; do
     [[ "$output" == *"$opt"* ]] || { echo "missing $opt"; false; }
   done
