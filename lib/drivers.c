@@ -15,6 +15,7 @@ extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
 extern const BlockDriver bdrv_vpc;
+extern const BlockDriver bdrv_vhdx;
 extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 
@@ -26,6 +27,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qcow2,
     &bdrv_vdi,
     &bdrv_vpc,
+    &bdrv_vhdx,
     &bdrv_vmdk,
     &bdrv_qed,
     &bdrv_raw,
