@@ -211,3 +211,53 @@ EOF
   patch no.vhdx $(( md + 32 + 32 + 24 )) 00000000
   refused_open no.vhdx "the metadata has no virtual disk size item"
 }
+
+# ---------------------------------------------------------------- the log
+
+MAKE_LOG="$BATS_TEST_DIRNAME/vhdx-make-log.py"
+
+# dirty_image NAME [generator options]: NAME.vhdx with a dirty log (tests/vhdx-make-log.py) and
+# NAME.expect.raw, the guest content after its replay.
+dirty_image() {
+  local n=$1; shift
+  qemu-img create -q -f vhdx -o block_size=1M "$n.vhdx" 12M
+  fmt_io vhdx "$n.vhdx" 'write -P 0x31 0 3M' 'write -P 0x32 5M 1M' 'write -P 0x33 11534336 1000'
+  qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
+  python3 "$MAKE_LOG" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
+}
+
+@test "dirty log: a read-only mount shows the replayed disk, the file's md5 and mtime unchanged; QEMU agrees" {
+  dirty_image d --stale
+  local md5 mtime
+  md5=$(md5sum < d.vhdx); mtime=$(stat -c %Y.%y d.vhdx)
+  ! cmp -s d.before.raw d.expect.raw
+  mount_img d.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" d.expect.raw
+  grep -q "log: replayed in memory (2 entries, sequence" "$MNT/info"
+  python3 "$SEEKMAP" "$MNT/disk.raw" > seek.txt
+  unmount_img
+  [ "$(md5sum < d.vhdx)" = "$md5" ]
+  [ "$(stat -c %Y.%y d.vhdx)" = "$mtime" ]
+  # blocks 0 to 2, 5 and 11 were present: the log set block 1 to ZERO and gave block 3 a home past the old end
+  [ "$(cat seek.txt)" = "$(printf '0 1048576\n2097152 4194304\n5242880 6291456\n11534336 12582912')" ] || { cat seek.txt; false; }
+  run "$IMGFUSE" map --json d.vhdx
+  [ "$status" -eq 0 ]
+  # blocks the log wrote are read through the overlay in memory (no host offset), the others from the file
+  [[ "$output" == *'{ "start": 3145728, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true, "compressed": false},'* ]]
+  [[ "$output" == *'{ "start": 0, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true, "compressed": false},'* ]]
+  [[ "$output" == *'{ "start": 2097152, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true, "compressed": false, "offset": '* ]]
+  # QEMU replays the log of a copy when it opens it read-write: the same disk
+  cp d.vhdx q.vhdx
+  qemu-io -f vhdx -c 'read 0 512' q.vhdx >/dev/null
+  qemu-img convert -f vhdx -O raw q.vhdx q.raw
+  same_bytes q.raw d.expect.raw
+}
+
+@test "dirty log: --rw refused; no complete sequence and a file shorter than the log's flushed offset refused" {
+  dirty_image r
+  refused_open r.vhdx "VHDX is read-only in this version (mount without --rw, or use --overlay FILE)" --rw
+  dirty_image c --break-crc
+  refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries"
+  dirty_image t --flushed-past-end
+  refused_open t.vhdx "the file ($(stat -c %s t.vhdx) bytes) is shorter than the log's flushed file offset $(( $(stat -c %s t.vhdx) + 1048576 )): it was truncated"
+}
