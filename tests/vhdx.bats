@@ -261,3 +261,76 @@ dirty_image() {
   dirty_image t --flushed-past-end
   refused_open t.vhdx "the file ($(stat -c %s t.vhdx) bytes) is shorter than the log's flushed file offset $(( $(stat -c %s t.vhdx) + 1048576 )): it was truncated"
 }
+
+# ---------------------------------------------------------------- differencing disks
+
+MAKE_DIFF="$BATS_TEST_DIRNAME/vhdx-make-diff.py"
+
+# make_parent: p.vhdx (dynamic, 1 MiB blocks, 10 MiB, 0xaa but for an empty block) and p.raw.
+make_parent() {
+  qemu-img create -q -f vhdx -o block_size=1M p.vhdx 10M
+  fmt_io vhdx p.vhdx 'write -P 0xaa 0 7M' 'write -P 0xab 8M 2M'
+  qemu-img convert -f vhdx -O raw p.vhdx p.raw
+}
+
+@test "differencing: parent by relative_path; every block state, sector bitmaps; the child's sectors on top" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw
+  mount_img c.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  grep -q "backing_resolved: $TMP/p.vhdx" "$MNT/info"
+  grep -q "subformat: differencing" "$MNT/info"
+  grep -q "parent_locator: relative_path" "$MNT/info"
+  grep -q "parent_linkage: {" "$MNT/info"
+  unmount_img
+  # this layer alone: its own sectors, the parent's read as zeros
+  mount_img --no-backing c.vhdx "$MNT"
+  cmp -n 1048576 "$MNT/disk.raw" expect.raw
+  [ "$(dd if="$MNT/disk.raw" bs=512 skip=2049 count=1 status=none | od -An -tx1 | tr -d ' \n' | head -c 4)" = 0000 ]
+  [ "$(dd if="$MNT/disk.raw" bs=512 skip=2051 count=1 status=none | od -An -tx1 | tr -d ' \n' | head -c 4)" = 2222 ]
+  unmount_img
+}
+
+@test "differencing: vhdimount (libvhdi) reads the same bytes" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --plain 1
+  mkdir vm
+  vhdimount c.vhdx vm >/dev/null
+  mount_img c.vhdx "$MNT"
+  local rc=0
+  same_bytes "$MNT/disk.raw" vm/vhdi2 || rc=1
+  same_bytes "$MNT/disk.raw" expect.raw || rc=1
+  unmount_img
+  fusermount3 -u vm
+  [ $rc -eq 0 ]
+}
+
+@test "differencing: volume_path and absolute_win32_path name the parent by base name when relative_path fails" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --relative '..\gone\p.vhdx'
+  mount_img c.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  grep -q "parent_locator: volume_path" "$MNT/info"
+  unmount_img
+  python3 "$MAKE_DIFF" p.vhdx p.raw a.vhdx expect.raw --only absolute_win32_path
+  mount_img a.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  grep -q "parent_locator: absolute_win32_path" "$MNT/info"
+  grep -q "backing_resolved: $TMP/p.vhdx" "$MNT/info"
+  unmount_img
+}
+
+@test "differencing: a parent whose DataWriteGuid is not the child's parent_linkage is refused by one line" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --linkage '{01234567-89ab-cdef-0123-456789abcdef}'
+  local got
+  got=$(python3 -c "import sys; sys.path.insert(0, '$BATS_TEST_DIRNAME'); import vhdxlib as v; print(v.guid_str(v.Image('p.vhdx').data_write_guid))")
+  refused_open c.vhdx "parent $TMP/p.vhdx has DataWriteGuid $got, but this differencing disk's parent_linkage is {01234567-89ab-cdef-0123-456789abcdef}"
+  # no parent at all: refused by the backing-name policy's line
+  python3 "$MAKE_DIFF" p.vhdx p.raw o.vhdx expect.raw --only relative_path --relative 'other.vhdx'
+  run "$IMGFUSE" info o.vhdx
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: "*"other.vhdx"* ]]
+}
