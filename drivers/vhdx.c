@@ -44,6 +44,8 @@
 #define VHDX_MAX_BAT_ENTRIES (4u << 20)
 /* A log longer than this is not scanned (a clean image's log is never read at all). */
 #define VHDX_MAX_LOG_BYTES (256 * MiB)
+/* The longest log entry read (an entry is read whole to check its CRC); longer ones are not valid here. */
+#define VHDX_MAX_LOG_ENTRY_BYTES (16 * MiB)
 /* Bytes of log entries checksummed while looking for the active sequence: overlapping entries cost more. */
 #define VHDX_LOG_SCAN_FACTOR 4
 /* Data sectors and zero ranges the replay overlay may hold. */
@@ -124,6 +126,7 @@ typedef struct VhdxState {
     /* the replayed log (read-only overlay; empty when the log was clean) */
     OverlayRec *overlay;
     size_t n_overlay;
+    uint64_t overlay_lo, overlay_hi; /* the file range the pieces lie in: reads outside it skip the list */
     uint64_t overlay_bytes;
     uint64_t log_entries, log_seq_first, log_seq_last;
 
@@ -220,6 +223,8 @@ static bool utf16le_to_utf8(const uint8_t *in, size_t nbytes, bool windows_path,
 /* Does [off, off + len) of the file touch a piece of the replayed log? */
 static bool overlay_touches(const VhdxState *s, uint64_t off, uint64_t len)
 {
+    if (!s->n_overlay || !ranges_overlap(off, len, s->overlay_lo, s->overlay_hi - s->overlay_lo))
+        return false;
     for (size_t i = 0; i < s->n_overlay; i++)
         if (ranges_overlap(off, len, s->overlay[i].off, s->overlay[i].len))
             return true;
@@ -234,7 +239,7 @@ static int vhdx_file_read(BlockNode *bs, uint64_t off, uint64_t len, void *buf)
     if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off)
         return -EIO;
     int r = bdrv_pread(bs->file, (int64_t)off, (int64_t)len, buf);
-    if (r < 0)
+    if (r < 0 || !overlay_touches(s, off, len))
         return r;
     for (size_t i = 0; i < s->n_overlay; i++) {
         const OverlayRec *o = &s->overlay[i];
@@ -395,6 +400,7 @@ static int log_entry_at(BlockNode *bs, VhdxState *s, LogScan *ls, uint64_t pos, 
     uint32_t length = ld_le32(h + LE_LENGTH), tail = ld_le32(h + LE_TAIL), count = ld_le32(h + LE_DESC_COUNT);
     uint64_t seq = ld_le64(h + LE_SEQ);
     if (memcmp(h, "loge", 4) != 0 || !length || length % VHDX_LOG_SECTOR || length > s->log_length ||
+        length > VHDX_MAX_LOG_ENTRY_BYTES ||
         tail % VHDX_LOG_SECTOR || tail >= s->log_length || seq == 0 ||
         memcmp(h + LE_LOG_GUID, s->header + HD_LOG_GUID, 16) != 0 ||
         desc_sectors(count) * VHDX_LOG_SECTOR > length)
@@ -474,6 +480,8 @@ static int overlay_add(VhdxState *s, uint64_t off, uint64_t len, const uint8_t *
         memcpy(copy, data, len);
         s->overlay_bytes += len;
     }
+    s->overlay_lo = s->n_overlay ? MIN(s->overlay_lo, off) : off;
+    s->overlay_hi = s->n_overlay ? MAX(s->overlay_hi, off + len) : off + len;
     s->overlay[s->n_overlay++] = (OverlayRec){ .off = off, .len = len, .data = copy };
     return 0;
 }
@@ -544,7 +552,8 @@ static int vhdx_open_log(BlockNode *bs, VhdxState *s, Error *err)
                   s->log_length ? "more than this driver scans (256 MiB)" : "zero");
         return -EINVAL;
     }
-    LogScan ls = { .budget = (uint64_t)VHDX_LOG_SCAN_FACTOR * s->log_length, .buf = malloc(s->log_length) };
+    LogScan ls = { .budget = (uint64_t)VHDX_LOG_SCAN_FACTOR * s->log_length,
+                   .buf = malloc(MIN(s->log_length, (uint32_t)VHDX_MAX_LOG_ENTRY_BYTES)) };
     if (!ls.buf) {
         error_set(err, ENOMEM, "out of memory for the log");
         return -ENOMEM;
