@@ -517,15 +517,19 @@ static int log_apply_entry(VhdxState *s, const uint8_t *buf, uint64_t *end)
     return 0;
 }
 
+/* Replays the n entries of the active sequence from first on, each read and checked again (the file may
+ * have changed since the scan) before its descriptors are applied. */
 static int log_replay(BlockNode *bs, VhdxState *s, LogScan *ls, const LogEntry *first, uint64_t n, Error *err)
 {
     uint64_t pos = first->pos, end = (uint64_t)s->file_size;
+    LogScan again = { .budget = UINT64_MAX, .buf = ls->buf };
     for (uint64_t i = 0; i < n; i++) {
-        int r = log_read(bs, s, pos, VHDX_LOG_SECTOR, ls->buf);
-        uint32_t length = ld_le32(ls->buf + LE_LENGTH);
-        if (r == 0)
-            r = log_read(bs, s, pos, length, ls->buf);
-        if (r == 0)
+        LogEntry e = { 0 };
+        int r = log_entry_at(bs, s, &again, pos, &e);
+        uint32_t length = e.length;
+        if (r == 0 || (r == 1 && e.seq != first->seq + i))
+            r = -EIO;
+        if (r == 1)
             r = log_apply_entry(s, ls->buf, &end);
         if (r == -E2BIG) {
             error_set(err, EFBIG, "replaying the log needs more than %lld MiB or %d pieces in memory",
@@ -907,8 +911,10 @@ static void bat_validate(VhdxState *s)
         bool ok = st != PAYLOAD_BAD;
         if (st == PAYLOAD_FULLY_PRESENT || st == PAYLOAD_PARTIALLY_PRESENT)
             ok = entry_usable(s, *e, s->block_size);
-        if (ok && st == PAYLOAD_PARTIALLY_PRESENT) {
-            uint64_t c = b / s->chunk_ratio, sb = s->bat[c * (s->chunk_ratio + 1) + s->chunk_ratio];
+        if (ok && st == PAYLOAD_PARTIALLY_PRESENT) { /* only a differencing disk's BAT has bitmap entries for all */
+            uint64_t c = b / s->chunk_ratio, sb = 0;
+            if (s->has_parent)
+                sb = s->bat[c * (s->chunk_ratio + 1) + s->chunk_ratio];
             ok = s->has_parent && BAT_STATE(sb) == SB_PRESENT && entry_usable(s, sb, VHDX_SECTOR_BITMAP_BYTES);
         }
         if (!ok) {
