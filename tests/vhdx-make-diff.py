@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: MIT
 """vhdx-make-diff.py PARENT PARENT_RAW CHILD EXPECT [--linkage GUID] [--relative PATH] [--only KEY] [--plain 1]
 
-Writes CHILD, a differencing VHDX over PARENT (any VHDX with 512-byte logical sectors and a size of at
-least 8 MiB), from Microsoft's VHDX specification (qemu-img cannot make one): 1 MiB blocks, an empty log,
+Writes CHILD, a differencing VHDX over PARENT (any VHDX of at least 8 MiB; the child takes its logical
+sector size, 512 or 4096 bytes: sector numbers below are in those units), from Microsoft's VHDX specification (qemu-img cannot make one): 1 MiB blocks, an empty log,
 the BAT with its sector-bitmap entry after every chunk of payload entries, and blocks in every state:
   block 0 fully present (0x11), block 1 partially present (sector 0: 0x21, sectors 3-10: 0x22, the last
   sector: 0x23), block 2 ZERO, block 3 not present (the parent's), block 4 partially present (sectors
@@ -22,7 +22,7 @@ import vhdxlib as v  # noqa: E402
 
 MiB = v.MiB
 BLOCK = MiB
-SECTOR = 512
+SECTOR = 512  # the parent's logical sector size, set in main
 LOG_OFF, BAT_OFF, MD_OFF, BITMAP_OFF, DATA_OFF = 1 * MiB, 2 * MiB, 3 * MiB, 4 * MiB, 5 * MiB
 
 
@@ -88,7 +88,9 @@ def main():
             args.append(a)
     parent_path, parent_raw, child_path, expect_path = args
     parent = v.Image(parent_path)
-    assert parent.logical == SECTOR and parent.size >= 8 * MiB
+    global SECTOR
+    SECTOR = parent.logical
+    assert parent.size >= 8 * MiB
     size = parent.size
     name = os.path.basename(parent_path)
     paths = [("relative_path", opts.get("relative", ".\\" + name)),

@@ -334,3 +334,32 @@ make_parent() {
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: "*"other.vhdx"* ]]
 }
+
+# set_logical IMAGE BYTES: rewrite the logical sector size item of a qemu-img-made VHDX (qemu-img always
+# writes 512; its items sit at 64 KiB into the metadata region at 3 MiB, the logical sector size fourth).
+set_logical() {
+  patch_le "$1" $(( (3 << 20) + 65536 + 32 )) 4 "$2"
+}
+
+@test "4096-byte logical sectors: a dynamic disk, and a differencing one (chunk ratio and sector bitmaps in 4 KiB units)" {
+  qemu-img create -q -f vhdx -o block_size=1M p.vhdx 10M
+  fmt_io vhdx p.vhdx 'write -P 0xaa 0 7M' 'write -P 0xab 8M 2M'
+  qemu-img convert -f vhdx -O raw p.vhdx p.raw
+  set_logical p.vhdx 4096
+  run "$IMGFUSE" info p.vhdx
+  [[ "$output" == *"logical_sector_size: 4096"* ]]
+  mount_img p.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" p.raw
+  unmount_img
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw
+  mount_img c.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  unmount_img
+  # block 1 holds logical sectors 0, 3-10 and 255 of 4 KiB: bytes 4096-12287 of it are the parent's
+  [ "$(python3 -c "
+d = open('expect.raw', 'rb').read(); p = open('p.raw', 'rb').read(); M = 1 << 20
+print(d[M + 4096:M + 12288] == p[M + 4096:M + 12288], d[M + 12288] == 0x22, d[M + 11 * 4096 - 1] == 0x22, d[2 * M - 1] == 0x23)")" = "True True True True" ]
+  # a child whose logical sector size is not the parent's is refused
+  set_logical p.vhdx 512
+  refused_open c.vhdx "has 512-byte logical sectors, this differencing disk 4096"
+}
