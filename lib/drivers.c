@@ -16,6 +16,7 @@ extern const BlockDriver bdrv_raw;
 extern const BlockDriver bdrv_qcow2;
 extern const BlockDriver bdrv_vdi;
 extern const BlockDriver bdrv_vpc;
+extern const BlockDriver bdrv_vhdx;
 extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 
@@ -27,6 +28,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qcow2,
     &bdrv_vdi,
     &bdrv_vpc,
+    &bdrv_vhdx,
     &bdrv_vmdk,
     &bdrv_qed,
     &bdrv_raw,

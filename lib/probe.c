@@ -46,7 +46,7 @@ static const KnownFormat known_formats[] = {
     { "VMDK seSparse extent", NULL, AT_START, 0, M("\xbe\xba\xfe\xca"), -1, false },
     { "dynamic VHD image", "vpc", AT_START, 0, M("conectix"), -1, false },
     { "VDI image", "vdi", AT_START, 0x40, M("\x7f\x10\xda\xbe"), -1, false },
-    { "VHDX image", NULL, AT_START, 0, M("vhdxfile"), -1, false },
+    { "VHDX image", "vhdx", AT_START, 0, M("vhdxfile"), -1, false },
     { "Parallels image", NULL, AT_START, 0, M("WithoutFreeSpace"), -1, false },
     { "Parallels image", NULL, AT_START, 0, M("WithouFreSpacExt"), -1, false },
     { "Bochs image", NULL, AT_START, 0, M("Bochs Virtual HD Image"), -1, false },

@@ -143,3 +143,21 @@ refused() {
 import sys; sys.stdout.buffer.write(bytes(((i * 131 + 17 + (i >> 9)) & 0xFF) for i in range(65536)))")
   unmount_img
 }
+
+@test "VHDX: a BAT over the memory budget, a region outside the file and log bombs are refused by name or read within budget" {
+  refused "$(ls "$HOSTILE"/vhdx-*-huge-bat-64t.img)" -f vhdx
+  [[ "$output" == *"the BAT would need 67125247 entries, more than the 4194304 this driver holds in memory" ]]
+  refused "$(ls "$HOSTILE"/vhdx-*-rt-bat-past-end.img)" -f vhdx
+  [[ "$output" == *"BAT region (offset 1099511627776, 1048576 bytes) is not 1 MiB aligned, lies outside the file"* ]]
+  refused "$(ls "$HOSTILE"/vhdx-*-log-bomb-75k-zero-pieces.img)" -f vhdx
+  [[ "$output" == *"replaying the log needs more than 64 MiB or 65536 pieces in memory" ]]
+  refused "$(ls "$HOSTILE"/vhdx-*-log-count-huge.img)" -f vhdx
+  [[ "$output" == *"the header names a log (LogGuid set) but the log holds no valid sequence of entries" ]]
+  # 32256 zero pieces replayed, a BAT just under the cap (32 MiB), overlapping log entries: each mounts and
+  # reads to the end (SEEK_DATA-guided for the 4 TiB disk) under 64 MiB of resident memory
+  run python3 "$READ_ALL" --small-rss-mb 64 --rss-mb 64 "$HOSTILE"/vhdx-*-log-bomb-32k-zero-pieces.img \
+    "$HOSTILE"/vhdx-*-big-bat-near-cap.img "$HOSTILE"/vhdx-*-log-overlapping-entries.img
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "${lines[-1]}" == "read-all-hostile: 3 images: 3 mounted and read, 0 refused with one line, 0 failed"* ]]
+}

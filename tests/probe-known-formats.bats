@@ -1,10 +1,11 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
+# probe-known-formats.bats - a file in a known format without a driver (qcow v1, Parallels, Bochs,
 # cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
-# GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it.
+# GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it. VHDX, refused
+# here until it had a driver, now probes as vhdx (top image and backing file) and -f raw names it.
 
 load helpers
 
@@ -41,7 +42,6 @@ make_luks() {
 # make_all: one file per known format without a driver, name -> description in KNOWN.
 make_all() {
   declare -gA KNOWN
-  qemu-img create -q -f vhdx x.vhdx 4M
   qemu-img create -q -f parallels p.hdd 4M
   qemu-img create -q -f qcow q1.qcow 4M
   make_luks l.luks
@@ -56,7 +56,7 @@ make_all() {
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
   magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
-  KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
+  KNOWN=([p.hdd]="Parallels image" [old.hdd]="Parallels image"
          [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
          [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
@@ -94,25 +94,25 @@ refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to 
     [ "$status" -eq 0 ]
   done
   # --rw with -f raw: the container's bytes are writable when asked for
-  cp x.vhdx w.vhdx
-  mount_img --rw -f raw w.vhdx "$MNT"
+  cp p.hdd w.hdd
+  mount_img --rw -f raw w.hdd "$MNT"
   printf 'changed!' | dd of="$MNT/disk.raw" bs=1 seek=0 conv=notrunc status=none
   unmount_img
-  [ "$(head -c 8 w.vhdx)" = "changed!" ]
+  [ "$(head -c 8 w.hdd)" = "changed!" ]
 }
 
 @test "a known format without a driver is refused as a backing file (probed) and as an --overlay base" {
-  qemu-img create -q -f vhdx base.vhdx 4M
+  qemu-img create -q -f parallels base.hdd 4M
   # qed stores no backing format: the backing file is probed
-  qemu-img create -q -f qed -b base.vhdx -F vhdx top.qed 4M
+  qemu-img create -q -f qed -b base.hdd -F parallels top.qed 4M
   run timeout 30 "$IMGFUSE" --foreground top.qed "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.vhdx" "VHDX image")" ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.hdd" "Parallels image")" ]
   not_mounted "$MNT"
   # a qcow2 whose backing-format extension is gone (renamed to an unknown extension): probed too
-  qemu-img create -q -f qcow2 -b base.vhdx -F raw top.qcow2 4M
+  qemu-img create -q -f qcow2 -b base.hdd -F raw top.qcow2 4M
   python3 - <<'EOF'
 d = bytearray(open("top.qcow2", "rb").read())
 i = d.index(bytes.fromhex("e2792aca"), 72, 4096)
@@ -122,9 +122,9 @@ EOF
   run "$IMGFUSE" info top.qcow2
   echo "$output"
   [ "$status" -eq 2 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.vhdx" "VHDX image")" ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.hdd" "Parallels image")" ]
   # the backing file declared raw is read raw, as declared (never probed)
-  qemu-img create -q -f qcow2 -b base.vhdx -F raw declared.qcow2 4M
+  qemu-img create -q -f qcow2 -b base.hdd -F raw declared.qcow2 4M
   run "$IMGFUSE" info declared.qcow2
   [ "$status" -eq 0 ]
   # --overlay over a LUKS container: refused, no overlay made
@@ -187,4 +187,27 @@ EOF
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: q4.img: "*"version 4"* ]]
+}
+
+@test "VHDX has a driver now: probed as vhdx (top image and backing file), and -f raw names it" {
+  qemu-img create -q -f vhdx x.vhdx 4M
+  qemu-io -f vhdx -c 'write -P 0x42 1000 3000' x.vhdx >/dev/null
+  qemu-img convert -f vhdx -O raw x.vhdx x.raw
+  for cmd in info map; do
+    run "$IMGFUSE" $cmd x.vhdx
+    [ "$status" -eq 0 ]
+  done
+  mount_img x.vhdx "$MNT"
+  grep -q "^  format: vhdx$" "$MNT/info"
+  same_bytes "$MNT/disk.raw" x.raw
+  unmount_img
+  # qed stores no backing format: the VHDX backing file is probed
+  qemu-img create -q -f qed -b x.vhdx -F vhdx top.qed 4M
+  mount_img top.qed "$MNT"
+  same_bytes "$MNT/disk.raw" x.raw
+  unmount_img
+  mount_img -f raw x.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" x.vhdx
+  grep -qF "  looks_like: VHDX image (read it with -f vhdx)" "$MNT/info"
+  unmount_img
 }
