@@ -33,7 +33,7 @@ void block_open_opts_init(BlockOpenOpts *o)
 /*
  * The one rule for where the file name enters an open error: the line starts with the name of the file
  * being opened (bs->filename), exactly once, and the core puts it there. A driver writes the reason; a
- * message that already starts with "bs->filename:" (drivers that name it in each message) is kept as is;
+ * message that already starts with "bs->filename:" (raw, window, memory and file still name it) is kept;
  * one about another file (an extent, a rules file) follows the image's name. No message: what and
  * strerror.
  */
