@@ -375,6 +375,9 @@ int bdrv_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus 
 /* Status through the chain: descends into backing for unallocated ranges; st->depth says which layer
  * decided. A range unallocated everywhere is reported as ZERO without DATA and without ALLOCATED. */
 int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+/* A block_status slot for a layer whose guest bytes are bs->file's at the same offset (raw, fixed vpc):
+ * bs->file's status, as this layer's own host bytes. */
+int bdrv_block_status_same_offset(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
 /* Number of layers in the chain from bs down. */
 int bdrv_chain_length(BlockNode *bs);
