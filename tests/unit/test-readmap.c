@@ -1,10 +1,11 @@
 /*
- * test-readmap.c - bdrv_read_mapped, the core helper through which vdi, qed, vpc and vmdk read (a
+ * test-readmap.c - bdrv_read_mapped, the core helper through which qcow2, vdi, qed, vpc and vmdk read (a
  * driver's map of runs: host bytes, zeros, the backing node, or pieces only the driver decodes), and
  * bdrv_run_kind, the one interpretation of a run that it shares with bdrv_map_extents (zero-copy
  * reads). A scripted driver over memory nodes checks every kind of run, a decoder, a missing decoder, a
- * failing map and a map that answers for nothing; images made by qemu-img (vdi, qed over a backing file,
- * dynamic vpc, sparse, stream-optimized and delta vmdk) check that bdrv_pread returns
+ * failing map and a map that answers for nothing, batched host runs and a driver-named backing node;
+ * images made by qemu-img (qcow2 over a backing file with and without subclusters, compressed qcow2, vdi,
+ * qed over a backing file, dynamic vpc, sparse, stream-optimized and delta vmdk) check that bdrv_pread returns
  * qemu-img convert's bytes and that every range bdrv_map_extents hands out reads as bdrv_pread does.
  */
 #include "block.h"
@@ -309,7 +310,17 @@ static void test_images(void)
        "made a sparse vmdk and a delta over it");
     check_image("m.vmdk", "vmdk");
     check_image("md.vmdk", "vmdk");
+    ok(sh("qemu-img create -q -f qcow2 -b qb.qed -F qed c.qcow2 5M && qemu-io -f qcow2 " PATTERN " c.qcow2 && "
+          "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b qb.qed -F qed x.qcow2 5M && "
+          "qemu-io -f qcow2 " PATTERN " -c 'write -P 0x3d 2052k 4k' x.qcow2") == 0,
+       "made qcow2 images over a backing file, one with subclusters");
+    check_image("c.qcow2", "qcow2");
+    check_image("x.qcow2", "qcow2");
     int mapped;
+    ok(sh("qemu-img convert -c -f qcow2 -O qcow2 -o cluster_size=64k c.qcow2 z.qcow2 && "
+          "qemu-img convert -f qcow2 -O raw z.qcow2 z.qcow2.want") == 0, "made a compressed qcow2");
+    ok(reads_agree("z.qcow2", "z.qcow2.want", &mapped), "z.qcow2: compressed clusters decode to qemu-img's bytes");
+    ok(mapped > 0, "z.qcow2: pieces without a compressed cluster are handed out for splicing (%d)", mapped);
     ok(sh("qemu-img convert -f vmdk -O vmdk -o subformat=streamOptimized m.vmdk s.vmdk && "
           "qemu-img convert -f vmdk -O raw s.vmdk s.vmdk.want") == 0, "made a stream-optimized vmdk");
     ok(reads_agree("s.vmdk", "s.vmdk.want", &mapped), "s.vmdk: compressed grains decode to qemu-img's bytes");
