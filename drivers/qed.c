@@ -120,18 +120,18 @@ static int qed_probe(const uint8_t *buf, size_t len, const char *filename)
 static int qed_check_sizes(QedState *s, Error *err)
 {
     if (!is_pow2(s->cluster_size) || s->cluster_size < QED_MIN_CLUSTER || s->cluster_size > QED_MAX_CLUSTER) {
-        error_set(err, EINVAL, "%s: cluster size %" PRIu32 " is not a power of two from 4 KiB to 64 MiB", s->name,
+        error_set(err, EINVAL, "cluster size %" PRIu32 " is not a power of two from 4 KiB to 64 MiB",
                   s->cluster_size);
         return -EINVAL;
     }
     s->cluster_bits = (uint32_t)__builtin_ctz(s->cluster_size);
     if (!is_pow2(s->table_size) || s->table_size > QED_MAX_TABLE) {
-        error_set(err, EINVAL, "%s: table size %" PRIu32 " is not a power of two from 1 to 16 clusters", s->name,
+        error_set(err, EINVAL, "table size %" PRIu32 " is not a power of two from 1 to 16 clusters",
                   s->table_size);
         return -EINVAL;
     }
     if (s->header_size == 0 || (uint64_t)s->header_size * s->cluster_size > QED_MAX_HEADER_BYTES) {
-        error_set(err, EINVAL, "%s: header size of %" PRIu32 " clusters is out of range", s->name, s->header_size);
+        error_set(err, EINVAL, "header size of %" PRIu32 " clusters is out of range", s->header_size);
         return -EINVAL;
     }
     s->data_start = (uint64_t)s->header_size * s->cluster_size;
@@ -142,8 +142,8 @@ static int qed_check_sizes(QedState *s, Error *err)
     if (!mul_ok_u64(per_l1, s->table_entries, &max_size))
         max_size = UINT64_MAX;
     if (s->image_size % 512 || s->image_size > max_size || s->image_size > QED_MAX_IMAGE_SIZE) {
-        error_set(err, EINVAL, "%s: image size %" PRIu64 " is not a multiple of 512 or larger than the tables "
-                  "can address (or than 1 PiB)", s->name, s->image_size);
+        error_set(err, EINVAL, "image size %" PRIu64 " is not a multiple of 512 or larger than the tables "
+                  "can address (or than 1 PiB)", s->image_size);
         return -EINVAL;
     }
     s->l1_used = (s->image_size + per_l1 - 1) / per_l1;
@@ -153,17 +153,17 @@ static int qed_check_sizes(QedState *s, Error *err)
 static int qed_check_layout(QedState *s, uint64_t file_size, Error *err)
 {
     if (s->features & ~QED_F_KNOWN) {
-        error_set(err, ENOTSUP, "%s: unknown incompatible QED feature bits 0x%" PRIx64 " (known: backing_file, "
-                  "need_check, backing_format_no_probe)", s->name, s->features & ~QED_F_KNOWN);
+        error_set(err, ENOTSUP, "unknown incompatible QED feature bits 0x%" PRIx64 " (known: backing_file, "
+                  "need_check, backing_format_no_probe)", s->features & ~QED_F_KNOWN);
         return -ENOTSUP;
     }
     if (s->l1_offset % s->cluster_size || s->l1_offset < s->data_start) {
-        error_set(err, EINVAL, "%s: L1 table offset 0x%" PRIx64 " is not cluster aligned or lies in the header",
-                  s->name, s->l1_offset);
+        error_set(err, EINVAL, "L1 table offset 0x%" PRIx64 " is not cluster aligned or lies in the header",
+                  s->l1_offset);
         return -EINVAL;
     }
     if (s->l1_offset > file_size || file_size - s->l1_offset < s->table_bytes) {
-        error_set(err, EINVAL, "%s: L1 table extends past the end of the file", s->name);
+        error_set(err, EINVAL, "L1 table extends past the end of the file");
         return -EINVAL;
     }
     return 0;
@@ -176,26 +176,26 @@ static int qed_read_backing_name(QedState *s, const uint8_t *h, BlockNode *bs, E
     uint32_t off = ld_le32(h + QED_OFF_BACKING_OFFSET), size = ld_le32(h + QED_OFF_BACKING_SIZE);
     if (size == 0 || size > QED_MAX_BACKING_NAME || off < QED_HEADER_BYTES ||
         (uint64_t)off + size > s->data_start) {
-        error_set(err, EINVAL, "%s: backing file name (offset %" PRIu32 ", %" PRIu32 " bytes) lies outside the "
-                  "header or is longer than %d bytes", s->name, off, size, QED_MAX_BACKING_NAME);
+        error_set(err, EINVAL, "backing file name (offset %" PRIu32 ", %" PRIu32 " bytes) lies outside the "
+                  "header or is longer than %d bytes", off, size, QED_MAX_BACKING_NAME);
         return -EINVAL;
     }
     char name[QED_MAX_BACKING_NAME + 1];
     int ret = bdrv_pread(s->file, off, size, name);
     if (ret < 0) {
-        error_set(err, -ret, "%s: cannot read the backing file name: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot read the backing file name: %s", strerror(-ret));
         return ret;
     }
     name[size] = '\0';
     if (strlen(name) != size) {
-        error_set(err, EINVAL, "%s: backing file name contains a NUL byte", s->name);
+        error_set(err, EINVAL, "backing file name contains a NUL byte");
         return -EINVAL;
     }
     bs->backing_name = strdup(name);
     if (s->features & QED_F_BACKING_FORMAT_NO_PROBE)
         bs->backing_format_hint = strdup("raw");
     if (!bs->backing_name || ((s->features & QED_F_BACKING_FORMAT_NO_PROBE) && !bs->backing_format_hint)) {
-        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     return 0;
@@ -205,16 +205,16 @@ static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error
 {
     uint8_t h[QED_HEADER_BYTES];
     if (file_size < QED_HEADER_BYTES) {
-        error_set(err, EINVAL, "%s: file too short for a QED header (%" PRIu64 " bytes)", s->name, file_size);
+        error_set(err, EINVAL, "file too short for a QED header (%" PRIu64 " bytes)", file_size);
         return -EINVAL;
     }
     int ret = bdrv_pread(s->file, 0, sizeof(h), h);
     if (ret < 0) {
-        error_set(err, -ret, "%s: cannot read the QED header: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot read the QED header: %s", strerror(-ret));
         return ret;
     }
     if (ld_le32(h + QED_OFF_MAGIC) != QED_MAGIC) {
-        error_set(err, EINVAL, "%s: not a QED image (bad magic)", s->name);
+        error_set(err, EINVAL, "not a QED image (bad magic)");
         return -EINVAL;
     }
     s->cluster_size = ld_le32(h + QED_OFF_CLUSTER_SIZE);
@@ -250,12 +250,12 @@ static int qed_load_l1(QedState *s, Error *err)
 {
     s->l1 = calloc(MAX(s->l1_used, (uint64_t)1), sizeof(uint64_t));
     if (!s->l1) {
-        error_set(err, ENOMEM, "%s: out of memory for an L1 table of %" PRIu64 " entries", s->name, s->l1_used);
+        error_set(err, ENOMEM, "out of memory for an L1 table of %" PRIu64 " entries", s->l1_used);
         return -ENOMEM;
     }
     int ret = s->l1_used ? bdrv_pread(s->file, (int64_t)s->l1_offset, (int64_t)(s->l1_used * 8), s->l1) : 0;
     if (ret < 0) {
-        error_set(err, -ret, "%s: cannot read the L1 table: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot read the L1 table: %s", strerror(-ret));
         return ret;
     }
     for (uint64_t i = 0; i < s->l1_used; i++)
@@ -270,7 +270,7 @@ static int qed_init_cache(QedState *s, Error *err)
     s->n_slices = (int)MIN((uint64_t)QED_CACHE_MAX_SLICES, QED_CACHE_BYTES / s->slice_bytes);
     s->slices = calloc((size_t)s->n_slices, sizeof(QedSlice));
     if (!s->slices) {
-        error_set(err, ENOMEM, "%s: out of memory for the L2 cache", s->name);
+        error_set(err, ENOMEM, "out of memory for the L2 cache");
         return -ENOMEM;
     }
     return 0;
@@ -672,25 +672,25 @@ static int qed_check(BlockNode *bs, InfoList *report)
 static int qed_open_writable(QedState *s, Error *err)
 {
     if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
-        error_set(err, ENOTSUP, "%s: tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
-                  "the image can only be opened read-only", s->name, s->table_bytes >> 20,
+        error_set(err, ENOTSUP, "tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
+                  "the image can only be opened read-only", s->table_bytes >> 20,
                   QED_MAX_WRITABLE_TABLE >> 20);
         return -ENOTSUP;
     }
     QedCheck c;
     int ret = qed_check_tables(s, &c);
     if (ret < 0) {
-        error_set(err, -ret, "%s: consistency check failed: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "consistency check failed: %s", strerror(-ret));
         return ret;
     }
     if (ret > 0) {
-        error_set(err, EINVAL, "%s: %s (%d problem%s); the image can only be opened read-only", s->name, c.first,
+        error_set(err, EINVAL, "%s (%d problem%s); the image can only be opened read-only", c.first,
                   ret, ret == 1 ? "" : "s");
         return -EINVAL;
     }
     s->cow_buf = malloc(s->cluster_size);
     if (!s->cow_buf) {
-        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     if (s->features & QED_F_NEED_CHECK) {
@@ -698,7 +698,7 @@ static int qed_open_writable(QedState *s, Error *err)
         if (ret == 0)
             ret = bdrv_flush(s->file);
         if (ret < 0) {
-            error_set(err, -ret, "%s: cannot clear the needs-check flag: %s", s->name, strerror(-ret));
+            error_set(err, -ret, "cannot clear the needs-check flag: %s", strerror(-ret));
             return ret;
         }
         log_msg("%s: the image was marked as needing a consistency check; it passed and the mark is cleared", s->name);
@@ -742,7 +742,7 @@ static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     int64_t file_size = bdrv_getlength(bs->file);
     int ret = (int)MIN(file_size, 0);
     if (ret < 0)
-        error_set(err, -ret, "%s: cannot get the file size: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = qed_read_header(s, bs, (uint64_t)file_size, err);

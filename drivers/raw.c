@@ -100,17 +100,6 @@ static int raw_discard(BlockNode *bs, int64_t offset, int64_t bytes)
     return bdrv_discard(bs->file, offset, bytes);
 }
 
-static int raw_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    int r = bdrv_block_status(bs->file, offset, bytes, st);
-    if (r < 0)
-        return r;
-    st->flags |= BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-    st->host_offset = offset;
-    st->host_file = bs->file;
-    return 0;
-}
-
 static int raw_truncate(BlockNode *bs, int64_t size)
 {
     return bdrv_truncate(bs->file, size);
@@ -149,7 +138,7 @@ const BlockDriver bdrv_raw = {
     .write = raw_write,
     .write_zeroes = raw_write_zeroes,
     .discard = raw_discard,
-    .block_status = raw_block_status,
+    .block_status = bdrv_block_status_same_offset,
     .getlength = raw_getlength,
     .get_allocated_size = raw_get_allocated_size,
     .truncate = raw_truncate,

@@ -169,35 +169,35 @@ static void vdi_parse_fields(VdiState *s, const uint8_t *h)
 static int vdi_check_identity(VdiState *s, const uint8_t *h, int64_t file_size, Error *err)
 {
     if (file_size < VDI_HEADER_OFFSET + VDI_HEADER_MIN_SIZE) {
-        error_set(err, EINVAL, "%s: file too short for a VDI header (%" PRId64 " bytes)", s->name, file_size);
+        error_set(err, EINVAL, "file too short for a VDI header (%" PRId64 " bytes)", file_size);
         return -EINVAL;
     }
     if (ld_le32(h + VDI_SIGNATURE_OFFSET) != VDI_SIGNATURE) {
-        error_set(err, EINVAL, "%s: not a VDI image (bad signature 0x%08" PRIx32 ")", s->name,
+        error_set(err, EINVAL, "not a VDI image (bad signature 0x%08" PRIx32 ")",
                   ld_le32(h + VDI_SIGNATURE_OFFSET));
         return -EINVAL;
     }
     uint32_t version = ld_le32(h + VDI_VERSION_OFFSET);
     if (version != VDI_VERSION_1_1) {
-        error_set(err, ENOTSUP, "%s: unsupported VDI version %" PRIu32 ".%" PRIu32 " (only 1.1 is supported)",
-                  s->name, version >> 16, version & 0xffff);
+        error_set(err, ENOTSUP, "unsupported VDI version %" PRIu32 ".%" PRIu32 " (only 1.1 is supported)",
+                  version >> 16, version & 0xffff);
         return -ENOTSUP;
     }
     if (s->header_size < VDI_HEADER_MIN_SIZE) {
-        error_set(err, EINVAL, "%s: VDI header size %" PRIu32 " is smaller than the %d bytes of version 1.1",
-                  s->name, s->header_size, VDI_HEADER_MIN_SIZE);
+        error_set(err, EINVAL, "VDI header size %" PRIu32 " is smaller than the %d bytes of version 1.1",
+                  s->header_size, VDI_HEADER_MIN_SIZE);
         return -EINVAL;
     }
     /* Undo and differencing images need their parent image for the blocks they do not hold; following a
      * parent by UUID (and refusing mismatched ones) would be a later step, through the backing chain. */
     if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC) {
-        error_set(err, ENOTSUP, "%s: unsupported VDI image type %" PRIu32 " (%s); only dynamic and static images "
-                  "are supported", s->name, s->image_type, vdi_type_name(s->image_type));
+        error_set(err, ENOTSUP, "unsupported VDI image type %" PRIu32 " (%s); only dynamic and static images "
+                  "are supported", s->image_type, vdi_type_name(s->image_type));
         return -ENOTSUP;
     }
     if (!vdi_uuid_is_null(s->uuid_link) || !vdi_uuid_is_null(s->uuid_parent)) {
-        error_set(err, ENOTSUP, "%s: the VDI image names a parent image (link or parent UUID set); "
-                  "differencing chains are not supported", s->name);
+        error_set(err, ENOTSUP, "the VDI image names a parent image (link or parent UUID set); "
+                  "differencing chains are not supported");
         return -ENOTSUP;
     }
     return 0;
@@ -209,33 +209,33 @@ static int vdi_check_geometry(VdiState *s, const uint8_t *h, Error *err)
     uint32_t sector_size = ld_le32(h + VDI_OFF_SECTOR_SIZE);
     uint32_t block_extra = ld_le32(h + VDI_OFF_BLOCK_EXTRA);
     if (sector_size != VDI_SECTOR_SIZE) {
-        error_set(err, ENOTSUP, "%s: unsupported VDI sector size %" PRIu32 " (only 512)", s->name, sector_size);
+        error_set(err, ENOTSUP, "unsupported VDI sector size %" PRIu32 " (only 512)", sector_size);
         return -ENOTSUP;
     }
     if (s->block_size != VDI_BLOCK_SIZE) {
-        error_set(err, ENOTSUP, "%s: unsupported VDI block size %" PRIu32 " (only 1 MiB, the size VirtualBox uses)",
-                  s->name, s->block_size);
+        error_set(err, ENOTSUP, "unsupported VDI block size %" PRIu32 " (only 1 MiB, the size VirtualBox uses)",
+                  s->block_size);
         return -ENOTSUP;
     }
     s->block_shift = 20;
     if (block_extra != 0) {
-        error_set(err, ENOTSUP, "%s: VDI blocks with %" PRIu32 " bytes of extra data are not supported", s->name,
+        error_set(err, ENOTSUP, "VDI blocks with %" PRIu32 " bytes of extra data are not supported",
                   block_extra);
         return -ENOTSUP;
     }
     if (s->blocks_in_image > VDI_MAX_BLOCKS) {
-        error_set(err, EFBIG, "%s: block map of %" PRIu32 " entries is larger than the limit of %u (16 TiB)",
-                  s->name, s->blocks_in_image, VDI_MAX_BLOCKS);
+        error_set(err, EFBIG, "block map of %" PRIu32 " entries is larger than the limit of %u (16 TiB)",
+                  s->blocks_in_image, VDI_MAX_BLOCKS);
         return -EFBIG;
     }
     uint64_t needed = (s->disk_size >> s->block_shift) + ((s->disk_size & (s->block_size - 1)) != 0);
     if (s->disk_size > (uint64_t)VDI_MAX_BLOCKS * s->block_size || needed != s->blocks_in_image) {
-        error_set(err, EINVAL, "%s: blocks_in_image %" PRIu32 " does not match the disk size %" PRIu64
-                  " (which needs %" PRIu64 " blocks of 1 MiB)", s->name, s->blocks_in_image, s->disk_size, needed);
+        error_set(err, EINVAL, "blocks_in_image %" PRIu32 " does not match the disk size %" PRIu64
+                  " (which needs %" PRIu64 " blocks of 1 MiB)", s->blocks_in_image, s->disk_size, needed);
         return -EINVAL;
     }
     if (s->blocks_allocated_header > s->blocks_in_image) {
-        error_set(err, EINVAL, "%s: blocks_allocated %" PRIu32 " exceeds blocks_in_image %" PRIu32, s->name,
+        error_set(err, EINVAL, "blocks_allocated %" PRIu32 " exceeds blocks_in_image %" PRIu32,
                   s->blocks_allocated_header, s->blocks_in_image);
         return -EINVAL;
     }
@@ -248,29 +248,29 @@ static int vdi_check_layout(VdiState *s, int64_t file_size, Error *err)
     uint64_t header_end = (uint64_t)VDI_HEADER_OFFSET + s->header_size;
     uint64_t bmap_end = (uint64_t)s->bmap_offset + (uint64_t)s->blocks_in_image * 4;
     if (s->bmap_offset % VDI_SECTOR_SIZE) {
-        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " is not sector aligned", s->name, s->bmap_offset);
+        error_set(err, EINVAL, "block map offset 0x%" PRIx32 " is not sector aligned", s->bmap_offset);
         return -EINVAL;
     }
     if (s->data_offset % VDI_SECTOR_SIZE) {
-        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " is not sector aligned", s->name, s->data_offset);
+        error_set(err, EINVAL, "data offset 0x%" PRIx32 " is not sector aligned", s->data_offset);
         return -EINVAL;
     }
     if (s->bmap_offset < header_end) {
-        error_set(err, EINVAL, "%s: block map offset 0x%" PRIx32 " overlaps the header (%" PRIu64 " bytes)",
-                  s->name, s->bmap_offset, header_end);
+        error_set(err, EINVAL, "block map offset 0x%" PRIx32 " overlaps the header (%" PRIu64 " bytes)",
+                  s->bmap_offset, header_end);
         return -EINVAL;
     }
     if (bmap_end > (uint64_t)file_size) {
-        error_set(err, EINVAL, "%s: block map extends past the end of the file", s->name);
+        error_set(err, EINVAL, "block map extends past the end of the file");
         return -EINVAL;
     }
     if (s->data_offset < bmap_end) {
-        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " overlaps the block map (which ends at 0x%" PRIx64 ")",
-                  s->name, s->data_offset, bmap_end);
+        error_set(err, EINVAL, "data offset 0x%" PRIx32 " overlaps the block map (which ends at 0x%" PRIx64 ")",
+                  s->data_offset, bmap_end);
         return -EINVAL;
     }
     if (s->data_offset > (uint64_t)file_size) {
-        error_set(err, EINVAL, "%s: data offset 0x%" PRIx32 " is past the end of the file", s->name, s->data_offset);
+        error_set(err, EINVAL, "data offset 0x%" PRIx32 " is past the end of the file", s->data_offset);
         return -EINVAL;
     }
     return 0;
@@ -282,7 +282,7 @@ static int vdi_read_header(VdiState *s, int64_t file_size, Error *err)
     memset(h, 0, sizeof(h));
     int ret = bdrv_pread(s->file, 0, MIN((int64_t)sizeof(h), file_size), h);
     if (ret < 0) {
-        error_set(err, -ret, "%s: cannot read the VDI header: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot read the VDI header: %s", strerror(-ret));
         return ret;
     }
     vdi_parse_fields(s, h);
@@ -358,12 +358,12 @@ static int vdi_load_bmap(VdiState *s, int64_t file_size, Error *err)
     size_t n = s->blocks_in_image;
     s->bmap = malloc(MAX(n, (size_t)1) * sizeof(uint32_t));
     if (!s->bmap) {
-        error_set(err, ENOMEM, "%s: out of memory for a block map of %zu entries", s->name, n);
+        error_set(err, ENOMEM, "out of memory for a block map of %zu entries", n);
         return -ENOMEM;
     }
     int ret = n ? bdrv_pread(s->file, s->bmap_offset, (int64_t)(n * 4), s->bmap) : 0;
     if (ret < 0) {
-        error_set(err, -ret, "%s: cannot read the block map: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot read the block map: %s", strerror(-ret));
         return ret;
     }
     s->blocks_allocated = 0;
@@ -393,7 +393,7 @@ static int vdi_build_host_used(VdiState *s, Error *err)
     size_t words = ((size_t)s->blocks_in_image + 63) / 64;
     s->host_used = calloc(MAX(words, (size_t)1), sizeof(uint64_t));
     if (!s->host_used) {
-        error_set(err, ENOMEM, "%s: out of memory", s->name);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     for (uint32_t b = 0; b < s->blocks_in_image; b++) {
@@ -409,8 +409,8 @@ static int vdi_build_host_used(VdiState *s, Error *err)
         else if (vdi_used_test(s, e))
             why = "a host block another block also uses";
         if (why) {
-            error_set(err, EINVAL, "%s: block map entry %" PRIu32 " (0x%08" PRIx32 ") names %s; the image can only "
-                      "be opened read-only", s->name, b, e, why);
+            error_set(err, EINVAL, "block map entry %" PRIu32 " (0x%08" PRIx32 ") names %s; the image can only "
+                      "be opened read-only", b, e, why);
             return -EINVAL;
         }
         vdi_used_set(s, e);
@@ -438,7 +438,7 @@ static int vdi_open_writable(VdiState *s, Error *err)
                 s->name, s->blocks_allocated_header, s->blocks_allocated);
         ret = vdi_write_header_count(s);
         if (ret < 0) {
-            error_set(err, -ret, "%s: cannot update the header: %s", s->name, strerror(-ret));
+            error_set(err, -ret, "cannot update the header: %s", strerror(-ret));
             return ret;
         }
         s->blocks_allocated_header = s->blocks_allocated;
@@ -479,7 +479,7 @@ static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     int64_t file_size = bdrv_getlength(bs->file);
     int ret = (int)MIN(file_size, 0);
     if (ret < 0)
-        error_set(err, -ret, "%s: cannot get the file size: %s", s->name, strerror(-ret));
+        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
     if (ret == 0)
         ret = vdi_read_header(s, file_size, err);
     if (ret == 0)

@@ -762,15 +762,8 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 {
     VpcState *s = bs->opaque;
     memset(st, 0, sizeof(*st));
-    if (s->type == VPC_TYPE_FIXED) {
-        int r = bdrv_block_status(bs->file, offset, bytes, st);
-        if (r < 0)
-            return r;
-        st->flags |= BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-        st->host_offset = offset;
-        st->host_file = bs->file;
-        return 0;
-    }
+    if (s->type == VPC_TYPE_FIXED)
+        return bdrv_block_status_same_offset(bs, offset, bytes, st);
     return vpc_map(bs, offset, bytes, st, NULL);
 }
 

@@ -391,6 +391,9 @@ int bdrv_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus 
 /* Status through the chain: descends into backing for unallocated ranges; st->depth says which layer
  * decided. A range unallocated everywhere is reported as ZERO without DATA and without ALLOCATED. */
 int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+/* A block_status slot for a layer whose guest bytes are bs->file's at the same offset (raw, fixed vpc):
+ * bs->file's status, as this layer's own host bytes. */
+int bdrv_block_status_same_offset(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
 /* Number of layers in the chain from bs down. */
 int bdrv_chain_length(BlockNode *bs);
@@ -524,15 +527,20 @@ BlockRunKind bdrv_run_kind(const BlockStatus *st);
 /* A driver's map, for bdrv_read_mapped. map answers for [offset, offset+bytes) of this one layer as its
  * block_status slot does (st zeroed by the caller; st->bytes > 0 and may be shorter than asked; a negative
  * errno fails the read). decode fills buf with the bytes of a BLOCK_RUN_DECODE run, [offset, offset+bytes)
- * (within the run st describes); NULL: such runs fail with EIO. Both run under whatever lock the driver
- * holds around bdrv_read_mapped and may take their own. */
+ * (within the run st describes); it is called right after the map call that answered that run, so a map
+ * may leave what decode needs in opaque. NULL: such runs fail with EIO. backing names the node backing
+ * runs read (NULL: zeros); a NULL slot means bs->backing. All run under whatever lock the driver holds
+ * around bdrv_read_mapped and may take their own; opaque is the driver's context for this one read. */
 typedef struct BlockReadMap {
     int (*map)(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque);
     int (*decode)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque);
+    BlockNode *(*backing)(BlockNode *bs, void *opaque);
 } BlockReadMap;
 /* Reads [offset, offset+bytes) of bs (a driver's own node, from its read slot) run by run through m:
- * host runs with bdrv_pread of the host file, zero runs as zeros, backing runs with bdrv_pread of
- * bs->backing, decode runs through m->decode. 0 or the first negative errno. */
+ * zero runs as zeros, backing runs with bdrv_pread of the backing node, decode runs through m->decode;
+ * host runs are collected (neighbours in the host file and the buffer merged into one extent) and read
+ * with one bdrv_pread_extents call per host file and 32 extents, before it returns. 0 or a negative
+ * errno (the first one met; a host read's failure may be met after later runs were mapped). */
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
 
 #endif

@@ -719,6 +719,17 @@ int bdrv_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus 
     return 0;
 }
 
+int bdrv_block_status_same_offset(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    int r = bdrv_block_status(bs->file, offset, bytes, st);
+    if (r < 0)
+        return r;
+    st->flags |= BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+    st->host_offset = offset;
+    st->host_file = bs->file;
+    return 0;
+}
+
 int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     int depth = 0;

@@ -34,7 +34,7 @@ void block_open_opts_init(BlockOpenOpts *o)
 /*
  * The one rule for where the file name enters an open error: the line starts with the name of the file
  * being opened (bs->filename), exactly once, and the core puts it there. A driver writes the reason; a
- * message that already starts with "bs->filename:" (drivers that name it in each message) is kept as is;
+ * message that already starts with "bs->filename:" (raw, window, memory and file still name it) is kept;
  * one about another file (an extent, a rules file) follows the image's name. No message: what and
  * strerror.
  */
@@ -90,15 +90,10 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
     return bs;
 }
 
-/* A filter node (blkdebug) on top of file; consumes file. */
-static BlockNode *open_filter(const char *name, BlockNode *file, const BlockOpenOpts *opts, Error *err)
+/* A node of drv on top of file, opened by its driver (what: as driver_open's); consumes file. */
+static BlockNode *open_on(const BlockDriver *drv, BlockNode *file, const BlockOpenOpts *opts, bool probed,
+                          const char *what, Error *err)
 {
-    const BlockDriver *drv = bdrv_find_driver(name);
-    if (!drv) {
-        error_set(err, ENOTSUP, "%s: driver '%s' is not available", file->filename, name);
-        bdrv_close(file);
-        return NULL;
-    }
     BlockNode *bs = bdrv_new_node(drv, file->filename);
     if (!bs) {
         error_set(err, ENOMEM, "%s: out of memory", file->filename);
@@ -108,15 +103,28 @@ static BlockNode *open_filter(const char *name, BlockNode *file, const BlockOpen
     bs->file = file;
     bs->read_only = file->read_only;
     bs->opts = opts;
-    bs->request_alignment = file->request_alignment;
-    int r = driver_open(bs, opts, "", err);
-    if (r < 0) {
+    bs->probed = probed;
+    if (drv->is_filter) /* a filter passes requests on as they come */
+        bs->request_alignment = file->request_alignment;
+    if (driver_open(bs, opts, what, err) < 0) {
         bs->file = NULL;
         bdrv_free_node(bs);
         bdrv_close(file);
         return NULL;
     }
     return bs;
+}
+
+/* A filter node (blkdebug) on top of file; consumes file. */
+static BlockNode *open_filter(const char *name, BlockNode *file, const BlockOpenOpts *opts, Error *err)
+{
+    const BlockDriver *drv = bdrv_find_driver(name);
+    if (!drv) {
+        error_set(err, ENOTSUP, "%s: driver '%s' is not available", file->filename, name);
+        bdrv_close(file);
+        return NULL;
+    }
+    return open_on(drv, file, opts, false, "", err);
 }
 
 /* ---------------------------------------------------------------- probing */
@@ -211,26 +219,9 @@ static BlockNode *open_format(BlockNode *file, const char *format, const BlockOp
         bdrv_close(file);
         return NULL;
     }
-    BlockNode *bs = bdrv_new_node(drv, file->filename);
-    if (!bs) {
-        error_set(err, ENOMEM, "%s: out of memory", file->filename);
-        bdrv_close(file);
-        return NULL;
-    }
-    bs->file = file;
-    bs->read_only = file->read_only;
-    bs->opts = opts;
-    bs->probed = probed;
     char what[64];
     snprintf(what, sizeof(what), "cannot open as %s: ", drv->name);
-    int r = driver_open(bs, opts, what, err);
-    if (r < 0) {
-        bs->file = NULL;
-        bdrv_free_node(bs);
-        bdrv_close(file);
-        return NULL;
-    }
-    return bs;
+    return open_on(drv, file, opts, probed, what, err);
 }
 
 /* True if the bytes of bs come from memory (through filters), not from a file. */

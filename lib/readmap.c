@@ -4,7 +4,9 @@
  * a map's run (bdrv_run_kind) that this buffered read and the zero-copy mapping of lib/block.c
  * (bdrv_map_extents) share.  A format driver whose read is "map a run, then read host bytes, zeros or the
  * backing node" hands its map (and, for compressed or encrypted pieces, its decoder) to bdrv_read_mapped
- * from its read slot, inside its own locks.  Nothing here knows a format, a lock or the front end.
+ * from its read slot, inside its own locks.  Host runs are batched: neighbours in the host file and in
+ * the buffer become one extent, and a batch goes to its file in one bdrv_pread_extents call (one
+ * submission with --aio=native).  Nothing here knows a format, a lock or the front end.
  */
 #include "block.h"
 #include "util.h"
@@ -24,16 +26,54 @@ BlockRunKind bdrv_run_kind(const BlockStatus *st)
     return BLOCK_RUN_DECODE;
 }
 
-/* n bytes of one run at guest offset into p. */
-static int read_run(BlockNode *bs, int64_t offset, int64_t n, uint8_t *p, const BlockStatus *st,
-                    const BlockReadMap *m, void *opaque)
+/* Host runs not read yet: extents of one host file, at most READMAP_BATCH. */
+#define READMAP_BATCH 32
+
+typedef struct HostBatch {
+    BlockNode *file;
+    BlockExtent ext[READMAP_BATCH];
+    int n;
+} HostBatch;
+
+static int batch_flush(HostBatch *b)
 {
+    int r = b->n ? bdrv_pread_extents(b->file, b->ext, b->n) : 0;
+    b->n = 0;
+    return r;
+}
+
+/* n bytes of the host run st into p: merged into the last extent when they follow it both in the file and
+ * in the buffer; the batch is read first when it is full or holds another file's extents. */
+static int batch_add(HostBatch *b, const BlockStatus *st, int64_t n, uint8_t *p)
+{
+    BlockExtent *last = b->n ? &b->ext[b->n - 1] : NULL;
+    if (last && b->file == st->host_file && st->host_offset >= last->bytes &&
+        st->host_offset - last->bytes == last->offset && (uint8_t *)last->buf + last->bytes == p) {
+        last->bytes += n;
+        return 0;
+    }
+    if (b->n == READMAP_BATCH || (b->n && b->file != st->host_file)) {
+        int r = batch_flush(b);
+        if (r < 0)
+            return r;
+    }
+    b->file = st->host_file;
+    b->ext[b->n++] = (BlockExtent){ .offset = st->host_offset, .bytes = n, .buf = p };
+    return 0;
+}
+
+/* n bytes of one run at guest offset into p (host runs join the batch). */
+static int read_run(BlockNode *bs, int64_t offset, int64_t n, uint8_t *p, const BlockStatus *st,
+                    const BlockReadMap *m, void *opaque, HostBatch *b)
+{
+    BlockNode *backing;
     switch (bdrv_run_kind(st)) {
     case BLOCK_RUN_HOST:
-        return bdrv_pread(st->host_file, st->host_offset, n, p);
+        return batch_add(b, st, n, p);
     case BLOCK_RUN_BACKING:
-        if (bs->backing)
-            return bdrv_pread(bs->backing, offset, n, p);
+        backing = m->backing ? m->backing(bs, opaque) : bs->backing;
+        if (backing)
+            return bdrv_pread(backing, offset, n, p);
         break; /* no backing node: zeros */
     case BLOCK_RUN_ZERO:
         break;
@@ -47,6 +87,8 @@ static int read_run(BlockNode *bs, int64_t offset, int64_t n, uint8_t *p, const 
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque)
 {
     uint8_t *p = buf;
+    HostBatch batch;
+    batch.n = 0;
     if (offset < 0 || bytes < 0 || offset > INT64_MAX - bytes)
         return -EINVAL;
     while (bytes > 0) {
@@ -58,12 +100,12 @@ int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, co
         if (st.bytes <= 0)
             return -EIO; /* a map that answers for nothing would never end */
         int64_t n = MIN(st.bytes, bytes);
-        r = read_run(bs, offset, n, p, &st, m, opaque);
+        r = read_run(bs, offset, n, p, &st, m, opaque, &batch);
         if (r < 0)
             return r;
         offset += n;
         bytes -= n;
         p += n;
     }
-    return 0;
+    return batch_flush(&batch);
 }

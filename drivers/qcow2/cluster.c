@@ -2,10 +2,10 @@
 /*
  * cluster.c - guest-to-host mapping and the read side of the qcow2 driver.  It owns the L1/L2 lookup
  * (standard and extended L2 entries, zero clusters with and without preallocation, unallocated
- * clusters and subclusters, compressed clusters), the classification of L2 entries, reads that merge
- * runs of contiguous host clusters into one host request issued outside the metadata lock, the
- * fall-through of unallocated ranges to the backing node, and block_status.  It does not allocate or
- * modify metadata: that is the write path's job.
+ * clusters and subclusters, compressed clusters), the classification of L2 entries and the one map
+ * (qcow2_map) that block_status answers with and reads go through: bdrv_read_mapped reads host runs
+ * (contiguous ones merged, outside the metadata lock), zeros and the backing node, and calls back here
+ * only to decompress.  It does not allocate or modify metadata: that is the write path's job.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -234,84 +234,76 @@ static int qcow2_read_compressed(Qcow2State *s, uint64_t l2_entry, uint64_t offs
     return ret;
 }
 
-static int qcow2_read_run(Qcow2State *s, BlockNode *backing, int type, uint64_t offset, uint64_t bytes,
-                          uint64_t host, uint64_t l2_entry, uint8_t *buf)
+/* One read through an L1 table: which table (NULL: the node's own), where unallocated ranges read from,
+ * and the L2 entry of the run mapped last, which decode needs for a compressed cluster. */
+typedef struct Qcow2ReadCtx {
+    const Qcow2L1Ref *l1;
+    BlockNode *backing;
+    uint64_t l2_entry;
+} Qcow2ReadCtx;
+
+/* The map of this node (ctx NULL: its own L1 table), as block_status and bdrv_read_mapped see it. */
+static int qcow2_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
+    Qcow2State *s = bs->opaque;
+    Qcow2ReadCtx *c = opaque;
+    uint64_t n = (uint64_t)bytes, host, l2_entry;
+    int type = qcow2_lookup(s, c ? c->l1 : NULL, (uint64_t)offset, &n, &host, &l2_entry);
+    if (type < 0)
+        return type;
+    if (c)
+        c->l2_entry = l2_entry;
+    st->bytes = (int64_t)n;
     switch (type) {
     case QCOW2_SC_NORMAL:
-        return bdrv_pread(s->data_file, (int64_t)host, (int64_t)bytes, buf);
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->data_file;
+        break;
     case QCOW2_SC_COMPRESSED:
-        return qcow2_read_compressed(s, l2_entry, offset, bytes, buf);
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED;
+        break;
     case QCOW2_SC_ZERO_PLAIN:
-    case QCOW2_SC_ZERO_ALLOC:
-        memset(buf, 0, bytes);
-        return 0;
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
+        break;
+    case QCOW2_SC_ZERO_ALLOC: /* reads as zeros (ZERO wins in bdrv_run_kind); where its cluster lies is
+                               * told, as qemu-img map does */
+        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+        st->host_offset = (int64_t)host;
+        st->host_file = s->data_file;
+        break;
     case QCOW2_SC_UNALLOCATED_PLAIN:
     case QCOW2_SC_UNALLOCATED_ALLOC:
-        if (backing)
-            return bdrv_pread(backing, (int64_t)offset, (int64_t)bytes, buf);
-        memset(buf, 0, bytes);
-        return 0;
+        st->flags = 0;
+        break;
     default:
         return -EIO;
     }
-}
-
-#define QCOW2_READ_BATCH 32
-
-/* Host extents of one guest request, submitted together (one batch with --aio=native). */
-typedef struct ReadBatch {
-    BlockExtent ext[QCOW2_READ_BATCH];
-    int n;
-} ReadBatch;
-
-static int qcow2_batch_flush(Qcow2State *s, ReadBatch *b)
-{
-    int ret = b->n ? bdrv_pread_extents(s->data_file, b->ext, b->n) : 0;
-    b->n = 0;
-    return ret;
-}
-
-static int qcow2_batch_add(Qcow2State *s, ReadBatch *b, uint64_t host, uint64_t bytes, uint8_t *buf)
-{
-    BlockExtent *last = b->n ? &b->ext[b->n - 1] : NULL;
-    if (last && (uint64_t)(last->offset + last->bytes) == host && (uint8_t *)last->buf + last->bytes == buf) {
-        last->bytes += (int64_t)bytes;
-        return 0;
-    }
-    if (b->n == QCOW2_READ_BATCH) {
-        int ret = qcow2_batch_flush(s, b);
-        if (ret < 0)
-            return ret;
-    }
-    b->ext[b->n++] = (BlockExtent){ .offset = (int64_t)host, .bytes = (int64_t)bytes, .buf = buf };
     return 0;
 }
 
-int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf)
+/* A compressed run lies within one cluster: the one whose entry the map just left in the context. */
+static int qcow2_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st,
+                        void *opaque)
 {
-    uint8_t *p = buf;
-    ReadBatch batch;
-    batch.n = 0;
-    if (offset < 0 || bytes < 0)
-        return -EINVAL;
-    while (bytes > 0) {
-        uint64_t n = (uint64_t)bytes, host, l2_entry;
-        int type = qcow2_lookup(s, l1, (uint64_t)offset, &n, &host, &l2_entry);
-        if (type < 0)
-            return type;
-        int ret;
-        if (type == QCOW2_SC_NORMAL)
-            ret = qcow2_batch_add(s, &batch, host, n, p);
-        else
-            ret = qcow2_read_run(s, backing, type, (uint64_t)offset, n, host, l2_entry, p);
-        if (ret < 0)
-            return ret;
-        offset += (int64_t)n;
-        bytes -= (int64_t)n;
-        p += n;
-    }
-    return qcow2_batch_flush(s, &batch);
+    Qcow2ReadCtx *c = opaque;
+    if (!(st->flags & BDRV_BLOCK_COMPRESSED))
+        return -EIO;
+    return qcow2_read_compressed(bs->opaque, c->l2_entry, (uint64_t)offset, (uint64_t)bytes, buf);
+}
+
+static BlockNode *qcow2_read_backing(BlockNode *bs, void *opaque)
+{
+    (void)bs;
+    return ((Qcow2ReadCtx *)opaque)->backing;
+}
+
+static const BlockReadMap qcow2_read_map = { .map = qcow2_map, .decode = qcow2_decode, .backing = qcow2_read_backing };
+
+int qcow2_read_l1(BlockNode *bs, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf)
+{
+    Qcow2ReadCtx ctx = { .l1 = l1, .backing = backing };
+    return bdrv_read_mapped(bs, offset, bytes, buf, &qcow2_read_map, &ctx);
 }
 
 static BlockNode *qcow2_backing_of(BlockNode *bs, Qcow2State *s)
@@ -328,7 +320,7 @@ int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     bool shared = s->write_ready && !s->is_snapshot_view;
     if (shared)
         pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qcow2_read_l1(s, qcow2_backing_of(bs, s), NULL, offset, bytes, buf);
+    int ret = qcow2_read_l1(bs, qcow2_backing_of(bs, s), NULL, offset, bytes, buf);
     if (shared)
         pthread_rwlock_unlock(&s->io_lock);
     return ret;
@@ -336,35 +328,8 @@ int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    Qcow2State *s = bs->opaque;
-    uint64_t n = (uint64_t)bytes, host, l2_entry;
     memset(st, 0, sizeof(*st));
     if (offset < 0 || bytes <= 0)
         return -EINVAL;
-    int type = qcow2_lookup(s, NULL, (uint64_t)offset, &n, &host, &l2_entry);
-    if (type < 0)
-        return type;
-    st->bytes = (int64_t)n;
-    switch (type) {
-    case QCOW2_SC_NORMAL:
-        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-        st->host_offset = (int64_t)host;
-        st->host_file = s->data_file;
-        break;
-    case QCOW2_SC_COMPRESSED:
-        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_COMPRESSED;
-        break;
-    case QCOW2_SC_ZERO_PLAIN:
-        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED;
-        break;
-    case QCOW2_SC_ZERO_ALLOC: /* reads as zeros; where its cluster lies is told, as qemu-img map does */
-        st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-        st->host_offset = (int64_t)host;
-        st->host_file = s->data_file;
-        break;
-    default:
-        st->flags = 0;
-        break;
-    }
-    return 0;
+    return qcow2_map(bs, offset, bytes, st, NULL);
 }

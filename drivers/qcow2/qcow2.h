@@ -393,9 +393,9 @@ typedef struct Qcow2L1Ref {
     uint64_t offset;
     uint32_t size;
 } Qcow2L1Ref;
-/* Read guest data through the L1 table l1 (NULL: the node's own, a view's read in slices); unallocated
- * ranges come from backing (zeros if NULL). */
-int qcow2_read_l1(Qcow2State *s, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf);
+/* Read guest data of bs through the L1 table l1 (NULL: the node's own, a view's read in slices) with
+ * bdrv_read_mapped; unallocated ranges come from backing (zeros if NULL). */
+int qcow2_read_l1(BlockNode *bs, BlockNode *backing, const Qcow2L1Ref *l1, int64_t offset, int64_t bytes, void *buf);
 int qcow2_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int qcow2_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 /* Read one L1 table from the image into host byte order (allocates *out). */

@@ -406,6 +406,6 @@ int qcow2_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t by
     /* The L1 entries covering this request are read in slices; the VM state never falls through to a
      * backing file: unallocated parts read as zeros. */
     Qcow2L1Ref l1 = { .table = NULL, .offset = sn.l1_table_offset, .size = sn.l1_size };
-    int ret = qcow2_read_l1(s, NULL, &l1, (int64_t)start, n, buf);
+    int ret = qcow2_read_l1(bs, NULL, &l1, (int64_t)start, n, buf);
     return ret < 0 ? ret : (int)n;
 }

@@ -109,7 +109,7 @@ static bool is_extent_line(const char *line)
     return strncmp(line, "RW ", 3) == 0 || strncmp(line, "RDONLY ", 7) == 0 || strncmp(line, "NOACCESS ", 9) == 0;
 }
 
-static int desc_key_value(Descriptor *d, char *line, int lineno, const char *file, Error *err)
+static int desc_key_value(Descriptor *d, char *line, int lineno, Error *err)
 {
     char *eq = strchr(line, '=');
     char *key = line;
@@ -120,8 +120,8 @@ static int desc_key_value(Descriptor *d, char *line, int lineno, const char *fil
         if (!isalnum((unsigned char)key[i]) && key[i] != '.' && key[i] != '_' && key[i] != '-')
             klen = 0;
     if (klen == 0) {
-        error_set(err, EINVAL, "%s: descriptor line %d is neither a comment, a key = value pair nor an extent",
-                  file, lineno);
+        error_set(err, EINVAL, "descriptor line %d is neither a comment, a key = value pair nor an extent",
+                  lineno);
         return -EINVAL;
     }
     key[klen] = '\0';
@@ -138,28 +138,28 @@ static int desc_key_value(Descriptor *d, char *line, int lineno, const char *fil
     else if (strcmp(key, "version") == 0)
         ok = strcmp(val, "1") == 0 || strcmp(val, "2") == 0 || strcmp(val, "3") == 0;
     if (!ok) {
-        error_set(err, EINVAL, "%s: descriptor line %d: bad value for %s", file, lineno, key);
+        error_set(err, EINVAL, "descriptor line %d: bad value for %s", lineno, key);
         return -EINVAL;
     }
     return 0;
 }
 
-static int desc_add_extent(Descriptor *d, char *line, int lineno, const char *file, Error *err)
+static int desc_add_extent(Descriptor *d, char *line, int lineno, Error *err)
 {
     if (d->n_ext >= VMDK_MAX_EXTENTS) {
-        error_set(err, EINVAL, "%s: the descriptor names more than %d extents", file, VMDK_MAX_EXTENTS);
+        error_set(err, EINVAL, "the descriptor names more than %d extents", VMDK_MAX_EXTENTS);
         return -EINVAL;
     }
     if (d->n_ext % 16 == 0) {
         DescExtent *n = realloc(d->ext, sizeof(*n) * (size_t)(d->n_ext + 16));
         if (!n) {
-            error_set(err, ENOMEM, "%s: out of memory", file);
+            error_set(err, ENOMEM, "out of memory");
             return -ENOMEM;
         }
         d->ext = n;
     }
     if (!parse_extent_line(line, &d->ext[d->n_ext])) {
-        error_set(err, EINVAL, "%s: descriptor line %d is not a valid extent line", file, lineno);
+        error_set(err, EINVAL, "descriptor line %d is not a valid extent line", lineno);
         return -EINVAL;
     }
     d->n_ext++;
@@ -167,7 +167,7 @@ static int desc_add_extent(Descriptor *d, char *line, int lineno, const char *fi
 }
 
 /* Parses len bytes of descriptor text (it ends at the first NUL: embedded descriptors are padded). */
-int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, const char *file, Error *err)
+int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, Error *err)
 {
     memset(d, 0, sizeof(*d));
     len = strnlen(text, len);
@@ -179,7 +179,7 @@ int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, const char *fil
             n++;
         lineno++;
         if (n > VMDK_MAX_LINE) {
-            error_set(err, EINVAL, "%s: descriptor line %d is longer than %d bytes", file, lineno, VMDK_MAX_LINE);
+            error_set(err, EINVAL, "descriptor line %d is longer than %d bytes", lineno, VMDK_MAX_LINE);
             return -EINVAL;
         }
         memcpy(line, text + pos, n);
@@ -190,12 +190,12 @@ int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, const char *fil
         if (*l == '\0' || *l == '#')
             continue;
         if (is_extent_line(l))
-            r = desc_add_extent(d, l, lineno, file, err);
+            r = desc_add_extent(d, l, lineno, err);
         else if (strchr(l, '='))
-            r = desc_key_value(d, l, lineno, file, err);
+            r = desc_key_value(d, l, lineno, err);
         else {
-            error_set(err, EINVAL, "%s: descriptor line %d is neither a comment, a key = value pair nor an extent",
-                      file, lineno);
+            error_set(err, EINVAL, "descriptor line %d is neither a comment, a key = value pair nor an extent",
+                      lineno);
             r = -EINVAL;
         }
         if (r < 0)

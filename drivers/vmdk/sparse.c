@@ -18,27 +18,27 @@
 
 /* ---------------------------------------------------------------- sparse extents */
 
-static int vmdk_bad_header(Error *err, const char *name, const char *what)
+static int vmdk_bad_header(Error *err, const char *what)
 {
-    error_set(err, EINVAL, "%s: invalid sparse extent header: %s", name, what);
+    error_set(err, EINVAL, "invalid sparse extent header: %s", what);
     return -EINVAL;
 }
 
-static int vmdk_check_identity(const uint8_t *h, const char *name, Error *err)
+static int vmdk_check_identity(const uint8_t *h, Error *err)
 {
     uint32_t magic = ld_le32(h + SH_MAGIC);
     if (magic == VMDK_COWD_MAGIC) {
-        error_set(err, ENOTSUP, "%s: ESX sparse (COWD) extents are not supported", name);
+        error_set(err, ENOTSUP, "ESX sparse (COWD) extents are not supported");
         return -ENOTSUP;
     }
     if (magic != VMDK_MAGIC) {
-        error_set(err, EINVAL, "%s: not a VMDK sparse extent (bad magic 0x%08" PRIx32 ")", name, magic);
+        error_set(err, EINVAL, "not a VMDK sparse extent (bad magic 0x%08" PRIx32 ")", magic);
         return -EINVAL;
     }
     uint32_t version = ld_le32(h + SH_VERSION);
     if (version < 1 || version > 3) {
-        error_set(err, ENOTSUP, "%s: unsupported VMDK sparse extent version %" PRIu32 " (1 to 3 are supported)",
-                  name, version);
+        error_set(err, ENOTSUP, "unsupported VMDK sparse extent version %" PRIu32 " (1 to 3 are supported)",
+                  version);
         return -ENOTSUP;
     }
     return 0;
@@ -47,21 +47,20 @@ static int vmdk_check_identity(const uint8_t *h, const char *name, Error *err)
 static int vmdk_check_flags(VmdkExtent *e, const uint8_t *h, Error *err)
 {
     if (e->flags & ~VMDK_KNOWN_FLAGS) {
-        error_set(err, ENOTSUP, "%s: unknown sparse extent flags 0x%08" PRIx32, e->name, e->flags & ~VMDK_KNOWN_FLAGS);
+        error_set(err, ENOTSUP, "unknown sparse extent flags 0x%08" PRIx32, e->flags & ~VMDK_KNOWN_FLAGS);
         return -ENOTSUP;
     }
     if ((e->flags & VMDK_FLAG_NL_TEST) && memcmp(h + SH_EOL_CHARS, "\n \r\n", 4) != 0) {
-        error_set(err, EINVAL, "%s: the end-of-line check bytes are damaged (was the file copied in text mode?)",
-                  e->name);
+        error_set(err, EINVAL, "the end-of-line check bytes are damaged (was the file copied in text mode?)");
         return -EINVAL;
     }
     if ((e->flags & VMDK_FLAG_COMPRESSED) && ld_le16(h + SH_COMPRESS_ALGO) != VMDK_COMPRESS_DEFLATE) {
-        error_set(err, ENOTSUP, "%s: unsupported grain compression algorithm %u (only deflate)", e->name,
+        error_set(err, ENOTSUP, "unsupported grain compression algorithm %u (only deflate)",
                   ld_le16(h + SH_COMPRESS_ALGO));
         return -ENOTSUP;
     }
     if ((e->flags & VMDK_FLAG_MARKERS) && !(e->flags & VMDK_FLAG_COMPRESSED))
-        return vmdk_bad_header(err, e->name, "grain markers without compressed grains");
+        return vmdk_bad_header(err, "grain markers without compressed grains");
     return 0;
 }
 
@@ -71,23 +70,23 @@ static int vmdk_check_geometry(VmdkExtent *e, const uint8_t *h, Error *err)
     uint64_t grain = ld_le64(h + SH_GRAIN_SIZE);
     e->capacity = ld_le64(h + SH_CAPACITY);
     if (!is_pow2(grain) || grain > VMDK_MAX_GRAIN_SECTORS) {
-        error_set(err, EINVAL, "%s: grain size of %" PRIu64 " sectors is not a power of two from 1 to %u", e->name,
+        error_set(err, EINVAL, "grain size of %" PRIu64 " sectors is not a power of two from 1 to %u",
                   grain, VMDK_MAX_GRAIN_SECTORS);
         return -EINVAL;
     }
     if (ld_le32(h + SH_NUM_GTES) != VMDK_GTES_PER_GT) {
-        error_set(err, EINVAL, "%s: %" PRIu32 " entries per grain table (only %d are valid)", e->name,
+        error_set(err, EINVAL, "%" PRIu32 " entries per grain table (only %d are valid)",
                   ld_le32(h + SH_NUM_GTES), VMDK_GTES_PER_GT);
         return -EINVAL;
     }
     if (e->capacity > VMDK_MAX_CAPACITY)
-        return vmdk_bad_header(err, e->name, "capacity too large");
+        return vmdk_bad_header(err, "capacity too large");
     e->grain_bytes = grain * VMDK_SECTOR;
     uint64_t grains = (e->capacity + grain - 1) / grain;
     uint64_t gts = (grains + VMDK_GTES_PER_GT - 1) / VMDK_GTES_PER_GT;
     if (gts > VMDK_MAX_GTS) {
-        error_set(err, EINVAL, "%s: %" PRIu64 " grain tables exceed the limit of %u (capacity %" PRIu64
-                  " sectors, grain %" PRIu64 ")", e->name, gts, VMDK_MAX_GTS, e->capacity, grain);
+        error_set(err, EINVAL, "%" PRIu64 " grain tables exceed the limit of %u (capacity %" PRIu64
+                  " sectors, grain %" PRIu64 ")", gts, VMDK_MAX_GTS, e->capacity, grain);
         return -EINVAL;
     }
     e->n_gts = (uint32_t)gts;
@@ -100,24 +99,24 @@ static int vmdk_check_offsets(VmdkExtent *e, const uint8_t *h, Error *err)
     uint64_t gd_bytes = (uint64_t)e->n_gts * 4;
     uint64_t overhead = ld_le64(h + SH_OVERHEAD), desc_size = ld_le64(h + SH_DESC_SIZE);
     if (!vmdk_sectors_to_bytes(ld_le64(h + SH_GD_OFFSET), &e->gd_off) || !vmdk_range_in_file(e->gd_off, gd_bytes, e->file_size))
-        return vmdk_bad_header(err, e->name, "the grain directory lies outside the file");
+        return vmdk_bad_header(err, "the grain directory lies outside the file");
     if (e->flags & VMDK_FLAG_RGD) {
         if (!vmdk_sectors_to_bytes(ld_le64(h + SH_RGD_OFFSET), &e->rgd_off) ||
             !vmdk_range_in_file(e->rgd_off, gd_bytes, e->file_size))
-            return vmdk_bad_header(err, e->name, "the redundant grain directory lies outside the file");
+            return vmdk_bad_header(err, "the redundant grain directory lies outside the file");
     }
     if (!vmdk_sectors_to_bytes(overhead, &e->meta_end) || e->meta_end > (uint64_t)e->file_size)
-        return vmdk_bad_header(err, e->name, "the overhead extends past the end of the file");
+        return vmdk_bad_header(err, "the overhead extends past the end of the file");
     if (desc_size) {
         if (desc_size > VMDK_MAX_DESC_BYTES / VMDK_SECTOR) {
-            error_set(err, EINVAL, "%s: embedded descriptor of %" PRIu64 " sectors exceeds the limit of %d bytes",
-                      e->name, desc_size, VMDK_MAX_DESC_BYTES);
+            error_set(err, EINVAL, "embedded descriptor of %" PRIu64 " sectors exceeds the limit of %d bytes",
+                      desc_size, VMDK_MAX_DESC_BYTES);
             return -EINVAL;
         }
         e->desc_bytes = desc_size * VMDK_SECTOR;
         if (!vmdk_sectors_to_bytes(ld_le64(h + SH_DESC_OFFSET), &e->desc_off) ||
             !vmdk_range_in_file(e->desc_off, e->desc_bytes, e->file_size))
-            return vmdk_bad_header(err, e->name, "the embedded descriptor lies outside the file");
+            return vmdk_bad_header(err, "the embedded descriptor lies outside the file");
     }
     return 0;
 }
@@ -126,8 +125,8 @@ static int vmdk_read_gd(VmdkExtent *e, uint64_t *gd_budget, Error *err)
 {
     size_t bytes = (size_t)e->n_gts * 4;
     if (bytes > *gd_budget) {
-        error_set(err, EINVAL, "%s: the grain directories of the image's extents exceed %u MiB together",
-                  e->name, VMDK_MAX_GD_TOTAL >> 20);
+        error_set(err, EINVAL, "the grain directories of the image's extents exceed %u MiB together",
+                  VMDK_MAX_GD_TOTAL >> 20);
         return -EINVAL;
     }
     *gd_budget -= bytes;
@@ -135,13 +134,13 @@ static int vmdk_read_gd(VmdkExtent *e, uint64_t *gd_budget, Error *err)
     e->gd = malloc(bytes ? bytes : 1);
     if (!raw || !e->gd) {
         free(raw);
-        error_set(err, ENOMEM, "%s: out of memory for a grain directory of %zu bytes", e->name, bytes);
+        error_set(err, ENOMEM, "out of memory for a grain directory of %zu bytes", bytes);
         return -ENOMEM;
     }
     int r = bytes ? bdrv_pread(e->file, (int64_t)e->gd_off, (int64_t)bytes, raw) : 0;
     if (r < 0) {
         free(raw);
-        error_set(err, -r, "%s: cannot read the grain directory: %s", e->name, strerror(-r));
+        error_set(err, -r, "cannot read the grain directory: %s", strerror(-r));
         return r;
     }
     for (uint32_t i = 0; i < e->n_gts; i++)
@@ -152,7 +151,7 @@ static int vmdk_read_gd(VmdkExtent *e, uint64_t *gd_budget, Error *err)
 
 static int vmdk_parse_header(VmdkExtent *e, const uint8_t *h, Error *err)
 {
-    int r = vmdk_check_identity(h, e->name, err);
+    int r = vmdk_check_identity(h, err);
     if (r < 0)
         return r;
     e->version = ld_le32(h + SH_VERSION);
@@ -172,17 +171,17 @@ static int vmdk_parse_header(VmdkExtent *e, const uint8_t *h, Error *err)
 static int vmdk_read_footer(VmdkExtent *e, uint8_t *h, Error *err)
 {
     if (e->file_size < 3 * VMDK_SECTOR)
-        return vmdk_bad_header(err, e->name, "the grain directory is at the end, but there is no footer");
+        return vmdk_bad_header(err, "the grain directory is at the end, but there is no footer");
     int r = bdrv_pread(e->file, e->file_size - 2 * VMDK_SECTOR, VMDK_SECTOR, h);
     if (r < 0) {
-        error_set(err, -r, "%s: cannot read the footer: %s", e->name, strerror(-r));
+        error_set(err, -r, "cannot read the footer: %s", strerror(-r));
         return r;
     }
     if (ld_le32(h + SH_MAGIC) != VMDK_MAGIC)
-        return vmdk_bad_header(err, e->name, "the grain directory is at the end, but the footer is missing");
+        return vmdk_bad_header(err, "the grain directory is at the end, but the footer is missing");
     r = vmdk_parse_header(e, h, err);
     if (r == 1)
-        return vmdk_bad_header(err, e->name, "the footer does not say where the grain directory is");
+        return vmdk_bad_header(err, "the footer does not say where the grain directory is");
     return r;
 }
 
@@ -192,18 +191,18 @@ int vmdk_open_sparse(VmdkExtent *e, uint64_t *gd_budget, Error *err)
     uint8_t h[VMDK_SECTOR];
     e->file_size = bdrv_getlength(e->file);
     if (e->file_size < 0) {
-        error_set(err, (int)-e->file_size, "%s: cannot get the file size: %s", e->name,
+        error_set(err, (int)-e->file_size, "cannot get the file size: %s",
                   strerror((int)-e->file_size));
         return (int)e->file_size;
     }
     if (e->file_size < VMDK_SECTOR) {
-        error_set(err, EINVAL, "%s: file too short for a VMDK sparse header (%" PRId64 " bytes)", e->name,
+        error_set(err, EINVAL, "file too short for a VMDK sparse header (%" PRId64 " bytes)",
                   e->file_size);
         return -EINVAL;
     }
     int r = bdrv_pread(e->file, 0, VMDK_SECTOR, h);
     if (r < 0) {
-        error_set(err, -r, "%s: cannot read the header: %s", e->name, strerror(-r));
+        error_set(err, -r, "cannot read the header: %s", strerror(-r));
         return r;
     }
     r = vmdk_parse_header(e, h, err);
@@ -212,7 +211,7 @@ int vmdk_open_sparse(VmdkExtent *e, uint64_t *gd_budget, Error *err)
         uint64_t desc_off = ld_le64(h + SH_DESC_OFFSET), desc_size = ld_le64(h + SH_DESC_SIZE);
         r = vmdk_read_footer(e, h, err);
         if (r == 0 && (desc_off != ld_le64(h + SH_DESC_OFFSET) || desc_size != ld_le64(h + SH_DESC_SIZE)))
-            r = vmdk_bad_header(err, e->name, "the footer and the header place the descriptor differently");
+            r = vmdk_bad_header(err, "the footer and the header place the descriptor differently");
     }
     if (r == 0)
         r = vmdk_read_gd(e, gd_budget, err);

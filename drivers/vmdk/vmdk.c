@@ -85,8 +85,8 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
     char dir[PATH_MAX], path[2 * PATH_MAX];
     bool unsafe = opts && opts->unsafe_backing;
     if (e->name[0] == '/' && !unsafe) {
-        error_set(err, EACCES, "%s: extent \"%s\" refused: absolute extent paths are not followed "
-                  "(use --unsafe-backing)", bs->filename, e->name);
+        error_set(err, EACCES, "extent \"%s\" refused: absolute extent paths are not followed "
+                  "(use --unsafe-backing)", e->name);
         return -EACCES;
     }
     path_dir_of(bs->filename, dir, sizeof(dir));
@@ -96,17 +96,17 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
         snprintf(path, sizeof(path), "%s/%s", dir, e->name);
     const char *why = bdrv_named_file_refusal(bs, opts, path);
     if (why) {
-        error_set(err, EACCES, "%s: extent \"%s\" refused: %s (use --unsafe-backing)", bs->filename, e->name, why);
+        error_set(err, EACCES, "extent \"%s\" refused: %s (use --unsafe-backing)", e->name, why);
         return -EACCES;
     }
     struct stat st;
     if (stat(path, &st) < 0) {
         int en = errno;
-        error_set(err, en, "%s: extent \"%s\": %s", bs->filename, e->name, strerror(en));
+        error_set(err, en, "extent \"%s\": %s", e->name, strerror(en));
         return -en;
     }
     if (!S_ISREG(st.st_mode) && !unsafe) {
-        error_set(err, EACCES, "%s: extent \"%s\" is not a regular file", bs->filename, e->name);
+        error_set(err, EACCES, "extent \"%s\" is not a regular file", e->name);
         return -EACCES;
     }
     e->file = bdrv_open_file(path, opts, bs->read_only, err);
@@ -116,10 +116,10 @@ static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkE
     return 0;
 }
 
-static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, const char *file, Error *err)
+static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, Error *err)
 {
     if (strcmp(d->access, "NOACCESS") == 0) {
-        error_set(err, ENOTSUP, "%s: extent \"%s\" (%s) is marked NOACCESS", file, d->name, d->type);
+        error_set(err, ENOTSUP, "extent \"%s\" (%s) is marked NOACCESS", d->name, d->type);
         return -ENOTSUP;
     }
     memcpy(e->kind, d->type, sizeof(e->kind));
@@ -131,24 +131,24 @@ static int vmdk_extent_type(VmdkExtent *e, const DescExtent *d, const char *file
     else if (strcmp(d->type, "ZERO") == 0)
         e->type = EXT_ZERO;
     else {
-        error_set(err, ENOTSUP, "%s: extent type %s is not supported (only FLAT, VMFS, SPARSE and ZERO)", file,
+        error_set(err, ENOTSUP, "extent type %s is not supported (only FLAT, VMFS, SPARSE and ZERO)",
                   d->type);
         return -ENOTSUP;
     }
     return 0;
 }
 
-static int vmdk_check_flat(VmdkExtent *e, const char *file, Error *err)
+static int vmdk_check_flat(VmdkExtent *e, Error *err)
 {
     int64_t fsize = bdrv_getlength(e->file);
     uint64_t end;
     if (fsize < 0) {
-        error_set(err, (int)-fsize, "%s: extent \"%s\": cannot get its size", file, e->name);
+        error_set(err, (int)-fsize, "extent \"%s\": cannot get its size", e->name);
         return (int)fsize;
     }
     if (!add_ok_u64(e->flat_offset, e->bytes, &end) || end > (uint64_t)fsize) {
-        error_set(err, EINVAL, "%s: flat extent \"%s\" (%" PRId64 " bytes) is shorter than the %" PRIu64
-                  " bytes the descriptor gives it", file, e->name, fsize, end);
+        error_set(err, EINVAL, "flat extent \"%s\" (%" PRId64 " bytes) is shorter than the %" PRIu64
+                  " bytes the descriptor gives it", e->name, fsize, end);
         return -EINVAL;
     }
     return 0;
@@ -157,26 +157,26 @@ static int vmdk_check_flat(VmdkExtent *e, const char *file, Error *err)
 static int vmdk_open_one_extent(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, const DescExtent *d,
                                 uint64_t *gd_budget, Error *err)
 {
-    int r = vmdk_extent_type(e, d, bs->filename, err);
+    int r = vmdk_extent_type(e, d, err);
     if (r < 0 || e->type == EXT_ZERO)
         return r;
     if (!vmdk_sectors_to_bytes(d->offset, &e->flat_offset)) {
-        error_set(err, EINVAL, "%s: extent \"%s\": offset too large", bs->filename, d->name);
+        error_set(err, EINVAL, "extent \"%s\": offset too large", d->name);
         return -EINVAL;
     }
     r = vmdk_open_extent_file(bs, opts, e, err);
     if (r < 0)
         return r;
     if (e->type == EXT_FLAT)
-        return vmdk_check_flat(e, bs->filename, err);
+        return vmdk_check_flat(e, err);
     Error local = { .msg = "", .errnum = 0 };
     r = vmdk_open_sparse(e, gd_budget, &local);
-    if (r < 0) /* local names the extent file; say which image's descriptor named it */
-        error_set(err, local.errnum ? local.errnum : -r, "%s: extent %s", bs->filename,
+    if (r < 0) /* the reason is about the extent file: name it after the image's name */
+        error_set(err, local.errnum ? local.errnum : -r, "extent %s: %s", e->name,
                   local.msg[0] ? local.msg : strerror(-r));
     if (r == 0 && e->capacity * VMDK_SECTOR < e->bytes) {
-        error_set(err, EINVAL, "%s: sparse extent \"%s\" holds %" PRIu64 " sectors, fewer than the descriptor's %"
-                  PRIu64, bs->filename, e->name, e->capacity, e->bytes / VMDK_SECTOR);
+        error_set(err, EINVAL, "sparse extent \"%s\" holds %" PRIu64 " sectors, fewer than the descriptor's %"
+                  PRIu64, e->name, e->capacity, e->bytes / VMDK_SECTOR);
         r = -EINVAL;
     }
     return r;
@@ -187,7 +187,7 @@ static int vmdk_open_extents(BlockNode *bs, VmdkState *s, const BlockOpenOpts *o
 {
     s->ext = calloc((size_t)d->n_ext, sizeof(*s->ext));
     if (!s->ext) {
-        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     uint64_t start = 0, gd_budget = VMDK_MAX_GD_TOTAL;
@@ -196,14 +196,14 @@ static int vmdk_open_extents(BlockNode *bs, VmdkState *s, const BlockOpenOpts *o
         s->n_ext = i + 1;
         e->name = strdup(d->ext[i].name[0] ? d->ext[i].name : "(zero)");
         if (!e->name) {
-            error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+            error_set(err, ENOMEM, "out of memory");
             return -ENOMEM;
         }
         uint64_t end;
         if (d->ext[i].sectors == 0 || d->ext[i].sectors > VMDK_MAX_CAPACITY ||
             !add_ok_u64(start, d->ext[i].sectors * VMDK_SECTOR, &end) || end > INT64_MAX) {
-            error_set(err, EINVAL, "%s: extent %d has a size of %" PRIu64 " sectors, or the sum is too large",
-                      bs->filename, i + 1, d->ext[i].sectors);
+            error_set(err, EINVAL, "extent %d has a size of %" PRIu64 " sectors, or the sum is too large",
+                      i + 1, d->ext[i].sectors);
             return -EINVAL;
         }
         e->start = start;
@@ -247,16 +247,16 @@ static void vmdk_close(BlockNode *bs)
     s->lock_ready = false;
 }
 
-static int vmdk_read_text(BlockNode *file, int64_t off, int64_t len, char **out, const char *name, Error *err)
+static int vmdk_read_text(BlockNode *file, int64_t off, int64_t len, char **out, Error *err)
 {
     *out = calloc(1, (size_t)len + 1);
     if (!*out) {
-        error_set(err, ENOMEM, "%s: out of memory", name);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     int r = bdrv_pread(file, off, len, *out);
     if (r < 0)
-        error_set(err, -r, "%s: cannot read the descriptor: %s", name, strerror(-r));
+        error_set(err, -r, "cannot read the descriptor: %s", strerror(-r));
     return r;
 }
 
@@ -265,24 +265,24 @@ static int vmdk_open_descriptor(BlockNode *bs, VmdkState *s, const BlockOpenOpts
 {
     int64_t size = bdrv_getlength(bs->file);
     if (size < 0) {
-        error_set(err, (int)-size, "%s: cannot get the file size", bs->filename);
+        error_set(err, (int)-size, "cannot get the file size");
         return (int)size;
     }
     if (size > VMDK_MAX_DESC_BYTES) {
-        error_set(err, EINVAL, "%s: a descriptor file of %" PRId64 " bytes exceeds the limit of %d bytes",
-                  bs->filename, size, VMDK_MAX_DESC_BYTES);
+        error_set(err, EINVAL, "a descriptor file of %" PRId64 " bytes exceeds the limit of %d bytes",
+                  size, VMDK_MAX_DESC_BYTES);
         return -EINVAL;
     }
     char *text;
     Descriptor d;
     memset(&d, 0, sizeof(d));
-    int r = vmdk_read_text(bs->file, 0, size, &text, bs->filename, err);
+    int r = vmdk_read_text(bs->file, 0, size, &text, err);
     if (r == 0)
-        r = vmdk_desc_parse(&d, text, (size_t)size, bs->filename, err);
+        r = vmdk_desc_parse(&d, text, (size_t)size, err);
     free(text);
     s->standalone_descriptor = true;
     if (r == 0 && d.n_ext == 0) {
-        error_set(err, EINVAL, "%s: the descriptor names no extent", bs->filename);
+        error_set(err, EINVAL, "the descriptor names no extent");
         r = -EINVAL;
     }
     if (r == 0) {
@@ -301,24 +301,24 @@ static int vmdk_use_embedded(BlockNode *bs, VmdkState *s, VmdkExtent *e, Error *
     char *text;
     Descriptor d;
     memset(&d, 0, sizeof(d));
-    int r = vmdk_read_text(bs->file, (int64_t)e->desc_off, (int64_t)e->desc_bytes, &text, bs->filename, err);
+    int r = vmdk_read_text(bs->file, (int64_t)e->desc_off, (int64_t)e->desc_bytes, &text, err);
     if (r == 0)
-        r = vmdk_desc_parse(&d, text, (size_t)e->desc_bytes, bs->filename, err);
+        r = vmdk_desc_parse(&d, text, (size_t)e->desc_bytes, err);
     free(text);
     /* QEMU writes an extent-less descriptor into each extent file of a twoGbMaxExtentSparse disk */
     if (r == 0 && d.n_ext > 1) {
-        error_set(err, ENOTSUP, "%s: the embedded descriptor names %d extents (only one, this file, is possible)",
-                  bs->filename, d.n_ext);
+        error_set(err, ENOTSUP, "the embedded descriptor names %d extents (only one, this file, is possible)",
+                  d.n_ext);
         r = -ENOTSUP;
     }
     if (r == 0 && d.n_ext == 1 && strcmp(d.ext[0].type, "SPARSE") != 0) {
-        error_set(err, ENOTSUP, "%s: the embedded descriptor names a %s extent (only SPARSE, this file, is possible)",
-                  bs->filename, d.ext[0].type);
+        error_set(err, ENOTSUP, "the embedded descriptor names a %s extent (only SPARSE, this file, is possible)",
+                  d.ext[0].type);
         r = -ENOTSUP;
     }
     if (r == 0 && d.n_ext == 1 && d.ext[0].sectors > e->capacity) {
-        error_set(err, EINVAL, "%s: the descriptor's extent of %" PRIu64 " sectors exceeds the capacity of %"
-                  PRIu64, bs->filename, d.ext[0].sectors, e->capacity);
+        error_set(err, EINVAL, "the descriptor's extent of %" PRIu64 " sectors exceeds the capacity of %"
+                  PRIu64, d.ext[0].sectors, e->capacity);
         r = -EINVAL;
     }
     if (r == 0) {
@@ -336,7 +336,7 @@ static int vmdk_open_monolithic(BlockNode *bs, VmdkState *s, Error *err)
 {
     s->ext = calloc(1, sizeof(*s->ext));
     if (!s->ext) {
-        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     s->n_ext = 1;
@@ -365,13 +365,13 @@ static int vmdk_do_open(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, 
     int64_t fsize = bdrv_getlength(bs->file);
     int r = fsize < 0 ? (int)fsize : bdrv_pread(bs->file, 0, MIN(fsize, (int64_t)sizeof(head)), head);
     if (r < 0) {
-        error_set(err, -r, "%s: cannot read the image: %s", bs->filename, strerror(-r));
+        error_set(err, -r, "cannot read the image: %s", strerror(-r));
         return r;
     }
     s->gt_cache = calloc(VMDK_GT_CACHE_SLOTS, sizeof(*s->gt_cache));
     s->gt_cache_ext = calloc(VMDK_GT_CACHE_SLOTS, sizeof(*s->gt_cache_ext));
     if (!s->gt_cache || !s->gt_cache_ext) {
-        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     for (int i = 0; i < VMDK_GT_CACHE_SLOTS; i++)
@@ -381,12 +381,12 @@ static int vmdk_do_open(BlockNode *bs, VmdkState *s, const BlockOpenOpts *opts, 
     else if (memcmp(head, VMDK_DESC_SIGNATURE, strlen(VMDK_DESC_SIGNATURE)) == 0)
         r = vmdk_open_descriptor(bs, s, opts, err);
     else {
-        error_set(err, EINVAL, "%s: not a VMDK image (neither a sparse extent nor a descriptor file)", bs->filename);
+        error_set(err, EINVAL, "not a VMDK image (neither a sparse extent nor a descriptor file)");
         r = -EINVAL;
     }
     s->writable = !bs->read_only;
     for (int i = 0; r == 0 && s->writable && i < s->n_ext; i++)
-        r = vmdk_check_writable(bs, &s->ext[i], err);
+        r = vmdk_check_writable(&s->ext[i], err);
     return r;
 }
 

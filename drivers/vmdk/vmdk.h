@@ -177,8 +177,8 @@ static inline uint64_t vmdk_grain_len(const VmdkExtent *e, uint64_t g)
 
 /* ---------------------------------------------------------------- the parts */
 
-/* descriptor.c: parses the text descriptor into d (d->ext malloc'd); "FILE: reason" on failure. */
-int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, const char *file, Error *err);
+/* descriptor.c: parses the text descriptor into d (d->ext malloc'd); the reason (no file name) on failure. */
+int vmdk_desc_parse(Descriptor *d, const char *text, size_t len, Error *err);
 
 /* sparse.c: a hosted sparse extent's header, footer and grain directory; what one grain is (through the
  * grain-table cache); inflating a compressed grain. */
@@ -192,7 +192,7 @@ int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
 /* write.c: whether an extent can be written; the write and flush slots. */
-int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err);
+int vmdk_check_writable(VmdkExtent *e, Error *err);
 int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int vmdk_flush(BlockNode *bs);
 

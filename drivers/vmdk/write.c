@@ -250,11 +250,11 @@ int vmdk_flush(BlockNode *bs)
 
 /* --rw: every extent must be one this driver can write, and a redundant directory must mirror the
  * primary one (each table present in both), so that every grain table update has both places. */
-int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err)
+int vmdk_check_writable(VmdkExtent *e, Error *err)
 {
     if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && (e->flags & VMDK_FLAG_COMPRESSED))) {
-        error_set(err, EROFS, "%s: writing %s extents is not supported%s%s%s; mount read-only or use --overlay FILE",
-                  bs->filename, e->type == EXT_ZERO ? "ZERO" : "stream-optimized (compressed)",
+        error_set(err, EROFS, "writing %s extents is not supported%s%s%s; mount read-only or use --overlay FILE",
+                  e->type == EXT_ZERO ? "ZERO" : "stream-optimized (compressed)",
                   e->owns_file ? " (extent \"" : "", e->owns_file ? e->name : "", e->owns_file ? "\")" : "");
         return -EROFS;
     }
@@ -265,7 +265,7 @@ int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err)
     e->rgd = malloc(bytes ? bytes : 1);
     if (!raw || !e->rgd) {
         free(raw);
-        error_set(err, ENOMEM, "%s: out of memory", e->name);
+        error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
     int r = bytes ? bdrv_pread(e->file, (int64_t)e->rgd_off, (int64_t)bytes, raw) : 0;
@@ -273,8 +273,8 @@ int vmdk_check_writable(BlockNode *bs, VmdkExtent *e, Error *err)
         e->rgd[i] = ld_le32(raw + 4 * (size_t)i);
         bool rgt_ok = vmdk_range_in_file((uint64_t)e->rgd[i] * VMDK_SECTOR, VMDK_GT_BYTES, e->file_size);
         if ((e->gd[i] != 0) != (e->rgd[i] != 0) || (e->rgd[i] && !rgt_ok) || (e->rgd[i] && e->rgd[i] == e->gd[i])) {
-            error_set(err, EINVAL, "%s: the redundant grain directory of \"%s\" does not mirror the primary one "
-                      "(entry %" PRIu32 "); refusing to write", bs->filename, e->name, i);
+            error_set(err, EINVAL, "the redundant grain directory of \"%s\" does not mirror the primary one "
+                      "(entry %" PRIu32 "); refusing to write", e->name, i);
             r = -EINVAL;
         }
     }

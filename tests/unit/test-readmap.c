@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-readmap.c - bdrv_read_mapped, the core helper through which vdi, qed, vpc and vmdk read (a
+ * test-readmap.c - bdrv_read_mapped, the core helper through which qcow2, vdi, qed, vpc and vmdk read (a
  * driver's map of runs: host bytes, zeros, the backing node, or pieces only the driver decodes), and
  * bdrv_run_kind, the one interpretation of a run that it shares with bdrv_map_extents (zero-copy
  * reads). A scripted driver over memory nodes checks every kind of run, a decoder, a missing decoder, a
- * failing map and a map that answers for nothing; images made by qemu-img (vdi, qed over a backing file,
- * dynamic vpc, sparse, stream-optimized and delta vmdk) check that bdrv_pread returns
+ * failing map and a map that answers for nothing, batched host runs and a driver-named backing node;
+ * images made by qemu-img (qcow2 over a backing file with and without subclusters, compressed qcow2, vdi,
+ * qed over a backing file, dynamic vpc, sparse, stream-optimized and delta vmdk) check that bdrv_pread returns
  * qemu-img convert's bytes and that every range bdrv_map_extents hands out reads as bdrv_pread does.
  */
 #include "block.h"
@@ -61,6 +62,8 @@ typedef struct FakeState {
     bool empty_answer;   /* the map answers for 0 bytes */
     bool decoder;        /* the driver decodes BLOCK_RUN_DECODE runs */
     int decoded;         /* bytes decoded */
+    bool own_backing;    /* backing runs read 'backing' below instead of bs->backing */
+    BlockNode *backing;
 } FakeState;
 
 static int fake_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
@@ -90,10 +93,18 @@ static int fake_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, 
     return 0;
 }
 
+static BlockNode *fake_backing(BlockNode *bs, void *opaque)
+{
+    FakeState *s = opaque;
+    (void)bs;
+    return s->backing;
+}
+
 static int fake_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     FakeState *s = bs->opaque;
-    BlockReadMap m = { .map = fake_map, .decode = s->decoder ? fake_decode : NULL };
+    BlockReadMap m = { .map = fake_map, .decode = s->decoder ? fake_decode : NULL,
+                       .backing = s->own_backing ? fake_backing : NULL };
     return bdrv_read_mapped(bs, offset, bytes, buf, &m, s);
 }
 
@@ -176,6 +187,65 @@ static void test_scripted(void)
     bdrv_close(bs);
 }
 
+/* Read ops of bs's file child while reading [offset, offset+bytes) of bs into buf (-1: the read failed). */
+static int file_reads(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
+{
+    BlockStats a, b;
+    bdrv_stats_snapshot(bs->file, &a);
+    int r = bdrv_pread(bs, offset, bytes, buf);
+    bdrv_stats_snapshot(bs->file, &b);
+    return r < 0 ? -1 : (int)(b.rd_ops - a.rd_ops);
+}
+
+/* Host runs are batched: runs that follow each other in the file and in the buffer are one read. */
+static void test_batched(void)
+{
+    const int H = BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, Z = BDRV_BLOCK_ZERO;
+    const Run runs[6] = { { H, RUN }, { H, 2 * RUN }, { H, 3 * RUN }, { H, 4 * RUN }, { H, 0 }, { Z, 0 } };
+    BlockNode *bs = fake_node(runs, 6, false);
+    static uint8_t buf[40 * RUN];
+    is_int(file_reads(bs, 10, 4 * RUN - 20, buf), 1, "batched: four host-contiguous runs are one read of the file");
+    ok(host_bytes(buf, 4 * RUN - 20, RUN + 10), "batched: ... of the right bytes");
+    is_int(file_reads(bs, 0, 6 * RUN, buf), 2, "batched: a run elsewhere in the file is a second extent");
+    ok(host_bytes(buf, 4 * RUN, RUN) && host_bytes(buf + 4 * RUN, RUN, 0) && all_bytes(buf + 5 * RUN, RUN, 0),
+       "batched: ... and every run reads its own bytes");
+    bdrv_close(bs);
+
+    /* 40 runs alternating between two places in the file: more extents than one batch holds */
+    static Run many[40];
+    for (int i = 0; i < 40; i++)
+        many[i] = (Run){ H, (i % 2) * 4 * RUN };
+    bs = fake_node(many, 40, false);
+    memset(buf, 0, sizeof(buf));
+    is_int(file_reads(bs, 0, 40 * RUN, buf), 40, "batched: 40 scattered runs are 40 extents, over two batches");
+    bool same = true;
+    for (int i = 0; i < 40; i++)
+        same = same && host_bytes(buf + i * RUN, RUN, (i % 2) * 4 * RUN);
+    ok(same, "batched: ... each read from its own host offset");
+    bdrv_close(bs);
+}
+
+/* The driver names the node backing runs read from (a snapshot view's parent, none for a vm state). */
+static void test_backing_override(void)
+{
+    const Run runs[2] = { { 0, 0 }, { BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, 0 } };
+    BlockNode *bs = fake_node(runs, 2, true);
+    FakeState *s = bs->opaque;
+    static uint8_t other[2 * RUN], buf[2 * RUN];
+    memset(other, 0xcc, sizeof(other));
+    s->own_backing = true;
+    s->backing = NULL;
+    memset(buf, 0x77, sizeof(buf));
+    is_int(bdrv_pread(bs, 0, 2 * RUN, buf), 0, "backing slot: a read with no backing node named succeeds");
+    ok(all_bytes(buf, RUN, 0) && host_bytes(buf + RUN, RUN, 0),
+       "backing slot: ... its unallocated run reads as zeros, not as bs->backing");
+    s->backing = bdrv_open_memory(other, sizeof(other), true);
+    is_int(bdrv_pread(bs, 0, RUN, buf), 0, "backing slot: a read through the named node succeeds");
+    ok(all_bytes(buf, RUN, 0xcc), "backing slot: ... and reads that node's bytes");
+    bdrv_close(s->backing);
+    bdrv_close(bs);
+}
+
 /* ---------------------------------------------------------------- real images */
 
 /* bdrv_pread of the whole image equals want.raw (qemu-img convert's), and every 64 KiB piece that
@@ -241,7 +311,17 @@ static void test_images(void)
        "made a sparse vmdk and a delta over it");
     check_image("m.vmdk", "vmdk");
     check_image("md.vmdk", "vmdk");
+    ok(sh("qemu-img create -q -f qcow2 -b qb.qed -F qed c.qcow2 5M && qemu-io -f qcow2 " PATTERN " c.qcow2 && "
+          "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k -b qb.qed -F qed x.qcow2 5M && "
+          "qemu-io -f qcow2 " PATTERN " -c 'write -P 0x3d 2052k 4k' x.qcow2") == 0,
+       "made qcow2 images over a backing file, one with subclusters");
+    check_image("c.qcow2", "qcow2");
+    check_image("x.qcow2", "qcow2");
     int mapped;
+    ok(sh("qemu-img convert -c -f qcow2 -O qcow2 -o cluster_size=64k c.qcow2 z.qcow2 && "
+          "qemu-img convert -f qcow2 -O raw z.qcow2 z.qcow2.want") == 0, "made a compressed qcow2");
+    ok(reads_agree("z.qcow2", "z.qcow2.want", &mapped), "z.qcow2: compressed clusters decode to qemu-img's bytes");
+    ok(mapped > 0, "z.qcow2: pieces without a compressed cluster are handed out for splicing (%d)", mapped);
     ok(sh("qemu-img convert -f vmdk -O vmdk -o subformat=streamOptimized m.vmdk s.vmdk && "
           "qemu-img convert -f vmdk -O raw s.vmdk s.vmdk.want") == 0, "made a stream-optimized vmdk");
     ok(reads_agree("s.vmdk", "s.vmdk.want", &mapped), "s.vmdk: compressed grains decode to qemu-img's bytes");
@@ -255,6 +335,8 @@ int main(void)
         return 1;
     test_run_kind();
     test_scripted();
+    test_batched();
+    test_backing_override();
     test_images();
     scratch_cleanup();
     return done_testing();
