@@ -28,17 +28,6 @@ EOF
 
 hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
 
-# make_luks FILE: a real LUKS1 container. qemu-img times its PBKDF on this CPU and gives up with
-# "Unable to get accurate CPU usage" when the machine is busy, so it is given a few tries.
-make_luks() {
-  local i
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M 2>/dev/null && return 0
-    rm -f "$1"; sleep 1
-  done
-  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
-}
-
 # make_all: one file per known format without a driver, name -> description in KNOWN.
 make_all() {
   declare -gA KNOWN
