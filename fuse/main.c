@@ -95,6 +95,7 @@ static void print_help(void)
 "Image:\n"
 "  -f, --format FMT           format of IMAGE (default: probed; -f is not --foreground)\n"
 "      --offset N, --size N   show just this window of the disk (any format)\n"
+"      --partition N          disk.raw is partition N of the disk (MBR, GPT; logical from 5)\n"
 "      --backing FILE         use FILE as the backing file of IMAGE\n"
 "      --backing-format FMT   format of the backing file\n"
 "      --no-backing           ignore the backing file named in IMAGE\n"
@@ -168,12 +169,14 @@ enum {
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
     OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
+    OPT_PARTITION, OPT_EMULATE,
 };
 
 static const struct option mount_options[] = {
     { "format", required_argument, NULL, 'f' },
     { "offset", required_argument, NULL, OPT_OFFSET },
     { "size", required_argument, NULL, OPT_SIZE },
+    { "partition", required_argument, NULL, OPT_PARTITION },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -217,6 +220,7 @@ typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     bool read_only_opt, nonempty;
+    int partition;      /* --partition N: disk.raw is partition N (0: the whole disk) */
     const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
     char **o_items;     /* the copies of -o arguments, which option values point into */
     size_t n_o_items;
@@ -331,6 +335,17 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
             return EXIT_USAGE;
         note_option(a, name, arg);
         break;
+    case OPT_PARTITION: {
+        char *end;
+        long n = strtol(arg, &end, 10);
+        if (*arg < '1' || *arg > '9' || *end || n < 1 || n > BDRV_MAX_PARTITIONS * 2) {
+            errmsg("--partition", "invalid partition number '%s' (1, 2, ... as Linux numbers them)", arg);
+            return EXIT_USAGE;
+        }
+        a->partition = (int)n;
+        note_option(a, name, arg);
+        break;
+    }
     case OPT_BACKING: a->open.backing = arg; note_option(a, name, arg); break;
     case OPT_BACKING_FORMAT: a->open.backing_format = arg; note_option(a, name, arg); break;
     case OPT_NO_BACKING: a->open.no_backing = true; note_option(a, name, NULL); break;
@@ -537,6 +552,10 @@ static int check_combinations(const MountArgs *a)
         return EXIT_USAGE;
     if (a->read_only_opt && (a->rw || a->overlay || a->snapshot)) {
         errmsg("--read-only", "cannot be combined with %s", a->rw ? "--rw" : a->overlay ? "--overlay" : "--snapshot");
+        return EXIT_USAGE;
+    }
+    if (a->partition && bdrv_opts_name_driver(&a->open, bdrv_find_driver("window"))) {
+        errmsg("--partition", "cannot be combined with --offset/--size");
         return EXIT_USAGE;
     }
     if (a->overlay || a->snapshot) {
@@ -821,12 +840,46 @@ static void free_argv(char **argv, int argc)
     free(argv);
 }
 
+/* --partition N: a window over partition N of the disk (the part of it inside the disk); NULL with err
+ * set when the disk has no partition N. */
+static BlockNode *open_partition(BlockNode *bs, int number, Error *err)
+{
+    BlockPartitionTable *t = malloc(sizeof *t);
+    if (!t) {
+        error_set(err, ENOMEM, "%s: %s", bs->filename, strerror(ENOMEM));
+        return NULL;
+    }
+    int r = bdrv_read_partitions(bs, t);
+    BlockNode *w = NULL;
+    const BlockPartition *p = NULL;
+    for (int i = 0; r == 0 && i < t->n && !p; i++)
+        if (t->part[i].number == number && t->part[i].avail > 0)
+            p = &t->part[i];
+    if (r < 0)
+        error_set(err, -r, "%s: cannot read the partition table: %s", bs->filename, strerror(-r));
+    else if (!p) {
+        StrBuf sb;
+        sb_init(&sb);
+        for (int i = 0; i < t->n; i++)
+            if (t->part[i].avail > 0)
+                sb_printf(&sb, "%s%d", sb.len ? ", " : "", t->part[i].number);
+        error_set(err, ENOENT, "%s: no partition %d (%s%s)", bs->filename, number,
+                  t->label[0] ? "partitions: " : "the disk has no partition table", sb.len ? sb.s : "");
+        sb_free(&sb);
+    } else
+        w = bdrv_open_window(bs, p->start, p->avail, err);
+    free(t);
+    return w;
+}
+
 /* What disk.raw shows: the chain itself, or a window filter over it for --offset/--size, and over an
  * overlay of an image whose size is not a multiple of 512 (the overlay's own size is rounded up, as
  * QEMU's is), so that the view keeps the image's exact size. NULL with err set when the window does not
  * fit the disk. */
 static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs, Error *err)
 {
+    if (a->partition)
+        return open_partition(bs, a->partition, err);
     if (bdrv_opts_name_driver(&a->open, bdrv_find_driver("window")))
         return bdrv_open_chain_filters(bs, &a->open, err);
     if (ov->path && ov->image_size >= 0 && bdrv_getlength(bs) == align_up(ov->image_size, 512) &&
