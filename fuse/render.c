@@ -119,8 +119,9 @@ static void render_partitions_text(StrBuf *sb, BlockNode *bs)
     sb_printf(sb, "\npartitions: %s, id %s, %d%s\n", t->label, t->id, t->n, t->truncated ? " (more not listed)" : "");
     for (int i = 0; i < t->n; i++) {
         const BlockPartition *p = &t->part[i];
-        sb_printf(sb, "  p%d: start %" PRId64 ", size %" PRId64 ", type %s, uuid %s", p->number, p->start, p->size,
-                  p->type, p->uuid);
+        sb_printf(sb, "  p%d: start %" PRId64 ", size %" PRId64 ", type %s", p->number, p->start, p->size, p->type);
+        if (p->uuid[0])
+            sb_printf(sb, ", uuid %s", p->uuid);
         if (p->name[0]) {
             sb_printf(sb, ", name ");
             sb_text_str(sb, p->name);
