@@ -96,6 +96,8 @@ static void print_help(void)
 "  -f, --format FMT           format of IMAGE (default: probed; -f is not --foreground)\n"
 "      --offset N, --size N   show just this window of the disk (any format)\n"
 "      --partition N          disk.raw is partition N of the disk (MBR, GPT; logical from 5)\n"
+"      --emulate vmdk,vhd,vdi also show disk.vmdk, disk.vhd, disk.vdi: disk.raw dressed as those\n"
+"                             formats for VM software (views of the same disk)\n"
 "      --backing FILE         use FILE as the backing file of IMAGE\n"
 "      --backing-format FMT   format of the backing file\n"
 "      --no-backing           ignore the backing file named in IMAGE\n"
@@ -177,6 +179,7 @@ static const struct option mount_options[] = {
     { "offset", required_argument, NULL, OPT_OFFSET },
     { "size", required_argument, NULL, OPT_SIZE },
     { "partition", required_argument, NULL, OPT_PARTITION },
+    { "emulate", required_argument, NULL, OPT_EMULATE },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -221,6 +224,7 @@ typedef struct MountArgs {
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     bool read_only_opt, nonempty;
     int partition;      /* --partition N: disk.raw is partition N (0: the whole disk) */
+    bool emulate[3];    /* --emulate: vmdk, vhd, vdi views of disk.raw (emulate_kinds) */
     const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
     char **o_items;     /* the copies of -o arguments, which option values point into */
     size_t n_o_items;
@@ -229,6 +233,30 @@ typedef struct MountArgs {
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
+
+static const char *const emulate_kinds[3] = { "vmdk", "vhd", "vdi" };
+
+/* --emulate vmdk,vhd,vdi (any of them, comma separated; -o emulate= takes one, as -o splits at commas). */
+static bool parse_emulate(MountArgs *a, const char *arg)
+{
+    char *copy = strdup(arg), *save = NULL;
+    if (!copy)
+        abort();
+    bool ok = *arg != '\0';
+    for (char *w = strtok_r(copy, ",", &save); ok && w; w = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < 3 && strcmp(w, emulate_kinds[i]) != 0)
+            i++;
+        if (i == 3)
+            ok = false;
+        else
+            a->emulate[i] = true;
+    }
+    if (!ok)
+        errmsg("--emulate", "invalid value '%s' (expected vmdk, vhd, vdi or a comma-separated list of them)", arg);
+    free(copy);
+    return ok;
+}
 
 /* Maps VALUE to the index of the matching name, or prints the error and returns -1. */
 static int parse_choice(const char *opt, const char *value, const char *const *names, int n)
@@ -346,6 +374,11 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         note_option(a, name, arg);
         break;
     }
+    case OPT_EMULATE:
+        if (!parse_emulate(a, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
     case OPT_BACKING: a->open.backing = arg; note_option(a, name, arg); break;
     case OPT_BACKING_FORMAT: a->open.backing_format = arg; note_option(a, name, arg); break;
     case OPT_NO_BACKING: a->open.no_backing = true; note_option(a, name, NULL); break;
@@ -964,6 +997,24 @@ static int mount_main(int argc, char **argv)
         goto out;
     }
     overlay_unlink_temp(&ov);
+    BlockNode *emulated[3] = { NULL, NULL, NULL };
+    const char *emulated_names[3] = { NULL, NULL, NULL };
+    for (int i = 0; i < 3; i++) {
+        static const char *const names[3] = { "disk.vmdk", "disk.vhd", "disk.vdi" };
+        if (!a.emulate[i] || file_mode)
+            continue;
+        emulated_names[i] = names[i];
+        if (!(emulated[i] = bdrv_open_emulated(view, emulate_kinds[i], "disk.raw", &err))) {
+            rc = report_error(&err, top, EXIT_USAGE);
+            for (int j = 0; j < i; j++)
+                bdrv_close(emulated[j]);
+            if (view != bs)
+                bdrv_close(view);
+            bdrv_close(bs);
+            overlay_cleanup(&ov);
+            goto out;
+        }
+    }
 
     if (a.direct_io)
         note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
@@ -974,6 +1025,8 @@ static int mount_main(int argc, char **argv)
                    .window = view != bs ? view : NULL },
         .counters = &counters, .watch_unmount = true, .direct_io = a.direct_io,
         .proc_title = title, .proc_title_len = title_len,
+        .emulated = { emulated[0], emulated[1], emulated[2] },
+        .emulated_names = { emulated_names[0], emulated_names[1], emulated_names[2] },
     };
     int fargc;
     char *image_abs = realpath(a.image, NULL);
@@ -996,6 +1049,8 @@ static int mount_main(int argc, char **argv)
         log_msg("statistics at unmount:\n%s", sb.s);
         sb_free(&sb);
     }
+    for (int i = 0; i < 3; i++)
+        bdrv_close(emulated[i]);
     if (view != bs)
         bdrv_close(view);
     bdrv_close(bs);

@@ -350,6 +350,10 @@ int fs_build_tree(Fs *fs)
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
         !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_stream(fs, 1, "errors", c->bs, &errors_ops))
         return -ENOMEM;
+    for (int i = 0; i < 3; i++) /* --emulate: disk.vmdk (a descriptor, never written), disk.vhd, disk.vdi */
+        if (c->emulated[i] && !fs_add_disk(fs, 1, c->emulated_names[i], c->emulated[i],
+                                           c->writable && strcmp(c->emulated_names[i], "disk.vmdk") != 0))
+            return -ENOMEM;
     int r = fs_build_layers(fs, 1);
     if (r == 0)
         r = fs_build_partitions(fs, 1);

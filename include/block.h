@@ -563,4 +563,12 @@ typedef struct BlockPartitionTable {
  * read within the probe's budget of time and memory). */
 int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t);
 
+/* ---------------------------------------------------------------- output emulation (drivers/emulate.c) */
+
+/* A node whose bytes are an image of format kind ("vmdk": a monolithicFlat descriptor whose extent is the
+ * file raw_name; "vhd": bs's bytes and a fixed-VHD footer; "vdi": a static VDI header and block map, then
+ * bs's bytes) around bs as it is now; writes to its data area go to bs, to its headers fail with EPERM.
+ * NULL with err set ("FILE: --emulate vhd: ...") when bs is too large for the format. */
+BlockNode *bdrv_open_emulated(BlockNode *bs, const char *kind, const char *raw_name, Error *err);
+
 #endif
