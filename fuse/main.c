@@ -954,6 +954,11 @@ static int mount_main(int argc, char **argv)
     bool file_mode = false;
     if ((rc = check_mountpoint(a.mountpoint, a.nonempty, &file_mode)) != 0)
         goto out;
+    if (file_mode && (a.emulate[0] || a.emulate[1] || a.emulate[2])) {
+        errmsg(a.mountpoint, "--emulate needs a directory as mount point (a file mount point shows disk.raw alone)");
+        rc = EXIT_USAGE;
+        goto out;
+    }
     bool use_overlay = a.overlay || a.snapshot;
     bool read_only = !use_overlay && (!a.rw || a.forced_ro);
     a.open.read_only = read_only;
@@ -1001,7 +1006,7 @@ static int mount_main(int argc, char **argv)
     const char *emulated_names[3] = { NULL, NULL, NULL };
     for (int i = 0; i < 3; i++) {
         static const char *const names[3] = { "disk.vmdk", "disk.vhd", "disk.vdi" };
-        if (!a.emulate[i] || file_mode)
+        if (!a.emulate[i])
             continue;
         emulated_names[i] = names[i];
         if (!(emulated[i] = bdrv_open_emulated(view, emulate_kinds[i], "disk.raw", &err))) {

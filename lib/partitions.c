@@ -11,9 +11,11 @@
  * to choose which sectors to copy; libblkid still decides what they mean), at most BDRV_MAX_PARTITIONS
  * EBRs, never one twice.  libblkid runs in a child process under a memory limit and an alarm, so a
  * hostile table (a count of 2^32 GPT entries, a loop) costs at most that budget and the result is POD
- * written back through a pipe.  It knows no format and no FUSE.
+ * written back through a pipe.  Its reads are not counted in the nodes' statistics.  It knows no format
+ * and no FUSE.
  */
 #include "block.h"
+#include "block_int.h"
 #include "util.h"
 
 #include <blkid/blkid.h>
@@ -204,7 +206,7 @@ static int copy_ebr_chain(BlockNode *bs, int fd, int64_t disk, const BlockPartit
     return n;
 }
 
-int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t)
+static int read_partitions(BlockNode *bs, BlockPartitionTable *t)
 {
     memset(t, 0, sizeof *t);
     int64_t disk = bdrv_getlength(bs);
@@ -234,5 +236,14 @@ int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t)
     close(fd);
     if (r < 0)
         memset(t, 0, sizeof *t);
+    return r;
+}
+
+/* The probe's reads are the core's own, not the user's: statistics (stats.json) do not count them. */
+int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t)
+{
+    stats_mute(true);
+    int r = read_partitions(bs, t);
+    stats_mute(false);
     return r;
 }

@@ -85,7 +85,7 @@ import json, sys
 print(sum(e["length"] for e in json.load(sys.stdin) if e["depth"] == 0 and e["data"]))')" -ge 65536 ]
 }
 
-@test "--emulate: a bad value is refused with exit 2 and one line; a VHD larger than 2040 GiB is refused" {
+@test "--emulate: a bad value, a file mount point and a VHD larger than 2040 GiB are refused with exit 2 and one line" {
   qemu-img create -q -f qcow2 big.qcow2 3T
   run "$IMGFUSE" --emulate vhd,qcow2 big.qcow2 "$MNT"
   [ "$status" -eq 2 ]
@@ -93,6 +93,10 @@ print(sum(e["length"] for e in json.load(sys.stdin) if e["depth"] == 0 and e["da
   run "$IMGFUSE" --foreground --emulate vhd big.qcow2 "$MNT"
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: big.qcow2: --emulate vhd: the disk (3298534883328 bytes) is larger than a VHD may be (2040 GiB)" ]
+  touch f.img
+  run "$IMGFUSE" --emulate vdi big.qcow2 f.img
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: f.img: --emulate needs a directory as mount point (a file mount point shows disk.raw alone)" ]
   nothing_mounted
   mount_img --emulate vdi,vmdk big.qcow2 "$MNT"                # 3 TiB: the VDI map is computed, not held
   [ "$(virtual_size "$MNT/disk.vdi")" -eq 3298534883328 ]
