@@ -317,7 +317,9 @@ static int fs_build_partitions(Fs *fs, fuse_ino_t root)
         r = -ENOMEM;
     for (int i = 0; dir && r == 0 && i < t->n; i++) {
         const BlockPartition *p = &t->part[i];
-        if (p->avail <= 0)
+        char name[32];
+        snprintf(name, sizeof name, "p%d.raw", p->number);
+        if (p->avail <= 0 || fs_lookup_child(fs, dir->ino, name)) /* past the end, or a number seen before */
             continue;
         Error err;
         memset(&err, 0, sizeof err);
@@ -327,8 +329,6 @@ static int fs_build_partitions(Fs *fs, fuse_ino_t root)
             continue;
         }
         fs->part_views[fs->n_part_views++] = w;
-        char name[32];
-        snprintf(name, sizeof name, "p%d.raw", p->number);
         if (!fs_add_disk(fs, dir->ino, name, w, fs->cfg.writable))
             r = -ENOMEM;
     }

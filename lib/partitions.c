@@ -110,8 +110,9 @@ static void probe_fd(int fd, int64_t disk, BlockPartitionTable *t)
     blkid_free_probe(pr);
 }
 
-/* The child's address-space limit: what it has now plus the probe's budget. */
-static void limit_memory(void)
+/* The child's address-space limit: what it has now plus the probe's budget, never above the limit it
+ * inherited (a caller's prlimit holds); and an alarm that ends it, whatever the parent did with SIGALRM. */
+static void limit_child(void)
 {
     unsigned long long pages = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -120,9 +121,18 @@ static void limit_memory(void)
             pages = 0;
         fclose(f);
     }
+    rlim_t want = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)PART_PROBE_MEM;
     struct rlimit rl;
-    rl.rlim_cur = rl.rlim_max = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (rlim_t)PART_PROBE_MEM;
-    setrlimit(RLIMIT_AS, &rl);
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > want)) {
+        rl.rlim_cur = want;
+        setrlimit(RLIMIT_AS, &rl);
+    }
+    signal(SIGALRM, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGALRM);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    alarm(PART_PROBE_SECONDS);
 }
 
 /* Runs probe_fd in a child under the budget; 0 with *t filled, or -EIO if the child failed. */
@@ -140,8 +150,7 @@ static int probe_in_child(int fd, int64_t disk, BlockPartitionTable *t)
     }
     if (pid == 0) {
         close(p[0]);
-        limit_memory();
-        alarm(PART_PROBE_SECONDS);
+        limit_child();
         memset(t, 0, sizeof *t);
         probe_fd(fd, disk, t);
         const char *c = (const char *)t;
