@@ -81,6 +81,8 @@ struct Fs {
     size_t splice_pipe_pages; /* pages its pipe holds, for replies of several extents */
     Entry *disk;             /* the main raw view */
     Entry *snapdir;          /* MNT/snapshots, NULL when the image has no snapshot support */
+    BlockNode **part_views;  /* the window nodes MNT/partitions/pN.raw show (closed by fs_free) */
+    int n_part_views;
     pthread_mutex_t snap_lock; /* serialises snapshot create/delete, the refresh of the tree, view open/close */
 };
 

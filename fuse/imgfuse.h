@@ -108,6 +108,8 @@ typedef struct FsConfig {
     char *proc_title;         /* the daemon's command-line memory, renamed in the watcher (may be NULL) */
     size_t proc_title_len;
     bool direct_io;           /* raw views bypass the kernel's page cache (FOPEN_DIRECT_IO) */
+    BlockNode *emulated[3];   /* --emulate: the views of disk.raw as emulated_names[i] (NULL: none) */
+    const char *emulated_names[3];
 } FsConfig;
 
 /* Runs the mount: creates the session from fuse_argv, mounts at mountpoint, calls ready() (which may

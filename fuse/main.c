@@ -95,6 +95,9 @@ static void print_help(void)
 "Image:\n"
 "  -f, --format FMT           format of IMAGE (default: probed; -f is not --foreground)\n"
 "      --offset N, --size N   show just this window of the disk (any format)\n"
+"      --partition N          disk.raw is partition N of the disk (MBR, GPT; logical from 5)\n"
+"      --emulate vmdk,vhd,vdi  also show disk.vmdk, disk.vhd, disk.vdi: disk.raw dressed as\n"
+"                             those formats for VM software (views of the same disk)\n"
 "      --backing FILE         use FILE as the backing file of IMAGE\n"
 "      --backing-format FMT   format of the backing file\n"
 "      --no-backing           ignore the backing file named in IMAGE\n"
@@ -168,12 +171,15 @@ enum {
     OPT_DISCARD, OPT_ON_READ_ERROR, OPT_BLKDEBUG, OPT_ALLOW_OTHER, OPT_FOREGROUND, OPT_DEBUG, OPT_AUDIT_LOG,
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
     OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
+    OPT_PARTITION, OPT_EMULATE,
 };
 
 static const struct option mount_options[] = {
     { "format", required_argument, NULL, 'f' },
     { "offset", required_argument, NULL, OPT_OFFSET },
     { "size", required_argument, NULL, OPT_SIZE },
+    { "partition", required_argument, NULL, OPT_PARTITION },
+    { "emulate", required_argument, NULL, OPT_EMULATE },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -217,6 +223,8 @@ typedef struct MountArgs {
     BlockOpenOpts open;
     bool rw, forced_ro, allow_other, foreground, debug, snapshot, direct_io;
     bool read_only_opt, nonempty;
+    int partition;      /* --partition N: disk.raw is partition N (0: the whole disk) */
+    bool emulate[3];    /* --emulate: vmdk, vhd, vdi views of disk.raw (emulate_kinds) */
     const char *image, *mountpoint, *audit_log, *overlay, *pid_file;
     char **o_items;     /* the copies of -o arguments, which option values point into */
     size_t n_o_items;
@@ -225,6 +233,30 @@ typedef struct MountArgs {
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
 } MountArgs;
+
+static const char *const emulate_kinds[3] = { "vmdk", "vhd", "vdi" };
+
+/* --emulate vmdk,vhd,vdi (any of them, comma separated; -o emulate= takes one, as -o splits at commas). */
+static bool parse_emulate(MountArgs *a, const char *arg)
+{
+    char *copy = strdup(arg), *save = NULL;
+    if (!copy)
+        abort();
+    bool ok = *arg != '\0';
+    for (char *w = strtok_r(copy, ",", &save); ok && w; w = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < 3 && strcmp(w, emulate_kinds[i]) != 0)
+            i++;
+        if (i == 3)
+            ok = false;
+        else
+            a->emulate[i] = true;
+    }
+    if (!ok)
+        errmsg("--emulate", "invalid value '%s' (expected vmdk, vhd, vdi or a comma-separated list of them)", arg);
+    free(copy);
+    return ok;
+}
 
 /* Maps VALUE to the index of the matching name, or prints the error and returns -1. */
 static int parse_choice(const char *opt, const char *value, const char *const *names, int n)
@@ -328,6 +360,22 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         break;
     case OPT_SIZE:
         if (!map_long_opt(a, name, "window.size", true, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_PARTITION: {
+        char *end;
+        long n = strtol(arg, &end, 10);
+        if (*arg < '1' || *arg > '9' || *end || n < 1 || n > BDRV_MAX_PARTITIONS * 2) {
+            errmsg("--partition", "invalid partition number '%s' (1, 2, ... as Linux numbers them)", arg);
+            return EXIT_USAGE;
+        }
+        a->partition = (int)n;
+        note_option(a, name, arg);
+        break;
+    }
+    case OPT_EMULATE:
+        if (!parse_emulate(a, arg))
             return EXIT_USAGE;
         note_option(a, name, arg);
         break;
@@ -537,6 +585,10 @@ static int check_combinations(const MountArgs *a)
         return EXIT_USAGE;
     if (a->read_only_opt && (a->rw || a->overlay || a->snapshot)) {
         errmsg("--read-only", "cannot be combined with %s", a->rw ? "--rw" : a->overlay ? "--overlay" : "--snapshot");
+        return EXIT_USAGE;
+    }
+    if (a->partition && bdrv_opts_name_driver(&a->open, bdrv_find_driver("window"))) {
+        errmsg("--partition", "cannot be combined with --offset/--size");
         return EXIT_USAGE;
     }
     if (a->overlay || a->snapshot) {
@@ -821,12 +873,46 @@ static void free_argv(char **argv, int argc)
     free(argv);
 }
 
+/* --partition N: a window over partition N of the disk (the part of it inside the disk); NULL with err
+ * set when the disk has no partition N. */
+static BlockNode *open_partition(BlockNode *bs, int number, Error *err)
+{
+    BlockPartitionTable *t = malloc(sizeof *t);
+    if (!t) {
+        error_set(err, ENOMEM, "%s: %s", bs->filename, strerror(ENOMEM));
+        return NULL;
+    }
+    int r = bdrv_read_partitions(bs, t);
+    BlockNode *w = NULL;
+    const BlockPartition *p = NULL;
+    for (int i = 0; r == 0 && i < t->n && !p; i++)
+        if (t->part[i].number == number && t->part[i].avail > 0)
+            p = &t->part[i];
+    if (r < 0)
+        error_set(err, -r, "%s: cannot read the partition table: %s", bs->filename, strerror(-r));
+    else if (!p) {
+        StrBuf sb;
+        sb_init(&sb);
+        for (int i = 0; i < t->n; i++)
+            if (t->part[i].avail > 0)
+                sb_printf(&sb, "%s%d", sb.len ? ", " : "", t->part[i].number);
+        error_set(err, ENOENT, "%s: no partition %d (%s%s)", bs->filename, number,
+                  t->label[0] ? "partitions: " : "the disk has no partition table", sb.len ? sb.s : "");
+        sb_free(&sb);
+    } else
+        w = bdrv_open_window(bs, p->start, p->avail, err);
+    free(t);
+    return w;
+}
+
 /* What disk.raw shows: the chain itself, or a window filter over it for --offset/--size, and over an
  * overlay of an image whose size is not a multiple of 512 (the overlay's own size is rounded up, as
  * QEMU's is), so that the view keeps the image's exact size. NULL with err set when the window does not
  * fit the disk. */
 static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs, Error *err)
 {
+    if (a->partition)
+        return open_partition(bs, a->partition, err);
     if (bdrv_opts_name_driver(&a->open, bdrv_find_driver("window")))
         return bdrv_open_chain_filters(bs, &a->open, err);
     if (ov->path && ov->image_size >= 0 && bdrv_getlength(bs) == align_up(ov->image_size, 512) &&
@@ -868,6 +954,11 @@ static int mount_main(int argc, char **argv)
     bool file_mode = false;
     if ((rc = check_mountpoint(a.mountpoint, a.nonempty, &file_mode)) != 0)
         goto out;
+    if (file_mode && (a.emulate[0] || a.emulate[1] || a.emulate[2])) {
+        errmsg(a.mountpoint, "--emulate needs a directory as mount point (a file mount point shows disk.raw alone)");
+        rc = EXIT_USAGE;
+        goto out;
+    }
     bool use_overlay = a.overlay || a.snapshot;
     bool read_only = !use_overlay && (!a.rw || a.forced_ro);
     a.open.read_only = read_only;
@@ -911,6 +1002,24 @@ static int mount_main(int argc, char **argv)
         goto out;
     }
     overlay_unlink_temp(&ov);
+    BlockNode *emulated[3] = { NULL, NULL, NULL };
+    const char *emulated_names[3] = { NULL, NULL, NULL };
+    for (int i = 0; i < 3; i++) {
+        static const char *const names[3] = { "disk.vmdk", "disk.vhd", "disk.vdi" };
+        if (!a.emulate[i])
+            continue;
+        emulated_names[i] = names[i];
+        if (!(emulated[i] = bdrv_open_emulated(view, emulate_kinds[i], "disk.raw", &err))) {
+            rc = report_error(&err, top, EXIT_USAGE);
+            for (int j = 0; j < i; j++)
+                bdrv_close(emulated[j]);
+            if (view != bs)
+                bdrv_close(view);
+            bdrv_close(bs);
+            overlay_cleanup(&ov);
+            goto out;
+        }
+    }
 
     if (a.direct_io)
         note_option(&a, "direct-io", NULL); /* once, whether given as --direct-io or -o direct_io */
@@ -921,6 +1030,8 @@ static int mount_main(int argc, char **argv)
                    .window = view != bs ? view : NULL },
         .counters = &counters, .watch_unmount = true, .direct_io = a.direct_io,
         .proc_title = title, .proc_title_len = title_len,
+        .emulated = { emulated[0], emulated[1], emulated[2] },
+        .emulated_names = { emulated_names[0], emulated_names[1], emulated_names[2] },
     };
     int fargc;
     char *image_abs = realpath(a.image, NULL);
@@ -943,6 +1054,8 @@ static int mount_main(int argc, char **argv)
         log_msg("statistics at unmount:\n%s", sb.s);
         sb_free(&sb);
     }
+    for (int i = 0; i < 3; i++)
+        bdrv_close(emulated[i]);
     if (view != bs)
         bdrv_close(view);
     bdrv_close(bs);

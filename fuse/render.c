@@ -96,6 +96,69 @@ static void render_facts_text(StrBuf *sb, const MountFacts *f)
     }
 }
 
+/* The disk's partition table (lib/partitions.c), NULL when it has none or it cannot be read (*err set). */
+static BlockPartitionTable *read_table(BlockNode *bs, int *err)
+{
+    BlockPartitionTable *t = malloc(sizeof *t);
+    *err = t ? bdrv_read_partitions(bs, t) : -ENOMEM;
+    if (*err == 0 && t->label[0])
+        return t;
+    free(t);
+    return NULL;
+}
+
+/* "partitions: dos, id 0x..., N" then a line per partition (bytes, as on disk; what pN.raw shows). */
+static void render_partitions_text(StrBuf *sb, BlockNode *bs)
+{
+    int err;
+    BlockPartitionTable *t = read_table(bs, &err);
+    if (err < 0)
+        sb_printf(sb, "\npartitions: not read (%s)\n", strerror(-err));
+    if (!t)
+        return;
+    sb_printf(sb, "\npartitions: %s, id %s, %d%s\n", t->label, t->id, t->n, t->truncated ? " (more not listed)" : "");
+    for (int i = 0; i < t->n; i++) {
+        const BlockPartition *p = &t->part[i];
+        sb_printf(sb, "  p%d: start %" PRId64 ", size %" PRId64 ", type %s", p->number, p->start, p->size, p->type);
+        if (p->uuid[0])
+            sb_printf(sb, ", uuid %s", p->uuid);
+        if (p->name[0]) {
+            sb_printf(sb, ", name ");
+            sb_text_str(sb, p->name);
+        }
+        sb_printf(sb, "%s%s%s\n", p->extended ? " (extended)" : p->logical ? " (logical)" : "",
+                  p->avail == 0 ? " (past the end of the disk: no file)" : "",
+                  p->avail > 0 && p->avail < p->size ? " (clipped at the end of the disk)" : "");
+    }
+    free(t);
+}
+
+/* "partitions": {"label", "id", "list": [...]} inside the extra key (nothing when the disk has none). */
+static void render_partitions_json(StrBuf *sb, BlockNode *bs)
+{
+    int err;
+    BlockPartitionTable *t = read_table(bs, &err);
+    if (!t)
+        return;
+    sb_printf(sb, ",\n    \"partitions\": {\"label\": \"%s\", ", t->label);
+    sb_json_member(sb, "id", t->id);
+    sb_printf(sb, ", \"truncated\": %s, \"list\": [", t->truncated ? "true" : "false");
+    for (int i = 0; i < t->n; i++) {
+        const BlockPartition *p = &t->part[i];
+        sb_printf(sb, "%s\n      {\"number\": %d, \"start\": %" PRId64 ", \"size\": %" PRId64 ", \"available\": %"
+                  PRId64 ", ", i ? "," : "", p->number, p->start, p->size, p->avail);
+        sb_json_member(sb, "type", p->type);
+        sb_put(sb, ", ", 2);
+        sb_json_member(sb, "name", p->name);
+        sb_put(sb, ", ", 2);
+        sb_json_member(sb, "uuid", p->uuid);
+        sb_printf(sb, ", \"extended\": %s, \"logical\": %s}", p->extended ? "true" : "false",
+                  p->logical ? "true" : "false");
+    }
+    sb_put(sb, "\n    ]}", 7);
+    free(t);
+}
+
 void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
 {
     text_line(sb, "", "image", bs->filename);
@@ -113,6 +176,7 @@ void render_info_text(StrBuf *sb, BlockNode *bs, const MountFacts *facts)
             render_item_text(sb, &info.items[i]);
         info_free(&info);
     }
+    render_partitions_text(sb, bs);
 }
 
 /* ---------------------------------------------------------------- info as JSON
@@ -314,6 +378,7 @@ static void render_chain_extras(StrBuf *sb, BlockNode *bs, const MountFacts *fac
             sb_printf(sb, ",\n    \"window\": {\"offset\": %" PRId64 ", \"size\": %" PRId64 "}", off, size);
         }
     }
+    render_partitions_json(sb, bs);
     sb_put(sb, ",\n    \"layers\": [", 17);
     for (BlockNode *n = bs; n; n = n->backing) {
         InfoList info = {0};

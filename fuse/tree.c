@@ -297,6 +297,45 @@ static int fs_build_layers(Fs *fs, fuse_ino_t root)
     return 0;
 }
 
+/* MNT/partitions/pN.raw: a window over the disk for each partition of its MBR or GPT (the part of it
+ * inside the disk), writable as disk.raw is. No table, no directory. */
+static int fs_build_partitions(Fs *fs, fuse_ino_t root)
+{
+    BlockPartitionTable *t = malloc(sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    int r = bdrv_read_partitions(fs->cfg.bs, t);
+    if (r < 0) { /* e.g. a table the probe could not read within its budget: logged, no files */
+        log_msg("%s: partition table not read: %s", fs->cfg.bs->filename, strerror(-r));
+        free(t);
+        return 0;
+    }
+    Entry *dir = NULL;
+    if (r == 0 && t->label[0] && !(dir = fs_add(fs, root, "partitions", ENTRY_DIR, NULL)))
+        r = -ENOMEM;
+    if (dir && !(fs->part_views = calloc((size_t)t->n + 1, sizeof *fs->part_views)))
+        r = -ENOMEM;
+    for (int i = 0; dir && r == 0 && i < t->n; i++) {
+        const BlockPartition *p = &t->part[i];
+        char name[32];
+        snprintf(name, sizeof name, "p%d.raw", p->number);
+        if (p->avail <= 0 || fs_lookup_child(fs, dir->ino, name)) /* past the end, or a number seen before */
+            continue;
+        Error err;
+        memset(&err, 0, sizeof err);
+        BlockNode *w = bdrv_open_window(fs->cfg.bs, p->start, p->avail, &err);
+        if (!w) {
+            log_msg("%s", err.msg);
+            continue;
+        }
+        fs->part_views[fs->n_part_views++] = w;
+        if (!fs_add_disk(fs, dir->ino, name, w, fs->cfg.writable))
+            r = -ENOMEM;
+    }
+    free(t);
+    return r;
+}
+
 int fs_build_tree(Fs *fs)
 {
     const FsConfig *c = &fs->cfg;
@@ -311,13 +350,22 @@ int fs_build_tree(Fs *fs)
         !fs_add_gen(fs, 1, "info", c->bs, gen_info_text) || !fs_add_gen(fs, 1, "info.json", c->bs, gen_info_json) ||
         !fs_add_gen(fs, 1, "stats.json", c->bs, gen_stats_json) || !fs_add_stream(fs, 1, "errors", c->bs, &errors_ops))
         return -ENOMEM;
+    for (int i = 0; i < 3; i++) /* --emulate: disk.vmdk (a descriptor, never written), disk.vhd, disk.vdi */
+        if (c->emulated[i] && !fs_add_disk(fs, 1, c->emulated_names[i], c->emulated[i],
+                                           c->writable && strcmp(c->emulated_names[i], "disk.vmdk") != 0))
+            return -ENOMEM;
     int r = fs_build_layers(fs, 1);
+    if (r == 0)
+        r = fs_build_partitions(fs, 1);
     return r < 0 ? r : fs_build_snapshots(fs, 1);
 }
 
 void fs_free(Fs *fs)
 {
     fs_free_snapshots(fs);
+    for (int i = 0; i < fs->n_part_views; i++)
+        bdrv_close(fs->part_views[i]);
+    free(fs->part_views);
     for (size_t i = 0; i < fs->n_entries; i++) {
         free(fs->entries[i]->name);
         free(fs->entries[i]);

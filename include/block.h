@@ -543,4 +543,40 @@ typedef struct BlockReadMap {
  * errno (the first one met; a host read's failure may be met after later runs were mapped). */
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
 
+/* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
+
+/* The MBR or GPT of a node's disk, read by libblkid (never parsed here): numbered as Linux numbers
+ * them (MBR primary 1-4, logical from 5; GPT entry + 1), at most BDRV_MAX_PARTITIONS. */
+#define BDRV_MAX_PARTITIONS 128
+
+typedef struct BlockPartition {
+    int number;
+    int64_t start, size;     /* bytes, as the table says */
+    int64_t avail;           /* bytes of it inside the disk (< size: clipped at the disk's end; 0: past it) */
+    char type[40];           /* MBR "0x83", GPT type GUID */
+    char name[160];          /* GPT name (UTF-8 as libblkid gives it), "" for MBR */
+    char uuid[40];           /* GPT partition GUID, MBR "DISKID-NN" */
+    bool extended, logical;  /* MBR extended container, logical partition */
+} BlockPartition;
+
+typedef struct BlockPartitionTable {
+    char label[8];           /* "dos", "gpt"; "" when the disk has no table */
+    char id[40];             /* the disk identifier (MBR signature, GPT disk GUID) */
+    int n;
+    bool truncated;          /* more than BDRV_MAX_PARTITIONS: the rest are not listed */
+    BlockPartition part[BDRV_MAX_PARTITIONS];
+} BlockPartitionTable;
+
+/* Reads bs's partition table into *t (t->label "" if none). 0, or -errno (-EIO: the table could not be
+ * read within the probe's budget of time and memory). */
+int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t);
+
+/* ---------------------------------------------------------------- output emulation (drivers/emulate.c) */
+
+/* A node whose bytes are an image of format kind ("vmdk": a monolithicFlat descriptor whose extent is the
+ * file raw_name; "vhd": bs's bytes and a fixed-VHD footer; "vdi": a static VDI header and block map, then
+ * bs's bytes) around bs as it is now; writes to its data area go to bs, to its headers fail with EPERM.
+ * NULL with err set ("FILE: --emulate vhd: ...") when bs is too large for the format. */
+BlockNode *bdrv_open_emulated(BlockNode *bs, const char *kind, const char *raw_name, Error *err);
+
 #endif

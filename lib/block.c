@@ -167,8 +167,18 @@ static void time_op(uint64_t *ns_total, uint64_t *ns_max, uint64_t ns)
     *ns_max = MAX(*ns_max, ns);
 }
 
+/* Set while the calling thread reads for the core itself (the partition-table probe): not counted. */
+static _Thread_local bool stats_muted;
+
+void stats_mute(bool on)
+{
+    stats_muted = on;
+}
+
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
 {
+    if (stats_muted)
+        return;
     BlockStats *s = &bs->core->stats;
     pthread_mutex_lock(&bs->core->stats_lock);
     if (ret < 0) {

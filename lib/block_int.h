@@ -63,6 +63,9 @@ int bdrv_co_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags
 int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags);
 
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret);
+/* While on, the calling thread's I/O is not counted in the statistics (reads the core makes for itself,
+ * such as lib/partitions.c's probe of the partition table, are not the user's). */
+void stats_mute(bool on);
 enum { STAT_READ, STAT_WRITE, STAT_FLUSH, STAT_DISCARD, STAT_ZERO };
 
 #endif
