@@ -522,15 +522,15 @@ static int file_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     const char *name = bs->filename;
     struct stat st;
     if (stat(name, &st) < 0) {
-        error_set(err, errno, "%s: %s", name, strerror(errno));
+        error_set(err, errno, "%s", strerror(errno));
         return -errno;
     }
     if (S_ISDIR(st.st_mode)) {
-        error_set(err, EISDIR, "%s: %s", name, strerror(EISDIR));
+        error_set(err, EISDIR, "%s", strerror(EISDIR));
         return -EISDIR;
     }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        error_set(err, EINVAL, "%s: not a regular file or block device", name);
+        error_set(err, EINVAL, "not a regular file or block device");
         return -EINVAL;
     }
     bool want_direct = opts && (opts->cache == CACHE_NONE || opts->aio == AIO_NATIVE);
@@ -539,13 +539,13 @@ static int file_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (s->fd < 0) {
         int e = errno;
         if (e == EINVAL && want_direct)
-            error_set(err, e, "%s: the file system does not support O_DIRECT (--cache=none)", name);
+            error_set(err, e, "the file system does not support O_DIRECT (--cache=none)");
         else
-            error_set(err, e, "%s: %s", name, strerror(e));
+            error_set(err, e, "%s", strerror(e));
         return -e;
     }
     if (fstat(s->fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
-        error_set(err, EINVAL, "%s: not a regular file or block device", name);
+        error_set(err, EINVAL, "not a regular file or block device");
         close(s->fd);
         return -EINVAL;
     }
@@ -558,7 +558,7 @@ static int file_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (opts && opts->aio == AIO_NATIVE) {
         int r = aio_pool_init(s, name);
         if (r < 0) {
-            error_set(err, -r, "%s: %s", name, strerror(-r));
+            error_set(err, -r, "%s", strerror(-r));
             close(s->fd);
             return r;
         }

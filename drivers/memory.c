@@ -23,8 +23,9 @@ typedef struct MemoryState {
 /* Memory nodes are made by bdrv_open_memory, never opened by a name. */
 static int memory_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
+    (void)bs;
     (void)opts;
-    error_set(err, ENOTSUP, "%s: memory nodes cannot be opened by name", bs->filename);
+    error_set(err, ENOTSUP, "memory nodes cannot be opened by name");
     return -ENOTSUP;
 }
 

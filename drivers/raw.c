@@ -31,7 +31,7 @@ static int raw_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     (void)opts;
     int64_t flen = bdrv_getlength(bs->file);
     if (flen < 0) {
-        error_set(err, (int)-flen, "%s: cannot get the file size: %s", bs->filename, strerror((int)-flen));
+        error_set(err, (int)-flen, "cannot get the file size: %s", strerror((int)-flen));
         return (int)flen;
     }
     return 0;

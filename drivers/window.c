@@ -28,23 +28,23 @@ static int window_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->size = bdrv_opt_size(bs, "size", -1);
     int64_t len = bdrv_getlength(bs->file);
     if (len < 0) {
-        error_set(err, (int)-len, "%s: cannot get the disk size: %s", bs->filename, strerror((int)-len));
+        error_set(err, (int)-len, "cannot get the disk size: %s", strerror((int)-len));
         return (int)len;
     }
     if (s->offset < 0 || s->size < -1) {
-        error_set(err, EINVAL, "%s: negative --offset or --size", bs->filename);
+        error_set(err, EINVAL, "negative --offset or --size");
         return -EINVAL;
     }
     if (s->offset > len) {
-        error_set(err, EINVAL, "%s: --offset %" PRId64 " is beyond the end of the disk (%" PRId64 " bytes)",
-                  bs->filename, s->offset, len);
+        error_set(err, EINVAL, "--offset %" PRId64 " is beyond the end of the disk (%" PRId64 " bytes)",
+                  s->offset, len);
         return -EINVAL;
     }
     int64_t end;
     if (s->size >= 0 && (!add_ok_i64(s->offset, s->size, &end) || end > len)) {
         error_set(err, EINVAL,
-                  "%s: --offset %" PRId64 " + --size %" PRId64 " is beyond the end of the disk (%" PRId64
-                  " bytes)", bs->filename, s->offset, s->size, len);
+                  "--offset %" PRId64 " + --size %" PRId64 " is beyond the end of the disk (%" PRId64
+                  " bytes)", s->offset, s->size, len);
         return -EINVAL;
     }
     return 0;

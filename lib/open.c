@@ -33,10 +33,9 @@ void block_open_opts_init(BlockOpenOpts *o)
 
 /*
  * The one rule for where the file name enters an open error: the line starts with the name of the file
- * being opened (bs->filename), exactly once, and the core puts it there. A driver writes the reason; a
- * message that already starts with "bs->filename:" (raw, window, memory and file still name it) is kept;
- * one about another file (an extent, a rules file) follows the image's name. No message: what and
- * strerror.
+ * being opened (bs->filename), exactly once, and the core puts it there. Every driver writes the reason
+ * only; one about another file (an extent, a rules file) names that file after the image's name. No
+ * message: what and strerror.
  */
 static int driver_open(BlockNode *bs, const BlockOpenOpts *opts, const char *what, Error *err)
 {
@@ -46,11 +45,8 @@ static int driver_open(BlockNode *bs, const BlockOpenOpts *opts, const char *wha
         free(local);
         return r;
     }
-    size_t n = strlen(bs->filename);
     if (!local || !local->msg[0])
         error_set(err, -r, "%s: %s%s", bs->filename, what, strerror(-r));
-    else if (strncmp(local->msg, bs->filename, n) == 0 && local->msg[n] == ':')
-        error_set(err, local->errnum ? local->errnum : -r, "%s", local->msg);
     else
         error_set(err, local->errnum ? local->errnum : -r, "%s: %s", bs->filename, local->msg);
     free(local);
@@ -502,10 +498,9 @@ static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const B
     w->file = bs;
     w->read_only = bs->read_only;
     w->opts = o;
-    int r = drv->open(w, o, err);
+    int r = driver_open(w, o, "", err);
     w->opts = bs->opts;
     if (r < 0) {
-        error_set(err, -r, "%s: %s", bs->filename, strerror(-r));
         bdrv_close(w);
         return NULL;
     }

@@ -71,5 +71,24 @@ int main(void)
           "descriptor");
     const char *noaccess = "# Disk DescriptorFile\nversion=1\nNOACCESS 2048 SPARSE \"x-s001.vmdk\"\n";
     check("vmdk", noaccess, strlen(noaccess), "extent \"x-s001.vmdk\" (SPARSE) is marked NOACCESS", "extent");
+
+    memset(img, 0, sizeof(img));
+    Error err;
+    slot_error("vhdx", img, sizeof(img), &err);
+    ok(strncmp(err.msg, "file too short for a VHDX image", 31) == 0, "vhdx: the open slot writes the reason only");
+
+    memset(&err, 0, sizeof(err));
+    ok(!bdrv_open_file("/nonexistent-dir/x.img", NULL, true, &err), "file: a missing file is refused");
+    is_msg(err.msg, "/nonexistent-dir/x.img: No such file or directory", "file: the core names the file once");
+
+    BlockNode *disk = bdrv_open_memory(img, sizeof(img), true);
+    char want[512];
+    snprintf(want, sizeof(want), "%s: --offset 8192 is beyond the end of the disk (4096 bytes)", disk->filename);
+    memset(&err, 0, sizeof(err));
+    BlockNode *w = bdrv_open_window(disk, 8192, -1, &err);
+    ok(!w, "window: an offset past the end is refused");
+    is_msg(err.msg, want, "window: the core names the file once");
+    bdrv_close(w);
+    bdrv_close(disk);
     return done_testing();
 }
