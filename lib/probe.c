@@ -37,7 +37,7 @@ typedef struct KnownFormat {
 static const KnownFormat known_formats[] = {
     { "qcow2 image", "qcow2", AT_START, 0, M("QFI\xfb"), 2, false },
     { "qcow2 image", "qcow2", AT_START, 0, M("QFI\xfb"), 3, false },
-    { "qcow (version 1) image", NULL, AT_START, 0, M("QFI\xfb"), 1, false },
+    { "qcow (version 1) image", "qcow", AT_START, 0, M("QFI\xfb"), 1, false },
     { "qcow image of an unknown version", "qcow2", AT_START, 0, M("QFI\xfb"), -1, false },
     { "QED image", "qed", AT_START, 0, M("QED\0"), -1, false },
     { "VMDK sparse image", "vmdk", AT_START, 0, M("KDMV"), -1, false },

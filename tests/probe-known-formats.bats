@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
+# probe-known-formats.bats - a file in a known format without a driver (VHDX, Parallels, Bochs,
 # cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
@@ -43,7 +43,6 @@ make_all() {
   declare -gA KNOWN
   qemu-img create -q -f vhdx x.vhdx 4M
   qemu-img create -q -f parallels p.hdd 4M
-  qemu-img create -q -f qcow q1.qcow 4M
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
   magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
@@ -57,7 +56,7 @@ make_all() {
   magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
   KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
-         [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
+         [l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
          [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
