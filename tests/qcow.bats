@@ -143,3 +143,73 @@ EOF
   [ "$status" -ne 0 ]
   [[ "$output" == *"Input/output error"* ]]
 }
+
+# ---------------------------------------------------------------- writes and create
+
+@test "imgfuse create -f qcow makes images qemu-img reads as qcow of that size, with and without a backing file" {
+  "$IMGFUSE" create -f qcow n.qcow 100M
+  qemu-img info --output=json n.qcow > n.json
+  python3 -c 'import json; j = json.load(open("n.json")); assert j["format"] == "qcow" and j["virtual-size"] == 100 << 20 and j["cluster-size"] == 4096, j'
+  qemu-img create -q -f qcow2 b.qcow2 3M
+  "$IMGFUSE" create -f qcow -b b.qcow2 -F qcow2 t.qcow
+  qemu-img info --output=json t.qcow > t.json
+  python3 -c 'import json; j = json.load(open("t.json")); assert j["format"] == "qcow" and j["virtual-size"] == 3 << 20 and j["backing-filename"] == "b.qcow2" and j["cluster-size"] == 512, j'
+  "$IMGFUSE" create -f qcow -o backing_file=b.qcow2,backing_fmt=qcow2 o.qcow 1M
+  [ "$(qemu-img info --output=json o.qcow | python3 -c 'import json, sys; print(json.load(sys.stdin)["backing-filename"])')" = b.qcow2 ]
+  run "$IMGFUSE" create -f qcow -o cluster_size=64k x.qcow 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: x.qcow: unknown qcow creation option 'cluster_size'" ]
+  "$IMGFUSE" create -f qcow -o help | grep -q backing_fmt
+}
+
+@test "--rw writes: in place, into new clusters over a backing file and into compressed clusters, read back by qemu-img" {
+  truncate -s 2M base.raw
+  qemu-io -f raw -c 'write -P 0x41 0 2M' base.raw >/dev/null
+  local bsum; bsum=$(sha256sum base.raw)
+  qemu-img create -q -f qcow -b base.raw -F raw t.qcow
+  fmt_io qcow t.qcow 'write -P 0x55 4096 8192'
+  truncate -s 1M src.raw
+  qemu-io -f raw -c 'write -P 0x66 0 1M' src.raw >/dev/null
+  qemu-img convert -c -O qcow src.raw c.qcow || true
+  [ "$(compressed_entries c.qcow)" -eq 256 ]
+  local img
+  for img in t.qcow c.qcow; do
+    qemu-img convert -f qcow -O raw "$img" expect.raw
+    mount_img --rw "$img" "$MNT"
+    for w in "100 10 0x01" "4000 200 0x02" "8191 2 0x03" "70000 5000 0x04" "1048000 500 0x05"; do
+      set -- $w
+      qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
+      qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
+    done
+    cp "$MNT/disk.raw" shown.raw
+    unmount_img
+    same_bytes shown.raw expect.raw
+    qemu-img convert -f qcow -O raw "$img" after.raw
+    same_bytes after.raw expect.raw
+  done
+  [ "$(sha256sum base.raw)" = "$bsum" ]
+  # the 6 compressed clusters written into (0, 1, 2, 17, 18, 255) were rewritten as plain clusters
+  [ "$(compressed_entries c.qcow)" -eq 250 ]
+}
+
+@test "--rw fio with 4 jobs and crc32c verification on a created image; qemu-img convert equals what the mount showed" {
+  "$IMGFUSE" create -f qcow f.qcow 128M
+  mount_img --rw f.qcow "$MNT"
+  fio --name=v --filename="$MNT/disk.raw" --rw=randwrite --bs=4k --size=32M --numjobs=4 --offset_increment=32M \
+    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  qemu-img convert -f qcow -O raw f.qcow after.raw
+  same_bytes after.raw shown.raw
+  # and over a backing file, with unaligned block sizes
+  qemu-img create -q -f qcow2 b.qcow2 32M
+  qemu-io -f qcow2 -c 'write -P 0x5c 0 32M' b.qcow2 >/dev/null
+  "$IMGFUSE" create -f qcow -b b.qcow2 -F qcow2 t.qcow
+  mount_img --rw t.qcow "$MNT"
+  fio --name=w --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-64k --verify=crc32c --numjobs=4 \
+    --size=8M --offset_increment=8M --ioengine=psync --randseed=7 --verify_fatal=1 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  cp "$MNT/disk.raw" shown2.raw
+  unmount_img
+  qemu-img convert -f qcow -O raw t.qcow after2.raw
+  same_bytes after2.raw shown2.raw
+}
