@@ -264,3 +264,13 @@ PY
   agree t.qcow
   [ "$(key a.qcow 'j["cluster-size"]')" -eq 4096 ]
 }
+
+@test "parallels (qemu-img made images, 1 MiB and 64 KiB clusters) agrees with qemu-img" {
+  make_src
+  qemu-img convert -O parallels src.raw a.hdd
+  qemu-img create -q -f parallels -o cluster_size=64k b.hdd 3M
+  fmt_io parallels b.hdd 'write -P 5 1000 3000' 'write -P 6 2M 70000'
+  agree a.hdd
+  agree b.hdd
+  [ "$(key b.hdd 'j["format"]')" = parallels ]
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (VHDX, Parallels, Bochs,
+# probe-known-formats.bats - a file in a known format without a driver (VHDX, Bochs,
 # cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
@@ -42,10 +42,8 @@ make_luks() {
 make_all() {
   declare -gA KNOWN
   qemu-img create -q -f vhdx x.vhdx 4M
-  qemu-img create -q -f parallels p.hdd 4M
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
-  magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
   magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
   magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
   magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
@@ -55,8 +53,7 @@ make_all() {
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
   magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
-  KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
-         [l.luks]="LUKS encrypted container"
+  KNOWN=([x.vhdx]="VHDX image" [l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
          [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"

@@ -44,8 +44,6 @@ static void test_refused(void)
         const char *what;
     } cases[] = {
         { "vhdxfile", 8, 0, false, "VHDX image" },
-        { "WithoutFreeSpace", 16, 0, false, "Parallels image" },
-        { "WithouFreSpacExt", 16, 0, false, "Parallels image" },
         { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
         { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
         { "koly", 4, 512, true, "DMG (UDIF) image" },
@@ -83,6 +81,8 @@ static void test_driver_now(void)
         const char *reason;
     } cases[] = {
         { "QFI\xfb\0\0\0\x01", 8, "cluster_bits 90 is out of range (9 to 16)" },
+        { "WithoutFreeSpace", 16, "unsupported Parallels version 1515870810 (only 2)" },
+        { "WithouFreSpacExt", 16, "unsupported Parallels version 1515870810 (only 2)" },
     };
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         Error err;
