@@ -225,11 +225,18 @@ static int prl_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     if (kind == PRL_BAD)
         return -EIO;
     uint64_t run_end = MIN(end, (c + 1) * s->cluster_size), next = host + s->cluster_size;
+    if (c >= s->bat_count) /* past the BAT: nothing is allocated up to the end */
+        run_end = end;
     while (run_end < end) {
         uint64_t h;
-        PrlKind k = prl_classify(s, run_end / s->cluster_size, &h);
+        uint64_t rc = run_end / s->cluster_size;
+        PrlKind k = prl_classify(s, rc, &h);
         if (k != kind || (k == PRL_DATA && h != next))
             break;
+        if (rc >= s->bat_count) {
+            run_end = end;
+            break;
+        }
         next = h + s->cluster_size;
         run_end = MIN(end, run_end + s->cluster_size);
     }
@@ -276,18 +283,20 @@ static int64_t prl_getlength(BlockNode *bs)
 
 /* ---------------------------------------------------------------- check */
 
-static int cmp_u64(const void *a, const void *b)
+static int cmp_u32(const void *a, const void *b)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
 }
 
 /* Every BAT entry inside the file past the BAT, and no two naming overlapping bytes: 0, or the number of
- * problems with the first one in first; -errno. *end: the end of the last cluster in use. */
+ * problems with the first one in first; -errno. *end: the end of the last cluster in use. Entries are
+ * sorted in a copy (4 bytes each, as the BAT itself): host offsets grow with the entries. */
 static int prl_check_bat(PrlState *s, char *first, size_t len, uint64_t *end)
 {
-    uint64_t *hosts = malloc((size_t)MAX(s->bat_count, 1u) * 8), n = 0, host;
-    if (!hosts)
+    uint32_t *used = malloc((size_t)MAX(s->bat_count, 1u) * 4), n = 0;
+    uint64_t host;
+    if (!used)
         return -ENOMEM;
     int problems = 0;
     *end = s->data_start;
@@ -300,14 +309,14 @@ static int prl_check_bat(PrlState *s, char *first, size_t len, uint64_t *end)
                          "the end of the file", i, s->bat[i]);
             continue;
         }
-        hosts[n++] = host;
+        used[n++] = s->bat[i];
         *end = MAX(*end, host + s->cluster_size);
     }
-    qsort(hosts, n, 8, cmp_u64);
-    for (uint64_t i = 1; i < n; i++)
-        if (hosts[i] - hosts[i - 1] < s->cluster_size && !problems++)
-            snprintf(first, len, "two BAT entries share the cluster at 0x%" PRIx64, hosts[i]);
-    free(hosts);
+    qsort(used, n, 4, cmp_u32);
+    for (uint32_t i = 1; i < n; i++)
+        if ((uint64_t)(used[i] - used[i - 1]) * s->unit < s->cluster_size && !problems++)
+            snprintf(first, len, "two BAT entries share the cluster at 0x%" PRIx64, (uint64_t)used[i] * s->unit);
+    free(used);
     return problems;
 }
 

@@ -340,6 +340,16 @@ static QcowKind qcow_classify(QcowState *s, uint64_t c, uint64_t *host, int *err
 
 /* ---------------------------------------------------------------- read, block status */
 
+/* The guest offset where unallocated cluster c's run surely ends: the end of its L2 table's span when the
+ * L1 entry is empty (no per-cluster work), else the end of c. */
+static uint64_t qcow_unallocated_end(const QcowState *s, uint64_t c)
+{
+    uint64_t i = c >> s->l2_bits;
+    if (s->l1[i] == 0)
+        return (i + 1) << (s->cluster_bits + s->l2_bits);
+    return (c + 1) << s->cluster_bits;
+}
+
 /* One run from offset: clusters of one kind (host-contiguous for data; one cluster if compressed). */
 static int qcow_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
@@ -355,13 +365,15 @@ static int qcow_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *s
         return err < 0 ? err : -EIO;
     uint64_t in = off & (s->cluster_size - 1), run_end = MIN(end, (c + 1) << s->cluster_bits);
     uint64_t next_host = host + s->cluster_size;
+    if (kind == QCOW_UNALLOCATED)
+        run_end = MIN(end, qcow_unallocated_end(s, c));
     while (kind != QCOW_COMPRESSED_DATA && run_end < end) {
-        uint64_t h;
-        QcowKind k = qcow_classify(s, run_end >> s->cluster_bits, &h, &err);
+        uint64_t h, rc = run_end >> s->cluster_bits;
+        QcowKind k = qcow_classify(s, rc, &h, &err);
         if (k != kind || (k == QCOW_DATA && h != next_host))
             break;
         next_host = h + s->cluster_size;
-        run_end = MIN(end, run_end + s->cluster_size);
+        run_end = MIN(end, k == QCOW_UNALLOCATED ? qcow_unallocated_end(s, rc) : run_end + s->cluster_size);
     }
     st->bytes = (int64_t)(run_end - off);
     if (kind == QCOW_DATA) {
@@ -398,7 +410,7 @@ static int qcow_inflate(QcowState *s, uint64_t c, uint64_t e, uint8_t *out)
         z.next_out = out;
         z.avail_out = (uInt)s->cluster_size;
         int zr = inflate(&z, Z_FINISH);
-        /* qemu's writer may leave the stream unterminated: a full cluster is what counts */
+        /* exactly one cluster: a stream that ends early fails; one that would go on is cut there, as qemu does */
         if ((zr != Z_STREAM_END && zr != Z_BUF_ERROR) || z.total_out != s->cluster_size)
             ret = -EIO;
         inflateEnd(&z);
