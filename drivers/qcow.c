@@ -9,7 +9,8 @@
  * backing node; and, on writable nodes, in-place writes to plain clusters and allocating writes that
  * append a new cluster at the end of the file (whole cluster: the old compressed contents, the backing
  * file's bytes or zeros, with the new bytes over them), then the L2 entry (and a new L2 table and its L1
- * entry when needed) - data before the tables that name it.  AES-encrypted images are refused by name.
+ * entry when needed) - data before the tables that name it; a writable open first checks that no table
+ * or cluster lies in the header or overlaps another.  AES-encrypted images are refused by name.
  * It also creates empty images (`imgfuse create -f qcow`).  It knows nothing of FUSE or of other formats.
  */
 #include "block.h"
@@ -591,8 +592,100 @@ static void qcow_close(BlockNode *bs)
     memset(s, 0, sizeof(*s));
 }
 
+/* ---------------------------------------------------------------- the writable-open check */
+
+/* Host bytes used by the header, L1 and L2 tables and plain clusters, a bit per 512-byte sector (files
+ * over 128 GiB skip the overlap test, their entries are still bounds-checked). */
+#define QCOW_CHECK_MAX_SECTORS (UINT64_C(1) << 28)
+
+typedef struct QcowCheck {
+    uint64_t *used;
+    int problems;
+    char first[256];
+} QcowCheck;
+
+static void qcow_problem(QcowCheck *k, const char *what, uint64_t index, uint64_t e)
+{
+    if (!k->problems++)
+        snprintf(k->first, sizeof(k->first), "%s %" PRIu64 " (0x%" PRIx64 ") points into the header, a table or "
+                 "another cluster, or past the end of the file", what, index, e);
+}
+
+/* Marks [off, off + len) used (mark) or only tests it; true if no sector of it was marked before. */
+static bool qcow_sectors_free(QcowCheck *k, uint64_t off, uint64_t len, bool mark)
+{
+    bool free_ = true;
+    for (uint64_t i = off / 512; k->used && len && i <= (off + len - 1) / 512; i++) {
+        free_ = free_ && !(k->used[i / 64] >> (i % 64) & 1);
+        if (mark)
+            k->used[i / 64] |= UINT64_C(1) << (i % 64);
+    }
+    return free_;
+}
+
+/* One L2 table: plain clusters marked (pass 0), compressed extents tested against them (pass 1). */
+static void qcow_check_l2(QcowState *s, QcowCheck *k, uint64_t l1i, const uint64_t *t, int pass)
+{
+    for (uint64_t j = 0; j < s->l2_entries; j++) {
+        uint64_t e = ld_be64(&t[j]), c = (l1i << s->l2_bits) | j;
+        if (e == 0 || (c << s->cluster_bits) >= s->size || (pass == 0) == ((e & QCOW_COMPRESSED) != 0))
+            continue;
+        uint64_t off = e & s->comp_mask, len = (e >> (63 - s->cluster_bits)) & (s->cluster_size - 1);
+        if (pass == 0) {
+            off = e;
+            len = qcow_cluster_visible(s, c);
+        }
+        if (!qcow_range_ok(s, off, len) || !qcow_sectors_free(k, off, len, pass == 0))
+            qcow_problem(k, pass ? "compressed L2 entry of guest cluster" : "L2 entry of guest cluster", c, e);
+    }
+}
+
+/* Every table and cluster an in-place write could reach lies inside the file and apart from the others:
+ * the number of problems (the first in k->first), or -errno. */
+static int qcow_check_tables(QcowState *s, QcowCheck *k)
+{
+    uint64_t sectors = (s->host_limit + 511) / 512, *t = malloc(s->l2_bytes);
+    memset(k, 0, sizeof(*k));
+    if (sectors <= QCOW_CHECK_MAX_SECTORS)
+        k->used = calloc((size_t)(sectors / 64 + 1), 8);
+    if (!t || (sectors <= QCOW_CHECK_MAX_SECTORS && !k->used)) {
+        free(t);
+        free(k->used);
+        return -ENOMEM;
+    }
+    /* the backing name's range was checked at open when there is one */
+    qcow_sectors_free(k, 0, QCOW_HEADER_BYTES, true);
+    if (s->backing_offset)
+        qcow_sectors_free(k, s->backing_offset, s->backing_size, true);
+    qcow_sectors_free(k, s->l1_offset, s->l1_entries * 8, true);
+    for (uint64_t i = 0; i < s->l1_entries; i++)
+        if (s->l1[i] && (!qcow_range_ok(s, s->l1[i], s->l2_bytes) || !qcow_sectors_free(k, s->l1[i], s->l2_bytes, true)))
+            qcow_problem(k, "L1 entry", i, s->l1[i]);
+    int ret = 0;
+    for (int pass = 0; pass < 2 && ret == 0 && !k->problems; pass++)
+        for (uint64_t i = 0; i < s->l1_entries && ret == 0; i++)
+            if (s->l1[i] && (ret = bdrv_pread(s->file, (int64_t)s->l1[i], (int64_t)s->l2_bytes, t)) == 0)
+                qcow_check_l2(s, k, i, t, pass);
+    free(t);
+    free(k->used);
+    return ret < 0 ? ret : k->problems;
+}
+
+/* A writable image is checked whole first: an entry pointing into the header, a table or a cluster another
+ * entry uses would make an in-place write damage other data. */
 static int qcow_open_writable(QcowState *s, Error *err)
 {
+    QcowCheck k;
+    int ret = qcow_check_tables(s, &k);
+    if (ret < 0) {
+        error_set(err, -ret, "consistency check failed: %s", strerror(-ret));
+        return ret;
+    }
+    if (ret > 0) {
+        error_set(err, EINVAL, "%s (%d problem%s); the image can only be opened read-only", k.first, ret,
+                  ret == 1 ? "" : "s");
+        return -EINVAL;
+    }
     s->cow_buf = malloc(s->cluster_size);
     if (!s->cow_buf) {
         error_set(err, ENOMEM, "out of memory");

@@ -150,10 +150,46 @@ static void test_write(void)
     free(img);
 }
 
+/* A writable open refuses tables and clusters an in-place write could damage; read-only opens serve them. */
+static void test_writable_check(void)
+{
+    static const struct {
+        int entry;
+        uint64_t value;
+        const char *want;
+    } cases[] = {
+        { 2, 2 * CS, "L2 entry of guest cluster 2 (0x2000) points into the header, a table or another cluster, or past "
+                     "the end of the file (1 problem); the image can only be opened read-only" },
+        { 2, 3 * CS, "L2 entry of guest cluster 2 (0x3000) points into" },
+        /* a plain cluster over the compressed bytes of cluster 1: found on the compressed entry */
+        { 3, 4 * CS, "compressed L2 entry of guest cluster 1 (0x80b0000000004000) points into" },
+        /* the L1 entry names cluster 2's data as an L2 table: its bytes are not entries */
+        { -1, 0, "L2 entry of guest cluster 0 (0x4343434343434343) points into" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        uint8_t *img = make_qcow();
+        Error err;
+        if (cases[i].entry >= 0)
+            st_be64(img + 2 * CS + 8 * cases[i].entry, cases[i].value);
+        else
+            st_be64(img + CS, 5 * CS); /* the L2 table over the data of cluster 2 */
+        BlockNode *bs = open_img(img, false, &err);
+        ok(!bs && strstr(err.msg, cases[i].want), "writable open refused: %s", err.msg);
+        if (bs)
+            bdrv_close(bs);
+        bs = open_img(img, true, &err);
+        ok(bs != NULL, "read-only open serves it");
+        if (bs)
+            bdrv_close(bs);
+        free(img);
+    }
+}
+
 int main(void)
 {
     test_refusals();
     test_read();
     test_write();
+    test_writable_check();
     return done_testing();
 }
