@@ -412,12 +412,14 @@ static void render_image_info(StrBuf *sb, BlockNode *top, BlockNode *n, const Mo
         json_top_key(sb, "actual-size", &first);
         sb_printf(sb, "%" PRId64, actual);
     }
-    if (df.cluster_size > 0) {
+    if (df.cluster_size > 0 && !df.no_qemu_info) {
         json_top_key(sb, "cluster-size", &first);
         sb_printf(sb, "%" PRId64, df.cluster_size);
     }
-    json_top_key(sb, "dirty-flag", &first);
-    sb_printf(sb, "%s", df.dirty ? "true" : "false");
+    if (!df.no_qemu_info) {
+        json_top_key(sb, "dirty-flag", &first);
+        sb_printf(sb, "%s", df.dirty ? "true" : "false");
+    }
     if (n->backing_name) {
         char full[4096];
         json_top_key(sb, "backing-filename", &first);

@@ -19,6 +19,8 @@ extern const BlockDriver bdrv_vpc;
 extern const BlockDriver bdrv_vhdx;
 extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
+extern const BlockDriver bdrv_qcow;
+extern const BlockDriver bdrv_parallels;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -31,6 +33,8 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_vhdx,
     &bdrv_vmdk,
     &bdrv_qed,
+    &bdrv_qcow,
+    &bdrv_parallels,
     &bdrv_raw,
     NULL
 };

@@ -53,7 +53,7 @@ comp() {
   [ "$(comp -f "")" = "$formats" ]
   [ "$(comp --format "")" = "$formats" ]
   [ "$(comp --backing-format "")" = "$formats" ]
-  [ "$(comp create -f qc)" = qcow2 ]
+  [ "$(comp create -f qc)" = "qcow qcow2" ]
   [ "$(comp create -F "")" = "$formats" ]
 }
 

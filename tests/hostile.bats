@@ -161,3 +161,37 @@ import sys; sys.stdout.buffer.write(bytes(((i * 131 + 17 + (i >> 9)) & 0xFF) for
   [ "$status" -eq 0 ]
   [[ "${lines[-1]}" == "read-all-hostile: 3 images: 3 mounted and read, 0 refused with one line, 0 failed"* ]]
 }
+
+@test "qcow (version 1) and parallels: tables past the end, huge L1 and BAT counts, wrong-size compressed clusters" {
+  refused "$(ls "$HOSTILE"/qcow-*-l1-size-2-31.img)" -f qcow
+  [[ "$output" == *"L1 table is too large: 2147483648 entries, more than the 32 MiB limit"* ]]
+  refused "$(ls "$HOSTILE"/parallels-*-bat-count-2-31.img)" -f parallels
+  [[ "$output" == *"BAT of 2147483648 entries is larger than the 16777216 entries (64 MiB) limit"* ]]
+  # at the limits they open, within the memory budget (read-all-hostile measures the peak)
+  run python3 "$READ_ALL" "$(ls "$HOSTILE"/qcow-*-l1-size-at-limit-32m.img)" "$(ls "$HOSTILE"/parallels-*-bat-count-at-limit-16m.img)"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "${lines[-1]}" == *": 2 images: 2 mounted"*" 0 failed"* ]]
+  # an L2 table, a data cluster, a compressed cluster or a BAT entry past the end of the file, and a
+  # compressed cluster that inflates short or not at all: EIO for the clusters it maps (the whole 64 KiB
+  # disk for the qcow L1 entry, else cluster 0 or 1 of the qcow images, 2 of the parallels images), the
+  # next cluster reads
+  local img fmt bad
+  for img in qcow-*-l1-entry-past-eof qcow-*-l2-entry-past-eof qcow-*-compressed-entry-past-eof \
+             qcow-*-compressed-short qcow-*-compressed-garbage qcow-*-compressed-truncated-stream \
+             parallels-*-ext-bat-entry-past-eof parallels-*-old-bat-entry-past-eof; do
+    img=$(ls "$HOSTILE"/$img.img); fmt=${img##*/}; fmt=${fmt%%-*}
+    case $img in
+      *l1-entry*) bad=0 ;;
+      *qcow-*l2-entry*) bad=0 ;;
+      *qcow-*) bad=1 ;;
+      *) bad=2 ;;
+    esac
+    mount_img -f "$fmt" "$img" "$MNT"
+    run dd if="$MNT/disk.raw" bs=4096 skip=$bad count=1 of=/dev/null status=none
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Input/output error"* ]]
+    [[ $img == *l1-entry* ]] || dd if="$MNT/disk.raw" bs=4096 skip=$((bad + 1)) count=1 of=/dev/null status=none
+    unmount_img
+  done
+}

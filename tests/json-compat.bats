@@ -276,3 +276,26 @@ assert 100 < listed < 65536 and listed + left == 65536, (listed, left)
 assert j["snapshots"][0]["name"] == "\ufffd" * 900 and j["snapshots"][0]["id"] == "1", j["snapshots"][0]
 PY
 }
+
+@test "qcow (version 1), plain, compressed and over a qcow2 backing file, agrees with qemu-img" {
+  make_src
+  qemu-img convert -O qcow src.raw a.qcow
+  qemu-img convert -c -O qcow src.raw c.qcow || true   # qemu-img 7.2 exits 1 after a complete compressed qcow
+  qemu-img convert -O qcow2 src.raw b.qcow2
+  qemu-img create -q -f qcow -b b.qcow2 -F qcow2 t.qcow
+  fmt_io qcow t.qcow 'write -P 5 1000 3000'
+  agree a.qcow
+  agree c.qcow
+  agree t.qcow
+  [ "$(key a.qcow 'j["cluster-size"]')" -eq 4096 ]
+}
+
+@test "parallels (qemu-img made images, 1 MiB and 64 KiB clusters) agrees with qemu-img" {
+  make_src
+  qemu-img convert -O parallels src.raw a.hdd
+  qemu-img create -q -f parallels -o cluster_size=64k b.hdd 3M
+  fmt_io parallels b.hdd 'write -P 5 1000 3000' 'write -P 6 2M 70000'
+  agree a.hdd
+  agree b.hdd
+  [ "$(key b.hdd 'j["format"]')" = parallels ]
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (qcow v1, Parallels, Bochs,
+# probe-known-formats.bats - a file in a known format without a driver (Bochs,
 # cloop, DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
@@ -31,11 +31,8 @@ hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
 # make_all: one file per known format without a driver, name -> description in KNOWN.
 make_all() {
   declare -gA KNOWN
-  qemu-img create -q -f parallels p.hdd 4M
-  qemu-img create -q -f qcow q1.qcow 4M
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
-  magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
   magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
   magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
   magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
@@ -45,8 +42,7 @@ make_all() {
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
   magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
-  KNOWN=([p.hdd]="Parallels image" [old.hdd]="Parallels image"
-         [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
+  KNOWN=([l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
          [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
@@ -83,25 +79,25 @@ refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to 
     [ "$status" -eq 0 ]
   done
   # --rw with -f raw: the container's bytes are writable when asked for
-  cp p.hdd w.hdd
-  mount_img --rw -f raw w.hdd "$MNT"
+  cp l.luks w.luks
+  mount_img --rw -f raw w.luks "$MNT"
   printf 'changed!' | dd of="$MNT/disk.raw" bs=1 seek=0 conv=notrunc status=none
   unmount_img
-  [ "$(head -c 8 w.hdd)" = "changed!" ]
+  [ "$(head -c 8 w.luks)" = "changed!" ]
 }
 
 @test "a known format without a driver is refused as a backing file (probed) and as an --overlay base" {
-  qemu-img create -q -f parallels base.hdd 4M
-  # qed stores no backing format: the backing file is probed
-  qemu-img create -q -f qed -b base.hdd -F parallels top.qed 4M
+  make_luks base.luks
+  # qed stores no backing format: the backing file is probed (-u: qemu-img needs no key to record it)
+  qemu-img create -q -f qed -u -b base.luks -F luks top.qed 4M
   run timeout 30 "$IMGFUSE" --foreground top.qed "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.hdd" "Parallels image")" ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.luks" "LUKS encrypted container")" ]
   not_mounted "$MNT"
   # a qcow2 whose backing-format extension is gone (renamed to an unknown extension): probed too
-  qemu-img create -q -f qcow2 -b base.hdd -F raw top.qcow2 4M
+  qemu-img create -q -f qcow2 -u -b base.luks -F raw top.qcow2 4M
   python3 - <<'EOF'
 d = bytearray(open("top.qcow2", "rb").read())
 i = d.index(bytes.fromhex("e2792aca"), 72, 4096)
@@ -111,9 +107,9 @@ EOF
   run "$IMGFUSE" info top.qcow2
   echo "$output"
   [ "$status" -eq 2 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.hdd" "Parallels image")" ]
+  [ "${lines[0]}" = "$(refusal "$TMP/base.luks" "LUKS encrypted container")" ]
   # the backing file declared raw is read raw, as declared (never probed)
-  qemu-img create -q -f qcow2 -b base.hdd -F raw declared.qcow2 4M
+  qemu-img create -q -f qcow2 -u -b base.luks -F raw declared.qcow2 4M
   run "$IMGFUSE" info declared.qcow2
   [ "$status" -eq 0 ]
   # --overlay over a LUKS container: refused, no overlay made

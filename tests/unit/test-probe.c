@@ -43,9 +43,6 @@ static void test_refused(void)
         bool from_end;
         const char *what;
     } cases[] = {
-        { "QFI\xfb\0\0\0\x01", 8, 0, false, "qcow (version 1) image" },
-        { "WithoutFreeSpace", 16, 0, false, "Parallels image" },
-        { "WithouFreSpacExt", 16, 0, false, "Parallels image" },
         { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
         { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
         { "koly", 4, 512, true, "DMG (UDIF) image" },
@@ -71,6 +68,27 @@ static void test_refused(void)
         if (!cases[i].from_end)
             ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "%s: the sector-0 guard knows its magic",
                cases[i].what);
+    }
+}
+
+/* Formats whose refusal a driver replaced: the magic goes to that driver, which says why it declines. */
+static void test_driver_now(void)
+{
+    static const struct {
+        const char *magic;
+        size_t len;
+        const char *reason;
+    } cases[] = {
+        { "QFI\xfb\0\0\0\x01", 8, "cluster_bits 90 is out of range (9 to 16)" },
+        { "WithoutFreeSpace", 16, "unsupported Parallels version 1515870810 (only 2)" },
+        { "WithouFreSpacExt", 16, "unsupported Parallels version 1515870810 (only 2)" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        Error err;
+        put_magic(cases[i].magic, cases[i].len, 0, false);
+        const char *drv = probe_open(&err, NULL);
+        ok(!drv[0] && strstr(err.msg, cases[i].reason) && !strstr(err.msg, "no driver"), "%s goes to its driver: %s",
+           cases[i].reason, err.msg);
     }
 }
 
@@ -108,6 +126,7 @@ static void test_declined(void)
 int main(void)
 {
     test_refused();
+    test_driver_now();
     test_not_refused();
     test_declined();
     return done_testing();
