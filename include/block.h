@@ -208,6 +208,14 @@ typedef struct BlockDriverFacts {
                                * backing file (vpc, vdi) */
     bool data_over_host_zero; /* qemu-img reports a data range of this node that lies on zeros of its host
                                * file (a hole) as data and zero (fixed vpc, static vdi, flat vmdk) */
+    /* Evidence containers (ewf, splitraw). files: every file the node reads, in order (the segments of a
+     * series, the first being bs->filename), borrowed while the node is open; NULL: bs->filename alone.
+     * stored_md5/stored_sha1: the content hashes the container stores (lower-case hex), "" for none:
+     * `imgfuse verify` compares them with the content. */
+    const char *const *files;
+    int n_files;
+    char stored_md5[33];
+    char stored_sha1[41];
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface

@@ -50,7 +50,6 @@ static void test_refused(void)
         { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
         { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
         { "koly", 4, 512, true, "DMG (UDIF) image" },
-        { "EVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF (E01) evidence file" },
         { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
         { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
         { "LEF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 logical evidence (Lx01) file" },
@@ -73,6 +72,17 @@ static void test_refused(void)
             ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "%s: the sector-0 guard knows its magic",
                cases[i].what);
     }
+}
+
+/* E01 has a driver now (drivers/ewf.c): a bare magic goes to it, and libewf's reason is the message. */
+static void test_ewf_magic(void)
+{
+    Error err;
+    put_magic("EVF\x09\x0d\x0a\xff\x00", 8, 0, false);
+    const char *drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "<memory>: cannot open as EWF: "), "an E01 magic goes to the ewf driver: %s",
+       err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "EWF (E01): the sector-0 guard knows its magic");
 }
 
 static void test_not_refused(void)
@@ -103,6 +113,7 @@ static void test_declined(void)
 int main(void)
 {
     test_refused();
+    test_ewf_magic();
     test_not_refused();
     test_declined();
     return done_testing();
