@@ -37,6 +37,7 @@ void error_setv(Error *err, int errnum, const char *fmt, va_list ap);
 /* Diagnostics printed by the daemon: "imgfuse: NODE: message" on stderr (and syslog-free). */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int log_debug_enabled;
+extern int log_quiet_enabled; /* set by one-shot commands that report in one line of their own (verify) */
 #define log_debug(...) do { if (log_debug_enabled) log_msg(__VA_ARGS__); } while (0)
 
 /* ---------------------------------------------------------------- options */

@@ -214,3 +214,43 @@ EOF
   run "$IMGFUSE" info -f raw bad.E01
   [ "$status" -eq 0 ]
 }
+
+@test "verify: an intact series matches its stored MD5 and SHA1 (exit 0, one line)" {
+  make_source
+  acquire encase6
+  run "$IMGFUSE" verify -q ev.E01
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "$output" = "ev.E01: verified: md5 $(md5sum < src.raw | cut -d' ' -f1), sha1 $(sha1sum < src.raw | cut -d' ' -f1) match the stored hashes" ]
+  run "$IMGFUSE" verify -p ev.E01
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"imgfuse: verify: 100% (8.0 MiB of 8.0 MiB)"* ]]
+}
+
+@test "verify: a byte changed inside a chunk after acquisition fails with exit 1 and one line" {
+  make_source
+  acquire encase6
+  corrupt_chunk 20
+  python3 -c '
+import sys
+b = bytearray(open("src.raw", "rb").read()); b[20 * 32768:21 * 32768] = bytes(32768)
+open("zeroed.raw", "wb").write(b)'
+  run "$IMGFUSE" verify ev.E01
+  echo "$output"
+  [ "$status" -eq 1 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "$output" = "imgfuse: ev.E01: verification failed: the content does not match the stored hash: md5 $(md5sum < zeroed.raw | cut -d' ' -f1) (stored $(md5sum < src.raw | cut -d' ' -f1)), sha1 $(sha1sum < zeroed.raw | cut -d' ' -f1) (stored $(sha1sum < src.raw | cut -d' ' -f1)); 1 unreadable range hashed as zeros, the first 32768 bytes at offset $((20 * CHUNK)) (Input/output error)" ]
+}
+
+@test "verify: a format that stores no hash exits 2 with one line; verify takes one image and no --algo" {
+  head -c 1048576 /dev/urandom > d.raw
+  run "$IMGFUSE" verify d.raw
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: d.raw: nothing to verify: the image (format 'raw') stores no content hash" ]
+  run "$IMGFUSE" verify --algo sha256 d.raw
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: --algo: not taken by verify (the container's stored hashes decide)" ]
+  run "$IMGFUSE" verify d.raw d.raw
+  [ "$status" -eq 2 ]
+}
