@@ -31,6 +31,10 @@
 #define EWF_MAX_CHUNK_SIZE (64u << 20)     /* a chunk is decompressed whole: refuse larger ones */
 #define EWF_MAX_BAD_CHUNKS (1u << 20)      /* chunks remembered as failing their checksum (8 MiB) */
 #define EWF_VALUE_MAX 1024                 /* longest header value shown in info */
+/* libewf 20140813 leaks the buffer of some chunks it fails to read (a chunk past the end of a truncated
+ * segment, for one): a chunk that failed is never asked for again, and after this many bytes of failed
+ * chunks the node stops asking libewf for chunks not read before (EIO, logged once). */
+#define EWF_MAX_FAILED_BYTES (64u << 20)
 
 typedef struct EwfWorker {
     pthread_mutex_t lock;
@@ -58,7 +62,24 @@ typedef struct EwfState {
     uint64_t *bad;
     uint32_t n_bad, cap_bad;
     bool bad_overflow;                     /* more than EWF_MAX_BAD_CHUNKS: ask libewf every time */
+    uint64_t failed_bytes;                 /* chunk bytes libewf failed to read (and leaked), bad_lock */
+    bool gave_up_logged;
 } EwfState;
+
+/* The leak above, told to LeakSanitizer (sanitizer builds, fuzz targets), so that it is bounded here and
+ * not reported as ours. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EWF_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(EWF_ASAN)
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:libewf_chunk_data_initialize\n";
+}
+#endif
 
 /* ---------------------------------------------------------------- libbfio handles over core nodes */
 
@@ -202,8 +223,10 @@ static int ewf_worker_open(EwfState *s, EwfWorker *w, char *why, size_t whylen)
     if (libewf_handle_initialize(&w->h, &e) != 1 ||
         libewf_handle_open_file_io_pool(w->h, w->pool, LIBEWF_OPEN_READ, &e) != 1) {
         ewf_error_text(&e, why, whylen);
-        if (w->h)
+        if (w->h) {
+            libewf_handle_close(w->h, NULL);
             libewf_handle_free(&w->h, NULL);
+        }
         libbfio_pool_free(&w->pool, NULL);
         return -EINVAL;
     }
@@ -282,7 +305,7 @@ static bool ewf_bad_near(EwfState *s, uint64_t chunk)
     return near;
 }
 
-static void ewf_bad_add(BlockNode *bs, EwfState *s, uint64_t chunk)
+static void ewf_bad_add(BlockNode *bs, EwfState *s, uint64_t chunk, const char *what)
 {
     pthread_mutex_lock(&s->bad_lock);
     uint32_t i = ewf_bad_find(s, chunk);
@@ -298,6 +321,7 @@ static void ewf_bad_add(BlockNode *bs, EwfState *s, uint64_t chunk)
             s->cap_bad = cap;
         }
     }
+    s->failed_bytes += s->chunk_size;
     if (s->n_bad < s->cap_bad) {
         memmove(s->bad + i + 1, s->bad + i, (s->n_bad - i) * sizeof *s->bad);
         s->bad[i] = chunk;
@@ -307,8 +331,8 @@ static void ewf_bad_add(BlockNode *bs, EwfState *s, uint64_t chunk)
     }
     pthread_mutex_unlock(&s->bad_lock);
     uint64_t off = chunk * s->chunk_size;
-    log_msg("%s: chunk %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64 ") fails its checksum: read as EIO", bs->node_name,
-            chunk, off, MIN(off + s->chunk_size, s->media_size) - 1);
+    log_msg("%s: chunk %" PRIu64 " (bytes %" PRIu64 "-%" PRIu64 ") %s: read as EIO", bs->node_name, chunk, off,
+            MIN(off + s->chunk_size, s->media_size) - 1, what);
 }
 
 /* Does w's libewf handle list [first, first+count) sectors among its checksum errors? */
@@ -341,6 +365,7 @@ static int ewf_read_in_chunk(BlockNode *bs, EwfState *s, EwfWorker *w, uint64_t 
         char why[256];
         ewf_error_text(&e, why, sizeof why);
         log_msg("%s: cannot read bytes %" PRId64 "-%" PRId64 ": %s", bs->node_name, offset, offset + bytes - 1, why);
+        ewf_bad_add(bs, s, chunk, "cannot be read");
         return -EIO;
     }
     uint32_t n_errors = 0;
@@ -353,10 +378,24 @@ static int ewf_read_in_chunk(BlockNode *bs, EwfState *s, EwfWorker *w, uint64_t 
         bad = ewf_listed(w, chunk * spc, spc, n_errors);
     }
     if (bad) {
-        ewf_bad_add(bs, s, chunk);
+        ewf_bad_add(bs, s, chunk, "fails its checksum");
         return -EIO;
     }
     return 0;
+}
+
+/* Past EWF_MAX_FAILED_BYTES of chunks libewf could not read, libewf is asked for nothing more. */
+static bool ewf_gave_up(BlockNode *bs, EwfState *s)
+{
+    pthread_mutex_lock(&s->bad_lock);
+    bool gave_up = s->failed_bytes >= EWF_MAX_FAILED_BYTES;
+    bool first = gave_up && !s->gave_up_logged;
+    s->gave_up_logged |= gave_up;
+    pthread_mutex_unlock(&s->bad_lock);
+    if (first)
+        log_msg("%s: libewf failed to read %u MiB of chunks: chunks not read yet now read as EIO", bs->node_name,
+                EWF_MAX_FAILED_BYTES >> 20);
+    return gave_up;
 }
 
 static int ewf_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
@@ -368,7 +407,7 @@ static int ewf_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     while (r == 0 && bytes > 0) {
         uint64_t chunk = (uint64_t)offset / s->chunk_size;
         int64_t n = MIN(bytes, (int64_t)((chunk + 1) * s->chunk_size) - offset);
-        r = ewf_bad_has(s, chunk) ? -EIO : ewf_read_in_chunk(bs, s, w, chunk, offset, n, p);
+        r = ewf_bad_has(s, chunk) || ewf_gave_up(bs, s) ? -EIO : ewf_read_in_chunk(bs, s, w, chunk, offset, n, p);
         offset += n;
         bytes -= n;
         p += n;
@@ -465,7 +504,7 @@ static void ewf_close(BlockNode *bs)
         ewf_worker_close(&s->workers[i]);
     for (int i = 0; i < EWF_MAX_WORKERS; i++)
         pthread_mutex_destroy(&s->workers[i].lock);
-    for (int i = 1; i < s->n_segs; i++)
+    for (int i = 1; s->segs && i < s->n_segs; i++)
         if (s->segs[i])
             bdrv_close(s->segs[i]);
     for (int i = 0; s->names && i < s->n_segs; i++)
@@ -475,6 +514,7 @@ static void ewf_close(BlockNode *bs)
     free(s->bad);
     pthread_mutex_destroy(&s->pool_lock);
     pthread_mutex_destroy(&s->bad_lock);
+    memset(s, 0, sizeof *s);
 }
 
 static void ewf_hex(const uint8_t *d, size_t n, char *out)
@@ -510,7 +550,7 @@ static int ewf_read_media(EwfState *s, Error *err)
     return 0;
 }
 
-static int ewf_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+static int ewf_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     EwfState *s = bs->opaque;
     pthread_mutex_init(&s->pool_lock, NULL);
@@ -534,6 +574,15 @@ static int ewf_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     s->max_workers = (int)MAX(1, MIN(cpus, EWF_MAX_WORKERS));
     return ewf_read_media(s, err);
+}
+
+/* The core does not call close after a failed open: undo what was done. */
+static int ewf_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    int r = ewf_open_node(bs, opts, err);
+    if (r < 0)
+        ewf_close(bs);
+    return r;
 }
 
 static const char *ewf_format_name(uint8_t f)

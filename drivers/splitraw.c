@@ -129,7 +129,9 @@ static int splitraw_append(SplitRawState *s, BlockNode *node, const char *name, 
     return 0;
 }
 
-static int splitraw_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+static void splitraw_close(BlockNode *bs);
+
+static int splitraw_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     SplitRawState *s = bs->opaque;
     bool digits;
@@ -177,6 +179,15 @@ static int splitraw_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     return r;
 }
 
+/* The core does not call close after a failed open: undo what was done. */
+static int splitraw_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    int r = splitraw_open_node(bs, opts, err);
+    if (r < 0)
+        splitraw_close(bs);
+    return r;
+}
+
 static void splitraw_close(BlockNode *bs)
 {
     SplitRawState *s = bs->opaque;
@@ -188,6 +199,7 @@ static void splitraw_close(BlockNode *bs)
     free(s->segs);
     free(s->names);
     free(s->end);
+    memset(s, 0, sizeof *s);
 }
 
 static int64_t splitraw_getlength(BlockNode *bs)

@@ -143,3 +143,15 @@ refused() {
 import sys; sys.stdout.buffer.write(bytes(((i * 131 + 17 + (i >> 9)) & 0xFF) for i in range(65536)))")
   unmount_img
 }
+
+@test "hostile ewf: looping section chains and 2^32-1 chunks end (one line or a read) under a memory limit" {
+  ls "$HOSTILE"/ewf-*-next-self.img "$HOSTILE"/ewf-*-entries-ffffffff.img "$HOSTILE"/ewf-*-chunk-count-ffffffff.img > "$TMP/list"
+  [ "$(wc -l < "$TMP/list")" -ge 10 ]
+  while read -r img; do
+    run timeout -k 5 60 prlimit --as=$((1024 << 20)) -- "$IMGFUSE" hash -q -f ewf "$img"
+    echo "$(basename "$img") -> $status: $output"
+    [ "$status" -le 2 ]
+    [ "$status" -eq 0 ] || [[ "${lines[-1]}" == "imgfuse: "* ]]
+  done < "$TMP/list"
+  refused "$HOSTILE/$(basename "$(grep -m1 entries-ffffffff "$TMP/list")")" -f ewf
+}
