@@ -20,6 +20,7 @@ extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 extern const BlockDriver bdrv_ewf;
 extern const BlockDriver bdrv_splitraw;
+extern const BlockDriver bdrv_aff;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -33,6 +34,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qed,
     &bdrv_ewf,
     &bdrv_splitraw,
+    &bdrv_aff,
     &bdrv_raw,
     NULL
 };

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
-# cloop, DMG, Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
+# cloop, DMG, Ex01/L01/Lx01, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
 # GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it.
@@ -53,14 +53,13 @@ make_all() {
   magic_file e2.Ex01 65536 0 "455646320d0a8100"
   magic_file l.L01 65536 0 "4c5646090d0aff00"
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
-  magic_file a.aff 65536 0 "$(hex AFF10)0d0a00"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
   KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
          [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
          [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
-         [l2.Lx01]="EWF2 logical evidence (Lx01) file" [a.aff]="AFF evidence file"
+         [l2.Lx01]="EWF2 logical evidence (Lx01) file"
          [s.vmdk]="VMDK seSparse extent")
 }
 
