@@ -2,10 +2,11 @@
 /*
  * audit.c - the audit log of a mount (--audit-log FILE): one JSON line appended per mount, written at
  * unmount, with imgfuse's version, the mount and unmount times, the user, every image file of the chain
- * with its size and mtime at mount time (and whether both were unchanged at unmount), the mode, the
- * options, and the bytes read and written through the mount.  `imgfuse hash --audit-log FILE` appends one
- * line per image hashed, with the same version, user and files, and the digests.  The file is opened
- * before mounting or hashing so that a bad path fails early.
+ * (every segment file of an evidence series, as its driver lists them) with its size and mtime at mount
+ * time (and whether both were unchanged at unmount), the mode, the options, and the bytes read and
+ * written through the mount.  `imgfuse hash --audit-log FILE` appends one line per image hashed, with the
+ * same version, user and files, and the digests.  The file is opened before mounting or hashing so that
+ * a bad path fails early.
  * It knows nothing about FUSE or image formats.
  */
 #include <errno.h>
@@ -38,24 +39,39 @@ static char *absolute(const char *path)
     return strdup(realpath(path, buf) ? buf : path);
 }
 
+/* The files of node n: its driver's list (the segments of an evidence series), else its own file. */
+static int node_files(BlockNode *n, const char *const **files)
+{
+    BlockDriverFacts f;
+    bdrv_get_facts(n, &f);
+    *files = f.n_files > 0 ? f.files : NULL;
+    return f.n_files > 0 ? f.n_files : 1;
+}
+
 void audit_begin(Audit *a, BlockNode *bs, const char *mountpoint)
 {
     if (a->fd <= 0)
         return;
     clock_gettime(CLOCK_REALTIME, &a->start);
     a->mountpoint = mountpoint ? absolute(mountpoint) : NULL;
-    a->n = bs ? bdrv_chain_length(bs) : 0;
+    const char *const *files;
+    a->n = 0;
+    for (BlockNode *n = bs; n; n = n->backing)
+        a->n += node_files(n, &files);
     a->images = a->n ? calloc((size_t)a->n, sizeof *a->images) : NULL;
     int i = 0;
-    for (BlockNode *n = bs; n && a->images && i < a->n; n = n->backing, i++) {
-        AuditImage *im = &a->images[i];
-        im->path = absolute(n->filename);
-        struct stat st;
-        if (stat(im->path, &st) == 0) {
-            im->size = st.st_size;
-            im->mtime = st.st_mtim;
-        } else {
-            im->size = -1;
+    for (BlockNode *n = bs; n && a->images; n = n->backing) {
+        int k = node_files(n, &files);
+        for (int j = 0; j < k && i < a->n; j++, i++) {
+            AuditImage *im = &a->images[i];
+            im->path = absolute(files ? files[j] : n->filename);
+            struct stat st;
+            if (stat(im->path, &st) == 0) {
+                im->size = st.st_size;
+                im->mtime = st.st_mtim;
+            } else {
+                im->size = -1;
+            }
         }
     }
 }

@@ -208,6 +208,13 @@ static const CommandHelp command_help[] = {
       "      --max-size SIZE      refuse disks larger than SIZE (default 16T)\n"
       "      --force              no size limit\n" OPEN_OPTIONS,
       "imgfuse hash --algo md5,sha1,sha256 evidence.vmdk" },
+    { "verify", "[OPTIONS] IMAGE",
+      "Hashes the raw view of IMAGE and compares it with the MD5/SHA1 the container stores (EWF, AFF).",
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
+      "  -q, --quiet              no progress, errors only\n"
+      "      --max-size SIZE      refuse disks larger than SIZE (default 16T)\n"
+      "      --force              no size limit\n" OPEN_OPTIONS,
+      "imgfuse verify evidence.E01" },
     { "create", "-f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]",
       "Creates a new image FILE of SIZE bytes (K, M, G, T suffixes), or as large as BACKING.",
       "  -f, --format FMT         format of the new image\n"

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * commands.c - the subcommands besides mounting: `info` and `map` (describe a chain, via render.c),
- * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots) and `hash` (a
+ * `create` (bdrv_create), `snapshot` (list, create, delete, apply internal snapshots), `hash` (a
  * digest of the raw view, computed with OpenSSL's libcrypto, holes fed as zeros without reading them;
- * libcrypto is loaded only by `hash`, see Crypto below).
+ * libcrypto is loaded only by `hash` and `verify`, see Crypto below) and `verify` (the same digests
+ * compared with those an evidence container stores, from the driver's facts).
  * Each parses its own options (cli_getopt: long options spelled in full; info, map and hash share the open
  * options every error message may recommend), opens images read-only unless it must write, and reports
  * errors as one line "imgfuse: WHAT: reason" with exit 2 for bad usage or unopenable images, 1 for
@@ -520,6 +521,7 @@ typedef struct Progress {
     bool on;                  /* -p, or standard error is a terminal; never with -q */
     bool tty;                 /* redraw one line; else a line every few seconds */
     const char *name;         /* the image, when several are hashed; else NULL */
+    const char *cmd;          /* the command the lines name: NULL = "hash" */
     int64_t total;
     uint64_t last_ns;
 } Progress;
@@ -538,7 +540,7 @@ static void progress_show(Progress *p, int64_t done)
     approx_size((uint64_t)p->total, b, sizeof b);
     const char *name = p->name ? p->name : "", *sep = p->name ? ": " : "";
     if (!p->tty) {
-        fprintf(stderr, "imgfuse: hash: %s%s%3d%% (%s of %s)\n", name, sep, pct, a, b);
+        fprintf(stderr, "imgfuse: %s: %s%s%3d%% (%s of %s)\n", p->cmd ? p->cmd : "hash", name, sep, pct, a, b);
         return;
     }
     char bar[41];
@@ -831,5 +833,150 @@ int cmd_hash(int argc, char **argv)
     audit_close(&audit);
     dlclose(crypto.lib);
     crypto.lib = NULL;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- verify */
+
+/* One digest verify computes: its name, the hex the container stores, and what the content gave. */
+typedef struct VerifyDigest {
+    const char *name;
+    const char *stored;
+    char computed[2 * EVP_MAX_MD_SIZE + 1];
+} VerifyDigest;
+
+/* The digests of hs (after hash_image) as hex into v. 0 or -EIO. */
+static int verify_finish(HashSet *hs, VerifyDigest *v)
+{
+    for (int i = 0; i < hs->n; i++) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned int len = 0;
+        if (crypto.final(hs->ctx[i], d, &len) != 1)
+            return -EIO;
+        for (unsigned j = 0; j < len; j++)
+            sprintf(v[i].computed + 2 * j, "%02x", d[j]);
+        v[i].computed[2 * len] = '\0';
+    }
+    return 0;
+}
+
+/* Prints the verdict on the n digests of v: one line on stdout when all match (EXIT_OK), else one line
+ * on stderr naming each digest that differs and the unreadable ranges (EXIT_RUNTIME). */
+static int verify_report(const char *image, BlockNode *bs, const VerifyDigest *v, int n)
+{
+    StrBuf sb = {0};
+    bool match = true;
+    for (int i = 0; i < n; i++)
+        match &= strcmp(v[i].computed, v[i].stored) == 0;
+    for (int i = 0; i < n; i++) {
+        if (match)
+            sb_printf(&sb, "%s%s %s", i ? ", " : "", v[i].name, v[i].computed);
+        else if (strcmp(v[i].computed, v[i].stored) != 0)
+            sb_printf(&sb, "%s%s %s (stored %s)", sb.len ? ", " : "", v[i].name, v[i].computed, v[i].stored);
+    }
+    ReadErrorSummary sum;
+    ReadErrorRecord first;
+    bdrv_read_errors_summary(bs, &sum);
+    uint64_t bad = sum.ranges + sum.unlisted;
+    if (bad && bdrv_read_errors_from(bs, 0, &first, 1) == 1)
+        sb_printf(&sb, "; %" PRIu64 " unreadable range%s hashed as zeros, the first %" PRId64 " bytes at offset %" PRId64
+                  " (%s)", bad, bad == 1 ? "" : "s", first.length, first.offset, first.reason);
+    if (match)
+        printf("%s: verified: %s match%s the stored hash%s\n", image, sb.s ? sb.s : "", n == 1 ? "es" : "",
+               n == 1 ? "" : "es");
+    else
+        errmsg(image, "verification failed: the content does not match the stored hash: %s", sb.s ? sb.s : "");
+    sb_free(&sb);
+    return match ? (fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME) : EXIT_RUNTIME;
+}
+
+/* Hashes the raw view of bs with the digests the container stores (facts) and compares. */
+static int verify_image(const char *image, const OpenArgs *a, BlockNode *bs, const BlockDriverFacts *f)
+{
+    VerifyDigest v[2];
+    HashSet hs;
+    memset(&hs, 0, sizeof hs);
+    if (f->stored_md5[0])
+        v[hs.n] = (VerifyDigest){ .name = "md5", .stored = f->stored_md5 }, hs.name[hs.n++] = "md5";
+    if (f->stored_sha1[0])
+        v[hs.n] = (VerifyDigest){ .name = "sha1", .stored = f->stored_sha1 }, hs.name[hs.n++] = "sha1";
+    if (crypto_load() < 0)
+        return EXIT_RUNTIME;
+    int r = hash_set_open(&hs);
+    for (int i = 0; r == 0 && i < hs.n; i++)
+        r = crypto.init(hs.ctx[i], hs.md[i], NULL) == 1 ? 0 : -EIO;
+    Progress prog = { .tty = isatty(STDERR_FILENO), .cmd = "verify" };
+    prog.on = !a->quiet && (a->progress || prog.tty);
+    int64_t done = 0;
+    log_quiet_enabled = 1; /* the verdict is one line: no line per damaged chunk */
+    if (r == 0)
+        r = hash_image(bs, &hs, &prog, &done);
+    log_quiet_enabled = 0;
+    if (prog.on && prog.tty)
+        fprintf(stderr, "\r\033[K");
+    if (r == 0 && !hash_stop)
+        r = verify_finish(&hs, v);
+    int rc;
+    if (r == 0 && hash_stop) {
+        errmsg(image, "verify stopped by %s: no verdict", hash_stop == SIGINT ? "SIGINT" : "SIGTERM");
+        rc = EXIT_RUNTIME;
+    } else if (r < 0) {
+        errmsg(image, "cannot verify: %s", strerror(-r));
+        rc = EXIT_RUNTIME;
+    } else {
+        rc = verify_report(image, bs, v, hs.n);
+    }
+    hash_set_close(&hs);
+    dlclose(crypto.lib);
+    crypto.lib = NULL;
+    return rc;
+}
+
+/* imgfuse verify [OPTIONS] IMAGE: the content against the hashes the container stores (EWF's MD5 and
+ * SHA1). Exit 0 when every stored hash matches, 1 when one does not (one line) or reading failed, 2 when
+ * IMAGE cannot be opened or stores no hash. Unreadable ranges are hashed as zeros and counted. */
+int cmd_verify(int argc, char **argv)
+{
+    OpenArgs a;
+    const char *image;
+    int rc = parse_sub_args(argc, argv, "[-p|-q] [--max-size SIZE|--force] [-f FMT] IMAGE", false, true, &a, &image);
+    if (rc >= 0)
+        return rc;
+    bool algo = false;
+    for (int i = 1; i < optind; i++)
+        algo |= strncmp(argv[i], "--algo", 6) == 0;
+    if (a.audit_log || algo) {
+        errmsg(a.audit_log ? "--audit-log" : "--algo", "not taken by verify (the container's stored hashes decide)");
+        return EXIT_USAGE;
+    }
+    if (argc - optind != 1)
+        return sub_usage(argv[0], "[-p|-q] [--max-size SIZE|--force] [-f FMT] IMAGE");
+    a.opts.on_read_error = READ_ERROR_ZERO;
+    BlockNode *bs = open_or_report(image, &a.opts, &rc);
+    if (!bs)
+        return rc;
+    BlockDriverFacts f;
+    bdrv_get_facts(bs, &f);
+    int64_t size = bdrv_getlength(bs);
+    char h[32], lim[32];
+    if (!f.stored_md5[0] && !f.stored_sha1[0]) {
+        errmsg(image, "nothing to verify: the image (format '%s') stores no content hash", bs->drv->name);
+        rc = EXIT_USAGE;
+    } else if (a.max_size && size > a.max_size) {
+        errmsg(image, "virtual size %" PRId64 " bytes (%s) is above the limit of %s for verify: give --max-size "
+               "SIZE or --force", size, approx_size((uint64_t)size, h, sizeof h),
+               approx_size((uint64_t)a.max_size, lim, sizeof lim));
+        rc = EXIT_USAGE;
+    } else {
+        struct sigaction sa = { .sa_handler = hash_on_signal }, old_int, old_term;
+        sigemptyset(&sa.sa_mask);
+        hash_stop = 0;
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        rc = verify_image(image, &a, bs, &f);
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
+    bdrv_close(bs);
     return rc;
 }

@@ -188,6 +188,7 @@ int cmd_map(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 /* ---------------------------------------------------------------- cli.c */
 

@@ -37,6 +37,7 @@ void error_setv(Error *err, int errnum, const char *fmt, va_list ap);
 /* Diagnostics printed by the daemon: "imgfuse: NODE: message" on stderr (and syslog-free). */
 void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int log_debug_enabled;
+extern int log_quiet_enabled; /* set by one-shot commands that report in one line of their own (verify) */
 #define log_debug(...) do { if (log_debug_enabled) log_msg(__VA_ARGS__); } while (0)
 
 /* ---------------------------------------------------------------- options */
@@ -210,6 +211,14 @@ typedef struct BlockDriverFacts {
                                * file (a hole) as data and zero (fixed vpc, static vdi, flat vmdk) */
     bool no_qemu_info;      /* qemu's driver of this format has no get_info (parallels): qemu-img prints neither
                              * cluster-size nor dirty-flag for it, and neither does info --output=json */
+    /* Evidence containers (ewf, splitraw). files: every file the node reads, in order (the segments of a
+     * series, the first being bs->filename), borrowed while the node is open; NULL: bs->filename alone.
+     * stored_md5/stored_sha1: the content hashes the container stores (lower-case hex), "" for none:
+     * `imgfuse verify` compares them with the content. */
+    const char *const *files;
+    int n_files;
+    char stored_md5[33];
+    char stored_sha1[41];
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface

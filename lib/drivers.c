@@ -21,6 +21,9 @@ extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 extern const BlockDriver bdrv_qcow;
 extern const BlockDriver bdrv_parallels;
+extern const BlockDriver bdrv_ewf;
+extern const BlockDriver bdrv_splitraw;
+extern const BlockDriver bdrv_aff;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -35,6 +38,9 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qed,
     &bdrv_qcow,
     &bdrv_parallels,
+    &bdrv_ewf,
+    &bdrv_splitraw,
+    &bdrv_aff,
     &bdrv_raw,
     NULL
 };

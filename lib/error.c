@@ -11,6 +11,7 @@
 #include <string.h>
 
 int log_debug_enabled;
+int log_quiet_enabled;
 
 /* Error messages quote names taken from images (backing files, snapshots): a control character there
  * must not break the one-line rule of a refusal, so each becomes '?'. */
@@ -45,7 +46,8 @@ void log_msg(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "imgfuse: %s\n", line);
+    if (!log_quiet_enabled)
+        fprintf(stderr, "imgfuse: %s\n", line);
 }
 
 static InfoItem *info_new_item(InfoList *l, const char *key)

@@ -195,3 +195,18 @@ import sys; sys.stdout.buffer.write(bytes(((i * 131 + 17 + (i >> 9)) & 0xFF) for
     unmount_img
   done
 }
+
+@test "hostile ewf: looping section chains and 2^32-1 chunks end (one line or a read) under a memory limit" {
+  ls "$HOSTILE"/ewf-*-next-self.img "$HOSTILE"/ewf-*-entries-ffffffff.img "$HOSTILE"/ewf-*-chunk-count-ffffffff.img > "$TMP/list"
+  [ "$(wc -l < "$TMP/list")" -ge 10 ]
+  # the memory limit: address space, or resident memory under ASan (which reserves terabytes of address space)
+  local limit=(prlimit --as=$((1024 << 20)) --)
+  [ -z "${IMGFUSE_ASAN:-}" ] || limit=(env ASAN_OPTIONS="${ASAN_OPTIONS:-}:hard_rss_limit_mb=1024:print_suppressions=0")
+  while read -r img; do
+    run timeout -k 5 60 "${limit[@]}" "$IMGFUSE" hash -q -f ewf "$img"
+    echo "$(basename "$img") -> $status: $output"
+    [ "$status" -le 2 ]
+    [ "$status" -eq 0 ] || grep -q "^imgfuse: $img: " <<<"$output"
+  done < "$TMP/list"
+  refused "$HOSTILE/$(basename "$(grep -m1 entries-ffffffff "$TMP/list")")" -f ewf
+}

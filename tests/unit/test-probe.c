@@ -46,11 +46,9 @@ static void test_refused(void)
         { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
         { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
         { "koly", 4, 512, true, "DMG (UDIF) image" },
-        { "EVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF (E01) evidence file" },
         { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
         { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
         { "LEF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 logical evidence (Lx01) file" },
-        { "AFF10\r\n", 7, 0, false, "AFF evidence file" },
         { "\xbe\xba\xfe\xca", 4, 0, false, "VMDK seSparse extent" },
         { "LUKS\xba\xbe\0\x01", 8, 0, false, "LUKS encrypted container" },
         { "LUKS\xba\xbe\0\x02", 8, 0, false, "LUKS encrypted container" },
@@ -90,6 +88,20 @@ static void test_driver_now(void)
         ok(!drv[0] && strstr(err.msg, cases[i].reason) && !strstr(err.msg, "no driver"), "%s goes to its driver: %s",
            cases[i].reason, err.msg);
     }
+/* E01 and AFF have drivers now (drivers/ewf.c, aff.c): a bare magic goes to them, and they say why. */
+static void test_ewf_magic(void)
+{
+    Error err;
+    put_magic("EVF\x09\x0d\x0a\xff\x00", 8, 0, false);
+    const char *drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "<memory>: cannot open as EWF: "), "an E01 magic goes to the ewf driver: %s",
+       err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "EWF (E01): the sector-0 guard knows its magic");
+    put_magic("AFF10\r\n", 7, 0, false);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "<memory>: AFF images are read by AFFLIB from a file name"),
+       "an AFF magic goes to the aff driver: %s", err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "AFF: the sector-0 guard knows its magic");
 }
 
 static void test_not_refused(void)
@@ -127,6 +139,7 @@ int main(void)
 {
     test_refused();
     test_driver_now();
+    test_ewf_magic();
     test_not_refused();
     test_declined();
     return done_testing();

@@ -1,0 +1,337 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * aff.c - the "aff" format driver: Advanced Forensic Format (AFF1, one .aff file) evidence, read through
+ * AFFLIB, never parsed here.  AFFLIB is loaded with dlopen when an AFF image is opened, because it pulls
+ * in OpenSSL's libcrypto, which every other mount must not pay for (fuse/commands.c loads libcrypto the
+ * same way for `hash`).  AFFLIB opens the file by name itself, O_RDONLY; only single-file AFF is read:
+ * AFM and AFD name other files by AFFLIB's own rules, outside the backing-name policy, and are refused.
+ * AFFLIB handles are not thread-safe: the node keeps a few, one per concurrent reader, each behind its
+ * own lock.  A page that cannot be read or inflated reads as EIO.  Read-only always (--overlay for
+ * writes).  Acquisition metadata and the stored MD5/SHA1 are told in info and facts.  It knows nothing
+ * of other formats or of FUSE.
+ */
+#include "block.h"
+#include "util.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <afflib/afflib.h>
+#include <afflib/afflib_i.h> /* AFFILE's error_reporter: af_set_error_reporter is not exported */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define AFF_MAX_WORKERS 8           /* AFFLIB handles per node (each caches its own pages) */
+#define AFF_VALUE_MAX 1024          /* longest metadata value shown in info */
+#define AFF_LIB "libafflib.so.0"
+#define AFF_MAX_BAD_PAGES (1u << 20) /* pages remembered as unreadable (8 MiB) */
+
+/* The AFFLIB functions the driver calls, looked up in the library when a node opens. */
+typedef struct AffLib {
+    void *dl;
+    __typeof__(af_open) *open;
+    __typeof__(af_close) *close;
+    __typeof__(af_read) *read;
+    __typeof__(af_seek) *seek;
+    __typeof__(af_get_imagesize) *imagesize;
+    __typeof__(af_get_pagesize) *pagesize;
+    __typeof__(af_get_seg) *get_seg;
+    int (*identify)(const char *filename, int exists); /* af_identify_file_type, in afflib_i.h */
+} AffLib;
+
+typedef struct AffWorker {
+    pthread_mutex_t lock;
+    AFFILE *af;
+} AffWorker;
+
+typedef struct AffState {
+    AffLib lib;
+    int64_t size;
+    int pagesize;
+    char md5[33], sha1[41];
+    AffWorker workers[AFF_MAX_WORKERS];
+    _Atomic int n_workers;
+    int max_workers;
+    pthread_mutex_t pool_lock;
+    _Atomic unsigned rr;
+    const char *files[1];
+    pthread_mutex_t bad_lock;       /* pages AFFLIB could not read, sorted: never asked again */
+    uint64_t *bad;
+    uint32_t n_bad, cap_bad;
+} AffState;
+
+/* AFFLIB's own messages (several lines per damaged page) are not passed on: the driver logs one. */
+static void aff_quiet(const char *fmt, ...)
+{
+    (void)fmt;
+}
+
+/* Is page in the list; with add, put it there (when there is room). */
+static bool aff_bad(AffState *s, uint64_t page, bool add)
+{
+    pthread_mutex_lock(&s->bad_lock);
+    uint32_t lo = 0, hi = s->n_bad;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s->bad[mid] < page)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    bool has = lo < s->n_bad && s->bad[lo] == page;
+    if (add && !has && s->n_bad == s->cap_bad && s->cap_bad < AFF_MAX_BAD_PAGES) {
+        uint32_t cap = s->cap_bad ? MIN(2 * s->cap_bad, AFF_MAX_BAD_PAGES) : 64;
+        uint64_t *nb = realloc(s->bad, cap * sizeof *nb);
+        if (nb) {
+            s->bad = nb;
+            s->cap_bad = cap;
+        }
+    }
+    if (add && !has && s->n_bad < s->cap_bad) {
+        memmove(s->bad + lo + 1, s->bad + lo, (s->n_bad - lo) * sizeof *s->bad);
+        s->bad[lo] = page;
+        s->n_bad++;
+    }
+    pthread_mutex_unlock(&s->bad_lock);
+    return has;
+}
+
+static int aff_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+    (void)filename;
+    return len >= 7 && memcmp(buf, "AFF10\r\n", 7) == 0 ? 100 : 0;
+}
+
+static int aff_lib_load(AffLib *l, Error *err)
+{
+    l->dl = dlopen(AFF_LIB, RTLD_NOW | RTLD_LOCAL);
+    if (!l->dl) {
+        error_set(err, ENOTSUP, "cannot load %s (Debian package libafflib0v5): %s", AFF_LIB, dlerror());
+        return -ENOTSUP;
+    }
+    struct { const char *name; void **slot; } syms[] = {
+        { "af_open", (void **)&l->open }, { "af_close", (void **)&l->close }, { "af_read", (void **)&l->read },
+        { "af_seek", (void **)&l->seek }, { "af_get_imagesize", (void **)&l->imagesize },
+        { "af_get_pagesize", (void **)&l->pagesize }, { "af_get_seg", (void **)&l->get_seg },
+        { "af_identify_file_type", (void **)&l->identify },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(syms); i++) {
+        if (!(*syms[i].slot = dlsym(l->dl, syms[i].name))) {
+            error_set(err, ENOTSUP, "%s has no %s", AFF_LIB, syms[i].name);
+            return -ENOTSUP;
+        }
+    }
+    return 0;
+}
+
+/* A worker for the calling thread, locked: a free one, else a new one (up to max_workers), else wait. */
+static AffWorker *aff_worker_get(BlockNode *bs, AffState *s)
+{
+    int n = atomic_load(&s->n_workers);
+    for (int i = 0; i < n; i++)
+        if (pthread_mutex_trylock(&s->workers[i].lock) == 0)
+            return &s->workers[i];
+    pthread_mutex_lock(&s->pool_lock);
+    n = atomic_load(&s->n_workers);
+    if (n < s->max_workers) {
+        AffWorker *w = &s->workers[n];
+        if ((w->af = s->lib.open(bs->filename, O_RDONLY, 0))) {
+            w->af->error_reporter = aff_quiet;
+            pthread_mutex_lock(&w->lock);
+            atomic_store(&s->n_workers, n + 1);
+            pthread_mutex_unlock(&s->pool_lock);
+            return w;
+        }
+        s->max_workers = n;
+    }
+    pthread_mutex_unlock(&s->pool_lock);
+    AffWorker *w = &s->workers[atomic_fetch_add(&s->rr, 1) % (unsigned)n];
+    pthread_mutex_lock(&w->lock);
+    return w;
+}
+
+static int aff_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    AffState *s = bs->opaque;
+    AffWorker *w = aff_worker_get(bs, s);
+    int r = 0;
+    uint8_t *p = buf;
+    while (r == 0 && bytes > 0) {
+        uint64_t page = (uint64_t)offset / (uint64_t)s->pagesize;
+        ssize_t want = (ssize_t)MIN(bytes, (int64_t)((page + 1) * (uint64_t)s->pagesize) - offset);
+        if (aff_bad(s, page, false)) {
+            r = -EIO;
+        } else if ((int64_t)s->lib.seek(w->af, offset, SEEK_SET) != offset || s->lib.read(w->af, p, want) != want) {
+            aff_bad(s, page, true);
+            log_msg("%s: page %" PRIu64 " cannot be read or inflated: read as EIO", bs->node_name, page);
+            r = -EIO;
+        }
+        offset += want;
+        bytes -= want;
+        p += want;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return r;
+}
+
+static int aff_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    (void)bs;
+    (void)offset;
+    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED; /* no host offset: pages are compressed */
+    st->bytes = bytes;
+    return 0;
+}
+
+static int64_t aff_getlength(BlockNode *bs)
+{
+    return ((AffState *)bs->opaque)->size;
+}
+
+/* The bytes of segment name, hex into out (2 * n + 1 bytes) when it holds exactly n bytes. */
+static void aff_hash_seg(AffState *s, AFFILE *af, const char *name, size_t n, char *out)
+{
+    unsigned char d[32];
+    size_t len = sizeof(d);
+    uint32_t arg = 0;
+    if (s->lib.get_seg(af, name, &arg, d, &len) != 0 || len != n)
+        return;
+    for (size_t i = 0; i < n; i++)
+        sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void aff_close(BlockNode *bs)
+{
+    AffState *s = bs->opaque;
+    for (int i = 0; i < atomic_load(&s->n_workers); i++)
+        s->lib.close(s->workers[i].af);
+    for (int i = 0; i < AFF_MAX_WORKERS; i++)
+        pthread_mutex_destroy(&s->workers[i].lock);
+    pthread_mutex_destroy(&s->pool_lock);
+    pthread_mutex_destroy(&s->bad_lock);
+    free(s->bad);
+    if (s->lib.dl)
+        dlclose(s->lib.dl);
+    memset(s, 0, sizeof *s);
+}
+
+static int aff_open_node(BlockNode *bs, AffState *s, Error *err)
+{
+    if (!bs->read_only) {
+        error_set(err, EROFS, "AFF evidence files are read-only: mount without --rw (--overlay FILE gives a "
+                  "writable view)");
+        return -EROFS;
+    }
+    if (strcmp(bs->file->drv->name, "file") != 0) {
+        error_set(err, ENOTSUP, "AFF images are read by AFFLIB from a file name: not from this node");
+        return -ENOTSUP;
+    }
+    int r = aff_lib_load(&s->lib, err);
+    if (r < 0)
+        return r;
+    if (s->lib.identify(bs->filename, 1) != AF_IDENTIFY_AFF) {
+        error_set(err, ENOTSUP, "only single-file AFF images are read (AFM and AFD name other files)");
+        return -ENOTSUP;
+    }
+    AffWorker *w = &s->workers[0];
+    if (!(w->af = s->lib.open(bs->filename, O_RDONLY, 0))) {
+        error_set(err, errno ? errno : EINVAL, "cannot open as AFF: %s", strerror(errno ? errno : EINVAL));
+        return -EINVAL;
+    }
+    atomic_store(&s->n_workers, 1);
+    w->af->error_reporter = aff_quiet;
+    s->size = s->lib.imagesize(w->af);
+    s->pagesize = s->lib.pagesize(w->af);
+    if (s->size < 0 || s->pagesize <= 0) {
+        error_set(err, EINVAL, "AFF image size %" PRId64 " or page size %d unreadable", s->size, s->pagesize);
+        return -EINVAL;
+    }
+    aff_hash_seg(s, w->af, "md5", 16, s->md5);
+    aff_hash_seg(s, w->af, "sha1", 20, s->sha1);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    s->max_workers = (int)MAX(1, MIN(cpus, AFF_MAX_WORKERS));
+    s->files[0] = bs->filename;
+    return 0;
+}
+
+/* The core does not call close after a failed open: undo what was done. */
+static int aff_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
+{
+    (void)opts;
+    AffState *s = bs->opaque;
+    pthread_mutex_init(&s->pool_lock, NULL);
+    pthread_mutex_init(&s->bad_lock, NULL);
+    for (int i = 0; i < AFF_MAX_WORKERS; i++)
+        pthread_mutex_init(&s->workers[i].lock, NULL);
+    int r = aff_open_node(bs, s, err);
+    if (r < 0)
+        aff_close(bs);
+    return r;
+}
+
+static void aff_info_seg(AffState *s, AFFILE *af, InfoList *info, const char *key, const char *seg)
+{
+    unsigned char *v = malloc(AFF_VALUE_MAX + 1);
+    size_t len = AFF_VALUE_MAX;
+    uint32_t arg = 0;
+    if (v && s->lib.get_seg(af, seg, &arg, v, &len) == 0 && len > 0 && len <= AFF_VALUE_MAX) {
+        v[len] = '\0';
+        v[strcspn((char *)v, "\n")] = '\0';
+        if (v[0])
+            info_add_str(info, key, "%s", (char *)v);
+    }
+    free(v);
+}
+
+static void aff_get_info(BlockNode *bs, InfoList *info)
+{
+    AffState *s = bs->opaque;
+    info_add_int(info, "image_size", s->size);
+    info_add_int(info, "page_size", s->pagesize);
+    AffWorker *w = aff_worker_get(bs, s);
+    static const char *const segs[][2] = {
+        { "case_number", "case_num" }, { "acquiry_date", "acquisition_date" },
+        { "acquisition_device", "acquisition_device" }, { "examiner", "acquisition_tecnician" },
+        { "notes", "acquisition_notes" }, { "acquisition_commandline", "acquisition_commandline" },
+        { "afflib_version", "afflib_version" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(segs); i++)
+        aff_info_seg(s, w->af, info, segs[i][0], segs[i][1]);
+    pthread_mutex_unlock(&w->lock);
+    info_add_str(info, "stored_md5", "%s", s->md5[0] ? s->md5 : "none");
+    info_add_str(info, "stored_sha1", "%s", s->sha1[0] ? s->sha1 : "none");
+}
+
+static void aff_get_facts(BlockNode *bs, BlockDriverFacts *f)
+{
+    AffState *s = bs->opaque;
+    f->files = s->files;
+    f->n_files = 1;
+    memcpy(f->stored_md5, s->md5, sizeof s->md5);
+    memcpy(f->stored_sha1, s->sha1, sizeof s->sha1);
+}
+
+static int64_t aff_get_allocated_size(BlockNode *bs)
+{
+    return bdrv_get_allocated_size(bs->file);
+}
+
+const BlockDriver bdrv_aff = {
+    .name = "aff",
+    .instance_size = sizeof(AffState),
+    .probe = aff_probe,
+    .open = aff_open,
+    .close = aff_close,
+    .read = aff_read,
+    .block_status = aff_block_status,
+    .getlength = aff_getlength,
+    .get_allocated_size = aff_get_allocated_size,
+    .get_info = aff_get_info,
+    .get_facts = aff_get_facts,
+};
