@@ -88,6 +88,8 @@ static void test_driver_now(void)
         ok(!drv[0] && strstr(err.msg, cases[i].reason) && !strstr(err.msg, "no driver"), "%s goes to its driver: %s",
            cases[i].reason, err.msg);
     }
+}
+
 /* E01 and AFF have drivers now (drivers/ewf.c, aff.c): a bare magic goes to them, and they say why. */
 static void test_ewf_magic(void)
 {
