@@ -487,7 +487,7 @@ static int ewf_open_segments(BlockNode *bs, EwfState *s, const BlockOpenOpts *op
             if (ids[j].st_dev == st.st_dev && ids[j].st_ino == st.st_ino)
                 why = "it is the same file as an earlier segment (the series loops)";
         if (why) {
-            error_set(err, EPERM, "%s: segment file '%s' refused: %s", bs->filename, name, why);
+            error_set(err, EPERM, "segment file '%s' refused: %s", name, why);
             r = -EPERM;
             break;
         }

@@ -165,7 +165,7 @@ static int splitraw_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *e
         if (!why && s->n == SPLITRAW_MAX_SEGMENTS)
             why = "more than 10000 pieces";
         if (why) {
-            error_set(err, EPERM, "%s: piece '%s' refused: %s", bs->filename, name, why);
+            error_set(err, EPERM, "piece '%s' refused: %s", name, why);
             r = -EPERM;
             break;
         }
