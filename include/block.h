@@ -535,4 +535,17 @@ typedef struct BlockReadMap {
  * bs->backing, decode runs through m->decode. 0 or the first negative errno. */
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
 
+/* ---------------------------------------------------------------- decompressed-piece cache (lib/chunkcache.c)
+ *
+ * For read-only compressed formats (cloop blocks, DMG chunks): at most `slots` whole decompressed pieces,
+ * keyed by the driver's piece number, least recently used evicted; thread-safe (one mutex, held only to
+ * copy). get copies [offset, offset+len) of piece key into dst and returns true on a hit. put hands over
+ * data (malloc'd, len bytes): the cache owns and frees it (at once if key is cached already). */
+typedef struct ChunkCache ChunkCache;
+ChunkCache *chunk_cache_new(int slots);
+void chunk_cache_free(ChunkCache *c);
+bool chunk_cache_get(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst);
+void chunk_cache_put(ChunkCache *c, uint64_t key, void *data, size_t len);
+uint64_t chunk_cache_bytes(ChunkCache *c); /* bytes held now */
+
 #endif

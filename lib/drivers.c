@@ -18,6 +18,7 @@ extern const BlockDriver bdrv_vdi;
 extern const BlockDriver bdrv_vpc;
 extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
+extern const BlockDriver bdrv_cloop;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -29,6 +30,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_vpc,
     &bdrv_vmdk,
     &bdrv_qed,
+    &bdrv_cloop,
     &bdrv_raw,
     NULL
 };

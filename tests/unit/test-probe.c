@@ -48,7 +48,6 @@ static void test_refused(void)
         { "WithoutFreeSpace", 16, 0, false, "Parallels image" },
         { "WithouFreSpacExt", 16, 0, false, "Parallels image" },
         { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
-        { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
         { "koly", 4, 512, true, "DMG (UDIF) image" },
         { "EVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF (E01) evidence file" },
         { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
@@ -98,6 +97,10 @@ static void test_declined(void)
     put_magic("QFI\xfb\0\0\0\x04", 8, 0, false);
     const char *drv = probe_open(&err, NULL);
     ok(!drv[0] && strstr(err.msg, "version 4"), "a qcow2 magic of version 4 goes to the qcow2 driver: %s", err.msg);
+    put_magic("#!/bin/sh\n#V2.0 Format\n", 23, 0, false);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "cloop block size"), "a cloop magic goes to the cloop driver: %s", err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "cloop: the sector-0 guard knows its magic");
 }
 
 int main(void)
