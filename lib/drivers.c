@@ -19,6 +19,7 @@ extern const BlockDriver bdrv_vpc;
 extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 extern const BlockDriver bdrv_cloop;
+extern const BlockDriver bdrv_bochs;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -31,6 +32,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_vmdk,
     &bdrv_qed,
     &bdrv_cloop,
+    &bdrv_bochs,
     &bdrv_raw,
     NULL
 };

@@ -49,7 +49,7 @@ static const KnownFormat known_formats[] = {
     { "VHDX image", NULL, AT_START, 0, M("vhdxfile"), -1, false },
     { "Parallels image", NULL, AT_START, 0, M("WithoutFreeSpace"), -1, false },
     { "Parallels image", NULL, AT_START, 0, M("WithouFreSpacExt"), -1, false },
-    { "Bochs image", NULL, AT_START, 0, M("Bochs Virtual HD Image"), -1, false },
+    { "Bochs image", "bochs", AT_START, 0, M("Bochs Virtual HD Image"), -1, false },
     { "cloop compressed image", "cloop", AT_START, 0, M("#!/bin/sh\n#V2.0 Format\n"), -1, false },
     { "EWF (E01) evidence file", NULL, AT_START, 0, M("EVF\x09\x0d\x0a\xff\x00"), -1, false },
     { "EWF2 (Ex01) evidence file", NULL, AT_START, 0, M("EVF2\x0d\x0a\x81\x00"), -1, false },

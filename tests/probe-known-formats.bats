@@ -1,6 +1,6 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels, Bochs,
+# probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels,
 # DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
@@ -47,7 +47,6 @@ make_all() {
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
   magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
-  magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
   magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
   magic_file e.E01 65536 0 "455646090d0aff00"
   magic_file e2.Ex01 65536 0 "455646320d0a8100"
@@ -57,7 +56,7 @@ make_all() {
   magic_file s.vmdk 65536 0 "bebafeca01000000"
   KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
          [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
-         [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
+         [l2.luks]="LUKS encrypted container"
          [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
          [l2.Lx01]="EWF2 logical evidence (Lx01) file" [a.aff]="AFF evidence file"
@@ -195,4 +194,13 @@ EOF
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [ "${lines[0]}" = "imgfuse: c.cloop: cloop block size 1515870810 invalid (a multiple of 512 up to 64 MiB)" ]
+}
+
+@test "a Bochs magic over another type goes to the bochs driver, which says why" {
+  magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')00"
+  run "$IMGFUSE" info b.bochs
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: b.bochs: Bochs image of type 'ZZZZZZZZZZZZZZZZ' subtype 'ZZZZZZZZZZZZZZZZ' not supported (only growing redologs)" ]
 }
