@@ -20,6 +20,7 @@ extern const BlockDriver bdrv_vmdk;
 extern const BlockDriver bdrv_qed;
 extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
+extern const BlockDriver bdrv_dmg;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -33,6 +34,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_qed,
     &bdrv_cloop,
     &bdrv_bochs,
+    &bdrv_dmg,
     &bdrv_raw,
     NULL
 };

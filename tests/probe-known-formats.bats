@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # probe-known-formats.bats - a file in a known format without a driver (VHDX, qcow v1, Parallels,
-# DMG, EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
+# EWF/Ex01/L01/Lx01, AFF, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
 # GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it.
@@ -47,7 +47,6 @@ make_all() {
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
   magic_file old.hdd 65536 0 "$(hex WithoutFreeSpace)02000000"
-  magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
   magic_file e.E01 65536 0 "455646090d0aff00"
   magic_file e2.Ex01 65536 0 "455646320d0a8100"
   magic_file l.L01 65536 0 "4c5646090d0aff00"
@@ -57,7 +56,7 @@ make_all() {
   KNOWN=([x.vhdx]="VHDX image" [p.hdd]="Parallels image" [old.hdd]="Parallels image"
          [q1.qcow]="qcow (version 1) image" [l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container"
-         [d.dmg]="DMG (UDIF) image" [e.E01]="EWF (E01) evidence file"
+         [e.E01]="EWF (E01) evidence file"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
          [l2.Lx01]="EWF2 logical evidence (Lx01) file" [a.aff]="AFF evidence file"
          [s.vmdk]="VMDK seSparse extent")
@@ -203,4 +202,13 @@ EOF
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [ "${lines[0]}" = "imgfuse: b.bochs: Bochs image of type 'ZZZZZZZZZZZZZZZZ' subtype 'ZZZZZZZZZZZZZZZZ' not supported (only growing redologs)" ]
+}
+
+@test "a DMG trailer over a broken header goes to the dmg driver, which says why" {
+  magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
+  run "$IMGFUSE" info d.dmg
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: d.dmg: DMG data fork passes the trailer" ]
 }

@@ -47,7 +47,6 @@ static void test_refused(void)
         { "QFI\xfb\0\0\0\x01", 8, 0, false, "qcow (version 1) image" },
         { "WithoutFreeSpace", 16, 0, false, "Parallels image" },
         { "WithouFreSpacExt", 16, 0, false, "Parallels image" },
-        { "koly", 4, 512, true, "DMG (UDIF) image" },
         { "EVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF (E01) evidence file" },
         { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
         { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
@@ -104,6 +103,10 @@ static void test_declined(void)
     drv = probe_open(&err, NULL);
     ok(!drv[0] && strstr(err.msg, "only growing redologs"), "a Bochs magic goes to the bochs driver: %s", err.msg);
     ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "Bochs: the sector-0 guard knows its magic");
+    put_magic("koly", 4, 512, true);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "DMG data fork passes the trailer"), "a DMG trailer goes to the dmg driver: %s",
+       err.msg);
 }
 
 int main(void)
