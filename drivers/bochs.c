@@ -245,8 +245,7 @@ static int bochs_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Bloc
 
 static void bochs_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
-    BochsState *s = bs->opaque;
-    facts->cluster_size = (int64_t)s->extent_size;
+    (void)bs;
     facts->unallocated_is_zero = true;
 }
 

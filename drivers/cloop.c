@@ -23,9 +23,10 @@
 
 #define CLOOP_PREAMBLE_SIZE   128
 #define CLOOP_HEADER_SIZE     136        /* preamble, block size, block count */
-#define CLOOP_MAX_BLOCK_SIZE  (64 * MiB)
+#define CLOOP_MAX_BLOCK_SIZE  (16 * MiB)
 #define CLOOP_MAX_TABLE_BYTES (256 * MiB) /* offsets table: 32 Mi blocks, 2 TiB of 64 KiB blocks */
 #define CLOOP_CACHE_BYTES     (32 * MiB)  /* decompressed blocks kept (at least one block) */
+#define CLOOP_DECODE_BYTES    (32 * MiB)  /* blocks being inflated at once (at least one) */
 #define CLOOP_CACHE_SLOTS     16
 
 static const char cloop_shebang[] = "#!/bin/sh\n";
@@ -157,7 +158,8 @@ static int cloop_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (r == 0)
         r = cloop_read_table(s, flen, err);
     int slots = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_CACHE_BYTES / s->block_size));
-    if (r == 0 && !(s->cache = chunk_cache_new(slots)))
+    int decoders = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_DECODE_BYTES / s->block_size));
+    if (r == 0 && !(s->cache = chunk_cache_new(slots, decoders)))
         r = -ENOMEM;
     if (r < 0) {
         cloop_close(bs);
@@ -226,9 +228,11 @@ static int cloop_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,
     if (chunk_cache_get(s->cache, i, in, (size_t)bytes, buf))
         return 0;
     uint8_t *block;
-    int r = cloop_inflate_block(s, i, &block);
-    if (r < 0)
-        return r;
+    chunk_cache_decode_begin(s->cache);
+    int r = chunk_cache_get(s->cache, i, in, (size_t)bytes, buf) ? 1 : cloop_inflate_block(s, i, &block);
+    chunk_cache_decode_end(s->cache);
+    if (r != 0)
+        return r < 0 ? r : 0; /* 1: another thread decoded it meanwhile */
     memcpy(buf, block + in, (size_t)bytes);
     chunk_cache_put(s->cache, i, block, s->block_size);
     return 0;
@@ -251,11 +255,6 @@ static int cloop_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Bloc
     return cloop_map(bs, offset, bytes, st, NULL);
 }
 
-static void cloop_get_facts(BlockNode *bs, BlockDriverFacts *facts)
-{
-    CloopState *s = bs->opaque;
-    facts->cluster_size = s->block_size;
-}
 
 static void cloop_get_info(BlockNode *bs, InfoList *info)
 {
@@ -284,5 +283,4 @@ const BlockDriver bdrv_cloop = {
     .getlength = cloop_getlength,
     .memory_used = cloop_memory_used,
     .get_info = cloop_get_info,
-    .get_facts = cloop_get_facts,
 };

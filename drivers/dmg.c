@@ -30,9 +30,10 @@
 #define DMG_CHUNK_SIZE       40
 #define DMG_MAX_XML          (16 * MiB)
 #define DMG_MAX_CHUNKS       (1u << 20)   /* all tables together: 40 MiB of map at most */
-#define DMG_MAX_CHUNK_BYTES  (64 * MiB)   /* a compressed or raw chunk, stored and decompressed */
+#define DMG_MAX_CHUNK_BYTES  (16 * MiB)   /* a compressed or raw chunk, stored and decompressed */
 #define DMG_MAX_SIZE         (INT64_MAX / 2)
 #define DMG_CACHE_BYTES      (32 * MiB)
+#define DMG_DECODE_BYTES     (32 * MiB)   /* chunks being decompressed at once (source and result) */
 #define DMG_CACHE_SLOTS      16
 
 enum {
@@ -325,7 +326,8 @@ static int dmg_finish_map(DmgState *s, Error *err)
             largest = MAX(largest, c->len);
     }
     int slots = (int)MAX(1, MIN(DMG_CACHE_SLOTS, DMG_CACHE_BYTES / (int64_t)largest));
-    s->cache = chunk_cache_new(slots);
+    int decoders = (int)MAX(1, MIN(DMG_CACHE_SLOTS, DMG_DECODE_BYTES / (2 * (int64_t)largest)));
+    s->cache = chunk_cache_new(slots, decoders);
     return s->cache ? 0 : -ENOMEM;
 }
 
@@ -539,9 +541,11 @@ static int dmg_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, c
     if (chunk_cache_get(s->cache, i, in, (size_t)bytes, buf))
         return 0;
     uint8_t *data;
-    int r = dmg_decode_chunk(s, c, &data);
-    if (r < 0)
-        return r;
+    chunk_cache_decode_begin(s->cache);
+    int r = chunk_cache_get(s->cache, i, in, (size_t)bytes, buf) ? 1 : dmg_decode_chunk(s, c, &data);
+    chunk_cache_decode_end(s->cache);
+    if (r != 0)
+        return r < 0 ? r : 0; /* 1: another thread decoded it meanwhile */
     memcpy(buf, data + in, (size_t)bytes);
     chunk_cache_put(s->cache, i, data, c->len);
     return 0;

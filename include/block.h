@@ -540,9 +540,12 @@ int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, co
  * For read-only compressed formats (cloop blocks, DMG chunks): at most `slots` whole decompressed pieces,
  * keyed by the driver's piece number, least recently used evicted; thread-safe (one mutex, held only to
  * copy). get copies [offset, offset+len) of piece key into dst and returns true on a hit. put hands over
- * data (malloc'd, len bytes): the cache owns and frees it (at once if key is cached already). */
+ * data (malloc'd, len bytes): the cache owns and frees it (at once if key is cached already). A miss is
+ * decoded between decode_begin and decode_end, which let at most `decoders` threads decode at once. */
 typedef struct ChunkCache ChunkCache;
-ChunkCache *chunk_cache_new(int slots);
+ChunkCache *chunk_cache_new(int slots, int decoders);
+void chunk_cache_decode_begin(ChunkCache *c);
+void chunk_cache_decode_end(ChunkCache *c);
 void chunk_cache_free(ChunkCache *c);
 bool chunk_cache_get(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst);
 void chunk_cache_put(ChunkCache *c, uint64_t key, void *data, size_t len);

@@ -4,7 +4,7 @@
  * shared by the read-only compressed-format drivers.  It owns a fixed number of slots, each holding one
  * whole decompressed piece keyed by the driver's piece number, evicted least recently used; a lookup copies
  * the wanted bytes out under the cache's own mutex, so FUSE threads may share it while each decompresses
- * its misses outside any lock.  It knows nothing of formats, compressors or files.
+ * its misses outside any lock, at most `decoders` at once (so the buffers of misses stay within a budget).  It knows nothing of formats, compressors or files.
  */
 #include "block.h"
 #include "util.h"
@@ -26,9 +26,11 @@ struct ChunkCache {
     int n_slots;
     uint64_t clock;
     uint64_t bytes;     /* held in slots now */
+    pthread_cond_t decoder_free;
+    int decoders_max, decoders_busy; /* misses decoding at once (each holds a piece-sized buffer) */
 };
 
-ChunkCache *chunk_cache_new(int slots)
+ChunkCache *chunk_cache_new(int slots, int decoders)
 {
     ChunkCache *c = calloc(1, sizeof(*c));
     if (!c)
@@ -39,7 +41,9 @@ ChunkCache *chunk_cache_new(int slots)
         free(c);
         return NULL;
     }
+    c->decoders_max = decoders > 0 ? decoders : 1;
     pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->decoder_free, NULL);
     return c;
 }
 
@@ -50,6 +54,7 @@ void chunk_cache_free(ChunkCache *c)
     for (int i = 0; i < c->n_slots; i++)
         free(c->slots[i].data);
     pthread_mutex_destroy(&c->lock);
+    pthread_cond_destroy(&c->decoder_free);
     free(c->slots);
     free(c);
 }
@@ -102,4 +107,21 @@ uint64_t chunk_cache_bytes(ChunkCache *c)
     uint64_t b = c->bytes;
     pthread_mutex_unlock(&c->lock);
     return b;
+}
+
+void chunk_cache_decode_begin(ChunkCache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    while (c->decoders_busy >= c->decoders_max)
+        pthread_cond_wait(&c->decoder_free, &c->lock);
+    c->decoders_busy++;
+    pthread_mutex_unlock(&c->lock);
+}
+
+void chunk_cache_decode_end(ChunkCache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    c->decoders_busy--;
+    pthread_cond_signal(&c->decoder_free);
+    pthread_mutex_unlock(&c->lock);
 }

@@ -116,9 +116,9 @@ f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))'
   cp good.cloop back.cloop; patch_be back.cloop $((136 + 8 * 2)) 8 0
   refused_open back.cloop "cloop block 1 has a bad compressed length"
   cp good.cloop bs.cloop; patch_be bs.cloop 128 4 1000
-  refused_open bs.cloop "cloop block size 1000 invalid (a multiple of 512 up to 64 MiB)"
+  refused_open bs.cloop "cloop block size 1000 invalid (a multiple of 512 up to 16 MiB)"
   cp good.cloop zero.cloop; patch_be zero.cloop 128 4 0
-  refused_open zero.cloop "cloop block size 0 invalid (a multiple of 512 up to 64 MiB)"
+  refused_open zero.cloop "cloop block size 0 invalid (a multiple of 512 up to 16 MiB)"
   sed '2s/V2.0/V4.0/' good.cloop > v4.cloop
   refused_open v4.cloop "cloop V4.0 format not supported (only V2.0, zlib blocks)"
 }

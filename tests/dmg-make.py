@@ -7,7 +7,7 @@ with a small encoder of its literal and copy codes), zlib (0x80000005) and bzip2
 comment chunk and the terminator in each table.  It also writes the disk the image stands for (OUT.src).
 
 Usage: tests/dmg-make.py OUT [CASE]
-CASE: all (default: every chunk type, three tables) · zlib-big (one zlib table, 4 MiB) · short (a zlib
+CASE: all (default: every chunk type, three tables) · small (32 KiB, every type, two tables) · zlib-big (one zlib table, 4 MiB) · short (a zlib
 chunk that inflates to half its sectors) · long (one that inflates to more) · lzfse · lzma · count (a
 table claiming 2^32-1 chunks) · past (a chunk stored past the end) · bomb (a zlib chunk of 64 MiB + 512
 of zeros) · nest (plist nested 100000 deep) · xmlhuge (plist length 2^40)
@@ -123,6 +123,14 @@ def build(case):
         chunks = [(0x80000005, 2048, zlib.compress(src[i:i + 2048 * SECTOR])) for i in range(0, len(src), 2048 * SECTOR)]
         d.table(0, chunks)
         return d, src, {}
+    if case == "small":
+        src = bytearray(source(64))
+        s = lambda a, n: bytes(src[a * SECTOR:(a + n) * SECTOR])
+        src[32 * SECTOR:40 * SECTOR] = bytes(8 * SECTOR)
+        d.table(0, [(1, 8, s(0, 8)), (0x80000005, 8, zlib.compress(s(8, 8))), (0x80000006, 8, bz2.compress(s(16, 8)))])
+        d.table(24, [(0x80000004, 8, adc_encode(s(24, 8))), (0, 8, None), (2, 24, None)])
+        src[40 * SECTOR:] = bytes(24 * SECTOR)
+        return d, bytes(src), {}
     if case in ("all", "short", "long", "lzfse", "lzma", "count", "past", "bomb", "nest", "xmlhuge"):
         src = bytearray(source(1024))   # 512 KiB: quarters random, text, zeros, pattern
         s = lambda a, n: bytes(src[a * SECTOR:(a + n) * SECTOR])

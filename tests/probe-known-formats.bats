@@ -192,7 +192,7 @@ EOF
   echo "$output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "imgfuse: c.cloop: cloop block size 1515870810 invalid (a multiple of 512 up to 64 MiB)" ]
+  [ "${lines[0]}" = "imgfuse: c.cloop: cloop block size 1515870810 invalid (a multiple of 512 up to 16 MiB)" ]
 }
 
 @test "a Bochs magic over another type goes to the bochs driver, which says why" {
