@@ -157,10 +157,12 @@ static int cloop_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         r = cloop_check_header(bs, hdr, s, err);
     if (r == 0)
         r = cloop_read_table(s, flen, err);
-    int slots = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_CACHE_BYTES / s->block_size));
-    int decoders = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_DECODE_BYTES / s->block_size));
-    if (r == 0 && !(s->cache = chunk_cache_new(slots, decoders)))
-        r = -ENOMEM;
+    if (r == 0) { /* block_size is checked: non-zero */
+        int slots = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_CACHE_BYTES / s->block_size));
+        int decoders = (int)MAX(1, MIN(CLOOP_CACHE_SLOTS, CLOOP_DECODE_BYTES / s->block_size));
+        if (!(s->cache = chunk_cache_new(slots, decoders)))
+            r = -ENOMEM;
+    }
     if (r < 0) {
         cloop_close(bs);
         return r;
