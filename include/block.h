@@ -589,5 +589,20 @@ int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t);
  * bs's bytes) around bs as it is now; writes to its data area go to bs, to its headers fail with EPERM.
  * NULL with err set ("FILE: --emulate vhd: ...") when bs is too large for the format. */
 BlockNode *bdrv_open_emulated(BlockNode *bs, const char *kind, const char *raw_name, Error *err);
+/* ---------------------------------------------------------------- decompressed-piece cache (lib/chunkcache.c)
+ *
+ * For read-only compressed formats (cloop blocks, DMG chunks): at most `slots` whole decompressed pieces,
+ * keyed by the driver's piece number, least recently used evicted; thread-safe (one mutex, held only to
+ * copy). get copies [offset, offset+len) of piece key into dst and returns true on a hit. put hands over
+ * data (malloc'd, len bytes): the cache owns and frees it (at once if key is cached already). A miss is
+ * decoded between decode_begin and decode_end, which let at most `decoders` threads decode at once. */
+typedef struct ChunkCache ChunkCache;
+ChunkCache *chunk_cache_new(int slots, int decoders);
+void chunk_cache_decode_begin(ChunkCache *c);
+void chunk_cache_decode_end(ChunkCache *c);
+void chunk_cache_free(ChunkCache *c);
+bool chunk_cache_get(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst);
+void chunk_cache_put(ChunkCache *c, uint64_t key, void *data, size_t len);
+uint64_t chunk_cache_bytes(ChunkCache *c); /* bytes held now */
 
 #endif

@@ -24,6 +24,9 @@ extern const BlockDriver bdrv_parallels;
 extern const BlockDriver bdrv_ewf;
 extern const BlockDriver bdrv_splitraw;
 extern const BlockDriver bdrv_aff;
+extern const BlockDriver bdrv_cloop;
+extern const BlockDriver bdrv_bochs;
+extern const BlockDriver bdrv_dmg;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -41,6 +44,9 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_ewf,
     &bdrv_splitraw,
     &bdrv_aff,
+    &bdrv_cloop,
+    &bdrv_bochs,
+    &bdrv_dmg,
     &bdrv_raw,
     NULL
 };

@@ -49,15 +49,15 @@ static const KnownFormat known_formats[] = {
     { "VHDX image", "vhdx", AT_START, 0, M("vhdxfile"), -1, false },
     { "Parallels image", "parallels", AT_START, 0, M("WithoutFreeSpace"), -1, false },
     { "Parallels image", "parallels", AT_START, 0, M("WithouFreSpacExt"), -1, false },
-    { "Bochs image", NULL, AT_START, 0, M("Bochs Virtual HD Image"), -1, false },
-    { "cloop compressed image", NULL, AT_START, 0, M("#!/bin/sh\n#V2.0 Format\n"), -1, false },
+    { "Bochs image", "bochs", AT_START, 0, M("Bochs Virtual HD Image"), -1, false },
+    { "cloop compressed image", "cloop", AT_START, 0, M("#!/bin/sh\n#V2.0 Format\n"), -1, false },
     { "EWF (E01) evidence file", "ewf", AT_START, 0, M("EVF\x09\x0d\x0a\xff\x00"), -1, false },
     { "EWF2 (Ex01) evidence file", NULL, AT_START, 0, M("EVF2\x0d\x0a\x81\x00"), -1, false },
     { "EWF logical evidence (L01) file", NULL, AT_START, 0, M("LVF\x09\x0d\x0a\xff\x00"), -1, false },
     { "EWF2 logical evidence (Lx01) file", NULL, AT_START, 0, M("LEF2\x0d\x0a\x81\x00"), -1, false },
     { "AFF evidence file", "aff", AT_START, 0, M("AFF10\r\n"), -1, false },
     { "LUKS encrypted container", NULL, AT_START, 0, M("LUKS\xba\xbe"), -1, false },
-    { "DMG (UDIF) image", NULL, BEFORE_END, TAIL_BYTES, M("koly"), -1, false },
+    { "DMG (UDIF) image", "dmg", BEFORE_END, TAIL_BYTES, M("koly"), -1, false },
     { "fixed VHD image", "vpc", BEFORE_END, TAIL_BYTES, M("conectix"), -1, true },
 };
 

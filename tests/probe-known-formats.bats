@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (Bochs,
-# cloop, DMG, Ex01/L01/Lx01, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
+# probe-known-formats.bats - a file in a known format without a driver (EWF2 Ex01/Lx01, EWF logical
+# L01, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
 # GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it. VHDX, refused
@@ -33,16 +33,12 @@ make_all() {
   declare -gA KNOWN
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
-  magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')"
-  magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
-  magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
   magic_file e2.Ex01 65536 0 "455646320d0a8100"
   magic_file l.L01 65536 0 "4c5646090d0aff00"
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
   magic_file s.vmdk 65536 0 "bebafeca01000000"
   KNOWN=([l.luks]="LUKS encrypted container"
-         [l2.luks]="LUKS encrypted container" [b.bochs]="Bochs image"
-         [c.cloop]="cloop compressed image" [d.dmg]="DMG (UDIF) image"
+         [l2.luks]="LUKS encrypted container"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
          [l2.Lx01]="EWF2 logical evidence (Lx01) file"
          [s.vmdk]="VMDK seSparse extent")
@@ -193,4 +189,29 @@ EOF
   same_bytes "$MNT/disk.raw" x.vhdx
   grep -qF "  looks_like: VHDX image (read it with -f vhdx)" "$MNT/info"
   unmount_img
+@test "a cloop magic over a broken header goes to the cloop driver, which says why" {
+  magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
+  run "$IMGFUSE" info c.cloop
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: c.cloop: cloop block size 1515870810 invalid (a multiple of 512 up to 16 MiB)" ]
+}
+
+@test "a Bochs magic over another type goes to the bochs driver, which says why" {
+  magic_file b.bochs 65536 0 "$(hex 'Bochs Virtual HD Image')00"
+  run "$IMGFUSE" info b.bochs
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: b.bochs: Bochs image of type 'ZZZZZZZZZZZZZZZZ' subtype 'ZZZZZZZZZZZZZZZZ' not supported (only growing redologs)" ]
+}
+
+@test "a DMG trailer over a broken header goes to the dmg driver, which says why" {
+  magic_file d.dmg 65536 512 "$(hex koly)0000000400000200" end
+  run "$IMGFUSE" info d.dmg
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "imgfuse: d.dmg: DMG data fork passes the trailer" ]
 }

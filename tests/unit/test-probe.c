@@ -43,9 +43,6 @@ static void test_refused(void)
         bool from_end;
         const char *what;
     } cases[] = {
-        { "Bochs Virtual HD Image", 22, 0, false, "Bochs image" },
-        { "#!/bin/sh\n#V2.0 Format\n", 23, 0, false, "cloop compressed image" },
-        { "koly", 4, 512, true, "DMG (UDIF) image" },
         { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
         { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
         { "LEF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 logical evidence (Lx01) file" },
@@ -135,6 +132,18 @@ static void test_declined(void)
     ok(!drv[0] && strstr(err.msg, "file too short for a VHDX image (65536 bytes, headers and region tables need "
                                   "327680)"), "a VHDX magic goes to the vhdx driver: %s", err.msg);
     ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "VHDX: the sector-0 guard knows its magic");
+    put_magic("#!/bin/sh\n#V2.0 Format\n", 23, 0, false);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "cloop block size"), "a cloop magic goes to the cloop driver: %s", err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "cloop: the sector-0 guard knows its magic");
+    put_magic("Bochs Virtual HD Image", 23, 0, false);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "only growing redologs"), "a Bochs magic goes to the bochs driver: %s", err.msg);
+    ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "Bochs: the sector-0 guard knows its magic");
+    put_magic("koly", 4, 512, true);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "DMG data fork passes the trailer"), "a DMG trailer goes to the dmg driver: %s",
+       err.msg);
 }
 
 int main(void)

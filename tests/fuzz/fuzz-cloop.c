@@ -1,0 +1,15 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fuzz-cloop.c - libFuzzer target for the read-only cloop driver: the V2.0 header and preamble version,
+ * the offsets table (counts, bounds, order), zlib blocks that inflate short, long or not at all, the
+ * decompressed-block cache, reads, block status and info, through fuzz-common.h.
+ */
+#include "fuzz-common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static const FuzzConfig cfg = { .format = "cloop" };
+    return fuzz_run(&cfg, data, size);
+}
