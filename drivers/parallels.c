@@ -254,26 +254,14 @@ static const BlockReadMap prl_read_map = { .map = prl_map };
 static int prl_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     PrlState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &prl_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &prl_read_map, s->writable ? &s->io_lock : NULL,
+                                   s->size);
 }
 
 static int prl_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     PrlState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = prl_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &prl_read_map, s->writable ? &s->io_lock : NULL);
 }
 
 static int64_t prl_getlength(BlockNode *bs)

@@ -444,26 +444,14 @@ static const BlockReadMap qcow_read_map = { .map = qcow_map, .decode = qcow_deco
 static int qcow_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     QcowState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &qcow_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &qcow_read_map, s->writable ? &s->io_lock : NULL,
+                                   s->size);
 }
 
 static int qcow_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     QcowState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qcow_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &qcow_read_map, s->writable ? &s->io_lock : NULL);
 }
 
 static int64_t qcow_getlength(BlockNode *bs)

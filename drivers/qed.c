@@ -533,26 +533,14 @@ static const BlockReadMap qed_read_map = { .map = qed_map };
 static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     QedState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &qed_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &qed_read_map, s->writable ? &s->io_lock : NULL,
+                                   s->image_size);
 }
 
 static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     QedState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qed_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &qed_read_map, s->writable ? &s->io_lock : NULL);
 }
 
 /* ---------------------------------------------------------------- consistency check */

@@ -530,24 +530,17 @@ static int vdi_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
 
 static const BlockReadMap vdi_read_map = { .map = vdi_map };
 
+/* Shared lock: an unmap (exclusive) cannot free a host block this read is about to read. */
 static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     VdiState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
-        return -EINVAL;
-    /* shared: an unmap (exclusive) cannot free a host block this read is about to read */
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &vdi_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &vdi_read_map, s->writable ? &s->io_lock : NULL,
+                                   s->disk_size);
 }
 
 static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    memset(st, 0, sizeof(*st));
-    return vdi_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vdi_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- allocation */

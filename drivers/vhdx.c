@@ -1074,8 +1074,7 @@ static int vhdx_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 
 static int vhdx_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    memset(st, 0, sizeof(*st));
-    return vhdx_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vhdx_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- parent check */

@@ -764,7 +764,7 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
     memset(st, 0, sizeof(*st));
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_block_status_same_offset(bs, offset, bytes, st);
-    return vpc_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vpc_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- write */

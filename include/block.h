@@ -544,6 +544,14 @@ typedef struct BlockReadMap {
  * with one bdrv_pread_extents call per host file and 32 extents, before it returns. 0 or a negative
  * errno (the first one met; a host read's failure may be met after later runs were mapped). */
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
+/* The read and block_status slots of a map-based driver whose map needs its lock held shared (lock NULL:
+ * none, e.g. a read-only image). bdrv_read_mapped_locked: EINVAL unless 0 <= offset, 0 <= bytes and
+ * offset + bytes <= size, then bdrv_read_mapped(bs, ..., m, NULL) under lock. bdrv_status_mapped_locked:
+ * st zeroed, then m->map(bs, offset, bytes, st, NULL) under lock. */
+int bdrv_read_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m,
+                            pthread_rwlock_t *lock, uint64_t size);
+int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, const BlockReadMap *m,
+                              pthread_rwlock_t *lock);
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 

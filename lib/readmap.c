@@ -109,3 +109,28 @@ int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, co
     }
     return batch_flush(&batch);
 }
+
+int bdrv_read_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m,
+                            pthread_rwlock_t *lock, uint64_t size)
+{
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > size)
+        return -EINVAL;
+    if (lock)
+        pthread_rwlock_rdlock(lock);
+    int ret = bdrv_read_mapped(bs, offset, bytes, buf, m, NULL);
+    if (lock)
+        pthread_rwlock_unlock(lock);
+    return ret;
+}
+
+int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, const BlockReadMap *m,
+                              pthread_rwlock_t *lock)
+{
+    memset(st, 0, sizeof(*st));
+    if (lock)
+        pthread_rwlock_rdlock(lock);
+    int ret = m->map(bs, offset, bytes, st, NULL);
+    if (lock)
+        pthread_rwlock_unlock(lock);
+    return ret;
+}
