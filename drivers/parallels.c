@@ -501,31 +501,33 @@ static const BlockOptionSpec prl_create_options[] = {
     { NULL, 0, 0, NULL },
 };
 
+typedef struct PrlCreateParse {
+    uint64_t *cluster;
+    const char *filename;
+    Error *err;
+} PrlCreateParse;
+
+static int prl_create_option(const char *key, const char *value, void *opaque)
+{
+    PrlCreateParse *c = opaque;
+    int64_t v = value ? parse_size(value) : -1;
+    if (!value || strcmp(key, "cluster_size")) {
+        error_set(c->err, EINVAL, "%s: unknown parallels creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    if (v < PRL_SECTOR || v % PRL_SECTOR || v > PRL_MAX_WRITABLE_CLUSTER) {
+        error_set(c->err, EINVAL, "%s: cluster_size must be a multiple of 512 up to 64M, not '%s'", c->filename, value);
+        return -EINVAL;
+    }
+    *c->cluster = (uint64_t)v;
+    return 0;
+}
+
 static int prl_create_parse(const char *options, uint64_t *cluster, const char *filename, Error *err)
 {
     *cluster = PRL_DEFAULT_CLUSTER;
-    if (!options || !options[0])
-        return 0;
-    char *copy = strdup(options);
-    if (!copy)
-        return -ENOMEM;
-    int ret = 0;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (eq)
-            *eq = '\0';
-        int64_t v = eq ? parse_size(eq + 1) : -1;
-        if (!eq || strcmp(tok, "cluster_size")) {
-            error_set(err, EINVAL, "%s: unknown parallels creation option '%s'", filename, tok);
-            ret = -EINVAL;
-        } else if (v < PRL_SECTOR || v % PRL_SECTOR || v > PRL_MAX_WRITABLE_CLUSTER) {
-            error_set(err, EINVAL, "%s: cluster_size must be a multiple of 512 up to 64M, not '%s'", filename, eq + 1);
-            ret = -EINVAL;
-        } else
-            *cluster = (uint64_t)v;
-    }
-    free(copy);
-    return ret;
+    PrlCreateParse c = { .cluster = cluster, .filename = filename, .err = err };
+    return bdrv_create_opts_each(options, prl_create_option, &c);
 }
 
 /* Header and a zeroed BAT, the data starting at the next cluster (qemu-img's layout). */

@@ -720,33 +720,32 @@ static const BlockOptionSpec qcow_create_options[] = {
     { NULL, 0, 0, NULL },
 };
 
+typedef struct QcowCreateParse {
+    char **backing, **fmt;
+    const char *filename;
+    Error *err;
+} QcowCreateParse;
+
+static int qcow_create_option(const char *key, const char *value, void *opaque)
+{
+    QcowCreateParse *c = opaque;
+    char **dst = !value                         ? NULL
+                 : !strcmp(key, "backing_file") ? c->backing
+                 : !strcmp(key, "backing_fmt")  ? c->fmt
+                                                : NULL;
+    if (!dst) {
+        error_set(c->err, EINVAL, "%s: unknown qcow creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    free(*dst);
+    return (*dst = strdup(value)) ? 0 : -ENOMEM;
+}
+
 /* The backing file and format given as -o backing_file=,backing_fmt= (the -b/-F values win). */
 static int qcow_create_parse(const char *options, char **backing, char **fmt, const char *filename, Error *err)
 {
-    if (!options || !options[0])
-        return 0;
-    char *copy = strdup(options);
-    if (!copy)
-        return -ENOMEM;
-    int ret = 0;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        char **dst = NULL;
-        if (eq) {
-            *eq = '\0';
-            dst = !strcmp(tok, "backing_file") ? backing : !strcmp(tok, "backing_fmt") ? fmt : NULL;
-        }
-        if (!dst) {
-            error_set(err, EINVAL, "%s: unknown qcow creation option '%s'", filename, tok);
-            ret = -EINVAL;
-        } else {
-            free(*dst);
-            if (!(*dst = strdup(eq + 1)))
-                ret = -ENOMEM;
-        }
-    }
-    free(copy);
-    return ret;
+    QcowCreateParse c = { .backing = backing, .fmt = fmt, .filename = filename, .err = err };
+    return bdrv_create_opts_each(options, qcow_create_option, &c);
 }
 
 /* Header, backing name, then a zeroed L1 table: 512-byte clusters and 4096-entry L2 tables with a

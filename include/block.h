@@ -107,6 +107,11 @@ typedef struct BlockOptionSpec {
 /* Appends "DRIVER.KEY=VALUE" (not copied) to o: -E2BIG when MAX_DRIVER_OPTS are given already, -EINVAL
  * when item has no "DRIVER." part. Validation comes at open (bdrv_opts_validate). */
 int bdrv_opts_add(BlockOpenOpts *o, const char *item);
+/* A creation option string ("key=value,key=value", BlockCreateOpts.options) item by item: fn(key, value,
+ * opaque) in order, value NULL for an item without '='; stops at the first non-zero return and gives it
+ * back. 0 for a NULL or empty string; -ENOMEM if the copy fails. */
+int bdrv_create_opts_each(const char *options, int (*fn)(const char *key, const char *value, void *opaque),
+                          void *opaque);
 /* 0 if every driver option of o names a known driver, one of its keys and a valid value; else -EINVAL
  * with err set: "FILENAME: qcow2 option 'l2-cache-size': not a size: 'abc'". */
 int bdrv_opts_validate(const BlockOpenOpts *o, const char *filename, Error *err);
