@@ -380,6 +380,9 @@ BlockNode *bdrv_open_chain_filters(BlockNode *bs, const BlockOpenOpts *opts, Err
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
 BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename);
+/* A node of drv stacked on bs (its file name, file = bs, its read-only flag), holding its own reference on
+ * bs; not opened. NULL (drv NULL or no memory) with "FILE: out of memory" in err. */
+BlockNode *bdrv_new_node_over(const BlockDriver *drv, BlockNode *bs, Error *err);
 void bdrv_close(BlockNode *bs); /* flushes if writable, closes the whole chain below */
 
 /* I/O through the core: alignment, bounce buffers, zero beyond EOF, serialisation, statistics. */

@@ -485,9 +485,7 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     return top;
 }
 
-/* Stacks drv, a filter over a whole chain, on bs with the options o (which may live on the caller's stack:
- * the filter keeps its values in its own state); takes its own reference on bs. */
-static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const BlockOpenOpts *o, Error *err)
+BlockNode *bdrv_new_node_over(const BlockDriver *drv, BlockNode *bs, Error *err)
 {
     BlockNode *w = drv ? bdrv_new_node(drv, bs->filename) : NULL;
     if (!w) {
@@ -497,6 +495,16 @@ static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const B
     bdrv_ref(bs);
     w->file = bs;
     w->read_only = bs->read_only;
+    return w;
+}
+
+/* Stacks drv, a filter over a whole chain, on bs with the options o (which may live on the caller's stack:
+ * the filter keeps its values in its own state); takes its own reference on bs. */
+static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const BlockOpenOpts *o, Error *err)
+{
+    BlockNode *w = bdrv_new_node_over(drv, bs, err);
+    if (!w)
+        return NULL;
     w->opts = o;
     int r = driver_open(w, o, "", err);
     w->opts = bs->opts;
