@@ -461,37 +461,32 @@ static int prl_allocate_write(PrlState *s, uint64_t c, uint64_t in, uint64_t n, 
     return ret;
 }
 
+static int prl_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
+{
+    PrlState *s = bs->opaque;
+    uint64_t in = off % s->cluster_size;
+    *n = MIN(left, s->cluster_size - in);
+    PrlKind k = prl_classify(s, off / s->cluster_size, host);
+    if (k == PRL_BAD)
+        return -EIO;
+    *host += in;
+    return k == PRL_DATA;
+}
+
+static int prl_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    PrlState *s = bs->opaque;
+    (void)left;
+    return prl_allocate_write(s, off / s->cluster_size, off % s->cluster_size, *n, buf);
+}
+
+static const BlockWriteMap prl_write_map = { .place = prl_write_place, .allocate = prl_write_allocate };
+
 static int prl_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     PrlState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t c = off / s->cluster_size, in = off % s->cluster_size, n = MIN(left, s->cluster_size - in), host;
-        pthread_rwlock_rdlock(&s->io_lock);
-        PrlKind k = prl_classify(s, c, &host);
-        if (k == PRL_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (k == PRL_BAD)
-            return -EIO;
-        if (k == PRL_UNALLOCATED) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = prl_allocate_write(s, c, in, n, p);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(s->file);
-    return ret;
+    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &prl_write_map, s->writable ? &s->io_lock : NULL,
+                                    s->size);
 }
 
 /* ---------------------------------------------------------------- create */

@@ -528,39 +528,33 @@ static int qcow_allocate_write(BlockNode *bs, QcowState *s, uint64_t c, uint64_t
     return ret;
 }
 
+static int qcow_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
+{
+    QcowState *s = bs->opaque;
+    uint64_t in = off & (s->cluster_size - 1);
+    int err;
+    *n = MIN(left, s->cluster_size - in);
+    QcowKind k = qcow_classify(s, off >> s->cluster_bits, host, &err);
+    if (k == QCOW_BAD)
+        return err < 0 ? err : -EIO;
+    *host += in;
+    return k == QCOW_DATA;
+}
+
+static int qcow_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    QcowState *s = bs->opaque;
+    (void)left;
+    return qcow_allocate_write(bs, s, off >> s->cluster_bits, off & (s->cluster_size - 1), *n, buf);
+}
+
+static const BlockWriteMap qcow_write_map = { .place = qcow_write_place, .allocate = qcow_write_allocate };
+
 static int qcow_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     QcowState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t c = off >> s->cluster_bits, in = off & (s->cluster_size - 1);
-        uint64_t n = MIN(left, s->cluster_size - in), host;
-        int err;
-        pthread_rwlock_rdlock(&s->io_lock);
-        QcowKind k = qcow_classify(s, c, &host, &err);
-        if (k == QCOW_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (k == QCOW_BAD)
-            return err < 0 ? err : -EIO;
-        if (k != QCOW_DATA) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = qcow_allocate_write(bs, s, c, in, n, p);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(s->file);
-    return ret;
+    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &qcow_write_map, s->writable ? &s->io_lock : NULL,
+                                    s->size);
 }
 
 /* ---------------------------------------------------------------- open, close */

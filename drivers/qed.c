@@ -880,37 +880,31 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
 
 /* ---------------------------------------------------------------- write, flush */
 
+static int qed_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
+{
+    int err;
+    QedKind kind = qed_map_run(bs->opaque, off, left, n, host, &err);
+    if (kind == QED_BAD)
+        return err < 0 ? err : -EIO;
+    return kind == QED_DATA;
+}
+
+static int qed_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    return qed_allocating_write(bs, bs->opaque, off, left, buf, n);
+}
+
+static const BlockWriteMap qed_write_map = {
+    .place = qed_write_place,
+    .allocate = qed_write_allocate,
+    .flush = bdrv_flush, /* FUA: this node's own flush, which also clears the needs-check mark */
+};
+
 static int qed_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     QedState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t n, host;
-        pthread_rwlock_rdlock(&s->io_lock);
-        QedKind kind = qed_map_run(s, off, left, &n, &host, &ret);
-        if (kind == QED_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)host, (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (kind == QED_BAD)
-            return ret < 0 ? ret : -EIO;
-        if (kind != QED_DATA) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = qed_allocating_write(bs, s, off, left, p, &n);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(bs);
-    return ret;
+    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &qed_write_map, s->writable ? &s->io_lock : NULL,
+                                    s->image_size);
 }
 
 /* Everything written so far reaches the disk, then the needs-check mark is cleared (the core flushes the

@@ -561,6 +561,23 @@ int bdrv_read_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, void *
 int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, const BlockReadMap *m,
                               pthread_rwlock_t *lock);
 
+/* A driver's write map, for bdrv_write_mapped_locked. place (lock held shared) says how a write of
+ * [offset, offset+bytes) begins: *n bytes (0 < *n <= bytes) that are in place at *host in bs->file (1),
+ * that need allocating (0), or a negative errno that fails the write. allocate (lock held exclusive)
+ * writes from offset (bytes left, *n as place said) into new space and sets *n to what it wrote; it must
+ * look again, since another writer may have allocated meanwhile. flush serves BDRV_REQ_FUA (NULL: the
+ * flush of bs->file). */
+typedef struct BlockWriteMap {
+    int (*place)(BlockNode *bs, uint64_t offset, uint64_t bytes, uint64_t *n, uint64_t *host);
+    int (*allocate)(BlockNode *bs, uint64_t offset, uint64_t bytes, const void *buf, uint64_t *n);
+    int (*flush)(BlockNode *bs);
+} BlockWriteMap;
+/* The write slot of a map-based driver: EROFS when lock is NULL (a read-only image has none), EINVAL
+ * unless 0 <= offset, 0 <= bytes and offset + bytes <= size; then piece by piece through m, in-place
+ * pieces written under lock held shared, allocations under it held exclusive; the first error ends it. */
+int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags,
+                             const BlockWriteMap *m, pthread_rwlock_t *lock, uint64_t size);
+
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 
 /* The MBR or GPT of a node's disk, read by libblkid (never parsed here): numbered as Linux numbers

@@ -134,3 +134,38 @@ int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, Bloc
         pthread_rwlock_unlock(lock);
     return ret;
 }
+
+int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags,
+                             const BlockWriteMap *m, pthread_rwlock_t *lock, uint64_t size)
+{
+    if (!lock)
+        return -EROFS;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > size)
+        return -EINVAL;
+    const uint8_t *p = buf;
+    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
+    int ret = 0;
+    while (ret == 0 && left > 0) {
+        uint64_t n = 0, host = 0;
+        pthread_rwlock_rdlock(lock);
+        int where = m->place(bs, off, left, &n, &host);
+        if (where > 0 && n > 0 && n <= left)
+            ret = bdrv_pwrite(bs->file, (int64_t)host, (int64_t)n, p, 0);
+        pthread_rwlock_unlock(lock);
+        if (where < 0)
+            return where;
+        if (n == 0 || n > left)
+            return -EIO; /* a map that answers for nothing would never end */
+        if (where == 0) {
+            pthread_rwlock_wrlock(lock);
+            ret = m->allocate(bs, off, left, p, &n);
+            pthread_rwlock_unlock(lock);
+        }
+        off += n;
+        left -= n;
+        p += n;
+    }
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = m->flush ? m->flush(bs) : bdrv_flush(bs->file);
+    return ret;
+}
