@@ -249,20 +249,14 @@ static int prl_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     return 0; /* unallocated: no backing node, zeros */
 }
 
-static const BlockReadMap prl_read_map = { .map = prl_map };
-
-static int prl_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *prl_lock(BlockNode *bs)
 {
     PrlState *s = bs->opaque;
-    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &prl_read_map, s->writable ? &s->io_lock : NULL,
-                                   s->size);
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int prl_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    PrlState *s = bs->opaque;
-    return bdrv_status_mapped_locked(bs, offset, bytes, st, &prl_read_map, s->writable ? &s->io_lock : NULL);
-}
+static const BlockReadMap prl_read_map = { .map = prl_map, .lock = prl_lock };
 
 static int64_t prl_getlength(BlockNode *bs)
 {
@@ -482,13 +476,6 @@ static int prl_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const 
 
 static const BlockWriteMap prl_write_map = { .place = prl_write_place, .allocate = prl_write_allocate };
 
-static int prl_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
-{
-    PrlState *s = bs->opaque;
-    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &prl_write_map, s->writable ? &s->io_lock : NULL,
-                                    s->size);
-}
-
 /* ---------------------------------------------------------------- create */
 
 static const BlockOptionSpec prl_create_options[] = {
@@ -619,9 +606,9 @@ const BlockDriver bdrv_parallels = {
     .probe = prl_probe,
     .open = prl_open,
     .close = prl_close,
-    .read = prl_read,
-    .write = prl_write,
-    .block_status = prl_block_status,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
+    .block_status = bdrv_mapped_block_status,
     .getlength = prl_getlength,
     .memory_used = prl_memory_used,
     .get_info = prl_get_info,
@@ -629,5 +616,7 @@ const BlockDriver bdrv_parallels = {
     .check = prl_check,
     .create = prl_create,
     .create_options = prl_create_options,
+    .read_map = &prl_read_map,
+    .write_map = &prl_write_map,
     .has_zero_init = prl_has_zero_init,
 };

@@ -439,20 +439,14 @@ static int qcow_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, 
     return ret;
 }
 
-static const BlockReadMap qcow_read_map = { .map = qcow_map, .decode = qcow_decode };
-
-static int qcow_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *qcow_lock(BlockNode *bs)
 {
     QcowState *s = bs->opaque;
-    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &qcow_read_map, s->writable ? &s->io_lock : NULL,
-                                   s->size);
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int qcow_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    QcowState *s = bs->opaque;
-    return bdrv_status_mapped_locked(bs, offset, bytes, st, &qcow_read_map, s->writable ? &s->io_lock : NULL);
-}
+static const BlockReadMap qcow_read_map = { .map = qcow_map, .decode = qcow_decode, .lock = qcow_lock };
 
 static int64_t qcow_getlength(BlockNode *bs)
 {
@@ -549,13 +543,6 @@ static int qcow_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const
 }
 
 static const BlockWriteMap qcow_write_map = { .place = qcow_write_place, .allocate = qcow_write_allocate };
-
-static int qcow_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
-{
-    QcowState *s = bs->opaque;
-    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &qcow_write_map, s->writable ? &s->io_lock : NULL,
-                                    s->size);
-}
 
 /* ---------------------------------------------------------------- open, close */
 
@@ -851,14 +838,16 @@ const BlockDriver bdrv_qcow = {
     .probe = qcow_probe,
     .open = qcow_open,
     .close = qcow_close,
-    .read = qcow_read,
-    .write = qcow_write,
-    .block_status = qcow_block_status,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
+    .block_status = bdrv_mapped_block_status,
     .getlength = qcow_getlength,
     .memory_used = qcow_memory_used,
     .get_info = qcow_get_info,
     .get_facts = qcow_get_facts,
     .create = qcow_create,
     .create_options = qcow_create_options,
+    .read_map = &qcow_read_map,
+    .write_map = &qcow_write_map,
     .has_zero_init = qcow_has_zero_init,
 };

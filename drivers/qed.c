@@ -528,20 +528,14 @@ static int qed_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     }
 }
 
-static const BlockReadMap qed_read_map = { .map = qed_map };
-
-static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *qed_lock(BlockNode *bs)
 {
     QedState *s = bs->opaque;
-    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &qed_read_map, s->writable ? &s->io_lock : NULL,
-                                   s->image_size);
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    QedState *s = bs->opaque;
-    return bdrv_status_mapped_locked(bs, offset, bytes, st, &qed_read_map, s->writable ? &s->io_lock : NULL);
-}
+static const BlockReadMap qed_read_map = { .map = qed_map, .lock = qed_lock };
 
 /* ---------------------------------------------------------------- consistency check */
 
@@ -900,13 +894,6 @@ static const BlockWriteMap qed_write_map = {
     .flush = bdrv_flush, /* FUA: this node's own flush, which also clears the needs-check mark */
 };
 
-static int qed_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
-{
-    QedState *s = bs->opaque;
-    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, &qed_write_map, s->writable ? &s->io_lock : NULL,
-                                    s->image_size);
-}
-
 /* Everything written so far reaches the disk, then the needs-check mark is cleared (the core flushes the
  * file once more after this). */
 static int qed_flush(BlockNode *bs)
@@ -978,14 +965,16 @@ const BlockDriver bdrv_qed = {
     .probe = qed_probe,
     .open = qed_open,
     .close = qed_close,
-    .read = qed_read,
-    .write = qed_write,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
     .flush = qed_flush,
-    .block_status = qed_block_status,
+    .block_status = bdrv_mapped_block_status,
     .getlength = qed_getlength,
     .memory_used = qed_memory_used,
     .get_info = qed_get_info,
     .get_facts = qed_get_facts,
     .check = qed_check,
     .has_zero_init = qed_has_zero_init,
+    .read_map = &qed_read_map,
+    .write_map = &qed_write_map,
 };

@@ -528,15 +528,15 @@ static int vdi_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     }
 }
 
-static const BlockReadMap vdi_read_map = { .map = vdi_map };
-
-/* Shared lock: an unmap (exclusive) cannot free a host block this read is about to read. */
-static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads hold it shared: an unmap (exclusive) cannot free a host block a read is about to read. Only a
+ * writable image has one. */
+static pthread_rwlock_t *vdi_lock(BlockNode *bs)
 {
     VdiState *s = bs->opaque;
-    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &vdi_read_map, s->writable ? &s->io_lock : NULL,
-                                   s->disk_size);
+    return s->writable ? &s->io_lock : NULL;
 }
+
+static const BlockReadMap vdi_read_map = { .map = vdi_map, .lock = vdi_lock };
 
 static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
@@ -879,7 +879,7 @@ const BlockDriver bdrv_vdi = {
     .probe = vdi_probe,
     .open = vdi_open,
     .close = vdi_close,
-    .read = vdi_read,
+    .read = bdrv_mapped_read,
     .write = vdi_write,
     .write_zeroes = vdi_write_zeroes,
     .discard = vdi_discard,
@@ -889,4 +889,5 @@ const BlockDriver bdrv_vdi = {
     .get_info = vdi_get_info,
     .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
+    .read_map = &vdi_read_map,
 };

@@ -312,6 +312,11 @@ struct BlockDriver {
     /* Format drivers with create: the creation options create takes in CreateOpts.options ("-o help"
      * of `imgfuse create` lists them); NULL: none. */
     const BlockOptionSpec *create_options;
+    /* Map-based format drivers: their map, for the core's slots bdrv_mapped_read, bdrv_mapped_block_status
+     * and bdrv_mapped_write (lib/readmap.c), which a driver may name as its read, block_status and write
+     * slots; NULL: not used. */
+    const struct BlockReadMap *read_map;
+    const struct BlockWriteMap *write_map;
 };
 
 /* Permissions for set_perm (QEMU's numbering: lock byte 100+N held, 200+N not shared). */
@@ -545,6 +550,7 @@ typedef struct BlockReadMap {
     int (*map)(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque);
     int (*decode)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque);
     BlockNode *(*backing)(BlockNode *bs, void *opaque);
+    pthread_rwlock_t *(*lock)(BlockNode *bs); /* for the bdrv_mapped_* slots; NULL slot or answer: none */
 } BlockReadMap;
 /* Reads [offset, offset+bytes) of bs (a driver's own node, from its read slot) run by run through m:
  * zero runs as zeros, backing runs with bdrv_pread of the backing node, decode runs through m->decode;
@@ -577,6 +583,11 @@ typedef struct BlockWriteMap {
  * pieces written under lock held shared, allocations under it held exclusive; the first error ends it. */
 int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags,
                              const BlockWriteMap *m, pthread_rwlock_t *lock, uint64_t size);
+/* Slots for a driver that declares read_map (and write_map): the three above with its map, the lock its
+ * read_map->lock names and its getlength as the size. */
+int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 

@@ -169,3 +169,26 @@ int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const
         ret = m->flush ? m->flush(bs) : bdrv_flush(bs->file);
     return ret;
 }
+
+static pthread_rwlock_t *map_lock(BlockNode *bs)
+{
+    const BlockReadMap *m = bs->drv->read_map;
+    return m->lock ? m->lock(bs) : NULL;
+}
+
+int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, bs->drv->read_map, map_lock(bs),
+                                   (uint64_t)bs->drv->getlength(bs));
+}
+
+int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, bs->drv->read_map, map_lock(bs));
+}
+
+int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, bs->drv->write_map, map_lock(bs),
+                                    (uint64_t)bs->drv->getlength(bs));
+}
