@@ -546,17 +546,9 @@ static int prl_create(const char *filename, const CreateOpts *opts, Error *err)
                   PRL_MAX_BAT_ENTRIES);
         ret = -EINVAL;
     }
-    CreateOpts fopts = { .size = 0 };
-    if (ret == 0)
-        ret = bdrv_create("file", filename, &fopts, err);
     BlockNode *file = NULL;
-    if (ret == 0) {
-        BlockOpenOpts oo;
-        block_open_opts_init(&oo);
-        file = bdrv_open_file(filename, &oo, false, err);
-        if (!file)
-            ret = -(err->errnum ? err->errnum : EIO);
-    }
+    if (ret == 0)
+        ret = bdrv_create_empty_file(filename, &file, err);
     if (ret == 0)
         ret = prl_write_new(file, size, cluster);
     if (file)

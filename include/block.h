@@ -383,6 +383,9 @@ BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *
 BlockNode *bdrv_open_chain_filters(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
 /* Open just a protocol node for a file (used by drivers for external data files). */
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
+/* For a format's create: filename created empty by the file driver and opened writable with default
+ * options into *file. 0, or a negative errno with err set (*file untouched). */
+int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
 BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename);
 /* A node of drv stacked on bs (its file name, file = bs, its read-only flag), holding its own reference on

@@ -73,6 +73,21 @@ static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, co
     return bs;
 }
 
+int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err)
+{
+    CreateOpts fopts = { .size = 0 };
+    int ret = bdrv_create("file", filename, &fopts, err);
+    if (ret < 0)
+        return ret;
+    BlockOpenOpts oo;
+    block_open_opts_init(&oo);
+    BlockNode *f = bdrv_open_file(filename, &oo, false, err);
+    if (!f)
+        return -(err->errnum ? err->errnum : EIO);
+    *file = f;
+    return 0;
+}
+
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err)
 {
     BlockOpenOpts defaults;

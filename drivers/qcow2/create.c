@@ -296,15 +296,10 @@ int qcow2_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, ENAMETOOLONG, "%s: backing file name too long", filename);
         return -ENAMETOOLONG;
     }
-    CreateOpts fopts = { .size = 0 };
-    ret = bdrv_create("file", filename, &fopts, err);
+    BlockNode *file = NULL;
+    ret = bdrv_create_empty_file(filename, &file, err);
     if (ret < 0)
         return ret;
-    BlockOpenOpts oo;
-    block_open_opts_init(&oo);
-    BlockNode *file = bdrv_open_file(filename, &oo, false, err);
-    if (!file)
-        return -(err->errnum ? err->errnum : EIO);
     uint64_t size = (uint64_t)align_up(opts->size, 512);
     ret = write_image(file, &p, opts, size, err, filename);
     bdrv_close(file);
