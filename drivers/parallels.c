@@ -145,15 +145,9 @@ static int prl_check_header(PrlState *s, Error *err)
 static int prl_read_header(PrlState *s, Error *err)
 {
     uint8_t h[PRL_HEADER_BYTES];
-    if (s->host_limit < PRL_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a Parallels header (%" PRIu64 " bytes)", s->host_limit);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the Parallels header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, s->host_limit, h, sizeof(h), "Parallels", err);
+    if (ret < 0)
         return ret;
-    }
     if (memcmp(h, PRL_MAGIC_OLD, PRL_MAGIC_LEN) && memcmp(h, PRL_MAGIC_EXT, PRL_MAGIC_LEN)) {
         error_set(err, EINVAL, "not a Parallels image (bad signature)");
         return -EINVAL;
@@ -325,10 +319,7 @@ static int prl_check(BlockNode *bs, InfoList *report)
 
 static int prl_write_inuse(PrlState *s, uint32_t v)
 {
-    uint8_t buf[4];
-    st_le32(buf, v);
-    bdrv_debug_event(s->file, "parallels_header_update");
-    int ret = bdrv_pwrite(s->file, PRL_OFF_INUSE, 4, buf, 0);
+    int ret = bdrv_pwrite_field(s->file, PRL_OFF_INUSE, BDRV_FIELD_LE32, v, "parallels_header_update");
     if (ret == 0)
         ret = bdrv_flush(s->file);
     return ret;
@@ -446,10 +437,7 @@ static int prl_allocate_write(PrlState *s, uint64_t c, uint64_t in, uint64_t n, 
     s->data_end += s->cluster_size;
     s->host_limit = MAX(s->host_limit, s->data_end);
     uint32_t e = (uint32_t)(host / s->unit);
-    uint8_t buf[4];
-    st_le32(buf, e);
-    bdrv_debug_event(s->file, "parallels_bat_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(PRL_HEADER_BYTES + c * 4), 4, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(PRL_HEADER_BYTES + c * 4), BDRV_FIELD_LE32, e, "parallels_bat_update");
     if (ret == 0)
         s->bat[c] = e;
     return ret;

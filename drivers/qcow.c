@@ -189,15 +189,9 @@ static int qcow_read_backing_name(QcowState *s, BlockNode *bs, Error *err)
 static int qcow_read_header(QcowState *s, BlockNode *bs, Error *err)
 {
     uint8_t h[QCOW_HEADER_BYTES];
-    if (s->host_limit < QCOW_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a qcow header (%" PRIu64 " bytes)", s->host_limit);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the qcow header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, s->host_limit, h, sizeof(h), "qcow", err);
+    if (ret < 0)
         return ret;
-    }
     if (ld_be32(h) != QCOW_MAGIC || ld_be32(h + QCOW_OFF_VERSION) != QCOW_VERSION) {
         error_set(err, EINVAL, "not a qcow version 1 image (magic or version %" PRIu32 ")",
                   ld_be32(h + QCOW_OFF_VERSION));
@@ -475,10 +469,7 @@ static int qcow_new_l2(QcowState *s, uint64_t i, uint64_t *l2)
         return ret;
     s->file_end += (uint64_t)align_up((int64_t)s->l2_bytes, (int64_t)s->cluster_size);
     s->host_limit = MAX(s->host_limit, *l2 + s->l2_bytes);
-    uint8_t buf[8];
-    st_be64(buf, *l2);
-    bdrv_debug_event(s->file, "qcow_l1_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(s->l1_offset + i * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + i * 8), BDRV_FIELD_BE64, *l2, "qcow_l1_update");
     if (ret == 0)
         s->l1[i] = *l2;
     return ret;
@@ -513,10 +504,7 @@ static int qcow_allocate_write(BlockNode *bs, QcowState *s, uint64_t c, uint64_t
     if (l2 == 0 && (ret = qcow_new_l2(s, i, &l2)) < 0)
         return ret;
     uint64_t idx = c & (s->l2_entries - 1);
-    uint8_t buf[8];
-    st_be64(buf, host);
-    bdrv_debug_event(s->file, "qcow_l2_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(l2 + idx * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(l2 + idx * 8), BDRV_FIELD_BE64, host, "qcow_l2_update");
     if (ret == 0)
         qcow_cache_update(s, l2, idx, host);
     return ret;

@@ -204,15 +204,9 @@ static int qed_read_backing_name(QedState *s, const uint8_t *h, BlockNode *bs, E
 static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error *err)
 {
     uint8_t h[QED_HEADER_BYTES];
-    if (file_size < QED_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a QED header (%" PRIu64 " bytes)", file_size);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the QED header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, file_size, h, sizeof(h), "QED", err);
+    if (ret < 0)
         return ret;
-    }
     if (ld_le32(h + QED_OFF_MAGIC) != QED_MAGIC) {
         error_set(err, EINVAL, "not a QED image (bad magic)");
         return -EINVAL;
@@ -235,10 +229,7 @@ static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error
 
 static int qed_write_features(QedState *s, uint64_t features)
 {
-    uint8_t buf[8];
-    st_le64(buf, features);
-    bdrv_debug_event(s->file, "qed_header_update");
-    int ret = bdrv_pwrite(s->file, QED_OFF_FEATURES, 8, buf, 0);
+    int ret = bdrv_pwrite_field(s->file, QED_OFF_FEATURES, BDRV_FIELD_LE64, features, "qed_header_update");
     if (ret == 0)
         s->features = features;
     return ret;
@@ -825,10 +816,7 @@ static int qed_new_l2_table(QedState *s, uint64_t l1i, uint64_t first, uint64_t 
         ret = bdrv_flush(s->file); /* the table is on disk before L1 names it */
     if (ret < 0)
         return ret;
-    uint8_t buf[8];
-    st_le64(buf, l2);
-    bdrv_debug_event(s->file, "qed_l1_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(s->l1_offset + l1i * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + l1i * 8), BDRV_FIELD_LE64, l2, "qed_l1_update");
     if (ret == 0)
         s->l1[l1i] = l2;
     return ret;

@@ -421,10 +421,8 @@ static int vdi_build_host_used(VdiState *s, Error *err)
 
 static int vdi_write_header_count(VdiState *s)
 {
-    uint8_t buf[4];
-    st_le32(buf, s->blocks_allocated);
-    bdrv_debug_event(s->file, "vdi_header_update");
-    return bdrv_pwrite(s->file, VDI_OFF_BLOCKS_ALLOCATED, 4, buf, 0);
+    return bdrv_pwrite_field(s->file, VDI_OFF_BLOCKS_ALLOCATED, BDRV_FIELD_LE32, s->blocks_allocated,
+                             "vdi_header_update");
 }
 
 static int vdi_open_writable(VdiState *s, Error *err)

@@ -807,10 +807,8 @@ static int vpc_alloc_block(BlockNode *bs, VpcState *s, uint32_t idx)
         r = bdrv_flush(bs->file);
     if (r < 0)
         return r;
-    uint8_t entry[4];
-    st_be32(entry, (uint32_t)(block / VPC_SECTOR));
-    bdrv_debug_event(bs->file, "bat_update");
-    r = bdrv_pwrite(bs->file, (int64_t)(s->bat_offset + (uint64_t)idx * 4), 4, entry, 0);
+    r = bdrv_pwrite_field(bs->file, (int64_t)(s->bat_offset + (uint64_t)idx * 4), BDRV_FIELD_BE32,
+                          (uint32_t)(block / VPC_SECTOR), "bat_update");
     if (r < 0)
         return r;
     s->bat[idx] = (uint32_t)(block / VPC_SECTOR);

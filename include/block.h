@@ -396,6 +396,13 @@ void bdrv_close(BlockNode *bs); /* flushes if writable, closes the whole chain b
 /* I/O through the core: alignment, bounce buffers, zero beyond EOF, serialisation, statistics. */
 int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+/* A format's fixed header: the first len bytes of file (file_size bytes long) into buf. 0, or a negative
+ * errno with "file too short for a NAME header (N bytes)" or "cannot read the NAME header: REASON" in err. */
+int bdrv_read_header(BlockNode *file, uint64_t file_size, void *buf, size_t len, const char *name, Error *err);
+/* One integer field of a format's metadata written at offset, as 4 or 8 bytes, little- or big-endian,
+ * after the fault-injection event (NULL: none); bdrv_pwrite's result. */
+typedef enum { BDRV_FIELD_LE32, BDRV_FIELD_LE64, BDRV_FIELD_BE32, BDRV_FIELD_BE64 } BlockFieldType;
+int bdrv_pwrite_field(BlockNode *file, int64_t offset, BlockFieldType type, uint64_t value, const char *event);
 int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int bdrv_flush(BlockNode *bs);              /* this node and everything below */
