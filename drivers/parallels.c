@@ -500,14 +500,15 @@ static int prl_create_parse(const char *options, uint64_t *cluster, const char *
     return bdrv_create_opts_each(options, prl_create_option, &c);
 }
 
-/* Header and a zeroed BAT, the data starting at the next cluster (qemu-img's layout). */
-static int prl_write_new(BlockNode *file, uint64_t size, uint64_t cluster)
+/* Header and a zeroed BAT, the data starting at the next cluster (qemu-img's layout), *len bytes; NULL: no
+ * memory. */
+static uint8_t *prl_new_image(uint64_t size, uint64_t cluster, uint64_t *len)
 {
     uint64_t tracks = cluster / PRL_SECTOR, nb = size / PRL_SECTOR, bat = (nb + tracks - 1) / tracks;
     uint64_t data = (uint64_t)align_up((int64_t)(PRL_HEADER_BYTES + bat * 4), (int64_t)cluster);
     uint8_t *img = calloc(1, data);
     if (!img)
-        return -ENOMEM;
+        return NULL;
     memcpy(img, PRL_MAGIC_EXT, PRL_MAGIC_LEN);
     st_le32(img + PRL_OFF_VERSION, PRL_VERSION);
     st_le32(img + PRL_OFF_HEADS, 16);
@@ -516,11 +517,8 @@ static int prl_write_new(BlockNode *file, uint64_t size, uint64_t cluster)
     st_le32(img + PRL_OFF_BAT_COUNT, (uint32_t)bat);
     st_le64(img + PRL_OFF_NB_SECTORS, nb);
     st_le32(img + PRL_OFF_DATA_OFF, (uint32_t)(data / PRL_SECTOR));
-    int ret = bdrv_pwrite(file, 0, (int64_t)data, img, 0);
-    if (ret == 0)
-        ret = bdrv_flush(file);
-    free(img);
-    return ret;
+    *len = data;
+    return img;
 }
 
 static int prl_create(const char *filename, const CreateOpts *opts, Error *err)
@@ -534,13 +532,11 @@ static int prl_create(const char *filename, const CreateOpts *opts, Error *err)
                   PRL_MAX_BAT_ENTRIES);
         ret = -EINVAL;
     }
-    BlockNode *file = NULL;
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? prl_new_image(size, cluster, &len) : NULL;
     if (ret == 0)
-        ret = bdrv_create_empty_file(filename, &file, err);
-    if (ret == 0)
-        ret = prl_write_new(file, size, cluster);
-    if (file)
-        bdrv_close(file);
+        ret = img ? bdrv_create_image_file(filename, img, len, err) : -ENOMEM;
+    free(img);
     return ret;
 }
 

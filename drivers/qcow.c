@@ -718,8 +718,8 @@ static int qcow_create_parse(const char *options, char **backing, char **fmt, co
 }
 
 /* Header, backing name, then a zeroed L1 table: 512-byte clusters and 4096-entry L2 tables with a
- * backing file, 4 KiB and 512 entries without (qemu-img's choices). */
-static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
+ * backing file, 4 KiB and 512 entries without (qemu-img's choices); *len bytes; NULL: no memory. */
+static uint8_t *qcow_new_image(uint64_t size, const char *backing, uint64_t *len)
 {
     size_t name_len = backing ? strlen(backing) : 0;
     uint32_t cluster_bits = name_len ? 9 : 12, l2_bits = name_len ? 12 : 9;
@@ -728,7 +728,7 @@ static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
     uint64_t total = (uint64_t)align_up((int64_t)(l1_off + l1_entries * 8), 512);
     uint8_t *img = calloc(1, total);
     if (!img)
-        return -ENOMEM;
+        return NULL;
     st_be32(img, QCOW_MAGIC);
     st_be32(img + QCOW_OFF_VERSION, QCOW_VERSION);
     st_be64(img + QCOW_OFF_BACKING_OFFSET, name_len ? QCOW_HEADER_BYTES : 0);
@@ -738,11 +738,8 @@ static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
     img[QCOW_OFF_L2_BITS] = (uint8_t)l2_bits;
     st_be64(img + QCOW_OFF_L1_OFFSET, l1_off);
     memcpy(img + QCOW_HEADER_BYTES, backing ? backing : "", name_len);
-    int ret = bdrv_pwrite(file, 0, (int64_t)total, img, 0);
-    if (ret == 0)
-        ret = bdrv_flush(file);
-    free(img);
-    return ret;
+    *len = total;
+    return img;
 }
 
 static int qcow_create(const char *filename, const CreateOpts *opts, Error *err)
@@ -762,13 +759,11 @@ static int qcow_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, EINVAL, "%s: unknown backing format '%s'", filename, bfmt);
         ret = -EINVAL;
     }
-    BlockNode *file = NULL;
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? qcow_new_image(size, name && name[0] ? name : NULL, &len) : NULL;
     if (ret == 0)
-        ret = bdrv_create_empty_file(filename, &file, err);
-    if (ret == 0)
-        ret = qcow_write_new(file, size, name && name[0] ? name : NULL);
-    if (file)
-        bdrv_close(file);
+        ret = img ? bdrv_create_image_file(filename, img, len, err) : -ENOMEM;
+    free(img);
     free(backing);
     free(fmt);
     return ret;

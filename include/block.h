@@ -386,6 +386,9 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
 /* For a format's create: filename created empty by the file driver and opened writable with default
  * options into *file. 0, or a negative errno with err set (*file untouched). */
 int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err);
+/* For a format whose new image is one buffer: filename created as above, img (len bytes) written at 0 and
+ * flushed, the file closed. 0 or a negative errno (err set where the file could not be made). */
+int bdrv_create_image_file(const char *filename, const void *img, uint64_t len, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
 BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename);
 /* A node of drv stacked on bs (its file name, file = bs, its read-only flag), holding its own reference on

@@ -88,6 +88,19 @@ int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err)
     return 0;
 }
 
+int bdrv_create_image_file(const char *filename, const void *img, uint64_t len, Error *err)
+{
+    BlockNode *file = NULL;
+    int ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, (int64_t)len, img, 0);
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    return ret;
+}
+
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err)
 {
     BlockOpenOpts defaults;
