@@ -386,10 +386,8 @@ static int prl_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     PrlState *s = bs->opaque;
     s->name = bs->filename ? bs->filename : "parallels";
     s->file = bs->file;
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = file_size < 0 ? (int)file_size : 0;
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = prl_read_header(s, err);

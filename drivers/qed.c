@@ -712,10 +712,8 @@ static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->file = bs->file;
     s->bs = bs;
     pthread_mutex_init(&s->cache_lock, NULL);
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = (int)MIN(file_size, 0);
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = qed_read_header(s, bs, (uint64_t)file_size, err);

@@ -474,10 +474,8 @@ static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->name = bs->filename ? bs->filename : "vdi";
     s->file = bs->file;
     pthread_mutex_init(&s->lock, NULL);
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = (int)MIN(file_size, 0);
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0)
         ret = vdi_read_header(s, file_size, err);
     if (ret == 0)

@@ -402,6 +402,9 @@ int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
 /* A format's fixed header: the first len bytes of file (file_size bytes long) into buf. 0, or a negative
  * errno with "file too short for a NAME header (N bytes)" or "cannot read the NAME header: REASON" in err. */
 int bdrv_read_header(BlockNode *file, uint64_t file_size, void *buf, size_t len, const char *name, Error *err);
+/* A format's open: the length of its file into *size (0 on failure). 0, or a negative errno with "cannot get
+ * the file size: REASON" in err. */
+int bdrv_file_size(BlockNode *file, int64_t *size, Error *err);
 /* One integer field of a format's metadata written at offset, as 4 or 8 bytes, little- or big-endian,
  * after the fault-injection event (NULL: none); bdrv_pwrite's result. */
 typedef enum { BDRV_FIELD_LE32, BDRV_FIELD_LE64, BDRV_FIELD_BE32, BDRV_FIELD_BE64 } BlockFieldType;

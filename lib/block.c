@@ -338,6 +338,15 @@ int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     return r < 0 ? r : 0;
 }
 
+int bdrv_file_size(BlockNode *file, int64_t *size, Error *err)
+{
+    int64_t len = bdrv_getlength(file);
+    *size = len < 0 ? 0 : len;
+    if (len < 0)
+        error_set(err, (int)-len, "cannot get the file size: %s", strerror((int)-len));
+    return len < 0 ? (int)len : 0;
+}
+
 int bdrv_read_header(BlockNode *file, uint64_t file_size, void *buf, size_t len, const char *name, Error *err)
 {
     if (file_size < len) {
