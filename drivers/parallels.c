@@ -296,22 +296,18 @@ static int prl_check_bat(PrlState *s, char *first, size_t len, uint64_t *end)
     return problems;
 }
 
+static int prl_check_run(BlockNode *bs, char *first, size_t len)
+{
+    uint64_t end;
+    return prl_check_bat(bs->opaque, first, len, &end);
+}
+
 static int prl_check(BlockNode *bs, InfoList *report)
 {
     PrlState *s = bs->opaque;
-    char first[256] = "";
-    uint64_t end;
-    if (s->writable)
-        pthread_rwlock_wrlock(&s->io_lock);
-    int ret = prl_check_bat(s, first, sizeof(first), &end);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    if (ret < 0)
-        return ret;
-    info_add_int(report, "errors", ret);
-    if (ret > 0)
-        info_add_str(report, "first_error", "%s", first);
-    info_add_bool(report, "in_use", s->inuse == PRL_INUSE_OPEN);
+    int ret = bdrv_check_mapped(bs, report, prl_check_run);
+    if (ret >= 0)
+        info_add_bool(report, "in_use", s->inuse == PRL_INUSE_OPEN);
     return ret;
 }
 

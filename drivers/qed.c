@@ -620,21 +620,21 @@ static int qed_check_tables(QedState *s, QedCheck *c)
     return ret < 0 ? ret : c->errors;
 }
 
+static int qed_check_run(BlockNode *bs, char *first, size_t len)
+{
+    QedCheck c;
+    int ret = qed_check_tables(bs->opaque, &c);
+    if (ret > 0)
+        snprintf(first, len, "%s", c.first);
+    return ret;
+}
+
 static int qed_check(BlockNode *bs, InfoList *report)
 {
     QedState *s = bs->opaque;
-    QedCheck c;
-    if (s->writable)
-        pthread_rwlock_wrlock(&s->io_lock);
-    int ret = qed_check_tables(s, &c);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    if (ret < 0)
-        return ret;
-    info_add_int(report, "errors", ret);
-    if (ret > 0)
-        info_add_str(report, "first_error", "%s", c.first);
-    info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
+    int ret = bdrv_check_mapped(bs, report, qed_check_run);
+    if (ret >= 0)
+        info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
     return ret;
 }
 

@@ -604,6 +604,10 @@ int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const
 int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+/* Most of a map-based driver's check slot: check(bs, first, len) (a negative errno, or how many problems it
+ * found, the first described in first) run with its read_map's lock held exclusive; a count goes into
+ * report as "errors" and, when not 0, "first_error". Returns check's result. */
+int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len));
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 
