@@ -6,7 +6,10 @@
  * backing node" hands its map (and, for compressed or encrypted pieces, its decoder) to bdrv_read_mapped
  * from its read slot, inside its own locks.  Host runs are batched: neighbours in the host file and in
  * the buffer become one extent, and a batch goes to its file in one bdrv_pread_extents call (one
- * submission with --aio=native).  Nothing here knows a format, a lock or the front end.
+ * submission with --aio=native).  The bdrv_mapped_* slots (and the *_locked calls under them) serve a
+ * driver that declares read_map/write_map whole: reads and block status under its map's lock held shared,
+ * writes in place under it shared and allocations under it exclusive, its check under it exclusive.
+ * Nothing here knows a format or the front end; the lock is whatever the map's lock slot names.
  */
 #include "block.h"
 #include "util.h"
