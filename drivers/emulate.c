@@ -311,14 +311,9 @@ BlockNode *bdrv_open_emulated(BlockNode *bs, const char *kind, const char *raw_n
         error_set(err, (int)-len, "%s: cannot get the disk size: %s", bs->filename, strerror((int)-len));
         return NULL;
     }
-    BlockNode *w = bdrv_new_node(&bdrv_emulate, bs->filename);
-    if (!w) {
-        error_set(err, ENOMEM, "%s: out of memory", bs->filename);
+    BlockNode *w = bdrv_new_node_over(&bdrv_emulate, bs, err);
+    if (!w)
         return NULL;
-    }
-    bdrv_ref(bs);
-    w->file = bs;
-    w->read_only = bs->read_only;
     EmulateState *s = w->opaque;
     s->disk_len = len;
     int r;

@@ -145,15 +145,9 @@ static int prl_check_header(PrlState *s, Error *err)
 static int prl_read_header(PrlState *s, Error *err)
 {
     uint8_t h[PRL_HEADER_BYTES];
-    if (s->host_limit < PRL_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a Parallels header (%" PRIu64 " bytes)", s->host_limit);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the Parallels header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, s->host_limit, h, sizeof(h), "Parallels", err);
+    if (ret < 0)
         return ret;
-    }
     if (memcmp(h, PRL_MAGIC_OLD, PRL_MAGIC_LEN) && memcmp(h, PRL_MAGIC_EXT, PRL_MAGIC_LEN)) {
         error_set(err, EINVAL, "not a Parallels image (bad signature)");
         return -EINVAL;
@@ -249,32 +243,14 @@ static int prl_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     return 0; /* unallocated: no backing node, zeros */
 }
 
-static const BlockReadMap prl_read_map = { .map = prl_map };
-
-static int prl_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *prl_lock(BlockNode *bs)
 {
     PrlState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &prl_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int prl_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    PrlState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = prl_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
-}
+static const BlockReadMap prl_read_map = { .map = prl_map, .lock = prl_lock };
 
 static int64_t prl_getlength(BlockNode *bs)
 {
@@ -320,22 +296,18 @@ static int prl_check_bat(PrlState *s, char *first, size_t len, uint64_t *end)
     return problems;
 }
 
+static int prl_check_run(BlockNode *bs, char *first, size_t len)
+{
+    uint64_t end;
+    return prl_check_bat(bs->opaque, first, len, &end);
+}
+
 static int prl_check(BlockNode *bs, InfoList *report)
 {
     PrlState *s = bs->opaque;
-    char first[256] = "";
-    uint64_t end;
-    if (s->writable)
-        pthread_rwlock_wrlock(&s->io_lock);
-    int ret = prl_check_bat(s, first, sizeof(first), &end);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    if (ret < 0)
-        return ret;
-    info_add_int(report, "errors", ret);
-    if (ret > 0)
-        info_add_str(report, "first_error", "%s", first);
-    info_add_bool(report, "in_use", s->inuse == PRL_INUSE_OPEN);
+    int ret = bdrv_check_mapped(bs, report, prl_check_run);
+    if (ret >= 0)
+        info_add_bool(report, "in_use", s->inuse == PRL_INUSE_OPEN);
     return ret;
 }
 
@@ -343,10 +315,7 @@ static int prl_check(BlockNode *bs, InfoList *report)
 
 static int prl_write_inuse(PrlState *s, uint32_t v)
 {
-    uint8_t buf[4];
-    st_le32(buf, v);
-    bdrv_debug_event(s->file, "parallels_header_update");
-    int ret = bdrv_pwrite(s->file, PRL_OFF_INUSE, 4, buf, 0);
+    int ret = bdrv_pwrite_field(s->file, PRL_OFF_INUSE, BDRV_FIELD_LE32, v, "parallels_header_update");
     if (ret == 0)
         ret = bdrv_flush(s->file);
     return ret;
@@ -413,10 +382,8 @@ static int prl_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     PrlState *s = bs->opaque;
     s->name = bs->filename ? bs->filename : "parallels";
     s->file = bs->file;
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = file_size < 0 ? (int)file_size : 0;
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = prl_read_header(s, err);
@@ -464,47 +431,32 @@ static int prl_allocate_write(PrlState *s, uint64_t c, uint64_t in, uint64_t n, 
     s->data_end += s->cluster_size;
     s->host_limit = MAX(s->host_limit, s->data_end);
     uint32_t e = (uint32_t)(host / s->unit);
-    uint8_t buf[4];
-    st_le32(buf, e);
-    bdrv_debug_event(s->file, "parallels_bat_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(PRL_HEADER_BYTES + c * 4), 4, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(PRL_HEADER_BYTES + c * 4), BDRV_FIELD_LE32, e, "parallels_bat_update");
     if (ret == 0)
         s->bat[c] = e;
     return ret;
 }
 
-static int prl_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+static int prl_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
 {
     PrlState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t c = off / s->cluster_size, in = off % s->cluster_size, n = MIN(left, s->cluster_size - in), host;
-        pthread_rwlock_rdlock(&s->io_lock);
-        PrlKind k = prl_classify(s, c, &host);
-        if (k == PRL_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (k == PRL_BAD)
-            return -EIO;
-        if (k == PRL_UNALLOCATED) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = prl_allocate_write(s, c, in, n, p);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(s->file);
-    return ret;
+    uint64_t in = off % s->cluster_size;
+    *n = MIN(left, s->cluster_size - in);
+    PrlKind k = prl_classify(s, off / s->cluster_size, host);
+    if (k == PRL_BAD)
+        return -EIO;
+    *host += in;
+    return k == PRL_DATA;
 }
+
+static int prl_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    PrlState *s = bs->opaque;
+    (void)left;
+    return prl_allocate_write(s, off / s->cluster_size, off % s->cluster_size, *n, buf);
+}
+
+static const BlockWriteMap prl_write_map = { .place = prl_write_place, .allocate = prl_write_allocate };
 
 /* ---------------------------------------------------------------- create */
 
@@ -513,41 +465,44 @@ static const BlockOptionSpec prl_create_options[] = {
     { NULL, 0, 0, NULL },
 };
 
+typedef struct PrlCreateParse {
+    uint64_t *cluster;
+    const char *filename;
+    Error *err;
+} PrlCreateParse;
+
+static int prl_create_option(const char *key, const char *value, void *opaque)
+{
+    PrlCreateParse *c = opaque;
+    int64_t v = value ? parse_size(value) : -1;
+    if (!value || strcmp(key, "cluster_size")) {
+        error_set(c->err, EINVAL, "%s: unknown parallels creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    if (v < PRL_SECTOR || v % PRL_SECTOR || v > PRL_MAX_WRITABLE_CLUSTER) {
+        error_set(c->err, EINVAL, "%s: cluster_size must be a multiple of 512 up to 64M, not '%s'", c->filename, value);
+        return -EINVAL;
+    }
+    *c->cluster = (uint64_t)v;
+    return 0;
+}
+
 static int prl_create_parse(const char *options, uint64_t *cluster, const char *filename, Error *err)
 {
     *cluster = PRL_DEFAULT_CLUSTER;
-    if (!options || !options[0])
-        return 0;
-    char *copy = strdup(options);
-    if (!copy)
-        return -ENOMEM;
-    int ret = 0;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (eq)
-            *eq = '\0';
-        int64_t v = eq ? parse_size(eq + 1) : -1;
-        if (!eq || strcmp(tok, "cluster_size")) {
-            error_set(err, EINVAL, "%s: unknown parallels creation option '%s'", filename, tok);
-            ret = -EINVAL;
-        } else if (v < PRL_SECTOR || v % PRL_SECTOR || v > PRL_MAX_WRITABLE_CLUSTER) {
-            error_set(err, EINVAL, "%s: cluster_size must be a multiple of 512 up to 64M, not '%s'", filename, eq + 1);
-            ret = -EINVAL;
-        } else
-            *cluster = (uint64_t)v;
-    }
-    free(copy);
-    return ret;
+    PrlCreateParse c = { .cluster = cluster, .filename = filename, .err = err };
+    return bdrv_create_opts_each(options, prl_create_option, &c);
 }
 
-/* Header and a zeroed BAT, the data starting at the next cluster (qemu-img's layout). */
-static int prl_write_new(BlockNode *file, uint64_t size, uint64_t cluster)
+/* Header and a zeroed BAT, the data starting at the next cluster (qemu-img's layout), *len bytes; NULL: no
+ * memory. */
+static uint8_t *prl_new_image(uint64_t size, uint64_t cluster, uint64_t *len)
 {
     uint64_t tracks = cluster / PRL_SECTOR, nb = size / PRL_SECTOR, bat = (nb + tracks - 1) / tracks;
     uint64_t data = (uint64_t)align_up((int64_t)(PRL_HEADER_BYTES + bat * 4), (int64_t)cluster);
     uint8_t *img = calloc(1, data);
     if (!img)
-        return -ENOMEM;
+        return NULL;
     memcpy(img, PRL_MAGIC_EXT, PRL_MAGIC_LEN);
     st_le32(img + PRL_OFF_VERSION, PRL_VERSION);
     st_le32(img + PRL_OFF_HEADS, 16);
@@ -556,11 +511,8 @@ static int prl_write_new(BlockNode *file, uint64_t size, uint64_t cluster)
     st_le32(img + PRL_OFF_BAT_COUNT, (uint32_t)bat);
     st_le64(img + PRL_OFF_NB_SECTORS, nb);
     st_le32(img + PRL_OFF_DATA_OFF, (uint32_t)(data / PRL_SECTOR));
-    int ret = bdrv_pwrite(file, 0, (int64_t)data, img, 0);
-    if (ret == 0)
-        ret = bdrv_flush(file);
-    free(img);
-    return ret;
+    *len = data;
+    return img;
 }
 
 static int prl_create(const char *filename, const CreateOpts *opts, Error *err)
@@ -574,21 +526,11 @@ static int prl_create(const char *filename, const CreateOpts *opts, Error *err)
                   PRL_MAX_BAT_ENTRIES);
         ret = -EINVAL;
     }
-    CreateOpts fopts = { .size = 0 };
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? prl_new_image(size, cluster, &len) : NULL;
     if (ret == 0)
-        ret = bdrv_create("file", filename, &fopts, err);
-    BlockNode *file = NULL;
-    if (ret == 0) {
-        BlockOpenOpts oo;
-        block_open_opts_init(&oo);
-        file = bdrv_open_file(filename, &oo, false, err);
-        if (!file)
-            ret = -(err->errnum ? err->errnum : EIO);
-    }
-    if (ret == 0)
-        ret = prl_write_new(file, size, cluster);
-    if (file)
-        bdrv_close(file);
+        ret = img ? bdrv_create_image_file(filename, img, len, err) : -ENOMEM;
+    free(img);
     return ret;
 }
 
@@ -634,9 +576,9 @@ const BlockDriver bdrv_parallels = {
     .probe = prl_probe,
     .open = prl_open,
     .close = prl_close,
-    .read = prl_read,
-    .write = prl_write,
-    .block_status = prl_block_status,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
+    .block_status = bdrv_mapped_block_status,
     .getlength = prl_getlength,
     .memory_used = prl_memory_used,
     .get_info = prl_get_info,
@@ -644,5 +586,7 @@ const BlockDriver bdrv_parallels = {
     .check = prl_check,
     .create = prl_create,
     .create_options = prl_create_options,
+    .read_map = &prl_read_map,
+    .write_map = &prl_write_map,
     .has_zero_init = prl_has_zero_init,
 };

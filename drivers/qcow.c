@@ -189,15 +189,9 @@ static int qcow_read_backing_name(QcowState *s, BlockNode *bs, Error *err)
 static int qcow_read_header(QcowState *s, BlockNode *bs, Error *err)
 {
     uint8_t h[QCOW_HEADER_BYTES];
-    if (s->host_limit < QCOW_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a qcow header (%" PRIu64 " bytes)", s->host_limit);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the qcow header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, s->host_limit, h, sizeof(h), "qcow", err);
+    if (ret < 0)
         return ret;
-    }
     if (ld_be32(h) != QCOW_MAGIC || ld_be32(h + QCOW_OFF_VERSION) != QCOW_VERSION) {
         error_set(err, EINVAL, "not a qcow version 1 image (magic or version %" PRIu32 ")",
                   ld_be32(h + QCOW_OFF_VERSION));
@@ -439,32 +433,14 @@ static int qcow_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, 
     return ret;
 }
 
-static const BlockReadMap qcow_read_map = { .map = qcow_map, .decode = qcow_decode };
-
-static int qcow_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *qcow_lock(BlockNode *bs)
 {
     QcowState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &qcow_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int qcow_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    QcowState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qcow_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
-}
+static const BlockReadMap qcow_read_map = { .map = qcow_map, .decode = qcow_decode, .lock = qcow_lock };
 
 static int64_t qcow_getlength(BlockNode *bs)
 {
@@ -493,10 +469,7 @@ static int qcow_new_l2(QcowState *s, uint64_t i, uint64_t *l2)
         return ret;
     s->file_end += (uint64_t)align_up((int64_t)s->l2_bytes, (int64_t)s->cluster_size);
     s->host_limit = MAX(s->host_limit, *l2 + s->l2_bytes);
-    uint8_t buf[8];
-    st_be64(buf, *l2);
-    bdrv_debug_event(s->file, "qcow_l1_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(s->l1_offset + i * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + i * 8), BDRV_FIELD_BE64, *l2, "qcow_l1_update");
     if (ret == 0)
         s->l1[i] = *l2;
     return ret;
@@ -531,49 +504,33 @@ static int qcow_allocate_write(BlockNode *bs, QcowState *s, uint64_t c, uint64_t
     if (l2 == 0 && (ret = qcow_new_l2(s, i, &l2)) < 0)
         return ret;
     uint64_t idx = c & (s->l2_entries - 1);
-    uint8_t buf[8];
-    st_be64(buf, host);
-    bdrv_debug_event(s->file, "qcow_l2_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(l2 + idx * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(l2 + idx * 8), BDRV_FIELD_BE64, host, "qcow_l2_update");
     if (ret == 0)
         qcow_cache_update(s, l2, idx, host);
     return ret;
 }
 
-static int qcow_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+static int qcow_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
 {
     QcowState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t c = off >> s->cluster_bits, in = off & (s->cluster_size - 1);
-        uint64_t n = MIN(left, s->cluster_size - in), host;
-        int err;
-        pthread_rwlock_rdlock(&s->io_lock);
-        QcowKind k = qcow_classify(s, c, &host, &err);
-        if (k == QCOW_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (k == QCOW_BAD)
-            return err < 0 ? err : -EIO;
-        if (k != QCOW_DATA) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = qcow_allocate_write(bs, s, c, in, n, p);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(s->file);
-    return ret;
+    uint64_t in = off & (s->cluster_size - 1);
+    int err;
+    *n = MIN(left, s->cluster_size - in);
+    QcowKind k = qcow_classify(s, off >> s->cluster_bits, host, &err);
+    if (k == QCOW_BAD)
+        return err < 0 ? err : -EIO;
+    *host += in;
+    return k == QCOW_DATA;
 }
+
+static int qcow_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    QcowState *s = bs->opaque;
+    (void)left;
+    return qcow_allocate_write(bs, s, off >> s->cluster_bits, off & (s->cluster_size - 1), *n, buf);
+}
+
+static const BlockWriteMap qcow_write_map = { .place = qcow_write_place, .allocate = qcow_write_allocate };
 
 /* ---------------------------------------------------------------- open, close */
 
@@ -704,10 +661,8 @@ static int qcow_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->name = bs->filename ? bs->filename : "qcow";
     s->file = bs->file;
     pthread_mutex_init(&s->cache_lock, NULL);
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = file_size < 0 ? (int)file_size : 0;
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = qcow_read_header(s, bs, err);
@@ -732,38 +687,37 @@ static const BlockOptionSpec qcow_create_options[] = {
     { NULL, 0, 0, NULL },
 };
 
+typedef struct QcowCreateParse {
+    char **backing, **fmt;
+    const char *filename;
+    Error *err;
+} QcowCreateParse;
+
+static int qcow_create_option(const char *key, const char *value, void *opaque)
+{
+    QcowCreateParse *c = opaque;
+    char **dst = !value                         ? NULL
+                 : !strcmp(key, "backing_file") ? c->backing
+                 : !strcmp(key, "backing_fmt")  ? c->fmt
+                                                : NULL;
+    if (!dst) {
+        error_set(c->err, EINVAL, "%s: unknown qcow creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    free(*dst);
+    return (*dst = strdup(value)) ? 0 : -ENOMEM;
+}
+
 /* The backing file and format given as -o backing_file=,backing_fmt= (the -b/-F values win). */
 static int qcow_create_parse(const char *options, char **backing, char **fmt, const char *filename, Error *err)
 {
-    if (!options || !options[0])
-        return 0;
-    char *copy = strdup(options);
-    if (!copy)
-        return -ENOMEM;
-    int ret = 0;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        char **dst = NULL;
-        if (eq) {
-            *eq = '\0';
-            dst = !strcmp(tok, "backing_file") ? backing : !strcmp(tok, "backing_fmt") ? fmt : NULL;
-        }
-        if (!dst) {
-            error_set(err, EINVAL, "%s: unknown qcow creation option '%s'", filename, tok);
-            ret = -EINVAL;
-        } else {
-            free(*dst);
-            if (!(*dst = strdup(eq + 1)))
-                ret = -ENOMEM;
-        }
-    }
-    free(copy);
-    return ret;
+    QcowCreateParse c = { .backing = backing, .fmt = fmt, .filename = filename, .err = err };
+    return bdrv_create_opts_each(options, qcow_create_option, &c);
 }
 
 /* Header, backing name, then a zeroed L1 table: 512-byte clusters and 4096-entry L2 tables with a
- * backing file, 4 KiB and 512 entries without (qemu-img's choices). */
-static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
+ * backing file, 4 KiB and 512 entries without (qemu-img's choices); *len bytes; NULL: no memory. */
+static uint8_t *qcow_new_image(uint64_t size, const char *backing, uint64_t *len)
 {
     size_t name_len = backing ? strlen(backing) : 0;
     uint32_t cluster_bits = name_len ? 9 : 12, l2_bits = name_len ? 12 : 9;
@@ -772,7 +726,7 @@ static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
     uint64_t total = (uint64_t)align_up((int64_t)(l1_off + l1_entries * 8), 512);
     uint8_t *img = calloc(1, total);
     if (!img)
-        return -ENOMEM;
+        return NULL;
     st_be32(img, QCOW_MAGIC);
     st_be32(img + QCOW_OFF_VERSION, QCOW_VERSION);
     st_be64(img + QCOW_OFF_BACKING_OFFSET, name_len ? QCOW_HEADER_BYTES : 0);
@@ -782,11 +736,8 @@ static int qcow_write_new(BlockNode *file, uint64_t size, const char *backing)
     img[QCOW_OFF_L2_BITS] = (uint8_t)l2_bits;
     st_be64(img + QCOW_OFF_L1_OFFSET, l1_off);
     memcpy(img + QCOW_HEADER_BYTES, backing ? backing : "", name_len);
-    int ret = bdrv_pwrite(file, 0, (int64_t)total, img, 0);
-    if (ret == 0)
-        ret = bdrv_flush(file);
-    free(img);
-    return ret;
+    *len = total;
+    return img;
 }
 
 static int qcow_create(const char *filename, const CreateOpts *opts, Error *err)
@@ -806,21 +757,11 @@ static int qcow_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, EINVAL, "%s: unknown backing format '%s'", filename, bfmt);
         ret = -EINVAL;
     }
-    CreateOpts fopts = { .size = 0 };
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? qcow_new_image(size, name && name[0] ? name : NULL, &len) : NULL;
     if (ret == 0)
-        ret = bdrv_create("file", filename, &fopts, err);
-    BlockNode *file = NULL;
-    if (ret == 0) {
-        BlockOpenOpts oo;
-        block_open_opts_init(&oo);
-        file = bdrv_open_file(filename, &oo, false, err);
-        if (!file)
-            ret = -(err->errnum ? err->errnum : EIO);
-    }
-    if (ret == 0)
-        ret = qcow_write_new(file, size, name && name[0] ? name : NULL);
-    if (file)
-        bdrv_close(file);
+        ret = img ? bdrv_create_image_file(filename, img, len, err) : -ENOMEM;
+    free(img);
     free(backing);
     free(fmt);
     return ret;
@@ -870,14 +811,16 @@ const BlockDriver bdrv_qcow = {
     .probe = qcow_probe,
     .open = qcow_open,
     .close = qcow_close,
-    .read = qcow_read,
-    .write = qcow_write,
-    .block_status = qcow_block_status,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
+    .block_status = bdrv_mapped_block_status,
     .getlength = qcow_getlength,
     .memory_used = qcow_memory_used,
     .get_info = qcow_get_info,
     .get_facts = qcow_get_facts,
     .create = qcow_create,
     .create_options = qcow_create_options,
+    .read_map = &qcow_read_map,
+    .write_map = &qcow_write_map,
     .has_zero_init = qcow_has_zero_init,
 };

@@ -204,15 +204,9 @@ static int qed_read_backing_name(QedState *s, const uint8_t *h, BlockNode *bs, E
 static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error *err)
 {
     uint8_t h[QED_HEADER_BYTES];
-    if (file_size < QED_HEADER_BYTES) {
-        error_set(err, EINVAL, "file too short for a QED header (%" PRIu64 " bytes)", file_size);
-        return -EINVAL;
-    }
-    int ret = bdrv_pread(s->file, 0, sizeof(h), h);
-    if (ret < 0) {
-        error_set(err, -ret, "cannot read the QED header: %s", strerror(-ret));
+    int ret = bdrv_read_header(s->file, file_size, h, sizeof(h), "QED", err);
+    if (ret < 0)
         return ret;
-    }
     if (ld_le32(h + QED_OFF_MAGIC) != QED_MAGIC) {
         error_set(err, EINVAL, "not a QED image (bad magic)");
         return -EINVAL;
@@ -235,10 +229,7 @@ static int qed_read_header(QedState *s, BlockNode *bs, uint64_t file_size, Error
 
 static int qed_write_features(QedState *s, uint64_t features)
 {
-    uint8_t buf[8];
-    st_le64(buf, features);
-    bdrv_debug_event(s->file, "qed_header_update");
-    int ret = bdrv_pwrite(s->file, QED_OFF_FEATURES, 8, buf, 0);
+    int ret = bdrv_pwrite_field(s->file, QED_OFF_FEATURES, BDRV_FIELD_LE64, features, "qed_header_update");
     if (ret == 0)
         s->features = features;
     return ret;
@@ -528,32 +519,14 @@ static int qed_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     }
 }
 
-static const BlockReadMap qed_read_map = { .map = qed_map };
-
-static int qed_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads and block status hold it shared, allocations exclusive; only a writable image has one. */
+static pthread_rwlock_t *qed_lock(BlockNode *bs)
 {
     QedState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
-        return -EINVAL;
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &qed_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return s->writable ? &s->io_lock : NULL;
 }
 
-static int qed_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    QedState *s = bs->opaque;
-    memset(st, 0, sizeof(*st));
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = qed_map(bs, offset, bytes, st, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
-}
+static const BlockReadMap qed_read_map = { .map = qed_map, .lock = qed_lock };
 
 /* ---------------------------------------------------------------- consistency check */
 
@@ -647,21 +620,21 @@ static int qed_check_tables(QedState *s, QedCheck *c)
     return ret < 0 ? ret : c->errors;
 }
 
+static int qed_check_run(BlockNode *bs, char *first, size_t len)
+{
+    QedCheck c;
+    int ret = qed_check_tables(bs->opaque, &c);
+    if (ret > 0)
+        snprintf(first, len, "%s", c.first);
+    return ret;
+}
+
 static int qed_check(BlockNode *bs, InfoList *report)
 {
     QedState *s = bs->opaque;
-    QedCheck c;
-    if (s->writable)
-        pthread_rwlock_wrlock(&s->io_lock);
-    int ret = qed_check_tables(s, &c);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    if (ret < 0)
-        return ret;
-    info_add_int(report, "errors", ret);
-    if (ret > 0)
-        info_add_str(report, "first_error", "%s", c.first);
-    info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
+    int ret = bdrv_check_mapped(bs, report, qed_check_run);
+    if (ret >= 0)
+        info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
     return ret;
 }
 
@@ -739,10 +712,8 @@ static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->file = bs->file;
     s->bs = bs;
     pthread_mutex_init(&s->cache_lock, NULL);
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = (int)MIN(file_size, 0);
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0) {
         s->host_limit = (uint64_t)file_size;
         ret = qed_read_header(s, bs, (uint64_t)file_size, err);
@@ -843,10 +814,7 @@ static int qed_new_l2_table(QedState *s, uint64_t l1i, uint64_t first, uint64_t 
         ret = bdrv_flush(s->file); /* the table is on disk before L1 names it */
     if (ret < 0)
         return ret;
-    uint8_t buf[8];
-    st_le64(buf, l2);
-    bdrv_debug_event(s->file, "qed_l1_update");
-    ret = bdrv_pwrite(s->file, (int64_t)(s->l1_offset + l1i * 8), 8, buf, 0);
+    ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + l1i * 8), BDRV_FIELD_LE64, l2, "qed_l1_update");
     if (ret == 0)
         s->l1[l1i] = l2;
     return ret;
@@ -892,38 +860,25 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
 
 /* ---------------------------------------------------------------- write, flush */
 
-static int qed_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+static int qed_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
 {
-    QedState *s = bs->opaque;
-    if (!s->writable)
-        return -EROFS;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->image_size)
-        return -EINVAL;
-    const uint8_t *p = buf;
-    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
-    int ret = 0;
-    while (ret == 0 && left > 0) {
-        uint64_t n, host;
-        pthread_rwlock_rdlock(&s->io_lock);
-        QedKind kind = qed_map_run(s, off, left, &n, &host, &ret);
-        if (kind == QED_DATA)
-            ret = bdrv_pwrite(s->file, (int64_t)host, (int64_t)n, p, 0);
-        pthread_rwlock_unlock(&s->io_lock);
-        if (kind == QED_BAD)
-            return ret < 0 ? ret : -EIO;
-        if (kind != QED_DATA) {
-            pthread_rwlock_wrlock(&s->io_lock);
-            ret = qed_allocating_write(bs, s, off, left, p, &n);
-            pthread_rwlock_unlock(&s->io_lock);
-        }
-        off += n;
-        left -= n;
-        p += n;
-    }
-    if (ret == 0 && (flags & BDRV_REQ_FUA))
-        ret = bdrv_flush(bs);
-    return ret;
+    int err;
+    QedKind kind = qed_map_run(bs->opaque, off, left, n, host, &err);
+    if (kind == QED_BAD)
+        return err < 0 ? err : -EIO;
+    return kind == QED_DATA;
 }
+
+static int qed_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
+{
+    return qed_allocating_write(bs, bs->opaque, off, left, buf, n);
+}
+
+static const BlockWriteMap qed_write_map = {
+    .place = qed_write_place,
+    .allocate = qed_write_allocate,
+    .flush = bdrv_flush, /* FUA: this node's own flush, which also clears the needs-check mark */
+};
 
 /* Everything written so far reaches the disk, then the needs-check mark is cleared (the core flushes the
  * file once more after this). */
@@ -996,14 +951,16 @@ const BlockDriver bdrv_qed = {
     .probe = qed_probe,
     .open = qed_open,
     .close = qed_close,
-    .read = qed_read,
-    .write = qed_write,
+    .read = bdrv_mapped_read,
+    .write = bdrv_mapped_write,
     .flush = qed_flush,
-    .block_status = qed_block_status,
+    .block_status = bdrv_mapped_block_status,
     .getlength = qed_getlength,
     .memory_used = qed_memory_used,
     .get_info = qed_get_info,
     .get_facts = qed_get_facts,
     .check = qed_check,
     .has_zero_init = qed_has_zero_init,
+    .read_map = &qed_read_map,
+    .write_map = &qed_write_map,
 };

@@ -421,10 +421,8 @@ static int vdi_build_host_used(VdiState *s, Error *err)
 
 static int vdi_write_header_count(VdiState *s)
 {
-    uint8_t buf[4];
-    st_le32(buf, s->blocks_allocated);
-    bdrv_debug_event(s->file, "vdi_header_update");
-    return bdrv_pwrite(s->file, VDI_OFF_BLOCKS_ALLOCATED, 4, buf, 0);
+    return bdrv_pwrite_field(s->file, VDI_OFF_BLOCKS_ALLOCATED, BDRV_FIELD_LE32, s->blocks_allocated,
+                             "vdi_header_update");
 }
 
 static int vdi_open_writable(VdiState *s, Error *err)
@@ -476,10 +474,8 @@ static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     s->name = bs->filename ? bs->filename : "vdi";
     s->file = bs->file;
     pthread_mutex_init(&s->lock, NULL);
-    int64_t file_size = bdrv_getlength(bs->file);
-    int ret = (int)MIN(file_size, 0);
-    if (ret < 0)
-        error_set(err, -ret, "cannot get the file size: %s", strerror(-ret));
+    int64_t file_size;
+    int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0)
         ret = vdi_read_header(s, file_size, err);
     if (ret == 0)
@@ -528,26 +524,19 @@ static int vdi_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st
     }
 }
 
-static const BlockReadMap vdi_read_map = { .map = vdi_map };
-
-static int vdi_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+/* Reads hold it shared: an unmap (exclusive) cannot free a host block a read is about to read. Only a
+ * writable image has one. */
+static pthread_rwlock_t *vdi_lock(BlockNode *bs)
 {
     VdiState *s = bs->opaque;
-    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > s->disk_size)
-        return -EINVAL;
-    /* shared: an unmap (exclusive) cannot free a host block this read is about to read */
-    if (s->writable)
-        pthread_rwlock_rdlock(&s->io_lock);
-    int ret = bdrv_read_mapped(bs, offset, bytes, buf, &vdi_read_map, NULL);
-    if (s->writable)
-        pthread_rwlock_unlock(&s->io_lock);
-    return ret;
+    return s->writable ? &s->io_lock : NULL;
 }
+
+static const BlockReadMap vdi_read_map = { .map = vdi_map, .lock = vdi_lock };
 
 static int vdi_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    memset(st, 0, sizeof(*st));
-    return vdi_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vdi_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- allocation */
@@ -886,7 +875,7 @@ const BlockDriver bdrv_vdi = {
     .probe = vdi_probe,
     .open = vdi_open,
     .close = vdi_close,
-    .read = vdi_read,
+    .read = bdrv_mapped_read,
     .write = vdi_write,
     .write_zeroes = vdi_write_zeroes,
     .discard = vdi_discard,
@@ -896,4 +885,5 @@ const BlockDriver bdrv_vdi = {
     .get_info = vdi_get_info,
     .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
+    .read_map = &vdi_read_map,
 };

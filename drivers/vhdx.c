@@ -180,44 +180,6 @@ static void format_guid(const uint8_t *g, char out[VHDX_GUID_STR])
              ld_le16(g + 4), ld_le16(g + 6), g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
 }
 
-/* UTF-16LE to UTF-8, up to a NUL or nbytes. Control characters become '?'; with windows_path, '\' becomes
- * '/'. False if nothing fits. */
-static bool utf16le_to_utf8(const uint8_t *in, size_t nbytes, bool windows_path, char *out, size_t outlen)
-{
-    size_t o = 0;
-    for (size_t i = 0; i + 1 < nbytes; i += 2) {
-        uint32_t c = ld_le16(in + i);
-        if (c == 0)
-            break;
-        if (c >= 0xD800 && c <= 0xDBFF && i + 3 < nbytes && ld_le16(in + i + 2) >= 0xDC00 &&
-            ld_le16(in + i + 2) <= 0xDFFF) {
-            c = 0x10000 + ((c - 0xD800) << 10) + (ld_le16(in + i + 2) - 0xDC00u);
-            i += 2;
-        } else if (c >= 0xD800 && c <= 0xDFFF) {
-            c = '?';
-        }
-        if (c < 0x20 || c == 0x7f)
-            c = '?';
-        if (windows_path && c == '\\')
-            c = '/';
-        uint8_t enc[4];
-        size_t len = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
-        if (len == 1) {
-            enc[0] = (uint8_t)c;
-        } else {
-            for (size_t k = len - 1; k > 0; k--, c >>= 6)
-                enc[k] = (uint8_t)(0x80 | (c & 0x3F));
-            enc[0] = (uint8_t)((0xF00u >> len) | c);
-        }
-        if (o + len >= outlen)
-            break;
-        memcpy(out + o, enc, len);
-        o += len;
-    }
-    out[o] = '\0';
-    return o > 0;
-}
-
 /* ---------------------------------------------------------------- the file through the replayed log */
 
 /* Does [off, off + len) of the file touch a piece of the replayed log? */
@@ -280,7 +242,7 @@ static int vhdx_read_identifier(BlockNode *bs, VhdxState *s, Error *err)
         error_set(err, EINVAL, "no VHDX file identifier ('vhdxfile') at offset 0");
         return -EINVAL;
     }
-    utf16le_to_utf8(id + 8, 512, false, s->creator, sizeof(s->creator));
+    utf16_to_utf8(id + 8, 512, false, false, s->creator, sizeof(s->creator));
     return 0;
 }
 
@@ -814,9 +776,9 @@ static int locator_key(const uint8_t *item, uint32_t item_len, const uint8_t *e,
     uint16_t klen = ld_le16(e + 8), vlen = ld_le16(e + 10);
     if (!klen || !vlen || koff > item_len || klen > item_len - koff || voff > item_len || vlen > item_len - voff)
         return -EINVAL;
-    if (!utf16le_to_utf8(item + koff, klen, false, key, keylen))
+    if (!utf16_to_utf8(item + koff, klen, false, false, key, keylen))
         return -EINVAL;
-    utf16le_to_utf8(item + voff, vlen, path, val, vallen);
+    utf16_to_utf8(item + voff, vlen, false, path, val, vallen);
     return 0;
 }
 
@@ -1074,8 +1036,7 @@ static int vhdx_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 
 static int vhdx_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    memset(st, 0, sizeof(*st));
-    return vhdx_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vhdx_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- parent check */

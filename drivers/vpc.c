@@ -371,61 +371,6 @@ static int vpc_load_bat(BlockNode *bs, VpcState *s, Error *err)
 
 /* ---------------------------------------------------------------- parent locators */
 
-/* UTF-16 (either byte order) to UTF-8, up to a NUL. Control characters become '?' and, when windows_path,
- * backslashes become slashes. Returns false if nothing fits. */
-static bool utf16_to_utf8(const uint8_t *in, size_t nbytes, bool big_endian, bool windows_path, char *out,
-                          size_t outlen)
-{
-    size_t o = 0;
-    for (size_t i = 0; i + 1 < nbytes; i += 2) {
-        uint32_t c = big_endian ? ld_be16(in + i) : ld_le16(in + i);
-        if (c == 0)
-            break;
-        if (c >= 0xD800 && c <= 0xDBFF && i + 3 < nbytes) {
-            uint32_t lo = big_endian ? ld_be16(in + i + 2) : ld_le16(in + i + 2);
-            if (lo >= 0xDC00 && lo <= 0xDFFF) {
-                c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
-                i += 2;
-            } else {
-                c = '?';
-            }
-        } else if (c >= 0xD800 && c <= 0xDFFF) {
-            c = '?';
-        }
-        if (c < 0x20 || c == 0x7f)
-            c = '?';
-        if (windows_path && c == '\\')
-            c = '/';
-        uint8_t enc[4];
-        size_t len;
-        if (c < 0x80) {
-            enc[0] = (uint8_t)c;
-            len = 1;
-        } else if (c < 0x800) {
-            enc[0] = (uint8_t)(0xC0 | (c >> 6));
-            enc[1] = (uint8_t)(0x80 | (c & 0x3F));
-            len = 2;
-        } else if (c < 0x10000) {
-            enc[0] = (uint8_t)(0xE0 | (c >> 12));
-            enc[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
-            enc[2] = (uint8_t)(0x80 | (c & 0x3F));
-            len = 3;
-        } else {
-            enc[0] = (uint8_t)(0xF0 | (c >> 18));
-            enc[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
-            enc[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
-            enc[3] = (uint8_t)(0x80 | (c & 0x3F));
-            len = 4;
-        }
-        if (o + len >= outlen)
-            break;
-        memcpy(out + o, enc, len);
-        o += len;
-    }
-    out[o] = '\0';
-    return o > 0;
-}
-
 /* A Windows path as a POSIX name: "C:/dir/p.vhd" -> "/dir/p.vhd" (then found by base name next to the
  * image if it is not there), "//?/C:/x" -> "/x"; relative names stay relative. In place. */
 static void windows_to_posix(char *path)
@@ -764,7 +709,7 @@ static int vpc_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
     memset(st, 0, sizeof(*st));
     if (s->type == VPC_TYPE_FIXED)
         return bdrv_block_status_same_offset(bs, offset, bytes, st);
-    return vpc_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vpc_read_map, NULL);
 }
 
 /* ---------------------------------------------------------------- write */
@@ -807,10 +752,8 @@ static int vpc_alloc_block(BlockNode *bs, VpcState *s, uint32_t idx)
         r = bdrv_flush(bs->file);
     if (r < 0)
         return r;
-    uint8_t entry[4];
-    st_be32(entry, (uint32_t)(block / VPC_SECTOR));
-    bdrv_debug_event(bs->file, "bat_update");
-    r = bdrv_pwrite(bs->file, (int64_t)(s->bat_offset + (uint64_t)idx * 4), 4, entry, 0);
+    r = bdrv_pwrite_field(bs->file, (int64_t)(s->bat_offset + (uint64_t)idx * 4), BDRV_FIELD_BE32,
+                          (uint32_t)(block / VPC_SECTOR), "bat_update");
     if (r < 0)
         return r;
     s->bat[idx] = (uint32_t)(block / VPC_SECTOR);

@@ -98,6 +98,23 @@ static void put_user(StrBuf *sb)
     sb_printf(sb, ", \"uid\": %u, \"pid\": %d", (unsigned)uid, (int)getpid());
 }
 
+/* Starts a line in sb: the version, "command" (unless NULL), the start time and now under their keys, the
+ * user. */
+static void put_head(StrBuf *sb, const Audit *a, const char *command, const char *start_key, const char *end_key)
+{
+    struct timespec end;
+    clock_gettime(CLOCK_REALTIME, &end);
+    sb_init(sb);
+    sb_printf(sb, "{\"imgfuse_version\": \"%s\", ", IMGFUSE_VERSION);
+    if (command)
+        sb_printf(sb, "\"command\": \"%s\", ", command);
+    put_time(sb, start_key, &a->start);
+    sb_put(sb, ", ", 2);
+    put_time(sb, end_key, &end);
+    sb_put(sb, ", ", 2);
+    put_user(sb);
+}
+
 /* "images": the chain's files as audit_begin saw them, each with whether it is unchanged now. */
 static void put_images(StrBuf *sb, const Audit *a)
 {
@@ -138,16 +155,8 @@ int audit_finish(Audit *a, bool read_only, const char *options, const FsCounters
 {
     if (a->fd <= 0)
         return 0;
-    struct timespec end;
-    clock_gettime(CLOCK_REALTIME, &end);
     StrBuf sb;
-    sb_init(&sb);
-    sb_printf(&sb, "{\"imgfuse_version\": \"%s\", ", IMGFUSE_VERSION);
-    put_time(&sb, "mount_time", &a->start);
-    sb_put(&sb, ", ", 2);
-    put_time(&sb, "unmount_time", &end);
-    sb_put(&sb, ", ", 2);
-    put_user(&sb);
+    put_head(&sb, a, NULL, "mount_time", "unmount_time");
     sb_printf(&sb, ", \"mode\": \"%s\", \"mountpoint\": ", read_only ? "read-only" : "read-write");
     sb_json_str(&sb, a->mountpoint ? a->mountpoint : "");
     sb_put(&sb, ", \"options\": ", 13);
@@ -167,16 +176,8 @@ int audit_hash(Audit *a, const char *image, int64_t size, int n, const char *con
 {
     if (a->fd <= 0)
         return 0;
-    struct timespec end;
-    clock_gettime(CLOCK_REALTIME, &end);
     StrBuf sb;
-    sb_init(&sb);
-    sb_printf(&sb, "{\"imgfuse_version\": \"%s\", \"command\": \"hash\", ", IMGFUSE_VERSION);
-    put_time(&sb, "start_time", &a->start);
-    sb_put(&sb, ", ", 2);
-    put_time(&sb, "end_time", &end);
-    sb_put(&sb, ", ", 2);
-    put_user(&sb);
+    put_head(&sb, a, "hash", "start_time", "end_time");
     sb_put(&sb, ", \"image\": ", 11);
     sb_json_str(&sb, image);
     sb_printf(&sb, ", \"virtual_size\": %" PRId64 ", ", size);

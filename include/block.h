@@ -108,6 +108,11 @@ typedef struct BlockOptionSpec {
 /* Appends "DRIVER.KEY=VALUE" (not copied) to o: -E2BIG when MAX_DRIVER_OPTS are given already, -EINVAL
  * when item has no "DRIVER." part. Validation comes at open (bdrv_opts_validate). */
 int bdrv_opts_add(BlockOpenOpts *o, const char *item);
+/* A creation option string ("key=value,key=value", BlockCreateOpts.options) item by item: fn(key, value,
+ * opaque) in order, value NULL for an item without '='; stops at the first non-zero return and gives it
+ * back. 0 for a NULL or empty string; -ENOMEM if the copy fails. */
+int bdrv_create_opts_each(const char *options, int (*fn)(const char *key, const char *value, void *opaque),
+                          void *opaque);
 /* 0 if every driver option of o names a known driver, one of its keys and a valid value; else -EINVAL
  * with err set: "FILENAME: qcow2 option 'l2-cache-size': not a size: 'abc'". */
 int bdrv_opts_validate(const BlockOpenOpts *o, const char *filename, Error *err);
@@ -316,6 +321,11 @@ struct BlockDriver {
     /* Format drivers with create: the creation options create takes in CreateOpts.options ("-o help"
      * of `imgfuse create` lists them); NULL: none. */
     const BlockOptionSpec *create_options;
+    /* Map-based format drivers: their map, for the core's slots bdrv_mapped_read, bdrv_mapped_block_status
+     * and bdrv_mapped_write (lib/readmap.c), which a driver may name as its read, block_status and write
+     * slots; NULL: not used. */
+    const struct BlockReadMap *read_map;
+    const struct BlockWriteMap *write_map;
 };
 
 /* Permissions for set_perm (QEMU's numbering: lock byte 100+N held, 200+N not shared). */
@@ -382,13 +392,32 @@ BlockNode *bdrv_open_window(BlockNode *bs, int64_t offset, int64_t size, Error *
 BlockNode *bdrv_open_chain_filters(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
 /* Open just a protocol node for a file (used by drivers for external data files). */
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err);
+/* For a format's create: filename created empty by the file driver and opened writable with default
+ * options into *file. 0, or a negative errno with err set (*file untouched). */
+int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err);
+/* For a format whose new image is one buffer: filename created as above, img (len bytes) written at 0 and
+ * flushed, the file closed. 0 or a negative errno (err set where the file could not be made). */
+int bdrv_create_image_file(const char *filename, const void *img, uint64_t len, Error *err);
 /* Wrap a driver-created node (snapshot views); allocates opaque of drv->instance_size. */
 BlockNode *bdrv_new_node(const BlockDriver *drv, const char *filename);
+/* A node of drv stacked on bs (its file name, file = bs, its read-only flag), holding its own reference on
+ * bs; not opened. NULL (drv NULL or no memory) with "FILE: out of memory" in err. */
+BlockNode *bdrv_new_node_over(const BlockDriver *drv, BlockNode *bs, Error *err);
 void bdrv_close(BlockNode *bs); /* flushes if writable, closes the whole chain below */
 
 /* I/O through the core: alignment, bounce buffers, zero beyond EOF, serialisation, statistics. */
 int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+/* A format's fixed header: the first len bytes of file (file_size bytes long) into buf. 0, or a negative
+ * errno with "file too short for a NAME header (N bytes)" or "cannot read the NAME header: REASON" in err. */
+int bdrv_read_header(BlockNode *file, uint64_t file_size, void *buf, size_t len, const char *name, Error *err);
+/* A format's open: the length of its file into *size (0 on failure). 0, or a negative errno with "cannot get
+ * the file size: REASON" in err. */
+int bdrv_file_size(BlockNode *file, int64_t *size, Error *err);
+/* One integer field of a format's metadata written at offset, as 4 or 8 bytes, little- or big-endian,
+ * after the fault-injection event (NULL: none); bdrv_pwrite's result. */
+typedef enum { BDRV_FIELD_LE32, BDRV_FIELD_LE64, BDRV_FIELD_BE32, BDRV_FIELD_BE64 } BlockFieldType;
+int bdrv_pwrite_field(BlockNode *file, int64_t offset, BlockFieldType type, uint64_t value, const char *event);
 int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int bdrv_flush(BlockNode *bs);              /* this node and everything below */
@@ -546,6 +575,7 @@ typedef struct BlockReadMap {
     int (*map)(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque);
     int (*decode)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque);
     BlockNode *(*backing)(BlockNode *bs, void *opaque);
+    pthread_rwlock_t *(*lock)(BlockNode *bs); /* for the bdrv_mapped_* slots; NULL slot or answer: none */
 } BlockReadMap;
 /* Reads [offset, offset+bytes) of bs (a driver's own node, from its read slot) run by run through m:
  * zero runs as zeros, backing runs with bdrv_pread of the backing node, decode runs through m->decode;
@@ -553,6 +583,40 @@ typedef struct BlockReadMap {
  * with one bdrv_pread_extents call per host file and 32 extents, before it returns. 0 or a negative
  * errno (the first one met; a host read's failure may be met after later runs were mapped). */
 int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m, void *opaque);
+/* The read and block_status slots of a map-based driver whose map needs its lock held shared (lock NULL:
+ * none, e.g. a read-only image). bdrv_read_mapped_locked: EINVAL unless 0 <= offset, 0 <= bytes and
+ * offset + bytes <= size, then bdrv_read_mapped(bs, ..., m, NULL) under lock. bdrv_status_mapped_locked:
+ * st zeroed, then m->map(bs, offset, bytes, st, NULL) under lock. */
+int bdrv_read_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m,
+                            pthread_rwlock_t *lock, uint64_t size);
+int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, const BlockReadMap *m,
+                              pthread_rwlock_t *lock);
+
+/* A driver's write map, for bdrv_write_mapped_locked. place (lock held shared) says how a write of
+ * [offset, offset+bytes) begins: *n bytes (0 < *n <= bytes) that are in place at *host in bs->file (1),
+ * that need allocating (0), or a negative errno that fails the write. allocate (lock held exclusive)
+ * writes from offset (bytes left, *n as place said) into new space and sets *n to what it wrote; it must
+ * look again, since another writer may have allocated meanwhile. flush serves BDRV_REQ_FUA (NULL: the
+ * flush of bs->file). */
+typedef struct BlockWriteMap {
+    int (*place)(BlockNode *bs, uint64_t offset, uint64_t bytes, uint64_t *n, uint64_t *host);
+    int (*allocate)(BlockNode *bs, uint64_t offset, uint64_t bytes, const void *buf, uint64_t *n);
+    int (*flush)(BlockNode *bs);
+} BlockWriteMap;
+/* The write slot of a map-based driver: EROFS when lock is NULL (a read-only image has none), EINVAL
+ * unless 0 <= offset, 0 <= bytes and offset + bytes <= size; then piece by piece through m, in-place
+ * pieces written under lock held shared, allocations under it held exclusive; the first error ends it. */
+int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags,
+                             const BlockWriteMap *m, pthread_rwlock_t *lock, uint64_t size);
+/* Slots for a driver that declares read_map (and write_map): the three above with its map, the lock its
+ * read_map->lock names and its getlength as the size. */
+int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
+int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+/* Most of a map-based driver's check slot: check(bs, first, len) (a negative errno, or how many problems it
+ * found, the first described in first) run with its read_map's lock held exclusive; a count goes into
+ * report as "errors" and, when not 0, "first_error". Returns check's result. */
+int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len));
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 

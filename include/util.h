@@ -82,4 +82,9 @@ const char *path_base_of(const char *path);
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
 
+/* UTF-16 (big- or little-endian) to UTF-8, up to a NUL or nbytes, into out (outlen bytes, always
+ * terminated; a character that does not fit ends it). Unpaired surrogates and control characters become
+ * '?'; with windows_path, '\' becomes '/'. False if nothing fits. */
+bool utf16_to_utf8(const uint8_t *in, size_t nbytes, bool big_endian, bool windows_path, char *out, size_t outlen);
+
 #endif

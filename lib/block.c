@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,7 +338,51 @@ int bdrv_pread(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     return r < 0 ? r : 0;
 }
 
+int bdrv_file_size(BlockNode *file, int64_t *size, Error *err)
+{
+    int64_t len = bdrv_getlength(file);
+    *size = len < 0 ? 0 : len;
+    if (len < 0)
+        error_set(err, (int)-len, "cannot get the file size: %s", strerror((int)-len));
+    return len < 0 ? (int)len : 0;
+}
+
+int bdrv_read_header(BlockNode *file, uint64_t file_size, void *buf, size_t len, const char *name, Error *err)
+{
+    if (file_size < len) {
+        error_set(err, EINVAL, "file too short for a %s header (%" PRIu64 " bytes)", name, file_size);
+        return -EINVAL;
+    }
+    int ret = bdrv_pread(file, 0, (int64_t)len, buf);
+    if (ret < 0)
+        error_set(err, -ret, "cannot read the %s header: %s", name, strerror(-ret));
+    return ret;
+}
+
 /* ---------------------------------------------------------------- write */
+
+int bdrv_pwrite_field(BlockNode *file, int64_t offset, BlockFieldType type, uint64_t value, const char *event)
+{
+    uint8_t buf[8];
+    int len = type == BDRV_FIELD_LE32 || type == BDRV_FIELD_BE32 ? 4 : 8;
+    switch (type) {
+    case BDRV_FIELD_LE32:
+        st_le32(buf, (uint32_t)value);
+        break;
+    case BDRV_FIELD_LE64:
+        st_le64(buf, value);
+        break;
+    case BDRV_FIELD_BE32:
+        st_be32(buf, (uint32_t)value);
+        break;
+    case BDRV_FIELD_BE64:
+        st_be64(buf, value);
+        break;
+    }
+    if (event)
+        bdrv_debug_event(file, event);
+    return bdrv_pwrite(file, offset, len, buf, 0);
+}
 
 /* One bounce chunk of an unaligned write: read the partial head/tail blocks, merge, write. The caller
  * holds a serialising tracked request over [start, end). */

@@ -73,6 +73,34 @@ static BlockNode *open_protocol(const BlockDriver *drv, const char *filename, co
     return bs;
 }
 
+int bdrv_create_empty_file(const char *filename, BlockNode **file, Error *err)
+{
+    CreateOpts fopts = { .size = 0 };
+    int ret = bdrv_create("file", filename, &fopts, err);
+    if (ret < 0)
+        return ret;
+    BlockOpenOpts oo;
+    block_open_opts_init(&oo);
+    BlockNode *f = bdrv_open_file(filename, &oo, false, err);
+    if (!f)
+        return -(err->errnum ? err->errnum : EIO);
+    *file = f;
+    return 0;
+}
+
+int bdrv_create_image_file(const char *filename, const void *img, uint64_t len, Error *err)
+{
+    BlockNode *file = NULL;
+    int ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, (int64_t)len, img, 0);
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    return ret;
+}
+
 BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool read_only, Error *err)
 {
     BlockOpenOpts defaults;
@@ -485,9 +513,7 @@ BlockNode *bdrv_open_on_node(BlockNode *file, const char *format, const BlockOpe
     return top;
 }
 
-/* Stacks drv, a filter over a whole chain, on bs with the options o (which may live on the caller's stack:
- * the filter keeps its values in its own state); takes its own reference on bs. */
-static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const BlockOpenOpts *o, Error *err)
+BlockNode *bdrv_new_node_over(const BlockDriver *drv, BlockNode *bs, Error *err)
 {
     BlockNode *w = drv ? bdrv_new_node(drv, bs->filename) : NULL;
     if (!w) {
@@ -497,6 +523,16 @@ static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const B
     bdrv_ref(bs);
     w->file = bs;
     w->read_only = bs->read_only;
+    return w;
+}
+
+/* Stacks drv, a filter over a whole chain, on bs with the options o (which may live on the caller's stack:
+ * the filter keeps its values in its own state); takes its own reference on bs. */
+static BlockNode *open_over_chain(const BlockDriver *drv, BlockNode *bs, const BlockOpenOpts *o, Error *err)
+{
+    BlockNode *w = bdrv_new_node_over(drv, bs, err);
+    if (!w)
+        return NULL;
     w->opts = o;
     int r = driver_open(w, o, "", err);
     w->opts = bs->opts;

@@ -251,3 +251,22 @@ void bdrv_opts_drop_top_only(BlockOpenOpts *o)
         o->driver_opts[i] = NULL;
     o->n_driver_opts = kept;
 }
+
+int bdrv_create_opts_each(const char *options, int (*fn)(const char *key, const char *value, void *opaque),
+                          void *opaque)
+{
+    if (!options || !options[0])
+        return 0;
+    char *copy = strdup(options);
+    if (!copy)
+        return -ENOMEM;
+    int ret = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        if (eq)
+            *eq = '\0';
+        ret = fn(tok, eq ? eq + 1 : NULL, opaque);
+    }
+    free(copy);
+    return ret;
+}

@@ -6,7 +6,10 @@
  * backing node" hands its map (and, for compressed or encrypted pieces, its decoder) to bdrv_read_mapped
  * from its read slot, inside its own locks.  Host runs are batched: neighbours in the host file and in
  * the buffer become one extent, and a batch goes to its file in one bdrv_pread_extents call (one
- * submission with --aio=native).  Nothing here knows a format, a lock or the front end.
+ * submission with --aio=native).  The bdrv_mapped_* slots (and the *_locked calls under them) serve a
+ * driver that declares read_map/write_map whole: reads and block status under its map's lock held shared,
+ * writes in place under it shared and allocations under it exclusive, its check under it exclusive.
+ * Nothing here knows a format or the front end; the lock is whatever the map's lock slot names.
  */
 #include "block.h"
 #include "util.h"
@@ -108,4 +111,104 @@ int bdrv_read_mapped(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, co
         p += n;
     }
     return batch_flush(&batch);
+}
+
+int bdrv_read_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockReadMap *m,
+                            pthread_rwlock_t *lock, uint64_t size)
+{
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > size)
+        return -EINVAL;
+    if (lock)
+        pthread_rwlock_rdlock(lock);
+    int ret = bdrv_read_mapped(bs, offset, bytes, buf, m, NULL);
+    if (lock)
+        pthread_rwlock_unlock(lock);
+    return ret;
+}
+
+int bdrv_status_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, const BlockReadMap *m,
+                              pthread_rwlock_t *lock)
+{
+    memset(st, 0, sizeof(*st));
+    if (lock)
+        pthread_rwlock_rdlock(lock);
+    int ret = m->map(bs, offset, bytes, st, NULL);
+    if (lock)
+        pthread_rwlock_unlock(lock);
+    return ret;
+}
+
+int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags,
+                             const BlockWriteMap *m, pthread_rwlock_t *lock, uint64_t size)
+{
+    if (!lock)
+        return -EROFS;
+    if (offset < 0 || bytes < 0 || (uint64_t)offset + (uint64_t)bytes > size)
+        return -EINVAL;
+    const uint8_t *p = buf;
+    uint64_t off = (uint64_t)offset, left = (uint64_t)bytes;
+    int ret = 0;
+    while (ret == 0 && left > 0) {
+        uint64_t n = 0, host = 0;
+        pthread_rwlock_rdlock(lock);
+        int where = m->place(bs, off, left, &n, &host);
+        if (where > 0 && n > 0 && n <= left)
+            ret = bdrv_pwrite(bs->file, (int64_t)host, (int64_t)n, p, 0);
+        pthread_rwlock_unlock(lock);
+        if (where < 0)
+            return where;
+        if (n == 0 || n > left)
+            return -EIO; /* a map that answers for nothing would never end */
+        if (where == 0) {
+            pthread_rwlock_wrlock(lock);
+            ret = m->allocate(bs, off, left, p, &n);
+            pthread_rwlock_unlock(lock);
+        }
+        off += n;
+        left -= n;
+        p += n;
+    }
+    if (ret == 0 && (flags & BDRV_REQ_FUA))
+        ret = m->flush ? m->flush(bs) : bdrv_flush(bs->file);
+    return ret;
+}
+
+static pthread_rwlock_t *map_lock(BlockNode *bs)
+{
+    const BlockReadMap *m = bs->drv->read_map;
+    return m->lock ? m->lock(bs) : NULL;
+}
+
+int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
+{
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, bs->drv->read_map, map_lock(bs),
+                                   (uint64_t)bs->drv->getlength(bs));
+}
+
+int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, bs->drv->read_map, map_lock(bs));
+}
+
+int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
+{
+    return bdrv_write_mapped_locked(bs, offset, bytes, buf, flags, bs->drv->write_map, map_lock(bs),
+                                    (uint64_t)bs->drv->getlength(bs));
+}
+
+int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len))
+{
+    char first[256] = "";
+    pthread_rwlock_t *lock = map_lock(bs);
+    if (lock)
+        pthread_rwlock_wrlock(lock);
+    int ret = check(bs, first, sizeof(first));
+    if (lock)
+        pthread_rwlock_unlock(lock);
+    if (ret < 0)
+        return ret;
+    info_add_int(report, "errors", ret);
+    if (ret > 0)
+        info_add_str(report, "first_error", "%s", first);
+    return ret;
 }

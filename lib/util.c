@@ -114,3 +114,51 @@ const char *path_base_of(const char *path)
     const char *slash = strrchr(path, '/');
     return slash && slash[1] ? slash + 1 : path;
 }
+
+static uint32_t ld_16(const uint8_t *p, bool big_endian)
+{
+    return big_endian ? ld_be16(p) : ld_le16(p);
+}
+
+/* One code point as UTF-8 into enc; its length. */
+static size_t utf8_encode(uint32_t c, uint8_t enc[4])
+{
+    size_t len = c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+    if (len == 1) {
+        enc[0] = (uint8_t)c;
+        return 1;
+    }
+    for (size_t k = len - 1; k > 0; k--, c >>= 6)
+        enc[k] = (uint8_t)(0x80 | (c & 0x3F));
+    enc[0] = (uint8_t)((0xF00u >> len) | c);
+    return len;
+}
+
+bool utf16_to_utf8(const uint8_t *in, size_t nbytes, bool big_endian, bool windows_path, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < nbytes; i += 2) {
+        uint32_t c = ld_16(in + i, big_endian);
+        if (c == 0)
+            break;
+        uint32_t lo = c >= 0xD800 && c <= 0xDBFF && i + 3 < nbytes ? ld_16(in + i + 2, big_endian) : 0;
+        if (lo >= 0xDC00 && lo <= 0xDFFF) {
+            c = 0x10000 + ((c - 0xD800) << 10) + (lo - 0xDC00);
+            i += 2;
+        } else if (c >= 0xD800 && c <= 0xDFFF) {
+            c = '?';
+        }
+        if (c < 0x20 || c == 0x7f)
+            c = '?';
+        if (windows_path && c == '\\')
+            c = '/';
+        uint8_t enc[4];
+        size_t len = utf8_encode(c, enc);
+        if (o + len >= outlen)
+            break;
+        memcpy(out + o, enc, len);
+        o += len;
+    }
+    out[o] = '\0';
+    return o > 0;
+}

@@ -109,27 +109,27 @@ static int parse_option(CreateParams *p, const char *key, const char *val, Error
     return 0;
 }
 
+typedef struct OptionParse {
+    CreateParams *p;
+    Error *err;
+    const char *filename;
+} OptionParse;
+
+static int parse_item(const char *key, const char *value, void *opaque)
+{
+    OptionParse *c = opaque;
+    if (!value) {
+        error_set(c->err, EINVAL, "%s: creation option '%s' needs a value (key=value)", c->filename, key);
+        return -EINVAL;
+    }
+    return parse_option(c->p, key, value, c->err, c->filename);
+}
+
 static int parse_options(CreateParams *p, const char *options, Error *err, const char *filename)
 {
     *p = (CreateParams){ .cluster_bits = 16, .version = 3, .refcount_order = 4 };
-    if (!options || !options[0])
-        return 0;
-    char *copy = strdup(options);
-    if (!copy)
-        return -ENOMEM;
-    int ret = 0;
-    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); ret == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        if (!eq) {
-            error_set(err, EINVAL, "%s: creation option '%s' needs a value (key=value)", filename, tok);
-            ret = -EINVAL;
-            break;
-        }
-        *eq = '\0';
-        ret = parse_option(p, tok, eq + 1, err, filename);
-    }
-    free(copy);
-    return ret;
+    OptionParse c = { .p = p, .err = err, .filename = filename };
+    return bdrv_create_opts_each(options, parse_item, &c);
 }
 
 static int check_params(const CreateParams *p, Error *err, const char *filename)
@@ -296,15 +296,10 @@ int qcow2_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, ENAMETOOLONG, "%s: backing file name too long", filename);
         return -ENAMETOOLONG;
     }
-    CreateOpts fopts = { .size = 0 };
-    ret = bdrv_create("file", filename, &fopts, err);
+    BlockNode *file = NULL;
+    ret = bdrv_create_empty_file(filename, &file, err);
     if (ret < 0)
         return ret;
-    BlockOpenOpts oo;
-    block_open_opts_init(&oo);
-    BlockNode *file = bdrv_open_file(filename, &oo, false, err);
-    if (!file)
-        return -(err->errnum ? err->errnum : EIO);
     uint64_t size = (uint64_t)align_up(opts->size, 512);
     ret = write_image(file, &p, opts, size, err, filename);
     bdrv_close(file);

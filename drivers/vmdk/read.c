@@ -149,6 +149,5 @@ int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 
 int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    memset(st, 0, sizeof(*st));
-    return vmdk_map(bs, offset, bytes, st, NULL);
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vmdk_read_map, NULL);
 }

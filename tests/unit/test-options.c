@@ -3,7 +3,7 @@
  * test-options.c - unit tests of driver options (lib/options.c and their use in lib/open.c): adding
  * items, validation against the drivers' tables with the exact one-line messages, typed lookups (last
  * value wins, defaults), top-only options kept from backing layers, a driver not in the chain refused, and
- * qcow2 receiving l2-cache-size on every layer.
+ * qcow2 receiving l2-cache-size on every layer; bdrv_create_opts_each walking a creation option string.
  */
 #include "block.h"
 #include "scratch.h"
@@ -169,6 +169,29 @@ static void test_open(void)
     bdrv_close(bs);
 }
 
+/* Records "key=value;" (value "-" when absent) and fails at the key "stop". */
+static int record_item(const char *key, const char *value, void *opaque)
+{
+    char *log = opaque;
+    size_t len = strlen(log);
+    snprintf(log + len, 256 - len, "%s=%s;", key, value ? value : "-");
+    return strcmp(key, "stop") ? 0 : -E2BIG;
+}
+
+static void test_create_opts_each(void)
+{
+    char log[256] = "";
+    is_int(bdrv_create_opts_each(NULL, record_item, log), 0, "create options: NULL is none");
+    is_int(bdrv_create_opts_each("", record_item, log), 0, "create options: an empty string is none");
+    ok(log[0] == '\0', "create options: ... and the callback is not called");
+    is_int(bdrv_create_opts_each("a=1,bare,,c=x=y", record_item, log), 0, "create options: a list is walked");
+    ok(!strcmp(log, "a=1;bare=-;c=x=y;"), "create options: in order, the value NULL without '=', cut at the first '='");
+    log[0] = '\0';
+    is_int(bdrv_create_opts_each("a=1,stop=2,b=3", record_item, log), -E2BIG,
+           "create options: the callback's error ends the walk and is returned");
+    ok(!strcmp(log, "a=1;stop=2;"), "create options: ... with no item after it");
+}
+
 int main(void)
 {
     if (!scratch_init("options"))
@@ -176,6 +199,7 @@ int main(void)
     test_add();
     test_validate();
     test_lookup();
+    test_create_opts_each();
     ok(make_images(), "test images made with qemu-img");
     test_open();
     scratch_cleanup();

@@ -8,6 +8,8 @@
  * images made by qemu-img (qcow2 over a backing file with and without subclusters, compressed qcow2, vdi,
  * qed over a backing file, dynamic vpc, sparse, stream-optimized and delta vmdk) check that bdrv_pread returns
  * qemu-img convert's bytes and that every range bdrv_map_extents hands out reads as bdrv_pread does.
+ * bdrv_write_mapped_locked, the write slot of map-based drivers: in-place pieces under the shared lock,
+ * allocations under the exclusive one, EROFS without a lock, the range check, errors and FUA.
  */
 #include "block.h"
 #include "scratch.h"
@@ -329,6 +331,86 @@ static void test_images(void)
     is_int(mapped, 46, "s.vmdk: only the pieces without a compressed grain are handed out for splicing");
 }
 
+/* A write map over RUN-byte runs: even runs are in place at the same offset of the file, odd ones
+ * are allocated (recorded, not written). Each step records whether the lock was held as it must be. */
+typedef struct WriteFake {
+    pthread_rwlock_t lock;
+    int placed, allocated, flushed, wrong_lock, place_error;
+    bool empty_answer;
+} WriteFake;
+
+static WriteFake wfake;
+
+static int wfake_place(BlockNode *bs, uint64_t offset, uint64_t bytes, uint64_t *n, uint64_t *host)
+{
+    (void)bs;
+    if (pthread_rwlock_trywrlock(&wfake.lock) == 0) { /* must be held shared */
+        pthread_rwlock_unlock(&wfake.lock);
+        wfake.wrong_lock++;
+    }
+    wfake.placed++;
+    if (wfake.place_error)
+        return wfake.place_error;
+    *n = wfake.empty_answer ? 0 : MIN(bytes, RUN - offset % RUN);
+    *host = offset;
+    return (offset / RUN) % 2 == 0;
+}
+
+static int wfake_allocate(BlockNode *bs, uint64_t offset, uint64_t bytes, const void *buf, uint64_t *n)
+{
+    (void)bs;
+    (void)offset;
+    (void)bytes;
+    (void)buf;
+    if (pthread_rwlock_tryrdlock(&wfake.lock) == 0) { /* must be held exclusive */
+        pthread_rwlock_unlock(&wfake.lock);
+        wfake.wrong_lock++;
+    }
+    wfake.allocated += (int)*n;
+    return 0;
+}
+
+static int wfake_flush(BlockNode *bs)
+{
+    (void)bs;
+    wfake.flushed++;
+    return 0;
+}
+
+static void test_write_mapped(void)
+{
+    static uint8_t file[4 * RUN], data[4 * RUN];
+    memset(data, 0x5a, sizeof(data));
+    const BlockWriteMap m = { .place = wfake_place, .allocate = wfake_allocate, .flush = wfake_flush };
+    BlockNode *bs = bdrv_new_node(&fake_driver, "wfake");
+    bs->file = bdrv_open_memory(file, sizeof(file), false);
+    pthread_rwlock_init(&wfake.lock, NULL);
+    is_int(bdrv_write_mapped_locked(bs, 0, RUN, data, 0, &m, NULL, sizeof(file)), -EROFS,
+           "write map: no lock (read-only) is EROFS");
+    is_int(bdrv_write_mapped_locked(bs, RUN, 3 * RUN + 1, data, 0, &m, &wfake.lock, sizeof(file)), -EINVAL,
+           "write map: a range past the size is EINVAL");
+    is_int(wfake.placed, 0, "write map: ... before the map is asked");
+    is_int(bdrv_write_mapped_locked(bs, 100, 4 * RUN - 200, data, BDRV_REQ_FUA, &m, &wfake.lock, sizeof(file)), 0,
+           "write map: a write across in-place and unallocated runs succeeds");
+    uint8_t got[4 * RUN];
+    ok(bdrv_pread(bs->file, 0, sizeof(got), got) == 0 && all_bytes(got + 100, RUN - 100, 0x5a) &&
+           all_bytes(got + RUN, RUN, 0) && all_bytes(got + 2 * RUN, RUN, 0x5a) && all_bytes(got, 100, 0),
+       "write map: in-place pieces land at their host offset, allocated ones are left to allocate");
+    is_int(wfake.allocated, 2 * RUN - 100, "write map: allocate gets the unallocated runs' bytes");
+    is_int(wfake.placed, 4, "write map: the map is asked once a run");
+    is_int(wfake.wrong_lock, 0, "write map: place runs under the shared lock, allocate under the exclusive one");
+    is_int(wfake.flushed, 1, "write map: FUA calls the map's flush once");
+    wfake.place_error = -ENOSPC;
+    is_int(bdrv_write_mapped_locked(bs, 0, RUN, data, 0, &m, &wfake.lock, sizeof(file)), -ENOSPC,
+           "write map: the map's error fails the write");
+    wfake.place_error = 0;
+    wfake.empty_answer = true;
+    is_int(bdrv_write_mapped_locked(bs, 0, RUN, data, 0, &m, &wfake.lock, sizeof(file)), -EIO,
+           "write map: a map answering for no bytes fails, never loops");
+    pthread_rwlock_destroy(&wfake.lock);
+    bdrv_close(bs);
+}
+
 int main(void)
 {
     if (!scratch_init("readmap"))
@@ -337,6 +419,7 @@ int main(void)
     test_scripted();
     test_batched();
     test_backing_override();
+    test_write_mapped();
     test_images();
     scratch_cleanup();
     return done_testing();
