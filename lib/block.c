@@ -168,17 +168,23 @@ static void time_op(uint64_t *ns_total, uint64_t *ns_max, uint64_t ns)
     *ns_max = MAX(*ns_max, ns);
 }
 
-/* Set while the calling thread reads for the core itself (the partition-table probe): not counted. */
-static _Thread_local bool stats_muted;
+/* Set while the calling thread reads for the core itself (the partition-table probe): not counted, and
+ * not copied up by copy-on-read (lib/request.c). */
+static _Thread_local bool core_io;
 
-void stats_mute(bool on)
+void core_own_io(bool on)
 {
-    stats_muted = on;
+    core_io = on;
+}
+
+bool core_own_io_active(void)
+{
+    return core_io;
 }
 
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret)
 {
-    if (stats_muted)
+    if (core_io)
         return;
     BlockStats *s = &bs->core->stats;
     pthread_mutex_lock(&bs->core->stats_lock);

@@ -63,9 +63,10 @@ int bdrv_co_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags
 int bdrv_pwrite_extents(BlockNode *bs, const BlockExtent *ext, int n, int flags);
 
 void stats_account(BlockNode *bs, int kind, int64_t bytes, uint64_t ns, int ret);
-/* While on, the calling thread's I/O is not counted in the statistics (reads the core makes for itself,
- * such as lib/partitions.c's probe of the partition table, are not the user's). */
-void stats_mute(bool on);
+/* While on, the calling thread's I/O is the core's own (lib/partitions.c's probe of the partition table),
+ * not the user's: it is not counted in the statistics and copy-on-read does not copy what it reads. */
+void core_own_io(bool on);
+bool core_own_io_active(void);
 enum { STAT_READ, STAT_WRITE, STAT_FLUSH, STAT_DISCARD, STAT_ZERO };
 
 #endif

@@ -248,11 +248,12 @@ static int read_partitions(BlockNode *bs, BlockPartitionTable *t)
     return r;
 }
 
-/* The probe's reads are the core's own, not the user's: statistics (stats.json) do not count them. */
+/* The probe's reads are the core's own, not the user's: statistics (stats.json) do not count them and
+ * --copy-on-read does not copy them into the image. */
 int bdrv_read_partitions(BlockNode *bs, BlockPartitionTable *t)
 {
-    stats_mute(true);
+    core_own_io(true);
     int r = read_partitions(bs, t);
-    stats_mute(false);
+    core_own_io(false);
     return r;
 }

@@ -376,7 +376,7 @@ static void record_read_error(BlockNode *bs, int64_t offset, int64_t length, int
 static int read_once(BlockNode *bs, int64_t offset, int64_t bytes, uint8_t *buf)
 {
     struct RequestState *s = bs->core->req;
-    if (s->copy_on_read && !bs->read_only)
+    if (s->copy_on_read && !bs->read_only && !core_own_io_active())
         return cor_read(bs, offset, bytes, buf);
     return bdrv_co_read(bs, offset, bytes, buf);
 }

@@ -121,12 +121,28 @@ static bool qcow2_is_writer(const Qcow2State *s)
     return s->write_ready && !s->is_snapshot_view;
 }
 
+/* Corruption a read found (a lookup signals it without writing) is recorded in the header by the first
+ * write that follows, as if that write had found it: the corrupt bit set, the node read-only. A read
+ * before any write is common (the mount reads the partition table), so the bit must not depend on
+ * which request met the bad entry first. */
+static void qcow2_persist_corrupt(Qcow2State *s)
+{
+    pthread_mutex_lock(s->lock);
+    bool was_writable = !s->read_only;
+    s->read_only = true;
+    if (was_writable && s->write_ready && s->version >= 3 && !(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT))
+        qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
+    pthread_mutex_unlock(s->lock);
+}
+
 static int qcow2_writable(Qcow2State *s)
 {
     if (!qcow2_is_writer(s))
         return -EROFS;
-    if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED))
+    if (__atomic_load_n(&s->corrupt, __ATOMIC_RELAXED)) {
+        qcow2_persist_corrupt(s);
         return -EIO;
+    }
     if (s->read_only)
         return -EROFS;
     if (__atomic_load_n(&s->first_write_done, __ATOMIC_ACQUIRE))
