@@ -27,7 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define AFF_MAX_WORKERS 8           /* AFFLIB handles per node (each caches its own pages) */
 #define AFF_VALUE_MAX 1024          /* longest metadata value shown in info */
 #define AFF_LIB "libafflib.so.0"
 #define AFF_MAX_BAD_PAGES (1u << 20) /* pages remembered as unreadable (8 MiB) */
@@ -45,21 +44,13 @@ typedef struct AffLib {
     int (*identify)(const char *filename, int exists); /* af_identify_file_type, in afflib_i.h */
 } AffLib;
 
-typedef struct AffWorker {
-    pthread_mutex_t lock;
-    AFFILE *af;
-} AffWorker;
-
 typedef struct AffState {
     AffLib lib;
     int64_t size;
     int pagesize;
     char md5[33], sha1[41];
-    AffWorker workers[AFF_MAX_WORKERS];
-    _Atomic int n_workers;
-    int max_workers;
-    pthread_mutex_t pool_lock;
-    _Atomic unsigned rr;
+    AFFILE *af[WORKER_POOL_MAX];    /* one AFFLIB handle per concurrent reader (each caches its own pages) */
+    WorkerPool *pool;
     const char *files[1];
     pthread_mutex_t bad_lock;       /* pages AFFLIB could not read, sorted: never asked again */
     uint64_t *bad;
@@ -130,36 +121,22 @@ static int aff_lib_load(AffLib *l, Error *err)
     return 0;
 }
 
-/* A worker for the calling thread, locked: a free one, else a new one (up to max_workers), else wait. */
-static AffWorker *aff_worker_get(BlockNode *bs, AffState *s)
+/* Opens AFFLIB handle i of the node (the worker pool's open callback). */
+static int aff_worker_open(void *ctx, int i)
 {
-    int n = atomic_load(&s->n_workers);
-    for (int i = 0; i < n; i++)
-        if (pthread_mutex_trylock(&s->workers[i].lock) == 0)
-            return &s->workers[i];
-    pthread_mutex_lock(&s->pool_lock);
-    n = atomic_load(&s->n_workers);
-    if (n < s->max_workers) {
-        AffWorker *w = &s->workers[n];
-        if ((w->af = s->lib.open(bs->filename, O_RDONLY, 0))) {
-            w->af->error_reporter = aff_quiet;
-            pthread_mutex_lock(&w->lock);
-            atomic_store(&s->n_workers, n + 1);
-            pthread_mutex_unlock(&s->pool_lock);
-            return w;
-        }
-        s->max_workers = n;
-    }
-    pthread_mutex_unlock(&s->pool_lock);
-    AffWorker *w = &s->workers[atomic_fetch_add(&s->rr, 1) % (unsigned)n];
-    pthread_mutex_lock(&w->lock);
-    return w;
+    BlockNode *bs = ctx;
+    AffState *s = bs->opaque;
+    if (!(s->af[i] = s->lib.open(bs->filename, O_RDONLY, 0)))
+        return -(errno ? errno : EINVAL);
+    s->af[i]->error_reporter = aff_quiet;
+    return 0;
 }
 
 static int aff_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     AffState *s = bs->opaque;
-    AffWorker *w = aff_worker_get(bs, s);
+    int wi = worker_pool_get(s->pool);
+    AFFILE *af = s->af[wi];
     int r = 0;
     uint8_t *p = buf;
     while (r == 0 && bytes > 0) {
@@ -167,7 +144,7 @@ static int aff_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
         ssize_t want = (ssize_t)MIN(bytes, (int64_t)((page + 1) * (uint64_t)s->pagesize) - offset);
         if (aff_bad(s, page, false)) {
             r = -EIO;
-        } else if ((int64_t)s->lib.seek(w->af, offset, SEEK_SET) != offset || s->lib.read(w->af, p, want) != want) {
+        } else if ((int64_t)s->lib.seek(af, offset, SEEK_SET) != offset || s->lib.read(af, p, want) != want) {
             aff_bad(s, page, true);
             log_msg("%s: page %" PRIu64 " cannot be read or inflated: read as EIO", bs->node_name, page);
             r = -EIO;
@@ -176,17 +153,8 @@ static int aff_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
         bytes -= want;
         p += want;
     }
-    pthread_mutex_unlock(&w->lock);
+    worker_pool_put(s->pool, wi);
     return r;
-}
-
-static int aff_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    (void)bs;
-    (void)offset;
-    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED; /* no host offset: pages are compressed */
-    st->bytes = bytes;
-    return 0;
 }
 
 static int64_t aff_getlength(BlockNode *bs)
@@ -209,11 +177,9 @@ static void aff_hash_seg(AffState *s, AFFILE *af, const char *name, size_t n, ch
 static void aff_close(BlockNode *bs)
 {
     AffState *s = bs->opaque;
-    for (int i = 0; i < atomic_load(&s->n_workers); i++)
-        s->lib.close(s->workers[i].af);
-    for (int i = 0; i < AFF_MAX_WORKERS; i++)
-        pthread_mutex_destroy(&s->workers[i].lock);
-    pthread_mutex_destroy(&s->pool_lock);
+    for (int i = 0; i < worker_pool_count(s->pool); i++)
+        s->lib.close(s->af[i]);
+    worker_pool_free(s->pool);
     pthread_mutex_destroy(&s->bad_lock);
     free(s->bad);
     if (s->lib.dl)
@@ -239,23 +205,20 @@ static int aff_open_node(BlockNode *bs, AffState *s, Error *err)
         error_set(err, ENOTSUP, "only single-file AFF images are read (AFM and AFD name other files)");
         return -ENOTSUP;
     }
-    AffWorker *w = &s->workers[0];
-    if (!(w->af = s->lib.open(bs->filename, O_RDONLY, 0))) {
-        error_set(err, errno ? errno : EINVAL, "cannot open as AFF: %s", strerror(errno ? errno : EINVAL));
+    if ((r = aff_worker_open(bs, 0)) < 0) {
+        error_set(err, -r, "cannot open as AFF: %s", strerror(-r));
         return -EINVAL;
     }
-    atomic_store(&s->n_workers, 1);
-    w->af->error_reporter = aff_quiet;
-    s->size = s->lib.imagesize(w->af);
-    s->pagesize = s->lib.pagesize(w->af);
+    worker_pool_started(s->pool);
+    AFFILE *af = s->af[0];
+    s->size = s->lib.imagesize(af);
+    s->pagesize = s->lib.pagesize(af);
     if (s->size < 0 || s->pagesize <= 0) {
         error_set(err, EINVAL, "AFF image size %" PRId64 " or page size %d unreadable", s->size, s->pagesize);
         return -EINVAL;
     }
-    aff_hash_seg(s, w->af, "md5", 16, s->md5);
-    aff_hash_seg(s, w->af, "sha1", 20, s->sha1);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    s->max_workers = (int)MAX(1, MIN(cpus, AFF_MAX_WORKERS));
+    aff_hash_seg(s, af, "md5", 16, s->md5);
+    aff_hash_seg(s, af, "sha1", 20, s->sha1);
     s->files[0] = bs->filename;
     return 0;
 }
@@ -265,11 +228,9 @@ static int aff_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     (void)opts;
     AffState *s = bs->opaque;
-    pthread_mutex_init(&s->pool_lock, NULL);
     pthread_mutex_init(&s->bad_lock, NULL);
-    for (int i = 0; i < AFF_MAX_WORKERS; i++)
-        pthread_mutex_init(&s->workers[i].lock, NULL);
-    int r = aff_open_node(bs, s, err);
+    s->pool = worker_pool_new(aff_worker_open, bs);
+    int r = s->pool ? aff_open_node(bs, s, err) : -ENOMEM;
     if (r < 0)
         aff_close(bs);
     return r;
@@ -294,7 +255,7 @@ static void aff_get_info(BlockNode *bs, InfoList *info)
     AffState *s = bs->opaque;
     info_add_int(info, "image_size", s->size);
     info_add_int(info, "page_size", s->pagesize);
-    AffWorker *w = aff_worker_get(bs, s);
+    int wi = worker_pool_get(s->pool);
     static const char *const segs[][2] = {
         { "case_number", "case_num" }, { "acquiry_date", "acquisition_date" },
         { "acquisition_device", "acquisition_device" }, { "examiner", "acquisition_tecnician" },
@@ -302,8 +263,8 @@ static void aff_get_info(BlockNode *bs, InfoList *info)
         { "afflib_version", "afflib_version" },
     };
     for (size_t i = 0; i < ARRAY_SIZE(segs); i++)
-        aff_info_seg(s, w->af, info, segs[i][0], segs[i][1]);
-    pthread_mutex_unlock(&w->lock);
+        aff_info_seg(s, s->af[wi], info, segs[i][0], segs[i][1]);
+    worker_pool_put(s->pool, wi);
     info_add_str(info, "stored_md5", "%s", s->md5[0] ? s->md5 : "none");
     info_add_str(info, "stored_sha1", "%s", s->sha1[0] ? s->sha1 : "none");
 }
@@ -329,7 +290,7 @@ const BlockDriver bdrv_aff = {
     .open = aff_open,
     .close = aff_close,
     .read = aff_read,
-    .block_status = aff_block_status,
+    .block_status = bdrv_block_status_all_data,
     .getlength = aff_getlength,
     .get_allocated_size = aff_get_allocated_size,
     .get_info = aff_get_info,

@@ -177,6 +177,11 @@ static int64_t cloop_getlength(BlockNode *bs)
     return (int64_t)s->n_blocks * s->block_size;
 }
 
+typedef struct CloopPiece {
+    CloopState *s;
+    uint32_t i;
+} CloopPiece;
+
 /* Inflates block i (a zlib stream) into a new buffer of exactly one block; -EIO when it does not fit. */
 static int cloop_inflate_block(CloopState *s, uint32_t i, uint8_t **out)
 {
@@ -208,6 +213,12 @@ static int cloop_inflate_block(CloopState *s, uint32_t i, uint8_t **out)
     return 0;
 }
 
+static int cloop_inflate_piece(void *ctx, uint8_t **out)
+{
+    CloopPiece *p = ctx;
+    return cloop_inflate_block(p->s, p->i, out);
+}
+
 /* The map: every block is compressed data of this layer; a run never crosses a block. */
 static int cloop_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
 {
@@ -223,21 +234,11 @@ static int cloop_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf,
                         void *opaque)
 {
     CloopState *s = bs->opaque;
-    uint32_t i = (uint32_t)(offset / s->block_size);
-    size_t in = (size_t)(offset % s->block_size);
+    CloopPiece p = { s, (uint32_t)(offset / s->block_size) };
     (void)st;
     (void)opaque;
-    if (chunk_cache_get(s->cache, i, in, (size_t)bytes, buf))
-        return 0;
-    uint8_t *block;
-    chunk_cache_decode_begin(s->cache);
-    int r = chunk_cache_get(s->cache, i, in, (size_t)bytes, buf) ? 1 : cloop_inflate_block(s, i, &block);
-    chunk_cache_decode_end(s->cache);
-    if (r != 0)
-        return r < 0 ? r : 0; /* 1: another thread decoded it meanwhile */
-    memcpy(buf, block + in, (size_t)bytes);
-    chunk_cache_put(s->cache, i, block, s->block_size);
-    return 0;
+    return chunk_cache_read(s->cache, p.i, (size_t)(offset % s->block_size), (size_t)bytes, buf, s->block_size,
+                            cloop_inflate_piece, &p);
 }
 
 static const BlockReadMap cloop_read_map = { .map = cloop_map, .decode = cloop_decode };

@@ -461,6 +461,11 @@ static int bzip2_decode(const uint8_t *src, size_t slen, uint8_t *dst, size_t dl
     return r == BZ_OK && out == dlen ? 0 : -EIO;
 }
 
+typedef struct DmgPiece {
+    DmgState *s;
+    const DmgChunk *c;
+} DmgPiece;
+
 /* Decodes chunk c into a new buffer of exactly c->len bytes. */
 static int dmg_decode_chunk(DmgState *s, const DmgChunk *c, uint8_t **out)
 {
@@ -483,20 +488,24 @@ static int dmg_decode_chunk(DmgState *s, const DmgChunk *c, uint8_t **out)
     return 0;
 }
 
+static int dmg_decode_piece(void *ctx, uint8_t **out)
+{
+    DmgPiece *p = ctx;
+    return dmg_decode_chunk(p->s, p->c, out);
+}
+
 /* ---------------------------------------------------------------- map, read */
 
 /* Index of the first chunk ending after off (n_chunks if none). */
+static uint64_t chunk_end(const void *chunks, size_t i)
+{
+    const DmgChunk *c = &((const DmgChunk *)chunks)[i];
+    return c->start + c->len;
+}
+
 static uint32_t dmg_find(const DmgState *s, uint64_t off)
 {
-    uint32_t lo = 0, hi = s->n_chunks;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (s->chunks[mid].start + s->chunks[mid].len <= off)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return (uint32_t)lower_bound_by_end(s->chunks, s->n_chunks, off, chunk_end);
 }
 
 static int dmg_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st, void *opaque)
@@ -536,19 +545,9 @@ static int dmg_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, c
     (void)st;
     (void)opaque;
     uint32_t i = dmg_find(s, (uint64_t)offset);
-    const DmgChunk *c = &s->chunks[i];
-    size_t in = (size_t)((uint64_t)offset - c->start);
-    if (chunk_cache_get(s->cache, i, in, (size_t)bytes, buf))
-        return 0;
-    uint8_t *data;
-    chunk_cache_decode_begin(s->cache);
-    int r = chunk_cache_get(s->cache, i, in, (size_t)bytes, buf) ? 1 : dmg_decode_chunk(s, c, &data);
-    chunk_cache_decode_end(s->cache);
-    if (r != 0)
-        return r < 0 ? r : 0; /* 1: another thread decoded it meanwhile */
-    memcpy(buf, data + in, (size_t)bytes);
-    chunk_cache_put(s->cache, i, data, c->len);
-    return 0;
+    DmgPiece p = { s, &s->chunks[i] };
+    return chunk_cache_read(s->cache, i, (size_t)((uint64_t)offset - p.c->start), (size_t)bytes, buf, p.c->len,
+                            dmg_decode_piece, &p);
 }
 
 static const BlockReadMap dmg_read_map = { .map = dmg_map, .decode = dmg_decode };

@@ -26,7 +26,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define EWF_MAX_WORKERS 8                  /* libewf handles per node (each caches its own chunks) */
 #define EWF_MAX_SEGMENTS 14971             /* .E01 ... .EZZ ... .ZZZ: the most a series can name */
 #define EWF_MAX_CHUNK_SIZE (64u << 20)     /* a chunk is decompressed whole: refuse larger ones */
 #define EWF_MAX_BAD_CHUNKS (1u << 20)      /* chunks remembered as failing their checksum (8 MiB) */
@@ -36,8 +35,7 @@
  * chunks the node stops asking libewf for chunks not read before (EIO, logged once). */
 #define EWF_MAX_FAILED_BYTES (64u << 20)
 
-typedef struct EwfWorker {
-    pthread_mutex_t lock;
+typedef struct EwfWorker {                 /* one per concurrent reader (each caches its own chunks) */
     libewf_handle_t *h;
     libbfio_pool_t *pool;
     uint32_t seen_errors;                  /* libewf's checksum error count after this worker's last read */
@@ -52,11 +50,8 @@ typedef struct EwfState {
     uint8_t format;
     char md5[33], sha1[41];
 
-    EwfWorker workers[EWF_MAX_WORKERS];
-    _Atomic int n_workers;
-    int max_workers;
-    pthread_mutex_t pool_lock;             /* opening another worker */
-    _Atomic unsigned rr;
+    EwfWorker workers[WORKER_POOL_MAX];
+    WorkerPool *pool;
 
     pthread_mutex_t bad_lock;              /* the chunks known to fail their checksum, sorted */
     uint64_t *bad;
@@ -254,30 +249,12 @@ static void ewf_worker_close(EwfWorker *w)
         libbfio_pool_free(&w->pool, NULL);
 }
 
-/* A worker for the calling thread, locked: a free one, else a new one (up to max_workers), else wait. */
-static EwfWorker *ewf_worker_get(EwfState *s)
+/* The worker pool's open callback: worker i of the node (its reason is not needed after open). */
+static int ewf_worker_open_at(void *ctx, int i)
 {
-    int n = atomic_load(&s->n_workers);
-    for (int i = 0; i < n; i++)
-        if (pthread_mutex_trylock(&s->workers[i].lock) == 0)
-            return &s->workers[i];
-    pthread_mutex_lock(&s->pool_lock);
-    n = atomic_load(&s->n_workers);
-    if (n < s->max_workers) {
-        char why[256];
-        EwfWorker *w = &s->workers[n];
-        if (ewf_worker_open(s, w, why, sizeof why) == 0) {
-            pthread_mutex_lock(&w->lock);
-            atomic_store(&s->n_workers, n + 1);
-            pthread_mutex_unlock(&s->pool_lock);
-            return w;
-        }
-        s->max_workers = n; /* no more: share the ones there are */
-    }
-    pthread_mutex_unlock(&s->pool_lock);
-    EwfWorker *w = &s->workers[atomic_fetch_add(&s->rr, 1) % (unsigned)n];
-    pthread_mutex_lock(&w->lock);
-    return w;
+    EwfState *s = ctx;
+    char why[256];
+    return ewf_worker_open(s, &s->workers[i], why, sizeof why);
 }
 
 /* ---------------------------------------------------------------- chunks failing their checksum */
@@ -411,7 +388,8 @@ static bool ewf_gave_up(BlockNode *bs, EwfState *s)
 static int ewf_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     EwfState *s = bs->opaque;
-    EwfWorker *w = ewf_worker_get(s);
+    int wi = worker_pool_get(s->pool);
+    EwfWorker *w = &s->workers[wi];
     int r = 0;
     uint8_t *p = buf;
     while (r == 0 && bytes > 0) {
@@ -422,17 +400,8 @@ static int ewf_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
         bytes -= n;
         p += n;
     }
-    pthread_mutex_unlock(&w->lock);
+    worker_pool_put(s->pool, wi);
     return r;
-}
-
-static int ewf_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
-{
-    (void)bs;
-    (void)offset;
-    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED; /* no host offset: chunks are compressed */
-    st->bytes = bytes;
-    return 0;
 }
 
 static int64_t ewf_getlength(BlockNode *bs)
@@ -510,10 +479,9 @@ static int ewf_open_segments(BlockNode *bs, EwfState *s, const BlockOpenOpts *op
 static void ewf_close(BlockNode *bs)
 {
     EwfState *s = bs->opaque;
-    for (int i = 0; i < atomic_load(&s->n_workers); i++)
+    for (int i = 0; i < worker_pool_count(s->pool); i++)
         ewf_worker_close(&s->workers[i]);
-    for (int i = 0; i < EWF_MAX_WORKERS; i++)
-        pthread_mutex_destroy(&s->workers[i].lock);
+    worker_pool_free(s->pool);
     for (int i = 1; s->segs && i < s->n_segs; i++)
         if (s->segs[i])
             bdrv_close(s->segs[i]);
@@ -522,7 +490,6 @@ static void ewf_close(BlockNode *bs)
     free(s->segs);
     free(s->names);
     free(s->bad);
-    pthread_mutex_destroy(&s->pool_lock);
     pthread_mutex_destroy(&s->bad_lock);
     memset(s, 0, sizeof *s);
 }
@@ -563,10 +530,11 @@ static int ewf_read_media(EwfState *s, Error *err)
 static int ewf_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     EwfState *s = bs->opaque;
-    pthread_mutex_init(&s->pool_lock, NULL);
     pthread_mutex_init(&s->bad_lock, NULL);
-    for (int i = 0; i < EWF_MAX_WORKERS; i++)
-        pthread_mutex_init(&s->workers[i].lock, NULL);
+    if (!(s->pool = worker_pool_new(ewf_worker_open_at, s))) {
+        error_set(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
     if (!bs->read_only) {
         error_set(err, EROFS, "EWF evidence files are read-only: mount without --rw (--overlay FILE gives a "
                   "writable view)");
@@ -580,9 +548,7 @@ static int ewf_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         error_set(err, -r, "cannot open as EWF: %s", why);
         return r;
     }
-    atomic_store(&s->n_workers, 1);
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    s->max_workers = (int)MAX(1, MIN(cpus, EWF_MAX_WORKERS));
+    worker_pool_started(s->pool);
     return ewf_read_media(s, err);
 }
 
@@ -628,7 +594,8 @@ static void ewf_info_header(libewf_handle_t *h, InfoList *info, const char *key,
 static void ewf_get_info(BlockNode *bs, InfoList *info)
 {
     EwfState *s = bs->opaque;
-    EwfWorker *w = ewf_worker_get(s);
+    int wi = worker_pool_get(s->pool);
+    EwfWorker *w = &s->workers[wi];
     info_add_str(info, "ewf_format", "%s", ewf_format_name(s->format));
     info_add_int(info, "media_size", (int64_t)s->media_size);
     info_add_int(info, "chunk_size", s->chunk_size);
@@ -641,7 +608,7 @@ static void ewf_get_info(BlockNode *bs, InfoList *info)
     };
     for (size_t i = 0; i < ARRAY_SIZE(hdr); i++)
         ewf_info_header(w->h, info, hdr[i][0], hdr[i][1]);
-    pthread_mutex_unlock(&w->lock);
+    worker_pool_put(s->pool, wi);
     info_add_str(info, "stored_md5", "%s", s->md5[0] ? s->md5 : "none");
     info_add_str(info, "stored_sha1", "%s", s->sha1[0] ? s->sha1 : "none");
     info_add_int(info, "segment_files", s->n_segs);
@@ -686,7 +653,7 @@ const BlockDriver bdrv_ewf = {
     .open = ewf_open,
     .close = ewf_close,
     .read = ewf_read,
-    .block_status = ewf_block_status,
+    .block_status = bdrv_block_status_all_data,
     .getlength = ewf_getlength,
     .get_allocated_size = ewf_get_allocated_size,
     .get_info = ewf_get_info,

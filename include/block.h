@@ -434,6 +434,9 @@ int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockS
 /* A block_status slot for a layer whose guest bytes are bs->file's at the same offset (raw, fixed vpc):
  * bs->file's status, as this layer's own host bytes. */
 int bdrv_block_status_same_offset(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
+/* block_status of a node whose every byte is its own data with no host offset (chunks a library
+ * decompresses: ewf, aff): one run of data for the whole range. */
+int bdrv_block_status_all_data(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
 /* Number of layers in the chain from bs down. */
 int bdrv_chain_length(BlockNode *bs);
@@ -668,5 +671,25 @@ void chunk_cache_free(ChunkCache *c);
 bool chunk_cache_get(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst);
 void chunk_cache_put(ChunkCache *c, uint64_t key, void *data, size_t len);
 uint64_t chunk_cache_bytes(ChunkCache *c); /* bytes held now */
+/* The read of a piece through the cache: a hit is copied; a miss is decoded (decode(ctx, &piece): 0 and a
+ * malloc'd piece of piece_len bytes, or -errno) between decode_begin and decode_end, copied and put. */
+int chunk_cache_read(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst, size_t piece_len,
+                     int (*decode)(void *ctx, uint8_t **piece), void *ctx);
+
+/* ---------------------------------------------------------------- worker pool (lib/workerpool.c)
+ *
+ * For drivers over a library whose handles are not thread-safe (ewf, aff): one handle per concurrent
+ * reader, kept in the driver's own array of WORKER_POOL_MAX. open(ctx, i) opens handle i (0 or -errno);
+ * the driver opens handle 0 itself at open time, then calls worker_pool_started. worker_pool_get returns
+ * the index of a worker locked for the caller (a free one, a new one up to one per CPU, else the next in
+ * turn, waited for); worker_pool_put releases it. worker_pool_count: handles open (to close them). */
+#define WORKER_POOL_MAX 8
+typedef struct WorkerPool WorkerPool;
+WorkerPool *worker_pool_new(int (*open)(void *ctx, int i), void *ctx);
+void worker_pool_started(WorkerPool *p);
+int worker_pool_get(WorkerPool *p);
+void worker_pool_put(WorkerPool *p, int i);
+int worker_pool_count(WorkerPool *p);
+void worker_pool_free(WorkerPool *p);
 
 #endif

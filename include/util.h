@@ -65,6 +65,10 @@ static inline bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_
 
 /* Buffer aligned to 4096 bytes (enough for O_DIRECT on every device we meet). NULL on failure. */
 void *aligned_alloc_zero(size_t size);
+
+/* In an array of n runs sorted by start and not overlapping, the index of the first run that ends after
+ * key (end_of(arr, i): where run i ends), n if none: a binary search. */
+size_t lower_bound_by_end(const void *arr, size_t n, uint64_t key, uint64_t (*end_of)(const void *arr, size_t i));
 /* True if the whole buffer is zero; word-wise with early exit. */
 bool buffer_is_zero(const void *buf, size_t len);
 

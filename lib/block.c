@@ -791,6 +791,16 @@ int bdrv_block_status_same_offset(BlockNode *bs, int64_t offset, int64_t bytes, 
     return 0;
 }
 
+int bdrv_block_status_all_data(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    (void)bs;
+    (void)offset;
+    memset(st, 0, sizeof(*st));
+    st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+    st->bytes = bytes;
+    return 0;
+}
+
 int bdrv_block_status_above(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
     int depth = 0;

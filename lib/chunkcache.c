@@ -125,3 +125,20 @@ void chunk_cache_decode_end(ChunkCache *c)
     pthread_cond_signal(&c->decoder_free);
     pthread_mutex_unlock(&c->lock);
 }
+
+int chunk_cache_read(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst, size_t piece_len,
+                     int (*decode)(void *ctx, uint8_t **piece), void *ctx)
+{
+    if (chunk_cache_get(c, key, offset, len, dst))
+        return 0;
+    uint8_t *piece;
+    chunk_cache_decode_begin(c);
+    /* another thread may have decoded it while this one waited for a decoder */
+    int r = chunk_cache_get(c, key, offset, len, dst) ? 1 : decode(ctx, &piece);
+    chunk_cache_decode_end(c);
+    if (r != 0)
+        return r < 0 ? r : 0;
+    memcpy(dst, piece + offset, len);
+    chunk_cache_put(c, key, piece, piece_len);
+    return 0;
+}

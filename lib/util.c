@@ -162,3 +162,16 @@ bool utf16_to_utf8(const uint8_t *in, size_t nbytes, bool big_endian, bool windo
     out[o] = '\0';
     return o > 0;
 }
+
+size_t lower_bound_by_end(const void *arr, size_t n, uint64_t key, uint64_t (*end_of)(const void *arr, size_t i))
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (end_of(arr, mid) <= key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}

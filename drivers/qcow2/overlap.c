@@ -57,17 +57,15 @@ const char *qcow2_meta_kind_name(Qcow2MetaKind kind)
 /* ---------------------------------------------------------------- the sorted run array */
 
 /* Index of the first run ending after cluster c. */
+static uint64_t run_end(const void *runs, size_t i)
+{
+    const Qcow2MetaRun *r = &((const Qcow2MetaRun *)runs)[i];
+    return r->start + r->n;
+}
+
 static size_t map_lower(const Qcow2MetaMap *m, uint64_t c)
 {
-    size_t lo = 0, hi = m->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (m->runs[mid].start + m->runs[mid].n <= c)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return lower_bound_by_end(m->runs, m->n, c, run_end);
 }
 
 /* The first run overlapping clusters [c, c + n), NULL if none. */

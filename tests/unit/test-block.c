@@ -44,6 +44,12 @@ static int64_t file_size_of(const char *path)
     return stat(path, &st) == 0 ? st.st_size : -1;
 }
 
+static uint64_t test_run_end(const void *arr, size_t i)
+{
+    const uint64_t (*r)[2] = arr;
+    return r[i][0] + r[i][1];
+}
+
 static void test_util(void)
 {
     is_int(parse_size("4k"), 4096, "parse_size 4k");
@@ -72,6 +78,13 @@ static void test_util(void)
        "path_base_of: last component, bare name");
     ok(strcmp(path_base_of("/a/b/"), "/a/b/") == 0 && strcmp(path_base_of(""), "") == 0,
        "path_base_of: a trailing slash or an empty name gives all of it");
+    static const uint64_t runs[][2] = { { 0, 4 }, { 10, 2 }, { 12, 8 }, { 40, 1 } }; /* start, length */
+    size_t at[] = { 0, 3, 4, 10, 11, 12, 19, 20, 40, 41, 1000 }, want[] = { 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4 };
+    bool all = true;
+    for (size_t i = 0; i < ARRAY_SIZE(at); i++)
+        all &= lower_bound_by_end(runs, ARRAY_SIZE(runs), at[i], test_run_end) == want[i];
+    ok(all, "lower_bound_by_end: the first run ending after each key, n past the last");
+    ok(lower_bound_by_end(runs, 0, 5, test_run_end) == 0, "lower_bound_by_end: an empty array gives 0");
 }
 
 static void test_open_raw_readonly(void)
