@@ -247,6 +247,7 @@ static void bochs_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     (void)bs;
     facts->unallocated_is_zero = true;
+    facts->no_qemu_info = true; /* qemu-img prints neither cluster-size nor dirty-flag for bochs */
 }
 
 static void bochs_get_info(BlockNode *bs, InfoList *info)

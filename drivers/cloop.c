@@ -259,6 +259,12 @@ static int cloop_block_status(BlockNode *bs, int64_t offset, int64_t bytes, Bloc
 }
 
 
+static void cloop_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    (void)bs;
+    facts->no_qemu_info = true; /* qemu-img prints neither cluster-size nor dirty-flag for cloop */
+}
+
 static void cloop_get_info(BlockNode *bs, InfoList *info)
 {
     CloopState *s = bs->opaque;
@@ -286,4 +292,5 @@ const BlockDriver bdrv_cloop = {
     .getlength = cloop_getlength,
     .memory_used = cloop_memory_used,
     .get_info = cloop_get_info,
+    .get_facts = cloop_get_facts,
 };

@@ -573,6 +573,7 @@ static void dmg_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     (void)bs;
     facts->unallocated_is_zero = true;
+    facts->no_qemu_info = true; /* qemu-img prints neither cluster-size nor dirty-flag for dmg */
 }
 
 static void dmg_get_info(BlockNode *bs, InfoList *info)

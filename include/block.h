@@ -214,7 +214,7 @@ typedef struct BlockDriverFacts {
                                * backing file (vpc, vdi) */
     bool data_over_host_zero; /* qemu-img reports a data range of this node that lies on zeros of its host
                                * file (a hole) as data and zero (fixed vpc, static vdi, flat vmdk) */
-    bool no_qemu_info;      /* qemu's driver of this format has no get_info (parallels): qemu-img prints neither
+    bool no_qemu_info;      /* qemu's driver of this format has no get_info (parallels, cloop, bochs, dmg): qemu-img prints neither
                              * cluster-size nor dirty-flag for it, and neither does info --output=json */
     /* Evidence containers (ewf, splitraw). files: every file the node reads, in order (the segments of a
      * series, the first being bs->filename), borrowed while the node is open; NULL: bs->filename alone.
