@@ -189,6 +189,8 @@ EOF
   same_bytes "$MNT/disk.raw" x.vhdx
   grep -qF "  looks_like: VHDX image (read it with -f vhdx)" "$MNT/info"
   unmount_img
+}
+
 @test "a cloop magic over a broken header goes to the cloop driver, which says why" {
   magic_file c.cloop 65536 0 "$(printf '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n' | od -An -tx1 | tr -d ' \n')"
   run "$IMGFUSE" info c.cloop
