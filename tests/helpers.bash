@@ -232,3 +232,23 @@ make_luks() {  # used by probe-known-formats and new-user-mistakes
   done
   qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
 }
+
+# mount_equals_qemu FMT IMAGE [mount options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's
+# view of IMAGE read as FMT (qemu-img convert, qemu-img map's data extents). Used by the qed, qcow and
+# parallels suites.
+mount_equals_qemu() {
+  local fmt=$1 img=$2; shift 2
+  local oracle="$TMP/$(basename "$img").oracle.raw"
+  qemu-img convert -f "$fmt" -O raw "$img" "$oracle"
+  mount_img "$@" "$img" "$MNT"
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq "$(stat -c %s "$oracle")" ]
+  same_bytes "$MNT/disk.raw" "$oracle"
+  local ours theirs
+  ours=$(python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw")
+  theirs=$(qemu_data_extents "$fmt" "$img")
+  unmount_img
+  if [ "$ours" != "$theirs" ]; then
+    echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
+    return 1
+  fi
+}

@@ -13,25 +13,8 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; }
 teardown() { teardown_tmp; }
 
-SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
-
 # check_mount IMAGE [options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's view.
-check_mount() {
-  local img=$1; shift
-  local oracle="$TMP/$(basename "$img").oracle.raw"
-  qemu-img convert -f parallels -O raw "$img" "$oracle"
-  mount_img "$@" "$img" "$MNT"
-  [ "$(stat -c %s "$MNT/disk.raw")" -eq "$(stat -c %s "$oracle")" ]
-  same_bytes "$MNT/disk.raw" "$oracle"
-  local ours theirs
-  ours=$(python3 "$SEEKMAP" "$MNT/disk.raw")
-  theirs=$(qemu_data_extents parallels "$img")
-  unmount_img
-  if [ "$ours" != "$theirs" ]; then
-    echo "map differs for $img"; echo "imgfuse:"; echo "$ours"; echo "qemu-img:"; echo "$theirs"
-    return 1
-  fi
-}
+check_mount() { mount_equals_qemu parallels "$@"; }
 
 # to_old_signature IN OUT: the image rewritten with the "WithoutFreeSpace" signature, BAT in sectors.
 to_old_signature() {
