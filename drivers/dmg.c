@@ -314,7 +314,8 @@ static int chunk_cmp(const void *a, const void *b)
 static int dmg_finish_map(DmgState *s, Error *err)
 {
     uint64_t largest = 512;
-    qsort(s->chunks, s->n_chunks, sizeof(DmgChunk), chunk_cmp);
+    if (s->n_chunks) /* no table at all: chunks is NULL, which qsort may not be given */
+        qsort(s->chunks, s->n_chunks, sizeof(DmgChunk), chunk_cmp);
     for (uint32_t i = 0; i < s->n_chunks; i++) {
         const DmgChunk *c = &s->chunks[i];
         if (i && c->start < s->chunks[i - 1].start + s->chunks[i - 1].len) {
