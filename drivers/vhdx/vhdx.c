@@ -25,68 +25,7 @@
 #include <string.h>
 #include <strings.h>
 
-#define VHDX_HEADER1_OFF (64 * KiB)
-#define VHDX_HEADER2_OFF (128 * KiB)
-#define VHDX_RT1_OFF (192 * KiB)
-#define VHDX_RT2_OFF (256 * KiB)
-#define VHDX_HEADER_BYTES 4096
-#define VHDX_RT_BYTES (64 * KiB)
-#define VHDX_RT_MAX_ENTRIES 2047
-#define VHDX_MD_TABLE_BYTES (64 * KiB)
-#define VHDX_MD_MAX_ENTRIES 2047
-#define VHDX_MD_MAX_ITEM (1 * MiB)
-#define VHDX_MIN_BLOCK (1 * MiB)
-#define VHDX_MAX_BLOCK (256 * MiB)
-#define VHDX_MAX_SIZE (64 * TiB)
-#define VHDX_ALIGN (1 * MiB)          /* regions, the log and blocks sit on 1 MiB boundaries */
-#define VHDX_SECTOR_BITMAP_BYTES (1 * MiB)
-/* 32 MiB of BAT in memory: a 64 TiB disk with 16 MiB blocks, or 4 TiB with 1 MiB blocks. */
-#define VHDX_MAX_BAT_ENTRIES (4u << 20)
-/* A log longer than this is not scanned (a clean image's log is never read at all). */
-#define VHDX_MAX_LOG_BYTES (256 * MiB)
-/* The longest log entry read (an entry is read whole to check its CRC); longer ones are not valid here. */
-#define VHDX_MAX_LOG_ENTRY_BYTES (16 * MiB)
-/* Bytes of log entries checksummed while looking for the active sequence: overlapping entries cost more. */
-#define VHDX_LOG_SCAN_FACTOR 4
-/* Data sectors and zero ranges the replay overlay may hold. */
-#define VHDX_MAX_OVERLAY_BYTES (64 * MiB)
-#define VHDX_MAX_OVERLAY_RECORDS 65536
-#define VHDX_LOG_SECTOR 4096
-/* Sector-bitmap bytes one lookup looks at; callers loop for longer ranges. */
-#define VHDX_SCAN_BYTES 4096
-#define VHDX_MAX_LOCATOR_KEYS 256
-#define VHDX_GUID_STR 39 /* "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}" and a NUL */
-
-/* Header fields. */
-enum { HD_SIG = 0, HD_CRC = 4, HD_SEQ = 8, HD_FILE_WRITE = 16, HD_DATA_WRITE = 32, HD_LOG_GUID = 48,
-       HD_LOG_VERSION = 64, HD_VERSION = 66, HD_LOG_LENGTH = 68, HD_LOG_OFFSET = 72 };
-/* Log entry header and descriptor fields. */
-enum { LE_SIG = 0, LE_CRC = 4, LE_LENGTH = 8, LE_TAIL = 12, LE_SEQ = 16, LE_DESC_COUNT = 24, LE_LOG_GUID = 32,
-       LE_FLUSHED = 48, LE_LAST = 56, LE_HEADER_BYTES = 64 };
-enum { LD_SIG = 0, LD_TRAILING = 4, LD_LEADING = 8, LD_ZERO_LENGTH = 8, LD_FILE_OFF = 16, LD_SEQ = 24,
-       LD_BYTES = 32 };
-
-/* BAT entry states. */
-enum { PAYLOAD_NOT_PRESENT = 0, PAYLOAD_UNDEFINED = 1, PAYLOAD_ZERO = 2, PAYLOAD_UNMAPPED = 3,
-       PAYLOAD_BAD = 4, /* reserved by the format: this driver marks entries it cannot use with it */
-       PAYLOAD_UNMAPPED_V095 = 5, PAYLOAD_FULLY_PRESENT = 6, PAYLOAD_PARTIALLY_PRESENT = 7 };
-#define SB_PRESENT 6
-#define BAT_STATE(e) ((unsigned)((e) & 7))
-#define BAT_OFFSET(e) ((e) >> 20 << 20)
-
-/* GUIDs as stored (the first three fields little-endian). */
-typedef struct { uint8_t b[16]; } Guid;
-#define G(a, b, c, d0, d1, d2, d3, d4, d5, d6, d7) {{ (a) & 0xff, ((a) >> 8) & 0xff, ((a) >> 16) & 0xff, \
-    ((unsigned)(a) >> 24) & 0xff, (b) & 0xff, (b) >> 8, (c) & 0xff, (c) >> 8, d0, d1, d2, d3, d4, d5, d6, d7 }}
-static const Guid GUID_BAT = G(0x2DC27766, 0xF623, 0x4200, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08);
-static const Guid GUID_METADATA = G(0x8B7CA206, 0x4790, 0x4B9A, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E);
-static const Guid GUID_FILE_PARAMS = G(0xCAA16737, 0xFA36, 0x4D43, 0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B);
-static const Guid GUID_DISK_SIZE = G(0x2FA54224, 0xCD1B, 0x4876, 0xB2, 0x11, 0x5D, 0xBE, 0xD8, 0x3B, 0xF4, 0xB8);
-static const Guid GUID_PAGE83 = G(0xBECA12AB, 0xB2E6, 0x4523, 0x93, 0xEF, 0xC3, 0x09, 0xE0, 0x00, 0xC7, 0x46);
-static const Guid GUID_LOGICAL_SECTOR = G(0x8141BF1D, 0xA96F, 0x4709, 0xBA, 0x47, 0xF2, 0x33, 0xA8, 0xFA, 0xAB, 0x5F);
-static const Guid GUID_PHYSICAL_SECTOR = G(0xCDA348C7, 0x445D, 0x4471, 0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56);
-static const Guid GUID_PARENT_LOCATOR = G(0xA8D35F2D, 0xB30B, 0x454D, 0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C);
-static const Guid GUID_LOCATOR_VHDX = G(0xB04AEFB7, 0xD19E, 0x4A81, 0xB7, 0x89, 0x25, 0xB8, 0xE9, 0x44, 0x59, 0x13);
+#include "vhdx.h"
 
 /* One piece of the replayed log: bytes of the file at off replaced by data (NULL: zeros). */
 typedef struct OverlayRec {
@@ -137,48 +76,6 @@ typedef struct VhdxState {
 
 /* ---------------------------------------------------------------- small helpers */
 
-static uint32_t crc32c_table[256];
-static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
-
-static void crc32c_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc32c_table[i] = c;
-    }
-}
-
-/* CRC-32C (Castagnoli) of buf with the 4 bytes at crc_at counted as zero. */
-static uint32_t vhdx_crc(const uint8_t *buf, size_t len, size_t crc_at)
-{
-    pthread_once(&crc32c_once, crc32c_init);
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < len; i++) {
-        uint8_t b = i >= crc_at && i < crc_at + 4 ? 0 : buf[i];
-        c = crc32c_table[(c ^ b) & 0xFF] ^ (c >> 8);
-    }
-    return ~c;
-}
-
-static bool guid_eq(const uint8_t *a, const Guid *b)
-{
-    return memcmp(a, b->b, 16) == 0;
-}
-
-static bool guid_is_zero(const uint8_t *g)
-{
-    static const uint8_t zero[16];
-    return memcmp(g, zero, 16) == 0;
-}
-
-/* "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}", lower case, the first three fields little-endian. */
-static void format_guid(const uint8_t *g, char out[VHDX_GUID_STR])
-{
-    snprintf(out, VHDX_GUID_STR, "{%08" PRIx32 "-%04x-%04x-%02x%02x-%02x%02x%02x%02x%02x%02x}", ld_le32(g),
-             ld_le16(g + 4), ld_le16(g + 6), g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
-}
 
 /* ---------------------------------------------------------------- the file through the replayed log */
 
@@ -511,7 +408,7 @@ static int log_replay(BlockNode *bs, VhdxState *s, LogScan *ls, const LogEntry *
 /* A non-zero LogGuid: find the active sequence and replay it into the overlay (the file is never written). */
 static int vhdx_open_log(BlockNode *bs, VhdxState *s, Error *err)
 {
-    if (guid_is_zero(s->header + HD_LOG_GUID))
+    if (vhdx_guid_is_zero(s->header + HD_LOG_GUID))
         return 0;
     if (s->log_length == 0 || s->log_length > VHDX_MAX_LOG_BYTES) {
         error_set(err, EINVAL, "the log must be replayed, but its length (%" PRIu32 " bytes) is %s", s->log_length,
@@ -579,12 +476,12 @@ static int region_parse(VhdxState *s, const uint8_t *t, Error *err)
         const uint8_t *e = t + 16 + (size_t)i * 32;
         uint64_t off = ld_le64(e + 16), len = ld_le32(e + 24);
         bool required = ld_le32(e + 28) & 1;
-        bool bat = guid_eq(e, &GUID_BAT), md = guid_eq(e, &GUID_METADATA);
+        bool bat = vhdx_guid_eq(e, &GUID_BAT), md = vhdx_guid_eq(e, &GUID_METADATA);
         char g[VHDX_GUID_STR];
         if (!bat && !md) {
             if (!required)
                 continue;
-            format_guid(e, g);
+            vhdx_format_guid(e, g);
             error_set(err, ENOTSUP, "unknown required region %s in the region table", g);
             return -ENOTSUP;
         }
@@ -667,10 +564,10 @@ static int md_parse_table(VhdxState *s, const uint8_t *t, MdItem items[MD_KNOWN]
         const uint8_t *e = t + 32 + (size_t)i * 32;
         uint32_t off = ld_le32(e + 16), len = ld_le32(e + 20), flags = ld_le32(e + 24);
         int k = 0;
-        while (k < MD_KNOWN && !guid_eq(e, md_guids[k]))
+        while (k < MD_KNOWN && !vhdx_guid_eq(e, md_guids[k]))
             k++;
         char g[VHDX_GUID_STR];
-        format_guid(e, g);
+        vhdx_format_guid(e, g);
         if (k == MD_KNOWN) {
             if (flags & 4) {
                 error_set(err, ENOTSUP, "unknown required metadata item %s", g);
@@ -793,7 +690,7 @@ static int vhdx_read_locator(BlockNode *bs, VhdxState *s, const MdItem *it, Erro
         return r;
     }
     uint16_t count = ld_le16(item + 18);
-    if (!guid_eq(item, &GUID_LOCATOR_VHDX) || count > VHDX_MAX_LOCATOR_KEYS || 20 + (uint32_t)count * 12 > it->len) {
+    if (!vhdx_guid_eq(item, &GUID_LOCATOR_VHDX) || count > VHDX_MAX_LOCATOR_KEYS || 20 + (uint32_t)count * 12 > it->len) {
         error_set(err, EINVAL, "parent locator is not of the VHDX type or has %u entries outside the item", count);
         free(item);
         return -EINVAL;
@@ -1057,7 +954,7 @@ static int vhdx_backing_attached(BlockNode *bs, Error *err)
     }
     const VhdxState *p = bs->backing->opaque;
     char got[VHDX_GUID_STR];
-    format_guid(p->header + HD_DATA_WRITE, got);
+    vhdx_format_guid(p->header + HD_DATA_WRITE, got);
     if (strcasecmp(got, s->parent_linkage) != 0 && strcasecmp(got, s->parent_linkage2) != 0) {
         error_set(err, EINVAL, "%s: parent %s has DataWriteGuid %s, but this differencing disk's parent_linkage is %s",
                   bs->filename, bs->backing->filename, got, s->parent_linkage);
@@ -1182,11 +1079,11 @@ static void vhdx_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "block_size", s->block_size);
     info_add_int(info, "logical_sector_size", s->logical_sector);
     info_add_int(info, "physical_sector_size", s->physical_sector);
-    format_guid(s->page83.b, g);
+    vhdx_format_guid(s->page83.b, g);
     info_add_str(info, "virtual_disk_id", "%s", g);
     info_add_int(info, "header", s->header_index);
     info_add_int(info, "header_sequence", (int64_t)MIN(ld_le64(s->header + HD_SEQ), (uint64_t)INT64_MAX));
-    format_guid(s->header + HD_DATA_WRITE, g);
+    vhdx_format_guid(s->header + HD_DATA_WRITE, g);
     info_add_str(info, "data_write_guid", "%s", g);
     info_add_int(info, "log_offset", (int64_t)MIN(s->log_offset, (uint64_t)INT64_MAX));
     info_add_int(info, "log_length", s->log_length);

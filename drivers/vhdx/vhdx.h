@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vhdx.h - the VHDX on-disk layout shared by the files of the VHDX driver (the reader and writer in
+ * vhdx.c, the image creator): fixed offsets and sizes of the format, the driver's memory and work
+ * budgets, field offsets of headers and log entries, BAT entry states, the well-known GUIDs of regions
+ * and metadata items, and the CRC-32C and GUID helpers every structure needs.
+ */
+#ifndef IMGFUSE_VHDX_H
+#define IMGFUSE_VHDX_H
+
+#include "block.h"
+#include "util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define VHDX_HEADER1_OFF (64 * KiB)
+#define VHDX_HEADER2_OFF (128 * KiB)
+#define VHDX_RT1_OFF (192 * KiB)
+#define VHDX_RT2_OFF (256 * KiB)
+#define VHDX_HEADER_BYTES 4096
+#define VHDX_RT_BYTES (64 * KiB)
+#define VHDX_RT_MAX_ENTRIES 2047
+#define VHDX_MD_TABLE_BYTES (64 * KiB)
+#define VHDX_MD_MAX_ENTRIES 2047
+#define VHDX_MD_MAX_ITEM (1 * MiB)
+#define VHDX_MIN_BLOCK (1 * MiB)
+#define VHDX_MAX_BLOCK (256 * MiB)
+#define VHDX_MAX_SIZE (64 * TiB)
+#define VHDX_ALIGN (1 * MiB)          /* regions, the log and blocks sit on 1 MiB boundaries */
+#define VHDX_SECTOR_BITMAP_BYTES (1 * MiB)
+/* 32 MiB of BAT in memory: a 64 TiB disk with 16 MiB blocks, or 4 TiB with 1 MiB blocks. */
+#define VHDX_MAX_BAT_ENTRIES (4u << 20)
+/* A log longer than this is not scanned (a clean image's log is never read at all). */
+#define VHDX_MAX_LOG_BYTES (256 * MiB)
+/* The longest log entry read (an entry is read whole to check its CRC); longer ones are not valid here. */
+#define VHDX_MAX_LOG_ENTRY_BYTES (16 * MiB)
+/* Bytes of log entries checksummed while looking for the active sequence: overlapping entries cost more. */
+#define VHDX_LOG_SCAN_FACTOR 4
+/* Data sectors and zero ranges the replay overlay may hold. */
+#define VHDX_MAX_OVERLAY_BYTES (64 * MiB)
+#define VHDX_MAX_OVERLAY_RECORDS 65536
+#define VHDX_LOG_SECTOR 4096
+/* Sector-bitmap bytes one lookup looks at; callers loop for longer ranges. */
+#define VHDX_SCAN_BYTES 4096
+#define VHDX_MAX_LOCATOR_KEYS 256
+#define VHDX_GUID_STR 39 /* "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}" and a NUL */
+
+/* Header fields. */
+enum { HD_SIG = 0, HD_CRC = 4, HD_SEQ = 8, HD_FILE_WRITE = 16, HD_DATA_WRITE = 32, HD_LOG_GUID = 48,
+       HD_LOG_VERSION = 64, HD_VERSION = 66, HD_LOG_LENGTH = 68, HD_LOG_OFFSET = 72 };
+/* Log entry header and descriptor fields. */
+enum { LE_SIG = 0, LE_CRC = 4, LE_LENGTH = 8, LE_TAIL = 12, LE_SEQ = 16, LE_DESC_COUNT = 24, LE_LOG_GUID = 32,
+       LE_FLUSHED = 48, LE_LAST = 56, LE_HEADER_BYTES = 64 };
+enum { LD_SIG = 0, LD_TRAILING = 4, LD_LEADING = 8, LD_ZERO_LENGTH = 8, LD_FILE_OFF = 16, LD_SEQ = 24,
+       LD_BYTES = 32 };
+
+/* BAT entry states. */
+enum { PAYLOAD_NOT_PRESENT = 0, PAYLOAD_UNDEFINED = 1, PAYLOAD_ZERO = 2, PAYLOAD_UNMAPPED = 3,
+       PAYLOAD_BAD = 4, /* reserved by the format: this driver marks entries it cannot use with it */
+       PAYLOAD_UNMAPPED_V095 = 5, PAYLOAD_FULLY_PRESENT = 6, PAYLOAD_PARTIALLY_PRESENT = 7 };
+#define SB_PRESENT 6
+#define BAT_STATE(e) ((unsigned)((e) & 7))
+#define BAT_OFFSET(e) ((e) >> 20 << 20)
+
+/* GUIDs as stored (the first three fields little-endian). */
+typedef struct { uint8_t b[16]; } Guid;
+#define G(a, b, c, d0, d1, d2, d3, d4, d5, d6, d7) {{ (a) & 0xff, ((a) >> 8) & 0xff, ((a) >> 16) & 0xff, \
+    ((unsigned)(a) >> 24) & 0xff, (b) & 0xff, (b) >> 8, (c) & 0xff, (c) >> 8, d0, d1, d2, d3, d4, d5, d6, d7 }}
+extern const Guid GUID_BAT;
+extern const Guid GUID_METADATA;
+extern const Guid GUID_FILE_PARAMS;
+extern const Guid GUID_DISK_SIZE;
+extern const Guid GUID_PAGE83;
+extern const Guid GUID_LOGICAL_SECTOR;
+extern const Guid GUID_PHYSICAL_SECTOR;
+extern const Guid GUID_PARENT_LOCATOR;
+extern const Guid GUID_LOCATOR_VHDX;
+
+/* CRC-32C (Castagnoli) of buf with the 4 bytes at crc_at counted as zero (crc_at >= len: none). */
+uint32_t vhdx_crc(const uint8_t *buf, size_t len, size_t crc_at);
+bool vhdx_guid_eq(const uint8_t *a, const Guid *b);
+bool vhdx_guid_is_zero(const uint8_t *g);
+/* "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}", lower case, the first three fields little-endian. */
+void vhdx_format_guid(const uint8_t *g, char out[VHDX_GUID_STR]);
+
+#endif
