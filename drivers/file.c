@@ -434,7 +434,7 @@ static bool ofd_held_by_other(int fd, int64_t byte)
 
 static int lock_conflict(Error *err, const char *name, const char *why)
 {
-    error_set(err, EBUSY, "%s: image is in use by another process %s (QEMU lock); use --force-share to mount "
+    error_set(err, EBUSY, "%s: image is in use by another process %s (QEMU lock); use --force-share to open it "
               "read-only", name, why);
     return -EBUSY;
 }

@@ -32,7 +32,7 @@ wait_lock() {
   wait_lock img.qcow2 101
   run "$IMGFUSE" --foreground --rw img.qcow2 "$MNT"
   [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: img.qcow2: image is in use by another process for writing (QEMU lock); use --force-share to mount read-only" ]
+  [ "$output" = "imgfuse: img.qcow2: image is in use by another process for writing (QEMU lock); use --force-share to open it read-only" ]
   ! mountpoint -q "$MNT"
   run "$IMGFUSE" --foreground img.qcow2 "$MNT"
   [ "$status" -eq 2 ]
