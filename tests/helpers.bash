@@ -138,7 +138,8 @@ for s, t in ext:
 # PATTERN, and nothing mounted.
 refused_open() {
   local img=$1 pattern=$2; shift 2
-  run "$IMGFUSE" --foreground "$@" "$img" "$MNT"
+  # a bound, so that an image which mounts instead of being refused fails the test rather than hanging it
+  run timeout -k 5 120 "$IMGFUSE" --foreground "$@" "$img" "$MNT"
   echo "status $status: $output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
