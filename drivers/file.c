@@ -36,6 +36,7 @@ typedef struct FileState {
     int fd;
     bool is_blockdev;
     bool direct;
+    bool unsafe;         /* CACHE_UNSAFE: flush and FUA do not sync */
     bool can_punch;      /* accessed atomically: downgraded on EOPNOTSUPP */
     bool can_zero_range; /* idem */
     FileAio *aio;        /* AIO_CONTEXTS contexts with --aio=native, else NULL */
@@ -245,7 +246,7 @@ static int file_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *
     } else {
         r = file_sync_write(s, offset, bytes, buf);
     }
-    if (r == 0 && (flags & BDRV_REQ_FUA) && fdatasync(s->fd) < 0)
+    if (r == 0 && (flags & BDRV_REQ_FUA) && !s->unsafe && fdatasync(s->fd) < 0)
         r = -errno;
     return r;
 }
@@ -273,7 +274,7 @@ static int file_write_extents(BlockNode *bs, const BlockExtent *ext, int n, int 
         for (int i = 0; i < n && r == 0; i++)
             r = file_sync_write(s, ext[i].offset, ext[i].bytes, ext[i].buf);
     }
-    if (r == 0 && (flags & BDRV_REQ_FUA) && fdatasync(s->fd) < 0)
+    if (r == 0 && (flags & BDRV_REQ_FUA) && !s->unsafe && fdatasync(s->fd) < 0)
         r = -errno;
     return r;
 }
@@ -325,6 +326,8 @@ static int file_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int f
 static int file_flush(BlockNode *bs)
 {
     FileState *s = bs->opaque;
+    if (s->unsafe)
+        return 0;
     if (fdatasync(s->fd) < 0)
         return -errno;
     return 0;
@@ -551,6 +554,7 @@ static int file_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     }
     s->is_blockdev = S_ISBLK(st.st_mode);
     s->direct = want_direct;
+    s->unsafe = opts && opts->cache == CACHE_UNSAFE;
     s->can_punch = s->can_zero_range = !bs->read_only;
     if (s->direct)
         bs->request_alignment = discover_alignment(s);

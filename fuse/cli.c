@@ -223,6 +223,33 @@ static const CommandHelp command_help[] = {
       "  -F, --backing-format FMT format of BACKING (required with -b)\n"
       "  -h, --help               this help\n",
       "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
+    { "convert", "[OPTIONS] SOURCE... TARGET",
+      "Copies SOURCE (several: one after the other) into a new image TARGET of any writable format.",
+      "  -f, --format FMT         format of the sources (default: probed)\n"
+      "  -O, --output-format FMT  format of TARGET (default raw)\n"
+      "  -o, --options OPTS       creation options of TARGET (-o help with `imgfuse create -f FMT`)\n"
+      "  -B, --backing BACKING    TARGET gets this backing file; only the sources' top layers are copied\n"
+      "  -F, --backing-format FMT format of BACKING (required with -B)\n"
+      "  -c, --compress           write compressed clusters (qcow2), compressed by -m workers in parallel\n"
+      "  -n, --no-create          TARGET exists: write into it (as large as the sources at least)\n"
+      "      --target-is-zero     with -n: TARGET reads as zeros, zeros need not be written\n"
+      "  -S, --sparse-size SIZE   zero blocks of SIZE in the data are left unwritten (default 4k; 0: write all)\n"
+      "  -m, --parallel N         requests in flight, 1 to 16 (default 8)\n"
+      "  -t, --cache MODE         unsafe (default, as qemu-img: no sync at the end), writeback (synced), none\n"
+      "  -p, --progress           progress on standard error\n"
+      "  -q, --quiet              errors only\n"
+      "  -U, --force-share        read sources that another process holds open for writing\n"
+      "      --backing-dir DIR    look for the sources' backing files in DIR too\n"
+      "      --unsafe-backing     follow the sources' backing names without the safety policy\n"
+      "  -h, --help               this help\n",
+      "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
+    { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",
+      "Grows (or with --shrink shrinks) the virtual disk of IMAGE to SIZE, or by +SIZE / -SIZE.",
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "      --shrink             allow a smaller size (the data past the new end is lost)\n"
+      "  -q, --quiet              no \"Image resized.\" line\n"
+      "  -h, --help               this help\n",
+      "imgfuse resize disk.qcow2 +10G" },
     { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
       "  -l                       list the snapshots\n"
       "  -c NAME                  create snapshot NAME\n"

@@ -190,6 +190,26 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 
+/* ---------------------------------------------------------------- convert.c */
+
+int cmd_convert(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+
+/* ---------------------------------------------------------------- progress.c */
+
+typedef struct Progress {
+    bool on;                  /* -p, or standard error is a terminal; never with -q */
+    bool tty;                 /* redraw one line; else a line every few seconds */
+    const char *name;         /* the image, when several are hashed; else NULL */
+    const char *cmd;          /* the command the lines name: NULL = "hash" */
+    int64_t total;
+    uint64_t last_ns;
+} Progress;
+/* Shows progress (done of p->total bytes) if p->on, at most five times a second on a terminal. */
+void progress_show(Progress *p, int64_t done);
+/* "8.0 EiB", "1.5 GiB", "512 bytes": v rounded, in buf. */
+const char *approx_size(uint64_t v, char *buf, size_t len);
+
 /* ---------------------------------------------------------------- cli.c */
 
 struct option;

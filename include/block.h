@@ -42,7 +42,8 @@ extern int log_quiet_enabled; /* set by one-shot commands that report in one lin
 
 /* ---------------------------------------------------------------- options */
 
-enum CacheMode { CACHE_WRITEBACK = 0, CACHE_NONE = 1 };
+enum CacheMode { CACHE_WRITEBACK = 0, CACHE_NONE = 1,
+                 CACHE_UNSAFE = 2 /* flushes do not sync the file (convert's default, as qemu-img's) */ };
 enum AioMode { AIO_THREADS = 0, AIO_NATIVE = 1 };
 enum DiscardMode { DISCARD_IGNORE = 0, DISCARD_UNMAP = 1 };
 enum DetectZeroes { DETECT_ZEROES_OFF = 0, DETECT_ZEROES_ON = 1, DETECT_ZEROES_UNMAP = 2 };
@@ -268,6 +269,9 @@ struct BlockDriver {
     int (*read)(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
     int (*write)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
     int (*write_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+    /* One whole cluster at a cluster-aligned offset (or the start of the disk's last cluster, whose rest
+     * then reads as zeros), stored compressed when that saves space (`convert -c`); NULL: it cannot. */
+    int (*write_compressed)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
     int (*discard)(BlockNode *bs, int64_t offset, int64_t bytes);
     int (*flush)(BlockNode *bs);
 
@@ -419,6 +423,8 @@ int bdrv_file_size(BlockNode *file, int64_t *size, Error *err);
 typedef enum { BDRV_FIELD_LE32, BDRV_FIELD_LE64, BDRV_FIELD_BE32, BDRV_FIELD_BE64 } BlockFieldType;
 int bdrv_pwrite_field(BlockNode *file, int64_t offset, BlockFieldType type, uint64_t value, const char *event);
 int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+/* One cluster written compressed (the driver's write_compressed): -ENOTSUP if the format cannot. */
+int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int bdrv_flush(BlockNode *bs);              /* this node and everything below */
 int64_t bdrv_getlength(BlockNode *bs);

@@ -492,6 +492,18 @@ int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
     return r < 0 ? r : 0;
 }
 
+int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
+{
+    if (check_request(bs, offset, bytes) < 0)
+        return -EINVAL;
+    if (!bs->drv->write_compressed)
+        return -ENOTSUP;
+    uint64_t t0 = now_ns();
+    int r = bs->drv->write_compressed(bs, offset, bytes, buf);
+    stats_account(bs, STAT_WRITE, bytes, now_ns() - t0, r);
+    return r < 0 ? r : 0;
+}
+
 /* ---------------------------------------------------------------- write zeroes, discard */
 
 static int write_zero_buffers(BlockNode *bs, int64_t offset, int64_t bytes, int flags)

@@ -858,6 +858,7 @@ const BlockDriver bdrv_qcow2 = {
     .memory_used = qcow2_memory_used,
     .write = qcow2_write,
     .write_zeroes = qcow2_write_zeroes,
+    .write_compressed = qcow2_write_compressed,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .truncate = qcow2_truncate,

@@ -325,6 +325,8 @@ typedef struct Qcow2State {
     struct Qcow2AllocInFlight *allocs_in_flight; /* guest clusters whose new data is being written unlocked */
     pthread_cond_t alloc_done;     /* broadcast (with *lock) when an entry leaves allocs_in_flight */
     struct Qcow2MetaMap *meta;     /* where metadata lives in the file (overlap.c); writer only */
+    uint64_t compressed_next;      /* host offset where the next compressed cluster may go inside the host
+                                    * cluster the last one used (0: start a new host cluster) */
 } Qcow2State;
 
 /* ---------------------------------------------------------------- L2 entries in a table */
@@ -494,6 +496,7 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err);
 void qcow2_write_close(BlockNode *bs);
 int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
 int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int qcow2_truncate(BlockNode *bs, int64_t size);
 int qcow2_flush(BlockNode *bs);

@@ -356,6 +356,8 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t bytes, int ad
 {
     if (bytes == 0)
         return 0;
+    if (addend < 0) /* the host cluster compressed writes were filling may be this one, free from now */
+        s->compressed_next = 0;
     uint64_t first = offset >> s->cluster_bits, last = (offset + bytes - 1) >> s->cluster_bits;
     for (uint64_t ci = first; ci <= last; ci++) {
         uint64_t rt = ci >> s->refcount_block_bits, boff;

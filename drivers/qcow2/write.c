@@ -623,6 +623,99 @@ int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
     return ret;
 }
 
+/* ---------------------------------------------------------------- compressed clusters */
+
+/* Under *s->lock: host bytes for a compressed cluster of len bytes (< one cluster), on a 512-byte
+ * boundary. Several share one host cluster: each use adds one to its refcount (the first use is the
+ * allocation itself), so freeing any of them (qcow2_free_compressed_deferred) takes back exactly one. */
+static int qcow2_alloc_compressed(Qcow2State *s, uint64_t len, uint64_t *host)
+{
+    uint64_t next = s->compressed_next;
+    uint64_t room = next ? s->cluster_size - (next & s->cluster_mask) : 0;
+    int ret;
+    if (next && room >= len) {
+        ret = qcow2_update_refcount(s, next & ~s->cluster_mask, s->cluster_size, 1);
+    } else {
+        ret = qcow2_alloc_clusters(s, 1, &next);
+    }
+    if (ret < 0)
+        return ret;
+    *host = next;
+    uint64_t end = next + ((len + QCOW2_COMPRESSED_SECTOR - 1) & ~(uint64_t)(QCOW2_COMPRESSED_SECTOR - 1));
+    s->compressed_next = (end & s->cluster_mask) ? end : 0;
+    return 0;
+}
+
+/* Under *s->lock: the compressed bytes (len) written at a new host place and the guest cluster at offset
+ * pointed at them, its old contents freed. */
+static int qcow2_store_compressed(Qcow2State *s, uint64_t offset, const uint8_t *data, uint64_t len)
+{
+    uint64_t host;
+    int ret = qcow2_alloc_compressed(s, len, &host);
+    if (ret == 0)
+        ret = qcow2_check_data_target(s, host, len);
+    if (ret == 0)
+        ret = bdrv_pwrite(s->data_file, (int64_t)host, (int64_t)len, data, 0);
+    if (ret < 0) {
+        s->compressed_next = 0;
+        return ret;
+    }
+    void *t;
+    uint32_t idx;
+    if ((ret = qcow2_l2_slot_for_write(s, offset, &t, &idx)) < 0)
+        return ret;
+    uint64_t old = qcow2_l2_entry(s, t, idx);
+    uint64_t sectors = (len + (host & (QCOW2_COMPRESSED_SECTOR - 1)) + QCOW2_COMPRESSED_SECTOR - 1) /
+                       QCOW2_COMPRESSED_SECTOR;
+    qcow2_l2_set(s, t, idx, host | QCOW2_OFLAG_COMPRESSED | ((sectors - 1) << s->csize_shift), 0);
+    qcow2_cache_mark_dirty(s->l2_cache, t);
+    qcow2_cache_put(s->l2_cache, &t);
+    if (old & QCOW2_OFLAG_COMPRESSED)
+        return qcow2_free_compressed_deferred(s, old);
+    if (old & QCOW2_L2E_OFFSET_MASK)
+        return qcow2_free_deferred(s, old & QCOW2_L2E_OFFSET_MASK, s->cluster_size);
+    return 0;
+}
+
+int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable_range(s, offset, bytes);
+    if (ret < 0)
+        return ret;
+    /* a whole cluster, or the last one of the disk (its rest then reads as zeros) */
+    if (((uint64_t)offset & s->cluster_mask) || bytes <= 0 || (uint64_t)bytes > s->cluster_size ||
+        ((uint64_t)bytes < s->cluster_size && (uint64_t)offset + s->cluster_size < s->size))
+        return -EINVAL;
+    /* a short last cluster is compressed as a whole one ending in zeros */
+    uint8_t *in = malloc(s->cluster_size), *out = malloc(s->cluster_size);
+    int64_t clen = -ENOMEM;
+    if (in && out) {
+        memcpy(in, buf, (size_t)bytes);
+        memset(in + bytes, 0, s->cluster_size - (uint64_t)bytes);
+        clen = qcow2_compress(s->compression_type, in, s->cluster_size, out, s->cluster_size - 1);
+    }
+    if (clen == -ENOSPC) { /* it does not get smaller: stored as it is */
+        free(in);
+        free(out);
+        return qcow2_write(bs, offset, bytes, buf, 0);
+    }
+    if (clen >= 0) {
+        pthread_rwlock_rdlock(&s->io_lock);
+        pthread_mutex_lock(s->lock);
+        while (qcow2_alloc_busy(s, (uint64_t)offset, (uint64_t)offset + s->cluster_size))
+            pthread_cond_wait(&s->alloc_done, s->lock);
+        ret = qcow2_store_compressed(s, (uint64_t)offset, out, (uint64_t)clen);
+        pthread_mutex_unlock(s->lock);
+        pthread_rwlock_unlock(&s->io_lock);
+    } else {
+        ret = (int)clen;
+    }
+    free(in);
+    free(out);
+    return ret;
+}
+
 /* ---------------------------------------------------------------- zeroes and discard */
 
 /* Turn the subclusters of mask of one cluster into zeros (zero_flag) or deallocate them (to backing),
@@ -778,6 +871,20 @@ int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 
 /* ---------------------------------------------------------------- truncate */
 
+/* Under *s->lock: every cluster from the cluster-aligned guest offset from to the end of the disk
+ * deallocated (shrinking: they are about to fall off the end). */
+static int qcow2_free_tail_locked(Qcow2State *s, uint64_t from)
+{
+    int ret = 0;
+    for (uint64_t pos = from; ret == 0 && pos < s->size; pos += s->cluster_size) {
+        bool empty;
+        ret = qcow2_cluster_is_empty(s, pos, &empty);
+        if (ret == 0 && !empty)
+            ret = qcow2_zero_cluster(s, pos, all_sc(s), true, false);
+    }
+    return ret;
+}
+
 static int qcow2_tail_is_unallocated(Qcow2State *s, uint64_t from, uint64_t to, bool *unallocated)
 {
     *unallocated = true;
@@ -878,12 +985,19 @@ int qcow2_truncate(BlockNode *bs, int64_t size)
     if (size < 0 || (uint64_t)size > QCOW2_MAX_VIRTUAL_SIZE)
         return -EINVAL;
     pthread_rwlock_wrlock(&s->io_lock);
+    uint64_t cut = (uint64_t)align_up(size, s->cluster_size); /* first whole cluster past the new end */
+    if ((uint64_t)size < s->size && cut != (uint64_t)size) /* the kept cluster's tail reads as zeros if regrown */
+        ret = qcow2_write_held(bs, s, (uint64_t)size, MIN(cut, s->size) - (uint64_t)size, NULL);
     pthread_mutex_lock(s->lock);
     uint64_t old_size = s->size;
     uint64_t need = qcow2_size_to_l1(s, (uint64_t)size);
-    if ((uint64_t)size < s->size) {
+    if (ret < 0) {
+        /* nothing changed */
+    } else if ((uint64_t)size < s->size) {
         bool unallocated;
-        ret = qcow2_tail_is_unallocated(s, (uint64_t)size, s->size, &unallocated);
+        ret = qcow2_free_tail_locked(s, cut);
+        if (ret == 0)
+            ret = qcow2_tail_is_unallocated(s, cut, s->size, &unallocated);
         if (ret == 0 && !unallocated) {
             log_msg("%s: cannot shrink to %" PRId64 " bytes: data is allocated beyond that size", s->node_name, size);
             ret = -ENOTSUP;
