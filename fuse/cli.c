@@ -250,6 +250,33 @@ static const CommandHelp command_help[] = {
       "  -q, --quiet              no \"Image resized.\" line\n"
       "  -h, --help               this help\n",
       "imgfuse resize disk.qcow2 +10G" },
+    { "commit", "[-p|-q] [-f FMT] [-b BASE] [-d] IMAGE",
+      "Copies what IMAGE (and the layers above BASE) hold into BASE, then empties IMAGE (as qemu-img commit).",
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "  -b, --base BASE          the backing file to commit into (default: IMAGE's own); implies -d\n"
+      "  -d, --drop               leave IMAGE as it is (not emptied)\n"
+      "  -p, --progress           progress on standard error\n"
+      "  -q, --quiet              no \"Image committed.\" line\n"
+      "  -h, --help               this help\n",
+      "imgfuse commit -p top.qcow2" },
+    { "stream", "[-p|-q] [-f FMT] [-b BASE] IMAGE",
+      "Copies what the backing chain holds above BASE into IMAGE, which then names BASE (or nothing).",
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "  -b, --base BASE          keep BASE (and below) as the backing file (default: flatten)\n"
+      "  -p, --progress           progress on standard error\n"
+      "  -q, --quiet              errors only\n"
+      "  -h, --help               this help\n",
+      "imgfuse stream -b base.qcow2 top.qcow2" },
+    { "rebase", "[-u] [-p|-q] [-f FMT] -b NEW [-F FMT] IMAGE",
+      "Makes NEW the backing file of IMAGE, copying in first what differs so the disk reads the same.",
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "  -b, --backing NEW        the new backing file, relative to IMAGE's directory (\"\": none)\n"
+      "  -F, --backing-format FMT format of NEW (required with a NEW)\n"
+      "  -u, --unsafe             only rewrite the name (the old backing file is not read)\n"
+      "  -p, --progress           progress on standard error\n"
+      "  -q, --quiet              errors only\n"
+      "  -h, --help               this help\n",
+      "imgfuse rebase -b new-base.qcow2 -F qcow2 top.qcow2" },
     { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
       "  -l                       list the snapshots\n"
       "  -c NAME                  create snapshot NAME\n"

@@ -195,6 +195,12 @@ int cmd_verify(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
 
+/* ---------------------------------------------------------------- jobs.c */
+
+int cmd_commit(int argc, char **argv);
+int cmd_stream(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+
 /* ---------------------------------------------------------------- progress.c */
 
 typedef struct Progress {

@@ -273,6 +273,11 @@ struct BlockDriver {
      * then reads as zeros), stored compressed when that saves space (`convert -c`); NULL: it cannot. */
     int (*write_compressed)(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
     int (*discard)(BlockNode *bs, int64_t offset, int64_t bytes);
+    /* Records name (NULL: no backing file) and its format as the image's backing file, in the image
+     * (rebase, stream); the node's open chain is not changed. NULL: the format cannot. */
+    int (*change_backing_file)(BlockNode *bs, const char *name, const char *format);
+    /* Deallocates everything this layer holds: it reads as its backing file again (commit). */
+    int (*make_empty)(BlockNode *bs);
     int (*flush)(BlockNode *bs);
 
     /* What [offset, offset+bytes) of this layer is; st->bytes may be shorter than asked. */
@@ -423,6 +428,10 @@ int bdrv_file_size(BlockNode *file, int64_t *size, Error *err);
 typedef enum { BDRV_FIELD_LE32, BDRV_FIELD_LE64, BDRV_FIELD_BE32, BDRV_FIELD_BE64 } BlockFieldType;
 int bdrv_pwrite_field(BlockNode *file, int64_t offset, BlockFieldType type, uint64_t value, const char *event);
 int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+/* The image's recorded backing file and its emptying (the drivers' change_backing_file and make_empty):
+ * -ENOTSUP if the format cannot. */
+int bdrv_change_backing_file(BlockNode *bs, const char *name, const char *format);
+int bdrv_make_empty(BlockNode *bs);
 /* One cluster written compressed (the driver's write_compressed): -ENOTSUP if the format cannot. */
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);

@@ -492,6 +492,24 @@ int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
     return r < 0 ? r : 0;
 }
 
+int bdrv_change_backing_file(BlockNode *bs, const char *name, const char *format)
+{
+    if (!bs->drv->change_backing_file)
+        return -ENOTSUP;
+    if (bs->read_only)
+        return -EROFS;
+    return bs->drv->change_backing_file(bs, name, format);
+}
+
+int bdrv_make_empty(BlockNode *bs)
+{
+    if (!bs->drv->make_empty)
+        return -ENOTSUP;
+    if (bs->read_only)
+        return -EROFS;
+    return bs->drv->make_empty(bs);
+}
+
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
 {
     if (check_request(bs, offset, bytes) < 0)

@@ -497,6 +497,8 @@ void qcow2_write_close(BlockNode *bs);
 int qcow2_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int qcow2_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
 int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
+int qcow2_change_backing_file(BlockNode *bs, const char *name, const char *format);
+int qcow2_make_empty(BlockNode *bs);
 int qcow2_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 int qcow2_truncate(BlockNode *bs, int64_t size);
 int qcow2_flush(BlockNode *bs);

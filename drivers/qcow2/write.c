@@ -19,6 +19,8 @@
 #include "qcow2.h"
 #include "util.h"
 
+static int qcow2_free_tail_locked(Qcow2State *s, uint64_t from);
+
 /* ---------------------------------------------------------------- subcluster masks */
 
 static uint32_t sc_mask(unsigned first, unsigned last)
@@ -713,6 +715,117 @@ int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const v
     }
     free(in);
     free(out);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- backing file name, emptying */
+
+/* The header extensions of the header cluster hdr (len bytes) other than the backing format, copied to
+ * out; returns the bytes copied, or -EINVAL if they are malformed. */
+static int64_t qcow2_kept_extensions(const Qcow2State *s, const uint8_t *hdr, uint64_t len, uint8_t *out)
+{
+    uint64_t pos = s->header_length, end = len, n = 0;
+    if (s->backing_file_offset > s->header_length && s->backing_file_offset < end)
+        end = s->backing_file_offset;
+    while (pos + 8 <= end) {
+        uint32_t type = ld_be32(hdr + pos), elen = ld_be32(hdr + pos + 4);
+        if (type == QCOW2_EXT_END)
+            return (int64_t)n;
+        uint64_t whole = 8 + (uint64_t)align_up(elen, 8);
+        if (whole > end - pos)
+            return -EINVAL;
+        if (type != QCOW2_EXT_BACKING_FORMAT) {
+            memcpy(out + n, hdr + pos, whole);
+            n += whole;
+        }
+        pos += whole;
+    }
+    return (int64_t)n;
+}
+
+/* Rewrites the header cluster: the fixed header, the other extensions as they were, a backing-format
+ * extension for format, the end marker and name (none when name is NULL). */
+static int qcow2_rewrite_backing(Qcow2State *s, const char *name, const char *format)
+{
+    size_t name_len = name ? strlen(name) : 0, fmt_len = name && format ? strlen(format) : 0;
+    if (name_len > QCOW2_MAX_BACKING_NAME)
+        return -ENAMETOOLONG;
+    uint8_t *hdr = malloc(s->cluster_size), *out = calloc(1, s->cluster_size);
+    int ret = hdr && out ? 0 : -ENOMEM;
+    if (ret == 0)
+        ret = bdrv_pread(s->meta_file, 0, (int64_t)s->cluster_size, hdr);
+    int64_t kept = ret < 0 ? ret : qcow2_kept_extensions(s, hdr, s->cluster_size, out + s->header_length);
+    uint64_t pos = kept < 0 ? 0 : s->header_length + (uint64_t)kept;
+    if (kept < 0)
+        ret = (int)kept;
+    else if (pos + 8 + align_up((int64_t)fmt_len, 8) + 8 + name_len > s->cluster_size)
+        ret = -ENOSPC; /* the name does not fit in the header cluster */
+    if (ret == 0) {
+        memcpy(out, hdr, s->header_length);
+        if (fmt_len) {
+            st_be32(out + pos, QCOW2_EXT_BACKING_FORMAT);
+            st_be32(out + pos + 4, (uint32_t)fmt_len);
+            memcpy(out + pos + 8, format, fmt_len);
+            pos += 8 + (uint64_t)align_up((int64_t)fmt_len, 8);
+        }
+        pos += 8; /* QCOW2_EXT_END: zeros */
+        char *new_name = name ? strdup(name) : NULL, *new_fmt = fmt_len ? strdup(format) : NULL;
+        if ((name && !new_name) || (fmt_len && !new_fmt)) {
+            free(new_name);
+            free(new_fmt);
+            ret = -ENOMEM;
+        } else {
+            memcpy(out + pos, name, name_len);
+            s->backing_file_offset = name ? pos : 0;
+            s->backing_file_size = (uint32_t)name_len;
+            free(s->backing_file);
+            free(s->backing_format);
+            s->backing_file = new_name;
+            s->backing_format = new_fmt;
+            uint8_t fixed[QCOW2_V3_MIN_HEADER_LEN];
+            qcow2_header_serialize(s, fixed);
+            memcpy(out, fixed, MIN(sizeof fixed, (size_t)s->header_length));
+            ret = bdrv_flush(s->meta_file);
+            if (ret == 0)
+                ret = qcow2_write_header_bytes(s, 0, (uint32_t)(pos + name_len), out);
+            if (ret == 0)
+                ret = bdrv_flush(s->meta_file);
+        }
+    }
+    free(hdr);
+    free(out);
+    return ret;
+}
+
+int qcow2_change_backing_file(BlockNode *bs, const char *name, const char *format)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    pthread_rwlock_wrlock(&s->io_lock);
+    pthread_mutex_lock(s->lock);
+    ret = qcow2_flush_metadata_locked(s);
+    if (ret == 0)
+        ret = qcow2_rewrite_backing(s, name, format);
+    pthread_mutex_unlock(s->lock);
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+int qcow2_make_empty(BlockNode *bs)
+{
+    Qcow2State *s = bs->opaque;
+    int ret = qcow2_writable(s);
+    if (ret < 0)
+        return ret;
+    pthread_rwlock_wrlock(&s->io_lock);
+    pthread_mutex_lock(s->lock);
+    ret = qcow2_free_tail_locked(s, 0);
+    if (ret == 0)
+        ret = qcow2_flush_metadata_locked(s);
+    pthread_mutex_unlock(s->lock);
+    pthread_rwlock_unlock(&s->io_lock);
     return ret;
 }
 
