@@ -165,10 +165,10 @@ int vhdx_create_check(VhdxCreateSpec *sp, const char *filename, Error *err)
     }
     uint64_t n = bat_entries(sp);
     if (n > VHDX_MAX_BAT_ENTRIES) {
-        error_set(err, EFBIG, "%s: %" PRIu64 " blocks of %" PRIu32 " bytes need %" PRIu64 " BAT entries, more than the "
+        error_set(err, EINVAL, "%s: %" PRIu64 " blocks of %" PRIu32 " bytes need %" PRIu64 " BAT entries, more than the "
                   "%u imgfuse reads; use a larger block_size", filename, data_blocks(sp), sp->block_size, n,
                   VHDX_MAX_BAT_ENTRIES);
-        return -EFBIG;
+        return -EINVAL;
     }
     return 0;
 }
