@@ -245,5 +245,14 @@ refused_create() {
   refused_create "$p a differencing image (-b) cannot be subformat=fixed" -f vhdx -o subformat=fixed -b p.vhdx x.vhdx
   refused_create "$p block_state_zero=on is for dynamic images only (a fixed image's blocks are present, a differencing image's are its parent's)" \
     -f vhdx -o block_state_zero=on -b p.vhdx x.vhdx
+  cp p.vhdx $'p\xff.vhdx'
+  refused_create "$p the parent's name is not valid UTF-8 or too long for the parent locator" \
+    -f vhdx -b $'p\xff.vhdx' x.vhdx
   "$IMGFUSE" create -f vhdx -o help | grep -q "^  log_size=SIZE "
+  # an image named as its own parent is left as it was
+  cp p.vhdx keep.vhdx
+  run "$IMGFUSE" create -f vhdx -b p.vhdx p.vhdx
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: p.vhdx: the parent (-b) is the image itself" ]
+  cmp p.vhdx keep.vhdx
 }

@@ -138,41 +138,6 @@ static uint64_t bat_entries(const VhdxCreateSpec *sp)
     return n ? n + (n - 1) / cr : 0;
 }
 
-int vhdx_create_check(VhdxCreateSpec *sp, const char *filename, Error *err)
-{
-    if (!sp->logical_sector)
-        sp->logical_sector = 512;
-    if (!sp->physical_sector)
-        sp->physical_sector = 512;
-    if (!sp->log_size)
-        sp->log_size = VHDX_ALIGN;
-    if (!sp->block_size)
-        sp->block_size = default_block_size(sp->size);
-    const char *bad = NULL;
-    if (sp->parent_linkage && sp->fixed)
-        bad = "a differencing image (-b) cannot be subformat=fixed";
-    else if (sp->block_state_zero && (sp->fixed || sp->parent_linkage))
-        bad = "block_state_zero=on is for dynamic images only (a fixed image's blocks are present, a differencing "
-              "image's are its parent's)";
-    if (bad) {
-        error_set(err, EINVAL, "%s: %s", filename, bad);
-        return -EINVAL;
-    }
-    if (!sp->size || sp->size > (uint64_t)VHDX_MAX_SIZE || sp->size % sp->logical_sector) {
-        error_set(err, EINVAL, "%s: the size must be a multiple of %" PRIu32 " bytes from %" PRIu32 " bytes to 64 TiB, "
-                  "not %" PRIu64, filename, sp->logical_sector, sp->logical_sector, sp->size);
-        return -EINVAL;
-    }
-    uint64_t n = bat_entries(sp);
-    if (n > VHDX_MAX_BAT_ENTRIES) {
-        error_set(err, EINVAL, "%s: %" PRIu64 " blocks of %" PRIu32 " bytes need %" PRIu64 " BAT entries, more than the "
-                  "%u imgfuse reads; use a larger block_size", filename, data_blocks(sp), sp->block_size, n,
-                  VHDX_MAX_BAT_ENTRIES);
-        return -EINVAL;
-    }
-    return 0;
-}
-
 static int new_guid(uint8_t g[16])
 {
     size_t got = 0;
@@ -254,6 +219,52 @@ static long build_locator(const VhdxCreateSpec *sp, uint8_t *out, size_t cap)
         e += 12;
     }
     return (long)pos;
+}
+
+/* Defaults (qemu-img's) and limits, before anything is written. */
+int vhdx_create_check(VhdxCreateSpec *sp, const char *filename, Error *err)
+{
+    if (!sp->logical_sector)
+        sp->logical_sector = 512;
+    if (!sp->physical_sector)
+        sp->physical_sector = 512;
+    if (!sp->log_size)
+        sp->log_size = VHDX_ALIGN;
+    if (!sp->block_size)
+        sp->block_size = default_block_size(sp->size);
+    const char *bad = NULL;
+    if (sp->parent_linkage && sp->fixed)
+        bad = "a differencing image (-b) cannot be subformat=fixed";
+    else if (sp->block_state_zero && (sp->fixed || sp->parent_linkage))
+        bad = "block_state_zero=on is for dynamic images only (a fixed image's blocks are present, a differencing "
+              "image's are its parent's)";
+    if (bad) {
+        error_set(err, EINVAL, "%s: %s", filename, bad);
+        return -EINVAL;
+    }
+    if (!sp->size || sp->size > (uint64_t)VHDX_MAX_SIZE || sp->size % sp->logical_sector) {
+        error_set(err, EINVAL, "%s: the size must be a multiple of %" PRIu32 " bytes from %" PRIu32 " bytes to 64 TiB, "
+                  "not %" PRIu64, filename, sp->logical_sector, sp->logical_sector, sp->size);
+        return -EINVAL;
+    }
+    uint8_t *loc = sp->parent_linkage ? malloc(MD_WRITTEN - LOCATOR_OFF) : NULL;
+    if (sp->parent_linkage && !loc)
+        return -ENOMEM;
+    long loc_len = loc ? build_locator(sp, loc, MD_WRITTEN - LOCATOR_OFF) : 0;
+    free(loc);
+    if (loc_len < 0) { /* before the file is made */
+        error_set(err, EINVAL, "%s: the parent's name is not valid UTF-8 or too long for the parent locator",
+                  filename);
+        return -EINVAL;
+    }
+    uint64_t n = bat_entries(sp);
+    if (n > VHDX_MAX_BAT_ENTRIES) {
+        error_set(err, EINVAL, "%s: %" PRIu64 " blocks of %" PRIu32 " bytes need %" PRIu64 " BAT entries, more than the "
+                  "%u imgfuse reads; use a larger block_size", filename, data_blocks(sp), sp->block_size, n,
+                  VHDX_MAX_BAT_ENTRIES);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 /* The metadata region's first bytes (table and items) into md (MD_WRITTEN bytes, zeroed); -EINVAL when
@@ -493,6 +504,11 @@ static int parent_paths(const char *filename, const char *parent_path, ParentFac
     if (!realpath(parent_path, real_parent) || !realpath(dir, real_dir)) {
         error_set(err, errno, "%s: cannot resolve the parent's path %s: %s", filename, parent_path, strerror(errno));
         return -errno;
+    }
+    char real_child[PATH_MAX];
+    if (realpath(filename, real_child) && strcmp(real_child, real_parent) == 0) {
+        error_set(err, EINVAL, "%s: the parent (-b) is the image itself", filename);
+        return -EINVAL;
     }
     int bad = relative_from(real_dir, real_parent, rel, sizeof(rel));
     if (!bad)

@@ -174,8 +174,8 @@ static void test_differencing(void)
     bdrv_close(bs);
 
     sp.relative_path = "bad\xff";
-    ok(create(&sp, &err) == -EINVAL && strcmp(err.msg, "the parent's name is not valid UTF-8 or too long for the "
-                                                 "parent locator") == 0, "a name not in UTF-8: %s", err.msg);
+    ok(create(&sp, &err) == -EINVAL && strcmp(err.msg, "t.vhdx: the parent's name is not valid UTF-8 or too long "
+                                                 "for the parent locator") == 0, "a name not in UTF-8: %s", err.msg);
 }
 
 static void test_default_block_size(void)
