@@ -220,7 +220,7 @@ static const CommandHelp command_help[] = {
       "  -f, --format FMT         format of the new image\n"
       "  -o, --options OPTS       creation options KEY=VALUE,... (-o help lists those of FMT)\n"
       "  -b, --backing BACKING    backing file recorded in the image\n"
-      "  -F, --backing-format FMT format of BACKING (required with -b)\n"
+      "  -F, --backing-format FMT format of BACKING (required with -b; vhdx: always vhdx)\n"
       "  -h, --help               this help\n",
       "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
     { "convert", "[OPTIONS] SOURCE... TARGET",

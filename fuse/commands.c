@@ -356,8 +356,9 @@ int cmd_create(int argc, char **argv)
         errmsg("-F", "needs -b BACKING");
         return EXIT_USAGE;
     }
-    if (co.backing && !co.backing_format) {
-        /* as qemu-img since 6.1: a probed backing format is how raw data gets read as an image */
+    if (co.backing && !co.backing_format && strcmp(fmt, "vhdx") != 0) {
+        /* as qemu-img since 6.1: a probed backing format is how raw data gets read as an image (a VHDX's
+         * parent is a VHDX by definition: its create opens nothing else) */
         errmsg(file, "backing file specified without backing format; add -F FMT");
         return EXIT_USAGE;
     }

@@ -1117,4 +1117,6 @@ const BlockDriver bdrv_vhdx = {
     .get_facts = vhdx_get_facts,
     .memory_used = vhdx_memory_used,
     .has_zero_init = vhdx_has_zero_init,
+    .create = vhdx_create,
+    .create_options = vhdx_create_options,
 };

@@ -85,4 +85,24 @@ bool vhdx_guid_is_zero(const uint8_t *g);
 /* "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}", lower case, the first three fields little-endian. */
 void vhdx_format_guid(const uint8_t *g, char out[VHDX_GUID_STR]);
 
+
+/* ---------------------------------------------------------------- create.c: new images */
+
+/* What a new image is: validated and defaulted by vhdx_create_check (0: qemu-img's default). */
+typedef struct VhdxCreateSpec {
+    uint64_t size;
+    uint32_t block_size, log_size;
+    uint32_t logical_sector, physical_sector;
+    bool fixed, block_state_zero;
+    /* a differencing image: its parent's DataWriteGuid ("{...}") and locator paths (Win32 form); NULL: none */
+    const char *parent_linkage, *relative_path, *absolute_win32_path;
+} VhdxCreateSpec;
+
+extern const BlockOptionSpec vhdx_create_options[];
+int vhdx_create(const char *filename, const CreateOpts *opts, Error *err);
+/* Defaults and limits; a one-line reason naming filename in err. */
+int vhdx_create_check(VhdxCreateSpec *spec, const char *filename, Error *err);
+/* Writes the image spec (checked) onto file, an empty writable node (a file or a memory node). */
+int vhdx_create_on(BlockNode *file, const VhdxCreateSpec *spec, Error *err);
+
 #endif
