@@ -775,7 +775,8 @@ static int qcow2_rewrite_backing(Qcow2State *s, const char *name, const char *fo
             free(new_fmt);
             ret = -ENOMEM;
         } else {
-            memcpy(out + pos, name, name_len);
+            if (name_len)
+                memcpy(out + pos, name, name_len);
             s->backing_file_offset = name ? pos : 0;
             s->backing_file_size = (uint32_t)name_len;
             free(s->backing_file);
