@@ -900,6 +900,150 @@ static int qed_flush(BlockNode *bs)
     return ret;
 }
 
+/* ---------------------------------------------------------------- create */
+
+#define QED_DEFAULT_CLUSTER (64 * KiB)
+#define QED_DEFAULT_TABLE   4
+
+static const BlockOptionSpec qed_create_options[] = {
+    { "cluster_size", BDRV_OPT_SIZE, 0, "cluster size, a power of two from 4K to 64M (default 64K)" },
+    { "table_size", BDRV_OPT_INT, 0, "L1 and L2 table size in clusters, a power of two from 1 to 16 (default 4)" },
+    { "backing_file", BDRV_OPT_STRING, 0, "name of the backing file (= -b)" },
+    { "backing_fmt", BDRV_OPT_STRING, 0, "its format (= -F); raw is recorded as not to be probed" },
+    { NULL, 0, 0, NULL },
+};
+
+typedef struct QedCreate {
+    uint64_t cluster_size, table_size;
+    char *backing, *fmt;
+    const char *filename;
+    Error *err;
+} QedCreate;
+
+static int qed_create_bad(QedCreate *c, const char *key, const char *value, const char *want)
+{
+    error_set(c->err, EINVAL, "%s: qed creation option '%s' must be %s, not '%s'", c->filename, key, want, value);
+    return -EINVAL;
+}
+
+static int qed_create_option(const char *key, const char *value, void *opaque)
+{
+    QedCreate *c = opaque;
+    bool known = !strcmp(key, "cluster_size") || !strcmp(key, "table_size") || !strcmp(key, "backing_file") ||
+                 !strcmp(key, "backing_fmt");
+    if (!known || !value) {
+        error_set(c->err, EINVAL, "%s: %s qed creation option '%s'", c->filename, known ? "no value for the" : "unknown",
+                  key);
+        return -EINVAL;
+    }
+    if (!strcmp(key, "cluster_size")) {
+        int64_t v = parse_size(value);
+        if (v < QED_MIN_CLUSTER || v > QED_MAX_CLUSTER || !is_pow2((uint64_t)v))
+            return qed_create_bad(c, key, value, "a power of two from 4K to 64M");
+        c->cluster_size = (uint64_t)v;
+        return 0;
+    }
+    if (!strcmp(key, "table_size")) {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < 1 || v > QED_MAX_TABLE || !is_pow2((uint64_t)v))
+            return qed_create_bad(c, key, value, "a power of two from 1 to 16");
+        c->table_size = (uint64_t)v;
+        return 0;
+    }
+    char **dst = !strcmp(key, "backing_file") ? &c->backing : &c->fmt;
+    free(*dst);
+    return (*dst = strdup(value)) ? 0 : -ENOMEM;
+}
+
+/* The header cluster (header, then the backing file name at byte 64), *len bytes; the L1 table follows
+ * it, all zeros. NULL: no memory. */
+static uint8_t *qed_new_header(const QedCreate *c, uint64_t size, const char *backing, const char *fmt)
+{
+    uint8_t *h = calloc(1, QED_HEADER_BYTES + QED_MAX_BACKING_NAME);
+    if (!h)
+        return NULL;
+    size_t name_len = backing ? strlen(backing) : 0;
+    uint64_t features = name_len ? QED_F_BACKING_FILE : 0;
+    if (name_len && fmt && !strcmp(fmt, "raw"))
+        features |= QED_F_BACKING_FORMAT_NO_PROBE;
+    st_le32(h + QED_OFF_MAGIC, QED_MAGIC);
+    st_le32(h + QED_OFF_CLUSTER_SIZE, (uint32_t)c->cluster_size);
+    st_le32(h + QED_OFF_TABLE_SIZE, (uint32_t)c->table_size);
+    st_le32(h + QED_OFF_HEADER_SIZE, 1);
+    st_le64(h + QED_OFF_FEATURES, features);
+    st_le64(h + QED_OFF_L1_OFFSET, c->cluster_size);
+    st_le64(h + QED_OFF_IMAGE_SIZE, size);
+    st_le32(h + QED_OFF_BACKING_OFFSET, name_len ? QED_HEADER_BYTES : 0);
+    st_le32(h + QED_OFF_BACKING_SIZE, (uint32_t)name_len);
+    memcpy(h + QED_HEADER_BYTES, backing ? backing : "", name_len);
+    return h;
+}
+
+/* The largest disk the tables address (capped as open caps it). */
+static uint64_t qed_create_max_size(const QedCreate *c)
+{
+    uint64_t entries = c->table_size * c->cluster_size / 8, max;
+    if (!mul_ok_u64(entries * c->cluster_size, entries, &max))
+        max = UINT64_MAX;
+    return MIN(max, (uint64_t)QED_MAX_IMAGE_SIZE);
+}
+
+static int qed_create_check(QedCreate *c, int64_t req, const char *name, const char *fmt)
+{
+    uint64_t max = qed_create_max_size(c);
+    if (req < 0 || (uint64_t)align_up(req, 512) > max) {
+        error_set(c->err, EINVAL, "%s: invalid virtual size for qed with these tables (0 to %" PRIu64 " bytes)",
+                  c->filename, max);
+        return -EINVAL;
+    }
+    if (name && strlen(name) > QED_MAX_BACKING_NAME) {
+        error_set(c->err, ENAMETOOLONG, "%s: backing file name longer than %d bytes", c->filename,
+                  QED_MAX_BACKING_NAME);
+        return -ENAMETOOLONG;
+    }
+    if (fmt && !bdrv_find_driver(fmt)) {
+        error_set(c->err, EINVAL, "%s: unknown backing format '%s'", c->filename, fmt);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* As qemu-img lays it out: one header cluster, the L1 table in the next table_size clusters. The new
+ * file is grown over the table (a hole, all zeros), never held in memory or written whole: 16 tables of
+ * 64 MiB clusters would be 1 GiB. */
+static int qed_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    QedCreate c = { .cluster_size = QED_DEFAULT_CLUSTER, .table_size = QED_DEFAULT_TABLE, .filename = filename,
+                    .err = err };
+    int ret = bdrv_create_opts_each(opts->options, qed_create_option, &c);
+    const char *name = opts->backing && opts->backing[0] ? opts->backing : c.backing;
+    const char *fmt = opts->backing_format ? opts->backing_format : c.fmt;
+    if (name && !name[0])
+        name = NULL;
+    if (ret == 0)
+        ret = qed_create_check(&c, opts->size, name, fmt);
+    uint8_t *h = ret == 0 ? qed_new_header(&c, (uint64_t)align_up(opts->size, 512), name, fmt) : NULL;
+    if (ret == 0 && !h)
+        ret = -ENOMEM;
+    BlockNode *file = NULL;
+    if (ret == 0)
+        ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, QED_HEADER_BYTES + (int64_t)(name ? strlen(name) : 0), h, 0);
+    if (ret == 0)
+        ret = bdrv_truncate(file, (int64_t)((c.table_size + 1) * c.cluster_size));
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    free(h);
+    free(c.backing);
+    free(c.fmt);
+    return ret;
+}
+
 /* ---------------------------------------------------------------- info */
 
 static bool qed_has_zero_init(BlockNode *bs)
@@ -960,6 +1104,8 @@ const BlockDriver bdrv_qed = {
     .get_info = qed_get_info,
     .get_facts = qed_get_facts,
     .check = qed_check,
+    .create = qed_create,
+    .create_options = qed_create_options,
     .has_zero_init = qed_has_zero_init,
     .read_map = &qed_read_map,
     .write_map = &qed_write_map,
