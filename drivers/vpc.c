@@ -76,6 +76,8 @@ typedef struct VpcState {
     int64_t size;          /* virtual size */
     bool size_from_chs;    /* the size is cylinders x heads x sectors, not current_size */
     bool footer_from_copy; /* the footer at the end was missing or damaged: the copy at 0 is used */
+    bool footer_511;       /* the footer at the end is the 511-byte one of Virtual PC before 2004 */
+    int64_t data_end;      /* where the footer at the end starts (the file's end without one) */
     int64_t file_size;     /* at open */
 
     /* dynamic and differencing disks */
@@ -174,29 +176,47 @@ static bool vpc_footer_valid(const uint8_t *buf)
     return vpc_footer_has_cookie(buf) && vpc_checksum(buf, VPC_FOOTER_SIZE, FT_CHECKSUM) == ld_be32(buf + FT_CHECKSUM);
 }
 
-/* The footer at the end is the one the format defines; the copy at offset 0 that dynamic disks carry
- * may stand in for a damaged or missing one (the specification allows it). */
+/* Virtual PC before 2004 wrote a footer of 511 bytes (the 512-byte one without its last reserved byte,
+ * so its checksum is the same): the last 511 bytes of the file as a footer, the missing byte zero. */
+static int vpc_read_footer_511(BlockNode *bs, VpcState *s, uint8_t *tail)
+{
+    memset(tail, 0, VPC_FOOTER_SIZE);
+    int r = bdrv_pread(bs->file, s->file_size - (VPC_FOOTER_SIZE - 1), VPC_FOOTER_SIZE - 1, tail);
+    if (r < 0 || !vpc_footer_valid(tail))
+        return r < 0 ? r : 0;
+    s->footer_511 = true;
+    s->data_end = s->file_size - (VPC_FOOTER_SIZE - 1);
+    return 1;
+}
+
+/* The footer at the end (512 bytes, or 511 in old images) is the one the format defines; the copy at
+ * offset 0 that dynamic disks carry may stand in for a damaged or missing one (the specification
+ * allows it). */
 static int vpc_read_footer(BlockNode *bs, VpcState *s, Error *err)
 {
-    uint8_t tail[VPC_FOOTER_SIZE], head[VPC_FOOTER_SIZE];
+    uint8_t tail[VPC_FOOTER_SIZE], head[VPC_FOOTER_SIZE], old[VPC_FOOTER_SIZE];
     if (s->file_size < VPC_FOOTER_SIZE) {
         error_set(err, EINVAL, "file too short for a VHD footer (%" PRId64 " bytes)", s->file_size);
         return -EINVAL;
     }
+    s->data_end = s->file_size - VPC_FOOTER_SIZE;
     int r = bdrv_pread(bs->file, s->file_size - VPC_FOOTER_SIZE, VPC_FOOTER_SIZE, tail);
     if (r == 0)
         r = bdrv_pread(bs->file, 0, VPC_FOOTER_SIZE, head);
+    if (r == 0 && !vpc_footer_valid(tail))
+        r = vpc_read_footer_511(bs, s, old);
     if (r < 0) {
         error_set(err, -r, "cannot read the footer: %s", strerror(-r));
         return r;
     }
-    if (vpc_footer_valid(tail)) {
-        memcpy(s->footer, tail, VPC_FOOTER_SIZE);
+    if (vpc_footer_valid(tail) || r == 1) {
+        memcpy(s->footer, r == 1 ? old : tail, VPC_FOOTER_SIZE);
         return 0;
     }
     if (vpc_footer_valid(head) && ld_be32(head + FT_TYPE) != VPC_TYPE_FIXED) {
         memcpy(s->footer, head, VPC_FOOTER_SIZE);
         s->footer_from_copy = true;
+        s->data_end = s->file_size;
         return 0;
     }
     if (vpc_footer_has_cookie(tail))
@@ -244,7 +264,7 @@ static int vpc_check_footer(VpcState *s, Error *err)
         return -ENOTSUP;
     }
     vpc_set_size(s);
-    if (s->type == VPC_TYPE_FIXED && s->size > s->file_size - VPC_FOOTER_SIZE) {
+    if (s->type == VPC_TYPE_FIXED && s->size > s->data_end) {
         error_set(err, EINVAL, "fixed disk of %" PRId64 " bytes does not fit in the file (%" PRId64 " bytes with "
                   "the footer): the file is truncated", s->size, s->file_size);
         return -EINVAL;
@@ -347,7 +367,7 @@ static int vpc_load_bat(BlockNode *bs, VpcState *s, Error *err)
         error_set(err, -r, "cannot read the BAT: %s", strerror(-r));
         return r;
     }
-    uint64_t data_limit = s->footer_from_copy ? (uint64_t)s->file_size : (uint64_t)s->file_size - VPC_FOOTER_SIZE;
+    uint64_t data_limit = (uint64_t)s->data_end;
     uint64_t top = MAX(s->header_offset + VPC_HEADER_SIZE, s->bat_offset + (uint64_t)s->entries * 4);
     top = MAX(top, data_limit);
     uint64_t block_bytes = (uint64_t)s->bitmap_size + s->block_size;
@@ -1262,7 +1282,7 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
     info_add_str(info, "uuid", "%s", uuid);
     info_add_bool(info, "saved_state", f[FT_SAVED_STATE] != 0);
     info_add_str(info, "footer", "%s", s->footer_from_copy ? "copy at offset 0 (the footer at the end is "
-                 "missing or damaged)" : "at the end");
+                 "missing or damaged)" : s->footer_511 ? "at the end (511 bytes, Virtual PC before 2004)" : "at the end");
     if (!is_dynamic(s))
         return;
     pthread_mutex_lock(&s->lock);
