@@ -766,16 +766,20 @@ static int qed_cow_fill(BlockNode *bs, QedState *s, uint64_t c, QedKind kind)
     return bdrv_pread(bs->backing, (int64_t)(c << s->cluster_bits), (int64_t)visible, s->cow_buf);
 }
 
-/* Writes [in, in + n) of guest cluster c into a new cluster at the end of the file, returned in *host. */
+/* Writes [in, in + n) of guest cluster c (zeros when p is NULL) into a new cluster at the end of the
+ * file, returned in *host. */
 static int qed_write_new_cluster(BlockNode *bs, QedState *s, uint64_t c, QedKind kind, uint64_t in, uint64_t n,
                                  const uint8_t *p, uint64_t *host)
 {
     const uint8_t *src = p;
-    if (in != 0 || n != s->cluster_size) {
+    if (!p || in != 0 || n != s->cluster_size) {
         int ret = qed_cow_fill(bs, s, c, kind);
         if (ret < 0)
             return ret;
-        memcpy(s->cow_buf + in, p, n);
+        if (p)
+            memcpy(s->cow_buf + in, p, n);
+        else
+            memset(s->cow_buf + in, 0, n);
         src = s->cow_buf;
     }
     *host = s->file_end;
@@ -856,6 +860,90 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
     free(ent);
     *done = span_end - offset;
     return ret;
+}
+
+/* ---------------------------------------------------------------- write-zeroes, discard
+ *
+ * A cluster that holds no data becomes a zero cluster (L2 entry 1) when the backing file would show
+ * through it, and is left alone when it reads as zeros already (a zero cluster, or no backing file).
+ * A data cluster keeps its host cluster and gets zeros written in place (a hole punched in the file when
+ * unmapping is allowed): QED keeps no free-cluster accounting, so a host cluster no entry names is lost
+ * for good and `qemu-img check` reports it as a leak. A piece of a cluster with no data over a backing
+ * file is allocated as for a write of zeros. Discard does the same for whole clusters and leaves pieces.
+ */
+
+/* Zeroes the part of [offset, offset + bytes) inside one L2 table's span; *done is how much. Pieces of
+ * clusters are skipped unless partial. Caller holds the exclusive lock. */
+static int qed_zero_span(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, int flags, bool partial,
+                         uint64_t *done)
+{
+    uint64_t c0 = offset >> s->cluster_bits, l1i = c0 / s->table_entries;
+    uint64_t span_end = MIN((l1i + 1) * s->table_entries << s->cluster_bits, offset + bytes);
+    uint64_t last = (span_end - 1) >> s->cluster_bits, count = last - c0 + 1;
+    uint64_t *ent = malloc(count * 8);
+    *done = span_end - offset;
+    if (!ent)
+        return -ENOMEM;
+    int ret = bs->backing ? qed_mark_dirty(s) : 0;
+    bool changed = false, new_data = false;
+    for (uint64_t c = c0, pos = offset; ret == 0 && c <= last; c++) {
+        uint64_t in = pos & (s->cluster_size - 1), n = MIN(span_end - pos, (uint64_t)s->cluster_size - in), host;
+        bool whole = in == 0 && n == qed_cluster_visible(s, c);
+        QedKind kind = qed_classify(s, c, &host, &ret);
+        ent[c - c0] = kind == QED_ZERO ? QED_ENTRY_ZERO : host;
+        if (kind == QED_BAD)
+            ret = ret < 0 ? ret : -EIO;
+        else if (kind == QED_DATA && (whole || partial))
+            ret = bdrv_pwrite_zeroes(s->file, (int64_t)(host + in), (int64_t)n, flags & BDRV_REQ_MAY_UNMAP);
+        else if (kind == QED_UNALLOCATED && bs->backing && whole)
+            ent[c - c0] = QED_ENTRY_ZERO, changed = true;
+        else if (kind == QED_UNALLOCATED && bs->backing && partial) {
+            ret = qed_write_new_cluster(bs, s, c, kind, in, n, NULL, &ent[c - c0]);
+            changed = new_data = true;
+        }
+        pos += n;
+    }
+    if (ret == 0 && new_data)
+        ret = bdrv_flush(s->file); /* data before L2 */
+    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
+    if (ret == 0 && changed)
+        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+    free(ent);
+    return ret;
+}
+
+static int qed_zero_range(BlockNode *bs, uint64_t offset, uint64_t bytes, int flags, bool partial)
+{
+    QedState *s = bs->opaque;
+    if (!s->writable)
+        return -EROFS;
+    if (offset > s->image_size || bytes > s->image_size - offset)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&s->io_lock);
+    int ret = 0;
+    while (ret == 0 && bytes > 0) {
+        uint64_t done;
+        ret = qed_zero_span(bs, s, offset, bytes, flags, partial, &done);
+        offset += done;
+        bytes -= done;
+    }
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int qed_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    int ret = qed_zero_range(bs, (uint64_t)offset, (uint64_t)bytes, flags, true);
+    return ret == 0 && (flags & BDRV_REQ_FUA) ? bdrv_flush(bs) : ret;
+}
+
+static int qed_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    return qed_zero_range(bs, (uint64_t)offset, (uint64_t)bytes, BDRV_REQ_MAY_UNMAP, false);
 }
 
 /* ---------------------------------------------------------------- write, flush */
@@ -1097,6 +1185,8 @@ const BlockDriver bdrv_qed = {
     .close = qed_close,
     .read = bdrv_mapped_read,
     .write = bdrv_mapped_write,
+    .write_zeroes = qed_write_zeroes,
+    .discard = qed_discard,
     .flush = qed_flush,
     .block_status = bdrv_mapped_block_status,
     .getlength = qed_getlength,

@@ -108,3 +108,63 @@ EOF
   same_bytes after2.raw shown2.raw
   [ "$(sha256sum b.qcow2)" = "$bsum" ]
 }
+
+# l2_entries IMAGE FIRST COUNT: the L2 entries of guest clusters FIRST..FIRST+COUNT-1, one a line (0: no table).
+l2_entries() {
+  python3 - "$@" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+cs, ts = struct.unpack_from("<II", d, 4)
+l1 = struct.unpack_from("<Q", d, 40)[0]
+n = ts * cs // 8
+for c in range(int(sys.argv[2]), int(sys.argv[2]) + int(sys.argv[3])):
+    l2 = struct.unpack_from("<Q", d, l1 + 8 * (c // n))[0]
+    print(struct.unpack_from("<Q", d, l2 + 8 * (c % n))[0] if l2 else 0)
+EOF
+}
+
+@test "write-zeroes and discard: zero clusters over a backing file, zeros in place in data clusters, check clean" {
+  local C=65536
+  truncate -s 4M base.raw
+  qemu-io -f raw -c 'write -P 0x41 0 4M' base.raw >/dev/null
+  "$IMGFUSE" create -f qed -b base.raw -F raw t.qed
+  cp base.raw expect.raw
+  mount_img --rw --discard=unmap t.qed "$MNT"
+  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" "$MNT/disk.raw" >/dev/null
+  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" expect.raw >/dev/null
+  local w
+  # whole unallocated clusters 0-1, whole data cluster 2, a piece of unallocated cluster 5 (allocated),
+  # a piece of data cluster 3, punched clusters 10-12 and the disk's last cluster
+  for w in "-z 0 $((2 * C))" "-z $((2 * C)) $C" "-z $((5 * C + 1000)) 3000" "-z $((3 * C + 100)) 200" \
+           "-p $((10 * C)) $((3 * C))" "-p $((63 * C)) $C"; do
+    set -- $w
+    fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
+    qemu-io -f raw -c "write -z $2 $3" expect.raw >/dev/null
+  done
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  same_bytes shown.raw expect.raw
+  check_clean t.qed
+  qemu-img convert -f qed -O raw t.qed after.raw
+  same_bytes after.raw expect.raw
+  [ "$(l2_entries t.qed 0 2 | sort -u)" = 1 ]
+  [ "$(l2_entries t.qed 10 3 | sort -u)" = 1 ]
+  [ "$(l2_entries t.qed 63 1)" = 1 ]
+  [ "$(l2_entries t.qed 2 1)" -gt 1 ]
+  [ "$(l2_entries t.qed 4 1)" = 0 ]
+  [ "$(l2_entries t.qed 5 1)" -gt 1 ]
+  # header, L1 (4 clusters), one L2 table (4 clusters), data clusters 2, 3 and 5: nothing else allocated
+  [ "$(stat -c %s t.qed)" -eq $(( (1 + 4 + 4 + 3) * C )) ]
+  qemu-img map -f qed --output=json t.qed | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+z = [(e["start"], e["length"]) for e in m if e["zero"] and e["depth"] == 0]
+assert (0, 131072) in z and (655360, 196608) in z, z'
+  # without a backing file, zeroing what holds no data allocates nothing
+  "$IMGFUSE" create -f qed n.qed 4M
+  mount_img --rw n.qed "$MNT"
+  fallocate -z -o 0 -l 4M "$MNT/disk.raw"
+  unmount_img
+  [ "$(stat -c %s n.qed)" -eq $(( 5 * C )) ]
+  check_clean n.qed
+}
