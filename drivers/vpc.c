@@ -826,7 +826,10 @@ static int vpc_write_in_block(BlockNode *bs, VpcState *s, uint64_t offset, uint6
     int r = 0;
     if (bit_get(s->bad, idx))
         r = vpc_bad_block(bs, s, idx);
-    else if (s->bat[idx] == VPC_BAT_UNUSED)
+    else if (s->bat[idx] == VPC_BAT_UNUSED && s->type == VPC_TYPE_DYNAMIC && buffer_is_zero(buf, bytes)) {
+        pthread_mutex_unlock(&s->lock); /* zeros into a dynamic disk's empty block: it reads so already */
+        return 0;
+    } else if (s->bat[idx] == VPC_BAT_UNUSED)
         r = vpc_alloc_block(bs, s, idx);
     if (r < 0) {
         pthread_mutex_unlock(&s->lock);
@@ -865,6 +868,66 @@ static int vpc_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *b
         p += n;
     }
     return flags & BDRV_REQ_FUA ? bdrv_flush(bs->file) : 0;
+}
+
+/* ---------------------------------------------------------------- write-zeroes, discard
+ *
+ * A VHD has no zero-block state: a BAT entry either names a block or says "not allocated", which reads
+ * as zeros in a dynamic disk and as the parent in a differencing one, and freeing a block in the middle
+ * of the file would leave a hole no BAT entry names. So nothing is freed: sectors the image holds get
+ * zeros written in place (a hole punched in the file when unmapping is allowed), sectors a dynamic disk
+ * does not hold are left (they read as zeros), and sectors a differencing disk does not hold are written
+ * as zeros like any write (the parent must not show through). Discard zeroes what the image holds and
+ * leaves the rest, the parent's sectors included: it is a hint.
+ */
+
+#define VPC_ZERO_CHUNK (1u << 20)
+
+/* Zeros written at guest [offset, offset + bytes) of a differencing disk, allocating as writes do. */
+static int vpc_write_zero_run(BlockNode *bs, uint64_t offset, uint64_t bytes)
+{
+    uint8_t *zeros = calloc(1, MIN(bytes, (uint64_t)VPC_ZERO_CHUNK));
+    int r = zeros ? 0 : -ENOMEM;
+    while (r == 0 && bytes > 0) {
+        uint64_t n = MIN(bytes, (uint64_t)VPC_ZERO_CHUNK);
+        r = vpc_write(bs, (int64_t)offset, (int64_t)n, zeros, 0);
+        offset += n;
+        bytes -= n;
+    }
+    free(zeros);
+    return r;
+}
+
+static int vpc_zero_range(BlockNode *bs, int64_t offset, int64_t bytes, int flags, bool fill_absent)
+{
+    VpcState *s = bs->opaque;
+    if (s->type == VPC_TYPE_FIXED)
+        return bdrv_pwrite_zeroes(bs->file, offset, bytes, flags & BDRV_REQ_MAY_UNMAP);
+    if (offset % VPC_SECTOR || bytes % VPC_SECTOR)
+        return -EINVAL;
+    int r = 0;
+    while (r == 0 && bytes > 0) {
+        uint64_t n, host;
+        r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
+        if (r == VPC_PRESENT) /* blocks never move and bits are never cleared: host stays this run's */
+            r = bdrv_pwrite_zeroes(bs->file, (int64_t)host, (int64_t)n, flags & BDRV_REQ_MAY_UNMAP);
+        else if (r == VPC_ABSENT && s->type == VPC_TYPE_DIFF && fill_absent)
+            r = vpc_write_zero_run(bs, (uint64_t)offset, n);
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+    }
+    return r;
+}
+
+static int vpc_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    int r = vpc_zero_range(bs, offset, bytes, flags, true);
+    return r == 0 && (flags & BDRV_REQ_FUA) ? bdrv_flush(bs->file) : r;
+}
+
+static int vpc_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    return vpc_zero_range(bs, offset, bytes, BDRV_REQ_MAY_UNMAP, false);
 }
 
 /* Nothing is cached here: the core flushes the file below. */
@@ -1313,6 +1376,8 @@ const BlockDriver bdrv_vpc = {
     .close = vpc_close,
     .read = vpc_read,
     .write = vpc_write,
+    .write_zeroes = vpc_write_zeroes,
+    .discard = vpc_discard,
     .flush = vpc_flush,
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,

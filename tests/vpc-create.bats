@@ -197,3 +197,46 @@ EOF
   echo "$output"
   [ "$status" -eq 0 ]
 }
+
+@test "write-zeroes: zeros in place where the disk holds data, nothing allocated for a dynamic disk's empty blocks, a differencing disk hides its parent" {
+  local M=1048576 w
+  "$IMGFUSE" create -f vpc -o force_size=on d.vhd 8M
+  "$IMGFUSE" create -f vpc -o subformat=fixed,force_size=on f.vhd 8M
+  qemu-img create -q -f vpc -o force_size=on p.vhd 8M
+  qemu-io -f vpc -c 'write -P 0x41 0 8M' p.vhd >/dev/null
+  "$IMGFUSE" create -f vpc -b p.vhd -F vpc c.vhd
+  local img
+  for img in d.vhd f.vhd c.vhd; do
+    mount_img --rw -f vpc "$img" "$MNT"
+    cp "$MNT/disk.raw" expect.raw
+    qemu-io -f raw -c "write -P 0x11 0 $((3 * M))" "$MNT/disk.raw" >/dev/null
+    qemu-io -f raw -c "write -P 0x11 0 $((3 * M))" expect.raw >/dev/null
+    # across written and never written blocks, unaligned starts, and a punch (discard=ignore: zeros all the
+    # same); ranges end on 4 KiB for vhdimount (see the differencing test above)
+    for w in "-z $((M + 1000)) $((6 * M + 3096))" "-p 100 1000" "-z $((7 * M + 512)) 7680"; do
+      set -- $w
+      fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
+      qemu-io -f raw -c "write -z $2 $3" expect.raw >/dev/null
+    done
+    cp "$MNT/disk.raw" shown.raw
+    unmount_img
+    same_bytes shown.raw expect.raw
+    vhd_clean "$img"
+    mount_img -f vpc "$img" "$MNT"
+    same_bytes "$MNT/disk.raw" expect.raw
+    local blocks; blocks=$(sed -n 's/^  allocated_blocks: //p' "$MNT/info" | head -1)  # layer 0
+    unmount_img
+    case $img in
+      d.vhd) [ "$blocks" -eq 2 ] ;;   # blocks 0 and 1 (written); 2 and 3 stayed unallocated
+      c.vhd) [ "$blocks" -eq 4 ] ;;   # every block the zeros reached: the parent must not show through
+    esac
+    [ "$img" = c.vhd ] || { qemu-img convert -f vpc -O raw "$img" after.raw; same_bytes after.raw expect.raw; }
+  done
+  mkdir vm
+  vhdimount c.vhd vm >/dev/null
+  local top; top=$(ls vm | sort -V | tail -1)
+  run cmp vm/$top expect.raw
+  fusermount3 -u vm
+  echo "$output"
+  [ "$status" -eq 0 ]
+}
