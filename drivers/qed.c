@@ -872,13 +872,19 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
  * file is allocated as for a write of zeros. Discard does the same for whole clusters and leaves pieces.
  */
 
-/* Zeroes the part of [offset, offset + bytes) inside one L2 table's span; *done is how much. Pieces of
- * clusters are skipped unless partial. Caller holds the exclusive lock. */
+/* Clusters one step of write-zeroes looks at: its entries array is at most 512 KiB, however large the
+ * request and the tables (a writable image's tables hold up to 8 Mi entries). */
+#define QED_ZERO_BATCH (64 * 1024)
+
+/* Zeroes the part of [offset, offset + bytes) inside one L2 table's span (at most QED_ZERO_BATCH
+ * clusters); *done is how much. Pieces of clusters are skipped unless partial. Caller holds the
+ * exclusive lock. */
 static int qed_zero_span(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, int flags, bool partial,
                          uint64_t *done)
 {
     uint64_t c0 = offset >> s->cluster_bits, l1i = c0 / s->table_entries;
     uint64_t span_end = MIN((l1i + 1) * s->table_entries << s->cluster_bits, offset + bytes);
+    span_end = MIN(span_end, (c0 + QED_ZERO_BATCH) << s->cluster_bits);
     uint64_t last = (span_end - 1) >> s->cluster_bits, count = last - c0 + 1;
     uint64_t *ent = malloc(count * 8);
     *done = span_end - offset;
