@@ -9,7 +9,8 @@
  * file for unallocated clusters and reading zeros for zero clusters (L2 entry 1); and, on writable nodes,
  * in-place writes to allocated clusters and allocating writes that append clusters at the end of the
  * file (data, then a new L2 table, then the L1 entry, each flushed before the next names it), filling
- * the rest of a new cluster from the backing file.  The QED_F_NEED_CHECK header bit is set before the
+ * the rest of a new cluster from the backing file; write-zeroes and discard as zero clusters; and `create`
+ * with qemu-img's layout.  The QED_F_NEED_CHECK header bit is set before the
  * first allocation and cleared at flush; a writable open checks every table entry first and refuses an
  * inconsistent image, a read-only open of a flagged image warns once and serves it.  It knows nothing of
  * FUSE or of other formats.

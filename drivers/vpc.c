@@ -8,8 +8,10 @@
  * untrusted: offsets are checked against the file size, the BAT is capped, blocks that point past the
  * end of the file or into metadata read as EIO), the guest-to-host mapping with its sector bitmaps,
  * block status with host offsets, writes (in place for fixed disks; for dynamic and differencing disks a
- * new block is appended, the footer moved behind it, and only then the BAT updated), and `info`.  It
- * does not resolve the parent's path (lib/backing.c does) and knows nothing of FUSE.
+ * new block is appended, the footer moved behind it, and only then the BAT updated), write-zeroes and
+ * discard (zeros in place, no block ever freed), the 511-byte footer of old Virtual PC images, `create`
+ * (fixed, dynamic, and differencing over a VHD parent) and `info`.  It does not resolve the parent's
+ * path when reading (lib/backing.c does) and knows nothing of FUSE.
  */
 #include "block.h"
 #include "util.h"
