@@ -9,7 +9,8 @@
  * file for unallocated clusters and reading zeros for zero clusters (L2 entry 1); and, on writable nodes,
  * in-place writes to allocated clusters and allocating writes that append clusters at the end of the
  * file (data, then a new L2 table, then the L1 entry, each flushed before the next names it), filling
- * the rest of a new cluster from the backing file.  The QED_F_NEED_CHECK header bit is set before the
+ * the rest of a new cluster from the backing file; write-zeroes and discard as zero clusters; and `create`
+ * with qemu-img's layout.  The QED_F_NEED_CHECK header bit is set before the
  * first allocation and cleared at flush; a writable open checks every table entry first and refuses an
  * inconsistent image, a read-only open of a flagged image warns once and serves it.  It knows nothing of
  * FUSE or of other formats.
@@ -766,16 +767,20 @@ static int qed_cow_fill(BlockNode *bs, QedState *s, uint64_t c, QedKind kind)
     return bdrv_pread(bs->backing, (int64_t)(c << s->cluster_bits), (int64_t)visible, s->cow_buf);
 }
 
-/* Writes [in, in + n) of guest cluster c into a new cluster at the end of the file, returned in *host. */
+/* Writes [in, in + n) of guest cluster c (zeros when p is NULL) into a new cluster at the end of the
+ * file, returned in *host. */
 static int qed_write_new_cluster(BlockNode *bs, QedState *s, uint64_t c, QedKind kind, uint64_t in, uint64_t n,
                                  const uint8_t *p, uint64_t *host)
 {
     const uint8_t *src = p;
-    if (in != 0 || n != s->cluster_size) {
+    if (!p || in != 0 || n != s->cluster_size) {
         int ret = qed_cow_fill(bs, s, c, kind);
         if (ret < 0)
             return ret;
-        memcpy(s->cow_buf + in, p, n);
+        if (p)
+            memcpy(s->cow_buf + in, p, n);
+        else
+            memset(s->cow_buf + in, 0, n);
         src = s->cow_buf;
     }
     *host = s->file_end;
@@ -858,6 +863,96 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
     return ret;
 }
 
+/* ---------------------------------------------------------------- write-zeroes, discard
+ *
+ * A cluster that holds no data becomes a zero cluster (L2 entry 1) when the backing file would show
+ * through it, and is left alone when it reads as zeros already (a zero cluster, or no backing file).
+ * A data cluster keeps its host cluster and gets zeros written in place (a hole punched in the file when
+ * unmapping is allowed): QED keeps no free-cluster accounting, so a host cluster no entry names is lost
+ * for good and `qemu-img check` reports it as a leak. A piece of a cluster with no data over a backing
+ * file is allocated as for a write of zeros. Discard does the same for whole clusters and leaves pieces.
+ */
+
+/* Clusters one step of write-zeroes looks at: its entries array is at most 512 KiB, however large the
+ * request and the tables (a writable image's tables hold up to 8 Mi entries). */
+#define QED_ZERO_BATCH (64 * 1024)
+
+/* Zeroes the part of [offset, offset + bytes) inside one L2 table's span (at most QED_ZERO_BATCH
+ * clusters); *done is how much. Pieces of clusters are skipped unless partial. Caller holds the
+ * exclusive lock. */
+static int qed_zero_span(BlockNode *bs, QedState *s, uint64_t offset, uint64_t bytes, int flags, bool partial,
+                         uint64_t *done)
+{
+    uint64_t c0 = offset >> s->cluster_bits, l1i = c0 / s->table_entries;
+    uint64_t span_end = MIN((l1i + 1) * s->table_entries << s->cluster_bits, offset + bytes);
+    span_end = MIN(span_end, (c0 + QED_ZERO_BATCH) << s->cluster_bits);
+    uint64_t last = (span_end - 1) >> s->cluster_bits, count = last - c0 + 1;
+    uint64_t *ent = malloc(count * 8);
+    *done = span_end - offset;
+    if (!ent)
+        return -ENOMEM;
+    int ret = bs->backing ? qed_mark_dirty(s) : 0;
+    bool changed = false, new_data = false;
+    for (uint64_t c = c0, pos = offset; ret == 0 && c <= last; c++) {
+        uint64_t in = pos & (s->cluster_size - 1), n = MIN(span_end - pos, (uint64_t)s->cluster_size - in), host;
+        bool whole = in == 0 && n == qed_cluster_visible(s, c);
+        QedKind kind = qed_classify(s, c, &host, &ret);
+        ent[c - c0] = kind == QED_ZERO ? QED_ENTRY_ZERO : host;
+        if (kind == QED_BAD)
+            ret = ret < 0 ? ret : -EIO;
+        else if (kind == QED_DATA && (whole || partial))
+            ret = bdrv_pwrite_zeroes(s->file, (int64_t)(host + in), (int64_t)n, flags & BDRV_REQ_MAY_UNMAP);
+        else if (kind == QED_UNALLOCATED && bs->backing && whole)
+            ent[c - c0] = QED_ENTRY_ZERO, changed = true;
+        else if (kind == QED_UNALLOCATED && bs->backing && partial) {
+            ret = qed_write_new_cluster(bs, s, c, kind, in, n, NULL, &ent[c - c0]);
+            changed = new_data = true;
+        }
+        pos += n;
+    }
+    if (ret == 0 && new_data)
+        ret = bdrv_flush(s->file); /* data before L2 */
+    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
+    if (ret == 0 && changed)
+        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+    free(ent);
+    return ret;
+}
+
+static int qed_zero_range(BlockNode *bs, uint64_t offset, uint64_t bytes, int flags, bool partial)
+{
+    QedState *s = bs->opaque;
+    if (!s->writable)
+        return -EROFS;
+    if (offset > s->image_size || bytes > s->image_size - offset)
+        return -EINVAL;
+    pthread_rwlock_wrlock(&s->io_lock);
+    int ret = 0;
+    while (ret == 0 && bytes > 0) {
+        uint64_t done;
+        ret = qed_zero_span(bs, s, offset, bytes, flags, partial, &done);
+        offset += done;
+        bytes -= done;
+    }
+    pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+static int qed_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    int ret = qed_zero_range(bs, (uint64_t)offset, (uint64_t)bytes, flags, true);
+    return ret == 0 && (flags & BDRV_REQ_FUA) ? bdrv_flush(bs) : ret;
+}
+
+static int qed_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    if (offset < 0 || bytes < 0)
+        return -EINVAL;
+    return qed_zero_range(bs, (uint64_t)offset, (uint64_t)bytes, BDRV_REQ_MAY_UNMAP, false);
+}
+
 /* ---------------------------------------------------------------- write, flush */
 
 static int qed_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t *n, uint64_t *host)
@@ -897,6 +992,150 @@ static int qed_flush(BlockNode *bs)
             s->need_check_set = false;
     }
     pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- create */
+
+#define QED_DEFAULT_CLUSTER (64 * KiB)
+#define QED_DEFAULT_TABLE   4
+
+static const BlockOptionSpec qed_create_options[] = {
+    { "cluster_size", BDRV_OPT_SIZE, 0, "cluster size, a power of two from 4K to 64M (default 64K)" },
+    { "table_size", BDRV_OPT_INT, 0, "L1 and L2 table size in clusters, a power of two from 1 to 16 (default 4)" },
+    { "backing_file", BDRV_OPT_STRING, 0, "name of the backing file (= -b)" },
+    { "backing_fmt", BDRV_OPT_STRING, 0, "its format (= -F); raw is recorded as not to be probed" },
+    { NULL, 0, 0, NULL },
+};
+
+typedef struct QedCreate {
+    uint64_t cluster_size, table_size;
+    char *backing, *fmt;
+    const char *filename;
+    Error *err;
+} QedCreate;
+
+static int qed_create_bad(QedCreate *c, const char *key, const char *value, const char *want)
+{
+    error_set(c->err, EINVAL, "%s: qed creation option '%s' must be %s, not '%s'", c->filename, key, want, value);
+    return -EINVAL;
+}
+
+static int qed_create_option(const char *key, const char *value, void *opaque)
+{
+    QedCreate *c = opaque;
+    bool known = !strcmp(key, "cluster_size") || !strcmp(key, "table_size") || !strcmp(key, "backing_file") ||
+                 !strcmp(key, "backing_fmt");
+    if (!known || !value) {
+        error_set(c->err, EINVAL, "%s: %s qed creation option '%s'", c->filename, known ? "no value for the" : "unknown",
+                  key);
+        return -EINVAL;
+    }
+    if (!strcmp(key, "cluster_size")) {
+        int64_t v = parse_size(value);
+        if (v < QED_MIN_CLUSTER || v > QED_MAX_CLUSTER || !is_pow2((uint64_t)v))
+            return qed_create_bad(c, key, value, "a power of two from 4K to 64M");
+        c->cluster_size = (uint64_t)v;
+        return 0;
+    }
+    if (!strcmp(key, "table_size")) {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < 1 || v > QED_MAX_TABLE || !is_pow2((uint64_t)v))
+            return qed_create_bad(c, key, value, "a power of two from 1 to 16");
+        c->table_size = (uint64_t)v;
+        return 0;
+    }
+    char **dst = !strcmp(key, "backing_file") ? &c->backing : &c->fmt;
+    free(*dst);
+    return (*dst = strdup(value)) ? 0 : -ENOMEM;
+}
+
+/* The header cluster (header, then the backing file name at byte 64), *len bytes; the L1 table follows
+ * it, all zeros. NULL: no memory. */
+static uint8_t *qed_new_header(const QedCreate *c, uint64_t size, const char *backing, const char *fmt)
+{
+    uint8_t *h = calloc(1, QED_HEADER_BYTES + QED_MAX_BACKING_NAME);
+    if (!h)
+        return NULL;
+    size_t name_len = backing ? strlen(backing) : 0;
+    uint64_t features = name_len ? QED_F_BACKING_FILE : 0;
+    if (name_len && fmt && !strcmp(fmt, "raw"))
+        features |= QED_F_BACKING_FORMAT_NO_PROBE;
+    st_le32(h + QED_OFF_MAGIC, QED_MAGIC);
+    st_le32(h + QED_OFF_CLUSTER_SIZE, (uint32_t)c->cluster_size);
+    st_le32(h + QED_OFF_TABLE_SIZE, (uint32_t)c->table_size);
+    st_le32(h + QED_OFF_HEADER_SIZE, 1);
+    st_le64(h + QED_OFF_FEATURES, features);
+    st_le64(h + QED_OFF_L1_OFFSET, c->cluster_size);
+    st_le64(h + QED_OFF_IMAGE_SIZE, size);
+    st_le32(h + QED_OFF_BACKING_OFFSET, name_len ? QED_HEADER_BYTES : 0);
+    st_le32(h + QED_OFF_BACKING_SIZE, (uint32_t)name_len);
+    memcpy(h + QED_HEADER_BYTES, backing ? backing : "", name_len);
+    return h;
+}
+
+/* The largest disk the tables address (capped as open caps it). */
+static uint64_t qed_create_max_size(const QedCreate *c)
+{
+    uint64_t entries = c->table_size * c->cluster_size / 8, max;
+    if (!mul_ok_u64(entries * c->cluster_size, entries, &max))
+        max = UINT64_MAX;
+    return MIN(max, (uint64_t)QED_MAX_IMAGE_SIZE);
+}
+
+static int qed_create_check(QedCreate *c, int64_t req, const char *name, const char *fmt)
+{
+    uint64_t max = qed_create_max_size(c);
+    if (req < 0 || (uint64_t)align_up(req, 512) > max) {
+        error_set(c->err, EINVAL, "%s: invalid virtual size for qed with these tables (0 to %" PRIu64 " bytes)",
+                  c->filename, max);
+        return -EINVAL;
+    }
+    if (name && strlen(name) > QED_MAX_BACKING_NAME) {
+        error_set(c->err, ENAMETOOLONG, "%s: backing file name longer than %d bytes", c->filename,
+                  QED_MAX_BACKING_NAME);
+        return -ENAMETOOLONG;
+    }
+    if (fmt && !bdrv_find_driver(fmt)) {
+        error_set(c->err, EINVAL, "%s: unknown backing format '%s'", c->filename, fmt);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* As qemu-img lays it out: one header cluster, the L1 table in the next table_size clusters. The new
+ * file is grown over the table (a hole, all zeros), never held in memory or written whole: 16 tables of
+ * 64 MiB clusters would be 1 GiB. */
+static int qed_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    QedCreate c = { .cluster_size = QED_DEFAULT_CLUSTER, .table_size = QED_DEFAULT_TABLE, .filename = filename,
+                    .err = err };
+    int ret = bdrv_create_opts_each(opts->options, qed_create_option, &c);
+    const char *name = opts->backing && opts->backing[0] ? opts->backing : c.backing;
+    const char *fmt = opts->backing_format ? opts->backing_format : c.fmt;
+    if (name && !name[0])
+        name = NULL;
+    if (ret == 0)
+        ret = qed_create_check(&c, opts->size, name, fmt);
+    uint8_t *h = ret == 0 ? qed_new_header(&c, (uint64_t)align_up(opts->size, 512), name, fmt) : NULL;
+    if (ret == 0 && !h)
+        ret = -ENOMEM;
+    BlockNode *file = NULL;
+    if (ret == 0)
+        ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, QED_HEADER_BYTES + (int64_t)(name ? strlen(name) : 0), h, 0);
+    if (ret == 0)
+        ret = bdrv_truncate(file, (int64_t)((c.table_size + 1) * c.cluster_size));
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    free(h);
+    free(c.backing);
+    free(c.fmt);
     return ret;
 }
 
@@ -953,6 +1192,8 @@ const BlockDriver bdrv_qed = {
     .close = qed_close,
     .read = bdrv_mapped_read,
     .write = bdrv_mapped_write,
+    .write_zeroes = qed_write_zeroes,
+    .discard = qed_discard,
     .flush = qed_flush,
     .block_status = bdrv_mapped_block_status,
     .getlength = qed_getlength,
@@ -960,6 +1201,8 @@ const BlockDriver bdrv_qed = {
     .get_info = qed_get_info,
     .get_facts = qed_get_facts,
     .check = qed_check,
+    .create = qed_create,
+    .create_options = qed_create_options,
     .has_zero_init = qed_has_zero_init,
     .read_map = &qed_read_map,
     .write_map = &qed_write_map,

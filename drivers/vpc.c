@@ -8,8 +8,10 @@
  * untrusted: offsets are checked against the file size, the BAT is capped, blocks that point past the
  * end of the file or into metadata read as EIO), the guest-to-host mapping with its sector bitmaps,
  * block status with host offsets, writes (in place for fixed disks; for dynamic and differencing disks a
- * new block is appended, the footer moved behind it, and only then the BAT updated), and `info`.  It
- * does not resolve the parent's path (lib/backing.c does) and knows nothing of FUSE.
+ * new block is appended, the footer moved behind it, and only then the BAT updated), write-zeroes and
+ * discard (zeros in place, no block ever freed), the 511-byte footer of old Virtual PC images, `create`
+ * (fixed, dynamic, and differencing over a VHD parent) and `info`.  It does not resolve the parent's
+ * path when reading (lib/backing.c does) and knows nothing of FUSE.
  */
 #include "block.h"
 #include "util.h"
@@ -21,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #define VPC_SECTOR 512
 #define VPC_FOOTER_SIZE 512
@@ -73,6 +78,8 @@ typedef struct VpcState {
     int64_t size;          /* virtual size */
     bool size_from_chs;    /* the size is cylinders x heads x sectors, not current_size */
     bool footer_from_copy; /* the footer at the end was missing or damaged: the copy at 0 is used */
+    bool footer_511;       /* the footer at the end is the 511-byte one of Virtual PC before 2004 */
+    int64_t data_end;      /* where the footer at the end starts (the file's end without one) */
     int64_t file_size;     /* at open */
 
     /* dynamic and differencing disks */
@@ -171,29 +178,47 @@ static bool vpc_footer_valid(const uint8_t *buf)
     return vpc_footer_has_cookie(buf) && vpc_checksum(buf, VPC_FOOTER_SIZE, FT_CHECKSUM) == ld_be32(buf + FT_CHECKSUM);
 }
 
-/* The footer at the end is the one the format defines; the copy at offset 0 that dynamic disks carry
- * may stand in for a damaged or missing one (the specification allows it). */
+/* Virtual PC before 2004 wrote a footer of 511 bytes (the 512-byte one without its last reserved byte,
+ * so its checksum is the same): the last 511 bytes of the file as a footer, the missing byte zero. */
+static int vpc_read_footer_511(BlockNode *bs, VpcState *s, uint8_t *tail)
+{
+    memset(tail, 0, VPC_FOOTER_SIZE);
+    int r = bdrv_pread(bs->file, s->file_size - (VPC_FOOTER_SIZE - 1), VPC_FOOTER_SIZE - 1, tail);
+    if (r < 0 || !vpc_footer_valid(tail))
+        return r < 0 ? r : 0;
+    s->footer_511 = true;
+    s->data_end = s->file_size - (VPC_FOOTER_SIZE - 1);
+    return 1;
+}
+
+/* The footer at the end (512 bytes, or 511 in old images) is the one the format defines; the copy at
+ * offset 0 that dynamic disks carry may stand in for a damaged or missing one (the specification
+ * allows it). */
 static int vpc_read_footer(BlockNode *bs, VpcState *s, Error *err)
 {
-    uint8_t tail[VPC_FOOTER_SIZE], head[VPC_FOOTER_SIZE];
+    uint8_t tail[VPC_FOOTER_SIZE], head[VPC_FOOTER_SIZE], old[VPC_FOOTER_SIZE];
     if (s->file_size < VPC_FOOTER_SIZE) {
         error_set(err, EINVAL, "file too short for a VHD footer (%" PRId64 " bytes)", s->file_size);
         return -EINVAL;
     }
+    s->data_end = s->file_size - VPC_FOOTER_SIZE;
     int r = bdrv_pread(bs->file, s->file_size - VPC_FOOTER_SIZE, VPC_FOOTER_SIZE, tail);
     if (r == 0)
         r = bdrv_pread(bs->file, 0, VPC_FOOTER_SIZE, head);
+    if (r == 0 && !vpc_footer_valid(tail))
+        r = vpc_read_footer_511(bs, s, old);
     if (r < 0) {
         error_set(err, -r, "cannot read the footer: %s", strerror(-r));
         return r;
     }
-    if (vpc_footer_valid(tail)) {
-        memcpy(s->footer, tail, VPC_FOOTER_SIZE);
+    if (vpc_footer_valid(tail) || r == 1) {
+        memcpy(s->footer, r == 1 ? old : tail, VPC_FOOTER_SIZE);
         return 0;
     }
     if (vpc_footer_valid(head) && ld_be32(head + FT_TYPE) != VPC_TYPE_FIXED) {
         memcpy(s->footer, head, VPC_FOOTER_SIZE);
         s->footer_from_copy = true;
+        s->data_end = s->file_size;
         return 0;
     }
     if (vpc_footer_has_cookie(tail))
@@ -241,7 +266,7 @@ static int vpc_check_footer(VpcState *s, Error *err)
         return -ENOTSUP;
     }
     vpc_set_size(s);
-    if (s->type == VPC_TYPE_FIXED && s->size > s->file_size - VPC_FOOTER_SIZE) {
+    if (s->type == VPC_TYPE_FIXED && s->size > s->data_end) {
         error_set(err, EINVAL, "fixed disk of %" PRId64 " bytes does not fit in the file (%" PRId64 " bytes with "
                   "the footer): the file is truncated", s->size, s->file_size);
         return -EINVAL;
@@ -344,7 +369,7 @@ static int vpc_load_bat(BlockNode *bs, VpcState *s, Error *err)
         error_set(err, -r, "cannot read the BAT: %s", strerror(-r));
         return r;
     }
-    uint64_t data_limit = s->footer_from_copy ? (uint64_t)s->file_size : (uint64_t)s->file_size - VPC_FOOTER_SIZE;
+    uint64_t data_limit = (uint64_t)s->data_end;
     uint64_t top = MAX(s->header_offset + VPC_HEADER_SIZE, s->bat_offset + (uint64_t)s->entries * 4);
     top = MAX(top, data_limit);
     uint64_t block_bytes = (uint64_t)s->bitmap_size + s->block_size;
@@ -803,7 +828,10 @@ static int vpc_write_in_block(BlockNode *bs, VpcState *s, uint64_t offset, uint6
     int r = 0;
     if (bit_get(s->bad, idx))
         r = vpc_bad_block(bs, s, idx);
-    else if (s->bat[idx] == VPC_BAT_UNUSED)
+    else if (s->bat[idx] == VPC_BAT_UNUSED && s->type == VPC_TYPE_DYNAMIC && buffer_is_zero(buf, bytes)) {
+        pthread_mutex_unlock(&s->lock); /* zeros into a dynamic disk's empty block: it reads so already */
+        return 0;
+    } else if (s->bat[idx] == VPC_BAT_UNUSED)
         r = vpc_alloc_block(bs, s, idx);
     if (r < 0) {
         pthread_mutex_unlock(&s->lock);
@@ -844,11 +872,431 @@ static int vpc_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *b
     return flags & BDRV_REQ_FUA ? bdrv_flush(bs->file) : 0;
 }
 
+/* ---------------------------------------------------------------- write-zeroes, discard
+ *
+ * A VHD has no zero-block state: a BAT entry either names a block or says "not allocated", which reads
+ * as zeros in a dynamic disk and as the parent in a differencing one, and freeing a block in the middle
+ * of the file would leave a hole no BAT entry names. So nothing is freed: sectors the image holds get
+ * zeros written in place (a hole punched in the file when unmapping is allowed), sectors a dynamic disk
+ * does not hold are left (they read as zeros), and sectors a differencing disk does not hold are written
+ * as zeros like any write (the parent must not show through). Discard zeroes what the image holds and
+ * leaves the rest, the parent's sectors included: it is a hint.
+ */
+
+#define VPC_ZERO_CHUNK (1u << 20)
+
+/* Zeros written at guest [offset, offset + bytes) of a differencing disk, allocating as writes do. */
+static int vpc_write_zero_run(BlockNode *bs, uint64_t offset, uint64_t bytes)
+{
+    uint8_t *zeros = calloc(1, MIN(bytes, (uint64_t)VPC_ZERO_CHUNK));
+    int r = zeros ? 0 : -ENOMEM;
+    while (r == 0 && bytes > 0) {
+        uint64_t n = MIN(bytes, (uint64_t)VPC_ZERO_CHUNK);
+        r = vpc_write(bs, (int64_t)offset, (int64_t)n, zeros, 0);
+        offset += n;
+        bytes -= n;
+    }
+    free(zeros);
+    return r;
+}
+
+static int vpc_zero_range(BlockNode *bs, int64_t offset, int64_t bytes, int flags, bool fill_absent)
+{
+    VpcState *s = bs->opaque;
+    if (s->type == VPC_TYPE_FIXED)
+        return bdrv_pwrite_zeroes(bs->file, offset, bytes, flags & BDRV_REQ_MAY_UNMAP);
+    if (offset % VPC_SECTOR || bytes % VPC_SECTOR)
+        return -EINVAL;
+    int r = 0;
+    while (r == 0 && bytes > 0) {
+        uint64_t n, host;
+        r = vpc_lookup_locked(bs, s, (uint64_t)offset, (uint64_t)bytes, &n, &host);
+        if (r == VPC_PRESENT) /* blocks never move and bits are never cleared: host stays this run's */
+            r = bdrv_pwrite_zeroes(bs->file, (int64_t)host, (int64_t)n, flags & BDRV_REQ_MAY_UNMAP);
+        else if (r == VPC_ABSENT && s->type == VPC_TYPE_DIFF && fill_absent)
+            r = vpc_write_zero_run(bs, (uint64_t)offset, n);
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+    }
+    return r;
+}
+
+static int vpc_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    int r = vpc_zero_range(bs, offset, bytes, flags, true);
+    return r == 0 && (flags & BDRV_REQ_FUA) ? bdrv_flush(bs->file) : r;
+}
+
+static int vpc_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    return vpc_zero_range(bs, offset, bytes, BDRV_REQ_MAY_UNMAP, false);
+}
+
 /* Nothing is cached here: the core flushes the file below. */
 static int vpc_flush(BlockNode *bs)
 {
     (void)bs;
     return 0;
+}
+
+/* ---------------------------------------------------------------- create
+ *
+ * What `imgfuse create -f vpc` writes, laid out as qemu-img lays out its VHDs: a fixed disk is the data
+ * then the footer; a dynamic disk is a footer copy, the dynamic header at 512, the BAT at 1536 (all
+ * unused, padded to a sector), then the footer; a differencing disk (-b PARENT -F vpc) adds the parent's
+ * UUID, time stamp and name to the header and its locators (W2ru relative, W2ku absolute, UTF-16LE)
+ * between the BAT and the footer. Sizes follow the footer's CHS geometry as Virtual PC and qemu-img
+ * do: the size asked for is rounded up to the first geometry that holds it (creator "qemu"), unless
+ * force_size=on (creator "qem2", the size as asked, geometry 65535/16/255); disks past the largest
+ * geometry (about 127 GiB) keep their exact size either way, up to the format's 2040 GiB.
+ */
+
+#define VPC_DEFAULT_BLOCK (2u << 20)
+#define VPC_MAX_CREATE_SECTORS (2040LL << 21) /* 2040 GiB */
+#define VPC_TIME_BASE 946684800 /* 2000-01-01 00:00:00 UTC, in Unix time: the footer's epoch */
+#define VPC_HEADER_AT VPC_FOOTER_SIZE
+#define VPC_BAT_AT (VPC_FOOTER_SIZE + VPC_HEADER_SIZE)
+
+static const BlockOptionSpec vpc_create_options[] = {
+    { "subformat", BDRV_OPT_STRING, 0, "dynamic (default) or fixed" },
+    { "force_size", BDRV_OPT_BOOL, 0, "on: the size as given, not rounded up to a CHS geometry (default off)" },
+    { NULL, 0, 0, NULL },
+};
+
+typedef struct VpcCreate {
+    bool fixed, force_size;
+    const char *filename;
+    Error *err;
+} VpcCreate;
+
+static int vpc_create_option(const char *key, const char *value, void *opaque)
+{
+    VpcCreate *c = opaque;
+    bool sub = !strcmp(key, "subformat"), force = !strcmp(key, "force_size");
+    if ((!sub && !force) || !value) {
+        error_set(c->err, EINVAL, "%s: %s vpc creation option '%s'", c->filename, sub || force ? "no value for the" :
+                  "unknown", key);
+        return -EINVAL;
+    }
+    if (sub && (strcmp(value, "dynamic") == 0 || strcmp(value, "fixed") == 0)) {
+        c->fixed = value[0] == 'f';
+        return 0;
+    }
+    if (force && (strcmp(value, "on") == 0 || strcmp(value, "off") == 0)) {
+        c->force_size = value[1] == 'n';
+        return 0;
+    }
+    error_set(c->err, EINVAL, "%s: vpc creation option '%s' must be %s, not '%s'", c->filename, key,
+              sub ? "dynamic or fixed" : "on or off", value);
+    return -EINVAL;
+}
+
+/* The VHD specification's CHS geometry for a disk of sectors sectors (at most 65535/16/255). */
+static void vpc_geometry(int64_t sectors, uint32_t *cyl, uint32_t *heads, uint32_t *spt)
+{
+    int64_t total = MIN(sectors, VPC_MAX_CHS_SECTORS), per_track_groups;
+    *spt = 255;
+    *heads = 16;
+    if (total < 65535LL * 16 * 63) {
+        *spt = 17;
+        per_track_groups = total / 17;
+        *heads = (uint32_t)MAX(4, (per_track_groups + 1023) / 1024);
+        if (per_track_groups >= (int64_t)*heads * 1024 || *heads > 16)
+            *spt = 31, *heads = 16;
+        if (total / *spt >= (int64_t)*heads * 1024)
+            *spt = 63, *heads = 16;
+    }
+    *cyl = (uint32_t)(total / *spt / *heads);
+}
+
+/* The disk's sectors and the footer's geometry for a request of bytes (a multiple of 512): the first
+ * geometry that holds it, or the largest one and the size as asked when force_size is on or no
+ * geometry does. -EFBIG past 2040 GiB. */
+static int vpc_create_geometry(bool force, uint64_t bytes, int64_t *sectors, uint32_t chs[3])
+{
+    int64_t want = (int64_t)MIN(bytes / VPC_SECTOR, (uint64_t)VPC_MAX_CHS_SECTORS);
+    chs[0] = 65535, chs[1] = 16, chs[2] = 255;
+    if (!force) {
+        chs[0] = chs[1] = chs[2] = 0;
+        for (int64_t i = 0; want > (int64_t)chs[0] * chs[1] * chs[2]; i++)
+            vpc_geometry(want + i, &chs[0], &chs[1], &chs[2]);
+    }
+    *sectors = (int64_t)chs[0] * chs[1] * chs[2];
+    if (*sectors == VPC_MAX_CHS_SECTORS)
+        *sectors = (int64_t)(bytes / VPC_SECTOR);
+    return *sectors > VPC_MAX_CREATE_SECTORS ? -EFBIG : 0;
+}
+
+static void vpc_random_uuid(uint8_t *u)
+{
+    if (getrandom(u, 16, GRND_NONBLOCK) != 16)
+        for (int i = 0; i < 16; i++)
+            u[i] = (uint8_t)(rand() >> 7);
+    u[6] = (uint8_t)((u[6] & 0x0F) | 0x40); /* version 4, variant 1 */
+    u[8] = (uint8_t)((u[8] & 0x3F) | 0x80);
+}
+
+static uint32_t vpc_timestamp(time_t t)
+{
+    return t > VPC_TIME_BASE ? (uint32_t)(t - VPC_TIME_BASE) : 0;
+}
+
+/* A new footer of type for a disk of sectors sectors with geometry chs. */
+static void vpc_new_footer(uint8_t *f, uint32_t type, int64_t sectors, const uint32_t chs[3], bool force)
+{
+    memset(f, 0, VPC_FOOTER_SIZE);
+    memcpy(f + FT_COOKIE, "conectix", 8);
+    st_be32(f + FT_FEATURES, 2);
+    st_be32(f + FT_VERSION, 0x00010000);
+    st_be64(f + FT_DATA_OFFSET, type == VPC_TYPE_FIXED ? UINT64_MAX : VPC_HEADER_AT);
+    memcpy(f + FT_CREATOR_APP, force ? "qem2" : "qemu", 4);
+    st_be32(f + FT_CREATOR_VERSION, 0x00050003);
+    memcpy(f + FT_CREATOR_OS, "Wi2k", 4);
+    st_be64(f + FT_ORIGINAL_SIZE, (uint64_t)sectors * VPC_SECTOR);
+    st_be64(f + FT_CURRENT_SIZE, (uint64_t)sectors * VPC_SECTOR);
+    st_be16(f + FT_CYLINDERS, (uint16_t)chs[0]);
+    f[FT_HEADS] = (uint8_t)chs[1];
+    f[FT_SECTORS] = (uint8_t)chs[2];
+    st_be32(f + FT_TYPE, type);
+}
+
+/* A footer's time stamp, UUID and checksum, the last fields written. */
+static void vpc_seal_footer(uint8_t *f)
+{
+    st_be32(f + FT_TIMESTAMP, vpc_timestamp(time(NULL)));
+    vpc_random_uuid(f + FT_UUID);
+    st_be32(f + FT_CHECKSUM, 0);
+    st_be32(f + FT_CHECKSUM, vpc_checksum(f, VPC_FOOTER_SIZE, FT_CHECKSUM));
+}
+
+/* UTF-8 text as UTF-16 (big- or little-endian), '/' as '\\' when windows_path; the bytes written, or -1
+ * if it is not valid UTF-8 or does not fit in outlen bytes. */
+static ssize_t vpc_utf16(const char *in, bool big_endian, bool windows_path, uint8_t *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p;) {
+        uint32_t c = *p++;
+        int more = c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : -1;
+        if (more < 0)
+            return -1;
+        c &= more ? 0x3Fu >> more : 0x7Fu;
+        for (int k = 0; k < more; k++, p++) {
+            if ((*p & 0xC0) != 0x80)
+                return -1;
+            c = c << 6 | (*p & 0x3Fu);
+        }
+        if (windows_path && c == '/')
+            c = '\\';
+        uint16_t units[2] = { (uint16_t)c, 0 };
+        int n = 1;
+        if (c >= 0x10000)
+            units[0] = (uint16_t)(0xD800 + ((c - 0x10000) >> 10)), units[1] = (uint16_t)(0xDC00 + (c & 0x3FF)), n = 2;
+        for (int k = 0; k < n; k++, o += 2) {
+            if (o + 2 > outlen)
+                return -1;
+            out[o + (big_endian ? 0 : 1)] = (uint8_t)(units[k] >> 8);
+            out[o + (big_endian ? 1 : 0)] = (uint8_t)units[k];
+        }
+    }
+    return (ssize_t)o;
+}
+
+/* What a differencing disk records of its parent, read from the parent opened as a VHD. */
+typedef struct VpcParent {
+    uint8_t footer[VPC_FOOTER_SIZE];
+    uint32_t block_size;
+    int64_t size;
+    uint32_t mtime;
+    char path[PATH_MAX];     /* as opened: relative to the child's directory unless absolute */
+    char abs[PATH_MAX];      /* its absolute path, for the W2ku locator */
+} VpcParent;
+
+static int vpc_open_parent(const char *filename, const CreateOpts *opts, VpcParent *p, Error *err)
+{
+    const char *slash = strrchr(filename, '/');
+    int n = opts->backing[0] == '/' ? snprintf(p->path, sizeof(p->path), "%s", opts->backing)
+            : snprintf(p->path, sizeof(p->path), "%.*s/%s", slash ? (int)(slash - filename) : 1,
+                       slash ? filename : ".", opts->backing);
+    struct stat st;
+    if (n < 0 || (size_t)n >= sizeof(p->path) || !realpath(p->path, p->abs) || stat(p->abs, &st) < 0) {
+        error_set(err, ENOENT, "%s: cannot find the parent %s: %s", filename, opts->backing, strerror(errno));
+        return -ENOENT;
+    }
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.format = "vpc";
+    o.no_backing = true;
+    BlockNode *b = bdrv_open(p->abs, &o, err);
+    if (!b)
+        return -(err->errnum ? err->errnum : EIO);
+    int r = 0;
+    const VpcState *ps = b->drv == &bdrv_vpc ? b->opaque : NULL;
+    if (!ps) {
+        error_set(err, EINVAL, "%s: the parent %s did not open as a VHD", filename, opts->backing);
+        r = -EINVAL;
+    } else {
+        memcpy(p->footer, ps->footer, VPC_FOOTER_SIZE);
+        p->block_size = is_dynamic(ps) ? ps->block_size : VPC_DEFAULT_BLOCK;
+        p->size = ps->size;
+        p->mtime = vpc_timestamp(st.st_mtime);
+    }
+    bdrv_close(b);
+    return r;
+}
+
+/* The parent locator entry slot of the header: platform code, data in [off, off + len) of the file. */
+static void vpc_put_locator(uint8_t *hdr, int slot, uint32_t code, uint64_t off, uint32_t len)
+{
+    uint8_t *e = hdr + DH_LOCATORS + slot * PL_ENTRY_SIZE;
+    st_be32(e + PL_CODE, code);
+    st_be32(e + PL_DATA_SPACE, (uint32_t)align_up(len, VPC_SECTOR) / VPC_SECTOR);
+    st_be32(e + PL_DATA_LENGTH, len);
+    st_be64(e + PL_DATA_OFFSET, off);
+}
+
+typedef struct VpcLayout {
+    uint8_t *img;
+    uint64_t len, bat_bytes, loc_at;
+} VpcLayout;
+
+/* A dynamic disk of entries blocks (NULL parent) or a differencing disk over parent: the whole file
+ * but the locators' data, footer in place (sealed by the caller). */
+static int vpc_dynamic_layout(VpcLayout *l, const uint8_t *footer, uint32_t block_size, uint64_t entries,
+                              uint64_t loc_bytes)
+{
+    l->bat_bytes = (uint64_t)align_up((int64_t)entries * 4, VPC_SECTOR);
+    l->loc_at = VPC_BAT_AT + l->bat_bytes;
+    l->len = l->loc_at + loc_bytes + VPC_FOOTER_SIZE;
+    l->img = calloc(1, l->len);
+    if (!l->img)
+        return -ENOMEM;
+    memset(l->img + VPC_BAT_AT, 0xFF, l->bat_bytes);
+    uint8_t *h = l->img + VPC_HEADER_AT;
+    memcpy(h + DH_COOKIE, "cxsparse", 8);
+    memset(h + 8, 0xFF, 8); /* data offset: unused */
+    st_be64(h + DH_TABLE_OFFSET, VPC_BAT_AT);
+    st_be32(h + DH_VERSION, 0x00010000);
+    st_be32(h + DH_MAX_ENTRIES, (uint32_t)entries);
+    st_be32(h + DH_BLOCK_SIZE, block_size);
+    memcpy(l->img + l->len - VPC_FOOTER_SIZE, footer, VPC_FOOTER_SIZE);
+    return 0;
+}
+
+/* Fills the parent fields of the header at h and the locators' data at l->loc_at. */
+static int vpc_fill_parent(VpcLayout *l, const VpcParent *p, const char *backing, const char *filename,
+                           Error *err)
+{
+    uint8_t *h = l->img + VPC_HEADER_AT;
+    memcpy(h + DH_PARENT_UUID, p->footer + FT_UUID, 16);
+    st_be32(h + DH_PARENT_TIME, p->mtime);
+    const char *base = strrchr(p->abs, '/') ? strrchr(p->abs, '/') + 1 : p->abs;
+    uint64_t at = l->loc_at;
+    int slot = 0;
+    ssize_t n = vpc_utf16(base, true, false, h + DH_PARENT_NAME, VPC_PARENT_NAME_BYTES);
+    for (int k = 0; n >= 0 && k < 2; k++) {
+        if (k == 0 && backing[0] == '/')
+            continue; /* an absolute name has no relative locator */
+        char name[PATH_MAX + 2];
+        snprintf(name, sizeof(name), "%s%s", k == 1 || backing[0] == '.' ? "" : "./", k == 0 ? backing : p->abs);
+        n = vpc_utf16(name, false, true, l->img + at, VPC_MAX_LOCATOR_BYTES);
+        if (n > 0) {
+            vpc_put_locator(h, slot++, k == 0 ? PLAT_W2RU : PLAT_W2KU, at, (uint32_t)n);
+            at += (uint64_t)align_up(n, VPC_SECTOR);
+        }
+    }
+    if (n < 0) {
+        error_set(err, EINVAL, "%s: the parent's name is not UTF-8 or longer than a VHD holds", filename);
+        return -EINVAL;
+    }
+    memmove(l->img + at, l->img + l->len - VPC_FOOTER_SIZE, VPC_FOOTER_SIZE);
+    l->len = at + VPC_FOOTER_SIZE;
+    return 0;
+}
+
+static int vpc_create_fixed(const char *filename, const uint8_t *footer, int64_t sectors, Error *err)
+{
+    BlockNode *file = NULL;
+    int r = bdrv_create_empty_file(filename, &file, err);
+    int64_t data = sectors * VPC_SECTOR;
+    if (r == 0)
+        r = bdrv_truncate(file, data); /* the data: a hole of zeros */
+    if (r == 0)
+        r = bdrv_pwrite(file, data, VPC_FOOTER_SIZE, footer, 0);
+    if (r == 0)
+        r = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    return r;
+}
+
+static int vpc_create_check(const VpcCreate *c, const CreateOpts *opts)
+{
+    const char *why = NULL;
+    if (opts->backing_format && strcmp(opts->backing_format, "vpc") != 0)
+        why = "a differencing VHD's parent is a VHD (-F vpc)";
+    else if (c->fixed)
+        why = "a fixed VHD has no parent (-b needs subformat=dynamic)";
+    else if (c->force_size)
+        why = "a differencing VHD takes its size fields from its parent (no force_size with -b)";
+    if (why)
+        error_set(c->err, EINVAL, "%s: %s", c->filename, why);
+    return why ? -EINVAL : 0;
+}
+
+static int vpc_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    VpcCreate c = { .filename = filename, .err = err };
+    int r = bdrv_create_opts_each(opts->options, vpc_create_option, &c);
+    bool diff = opts->backing && opts->backing[0];
+    if (r < 0)
+        return r;
+    if (diff && (r = vpc_create_check(&c, opts)) < 0)
+        return r;
+    uint8_t footer[VPC_FOOTER_SIZE];
+    int64_t sectors;
+    uint32_t block_size = VPC_DEFAULT_BLOCK, chs[3];
+    VpcParent *p = diff ? calloc(1, sizeof(*p)) : NULL;
+    if (diff && !p)
+        return -ENOMEM;
+    if (diff && (r = vpc_open_parent(filename, opts, p, err)) == 0) {
+        if (opts->size != p->size) {
+            error_set(err, EINVAL, "%s: a differencing VHD has its parent's size (%" PRId64 " bytes, not %" PRId64 ")",
+                      filename, p->size, opts->size);
+            r = -EINVAL;
+        }
+        memcpy(footer, p->footer, VPC_FOOTER_SIZE); /* creator, geometry and sizes: the same virtual size */
+        st_be32(footer + FT_TYPE, VPC_TYPE_DIFF);
+        st_be64(footer + FT_DATA_OFFSET, VPC_HEADER_AT);
+        footer[FT_SAVED_STATE] = 0;
+        sectors = (p->size + VPC_SECTOR - 1) / VPC_SECTOR;
+        block_size = p->block_size;
+    } else if (!diff && vpc_create_geometry(c.force_size, (uint64_t)align_up(opts->size, VPC_SECTOR), &sectors,
+                                            chs) < 0) {
+        error_set(err, EINVAL, "%s: invalid virtual size for vpc (at most 2040 GiB)", filename);
+        r = -EINVAL;
+    } else if (!diff) {
+        vpc_new_footer(footer, c.fixed ? VPC_TYPE_FIXED : VPC_TYPE_DYNAMIC, sectors, chs, c.force_size);
+    }
+    if (r == 0)
+        vpc_seal_footer(footer);
+    VpcLayout l = { 0 };
+    uint64_t entries = r == 0 ? ((uint64_t)sectors * VPC_SECTOR + block_size - 1) / block_size : 0;
+    if (r == 0 && c.fixed)
+        r = vpc_create_fixed(filename, footer, sectors, err);
+    else if (r == 0)
+        r = vpc_dynamic_layout(&l, footer, block_size, entries, diff ? 2 * (uint64_t)VPC_MAX_LOCATOR_BYTES : 0);
+    if (r == 0 && diff)
+        r = vpc_fill_parent(&l, p, opts->backing, filename, err);
+    if (r == 0 && !c.fixed) {
+        uint8_t *h = l.img + VPC_HEADER_AT;
+        st_be32(h + DH_CHECKSUM, vpc_checksum(h, VPC_HEADER_SIZE, DH_CHECKSUM));
+        memcpy(l.img, footer, VPC_FOOTER_SIZE);
+        r = bdrv_create_image_file(filename, l.img, l.len, err);
+    }
+    free(l.img);
+    free(p);
+    return r;
 }
 
 /* ---------------------------------------------------------------- info */
@@ -899,7 +1347,7 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
     info_add_str(info, "uuid", "%s", uuid);
     info_add_bool(info, "saved_state", f[FT_SAVED_STATE] != 0);
     info_add_str(info, "footer", "%s", s->footer_from_copy ? "copy at offset 0 (the footer at the end is "
-                 "missing or damaged)" : "at the end");
+                 "missing or damaged)" : s->footer_511 ? "at the end (511 bytes, Virtual PC before 2004)" : "at the end");
     if (!is_dynamic(s))
         return;
     pthread_mutex_lock(&s->lock);
@@ -930,6 +1378,8 @@ const BlockDriver bdrv_vpc = {
     .close = vpc_close,
     .read = vpc_read,
     .write = vpc_write,
+    .write_zeroes = vpc_write_zeroes,
+    .discard = vpc_discard,
     .flush = vpc_flush,
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,
@@ -938,4 +1388,6 @@ const BlockDriver bdrv_vpc = {
     .get_facts = vpc_get_facts,
     .memory_used = vpc_memory_used,
     .has_zero_init = vpc_has_zero_init,
+    .create = vpc_create,
+    .create_options = vpc_create_options,
 };
