@@ -193,7 +193,8 @@ static void test_refusals(void)
     refusal(0x40, 4, 0, "not a VDI image (bad signature 0x00000000)");
     refusal(0x44, 4, 0x00010000, "unsupported VDI version 1.0");
     refusal(0x48, 4, 0x17f, "VDI header size 383 is smaller");
-    refusal(0x4c, 4, 4, "unsupported VDI image type 4 (differencing)");
+    refusal(0x4c, 4, 3, "unsupported VDI image type 3 (undo); only dynamic, static and differencing images");
+    refusal(0x4c, 4, 4, "differencing VDI image with a null parent UUID (uuidLinkage): no parent to find");
     refusal(0x168, 4, 4096, "unsupported VDI sector size 4096");
     refusal(0x178, 4, 2 * BLK, "unsupported VDI block size 2097152");
     refusal(0x17c, 4, 512, "512 bytes of extra data are not supported");
@@ -205,7 +206,7 @@ static void test_refusals(void)
     refusal(0x154, 4, 0x100, "block map offset 0x100 is not sector aligned");
     refusal(0x158, 4, 0x200, "overlaps the block map");
     refusal(0x158, 4, 0x7ffffe00, "past the end of the file");
-    refusal(0x1b8, 4, 1, "names a parent image");
+    refusal(0x1b8, 4, 1, "the dynamic VDI image names a parent image (link or parent UUID set); only differencing");
 }
 
 static void test_allocation(void)
