@@ -1021,6 +1021,155 @@ static int vdi_discard(BlockNode *bs, int64_t offset, int64_t bytes)
     return ret;
 }
 
+/* ---------------------------------------------------------------- create */
+
+static const BlockOptionSpec vdi_create_options[] = {
+    { "static", BDRV_OPT_BOOL, 0, "on: a fixed image, every block preallocated; off (default): dynamic" },
+    { NULL, 0, 0, NULL },
+};
+
+typedef struct VdiCreateParse {
+    bool *is_static;
+    const char *filename;
+    Error *err;
+} VdiCreateParse;
+
+static int vdi_create_option(const char *key, const char *value, void *opaque)
+{
+    VdiCreateParse *c = opaque;
+    if (strcmp(key, "static") != 0) {
+        error_set(c->err, EINVAL, "%s: unknown vdi creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    if (!value || !strcmp(value, "on") || !strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "1"))
+        *c->is_static = true;
+    else if (!strcmp(value, "off") || !strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
+        *c->is_static = false;
+    else {
+        error_set(c->err, EINVAL, "%s: vdi option 'static' must be on or off, not '%s'", c->filename, value);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* What a differencing image records of its parent. */
+typedef struct VdiParentIds {
+    uint8_t create[16], modify[16];
+    uint64_t disk_size;
+} VdiParentIds;
+
+/* The parent named with -b (relative to the new image's directory), opened read-only without its own
+ * parent: a VDI image whose uuidCreate and uuidModify the child records. */
+static int vdi_create_parent(const char *filename, const CreateOpts *opts, VdiParentIds *ids, Error *err)
+{
+    char path[4096];
+    const char *slash = strrchr(filename, '/');
+    if (opts->backing[0] == '/' || !slash)
+        snprintf(path, sizeof(path), "%s", opts->backing);
+    else
+        snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - filename), filename, opts->backing);
+    if (opts->backing_format && strcmp(opts->backing_format, "vdi") != 0) {
+        error_set(err, EINVAL, "%s: the parent of a differencing VDI image is a VDI image (-F vdi), not %s",
+                  filename, opts->backing_format);
+        return -EINVAL;
+    }
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.format = "vdi";
+    o.no_backing = true;
+    BlockNode *p = bdrv_open(path, &o, err);
+    if (!p)
+        return -(err->errnum ? err->errnum : EIO);
+    const VdiState *ps = p->opaque;
+    memcpy(ids->create, ps->uuid_image, 16);
+    memcpy(ids->modify, ps->uuid_last_snap, 16);
+    ids->disk_size = ps->disk_size;
+    bdrv_close(p);
+    return 0;
+}
+
+/* Pre-header, header and block map of a new image (every entry free, or block i at host block i for a
+ * static one); *len bytes, data at the next sector; NULL: no memory. */
+static uint8_t *vdi_new_image(uint32_t type, uint64_t size, const VdiParentIds *parent, uint64_t *len)
+{
+    uint32_t blocks = (uint32_t)((size + VDI_BLOCK_SIZE - 1) / VDI_BLOCK_SIZE);
+    uint64_t data = (uint64_t)align_up((int64_t)(VDI_BMAP_OFFSET_NEW + (uint64_t)blocks * 4), VDI_SECTOR_SIZE);
+    uint8_t *img = calloc(1, data);
+    if (!img)
+        return NULL;
+    memcpy(img, VDI_PREHEADER_TEXT, strlen(VDI_PREHEADER_TEXT));
+    st_le32(img + VDI_SIGNATURE_OFFSET, VDI_SIGNATURE);
+    st_le32(img + VDI_VERSION_OFFSET, VDI_VERSION_1_1);
+    st_le32(img + VDI_OFF_HEADER_SIZE, VDI_HEADER_SIZE_NEW);
+    st_le32(img + VDI_OFF_IMAGE_TYPE, type);
+    st_le32(img + VDI_OFF_BMAP, VDI_BMAP_OFFSET_NEW);
+    st_le32(img + VDI_OFF_DATA, (uint32_t)data);
+    st_le32(img + VDI_OFF_SECTOR_SIZE, VDI_SECTOR_SIZE);
+    st_le64(img + VDI_OFF_DISK_SIZE, size);
+    st_le32(img + VDI_OFF_BLOCK_SIZE, VDI_BLOCK_SIZE);
+    st_le32(img + VDI_OFF_BLOCKS_IN_IMAGE, blocks);
+    st_le32(img + VDI_OFF_BLOCKS_ALLOCATED, type == VDI_TYPE_STATIC ? blocks : 0);
+    vdi_new_uuid(img + VDI_OFF_UUID_IMAGE);
+    vdi_new_uuid(img + VDI_OFF_UUID_LAST_SNAP);
+    if (parent) {
+        memcpy(img + VDI_OFF_UUID_LINK, parent->create, 16);
+        memcpy(img + VDI_OFF_UUID_PARENT, parent->modify, 16);
+    }
+    for (uint32_t i = 0; i < blocks; i++)
+        st_le32(img + VDI_BMAP_OFFSET_NEW + 4 * (uint64_t)i, type == VDI_TYPE_STATIC ? i : VDI_ENTRY_UNALLOCATED);
+    *len = data;
+    return img;
+}
+
+/* The image file: header and map, then for a static image the data area (a sparse file of zeros). */
+static int vdi_write_new(const char *filename, const uint8_t *img, uint64_t len, uint64_t total, Error *err)
+{
+    BlockNode *file = NULL;
+    int ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, (int64_t)len, img, 0);
+    if (ret == 0 && total > len)
+        ret = bdrv_truncate(file, (int64_t)total);
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    return ret;
+}
+
+static int vdi_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    bool is_static = false;
+    VdiCreateParse c = { .is_static = &is_static, .filename = filename, .err = err };
+    int ret = bdrv_create_opts_each(opts->options, vdi_create_option, &c);
+    bool diff = opts->backing && opts->backing[0];
+    uint64_t size = (uint64_t)align_up(MAX(opts->size, 0), VDI_SECTOR_SIZE);
+    VdiParentIds parent;
+    if (ret == 0 && (opts->size < 0 || size > (uint64_t)VDI_MAX_BLOCKS * VDI_BLOCK_SIZE)) {
+        error_set(err, EINVAL, "%s: invalid virtual size for vdi (0 to 16 TiB)", filename);
+        ret = -EINVAL;
+    } else if (ret == 0 && diff && is_static) {
+        error_set(err, EINVAL, "%s: a differencing VDI image cannot be static (static=on with -b)", filename);
+        ret = -EINVAL;
+    }
+    if (ret == 0 && diff)
+        ret = vdi_create_parent(filename, opts, &parent, err);
+    if (ret == 0 && diff && parent.disk_size != size) {
+        error_set(err, EINVAL, "%s: a differencing VDI image has its parent's size (%" PRIu64 " bytes), not %" PRIu64,
+                  filename, parent.disk_size, size);
+        ret = -EINVAL;
+    }
+    uint32_t type = diff ? VDI_TYPE_DIFF : is_static ? VDI_TYPE_STATIC : VDI_TYPE_DYNAMIC;
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? vdi_new_image(type, size, diff ? &parent : NULL, &len) : NULL;
+    uint64_t blocks = (size + VDI_BLOCK_SIZE - 1) / VDI_BLOCK_SIZE;
+    if (ret == 0)
+        ret = img ? vdi_write_new(filename, img, len, is_static ? len + blocks * VDI_BLOCK_SIZE : len, err) : -ENOMEM;
+    free(img);
+    return ret;
+}
+
 /* ---------------------------------------------------------------- info */
 
 static bool vdi_has_zero_init(BlockNode *bs)
@@ -1105,5 +1254,7 @@ const BlockDriver bdrv_vdi = {
     .get_info = vdi_get_info,
     .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
+    .create = vdi_create,
+    .create_options = vdi_create_options,
     .read_map = &vdi_read_map,
 };
