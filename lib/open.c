@@ -408,8 +408,8 @@ static int search_by_identity(BlockNode *cur, ChainWalk *walk, const BlockOpenOp
         char *chosen = strdup(list[found]);
         r = chosen ? 0 : -ENOMEM;
         if (chosen) {
-            snprintf(note, 1024, "found by its identity %s among %d %s file%s looked at", cur->backing_name,
-                     looked, cur->backing_search_suffix, looked == 1 ? "" : "s");
+            snprintf(note, 1024, "found by its identity %s among the %s files (%d looked at)", cur->backing_name,
+                     cur->backing_search_suffix, looked);
             free(cur->backing_name);
             cur->backing_name = chosen;
         }
