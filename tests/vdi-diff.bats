@@ -99,6 +99,14 @@ fio_verify() {
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" =~ ^imgfuse:\ diff\.vdi:\ parent\ wrong\.vdi\ has\ UUID\ \{[0-9a-f-]{36}\},\ but\ this\ differencing\ image\ was\ made\ from\ \{[0-9a-f-]{36}\}$ ]]
   refused_open diff.vdi "but this differencing image was made from" --backing wrong.vdi
+  # a parent of another format cannot be checked: used, with one warning line
+  head -c $((4 * MiB)) /dev/zero | tr '\0' Z > p.raw
+  run "$IMGFUSE" info --backing p.raw --backing-format raw diff.vdi
+  [ "$status" -eq 0 ]
+  [[ "${lines[0]}" == "imgfuse: diff.vdi: warning: parent p.raw is a raw image: its UUID cannot be checked" ]]
+  mount_img --backing p.raw --backing-format raw diff.vdi "$MNT"
+  cmp -n $MiB -i $MiB:$MiB "$MNT/disk.raw" p.raw
+  unmount_img
   # the parent's uuidModify no longer matches uuidParentModify: read, with one warning line
   python3 "$MAKE_DIFF" --parent-modify 01234567-89ab-cdef-0123-456789abcdef --parent-raw base.vdi.raw \
     base.vdi moved.vdi 0:512:0x7a
