@@ -5,11 +5,16 @@
  * file size before anything is trusted; the block map (one little-endian uint32 per guest block: a host
  * block index, 0xffffffff for "not allocated" and 0xfffffffe for "reads as zeros"), held in memory; reads
  * and block status with host offsets, so the front end can seek and splice as for qcow2; and, on writable
- * nodes, in-place writes, block allocation in the data area, write-zeroes and discard.  Dynamic (type 1)
- * and fixed (type 2) images are supported; undo and differencing images are refused.  A VDI image has no
- * backing file in this driver: unallocated blocks read as zeros.  The block map is the only metadata
- * besides the header and is written through at once, so the driver keeps nothing to write back at flush
- * (the core flushes the file).  It knows nothing of FUSE or of other formats.
+ * nodes, in-place writes, block allocation in the data area, write-zeroes and discard.  Dynamic (type 1),
+ * fixed (type 2) and differencing (type 4) images are supported; undo images are refused.  A differencing
+ * image names its parent by UUID only (uuidLinkage = the parent's uuidCreate): the driver tells the core
+ * the identity and checks candidates' headers (backing_matches); the core searches the .vdi files.  Its
+ * unallocated blocks read from the parent, and a write to one copies the parent's block in first.  The
+ * first write of a session gives the image a new uuidModify, which children check against their
+ * uuidParentModify.  The block map is the only metadata besides the header and is written through at
+ * once, so the driver keeps nothing to write back at flush (the core flushes the file).  It also creates
+ * dynamic, static and differencing images (`imgfuse create -f vdi`).  It knows nothing of FUSE or of
+ * other formats.
  */
 #include "block.h"
 #include "util.h"
@@ -20,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* ---------------------------------------------------------------- the on-disk layout */
 
@@ -49,9 +55,12 @@
 #define VDI_OFF_BLOCKS_IN_IMAGE  0x180
 #define VDI_OFF_BLOCKS_ALLOCATED 0x184
 #define VDI_OFF_UUID_IMAGE       0x188
-#define VDI_OFF_UUID_LAST_SNAP   0x198
+#define VDI_OFF_UUID_LAST_SNAP   0x198  /* uuidModify: new on every session that writes */
 #define VDI_OFF_UUID_LINK        0x1a8
-#define VDI_OFF_UUID_PARENT      0x1b8
+#define VDI_OFF_UUID_PARENT      0x1b8  /* uuidParentModify: the parent's uuidModify when this image was made */
+#define VDI_HEADER_SIZE_NEW      0x190  /* the header size of images this driver creates (VirtualBox's) */
+#define VDI_BMAP_OFFSET_NEW      0x200
+#define VDI_PREHEADER_TEXT       "<<< Oracle VM VirtualBox Disk Image >>>\n"
 
 enum { VDI_TYPE_DYNAMIC = 1, VDI_TYPE_STATIC = 2, VDI_TYPE_UNDO = 3, VDI_TYPE_DIFF = 4 };
 
@@ -92,6 +101,9 @@ typedef struct VdiState {
 
     /* writable nodes only */
     bool writable;
+    BlockNode *self;             /* the node: its backing child (a differencing image's parent) is read on copy-up */
+    uint8_t *cow_buf;            /* a block's bytes on copy-up (differencing images), under alloc_lock */
+    int modified;                /* uuidModify already renewed in this session (under alloc_lock to set) */
     uint64_t *host_used;         /* bit per host block index: referenced by the map (or being filled) */
     uint32_t free_hint;          /* no free host index below this one */
     pthread_mutex_t alloc_lock;  /* one allocation at a time: no block is allocated twice */
@@ -188,16 +200,23 @@ static int vdi_check_identity(VdiState *s, const uint8_t *h, int64_t file_size, 
                   s->header_size, VDI_HEADER_MIN_SIZE);
         return -EINVAL;
     }
-    /* Undo and differencing images need their parent image for the blocks they do not hold; following a
-     * parent by UUID (and refusing mismatched ones) would be a later step, through the backing chain. */
-    if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC) {
-        error_set(err, ENOTSUP, "unsupported VDI image type %" PRIu32 " (%s); only dynamic and static images "
-                  "are supported", s->image_type, vdi_type_name(s->image_type));
+    /* Undo images keep the old contents of the blocks a session changed: a different journal, refused. */
+    if (s->image_type != VDI_TYPE_DYNAMIC && s->image_type != VDI_TYPE_STATIC && s->image_type != VDI_TYPE_DIFF) {
+        error_set(err, ENOTSUP, "unsupported VDI image type %" PRIu32 " (%s); only dynamic, static and "
+                  "differencing images are supported", s->image_type, vdi_type_name(s->image_type));
         return -ENOTSUP;
     }
-    if (!vdi_uuid_is_null(s->uuid_link) || !vdi_uuid_is_null(s->uuid_parent)) {
-        error_set(err, ENOTSUP, "the VDI image names a parent image (link or parent UUID set); "
-                  "differencing chains are not supported");
+    if (s->image_type == VDI_TYPE_DIFF && vdi_uuid_is_null(s->uuid_link)) {
+        error_set(err, EINVAL, "differencing VDI image with a null parent UUID (uuidLinkage): no parent to find");
+        return -EINVAL;
+    }
+    if (s->image_type == VDI_TYPE_DIFF && memcmp(s->uuid_link, s->uuid_image, 16) == 0) {
+        error_set(err, EINVAL, "differencing VDI image names itself as its parent (uuidLinkage = uuidCreate)");
+        return -EINVAL;
+    }
+    if (s->image_type != VDI_TYPE_DIFF && (!vdi_uuid_is_null(s->uuid_link) || !vdi_uuid_is_null(s->uuid_parent))) {
+        error_set(err, ENOTSUP, "the %s VDI image names a parent image (link or parent UUID set); only "
+                  "differencing images have one", vdi_type_name(s->image_type));
         return -ENOTSUP;
     }
     return 0;
@@ -441,6 +460,10 @@ static int vdi_open_writable(VdiState *s, Error *err)
         }
         s->blocks_allocated_header = s->blocks_allocated;
     }
+    if (s->image_type == VDI_TYPE_DIFF && !(s->cow_buf = malloc(s->block_size))) {
+        error_set(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
     pthread_mutex_init(&s->alloc_lock, NULL);
     pthread_rwlock_init(&s->io_lock, NULL);
     s->writable = true;
@@ -462,22 +485,48 @@ static void vdi_close(BlockNode *bs)
     pthread_mutex_destroy(&s->lock);
     free(s->bmap);
     free(s->host_used);
+    free(s->cow_buf);
     s->bmap = NULL;
     s->host_used = NULL;
+    s->cow_buf = NULL;
     s->name = NULL;
+}
+
+/* A differencing image: the core searches its parent among the .vdi files by the identity backing_matches
+ * checks; backing_name is that identity as users read it. Only such an image takes --backing. */
+static int vdi_set_parent_search(BlockNode *bs, VdiState *s, const BlockOpenOpts *opts, Error *err)
+{
+    if (s->image_type != VDI_TYPE_DIFF) {
+        if (opts && opts->backing) {
+            error_set(err, EINVAL, "a %s VDI image has no parent: --backing applies to differencing images only",
+                      vdi_type_name(s->image_type));
+            return -EINVAL;
+        }
+        return 0;
+    }
+    char uuid[40], name[48];
+    vdi_format_uuid(s->uuid_link, uuid, sizeof(uuid));
+    snprintf(name, sizeof(name), "{%s}", uuid);
+    if (!(bs->backing_name = strdup(name)) || !(bs->backing_search_suffix = strdup(".vdi"))) {
+        error_set(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
 }
 
 static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
-    (void)opts;
     VdiState *s = bs->opaque;
     s->name = bs->filename ? bs->filename : "vdi";
     s->file = bs->file;
+    s->self = bs;
     pthread_mutex_init(&s->lock, NULL);
     int64_t file_size;
     int ret = bdrv_file_size(bs->file, &file_size, err);
     if (ret == 0)
         ret = vdi_read_header(s, file_size, err);
+    if (ret == 0)
+        ret = vdi_set_parent_search(bs, s, opts, err);
     if (ret == 0)
         ret = vdi_load_bmap(s, file_size, err);
     if (ret == 0 && !bs->read_only)
@@ -487,6 +536,55 @@ static int vdi_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         return ret;
     }
     bs->request_alignment = 1;
+    return 0;
+}
+
+/* A candidate parent: a VDI 1.1 header whose uuidCreate is this image's uuidLinkage (the full checks come
+ * when the core opens it). */
+static bool vdi_backing_matches(BlockNode *bs, const uint8_t *head, size_t len)
+{
+    const VdiState *s = bs->opaque;
+    return len >= VDI_OFF_UUID_IMAGE + 16 && ld_le32(head + VDI_SIGNATURE_OFFSET) == VDI_SIGNATURE &&
+           ld_le32(head + VDI_VERSION_OFFSET) == VDI_VERSION_1_1 &&
+           memcmp(head + VDI_OFF_UUID_IMAGE, s->uuid_link, 16) == 0;
+}
+
+/* The parent attached (found by UUID, or named with --backing): a VDI parent must carry the UUID this image
+ * links to (else the open fails); one modified since this image was made (its uuidModify is not this
+ * image's uuidParentModify) is read with a warning. A parent of another format cannot be checked. */
+static int vdi_backing_attached(BlockNode *bs, Error *err)
+{
+    VdiState *s = bs->opaque;
+    BlockNode *p = bs->backing;
+    char want[40], got[40];
+    if (s->image_type != VDI_TYPE_DIFF)
+        return 0;
+    if (!p) {
+        if (!s->writable)
+            return 0;
+        error_set(err, EINVAL, "%s: a differencing VDI image is writable only with its parent (not with "
+                  "--no-backing): new blocks start as the parent's", bs->filename);
+        return -EINVAL;
+    }
+    if (p->drv != bs->drv) {
+        log_msg("%s: warning: parent %s is a %s image: its UUID cannot be checked", bs->filename, p->filename,
+                p->drv->name);
+        return 0;
+    }
+    const VdiState *ps = p->opaque;
+    vdi_format_uuid(s->uuid_link, want, sizeof(want));
+    if (memcmp(ps->uuid_image, s->uuid_link, 16) != 0) {
+        vdi_format_uuid(ps->uuid_image, got, sizeof(got));
+        error_set(err, EINVAL, "%s: parent %s has UUID {%s}, but this differencing image was made from {%s}",
+                  bs->filename, p->filename, got, want);
+        return -EINVAL;
+    }
+    if (!vdi_uuid_is_null(s->uuid_parent) && memcmp(ps->uuid_last_snap, s->uuid_parent, 16) != 0) {
+        vdi_format_uuid(ps->uuid_last_snap, got, sizeof(got));
+        vdi_format_uuid(s->uuid_parent, want, sizeof(want));
+        log_msg("%s: warning: parent %s was modified after this differencing image was made (its uuidModify is "
+                "{%s}, this image expects {%s}); reading it as it is now", bs->filename, p->filename, got, want);
+    }
     return 0;
 }
 
@@ -580,6 +678,24 @@ static int vdi_fill_new_block(VdiState *s, uint64_t host, uint64_t in, uint64_t 
     return ret;
 }
 
+/* Copy-up: guest block b's bytes in the parent (zeros past the parent's end), with [in, in + n) replaced by
+ * data, written whole to the new host block. Caller holds alloc_lock (cow_buf is the block's buffer). */
+static int vdi_fill_copy_up(VdiState *s, uint64_t b, uint64_t host, uint64_t in, uint64_t n, const uint8_t *data)
+{
+    BlockNode *parent = s->self->backing;
+    uint64_t start = b << s->block_shift, visible = vdi_block_visible(s, b);
+    int64_t plen = bdrv_getlength(parent);
+    if (plen < 0)
+        return (int)plen;
+    memset(s->cow_buf, 0, s->block_size);
+    uint64_t avail = (uint64_t)plen > start ? MIN(visible, (uint64_t)plen - start) : 0;
+    int ret = avail ? bdrv_pread(parent, (int64_t)start, (int64_t)avail, s->cow_buf) : 0;
+    if (ret < 0)
+        return ret;
+    memcpy(s->cow_buf + in, data, n);
+    return bdrv_pwrite(s->file, (int64_t)host, s->block_size, s->cow_buf, 0);
+}
+
 /* Write [in, in + n) of guest block b, which holds no data yet, into a new host block. The block's data
  * reaches the disk (flush) before the map entry names it, so a crash leaves either the old entry or one
  * pointing at complete data; then the header's count follows. Allocations are serialised by alloc_lock,
@@ -604,7 +720,10 @@ static int vdi_allocate_write(VdiState *s, uint64_t b, uint64_t in, uint64_t n, 
         return ret < 0 ? ret : bdrv_pwrite(s->file, (int64_t)(host + in), (int64_t)n, data, 0);
     }
     host = vdi_host_offset(s, index);
-    ret = vdi_fill_new_block(s, host, in, n, data);
+    if (kind == VDI_UNALLOCATED && s->self->backing)
+        ret = vdi_fill_copy_up(s, b, host, in, n, data);
+    else
+        ret = vdi_fill_new_block(s, host, in, n, data);
     if (ret == 0)
         ret = bdrv_flush(s->file);
     uint32_t old = s->bmap[b];
@@ -634,6 +753,42 @@ static int vdi_allocate_write(VdiState *s, uint64_t b, uint64_t in, uint64_t n, 
 }
 
 /* ---------------------------------------------------------------- write */
+
+/* A random (version 4) UUID in VirtualBox's byte order (the first three fields little-endian). */
+static void vdi_new_uuid(uint8_t *u)
+{
+    if (getrandom(u, 16, 0) != 16)
+        for (int i = 0; i < 16; i++)
+            u[i] = (uint8_t)(rand() >> 7);
+    u[7] = (uint8_t)((u[7] & 0x0f) | 0x40);
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+}
+
+/* The first change of a session gives the image a new uuidModify, as VirtualBox does, so that a child made
+ * before it can tell its parent changed; it reaches the disk before the change does. */
+static int vdi_renew_modify(VdiState *s)
+{
+    if (__atomic_load_n(&s->modified, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&s->alloc_lock);
+    int ret = 0;
+    if (!s->modified) {
+        uint8_t uuid[16];
+        vdi_new_uuid(uuid);
+        bdrv_debug_event(s->file, "vdi_header_update");
+        ret = bdrv_pwrite(s->file, VDI_OFF_UUID_LAST_SNAP, 16, uuid, 0);
+        if (ret == 0)
+            ret = bdrv_flush(s->file);
+        if (ret == 0) {
+            pthread_mutex_lock(&s->lock);
+            memcpy(s->uuid_last_snap, uuid, 16);
+            pthread_mutex_unlock(&s->lock);
+            __atomic_store_n(&s->modified, 1, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&s->alloc_lock);
+    return ret;
+}
 
 static int vdi_write_locked(VdiState *s, uint64_t offset, uint64_t bytes, const uint8_t *p)
 {
@@ -672,6 +827,8 @@ static int vdi_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *b
 {
     VdiState *s = bs->opaque;
     int ret = vdi_check_write(s, offset, bytes);
+    if (ret == 0 && bytes > 0)
+        ret = vdi_renew_modify(s);
     if (ret < 0)
         return ret;
     pthread_rwlock_rdlock(&s->io_lock);
@@ -684,19 +841,59 @@ static int vdi_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *b
 
 /* ---------------------------------------------------------------- zeroes, discard */
 
-/* Zero [offset, offset + bytes) where blocks hold data; blocks without data read as zeros already. */
+/* Guest block b, unallocated in a differencing image, made a zero entry (if still unallocated). */
+static int vdi_zero_entry(VdiState *s, uint64_t b)
+{
+    pthread_mutex_lock(&s->alloc_lock);
+    pthread_mutex_lock(&s->lock);
+    bool still = s->bmap[b] == VDI_ENTRY_UNALLOCATED;
+    if (still)
+        s->bmap[b] = VDI_ENTRY_ZERO;
+    pthread_mutex_unlock(&s->lock);
+    int ret = still ? vdi_write_bmap_entries(s, (uint32_t)b, 1) : 0;
+    pthread_mutex_unlock(&s->alloc_lock);
+    return ret;
+}
+
+/* Zero [offset, offset + n) of a differencing image where it is unallocated (it reads from the parent): a
+ * whole block becomes a zero entry, part of one a new block copied up from the parent with zeros written. */
+static int vdi_zero_unallocated(VdiState *s, uint64_t offset, uint64_t n)
+{
+    while (n > 0) {
+        uint64_t b = offset >> s->block_shift, in = offset & (s->block_size - 1);
+        uint64_t len = MIN(n, vdi_block_visible(s, b) - in);
+        int ret;
+        if (in == 0 && len == vdi_block_visible(s, b)) {
+            ret = vdi_zero_entry(s, b);
+        } else {
+            uint8_t *zeros = calloc(1, len);
+            ret = zeros ? vdi_allocate_write(s, b, in, len, zeros) : -ENOMEM;
+            free(zeros);
+        }
+        if (ret < 0)
+            return ret;
+        offset += len;
+        n -= len;
+    }
+    return 0;
+}
+
+/* Zero [offset, offset + bytes) where blocks hold data (and, in a differencing image, where they read from
+ * the parent); other blocks read as zeros already. */
 static int vdi_zero_in_place(VdiState *s, uint64_t offset, uint64_t bytes)
 {
     while (bytes > 0) {
         uint64_t n, host;
         VdiKind kind = vdi_map_run(s, offset, bytes, &n, &host);
+        int ret = 0;
         if (kind == VDI_BAD)
             return -EIO;
-        if (kind == VDI_DATA) {
-            int ret = bdrv_pwrite_zeroes(s->file, (int64_t)host, (int64_t)n, 0);
-            if (ret < 0)
-                return ret;
-        }
+        if (kind == VDI_DATA)
+            ret = bdrv_pwrite_zeroes(s->file, (int64_t)host, (int64_t)n, 0);
+        else if (kind == VDI_UNALLOCATED && s->image_type == VDI_TYPE_DIFF)
+            ret = vdi_zero_unallocated(s, offset, n);
+        if (ret < 0)
+            return ret;
         offset += n;
         bytes -= n;
     }
@@ -731,12 +928,17 @@ static int vdi_unmap_blocks(VdiState *s, uint64_t first, uint64_t count)
     while (ret == 0 && count > 0) {
         uint32_t chunk = (uint32_t)MIN(count, (uint64_t)VDI_UNMAP_BATCH);
         int n = 0;
+        bool changed = false;
         pthread_mutex_lock(&s->lock);
         for (uint32_t i = 0; i < chunk; i++) {
             uint64_t host;
             VdiKind kind = vdi_classify(s, first + i, &host);
             if (kind == VDI_BAD)
                 ret = vdi_bad_entry(s, first + i);
+            if (kind == VDI_UNALLOCATED && s->image_type == VDI_TYPE_DIFF && ret == 0) {
+                s->bmap[first + i] = VDI_ENTRY_ZERO; /* it read from the parent: now zeros */
+                changed = true;
+            }
             if (kind != VDI_DATA || ret < 0)
                 continue;
             hosts[n++] = s->bmap[first + i];
@@ -745,7 +947,7 @@ static int vdi_unmap_blocks(VdiState *s, uint64_t first, uint64_t count)
         }
         pthread_mutex_unlock(&s->lock);
         /* the map slice is written even after an error: entries changed in memory must reach the disk */
-        int wret = n ? vdi_write_bmap_entries(s, (uint32_t)first, chunk) : 0;
+        int wret = n || changed ? vdi_write_bmap_entries(s, (uint32_t)first, chunk) : 0;
         if (wret == 0)
             wret = vdi_release_hosts(s, hosts, n);
         ret = ret < 0 ? ret : wret;
@@ -773,8 +975,12 @@ static int vdi_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int fl
     if (ret < 0)
         return ret;
     uint64_t first = 0, count = 0;
-    /* static images keep every block in place; dynamic ones may drop whole blocks when allowed */
-    if ((flags & BDRV_REQ_MAY_UNMAP) && s->image_type == VDI_TYPE_DYNAMIC)
+    if (ret == 0 && bytes > 0)
+        ret = vdi_renew_modify(s);
+    if (ret < 0)
+        return ret;
+    /* static images keep every block in place; dynamic and differencing ones may drop whole blocks */
+    if ((flags & BDRV_REQ_MAY_UNMAP) && s->image_type != VDI_TYPE_STATIC)
         vdi_whole_blocks(s, (uint64_t)offset, (uint64_t)bytes, &first, &count);
     if (count == 0) {
         pthread_rwlock_rdlock(&s->io_lock);
@@ -795,20 +1001,172 @@ static int vdi_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int fl
     return ret;
 }
 
-/* A discard is a hint: whole blocks of a dynamic image become zero entries, the rest is left alone. */
+/* A discard is a hint: whole blocks of a dynamic or differencing image become zero entries, the rest is
+ * left alone. */
 static int vdi_discard(BlockNode *bs, int64_t offset, int64_t bytes)
 {
     VdiState *s = bs->opaque;
     int ret = vdi_check_write(s, offset, bytes);
-    if (ret < 0 || s->image_type != VDI_TYPE_DYNAMIC)
+    if (ret < 0 || s->image_type == VDI_TYPE_STATIC)
         return ret;
     uint64_t first, count;
     vdi_whole_blocks(s, (uint64_t)offset, (uint64_t)bytes, &first, &count);
     if (count == 0)
         return 0;
+    if ((ret = vdi_renew_modify(s)) < 0)
+        return ret;
     pthread_rwlock_wrlock(&s->io_lock);
     ret = vdi_unmap_blocks(s, first, count);
     pthread_rwlock_unlock(&s->io_lock);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- create */
+
+static const BlockOptionSpec vdi_create_options[] = {
+    { "static", BDRV_OPT_BOOL, 0, "on: a fixed image, every block preallocated; off (default): dynamic" },
+    { NULL, 0, 0, NULL },
+};
+
+typedef struct VdiCreateParse {
+    bool *is_static;
+    const char *filename;
+    Error *err;
+} VdiCreateParse;
+
+static int vdi_create_option(const char *key, const char *value, void *opaque)
+{
+    VdiCreateParse *c = opaque;
+    if (strcmp(key, "static") != 0) {
+        error_set(c->err, EINVAL, "%s: unknown vdi creation option '%s'", c->filename, key);
+        return -EINVAL;
+    }
+    if (!value || !strcmp(value, "on") || !strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "1"))
+        *c->is_static = true;
+    else if (!strcmp(value, "off") || !strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
+        *c->is_static = false;
+    else {
+        error_set(c->err, EINVAL, "%s: vdi option 'static' must be on or off, not '%s'", c->filename, value);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* What a differencing image records of its parent. */
+typedef struct VdiParentIds {
+    uint8_t create[16], modify[16];
+    uint64_t disk_size;
+} VdiParentIds;
+
+/* The parent named with -b (relative to the new image's directory), opened read-only without its own
+ * parent: a VDI image whose uuidCreate and uuidModify the child records. */
+static int vdi_create_parent(const char *filename, const CreateOpts *opts, VdiParentIds *ids, Error *err)
+{
+    char path[4096];
+    const char *slash = strrchr(filename, '/');
+    if (opts->backing[0] == '/' || !slash)
+        snprintf(path, sizeof(path), "%s", opts->backing);
+    else
+        snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - filename), filename, opts->backing);
+    if (opts->backing_format && strcmp(opts->backing_format, "vdi") != 0) {
+        error_set(err, EINVAL, "%s: the parent of a differencing VDI image is a VDI image (-F vdi), not %s",
+                  filename, opts->backing_format);
+        return -EINVAL;
+    }
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = true;
+    o.format = "vdi";
+    o.no_backing = true;
+    BlockNode *p = bdrv_open(path, &o, err);
+    if (!p)
+        return -(err->errnum ? err->errnum : EIO);
+    const VdiState *ps = p->opaque;
+    memcpy(ids->create, ps->uuid_image, 16);
+    memcpy(ids->modify, ps->uuid_last_snap, 16);
+    ids->disk_size = ps->disk_size;
+    bdrv_close(p);
+    return 0;
+}
+
+/* Pre-header, header and block map of a new image (every entry free, or block i at host block i for a
+ * static one); *len bytes, data at the next sector; NULL: no memory. */
+static uint8_t *vdi_new_image(uint32_t type, uint64_t size, const VdiParentIds *parent, uint64_t *len)
+{
+    uint32_t blocks = (uint32_t)((size + VDI_BLOCK_SIZE - 1) / VDI_BLOCK_SIZE);
+    uint64_t data = (uint64_t)align_up((int64_t)(VDI_BMAP_OFFSET_NEW + (uint64_t)blocks * 4), VDI_SECTOR_SIZE);
+    uint8_t *img = calloc(1, data);
+    if (!img)
+        return NULL;
+    memcpy(img, VDI_PREHEADER_TEXT, strlen(VDI_PREHEADER_TEXT));
+    st_le32(img + VDI_SIGNATURE_OFFSET, VDI_SIGNATURE);
+    st_le32(img + VDI_VERSION_OFFSET, VDI_VERSION_1_1);
+    st_le32(img + VDI_OFF_HEADER_SIZE, VDI_HEADER_SIZE_NEW);
+    st_le32(img + VDI_OFF_IMAGE_TYPE, type);
+    st_le32(img + VDI_OFF_BMAP, VDI_BMAP_OFFSET_NEW);
+    st_le32(img + VDI_OFF_DATA, (uint32_t)data);
+    st_le32(img + VDI_OFF_SECTOR_SIZE, VDI_SECTOR_SIZE);
+    st_le64(img + VDI_OFF_DISK_SIZE, size);
+    st_le32(img + VDI_OFF_BLOCK_SIZE, VDI_BLOCK_SIZE);
+    st_le32(img + VDI_OFF_BLOCKS_IN_IMAGE, blocks);
+    st_le32(img + VDI_OFF_BLOCKS_ALLOCATED, type == VDI_TYPE_STATIC ? blocks : 0);
+    vdi_new_uuid(img + VDI_OFF_UUID_IMAGE);
+    vdi_new_uuid(img + VDI_OFF_UUID_LAST_SNAP);
+    if (parent) {
+        memcpy(img + VDI_OFF_UUID_LINK, parent->create, 16);
+        memcpy(img + VDI_OFF_UUID_PARENT, parent->modify, 16);
+    }
+    for (uint32_t i = 0; i < blocks; i++)
+        st_le32(img + VDI_BMAP_OFFSET_NEW + 4 * (uint64_t)i, type == VDI_TYPE_STATIC ? i : VDI_ENTRY_UNALLOCATED);
+    *len = data;
+    return img;
+}
+
+/* The image file: header and map, then for a static image the data area (a sparse file of zeros). */
+static int vdi_write_new(const char *filename, const uint8_t *img, uint64_t len, uint64_t total, Error *err)
+{
+    BlockNode *file = NULL;
+    int ret = bdrv_create_empty_file(filename, &file, err);
+    if (ret == 0)
+        ret = bdrv_pwrite(file, 0, (int64_t)len, img, 0);
+    if (ret == 0 && total > len)
+        ret = bdrv_truncate(file, (int64_t)total);
+    if (ret == 0)
+        ret = bdrv_flush(file);
+    if (file)
+        bdrv_close(file);
+    return ret;
+}
+
+static int vdi_create(const char *filename, const CreateOpts *opts, Error *err)
+{
+    bool is_static = false;
+    VdiCreateParse c = { .is_static = &is_static, .filename = filename, .err = err };
+    int ret = bdrv_create_opts_each(opts->options, vdi_create_option, &c);
+    bool diff = opts->backing && opts->backing[0];
+    uint64_t size = (uint64_t)align_up(MAX(opts->size, 0), VDI_SECTOR_SIZE);
+    VdiParentIds parent;
+    if (ret == 0 && (opts->size < 0 || size > (uint64_t)VDI_MAX_BLOCKS * VDI_BLOCK_SIZE)) {
+        error_set(err, EINVAL, "%s: invalid virtual size for vdi (0 to 16 TiB)", filename);
+        ret = -EINVAL;
+    } else if (ret == 0 && diff && is_static) {
+        error_set(err, EINVAL, "%s: a differencing VDI image cannot be static (static=on with -b)", filename);
+        ret = -EINVAL;
+    }
+    if (ret == 0 && diff)
+        ret = vdi_create_parent(filename, opts, &parent, err);
+    if (ret == 0 && diff && parent.disk_size != size) {
+        error_set(err, EINVAL, "%s: a differencing VDI image has its parent's size (%" PRIu64 " bytes), not %" PRIu64,
+                  filename, parent.disk_size, size);
+        ret = -EINVAL;
+    }
+    uint32_t type = diff ? VDI_TYPE_DIFF : is_static ? VDI_TYPE_STATIC : VDI_TYPE_DYNAMIC;
+    uint64_t len = 0;
+    uint8_t *img = ret == 0 ? vdi_new_image(type, size, diff ? &parent : NULL, &len) : NULL;
+    uint64_t blocks = (size + VDI_BLOCK_SIZE - 1) / VDI_BLOCK_SIZE;
+    if (ret == 0)
+        ret = img ? vdi_write_new(filename, img, len, is_static ? len + blocks * VDI_BLOCK_SIZE : len, err) : -ENOMEM;
+    free(img);
     return ret;
 }
 
@@ -818,6 +1176,8 @@ static bool vdi_has_zero_init(BlockNode *bs)
 {
     VdiState *s = bs->opaque;
     /* a new dynamic image maps no block; a static one is as zeroed as its file */
+    if (s->image_type == VDI_TYPE_DIFF)
+        return bs->backing == NULL; /* its unallocated blocks read from the parent */
     return s->image_type == VDI_TYPE_DYNAMIC || bdrv_has_zero_init(bs->file);
 }
 
@@ -853,8 +1213,12 @@ static void vdi_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "block_map_offset", s->bmap_offset);
     info_add_int(info, "data_offset", s->data_offset);
     info_add_str(info, "geometry", "%" PRIu32 "/%" PRIu32 "/%" PRIu32, s->cylinders, s->heads, s->sectors);
+    uint8_t modify[16];
+    pthread_mutex_lock(&s->lock);
+    memcpy(modify, s->uuid_last_snap, 16);
+    pthread_mutex_unlock(&s->lock);
     vdi_info_uuid(info, "uuid", s->uuid_image);
-    vdi_info_uuid(info, "uuid_last_snapshot", s->uuid_last_snap);
+    vdi_info_uuid(info, "uuid_last_snapshot", modify);
     vdi_info_uuid(info, "uuid_link", s->uuid_link);
     vdi_info_uuid(info, "uuid_parent", s->uuid_parent);
     info_add_str(info, "comment", "%s", s->comment);
@@ -866,15 +1230,20 @@ static int64_t vdi_memory_used(BlockNode *bs)
     int64_t bytes = (int64_t)sizeof(*s) + (int64_t)s->blocks_in_image * 4;
     if (s->host_used)
         bytes += ((int64_t)s->blocks_in_image + 63) / 64 * 8;
+    if (s->cow_buf)
+        bytes += s->block_size;
     return bytes;
 }
 
 const BlockDriver bdrv_vdi = {
     .name = "vdi",
     .instance_size = sizeof(VdiState),
+    .supports_backing = true,
     .probe = vdi_probe,
     .open = vdi_open,
     .close = vdi_close,
+    .backing_matches = vdi_backing_matches,
+    .backing_attached = vdi_backing_attached,
     .read = bdrv_mapped_read,
     .write = vdi_write,
     .write_zeroes = vdi_write_zeroes,
@@ -885,5 +1254,7 @@ const BlockDriver bdrv_vdi = {
     .get_info = vdi_get_info,
     .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
+    .create = vdi_create,
+    .create_options = vdi_create_options,
     .read_map = &vdi_read_map,
 };

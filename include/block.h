@@ -53,6 +53,10 @@ enum ReadErrorMode { READ_ERROR_REPORT = 0, READ_ERROR_ZERO = 1 };
 #define MAX_CHAIN_DEPTH 256
 #define MAX_DRIVER_OPTS 32
 #define BDRV_MAX_BACKING_CANDIDATES 4
+/* A parent searched by identity (BlockNode.backing_search_suffix): at most this many files looked at, and
+ * the first BDRV_IDENTITY_HEAD bytes of each read for the driver's backing_matches. */
+#define BDRV_MAX_IDENTITY_CANDIDATES 1024
+#define BDRV_IDENTITY_HEAD 512
 
 typedef struct BlockOpenOpts {
     const char *format;          /* forced format of the top image, NULL = probe */
@@ -262,6 +266,10 @@ struct BlockDriver {
      * it (bs->backing set, or NULL: none, --no-backing), before any I/O: checks of the parent (vpc's parent
      * UUID, vmdk's parentCID) belong here, not in the read path. A negative errno fails the open (err set). */
     int (*backing_attached)(BlockNode *bs, Error *err);
+    /* Format drivers whose images name their parent by identity only (bs->backing_search_suffix): true if
+     * head (the first len bytes of a candidate file, len <= BDRV_IDENTITY_HEAD, zero-padded) is the parent
+     * bs names. Called by the core during the search, before bs->backing exists; never opens anything. */
+    bool (*backing_matches)(BlockNode *bs, const uint8_t *head, size_t len);
 
     /* Byte-based I/O. Requests are aligned to bs->request_alignment (the core does read-modify-write
      * otherwise) and never longer than bs->max_transfer if the driver's open set it. Ranges never cross getlength
@@ -375,6 +383,13 @@ struct BlockNode {
      * takes the first the backing-name policy resolves (backing_name becomes that one) and reports the first
      * one's refusal when none resolves. Freed with the node. */
     char *backing_candidates[BDRV_MAX_BACKING_CANDIDATES];
+    /* Or, when the image names its parent by identity alone (a differencing VDI's parent UUID): the file name
+     * suffix to search for (".vdi", any case), backing_name being the identity as users read it ("{UUID}").
+     * The core lists the regular files with that suffix in the image's directory and each --backing-dir (in
+     * name order, at most BDRV_MAX_IDENTITY_CANDIDATES), applies the backing-name policy to each, reads the
+     * head of each O_RDONLY and takes the first the driver's backing_matches accepts; backing_name becomes
+     * its path. Freed with the node. */
+    char *backing_search_suffix;
     char *backing_resolved;       /* set by the core: the path actually opened, and how */
     char *backing_note;           /* e.g. "found by base name in --backing-dir /x" */
 

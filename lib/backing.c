@@ -4,17 +4,21 @@
  * untrusted input: by default a backing name is followed only to a regular file inside the directory of
  * the image naming it (or below), or inside a --backing-dir; an absolute name outside them is looked up
  * by its base name there; device nodes, /proc, /sys, json: and protocol-style names are refused.
- * --unsafe-backing restores plain path resolution.  It knows nothing about formats or nodes.
+ * --unsafe-backing restores plain path resolution.  For images that name their parent by identity only, it
+ * lists the candidate files of those directories (bdrv_backing_search_list); each candidate still passes
+ * bdrv_resolve_backing.  It knows nothing about formats or nodes.
  */
 #include "block_int.h"
 #include "util.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #define HINT "use --backing-dir DIR or --backing FILE (or --unsafe-backing)"
@@ -200,4 +204,84 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
     }
     free(a);
     return r;
+}
+
+/* ---------------------------------------------------------------- candidates of a search by identity */
+
+static bool has_suffix_nocase(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n > k && strcasecmp(name + n - k, suffix) == 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Appends the matching names of dir (sorted) to list; *more when the cap was reached. */
+static int list_dir(const char *dir, const char *suffix, char **list, int *n, bool *more)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0; /* an unreadable directory holds no candidate */
+    int first = *n, r = 0;
+    struct dirent *e;
+    while (r == 0 && (e = readdir(d))) {
+        if (!has_suffix_nocase(e->d_name, suffix))
+            continue;
+        if (*n >= BDRV_MAX_IDENTITY_CANDIDATES) {
+            *more = true;
+            break;
+        }
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        if (!(list[*n] = malloc(len)))
+            r = -ENOMEM;
+        else
+            snprintf(list[(*n)++], len, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    qsort(list + first, (size_t)(*n - first), sizeof(*list), cmp_str);
+    return r;
+}
+
+void bdrv_backing_search_free(char **list, int n)
+{
+    for (int i = 0; list && i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
+int bdrv_backing_search_list(const char *image_path, const char *suffix, const BlockOpenOpts *opts, char ***list,
+                             int *n, bool *more)
+{
+    *list = NULL;
+    *n = 0;
+    *more = false;
+    char dir[PATH_MAX];
+    path_dir_of(image_path, dir, sizeof(dir));
+    AllowedDirs *a = malloc(sizeof(*a));
+    char **l = calloc(BDRV_MAX_IDENTITY_CANDIDATES, sizeof(*l));
+    if (!a || !l) {
+        free(a);
+        free(l);
+        return -ENOMEM;
+    }
+    allowed_dirs_init(a, dir, opts);
+    int r = 0;
+    for (int i = 0; r == 0 && i < a->n && !*more; i++) {
+        bool dup = false;
+        for (int j = 0; j < i; j++)
+            dup = dup || strcmp(a->real[i], a->real[j]) == 0;
+        if (!dup)
+            r = list_dir(a->real[i], suffix, l, n, more);
+    }
+    free(a);
+    if (r < 0) {
+        bdrv_backing_search_free(l, *n);
+        *n = 0;
+        return r;
+    }
+    *list = l;
+    return 0;
 }

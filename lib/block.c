@@ -63,6 +63,7 @@ void bdrv_free_node(BlockNode *bs)
     free(bs->backing_format_hint);
     for (int i = 0; i < BDRV_MAX_BACKING_CANDIDATES; i++)
         free(bs->backing_candidates[i]);
+    free(bs->backing_search_suffix);
     free(bs->backing_resolved);
     free(bs->backing_note);
     if (bs->core) {

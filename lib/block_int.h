@@ -47,6 +47,14 @@ typedef struct BlockNodeCore {
 /* lib/options.c: keeps only the driver options a backing layer receives (drops BDRV_OPT_TOP_ONLY ones). */
 void bdrv_opts_drop_top_only(BlockOpenOpts *o);
 
+/* lib/backing.c: the files a parent searched by identity may be (BlockNode.backing_search_suffix): the names
+ * ending in suffix (any case) in the directory of image_path, then in each --backing-dir (each directory once,
+ * its names sorted), at most BDRV_MAX_IDENTITY_CANDIDATES paths "DIR/NAME" in all (*more set when there were
+ * more). *list and its strings are malloc'd (bdrv_backing_search_free). 0 or -ENOMEM. */
+int bdrv_backing_search_list(const char *image_path, const char *suffix, const BlockOpenOpts *opts, char ***list,
+                             int *n, bool *more);
+void bdrv_backing_search_free(char **list, int n);
+
 /* Frees a node whose driver is not open (open failed, or close already ran). */
 void bdrv_free_node(BlockNode *bs);
 

@@ -365,6 +365,72 @@ static int resolve_candidates(BlockNode *cur, const char *name, const BlockOpenO
     return r;
 }
 
+/* The first len bytes of path (zeros past its end) into head, the file opened O_RDONLY with bo. */
+static int read_candidate_head(const char *path, const BlockOpenOpts *bo, uint8_t *head, size_t len)
+{
+    Error *e = calloc(1, sizeof(*e));
+    BlockNode *f = e ? bdrv_open_file(path, bo, true, e) : NULL;
+    free(e);
+    if (!f)
+        return -EIO;
+    memset(head, 0, len);
+    int64_t size = bdrv_getlength(f);
+    int r = size < 0 ? (int)size : bdrv_pread(f, 0, MIN((int64_t)len, size), head);
+    bdrv_close(f);
+    return r;
+}
+
+/* cur names its parent by identity (cur->backing_search_suffix): the first candidate file the backing-name
+ * policy allows, not already in the chain, whose head cur's driver accepts; cur->backing_name becomes its
+ * path. path: PATH_MAX bytes, note: 1024. */
+static int search_by_identity(BlockNode *cur, ChainWalk *walk, const BlockOpenOpts *opts, char *path, char *note,
+                              Error *err)
+{
+    char **list = NULL;
+    int n = 0, looked = 0, found = -1;
+    bool more = false;
+    BlockOpenOpts *bo = backing_opts(opts);
+    uint8_t *head = malloc(BDRV_IDENTITY_HEAD);
+    Error *e = calloc(1, sizeof(*e));
+    int r = bo && head && e ? bdrv_backing_search_list(cur->filename, cur->backing_search_suffix, opts, &list, &n,
+                                                       &more) : -ENOMEM;
+    for (int i = 0; r == 0 && i < n && found < 0; i++) {
+        struct stat st;
+        if (bdrv_resolve_backing(cur->filename, list[i], opts, path, PATH_MAX, note, 1024, e) < 0 ||
+            stat(path, &st) != 0 || chain_seen(walk, &st))
+            continue; /* refused by the policy, gone, or this image or a layer above it */
+        looked++;
+        if (read_candidate_head(path, bo, head, BDRV_IDENTITY_HEAD) == 0 &&
+            cur->drv->backing_matches(cur, head, BDRV_IDENTITY_HEAD))
+            found = i;
+    }
+    if (found >= 0) {
+        char *chosen = strdup(list[found]);
+        r = chosen ? 0 : -ENOMEM;
+        if (chosen) {
+            snprintf(note, 1024, "found by its identity %s among the %s files (%d looked at)", cur->backing_name,
+                     cur->backing_search_suffix, looked);
+            free(cur->backing_name);
+            cur->backing_name = chosen;
+        }
+    } else if (r == 0) {
+        char limit[64] = "";
+        if (more)
+            snprintf(limit, sizeof(limit), ", of the first %d names", BDRV_MAX_IDENTITY_CANDIDATES);
+        r = -ENOENT;
+        error_set(err, ENOENT, "%s: parent %s not found: no %s file in the image's directory or a --backing-dir "
+                  "has it (%d looked at%s); use --backing-dir DIR or --backing FILE", cur->filename,
+                  cur->backing_name, cur->backing_search_suffix, looked, limit);
+    }
+    if (r == -ENOMEM)
+        error_set(err, ENOMEM, "%s: out of memory", cur->filename);
+    bdrv_backing_search_free(list, n);
+    free(bo);
+    free(head);
+    free(e);
+    return r;
+}
+
 static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *err)
 {
     ChainWalk *walk = calloc(1, sizeof(*walk));
@@ -416,7 +482,10 @@ static int open_backing_chain(BlockNode *top, const BlockOpenOpts *opts, Error *
             snprintf(path, PATH_MAX, "%s", name);
             snprintf(note, 1024, "given with --backing");
         } else {
-            r = resolve_candidates(cur, name, opts, path, note, err);
+            if (cur->backing_search_suffix && cur->drv->backing_matches)
+                r = search_by_identity(cur, walk, opts, path, note, err);
+            else
+                r = resolve_candidates(cur, name, opts, path, note, err);
             if (r < 0)
                 break;
             name = cur->backing_name;

@@ -264,7 +264,7 @@ $((2 * MiB)) $((4 * MiB))" ]
   cp good.vdi ver.vdi && patch_le ver.vdi 0x44 4 0x00020000
   refused_open ver.vdi "unsupported VDI version 2.0"
   cp good.vdi diff.vdi && patch_le diff.vdi 0x4c 4 4
-  refused_open diff.vdi "unsupported VDI image type 4 (differencing)"
+  refused_open diff.vdi "differencing VDI image with a null parent UUID (uuidLinkage): no parent to find"
   cp good.vdi undo.vdi && patch_le undo.vdi 0x4c 4 3
   refused_open undo.vdi "unsupported VDI image type 3 (undo)"
   cp good.vdi bmap.vdi && patch_le bmap.vdi 0x154 4 $((64 * MiB))

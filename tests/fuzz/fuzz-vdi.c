@@ -4,7 +4,8 @@
  * entries (unallocated, zero, data, past the end of the file), reads, block status, info, and on a
  * writable copy in-place and allocating writes, write-zeroes and discards, through fuzz-common.h.
  * VDI blocks are 1 MiB, larger than the common write plan's ranges, so this target also unmaps whole
- * blocks (the last, partial one counts as whole) and writes into them again.
+ * blocks (the last, partial one counts as whole) and writes into them again. It opens with --no-backing, so a
+ * differencing image (its parent UUIDs, type 4) opens and reads alone; its writable open is refused.
  */
 #include "fuzz-common.h"
 
@@ -32,7 +33,7 @@ static void fuzz_vdi_unmap(const FuzzConfig *cfg, const uint8_t *data, size_t si
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const FuzzConfig cfg = { .format = "vdi", .writable = true };
+    static const FuzzConfig cfg = { .format = "vdi", .writable = true, .no_backing = true };
     fuzz_run(&cfg, data, size);
     fuzz_vdi_unmap(&cfg, data, size);
     return 0;

@@ -4,9 +4,11 @@
  * probe, header refusals and their wording, the kinds of block map entries (data, unallocated, zero,
  * past the end of the file) in reads and block status, allocation (whole block written, map entry and
  * header count updated), many threads writing into one new block (allocated once), and unmapping whole
- * blocks into zero entries whose host block the next allocation reuses.
+ * blocks into zero entries whose host block the next allocation reuses; differencing images in a scratch
+ * directory: the parent found by UUID among decoys, every refusal by its exact line, copy-up writes.
  */
 #include "block.h"
+#include "scratch.h"
 #include "tap.h"
 #include "util.h"
 
@@ -193,7 +195,8 @@ static void test_refusals(void)
     refusal(0x40, 4, 0, "not a VDI image (bad signature 0x00000000)");
     refusal(0x44, 4, 0x00010000, "unsupported VDI version 1.0");
     refusal(0x48, 4, 0x17f, "VDI header size 383 is smaller");
-    refusal(0x4c, 4, 4, "unsupported VDI image type 4 (differencing)");
+    refusal(0x4c, 4, 3, "unsupported VDI image type 3 (undo); only dynamic, static and differencing images");
+    refusal(0x4c, 4, 4, "differencing VDI image with a null parent UUID (uuidLinkage): no parent to find");
     refusal(0x168, 4, 4096, "unsupported VDI sector size 4096");
     refusal(0x178, 4, 2 * BLK, "unsupported VDI block size 2097152");
     refusal(0x17c, 4, 512, "512 bytes of extra data are not supported");
@@ -205,7 +208,7 @@ static void test_refusals(void)
     refusal(0x154, 4, 0x100, "block map offset 0x100 is not sector aligned");
     refusal(0x158, 4, 0x200, "overlaps the block map");
     refusal(0x158, 4, 0x7ffffe00, "past the end of the file");
-    refusal(0x1b8, 4, 1, "names a parent image");
+    refusal(0x1b8, 4, 1, "the dynamic VDI image names a parent image (link or parent UUID set); only differencing");
 }
 
 static void test_allocation(void)
@@ -323,6 +326,127 @@ static void test_unmap_and_reuse(void)
     free(img);
 }
 
+/* ---------------------------------------------------------------- differencing images */
+
+static const uint8_t PARENT_UUID[16] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
+static const uint8_t CHILD_UUID[16] = { 0xc1, 0xc2, 0xc3, 0xc4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
+
+/* make_vdi's image as type, with uuidCreate own and uuidLinkage link (NULL: null), written to the scratch
+ * file name. */
+static void write_vdi(const char *name, uint32_t type, const uint32_t *entries, uint32_t nhost, const uint8_t *own,
+                      const uint8_t *link)
+{
+    size_t len;
+    uint8_t *img = make_vdi(entries, 3, nhost, &len);
+    st_le32(img + 0x4c, type);
+    memcpy(img + 0x188, own, 16);
+    if (link)
+        memcpy(img + 0x1a8, link, 16);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    ok(f && fwrite(img, 1, len, f) == len && fclose(f) == 0, "wrote %s", name);
+    free(img);
+}
+
+static BlockNode *open_path(const char *name, bool read_only, const char *backing, bool no_backing, Error *err)
+{
+    char path[512], bpath[512];
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.read_only = read_only;
+    o.no_backing = no_backing;
+    if (backing) {
+        snprintf(bpath, sizeof(bpath), "%s/%s", tmpdir, backing);
+        o.backing = bpath;
+    }
+    memset(err, 0, sizeof(*err));
+    return bdrv_open(path, &o, err);
+}
+
+/* The open of name fails with exactly "DIR/name: " + want. */
+static void diff_refusal(const char *name, bool read_only, const char *backing, bool no_backing, const char *want)
+{
+    Error err;
+    char full[1024];
+    snprintf(full, sizeof(full), "%s/%s: %s", tmpdir, name, want);
+    BlockNode *bs = open_path(name, read_only, backing, no_backing, &err);
+    ok(!bs && strcmp(err.msg, full) == 0, "%s refused: %s", name, err.msg);
+    if (bs)
+        bdrv_close(bs);
+}
+
+static void test_differencing(void)
+{
+    if (!scratch_init("vdi-diff")) {
+        ok(0, "scratch directory");
+        return;
+    }
+    const uint32_t pmap[3] = { 0, 1, 2 }, cmap[3] = { UNALLOC, 0, ZERO };
+    static const uint8_t other[16] = { 9, 9, 9 };
+    write_vdi("parent.vdi", 1, pmap, 3, PARENT_UUID, NULL);   /* blocks 'A', 'B', 'C' */
+    write_vdi("decoy.vdi", 1, pmap, 3, other, NULL);
+    write_vdi("child.vdi", 4, cmap, 1, CHILD_UUID, PARENT_UUID); /* block 1 'A', block 2 zero */
+    sh("printf 'not an image' > junk.vdi");
+
+    Error err;
+    BlockNode *bs = open_path("child.vdi", true, NULL, false, &err);
+    ok(bs != NULL, "a differencing image opens with the parent found by UUID: %s", err.msg);
+    if (bs) {
+        uint8_t buf[3] = { 0 };
+        ok(bs->backing && strstr(bs->backing->filename, "/parent.vdi"), "the parent is parent.vdi, not the decoy");
+        ok(bdrv_pread(bs, 0, 1, buf) == 0 && bdrv_pread(bs, BLK, 1, buf + 1) == 0 && bdrv_pread(bs, 2 * BLK, 1, buf + 2) == 0 &&
+           memcmp(buf, "AA\0", 3) == 0, "block 0 from the parent, block 1 its own, block 2 zeros");
+        bdrv_close(bs);
+    }
+
+    /* copy-up: a write into block 0 brings the parent's block along */
+    bs = open_path("child.vdi", false, NULL, false, &err);
+    ok(bs != NULL, "writable open: %s", err.msg);
+    if (bs) {
+        uint8_t b[8] = { 0 };
+        ok(bdrv_pwrite(bs, 100, 3, "new", 0) == 0, "a write into the unallocated block 0");
+        is_int(map_entry(bs, 0), 1, "block 0 got host block 1");
+        ok(bdrv_pread(bs->file, DATA_OFF + BLK + 98, 7, b) == 0 && memcmp(b, "AAnewAA", 7) == 0,
+           "the new host block holds the parent's bytes around the write");
+        ok(bdrv_pread(bs->file, DATA_OFF + 2 * BLK - 1, 1, b) == 0 && b[0] == 'A', "to the block's end");
+        bdrv_close(bs);
+    }
+
+    static const uint8_t nobody[16] = { 7, 7, 7 };
+    write_vdi("lonely.vdi", 4, cmap, 1, CHILD_UUID, nobody);
+    diff_refusal("lonely.vdi", true, NULL, false, "parent {00070707-0000-0000-0000-000000000000} not found: no .vdi file "
+                 "in the image's directory or a --backing-dir has it (4 looked at); use --backing-dir DIR or --backing FILE");
+    char want[1024];
+    snprintf(want, sizeof(want), "parent %s/decoy.vdi has UUID {00090909-0000-0000-0000-000000000000}, but this "
+             "differencing image was made from {04030201-0605-0807-090a-0b0c0d0e0f10}", tmpdir);
+    diff_refusal("child.vdi", true, "decoy.vdi", false, want);
+    diff_refusal("child.vdi", false, NULL, true, "a differencing VDI image is writable only with its parent (not with "
+                 "--no-backing): new blocks start as the parent's");
+    diff_refusal("parent.vdi", true, "decoy.vdi", false, "a dynamic VDI image has no parent: --backing applies to "
+                 "differencing images only");
+    write_vdi("self.vdi", 4, cmap, 1, CHILD_UUID, CHILD_UUID);
+    diff_refusal("self.vdi", true, NULL, false, "differencing VDI image names itself as its parent (uuidLinkage = uuidCreate)");
+    bs = open_path("child.vdi", true, NULL, true, &err);
+    ok(bs && !bs->backing, "read-only with --no-backing: the top alone");
+    if (bs)
+        bdrv_close(bs);
+
+    /* an in-memory differencing image never searches for files */
+    size_t len;
+    uint8_t *img = make_vdi(cmap, 3, 1, &len);
+    st_le32(img + 0x4c, 4);
+    memcpy(img + 0x188, CHILD_UUID, 16);
+    memcpy(img + 0x1a8, PARENT_UUID, 16);
+    bs = open_vdi(img, len, true, &err);
+    ok(!bs && strstr(err.msg, "refused: an in-memory image may not open files"), "memory node: %s", err.msg);
+    if (bs)
+        bdrv_close(bs);
+    free(img);
+    scratch_cleanup();
+}
+
 int main(void)
 {
     test_probe();
@@ -332,5 +456,6 @@ int main(void)
     test_allocation();
     test_concurrent_allocation();
     test_unmap_and_reuse();
+    test_differencing();
     return done_testing();
 }
