@@ -191,9 +191,11 @@ int vmdk_find_extent(const VmdkState *s, uint64_t offset);
 int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
-/* write.c: whether an extent can be written; the write and flush slots. */
+/* write.c: whether an extent can be written; the write, write_zeroes, discard and flush slots. */
 int vmdk_check_writable(VmdkExtent *e, Error *err);
 int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int vmdk_flush(BlockNode *bs);
+int vmdk_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int vmdk_discard(BlockNode *bs, int64_t offset, int64_t bytes);
 
 #endif
