@@ -556,4 +556,6 @@ const BlockDriver bdrv_vmdk = {
     .get_format_specific = vmdk_get_format_specific,
     .memory_used = vmdk_memory_used,
     .has_zero_init = vmdk_has_zero_init,
+    .create = vmdk_create,
+    .create_options = vmdk_create_options,
 };

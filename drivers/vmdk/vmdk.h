@@ -5,8 +5,8 @@
  * fields and flags, grain directory and table entries, grain markers), the limits that bound memory
  * whatever a header says, the per-node and per-extent state, the parsed descriptor, and the prototypes
  * that connect the driver's parts: the descriptor parser (descriptor.c), hosted sparse extents and the
- * grain lookup (sparse.c), the read side (read.c), the write side (write.c), and open, delta links, info
- * and the driver table (vmdk.c).  Nothing outside drivers/vmdk/ includes it.
+ * grain lookup (sparse.c), the read side (read.c), the write side (write.c), creating images (create.c),
+ * and open, delta links, info and the driver table (vmdk.c).  Nothing outside drivers/vmdk/ includes it.
  */
 #ifndef IMGFUSE_VMDK_H
 #define IMGFUSE_VMDK_H
@@ -197,5 +197,9 @@ int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, in
 int vmdk_flush(BlockNode *bs);
 int vmdk_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
 int vmdk_discard(BlockNode *bs, int64_t offset, int64_t bytes);
+
+/* create.c: the create slot and the creation options it takes. */
+int vmdk_create(const char *filename, const CreateOpts *opts, Error *err);
+extern const BlockOptionSpec vmdk_create_options[];
 
 #endif
