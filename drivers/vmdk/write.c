@@ -4,7 +4,7 @@
  * by appending a whole grain that is flushed before the primary, then the redundant, grain table names
  * it; a new CID in the descriptor at the first write; write-zeroes and discard (zeroed-grain entries for
  * whole grains where the extent has the flag, zeros as data elsewhere); flush; and the refusal of extents
- * that cannot be written (stream-optimized, zero).
+ * that cannot be written (stream-optimized, seSparse, zero).
  */
 #include "vmdk.h"
 
@@ -363,9 +363,9 @@ int vmdk_flush(BlockNode *bs)
  * primary one (each table present in both), so that every grain table update has both places. */
 int vmdk_check_writable(VmdkExtent *e, Error *err)
 {
-    if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && (e->flags & VMDK_FLAG_COMPRESSED))) {
+    if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && ((e->flags & VMDK_FLAG_COMPRESSED) || e->sesparse))) {
         error_set(err, EROFS, "writing %s extents is not supported%s%s%s; mount read-only or use --overlay FILE",
-                  e->type == EXT_ZERO ? "ZERO" : "stream-optimized (compressed)",
+                  e->type == EXT_ZERO ? "ZERO" : e->sesparse ? "seSparse" : "stream-optimized (compressed)",
                   e->owns_file ? " (extent \"" : "", e->owns_file ? e->name : "", e->owns_file ? "\")" : "");
         return -EROFS;
     }
