@@ -145,14 +145,12 @@ static int se_read_gd(VmdkExtent *e, uint64_t gd_off, uint64_t gd_len, uint64_t 
         return -EINVAL;
     }
     *gd_budget -= bytes;
-    uint8_t *raw = malloc(bytes);
-    e->se_gd = malloc(bytes);
-    int r = raw && e->se_gd ? bdrv_pread(e->file, (int64_t)gd_off, (int64_t)bytes, raw) : -ENOMEM;
+    e->se_gd = malloc(bytes); /* read in place, then put in host byte order: one copy in memory */
+    int r = e->se_gd ? bdrv_pread(e->file, (int64_t)gd_off, (int64_t)bytes, e->se_gd) : -ENOMEM;
     if (r < 0)
         error_set(err, -r, "cannot read the seSparse grain directory: %s", strerror(-r));
     for (uint64_t i = 0; r == 0 && i < need; i++)
-        e->se_gd[i] = ld_le64(raw + 8 * i);
-    free(raw);
+        e->se_gd[i] = ld_le64((const uint8_t *)&e->se_gd[i]);
     e->n_gts = (uint32_t)need;
     return r;
 }
@@ -161,7 +159,7 @@ static int se_read_gd(VmdkExtent *e, uint64_t gd_off, uint64_t gd_len, uint64_t 
 int vmdk_open_sesparse(VmdkExtent *e, uint64_t *gd_budget, Error *err)
 {
     uint8_t h[VMDK_SECTOR];
-    uint64_t off[SE_N_REGIONS], len[SE_N_REGIONS];
+    uint64_t off[SE_N_REGIONS] = { 0 }, len[SE_N_REGIONS] = { 0 };
     e->sesparse = true;
     e->file_size = bdrv_getlength(e->file);
     if (e->file_size < VMDK_SECTOR) {

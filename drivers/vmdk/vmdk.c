@@ -388,8 +388,8 @@ static int vmdk_open_bare_sesparse(BlockNode *bs, VmdkState *s, const BlockOpenO
 {
     if (!opts || !opts->no_backing) {
         error_set(err, ENOTSUP, "a seSparse extent holds only the changes of an ESXi snapshot; open the "
-                  "descriptor (.vmdk) that names it, so that its parent is read too (or use --no-backing to "
-                  "read this layer alone)");
+                  "descriptor (.vmdk) that names it, so that its parent is read too (--no-backing reads "
+                  "this layer alone)");
         return -ENOTSUP;
     }
     s->ext = calloc(1, sizeof(*s->ext));
