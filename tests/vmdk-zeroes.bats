@@ -5,7 +5,7 @@
 # grain zeroed becomes a zeroed-grain entry (GTE 1: qemu-img map says zero, not data, at depth 0, and the
 # parent is not read under it); without the flag zeros are written as data where there is data or a
 # parent, and empty grains with no parent stay unallocated. Afterwards qemu-img check is clean, qemu-img
-# convert equals what the mount showed, and the mount's SEEK_DATA map equals qemu-img map's.
+# convert equals what the mount showed, and the mount's SEEK_DATA map and imgfuse map equal qemu-img map's.
 
 load helpers
 
@@ -33,6 +33,10 @@ zero_through_mount() {
   qemu-img convert -f vmdk -O raw "$img" after.raw
   same_bytes after.raw expect.raw
   mount_equals_qemu vmdk "$img"
+  # imgfuse map --output=json equals qemu-img map extent by extent (zero, data, depth, offsets)
+  qemu-img map -f vmdk --output=json "$img" > q-map.json
+  "$IMGFUSE" map --output=json "$img" > o-map.json
+  python3 "$BATS_TEST_DIRNAME/tools/json-agree" --exact q-map.json o-map.json
 }
 
 # zero_ranges IMAGE: "start end" of the ranges qemu-img map says read as zeros without data, at depth 0.
