@@ -43,7 +43,7 @@ static const KnownFormat known_formats[] = {
     { "VMDK sparse image", "vmdk", AT_START, 0, M("KDMV"), -1, false },
     { "VMDK COWD image", "vmdk", AT_START, 0, M("COWD"), -1, false },
     { "VMDK descriptor", "vmdk", AT_START, 0, M("# Disk DescriptorFile"), -1, false },
-    { "VMDK seSparse extent", NULL, AT_START, 0, M("\xbe\xba\xfe\xca"), -1, false },
+    { "VMDK seSparse extent", "vmdk", AT_START, 0, M("\xbe\xba\xfe\xca"), -1, false },
     { "dynamic VHD image", "vpc", AT_START, 0, M("conectix"), -1, false },
     { "VDI image", "vdi", AT_START, 0x40, M("\x7f\x10\xda\xbe"), -1, false },
     { "VHDX image", "vhdx", AT_START, 0, M("vhdxfile"), -1, false },

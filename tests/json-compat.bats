@@ -140,6 +140,17 @@ assert [l["imgfuse"].get("depth") for l in c[1:]] == [1, 2], c'
   [ "$(key two.vmdk 'j["actual-size"]')" -gt "$(( $(stat -c %b two.vmdk) * 512 ))" ]
 }
 
+@test "vmdk images imgfuse creates (zeroed grains, split flat) and a seSparse disk agree with qemu-img" {
+  "$IMGFUSE" create -f vmdk -o zeroed_grain=on,adapter_type=lsilogic c.vmdk 8M
+  fmt_io vmdk c.vmdk 'write -P 1 0 1M' 'write -z 2M 1M'
+  "$IMGFUSE" create -f vmdk -o subformat=twoGbMaxExtentFlat f.vmdk 3M
+  fmt_io vmdk f.vmdk 'write -P 2 1M 64k'
+  python3 "$BATS_TEST_DIRNAME/sesparselib.py" . se $(( 20 << 20 ))
+  for img in c.vmdk f.vmdk se.vmdk; do agree "$img"; done
+  [ "$(key se.vmdk 'j["format-specific"]["data"]["extents"][0]["format"]')" = SESPARSE ]
+  [ "$(key se.vmdk 'j["format-specific"]["data"]["extents"][0]["cluster-size"]')" = 4096 ]
+}
+
 @test "vpc dynamic and fixed, vdi dynamic and static, qed and raw agree with qemu-img" {
   make_src
   qemu-img convert -O vpc src.raw dyn.vhd

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # probe-known-formats.bats - a file in a known format without a driver (EWF2 Ex01/Lx01, EWF logical
-# L01, VMDK seSparse extent, LUKS) is never served as raw: probing refuses it
+# L01, LUKS) is never served as raw: probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
 # GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it. VHDX, refused
@@ -36,12 +36,10 @@ make_all() {
   magic_file e2.Ex01 65536 0 "455646320d0a8100"
   magic_file l.L01 65536 0 "4c5646090d0aff00"
   magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
-  magic_file s.vmdk 65536 0 "bebafeca01000000"
   KNOWN=([l.luks]="LUKS encrypted container"
          [l2.luks]="LUKS encrypted container"
          [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
-         [l2.Lx01]="EWF2 logical evidence (Lx01) file"
-         [s.vmdk]="VMDK seSparse extent")
+         [l2.Lx01]="EWF2 logical evidence (Lx01) file")
 }
 
 refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to see the file's bytes)"; }

@@ -298,6 +298,8 @@ static bool gt_is_empty(const uint32_t gte[VMDK_GTES_PER_GT])
 int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_t *host, bool *whole_gt)
 {
     VmdkExtent *e = &s->ext[ei];
+    if (e->sesparse)
+        return vmdk_se_grain(s, ei, g, kind, host, whole_gt);
     uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT);
     uint32_t gt_sector = __atomic_load_n(&e->gd[gt], __ATOMIC_ACQUIRE);
     if (whole_gt)

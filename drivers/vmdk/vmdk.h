@@ -5,8 +5,8 @@
  * fields and flags, grain directory and table entries, grain markers), the limits that bound memory
  * whatever a header says, the per-node and per-extent state, the parsed descriptor, and the prototypes
  * that connect the driver's parts: the descriptor parser (descriptor.c), hosted sparse extents and the
- * grain lookup (sparse.c), the read side (read.c), the write side (write.c), and open, delta links, info
- * and the driver table (vmdk.c).  Nothing outside drivers/vmdk/ includes it.
+ * grain lookup (sparse.c), seSparse extents (sesparse.c), the read side (read.c), the write side (write.c), creating images (create.c),
+ * and open, delta links, info and the driver table (vmdk.c).  Nothing outside drivers/vmdk/ includes it.
  */
 #ifndef IMGFUSE_VMDK_H
 #define IMGFUSE_VMDK_H
@@ -68,7 +68,25 @@
 #define VMDK_GT_CACHE_SLOTS     512            /* 1 MiB of grain tables at most */
 #define VMDK_MAX_CAPACITY       (INT64_MAX / VMDK_SECTOR)
 
+/* seSparse extents (ESXi snapshots; all header fields u64, little-endian). */
+#define VMDK_SESPARSE_MAGIC          UINT64_C(0xcafebabe)
+#define VMDK_SESPARSE_VERSION        UINT64_C(0x200000001)
+#define VMDK_SESPARSE_VOLATILE_MAGIC UINT64_C(0xcafecafe)
+#define VMDK_SESPARSE_GRAIN_SECTORS  8u             /* 4 KiB grains */
+#define VMDK_SESPARSE_GT_SECTORS     64u            /* grain tables of 4096 u64 entries */
+#define VMDK_SESPARSE_GTES           4096
+#define VMDK_SESPARSE_GT_BYTES       (VMDK_SESPARSE_GTES * 8)
+#define VMDK_SESPARSE_GDE_TYPE       UINT64_C(0x10000000) /* top half of an allocated directory entry */
+#define VMDK_SESPARSE_MAX_SECTORS    ((UINT64_C(1) << 37) - 1) /* just under 64 TiB */
+#define VMDK_SE_CACHE_SLOTS          16             /* 512 KiB of seSparse grain tables at most */
+
 typedef enum { EXT_FLAT, EXT_SPARSE, EXT_ZERO } ExtentType;
+
+typedef struct SeGtSlot {
+    int ext;    /* -1: empty */
+    int64_t gt;
+    uint64_t gte[VMDK_SESPARSE_GTES];
+} SeGtSlot;
 
 /* What one grain of a sparse extent is. */
 typedef enum { GRAIN_ABSENT, GRAIN_ZERO, GRAIN_DATA, GRAIN_COMPRESSED, GRAIN_BAD } GrainKind;
@@ -99,6 +117,11 @@ typedef struct VmdkExtent {
     uint32_t *gd;           /* host byte order; entries change only under alloc_lock (atomic accesses) */
     uint32_t *rgd;          /* writable nodes with a redundant directory: its entries */
     int bad_logged;
+
+    /* seSparse extents (EXT_SPARSE with sesparse set; capacity, grain_bytes, n_gts and file_size as above) */
+    bool sesparse;
+    uint64_t *se_gd;        /* n_gts directory entries */
+    uint64_t se_gts_off, se_gts_bytes, se_grains_off; /* bytes */
 } VmdkExtent;
 
 typedef struct VmdkState {
@@ -120,6 +143,7 @@ typedef struct VmdkState {
     int cid_changed;        /* the first write gave the disk a new CID */
     bool writable;
     GtSlot *gt_cache;       /* direct-mapped over (extent, gt index) */
+    SeGtSlot *se_cache;     /* the same for seSparse extents, allocated when there is one */
     int64_t *gt_cache_ext;  /* extent index of each slot */
 } VmdkState;
 
@@ -186,14 +210,24 @@ int vmdk_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_t *host
 int vmdk_inflate_grain(VmdkExtent *e, uint64_t g, uint64_t host, uint8_t *out);
 int vmdk_open_sparse(VmdkExtent *e, uint64_t *gd_budget, Error *err);
 
+/* sesparse.c: a seSparse extent's headers and grain directory; what one of its grains is. */
+int vmdk_open_sesparse(VmdkExtent *e, uint64_t *gd_budget, Error *err);
+int vmdk_se_grain(VmdkState *s, int ei, uint64_t g, GrainKind *kind, uint64_t *host, bool *whole_gt);
+
 /* read.c: the extent holding a guest offset; the read and block_status slots. */
 int vmdk_find_extent(const VmdkState *s, uint64_t offset);
 int vmdk_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int vmdk_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 
-/* write.c: whether an extent can be written; the write and flush slots. */
+/* write.c: whether an extent can be written; the write, write_zeroes, discard and flush slots. */
 int vmdk_check_writable(VmdkExtent *e, Error *err);
 int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
 int vmdk_flush(BlockNode *bs);
+int vmdk_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int vmdk_discard(BlockNode *bs, int64_t offset, int64_t bytes);
+
+/* create.c: the create slot and the creation options it takes. */
+int vmdk_create(const char *filename, const CreateOpts *opts, Error *err);
+extern const BlockOptionSpec vmdk_create_options[];
 
 #endif

@@ -2,8 +2,9 @@
 /*
  * write.c - the write side of the VMDK driver: flat extents in place; hosted sparse extents in place or
  * by appending a whole grain that is flushed before the primary, then the redundant, grain table names
- * it; a new CID in the descriptor at the first write; flush; and the refusal of extents that cannot be
- * written (stream-optimized, zero).
+ * it; a new CID in the descriptor at the first write; write-zeroes and discard (zeroed-grain entries for
+ * whole grains where the extent has the flag, zeros as data elsewhere); flush; and the refusal of extents
+ * that cannot be written (stream-optimized, seSparse, zero).
  */
 #include "vmdk.h"
 
@@ -202,19 +203,26 @@ static int64_t vmdk_write_sparse(BlockNode *bs, VmdkState *s, int ei, uint64_t o
     return r < 0 ? r : (int64_t)n;
 }
 
+/* The first change of the disk after open gives it a new CID (once). */
+static int vmdk_touch_cid(BlockNode *bs, VmdkState *s)
+{
+    if (!s->has_cid || __atomic_load_n(&s->cid_changed, __ATOMIC_ACQUIRE))
+        return 0;
+    pthread_mutex_lock(&s->alloc_lock);
+    int r = s->cid_changed ? 0 : vmdk_new_cid(bs, s);
+    if (r == 0)
+        __atomic_store_n(&s->cid_changed, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&s->alloc_lock);
+    return r;
+}
+
 int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     VmdkState *s = bs->opaque;
     const uint8_t *p = buf;
-    if (s->has_cid && !__atomic_load_n(&s->cid_changed, __ATOMIC_ACQUIRE)) {
-        pthread_mutex_lock(&s->alloc_lock);
-        int r = s->cid_changed ? 0 : vmdk_new_cid(bs, s);
-        if (r == 0)
-            __atomic_store_n(&s->cid_changed, 1, __ATOMIC_RELEASE);
-        pthread_mutex_unlock(&s->alloc_lock);
-        if (r < 0)
-            return r;
-    }
+    int rc = vmdk_touch_cid(bs, s);
+    if (rc < 0)
+        return rc;
     while (bytes > 0) {
         int ei = vmdk_find_extent(s, (uint64_t)offset);
         VmdkExtent *e = &s->ext[ei];
@@ -236,6 +244,109 @@ int vmdk_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, in
     return 0;
 }
 
+/* ---------------------------------------------------------------- zeroes, discard */
+
+/* Grain g of sparse extent ei becomes a zeroed-grain entry (the extent has the zeroed-grain flag): its
+ * table is appended first if the directory has none. The grain's old bytes stay where they are, never
+ * reused (a reader that mapped them before still reads valid data). Nothing changes for a grain that
+ * reads as zeros already without a parent under it. */
+static int vmdk_zero_grain_entry(BlockNode *bs, VmdkState *s, int ei, uint64_t g)
+{
+    VmdkExtent *e = &s->ext[ei];
+    uint32_t gt = (uint32_t)(g / VMDK_GTES_PER_GT);
+    GrainKind kind;
+    uint64_t host;
+    pthread_mutex_lock(&s->alloc_lock);
+    int r = vmdk_grain(s, ei, g, &kind, &host, NULL);
+    if (r == 0 && kind == GRAIN_BAD)
+        r = -EIO; /* a damaged entry is left for a repair to see */
+    bool needed = r == 0 && kind != GRAIN_ZERO && !(kind == GRAIN_ABSENT && !bs->backing);
+    if (needed && e->gd[gt] == 0)
+        r = vmdk_alloc_gt(e, gt);
+    if (needed && r == 0)
+        r = vmdk_set_gte(s, ei, g, VMDK_GTE_ZEROED);
+    pthread_mutex_unlock(&s->alloc_lock);
+    return r;
+}
+
+/* [off, off+n) inside one grain of sparse extent ei reads as zeros afterwards: data grains are zeroed in
+ * place, a grain that reads the parent gets zero bytes written (a new grain, the rest copied from the
+ * parent); absent grains with no parent and zeroed grains are zeros already. */
+static int vmdk_zero_bytes(BlockNode *bs, VmdkState *s, int ei, uint64_t off, uint64_t n, int flags)
+{
+    VmdkExtent *e = &s->ext[ei];
+    GrainKind kind;
+    uint64_t host = 0;
+    int r = vmdk_grain(s, ei, off / e->grain_bytes, &kind, &host, NULL);
+    if (r < 0 || kind == GRAIN_ZERO || (kind == GRAIN_ABSENT && !bs->backing))
+        return r;
+    if (kind == GRAIN_DATA)
+        return bdrv_pwrite_zeroes(e->file, (int64_t)(host + off % e->grain_bytes), (int64_t)n, 0);
+    if (kind != GRAIN_ABSENT)
+        return -EIO;
+    if (flags & BDRV_REQ_NO_FALLBACK)
+        return -ENOTSUP;
+    uint8_t *zeros = calloc(1, n);
+    int64_t done = zeros ? vmdk_write_sparse(bs, s, ei, off, n, zeros, 0) : -ENOMEM;
+    free(zeros);
+    return done < 0 ? (int)done : 0;
+}
+
+/* Zeroes (zero_bytes: write-zeroes) or discards (a hint: only whole grains of extents with zeroed grains)
+ * [off, off+bytes) of sparse extent ei. */
+static int vmdk_zero_sparse(BlockNode *bs, VmdkState *s, int ei, uint64_t off, uint64_t bytes, bool zero_bytes,
+                            int flags)
+{
+    VmdkExtent *e = &s->ext[ei];
+    bool entries = (e->flags & VMDK_FLAG_ZERO_GRAIN) != 0;
+    int r = 0;
+    for (uint64_t done = 0, n; r == 0 && done < bytes; done += n) {
+        uint64_t pos = off + done, g = pos / e->grain_bytes, in_grain = pos % e->grain_bytes;
+        n = MIN(bytes - done, e->grain_bytes - in_grain);
+        bool whole = in_grain == 0 && n >= vmdk_grain_len(e, g);
+        if (entries && whole)
+            r = vmdk_zero_grain_entry(bs, s, ei, g);
+        else if (zero_bytes)
+            r = vmdk_zero_bytes(bs, s, ei, pos, n, flags);
+    }
+    return r;
+}
+
+static int vmdk_zero_or_discard(BlockNode *bs, int64_t offset, int64_t bytes, bool zero_bytes, int flags)
+{
+    VmdkState *s = bs->opaque;
+    int r = vmdk_touch_cid(bs, s);
+    while (r == 0 && bytes > 0) {
+        int ei = vmdk_find_extent(s, (uint64_t)offset);
+        VmdkExtent *e = &s->ext[ei];
+        uint64_t off = (uint64_t)offset - e->start;
+        uint64_t n = MIN((uint64_t)bytes, e->bytes - off);
+        if (e->type == EXT_FLAT && zero_bytes)
+            r = bdrv_pwrite_zeroes(e->file, (int64_t)(e->flat_offset + off), (int64_t)n, flags & BDRV_REQ_MAY_UNMAP);
+        else if (e->type == EXT_SPARSE)
+            r = vmdk_zero_sparse(bs, s, ei, off, n, zero_bytes, flags);
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+    }
+    if (r == 0 && (flags & BDRV_REQ_FUA))
+        r = vmdk_flush(bs);
+    return r;
+}
+
+/* Write-zeroes: whole grains of an extent with the zeroed-grain flag become zeroed-grain entries (as
+ * qemu's driver does), everything else is zeroed as data; a parent's data is never dropped. */
+int vmdk_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
+{
+    return vmdk_zero_or_discard(bs, offset, bytes, true, flags);
+}
+
+/* Discard, a hint: whole grains of extents with the zeroed-grain flag become zeroed grains; the rest of
+ * the disk is left as it is (an entry of 0 would show the parent, or a flag-less extent's old bytes). */
+int vmdk_discard(BlockNode *bs, int64_t offset, int64_t bytes)
+{
+    return vmdk_zero_or_discard(bs, offset, bytes, false, 0);
+}
+
 int vmdk_flush(BlockNode *bs)
 {
     VmdkState *s = bs->opaque;
@@ -252,9 +363,9 @@ int vmdk_flush(BlockNode *bs)
  * primary one (each table present in both), so that every grain table update has both places. */
 int vmdk_check_writable(VmdkExtent *e, Error *err)
 {
-    if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && (e->flags & VMDK_FLAG_COMPRESSED))) {
+    if (e->type == EXT_ZERO || (e->type == EXT_SPARSE && ((e->flags & VMDK_FLAG_COMPRESSED) || e->sesparse))) {
         error_set(err, EROFS, "writing %s extents is not supported%s%s%s; mount read-only or use --overlay FILE",
-                  e->type == EXT_ZERO ? "ZERO" : "stream-optimized (compressed)",
+                  e->type == EXT_ZERO ? "ZERO" : e->sesparse ? "seSparse" : "stream-optimized (compressed)",
                   e->owns_file ? " (extent \"" : "", e->owns_file ? e->name : "", e->owns_file ? "\")" : "");
         return -EROFS;
     }

@@ -4,8 +4,9 @@
  * (stream-optimized), the grain directory and grain tables, zeroed-grain entries, grain markers and the
  * inflation of compressed grains, block status, grain and table allocation on the write path, and the
  * descriptor parser (embedded in a sparse extent, or a standalone descriptor, whose extent files an
- * in-memory image may never open), all through fuzz-common.h.  --no-backing lets a delta link's own
- * grains be read.
+ * in-memory image may never open), a bare seSparse extent (its headers, 64-bit directory and table
+ * entries), all through fuzz-common.h.  --no-backing lets a delta link's own grains be read, and a bare
+ * seSparse extent be opened at all.
  */
 #include "fuzz-common.h"
 

@@ -216,7 +216,9 @@ static void test_descriptors(void)
     expect_desc("# Disk DescriptorFile\nRW 0 ZERO\n", "an empty extent", "has a size of 0 sectors", 0);
     expect_desc("# Disk DescriptorFile\nRW 18014398509481983 ZERO\nRW 18014398509481983 ZERO\n",
                 "extent sizes that overflow", "or the sum is too large", 0);
-    expect_desc("# Disk DescriptorFile\nRW 8 SESPARSE \"x\"\n", "an SESPARSE extent", "SESPARSE is not supported", 0);
+    expect_desc("# Disk DescriptorFile\nRW 8 SESPARSE \"x\"\n", "an SESPARSE extent is read, from its file",
+                "an in-memory image may not open files", 0);
+    expect_desc("# Disk DescriptorFile\nRW 8 VMFSSPARSE \"x\"\n", "a VMFSSPARSE extent", "VMFSSPARSE is not supported", 0);
     expect_desc("# Disk DescriptorFile\nRW 8 FLAT \"x\n", "an unterminated name", "is not a valid extent line", 0);
     expect_desc("# Disk DescriptorFile\nCID=xyz\nRW 8 ZERO\n", "a CID that is not hex", "bad value for CID", 0);
     expect_desc("# Disk DescriptorFile\nversion=1\n", "no extent", "names no extent", 0);
