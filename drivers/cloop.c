@@ -6,13 +6,12 @@
  * 64-bit offsets; block i is the zlib stream between offsets i and i+1 and inflates to one block.  V4.0
  * (cloop 4.x): the same header and index, either at the start of the file or as a footer (index, then the
  * 136-byte header, at the end), each offset's top 4 bits the block's compressor (0 zlib, 1 stored, 2 xz,
- * 3 lz4 raw block, 4 lzo).  V3 (cloop 3.x): everything in a footer ending "\nCLOOP3\n": block count,
+ * 3 lz4 raw block, 4 lzo1x).  V3 (cloop 3.x): everything in a footer ending "\nCLOOP3\n": block count,
  * block size, original size, n + 1 offsets, then one 32-bit flags word per block (bit 1 zlib, 2 lzo, 3 xz,
  * 4 lz4, none set: stored); the last block holds what is left of the original size.  Every field is
  * checked at open (block size a non-zero multiple of 512 within CLOOP_MAX_BLOCK_SIZE, the index within
  * CLOOP_MAX_TABLE_BYTES and the file, offsets non-decreasing inside the data area, each stream within
- * CLOOP_MAX_STREAM of a block, every compressor known and built in; lzo is refused by name), so the read
- * path trusts the index.  Decompressed blocks sit in a bounded cache (lib/chunkcache.c); FUSE threads
+ * CLOOP_MAX_STREAM of a block, every compressor known), so the read path trusts the index.  Decompressed blocks sit in a bounded cache (lib/chunkcache.c); FUSE threads
  * decode their misses in parallel outside any lock, each decoder bounded by the block size (and xz by
  * CLOOP_XZ_MEMLIMIT).  A block that does not decode to exactly its length reads as EIO.  It knows nothing
  * of FUSE or of other formats.
@@ -24,6 +23,7 @@
 #include <inttypes.h>
 #include <lz4.h>
 #include <lzma.h>
+#include <lzo1x.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,17 +157,15 @@ static int cloop_codec_v3(CloopState *s, uint32_t i, uint32_t flags, Error *err)
     return -EINVAL;
 }
 
-/* Every block's compressor must be one this build decodes: lzo is refused by name. */
+/* The compressors the blocks use (for info); liblzo2 wants its one-time self-check before lzo blocks. */
 static int cloop_check_codecs(CloopState *s, Error *err)
 {
     s->codecs_used = s->codecs ? 0 : 1u << CLOOP_ZLIB;
-    for (uint32_t i = 0; s->codecs && i < s->n_blocks; i++) {
-        if (s->codecs[i] == CLOOP_LZO) {
-            error_set(err, ENOTSUP, "cloop block %" PRIu32 " is lzo-compressed: lzo is not supported "
-                      "(zlib, xz, lz4 and stored blocks are)", i);
-            return -ENOTSUP;
-        }
+    for (uint32_t i = 0; s->codecs && i < s->n_blocks; i++)
         s->codecs_used |= 1u << s->codecs[i];
+    if ((s->codecs_used & (1u << CLOOP_LZO)) && lzo_init() != LZO_E_OK) {
+        error_set(err, EIO, "liblzo2 failed its self-check: lzo blocks cannot be read");
+        return -EIO;
     }
     return 0;
 }
@@ -390,6 +388,14 @@ static int cloop_unlz4(const uint8_t *src, uint64_t clen, uint8_t *dst, uint32_t
     return n >= 0 && (uint32_t)n == want ? 0 : -EIO;
 }
 
+/* lzo: one LZO1X stream (what the kernel's lzo1x_decompress_safe reads), all of it, exactly want out. */
+static int cloop_unlzo(const uint8_t *src, uint64_t clen, uint8_t *dst, uint32_t cap, uint32_t want)
+{
+    lzo_uint out_len = cap;
+    int lr = lzo1x_decompress_safe(src, (lzo_uint)clen, dst, &out_len, NULL);
+    return lr == LZO_E_OK && out_len == want ? 0 : -EIO;
+}
+
 static int cloop_decode_codec(int codec, const uint8_t *src, uint64_t clen, uint8_t *dst, uint32_t cap,
                               uint32_t want)
 {
@@ -400,12 +406,14 @@ static int cloop_decode_codec(int codec, const uint8_t *src, uint64_t clen, uint
         return cloop_unxz(src, clen, dst, cap, want);
     case CLOOP_LZ4:
         return cloop_unlz4(src, clen, dst, cap, want);
+    case CLOOP_LZO:
+        return cloop_unlzo(src, clen, dst, cap, want);
     case CLOOP_STORED:
         if (clen != want)
             return -EIO;
         memcpy(dst, src, want);
         return 0;
-    default: /* refused at open */
+    default: /* unknown tags are refused at open */
         return -EIO;
     }
 }

@@ -2,10 +2,10 @@
 # SPDX-License-Identifier: MIT
 # cloop.bats - the read-only cloop driver: V2.0 images made by create_compressed_fs (cloop-utils) read back
 # byte for byte like their source and like `qemu-img convert -f cloop -O raw`, from many readers at once;
-# V4.0 (index at the start or at the end) and V3 images of zlib, xz, lz4 and stored blocks, which no Debian
+# V4.0 (index at the start or at the end) and V3 images of zlib, xz, lz4, lzo and stored blocks, which no Debian
 # tool writes, made by tests/tools/make-cloop and read like their source; --rw and --backing are refused
-# with one line; damaged images (offsets past the end, huge block counts, unknown compressor tags, lzo
-# blocks, bad V3 footers, unknown versions) are refused by name, and a block that decodes to the wrong
+# with one line; damaged images (offsets past the end, huge block counts, unknown compressor tags and
+# flags, bad V3 footers, unknown versions) are refused by name, and a block that decodes to the wrong
 # size reads as EIO.
 
 load helpers
@@ -145,10 +145,10 @@ open(sys.argv[2], "wb").write(mc.build(data, 4096, sys.argv[3], **kw))
 PY
 }
 
-@test "cloop V4.0 (index first or last) and V3 images of zlib, xz, lz4 and stored blocks read like the source" {
+@test "cloop V4.0 (index first or last) and V3 images of zlib, xz, lz4, lzo and stored blocks read like the source" {
   source_data src.raw
   for layout in 4 4f 3; do
-    for codecs in zlib xz lz4 none zlib,xz,lz4,none; do
+    for codecs in zlib xz lz4 lzo none zlib,xz,lz4,lzo,none; do
       make_layout $layout $codecs 65536 c.cloop
       mount_img c.cloop "$MNT"
       size=$(stat -c %s "$MNT/disk.raw")
@@ -168,12 +168,12 @@ PY
 @test "cloop V4.0 and V3: 512-byte blocks and eight concurrent readers get the right bytes" {
   source_data src.raw
   for layout in 4f 3; do
-    make_layout $layout zlib,xz,lz4,none 512 small.cloop
+    make_layout $layout zlib,xz,lz4,lzo,none 512 small.cloop
     mount_img small.cloop "$MNT"
     cmp -n "$(stat -c %s src.raw)" "$MNT/disk.raw" src.raw
     unmount_img
   done
-  make_layout 4 xz,lz4,zlib 65536 c.cloop
+  make_layout 4 xz,lz4,lzo,zlib 65536 c.cloop
   mount_img c.cloop "$MNT"
   local pids=()
   for i in 0 1 2 3 4 5 6 7; do
@@ -189,11 +189,11 @@ PY
 
 @test "cloop V4.0 and V3: info names the version, where the index is and the compressors; --rw exits 2" {
   source_data src.raw
-  make_layout 4f zlib,xz,lz4,none 65536 f.cloop
+  make_layout 4f zlib,xz,lz4,lzo,none 65536 f.cloop
   run "$IMGFUSE" info f.cloop
   [ "$status" -eq 0 ]
   [[ "$output" == *"format: cloop"* && "$output" == *"cloop_version: V4.0"* ]]
-  [[ "$output" == *"cloop_index: footer"* && "$output" == *"compression: zlib,none,xz,lz4"* ]]
+  [[ "$output" == *"cloop_index: footer"* && "$output" == *"compression: zlib,none,xz,lz4,lzo"* ]]
   make_layout 3 xz 65536 v3.cloop
   run "$IMGFUSE" info v3.cloop
   [ "$status" -eq 0 ]
@@ -203,12 +203,13 @@ PY
   refused_open f.cloop "cloop images are read-only (mount without --rw, or use --overlay)" --rw
 }
 
-@test "cloop V4.0 and V3: a block that decodes short or long (xz, lz4, stored) reads as EIO; the others read" {
+@test "cloop V4.0 and V3: a block that decodes short or long (xz, lz4, lzo, stored) reads as EIO; the others read" {
   cloop_py xz.cloop 4 'codecs=["xz"], streams={1: lzma.compress(data[:100], format=lzma.FORMAT_XZ)}'
   cloop_py lz4.cloop 4f 'codecs=["lz4"], streams={1: mc.compress("lz4", data[:8192])}'
   cloop_py none.cloop 3 'codecs=["none"], streams={1: data[:4000]}'
+  cloop_py lzo.cloop 3 'codecs=["lzo"], streams={1: mc.compress("lzo", data[:8192])}'
   cloop_py garbage.cloop 4 'codecs=["xz"], streams={1: b"\xfd7zXZ\x00" + bytes(200)}'
-  for img in xz lz4 none garbage; do
+  for img in xz lz4 none lzo garbage; do
     mount_img $img.cloop "$MNT"
     run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
     [ "$status" -ne 0 ]
@@ -219,15 +220,15 @@ PY
   done
 }
 
-@test "cloop V4.0 and V3: unknown compressor tags, lzo blocks and bad footers are refused with one line" {
+@test "cloop V4.0 and V3: unknown compressor tags and flags and bad footers are refused with one line" {
   cloop_py tag.cloop 4 'tags={2: 7}'
   refused_open tag.cloop "cloop block 2 has an unknown compressor tag 7"
-  cloop_py lzo.cloop 4f 'tags={1: 4}'
-  refused_open lzo.cloop "cloop block 1 is lzo-compressed: lzo is not supported (zlib, xz, lz4 and stored blocks are)"
-  cloop_py lzo3.cloop 3 'tags={3: 4}'
-  refused_open lzo3.cloop "cloop block 3 is lzo-compressed: lzo is not supported (zlib, xz, lz4 and stored blocks are)"
+  cloop_py tag5.cloop 4f 'tags={1: 5}'
+  refused_open tag5.cloop "cloop block 1 has an unknown compressor tag 5"
   cloop_py flags.cloop 3 'tags={0: 6}'
   refused_open flags.cloop "cloop block 0 has unknown compression flags 0x6"
+  cloop_py flags32.cloop 3 'tags={3: 32}'
+  refused_open flags32.cloop "cloop block 3 has unknown compression flags 0x20"
   cloop_py ver.cloop 3 'version3=4'
   refused_open ver.cloop "cloop V3 footer version 4 not supported (only 3)"
   cloop_py orig.cloop 3 'orig=4096 * 5'
