@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * ewf.c - the "ewf" format driver: Expert Witness (EnCase E01, SMART S01) evidence files, read through
+ * ewf.c - the "ewf" format driver: Expert Witness (EnCase E01, SMART S01: EWF version 1; EWF2 Ex01 and the
+ * logical L01/Lx01, which hold files, are refused by name) evidence files, read through
  * libewf, never parsed here.  The image named is the first segment; the rest of the series is found with
  * libewf's glob, and each name it returns must pass the backing-name policy (inside the image's directory
  * or a --backing-dir, a regular file, never the same file twice) before it is opened, read-only, as a
@@ -527,6 +528,31 @@ static int ewf_read_media(EwfState *s, Error *err)
     return 0;
 }
 
+/*
+ * The EWF variants libewf 20140813 does not read as a disk, refused by name from their signature: EWF2
+ * (Ex01, Lx01: the library knows no EWF2 format, its glob no .Ex01 name) and logical evidence (L01: files
+ * with their names and metadata, not a disk image; no Debian tool writes one).
+ */
+static int ewf_refuse_variant(BlockNode *bs, Error *err)
+{
+    static const struct { const char *magic, *why; } variants[] = {
+        { "EVF2\x0d\x0a\x81\x00", "EWF2 (Ex01) evidence file: not readable (libewf 20140813 reads EWF version 1 "
+          "only: E01, S01)" },
+        { "LVF\x09\x0d\x0a\xff\x00", "logical evidence file (L01): holds files, not a disk image" },
+        { "LEF2\x0d\x0a\x81\x00", "logical evidence file (Lx01): holds files, not a disk image" },
+    };
+    uint8_t magic[8];
+    if (bdrv_getlength(bs->file) < (int64_t)sizeof magic || bdrv_pread(bs->file, 0, sizeof magic, magic) < 0)
+        return 0; /* too short for any: libewf says why */
+    for (size_t i = 0; i < ARRAY_SIZE(variants); i++) {
+        if (memcmp(magic, variants[i].magic, sizeof magic) == 0) {
+            error_set(err, ENOTSUP, "%s", variants[i].why);
+            return -ENOTSUP;
+        }
+    }
+    return 0;
+}
+
 static int ewf_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     EwfState *s = bs->opaque;
@@ -535,12 +561,15 @@ static int ewf_open_node(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
+    int r = ewf_refuse_variant(bs, err);
+    if (r < 0)
+        return r;
     if (!bs->read_only) {
         error_set(err, EROFS, "EWF evidence files are read-only: mount without --rw (--overlay FILE gives a "
                   "writable view)");
         return -EROFS;
     }
-    int r = ewf_open_segments(bs, s, opts, err);
+    r = ewf_open_segments(bs, s, opts, err);
     if (r < 0)
         return r;
     char why[256];

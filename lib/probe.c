@@ -52,19 +52,22 @@ static const KnownFormat known_formats[] = {
     { "Bochs image", "bochs", AT_START, 0, M("Bochs Virtual HD Image"), -1, false },
     { "cloop compressed image", "cloop", AT_START, 0, M("#!/bin/sh\n#V2.0 Format\n"), -1, false },
     { "EWF (E01) evidence file", "ewf", AT_START, 0, M("EVF\x09\x0d\x0a\xff\x00"), -1, false },
-    { "EWF2 (Ex01) evidence file", NULL, AT_START, 0, M("EVF2\x0d\x0a\x81\x00"), -1, false },
-    { "EWF logical evidence (L01) file", NULL, AT_START, 0, M("LVF\x09\x0d\x0a\xff\x00"), -1, false },
-    { "EWF2 logical evidence (Lx01) file", NULL, AT_START, 0, M("LEF2\x0d\x0a\x81\x00"), -1, false },
+    { "EWF2 (Ex01) evidence file", "ewf", AT_START, 0, M("EVF2\x0d\x0a\x81\x00"), -1, false },
+    { "EWF logical evidence (L01) file", "ewf", AT_START, 0, M("LVF\x09\x0d\x0a\xff\x00"), -1, false },
+    { "EWF2 logical evidence (Lx01) file", "ewf", AT_START, 0, M("LEF2\x0d\x0a\x81\x00"), -1, false },
     { "AFF evidence file", "aff", AT_START, 0, M("AFF10\r\n"), -1, false },
     { "LUKS encrypted container", NULL, AT_START, 0, M("LUKS\xba\xbe"), -1, false },
     { "DMG (UDIF) image", "dmg", BEFORE_END, TAIL_BYTES, M("koly"), -1, false },
+    { "cloop V3 compressed image", "cloop", BEFORE_END, 8, M("\nCLOOP3\n"), -1, false },
+    { "cloop V4.0 compressed image (header at the end)", "cloop", BEFORE_END, 136, M("#!/bin/sh\n#V4.0"), -1,
+      false },
     { "fixed VHD image", "vpc", BEFORE_END, TAIL_BYTES, M("conectix"), -1, true },
 };
 
 /* Does e's magic (and version) sit in buf, which holds len bytes of its region (head or tail)? */
 static bool entry_matches(const KnownFormat *e, const uint8_t *buf, size_t len, bool magic_only)
 {
-    size_t off = e->where == AT_START ? e->offset : 0;
+    size_t off = e->where == AT_START ? e->offset : TAIL_BYTES - e->offset; /* the tail: TAIL_BYTES long */
     if (len < off || len - off < e->magic_len || memcmp(buf + off, e->magic, e->magic_len) != 0)
         return false;
     if (magic_only || e->version < 0)
@@ -91,7 +94,9 @@ static int read_ends(BlockNode *file, uint8_t *head, size_t *hlen, uint8_t *tail
     if (n && bdrv_pread(file, 0, (int64_t)n, head) < 0)
         return -EIO;
     *hlen = n;
-    if (len >= TAIL_BYTES && bdrv_pread(file, len - TAIL_BYTES, TAIL_BYTES, tail) == 0)
+    size_t t = (size_t)MIN(len, TAIL_BYTES); /* a shorter file ends the tail, zeros before it */
+    memset(tail, 0, TAIL_BYTES - t);
+    if (t && bdrv_pread(file, len - (int64_t)t, (int64_t)t, tail + TAIL_BYTES - t) == 0)
         *tlen = TAIL_BYTES;
     return 0;
 }

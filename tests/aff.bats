@@ -3,6 +3,8 @@
 # aff.bats - the AFF driver (AFF1 through AFFLIB, loaded when needed): images made by affconvert read back
 # byte for byte like the source and like affcat, opened O_RDONLY, metadata and stored MD5/SHA1 in info,
 # `imgfuse verify` against them, --rw refused by name, a damaged page read as EIO for that page only.
+# AFM (affconvert -a afm) and AFD (affconvert -o DIR.afd) images read like the source and affcat, every
+# file opened O_RDONLY; a file of theirs that leads out of the image's directory is refused with one line.
 
 load helpers
 
@@ -76,4 +78,91 @@ EOF
   run "$IMGFUSE" info bad.aff
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: bad.aff: cannot open as AFF: Input/output error" ]
+}
+
+# make_afm [affconvert options]: src.raw as src.afm (metadata) and raw files src.000, src.001, ...
+make_afm() {
+  head -c 786432 /dev/urandom > src.raw
+  head -c 1048576 /dev/zero >> src.raw
+  head -c 262144 /dev/urandom >> src.raw
+  affconvert -q -a afm "$@" src.raw > convert.log 2>&1 || { cat convert.log; return 1; }
+  [ -f src.afm ] && [ -f src.000 ]
+}
+
+# make_afd: src.raw as ev.afd/, a directory of .aff files of 64 KiB pages, 256 KiB each at most.
+make_afd() {
+  head -c 786432 /dev/urandom | base64 -w 0 > src.raw
+  head -c 1048576 /dev/zero >> src.raw
+  affconvert -q -s64k -M256k -o ev.afd src.raw > convert.log 2>&1 || { cat convert.log; return 1; }
+  [ "$(ls ev.afd | wc -l)" -ge 3 ]
+}
+
+@test "aff: an AFM (affconvert -a afm: metadata beside split raw files) reads like the source and affcat" {
+  make_afm -s1m -M1m
+  [ "$(ls src.0?? | wc -l)" -eq 2 ]
+  affcat src.afm > affcat.raw
+  cmp affcat.raw src.raw
+  mount_img src.afm "$MNT"
+  cmp "$MNT/disk.raw" src.raw
+  grep -q "^  aff_layout: AFM$" "$MNT/info"
+  grep -q "^  files: 3$" "$MNT/info"
+  grep -q "^  file_1: src.afm$" "$MNT/info"
+  grep -q "^  file_2: src.000$" "$MNT/info"
+  grep -q "^  file_3: src.001$" "$MNT/info"
+  grep -q "^  stored_md5: $(md5sum < src.raw | cut -d' ' -f1)$" "$MNT/info"
+  unmount_img
+  run "$IMGFUSE" verify -q src.afm
+  [ "$status" -eq 0 ]
+  # every file opened O_RDONLY
+  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash src.afm
+  grep -q 'src\.001"' trace.txt
+  ! grep -E 'src\.(afm|000|001)"' trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'
+}
+
+@test "aff: an AFD (affconvert -o DIR.afd) reads like the source and affcat, named by any of its .aff files" {
+  make_afd
+  affcat ev.afd > affcat.raw
+  cmp affcat.raw src.raw
+  n=$(ls ev.afd | wc -l)
+  for f in ev.afd/*.aff; do
+    mount_img "$f" "$MNT"
+    cmp "$MNT/disk.raw" src.raw
+    grep -q "^  aff_layout: AFD$" "$MNT/info"
+    grep -q "^  files: $n$" "$MNT/info"
+    grep -q "^  file_1: $f$" "$MNT/info"
+    unmount_img
+  done
+  run "$IMGFUSE" verify -q ev.afd/file_000.aff
+  [ "$status" -eq 0 ]
+  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash ev.afd/file_000.aff
+  [ "$(grep -cE 'ev\.afd/file_[0-9]+\.aff"' trace.txt)" -ge "$n" ]
+  ! grep -E 'ev\.afd/file_[0-9]+\.aff"' trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'
+}
+
+@test "aff: an AFM or AFD file that leads out of the image's directory, or is missing, is refused with one line" {
+  make_afm -s1m -M1m
+  mkdir -p away img
+  mv src.001 away/
+  ln -s ../away/src.001 img/src.001
+  cp src.afm src.000 img/
+  run "$IMGFUSE" info img/src.afm
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [[ "$output" == "imgfuse: img/src.afm: AFM file 'img/src.001' refused: "* ]]
+  rm img/src.001 img/src.000
+  run "$IMGFUSE" info img/src.afm
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: img/src.afm: AFM raw file 'img/src.000' missing" ]
+  make_afd
+  mv ev.afd/file_001.aff away/
+  ln -s ../away/file_001.aff ev.afd/file_001.aff
+  run "$IMGFUSE" info ev.afd/file_000.aff
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [[ "$output" == "imgfuse: ev.afd/file_000.aff: AFD file 'ev.afd/file_001.aff' refused: "* ]]
+  rm ev.afd/file_001.aff
+  mkfifo ev.afd/file_009.aff
+  run timeout 10 "$IMGFUSE" info ev.afd/file_000.aff
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: ev.afd/file_000.aff: AFD file 'ev.afd/file_009.aff' refused: not a regular file" ]
 }

@@ -2,8 +2,11 @@
 # SPDX-License-Identifier: MIT
 # cloop.bats - the read-only cloop driver: V2.0 images made by create_compressed_fs (cloop-utils) read back
 # byte for byte like their source and like `qemu-img convert -f cloop -O raw`, from many readers at once;
-# --rw and --backing are refused with one line; damaged images (offsets past the end, huge block counts,
-# later cloop versions) are refused by name, and a block that inflates to the wrong size reads as EIO.
+# V4.0 (index at the start or at the end) and V3 images of zlib, xz, lz4, lzo and stored blocks, which no Debian
+# tool writes, made by tests/tools/make-cloop and read like their source; --rw and --backing are refused
+# with one line; damaged images (offsets past the end, huge block counts, unknown compressor tags and
+# flags, bad V3 footers, unknown versions) are refused by name, and a block that decodes to the wrong
+# size reads as EIO.
 
 load helpers
 
@@ -119,6 +122,121 @@ f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))'
   refused_open bs.cloop "cloop block size 1000 invalid (a multiple of 512 up to 16 MiB)"
   cp good.cloop zero.cloop; patch_be zero.cloop 128 4 0
   refused_open zero.cloop "cloop block size 0 invalid (a multiple of 512 up to 16 MiB)"
-  sed '2s/V2.0/V4.0/' good.cloop > v4.cloop
-  refused_open v4.cloop "cloop V4.0 format not supported (only V2.0, zlib blocks)"
+  sed '2s/V2.0/V5.0/' good.cloop > v5.cloop
+  refused_open v5.cloop "cloop V5.0 format not supported (V2.0, V3 and V4.0 are)"
+}
+
+MAKE_CLOOP="$BATS_TEST_DIRNAME/tools/make-cloop"
+
+# make_layout LAYOUT CODECS BLOCKSIZE OUT: tests/tools/make-cloop of src.raw.
+make_layout() {
+  "$MAKE_CLOOP" -B "$3" --layout "$1" --codecs "$2" src.raw "$4"
+}
+
+# cloop_py OUT LAYOUT PYTHON-KWARGS: make-cloop's build() of 4 blocks of 4 KiB (bytes 1, 2, 3, 4), with
+# overrides, e.g. tags={1: 7}.
+cloop_py() {
+  /usr/bin/python3 - "$MAKE_CLOOP" "$@" <<'PY'
+import importlib.machinery, lzma, sys, zlib
+mc = importlib.machinery.SourceFileLoader("make_cloop", sys.argv[1]).load_module()
+data = b"".join(bytes([i + 1]) * 4096 for i in range(4))
+kw = eval("dict(" + sys.argv[4] + ")", {"lzma": lzma, "zlib": zlib, "mc": mc, "data": data})
+open(sys.argv[2], "wb").write(mc.build(data, 4096, sys.argv[3], **kw))
+PY
+}
+
+@test "cloop V4.0 (index first or last) and V3 images of zlib, xz, lz4, lzo and stored blocks read like the source" {
+  source_data src.raw
+  for layout in 4 4f 3; do
+    for codecs in zlib xz lz4 lzo none zlib,xz,lz4,lzo,none; do
+      make_layout $layout $codecs 65536 c.cloop
+      mount_img c.cloop "$MNT"
+      size=$(stat -c %s "$MNT/disk.raw")
+      if [ $layout = 3 ]; then   # V3 keeps the original size; V4.0 pads the last block
+        [ "$size" -eq "$(stat -c %s src.raw)" ]
+        cmp "$MNT/disk.raw" src.raw
+      else
+        [ "$size" -eq $(( ( $(stat -c %s src.raw) + 65535 ) / 65536 * 65536 )) ]
+        cmp -n "$(stat -c %s src.raw)" "$MNT/disk.raw" src.raw
+        cmp -i "$(stat -c %s src.raw):0" "$MNT/disk.raw" <(head -c $(( size - $(stat -c %s src.raw) )) /dev/zero)
+      fi
+      unmount_img
+    done
+  done
+}
+
+@test "cloop V4.0 and V3: 512-byte blocks and eight concurrent readers get the right bytes" {
+  source_data src.raw
+  for layout in 4f 3; do
+    make_layout $layout zlib,xz,lz4,lzo,none 512 small.cloop
+    mount_img small.cloop "$MNT"
+    cmp -n "$(stat -c %s src.raw)" "$MNT/disk.raw" src.raw
+    unmount_img
+  done
+  make_layout 4 xz,lz4,lzo,zlib 65536 c.cloop
+  mount_img c.cloop "$MNT"
+  local pids=()
+  for i in 0 1 2 3 4 5 6 7; do
+    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for i in 0 1 2 3 4 5 6 7; do
+    cmp part$i <(dd if=src.raw bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
+  done
+  unmount_img
+}
+
+@test "cloop V4.0 and V3: info names the version, where the index is and the compressors; --rw exits 2" {
+  source_data src.raw
+  make_layout 4f zlib,xz,lz4,lzo,none 65536 f.cloop
+  run "$IMGFUSE" info f.cloop
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"format: cloop"* && "$output" == *"cloop_version: V4.0"* ]]
+  [[ "$output" == *"cloop_index: footer"* && "$output" == *"compression: zlib,none,xz,lz4,lzo"* ]]
+  make_layout 3 xz 65536 v3.cloop
+  run "$IMGFUSE" info v3.cloop
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"cloop_version: V3"* && "$output" == *"compression: xz"* ]]
+  [[ "$output" == *"virtual_size: $(stat -c %s src.raw) "* ]]
+  refused_open v3.cloop "cloop images are read-only (mount without --rw, or use --overlay)" --rw
+  refused_open f.cloop "cloop images are read-only (mount without --rw, or use --overlay)" --rw
+}
+
+@test "cloop V4.0 and V3: a block that decodes short or long (xz, lz4, lzo, stored) reads as EIO; the others read" {
+  cloop_py xz.cloop 4 'codecs=["xz"], streams={1: lzma.compress(data[:100], format=lzma.FORMAT_XZ)}'
+  cloop_py lz4.cloop 4f 'codecs=["lz4"], streams={1: mc.compress("lz4", data[:8192])}'
+  cloop_py none.cloop 3 'codecs=["none"], streams={1: data[:4000]}'
+  cloop_py lzo.cloop 3 'codecs=["lzo"], streams={1: mc.compress("lzo", data[:8192])}'
+  cloop_py garbage.cloop 4 'codecs=["xz"], streams={1: b"\xfd7zXZ\x00" + bytes(200)}'
+  for img in xz lz4 none lzo garbage; do
+    mount_img $img.cloop "$MNT"
+    run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
+    [ "$status" -ne 0 ]
+    [[ "$output" == *"Input/output error"* ]]
+    cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
+    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
+    unmount_img
+  done
+}
+
+@test "cloop V4.0 and V3: unknown compressor tags and flags and bad footers are refused with one line" {
+  cloop_py tag.cloop 4 'tags={2: 7}'
+  refused_open tag.cloop "cloop block 2 has an unknown compressor tag 7"
+  cloop_py tag5.cloop 4f 'tags={1: 5}'
+  refused_open tag5.cloop "cloop block 1 has an unknown compressor tag 5"
+  cloop_py flags.cloop 3 'tags={0: 6}'
+  refused_open flags.cloop "cloop block 0 has unknown compression flags 0x6"
+  cloop_py flags32.cloop 3 'tags={3: 32}'
+  refused_open flags32.cloop "cloop block 3 has unknown compression flags 0x20"
+  cloop_py ver.cloop 3 'version3=4'
+  refused_open ver.cloop "cloop V3 footer version 4 not supported (only 3)"
+  cloop_py orig.cloop 3 'orig=4096 * 5'
+  refused_open orig.cloop "cloop V3 original size 20480 does not fit 4 blocks of 4096 bytes"
+  cloop_py count.cloop 3 'count=5'
+  refused_open count.cloop "cloop V3 footer of 5 blocks does not end the file"
+  cloop_py past.cloop 4f 'offs={4: 1 << 40}'
+  refused_open past.cloop "cloop block 4 offset 1099511627776 outside the data area"
+  cloop_py big.cloop 4f 'count=0xffffffff'
+  refused_open big.cloop "cloop block count 4294967295 too large (offsets table over 256 MiB)"
 }

@@ -5,7 +5,8 @@
 # O_RDONLY and named in info and the audit log, acquisition metadata in info and info.json, --rw refused
 # by name, --overlay writes kept out of the evidence, a byte changed inside a chunk read as EIO for that
 # chunk only (zeros and a line in `errors` under --on-read-error=zero), hostile segment names refused,
-# and `imgfuse verify` against the stored MD5/SHA1.
+# and `imgfuse verify` against the stored MD5/SHA1. Every -f format of ewfacquire reads like its source and
+# ewfexport; Ex01 (EWF2), L01 and Lx01 (logical evidence) are refused by name.
 
 load helpers
 
@@ -254,4 +255,55 @@ open("zeroed.raw", "wb").write(b)'
   [ "$output" = "imgfuse: --algo: not taken by verify (the container's stored hashes decide)" ]
   run "$IMGFUSE" verify d.raw d.raw
   [ "$status" -eq 2 ]
+}
+
+# Every -f format of Debian's ewfacquire (libewf 20140813); encase7-v2 writes EWF1 (EVF) segments too.
+EWF_FORMATS="ewf smart ftk encase2 encase3 encase4 encase5 encase6 encase7 encase7-v2 linen5 linen6 linen7 ewfx"
+
+@test "ewf: every format ewfacquire writes (E01, e01, s01 series) reads like the source and like ewfexport" {
+  make_source
+  for fmt in $EWF_FORMATS; do
+    mkdir "$fmt"
+    ewfacquire -q -u -t "$TMP/$fmt/ev" -S 2MiB -c deflate:fast -f "$fmt" "$TMP/src.raw" > "$fmt/log" 2>&1 ||
+      { cat "$fmt/log"; return 1; }
+    first=$(ls "$fmt" | grep -E '^ev\.[EeSs]01$')
+    echo "$fmt: $(ls "$fmt" | tr '\n' ' ')"
+    [ "$(head -c 8 "$fmt/$first" | od -An -tx1 | tr -d ' \n')" = "455646090d0aff00" ]   # EWF1: "EVF\t\r\n\xff\0"
+    ewfexport -q -u -f raw -t "$TMP/$fmt/exported" "$fmt/$first" > "$fmt/export.log" 2>&1
+    cmp "$fmt/exported.raw" src.raw
+    mount_img "$fmt/$first" "$MNT"
+    cmp "$MNT/disk.raw" src.raw
+    grep -q "^  segment_files: $(ls "$fmt" | grep -cE '^ev\.[EeSs][0-9]{2}$')$" "$MNT/info"
+    unmount_img
+  done
+}
+
+@test "ewf: Ex01 (EWF2), L01 and Lx01 (logical evidence) are refused by name, probed or with -f ewf" {
+  printf 'EVF2\x0d\x0a\x81\x00' > e.Ex01
+  printf 'LVF\x09\x0d\x0a\xff\x00' > l.L01
+  printf 'LEF2\x0d\x0a\x81\x00' > l.Lx01
+  for f in e.Ex01 l.L01 l.Lx01; do head -c 65536 /dev/urandom >> $f; done
+  declare -A why=(
+    [e.Ex01]="EWF2 (Ex01) evidence file: not readable (libewf 20140813 reads EWF version 1 only: E01, S01)"
+    [l.L01]="logical evidence file (L01): holds files, not a disk image"
+    [l.Lx01]="logical evidence file (Lx01): holds files, not a disk image")
+  for f in e.Ex01 l.L01 l.Lx01; do
+    for how in "" "-f ewf"; do
+      run timeout 30 "$IMGFUSE" --foreground $how "$f" "$MNT"
+      echo "$how $f -> $status: $output"
+      [ "$status" -eq 2 ]
+      [ "$output" = "imgfuse: $f: ${why[$f]}" ]
+      run "$IMGFUSE" info $how "$f"
+      [ "$status" -eq 2 ]
+      [ "$output" = "imgfuse: $f: ${why[$f]}" ]
+      not_mounted "$MNT"
+    done
+    run "$IMGFUSE" map "$f"
+    [ "$status" -eq 2 ]
+    [ "$output" = "imgfuse: $f: ${why[$f]}" ]
+    mount_img -f raw "$f" "$MNT"
+    same_bytes "$MNT/disk.raw" "$f"
+    grep -q "^  looks_like: .*(read it with -f ewf)$" "$MNT/info"
+    unmount_img
+  done
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (EWF2 Ex01/Lx01, EWF logical
-# L01, LUKS) is never served as raw: probing refuses it
+# probe-known-formats.bats - a file in a known format without a driver (LUKS) is never served as raw:
+# probing refuses it
 # by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
 # bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
 # GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it. VHDX, refused
 # here until it had a driver, now probes as vhdx (top image and backing file) and -f raw names it.
+# EWF2 (Ex01, Lx01) and logical EWF (L01) files go to the ewf driver, which refuses them by name (ewf.bats).
 
 load helpers
 
@@ -33,13 +34,8 @@ make_all() {
   declare -gA KNOWN
   make_luks l.luks
   magic_file l2.luks 65536 0 "4c554b53babe0002"
-  magic_file e2.Ex01 65536 0 "455646320d0a8100"
-  magic_file l.L01 65536 0 "4c5646090d0aff00"
-  magic_file l2.Lx01 65536 0 "4c4546320d0a8100"
   KNOWN=([l.luks]="LUKS encrypted container"
-         [l2.luks]="LUKS encrypted container"
-         [e2.Ex01]="EWF2 (Ex01) evidence file" [l.L01]="EWF logical evidence (L01) file"
-         [l2.Lx01]="EWF2 logical evidence (Lx01) file")
+         [l2.luks]="LUKS encrypted container")
 }
 
 refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to see the file's bytes)"; }

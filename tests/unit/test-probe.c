@@ -2,8 +2,9 @@
 /*
  * test-probe.c - unit tests of lib/probe.c, the table of known format magics, on in-memory images: each
  * format without a driver is refused by name on a probe (head magics, and DMG's trailer before the end),
- * a known magic whose driver declined goes to that driver, plain disks (MBR, GPT, ISO9660) and a fixed
- * VHD stay raw, -f raw opens them all, and the raw sector-0 guard's magic check.
+ * a known magic whose driver declined goes to that driver (EWF2 and logical EWF to ewf, which refuses them
+ * by name; cloop V3 and footer-V4.0 from the tail), plain disks (MBR, GPT, ISO9660) and a fixed VHD stay
+ * raw, -f raw opens them all, and the raw sector-0 guard's magic check.
  */
 #include "block.h"
 #include "tap.h"
@@ -43,9 +44,6 @@ static void test_refused(void)
         bool from_end;
         const char *what;
     } cases[] = {
-        { "EVF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 (Ex01) evidence file" },
-        { "LVF\x09\x0d\x0a\xff\x00", 8, 0, false, "EWF logical evidence (L01) file" },
-        { "LEF2\x0d\x0a\x81\x00", 8, 0, false, "EWF2 logical evidence (Lx01) file" },
         { "LUKS\xba\xbe\0\x01", 8, 0, false, "LUKS encrypted container" },
         { "LUKS\xba\xbe\0\x02", 8, 0, false, "LUKS encrypted container" },
     };
@@ -101,6 +99,34 @@ static void test_ewf_magic(void)
     ok(!drv[0] && strstr(err.msg, "<memory>: AFF images are read by AFFLIB from a file name"),
        "an AFF magic goes to the aff driver: %s", err.msg);
     ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "AFF: the sector-0 guard knows its magic");
+    static const char *const ewf_variants[][2] = {
+        { "EVF2\x0d\x0a\x81\x00", "<memory>: EWF2 (Ex01) evidence file: not readable (libewf 20140813 reads EWF "
+          "version 1 only: E01, S01)" },
+        { "LVF\x09\x0d\x0a\xff\x00", "<memory>: logical evidence file (L01): holds files, not a disk image" },
+        { "LEF2\x0d\x0a\x81\x00", "<memory>: logical evidence file (Lx01): holds files, not a disk image" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(ewf_variants); i++) {
+        put_magic(ewf_variants[i][0], 8, 0, false);
+        drv = probe_open(&err, NULL);
+        ok(!drv[0] && err.errnum == ENOTSUP && strcmp(err.msg, ewf_variants[i][1]) == 0,
+           "an EWF2 or logical EWF magic goes to the ewf driver, which refuses it by name: %s", err.msg);
+        ok(strcmp(probe_open(&err, "raw"), "raw") == 0, "... and it opens with -f raw");
+        ok(bdrv_known_magic_at_start(img, sizeof img) != NULL, "... and the sector-0 guard knows its magic");
+    }
+}
+
+/* cloop V3 ("\nCLOOP3\n" at the end) and V4.0 with its header at the end are found from the tail. */
+static void test_cloop_tail(void)
+{
+    Error err;
+    put_magic("\nCLOOP3\n", 8, 8, true);
+    const char *drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "cloop V3 footer version 1515870810 not supported"),
+       "a V3 cloop footer goes to the cloop driver: %s", err.msg);
+    put_magic("#!/bin/sh\n#V4.0 Format\n", 23, 136, true);
+    drv = probe_open(&err, NULL);
+    ok(!drv[0] && strstr(err.msg, "cloop block size 1515870810 invalid"),
+       "a V4.0 cloop header at the end goes to the cloop driver: %s", err.msg);
 }
 
 static void test_not_refused(void)
@@ -151,6 +177,7 @@ int main(void)
     test_refused();
     test_driver_now();
     test_ewf_magic();
+    test_cloop_tail();
     test_not_refused();
     test_declined();
     return done_testing();
