@@ -16,10 +16,11 @@ VHDXLIB="$BATS_TEST_DIRNAME/vhdxlib.py"
 MAKE_DIFF="$BATS_TEST_DIRNAME/vhdx-make-diff.py"
 MAKE_LOG="$BATS_TEST_DIRNAME/vhdx-make-log.py"
 
-# vhdx_py IMAGE EXPR: prints EXPR evaluated with `img` = vhdxlib.Image(IMAGE) and `h` = its current header.
+# vhdx_py IMAGE EXPR: prints EXPR evaluated with `img` = vhdxlib.Image(IMAGE), `h` = its current header
+# (and the modules struct and v = vhdxlib).
 vhdx_py() {
   python3 - "$VHDXLIB" "$@" <<'EOF'
-import importlib.util, sys
+import importlib.util, struct, sys
 spec = importlib.util.spec_from_file_location("vhdxlib", sys.argv[1]); v = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(v)
 img = v.Image(sys.argv[2]); h = img.read(img.header_off, 4096)
@@ -143,6 +144,46 @@ vhdi_equals() {
   unmount_img
   vhdi_equals c.vhdx expect.raw
   [ "$(vhdx_py c.vhdx 'img.bat(3)[0]')" -eq 7 ]   # partially present: the rest of the block is the parent's
+}
+
+@test "differencing with 4096-byte logical sectors: unaligned writes (read-modify-write), bits in 4 KiB units; vhdimount agrees" {
+  make_parent
+  patch_le p.vhdx $(( (3 << 20) + 65536 + 32 )) 4 4096   # the logical sector size item qemu-img wrote
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --plain 1
+  mount_img --rw c.vhdx "$MNT"
+  local w
+  for w in "$((1048576 + 5000)):1000:41" "$((3 * 1048576 + 4095)):2:42" "$((9 * 1048576 + 100)):9000:43"; do
+    IFS=: read -r off len byte <<<"$w"
+    head -c "$len" /dev/zero | tr '\0' "\\$(printf '%03o' "0x$byte")" > piece
+    dd if=piece of="$MNT/disk.raw" bs=1 seek="$off" conv=notrunc status=none
+    dd if=piece of=expect.raw bs=1 seek="$off" conv=notrunc status=none
+  done
+  unmount_img
+  mount_img c.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" expect.raw
+  unmount_img
+  vhdi_equals c.vhdx expect.raw
+  [ "$(vhdx_py c.vhdx '[img.bat(b)[0] for b in (1, 3, 9)]')" = "[7, 7, 7]" ]
+}
+
+@test "differencing without a sector-bitmap block: a partial write appends one (1 MiB) and the BAT names both" {
+  make_parent
+  python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --plain 1
+  local bat; bat=$(vhdx_py c.vhdx 'img.bat_off')
+  patch_le c.vhdx $((bat + 8)) 8 0; patch_le c.vhdx $((bat + 32)) 8 0   # blocks 1 and 4: not present
+  patch_le c.vhdx $((bat + 4096 * 8)) 8 0                               # no sector bitmap for chunk 0
+  mount_img c.vhdx "$MNT"; cp "$MNT/disk.raw" expect.raw; unmount_img
+  vhdi_equals c.vhdx expect.raw
+  local end; end=$(stat -c %s c.vhdx)
+  mount_img --rw c.vhdx "$MNT"
+  put "$MNT/disk.raw" $((6 * 1048576 + 2048)) 1024 51
+  unmount_img
+  put expect.raw $((6 * 1048576 + 2048)) 1024 51
+  mount_img c.vhdx "$MNT"; same_bytes "$MNT/disk.raw" expect.raw; unmount_img
+  vhdi_equals c.vhdx expect.raw
+  [ "$(vhdx_py c.vhdx 'img.bat(6)[0]')" -eq 7 ]
+  [ "$(vhdx_py c.vhdx 'struct.unpack("<Q", img.read(img.bat_off + 4096 * 8, 8))[0] & 7')" -eq 6 ]
+  [ "$(stat -c %s c.vhdx)" -eq $((end + 2 * 1048576)) ]   # the block and its bitmap, appended
 }
 
 @test "differencing: fio with 4 jobs and verification; vhdimount and imgfuse agree afterwards" {
