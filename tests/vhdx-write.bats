@@ -265,7 +265,7 @@ dirty_image() {
   unmount_img
 }
 
-@test "kill -9 between the log entry and the metadata it describes: read-only shows the replay, file untouched; --rw replays; check clean" {
+@test "kill -9 between the log entry and the metadata it describes: read-only shows the replay, file untouched; QEMU and --rw replay it; check clean" {
   qemu-img create -q -f vhdx -o block_size=1M d.vhdx 16M
   fmt_io vhdx d.vhdx 'write -P 0x41 0 1M'
   head -c 65536 /dev/urandom > data.bin
@@ -296,6 +296,11 @@ dirty_image() {
   unmount_img
   [ "$(md5sum < d.vhdx)" = "$md5" ]
   [ "$(stat -c %Y.%y d.vhdx)" = "$mtime" ]
+  # QEMU replays the same entry (on a copy, qemu-img check -r all): the same bytes
+  cp d.vhdx q.vhdx
+  qemu-img check -r all q.vhdx > /dev/null
+  qemu-img convert -f vhdx -O raw q.vhdx q.raw
+  same_bytes q.raw expect.raw
   mount_img --rw d.vhdx "$MNT"
   same_bytes "$MNT/disk.raw" expect.raw
   unmount_img
