@@ -1,17 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vhdx.c - the VHDX format driver (Microsoft Hyper-V virtual hard disk v2), read-only: the file
+ * vhdx.c - the VHDX format driver (Microsoft Hyper-V virtual hard disk v2), the reader: the file
  * identifier, the two headers (CRC-32C; the valid one with the higher sequence number is current), the
  * two region tables (the BAT and metadata regions; an unknown region marked required is refused), the
  * metadata items (file parameters, virtual disk size, logical and physical sector sizes, page 83 data,
  * parent locator), the BAT with its payload and sector-bitmap entries interleaved by the chunk ratio, and
  * every payload block state.  A header naming a log (non-zero LogGuid) has its active sequence found and
- * replayed into an in-memory overlay of the file, never onto the file: metadata, BAT and payload reads go
- * through the overlay.  Differencing disks name their parent in the parent locator (relative, volume and
- * absolute Win32 paths, as backing candidates for lib/backing.c to resolve) and are checked against the
+ * replayed into an in-memory overlay of the file, never onto the file by a read-only open: metadata, BAT
+ * and payload reads go through the overlay (a writable open has write.c put the overlay onto the file once
+ * everything has been checked through it).  Differencing disks name their parent in the parent locator
+ * (relative, volume and absolute Win32 paths, as backing candidates for lib/backing.c to resolve) and are
+ * checked against the
  * parent's DataWriteGuid once the chain is attached.  Every field is untrusted: offsets are checked
  * against the file, the BAT, the log scan and the replay overlay have memory and work budgets, bad BAT
- * entries read as EIO.  It knows nothing of FUSE, and it never writes: a writable open is refused.
+ * entries read as EIO.  It knows nothing of FUSE; writes, write-zeroes, discard, flush and the writable
+ * open's checks and log replay are write.c's (reads take its lock shared when the image is writable).
  */
 #include "block.h"
 #include "util.h"

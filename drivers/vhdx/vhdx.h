@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vhdx.h - the VHDX on-disk layout shared by the files of the VHDX driver (the reader and writer in
- * vhdx.c, the image creator): fixed offsets and sizes of the format, the driver's memory and work
+ * vhdx.h - the VHDX on-disk layout shared by the files of the VHDX driver (the reader in vhdx.c, the
+ * writer in write.c, the image creator): fixed offsets and sizes of the format, the driver's memory and work
  * budgets, field offsets of headers and log entries, BAT entry states, the well-known GUIDs of regions
  * and metadata items, and the CRC-32C and GUID helpers every structure needs.
  */
