@@ -10,10 +10,9 @@
  * and payload reads go through the overlay (a writable open has write.c put the overlay onto the file once
  * everything has been checked through it).  Differencing disks name their parent in the parent locator
  * (relative, volume and absolute Win32 paths, as backing candidates for lib/backing.c to resolve) and are
- * checked against the
- * parent's DataWriteGuid once the chain is attached.  Every field is untrusted: offsets are checked
- * against the file, the BAT, the log scan and the replay overlay have memory and work budgets, bad BAT
- * entries read as EIO.  It knows nothing of FUSE; writes, write-zeroes, discard, flush and the writable
+ * checked against the parent's DataWriteGuid once the chain is attached.  Every field is untrusted:
+ * offsets are checked against the file, the BAT, the log scan and the replay overlay have memory and
+ * work budgets, bad BAT entries read as EIO.  It knows nothing of FUSE; writes, write-zeroes, discard, flush and the writable
  * open's checks and log replay are write.c's (reads take its lock shared when the image is writable).
  */
 #include "block.h"
