@@ -345,7 +345,7 @@ refused_rw() {
   unmount_img
 }
 
-@test "damaged images are refused for --rw by one line and never written: BAT into metadata, overlapping blocks, a bitmap entry, a log that cannot be replayed" {
+@test "damaged images are refused for --rw by one line and never written: BAT into metadata, overlapping blocks, a bitmap entry, a log over the headers, a log that cannot be replayed" {
   qemu-img create -q -f vhdx -o block_size=1M d.vhdx 8M
   fmt_io vhdx d.vhdx 'write -P 0x11 0 1M' 'write -P 0x12 2M 1M'
   local bat md b0 b2
@@ -359,6 +359,22 @@ refused_rw() {
   qemu-img create -q -f vhdx -o block_size=1M s.vhdx 8G
   patch_le s.vhdx $(( $(vhdx_py s.vhdx 'img.bat_off') + 4096 * 8 )) 8 $((b2 | 6))
   refused_rw s.vhdx "1 BAT entries are invalid"
+  # a log entry that rewrites the region table (with its own bytes: a read-only replay still reads)
+  qemu-img create -q -f vhdx -o block_size=1M x.vhdx 8M
+  python3 - "$MAKE_LOG" x.vhdx <<'EOF'
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("mk", sys.argv[1]); mk = importlib.util.module_from_spec(spec)
+sys.path.insert(0, os.path.dirname(sys.argv[1])); spec.loader.exec_module(mk)
+v, path = mk.v, sys.argv[2]
+img = v.Image(path)
+guid, size = v.guid("6c0c1c2e-93b7-4e2b-8d3a-55aa55aa0002"), os.path.getsize(path)
+e = mk.entry(img.seq + 5, 0, guid, size, size, [("data", 192 * 1024, img.read(192 * 1024, 4096))])
+with open(path, "r+b") as f:
+    f.seek(img.log_offset); f.write(e)
+    for off in (64 * 1024, 128 * 1024):
+        f.seek(off); h = bytearray(f.read(4096)); h[48:64] = guid; v.set_crc(h); f.seek(off); f.write(h)
+EOF
+  refused_rw x.vhdx "the log writes over the headers, the region tables or the log itself (file offset 196608); refusing to replay it onto the file (a read-only mount replays it in memory)"
   dirty_image c --break-crc
   local md5; md5=$(md5sum < c.vhdx)
   refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries" --rw

@@ -361,6 +361,21 @@ static int check_entries(VhdxState *s, Error *err)
     return 0;
 }
 
+/* A replay onto the file may change metadata and blocks, never the headers, the region tables or the log. */
+static int check_replay_targets(const VhdxState *s, Error *err)
+{
+    for (size_t i = 0; i < s->n_overlay; i++) {
+        const OverlayRec *o = &s->overlay[i];
+        if (o->off < VHDX_ALIGN || ranges_overlap(o->off, o->len, s->log_offset, s->log_length)) {
+            error_set(err, EINVAL, "the log writes over the headers, the region tables or the log itself (file "
+                      "offset %" PRIu64 "); refusing to replay it onto the file (a read-only mount replays it in "
+                      "memory)", o->off);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int vhdx_open_writable(BlockNode *bs, VhdxState *s, Error *err)
 {
     if (s->log_length == 0) {
@@ -371,7 +386,9 @@ int vhdx_open_writable(BlockNode *bs, VhdxState *s, Error *err)
     if (r == 0 && s->log_entries) {
         int64_t keep = s->file_size;
         s->file_size = s->eff_size; /* the checks below see the file the replay leaves */
-        r = check_extents(s, err);
+        r = check_replay_targets(s, err);
+        if (r == 0)
+            r = check_extents(s, err);
         s->file_size = keep;
         if (r == 0 && (r = replay_onto_file(bs, s)) < 0)
             error_set(err, -r, "cannot write the replayed log onto the file: %s", strerror(-r));
