@@ -204,7 +204,7 @@ static int log_write_entry(BlockNode *bs, VhdxState *s, const MetaUpdate *u)
     if (r == 0)
         r = bdrv_flush(bs->file);
     if (r == 0 && !s->log_active && (r = header_update(bs, s, HDR_SET_LOG)) == 0)
-        s->log_active = true;
+        __atomic_store_n(&s->log_active, true, __ATOMIC_RELEASE); /* vhdx_flush looks without the lock */
     if (r == 0)
         s->log_head += length;
     return r;
@@ -242,7 +242,7 @@ static int log_reset(BlockNode *bs, VhdxState *s)
         return 0;
     int r = header_update(bs, s, HDR_CLEAR_LOG);
     if (r == 0)
-        s->log_active = false;
+        __atomic_store_n(&s->log_active, false, __ATOMIC_RELEASE);
     return r;
 }
 
