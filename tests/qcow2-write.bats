@@ -193,49 +193,6 @@ ext4_through_loop() {
   ext4_through_loop --direct-io
 }
 
-# crash_writer RAW LOG SEED: random 4 KiB block writes with periodic fsync; logs "W block value" before
-# each write and "S" after each fsync returned.
-crash_writer() {
-  python3 - "$@" <<'PYW'
-import os, random, sys
-path, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rnd = random.Random(seed)
-fd = os.open(path, os.O_RDWR)
-lf = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-while True:
-    for _ in range(rnd.randrange(1, 16)):
-        blk, val = rnd.randrange(0, 4096), rnd.randrange(1, 256)
-        os.write(lf, b"W %d %d\n" % (blk, val))
-        os.pwrite(fd, bytes([val]) * 4096, blk * 4096)
-    os.fsync(fd)
-    os.write(lf, b"S\n")
-PYW
-}
-
-# crash_verify RAW LOG: every block written before the last completed fsync holds its last synced
-# value or a value written after that fsync; each block is written whole.
-crash_verify() {
-  python3 - "$@" <<'PYC'
-import sys
-data = open(sys.argv[1], "rb").read()
-synced, pending, after = {}, {}, {}
-for line in open(sys.argv[2]):
-    p = line.split()
-    if p == ["S"]:
-        synced.update(pending)
-        pending, after = {}, {}
-    elif len(p) == 3:
-        blk, val = int(p[1]), int(p[2])
-        pending[blk] = val
-        after.setdefault(blk, set()).add(val)
-for blk, val in synced.items():
-    got = data[blk * 4096]
-    assert got in {val} | after.get(blk, set()), (blk, got, val)
-    assert data[blk * 4096:(blk + 1) * 4096] == bytes([got]) * 4096, blk
-print("verified", len(synced), "synced blocks")
-PYC
-}
-
 @test "kill -9 during fsync'd random writes: 20 rounds, never corrupt, fsynced data survives" {
   "$IMGFUSE" create -f qcow2 -o cluster_size=4k a.qcow2 16M
   local round writer

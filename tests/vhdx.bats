@@ -4,8 +4,8 @@
 # sizes 1 to 256 MiB, log sizes 1 and 8 MiB) and filled by qemu-io read byte for byte like `qemu-img
 # convert -O raw` and like vhdimount (libvhdi); their data map (SEEK_DATA and `imgfuse map`, host offsets
 # included) equals the BAT as tests/vhdxlib.py reads it (qemu-img 7.2 has no VHDX block status: its map
-# calls every byte data). Damaged images are refused with one line naming the file and the reason, and
-# --rw is refused.
+# calls every byte data). Damaged images are refused with one line naming the file and the reason.
+# Writes (--rw) are tests/vhdx-write.bats.
 
 load helpers
 
@@ -116,12 +116,8 @@ write_pattern() {
   [ $rc -eq 0 ]
 }
 
-@test "--rw is refused: VHDX is read-only in this version; an --overlay over it leaves it untouched" {
+@test "an --overlay over a VHDX is writable and leaves it untouched" {
   qemu-img create -q -f vhdx r.vhdx 4M
-  refused_open r.vhdx "VHDX is read-only in this version (mount without --rw, or use --overlay FILE)" --rw
-  run "$IMGFUSE" --foreground --rw r.vhdx "$MNT"
-  [ "${lines[0]}" = "imgfuse: r.vhdx: VHDX is read-only in this version (mount without --rw, or use --overlay FILE)" ]
-  # an --overlay over it is writable and leaves it untouched
   local before; before=$(md5sum < r.vhdx)
   mount_img --overlay ov.qcow2 r.vhdx "$MNT"
   printf 'hello' | dd of="$MNT/disk.raw" bs=1 seek=4096 conv=notrunc status=none
@@ -253,9 +249,7 @@ dirty_image() {
   same_bytes q.raw d.expect.raw
 }
 
-@test "dirty log: --rw refused; no complete sequence and a file shorter than the log's flushed offset refused" {
-  dirty_image r
-  refused_open r.vhdx "VHDX is read-only in this version (mount without --rw, or use --overlay FILE)" --rw
+@test "dirty log: no complete sequence and a file shorter than the log's flushed offset refused" {
   dirty_image c --break-crc
   refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries"
   dirty_image t --flushed-past-end

@@ -1,17 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vhdx.c - the VHDX format driver (Microsoft Hyper-V virtual hard disk v2), read-only: the file
+ * vhdx.c - the VHDX format driver (Microsoft Hyper-V virtual hard disk v2), the reader: the file
  * identifier, the two headers (CRC-32C; the valid one with the higher sequence number is current), the
  * two region tables (the BAT and metadata regions; an unknown region marked required is refused), the
  * metadata items (file parameters, virtual disk size, logical and physical sector sizes, page 83 data,
  * parent locator), the BAT with its payload and sector-bitmap entries interleaved by the chunk ratio, and
  * every payload block state.  A header naming a log (non-zero LogGuid) has its active sequence found and
- * replayed into an in-memory overlay of the file, never onto the file: metadata, BAT and payload reads go
- * through the overlay.  Differencing disks name their parent in the parent locator (relative, volume and
- * absolute Win32 paths, as backing candidates for lib/backing.c to resolve) and are checked against the
- * parent's DataWriteGuid once the chain is attached.  Every field is untrusted: offsets are checked
- * against the file, the BAT, the log scan and the replay overlay have memory and work budgets, bad BAT
- * entries read as EIO.  It knows nothing of FUSE, and it never writes: a writable open is refused.
+ * replayed into an in-memory overlay of the file, never onto the file by a read-only open: metadata, BAT
+ * and payload reads go through the overlay (a writable open has write.c put the overlay onto the file once
+ * everything has been checked through it).  Differencing disks name their parent in the parent locator
+ * (relative, volume and absolute Win32 paths, as backing candidates for lib/backing.c to resolve) and are
+ * checked against the parent's DataWriteGuid once the chain is attached.  Every field is untrusted:
+ * offsets are checked against the file, the BAT, the log scan and the replay overlay have memory and
+ * work budgets, bad BAT entries read as EIO.  It knows nothing of FUSE; writes, write-zeroes, discard, flush and the writable
+ * open's checks and log replay are write.c's (reads take its lock shared when the image is writable).
  */
 #include "block.h"
 #include "util.h"
@@ -27,52 +29,6 @@
 
 #include "vhdx.h"
 
-/* One piece of the replayed log: bytes of the file at off replaced by data (NULL: zeros). */
-typedef struct OverlayRec {
-    uint64_t off, len;
-    uint8_t *data;
-} OverlayRec;
-
-/* Names in the parent locator, in the order they are tried. */
-enum { LOC_RELATIVE, LOC_VOLUME, LOC_ABSOLUTE, LOC_PATHS };
-static const char *const loc_keys[LOC_PATHS] = { "relative_path", "volume_path", "absolute_win32_path" };
-
-typedef struct VhdxState {
-    int64_t file_size;        /* of the file at open */
-    int64_t eff_size;         /* the file as the replayed log leaves it (never smaller than file_size) */
-    char creator[256];
-    uint8_t header[VHDX_HEADER_BYTES]; /* the current header */
-    int header_index;         /* 1 or 2 */
-    int region_table_index;   /* 1 or 2 */
-    uint64_t log_offset;
-    uint32_t log_length;
-    uint64_t bat_offset, bat_length, md_offset, md_length;
-
-    /* metadata */
-    uint32_t block_size;
-    bool leave_allocated, has_parent;
-    uint64_t size;
-    uint32_t logical_sector, physical_sector;
-    Guid page83;
-    uint64_t chunk_ratio;     /* payload blocks per sector-bitmap block */
-
-    uint64_t data_blocks;
-    uint64_t bat_entries;
-    uint64_t *bat;            /* BAT_STATE PAYLOAD_BAD marks entries this driver refuses to follow */
-    uint64_t allocated_blocks, bad_entries;
-    int bad_logged;
-
-    /* the replayed log (read-only overlay; empty when the log was clean) */
-    OverlayRec *overlay;
-    size_t n_overlay;
-    uint64_t overlay_lo, overlay_hi; /* the file range the pieces lie in: reads outside it skip the list */
-    uint64_t overlay_bytes;
-    uint64_t log_entries, log_seq_first, log_seq_last;
-
-    /* differencing disks */
-    char parent_linkage[VHDX_GUID_STR], parent_linkage2[VHDX_GUID_STR];
-    char parent_source[BDRV_MAX_BACKING_CANDIDATES][24];
-} VhdxState;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -926,14 +882,17 @@ static int vhdx_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, 
 
 static const BlockReadMap vhdx_read_map = { .map = vhdx_map, .decode = vhdx_decode };
 
+/* A writable image's BAT and sector bitmaps change under the writer's lock: reads take it shared. */
 static int vhdx_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
-    return bdrv_read_mapped(bs, offset, bytes, buf, &vhdx_read_map, NULL);
+    VhdxState *s = bs->opaque;
+    return bdrv_read_mapped_locked(bs, offset, bytes, buf, &vhdx_read_map, s->writable ? &s->lock : NULL, s->size);
 }
 
 static int vhdx_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
-    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vhdx_read_map, NULL);
+    VhdxState *s = bs->opaque;
+    return bdrv_status_mapped_locked(bs, offset, bytes, st, &vhdx_read_map, s->writable ? &s->lock : NULL);
 }
 
 /* ---------------------------------------------------------------- parent check */
@@ -975,6 +934,7 @@ static void vhdx_close(BlockNode *bs)
     VhdxState *s = bs->opaque;
     if (!s)
         return;
+    vhdx_close_writable(bs, s);
     free(s->bat);
     s->bat = NULL;
     for (size_t i = 0; i < s->n_overlay; i++)
@@ -992,10 +952,6 @@ static int vhdx_do_open(BlockNode *bs, VhdxState *s, const BlockOpenOpts *opts, 
     if (s->file_size < 0) {
         error_set(err, (int)-s->file_size, "cannot get the file size: %s", strerror((int)-s->file_size));
         return (int)s->file_size;
-    }
-    if (!bs->read_only) {
-        error_set(err, EROFS, "VHDX is read-only in this version (mount without --rw, or use --overlay FILE)");
-        return -EROFS;
     }
     int r = vhdx_read_identifier(bs, s, err);
     if (r == 0)
@@ -1018,6 +974,8 @@ static int vhdx_do_open(BlockNode *bs, VhdxState *s, const BlockOpenOpts *opts, 
         error_set(err, EINVAL, "a VHDX without a parent (not a differencing disk) does not support backing files");
         r = -EINVAL;
     }
+    if (r == 0 && !bs->read_only)
+        r = vhdx_open_writable(bs, s, err);
     return r;
 }
 
@@ -1087,7 +1045,10 @@ static void vhdx_get_info(BlockNode *bs, InfoList *info)
     info_add_str(info, "data_write_guid", "%s", g);
     info_add_int(info, "log_offset", (int64_t)MIN(s->log_offset, (uint64_t)INT64_MAX));
     info_add_int(info, "log_length", s->log_length);
-    if (s->log_entries)
+    if (s->log_replayed)
+        info_add_str(info, "log", "replayed onto the file at open (%" PRIu64 " entries, sequence %" PRIu64 " to %"
+                     PRIu64 ")", s->log_replayed, s->log_seq_first, s->log_seq_last);
+    else if (s->log_entries)
         info_add_str(info, "log", "replayed in memory (%" PRIu64 " entries, sequence %" PRIu64 " to %" PRIu64
                      "; the file is unchanged)", s->log_entries, s->log_seq_first, s->log_seq_last);
     else
@@ -1119,4 +1080,8 @@ const BlockDriver bdrv_vhdx = {
     .has_zero_init = vhdx_has_zero_init,
     .create = vhdx_create,
     .create_options = vhdx_create_options,
+    .write = vhdx_write,
+    .write_zeroes = vhdx_write_zeroes,
+    .discard = vhdx_discard,
+    .flush = vhdx_flush,
 };

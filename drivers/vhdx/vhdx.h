@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vhdx.h - the VHDX on-disk layout shared by the files of the VHDX driver (the reader and writer in
- * vhdx.c, the image creator): fixed offsets and sizes of the format, the driver's memory and work
+ * vhdx.h - the VHDX on-disk layout shared by the files of the VHDX driver (the reader in vhdx.c, the
+ * writer in write.c, the image creator): fixed offsets and sizes of the format, the driver's memory and work
  * budgets, field offsets of headers and log entries, BAT entry states, the well-known GUIDs of regions
  * and metadata items, and the CRC-32C and GUID helpers every structure needs.
  */
@@ -104,5 +104,81 @@ int vhdx_create(const char *filename, const CreateOpts *opts, Error *err);
 int vhdx_create_check(VhdxCreateSpec *spec, const char *filename, Error *err);
 /* Writes the image spec (checked) onto file, an empty writable node (a file or a memory node). */
 int vhdx_create_on(BlockNode *file, const VhdxCreateSpec *spec, Error *err);
+
+/* ---------------------------------------------------------------- the writer (write.c) */
+
+#include <pthread.h>
+
+/* One piece of the replayed log: bytes of the file at off replaced by data (NULL: zeros). */
+typedef struct OverlayRec {
+    uint64_t off, len;
+    uint8_t *data;
+} OverlayRec;
+
+/* Names in the parent locator, in the order they are tried. */
+enum { LOC_RELATIVE, LOC_VOLUME, LOC_ABSOLUTE, LOC_PATHS };
+static const char *const loc_keys[LOC_PATHS] = { "relative_path", "volume_path", "absolute_win32_path" };
+
+typedef struct VhdxState {
+    int64_t file_size;        /* of the file at open */
+    int64_t eff_size;         /* the file as the replayed log leaves it (never smaller than file_size) */
+    char creator[256];
+    uint8_t header[VHDX_HEADER_BYTES]; /* the current header */
+    int header_index;         /* 1 or 2 */
+    int region_table_index;   /* 1 or 2 */
+    uint64_t log_offset;
+    uint32_t log_length;
+    uint64_t bat_offset, bat_length, md_offset, md_length;
+
+    /* metadata */
+    uint32_t block_size;
+    bool leave_allocated, has_parent;
+    uint64_t size;
+    uint32_t logical_sector, physical_sector;
+    Guid page83;
+    uint64_t chunk_ratio;     /* payload blocks per sector-bitmap block */
+
+    uint64_t data_blocks;
+    uint64_t bat_entries;
+    uint64_t *bat;            /* BAT_STATE PAYLOAD_BAD marks entries this driver refuses to follow */
+    uint64_t allocated_blocks, bad_entries;
+    int bad_logged;
+
+    /* the replayed log (read-only overlay; empty when the log was clean) */
+    OverlayRec *overlay;
+    size_t n_overlay;
+    uint64_t overlay_lo, overlay_hi; /* the file range the pieces lie in: reads outside it skip the list */
+    uint64_t overlay_bytes;
+    uint64_t log_entries, log_seq_first, log_seq_last;
+
+    /* differencing disks */
+    char parent_linkage[VHDX_GUID_STR], parent_linkage2[VHDX_GUID_STR];
+    char parent_source[BDRV_MAX_BACKING_CANDIDATES][24];
+
+    /* a writable open (write.c); all of it but the flags guarded by lock */
+    bool writable;
+    pthread_rwlock_t lock;    /* shared: reads and in-place writes; exclusive: allocations, metadata */
+    bool guids_done;          /* FileWriteGuid and DataWriteGuid renewed (on the first write) */
+    bool broken;              /* a metadata write failed: further metadata updates fail with EIO */
+    bool log_active;          /* the header names the log the writer is appending to */
+    Guid log_guid;
+    uint32_t log_head;        /* where the next entry goes inside the log */
+    uint64_t log_seq;         /* of the last entry written */
+    uint64_t file_len;        /* the file's length as the writer made it */
+    uint64_t data_end;        /* where the next block goes (1 MiB aligned, past everything in the file) */
+    uint64_t log_replayed;    /* entries of a dirty log written onto the file at open */
+    uint64_t entries_written, blocks_allocated;
+} VhdxState;
+
+/* The writer's slots and steps (write.c). vhdx_open_writable runs after a read-only style open (the log
+ * replayed into the overlay, everything validated through it): it refuses damaged images, writes the
+ * replayed log onto the file and prepares the lock; 0 or a negative errno with err set. */
+int vhdx_open_writable(BlockNode *bs, VhdxState *s, Error *err);
+void vhdx_close_writable(BlockNode *bs, VhdxState *s);
+int vhdx_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
+int vhdx_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
+int vhdx_discard(BlockNode *bs, int64_t offset, int64_t bytes);
+int vhdx_flush(BlockNode *bs);
+
 
 #endif

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fuzz-vhdx.c - libFuzzer target for the VHDX driver (read-only): the input as a whole file (probing, the
+ * fuzz-vhdx.c - libFuzzer target for the VHDX driver: the input as a whole file (probing, the
  * size and header checks), and, since a VHDX keeps its log, BAT and metadata at 1 MiB and beyond (past the
  * fuzzer's input sizes), the input laid over a valid 5 MiB image: over its headers' fields, region-table
  * entries, metadata table and items, the BAT and the log, with the CRCs recomputed unless the first byte
  * says not to. Opened with --no-backing, so a differencing disk's own blocks and sector bitmaps are read.
+ * A writable copy of each also gets the common writes, write-zeroes and discards (the writable open's
+ * checks, a log replayed onto the memory node, the log writer, new blocks appended under the size cap).
  */
 #include "fuzz-common.h"
 
@@ -116,7 +118,7 @@ static void fuzz_vhdx_template(const FuzzConfig *cfg, const uint8_t *data, size_
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const FuzzConfig cfg = { .format = "vhdx", .no_backing = true };
+    static const FuzzConfig cfg = { .format = "vhdx", .no_backing = true, .writable = true };
     fuzz_run(&cfg, data, size);
     fuzz_vhdx_template(&cfg, data, size);
     return 0;

@@ -4,8 +4,10 @@
  * opened on memory nodes (no files, no QEMU): the current header chosen by sequence number, block states
  * and block status with host offsets, a log entry replayed in memory (the file node keeps its bytes), bad
  * BAT entries failing with EIO for their block only (a partially present block outside a differencing
- * disk among them), and the refusals with their messages: both headers damaged, a writable open, a block
- * size out of range, a BAT over the memory budget.
+ * disk among them), writes (a new block appended and named by the BAT through the log, a present block
+ * written in place, the header's GUIDs renewed, write-zeroes), a writable open replaying the log onto the
+ * file, and the refusals with their messages: both headers damaged, a block over the metadata or two
+ * blocks overlapping (for writing), a block size out of range, a BAT over the memory budget.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -32,6 +34,15 @@ static uint32_t crc32c(const uint8_t *p, size_t n)
             c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
     }
     return ~c;
+}
+
+/* The structure at p (n bytes, at most 8 KiB) starts with magic and its CRC-32C (at +4) matches. */
+static bool crc_ok(const uint8_t *p, size_t n, const char *magic)
+{
+    uint8_t c[8192];
+    memcpy(c, p, n);
+    st_le32(c + 4, 0);
+    return memcmp(p, magic, 4) == 0 && crc32c(c, n) == ld_le32(p + 4);
 }
 
 static void put_crc(uint8_t *p, size_t n)
@@ -196,9 +207,9 @@ static void test_bad_entries(void)
 }
 
 /* One log entry with one data descriptor replacing the first 4 KiB of block 0 (at 4 MiB). */
-static void test_log(void)
+/* make_image with a one-entry log replacing the first sector of block 0: "LEADING!", 0x77..., "TAIL". */
+static void make_log_image(void)
 {
-    Error err;
     make_image(true);
     uint8_t *e = img + LOG;
     memcpy(e, "loge", 4);
@@ -221,13 +232,23 @@ static void test_log(void)
     st_le32(s + 4092, 77);
     put_crc(e, 8192);
     fix_crcs();
+}
+
+static bool replayed_sector(const uint8_t *b)
+{
+    return memcmp(b, "LEADING!", 8) == 0 && b[8] == 0x77 && b[4091] == 0x77 && memcmp(b + 4092, "TAIL", 4) == 0;
+}
+
+static void test_log(void)
+{
+    Error err;
+    make_log_image();
     BlockNode *bs = open_img(true, &err);
     ok(bs != NULL, "an image with a one-entry log opens: %s", err.msg);
     if (!bs)
         return;
     uint8_t b[4096], f[8];
-    ok(bdrv_pread(bs, 0, 4096, b) == 0 && memcmp(b, "LEADING!", 8) == 0 && b[8] == 0x77 && b[4091] == 0x77 &&
-       memcmp(b + 4092, "TAIL", 4) == 0, "the guest sees the replayed sector");
+    ok(bdrv_pread(bs, 0, 4096, b) == 0 && replayed_sector(b), "the guest sees the replayed sector");
     ok(bdrv_pread(bs, 4096, 8, f) == 0 && f[0] == 0x5a, "the next sector is the file's");
     ok(bdrv_pread(bs->file, DATA, 8, f) == 0 && f[0] == 0x5a, "the file itself is unchanged");
     BlockStatus st;
@@ -239,15 +260,84 @@ static void test_log(void)
             "a log whose only entry is damaged");
 }
 
-static void test_refusals(void)
+/* The current header of the file under bs (the valid one with the higher sequence number). */
+static void current_header(BlockNode *bs, uint8_t h[4096])
+{
+    uint8_t h2[4096];
+    bdrv_pread(bs->file, 64 * KiB, 4096, h);
+    bdrv_pread(bs->file, 128 * KiB, 4096, h2);
+    if (crc_ok(h2, 4096, "head") && (!crc_ok(h, 4096, "head") || ld_le64(h2 + 8) > ld_le64(h + 8)))
+        memcpy(h, h2, 4096);
+}
+
+static void test_writes(void)
 {
     Error err;
     make_image(false);
     BlockNode *bs = open_img(false, &err);
-    ok(!bs && strcmp(err.msg, "<memory>: VHDX is read-only in this version (mount without --rw, or use --overlay FILE)")
-       == 0, "a writable open is refused: %s", err.msg);
-    if (bs)
+    ok(bs != NULL, "a writable open: %s", err.msg);
+    if (!bs)
+        return;
+    uint8_t before[4096], h[4096], b[4096], w[4096];
+    current_header(bs, before);
+    memset(w, 0xc3, sizeof(w));
+    ok(bdrv_pwrite(bs, MiB + 512, 4096, w, 0) == 0, "a write into a block not present");
+    ok(bdrv_pwrite(bs, 100, 5, "hello", 0) == 0, "a write into a present block");
+    ok(bdrv_pread(bs, MiB, 4096, b) == 0 && b[511] == 0 && b[512] == 0xc3 && b[4095] == 0xc3, "both read back");
+    BlockStatus st;
+    ok(bdrv_block_status(bs, MiB, MiB, &st) == 0 && (st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_offset == 5 * MiB,
+       "the new block is appended at 5 MiB (1 MiB aligned, past the file's end)");
+    ok(bdrv_getlength(bs->file) == 6 * MiB, "the file holds the new block whole");
+    uint8_t e[8];
+    ok(bdrv_pread(bs->file, BAT + 8, 8, e) == 0 && ld_le64(e) == (5 * MiB | 6), "the BAT names it, fully present");
+    ok(bdrv_pread(bs->file, DATA + 100, 5, b) == 0 && memcmp(b, "hello", 5) == 0, "the present block written in place");
+    ok(bdrv_flush(bs) == 0, "flush");
+    current_header(bs, h);
+    ok(memcmp(h + 16, before + 16, 16) != 0 && memcmp(h + 32, before + 32, 16) != 0,
+       "FileWriteGuid and DataWriteGuid renewed");
+    static const uint8_t zero[16];
+    ok(memcmp(h + 48, zero, 16) == 0 && ld_le64(h + 8) > ld_le64(before + 8), "after the flush no log is named");
+    uint8_t *le = malloc(8192);
+    ok(le && bdrv_pread(bs->file, LOG, 8192, le) == 0 && ld_le32(le + 8) == 8192 && crc_ok(le, 8192, "loge") &&
+       memcmp(le + 64, "desc", 4) == 0 && ld_le64(le + 64 + 16) == BAT &&
+       memcmp(le + 4096, "data", 4) == 0, "the log holds the entry for the BAT sector");
+    free(le);
+    ok(bdrv_pwrite_zeroes(bs, 0, MiB, 0) == 0 && bdrv_pread(bs->file, BAT, 8, e) == 0 && ld_le64(e) == 2,
+       "write-zeroes of a whole block: state ZERO");
+    bdrv_close(bs);
+}
+
+static void test_writable_refusals(void)
+{
+    Error err;
+    make_log_image();
+    BlockNode *bs = open_img(false, &err);
+    uint8_t b[4096], h[4096];
+    ok(bs != NULL, "a writable open of an image with a log: %s", err.msg);
+    if (bs) {
+        current_header(bs, h);
+        ok(bdrv_pread(bs->file, DATA, 4096, b) == 0 && replayed_sector(b), "the log replayed onto the file");
+        static const uint8_t zero[16];
+        ok(memcmp(h + 48, zero, 16) == 0, "the header names no log any more");
         bdrv_close(bs);
+    }
+    make_image(false);
+    st_le64(img + BAT + 8, (uint64_t)MD | 6);
+    bs = open_img(false, &err);
+    ok(!bs && strcmp(err.msg, "<memory>: 1 BAT entries are invalid (a reserved state, a block outside the file or "
+                     "over metadata, a sector bitmap where none belongs); refusing to write (a read-only mount "
+                     "reads the rest)") == 0, "a block over the metadata is refused for writing: %s", err.msg);
+    make_image(false);
+    st_le64(img + BAT + 8, (uint64_t)DATA | 6);
+    bs = open_img(false, &err);
+    ok(!bs && strcmp(err.msg, "<memory>: a payload block at file offset 4194304 overlaps a payload block before it; "
+                     "refusing to write (a read-only mount reads it)") == 0, "overlapping blocks are refused: %s",
+       err.msg);
+}
+
+static void test_refusals(void)
+{
+    make_image(false);
     img[64 * KiB + 300] ^= 1;
     img[128 * KiB + 300] ^= 1;
     refused("<memory>: neither header is valid (signature 'head' and CRC-32C at 64 KiB and 128 KiB)",
@@ -269,6 +359,8 @@ int main(void)
     test_read_and_status();
     test_bad_entries();
     test_log();
+    test_writes();
+    test_writable_refusals();
     test_refusals();
     free(img);
     return done_testing();
