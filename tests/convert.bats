@@ -12,7 +12,7 @@ setup() { setup_tmp; cd "$TMP"; }
 teardown() { teardown_tmp; }
 
 # Formats imgfuse creates that qemu-img reads and (except raw) checks.
-TARGETS="raw qcow2 qcow parallels vpc qed vdi vmdk"
+TARGETS="raw qcow2 qcow parallels vpc qed vdi vmdk vhdx"
 
 # make_sources: one image per source format, all holding the same guest bytes as src.raw (32 MiB:
 # random, text, zeros, a pattern, unaligned pieces), and a qcow2 chain top.qcow2 -> base.qcow2.
