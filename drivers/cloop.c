@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #define CLOOP_PREAMBLE_SIZE   128
 #define CLOOP_HEADER_SIZE     136        /* preamble, block size, block count */
@@ -188,22 +187,8 @@ static int cloop_inflate_block(CloopState *s, uint32_t i, uint8_t **out)
     uint64_t clen = s->offsets[i + 1] - s->offsets[i];
     uint8_t *src = malloc(clen ? clen : 1), *dst = malloc(s->block_size);
     int r = src && dst ? bdrv_pread(s->file, (int64_t)s->offsets[i], (int64_t)clen, src) : -ENOMEM;
-    if (r == 0) {
-        z_stream z;
-        memset(&z, 0, sizeof(z));
-        z.next_in = src;
-        z.avail_in = (uInt)clen;
-        z.next_out = dst;
-        z.avail_out = s->block_size;
-        if (inflateInit(&z) != Z_OK) {
-            r = -ENOMEM;
-        } else {
-            int zr = inflate(&z, Z_FINISH);
-            if (zr != Z_STREAM_END || z.avail_out != 0)
-                r = -EIO; /* short, long, truncated or corrupt */
-            inflateEnd(&z);
-        }
-    }
+    if (r == 0)
+        r = chunk_inflate_zlib(src, clen, dst, s->block_size); /* -EIO: short, long, truncated or corrupt */
     free(src);
     if (r < 0) {
         free(dst);

@@ -7,11 +7,15 @@
  * its misses outside any lock, at most `decoders` at once (so the buffers of misses stay within a budget).
  * A piece is decoded once at a time: a thread that misses a piece another thread is decoding waits for
  * it (the kernel's readahead sends several requests within one DMG chunk at once; each used to inflate
- * the whole chunk again).  It knows nothing of formats, compressors or files.
+ * the whole chunk again).  chunk_inflate_zlib decodes a zlib stream of a known size for these drivers
+ * with libdeflate (a decompressor per thread; about twice zlib's speed).  It knows nothing of formats or
+ * files.
  */
 #include "block.h"
 #include "util.h"
 
+#include <errno.h>
+#include <libdeflate.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,4 +203,34 @@ int chunk_cache_read(ChunkCache *c, uint64_t key, size_t offset, size_t len, voi
     }
     pthread_mutex_unlock(&c->lock);
     return 0;
+}
+
+/* ---------------------------------------------------------------- zlib pieces (libdeflate) */
+
+static pthread_key_t inflate_key;
+static pthread_once_t inflate_once = PTHREAD_ONCE_INIT;
+static bool inflate_key_ok;
+
+static void inflate_free(void *d)
+{
+    libdeflate_free_decompressor(d);
+}
+
+static void inflate_key_create(void)
+{
+    inflate_key_ok = pthread_key_create(&inflate_key, inflate_free) == 0;
+}
+
+int chunk_inflate_zlib(const void *src, size_t slen, void *dst, size_t dlen)
+{
+    pthread_once(&inflate_once, inflate_key_create);
+    struct libdeflate_decompressor *d = inflate_key_ok ? pthread_getspecific(inflate_key) : NULL;
+    if (!d && inflate_key_ok && (d = libdeflate_alloc_decompressor()) && pthread_setspecific(inflate_key, d) != 0) {
+        libdeflate_free_decompressor(d);
+        d = NULL;
+    }
+    if (!d)
+        return -ENOMEM;
+    /* no actual-size pointer: anything but exactly dlen bytes (short, long, corrupt) fails */
+    return libdeflate_zlib_decompress(d, src, slen, dst, dlen, NULL) == LIBDEFLATE_SUCCESS ? 0 : -EIO;
 }
