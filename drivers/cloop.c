@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #define CLOOP_PREAMBLE_SIZE   128
 #define CLOOP_HEADER_SIZE     136        /* preamble, block size, block count */
@@ -353,23 +352,6 @@ typedef struct CloopPiece {
     uint32_t i;
 } CloopPiece;
 
-/* zlib: one stream that ends exactly at want bytes. */
-static int cloop_inflate(const uint8_t *src, uint64_t clen, uint8_t *dst, uint32_t cap, uint32_t want)
-{
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)clen;
-    z.next_out = dst;
-    z.avail_out = cap;
-    if (inflateInit(&z) != Z_OK)
-        return -ENOMEM;
-    int zr = inflate(&z, Z_FINISH);
-    int r = zr == Z_STREAM_END && z.total_out == want ? 0 : -EIO; /* short, long, truncated or corrupt */
-    inflateEnd(&z);
-    return r;
-}
-
 /* xz: one .xz stream, all of the input, exactly want bytes out, the decoder's memory bounded. */
 static int cloop_unxz(const uint8_t *src, uint64_t clen, uint8_t *dst, uint32_t cap, uint32_t want)
 {
@@ -400,8 +382,8 @@ static int cloop_decode_codec(int codec, const uint8_t *src, uint64_t clen, uint
                               uint32_t want)
 {
     switch (codec) {
-    case CLOOP_ZLIB:
-        return cloop_inflate(src, clen, dst, cap, want);
+    case CLOOP_ZLIB: /* libdeflate, a decompressor per thread: exactly want bytes or EIO */
+        return chunk_inflate_zlib(src, clen, dst, want);
     case CLOOP_XZ:
         return cloop_unxz(src, clen, dst, cap, want);
     case CLOOP_LZ4:

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #define DMG_KOLY_SIZE        512
 #define DMG_MISH_HEADER      204          /* chunks start here */
@@ -440,21 +439,6 @@ static int adc_decode(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen
     return o == dlen ? 0 : -EIO;
 }
 
-static int zlib_decode(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen)
-{
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)slen;
-    z.next_out = dst;
-    z.avail_out = (uInt)dlen;
-    if (inflateInit(&z) != Z_OK)
-        return -ENOMEM;
-    int zr = inflate(&z, Z_FINISH);
-    inflateEnd(&z);
-    return zr == Z_STREAM_END && z.avail_out == 0 ? 0 : -EIO;
-}
-
 static int bzip2_decode(const uint8_t *src, size_t slen, uint8_t *dst, size_t dlen)
 {
     unsigned int out = (unsigned int)dlen;
@@ -474,7 +458,7 @@ static int dmg_decode_chunk(DmgState *s, const DmgChunk *c, uint8_t **out)
     int r = src && dst ? bdrv_pread(s->file, (int64_t)c->host, (int64_t)c->host_len, src) : -ENOMEM;
     if (r == 0) {
         if (c->type == DMG_ZLIB)
-            r = zlib_decode(src, c->host_len, dst, c->len);
+            r = chunk_inflate_zlib(src, c->host_len, dst, c->len);
         else if (c->type == DMG_BZIP2)
             r = bzip2_decode(src, c->host_len, dst, c->len);
         else

@@ -7,7 +7,10 @@
  * or a --backing-dir, a regular file, never the same file twice) before it is opened, read-only, as a
  * protocol node of the core: libewf reads every segment through a libbfio handle whose callbacks call
  * bdrv_pread, so it never opens a file itself.  libewf handles are not thread-safe: the node keeps a few
- * (one per concurrent reader, opened on demand), each behind its own lock.  A chunk whose checksum fails
+ * (one per concurrent reader, opened on demand), each behind its own lock.  Whole chunks are read raw
+ * (libewf_handle_read_chunk, under the handle's lock) and inflated and checked (Adler-32) by libdeflate
+ * (chunk_inflate_zlib) outside it, FUSE threads in parallel; a chunk this fast path cannot decode and verify is read again
+ * through libewf_handle_read_random, whose verdict stands.  A chunk whose checksum fails
  * reads as EIO (the core then lists it under --on-read-error=zero).  Read-only always: writes go to an
  * --overlay.  Acquisition metadata, the stored MD5/SHA1 and the segment files are told in info and facts.
  * It knows nothing of other formats, of FUSE or of what the hashes are used for.
@@ -17,7 +20,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <libbfio.h>
+#include <libdeflate.h>
 #define LIBEWF_HAVE_BFIO 1 /* declares libewf_handle_open_file_io_pool */
 #include <libewf.h>
 #include <stdatomic.h>
@@ -35,6 +40,8 @@
  * segment, for one): a chunk that failed is never asked for again, and after this many bytes of failed
  * chunks the node stops asking libewf for chunks not read before (EIO, logged once). */
 #define EWF_MAX_FAILED_BYTES (64u << 20)
+/* Chunks up to this size take the fast path (per FUSE thread: a raw and a decoded buffer of a chunk). */
+#define EWF_FAST_MAX_CHUNK (1u << 20)
 
 typedef struct EwfWorker {                 /* one per concurrent reader (each caches its own chunks) */
     libewf_handle_t *h;
@@ -386,22 +393,134 @@ static bool ewf_gave_up(BlockNode *bs, EwfState *s)
     return gave_up;
 }
 
+/* ---------------------------------------------------------------- the fast path: raw chunks, libdeflate */
+
+/* Per-thread buffers of the fast path, freed when the thread exits. */
+typedef struct EwfScratch {
+    uint8_t *raw, *chunk;   /* a stored chunk (2 chunk sizes + 64) and a decoded one (a chunk size) */
+    size_t raw_cap, chunk_cap;
+} EwfScratch;
+
+static pthread_key_t ewf_scratch_key;
+static pthread_once_t ewf_scratch_once = PTHREAD_ONCE_INIT;
+static bool ewf_scratch_key_ok;
+
+static void ewf_scratch_free(void *p)
+{
+    EwfScratch *sc = p;
+    if (sc) {
+        free(sc->raw);
+        free(sc->chunk);
+    }
+    free(sc);
+}
+
+static void ewf_scratch_key_create(void)
+{
+    ewf_scratch_key_ok = pthread_key_create(&ewf_scratch_key, ewf_scratch_free) == 0;
+}
+
+/* This thread's buffers for chunks of chunk_size, or NULL (then the slow path is used). */
+static EwfScratch *ewf_scratch(uint32_t chunk_size)
+{
+    pthread_once(&ewf_scratch_once, ewf_scratch_key_create);
+    if (!ewf_scratch_key_ok)
+        return NULL;
+    EwfScratch *sc = pthread_getspecific(ewf_scratch_key);
+    if (!sc && (sc = calloc(1, sizeof(*sc))) && pthread_setspecific(ewf_scratch_key, sc) != 0) {
+        free(sc);
+        return NULL;
+    }
+    if (!sc)
+        return NULL;
+    size_t raw = 2 * (size_t)chunk_size + 64;
+    if (sc->raw_cap < raw || sc->chunk_cap < chunk_size) {
+        free(sc->raw);
+        free(sc->chunk);
+        sc->raw = malloc(raw);
+        sc->chunk = malloc(chunk_size);
+        sc->raw_cap = sc->raw && sc->chunk ? raw : 0;
+        sc->chunk_cap = sc->raw && sc->chunk ? chunk_size : 0;
+        if (!sc->raw_cap)
+            return NULL;
+    }
+    return sc;
+}
+
+/* Checks and decodes a stored chunk into dst (want bytes): true only when it inflates to exactly want
+ * bytes with a matching Adler-32, or is stored whole with a matching Adler-32 checksum. */
+static bool ewf_decode_stored(EwfScratch *sc, ssize_t got, int8_t compressed, int8_t has_checksum,
+                              uint32_t checksum, uint8_t *dst, size_t want)
+{
+    if (compressed)
+        return chunk_inflate_zlib(sc->raw, (size_t)got, dst, want) == 0;
+    if (!has_checksum) {   /* the checksum follows the data, little-endian */
+        if ((size_t)got < want + 4)
+            return false;
+        const uint8_t *c = sc->raw + want;
+        checksum = (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
+    }
+    if ((size_t)got < want || libdeflate_adler32(1, sc->raw, want) != checksum)
+        return false;
+    memcpy(dst, sc->raw, want);
+    return true;
+}
+
+/* Reads [offset, offset+n) of chunk by the fast path: 0, or 1 when it cannot (the caller reads it
+ * through libewf_handle_read_random). Only the raw read holds a worker; the decoding runs unlocked. */
+static int ewf_read_fast(EwfState *s, uint64_t chunk, int64_t offset, int64_t n, uint8_t *p)
+{
+    EwfScratch *sc = s->chunk_size <= EWF_FAST_MAX_CHUNK ? ewf_scratch(s->chunk_size) : NULL;
+    if (!sc)
+        return 1;
+    uint64_t start = chunk * s->chunk_size;
+    size_t want = (size_t)MIN((uint64_t)s->chunk_size, s->media_size - start);
+    int8_t compressed = 0, has_checksum = 0;
+    uint32_t checksum = 0;
+    uint8_t checksum_buf[4];
+    int wi = worker_pool_get(s->pool);
+    libewf_handle_t *h = s->workers[wi].h;
+    ssize_t got = -1;
+    if (libewf_handle_seek_offset(h, (off64_t)start, SEEK_SET, NULL) == (off64_t)start)
+        got = libewf_handle_read_chunk(h, sc->raw, sc->raw_cap, &compressed, checksum_buf, &checksum, &has_checksum,
+                                       NULL);
+    worker_pool_put(s->pool, wi);
+    if (got <= 0 || (size_t)got >= sc->raw_cap)
+        return 1;
+    bool whole = (size_t)n == want;
+    uint8_t *dst = whole ? p : sc->chunk;
+    if (!ewf_decode_stored(sc, got, compressed, has_checksum, checksum, dst, want))
+        return 1;
+    if (!whole)
+        memcpy(p, sc->chunk + (offset - (int64_t)start), (size_t)n);
+    return 0;
+}
+
+/* The slow path: the piece through libewf_handle_read_random, which decides on a bad chunk. */
+static int ewf_read_slow(BlockNode *bs, EwfState *s, uint64_t chunk, int64_t offset, int64_t n, uint8_t *p)
+{
+    int wi = worker_pool_get(s->pool);
+    int r = ewf_read_in_chunk(bs, s, &s->workers[wi], chunk, offset, n, p);
+    worker_pool_put(s->pool, wi);
+    return r;
+}
+
 static int ewf_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     EwfState *s = bs->opaque;
-    int wi = worker_pool_get(s->pool);
-    EwfWorker *w = &s->workers[wi];
     int r = 0;
     uint8_t *p = buf;
     while (r == 0 && bytes > 0) {
         uint64_t chunk = (uint64_t)offset / s->chunk_size;
         int64_t n = MIN(bytes, (int64_t)((chunk + 1) * s->chunk_size) - offset);
-        r = ewf_bad_has(s, chunk) || ewf_gave_up(bs, s) ? -EIO : ewf_read_in_chunk(bs, s, w, chunk, offset, n, p);
+        if (ewf_bad_has(s, chunk) || ewf_gave_up(bs, s))
+            r = -EIO;
+        else if (ewf_read_fast(s, chunk, offset, n, p) != 0)
+            r = ewf_read_slow(bs, s, chunk, offset, n, p);
         offset += n;
         bytes -= n;
         p += n;
     }
-    worker_pool_put(s->pool, wi);
     return r;
 }
 

@@ -702,9 +702,13 @@ bool chunk_cache_get(ChunkCache *c, uint64_t key, size_t offset, size_t len, voi
 void chunk_cache_put(ChunkCache *c, uint64_t key, void *data, size_t len);
 uint64_t chunk_cache_bytes(ChunkCache *c); /* bytes held now */
 /* The read of a piece through the cache: a hit is copied; a miss is decoded (decode(ctx, &piece): 0 and a
- * malloc'd piece of piece_len bytes, or -errno) between decode_begin and decode_end, copied and put. */
+ * malloc'd piece of piece_len bytes, or -errno) between decode_begin and decode_end, copied and put.
+ * A piece another thread is decoding is waited for, not decoded a second time. */
 int chunk_cache_read(ChunkCache *c, uint64_t key, size_t offset, size_t len, void *dst, size_t piece_len,
                      int (*decode)(void *ctx, uint8_t **piece), void *ctx);
+/* A zlib stream (header, deflate data, Adler-32) of slen bytes into exactly dlen bytes, with libdeflate
+ * (a decompressor per thread): 0; -EIO when it is corrupt or inflates to fewer or more; -ENOMEM. */
+int chunk_inflate_zlib(const void *src, size_t slen, void *dst, size_t dlen);
 
 /* ---------------------------------------------------------------- worker pool (lib/workerpool.c)
  *

@@ -307,3 +307,17 @@ EWF_FORMATS="ewf smart ftk encase2 encase3 encase4 encase5 encase6 encase7 encas
     unmount_img
   done
 }
+
+@test "ewf: compressed text, stored random, zero chunks and a short last chunk read like the source, 4 readers at once" {
+  # chunks inflated by imgfuse (libdeflate) and chunks stored as is, each checked, read concurrently
+  { head -c 1048576 /dev/urandom; seq 1 400000 | head -c 2097152; head -c 1048576 /dev/zero; head -c 1536 /dev/urandom; } > src.raw
+  ewfacquire -q -u -t "$TMP/ev" -b 128 -c deflate:best -C C -e E -E 1 -D d src.raw > acquire.log 2>&1 || { cat acquire.log; false; }
+  mount_img ev.E01 "$MNT"
+  [ "$(stat -c %s "$MNT/disk.raw")" = "$(stat -c %s src.raw)" ]
+  for k in 0 1 2 3; do
+    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=$((k * 257)) status=none) <(dd if=src.raw bs=4096 skip=$((k * 257)) status=none) &
+  done
+  for k in 0 1 2 3; do wait -n; done
+  cmp "$MNT/disk.raw" src.raw
+  unmount_img
+}

@@ -3,13 +3,15 @@
  * test-chunkcache.c - unit tests of lib/chunkcache.c, the bounded cache of decompressed pieces the cloop
  * and dmg drivers share: hits copy the asked range, the least recently used slot is evicted, a piece put
  * twice is kept once, the bytes held are counted, and decode_begin lets no more than the allowed number
- * of threads decode at once.
+ * of threads decode at once; threads that miss the same piece at once decode it once.
  */
 #include "block.h"
 #include "tap.h"
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -70,9 +72,47 @@ static void test_decoders(void)
     chunk_cache_free(shared);
 }
 
+static _Atomic int decodes;
+
+static int slow_decode(void *ctx, uint8_t **out)
+{
+    (void)ctx;
+    decodes++;
+    usleep(50000);
+    *out = piece(0x5a, 4096);
+    return 0;
+}
+
+static int same_ok;
+
+static void *same_reader(void *arg)
+{
+    uint8_t out[512];
+    int r = chunk_cache_read(shared, 7, (size_t)(intptr_t)arg * 512, sizeof out, out, 4096, slow_decode, NULL);
+    pthread_mutex_lock(&count_lock);
+    same_ok += r == 0 && out[0] == 0x5a && out[511] == 0x5a;
+    pthread_mutex_unlock(&count_lock);
+    return NULL;
+}
+
+/* The kernel's readahead asks for several ranges of one DMG chunk at once: one inflate, not one each. */
+static void test_same_piece(void)
+{
+    pthread_t t[4];
+    shared = chunk_cache_new(4, 4);
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, same_reader, (void *)(intptr_t)i);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    ok(same_ok == 4, "4 threads reading one piece at once all got its bytes (%d)", same_ok);
+    ok(decodes == 1, "4 threads missing one piece at once, 4 decoders allowed: decoded %d time(s)", (int)decodes);
+    chunk_cache_free(shared);
+}
+
 int main(void)
 {
     test_lru();
     test_decoders();
+    test_same_piece();
     return done_testing();
 }
