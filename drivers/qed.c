@@ -535,6 +535,9 @@ typedef struct QedCheck {
     uint64_t n_clusters;
     int errors;
     char first[256];     /* the first problem, for the open error */
+    uint64_t leaks, last_used;            /* clusters nothing references; the last one something does */
+    bool used_known;                      /* leaks counted (the file was small enough to track) */
+    uint64_t allocated, fragmented, prev; /* qemu-img's statistics of the data clusters */
 } QedCheck;
 
 static void qed_check_problem(QedCheck *c, const char *fmt, uint64_t a, uint64_t b)
@@ -573,12 +576,28 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
             else if (!qed_data_offset_ok(s, e, cl))
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
                                   "or L1 table or past the end of the file", cl, e);
-            else
+            else {
                 qed_check_mark(c, e, s->cluster_size, s->cluster_bits, "data cluster of guest cluster %" PRIu64
                                " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
+                c->allocated++;
+                c->fragmented += c->prev && e != c->prev + s->cluster_size;
+                c->prev = e;
+            }
         }
     }
     return 0;
+}
+
+/* Clusters of the file nothing marked (none counted when the file is too large to track). */
+static void qed_check_leaks(QedCheck *c)
+{
+    c->used_known = c->used != NULL;
+    for (uint64_t k = 0; c->used && k < c->n_clusters; k++) {
+        if (c->used[k / 64] >> (k % 64) & 1)
+            c->last_used = k;
+        else
+            c->leaks++;
+    }
 }
 
 /* Checks every table entry against the file: returns the number of problems (the first in c->first) or
@@ -615,27 +634,55 @@ static int qed_check_tables(QedState *s, QedCheck *c)
             ret = qed_check_l2(s, c, i, l2, buf);
     }
     free(buf);
+    qed_check_leaks(c);
     free(c->used);
     c->used = NULL;
     return ret < 0 ? ret : c->errors;
 }
 
-static int qed_check_run(BlockNode *bs, char *first, size_t len)
+/* -r leaks: leaked clusters at the end of the file are cut off (those between used clusters stay: QED
+ * has no free-space map); corruptions are not repaired. Exclusive lock held. */
+static int qed_check_trim(QedState *s, const QedCheck *c, BlockCheckResult *res)
 {
-    QedCheck c;
-    int ret = qed_check_tables(bs->opaque, &c);
-    if (ret > 0)
-        snprintf(first, len, "%s", c.first);
-    return ret;
+    uint64_t end = (c->last_used + 1) << s->cluster_bits;
+    if (!c->used_known || end >= s->host_limit)
+        return 0;
+    int ret = bdrv_truncate(s->file, (int64_t)end);
+    if (ret < 0)
+        return ret;
+    uint64_t cut = (s->host_limit - end + s->cluster_size - 1) >> s->cluster_bits;
+    s->host_limit = end;
+    s->file_end = end;
+    res->leaks -= (int64_t)cut;
+    res->leaks_fixed += (int64_t)cut;
+    return 0;
 }
 
-static int qed_check(BlockNode *bs, InfoList *report)
+/* qemu-img's terms: every bad or doubly used entry is a corruption, every cluster of the file nothing
+ * references a leak. The needs-check flag is cleared by a writable open that finds no problem. */
+static int qed_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 {
     QedState *s = bs->opaque;
-    int ret = bdrv_check_mapped(bs, report, qed_check_run);
-    if (ret >= 0)
-        info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
-    return ret;
+    QedCheck c;
+    int ret = qed_check_tables(s, &c);
+    if (ret < 0)
+        return ret;
+    for (int k = 0; k < ret; k++)
+        bdrv_check_corruption(res, "%s", c.first);
+    if (c.leaks)
+        bdrv_check_leak(res, "%" PRIu64 " clusters of the file are referenced by no table", c.leaks);
+    res->leaks = (int64_t)c.leaks;
+    res->total_clusters = (int64_t)((s->image_size + s->cluster_size - 1) >> s->cluster_bits);
+    res->allocated_clusters = (int64_t)c.allocated;
+    res->fragmented_clusters = (int64_t)c.fragmented;
+    if ((fix & BDRV_FIX_LEAKS) && c.leaks)
+        ret = qed_check_trim(s, &c, res);
+    return ret < 0 ? ret : 0;
+}
+
+static int qed_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    return bdrv_check_mapped(bs, res, fix, qed_check_run);
 }
 
 /* ---------------------------------------------------------------- writable open */

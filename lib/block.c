@@ -1095,11 +1095,50 @@ int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t byt
     return bs->drv->vmstate_read(bs, id, offset, bytes, buf);
 }
 
-int bdrv_check(BlockNode *bs, InfoList *report)
+int bdrv_check_image(BlockNode *bs, BlockCheckResult *res, int fix)
 {
+    memset(res, 0, sizeof(*res));
     if (!bs->drv->check)
         return -ENOTSUP;
-    return bs->drv->check(bs, report);
+    if (fix && bs->read_only)
+        return -EROFS;
+    return bs->drv->check(bs, res, fix);
+}
+
+int bdrv_check(BlockNode *bs, InfoList *report)
+{
+    BlockCheckResult res;
+    int ret = bdrv_check_image(bs, &res, 0);
+    if (ret < 0)
+        return ret;
+    info_add_int(report, "corruptions", res.corruptions);
+    info_add_int(report, "leaked_clusters", res.leaks);
+    if (res.first_error[0])
+        info_add_str(report, "first_error", "%s", res.first_error);
+    return (int)MIN(res.corruptions, (int64_t)INT32_MAX);
+}
+
+static void check_note(BlockCheckResult *res, int64_t *count, const char *fmt, va_list ap)
+{
+    if (!res->first_error[0])
+        vsnprintf(res->first_error, sizeof(res->first_error), fmt, ap);
+    (*count)++;
+}
+
+void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    check_note(res, &res->corruptions, fmt, ap);
+    va_end(ap);
+}
+
+void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    check_note(res, &res->leaks, fmt, ap);
+    va_end(ap);
 }
 
 bool bdrv_has_zero_init(BlockNode *bs)
