@@ -190,6 +190,11 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 
+/* ---------------------------------------------------------------- check.c */
+
+int cmd_check(int argc, char **argv);   /* exit 0 clean, 1 failed, 2 corruptions, 3 leaks, 63 no checker */
+int cmd_compare(int argc, char **argv); /* exit 0 identical, 1 different, 2 error */
+
 /* ---------------------------------------------------------------- cli.c */
 
 struct option;

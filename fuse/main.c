@@ -1088,12 +1088,13 @@ static const struct {
     { "info", cmd_info }, { "map", cmd_map }, { "create", cmd_create },
     { "snapshot", cmd_snapshot }, { "hash", cmd_hash }, { "verify", cmd_verify }, { "unmount", cmd_unmount },
     { "mount", mount_main }, /* `imgfuse mount IMAGE MOUNTPOINT`: the main job by name */
+    { "check", cmd_check }, { "compare", cmd_compare },
 };
 
 /* Words reserved for the commands of DESIGN.md that are not built yet: a first argument equal to one is
  * never taken for an image file of that name (write ./check to mount a file called check). */
 static const char *const planned_commands[] = {
-    "check", "convert", "commit", "stream", "rebase", "resize", "compare", "amend",
+    "convert", "commit", "stream", "rebase", "resize", "amend",
 };
 
 static bool is_planned_command(const char *word)
