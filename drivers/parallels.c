@@ -377,6 +377,8 @@ static int prl_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 
 static int prl_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
     return bdrv_check_mapped(bs, res, fix, prl_check_run);
 }
 

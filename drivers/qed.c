@@ -682,6 +682,8 @@ static int qed_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 
 static int qed_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
     return bdrv_check_mapped(bs, res, fix, qed_check_run);
 }
 

@@ -191,6 +191,7 @@ void info_free(InfoList *l);
  * leaves them out. first_error: the first problem, one line without the file name ("" if none). */
 #define BDRV_FIX_LEAKS  0x1
 #define BDRV_FIX_ERRORS 0x2
+#define BDRV_FIX_QUERY  0x4 /* alone, on any node: 0 if the driver repairs, -ENOTSUP if not; nothing is read */
 
 typedef struct BlockCheckResult {
     int64_t corruptions, leaks, check_errors;
@@ -203,6 +204,10 @@ typedef struct BlockCheckResult {
 /* Records one problem (the first one's text is kept in res->first_error); corruption or leak by kind. */
 void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A check for formats whose metadata is a map only (vmdk, vhdx): every run of bs's own block status whose
+ * bytes are stored in a host file must lie inside that file, and a range the map cannot answer for is a
+ * corruption too (the walk goes on at the next multiple of step; 0: the driver's cluster size). 0 or -errno. */
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step);
 
 /* ---------------------------------------------------------------- snapshots */
 

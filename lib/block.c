@@ -1100,7 +1100,7 @@ int bdrv_check_image(BlockNode *bs, BlockCheckResult *res, int fix)
     memset(res, 0, sizeof(*res));
     if (!bs->drv->check)
         return -ENOTSUP;
-    if (fix && bs->read_only)
+    if ((fix & ~BDRV_FIX_QUERY) && bs->read_only)
         return -EROFS;
     return bs->drv->check(bs, res, fix);
 }
@@ -1131,6 +1131,42 @@ void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...)
     va_start(ap, fmt);
     check_note(res, &res->corruptions, fmt, ap);
     va_end(ap);
+}
+
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
+{
+    int64_t size = bdrv_getlength(bs), pos = 0;
+    if (size < 0)
+        return (int)size;
+    if (step <= 0) {
+        BlockDriverFacts f;
+        bdrv_get_facts(bs, &f);
+        step = f.cluster_size > 0 ? f.cluster_size : 65536;
+    }
+    while (pos < size) {
+        BlockStatus st;
+        memset(&st, 0, sizeof(st));
+        int ret = bdrv_block_status(bs, pos, size - pos, &st);
+        if (ret < 0 || st.bytes <= 0) {
+            bdrv_check_corruption(res, "guest offset %" PRId64 " cannot be mapped: %s", pos,
+                                  strerror(ret < 0 ? -ret : EIO));
+            pos += step - pos % step;
+            continue;
+        }
+        int64_t n = MIN(st.bytes, size - pos);
+        if (bdrv_run_kind(&st) == BLOCK_RUN_DECODE && !(st.flags & BDRV_BLOCK_COMPRESSED))
+            bdrv_check_corruption(res, "guest offset %" PRId64 " is mapped by a damaged entry (into metadata or past "
+                                  "the end of the file)", pos);
+        else if ((st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file) {
+            int64_t host_len = bdrv_getlength(st.host_file);
+            int64_t need = (st.flags & BDRV_BLOCK_COMPRESSED) ? 1 : n;
+            if (host_len >= 0 && (st.host_offset < 0 || st.host_offset > host_len || host_len - st.host_offset < need))
+                bdrv_check_corruption(res, "guest offset %" PRId64 " is stored at %" PRId64 " of %s, past its end (%"
+                                      PRId64 " bytes)", pos, st.host_offset, st.host_file->filename, host_len);
+        }
+        pos += n;
+    }
+    return 0;
 }
 
 void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...)

@@ -762,6 +762,8 @@ static int check_repair(Qcow2State *s, BlockCheckResult *res)
 
 int qcow2_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
     Qcow2State *s = bs->opaque;
     bool unrepairable = false;
     int ret = check_run(s, res, &unrepairable);
