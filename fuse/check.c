@@ -208,24 +208,37 @@ static int check_print(const CheckArgs *a, const BlockCheckResult *r, const char
 
 /* ---------------------------------------------------------------- check */
 
-/* Opens IMAGE (writable for a repair) and runs the check slot; *format gets the driver's name. Returns 0,
+/* Opens IMAGE (writable for a repair: rw) and runs the check slot; with rw but no fix it only opens and
+ * closes the image, which takes and checks the writer's locks. *format gets the driver's name. Returns 0,
  * or the exit code of a failure (message printed). */
-static int check_run(CheckArgs *a, int fix, BlockCheckResult *res, char *format, size_t len)
+static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char *format, size_t len)
 {
     Error err;
     memset(&err, 0, sizeof err);
-    a->opts.read_only = !fix;
-    a->opts.check_repair = fix != 0;
+    a->opts.read_only = !rw;
+    a->opts.check_repair = rw;
     BlockNode *bs = bdrv_open(a->image, &a->opts, &err);
     if (!bs) {
-        if (fix && err.msg[0])
+        if (rw && err.msg[0])
             errmsg(a->image, "cannot be opened for repair: %s", err.msg);
         else
             report_error(&err, a->image, CHECK_FAILED);
         return CHECK_FAILED;
     }
     snprintf(format, len, "%s", bs->drv->name);
+    if (rw && !fix) {
+        bdrv_close(bs);
+        return 0;
+    }
     int ret = bdrv_check_image(bs, res, fix);
+    if (ret == 0 && !fix && a->fix && (res->corruptions || res->leaks)) {
+        /* a repair is wanted: ask before opening the image writable (which a driver may take to mend) */
+        BlockCheckResult probe;
+        if (bdrv_check_image(bs, &probe, BDRV_FIX_QUERY) == -ENOTSUP) {
+            fix = a->fix;
+            ret = -ENOTSUP;
+        }
+    }
     bdrv_close(bs);
     if (ret == -ENOTSUP && fix) {
         errmsg(a->image, "format '%s' cannot repair images (check it without -r)", format);
@@ -250,14 +263,16 @@ int cmd_check(int argc, char **argv)
         return rc;
     BlockCheckResult res;
     char format[64];
-    if ((rc = check_run(&a, 0, &res, format, sizeof format)) != 0)
+    if ((rc = check_run(&a, false, 0, &res, format, sizeof format)) != 0)
         return rc;
-    if (a.fix && (res.corruptions || res.leaks)) {
+    if (a.fix) {
+        /* a clean image is opened writable too: -r is refused while anyone else has the image open */
+        bool repair = res.corruptions || res.leaks;
         BlockCheckResult fixed;
-        rc = check_run(&a, a.fix, &fixed, format, sizeof format);
-        if (rc == CHECK_UNSUPPORTED)
+        rc = check_run(&a, true, repair ? a.fix : 0, &fixed, format, sizeof format);
+        if (rc == CHECK_UNSUPPORTED || (rc != 0 && !repair))
             return rc;
-        if (rc == 0)
+        if (rc == 0 && repair)
             res = fixed;
     }
     return check_print(&a, &res, format);
