@@ -86,6 +86,8 @@ static void print_help(void)
 "       imgfuse snapshot -l|-c NAME|-d NAME|-a NAME IMAGE\n"
 "       imgfuse hash [--algo ALGO[,...]] [-p|-q] [--max-size SIZE|--force] [--audit-log FILE] IMAGE...\n"
 "       imgfuse verify [-p|-q] IMAGE          content against the hashes an evidence container stores\n"
+"       imgfuse check [-r leaks|all] [--output=json] IMAGE   check (and repair) its metadata, like qemu-img\n"
+"       imgfuse compare [-s] [-f FMT] [-F FMT] IMAGE1 IMAGE2   compare two images' content, like qemu-img\n"
 "       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
 "       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
 "       imgfuse COMMAND --help                options of COMMAND, a line each, and an example\n"

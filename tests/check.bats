@@ -121,6 +121,8 @@ repaired_like_qemu() {
   cp x.qcow2 copy.qcow2
   run "$IMGFUSE" check -r leaks x.qcow2
   [ "$status" -eq 2 ]
+  [[ "$output" == *"errors were found on the image."* ]]
+  [[ "$output" != *"repaired"* ]]
   cmp x.qcow2 copy.qcow2
   run qemu-img check -r leaks copy.qcow2
   [ "$status" -eq 2 ]
@@ -261,4 +263,15 @@ repaired_like_qemu() {
   run "$IMGFUSE" check missing.qcow2
   [ "$status" -eq 1 ]
   [[ "$output" == "imgfuse: missing.qcow2: "* ]]
+}
+
+@test "check, compare: bash completion offers the commands, -r's choices and -F's formats (from --help)" {
+  source "$BATS_TEST_DIRNAME/../completions/imgfuse.bash"
+  comp() { COMP_WORDS=("$IMGFUSE" "$@"); COMP_CWORD=$#; COMPREPLY=(); _imgfuse; printf '%s\n' "${COMPREPLY[@]}" | sort | xargs; }
+  [ "$(comp che)" = check ]
+  [ "$(comp comp)" = compare ]
+  [ "$(comp check -r '')" = "all leaks" ]
+  [ "$(comp check --output=)" = "--output=human --output=json" ]
+  [[ " $(comp compare -F '') " == *" qcow2 "* ]]
+  [[ " $(comp compare -) " == *" --strict "* ]]
 }
