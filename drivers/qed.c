@@ -537,6 +537,8 @@ typedef struct QedCheck {
     char first[256];     /* the first problem, for the open error */
     uint64_t leaks, last_used;            /* clusters nothing references; the last one something does */
     bool used_known;                      /* leaks counted (the file was small enough to track) */
+    int fix;                              /* BDRV_FIX_ERRORS: bad entries are made 0 (check -r all) */
+    uint64_t fixed;                       /* entries made 0 */
     uint64_t allocated, fragmented, prev; /* qemu-img's statistics of the data clusters */
 } QedCheck;
 
@@ -560,6 +562,18 @@ static void qed_check_mark(QedCheck *c, uint64_t off, uint64_t len, unsigned bit
     }
 }
 
+static int qed_write_l2_entries(QedState *s, uint64_t l2, uint64_t first, uint64_t count, const uint64_t *ent);
+
+/* -r all: a bad L2 entry made 0 (its cluster then falls to the backing file or reads as zeros). */
+static int qed_check_clear_l2(QedState *s, QedCheck *c, uint64_t l2, uint64_t index)
+{
+    uint64_t zero = 0;
+    int ret = qed_write_l2_entries(s, l2, index, 1, &zero);
+    if (ret == 0)
+        c->fixed++;
+    return ret;
+}
+
 static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uint64_t *buf)
 {
     for (uint64_t done = 0; done < s->table_entries; done += s->slice_entries) {
@@ -571,7 +585,12 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
             uint64_t cl = l1i * s->table_entries + done + i;
             if (e <= QED_ENTRY_ZERO)
                 continue;
-            if (cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits)
+            bool past_disk = cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits;
+            if ((c->fix & BDRV_FIX_ERRORS) && (past_disk || !qed_data_offset_ok(s, e, cl))) {
+                ret = qed_check_clear_l2(s, c, l2, done + i);
+                if (ret < 0)
+                    return ret;
+            } else if (past_disk)
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") lies past the disk size", cl, e);
             else if (!qed_data_offset_ok(s, e, cl))
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
@@ -602,9 +621,10 @@ static void qed_check_leaks(QedCheck *c)
 
 /* Checks every table entry against the file: returns the number of problems (the first in c->first) or
  * -errno. Leaked clusters are not problems: new clusters are always appended. */
-static int qed_check_tables(QedState *s, QedCheck *c)
+static int qed_check_tables(QedState *s, QedCheck *c, int fix)
 {
     memset(c, 0, sizeof(*c));
+    c->fix = fix;
     c->n_clusters = (s->host_limit + s->cluster_size - 1) >> s->cluster_bits;
     if (c->n_clusters <= (1ull << 28)) /* a 32 MiB bitmap at most; larger files skip the overlap test */
         c->used = calloc((size_t)(c->n_clusters + 63) / 64 + 1, 8);
@@ -622,6 +642,14 @@ static int qed_check_tables(QedState *s, QedCheck *c)
         uint64_t l2 = s->l1[i];
         if (l2 == 0)
             continue;
+        if (!qed_table_offset_ok(s, l2) && (fix & BDRV_FIX_ERRORS)) {
+            ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + i * 8), BDRV_FIELD_LE64, 0, "qed_l1_update");
+            if (ret == 0) {
+                s->l1[i] = 0;
+                c->fixed++;
+            }
+            continue;
+        }
         if (!qed_table_offset_ok(s, l2)) {
             qed_check_problem(c, "L1 entry %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or "
                               "past the end of the file", i, l2);
@@ -664,9 +692,10 @@ static int qed_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 {
     QedState *s = bs->opaque;
     QedCheck c;
-    int ret = qed_check_tables(s, &c);
+    int ret = qed_check_tables(s, &c, fix);
     if (ret < 0)
         return ret;
+    res->corruptions_fixed = (int64_t)c.fixed;
     for (int k = 0; k < ret; k++)
         bdrv_check_corruption(res, "%s", c.first);
     if (c.leaks)
@@ -677,6 +706,11 @@ static int qed_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
     res->fragmented_clusters = (int64_t)c.fragmented;
     if ((fix & BDRV_FIX_LEAKS) && c.leaks)
         ret = qed_check_trim(s, &c, res);
+    if (ret >= 0 && fix && !res->corruptions && (s->features & QED_F_NEED_CHECK)) {
+        ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK); /* what a clean writable open does */
+        if (ret == 0)
+            ret = bdrv_flush(s->file);
+    }
     return ret < 0 ? ret : 0;
 }
 
@@ -691,7 +725,7 @@ static int qed_check(BlockNode *bs, BlockCheckResult *res, int fix)
 
 /* A writable image is checked whole first: an entry pointing into the header, into a table or at a
  * cluster another entry uses would make an in-place write damage other data. */
-static int qed_open_writable(QedState *s, Error *err)
+static int qed_open_writable(QedState *s, bool repair, Error *err)
 {
     if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
         error_set(err, ENOTSUP, "tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
@@ -700,12 +734,12 @@ static int qed_open_writable(QedState *s, Error *err)
         return -ENOTSUP;
     }
     QedCheck c;
-    int ret = qed_check_tables(s, &c);
+    int ret = qed_check_tables(s, &c, 0);
     if (ret < 0) {
         error_set(err, -ret, "consistency check failed: %s", strerror(-ret));
         return ret;
     }
-    if (ret > 0) {
+    if (ret > 0 && !repair) {
         error_set(err, EINVAL, "%s (%d problem%s); the image can only be opened read-only", c.first,
                   ret, ret == 1 ? "" : "s");
         return -EINVAL;
@@ -715,7 +749,7 @@ static int qed_open_writable(QedState *s, Error *err)
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
-    if (s->features & QED_F_NEED_CHECK) {
+    if ((s->features & QED_F_NEED_CHECK) && ret == 0) {
         ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK);
         if (ret == 0)
             ret = bdrv_flush(s->file);
@@ -772,7 +806,7 @@ static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (ret == 0)
         ret = qed_init_cache(s, err);
     if (ret == 0 && !bs->read_only)
-        ret = qed_open_writable(s, err);
+        ret = qed_open_writable(s, opts && opts->check_repair, err);
     else if (ret == 0 && (s->features & QED_F_NEED_CHECK))
         log_msg("%s: the image is marked as needing a consistency check (it was not closed cleanly); served "
                 "read-only as it is", s->name);

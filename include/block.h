@@ -206,7 +206,8 @@ void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...) __attrib
 void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* A check for formats whose metadata is a map only (vmdk, vhdx): every run of bs's own block status whose
  * bytes are stored in a host file must lie inside that file, and a range the map cannot answer for is a
- * corruption too (the walk goes on at the next multiple of step; 0: the driver's cluster size). 0 or -errno. */
+ * corruption too (the walk goes on at the next multiple of step; 0: the driver's cluster size; after 65536 such
+ * ranges it stops with a check error). 0 or -errno. */
 int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step);
 
 /* ---------------------------------------------------------------- snapshots */

@@ -1133,6 +1133,9 @@ void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The walk stops (a check error) after this many ranges it could not map. */
+#define BDRV_CHECK_MAX_DAMAGED 65536
+
 int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
 {
     int64_t size = bdrv_getlength(bs), pos = 0;
@@ -1148,6 +1151,12 @@ int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
         memset(&st, 0, sizeof(st));
         int ret = bdrv_block_status(bs, pos, size - pos, &st);
         if (ret < 0 || st.bytes <= 0) {
+            if (res->corruptions >= BDRV_CHECK_MAX_DAMAGED) {
+                res->check_errors++; /* a hostile map: stop rather than walk a huge disk step by step */
+                snprintf(res->first_error, sizeof(res->first_error), "more than %d damaged ranges; the check "
+                         "stopped at guest offset %" PRId64, BDRV_CHECK_MAX_DAMAGED, pos);
+                return 0;
+            }
             bdrv_check_corruption(res, "guest offset %" PRId64 " cannot be mapped: %s", pos,
                                   strerror(ret < 0 ? -ret : EIO));
             pos += step - pos % step;

@@ -7,7 +7,8 @@ qcow2/qed in the first L2 table.
   qcow2   leak (a cluster appended with refcount 1), reftable-ref (guest cluster 1's L2 entry points at
           the refcount table, the cluster after the header), alias (guest cluster 1's L2 entry names
           guest cluster 0's data cluster: an overlapping allocation)
-  qed     leak (a cluster appended), l2-on-l1 (guest cluster 1 points at the L1 table), alias
+  qed     leak (a cluster appended), l2-on-l1 (guest cluster 1 points at the L1 table), past-eof (guest
+          cluster 1 points past the end of the file), alias
   parallels  leak (a cluster appended), past-eof (BAT entry 0 past the end of the file), in-use
           (the in-use flag of an image not closed cleanly), alias (BAT entry 2 = BAT entry 0)
   vdi     alias (block map entry 2 = entry 0), count (the header's allocated-block count off by one)
@@ -76,6 +77,8 @@ def qed(f, mode):
     f.seek(l2 + 8)
     if mode == "l2-on-l1":
         f.write(struct.pack("<Q", l1))
+    elif mode == "past-eof":
+        f.write(struct.pack("<Q", (os.fstat(f.fileno()).st_size // csize + 16) * csize))
     elif mode == "alias":
         f.write(struct.pack("<Q", e0))
     else:

@@ -149,6 +149,19 @@ repaired_like_qemu() {
   done
 }
 
+@test "check: a qed L2 entry past the end exits 2; -r all clears it and leaves what qemu-img's -r all leaves (exit 3, the same text)" {
+  [ "$(damaged_matches_qemu qed past-eof)" -eq 2 ]
+  cp x.qed q.qed
+  rc=0; ours=$("$IMGFUSE" check -r all x.qed 2>/dev/null) || rc=$?
+  [ "$rc" -eq 3 ]
+  [[ "$ours" == *"    1 corruptions"* ]]
+  rc=0; theirs=$(qemu-img check -r all q.qed 2>/dev/null) || rc=$?
+  [ "$rc" -eq 3 ]
+  [ "$ours" = "$theirs" ] || { echo "imgfuse <$ours> qemu-img <$theirs>" >&2; false; }
+  run qemu-img check x.qed
+  [ "$status" -eq 3 ]
+}
+
 @test "check: parallels in-use flag and BAT entry past the end exit 2 as in qemu-img; -r all repairs them" {
   for m in in-use past-eof; do
     [ "$(damaged_matches_qemu parallels "$m")" -eq 2 ]

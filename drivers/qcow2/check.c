@@ -674,6 +674,13 @@ static int check_compare(Qcow2State *s, const RefCounts *r, StoredRefcounts *st,
     uint64_t highest = 0;
     bool any = false;
     for (uint64_t ci = 0; ci < r->limit; ci++) {
+        uint64_t rt = ci >> s->refcount_block_bits;
+        if (ci >= r->n && (rt >= st->entries || !(st->table[rt] & QCOW2_REFT_OFFSET_MASK))) {
+            if (rt >= st->entries)
+                break; /* no references and no refcount blocks from here on */
+            ci = ((rt + 1) << s->refcount_block_bits) - 1; /* a sparse file: skip what no block covers */
+            continue;
+        }
         uint64_t stored, refs = rc_get(r, ci);
         int ret = stored_get(st, ci, &stored);
         if (ret < 0)
