@@ -219,8 +219,11 @@ static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char
     a->opts.check_repair = rw;
     BlockNode *bs = bdrv_open(a->image, &a->opts, &err);
     if (!bs) {
+        size_t n = strlen(a->image);
+        const char *why = strncmp(err.msg, a->image, n) == 0 && strncmp(err.msg + n, ": ", 2) == 0 ? err.msg + n + 2
+                                                                                               : err.msg;
         if (rw && err.msg[0])
-            errmsg(a->image, "cannot be opened for repair: %s", err.msg);
+            errmsg(a->image, "cannot be opened for repair: %s", why);
         else
             report_error(&err, a->image, CHECK_FAILED);
         return CHECK_FAILED;
