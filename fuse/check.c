@@ -4,7 +4,8 @@
  * slot) and `compare` (the raw content of two images compared), with qemu-img's options, messages, JSON
  * keys and exit codes.  check opens the image read-only and checks it; with -r, only when that found
  * something, it opens it again writable (BlockOpenOpts.check_repair), repairs and checks again.  Image
- * locks keep both away from an image a VM or a writable mount holds, and -r away from any mount.  compare
+ * locks (BlockOpenOpts.exclusive) keep it away from an image anyone else has open, a read-only mount too,
+ * unless --force-share (then read-only only).  compare
  * walks both chains by block status, reading only where one side may hold data.  It knows no image format.
  */
 #include <errno.h>
@@ -102,6 +103,7 @@ static int check_parse(int argc, char **argv, CheckArgs *a)
     block_open_opts_init(&a->opts);
     a->opts.read_only = true;
     a->opts.no_backing = true; /* a check is of this one file; its backing file need not be there */
+    a->opts.exclusive = true;  /* refused while mounted or open elsewhere, unless --force-share */
     opterr = 0;
     optind = 1;
     int c, rc;
@@ -222,7 +224,10 @@ static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char
         size_t n = strlen(a->image);
         const char *why = strncmp(err.msg, a->image, n) == 0 && strncmp(err.msg + n, ": ", 2) == 0 ? err.msg + n + 2
                                                                                                : err.msg;
-        if (rw && err.msg[0])
+        if (err.errnum == EBUSY)
+            errmsg(a->image, "image is in use by another process (QEMU lock): a mounted or running image is checked "
+                   "only with --force-share, read-only, without -r");
+        else if (rw && err.msg[0])
             errmsg(a->image, "cannot be opened for repair: %s", why);
         else
             report_error(&err, a->image, CHECK_FAILED);

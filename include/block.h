@@ -78,6 +78,8 @@ typedef struct BlockOpenOpts {
      * "driver options" below. */
     const char *driver_opts[MAX_DRIVER_OPTS];
     int n_driver_opts;
+    bool exclusive;              /* `imgfuse check` without --force-share: refused while any other process has the
+                                  * image open, readers (a read-only mount) included; no one may open it meanwhile */
     bool check_repair;           /* `imgfuse check -r`: open a damaged image writable so that its check slot can
                                   * repair it (qcow2: the corrupt bit, dirty bit and refcount-0 refusals are left
                                   * to the check); never set for a mount */

@@ -242,22 +242,25 @@ repaired_like_qemu() {
   [ "$status" -eq 3 ]
 }
 
-@test "check: a mounted image: -r refused, a read-only check of a --rw mount needs --force-share" {
+@test "check: a mounted image (read-only or --rw) is refused unless read-only with --force-share; -r always" {
   make_img qcow2 x.qcow2
-  mount_img x.qcow2 "$MNT"
-  run "$IMGFUSE" check -r all x.qcow2
-  [ "$status" -eq 1 ]
-  [[ "$output" == *"x.qcow2"* ]]
+  msg="imgfuse: x.qcow2: image is in use by another process (QEMU lock): a mounted or running image is checked only with --force-share, read-only, without -r"
+  for mode in "" --rw; do
+    mount_img $mode x.qcow2 "$MNT"
+    cp x.qcow2 copy.qcow2
+    run "$IMGFUSE" check -r all x.qcow2
+    [ "$status" -eq 1 ]
+    [ "$output" = "$msg" ]
+    run "$IMGFUSE" check x.qcow2
+    [ "$status" -eq 1 ]
+    [ "$output" = "$msg" ]
+    run "$IMGFUSE" check -U x.qcow2
+    [ "$status" -eq 0 ]
+    cmp x.qcow2 copy.qcow2
+    unmount_img "$MNT"
+  done
   run "$IMGFUSE" check x.qcow2
   [ "$status" -eq 0 ]
-  unmount_img "$MNT"
-  mount_img --rw x.qcow2 "$MNT"
-  run "$IMGFUSE" check x.qcow2
-  [ "$status" -eq 1 ]
-  [[ "$output" == *"--force-share"* ]]
-  run "$IMGFUSE" check -U x.qcow2
-  [ "$status" -eq 0 ]
-  unmount_img "$MNT"
 }
 
 @test "check: without -r every file is opened O_RDONLY" {
