@@ -210,6 +210,22 @@ static int check_print(const CheckArgs *a, const BlockCheckResult *r, const char
 
 /* ---------------------------------------------------------------- check */
 
+/* The one line of an open that failed; returns CHECK_FAILED. */
+static int check_open_error(const char *image, const Error *err, bool rw)
+{
+    size_t n = strlen(image);
+    const char *why = strncmp(err->msg, image, n) == 0 && strncmp(err->msg + n, ": ", 2) == 0 ? err->msg + n + 2
+                                                                                             : err->msg;
+    if (err->errnum == EBUSY)
+        errmsg(image, "image is in use by another process (QEMU lock): a mounted or running image is checked only "
+               "with --force-share, read-only, without -r");
+    else if (rw && err->msg[0])
+        errmsg(image, "cannot be opened for repair: %s", why);
+    else
+        report_error(err, image, CHECK_FAILED);
+    return CHECK_FAILED;
+}
+
 /* Opens IMAGE (writable for a repair: rw) and runs the check slot; with rw but no fix it only opens and
  * closes the image, which takes and checks the writer's locks. *format gets the driver's name. Returns 0,
  * or the exit code of a failure (message printed). */
@@ -220,19 +236,8 @@ static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char
     a->opts.read_only = !rw;
     a->opts.check_repair = rw;
     BlockNode *bs = bdrv_open(a->image, &a->opts, &err);
-    if (!bs) {
-        size_t n = strlen(a->image);
-        const char *why = strncmp(err.msg, a->image, n) == 0 && strncmp(err.msg + n, ": ", 2) == 0 ? err.msg + n + 2
-                                                                                               : err.msg;
-        if (err.errnum == EBUSY)
-            errmsg(a->image, "image is in use by another process (QEMU lock): a mounted or running image is checked "
-                   "only with --force-share, read-only, without -r");
-        else if (rw && err.msg[0])
-            errmsg(a->image, "cannot be opened for repair: %s", why);
-        else
-            report_error(&err, a->image, CHECK_FAILED);
-        return CHECK_FAILED;
-    }
+    if (!bs)
+        return check_open_error(a->image, &err, rw);
     snprintf(format, len, "%s", bs->drv->name);
     if (rw && !fix) {
         bdrv_close(bs);
