@@ -1207,10 +1207,11 @@ static void vhdx_get_info(BlockNode *bs, InfoList *info)
 
 /* ---------------------------------------------------------------- check */
 
-/* As qemu-img checks a VHDX: every payload block the map names must lie inside its file. Nothing is repaired. */
+/* As qemu-img checks a VHDX: every payload block the map names must lie inside its file. -r is taken and repairs
+ * nothing. */
 static int vhdx_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
-    return fix ? -ENOTSUP : bdrv_check_host_runs(bs, res, 0);
+    return fix == BDRV_FIX_QUERY ? 1 : bdrv_check_host_runs(bs, res, 0); /* -r repairs nothing, as in qemu-img */
 }
 
 const BlockDriver bdrv_vhdx = {

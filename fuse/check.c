@@ -43,6 +43,7 @@ typedef struct CheckArgs {
     int fix;                  /* BDRV_FIX_* from -r */
     bool json, quiet, read_only;
     const char *image;
+    bool repairs;             /* -r: the driver repairs (else the read-only check's result stands) */
 } CheckArgs;
 
 static int check_usage(void)
@@ -226,9 +227,9 @@ static int check_open_error(const char *image, const Error *err, bool rw)
     return CHECK_FAILED;
 }
 
-/* Opens IMAGE (writable for a repair: rw) and runs the check slot; with rw but no fix it only opens and
- * closes the image, which takes and checks the writer's locks. *format gets the driver's name. Returns 0,
- * or the exit code of a failure (message printed). */
+/* Opens IMAGE (writable for a repair: rw) and runs the check slot; the read-only pass of -r also asks the
+ * driver whether it repairs (a->repairs). *format gets the driver's name. Returns 0, or the exit code of a
+ * failure (message printed). */
 static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char *format, size_t len)
 {
     Error err;
@@ -239,15 +240,13 @@ static int check_run(CheckArgs *a, bool rw, int fix, BlockCheckResult *res, char
     if (!bs)
         return check_open_error(a->image, &err, rw);
     snprintf(format, len, "%s", bs->drv->name);
-    if (rw && !fix) {
-        bdrv_close(bs);
-        return 0;
-    }
     int ret = bdrv_check_image(bs, res, fix);
-    if (ret == 0 && !fix && a->fix && (res->corruptions || res->leaks)) {
+    if (ret == 0 && !fix && a->fix) {
         /* a repair is wanted: ask before opening the image writable (which a driver may take to mend) */
         BlockCheckResult probe;
-        if (bdrv_check_image(bs, &probe, BDRV_FIX_QUERY) == -ENOTSUP) {
+        int q = bdrv_check_image(bs, &probe, BDRV_FIX_QUERY);
+        a->repairs = q == 0;
+        if (q == -ENOTSUP) {
             fix = a->fix;
             ret = -ENOTSUP;
         }
@@ -278,14 +277,13 @@ int cmd_check(int argc, char **argv)
     char format[64];
     if ((rc = check_run(&a, false, 0, &res, format, sizeof format)) != 0)
         return rc;
-    if (a.fix) {
-        /* a clean image is opened writable too: -r is refused while anyone else has the image open */
-        bool repair = res.corruptions || res.leaks;
+    if (a.fix && a.repairs) {
+        /* a clean image too: the repair may clear flags (qcow2's dirty and corrupt bits) */
         BlockCheckResult fixed;
-        rc = check_run(&a, true, repair ? a.fix : 0, &fixed, format, sizeof format);
-        if (rc == CHECK_UNSUPPORTED || (rc != 0 && !repair))
+        rc = check_run(&a, true, a.fix, &fixed, format, sizeof format);
+        if (rc == CHECK_UNSUPPORTED || (rc != 0 && !res.corruptions && !res.leaks))
             return rc;
-        if (rc == 0 && repair)
+        if (rc == 0)
             res = fixed;
     }
     return check_print(&a, &res, format);

@@ -193,7 +193,8 @@ void info_free(InfoList *l);
  * leaves them out. first_error: the first problem, one line without the file name ("" if none). */
 #define BDRV_FIX_LEAKS  0x1
 #define BDRV_FIX_ERRORS 0x2
-#define BDRV_FIX_QUERY  0x4 /* alone, on any node: 0 if the driver repairs, -ENOTSUP if not; nothing is read */
+#define BDRV_FIX_QUERY  0x4 /* alone, on any node, nothing read: 0 the driver repairs (the image is opened
+                               * writable for it), 1 it takes -r but repairs nothing, -ENOTSUP it refuses -r */
 
 typedef struct BlockCheckResult {
     int64_t corruptions, leaks, check_errors;

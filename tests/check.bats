@@ -115,6 +115,18 @@ repaired_like_qemu() {
   repaired_like_qemu qcow2 leak
 }
 
+@test "check -r all: the corrupt and dirty bits of a qcow2 with consistent refcounts are cleared, as qemu-img does" {
+  make_img qcow2 x.qcow2
+  python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(79); f.write(bytes([3]))' x.qcow2
+  run "$IMGFUSE" info x.qcow2
+  [[ "$output" == *"corrupt"* ]]
+  run "$IMGFUSE" check -r all x.qcow2
+  [ "$status" -eq 0 ]
+  [ "$(od -An -tx1 -j79 -N1 x.qcow2 | tr -d ' ')" = 00 ]
+  qemu-io -c "write -P 1 0 4k" x.qcow2 >/dev/null
+  qemu-img check x.qcow2
+}
+
 @test "check -r leaks: a qcow2 corruption is left alone (exit 2, file unchanged), as -r all's business" {
   make_img qcow2 x.qcow2
   python3 "$DAMAGE" qcow2 x.qcow2 alias
@@ -192,9 +204,14 @@ repaired_like_qemu() {
     run qemu-img check -r all copy.vdi
     [ "$status" -eq 63 ]
   done
+  make_img vdi c.vdi
+  run "$IMGFUSE" check -r leaks c.vdi
+  [ "$status" -eq 63 ]
+  run qemu-img check -r leaks c.vdi
+  [ "$status" -eq 63 ]
 }
 
-@test "check: vhdx BAT entry past the end exits 2 as qemu-img; vmdk grain past the end exits 2 (qemu-img 7.2: 1, 'Check failed')" {
+@test "check: vhdx BAT entry past the end exits 2 as qemu-img; vmdk grain past the end exits 2 (qemu-img 7.2: 1, 'Check failed'); -r as qemu-img" {
   [ "$(damaged_matches_qemu vhdx past-eof)" -eq 2 ]
   make_img vmdk x.vmdk
   python3 "$DAMAGE" vmdk x.vmdk past-eof
@@ -204,6 +221,22 @@ repaired_like_qemu() {
   run qemu-img check x.vmdk
   [ "$status" -eq 1 ]
   [[ "$output" == *"points after EOF"* ]]
+  # no repair, as in qemu-img: -r is 63 for vmdk, taken and a no-op for vhdx
+  cp x.vmdk copy.vmdk
+  run "$IMGFUSE" check -r all x.vmdk
+  [ "$status" -eq 63 ]
+  cmp x.vmdk copy.vmdk
+  cp x.vhdx copy.vhdx
+  run "$IMGFUSE" check -r all x.vhdx
+  [ "$status" -eq 2 ]
+  cmp x.vhdx copy.vhdx
+  for f in vmdk vhdx; do
+    make_img $f c.$f
+    run "$IMGFUSE" check -r all c.$f
+    ours=$status
+    run qemu-img check -r all c.$f
+    [ "$ours" -eq "$status" ]
+  done
 }
 
 @test "check: vpc (qemu-img has no checker): clean exits 0, overlapping blocks exit 2" {

@@ -540,7 +540,7 @@ static bool vmdk_has_zero_init(BlockNode *bs)
 /* As qemu-img checks a VMDK: every grain the map names must lie inside its file. Nothing is repaired. */
 static int vmdk_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
-    return fix ? -ENOTSUP : bdrv_check_host_runs(bs, res, 0);
+    return fix ? -ENOTSUP : bdrv_check_host_runs(bs, res, 0); /* -r: 63, as in qemu-img */
 }
 
 const BlockDriver bdrv_vmdk = {
