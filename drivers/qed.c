@@ -564,6 +564,14 @@ static void qed_check_mark(QedCheck *c, uint64_t off, uint64_t len, unsigned bit
 
 static int qed_write_l2_entries(QedState *s, uint64_t l2, uint64_t first, uint64_t count, const uint64_t *ent);
 
+/* What -r all makes 0, as qemu-img does: a data entry unaligned, in the header or past the end of the file.
+ * One on the L1 table stays a corruption (the guest reads those bytes; nothing is lost by keeping them). */
+static bool qed_check_fixable(const QedState *s, uint64_t e, uint64_t cl)
+{
+    return e % s->cluster_size || e < s->data_start || e > s->host_limit ||
+           s->host_limit - e < qed_cluster_visible(s, cl);
+}
+
 /* -r all: a bad L2 entry made 0 (its cluster then falls to the backing file or reads as zeros). */
 static int qed_check_clear_l2(QedState *s, QedCheck *c, uint64_t l2, uint64_t index)
 {
@@ -586,7 +594,7 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
             if (e <= QED_ENTRY_ZERO)
                 continue;
             bool past_disk = cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits;
-            if ((c->fix & BDRV_FIX_ERRORS) && (past_disk || !qed_data_offset_ok(s, e, cl))) {
+            if ((c->fix & BDRV_FIX_ERRORS) && (past_disk || qed_check_fixable(s, e, cl))) {
                 ret = qed_check_clear_l2(s, c, l2, done + i);
                 if (ret < 0)
                     return ret;
@@ -642,7 +650,8 @@ static int qed_check_tables(QedState *s, QedCheck *c, int fix)
         uint64_t l2 = s->l1[i];
         if (l2 == 0)
             continue;
-        if (!qed_table_offset_ok(s, l2) && (fix & BDRV_FIX_ERRORS)) {
+        if ((fix & BDRV_FIX_ERRORS) && (l2 % s->cluster_size || l2 < s->data_start || l2 > s->host_limit ||
+                                        s->host_limit - l2 < s->table_bytes)) {
             ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + i * 8), BDRV_FIELD_LE64, 0, "qed_l1_update");
             if (ret == 0) {
                 s->l1[i] = 0;
