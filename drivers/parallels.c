@@ -307,10 +307,11 @@ static int prl_check_clear_entry(PrlState *s, uint32_t i)
 }
 
 /* Bad entries (into the header or BAT, past the end of the file) are corruptions, repaired by -r all;
- * clusters two entries share too, not repaired. Fills the cluster statistics. */
-static int prl_check_entries(PrlState *s, BlockCheckResult *res, int fix)
+ * clusters two entries share too, not repaired. Fills the cluster statistics; *bad: bad entries left. */
+static int prl_check_entries(PrlState *s, BlockCheckResult *res, int fix, int *bad)
 {
     uint64_t host, prev = 0;
+    *bad = 0;
     for (uint32_t i = 0; i < s->bat_count; i++) {
         if (s->bat[i] == 0)
             continue;
@@ -323,6 +324,7 @@ static int prl_check_entries(PrlState *s, BlockCheckResult *res, int fix)
         if (!(fix & BDRV_FIX_ERRORS)) {
             bdrv_check_corruption(res, "BAT entry %" PRIu32 " (0x%" PRIx32 ") points into the header or BAT or past "
                                   "the end of the file", i, s->bat[i]);
+            (*bad)++;
             continue;
         }
         int ret = prl_check_clear_entry(s, i);
@@ -348,11 +350,12 @@ static int prl_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
         else
             bdrv_check_corruption(res, "the image was not closed cleanly (in-use flag set)");
     }
-    int ret = prl_check_entries(s, res, fix);
-    int shared = ret < 0 ? ret : prl_check_bat(s, first, sizeof(first), &end);
-    if (shared < 0)
-        return shared;
-    for (int k = 0; k < shared; k++)
+    int bad;
+    int ret = prl_check_entries(s, res, fix, &bad);
+    int problems = ret < 0 ? ret : prl_check_bat(s, first, sizeof(first), &end);
+    if (problems < 0)
+        return problems;
+    for (int k = bad; k < problems; k++) /* the shared clusters: the bad entries are counted already */
         bdrv_check_corruption(res, "%s", first);
     if (s->ext_off) /* the format extension cluster (sectors) is in use too */
         end = MAX(end, MIN(s->ext_off * PRL_SECTOR + s->cluster_size, s->host_limit));
