@@ -335,7 +335,7 @@ repaired_like_qemu() {
   python3 "$BATS_TEST_DIRNAME/make-hostile" "$TMP/h" qcow2 qed vpc vhdx vdi vmdk parallels >/dev/null
   limit=() max_kb=$((256 << 10))
   if [ -n "${IMGFUSE_ASAN:-}" ]; then max_kb=$((1024 << 10)); else limit=(prlimit --as=$((4096 << 20)) --); fi
-  n=0 bad=0
+  n=0 bad=0 ran=0
   for f in "$TMP"/h/*.img; do
     fmt=$(basename "$f"); fmt=${fmt%%-*}
     cp --sparse=always "$f" "$TMP/work.img"
@@ -344,13 +344,14 @@ repaired_like_qemu() {
       /usr/bin/time -f %M -o "$TMP/rss" timeout 60 "${limit[@]}" "$IMGFUSE" check $r -f "$fmt" "$TMP/work.img" \
         >/dev/null 2>"$TMP/err" || rc=$?
       kb=$(tail -1 "$TMP/rss")
-      case $rc in 0|1|2|3|63) ;; *) echo "$f check $r: exit $rc $(tail -3 "$TMP/err")"; bad=$((bad + 1)) ;; esac
+      case $rc in 0|3) ran=$((ran + 1)) ;; 1|2|63) ;; *) echo "$f check $r: exit $rc $(tail -3 "$TMP/err")"; bad=$((bad + 1)) ;; esac
       [ "$kb" -le "$max_kb" ] || { echo "$f check $r: peak $kb KiB"; bad=$((bad + 1)); }
       ! grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$TMP/err" || { cat "$TMP/err"; bad=$((bad + 1)); }
       n=$((n + 1))
     done
   done
-  echo "$n checks, $bad bad"
+  echo "$n checks, $ran clean or leaks only, $bad bad"
   [ "$n" -gt 2000 ]
+  [ "$ran" -gt 100 ]   # most hostile images open, and their check runs to an answer
   [ "$bad" -eq 0 ]
 }
