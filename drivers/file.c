@@ -473,7 +473,9 @@ static int file_set_perm(BlockNode *bs, unsigned held, unsigned unshared, Error 
         }
     }
     const char *why = NULL;
-    if ((unshared & BDRV_PERM_WRITE) && ofd_held_by_other(s->fd, LOCK_PERM_BASE + 1))
+    if ((unshared & BDRV_PERM_CONSISTENT_READ) && ofd_held_by_other(s->fd, LOCK_PERM_BASE))
+        why = "(it is mounted, or open in QEMU)";
+    else if ((unshared & BDRV_PERM_WRITE) && ofd_held_by_other(s->fd, LOCK_PERM_BASE + 1))
         why = "for writing";
     else if ((unshared & BDRV_PERM_RESIZE) && ofd_held_by_other(s->fd, LOCK_PERM_BASE + 3))
         why = "that may resize it";

@@ -296,19 +296,93 @@ static int prl_check_bat(PrlState *s, char *first, size_t len, uint64_t *end)
     return problems;
 }
 
-static int prl_check_run(BlockNode *bs, char *first, size_t len)
+/* A bad BAT entry made 0 on disk and in memory (its cluster then reads as zeros): -r all. */
+static int prl_check_clear_entry(PrlState *s, uint32_t i)
 {
-    uint64_t end;
-    return prl_check_bat(bs->opaque, first, len, &end);
+    int ret = bdrv_pwrite_field(s->file, (int64_t)(PRL_HEADER_BYTES + (uint64_t)i * 4), BDRV_FIELD_LE32, 0,
+                                "parallels_bat_update");
+    if (ret == 0)
+        s->bat[i] = 0;
+    return ret;
 }
 
-static int prl_check(BlockNode *bs, InfoList *report)
+/* Bad entries (into the header or BAT, past the end of the file) are corruptions, repaired by -r all;
+ * clusters two entries share too, not repaired. Fills the cluster statistics; *bad: bad entries left. */
+static int prl_check_entries(PrlState *s, BlockCheckResult *res, int fix, int *bad)
+{
+    uint64_t host, prev = 0;
+    *bad = 0;
+    for (uint32_t i = 0; i < s->bat_count; i++) {
+        if (s->bat[i] == 0)
+            continue;
+        if (prl_entry_ok(s, i, s->bat[i], &host)) {
+            res->allocated_clusters++;
+            res->fragmented_clusters += prev && host != prev + s->cluster_size;
+            prev = host;
+            continue;
+        }
+        if (!(fix & BDRV_FIX_ERRORS)) {
+            bdrv_check_corruption(res, "BAT entry %" PRIu32 " (0x%" PRIx32 ") points into the header or BAT or past "
+                                  "the end of the file", i, s->bat[i]);
+            (*bad)++;
+            continue;
+        }
+        int ret = prl_check_clear_entry(s, i);
+        if (ret < 0)
+            return ret;
+        res->corruptions_fixed++;
+    }
+    return 0;
+}
+
+/* qemu-img's terms: an in-use flag left set (not closed cleanly) and bad or shared BAT entries are
+ * corruptions, the bytes past the last cluster in use leaks (whole clusters). -r all clears bad entries
+ * (the in-use flag is cleared by the writable node's close), -r leaks cuts the file after the last
+ * cluster. */
+static int prl_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 {
     PrlState *s = bs->opaque;
-    int ret = bdrv_check_mapped(bs, report, prl_check_run);
-    if (ret >= 0)
-        info_add_bool(report, "in_use", s->inuse == PRL_INUSE_OPEN);
-    return ret;
+    char first[256] = "";
+    uint64_t end;
+    if (s->inuse == PRL_INUSE_OPEN) {
+        if (fix & BDRV_FIX_ERRORS)
+            res->corruptions_fixed++;
+        else
+            bdrv_check_corruption(res, "the image was not closed cleanly (in-use flag set)");
+    }
+    int bad;
+    int ret = prl_check_entries(s, res, fix, &bad);
+    int problems = ret < 0 ? ret : prl_check_bat(s, first, sizeof(first), &end);
+    if (problems < 0)
+        return problems;
+    for (int k = bad; k < problems; k++) /* the shared clusters: the bad entries are counted already */
+        bdrv_check_corruption(res, "%s", first);
+    if (s->ext_off) /* the format extension cluster (sectors) is in use too */
+        end = MAX(end, MIN(s->ext_off * PRL_SECTOR + s->cluster_size, s->host_limit));
+    res->total_clusters = s->bat_count;
+    res->image_end_offset = (int64_t)end;
+    if (s->host_limit > end) {
+        uint64_t count = (s->host_limit - end + s->cluster_size - 1) / s->cluster_size;
+        if (fix & BDRV_FIX_LEAKS) {
+            ret = bdrv_truncate(s->file, (int64_t)end);
+            if (ret < 0)
+                return ret;
+            s->host_limit = end;
+            s->data_end = (uint64_t)align_up((int64_t)end, (int64_t)(s->ext_magic ? s->cluster_size : PRL_SECTOR));
+            res->leaks_fixed += (int64_t)count;
+        } else {
+            bdrv_check_leak(res, "%" PRIu64 " bytes past the last cluster in use", s->host_limit - end);
+            res->leaks += (int64_t)count - 1;
+        }
+    }
+    return 0;
+}
+
+static int prl_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
+    return bdrv_check_mapped(bs, res, fix, prl_check_run);
 }
 
 /* ---------------------------------------------------------------- writable open, close */
@@ -321,7 +395,7 @@ static int prl_write_inuse(PrlState *s, uint32_t v)
     return ret;
 }
 
-static int prl_open_writable(PrlState *s, Error *err)
+static int prl_open_writable(PrlState *s, bool repair, Error *err)
 {
     if (s->cluster_size > PRL_MAX_WRITABLE_CLUSTER || (s->ext_magic && s->data_start % s->cluster_size)) {
         error_set(err, ENOTSUP, "clusters of %" PRIu64 " bytes larger than %lld MiB, or a data offset that is not "
@@ -335,7 +409,7 @@ static int prl_open_writable(PrlState *s, Error *err)
         error_set(err, -ret, "BAT check failed: %s", strerror(-ret));
         return ret;
     }
-    if (ret > 0) {
+    if (ret > 0 && !repair) {
         error_set(err, EINVAL, "%s (%d problem%s); the image can only be opened read-only", first, ret,
                   ret == 1 ? "" : "s");
         return -EINVAL;
@@ -378,7 +452,6 @@ static void prl_close(BlockNode *bs)
 
 static int prl_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
-    (void)opts;
     PrlState *s = bs->opaque;
     s->name = bs->filename ? bs->filename : "parallels";
     s->file = bs->file;
@@ -391,7 +464,7 @@ static int prl_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (ret == 0)
         ret = prl_load_bat(s, err);
     if (ret == 0 && !bs->read_only)
-        ret = prl_open_writable(s, err);
+        ret = prl_open_writable(s, opts && opts->check_repair, err);
     else if (ret == 0 && s->inuse == PRL_INUSE_OPEN)
         log_msg("%s: the image was not closed cleanly (in-use flag set); served read-only as it is", s->name);
     if (ret < 0) {

@@ -536,6 +536,11 @@ typedef struct QedCheck {
     uint64_t n_clusters;
     int errors;
     char first[256];     /* the first problem, for the open error */
+    uint64_t leaks, last_used;            /* clusters nothing references; the last one something does */
+    bool used_known;                      /* leaks counted (the file was small enough to track) */
+    int fix;                              /* BDRV_FIX_ERRORS: bad entries are made 0 (check -r all) */
+    uint64_t fixed;                       /* entries made 0 */
+    uint64_t allocated, fragmented, prev; /* qemu-img's statistics of the data clusters */
 } QedCheck;
 
 static void qed_check_problem(QedCheck *c, const char *fmt, uint64_t a, uint64_t b)
@@ -558,6 +563,26 @@ static void qed_check_mark(QedCheck *c, uint64_t off, uint64_t len, unsigned bit
     }
 }
 
+static int qed_write_l2_entries(QedState *s, uint64_t l2, uint64_t first, uint64_t count, const uint64_t *ent);
+
+/* What -r all makes 0, as qemu-img does: a data entry unaligned, in the header or past the end of the file.
+ * One on the L1 table stays a corruption (the guest reads those bytes; nothing is lost by keeping them). */
+static bool qed_check_fixable(const QedState *s, uint64_t e, uint64_t cl)
+{
+    return e % s->cluster_size || e < s->data_start || e > s->host_limit ||
+           s->host_limit - e < qed_cluster_visible(s, cl);
+}
+
+/* -r all: a bad L2 entry made 0 (its cluster then falls to the backing file or reads as zeros). */
+static int qed_check_clear_l2(QedState *s, QedCheck *c, uint64_t l2, uint64_t index)
+{
+    uint64_t zero = 0;
+    int ret = qed_write_l2_entries(s, l2, index, 1, &zero);
+    if (ret == 0)
+        c->fixed++;
+    return ret;
+}
+
 static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uint64_t *buf)
 {
     for (uint64_t done = 0; done < s->table_entries; done += s->slice_entries) {
@@ -569,24 +594,46 @@ static int qed_check_l2(QedState *s, QedCheck *c, uint64_t l1i, uint64_t l2, uin
             uint64_t cl = l1i * s->table_entries + done + i;
             if (e <= QED_ENTRY_ZERO)
                 continue;
-            if (cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits)
+            bool past_disk = cl >= (s->image_size + s->cluster_size - 1) >> s->cluster_bits;
+            if ((c->fix & BDRV_FIX_ERRORS) && (past_disk || qed_check_fixable(s, e, cl))) {
+                ret = qed_check_clear_l2(s, c, l2, done + i);
+                if (ret < 0)
+                    return ret;
+            } else if (past_disk)
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") lies past the disk size", cl, e);
             else if (!qed_data_offset_ok(s, e, cl))
                 qed_check_problem(c, "L2 entry for cluster %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header "
                                   "or L1 table or past the end of the file", cl, e);
-            else
+            else {
                 qed_check_mark(c, e, s->cluster_size, s->cluster_bits, "data cluster of guest cluster %" PRIu64
                                " (0x%" PRIx64 ") overlaps a table or another data cluster", cl);
+                c->allocated++;
+                c->fragmented += c->prev && e != c->prev + s->cluster_size;
+                c->prev = e;
+            }
         }
     }
     return 0;
 }
 
+/* Clusters of the file nothing marked (none counted when the file is too large to track). */
+static void qed_check_leaks(QedCheck *c)
+{
+    c->used_known = c->used != NULL;
+    for (uint64_t k = 0; c->used && k < c->n_clusters; k++) {
+        if (c->used[k / 64] >> (k % 64) & 1)
+            c->last_used = k;
+        else
+            c->leaks++;
+    }
+}
+
 /* Checks every table entry against the file: returns the number of problems (the first in c->first) or
  * -errno. Leaked clusters are not problems: new clusters are always appended. */
-static int qed_check_tables(QedState *s, QedCheck *c)
+static int qed_check_tables(QedState *s, QedCheck *c, int fix)
 {
     memset(c, 0, sizeof(*c));
+    c->fix = fix;
     c->n_clusters = (s->host_limit + s->cluster_size - 1) >> s->cluster_bits;
     if (c->n_clusters <= (1ull << 28)) /* a 32 MiB bitmap at most; larger files skip the overlap test */
         c->used = calloc((size_t)(c->n_clusters + 63) / 64 + 1, 8);
@@ -604,6 +651,15 @@ static int qed_check_tables(QedState *s, QedCheck *c)
         uint64_t l2 = s->l1[i];
         if (l2 == 0)
             continue;
+        if ((fix & BDRV_FIX_ERRORS) && (l2 % s->cluster_size || l2 < s->data_start || l2 > s->host_limit ||
+                                        s->host_limit - l2 < s->table_bytes)) {
+            ret = bdrv_pwrite_field(s->file, (int64_t)(s->l1_offset + i * 8), BDRV_FIELD_LE64, 0, "qed_l1_update");
+            if (ret == 0) {
+                s->l1[i] = 0;
+                c->fixed++;
+            }
+            continue;
+        }
         if (!qed_table_offset_ok(s, l2)) {
             qed_check_problem(c, "L1 entry %" PRIu64 " (0x%" PRIx64 ") is unaligned, in the header or L1 table or "
                               "past the end of the file", i, l2);
@@ -616,34 +672,70 @@ static int qed_check_tables(QedState *s, QedCheck *c)
             ret = qed_check_l2(s, c, i, l2, buf);
     }
     free(buf);
+    qed_check_leaks(c);
     free(c->used);
     c->used = NULL;
     return ret < 0 ? ret : c->errors;
 }
 
-static int qed_check_run(BlockNode *bs, char *first, size_t len)
+/* -r leaks: leaked clusters at the end of the file are cut off (those between used clusters stay: QED
+ * has no free-space map); corruptions are not repaired. Exclusive lock held. */
+static int qed_check_trim(QedState *s, const QedCheck *c, BlockCheckResult *res)
 {
-    QedCheck c;
-    int ret = qed_check_tables(bs->opaque, &c);
-    if (ret > 0)
-        snprintf(first, len, "%s", c.first);
-    return ret;
+    uint64_t end = (c->last_used + 1) << s->cluster_bits;
+    if (!c->used_known || end >= s->host_limit)
+        return 0;
+    int ret = bdrv_truncate(s->file, (int64_t)end);
+    if (ret < 0)
+        return ret;
+    uint64_t cut = (s->host_limit - end + s->cluster_size - 1) >> s->cluster_bits;
+    s->host_limit = end;
+    s->file_end = end;
+    res->leaks -= (int64_t)cut;
+    res->leaks_fixed += (int64_t)cut;
+    return 0;
 }
 
-static int qed_check(BlockNode *bs, InfoList *report)
+/* qemu-img's terms: every bad or doubly used entry is a corruption, every cluster of the file nothing
+ * references a leak. The needs-check flag is cleared by a writable open that finds no problem. */
+static int qed_check_run(BlockNode *bs, BlockCheckResult *res, int fix)
 {
     QedState *s = bs->opaque;
-    int ret = bdrv_check_mapped(bs, report, qed_check_run);
-    if (ret >= 0)
-        info_add_bool(report, "need_check_flag", (s->features & QED_F_NEED_CHECK) != 0);
-    return ret;
+    QedCheck c;
+    int ret = qed_check_tables(s, &c, fix);
+    if (ret < 0)
+        return ret;
+    res->corruptions_fixed = (int64_t)c.fixed;
+    for (int k = 0; k < ret; k++)
+        bdrv_check_corruption(res, "%s", c.first);
+    if (c.leaks)
+        bdrv_check_leak(res, "%" PRIu64 " clusters of the file are referenced by no table", c.leaks);
+    res->leaks = (int64_t)c.leaks;
+    res->total_clusters = (int64_t)((s->image_size + s->cluster_size - 1) >> s->cluster_bits);
+    res->allocated_clusters = (int64_t)c.allocated;
+    res->fragmented_clusters = (int64_t)c.fragmented;
+    if ((fix & BDRV_FIX_LEAKS) && c.leaks)
+        ret = qed_check_trim(s, &c, res);
+    if (ret >= 0 && fix && !res->corruptions && (s->features & QED_F_NEED_CHECK)) {
+        ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK); /* what a clean writable open does */
+        if (ret == 0)
+            ret = bdrv_flush(s->file);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+static int qed_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
+    return bdrv_check_mapped(bs, res, fix, qed_check_run);
 }
 
 /* ---------------------------------------------------------------- writable open */
 
 /* A writable image is checked whole first: an entry pointing into the header, into a table or at a
  * cluster another entry uses would make an in-place write damage other data. */
-static int qed_open_writable(QedState *s, Error *err)
+static int qed_open_writable(QedState *s, bool repair, Error *err)
 {
     if (s->table_bytes > QED_MAX_WRITABLE_TABLE) {
         error_set(err, ENOTSUP, "tables of %" PRIu64 " MiB are larger than the %lld MiB this driver writes; "
@@ -652,12 +744,12 @@ static int qed_open_writable(QedState *s, Error *err)
         return -ENOTSUP;
     }
     QedCheck c;
-    int ret = qed_check_tables(s, &c);
+    int ret = qed_check_tables(s, &c, 0);
     if (ret < 0) {
         error_set(err, -ret, "consistency check failed: %s", strerror(-ret));
         return ret;
     }
-    if (ret > 0) {
+    if (ret > 0 && !repair) {
         error_set(err, EINVAL, "%s (%d problem%s); the image can only be opened read-only", c.first,
                   ret, ret == 1 ? "" : "s");
         return -EINVAL;
@@ -667,7 +759,7 @@ static int qed_open_writable(QedState *s, Error *err)
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
-    if (s->features & QED_F_NEED_CHECK) {
+    if ((s->features & QED_F_NEED_CHECK) && ret == 0) {
         ret = qed_write_features(s, s->features & ~QED_F_NEED_CHECK);
         if (ret == 0)
             ret = bdrv_flush(s->file);
@@ -724,7 +816,7 @@ static int qed_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     if (ret == 0)
         ret = qed_init_cache(s, err);
     if (ret == 0 && !bs->read_only)
-        ret = qed_open_writable(s, err);
+        ret = qed_open_writable(s, opts && opts->check_repair, err);
     else if (ret == 0 && (s->features & QED_F_NEED_CHECK))
         log_msg("%s: the image is marked as needing a consistency check (it was not closed cleanly); served "
                 "read-only as it is", s->name);

@@ -1235,6 +1235,54 @@ static int64_t vdi_memory_used(BlockNode *bs)
     return bytes;
 }
 
+/* ---------------------------------------------------------------- check */
+
+/* qemu-img's checks of a VDI: an entry naming a host block at or past the header's count of allocated
+ * blocks, or past the end of the file, or one another entry names too, and a count that disagrees with the
+ * map are corruptions. Nothing is repaired (-r: -ENOTSUP). */
+static int vdi_check_map(VdiState *s, BlockCheckResult *res)
+{
+    uint64_t *seen = calloc(((size_t)s->blocks_in_image + 63) / 64 + 1, 8);
+    if (!seen)
+        return -ENOMEM;
+    uint32_t allocated = 0;
+    for (uint32_t b = 0; b < s->blocks_in_image; b++) {
+        uint32_t e = s->bmap[b];
+        uint64_t host;
+        if (e >= VDI_ENTRY_ZERO)
+            continue;
+        if (e >= s->blocks_allocated_header || e >= s->blocks_in_image) {
+            bdrv_check_corruption(res, "block map entry %" PRIu32 " (0x%08" PRIx32 ") is beyond the %" PRIu32
+                                  " allocated blocks", b, e, s->blocks_allocated_header);
+            continue;
+        }
+        allocated++;
+        if (seen[e / 64] >> (e % 64) & 1)
+            bdrv_check_corruption(res, "block map entry %" PRIu32 " names host block %" PRIu32 ", which another "
+                                  "entry names too", b, e);
+        else if (vdi_classify(s, b, &host) == VDI_BAD)
+            bdrv_check_corruption(res, "block map entry %" PRIu32 " (0x%08" PRIx32 ") points past the end of the "
+                                  "file", b, e);
+        seen[e / 64] |= 1ull << (e % 64);
+    }
+    if (allocated != s->blocks_allocated_header)
+        bdrv_check_corruption(res, "the header counts %" PRIu32 " allocated blocks, the block map %" PRIu32,
+                              s->blocks_allocated_header, allocated);
+    free(seen);
+    return 0;
+}
+
+static int vdi_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    if (fix)
+        return -ENOTSUP;
+    VdiState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = vdi_check_map(s, res);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 const BlockDriver bdrv_vdi = {
     .name = "vdi",
     .instance_size = sizeof(VdiState),
@@ -1252,6 +1300,7 @@ const BlockDriver bdrv_vdi = {
     .getlength = vdi_getlength,
     .memory_used = vdi_memory_used,
     .get_info = vdi_get_info,
+    .check = vdi_check,
     .get_facts = vdi_get_facts,
     .has_zero_init = vdi_has_zero_init,
     .create = vdi_create,

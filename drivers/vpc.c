@@ -1369,6 +1369,58 @@ static void vpc_get_info(BlockNode *bs, InfoList *info)
     }
 }
 
+/* ---------------------------------------------------------------- check (qemu-img has none for VHD) */
+
+static int vpc_check_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Corruptions: a damaged footer at the end (the copy at 0 in use), BAT entries into the metadata or past
+ * the data, and blocks (bitmap and data) that overlap. Nothing is repaired (-r: -ENOTSUP). */
+static int vpc_check_bat(VpcState *s, BlockCheckResult *res)
+{
+    if (s->footer_from_copy)
+        bdrv_check_corruption(res, "the footer at the end of the file is missing or damaged (the copy at offset 0 "
+                              "is used)");
+    if (s->type == VPC_TYPE_FIXED)
+        return 0;
+    uint32_t *used = malloc((size_t)MAX(s->entries, 1u) * 4), n = 0;
+    if (!used)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < s->entries; i++) {
+        if (s->bat[i] == VPC_BAT_UNUSED)
+            continue;
+        if (bit_get(s->bad, i))
+            bdrv_check_corruption(res, "BAT entry %" PRIu32 " (sector 0x%" PRIx32 ") points into the metadata or "
+                                  "past the data", i, s->bat[i]);
+        else
+            used[n++] = s->bat[i];
+    }
+    qsort(used, n, 4, vpc_check_cmp);
+    uint64_t block_bytes = (uint64_t)s->bitmap_size + s->block_size;
+    for (uint32_t i = 1; i < n; i++)
+        if ((uint64_t)(used[i] - used[i - 1]) * VPC_SECTOR < block_bytes)
+            bdrv_check_corruption(res, "the blocks at sectors 0x%" PRIx32 " and 0x%" PRIx32 " overlap", used[i - 1],
+                                  used[i]);
+    res->total_clusters = s->entries;
+    res->allocated_clusters = n;
+    free(used);
+    return 0;
+}
+
+static int vpc_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    if (fix)
+        return -ENOTSUP;
+    VpcState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = vpc_check_bat(s, res);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 const BlockDriver bdrv_vpc = {
     .name = "vpc",
     .instance_size = sizeof(VpcState),
@@ -1384,6 +1436,7 @@ const BlockDriver bdrv_vpc = {
     .block_status = vpc_block_status,
     .getlength = vpc_getlength,
     .get_info = vpc_get_info,
+    .check = vpc_check,
     .backing_attached = vpc_backing_attached,
     .get_facts = vpc_get_facts,
     .memory_used = vpc_memory_used,

@@ -289,6 +289,26 @@ static const CommandHelp command_help[] = {
       "      --timeout SECONDS    give up after SECONDS (1 to 86400; default: wait)\n"
       "  -h, --help               this help\n",
       "imgfuse unmount /mnt/disk" },
+    { "check", "[-r leaks|all] [--output=human|json] [-f FMT] [-U] IMAGE",
+      "Checks the metadata of IMAGE and, with -r, repairs it (exit 0 clean, 1 failed, 2 corrupt, 3 leaks).",
+      "  -r, --repair leaks|all   repair leaked clusters, or everything the format can repair\n"
+      "      --output=human|json  text (default) or qemu-img check's JSON\n"
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "  -U, --force-share        check an image in use (read-only; not with -r)\n"
+      "      --read-only          refuse -r: nothing may be written (forensic use)\n"
+      "      --backing-dir DIR    accepted (the backing file is not opened)\n"
+      "  -q, --quiet              no report, the exit code only\n"
+      "  -h, --help               this help\n",
+      "imgfuse check -r all vm.qcow2" },
+    { "compare", "[-s] [-q] [-f FMT] [-F FMT] [-U] IMAGE1 IMAGE2",
+      "Compares the raw content of two images (exit 0 identical, 1 different, 2 error).",
+      "  -f FMT                   format of IMAGE1 (default: probed)\n"
+      "  -F FMT                   format of IMAGE2 (default: probed)\n"
+      "  -s, --strict             images of different sizes differ (else the longer part must be zeros)\n"
+      "  -U, --force-share        do not take or check image locks\n"
+      "  -q, --quiet              no message, the exit code only\n"
+      "  -h, --help               this help\n",
+      "imgfuse compare disk.qcow2 disk.raw" },
 };
 
 int cli_print_help(const char *cmd)

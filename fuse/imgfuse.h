@@ -216,6 +216,11 @@ void progress_show(Progress *p, int64_t done);
 /* "8.0 EiB", "1.5 GiB", "512 bytes": v rounded, in buf. */
 const char *approx_size(uint64_t v, char *buf, size_t len);
 
+/* ---------------------------------------------------------------- check.c */
+
+int cmd_check(int argc, char **argv);   /* exit 0 clean, 1 failed, 2 corruptions, 3 leaks, 63 no checker */
+int cmd_compare(int argc, char **argv); /* exit 0 identical, 1 different, 2 error */
+
 /* ---------------------------------------------------------------- cli.c */
 
 struct option;

@@ -91,6 +91,8 @@ static void print_help(void)
 "       imgfuse commit [-p] [-b BASE] [-d] IMAGE   copy the image's data down into BASE\n"
 "       imgfuse stream [-p] [-b BASE] IMAGE    copy the chain's data up into the image\n"
 "       imgfuse rebase [-u] [-p] -b NEW [-F FMT] IMAGE   change the backing file\n"
+"       imgfuse check [-r leaks|all] [--output=json] IMAGE   check (and repair) its metadata, like qemu-img\n"
+"       imgfuse compare [-s] [-f FMT] [-F FMT] IMAGE1 IMAGE2   compare two images' content, like qemu-img\n"
 "       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
 "       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
 "       imgfuse COMMAND --help                options of COMMAND, a line each, and an example\n"
@@ -1095,12 +1097,13 @@ static const struct {
     { "convert", cmd_convert }, { "resize", cmd_resize }, { "commit", cmd_commit }, { "stream", cmd_stream },
     { "rebase", cmd_rebase },
     { "mount", mount_main }, /* `imgfuse mount IMAGE MOUNTPOINT`: the main job by name */
+    { "check", cmd_check }, { "compare", cmd_compare },
 };
 
 /* Words reserved for the commands of DESIGN.md that are not built yet: a first argument equal to one is
  * never taken for an image file of that name (write ./check to mount a file called check). */
 static const char *const planned_commands[] = {
-    "check", "compare", "amend",
+    "amend",
 };
 
 static bool is_planned_command(const char *word)

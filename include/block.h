@@ -83,6 +83,11 @@ typedef struct BlockOpenOpts {
      * "driver options" below. */
     const char *driver_opts[MAX_DRIVER_OPTS];
     int n_driver_opts;
+    bool exclusive;              /* `imgfuse check` without --force-share: refused while any other process has the
+                                  * image open, readers (a read-only mount) included; no one may open it meanwhile */
+    bool check_repair;           /* `imgfuse check -r`: open a damaged image writable so that its check slot can
+                                  * repair it (qcow2: the corrupt bit, dirty bit and refcount-0 refusals are left
+                                  * to the check); never set for a mount */
     bool driver_opts_partial;    /* open only a part of the chain the options are for (the image under an
                                   * --overlay): a driver option without a node of its driver is not refused */
 } BlockOpenOpts;
@@ -183,6 +188,35 @@ void info_add_str(InfoList *l, const char *key, const char *fmt, ...) __attribut
 void info_add_int(InfoList *l, const char *key, int64_t v);
 void info_add_bool(InfoList *l, const char *key, bool v);
 void info_free(InfoList *l);
+
+/* ---------------------------------------------------------------- check (`imgfuse check`)
+ *
+ * What a check slot found, in qemu-img check's terms: corruptions (damage that may lose or expose data),
+ * leaks (space in use that nothing references: harmless waste), check_errors (parts that could not be
+ * checked), and what it repaired when asked (fix: BDRV_FIX_* bits; -r leaks = LEAKS, -r all = both). The
+ * cluster statistics are those of the image's allocation unit, 0 when the driver tells none, as qemu-img
+ * leaves them out. first_error: the first problem, one line without the file name ("" if none). */
+#define BDRV_FIX_LEAKS  0x1
+#define BDRV_FIX_ERRORS 0x2
+#define BDRV_FIX_QUERY  0x4 /* alone, on any node, nothing read: 0 the driver repairs (the image is opened
+                               * writable for it), 1 it takes -r but repairs nothing, -ENOTSUP it refuses -r */
+
+typedef struct BlockCheckResult {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
+    char first_error[256];
+} BlockCheckResult;
+
+/* Records one problem (the first one's text is kept in res->first_error); corruption or leak by kind. */
+void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A check for formats whose metadata is a map only (vmdk, vhdx): every run of bs's own block status whose
+ * bytes are stored in a host file must lie inside that file, and a range the map cannot answer for is a
+ * corruption too (the walk goes on at the next multiple of step; 0: the driver's cluster size; after 65536 such
+ * ranges it stops with a check error). 0 or -errno. */
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step);
 
 /* ---------------------------------------------------------------- snapshots */
 
@@ -306,7 +340,11 @@ struct BlockDriver {
     int (*vmstate_read)(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
 
     void (*get_info)(BlockNode *bs, InfoList *info);
-    int (*check)(BlockNode *bs, InfoList *report); /* returns number of errors found, or -errno */
+    /* Checks this node's metadata (res zeroed by the core) and, when fix has BDRV_FIX_* bits, repairs what it
+     * can; res then tells what is left after the repair, and *_fixed what was repaired. 0, or -errno when the
+     * check could not run; -ENOTSUP when fix is asked of a driver that repairs nothing (say so in its man
+     * page section). A fix is only asked of a node opened writable (BlockOpenOpts.check_repair). */
+    int (*check)(BlockNode *bs, BlockCheckResult *res, int fix);
     int (*create)(const char *filename, const CreateOpts *opts, Error *err);
     bool (*has_zero_init)(BlockNode *bs);
     /* Format drivers: the typed facts of an open node (facts zeroed by the core); NULL: none. */
@@ -528,7 +566,11 @@ int bdrv_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err);
 int bdrv_snapshot_goto(BlockNode *bs, const char *id_or_name, Error *err);
 BlockNode *bdrv_snapshot_open(BlockNode *bs, const char *id, Error *err);
 int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t bytes, void *buf);
+/* The check slot read-only, as a report: "corruptions", "leaked_clusters" and (when there is one)
+ * "first_error"; returns the number of corruptions, or -errno (-ENOTSUP: no check slot). */
 int bdrv_check(BlockNode *bs, InfoList *report);
+/* The check slot itself: res zeroed, then filled; 0 or -errno (-ENOTSUP: no checker, or no repair). */
+int bdrv_check_image(BlockNode *bs, BlockCheckResult *res, int fix);
 bool bdrv_has_zero_init(BlockNode *bs);
 /* The typed facts of bs's driver (all zero when it tells none). */
 void bdrv_get_facts(BlockNode *bs, BlockDriverFacts *facts);
@@ -646,10 +688,10 @@ int bdrv_write_mapped_locked(BlockNode *bs, int64_t offset, int64_t bytes, const
 int bdrv_mapped_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf);
 int bdrv_mapped_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st);
 int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags);
-/* Most of a map-based driver's check slot: check(bs, first, len) (a negative errno, or how many problems it
- * found, the first described in first) run with its read_map's lock held exclusive; a count goes into
- * report as "errors" and, when not 0, "first_error". Returns check's result. */
-int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len));
+/* Most of a map-based driver's check slot: check(bs, res, fix) run with its read_map's lock held exclusive.
+ * Returns check's result. */
+int bdrv_check_mapped(BlockNode *bs, BlockCheckResult *res, int fix,
+                      int (*check)(BlockNode *bs, BlockCheckResult *res, int fix));
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 

@@ -1126,11 +1126,95 @@ int bdrv_vmstate_read(BlockNode *bs, const char *id, int64_t offset, int64_t byt
     return bs->drv->vmstate_read(bs, id, offset, bytes, buf);
 }
 
-int bdrv_check(BlockNode *bs, InfoList *report)
+int bdrv_check_image(BlockNode *bs, BlockCheckResult *res, int fix)
 {
+    memset(res, 0, sizeof(*res));
     if (!bs->drv->check)
         return -ENOTSUP;
-    return bs->drv->check(bs, report);
+    if ((fix & ~BDRV_FIX_QUERY) && bs->read_only)
+        return -EROFS;
+    return bs->drv->check(bs, res, fix);
+}
+
+int bdrv_check(BlockNode *bs, InfoList *report)
+{
+    BlockCheckResult res;
+    int ret = bdrv_check_image(bs, &res, 0);
+    if (ret < 0)
+        return ret;
+    info_add_int(report, "corruptions", res.corruptions);
+    info_add_int(report, "leaked_clusters", res.leaks);
+    if (res.first_error[0])
+        info_add_str(report, "first_error", "%s", res.first_error);
+    return (int)MIN(res.corruptions, (int64_t)INT32_MAX);
+}
+
+static void check_note(BlockCheckResult *res, int64_t *count, const char *fmt, va_list ap)
+{
+    if (!res->first_error[0])
+        vsnprintf(res->first_error, sizeof(res->first_error), fmt, ap);
+    (*count)++;
+}
+
+void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    check_note(res, &res->corruptions, fmt, ap);
+    va_end(ap);
+}
+
+/* The walk stops (a check error) after this many ranges it could not map. */
+#define BDRV_CHECK_MAX_DAMAGED 65536
+
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
+{
+    int64_t size = bdrv_getlength(bs), pos = 0;
+    if (size < 0)
+        return (int)size;
+    if (step <= 0) {
+        BlockDriverFacts f;
+        bdrv_get_facts(bs, &f);
+        step = f.cluster_size > 0 ? f.cluster_size : 65536;
+    }
+    while (pos < size) {
+        BlockStatus st;
+        memset(&st, 0, sizeof(st));
+        int ret = bdrv_block_status(bs, pos, size - pos, &st);
+        if (ret < 0 || st.bytes <= 0) {
+            if (res->corruptions >= BDRV_CHECK_MAX_DAMAGED) {
+                res->check_errors++; /* a hostile map: stop rather than walk a huge disk step by step */
+                snprintf(res->first_error, sizeof(res->first_error), "more than %d damaged ranges; the check "
+                         "stopped at guest offset %" PRId64, BDRV_CHECK_MAX_DAMAGED, pos);
+                return 0;
+            }
+            bdrv_check_corruption(res, "guest offset %" PRId64 " cannot be mapped: %s", pos,
+                                  strerror(ret < 0 ? -ret : EIO));
+            pos += step - pos % step;
+            continue;
+        }
+        int64_t n = MIN(st.bytes, size - pos);
+        if (bdrv_run_kind(&st) == BLOCK_RUN_DECODE && !(st.flags & BDRV_BLOCK_COMPRESSED))
+            bdrv_check_corruption(res, "guest offset %" PRId64 " is mapped by a damaged entry (into metadata or past "
+                                  "the end of the file)", pos);
+        else if ((st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file) {
+            int64_t host_len = bdrv_getlength(st.host_file);
+            int64_t need = (st.flags & BDRV_BLOCK_COMPRESSED) ? 1 : n;
+            if (host_len >= 0 && (st.host_offset < 0 || st.host_offset > host_len || host_len - st.host_offset < need))
+                bdrv_check_corruption(res, "guest offset %" PRId64 " is stored at %" PRId64 " of %s, past its end (%"
+                                      PRId64 " bytes)", pos, st.host_offset, st.host_file->filename, host_len);
+        }
+        pos += n;
+    }
+    return 0;
+}
+
+void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    check_note(res, &res->leaks, fmt, ap);
+    va_end(ap);
 }
 
 bool bdrv_has_zero_init(BlockNode *bs)

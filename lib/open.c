@@ -208,6 +208,8 @@ static int lock_image(BlockNode *file, const BlockDriver *fmt, const BlockOpenOp
         held |= BDRV_PERM_WRITE | (fmt->shares_write ? 0 : BDRV_PERM_RESIZE);
     if (!fmt->shares_write && !(opts && opts->force_share))
         unshared = BDRV_PERM_WRITE | BDRV_PERM_RESIZE;
+    if (opts && opts->exclusive && !opts->force_share)
+        unshared |= BDRV_PERM_CONSISTENT_READ | BDRV_PERM_WRITE | BDRV_PERM_RESIZE;
     return proto->drv->set_perm(proto, held, unshared, err);
 }
 

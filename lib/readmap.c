@@ -196,19 +196,14 @@ int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *
                                     (uint64_t)bs->drv->getlength(bs));
 }
 
-int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len))
+int bdrv_check_mapped(BlockNode *bs, BlockCheckResult *res, int fix,
+                      int (*check)(BlockNode *bs, BlockCheckResult *res, int fix))
 {
-    char first[256] = "";
     pthread_rwlock_t *lock = map_lock(bs);
     if (lock)
         pthread_rwlock_wrlock(lock);
-    int ret = check(bs, first, sizeof(first));
+    int ret = check(bs, res, fix);
     if (lock)
         pthread_rwlock_unlock(lock);
-    if (ret < 0)
-        return ret;
-    info_add_int(report, "errors", ret);
-    if (ret > 0)
-        info_add_str(report, "first_error", "%s", first);
     return ret;
 }

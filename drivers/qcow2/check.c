@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -616,29 +617,116 @@ static int check_count_all(Qcow2State *s, RefCounts *r, StoredRefcounts *st)
     return ret;
 }
 
-static int check_copied(Qcow2State *s, const RefCounts *r, uint64_t *corruptions)
+static int check_copied(Qcow2State *s, const RefCounts *r, BlockCheckResult *res)
 {
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t t = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK, mismatches;
         if (!t)
             continue;
         if ((rc_get(r, t >> s->cluster_bits) == 1) != ((s->l1_table[i] & QCOW2_OFLAG_COPIED) != 0))
-            (*corruptions)++;
+            bdrv_check_corruption(res, "L1 entry %" PRIu32 ": the COPIED flag of the L2 table at 0x%" PRIx64
+                                  " disagrees with its refcount", i, t);
         int ret = l2_copied_mismatches(s, r, t, &mismatches);
         if (ret < 0)
             return ret;
-        *corruptions += mismatches;
+        if (mismatches)
+            bdrv_check_corruption(res, "the L2 table at 0x%" PRIx64 " has %" PRIu64 " entries whose COPIED flag "
+                                  "disagrees with the refcount", t, mismatches);
+        res->corruptions += mismatches ? (int64_t)mismatches - 1 : 0;
     }
     return 0;
 }
 
-int qcow2_check(BlockNode *bs, InfoList *report)
+/* qemu-img's cluster statistics of the active tables: allocated, compressed, and fragmented (a cluster
+ * not right after the one before it in the same L2 table; every compressed cluster). */
+static int check_frag_info(Qcow2State *s, BlockCheckResult *res)
 {
-    Qcow2State *s = bs->opaque;
+    res->total_clusters = (int64_t)((s->size + s->cluster_size - 1) >> s->cluster_bits);
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t t = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK, next = 0;
+        void *tab;
+        if (!t)
+            continue;
+        int ret = qcow2_cache_get(s->l2_cache, t, &tab);
+        if (ret < 0)
+            return ret;
+        for (uint32_t j = 0; j < s->l2_size; j++) {
+            uint64_t e = qcow2_l2_entry(s, tab, j), host = e & QCOW2_L2E_OFFSET_MASK;
+            if (e & QCOW2_OFLAG_COMPRESSED) {
+                res->allocated_clusters++;
+                res->compressed_clusters++;
+                res->fragmented_clusters++;
+            } else if (host) {
+                res->allocated_clusters++;
+                res->fragmented_clusters += next && host != next;
+                next = host + s->cluster_size;
+            }
+        }
+        qcow2_cache_put(s->l2_cache, &tab);
+    }
+    return 0;
+}
+
+/* Stored refcounts against the references counted from the tables: a refcount below the references is a
+ * corruption (the allocator may hand the cluster out again), one above them a leak. */
+static int check_compare(Qcow2State *s, const RefCounts *r, StoredRefcounts *st, BlockCheckResult *res)
+{
+    uint64_t highest = 0;
+    bool any = false;
+    for (uint64_t ci = 0; ci < r->limit; ci++) {
+        uint64_t rt = ci >> s->refcount_block_bits;
+        if (ci >= r->n && (rt >= st->entries || !(st->table[rt] & QCOW2_REFT_OFFSET_MASK))) {
+            if (rt >= st->entries)
+                break; /* no references and no refcount blocks from here on */
+            ci = ((rt + 1) << s->refcount_block_bits) - 1; /* a sparse file: skip what no block covers */
+            continue;
+        }
+        uint64_t stored, refs = rc_get(r, ci);
+        int ret = stored_get(st, ci, &stored);
+        if (ret < 0)
+            return ret;
+        if (stored < refs)
+            bdrv_check_corruption(res, "cluster 0x%" PRIx64 " has refcount %" PRIu64 " but %" PRIu64
+                                  " references", ci << s->cluster_bits, stored, refs);
+        else if (stored > refs)
+            bdrv_check_leak(res, "cluster 0x%" PRIx64 " is leaked (refcount %" PRIu64 ", %" PRIu64 " references)",
+                            ci << s->cluster_bits, stored, refs);
+        if (stored || refs) {
+            highest = ci;
+            any = true;
+        }
+    }
+    res->image_end_offset = any ? (int64_t)((highest + 1) << s->cluster_bits) : 0;
+    return 0;
+}
+
+/* The check reads every snapshot's L1 table whole, one at a time: at most this many bytes of them in all
+ * (1000 snapshots of 32 MiB tables would be 32 GiB to read and walk). */
+#define QCOW2_CHECK_MAX_SNAPSHOT_L1_BYTES (1ULL << 30)
+
+static bool check_over_budget(Qcow2State *s, BlockCheckResult *res)
+{
+    uint64_t total = 0;
+    for (uint32_t k = 0; k < s->nb_snapshots; k++)
+        total += (uint64_t)s->snapshots[k].l1_size * 8;
+    if (total <= QCOW2_CHECK_MAX_SNAPSHOT_L1_BYTES)
+        return false;
+    res->check_errors++;
+    snprintf(res->first_error, sizeof(res->first_error), "the %" PRIu32 " snapshots' L1 tables hold %" PRIu64
+             " MiB, more than the check reads (%llu MiB): not checked", s->nb_snapshots, total >> 20,
+             QCOW2_CHECK_MAX_SNAPSHOT_L1_BYTES >> 20);
+    return true;
+}
+
+/* One whole check under the node's lock. A reference the walk cannot count (past the end of the file,
+ * unaligned) is a corruption no refcount rebuild can repair: *unrepairable is set. */
+static int check_locked(Qcow2State *s, BlockCheckResult *res, bool *unrepairable)
+{
+    if (check_over_budget(s, res))
+        return 0;
     int64_t file_size = bdrv_getlength(s->meta_file);
     if (file_size < 0)
         return (int)file_size;
-    pthread_mutex_lock(s->lock);
     int ret = s->write_ready && !s->is_snapshot_view ? qcow2_flush_metadata_locked(s) : 0;
     StoredRefcounts st = { .s = s, .entries = s->refcount_table_size, .blk_offset = 0 };
     st.table = calloc(st.entries ? st.entries : 1, sizeof(uint64_t));
@@ -650,26 +738,72 @@ int qcow2_check(BlockNode *bs, InfoList *report)
     for (uint64_t i = 0; ret == 0 && i < st.entries; i++)
         st.table[i] = ld_be64(&st.table[i]);
     RefCounts r = { .limit = (uint64_t)align_up(file_size, s->cluster_size) >> s->cluster_bits };
-    uint64_t corruptions = 0, leaks = 0;
     if (ret == 0)
         ret = check_count_all(s, &r, &st);
-    for (uint64_t ci = 0; ret == 0 && ci < r.limit; ci++) {
-        uint64_t stored;
-        ret = stored_get(&st, ci, &stored);
-        if (ret == 0 && stored < rc_get(&r, ci))
-            corruptions++;
-        else if (ret == 0 && stored > rc_get(&r, ci))
-            leaks++;
+    if (ret == -EIO) {
+        *unrepairable = true;
+        bdrv_check_corruption(res, "a table entry points past the end of the file or is not cluster aligned");
+        ret = 0;
+    } else {
+        if (ret == 0)
+            ret = check_compare(s, &r, &st, res);
+        if (ret == 0)
+            ret = check_copied(s, &r, res);
     }
     if (ret == 0)
-        ret = check_copied(s, &r, &corruptions);
-    pthread_mutex_unlock(s->lock);
+        ret = check_frag_info(s, res);
     free(st.table);
     free(st.blk);
     free(r.c);
+    return ret;
+}
+
+static int check_run(Qcow2State *s, BlockCheckResult *res, bool *unrepairable)
+{
+    memset(res, 0, sizeof(*res));
+    pthread_mutex_lock(s->lock);
+    int ret = check_locked(s, res, unrepairable);
+    pthread_mutex_unlock(s->lock);
+    return ret;
+}
+
+/* Every refcount rewritten from the tables (the rebuild an unclean shutdown gets), then the dirty and
+ * corrupt bits cleared: repairs leaks, refcounts too low and COPIED flags at once. */
+static int check_repair(Qcow2State *s, BlockCheckResult *res)
+{
+    Error err = { .msg = "" };
+    pthread_mutex_lock(s->lock);
+    int ret = qcow2_rebuild_refcounts(s, &err);
+    if (ret == 0)
+        ret = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT);
+    if (ret == 0) {
+        s->dirty = false;
+        __atomic_store_n(&s->corrupt, false, __ATOMIC_RELAXED);
+    }
+    pthread_mutex_unlock(s->lock);
+    if (ret < 0)
+        snprintf(res->first_error, sizeof(res->first_error), "cannot repair: %.200s",
+                 err.msg[0] ? err.msg : strerror(-ret));
+    return ret;
+}
+
+int qcow2_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    if (fix == BDRV_FIX_QUERY)
+        return 0;
+    Qcow2State *s = bs->opaque;
+    bool unrepairable = false;
+    int ret = check_run(s, res, &unrepairable);
+    if (ret < 0 || !fix || unrepairable || (!res->corruptions && !res->leaks && !s->corrupt && !s->dirty))
+        return ret;
+    if (res->corruptions && !(fix & BDRV_FIX_ERRORS))
+        return 0; /* -r leaks: a rebuild would repair the corruptions too; leave both to -r all */
+    BlockCheckResult before = *res;
+    ret = check_repair(s, res);
     if (ret < 0)
         return ret;
-    info_add_int(report, "corruptions", (int64_t)corruptions);
-    info_add_int(report, "leaked_clusters", (int64_t)leaks);
-    return (int)MIN(corruptions, (uint64_t)INT32_MAX);
+    ret = check_run(s, res, &unrepairable);
+    res->leaks_fixed = MAX(before.leaks - res->leaks, 0);
+    res->corruptions_fixed = MAX(before.corruptions - res->corruptions, 0);
+    return ret;
 }

@@ -522,10 +522,10 @@ static int qcow2_read_first_cluster(BlockNode *bs, Qcow2State *s, uint8_t **out,
     return 0;
 }
 
-static int qcow2_check_open_mode(BlockNode *bs, Qcow2State *s, Error *err)
+static int qcow2_check_open_mode(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, Error *err)
 {
     if (s->corrupt) {
-        if (!bs->read_only) {
+        if (!bs->read_only && !(opts && opts->check_repair)) {
             error_set(err, EROFS, "image is marked corrupt; it can only be opened read-only");
             return -EROFS;
         }
@@ -653,7 +653,7 @@ static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts
     ret = qcow2_parse_header(s, buf, len, file_size, err);
     free(buf);
     if (ret == 0)
-        ret = qcow2_check_open_mode(bs, s, err);
+        ret = qcow2_check_open_mode(bs, s, opts, err);
     if (ret < 0)
         return ret;
     /* where metadata may point; the write path moves it as the file grows */

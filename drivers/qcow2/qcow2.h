@@ -526,7 +526,8 @@ int qcow2_commit_generation(Qcow2State *s, const uint64_t *l1, uint32_t l1_size,
                             const Qcow2CommitSnapshot *snaps, uint32_t nb_snaps, Error *err);
 /* Recompute every refcount of the current state (dirty bit, lazy refcounts) and commit it. */
 int qcow2_rebuild_refcounts(Qcow2State *s, Error *err);
-int qcow2_check(BlockNode *bs, InfoList *report);
+/* The check slot: refcounts against the tables; fix rebuilds them all (qcow2_rebuild_refcounts). */
+int qcow2_check(BlockNode *bs, BlockCheckResult *res, int fix);
 
 /* overlap.c -- the metadata map of a writable node and the overlap checks on it (callers hold *s->lock
  * once the node is live). Kinds name what a host write carries and what it would hit. */

@@ -1199,6 +1199,8 @@ int qcow2_write_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     qcow2_cache_set_write_hook(s->refcount_cache, qcow2_refblock_write_hook, s);
     qcow2_cache_set_debug_event(s->l2_cache, "l2_update");
     qcow2_cache_set_debug_event(s->refcount_cache, "refblock_update");
+    if (opts && opts->check_repair)
+        return 0; /* `check -r`: the check counts what the rebuild and the refusal below would hide */
     if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         log_msg("%s: image was not closed cleanly (dirty bit); rebuilding refcounts", s->node_name);
         pthread_mutex_lock(s->lock);

@@ -1063,6 +1063,15 @@ static void vhdx_get_info(BlockNode *bs, InfoList *info)
     }
 }
 
+/* ---------------------------------------------------------------- check */
+
+/* As qemu-img checks a VHDX: every payload block the map names must lie inside its file. -r is taken and repairs
+ * nothing. */
+static int vhdx_check(BlockNode *bs, BlockCheckResult *res, int fix)
+{
+    return fix == BDRV_FIX_QUERY ? 1 : bdrv_check_host_runs(bs, res, 0); /* -r repairs nothing, as in qemu-img */
+}
+
 const BlockDriver bdrv_vhdx = {
     .name = "vhdx",
     .instance_size = sizeof(VhdxState),
@@ -1074,6 +1083,7 @@ const BlockDriver bdrv_vhdx = {
     .block_status = vhdx_block_status,
     .getlength = vhdx_getlength,
     .get_info = vhdx_get_info,
+    .check = vhdx_check,
     .backing_attached = vhdx_backing_attached,
     .get_facts = vhdx_get_facts,
     .memory_used = vhdx_memory_used,
