@@ -25,6 +25,7 @@
 #define NBD_MAX_TIMEOUT 3600
 #define NBD_MAX_REQUEST (32 * MiB)      /* the most servers take in one command */
 #define NBD_MAX_STATUS (1 * GiB)        /* one block-status question */
+#define NBD_DISCONNECT_MS 1000          /* a polite goodbye at close, no longer */
 
 typedef struct NbdConn {
     pthread_mutex_t lock;
@@ -309,6 +310,29 @@ static int64_t nbd_getlength(BlockNode *bs)
     return s->size;
 }
 
+/* A polite disconnect, waited for at most NBD_DISCONNECT_MS (nbd_shutdown would wait for a hung server
+ * forever), then the handle is closed. */
+static void nbd_disconnect(struct nbd_handle *h)
+{
+    if (nbd_aio_is_ready(h) == 1 && nbd_aio_disconnect(h, 0) == 0) {
+        int64_t deadline = now_ms() + NBD_DISCONNECT_MS;
+        while (!nbd_aio_is_closed(h) && !nbd_aio_is_dead(h) && now_ms() < deadline)
+            if (nbd_poll(h, (int)MAX(deadline - now_ms(), 1)) < 0)
+                break;
+    }
+    nbd_close(h);
+}
+
+static void nbd_close_node(BlockNode *bs)
+{
+    NbdState *s = bs->opaque;
+    for (int i = 0; i < NBD_MAX_CONNECTIONS; i++) {
+        if (s->conn[i].h)
+            nbd_disconnect(s->conn[i].h);
+        pthread_mutex_destroy(&s->conn[i].lock);
+    }
+}
+
 /* What the first connection learnt at the handshake: size, limits, what the server can do. */
 static int nbd_learn(BlockNode *bs, struct nbd_handle *h, Error *err)
 {
@@ -352,23 +376,12 @@ static int nbd_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         pthread_mutex_init(&s->conn[i].lock, NULL);
     char why[256];
     s->conn[0].h = nbd_connect(bs->filename, now_ms() + s->timeout_ms, why, sizeof(why));
-    if (!s->conn[0].h) {
+    int r = s->conn[0].h ? nbd_learn(bs, s->conn[0].h, err) : -EIO;
+    if (!s->conn[0].h)
         error_set(err, EIO, "cannot connect to the NBD server: %s", why);
-        return -EIO;
-    }
-    return nbd_learn(bs, s->conn[0].h, err);
-}
-
-static void nbd_close_node(BlockNode *bs)
-{
-    NbdState *s = bs->opaque;
-    for (int i = 0; i < NBD_MAX_CONNECTIONS; i++) {
-        if (s->conn[i].h) {
-            nbd_shutdown(s->conn[i].h, 0);
-            nbd_close(s->conn[i].h);
-        }
-        pthread_mutex_destroy(&s->conn[i].lock);
-    }
+    if (r < 0)
+        nbd_close_node(bs); /* the core calls close only for nodes that opened */
+    return r;
 }
 
 static void nbd_get_info(BlockNode *bs, InfoList *info)

@@ -3,12 +3,13 @@
 # nbd.bats - images on NBD servers (the nbd protocol driver, through libnbd): nbdkit servers started here on
 # unix sockets under the test's temp dir or on free ports of 127.0.0.1, and stopped in teardown. qcow2,
 # vmdk and vhdx images exported by nbdkit's file plugin read like `qemu-img convert -O raw` of the local
-# file; a raw export's SEEK_DATA map is the server's base:allocation; a remote image's relative backing
-# name resolves on its server; a local qcow2 overlay over a remote base (--backing URL) takes writes that
-# qemu-img checks and reads back; fio verifies 4 jobs on a --rw mount of nbdkit's memory plugin; a server
-# killed or stopped during reads gives the reader EIO within --timeout, `ls` works meanwhile and reads
-# succeed once it is back; nbdkit's error filter's errors reach the reader and writes acknowledged before
-# stay; a URL written inside an image is refused (the server sees no connection) unless --unsafe-backing.
+# file, over TLS too (nbds://); a raw export's SEEK_DATA map and `imgfuse map` are the server's
+# base:allocation, as qemu-img reads it; a remote image's relative backing name resolves on its server; a
+# local qcow2 overlay over a remote base (--backing URL) takes writes that qemu-img checks and reads back;
+# fio verifies 4 jobs on a --rw mount of nbdkit's memory plugin; a server killed or stopped during reads
+# gives the reader EIO within --timeout, `ls` works meanwhile and reads succeed once it is back; nbdkit's
+# error filter's errors reach the reader and writes acknowledged before stay; a URL written inside an image
+# is refused (the server sees no connection) unless --unsafe-backing.
 
 load helpers
 
@@ -83,7 +84,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [[ "$output" == *"format: qcow2"* ]]
 }
 
-@test "a raw export's SEEK_DATA map and imgfuse map come from the server's base:allocation" {
+@test "a raw export's SEEK_DATA map and imgfuse map come from the server's base:allocation (as qemu-img's)" {
   truncate -s 32M r.raw
   qemu-io -f raw -c 'write -P 0x33 4M 1M' -c 'write -P 0x44 20M 64k' r.raw >/dev/null
   start_nbdkit r -r file r.raw
@@ -96,6 +97,10 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   echo "ours: $ours"; echo "qemu-img: $theirs"
   [ "$ours" = "$theirs" ]
   [ "$ours" = "$(printf '4194304 5242880\n20971520 21037056')" ]
+  # imgfuse map --output=json: exactly what qemu-img map says of the same export
+  "$IMGFUSE" map --output=json "$url" > ours.json
+  qemu-img map -f raw --output=json "$url" > theirs.json
+  diff ours.json theirs.json
 }
 
 @test "a remote image's relative backing name resolves on the same server" {
@@ -109,6 +114,21 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   same_bytes "$MNT/disk.raw" "$(raw_of exp/top.qcow2)"
   grep -q "nbd+unix:///base.qcow2?socket=$TMP/dir.sock" "$MNT/info"
   unmount_img
+}
+
+@test "nbds:// (TLS with a pre-shared key): reads like the local file; the server refuses plain nbd://" {
+  qemu-img create -q -f qcow2 d.qcow2 16M
+  qio d.qcow2 'write -P 0x3c 64k 2M'
+  echo "alice:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > keys.psk
+  chmod 600 keys.psk
+  local port; port=$(free_port)
+  start_nbdkit_tcp tls "$port" -r --tls=require --tls-psk="$TMP/keys.psk" file d.qcow2
+  mount_img "nbds://alice@127.0.0.1:$port/?tls-psk-file=$TMP/keys.psk"
+  same_bytes "$MNT/disk.raw" "$(raw_of d.qcow2)"
+  unmount_img
+  run "$IMGFUSE" info "nbd://127.0.0.1:$port/"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"cannot connect to the NBD server: "*"TLS"* ]]
 }
 
 @test "a local qcow2 overlay over a remote base (--backing URL) takes writes; qemu-img check is clean" {
