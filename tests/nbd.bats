@@ -5,7 +5,8 @@
 # vmdk and vhdx images exported by nbdkit's file plugin read like `qemu-img convert -O raw` of the local
 # file, over TLS too (nbds://); a raw export's SEEK_DATA map and `imgfuse map` are the server's
 # base:allocation, as qemu-img reads it; a remote image's relative backing name resolves on its server; a
-# local qcow2 overlay over a remote base (--backing URL) takes writes that qemu-img checks and reads back;
+# local qcow2 overlay over a remote base (--backing URL) takes writes that qemu-img checks and reads back,
+# and so do --overlay and --snapshot of a remote image;
 # fio verifies 4 jobs on a --rw mount of nbdkit's memory plugin; a server killed or stopped during reads
 # gives the reader EIO within --timeout, `ls` works meanwhile and reads succeed once it is back; nbdkit's
 # error filter's errors reach the reader and writes acknowledged before stay; a URL written inside an image
@@ -147,6 +148,27 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   qemu-img convert -O raw ov.qcow2 after.raw
   same_bytes after.raw shown.raw
   cmp -n 327680 -i 0:196608 w1 after.raw
+}
+
+@test "--overlay and --snapshot of a remote image: writes stay local, the export is untouched, the overlay is reused" {
+  qemu-img create -q -f qcow2 base.qcow2 16M
+  qio base.qcow2 'write -P 0x42 0 4M'
+  local before; before=$(sha256sum < base.qcow2)
+  start_nbdkit base -r file base.qcow2
+  local url; url=$(unix_url base)
+  mount_img --overlay "$TMP/ov.qcow2" "$url"
+  dd if=/dev/urandom of=w bs=64k count=3 2>/dev/null
+  dd if=w of="$MNT/disk.raw" bs=64k seek=2 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  [ "$(qemu-img info --output=json ov.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')" = "$url" ]
+  mount_img --overlay "$TMP/ov.qcow2" "$url"
+  same_bytes "$MNT/disk.raw" shown.raw
+  unmount_img
+  mount_img --snapshot "$url"
+  dd if=w of="$MNT/disk.raw" bs=64k seek=9 conv=notrunc,fsync 2>/dev/null
+  unmount_img
+  [ "$(sha256sum < base.qcow2)" = "$before" ]
 }
 
 @test "fio with 4 jobs and crc32c verification on an nbd --rw mount (nbdkit memory plugin)" {
