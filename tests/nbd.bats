@@ -258,6 +258,11 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   same_bytes "$MNT/disk.raw" "$(raw_of base.qcow2)"
   unmount_img
   grep -q "connection=1" server.log
+  # imgfuse create -b URL (the user's choice) takes the size from the server; the image still needs
+  # --unsafe-backing to follow the URL it records
+  "$IMGFUSE" create -f qcow2 -b "nbd://127.0.0.1:$port" -F qcow2 c.qcow2
+  [ "$(qemu-img info --output=json c.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 8388608 ]
+  refused_open c.qcow2 "a remote location named inside an image is never followed"
 }
 
 @test "URLs: a server that is not there is one line, exit 2; schemes without a driver are still refused" {
