@@ -360,6 +360,9 @@ const BlockDriver *const *bdrv_driver_list(void); /* NULL-terminated */
  * and bdrv_open_file open such a name with that driver; format probing reads through it. */
 size_t bdrv_url_scheme_len(const char *name);
 const BlockDriver *bdrv_find_protocol(const char *name);
+/* name into out (len bytes) with the password of a URL's user info ("nbd://user:SECRET@host") as "***";
+ * true if it had one. bdrv_open_file refuses such a URL, naming it so: credentials never reach a message. */
+bool bdrv_url_redact(const char *name, char *out, size_t len);
 
 /* ---------------------------------------------------------------- nodes */
 

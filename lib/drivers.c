@@ -8,6 +8,7 @@
  */
 #include "block.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -98,4 +99,23 @@ const BlockDriver *bdrv_find_protocol(const char *name)
         if (strlen(scheme_table[i].scheme) == n && strncasecmp(name, scheme_table[i].scheme, n) == 0)
             return scheme_table[i].drv;
     return NULL;
+}
+
+bool bdrv_url_redact(const char *name, char *out, size_t len)
+{
+    size_t n = bdrv_url_scheme_len(name);
+    const char *auth = n ? name + n + 3 : NULL;
+    const char *end = auth ? auth + strcspn(auth, "/?#") : NULL;
+    const char *at = NULL, *colon = NULL;
+    for (const char *p = auth; p && p < end; p++)
+        if (*p == '@')
+            at = p;
+    for (const char *p = auth; at && p < at && !colon; p++)
+        if (*p == ':')
+            colon = p;
+    if (colon)
+        snprintf(out, len, "%.*s***%s", (int)(colon + 1 - name), name, at);
+    else
+        snprintf(out, len, "%s", name);
+    return colon != NULL;
 }

@@ -110,6 +110,12 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
         opts = &defaults; /* only used during open; the node keeps no pointer to it below */
     }
     const BlockDriver *proto = bdrv_find_protocol(filename);
+    char shown[PATH_MAX];
+    if (proto && bdrv_url_redact(filename, shown, sizeof(shown))) {
+        error_set(err, EINVAL, "%s: a password in the URL is not supported (the %s driver takes none; TLS keys "
+                  "go in a file: tls-psk-file=FILE)", shown, proto->name);
+        return NULL;
+    }
     BlockNode *bs = open_protocol(proto ? proto : bdrv_find_driver("file"), filename, opts, read_only, err);
     if (bs && opts == &defaults)
         bs->opts = NULL;

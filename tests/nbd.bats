@@ -265,7 +265,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   refused_open c.qcow2 "a remote location named inside an image is never followed"
 }
 
-@test "URLs: a server that is not there is one line, exit 2; schemes without a driver are still refused" {
+@test "URLs: a server that is not there is one line, exit 2; a password is refused unshown; other schemes still refused" {
   local port; port=$(free_port)
   run "$IMGFUSE" info "nbd://127.0.0.1:$port/x"
   [ "$status" -eq 2 ]
@@ -274,6 +274,17 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   run "$IMGFUSE" "http://127.0.0.1:$port/d.qcow2" "$MNT"
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: http://127.0.0.1:$port/d.qcow2: network protocols are not supported yet (http); give the path of a local image file" ]
+  # a password in the URL: refused before anything, and never shown
+  for cmd in info map hash; do
+    run "$IMGFUSE" $cmd "nbd://bob:hunter2@127.0.0.1:$port/x"
+    [ "$status" -ne 0 ]
+    [ "$output" = "imgfuse: nbd://bob:***@127.0.0.1:$port/x: a password in the URL is not supported (the nbd driver takes none; TLS keys go in a file: tls-psk-file=FILE)" ]
+  done
+  run "$IMGFUSE" --audit-log "$TMP/audit.log" "nbd://bob:hunter2@127.0.0.1:$port/x" "$MNT"
+  [ "$status" -eq 2 ]
+  [[ "$output" != *hunter2* ]]
+  run grep -q hunter2 "$TMP/audit.log"
+  [ "$status" -ne 0 ]
   run "$IMGFUSE" --timeout 0 -f raw "nbd://127.0.0.1:$port/x" "$MNT"
   [ "$status" -eq 2 ]
   [[ "$output" == *"nbd option 'timeout'"* ]]

@@ -4,7 +4,7 @@
  * nbd, nbds, nbd+unix; none for http or a local name), the backing-name policy refuses a URL written inside
  * an image unless --unsafe-backing, resolves a remote image's relative and absolute names on its own server
  * (query kept) and refuses names that could change the server's query; files an image names besides its
- * backing file are refused as URLs too.
+ * backing file are refused as URLs too; a URL's password is masked (bdrv_url_redact).
  */
 #include "../../lib/block_int.h"
 #include "tap.h"
@@ -38,6 +38,16 @@ static void test_scheme_table(void)
     ok(!bdrv_find_protocol("nbd:127.0.0.1:10809"), "nbd: without // is not a URL");
     is_int(bdrv_url_scheme_len("nbd+unix:///x"), 8, "scheme length");
     is_int(bdrv_url_scheme_len("://x"), 0, "no scheme");
+}
+
+static void test_redact(void)
+{
+    char r[256];
+    ok(bdrv_url_redact("nbd://bob:hunter2@h:1/x?y=z", r, sizeof(r)) && strcmp(r, "nbd://bob:***@h:1/x?y=z") == 0,
+       "the password is masked: %s", r);
+    ok(!bdrv_url_redact("nbds://alice@h/x", r, sizeof(r)) && strcmp(r, "nbds://alice@h/x") == 0, "a user alone stays");
+    ok(!bdrv_url_redact("nbd://h:10809/a:b@c", r, sizeof(r)), "':' and '@' in the path are not user info");
+    ok(!bdrv_url_redact("/x/y:z@w", r, sizeof(r)) && strcmp(r, "/x/y:z@w") == 0, "a local name is kept");
 }
 
 static void test_backing_policy(void)
@@ -80,6 +90,7 @@ static void test_named_files(void)
 int main(void)
 {
     test_scheme_table();
+    test_redact();
     test_backing_policy();
     test_named_files();
     return done_testing();
