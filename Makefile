@@ -9,7 +9,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd
 CFLAGS  ?= -O2 -g
 # libcrypto: headers only; `imgfuse hash` loads the library itself (fuse/commands.c says why)
 override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra $(WERROR) -Iinclude \

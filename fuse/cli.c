@@ -2,7 +2,8 @@
 /*
  * cli.c - the spelling rules every command of the command line shares: a long option counts only when
  * spelled out in full (getopt_long alone takes any unambiguous prefix, and `--r` would be `--rw`), an
- * unknown or misspelt option gets a "did you mean" hint, an image named by a URL is refused by name, and
+ * unknown or misspelt option gets a "did you mean" hint, an image named by a URL no protocol driver serves
+ * is refused by name, and
  * the --help text of each subcommand.  Parsing the options themselves stays with each command (main.c,
  * commands.c, unmount.c).  It knows no image format.
  */
@@ -146,8 +147,8 @@ bool cli_url_error(const char *image)
     if (n == 0 || image[n] != ':')
         return false;
     struct stat st;
-    if (lstat(image, &st) == 0)
-        return false; /* a local file of that name */
+    if (lstat(image, &st) == 0 || bdrv_find_protocol(image))
+        return false; /* a local file of that name, or a URL a protocol driver opens */
     bool known = strncmp(image + n, "://", 3) == 0;
     for (size_t i = 0; !known && i < ARRAY_SIZE(schemes); i++)
         known = strlen(schemes[i]) == n && strncmp(image, schemes[i], n) == 0;

@@ -231,8 +231,8 @@ int cli_getopt(int argc, char **argv, const char *shortopts, const struct option
  * is given): prints the one-line error naming the option, with "did you mean --X?" when one of longopts
  * is near, and returns EXIT_USAGE. */
 int cli_option_error(char **argv, int c, const char *cmd, const struct option *longopts);
-/* True (error printed) if image is a URL of a network protocol (nbd://, http://, rbd:, ...) and no local
- * file of that name exists. */
+/* True (error printed) if image is a URL of a network protocol (nbd://, http://, rbd:, ...) that no protocol
+ * driver serves (bdrv_find_protocol) and no local file of that name exists. */
 bool cli_url_error(const char *image);
 /* True (error printed, with "did you mean --backing-dir?") if the --backing FILE given is a directory. */
 bool backing_is_a_dir(const char *backing);

@@ -113,6 +113,7 @@ static void print_help(void)
 "      --unsafe-backing       plain backing path resolution, no refusals\n"
 "      --data-file PATH       external data file of a qcow2 image\n"
 "      --l2-cache-size SIZE   metadata cache size (e.g. 4M)\n"
+"      --timeout SECONDS      a request to an NBD server (nbd://...) fails with EIO after it (30)\n"
 "Writing:\n"
 "      --rw                   make disk.raw writable (IMAGE is modified)\n"
 "      --overlay FILE         writes go to the qcow2 overlay FILE backed by IMAGE (created if\n"
@@ -180,6 +181,7 @@ enum {
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
     OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
     OPT_PARTITION, OPT_EMULATE,
+    OPT_TIMEOUT,
 };
 
 static const struct option mount_options[] = {
@@ -188,6 +190,7 @@ static const struct option mount_options[] = {
     { "size", required_argument, NULL, OPT_SIZE },
     { "partition", required_argument, NULL, OPT_PARTITION },
     { "emulate", required_argument, NULL, OPT_EMULATE },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -406,6 +409,11 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         break;
     case OPT_L2_CACHE_SIZE:
         if (!map_long_opt(a, name, "qcow2.l2-cache-size", true, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_TIMEOUT:
+        if (!map_long_opt(a, name, "nbd.timeout", false, arg))
             return EXIT_USAGE;
         note_option(a, name, arg);
         break;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * overlay.c - --overlay FILE and --snapshot: writes go to a qcow2 overlay whose backing file is IMAGE, so
- * IMAGE is never written.  The overlay is created with bdrv_create (backing = IMAGE's absolute path,
+ * IMAGE is never written.  The overlay is created with bdrv_create (backing = IMAGE's absolute path or URL,
  * backing format = IMAGE's probed or given format, size = IMAGE's virtual size), or reused when it already
  * is an overlay of IMAGE; --snapshot uses a temporary one in $TMPDIR, unlinked (with its directory) as
  * soon as the chain has it open, so that not even a kill -9 leaves the examiner's writes behind.  The top of the
@@ -61,6 +61,12 @@ static int check_reuse(const char *overlay, const char *image_abs)
     if (!bs->backing_name) {
         errmsg(overlay, "exists and is not an overlay (it has no backing file); refusing to use it");
         rc = EXIT_USAGE;
+    } else if (bdrv_find_protocol(image_abs)) {
+        if (strcmp(bs->backing_name, image_abs) != 0) {
+            errmsg(overlay, "exists and is an overlay of '%s', not of %s; refusing to use it", bs->backing_name,
+                   image_abs);
+            rc = EXIT_USAGE;
+        }
     } else {
         char path[PATH_MAX * 2], real[PATH_MAX];
         if (bs->backing_name[0] == '/') {
@@ -111,7 +117,9 @@ static int make_temp_overlay(Overlay *ov)
 int overlay_prepare(Overlay *ov, const char *image, const char *overlay, BlockOpenOpts *opts)
 {
     char real[PATH_MAX];
-    if (!realpath(image, real)) {
+    if (bdrv_find_protocol(image)) { /* a URL (nbd://...): recorded as given */
+        snprintf(real, sizeof real, "%s", image);
+    } else if (!realpath(image, real)) {
         errmsg(image, "%s", strerror(errno));
         return EXIT_USAGE;
     }

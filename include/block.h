@@ -392,6 +392,15 @@ struct BlockDriver {
 /* The driver table (lib/drivers.c). */
 const BlockDriver *bdrv_find_driver(const char *name);
 const BlockDriver *const *bdrv_driver_list(void); /* NULL-terminated */
+/* Images named by a URL (lib/drivers.c's scheme table). bdrv_url_scheme_len: the length of SCHEME in a name
+ * "SCHEME://...", 0 if the name is not of that form. bdrv_find_protocol: the protocol driver of the name's
+ * scheme (nbd, nbds, nbd+unix, ...), NULL for a local file name or a scheme no driver serves. bdrv_open
+ * and bdrv_open_file open such a name with that driver; format probing reads through it. */
+size_t bdrv_url_scheme_len(const char *name);
+const BlockDriver *bdrv_find_protocol(const char *name);
+/* name into out (len bytes) with the password of a URL's user info ("nbd://user:SECRET@host") as "***";
+ * true if it had one. bdrv_open_file refuses such a URL, naming it so: credentials never reach a message. */
+bool bdrv_url_redact(const char *name, char *out, size_t len);
 
 /* ---------------------------------------------------------------- nodes */
 

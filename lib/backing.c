@@ -4,7 +4,9 @@
  * untrusted input: by default a backing name is followed only to a regular file inside the directory of
  * the image naming it (or below), or inside a --backing-dir; an absolute name outside them is looked up
  * by its base name there; device nodes, /proc, /sys, json: and protocol-style names are refused.
- * --unsafe-backing restores plain path resolution.  For images that name their parent by identity only, it
+ * --unsafe-backing restores plain path resolution.  A remote location (a URL) written inside an image is
+ * refused unless --unsafe-backing (a hostile image must not make the tool call out); a relative name inside
+ * an image opened from a URL resolves on the same server (bdrv_resolve_backing).  For images that name their parent by identity only, it
  * lists the candidate files of those directories (bdrv_backing_search_list); each candidate still passes
  * bdrv_resolve_backing.  It knows nothing about formats or nodes.
  */
@@ -107,6 +109,33 @@ static int not_found(Error *err, const char *image, const char *name, const char
     return -ENOENT;
 }
 
+/* A remote image's relative (or absolute) backing name, on the same protocol and server: the image's URL with
+ * its path's last part (or its whole path) replaced, its query kept. A name that could change the server,
+ * the query or the socket ('?', '#', control characters) is refused. */
+static int resolve_remote(const char *image_url, const char *name, char *out, size_t outlen, char *note,
+                          size_t notelen, Error *err)
+{
+    for (const char *p = name; *p; p++)
+        if (*p == '?' || *p == '#' || (unsigned char)*p < 0x20 || *p == 0x7f)
+            return refuse(err, image_url, name, "a remote image's backing name may not hold '?', '#' or control "
+                          "characters");
+    const char *auth = image_url + bdrv_url_scheme_len(image_url) + 3;
+    const char *path = auth + strcspn(auth, "/?#");
+    const char *query = path + strcspn(path, "?#");
+    const char *last = NULL; /* the path's last '/' */
+    for (const char *p = path; p < query; p++)
+        if (*p == '/')
+            last = p;
+    bool whole = name[0] == '/' || !last;
+    int keep = whole ? (int)(path - image_url) : (int)(last - image_url) + 1;
+    const char *sep = whole && name[0] != '/' ? "/" : "";
+    int n = snprintf(out, outlen, "%.*s%s%s%s", keep, image_url, sep, name, query);
+    if (n < 0 || (size_t)n >= outlen)
+        return refuse(err, image_url, name, "the name is too long");
+    snprintf(note, notelen, "on the image's server");
+    return 0;
+}
+
 static int resolve_unsafe(const char *image_path, const char *name, char *out, size_t outlen, char *note,
                           size_t notelen, Error *err)
 {
@@ -133,6 +162,8 @@ const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, co
         }
     if (opts && opts->unsafe_backing)
         return NULL;
+    if (bdrv_url_scheme_len(path) || bdrv_find_protocol(bs->filename))
+        return "a remote location named inside an image is never followed";
     char real[PATH_MAX], dir[PATH_MAX];
     if (!realpath(path, real))
         return NULL; /* does not exist: the caller's open reports it */
@@ -157,6 +188,17 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
         error_set(err, EINVAL, "%s: empty backing file name", image_path);
         return -EINVAL;
     }
+    if (bdrv_url_scheme_len(name)) {
+        if (!(opts && opts->unsafe_backing))
+            return refuse(err, image_path, name, "a remote location named inside an image is never followed");
+        if (!bdrv_find_protocol(name))
+            return refuse(err, image_path, name, "no driver serves that protocol");
+        snprintf(out, outlen, "%s", name);
+        snprintf(note, notelen, "a remote location (--unsafe-backing)");
+        return 0;
+    }
+    if (bdrv_find_protocol(image_path))
+        return resolve_remote(image_path, name, out, outlen, note, notelen, err);
     if (opts && opts->unsafe_backing)
         return resolve_unsafe(image_path, name, out, outlen, note, notelen, err);
     if (is_protocol_style(name))

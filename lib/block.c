@@ -1011,7 +1011,7 @@ void bdrv_get_info(BlockNode *bs, InfoList *info)
 static int64_t backing_size_for_create(const char *filename, const CreateOpts *opts, Error *err)
 {
     char path[4096];
-    if (opts->backing[0] == '/') {
+    if (opts->backing[0] == '/' || bdrv_find_protocol(opts->backing)) { /* absolute, or a URL (nbd://...) */
         snprintf(path, sizeof(path), "%s", opts->backing);
     } else {
         const char *slash = strrchr(filename, '/');

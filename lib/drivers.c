@@ -3,10 +3,14 @@
  * drivers.c - the driver table: the one list of every block driver, in probe-tie order.  Adding a
  * driver is one extern line and one table line here; nothing else in lib/ names a driver, except the
  * table of known format magics in lib/probe.c (a new format's magic moves there from "no driver yet").
+ * The scheme table says which protocol driver opens an image named by a URL ("nbd://..."); a new
+ * protocol (http, s3, rbd) adds its schemes there.
  */
 #include "block.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 extern const BlockDriver bdrv_file;
 extern const BlockDriver bdrv_memory;
@@ -27,10 +31,12 @@ extern const BlockDriver bdrv_aff;
 extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_dmg;
+extern const BlockDriver bdrv_nbd;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
     &bdrv_memory,
+    &bdrv_nbd,
     &bdrv_blkdebug,
     &bdrv_window,
     &bdrv_qcow2,
@@ -64,4 +70,52 @@ const BlockDriver *bdrv_find_driver(const char *name)
         if (strcmp((*d)->name, name) == 0)
             return *d;
     return NULL;
+}
+
+/* URL scheme -> protocol driver. A name "SCHEME://..." with a scheme listed here is opened by that driver;
+ * any other name is a local file. */
+static const struct {
+    const char *scheme;
+    const BlockDriver *drv;
+} scheme_table[] = {
+    { "nbd", &bdrv_nbd },
+    { "nbds", &bdrv_nbd },
+    { "nbd+unix", &bdrv_nbd },
+    { "nbds+unix", &bdrv_nbd },
+    { "nbd+vsock", &bdrv_nbd },
+    { "nbds+vsock", &bdrv_nbd },
+};
+
+size_t bdrv_url_scheme_len(const char *name)
+{
+    size_t n = name ? strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-") : 0;
+    return n && strncmp(name + n, "://", 3) == 0 ? n : 0;
+}
+
+const BlockDriver *bdrv_find_protocol(const char *name)
+{
+    size_t n = bdrv_url_scheme_len(name);
+    for (size_t i = 0; n && i < sizeof(scheme_table) / sizeof(scheme_table[0]); i++)
+        if (strlen(scheme_table[i].scheme) == n && strncasecmp(name, scheme_table[i].scheme, n) == 0)
+            return scheme_table[i].drv;
+    return NULL;
+}
+
+bool bdrv_url_redact(const char *name, char *out, size_t len)
+{
+    size_t n = bdrv_url_scheme_len(name);
+    const char *auth = n ? name + n + 3 : NULL;
+    const char *end = auth ? auth + strcspn(auth, "/?#") : NULL;
+    const char *at = NULL, *colon = NULL;
+    for (const char *p = auth; p && p < end; p++)
+        if (*p == '@')
+            at = p;
+    for (const char *p = auth; at && p < at && !colon; p++)
+        if (*p == ':')
+            colon = p;
+    if (colon)
+        snprintf(out, len, "%.*s***%s", (int)(colon + 1 - name), name, at);
+    else
+        snprintf(out, len, "%s", name);
+    return colon != NULL;
 }

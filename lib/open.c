@@ -8,6 +8,7 @@
  * (bdrv_resolve_backing); bdrv_open_chain_filters stacks the filters over a whole chain that the driver
  * options name (window), bdrv_open_window a window given by its numbers.  Every driver option must reach a node of its driver.  A probe that finds
  * only raw asks lib/probe.c's table of known magics, so a format without a driver is refused by name.
+ * A name with a URL scheme is opened by the protocol driver of lib/drivers.c's scheme table.
  * It knows no format by name except the "file" protocol and "raw" fallback.
  */
 #include "block_int.h"
@@ -108,7 +109,14 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
         block_open_opts_init(&defaults);
         opts = &defaults; /* only used during open; the node keeps no pointer to it below */
     }
-    BlockNode *bs = open_protocol(bdrv_find_driver("file"), filename, opts, read_only, err);
+    const BlockDriver *proto = bdrv_find_protocol(filename);
+    char shown[PATH_MAX];
+    if (proto && bdrv_url_redact(filename, shown, sizeof(shown))) {
+        error_set(err, EINVAL, "%s: a password in the URL is not supported (the %s driver takes none; TLS keys "
+                  "go in a file: tls-psk-file=FILE)", shown, proto->name);
+        return NULL;
+    }
+    BlockNode *bs = open_protocol(proto ? proto : bdrv_find_driver("file"), filename, opts, read_only, err);
     if (bs && opts == &defaults)
         bs->opts = NULL;
     return bs;

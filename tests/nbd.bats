@@ -1,0 +1,291 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# nbd.bats - images on NBD servers (the nbd protocol driver, through libnbd): nbdkit servers started here on
+# unix sockets under the test's temp dir or on free ports of 127.0.0.1, and stopped in teardown. qcow2,
+# vmdk and vhdx images exported by nbdkit's file plugin read like `qemu-img convert -O raw` of the local
+# file, over TLS too (nbds://); a raw export's SEEK_DATA map and `imgfuse map` are the server's
+# base:allocation, as qemu-img reads it; a remote image's relative backing name resolves on its server; a
+# local qcow2 overlay over a remote base (--backing URL) takes writes that qemu-img checks and reads back,
+# and so do --overlay and --snapshot of a remote image;
+# fio verifies 4 jobs on a --rw mount of nbdkit's memory plugin; a server killed or stopped during reads
+# gives the reader EIO within --timeout, `ls` works meanwhile and reads succeed once it is back; nbdkit's
+# error filter's errors reach the reader and writes acknowledged before stay; a URL written inside an image
+# is refused (the server sees no connection) unless --unsafe-backing.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() {
+  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
+  local p
+  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
+  teardown_tmp
+}
+
+# start_nbdkit NAME ARGS...: nbdkit ARGS on the unix socket $TMP/NAME.sock (pid in $TMP/NAME.pid); it forks
+# once it listens. Echoes nothing; the URL is "nbd+unix:///EXPORT?socket=$TMP/NAME.sock".
+start_nbdkit() {
+  local name=$1; shift
+  nbdkit -U "$TMP/$name.sock" -P "$TMP/$name.pid" "$@"
+  wait_pid_file "$name"
+}
+
+# wait_pid_file NAME: until nbdkit's forked server has written $TMP/NAME.pid.
+wait_pid_file() {
+  local i
+  for i in $(seq 1 100); do [ -s "$TMP/$1.pid" ] && return 0; sleep 0.05; done
+  echo "nbdkit $1 wrote no pid file" >&2; return 1
+}
+
+# start_nbdkit_tcp NAME PORT ARGS...: the same on 127.0.0.1:PORT.
+start_nbdkit_tcp() {
+  local name=$1 port=$2; shift 2
+  nbdkit -i 127.0.0.1 -p "$port" -P "$TMP/$name.pid" "$@"
+  wait_pid_file "$name"
+}
+
+stop_nbdkit() {
+  local pid; pid=$(cat "$TMP/$1.pid")
+  kill -CONT "$pid" 2>/dev/null || true
+  kill "${2:--TERM}" "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$TMP/$1.pid"
+}
+
+# free_port: a TCP port of 127.0.0.1 nobody listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+unix_url() { echo "nbd+unix:///${2:-}?socket=$TMP/$1.sock"; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+@test "qcow2, vmdk and vhdx images on nbd (unix socket and TCP) read like qemu-img convert of the local file" {
+  qemu-img create -q -f qcow2 d.qcow2 64M
+  qio d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k'
+  qemu-img convert -O vmdk -o subformat=monolithicSparse d.qcow2 d.vmdk
+  qemu-img convert -O vhdx d.qcow2 d.vhdx
+  local f
+  for f in d.qcow2 d.vmdk d.vhdx; do
+    start_nbdkit "${f#d.}" -r file "$f"
+    mount_img "$(unix_url "${f#d.}")"
+    grep -q "format: ${f#d.}" "$MNT/info"
+    same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
+    unmount_img
+  done
+  local port; port=$(free_port)
+  start_nbdkit_tcp tcp "$port" -r file d.qcow2
+  mount_img "nbd://127.0.0.1:$port"
+  same_bytes "$MNT/disk.raw" "$(raw_of d.qcow2)"
+  unmount_img
+  run "$IMGFUSE" info "nbd://127.0.0.1:$port/"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"format: qcow2"* ]]
+}
+
+@test "a raw export's SEEK_DATA map and imgfuse map come from the server's base:allocation (as qemu-img's)" {
+  truncate -s 32M r.raw
+  qemu-io -f raw -c 'write -P 0x33 4M 1M' -c 'write -P 0x44 20M 64k' r.raw >/dev/null
+  start_nbdkit r -r file r.raw
+  local url; url=$(unix_url r)
+  mount_img -f raw "$url"
+  same_bytes "$MNT/disk.raw" r.raw
+  ours=$(python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw")
+  unmount_img
+  theirs=$(qemu_data_extents raw "$url")
+  echo "ours: $ours"; echo "qemu-img: $theirs"
+  [ "$ours" = "$theirs" ]
+  [ "$ours" = "$(printf '4194304 5242880\n20971520 21037056')" ]
+  # imgfuse map --output=json: exactly what qemu-img map says of the same export
+  "$IMGFUSE" map --output=json "$url" > ours.json
+  qemu-img map -f raw --output=json "$url" > theirs.json
+  diff ours.json theirs.json
+}
+
+@test "a remote image's relative backing name resolves on the same server" {
+  mkdir exp
+  qemu-img create -q -f qcow2 exp/base.qcow2 16M
+  qio exp/base.qcow2 'write -P 0x55 0 8M'
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 exp/top.qcow2
+  qio exp/top.qcow2 'write -P 0x66 1M 1M'
+  start_nbdkit dir -r file dir=exp
+  mount_img "$(unix_url dir top.qcow2)"
+  same_bytes "$MNT/disk.raw" "$(raw_of exp/top.qcow2)"
+  grep -q "nbd+unix:///base.qcow2?socket=$TMP/dir.sock" "$MNT/info"
+  unmount_img
+}
+
+@test "nbds:// (TLS with a pre-shared key): reads like the local file; the server refuses plain nbd://" {
+  qemu-img create -q -f qcow2 d.qcow2 16M
+  qio d.qcow2 'write -P 0x3c 64k 2M'
+  echo "alice:$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > keys.psk
+  chmod 600 keys.psk
+  local port; port=$(free_port)
+  start_nbdkit_tcp tls "$port" -r --tls=require --tls-psk="$TMP/keys.psk" file d.qcow2
+  mount_img "nbds://alice@127.0.0.1:$port/?tls-psk-file=$TMP/keys.psk"
+  same_bytes "$MNT/disk.raw" "$(raw_of d.qcow2)"
+  unmount_img
+  run "$IMGFUSE" info "nbd://127.0.0.1:$port/"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"cannot connect to the NBD server: "*"TLS"* ]]
+}
+
+@test "a local qcow2 overlay over a remote base (--backing URL) takes writes; qemu-img check is clean" {
+  qemu-img create -q -f qcow2 base.qcow2 32M
+  qio base.qcow2 'write -P 0x77 0 32M'
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
+  start_nbdkit base -r file base.qcow2
+  mount_img --rw --backing "$(unix_url base)" --backing-format qcow2 ov.qcow2 "$MNT"
+  grep -q "given with --backing" "$MNT/info"
+  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  check_clean ov.qcow2
+  qemu-img convert -O raw ov.qcow2 after.raw
+  same_bytes after.raw shown.raw
+  cmp -n 327680 -i 0:196608 w1 after.raw
+}
+
+@test "--overlay and --snapshot of a remote image: writes stay local, the export is untouched, the overlay is reused" {
+  qemu-img create -q -f qcow2 base.qcow2 16M
+  qio base.qcow2 'write -P 0x42 0 4M'
+  local before; before=$(sha256sum < base.qcow2)
+  start_nbdkit base -r file base.qcow2
+  local url; url=$(unix_url base)
+  mount_img --overlay "$TMP/ov.qcow2" "$url"
+  dd if=/dev/urandom of=w bs=64k count=3 2>/dev/null
+  dd if=w of="$MNT/disk.raw" bs=64k seek=2 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  [ "$(qemu-img info --output=json ov.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename"])')" = "$url" ]
+  mount_img --overlay "$TMP/ov.qcow2" "$url"
+  same_bytes "$MNT/disk.raw" shown.raw
+  unmount_img
+  mount_img --snapshot "$url"
+  dd if=w of="$MNT/disk.raw" bs=64k seek=9 conv=notrunc,fsync 2>/dev/null
+  unmount_img
+  [ "$(sha256sum < base.qcow2)" = "$before" ]
+}
+
+@test "fio with 4 jobs and crc32c verification on an nbd --rw mount (nbdkit memory plugin)" {
+  start_nbdkit mem --filter=log memory 128M logfile="$TMP/server.log"
+  mount_img --rw -f raw "$(unix_url mem)"
+  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M \
+    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 ||
+    { cat fio.log; return 1; }
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  qemu-img convert -f raw -O raw "$(unix_url mem)" server.raw
+  same_bytes server.raw shown.raw
+  grep -q "connection=2 " server.log  # several requests in flight: the pool's connections
+}
+
+@test "a server killed during reads: EIO within --timeout, ls works, reads succeed once it is back" {
+  truncate -s 64M r.raw
+  qemu-io -f raw -c 'write -P 0x5a 0 64M' r.raw >/dev/null
+  local port; port=$(free_port)
+  start_nbdkit_tcp srv "$port" -r --filter=delay file r.raw rdelay=200ms
+  mount_img --direct-io --timeout 3 -f raw "nbd://127.0.0.1:$port"
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
+  local reader=$! t0
+  sleep 1
+  t0=$(now_ms)
+  stop_nbdkit srv -KILL
+  run wait $reader
+  echo "dd: $status $(cat dd.err)"
+  [ "$status" -ne 0 ]
+  grep -q "Input/output error" dd.err
+  [ $(( $(now_ms) - t0 )) -lt 6000 ]
+  ls "$MNT" | grep -q disk.raw
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
+  # a server that hangs (stopped) costs the reader --timeout, not more
+  start_nbdkit_tcp srv "$port" -r file r.raw
+  kill -STOP "$(cat srv.pid)"
+  t0=$(now_ms)
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip=3 iflag=direct
+  local took=$(( $(now_ms) - t0 ))
+  echo "hung server: $status after ${took} ms: $output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
+  kill -CONT "$(cat srv.pid)"
+  # back: reads work again (the driver connects anew)
+  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
+  same_bytes back.raw r.raw
+  unmount_img
+}
+
+@test "nbdkit's error filter: EIO reaches the reader; writes acknowledged before an error are kept" {
+  truncate -s 8M r.raw
+  start_nbdkit err --filter=error file r.raw error=EIO error-pread-rate=1 error-pread-file="$TMP/fail-read" \
+    error-pwrite-rate=1 error-pwrite-file="$TMP/fail-write"
+  mount_img --rw --direct-io -f raw "$(unix_url err)"
+  dd if=/dev/urandom of=a bs=64k count=2 2>/dev/null
+  dd if=a of="$MNT/disk.raw" bs=64k seek=1 oflag=direct conv=notrunc 2>/dev/null
+  touch fail-write
+  run dd if=a of="$MNT/disk.raw" bs=64k seek=10 oflag=direct conv=notrunc
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  rm fail-write
+  touch fail-read
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 iflag=direct
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  rm fail-read
+  dd if="$MNT/disk.raw" of=back bs=64k skip=1 count=2 iflag=direct 2>/dev/null
+  same_bytes back a
+  unmount_img
+  cmp -n 131072 -i 65536:0 r.raw a
+  cmp -n 131072 -i 655360:0 r.raw /dev/zero
+}
+
+@test "a URL written inside an image is refused (no connection made) unless --unsafe-backing" {
+  qemu-img create -q -f qcow2 base.qcow2 8M
+  qio base.qcow2 'write -P 0x99 0 1M'
+  local port; port=$(free_port)
+  start_nbdkit_tcp b "$port" -r --filter=log file base.qcow2 logfile="$TMP/server.log"
+  qemu-img create -q -f qcow2 -u -b "nbd://127.0.0.1:$port" -F qcow2 h.qcow2 8M
+  refused_open h.qcow2 "backing file 'nbd://127.0.0.1:$port' refused: a remote location named inside an image is never followed; use --backing-dir DIR or --backing FILE (or --unsafe-backing)"
+  run "$IMGFUSE" info h.qcow2
+  [ "$status" -eq 2 ]
+  run grep -c "connection=" server.log
+  [ "$output" = 0 ]
+  mount_img --unsafe-backing h.qcow2 "$MNT"
+  same_bytes "$MNT/disk.raw" "$(raw_of base.qcow2)"
+  unmount_img
+  grep -q "connection=1" server.log
+  # imgfuse create -b URL (the user's choice) takes the size from the server; the image still needs
+  # --unsafe-backing to follow the URL it records
+  "$IMGFUSE" create -f qcow2 -b "nbd://127.0.0.1:$port" -F qcow2 c.qcow2
+  [ "$(qemu-img info --output=json c.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')" = 8388608 ]
+  refused_open c.qcow2 "a remote location named inside an image is never followed"
+}
+
+@test "URLs: a server that is not there is one line, exit 2; a password is refused unshown; other schemes still refused" {
+  local port; port=$(free_port)
+  run "$IMGFUSE" info "nbd://127.0.0.1:$port/x"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "${lines[0]}" == "imgfuse: nbd://127.0.0.1:$port/x: cannot connect to the NBD server: "*"Connection refused" ]]
+  run "$IMGFUSE" "http://127.0.0.1:$port/d.qcow2" "$MNT"
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: http://127.0.0.1:$port/d.qcow2: network protocols are not supported yet (http); give the path of a local image file" ]
+  # a password in the URL: refused before anything, and never shown
+  for cmd in info map hash; do
+    run "$IMGFUSE" $cmd "nbd://bob:hunter2@127.0.0.1:$port/x"
+    [ "$status" -ne 0 ]
+    [ "$output" = "imgfuse: nbd://bob:***@127.0.0.1:$port/x: a password in the URL is not supported (the nbd driver takes none; TLS keys go in a file: tls-psk-file=FILE)" ]
+  done
+  run "$IMGFUSE" --audit-log "$TMP/audit.log" "nbd://bob:hunter2@127.0.0.1:$port/x" "$MNT"
+  [ "$status" -eq 2 ]
+  [[ "$output" != *hunter2* ]]
+  run grep -q hunter2 "$TMP/audit.log"
+  [ "$status" -ne 0 ]
+  run "$IMGFUSE" --timeout 0 -f raw "nbd://127.0.0.1:$port/x" "$MNT"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"nbd option 'timeout'"* ]]
+}
