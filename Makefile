@@ -9,12 +9,13 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 jansson libargon2
 CFLAGS  ?= -O2 -g
-# libcrypto: headers only; `imgfuse hash` loads the library itself (fuse/commands.c says why)
+# libcrypto: `imgfuse hash` loads the library itself (fuse/commands.c says why); the luks driver links it
+# (its sector cipher, PBKDF2), with jansson (LUKS2 metadata) and libargon2 (LUKS2 key slots)
 override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra $(WERROR) -Iinclude \
            $(shell pkg-config --cflags $(PKGS) libcrypto)
-LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lbz2 -laio -lpthread -ldl
+LDLIBS  += $(shell pkg-config --libs $(PKGS) libcrypto) -lbz2 -laio -lpthread -ldl
 BUILD   ?= build
 
 CORE_SRC := $(wildcard lib/*.c) $(wildcard drivers/*.c) $(wildcard drivers/*/*.c)

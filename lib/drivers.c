@@ -27,6 +27,7 @@ extern const BlockDriver bdrv_aff;
 extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_dmg;
+extern const BlockDriver bdrv_luks;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -47,6 +48,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_cloop,
     &bdrv_bochs,
     &bdrv_dmg,
+    &bdrv_luks,
     &bdrv_raw,
     NULL
 };
