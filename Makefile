@@ -82,10 +82,12 @@ demo:
 
 # One libFuzzer target per format driver (tests/fuzz/fuzz-DRIVER.c), built with clang, ASan and UBSan
 # (UBSan findings abort, so the fuzzer sees them as crashes). fuzz-smoke runs each briefly (FUZZ_TIME).
+# FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (libFuzzer's convention) lowers the luks driver's key-derivation
+# cost limits, so that a key slot costs milliseconds within -timeout and -rss_limit_mb.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
 fuzz: deps
 	$(MAKE) BUILD=build-fuzz CC=clang \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION" \
 	  $(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
 build-fuzz/fuzz/%: tests/fuzz/%.c $(CORE_OBJ) $(wildcard tests/fuzz/*.h)
 	@mkdir -p $(dir $@)

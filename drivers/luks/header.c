@@ -228,14 +228,17 @@ static uint8_t *luks2_copy(BlockNode *file, uint64_t file_size, uint64_t off, co
 /* The newer of the two valid copies (malloc'd, hdr_size bytes in *size). */
 static uint8_t *luks2_pick(BlockNode *file, uint64_t file_size, const uint8_t *first, LuksHeader *h, Error *err)
 {
-    const char *why1, *why2 = "not found";
+    const char *why1, *why2 = "not found", *why;
     uint8_t *a = luks2_copy(file, file_size, 0, "LUKS\xba\xbe", &why1), *b = NULL;
     uint64_t second = ld_be64(first + 8);
     if (luks2_size_ok(second))
         b = luks2_copy(file, file_size, second, "SKUL\xba\xbe", &why2);
-    for (uint64_t off = 16384; !a && !b && off <= LUKS2_MAX_HDR_SIZE; off *= 2)
-        if (off != second)
-            b = luks2_copy(file, file_size, off, "SKUL\xba\xbe", &why2);
+    /* the primary is unusable: the secondary may sit at any of the sizes LUKS2 defines */
+    for (uint64_t off = 16384; !a && !b && off <= LUKS2_MAX_HDR_SIZE; off *= 2) {
+        if (off != second && !(b = luks2_copy(file, file_size, off, "SKUL\xba\xbe", &why)) &&
+            strcmp(why, "bad magic") != 0 && strcmp(why, "unreadable") != 0)
+            why2 = why;
+    }
     if (!a && !b) {
         error_set(err, EINVAL, "LUKS2 header: no valid copy (primary: %s, secondary: %s)", why1, why2);
         return NULL;

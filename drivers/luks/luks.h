@@ -19,10 +19,17 @@
 #define LUKS_MAX_STRIPES 4000         /* the anti-forensic splitter's stripes (both versions use 4000) */
 #define LUKS_MAX_SALT 64
 #define LUKS_MAX_DIGEST 64
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
 #define LUKS_MAX_PBKDF2_ITER 20000000u /* about 10 s of sha256 on this class of machine, per slot */
 #define LUKS_MAX_ARGON2_KIB (4u << 20) /* 4 GiB of argon2 memory */
 #define LUKS_MAX_ARGON2_TIME 1000u
 #define LUKS_MAX_ARGON2_CPUS 64u
+#else                                 /* fuzz builds (Makefile): cheap key slots only */
+#define LUKS_MAX_PBKDF2_ITER 2000u
+#define LUKS_MAX_ARGON2_KIB (1u << 10)
+#define LUKS_MAX_ARGON2_TIME 4u
+#define LUKS_MAX_ARGON2_CPUS 4u
+#endif
 #define LUKS2_MAX_HDR_SIZE (4u << 20) /* binary header + JSON area, the largest size LUKS2 defines */
 
 typedef enum { LUKS_KDF_PBKDF2, LUKS_KDF_ARGON2I, LUKS_KDF_ARGON2ID } LuksKdfType;
