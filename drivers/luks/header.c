@@ -511,7 +511,8 @@ static int luks2_json(const uint8_t *buf, uint64_t hdr_size, uint64_t file_size,
             break;
         if (!*name || *end || k < 0 || k >= LUKS_MAX_SLOTS || !json_is_object(s))
             r = bad(err, "a key slot name outside 0..31");
-        else if (bound[k])
+        else if (bound[k] || !json_is_string(json_object_get(s, "type")) ||
+                 strcmp(json_string_value(json_object_get(s, "type")), "luks2") != 0) /* reencrypt slots too */
             r = luks2_slot(s, (int)k, h, 2 * hdr_size, h->payload_offset, err);
     }
     for (int i = 0; r == 0 && i < LUKS_MAX_SLOTS; i++)
