@@ -262,3 +262,21 @@ PY
   ! grep -q 'pass one' audit.jsonl
   grep -q 'key-file' audit.jsonl
 }
+
+@test "without a key on a terminal: a no-echo prompt names the image; info and a mount open with what was typed" {
+  luks1_qemu a.luks 4M
+  qio a.luks "write -P 0x3e 0 64k"
+  qconvert a.luks ref.raw
+  (sleep 1; printf 'pass one\n') | script -qec "$IMGFUSE info a.luks" /dev/null > info.out
+  cat -A info.out
+  head -1 info.out | grep -q '^Passphrase for a.luks: '
+  grep -q 'format: luks' info.out
+  ! grep -q 'pass one' info.out
+  (sleep 1; printf 'pass one\n') | script -qec "$IMGFUSE a.luks $MNT" /dev/null > mount.out
+  ! grep -q 'pass one' mount.out
+  cmp "$MNT/disk.raw" ref.raw
+  "$IMGFUSE" unmount "$MNT"
+  run bash -c "(sleep 1; printf 'wrong\n') | script -qec '$IMGFUSE info a.luks' /dev/null"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"imgfuse: a.luks: no key slot opens with the key given"* ]]
+}
