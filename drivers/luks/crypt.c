@@ -3,7 +3,7 @@
  * crypt.c - the LUKS sector cipher over OpenSSL's libcrypto (AES-NI where the CPU has it): AES in XTS or
  * CBC mode with the plain64, plain or essiv:sha256 IV generators, as cryptsetup and QEMU make them by
  * default; every other cipher, mode or IV generator (serpent, twofish, lrw, benbi, ...) is refused by
- * name.  IVs count 512-byte units from the start of the payload whatever the sector size (as dm-crypt
+ * name (libcrypto is loaded at the first use, ossl.c).  IVs count 512-byte units from the start of the payload whatever the sector size (as dm-crypt
  * does for cryptsetup's LUKS2 containers: a 4096-byte sector advances the IV by 8).  Each call
  * builds its own EVP contexts, so any number of threads encrypt with one key at once.  It also owns the
  * locked, undumpable memory that keys live in.  It knows nothing of the LUKS header or of FUSE.
@@ -43,15 +43,18 @@ void luks_secure_free(void *p, size_t len)
 static const EVP_CIPHER *aes_cipher(int mode, size_t key_len)
 {
     if (mode == LUKS_MODE_XTS)
-        return key_len == 32 ? EVP_aes_128_xts() : key_len == 64 ? EVP_aes_256_xts() : NULL;
-    return key_len == 16 ? EVP_aes_128_cbc() : key_len == 24 ? EVP_aes_192_cbc()
-         : key_len == 32 ? EVP_aes_256_cbc() : NULL;
+        return key_len == 32 ? OSSL(EVP_aes_128_xts)() : key_len == 64 ? OSSL(EVP_aes_256_xts)() : NULL;
+    return key_len == 16 ? OSSL(EVP_aes_128_cbc)() : key_len == 24 ? OSSL(EVP_aes_192_cbc)()
+         : key_len == 32 ? OSSL(EVP_aes_256_cbc)() : NULL;
 }
 
 int luks_cipher_init(LuksCipher *c, const char *spec, const uint8_t *key, size_t key_len, uint32_t sector_size,
                      Error *err)
 {
     memset(c, 0, sizeof *c);
+    int r = luks_ossl_load(err);
+    if (r < 0)
+        return r;
     static const struct { const char *name; int mode, ivgen; } known[] = {
         { "aes-xts-plain64", LUKS_MODE_XTS, LUKS_IV_PLAIN64 }, { "aes-xts-plain", LUKS_MODE_XTS, LUKS_IV_PLAIN },
         { "aes-cbc-plain64", LUKS_MODE_CBC, LUKS_IV_PLAIN64 }, { "aes-cbc-plain", LUKS_MODE_CBC, LUKS_IV_PLAIN },
@@ -77,7 +80,7 @@ int luks_cipher_init(LuksCipher *c, const char *spec, const uint8_t *key, size_t
     if (c->ivgen == LUKS_IV_ESSIV) {
         unsigned int n = 0;
         if (!(c->essiv_key = luks_secure_alloc(32)) ||
-            !EVP_Digest(key, key_len, c->essiv_key, &n, EVP_sha256(), NULL) || n != 32) {
+            !OSSL(EVP_Digest)(key, key_len, c->essiv_key, &n, OSSL(EVP_sha256)(), NULL) || n != 32) {
             luks_cipher_free(c);
             error_set(err, ENOMEM, "cannot set up the essiv key");
             return -ENOMEM;
@@ -103,31 +106,31 @@ static int sector_iv(const LuksCipher *c, EVP_CIPHER_CTX *essiv, uint64_t sector
     if (c->ivgen != LUKS_IV_ESSIV)
         return 0;
     int n = 0;
-    return EVP_EncryptUpdate(essiv, iv, &n, iv, 16) && n == 16 ? 0 : -EIO;
+    return OSSL(EVP_EncryptUpdate)(essiv, iv, &n, iv, 16) && n == 16 ? 0 : -EIO;
 }
 
 int luks_cipher_run(const LuksCipher *c, uint64_t sector, uint8_t *buf, size_t len, bool enc)
 {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new(), *essiv = NULL;
+    EVP_CIPHER_CTX *ctx = OSSL(EVP_CIPHER_CTX_new)(), *essiv = NULL;
     int r = -EIO;
-    if (!ctx || !EVP_CipherInit_ex(ctx, c->evp, NULL, c->key, NULL, enc ? 1 : 0))
+    if (!ctx || !OSSL(EVP_CipherInit_ex)(ctx, c->evp, NULL, c->key, NULL, enc ? 1 : 0))
         goto out;
-    EVP_CIPHER_CTX_set_padding(ctx, 0);
+    OSSL(EVP_CIPHER_CTX_set_padding)(ctx, 0);
     if (c->essiv_key) {
-        if (!(essiv = EVP_CIPHER_CTX_new()) || !EVP_EncryptInit_ex(essiv, EVP_aes_256_ecb(), NULL, c->essiv_key, NULL))
+        if (!(essiv = OSSL(EVP_CIPHER_CTX_new)()) || !OSSL(EVP_EncryptInit_ex)(essiv, OSSL(EVP_aes_256_ecb)(), NULL, c->essiv_key, NULL))
             goto out;
-        EVP_CIPHER_CTX_set_padding(essiv, 0);
+        OSSL(EVP_CIPHER_CTX_set_padding)(essiv, 0);
     }
     for (size_t done = 0; done + c->sector_size <= len; done += c->sector_size, sector += c->sector_size / 512) {
         uint8_t iv[16];
         int n = 0;
-        if (sector_iv(c, essiv, sector, iv) < 0 || !EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, enc ? 1 : 0) ||
-            !EVP_CipherUpdate(ctx, buf + done, &n, buf + done, (int)c->sector_size) || n != (int)c->sector_size)
+        if (sector_iv(c, essiv, sector, iv) < 0 || !OSSL(EVP_CipherInit_ex)(ctx, NULL, NULL, NULL, iv, enc ? 1 : 0) ||
+            !OSSL(EVP_CipherUpdate)(ctx, buf + done, &n, buf + done, (int)c->sector_size) || n != (int)c->sector_size)
             goto out;
     }
     r = 0;
 out:
-    EVP_CIPHER_CTX_free(essiv);
-    EVP_CIPHER_CTX_free(ctx);
+    OSSL(EVP_CIPHER_CTX_free)(essiv);
+    OSSL(EVP_CIPHER_CTX_free)(ctx);
     return r;
 }

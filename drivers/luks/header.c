@@ -38,11 +38,11 @@
 static const EVP_MD *luks_md(const char *name)
 {
     if (strcmp(name, "sha1") == 0)
-        return EVP_sha1();
+        return OSSL(EVP_sha1)();
     if (strcmp(name, "sha256") == 0)
-        return EVP_sha256();
+        return OSSL(EVP_sha256)();
     if (strcmp(name, "sha512") == 0)
-        return EVP_sha512();
+        return OSSL(EVP_sha512)();
     return NULL;
 }
 
@@ -217,7 +217,7 @@ static uint8_t *luks2_copy(BlockNode *file, uint64_t file_size, uint64_t off, co
     memset(buf + LUKS2_CSUM_OFF, 0, 64);
     unsigned int n = 0;
     *why = "bad checksum";
-    if (!EVP_Digest(buf, size, got, &n, md, NULL) || memcmp(got, want, n) != 0) {
+    if (!OSSL(EVP_Digest)(buf, size, got, &n, md, NULL) || memcmp(got, want, n) != 0) {
         free(buf);
         return NULL;
     }
@@ -578,7 +578,7 @@ int luks_header_read(BlockNode *file, uint64_t file_size, LuksHeader *h, Error *
 static int kdf_run(const LuksKdf *k, const uint8_t *pass, size_t pass_len, uint8_t *out, size_t out_len)
 {
     if (k->type == LUKS_KDF_PBKDF2)
-        return PKCS5_PBKDF2_HMAC((const char *)pass, (int)pass_len, k->salt, (int)k->salt_len, (int)k->iterations,
+        return OSSL(PKCS5_PBKDF2_HMAC)((const char *)pass, (int)pass_len, k->salt, (int)k->salt_len, (int)k->iterations,
                                  luks_md(k->hash), (int)out_len, out) ? 0 : -EIO;
     int r = argon2_hash(k->time, k->memory_kib, k->cpus, pass, pass_len, k->salt, k->salt_len, out, out_len, NULL, 0,
                         k->type == LUKS_KDF_ARGON2ID ? Argon2_id : Argon2_i, ARGON2_VERSION_13);
@@ -588,21 +588,21 @@ static int kdf_run(const LuksKdf *k, const uint8_t *pass, size_t pass_len, uint8
 /* The anti-forensic diffusion: each digest-sized block of buf replaced by H(be32(index) || block). */
 static int af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md)
 {
-    size_t ds = (size_t)EVP_MD_get_size(md);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    size_t ds = (size_t)OSSL(EVP_MD_get_size)(md);
+    EVP_MD_CTX *ctx = OSSL(EVP_MD_CTX_new)();
     uint8_t out[EVP_MAX_MD_SIZE], idx[4];
     int r = ctx ? 0 : -ENOMEM;
     for (size_t i = 0; r == 0 && i * ds < len; i++) {
         size_t n = MIN(ds, len - i * ds);
         st_be32(idx, (uint32_t)i);
-        if (!EVP_DigestInit_ex(ctx, md, NULL) || !EVP_DigestUpdate(ctx, idx, 4) ||
-            !EVP_DigestUpdate(ctx, buf + i * ds, n) || !EVP_DigestFinal_ex(ctx, out, NULL))
+        if (!OSSL(EVP_DigestInit_ex)(ctx, md, NULL) || !OSSL(EVP_DigestUpdate)(ctx, idx, 4) ||
+            !OSSL(EVP_DigestUpdate)(ctx, buf + i * ds, n) || !OSSL(EVP_DigestFinal_ex)(ctx, out, NULL))
             r = -EIO;
         else
             memcpy(buf + i * ds, out, n);
     }
     explicit_bzero(out, sizeof out);
-    EVP_MD_CTX_free(ctx);
+    OSSL(EVP_MD_CTX_free)(ctx);
     return r;
 }
 
@@ -623,7 +623,7 @@ static bool digest_matches(const LuksHeader *h, const uint8_t *mk)
 {
     uint8_t d[LUKS_MAX_DIGEST];
     bool ok = kdf_run(&h->digest_kdf, mk, h->key_size, d, h->digest_len) == 0 &&
-              CRYPTO_memcmp(d, h->digest, h->digest_len) == 0;
+              OSSL(CRYPTO_memcmp)(d, h->digest, h->digest_len) == 0;
     explicit_bzero(d, sizeof d);
     return ok;
 }

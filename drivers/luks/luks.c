@@ -67,7 +67,9 @@ static int luks_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     BDRVLuksState *s = bs->opaque;
     int64_t file_size;
-    int r = bdrv_file_size(bs->file, &file_size, err);
+    int r = luks_ossl_load(err);
+    if (r == 0)
+        r = bdrv_file_size(bs->file, &file_size, err);
     if (r < 0 || (r = luks_header_read(bs->file, (uint64_t)file_size, &s->hdr, err)) < 0)
         return r;
     int64_t slot = bdrv_opt_int(bs, "key-slot", -1);

@@ -10,9 +10,28 @@
 
 #include "block.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* ossl.c: the libcrypto functions the driver calls, loaded at the first open; OSSL(name) calls one. */
+#define LUKS_OSSL_FUNCS(X) X(EVP_CIPHER_CTX_new) X(EVP_CIPHER_CTX_free) X(EVP_CIPHER_CTX_set_padding) \
+    X(EVP_CipherInit_ex) X(EVP_CipherUpdate) X(EVP_EncryptInit_ex) X(EVP_EncryptUpdate) X(EVP_Digest) \
+    X(EVP_DigestInit_ex) X(EVP_DigestUpdate) X(EVP_DigestFinal_ex) X(EVP_MD_CTX_new) X(EVP_MD_CTX_free) \
+    X(EVP_MD_get_size) X(EVP_aes_128_cbc) X(EVP_aes_192_cbc) X(EVP_aes_256_cbc) X(EVP_aes_128_xts) \
+    X(EVP_aes_256_xts) X(EVP_aes_256_ecb) X(EVP_sha1) X(EVP_sha256) X(EVP_sha512) X(PKCS5_PBKDF2_HMAC) \
+    X(CRYPTO_memcmp)
+#define LUKS_OSSL_DECL(name) __typeof__(name) *name;
+typedef struct LuksOssl {
+    bool loaded;
+    LUKS_OSSL_FUNCS(LUKS_OSSL_DECL)
+} LuksOssl;
+extern LuksOssl luks_ossl;
+#define OSSL(name) (luks_ossl.name)
+/* 0 once libcrypto is loaded (the first call loads it), or -ENOTSUP with the reason in err. */
+int luks_ossl_load(Error *err);
 
 #define LUKS_MAX_SLOTS 32             /* LUKS2's limit; LUKS1 has 8 */
 #define LUKS_MAX_KEY_BYTES 64         /* aes-xts with two 256-bit keys */
