@@ -9,9 +9,10 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd jansson libargon2
 CFLAGS  ?= -O2 -g
-# libcrypto: headers only; `imgfuse hash` loads the library itself (fuse/commands.c says why)
+# libcrypto: headers only; `imgfuse hash` and the luks driver load the library themselves (fuse/commands.c,
+# drivers/luks/ossl.c say why); jansson (LUKS2 metadata) and libargon2 (LUKS2 key slots) are linked
 override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra $(WERROR) -Iinclude \
            $(shell pkg-config --cflags $(PKGS) libcrypto)
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lbz2 -laio -lpthread -ldl
@@ -45,6 +46,9 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard f
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h tests/unit/scratch.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
+
+# test-luks builds its containers with libcrypto's own functions
+$(BUILD)/tests/test-luks: LDLIBS += $(shell pkg-config --libs libcrypto)
 
 unit: $(UNIT_BIN)
 
@@ -81,10 +85,12 @@ demo:
 
 # One libFuzzer target per format driver (tests/fuzz/fuzz-DRIVER.c), built with clang, ASan and UBSan
 # (UBSan findings abort, so the fuzzer sees them as crashes). fuzz-smoke runs each briefly (FUZZ_TIME).
+# FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION (libFuzzer's convention) lowers the luks driver's key-derivation
+# cost limits, so that a key slot costs milliseconds within -timeout and -rss_limit_mb.
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz-*.c)
 fuzz: deps
 	$(MAKE) BUILD=build-fuzz CC=clang \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION" \
 	  $(patsubst tests/fuzz/%.c,build-fuzz/fuzz/%,$(FUZZ_SRC))
 build-fuzz/fuzz/%: tests/fuzz/%.c $(CORE_OBJ) $(wildcard tests/fuzz/*.h)
 	@mkdir -p $(dir $@)

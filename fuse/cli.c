@@ -184,6 +184,9 @@ typedef struct CommandHelp {
     "      --unsafe-backing     plain backing path resolution, no refusals\n" \
     "      --data-file PATH     external data file of a qcow2 image\n" \
     "  -U, --force-share        do not take or check image locks (the image may be in use)\n" \
+    "      --key-file FILE      key of an encrypted image (LUKS): the whole of FILE\n" \
+    "      --passphrase-fd N    key of an encrypted image: the first line read from descriptor N\n" \
+    "      --key-slot N         only try key slot N of an encrypted image\n" \
     "  -h, --help               this help\n"
 
 static const CommandHelp command_help[] = {

@@ -37,11 +37,12 @@ typedef struct OpenArgs {
     const char *audit_log;    /* hash: --audit-log FILE */
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
     char data_file_opt[PATH_MAX + 32]; /* "qcow2.data-file=PATH" for --data-file, in opts */
+    char key_slot_opt[48];    /* "luks.key-slot=N" for --key-slot, in opts */
 } OpenArgs;
 
 enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
        SUB_AUDIT_LOG, SUB_BACKING, SUB_BACKING_FORMAT, SUB_UNSAFE_BACKING, SUB_DATA_FILE, SUB_IMAGE_OPTS,
-       SUB_OBJECT, SUB_OUTPUT, SUB_BACKING_CHAIN };
+       SUB_OBJECT, SUB_OUTPUT, SUB_BACKING_CHAIN, SUB_KEY_FILE, SUB_PASSPHRASE_FD, SUB_KEY_SLOT };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -62,6 +63,9 @@ static const struct option sub_options[] = {
     { "image-opts", no_argument, NULL, SUB_IMAGE_OPTS },
     { "object", required_argument, NULL, SUB_OBJECT },
     { "force-share", no_argument, NULL, 'U' },
+    { "key-file", required_argument, NULL, SUB_KEY_FILE },
+    { "passphrase-fd", required_argument, NULL, SUB_PASSPHRASE_FD },
+    { "key-slot", required_argument, NULL, SUB_KEY_SLOT },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
     { "audit-log", required_argument, NULL, SUB_AUDIT_LOG },
@@ -91,6 +95,8 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->audit_log = NULL;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
     a->data_file_opt[0] = '\0';
+    if (isatty(STDIN_FILENO))
+        a->opts.ask_secret = secret_ask_tty;
     opterr = 0;
     optind = 1;
     int c;
@@ -108,6 +114,21 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
             }
             if (bdrv_opts_add(&a->opts, a->data_file_opt) < 0) {
                 errmsg("--data-file", "too many driver options");
+                return EXIT_USAGE;
+            }
+            break;
+        case SUB_KEY_FILE:
+            if (secret_from_file(&a->opts, optarg) != 0)
+                return EXIT_USAGE;
+            break;
+        case SUB_PASSPHRASE_FD:
+            if (secret_from_fd(&a->opts, optarg) != 0)
+                return EXIT_USAGE;
+            break;
+        case SUB_KEY_SLOT:
+            if (snprintf(a->key_slot_opt, sizeof a->key_slot_opt, "luks.key-slot=%s", optarg) >=
+                    (int)sizeof a->key_slot_opt || bdrv_opts_add(&a->opts, a->key_slot_opt) < 0) {
+                errmsg("--key-slot", "invalid key slot '%s'", optarg);
                 return EXIT_USAGE;
             }
             break;

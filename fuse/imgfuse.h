@@ -245,6 +245,19 @@ int cli_print_help(const char *cmd);
 #define IMGFUSE_IOC_PID _IOR('i', 0x70, uint64_t)
 int cmd_unmount(int argc, char **argv);
 
+/* ---------------------------------------------------------------- secret.c */
+
+/* The key of an encrypted image into o->secret (locked memory, wiped at exit): --key-file FILE, whole;
+ * --passphrase-fd N, its first line. 0, or EXIT_USAGE with the error printed. */
+int secret_from_file(BlockOpenOpts *o, const char *path);
+int secret_from_fd(BlockOpenOpts *o, const char *arg);
+/* BlockOpenOpts.ask_secret for a terminal: a no-echo prompt on /dev/tty naming filename. */
+int secret_ask_tty(const char *filename, uint8_t *buf, size_t size);
+/* The same, keeping a copy of what was typed; secret_use_kept then puts it into o (false: none kept). For
+ * the mount, which asks before it detaches from the terminal and opens the image again in the daemon. */
+int secret_ask_and_keep(const char *filename, uint8_t *buf, size_t size);
+bool secret_use_kept(BlockOpenOpts *o);
+
 /* ---------------------------------------------------------------- main.c helpers */
 
 /* Prints "imgfuse: WHAT: reason" (one line) on stderr. */

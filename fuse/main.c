@@ -114,6 +114,9 @@ static void print_help(void)
 "      --data-file PATH       external data file of a qcow2 image\n"
 "      --l2-cache-size SIZE   metadata cache size (e.g. 4M)\n"
 "      --timeout SECONDS      a request to an NBD server (nbd://...) fails with EIO after it (30)\n"
+"      --key-file FILE        key of an encrypted image (LUKS): the whole of FILE\n"
+"      --passphrase-fd N      key of an encrypted image: the first line read from descriptor N\n"
+"      --key-slot N           only try key slot N (else every active slot; without a key: a prompt)\n"
 "Writing:\n"
 "      --rw                   make disk.raw writable (IMAGE is modified)\n"
 "      --overlay FILE         writes go to the qcow2 overlay FILE backed by IMAGE (created if\n"
@@ -181,7 +184,7 @@ enum {
     OPT_OVERLAY, OPT_SNAPSHOT, OPT_COPY_ON_READ, OPT_DETECT_ZEROES, OPT_IOPS, OPT_IOPS_RD, OPT_IOPS_WR, OPT_BPS, OPT_BPS_RD, OPT_BPS_WR,
     OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
     OPT_PARTITION, OPT_EMULATE,
-    OPT_TIMEOUT,
+    OPT_TIMEOUT, OPT_KEY_FILE, OPT_PASSPHRASE_FD, OPT_KEY_SLOT,
 };
 
 static const struct option mount_options[] = {
@@ -198,6 +201,9 @@ static const struct option mount_options[] = {
     { "unsafe-backing", no_argument, NULL, OPT_UNSAFE_BACKING },
     { "data-file", required_argument, NULL, OPT_DATA_FILE },
     { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+    { "key-file", required_argument, NULL, OPT_KEY_FILE },
+    { "passphrase-fd", required_argument, NULL, OPT_PASSPHRASE_FD },
+    { "key-slot", required_argument, NULL, OPT_KEY_SLOT },
     { "rw", no_argument, NULL, OPT_RW },
     { "cache", required_argument, NULL, OPT_CACHE },
     { "aio", required_argument, NULL, OPT_AIO },
@@ -414,6 +420,21 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         break;
     case OPT_TIMEOUT:
         if (!map_long_opt(a, name, "nbd.timeout", false, arg))
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_KEY_FILE:
+        if (secret_from_file(&a->open, arg) != 0)
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_PASSPHRASE_FD:
+        if (secret_from_fd(&a->open, arg) != 0)
+            return EXIT_USAGE;
+        note_option(a, name, arg);
+        break;
+    case OPT_KEY_SLOT:
+        if (!map_long_opt(a, name, "luks.key-slot", false, arg))
             return EXIT_USAGE;
         note_option(a, name, arg);
         break;
@@ -937,6 +958,26 @@ static BlockNode *open_view(const MountArgs *a, const Overlay *ov, BlockNode *bs
     return bs;
 }
 
+/* The key of an encrypted image, asked for on the terminal before the daemon leaves it: when no key was
+ * given and stdin is a terminal, one open of IMAGE (read-only) with a no-echo prompt in place of the missing
+ * key; what was typed is kept for the daemon's open. 0, or the exit code with the error printed. */
+static int ask_key_before_detach(MountArgs *a)
+{
+    if (a->open.secret || !isatty(STDIN_FILENO))
+        return 0;
+    BlockOpenOpts o = a->open;
+    o.ask_secret = secret_ask_and_keep;
+    o.read_only = true;
+    Error err;
+    memset(&err, 0, sizeof err);
+    BlockNode *bs = bdrv_open(a->image, &o, &err);
+    if (!bs)
+        return report_error(&err, a->image, EXIT_USAGE);
+    bdrv_close(bs);
+    secret_use_kept(&a->open);
+    return 0;
+}
+
 /* The memory of the command line (the argument strings, one after the other), before getopt reorders
  * the pointers; len 0 if the strings are not contiguous. */
 static char *command_line_area(int argc, char **argv, size_t *len)
@@ -988,6 +1029,8 @@ static int mount_main(int argc, char **argv)
         rc = EXIT_USAGE;
         goto out;
     }
+    if ((rc = ask_key_before_detach(&a)) != 0)
+        goto out;
     Detach d = { .fd = -1 };
     if (!a.foreground && (rc = detach_start(&d)) != 0)
         goto out;

@@ -90,6 +90,14 @@ typedef struct BlockOpenOpts {
                                   * to the check); never set for a mount */
     bool driver_opts_partial;    /* open only a part of the chain the options are for (the image under an
                                   * --overlay): a driver option without a node of its driver is not refused */
+
+    /* Encrypted images (drivers/luks/): the passphrase or key-file bytes the front end read (--key-file,
+     * --passphrase-fd), kept in locked memory by the caller; NULL: none given. ask_secret, if set, asks the
+     * user (a no-echo prompt on the terminal) when an image needs a key and none was given: the length read
+     * into buf, or a negative errno. Key material never goes into driver_opts (which info prints). */
+    const uint8_t *secret;
+    size_t secret_len;
+    int (*ask_secret)(const char *filename, uint8_t *buf, size_t size);
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);

@@ -32,6 +32,7 @@ extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_dmg;
 extern const BlockDriver bdrv_nbd;
+extern const BlockDriver bdrv_luks;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
@@ -53,6 +54,7 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_cloop,
     &bdrv_bochs,
     &bdrv_dmg,
+    &bdrv_luks,
     &bdrv_raw,
     NULL
 };

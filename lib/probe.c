@@ -56,7 +56,7 @@ static const KnownFormat known_formats[] = {
     { "EWF logical evidence (L01) file", "ewf", AT_START, 0, M("LVF\x09\x0d\x0a\xff\x00"), -1, false },
     { "EWF2 logical evidence (Lx01) file", "ewf", AT_START, 0, M("LEF2\x0d\x0a\x81\x00"), -1, false },
     { "AFF evidence file", "aff", AT_START, 0, M("AFF10\r\n"), -1, false },
-    { "LUKS encrypted container", NULL, AT_START, 0, M("LUKS\xba\xbe"), -1, false },
+    { "LUKS encrypted container", "luks", AT_START, 0, M("LUKS\xba\xbe"), -1, false },
     { "DMG (UDIF) image", "dmg", BEFORE_END, TAIL_BYTES, M("koly"), -1, false },
     { "cloop V3 compressed image", "cloop", BEFORE_END, 8, M("\nCLOOP3\n"), -1, false },
     { "cloop V4.0 compressed image (header at the end)", "cloop", BEFORE_END, 136, M("#!/bin/sh\n#V4.0"), -1,

@@ -346,7 +346,7 @@ EOS
   fails_with 2 "imgfuse: luks.qcow2: encrypted qcow2 images are not supported (LUKS)"
 }
 
-@test "27 formats once served as raw: vhdx and qcow version 1 now read as their disks, LUKS is refused by name" {
+@test "27 formats once served as raw: vhdx and qcow version 1 now read as their disks, LUKS asks for its key" {
   qemu-img create -q -f vhdx base.vhdx 16M
   qemu-io -f vhdx -c 'write -P 0x27 1M 64k' base.vhdx >/dev/null
   qemu-img create -q -f qcow old.qcow 16M
@@ -363,9 +363,13 @@ EOS
   [ "$status" -eq 0 ]
   [[ "$output" == *"format: qcow"$'\n'* ]]
   run "$IMGFUSE" c.luks mnt
-  fails_with 2 "imgfuse: c.luks: LUKS encrypted container: no driver for this format yet (use -f raw to see the file's bytes)"
+  fails_with 2 "imgfuse: c.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
   run "$IMGFUSE" info c.luks
-  fails_with 2 "imgfuse: c.luks: LUKS encrypted container: no driver for this format yet (use -f raw to see the file's bytes)"
+  fails_with 2 "imgfuse: c.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
+  printf pw > key
+  run "$IMGFUSE" info --key-file key c.luks
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"format: luks"$'\n'* ]]
 }
 
 @test "28 --offset/--size on a non-raw image: a window over the disk" {

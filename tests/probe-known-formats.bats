@@ -1,12 +1,11 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# probe-known-formats.bats - a file in a known format without a driver (LUKS) is never served as raw:
-# probing refuses it
-# by name with exit 2, as the top image, a backing file or an --overlay base; -f raw shows the file's
-# bytes; a probed raw image refuses a write that would put any known magic in sector 0; plain disks (MBR,
-# GPT, ISO9660) stay raw; a fixed VHD stays raw (as in QEMU) and info says -f vpc reads it. VHDX, refused
-# here until it had a driver, now probes as vhdx (top image and backing file) and -f raw names it.
-# EWF2 (Ex01, Lx01) and logical EWF (L01) files go to the ewf driver, which refuses them by name (ewf.bats).
+# probe-known-formats.bats - every format of the known-magic table (lib/probe.c) now has a driver: a
+# file of one is never served as raw but goes to its driver, which reads it or says why it declines
+# (LUKS: a key is needed; EWF2/L01: refused by name; as the top image, a backing file or an --overlay
+# base); -f raw shows the file's bytes and info names the driver; a probed raw image refuses a write
+# that would put any known magic in sector 0; plain disks (MBR, GPT, ISO9660) stay raw; a fixed VHD
+# stays raw (as in QEMU) and info says -f vpc reads it; VHDX probes as vhdx.
 
 load helpers
 
@@ -29,44 +28,14 @@ EOF
 
 hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
 
-# make_all: one file per known format without a driver, name -> description in KNOWN.
-make_all() {
-  declare -gA KNOWN
+@test "-f raw mounts a LUKS container read-only with the file's exact bytes, and info names its driver" {
+  # -f raw shows its bytes, info names the driver that reads it; --rw with -f raw: the container's bytes
+  # are writable when asked for
   make_luks l.luks
-  magic_file l2.luks 65536 0 "4c554b53babe0002"
-  KNOWN=([l.luks]="LUKS encrypted container"
-         [l2.luks]="LUKS encrypted container")
-}
-
-refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to see the file's bytes)"; }
-
-@test "every known format without a driver is refused by name with exit 2, mount, info and map alike" {
-  make_all
-  for f in "${!KNOWN[@]}"; do
-    for cmd in "--foreground" "info" "map"; do
-      if [ "$cmd" = --foreground ]; then run timeout 30 "$IMGFUSE" --foreground "$f" "$MNT"; else run "$IMGFUSE" $cmd "$f"; fi
-      echo "$cmd $f -> $status: $output"
-      [ "$status" -eq 2 ]
-      [ "${#lines[@]}" -eq 1 ]
-      [ "${lines[0]}" = "$(refusal "$f" "${KNOWN[$f]}")" ]
-    done
-    not_mounted "$MNT"
-  done
-}
-
-@test "-f raw mounts each of them read-only with the file's exact bytes, and info names what it looks like" {
-  make_all
-  for f in "${!KNOWN[@]}"; do
-    mount_img -f raw "$f" "$MNT"
-    same_bytes "$MNT/disk.raw" "$f"
-    grep -q "^  format: raw$" "$MNT/info"
-    grep -qF "  looks_like: ${KNOWN[$f]} (no driver for it yet)" "$MNT/info"
-    ! : > "$MNT/disk.raw" 2>/dev/null
-    unmount_img
-    run "$IMGFUSE" map -f raw "$f"
-    [ "$status" -eq 0 ]
-  done
-  # --rw with -f raw: the container's bytes are writable when asked for
+  mount_img -f raw l.luks "$MNT"
+  same_bytes "$MNT/disk.raw" l.luks
+  grep -qF "  looks_like: LUKS encrypted container (read it with -f luks)" "$MNT/info"
+  unmount_img
   cp l.luks w.luks
   mount_img --rw -f raw w.luks "$MNT"
   printf 'changed!' | dd of="$MNT/disk.raw" bs=1 seek=0 conv=notrunc status=none
@@ -74,15 +43,42 @@ refusal() { echo "imgfuse: $1: $2: no driver for this format yet (use -f raw to 
   [ "$(head -c 8 w.luks)" = "changed!" ]
 }
 
-@test "a known format without a driver is refused as a backing file (probed) and as an --overlay base" {
-  make_luks base.luks
+@test "a LUKS container probes as luks: without a key, mount, info, map, a backing file and an --overlay base say a key is needed" {
+  make_luks l.luks
+  magic_file l2.luks 65536 0 "4c554b53babe0002"
+  local need="LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
+  for cmd in "--foreground" "info" "map"; do
+    if [ "$cmd" = --foreground ]; then run timeout 30 "$IMGFUSE" --foreground l.luks "$MNT"; else run "$IMGFUSE" $cmd l.luks; fi
+    echo "$cmd -> $status: $output"
+    [ "$status" -eq 2 ] && [ "${#lines[@]}" -eq 1 ]
+    [ "${lines[0]}" = "imgfuse: l.luks: $need" ]
+    # the magic alone: the driver says what is wrong with the header
+    if [ "$cmd" = --foreground ]; then run timeout 30 "$IMGFUSE" --foreground l2.luks "$MNT"; else run "$IMGFUSE" $cmd l2.luks; fi
+    [ "$status" -eq 2 ] && [ "${#lines[@]}" -eq 1 ]
+    [ "${lines[0]}" = "imgfuse: l2.luks: LUKS2 header: no valid copy (primary: bad header size, secondary: not found)" ]
+  done
+  not_mounted "$MNT"
+  qemu-img create -q -f qed -u -b l.luks -F luks top.qed 4M
+  run timeout 30 "$IMGFUSE" --foreground top.qed "$MNT"
+  [ "$status" -eq 2 ] && [ "${lines[0]}" = "imgfuse: $TMP/l.luks: $need" ]
+  run timeout 30 "$IMGFUSE" --foreground --overlay ov.qcow2 l.luks "$MNT"
+  [ "$status" -eq 2 ] && [ "${lines[0]}" = "imgfuse: l.luks: $need" ]
+  [ ! -e ov.qcow2 ]
+  not_mounted "$MNT"
+}
+
+# the ewf driver's refusal of an Ex01 file (libewf 20140813 reads EWF1 only)
+ex01() { echo "imgfuse: $1: EWF2 (Ex01) evidence file: not readable (libewf 20140813 reads EWF version 1 only: E01, S01)"; }
+
+@test "a known format its driver declines is refused as a backing file (probed) and as an --overlay base" {
+  magic_file base.luks 65536 0 "455646320d0a8100"   # an Ex01 magic (the name does not matter)
   # qed stores no backing format: the backing file is probed (-u: qemu-img needs no key to record it)
   qemu-img create -q -f qed -u -b base.luks -F luks top.qed 4M
   run timeout 30 "$IMGFUSE" --foreground top.qed "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.luks" "LUKS encrypted container")" ]
+  [ "${lines[0]}" = "$(ex01 "$TMP/base.luks")" ]
   not_mounted "$MNT"
   # a qcow2 whose backing-format extension is gone (renamed to an unknown extension): probed too
   qemu-img create -q -f qcow2 -u -b base.luks -F raw top.qcow2 4M
@@ -95,17 +91,17 @@ EOF
   run "$IMGFUSE" info top.qcow2
   echo "$output"
   [ "$status" -eq 2 ]
-  [ "${lines[0]}" = "$(refusal "$TMP/base.luks" "LUKS encrypted container")" ]
+  [ "${lines[0]}" = "$(ex01 "$TMP/base.luks")" ]
   # the backing file declared raw is read raw, as declared (never probed)
   qemu-img create -q -f qcow2 -u -b base.luks -F raw declared.qcow2 4M
   run "$IMGFUSE" info declared.qcow2
   [ "$status" -eq 0 ]
-  # --overlay over a LUKS container: refused, no overlay made
-  make_luks c.luks
+  # --overlay over an Ex01: refused, no overlay made
+  magic_file c.luks 65536 0 "455646320d0a8100"
   run timeout 30 "$IMGFUSE" --foreground --overlay ov.qcow2 c.luks "$MNT"
   echo "$output"
   [ "$status" -eq 2 ]
-  [ "${lines[0]}" = "$(refusal c.luks "LUKS encrypted container")" ]
+  [ "${lines[0]}" = "$(ex01 c.luks)" ]
   [ ! -e ov.qcow2 ]
   not_mounted "$MNT"
 }

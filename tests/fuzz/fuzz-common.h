@@ -32,6 +32,7 @@ typedef struct FuzzConfig {
     bool raw_window;     /* stack a window filter, its bounds from the input's first bytes */
     bool no_backing;     /* open with --no-backing: a child naming a parent still opens (memory nodes
                           * may not open files), so its own read path runs with no backing node */
+    const char *secret;  /* the key encrypted images (luks) are opened with, NULL: none */
 } FuzzConfig;
 
 /* ---------------------------------------------------------------- the fuzzcap filter */
@@ -282,6 +283,10 @@ static void fuzz_options(const FuzzConfig *cfg, const uint8_t *data, size_t size
         o->driver_opts_partial = true; /* a probe that finds another format is not refused for it */
     }
     o->no_backing = cfg->no_backing;
+    if (cfg->secret) {
+        o->secret = (const uint8_t *)cfg->secret;
+        o->secret_len = strlen(cfg->secret);
+    }
     (void)data;
     (void)size;
 }
