@@ -200,6 +200,7 @@ int cmd_resize(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_stream(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 
 /* ---------------------------------------------------------------- progress.c */
 

@@ -286,6 +286,10 @@ struct BlockDriver {
     int (*change_backing_file)(BlockNode *bs, const char *name, const char *format);
     /* Deallocates everything this layer holds: it reads as its backing file again (commit). */
     int (*make_empty)(BlockNode *bs);
+    /* Changes creation options of the open, writable image in place (`imgfuse amend`), options as
+     * CreateOpts.options ("key=value,..."); a key it cannot change is refused by name in err (the reason
+     * only). NULL: the format has nothing to amend. */
+    int (*amend)(BlockNode *bs, const char *options, Error *err);
     int (*flush)(BlockNode *bs);
 
     /* What [offset, offset+bytes) of this layer is; st->bytes may be shorter than asked. */
@@ -447,6 +451,9 @@ int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
  * -ENOTSUP if the format cannot. */
 int bdrv_change_backing_file(BlockNode *bs, const char *name, const char *format);
 int bdrv_make_empty(BlockNode *bs);
+/* The driver's amend slot (`imgfuse amend -o OPTIONS`): 0, or a negative errno with err set ("FILE: reason";
+ * -ENOTSUP "FILE: format 'X' has no options to amend" when the driver has no slot). */
+int bdrv_amend(BlockNode *bs, const char *options, Error *err);
 /* One cluster written compressed (the driver's write_compressed): -ENOTSUP if the format cannot. */
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);

@@ -511,6 +511,24 @@ int bdrv_make_empty(BlockNode *bs)
     return bs->drv->make_empty(bs);
 }
 
+int bdrv_amend(BlockNode *bs, const char *options, Error *err)
+{
+    if (!bs->drv->amend) {
+        error_set(err, ENOTSUP, "%s: format '%s' has no options to amend", bs->filename, bs->drv->name);
+        return -ENOTSUP;
+    }
+    if (bs->read_only) {
+        error_set(err, EROFS, "%s: opened read-only", bs->filename);
+        return -EROFS;
+    }
+    Error e;
+    memset(&e, 0, sizeof e);
+    int r = bs->drv->amend(bs, options, &e);
+    if (r < 0)
+        error_set(err, -r, "%s: %s", bs->filename, e.msg[0] ? e.msg : strerror(-r));
+    return r;
+}
+
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
 {
     if (check_request(bs, offset, bytes) < 0)
