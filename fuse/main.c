@@ -1045,8 +1045,12 @@ static int mount_main(int argc, char **argv)
     char **fargv = build_fuse_argv(&a, image_abs ? image_abs : a.image, read_only, &fargc);
     free(image_abs);
     audit_begin(&audit, bs, a.mountpoint);
+    int live_r = read_only || use_overlay ? 0 : live_start(bs, a.image);
+    if (live_r < 0)
+        log_msg("%s: no live commit/stream for this mount: control socket: %s", a.image, strerror(-live_r));
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
+    live_stop();
 
     int r = bdrv_flush(view);
     if (r < 0) {

@@ -85,6 +85,8 @@ typedef struct BlockOpenOpts {
     int n_driver_opts;
     bool driver_opts_partial;    /* open only a part of the chain the options are for (the image under an
                                   * --overlay): a driver option without a node of its driver is not refused */
+    bool locks_held;             /* live jobs (lib/job.c): this process's open chain holds the files' image
+                                  * locks already (a second, writable node of a layer): none taken or checked */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);
@@ -657,6 +659,30 @@ int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *
  * found, the first described in first) run with its read_map's lock held exclusive; a count goes into
  * report as "errors" and, when not 0, "first_error". Returns check's result. */
 int bdrv_check_mapped(BlockNode *bs, InfoList *report, int (*check)(BlockNode *bs, char *first, size_t len));
+
+/* ---------------------------------------------------------------- live jobs (lib/job.c)
+ *
+ * For `imgfuse commit` and `stream` on a mounted chain (fuse/live.c), bs being the chain's root node. Each
+ * chunk runs under a serialising tracked request over its range: guest writes to it wait (bdrv_track_writes
+ * must be on before the mount serves writes). */
+void bdrv_track_writes(BlockNode *bs);
+/* Stream: what layers of depth [1, base_depth) decide in [offset, offset+bytes) (data, or zeros over older
+ * data) written into bs, where bs does not hold the range itself (checked under the request). buf: bytes
+ * bytes. 0 or -errno. */
+int bdrv_job_stream_chunk(BlockNode *bs, int64_t offset, int64_t bytes, int base_depth, void *buf);
+/* Live commit: what layers of depth [0, base_depth) decide in the range, as the guest reads it, written into
+ * target (a writable node of the base file); then the range counts as passed for the mirror. */
+int bdrv_job_commit_chunk(BlockNode *bs, BlockNode *target, int64_t offset, int64_t bytes, int base_depth,
+                          void *buf);
+/* The mirror of a live commit: from start on, every write, write-zeroes and discard of bs is serialised and,
+ * within the ranges passed (all of them after mirror_all), its result written into target too. stop returns
+ * when no write of bs can still touch target. */
+void bdrv_job_mirror_start(BlockNode *bs, BlockNode *target);
+void bdrv_job_mirror_all(BlockNode *bs);
+void bdrv_job_mirror_stop(BlockNode *bs);
+/* bs->backing becomes new_backing (NULL: none; it gains a reference) with one pointer store, for a chain
+ * that reads the same either way; the old chain stays open until bs closes. -EBUSY after 16 re-links. */
+int bdrv_relink_backing(BlockNode *bs, BlockNode *new_backing);
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 
