@@ -9,7 +9,10 @@
 load helpers
 
 setup() { setup_tmp; cd "$TMP"; }
-teardown() { teardown_tmp; }
+teardown() {
+  if [ -n "${READERS:-}" ]; then touch "$TMP/stop"; kill "${READERS[@]}" 2>/dev/null; wait "${READERS[@]}" 2>/dev/null; fi
+  teardown_tmp
+}
 
 # make_chain SIZE_MB: t.qcow2 -> m.qcow2 -> b.qcow2, data in each layer, before.raw the chain's disk.
 make_chain() {
@@ -41,13 +44,16 @@ start_readers() {
   READERS=()
   local i
   for i in 1 2; do
-    (while [ ! -e "$TMP/stop" ]; do cat "$MNT/disk.raw" > /dev/null || echo "read failed" >> "$TMP/readers.err"; done) &
+    (while [ -d "$TMP" ] && [ ! -e "$TMP/stop" ]; do
+       cat "$MNT/disk.raw" > /dev/null || echo "read failed" >> "$TMP/readers.err"
+     done) &
     READERS+=($!)
   done
 }
 stop_readers() {
   touch "$TMP/stop"
   wait "${READERS[@]}"
+  READERS=
   [ ! -s "$TMP/readers.err" ]
 }
 
@@ -58,6 +64,7 @@ stop_readers() {
   fio_verify $((64 << 20)) &
   FIO=$!
   sleep 0.5
+  kill -0 "$FIO" # the writers are still at work when the job starts
   run "$IMGFUSE" stream t.qcow2
   echo "$output"
   [ "$status" -eq 0 ]
@@ -97,23 +104,27 @@ stop_readers() {
   fio_verify $((64 << 20)) &
   FIO=$!
   sleep 0.5
+  kill -0 "$FIO"
   run "$IMGFUSE" commit t.qcow2
   echo "$output"
   [ "$status" -eq 0 ]
   [ "$output" = "Image committed." ]
   wait "$FIO"
   stop_readers
-  cp "$MNT/disk.raw" during.raw
   grep -q '"type": "commit", .*"state": "completed"' "$MNT/stats.json"
+  # what fio wrote after the job is in the image: a second commit, with no writer, takes it down too
+  run "$IMGFUSE" commit t.qcow2
+  [ "$status" -eq 0 ]
+  cp "$MNT/disk.raw" during.raw
   unmount_img
   [ "$(backing_of t.qcow2)" = "m.qcow2" ]
   check_clean t.qcow2
   check_clean m.qcow2
   qemu-img convert -O raw t.qcow2 after.raw
   same_bytes after.raw during.raw
-  # what the guest wrote during the job went to the base as well
   qemu-img convert -O raw m.qcow2 m.raw
   same_bytes m.raw during.raw
+  ! qemu-img map --output=json t.qcow2 | grep -q '"depth": 0, "present": true'
   ! grep -q "verify: bad" "$TMP/fio.out"
 }
 
