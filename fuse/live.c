@@ -3,9 +3,9 @@
  * live.c - live `commit` and `stream` on an image mounted --rw.  The daemon listens on a per-image control
  * socket (abstract unix socket "imgfuse-live/UID/DEV:INO" of the image file; only a peer of the same uid is
  * served, and the command only talks to a listener of its own uid: SO_PEERCRED both ways).  The command
- * sends one request line ("stream BASE", "commit BASE KEEP"; BASE a real path or "-"), then reads
- * "progress DONE TOTAL" lines and one final line ("ok", "cancelled", "error MESSAGE"); it sends "cancel"
- * on SIGINT/SIGTERM, and a vanished command cancels the job too.  The daemon runs the job on its open chain
+ * sends one request line ("stream 0 BASE", "commit KEEP BASE"; BASE, the rest of the line, a real path or
+ * "-"), then reads "progress DONE TOTAL" lines and one final line ("ok", "cancelled", "error MESSAGE"); it
+ * sends "cancel" on SIGINT/SIGTERM, and a vanished command cancels the job too.  The daemon runs the job on its open chain
  * chunk by chunk with lib/job.c (each chunk serialised against guest writes), one job at a time, and shows
  * it in stats.json.  Stream: chunks copied up, the new backing file recorded, the chain re-linked.  Commit:
  * a second, writable node of the base file; the upper layers' data copied into it while every guest write
@@ -270,14 +270,14 @@ static int live_commit(int fd, int depth, bool keep, int64_t *fail, char *msg, s
 /* One client: its request line, the job, the final line. */
 static void live_serve(int fd)
 {
-    char line[LIVE_LINE], base[LIVE_LINE], type[16] = "";
-    int keep = 0;
-    if (recv_line(fd, line, sizeof line, 5000) <= 0 ||
-        sscanf(line, "%15s %4095s %d", type, base, &keep) < 2 ||
+    char line[LIVE_LINE], type[16] = "";
+    int keep = 0, at = 0;
+    if (recv_line(fd, line, sizeof line, 5000) <= 0 || sscanf(line, "%15s %d %n", type, &keep, &at) < 2 || !at ||
         (strcmp(type, "stream") != 0 && strcmp(type, "commit") != 0)) {
         send_line(fd, "error bad request");
         return;
     }
+    const char *base = line + at;
     bool stream = type[0] == 's';
     int chain = bdrv_chain_length(live.bs);
     /* no -b: stream flattens the whole chain, commit goes into the image's own backing file */
@@ -408,7 +408,7 @@ int live_client(const char *cmd, const char *image, const char *base, bool keep,
     struct sigaction sa_sig = { .sa_handler = live_on_signal }, old_int, old_term;
     sigaction(SIGINT, &sa_sig, &old_int);
     sigaction(SIGTERM, &sa_sig, &old_term);
-    send_line(fd, "%s %s %d", cmd, bp, keep ? 1 : 0);
+    send_line(fd, "%s %d %s", cmd, keep ? 1 : 0, bp);
     Progress p = { .tty = isatty(STDERR_FILENO), .cmd = cmd, .on = progress && !quiet };
     char line[LIVE_LINE];
     int rc = EXIT_RUNTIME;
