@@ -281,6 +281,13 @@ static const CommandHelp command_help[] = {
       "  -q, --quiet              errors only\n"
       "  -h, --help               this help\n",
       "imgfuse rebase -b new-base.qcow2 -F qcow2 top.qcow2" },
+    { "amend", "[-f FMT] [-q] -o OPTIONS IMAGE",
+      "Changes options of IMAGE in place (qcow2: compat=0.10|1.1, lazy_refcounts=on|off), as qemu-img amend.",
+      "  -f, --format FMT         format of IMAGE (default: probed)\n"
+      "  -o, --options OPTIONS    key=value[,key=value] (repeatable)\n"
+      "  -q, --quiet              errors only\n"
+      "  -h, --help               this help\n",
+      "imgfuse amend -o compat=0.10 disk.qcow2" },
     { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
       "  -l                       list the snapshots\n"
       "  -c NAME                  create snapshot NAME\n"

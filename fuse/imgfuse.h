@@ -200,6 +200,14 @@ int cmd_resize(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_stream(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
+/* live.c: the live-job service of a daemon mounting bs (IMAGE) --rw (0 or -errno), stopped before bs closes;
+ * the "job" member of stats.json; the command's side: -1 when no daemon of this user serves IMAGE, else
+ * the exit code of the job the daemon ran. */
+int live_start(BlockNode *bs, const char *image);
+void live_stop(void);
+void live_render_job(StrBuf *sb);
+int live_client(const char *cmd, const char *image, const char *base, bool keep, bool progress, bool quiet);
 
 /* ---------------------------------------------------------------- progress.c */
 

@@ -215,6 +215,8 @@ int cmd_commit(int argc, char **argv)
     int rc = job_parse(argc, argv, &a, ":f:b:dpqh", synopsis);
     if (rc >= 0)
         return rc;
+    if ((rc = live_client("commit", a.image, a.base, a.keep, a.progress, a.quiet)) >= 0)
+        return rc; /* IMAGE is mounted --rw: its daemon ran the job */
     /* the chain is read without locks; the image and BASE are then opened with theirs, the image
      * writable unless it stays as it is (-d; -b implies it, as in qemu-img: the layers between are
      * left behind) */
@@ -285,6 +287,8 @@ int cmd_stream(int argc, char **argv)
     int rc = job_parse(argc, argv, &a, ":f:b:pqh", synopsis);
     if (rc >= 0)
         return rc;
+    if ((rc = live_client("stream", a.image, a.base, false, a.progress, a.quiet)) >= 0)
+        return rc; /* IMAGE is mounted --rw: its daemon ran the job */
     BlockNode *top = job_open(a.image, a.format, true, false, false, &rc);
     if (!top)
         return rc;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * main.c - the command line: dispatches the subcommands (info, map, create, snapshot, hash; a command
- * word is never taken for a file name: planned commands and unknown bare words are errors) and runs the
+ * main.c - the command line: dispatches the subcommands (info, map, create, convert, check, ...; a command
+ * word is never taken for a file name: unknown bare words are errors) and runs the
  * main job, `imgfuse [OPTIONS] IMAGE MOUNTPOINT` (also `imgfuse mount ...`).  It parses the options (GNU
  * getopt_long with cli.c's exact spelling, options also after the positional arguments; every mount option
  * is also -o NAME[=VALUE] through the same table, for fstab), checks the mountpoint, opens the image and
@@ -93,6 +93,7 @@ static void print_help(void)
 "       imgfuse rebase [-u] [-p] -b NEW [-F FMT] IMAGE   change the backing file\n"
 "       imgfuse check [-r leaks|all] [--output=json] IMAGE   check (and repair) its metadata, like qemu-img\n"
 "       imgfuse compare [-s] [-f FMT] [-F FMT] IMAGE1 IMAGE2   compare two images' content, like qemu-img\n"
+"       imgfuse amend [-f FMT] -o OPTIONS IMAGE   change qcow2 options in place (compat, lazy_refcounts)\n"
 "       imgfuse unmount [--timeout SECONDS] MOUNTPOINT\n"
 "       imgfuse mount [OPTIONS] IMAGE MOUNTPOINT   the same as the first form\n"
 "       imgfuse COMMAND --help                options of COMMAND, a line each, and an example\n"
@@ -1097,8 +1098,12 @@ static int mount_main(int argc, char **argv)
     char **fargv = build_fuse_argv(&a, image_abs ? image_abs : a.image, read_only, &fargc);
     free(image_abs);
     audit_begin(&audit, bs, a.mountpoint);
+    int live_r = read_only || use_overlay ? 0 : live_start(bs, a.image);
+    if (live_r < 0)
+        log_msg("%s: no live commit/stream for this mount: control socket: %s", a.image, strerror(-live_r));
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
+    live_stop();
 
     int r = bdrv_flush(view);
     if (r < 0) {
@@ -1146,24 +1151,10 @@ static const struct {
     { "info", cmd_info }, { "map", cmd_map }, { "create", cmd_create },
     { "snapshot", cmd_snapshot }, { "hash", cmd_hash }, { "verify", cmd_verify }, { "unmount", cmd_unmount },
     { "convert", cmd_convert }, { "resize", cmd_resize }, { "commit", cmd_commit }, { "stream", cmd_stream },
-    { "rebase", cmd_rebase },
+    { "rebase", cmd_rebase }, { "amend", cmd_amend },
     { "mount", mount_main }, /* `imgfuse mount IMAGE MOUNTPOINT`: the main job by name */
     { "check", cmd_check }, { "compare", cmd_compare },
 };
-
-/* Words reserved for the commands of DESIGN.md that are not built yet: a first argument equal to one is
- * never taken for an image file of that name (write ./check to mount a file called check). */
-static const char *const planned_commands[] = {
-    "amend",
-};
-
-static bool is_planned_command(const char *word)
-{
-    for (size_t i = 0; i < ARRAY_SIZE(planned_commands); i++)
-        if (strcmp(word, planned_commands[i]) == 0)
-            return true;
-    return false;
-}
 
 /* A bare word (a letter, then letters, digits, '-' or '_'; no '/' or '.') that names no file: the user
  * meant a command, and a mistyped one must not fall through to "cannot open IMAGE". */
@@ -1187,10 +1178,6 @@ static bool command_word_error(const char *word)
             errmsg(word, "a command comes before any option (a file of that name is mounted as ./%s)", word);
             return true;
         }
-    if (is_planned_command(word)) {
-        errmsg(word, "command not implemented yet (a file of that name is mounted as ./%s)", word);
-        return true;
-    }
     if (!looks_like_command(word))
         return false;
     StrBuf sb;

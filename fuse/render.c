@@ -728,6 +728,7 @@ void render_stats_json_views(StrBuf *sb, BlockNode *bs, BlockNode *const *views,
     process_rss(&rss, &peak);
     sb_printf(sb, "\n  ],\n  \"read_errors\": {\"ranges\": %" PRIu64 ", \"mem_bytes\": %" PRIu64 ", \"unlisted_ranges\": %"
               PRIu64 ", \"unlisted_bytes\": %" PRIu64 "}", es.ranges, es.mem_bytes, es.unlisted, es.unlisted_bytes);
+    live_render_job(sb);
     sb_printf(sb, ",\n  \"process\": {\"rss_bytes\": %" PRId64 ", \"peak_rss_bytes\": %" PRId64 "}\n}\n", rss,
               peak);
 }

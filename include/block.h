@@ -98,6 +98,8 @@ typedef struct BlockOpenOpts {
     const uint8_t *secret;
     size_t secret_len;
     int (*ask_secret)(const char *filename, uint8_t *buf, size_t size);
+    bool locks_held;             /* live jobs (lib/job.c): this process's open chain holds the files' image
+                                  * locks already (a second, writable node of a layer): none taken or checked */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);
@@ -328,6 +330,10 @@ struct BlockDriver {
     int (*change_backing_file)(BlockNode *bs, const char *name, const char *format);
     /* Deallocates everything this layer holds: it reads as its backing file again (commit). */
     int (*make_empty)(BlockNode *bs);
+    /* Changes creation options of the open, writable image in place (`imgfuse amend`), options as
+     * CreateOpts.options ("key=value,..."); a key it cannot change is refused by name in err (the reason
+     * only). NULL: the format has nothing to amend. */
+    int (*amend)(BlockNode *bs, const char *options, Error *err);
     int (*flush)(BlockNode *bs);
 
     /* What [offset, offset+bytes) of this layer is; st->bytes may be shorter than asked. */
@@ -502,6 +508,9 @@ int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags);
  * -ENOTSUP if the format cannot. */
 int bdrv_change_backing_file(BlockNode *bs, const char *name, const char *format);
 int bdrv_make_empty(BlockNode *bs);
+/* The driver's amend slot (`imgfuse amend -o OPTIONS`): 0, or a negative errno with err set ("FILE: reason";
+ * -ENOTSUP "FILE: format 'X' has no options to amend" when the driver has no slot). */
+int bdrv_amend(BlockNode *bs, const char *options, Error *err);
 /* One cluster written compressed (the driver's write_compressed): -ENOTSUP if the format cannot. */
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf);
 int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes);
@@ -709,6 +718,30 @@ int bdrv_mapped_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *
  * Returns check's result. */
 int bdrv_check_mapped(BlockNode *bs, BlockCheckResult *res, int fix,
                       int (*check)(BlockNode *bs, BlockCheckResult *res, int fix));
+
+/* ---------------------------------------------------------------- live jobs (lib/job.c)
+ *
+ * For `imgfuse commit` and `stream` on a mounted chain (fuse/live.c), bs being the chain's root node. Each
+ * chunk runs under a serialising tracked request over its range: guest writes to it wait (bdrv_track_writes
+ * must be on before the mount serves writes). */
+void bdrv_track_writes(BlockNode *bs);
+/* Stream: what layers of depth [1, base_depth) decide in [offset, offset+bytes) (data, or zeros over older
+ * data) written into bs, where bs does not hold the range itself (checked under the request). buf: bytes
+ * bytes. 0 or -errno. */
+int bdrv_job_stream_chunk(BlockNode *bs, int64_t offset, int64_t bytes, int base_depth, void *buf);
+/* Live commit: what layers of depth [0, base_depth) decide in the range, as the guest reads it, written into
+ * target (a writable node of the base file); then the range counts as passed for the mirror. */
+int bdrv_job_commit_chunk(BlockNode *bs, BlockNode *target, int64_t offset, int64_t bytes, int base_depth,
+                          void *buf);
+/* The mirror of a live commit: from start on, every write, write-zeroes and discard of bs is serialised and,
+ * within the ranges passed (all of them after mirror_all), its result written into target too. stop returns
+ * when no write of bs can still touch target. */
+void bdrv_job_mirror_start(BlockNode *bs, BlockNode *target);
+void bdrv_job_mirror_all(BlockNode *bs);
+void bdrv_job_mirror_stop(BlockNode *bs);
+/* bs->backing becomes new_backing (NULL: none; it gains a reference) with one pointer store, for a chain
+ * that reads the same either way; the old chain stays open until bs closes. -EBUSY after 16 re-links. */
+int bdrv_relink_backing(BlockNode *bs, BlockNode *new_backing);
 
 /* ---------------------------------------------------------------- partition tables (lib/partitions.c) */
 

@@ -96,6 +96,8 @@ static void close_one(BlockNode *bs)
     bs->file = NULL;
     if (file)
         bdrv_close(file);
+    for (int i = 0; bs->core && i < bs->core->n_dropped; i++)
+        bdrv_close(bs->core->dropped[i]);
     bdrv_free_node(bs);
 }
 
@@ -487,8 +489,10 @@ int bdrv_pwrite(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, i
     if (check_request(bs, offset, bytes) < 0)
         return -EINVAL;
     uint64_t t0 = now_ns();
-    int r = bs->core->req ? request_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK)
-                          : bdrv_co_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK);
+    int r = __atomic_load_n(&bs->core->mirror_target, __ATOMIC_ACQUIRE)
+                ? job_mirrored_op(bs, STAT_WRITE, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK)
+            : bs->core->req ? request_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK)
+                            : bdrv_co_write(bs, offset, bytes, buf, flags & BDRV_REQ_DRIVER_MASK);
     stats_account(bs, STAT_WRITE, bytes, now_ns() - t0, r);
     return r < 0 ? r : 0;
 }
@@ -509,6 +513,24 @@ int bdrv_make_empty(BlockNode *bs)
     if (bs->read_only)
         return -EROFS;
     return bs->drv->make_empty(bs);
+}
+
+int bdrv_amend(BlockNode *bs, const char *options, Error *err)
+{
+    if (!bs->drv->amend) {
+        error_set(err, ENOTSUP, "%s: format '%s' has no options to amend", bs->filename, bs->drv->name);
+        return -ENOTSUP;
+    }
+    if (bs->read_only) {
+        error_set(err, EROFS, "%s: opened read-only", bs->filename);
+        return -EROFS;
+    }
+    Error e;
+    memset(&e, 0, sizeof e);
+    int r = bs->drv->amend(bs, options, &e);
+    if (r < 0)
+        error_set(err, -r, "%s: %s", bs->filename, e.msg[0] ? e.msg : strerror(-r));
+    return r;
 }
 
 int bdrv_pwrite_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf)
@@ -535,7 +557,7 @@ static int write_zero_buffers(BlockNode *bs, int64_t offset, int64_t bytes, int 
     int r = 0;
     while (bytes > 0 && r == 0) {
         int64_t n = MIN(bytes, chunk);
-        r = aligned_write(bs, offset, n, zeros, flags & BDRV_REQ_FUA);
+        r = aligned_write(bs, offset, n, zeros, flags & (BDRV_REQ_FUA | BDRV_REQ_NO_SERIALISE));
         offset += n;
         bytes -= n;
     }
@@ -548,10 +570,10 @@ static int drv_write_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int fl
     int r = -ENOTSUP;
     if (bs->drv->write_zeroes) {
         TrackedRequest req;
-        bool track = bs->request_alignment > 1 || bs->core->track_writes;
+        bool track = (bs->request_alignment > 1 || bs->core->track_writes) && !(flags & BDRV_REQ_NO_SERIALISE);
         if (track)
             tracked_begin(bs, &req, offset, bytes, false);
-        r = bs->drv->write_zeroes(bs, offset, bytes, flags);
+        r = bs->drv->write_zeroes(bs, offset, bytes, flags & BDRV_REQ_DRIVER_MASK);
         if (track)
             tracked_end(bs, &req);
     }
@@ -602,8 +624,10 @@ int bdrv_pwrite_zeroes(BlockNode *bs, int64_t offset, int64_t bytes, int flags)
         flags &= ~BDRV_REQ_MAY_UNMAP;
     uint64_t t0 = now_ns();
     flags &= BDRV_REQ_DRIVER_MASK;
-    int r = bs->core->req ? request_write_zeroes(bs, offset, bytes, flags)
-                          : bdrv_co_write_zeroes(bs, offset, bytes, flags);
+    int r = __atomic_load_n(&bs->core->mirror_target, __ATOMIC_ACQUIRE)
+                ? job_mirrored_op(bs, STAT_ZERO, offset, bytes, NULL, flags)
+            : bs->core->req ? request_write_zeroes(bs, offset, bytes, flags)
+                            : bdrv_co_write_zeroes(bs, offset, bytes, flags);
     stats_account(bs, STAT_ZERO, bytes, now_ns() - t0, r);
     return r < 0 ? r : 0;
 }
@@ -617,6 +641,11 @@ int bdrv_discard(BlockNode *bs, int64_t offset, int64_t bytes)
         return 0; /* --discard=ignore: a discard is only a hint */
     if (!bs->drv->discard)
         return -ENOTSUP;
+    if (__atomic_load_n(&bs->core->mirror_target, __ATOMIC_ACQUIRE)) {
+        r = job_mirrored_op(bs, STAT_DISCARD, offset, bytes, NULL, 0);
+        stats_account(bs, STAT_DISCARD, bytes, 0, r);
+        return r;
+    }
     request_throttle(bs, true, 0);
     TrackedRequest req;
     bool track = bs->request_alignment > 1 || bs->core->track_writes;

@@ -22,6 +22,7 @@ struct TrackedRequest {
 };
 
 #define PROBE_BUF_SIZE 4096
+#define BDRV_MAX_DROPPED 16 /* backing chains live jobs may unlink from one node */
 
 /* Internal request flag (never passed to drivers): the caller already holds a serialising tracked
  * request over the range (copy-on-read writing into the top). */
@@ -42,7 +43,18 @@ typedef struct BlockNodeCore {
     bool track_writes;         /* track every write (copy-on-read needs it) */
     uint64_t next_seq;         /* tracked request arrival counter, under req_lock */
     struct RequestState *req;  /* lib/request.c state of the root node, NULL elsewhere */
+    /* lib/job.c, live jobs on a root node: while mirror_target is set, every write, write-zeroes and
+     * discard is serialised and, below mirror_cursor, its result copied into mirror_target (live commit).
+     * dropped: backing chains a job unlinked, closed with the node (readers may still be in them). */
+    BlockNode *mirror_target;
+    int64_t mirror_cursor;
+    BlockNode *dropped[BDRV_MAX_DROPPED];
+    int n_dropped;
 } BlockNodeCore;
+
+/* lib/job.c: a write (STAT_WRITE, buf), write-zeroes (STAT_ZERO) or discard (STAT_DISCARD) of the root bs
+ * while a live commit mirrors it (bs->core->mirror_target was set); 0 or -errno. */
+int job_mirrored_op(BlockNode *bs, int kind, int64_t offset, int64_t bytes, const void *buf, int flags);
 
 /* lib/options.c: keeps only the driver options a backing layer receives (drops BDRV_OPT_TOP_ONLY ones). */
 void bdrv_opts_drop_top_only(BlockOpenOpts *o);

@@ -201,7 +201,7 @@ static BlockNode *protocol_of(BlockNode *file)
  * Held: consistent read, plus write (and resize for formats with metadata) when writable. Not shared:
  * write and resize for formats with metadata (their caches need a stable file; same as qemu-io -r for
  * read-only nodes), nothing for raw. Read-only with --force-share: no lock taken, none checked.
- * A writable node ignores --force-share.
+ * A writable node ignores --force-share. With locks_held (a live job's second node): none at all.
  */
 static int lock_image(BlockNode *file, const BlockDriver *fmt, const BlockOpenOpts *opts, Error *err)
 {
@@ -209,7 +209,7 @@ static int lock_image(BlockNode *file, const BlockDriver *fmt, const BlockOpenOp
     if (!proto || !proto->drv->set_perm)
         return 0;
     bool ro = file->read_only;
-    if (ro && opts && opts->force_share)
+    if ((ro && opts && opts->force_share) || (opts && opts->locks_held))
         return 0;
     unsigned held = BDRV_PERM_CONSISTENT_READ, unshared = 0;
     if (!ro)

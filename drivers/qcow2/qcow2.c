@@ -861,6 +861,7 @@ const BlockDriver bdrv_qcow2 = {
     .write_compressed = qcow2_write_compressed,
     .change_backing_file = qcow2_change_backing_file,
     .make_empty = qcow2_make_empty,
+    .amend = qcow2_amend,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .truncate = qcow2_truncate,

@@ -507,6 +507,10 @@ bool qcow2_has_zero_init(BlockNode *bs);
  * operations that rewrite metadata wholesale (snapshots). 0 or -errno (nothing held on error). */
 int qcow2_exclusive_begin(Qcow2State *s);
 void qcow2_exclusive_end(Qcow2State *s);
+/* write.c: the header cluster rewritten from s (see there); caller holds the node exclusively. */
+int qcow2_rewrite_header(Qcow2State *s, uint32_t old_header_length, const char *name, const char *format);
+/* amend.c: the amend slot (compat, lazy_refcounts). */
+int qcow2_amend(BlockNode *bs, const char *options, Error *err);
 /* Mark the image corrupt on disk, switch the node to read-only and log one line; returns -EIO. */
 int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

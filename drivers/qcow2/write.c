@@ -720,12 +720,13 @@ int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const v
 
 /* ---------------------------------------------------------------- backing file name, emptying */
 
-/* The header extensions of the header cluster hdr (len bytes) other than the backing format, copied to
- * out; returns the bytes copied, or -EINVAL if they are malformed. */
-static int64_t qcow2_kept_extensions(const Qcow2State *s, const uint8_t *hdr, uint64_t len, uint8_t *out)
+/* The header extensions of the header cluster hdr (len bytes, extensions from offset from on) other than
+ * the backing format, copied to out; returns the bytes copied, or -EINVAL if they are malformed. */
+static int64_t qcow2_kept_extensions(const Qcow2State *s, const uint8_t *hdr, uint64_t len, uint64_t from,
+                                     uint8_t *out)
 {
-    uint64_t pos = s->header_length, end = len, n = 0;
-    if (s->backing_file_offset > s->header_length && s->backing_file_offset < end)
+    uint64_t pos = from, end = len, n = 0;
+    if (s->backing_file_offset > from && s->backing_file_offset < end)
         end = s->backing_file_offset;
     while (pos + 8 <= end) {
         uint32_t type = ld_be32(hdr + pos), elen = ld_be32(hdr + pos + 4);
@@ -743,9 +744,10 @@ static int64_t qcow2_kept_extensions(const Qcow2State *s, const uint8_t *hdr, ui
     return (int64_t)n;
 }
 
-/* Rewrites the header cluster: the fixed header, the other extensions as they were, a backing-format
- * extension for format, the end marker and name (none when name is NULL). */
-static int qcow2_rewrite_backing(Qcow2State *s, const char *name, const char *format)
+/* Rewrites the header cluster: the fixed header (s->header_length bytes from s), the other extensions as
+ * they were (found after old_header_length bytes on disk), a backing-format extension for format, the end
+ * marker and name (none when name is NULL). */
+int qcow2_rewrite_header(Qcow2State *s, uint32_t old_header_length, const char *name, const char *format)
 {
     size_t name_len = name ? strlen(name) : 0, fmt_len = name && format ? strlen(format) : 0;
     if (name_len > QCOW2_MAX_BACKING_NAME)
@@ -754,7 +756,8 @@ static int qcow2_rewrite_backing(Qcow2State *s, const char *name, const char *fo
     int ret = hdr && out ? 0 : -ENOMEM;
     if (ret == 0)
         ret = bdrv_pread(s->meta_file, 0, (int64_t)s->cluster_size, hdr);
-    int64_t kept = ret < 0 ? ret : qcow2_kept_extensions(s, hdr, s->cluster_size, out + s->header_length);
+    int64_t kept = ret < 0 ? ret
+                           : qcow2_kept_extensions(s, hdr, s->cluster_size, old_header_length, out + s->header_length);
     uint64_t pos = kept < 0 ? 0 : s->header_length + (uint64_t)kept;
     if (kept < 0)
         ret = (int)kept;
@@ -808,7 +811,7 @@ int qcow2_change_backing_file(BlockNode *bs, const char *name, const char *forma
     pthread_mutex_lock(s->lock);
     ret = qcow2_flush_metadata_locked(s);
     if (ret == 0)
-        ret = qcow2_rewrite_backing(s, name, format);
+        ret = qcow2_rewrite_header(s, s->header_length, name, format);
     pthread_mutex_unlock(s->lock);
     pthread_rwlock_unlock(&s->io_lock);
     return ret;
