@@ -380,3 +380,27 @@ EOF
   refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries" --rw
   [ "$(md5sum < c.vhdx)" = "$md5" ]
 }
+
+@test "images imgfuse create makes (fixed, dynamic, differencing): fio with 4 jobs and verification; check, convert, vhdimount agree" {
+  "$IMGFUSE" create -f vhdx -o block_size=1M d.vhdx 64M
+  rw_fio_then_check d.vhdx
+  "$IMGFUSE" create -f vhdx -o subformat=fixed,block_size=8M f.vhdx 64M
+  local size; size=$(stat -c %s f.vhdx)
+  rw_fio_then_check f.vhdx
+  [ "$(stat -c %s f.vhdx)" -eq "$size" ]   # a created fixed image's blocks are present: all in place
+  # a differencing child created over a parent with data, written through a --rw mount
+  "$IMGFUSE" create -f vhdx -o block_size=1M p.vhdx 64M
+  mount_img --rw p.vhdx "$MNT"
+  dd if=/dev/urandom of="$MNT/disk.raw" bs=1M count=40 conv=notrunc status=none
+  unmount_img
+  "$IMGFUSE" create -f vhdx -b p.vhdx c.vhdx
+  mount_img --rw c.vhdx "$MNT"
+  fio_verify "$MNT/disk.raw"
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  mount_img c.vhdx "$MNT"
+  same_bytes "$MNT/disk.raw" shown.raw
+  unmount_img
+  vhdi_equals c.vhdx shown.raw
+  check_clean p.vhdx
+}
