@@ -240,7 +240,7 @@ static const CommandHelp command_help[] = {
       "  -S, --sparse-size SIZE   zero blocks of SIZE in the data are left unwritten (default 4k; 0: write all)\n"
       "  -m, --parallel N         requests in flight, 1 to 16 (default 8)\n"
       "  -t, --cache MODE         unsafe (default, as qemu-img: no sync at the end), writeback (synced), none\n"
-      "  -p, --progress           progress on standard error\n"
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
       "  -U, --force-share        read sources that another process holds open for writing\n"
       "      --backing-dir DIR    look for the sources' backing files in DIR too\n"
@@ -259,7 +259,7 @@ static const CommandHelp command_help[] = {
       "  -f, --format FMT         format of IMAGE (default: probed)\n"
       "  -b, --base BASE          the backing file to commit into (default: IMAGE's own); implies -d\n"
       "  -d, --drop               leave IMAGE as it is (not emptied)\n"
-      "  -p, --progress           progress on standard error\n"
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              no \"Image committed.\" line\n"
       "  -h, --help               this help\n",
       "imgfuse commit -p top.qcow2" },
@@ -267,7 +267,7 @@ static const CommandHelp command_help[] = {
       "Copies what the backing chain holds above BASE into IMAGE, which then names BASE (or nothing).",
       "  -f, --format FMT         format of IMAGE (default: probed)\n"
       "  -b, --base BASE          keep BASE (and below) as the backing file (default: flatten)\n"
-      "  -p, --progress           progress on standard error\n"
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
       "  -h, --help               this help\n",
       "imgfuse stream -b base.qcow2 top.qcow2" },
@@ -277,7 +277,7 @@ static const CommandHelp command_help[] = {
       "  -b, --backing NEW        the new backing file, relative to IMAGE's directory (\"\": none)\n"
       "  -F, --backing-format FMT format of NEW (required with a NEW)\n"
       "  -u, --unsafe             only rewrite the name (the old backing file is not read)\n"
-      "  -p, --progress           progress on standard error\n"
+      "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
       "  -h, --help               this help\n",
       "imgfuse rebase -b new-base.qcow2 -F qcow2 top.qcow2" },

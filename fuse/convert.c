@@ -527,7 +527,7 @@ int cmd_convert(int argc, char **argv)
         rc = convert_setup_compress(c, &a);
     if (rc < 0) {
         c->prog = (Progress){ .tty = isatty(STDERR_FILENO), .cmd = "convert", .total = c->total };
-        c->prog.on = !a.quiet && a.progress;
+        c->prog.on = !a.quiet && (a.progress || c->prog.tty); /* a bar on a terminal, lines with -p */
         struct sigaction sa = { .sa_handler = convert_on_signal };
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);

@@ -196,7 +196,7 @@ static int copy_layers(BlockNode *top, BlockNode *to, int lo, int hi, Progress *
 static Progress job_progress_init(const JobArgs *a, BlockNode *bs)
 {
     Progress p = { .tty = isatty(STDERR_FILENO), .cmd = a->cmd, .total = bdrv_getlength(bs) };
-    p.on = a->progress && !a->quiet;
+    p.on = !a->quiet && (a->progress || p.tty); /* a bar on a terminal, lines with -p */
     return p;
 }
 

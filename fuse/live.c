@@ -409,7 +409,8 @@ int live_client(const char *cmd, const char *image, const char *base, bool keep,
     sigaction(SIGINT, &sa_sig, &old_int);
     sigaction(SIGTERM, &sa_sig, &old_term);
     send_line(fd, "%s %d %s", cmd, keep ? 1 : 0, bp);
-    Progress p = { .tty = isatty(STDERR_FILENO), .cmd = cmd, .on = progress && !quiet };
+    Progress p = { .tty = isatty(STDERR_FILENO), .cmd = cmd };
+    p.on = !quiet && (progress || p.tty); /* a bar on a terminal, lines with -p */
     char line[LIVE_LINE];
     int rc = EXIT_RUNTIME;
     bool asked = false;
