@@ -47,3 +47,12 @@ row() {
   done
   ! grep -q 'wrong data' "$TMP/bench/latest/results.txt"
 }
+
+@test "scripts/bench-convert --size 16M: the convert rows of issue 22, each result equal to its source" {
+  BENCH_DIR=$TMP/bench IMGFUSE=$IMGFUSE run timeout 600 "$SRC/scripts/bench-convert" --size 16M --runs 1 --no-build
+  echo "$output"
+  [ "$status" -eq 0 ]
+  for r in "allocated qcow2 -> raw" "raw -> compressed qcow2 (-c)" "allocated vmdk -> qcow2"; do
+    grep -E "^$(printf '%s' "$r" | sed 's/[()]/\\&/g') +[0-9.]+ +[0-9.]+ +[0-9.]+x$" "$TMP/bench/convert-results.txt"
+  done
+}
