@@ -917,6 +917,17 @@ static int qed_new_l2_table(QedState *s, uint64_t l1i, uint64_t first, uint64_t 
     return ret;
 }
 
+/* The count L2 entries ent of table l1i from cluster c0 written (a new table when there is none), after a
+ * flush of the data they name when new_data. */
+static int qed_link_entries(QedState *s, uint64_t l1i, uint64_t c0, uint64_t count, const uint64_t *ent, bool new_data)
+{
+    int ret = new_data ? bdrv_flush(s->file) : 0; /* data before L2 */
+    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
+    if (ret == 0)
+        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+    return ret;
+}
+
 /* Writes the part of [offset, offset + bytes) inside one L2 table's span; *done is how much. Allocates
  * clusters for unallocated and zero ones; the data is flushed before the tables name it. Caller holds the
  * exclusive lock. */
@@ -946,10 +957,7 @@ static int qed_allocating_write(BlockNode *bs, QedState *s, uint64_t offset, uin
         pos += n;
     }
     if (ret == 0 && changed)
-        ret = bdrv_flush(s->file); /* data before L2 */
-    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
-    if (ret == 0 && changed)
-        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+        ret = qed_link_entries(s, l1i, c0, count, ent, true);
     free(ent);
     *done = span_end - offset;
     return ret;
@@ -1002,11 +1010,8 @@ static int qed_zero_span(BlockNode *bs, QedState *s, uint64_t offset, uint64_t b
         }
         pos += n;
     }
-    if (ret == 0 && new_data)
-        ret = bdrv_flush(s->file); /* data before L2 */
-    uint64_t l2 = s->l1[l1i], first = c0 % s->table_entries;
     if (ret == 0 && changed)
-        ret = l2 ? qed_write_l2_entries(s, l2, first, count, ent) : qed_new_l2_table(s, l1i, first, count, ent);
+        ret = qed_link_entries(s, l1i, c0, count, ent, new_data);
     free(ent);
     return ret;
 }

@@ -804,32 +804,26 @@ int qcow2_rewrite_header(Qcow2State *s, uint32_t old_header_length, const char *
 int qcow2_change_backing_file(BlockNode *bs, const char *name, const char *format)
 {
     Qcow2State *s = bs->opaque;
-    int ret = qcow2_writable(s);
+    int ret = qcow2_exclusive_begin(s);
     if (ret < 0)
         return ret;
-    pthread_rwlock_wrlock(&s->io_lock);
-    pthread_mutex_lock(s->lock);
     ret = qcow2_flush_metadata_locked(s);
     if (ret == 0)
         ret = qcow2_rewrite_header(s, s->header_length, name, format);
-    pthread_mutex_unlock(s->lock);
-    pthread_rwlock_unlock(&s->io_lock);
+    qcow2_exclusive_end(s);
     return ret;
 }
 
 int qcow2_make_empty(BlockNode *bs)
 {
     Qcow2State *s = bs->opaque;
-    int ret = qcow2_writable(s);
+    int ret = qcow2_exclusive_begin(s);
     if (ret < 0)
         return ret;
-    pthread_rwlock_wrlock(&s->io_lock);
-    pthread_mutex_lock(s->lock);
     ret = qcow2_free_tail_locked(s, 0);
     if (ret == 0)
         ret = qcow2_flush_metadata_locked(s);
-    pthread_mutex_unlock(s->lock);
-    pthread_rwlock_unlock(&s->io_lock);
+    qcow2_exclusive_end(s);
     return ret;
 }
 
