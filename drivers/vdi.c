@@ -1041,10 +1041,9 @@ static int vdi_create_option(const char *key, const char *value, void *opaque)
         error_set(c->err, EINVAL, "%s: unknown vdi creation option '%s'", c->filename, key);
         return -EINVAL;
     }
-    if (!value || !strcmp(value, "on") || !strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "1"))
-        *c->is_static = true;
-    else if (!strcmp(value, "off") || !strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
-        *c->is_static = false;
+    int bv = bdrv_parse_bool(value);
+    if (bv >= 0)
+        *c->is_static = bv == 1;
     else {
         error_set(c->err, EINVAL, "%s: vdi option 'static' must be on or off, not '%s'", c->filename, value);
         return -EINVAL;

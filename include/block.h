@@ -131,6 +131,9 @@ int bdrv_opts_add(BlockOpenOpts *o, const char *item);
 /* A creation option string ("key=value,key=value", BlockCreateOpts.options) item by item: fn(key, value,
  * opaque) in order, value NULL for an item without '='; stops at the first non-zero return and gives it
  * back. 0 for a NULL or empty string; -ENOMEM if the copy fails. */
+/* on/off, true/false, yes/no, 1/0 (any case): 1 or 0; a bare KEY (v NULL) means on; -1 for anything
+ * else. Every boolean option, driver and creation options alike, is read with it. */
+int bdrv_parse_bool(const char *v);
 int bdrv_create_opts_each(const char *options, int (*fn)(const char *key, const char *value, void *opaque),
                           void *opaque);
 /* 0 if every driver option of o names a known driver, one of its keys and a valid value; else -EINVAL

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 int bdrv_opts_add(BlockOpenOpts *o, const char *item)
 {
@@ -64,16 +65,15 @@ static bool parse_int(const char *v, int64_t *out)
     return true;
 }
 
-/* on/off (also true/false, yes/no, 1/0); a bare KEY (value NULL) means on. */
-static int parse_bool(const char *v)
+int bdrv_parse_bool(const char *v)
 {
     static const char *const yes[] = { "on", "true", "yes", "1" }, *const no[] = { "off", "false", "no", "0" };
     if (!v)
         return 1;
     for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
-        if (strcmp(v, yes[i]) == 0)
+        if (strcasecmp(v, yes[i]) == 0)
             return 1;
-        if (strcmp(v, no[i]) == 0)
+        if (strcasecmp(v, no[i]) == 0)
             return 0;
     }
     return -1;
@@ -84,7 +84,7 @@ static const char *value_problem(BlockOptionType type, const char *value)
 {
     int64_t n;
     if (type == BDRV_OPT_BOOL)
-        return parse_bool(value) < 0 ? "not on or off" : NULL;
+        return bdrv_parse_bool(value) < 0 ? "not on or off" : NULL;
     if (!value)
         return "needs a value";
     switch (type) {
@@ -230,7 +230,7 @@ bool bdrv_opt_bool(const BlockNode *bs, const char *key, bool dflt)
 {
     bool bare;
     const char *v = node_value(bs, key, BDRV_OPT_BOOL, &bare);
-    return v || bare ? parse_bool(v) == 1 : dflt;
+    return v || bare ? bdrv_parse_bool(v) == 1 : dflt;
 }
 
 void bdrv_opts_drop_top_only(BlockOpenOpts *o)

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "qcow2.h"
 
@@ -20,17 +19,6 @@ typedef struct AmendReq {
     int lazy;         /* -1: unchanged, else 0/1 */
     Error *err;
 } AmendReq;
-
-static int amend_bool(const char *v, int *out)
-{
-    if (v && (!strcasecmp(v, "on") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes")))
-        *out = 1;
-    else if (v && (!strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "no")))
-        *out = 0;
-    else
-        return -1;
-    return 0;
-}
 
 static int amend_parse_one(const char *key, const char *val, void *opaque)
 {
@@ -45,7 +33,7 @@ static int amend_parse_one(const char *key, const char *val, void *opaque)
             return -EINVAL;
         }
     } else if (!strcmp(key, "lazy_refcounts")) {
-        if (amend_bool(val, &r->lazy) < 0) {
+        if ((r->lazy = bdrv_parse_bool(val)) < 0) {
             error_set(r->err, EINVAL, "lazy_refcounts must be on or off, not '%s'", val ? val : "");
             return -EINVAL;
         }

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "qcow2.h"
 #include "util.h"
@@ -24,17 +23,6 @@ typedef struct CreateParams {
     uint8_t compression_type;
     bool lazy_refcounts;
 } CreateParams;
-
-static int parse_bool(const char *v, bool *out)
-{
-    if (!strcasecmp(v, "on") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes"))
-        *out = true;
-    else if (!strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "no"))
-        *out = false;
-    else
-        return -1;
-    return 0;
-}
 
 static int log2_exact(int64_t v)
 {
@@ -78,10 +66,12 @@ static int parse_option(CreateParams *p, const char *key, const char *val, Error
             return -EINVAL;
         }
     } else if (!strcmp(key, "extended_l2") || !strcmp(key, "lazy_refcounts")) {
-        if (parse_bool(val, &b) < 0) {
+        int bv = bdrv_parse_bool(val);
+        if (bv < 0) {
             error_set(err, EINVAL, "%s: %s must be on or off, not '%s'", filename, key, val);
             return -EINVAL;
         }
+        b = bv == 1;
         if (key[0] == 'e')
             p->extended_l2 = b;
         else

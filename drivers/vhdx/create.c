@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/random.h>
 
 #include "vhdx.h"
@@ -49,17 +48,6 @@ static void put_le16(uint8_t *p, uint16_t v)
 }
 
 /* ---------------------------------------------------------------- options */
-
-static int parse_bool(const char *v, bool *out)
-{
-    if (!strcasecmp(v, "on") || !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes"))
-        *out = true;
-    else if (!strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcmp(v, "0") || !strcasecmp(v, "no"))
-        *out = false;
-    else
-        return -1;
-    return 0;
-}
 
 typedef struct VhdxOptParse {
     VhdxCreateSpec *spec;
@@ -95,8 +83,10 @@ static int vhdx_create_option(const char *key, const char *value, void *opaque)
             return bad_value(c, "log_size must be a multiple of 1M from 1M to 256M", value);
         sp->log_size = (uint32_t)v;
     } else if (!strcmp(key, "block_state_zero")) {
-        if (parse_bool(value, &sp->block_state_zero) < 0)
+        int bv = bdrv_parse_bool(value);
+        if (bv < 0)
             return bad_value(c, "block_state_zero must be on or off", value);
+        sp->block_state_zero = bv == 1;
     } else {
         error_set(c->err, EINVAL, "%s: unknown vhdx creation option '%s'", c->filename, key);
         return -EINVAL;

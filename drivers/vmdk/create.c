@@ -66,19 +66,6 @@ static int bad_option(VmdkCreate *c, const char *key, const char *value, const c
     return -EINVAL;
 }
 
-static bool parse_onoff(const char *v, bool *out)
-{
-    if (v && (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes"))) {
-        *out = true;
-        return true;
-    }
-    if (v && (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "no"))) {
-        *out = false;
-        return true;
-    }
-    return false;
-}
-
 static int copy_word(VmdkCreate *c, const char *key, const char *value, char *out, size_t len)
 {
     size_t n = strlen(value);
@@ -120,9 +107,13 @@ static int parse_item(const char *key, const char *value, void *opaque)
         return copy_word(c, key, value, c->hwversion, sizeof(c->hwversion));
     if (!strcmp(key, "toolsversion"))
         return copy_word(c, key, value, c->toolsversion, sizeof(c->toolsversion));
-    if (!strcmp(key, "compat6") || !strcmp(key, "zeroed_grain"))
-        return parse_onoff(value, !strcmp(key, "compat6") ? &c->compat6 : &c->zeroed_grain)
-                   ? 0 : bad_option(c, key, value, "not on or off");
+    if (!strcmp(key, "compat6") || !strcmp(key, "zeroed_grain")) {
+        int bv = bdrv_parse_bool(value);
+        if (bv < 0)
+            return bad_option(c, key, value, "not on or off");
+        *(!strcmp(key, "compat6") ? &c->compat6 : &c->zeroed_grain) = bv == 1;
+        return 0;
+    }
     if (!strcmp(key, "backing_file") || !strcmp(key, "backing_fmt")) {
         char **dst = !strcmp(key, "backing_file") ? &c->backing : &c->backing_fmt;
         free(*dst);
