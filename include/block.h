@@ -228,8 +228,9 @@ void bdrv_check_leak(BlockCheckResult *res, const char *fmt, ...) __attribute__(
 /* A check for formats whose metadata is a map only (vmdk, vhdx): every run of bs's own block status whose
  * bytes are stored in a host file must lie inside that file, and a range the map cannot answer for is a
  * corruption too (the walk goes on at the next multiple of step; 0: the driver's cluster size; after 65536 such
- * ranges it stops with a check error). 0 or -errno. */
-int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step);
+ * ranges it stops with a check error). past_end_stops: a damaged entry or a run past the end of its file
+ * stops the check with a check error instead (qemu-img's "Check failed" for vmdk, exit 1). 0 or -errno. */
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step, bool past_end_stops);
 
 /* ---------------------------------------------------------------- snapshots */
 

@@ -1196,7 +1196,7 @@ void bdrv_check_corruption(BlockCheckResult *res, const char *fmt, ...)
 /* The walk stops (a check error) after this many ranges it could not map. */
 #define BDRV_CHECK_MAX_DAMAGED 65536
 
-int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
+int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step, bool past_end_stops)
 {
     int64_t size = bdrv_getlength(bs), pos = 0;
     if (size < 0)
@@ -1223,13 +1223,27 @@ int bdrv_check_host_runs(BlockNode *bs, BlockCheckResult *res, int64_t step)
             continue;
         }
         int64_t n = MIN(st.bytes, size - pos);
-        if (bdrv_run_kind(&st) == BLOCK_RUN_DECODE && !(st.flags & BDRV_BLOCK_COMPRESSED))
+        if (bdrv_run_kind(&st) == BLOCK_RUN_DECODE && !(st.flags & BDRV_BLOCK_COMPRESSED) && past_end_stops) {
+            res->check_errors++;
+            snprintf(res->first_error, sizeof(res->first_error), "guest offset %" PRId64 " is mapped by a damaged "
+                     "entry (into metadata or past the end of the file): the check stopped", pos);
+            return 0;
+        } else if (bdrv_run_kind(&st) == BLOCK_RUN_DECODE && !(st.flags & BDRV_BLOCK_COMPRESSED))
             bdrv_check_corruption(res, "guest offset %" PRId64 " is mapped by a damaged entry (into metadata or past "
                                   "the end of the file)", pos);
         else if ((st.flags & BDRV_BLOCK_OFFSET_VALID) && st.host_file) {
             int64_t host_len = bdrv_getlength(st.host_file);
             int64_t need = (st.flags & BDRV_BLOCK_COMPRESSED) ? 1 : n;
-            if (host_len >= 0 && (st.host_offset < 0 || st.host_offset > host_len || host_len - st.host_offset < need))
+            bool past = host_len >= 0 &&
+                        (st.host_offset < 0 || st.host_offset > host_len || host_len - st.host_offset < need);
+            if (past && past_end_stops) {
+                res->check_errors++;
+                snprintf(res->first_error, sizeof(res->first_error), "guest offset %" PRId64 " is stored at %"
+                         PRId64 " of %s, past its end (%" PRId64 " bytes): the check stopped", pos, st.host_offset,
+                         st.host_file->filename, host_len);
+                return 0;
+            }
+            if (past)
                 bdrv_check_corruption(res, "guest offset %" PRId64 " is stored at %" PRId64 " of %s, past its end (%"
                                       PRId64 " bytes)", pos, st.host_offset, st.host_file->filename, host_len);
         }

@@ -1069,7 +1069,7 @@ static void vhdx_get_info(BlockNode *bs, InfoList *info)
  * nothing. */
 static int vhdx_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
-    return fix == BDRV_FIX_QUERY ? 1 : bdrv_check_host_runs(bs, res, 0); /* -r repairs nothing, as in qemu-img */
+    return fix == BDRV_FIX_QUERY ? 1 : bdrv_check_host_runs(bs, res, 0, false); /* -r repairs nothing, as in qemu-img */
 }
 
 const BlockDriver bdrv_vhdx = {

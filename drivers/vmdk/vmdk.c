@@ -600,7 +600,8 @@ static bool vmdk_has_zero_init(BlockNode *bs)
 /* As qemu-img checks a VMDK: every grain the map names must lie inside its file. Nothing is repaired. */
 static int vmdk_check(BlockNode *bs, BlockCheckResult *res, int fix)
 {
-    return fix ? -ENOTSUP : bdrv_check_host_runs(bs, res, 0); /* -r: 63, as in qemu-img */
+    /* -r: 63; a grain past the end of its file stops the check (exit 1), as in qemu-img */
+    return fix ? -ENOTSUP : bdrv_check_host_runs(bs, res, 0, true);
 }
 
 const BlockDriver bdrv_vmdk = {
