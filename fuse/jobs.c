@@ -178,6 +178,8 @@ static int copy_layers(BlockNode *top, BlockNode *to, int lo, int hi, Progress *
         BlockStatus st;
         memset(&st, 0, sizeof st);
         r = bdrv_block_status_above(top, pos, MIN(size - pos, (int64_t)1 << 30), &st);
+        if (r == 0 && st.bytes <= 0)
+            r = -EIO; /* a driver answering for no bytes would make the walk spin */
         if (r < 0) {
             *fail = pos;
             break;
@@ -351,6 +353,8 @@ static int rebase_copy(BlockNode *top, BlockNode *new_base, Progress *prog, int6
         BlockStatus st;
         memset(&st, 0, sizeof st);
         r = bdrv_block_status(top, pos, MIN(size - pos, (int64_t)JOB_CHUNK), &st);
+        if (r == 0 && st.bytes <= 0)
+            r = -EIO; /* a driver answering for no bytes would make the walk spin */
         if (r < 0) {
             *fail = pos;
             break;
