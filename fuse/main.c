@@ -250,6 +250,7 @@ typedef struct MountArgs {
     int n_driver_items;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
+    const char *timeout; /* --timeout: the image's protocol driver's timeout option (timeout_key) */
 } MountArgs;
 
 static const char *const emulate_kinds[3] = { "vmdk", "vhd", "vdi" };
@@ -420,8 +421,7 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         note_option(a, name, arg);
         break;
     case OPT_TIMEOUT:
-        if (!map_long_opt(a, name, "nbd.timeout", false, arg))
-            return EXIT_USAGE;
+        a->timeout = arg; /* mapped once the image is known (parse_mount_args) */
         note_option(a, name, arg);
         break;
     case OPT_KEY_FILE:
@@ -649,6 +649,22 @@ static int check_combinations(const MountArgs *a)
     return 0;
 }
 
+/* --timeout's driver option: the timeout of the protocol driver of the image (rbd:...) or of --backing, when
+ * that driver takes one; else nbd.timeout (an NBD layer may come from the chain). */
+static const char *timeout_key(const MountArgs *a, char *buf, size_t len)
+{
+    const char *names[] = { a->image, a->open.backing };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        const BlockDriver *d = bdrv_find_protocol(names[i]);
+        for (const BlockOptionSpec *o = d ? d->options : NULL; o && o->name; o++)
+            if (strcmp(o->name, "timeout") == 0) {
+                snprintf(buf, len, "%s.timeout", d->name);
+                return buf;
+            }
+    }
+    return "nbd.timeout";
+}
+
 /* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
 static int parse_mount_args(MountArgs *a, int argc, char **argv)
 {
@@ -677,6 +693,9 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     a->image = argv[optind];
     a->mountpoint = argv[optind + 1];
     if (positional_error(a->image, a->mountpoint))
+        return EXIT_USAGE;
+    char key[64];
+    if (a->timeout && !map_long_opt(a, "timeout", timeout_key(a, key, sizeof key), false, a->timeout))
         return EXIT_USAGE;
     if ((rc = check_combinations(a)) != 0)
         return rc;
