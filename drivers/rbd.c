@@ -465,9 +465,13 @@ static int rbd_node_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     (void)opts;
     RbdState *s = bs->opaque;
     RbdSpec *sp = calloc(1, sizeof *sp);
-    int r = sp ? parse_name(bs->filename, sp, err) : -ENOMEM;
+    char *name = strdup(bs->filename);
+    int r = sp && name ? redact_node_name(bs) : -ENOMEM; /* before any message names the node */
     if (r == 0)
-        r = redact_node_name(bs); /* before any message names the node */
+        r = parse_name(name, sp, err);
+    if (name)
+        explicit_bzero(name, strlen(name));
+    free(name);
     int64_t t = bdrv_opt_int(bs, "timeout", RBD_DEFAULT_TIMEOUT);
     if (r == 0 && (t < 1 || t > RBD_MAX_TIMEOUT)) {
         error_set(err, EINVAL, "rbd option 'timeout': %lld is not between 1 and %d seconds", (long long)t,

@@ -1114,19 +1114,21 @@ static int mount_main(int argc, char **argv)
     };
     int fargc;
     char *image_abs = realpath(a.image, NULL);
-    char **fargv = build_fuse_argv(&a, image_abs ? image_abs : a.image, read_only, &fargc);
+    char shown[PATH_MAX]; /* the image's name with a URL's secret masked (rbd:...:key=***), for messages */
+    bdrv_url_redact(a.image, shown, sizeof shown);
+    char **fargv = build_fuse_argv(&a, image_abs ? image_abs : shown, read_only, &fargc);
     free(image_abs);
     audit_begin(&audit, bs, a.mountpoint);
-    int live_r = read_only || use_overlay ? 0 : live_start(bs, a.image);
+    int live_r = read_only || use_overlay || bdrv_find_protocol(a.image) ? 0 : live_start(bs, a.image);
     if (live_r < 0)
-        log_msg("%s: no live commit/stream for this mount: control socket: %s", a.image, strerror(-live_r));
+        log_msg("%s: no live commit/stream for this mount: control socket: %s", shown, strerror(-live_r));
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
     live_stop();
 
     int r = bdrv_flush(view);
     if (r < 0) {
-        log_msg("%s: flush at unmount failed: %s", a.image, strerror(-r));
+        log_msg("%s: flush at unmount failed: %s", shown, strerror(-r));
         if (rc == EXIT_OK)
             rc = EXIT_RUNTIME;
     }
