@@ -1014,6 +1014,23 @@ static char *command_line_area(int argc, char **argv, size_t *len)
     return lo;
 }
 
+/* The secret of an rbd: name (":key=SECRET") masked in the process's command line, which ps shows; *image
+ * then points to a copy (returned, for the caller to free) that the open uses. NULL when there is none. */
+static char *hide_name_secret(const char **image)
+{
+    char shown[PATH_MAX];
+    if (!bdrv_url_is_bare(*image) || !bdrv_url_redact(*image, shown, sizeof shown))
+        return NULL;
+    char *copy = strdup(*image), *arg = (char *)*image;
+    if (!copy)
+        abort();
+    for (char *k = strstr(arg, ":key="); k; k = strstr(k + 5, ":key="))
+        for (char *p = k + 5; *p && *p != ':'; p++)
+            *p = '*';
+    *image = copy;
+    return copy;
+}
+
 static int mount_main(int argc, char **argv)
 {
     size_t title_len;
@@ -1025,8 +1042,10 @@ static int mount_main(int argc, char **argv)
     sb_init(&a.fuse_opts);
     sb_init(&a.summary);
     int rc = parse_mount_args(&a, argc, argv);
+    char *image_copy = NULL;
     if (rc >= 0)
         goto out;
+    image_copy = hide_name_secret(&a.image);
 
     bool file_mode = false;
     if ((rc = check_mountpoint(a.mountpoint, a.nonempty, &file_mode)) != 0)
@@ -1155,6 +1174,7 @@ out:
         pid_file_remove(pid_file); /* last: the image is closed and its locks are released */
         free(pid_file);
     }
+    free(image_copy);
     sb_free(&a.fuse_opts);
     sb_free(&a.summary);
     for (int i = 0; i < a.n_driver_items; i++)

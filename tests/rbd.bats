@@ -223,6 +223,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   ! grep -qF "$key" "$MNT/info"
   ! grep -qF "$key" "$MNT/info.json"
   ! grep -qF "$key" /proc/mounts
+  ! tr '\0' ' ' < "/proc/$DAEMON_PID/cmdline" | grep -qF "$key"   # ps shows key=***
   unmount_img
   ! grep -qF "$key" daemon.log
   [ -s audit.log ]
@@ -245,6 +246,8 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 }
 
 @test "rbd names: ./rbd:x is a local file; --timeout out of range is refused; a missing pool is one line" {
+  # librbd is loaded when used: the binary does not link Ceph's libraries
+  ! ldd "$IMGFUSE" | grep -E 'librbd|librados'
   qemu-img create -q -f qcow2 ./rbd:x 1M
   mount_img ./rbd:x "$MNT"
   grep -q "format: qcow2" "$MNT/info"
