@@ -8,8 +8,8 @@
 # cluster (--backing rbd:...) takes writes that qemu-img checks and reads back; a qcow2 image in the cluster
 # finds its backing image by its relative name in the same pool; fio verifies 4 jobs on a --rw mount; RBD
 # snapshots appear under snapshots/NAME/ read-only and read like `rbd export pool/img@snap`; the OSD stopped
-# during reads gives the reader EIO within --timeout, `ls` works, and reads work again once it is back; a mount
-# while the monitor is down fails within --timeout; a key given in the name appears nowhere (info, info.json,
+# during reads gives the reader EIO within --timeout, `ls` works, and reads work again once it is back; with the
+# monitor down a mount's reads go on and a new mount fails within --timeout; a key given in the name appears nowhere (info, info.json,
 # the log, the audit log, /proc/mounts, error lines); ./rbd:x is a local file.
 
 load helpers
@@ -195,10 +195,17 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   unmount_img
 }
 
-@test "the monitor down: a mount fails within --timeout with one line" {
+@test "the monitor down: reads of a mount go on (the OSD serves them), a new mount fails within --timeout with one line" {
   rbd create --size 4M "$POOL/$IMG"
+  mount_img --rw --direct-io --timeout 3 -f raw "rbd:$POOL/$IMG"
+  head -c 4M /dev/urandom > r.raw
+  dd if=r.raw of="$MNT/disk.raw" bs=1M conv=notrunc,fsync 2>/dev/null
   "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop-mon "$CEPH_DIR"
   local t0; t0=$(now_ms)
+  same_bytes "$MNT/disk.raw" r.raw
+  [ $(( $(now_ms) - t0 )) -lt 5000 ]
+  unmount_img
+  t0=$(now_ms)
   run "$IMGFUSE" --timeout 3 -f raw "rbd:$POOL/$IMG" "$MNT"
   local took=$(( $(now_ms) - t0 ))
   echo "mon down: $status after $took ms: $output"
