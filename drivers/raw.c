@@ -6,7 +6,7 @@
  * sector probe as another format, or carry any magic of lib/probe.c's table of known formats, is
  * refused (the format-probing attack); info names a format the file looks like (a fixed VHD, or any
  * file opened with -f raw).  It knows nothing about other formats beyond asking their probe functions
- * and that table.
+ * and that table.  Snapshots are its file's (an RBD image's), when the protocol driver has them.
  */
 #include "block.h"
 #include "util.h"
@@ -124,6 +124,42 @@ static bool raw_has_zero_init(BlockNode *bs)
     return bdrv_has_zero_init(bs->file);
 }
 
+/* Snapshots of the file below (an RBD image's): raw has none of its own, so it shows its file's, each opened
+ * as a raw node over the file's snapshot node. */
+static int raw_snapshot_list(BlockNode *bs, SnapshotInfo **list)
+{
+    return bdrv_snapshot_list(bs->file, list);
+}
+
+/* The file's snapshot slots; none (a local file): raw's own "does not support" line, as before. */
+static int raw_file_snapshots(BlockNode *bs, bool has_slot, Error *err)
+{
+    if (has_slot)
+        return 0;
+    error_set(err, ENOTSUP, "%s: format 'raw' does not support internal snapshots", bs->filename);
+    return -ENOTSUP;
+}
+
+static BlockNode *raw_snapshot_open(BlockNode *bs, const char *id, Error *err)
+{
+    if (raw_file_snapshots(bs, bs->file->drv->snapshot_open != NULL, err) < 0)
+        return NULL;
+    BlockNode *file = bdrv_snapshot_open(bs->file, id, err);
+    return file ? bdrv_open_on_node(file, "raw", NULL, err) : NULL;
+}
+
+static int raw_snapshot_create(BlockNode *bs, const char *name, Error *err)
+{
+    int r = raw_file_snapshots(bs, bs->file->drv->snapshot_create != NULL, err);
+    return r < 0 ? r : bdrv_snapshot_create(bs->file, name, err);
+}
+
+static int raw_snapshot_delete(BlockNode *bs, const char *id_or_name, Error *err)
+{
+    int r = raw_file_snapshots(bs, bs->file->drv->snapshot_delete != NULL, err);
+    return r < 0 ? r : bdrv_snapshot_delete(bs->file, id_or_name, err);
+}
+
 static int raw_create(const char *filename, const CreateOpts *opts, Error *err)
 {
     const BlockDriver *file = bdrv_find_driver("file");
@@ -143,6 +179,10 @@ const BlockDriver bdrv_raw = {
     .get_allocated_size = raw_get_allocated_size,
     .truncate = raw_truncate,
     .get_info = raw_get_info,
+    .snapshot_list = raw_snapshot_list,
+    .snapshot_open = raw_snapshot_open,
+    .snapshot_create = raw_snapshot_create,
+    .snapshot_delete = raw_snapshot_delete,
     .has_zero_init = raw_has_zero_init,
     .create = raw_create,
     .shares_write = true,

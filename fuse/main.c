@@ -250,6 +250,7 @@ typedef struct MountArgs {
     int n_driver_items;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
+    const char *timeout; /* --timeout: the image's protocol driver's timeout option (timeout_key) */
 } MountArgs;
 
 static const char *const emulate_kinds[3] = { "vmdk", "vhd", "vdi" };
@@ -420,8 +421,7 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
         note_option(a, name, arg);
         break;
     case OPT_TIMEOUT:
-        if (!map_long_opt(a, name, "nbd.timeout", false, arg))
-            return EXIT_USAGE;
+        a->timeout = arg; /* mapped once the image is known (parse_mount_args) */
         note_option(a, name, arg);
         break;
     case OPT_KEY_FILE:
@@ -649,6 +649,22 @@ static int check_combinations(const MountArgs *a)
     return 0;
 }
 
+/* --timeout's driver option: the timeout of the protocol driver of the image (rbd:...) or of --backing, when
+ * that driver takes one; else nbd.timeout (an NBD layer may come from the chain). */
+static const char *timeout_key(const MountArgs *a, char *buf, size_t len)
+{
+    const char *names[] = { a->image, a->open.backing };
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+        const BlockDriver *d = bdrv_find_protocol(names[i]);
+        for (const BlockOptionSpec *o = d ? d->options : NULL; o && o->name; o++)
+            if (strcmp(o->name, "timeout") == 0) {
+                snprintf(buf, len, "%s.timeout", d->name);
+                return buf;
+            }
+    }
+    return "nbd.timeout";
+}
+
 /* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
 static int parse_mount_args(MountArgs *a, int argc, char **argv)
 {
@@ -677,6 +693,9 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     a->image = argv[optind];
     a->mountpoint = argv[optind + 1];
     if (positional_error(a->image, a->mountpoint))
+        return EXIT_USAGE;
+    char key[64];
+    if (a->timeout && !map_long_opt(a, "timeout", timeout_key(a, key, sizeof key), false, a->timeout))
         return EXIT_USAGE;
     if ((rc = check_combinations(a)) != 0)
         return rc;
@@ -995,6 +1014,23 @@ static char *command_line_area(int argc, char **argv, size_t *len)
     return lo;
 }
 
+/* The secret of an rbd: name (":key=SECRET") masked in the process's command line, which ps shows; *image
+ * then points to a copy (returned, for the caller to free) that the open uses. NULL when there is none. */
+static char *hide_name_secret(const char **image)
+{
+    char shown[PATH_MAX];
+    if (!bdrv_url_is_bare(*image) || !bdrv_url_redact(*image, shown, sizeof shown))
+        return NULL;
+    char *copy = strdup(*image), *arg = (char *)*image;
+    if (!copy)
+        abort();
+    for (char *k = strstr(arg, ":key="); k; k = strstr(k + 5, ":key="))
+        for (char *p = k + 5; *p && *p != ':'; p++)
+            *p = '*';
+    *image = copy;
+    return copy;
+}
+
 static int mount_main(int argc, char **argv)
 {
     size_t title_len;
@@ -1006,8 +1042,10 @@ static int mount_main(int argc, char **argv)
     sb_init(&a.fuse_opts);
     sb_init(&a.summary);
     int rc = parse_mount_args(&a, argc, argv);
+    char *image_copy = NULL;
     if (rc >= 0)
         goto out;
+    image_copy = hide_name_secret(&a.image);
 
     bool file_mode = false;
     if ((rc = check_mountpoint(a.mountpoint, a.nonempty, &file_mode)) != 0)
@@ -1095,19 +1133,21 @@ static int mount_main(int argc, char **argv)
     };
     int fargc;
     char *image_abs = realpath(a.image, NULL);
-    char **fargv = build_fuse_argv(&a, image_abs ? image_abs : a.image, read_only, &fargc);
+    char shown[PATH_MAX]; /* the image's name with a URL's secret masked (rbd:...:key=***), for messages */
+    bdrv_url_redact(a.image, shown, sizeof shown);
+    char **fargv = build_fuse_argv(&a, image_abs ? image_abs : shown, read_only, &fargc);
     free(image_abs);
     audit_begin(&audit, bs, a.mountpoint);
-    int live_r = read_only || use_overlay ? 0 : live_start(bs, a.image);
+    int live_r = read_only || use_overlay || bdrv_find_protocol(a.image) ? 0 : live_start(bs, a.image);
     if (live_r < 0)
-        log_msg("%s: no live commit/stream for this mount: control socket: %s", a.image, strerror(-live_r));
+        log_msg("%s: no live commit/stream for this mount: control socket: %s", shown, strerror(-live_r));
     rc = fs_run(&cfg, fargc, fargv, a.mountpoint, MOUNT_THREADS, detach_ready, &d);
     free_argv(fargv, fargc);
     live_stop();
 
     int r = bdrv_flush(view);
     if (r < 0) {
-        log_msg("%s: flush at unmount failed: %s", a.image, strerror(-r));
+        log_msg("%s: flush at unmount failed: %s", shown, strerror(-r));
         if (rc == EXIT_OK)
             rc = EXIT_RUNTIME;
     }
@@ -1134,6 +1174,7 @@ out:
         pid_file_remove(pid_file); /* last: the image is closed and its locks are released */
         free(pid_file);
     }
+    free(image_copy);
     sb_free(&a.fuse_opts);
     sb_free(&a.summary);
     for (int i = 0; i < a.n_driver_items; i++)

@@ -419,6 +419,9 @@ const BlockDriver *bdrv_find_protocol(const char *name);
 /* name into out (len bytes) with the password of a URL's user info ("nbd://user:SECRET@host") as "***";
  * true if it had one. bdrv_open_file refuses such a URL, naming it so: credentials never reach a message. */
 bool bdrv_url_redact(const char *name, char *out, size_t len);
+/* True if name starts with a bare scheme of the table, "SCHEME:" without "//" (rbd:pool/image[@snap][:opts]);
+ * bdrv_find_protocol serves it, bdrv_url_redact masks its ":key=SECRET" as ":key=***" (and returns true). */
+bool bdrv_url_is_bare(const char *name);
 
 /* ---------------------------------------------------------------- nodes */
 

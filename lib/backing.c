@@ -136,6 +136,33 @@ static int resolve_remote(const char *image_url, const char *name, char *out, si
     return 0;
 }
 
+/* A bare-scheme image's backing name (rbd:POOL/IMAGE[@SNAP]:OPTS): a name without '/' is another image of the
+ * same pool (namespace kept), with '/' a POOL/IMAGE of the same cluster; the image's options (conf, id,
+ * keyring, key) are kept. A name that could change them (':', '\\', control characters) is refused. */
+static int resolve_bare(const char *image_url, const char *name, char *out, size_t outlen, char *note,
+                        size_t notelen, Error *err)
+{
+    for (const char *p = name; *p; p++)
+        if (*p == ':' || *p == '\\' || (unsigned char)*p < 0x20 || *p == 0x7f)
+            return refuse(err, image_url, name, "a remote image's backing name may not hold ':', '\\' or control "
+                          "characters");
+    const char *spec = strchr(image_url, ':') + 1, *opts = spec;
+    while (*opts && *opts != ':')
+        opts += *opts == '\\' && opts[1] ? 2 : 1;
+    const char *last = NULL;
+    for (const char *p = spec; p < opts && *p != '@'; p += *p == '\\' && p[1] ? 2 : 1)
+        if (*p == '/')
+            last = p;
+    while (name[0] == '/')
+        name++;
+    int keep = strchr(name, '/') || !last ? (int)(spec - image_url) : (int)(last + 1 - image_url);
+    int n = snprintf(out, outlen, "%.*s%s%s", keep, image_url, name, opts);
+    if (!name[0] || n < 0 || (size_t)n >= outlen)
+        return refuse(err, image_url, name, "the name is empty or too long");
+    snprintf(note, notelen, "on the image's cluster");
+    return 0;
+}
+
 static int resolve_unsafe(const char *image_path, const char *name, char *out, size_t outlen, char *note,
                           size_t notelen, Error *err)
 {
@@ -162,7 +189,7 @@ const char *bdrv_named_file_refusal(BlockNode *bs, const BlockOpenOpts *opts, co
         }
     if (opts && opts->unsafe_backing)
         return NULL;
-    if (bdrv_url_scheme_len(path) || bdrv_find_protocol(bs->filename))
+    if (bdrv_url_scheme_len(path) || bdrv_url_is_bare(path) || bdrv_find_protocol(bs->filename))
         return "a remote location named inside an image is never followed";
     char real[PATH_MAX], dir[PATH_MAX];
     if (!realpath(path, real))
@@ -188,7 +215,7 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
         error_set(err, EINVAL, "%s: empty backing file name", image_path);
         return -EINVAL;
     }
-    if (bdrv_url_scheme_len(name)) {
+    if (bdrv_url_scheme_len(name) || bdrv_url_is_bare(name)) {
         if (!(opts && opts->unsafe_backing))
             return refuse(err, image_path, name, "a remote location named inside an image is never followed");
         if (!bdrv_find_protocol(name))
@@ -197,6 +224,8 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
         snprintf(note, notelen, "a remote location (--unsafe-backing)");
         return 0;
     }
+    if (bdrv_url_is_bare(image_path))
+        return resolve_bare(image_path, name, out, outlen, note, notelen, err);
     if (bdrv_find_protocol(image_path))
         return resolve_remote(image_path, name, out, outlen, note, notelen, err);
     if (opts && opts->unsafe_backing)

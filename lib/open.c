@@ -111,7 +111,7 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
     }
     const BlockDriver *proto = bdrv_find_protocol(filename);
     char shown[PATH_MAX];
-    if (proto && bdrv_url_redact(filename, shown, sizeof(shown))) {
+    if (proto && !bdrv_url_is_bare(filename) && bdrv_url_redact(filename, shown, sizeof(shown))) {
         error_set(err, EINVAL, "%s: a password in the URL is not supported (the %s driver takes none; TLS keys "
                   "go in a file: tls-psk-file=FILE)", shown, proto->name);
         return NULL;

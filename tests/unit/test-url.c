@@ -4,7 +4,8 @@
  * nbd, nbds, nbd+unix; none for http or a local name), the backing-name policy refuses a URL written inside
  * an image unless --unsafe-backing, resolves a remote image's relative and absolute names on its own server
  * (query kept) and refuses names that could change the server's query; files an image names besides its
- * backing file are refused as URLs too; a URL's password is masked (bdrv_url_redact).
+ * backing file are refused as URLs too; a URL's password is masked (bdrv_url_redact); rbd's bare
+ * "rbd:pool/image" names, their masked key and their backing names.
  */
 #include "../../lib/block_int.h"
 #include "tap.h"
@@ -87,11 +88,43 @@ static void test_named_files(void)
     bdrv_free_node(bs);
 }
 
+/* rbd's bare scheme "rbd:pool/image[@snap][:opts]": the driver, the masked key, the backing names. */
+static void test_rbd(void)
+{
+    const BlockDriver *rbd = bdrv_find_driver("rbd");
+    char r[512];
+    ok(rbd && rbd->is_protocol, "the rbd driver is a protocol driver");
+    ok(bdrv_find_protocol("rbd:pool/img") == rbd && bdrv_find_protocol("rbd:p/ns/img@s1:conf=/c") == rbd,
+       "rbd:pool/image is rbd's");
+    ok(!bdrv_find_protocol("./rbd:x") && !bdrv_find_protocol("RBD:x") && !bdrv_find_protocol("rbdx:y") &&
+       !bdrv_find_protocol("a/rbd:x"), "./rbd:x, RBD:x, rbdx:y are local names");
+    ok(!bdrv_find_protocol("rbd://h/x"), "rbd:// is not rbd's form");
+    ok(bdrv_url_is_bare("rbd:p/i") && !bdrv_url_is_bare("nbd://h/x") && !bdrv_url_is_bare("x"), "bare or not");
+    ok(bdrv_url_redact("rbd:p/i:id=u:key=AQBsecret==:conf=/c", r, sizeof r) &&
+       strcmp(r, "rbd:p/i:id=u:key=***:conf=/c") == 0, "the key is masked: %s", r);
+    ok(bdrv_url_redact("rbd:p/i:key=a\\:b", r, sizeof r) && strcmp(r, "rbd:p/i:key=***") == 0,
+       "an escaped ':' stays in the key: %s", r);
+    ok(!bdrv_url_redact("rbd:p/i:keyring=/k", r, sizeof r) && strcmp(r, "rbd:p/i:keyring=/k") == 0,
+       "a keyring file is no secret");
+    ok(!bdrv_url_redact("rbd:p/key=x", r, sizeof r), "key= in the image part is a name");
+
+    is_int(resolve("/tmp/img.qcow2", "rbd:p/base", false), -EACCES, "rbd: inside a local image: refused");
+    ok(resolve("rbd:p/top:conf=/c", "base", false) == 0 && strcmp(out, "rbd:p/base:conf=/c") == 0,
+       "relative name: same pool, options kept: %s", out);
+    ok(resolve("rbd:p/ns/top@s", "base", false) == 0 && strcmp(out, "rbd:p/ns/base") == 0,
+       "namespace kept, the image's snapshot dropped: %s", out);
+    ok(resolve("rbd:p/top:id=u", "q/base", false) == 0 && strcmp(out, "rbd:q/base:id=u") == 0,
+       "POOL/IMAGE: same cluster: %s", out);
+    is_int(resolve("rbd:p/top", "base:mon_host=10.0.0.1", false), -EACCES, "':' in the name (an option) refused");
+    is_int(resolve("rbd:p/top", "b\\:x", false), -EACCES, "'\\' refused");
+}
+
 int main(void)
 {
     test_scheme_table();
     test_redact();
     test_backing_policy();
     test_named_files();
+    test_rbd();
     return done_testing();
 }
