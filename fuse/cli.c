@@ -245,6 +245,8 @@ static const CommandHelp command_help[] = {
       "  -U, --force-share        read sources that another process holds open for writing\n"
       "      --backing-dir DIR    look for the sources' backing files in DIR too\n"
       "      --unsafe-backing     follow the sources' backing names without the safety policy\n"
+      "      --key-file FILE      key of encrypted sources (LUKS, qcow2/qcow encryption): the whole of FILE\n"
+      "      --passphrase-fd N    key of encrypted sources: the first line read from descriptor N\n"
       "  -h, --help               this help\n",
       "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
     { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",
