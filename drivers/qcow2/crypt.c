@@ -94,10 +94,14 @@ static int crypt_open_aes(struct Qcow2Crypt *c, const uint8_t *pass, size_t pass
     return luks_cipher_init(&c->cipher, "aes-cbc-plain64", c->key, LUKS_LEGACY_AES_KEY, 512, err);
 }
 
-static int crypt_check_header(Qcow2State *s, int64_t file_size, Error *err)
+int qcow2_crypt_check_header(const Qcow2State *s, Error *err)
 {
     if (s->crypt_method == QCOW2_CRYPT_LUKS && !s->has_crypto_ext) {
         error_set(err, EINVAL, "LUKS encrypted qcow2 image without its encryption header extension");
+        return -EINVAL;
+    }
+    if (s->crypt_method == QCOW2_CRYPT_LUKS && s->crypto_header_length == 0) {
+        error_set(err, EINVAL, "LUKS encrypted qcow2 image whose encryption header extension is empty");
         return -EINVAL;
     }
     if (s->has_crypto_ext && s->crypt_method != QCOW2_CRYPT_LUKS) {
@@ -109,13 +113,15 @@ static int crypt_check_header(Qcow2State *s, int64_t file_size, Error *err)
         error_set(err, ENOTSUP, "unknown encryption method %" PRIu32, s->crypt_method);
         return -ENOTSUP;
     }
-    return s->crypt_method == QCOW2_CRYPT_LUKS ? crypt_header_range(s, file_size, err) : 0;
+    return 0;
 }
 
 int qcow2_crypt_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, int64_t file_size, Error *err)
 {
-    int r = crypt_check_header(s, file_size, err);
-    if (r < 0 || s->crypt_method == QCOW2_CRYPT_NONE)
+    if (s->crypt_method == QCOW2_CRYPT_NONE)
+        return 0;
+    int r = s->crypt_method == QCOW2_CRYPT_LUKS ? crypt_header_range(s, file_size, err) : 0;
+    if (r < 0)
         return r;
     if ((r = luks_ossl_load(err)) < 0)
         return r;

@@ -327,6 +327,9 @@ static int qcow2_check_header_length(Qcow2State *s, size_t len, Error *err)
 static int qcow2_check_features(Qcow2State *s, Error *err)
 {
     char names[512];
+    int ret = qcow2_crypt_check_header(s, err);
+    if (ret < 0)
+        return ret;
     uint64_t unknown = s->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
     if (unknown) {
         qcow2_feature_names(s, QCOW2_FEAT_TYPE_INCOMPAT, unknown, names, sizeof(names));

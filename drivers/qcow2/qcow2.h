@@ -519,6 +519,7 @@ int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...) __attribute__((forma
  * unlocks the key (0 with s->crypt NULL for a plain image); qcow2_data_pread/pwrite move guest data
  * between a buffer and the data file at host, decrypting/encrypting it when the image is encrypted (whole
  * 512-byte sectors then; guest is the guest offset of host); pwrite's buf NULL writes zeros. */
+int qcow2_crypt_check_header(const Qcow2State *s, Error *err); /* header fields only (parse time) */
 int qcow2_crypt_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, int64_t file_size, Error *err);
 void qcow2_crypt_close(Qcow2State *s);
 int qcow2_data_pread(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf);
