@@ -310,6 +310,7 @@ static const CommandHelp command_help[] = {
       "  -U, --force-share        check an image in use (read-only; not with -r)\n"
       "      --read-only          refuse -r: nothing may be written (forensic use)\n"
       "      --backing-dir DIR    accepted (the backing file is not opened)\n"
+      "      --key-file FILE      key of an encrypted image; --passphrase-fd N: its first line from descriptor N\n"
       "  -q, --quiet              no report, the exit code only\n"
       "  -h, --help               this help\n",
       "imgfuse check -r all vm.qcow2" },

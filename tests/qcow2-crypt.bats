@@ -244,3 +244,25 @@ PY
   cp h.qcow2 hdr.qcow2; patch_be64 hdr.qcow2 "$at" 0
   refused_open hdr.qcow2 "overlaps the image header" --key-file k1
 }
+
+@test "imgfuse check counts the LUKS header's clusters (no leaks, -r leaks keeps them); mkdir snapshots/NAME keeps the header" {
+  enc_create qcow2 luks c.qcow2 4M
+  qio qcow2 c.qcow2 "write -P 0x21 0 1M"
+  run "$IMGFUSE" check --key-file k1 c.qcow2
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found on the image."* ]]
+  "$IMGFUSE" check -r leaks --key-file k1 c.qcow2
+  check_clean_enc c.qcow2
+  mount_img --rw --key-file k1 c.qcow2 "$MNT"
+  mkdir "$MNT/snapshots/s1"
+  printf 'after the snapshot' | dd of="$MNT/disk.raw" bs=1 seek=4096 conv=notrunc status=none
+  cp "$MNT/disk.raw" seen.raw
+  unmount_img
+  check_clean_enc c.qcow2
+  qconvert qcow2 c.qcow2 ref.raw
+  cmp seen.raw ref.raw
+  qconvert qcow2 c.qcow2 snap.raw -l snapshot.name=s1
+  cmp -n 4096 snap.raw ref.raw
+  ! cmp -s snap.raw ref.raw
+}

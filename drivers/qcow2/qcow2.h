@@ -557,6 +557,7 @@ typedef enum Qcow2MetaKind {
     QCOW2_META_L2,
     QCOW2_META_SNAPTABLE,
     QCOW2_META_SNAP_L1,
+    QCOW2_META_CRYPTO,    /* the LUKS header of an encrypted image (crypt.c) */
     QCOW2_META_NEW,       /* a new metadata generation (check.c): may overlap nothing */
 } Qcow2MetaKind;
 const char *qcow2_meta_kind_name(Qcow2MetaKind kind);
