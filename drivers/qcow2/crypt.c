@@ -51,30 +51,35 @@ static int crypt_header_range(Qcow2State *s, int64_t file_size, Error *err)
     return 0;
 }
 
-/* The LUKS1 header the extension points at, read into a memory node, unlocked with the passphrase. */
-static int crypt_open_luks(BlockNode *bs, Qcow2State *s, struct Qcow2Crypt *c, const uint8_t *pass,
-                           size_t pass_len, LuksHeader *h, Error *err)
+/* The LUKS1 header the extension points at, read into a memory node (*mem) and parsed, before any key is
+ * asked for. */
+static int crypt_read_luks(BlockNode *bs, Qcow2State *s, LuksHeader *h, BlockNode **mem, Error *err)
 {
     size_t len = (size_t)s->crypto_header_length;
     uint8_t *buf = malloc(len);
     if (!buf)
         return -ENOMEM;
     int r = bdrv_pread(bs->file, (int64_t)s->crypto_header_offset, (int64_t)len, buf);
-    BlockNode *mem = r < 0 ? NULL : bdrv_open_memory(buf, len, true);
+    *mem = r < 0 ? NULL : bdrv_open_memory(buf, len, true);
     free(buf);
-    if (r < 0 || !mem) {
+    if (r < 0 || !*mem) {
         error_set(err, EIO, "cannot read the LUKS header");
         return r < 0 ? r : -ENOMEM;
     }
-    r = luks_header_read(mem, len, h, err);
+    r = luks_header_read(*mem, len, h, err);
     if (r == 0 && (h->sector_size != 512 || h->iv_tweak)) {
         error_set(err, ENOTSUP, "LUKS header with %" PRIu32 "-byte sectors is not supported in qcow2",
                   h->sector_size);
         r = -ENOTSUP;
     }
-    if (r == 0)
-        r = luks_unlock(mem, h, pass, pass_len, -1, c->key, err);
-    bdrv_close(mem);
+    return r;
+}
+
+/* The master key from the parsed header and the passphrase, and the cipher over it. */
+static int crypt_unlock_luks(struct Qcow2Crypt *c, BlockNode *mem, const LuksHeader *h, const uint8_t *pass,
+                             size_t pass_len, Error *err)
+{
+    int r = luks_unlock(mem, h, pass, pass_len, -1, c->key, err);
     if (r < 0)
         return r;
     c->slot = r;
@@ -125,22 +130,26 @@ int qcow2_crypt_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, in
         return r;
     if ((r = luks_ossl_load(err)) < 0)
         return r;
-    const char *what = s->crypt_method == QCOW2_CRYPT_LUKS ? "encrypted qcow2 image (LUKS)"
-                                                           : "encrypted qcow2 image (AES)";
+    LuksHeader *h = calloc(1, sizeof *h);
+    struct Qcow2Crypt *c = calloc(1, sizeof *c);
+    BlockNode *mem = NULL;
     const uint8_t *pass = NULL;
     size_t pass_len = 0;
     uint8_t *asked = NULL;
-    if ((r = luks_key_get(bs, opts, what, &pass, &pass_len, &asked, err)) < 0)
-        return r;
-    struct Qcow2Crypt *c = calloc(1, sizeof *c);
-    LuksHeader *h = calloc(1, sizeof *h);
-    if (!c || !h || !(c->key = luks_secure_alloc(QCOW2_CRYPT_KEY_PAGE)))
+    const char *what = s->crypt_method == QCOW2_CRYPT_LUKS ? "encrypted qcow2 image (LUKS)"
+                                                           : "encrypted qcow2 image (AES)";
+    if (!h || !c || !(c->key = luks_secure_alloc(QCOW2_CRYPT_KEY_PAGE)))
         r = -ENOMEM;
-    else if (s->crypt_method == QCOW2_CRYPT_LUKS)
-        r = crypt_open_luks(bs, s, c, pass, pass_len, h, err);
-    else
-        r = crypt_open_aes(c, pass, pass_len, err);
+    if (r == 0 && s->crypt_method == QCOW2_CRYPT_LUKS)
+        r = crypt_read_luks(bs, s, h, &mem, err);
+    if (r == 0)
+        r = luks_key_get(bs, opts, what, &pass, &pass_len, &asked, err);
+    if (r == 0)
+        r = s->crypt_method == QCOW2_CRYPT_LUKS ? crypt_unlock_luks(c, mem, h, pass, pass_len, err)
+                                                : crypt_open_aes(c, pass, pass_len, err);
     luks_secure_free(asked, LUKS_KEY_PROMPT_MAX);
+    if (mem)
+        bdrv_close(mem);
     if (h)
         explicit_bzero(h, sizeof *h);
     free(h);
