@@ -178,8 +178,29 @@ static int crypt_run(const Qcow2State *s, uint64_t host, uint64_t guest, uint8_t
     return luks_cipher_run(&c->cipher, (c->host_iv ? host : guest) / 512, buf, (size_t)bytes, enc);
 }
 
+/* A read that does not cover whole sectors (a vmstate read, say): the sectors around it through a bounce
+ * buffer. Host and guest offsets share their place in the cluster, so the widened range stays in the
+ * same (sub)clusters. */
+static int crypt_pread_partial(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf)
+{
+    uint64_t head = guest & 511, len = (head + bytes + 511) & ~(uint64_t)511;
+    if ((host & 511) != head || host < head)
+        return -EIO;
+    uint8_t *bounce = malloc(len);
+    if (!bounce)
+        return -ENOMEM;
+    int r = qcow2_data_pread(s, host - head, guest - head, len, bounce);
+    if (r == 0)
+        memcpy(buf, bounce + head, bytes);
+    explicit_bzero(bounce, len);
+    free(bounce);
+    return r;
+}
+
 int qcow2_data_pread(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf)
 {
+    if (s->crypt && ((guest | bytes) & 511))
+        return crypt_pread_partial(s, host, guest, bytes, buf);
     int r = bdrv_pread(s->data_file, (int64_t)host, (int64_t)bytes, buf);
     if (r < 0 || !s->crypt)
         return r;
