@@ -10,11 +10,16 @@
  * append a new cluster at the end of the file (whole cluster: the old compressed contents, the backing
  * file's bytes or zeros, with the new bytes over them), then the L2 entry (and a new L2 table and its L1
  * entry when needed) - data before the tables that name it; a writable open first checks that no table
- * or cluster lies in the header or overlaps another.  AES-encrypted images are refused by name.
+ * or cluster lies in the header or overlaps another.  AES-encrypted images (crypt_method 1) open with the
+ * key the front end gives (BlockOpenOpts.secret, or the prompt): AES-128-CBC with the passphrase's first
+ * 16 bytes as key and the guest sector number as IV (plain64), the cipher and locked key memory of
+ * drivers/luks/; their data runs are decoded (decrypted) and every write of theirs is an encrypting
+ * write under the exclusive lock, in whole 512-byte sectors.
  * It also creates empty images (`imgfuse create -f qcow`).  It knows nothing of FUSE or of other formats.
  */
 #include "block.h"
 #include "util.h"
+#include "luks/luks.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -91,6 +96,10 @@ typedef struct QcowState {
     pthread_rwlock_t io_lock;  /* shared: reads and in-place writes; exclusive: allocating writes */
     uint64_t file_end;         /* next allocation, cluster aligned */
     uint8_t *cow_buf;          /* one cluster, used under the exclusive lock */
+
+    /* AES-encrypted images */
+    uint8_t *key;              /* LUKS_LEGACY_KEY_PAGE bytes of locked memory, NULL: not encrypted */
+    LuksCipher cipher;
 } QcowState;
 
 /* ---------------------------------------------------------------- probe */
@@ -140,11 +149,7 @@ static int qcow_check_geometry(QcowState *s, Error *err)
 
 static int qcow_check_layout(QcowState *s, Error *err)
 {
-    if (s->crypt_method == QCOW_CRYPT_AES) {
-        error_set(err, ENOTSUP, "encrypted qcow images are not supported (AES)");
-        return -ENOTSUP;
-    }
-    if (s->crypt_method != QCOW_CRYPT_NONE) {
+    if (s->crypt_method != QCOW_CRYPT_NONE && s->crypt_method != QCOW_CRYPT_AES) {
         error_set(err, ENOTSUP, "unknown encryption method %" PRIu32, s->crypt_method);
         return -ENOTSUP;
     }
@@ -371,7 +376,10 @@ static int qcow_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *s
         run_end = MIN(end, k == QCOW_UNALLOCATED ? qcow_unallocated_end(s, rc) : run_end + s->cluster_size);
     }
     st->bytes = (int64_t)(run_end - off);
-    if (kind == QCOW_DATA) {
+    if (kind == QCOW_DATA && s->key) { /* ciphertext: decoded, and no host offset told (as qemu-img map) */
+        st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+        st->host_offset = (int64_t)(host + in);
+    } else if (kind == QCOW_DATA) {
         st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
         st->host_offset = (int64_t)(host + in);
         st->host_file = s->file;
@@ -414,11 +422,22 @@ static int qcow_inflate(QcowState *s, uint64_t c, uint64_t e, uint8_t *out)
     return ret;
 }
 
+/* Encrypts (enc) or decrypts n bytes of guest data at guest offset off in place: whole sectors only. */
+static int qcow_crypt(QcowState *s, uint64_t off, uint8_t *buf, uint64_t n, bool enc)
+{
+    if ((off | n) & 511)
+        return -EIO;
+    return luks_cipher_run(&s->cipher, off / 512, buf, (size_t)n, enc);
+}
+
 static int qcow_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st, void *opaque)
 {
     QcowState *s = bs->opaque;
-    (void)st;
     (void)opaque;
+    if (s->key && !(st->flags & BDRV_BLOCK_COMPRESSED)) { /* an encrypted data run, from its start */
+        int r = bdrv_pread(s->file, st->host_offset, bytes, buf);
+        return r < 0 ? r : qcow_crypt(s, (uint64_t)offset, buf, (uint64_t)bytes, false);
+    }
     uint64_t c = (uint64_t)offset >> s->cluster_bits, e, in = (uint64_t)offset & (s->cluster_size - 1);
     int err;
     if (qcow_classify(s, c, &e, &err) != QCOW_COMPRESSED_DATA || in + (uint64_t)bytes > s->cluster_size)
@@ -484,14 +503,27 @@ static int qcow_allocate_write(BlockNode *bs, QcowState *s, uint64_t c, uint64_t
     QcowKind k = qcow_classify(s, c, &e, &err);
     if (k == QCOW_BAD)
         return err < 0 ? err : -EIO;
+    if (k == QCOW_DATA && s->key) { /* encrypted: every write comes here */
+        memcpy(s->cow_buf, p, n);
+        int ret = qcow_crypt(s, (c << s->cluster_bits) + in, s->cow_buf, n, true);
+        return ret < 0 ? ret : bdrv_pwrite(s->file, (int64_t)(e + in), (int64_t)n, s->cow_buf, 0);
+    }
     if (k == QCOW_DATA) /* another writer allocated it meanwhile */
         return bdrv_pwrite(s->file, (int64_t)(e + in), (int64_t)n, p, 0);
     const uint8_t *src = p;
+    if (s->key && in == 0 && n == s->cluster_size)
+        memcpy(s->cow_buf, p, n);
     if (in != 0 || n != s->cluster_size) {
         int ret = qcow_cow_fill(bs, s, c, k, e);
         if (ret < 0)
             return ret;
         memcpy(s->cow_buf + in, p, n);
+        src = s->cow_buf;
+    }
+    if (s->key) {
+        int ret = qcow_crypt(s, c << s->cluster_bits, s->cow_buf, s->cluster_size, true);
+        if (ret < 0)
+            return ret;
         src = s->cow_buf;
     }
     uint64_t host = s->file_end;
@@ -520,7 +552,7 @@ static int qcow_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t
     if (k == QCOW_BAD)
         return err < 0 ? err : -EIO;
     *host += in;
-    return k == QCOW_DATA;
+    return k == QCOW_DATA && !s->key; /* an encrypted write always goes through allocate, which encrypts */
 }
 
 static int qcow_write_allocate(BlockNode *bs, uint64_t off, uint64_t left, const void *buf, uint64_t *n)
@@ -546,6 +578,8 @@ static void qcow_close(BlockNode *bs)
         free(s->slots[i].entries);
     free(s->l1);
     free(s->cow_buf);
+    luks_cipher_free(&s->cipher);
+    luks_secure_free(s->key, LUKS_LEGACY_KEY_PAGE);
     memset(s, 0, sizeof(*s));
 }
 
@@ -654,9 +688,28 @@ static int qcow_open_writable(QcowState *s, Error *err)
     return 0;
 }
 
+/* The AES key of an encrypted image (there is nothing to check it against: a wrong key reads garbage). */
+static int qcow_open_key(BlockNode *bs, QcowState *s, const BlockOpenOpts *opts, Error *err)
+{
+    const uint8_t *pass = NULL;
+    size_t len = 0;
+    uint8_t *asked = NULL;
+    int r = luks_ossl_load(err);
+    if (r == 0)
+        r = luks_key_get(bs, opts, "encrypted qcow image (AES)", &pass, &len, &asked, err);
+    if (r < 0)
+        return r;
+    s->key = luks_legacy_aes_key(pass, len);
+    luks_secure_free(asked, LUKS_KEY_PROMPT_MAX);
+    if (!s->key) {
+        error_set(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
+    return luks_cipher_init(&s->cipher, "aes-cbc-plain64", s->key, LUKS_LEGACY_AES_KEY, 512, err);
+}
+
 static int qcow_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
-    (void)opts;
     QcowState *s = bs->opaque;
     s->name = bs->filename ? bs->filename : "qcow";
     s->file = bs->file;
@@ -669,13 +722,15 @@ static int qcow_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     }
     if (ret == 0)
         ret = qcow_load_l1(s, err);
+    if (ret == 0 && s->crypt_method == QCOW_CRYPT_AES)
+        ret = qcow_open_key(bs, s, opts, err);
     if (ret == 0 && !bs->read_only)
         ret = qcow_open_writable(s, err);
     if (ret < 0) {
         qcow_close(bs);
         return ret;
     }
-    bs->request_alignment = 1;
+    bs->request_alignment = s->key ? 512 : 1; /* encrypted: whole sectors */
     return 0;
 }
 
@@ -786,7 +841,7 @@ static void qcow_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "l2_entries", (int64_t)s->l2_entries);
     info_add_int(info, "l1_table_offset", (int64_t)s->l1_offset);
     info_add_int(info, "l1_entries", (int64_t)s->l1_entries);
-    info_add_str(info, "encryption", "none");
+    info_add_str(info, "encryption", "%s", s->key ? "aes" : "none");
     info_add_int(info, "backing_mtime", s->mtime);
 }
 

@@ -22,7 +22,7 @@
  * one for a format without a checker. */
 enum { CHECK_CLEAN = 0, CHECK_FAILED = 1, CHECK_CORRUPT = 2, CHECK_LEAKS = 3, CHECK_UNSUPPORTED = 63 };
 
-enum { CK_OUTPUT = 256, CK_BACKING_DIR, CK_READ_ONLY, CK_IMAGE_OPTS, CK_OBJECT };
+enum { CK_OUTPUT = 256, CK_BACKING_DIR, CK_READ_ONLY, CK_IMAGE_OPTS, CK_OBJECT, CK_KEY_FILE, CK_PASSPHRASE_FD };
 
 static const struct option check_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -34,6 +34,8 @@ static const struct option check_options[] = {
     { "backing-dir", required_argument, NULL, CK_BACKING_DIR },
     { "image-opts", no_argument, NULL, CK_IMAGE_OPTS },
     { "object", required_argument, NULL, CK_OBJECT },
+    { "key-file", required_argument, NULL, CK_KEY_FILE },
+    { "passphrase-fd", required_argument, NULL, CK_PASSPHRASE_FD },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -89,6 +91,10 @@ static int check_parse_opt(CheckArgs *a, int c, char **argv)
     case CK_OBJECT:
         errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
         return CHECK_FAILED;
+    case CK_KEY_FILE: /* an encrypted image (qcow2 LUKS/AES) opens only with its key */
+        return secret_from_file(&a->opts, optarg) != 0 ? CHECK_FAILED : -1;
+    case CK_PASSPHRASE_FD:
+        return secret_from_fd(&a->opts, optarg) != 0 ? CHECK_FAILED : -1;
     case 'h':
         return cli_print_help(argv[0]);
     default:

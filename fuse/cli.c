@@ -245,6 +245,8 @@ static const CommandHelp command_help[] = {
       "  -U, --force-share        read sources that another process holds open for writing\n"
       "      --backing-dir DIR    look for the sources' backing files in DIR too\n"
       "      --unsafe-backing     follow the sources' backing names without the safety policy\n"
+      "      --key-file FILE      key of encrypted sources (LUKS, qcow2/qcow encryption): the whole of FILE\n"
+      "      --passphrase-fd N    key of encrypted sources: the first line read from descriptor N\n"
       "  -h, --help               this help\n",
       "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
     { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",
@@ -308,6 +310,7 @@ static const CommandHelp command_help[] = {
       "  -U, --force-share        check an image in use (read-only; not with -r)\n"
       "      --read-only          refuse -r: nothing may be written (forensic use)\n"
       "      --backing-dir DIR    accepted (the backing file is not opened)\n"
+      "      --key-file FILE      key of an encrypted image; --passphrase-fd N: its first line from descriptor N\n"
       "  -q, --quiet              no report, the exit code only\n"
       "  -h, --help               this help\n",
       "imgfuse check -r all vm.qcow2" },

@@ -251,7 +251,7 @@ typedef struct ConvertArgs {
     int64_t sparse;
 } ConvertArgs;
 
-enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING };
+enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_KEY_FILE, CONV_PASSPHRASE_FD };
 
 static const struct option convert_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -268,6 +268,8 @@ static const struct option convert_options[] = {
     { "backing-dir", required_argument, NULL, CONV_BACKING_DIR },
     { "unsafe-backing", no_argument, NULL, CONV_UNSAFE_BACKING },
     { "force-share", no_argument, NULL, 'U' },
+    { "key-file", required_argument, NULL, CONV_KEY_FILE },
+    { "passphrase-fd", required_argument, NULL, CONV_PASSPHRASE_FD },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
@@ -338,6 +340,14 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
             a->src_opts.backing_dirs[a->src_opts.n_backing_dirs++] = optarg;
             break;
         case CONV_UNSAFE_BACKING: a->src_opts.unsafe_backing = true; break;
+        case CONV_KEY_FILE: /* the key of encrypted sources */
+            if (secret_from_file(&a->src_opts, optarg) != 0)
+                return EXIT_USAGE;
+            break;
+        case CONV_PASSPHRASE_FD:
+            if (secret_from_fd(&a->src_opts, optarg) != 0)
+                return EXIT_USAGE;
+            break;
         case 'U': a->src_opts.force_share = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;

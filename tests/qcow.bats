@@ -91,10 +91,10 @@ EOF
 
 # ---------------------------------------------------------------- refusals
 
-@test "AES-encrypted qcow images are refused by name" {
+@test "AES-encrypted qcow images without a key are refused with one line saying a key is needed" {
   qemu-img create -q -f qcow --object secret,id=s0,data=pw -o encrypt.format=aes,encrypt.key-secret=s0 e.qcow 1M
-  refused_open e.qcow "encrypted qcow images are not supported (AES)"
-  refused_open e.qcow "encrypted qcow images are not supported (AES)" -f qcow
+  refused_open e.qcow "encrypted qcow image (AES): a key is needed (--key-file FILE or --passphrase-fd N)" </dev/null
+  refused_open e.qcow "encrypted qcow image (AES): a key is needed (--key-file FILE or --passphrase-fd N)" -f qcow </dev/null
 }
 
 @test "damaged qcow headers are refused with one line naming the file and the reason" {

@@ -483,17 +483,17 @@ EOF
   refused f.qcow2 "unknown incompatible feature bit 40"
 }
 
-@test "refused: AES-encrypted image" {
+@test "refused: AES-encrypted image without a key" {
   qemu-img create -q -f qcow2 e.qcow2 1M
   patch_be e.qcow2 32 4 1
-  refused e.qcow2 "encrypted qcow2 images are not supported"
+  refused e.qcow2 "encrypted qcow2 image (AES): a key is needed (--key-file FILE or --passphrase-fd N)" </dev/null
 }
 
-@test "refused: LUKS-encrypted image (crypt_method 2)" {
+@test "refused: LUKS-encrypted image (crypt_method 2) without its header extension" {
   # qemu-img's LUKS key-slot timing is unreliable on a loaded machine, so mark a plain image as LUKS
   qemu-img create -q -f qcow2 e.qcow2 1M
   patch_be e.qcow2 32 4 2
-  refused e.qcow2 "encrypted qcow2 images are not supported (LUKS)"
+  refused e.qcow2 "LUKS encrypted qcow2 image without its encryption header extension"
 }
 
 @test "the corrupt bit: read-only mount works with a warning, a writable mount is refused" {

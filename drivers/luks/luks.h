@@ -125,4 +125,15 @@ int luks_header_read(BlockNode *file, uint64_t file_size, LuksHeader *h, Error *
 int luks_unlock(BlockNode *file, const LuksHeader *h, const uint8_t *pass, size_t pass_len, int slot,
                 uint8_t *mk, Error *err);
 
+/* key.c: the key of an image encrypted inside another format (qcow2, qcow). */
+#define LUKS_KEY_PROMPT_MAX 1024      /* a passphrase typed at the prompt */
+#define LUKS_LEGACY_AES_KEY 16        /* qcow/qcow2 AES: the passphrase's first 16 bytes, zero-padded */
+#define LUKS_LEGACY_KEY_PAGE 4096     /* the locked page that key lives in */
+/* The passphrase: opts->secret, else asked through opts->ask_secret into locked memory (*asked,
+ * LUKS_KEY_PROMPT_MAX bytes, luks_secure_free it), else -ENOKEY with "WHAT: a key is needed ..." in err. */
+int luks_key_get(BlockNode *bs, const BlockOpenOpts *opts, const char *what, const uint8_t **key, size_t *len,
+                 uint8_t **asked, Error *err);
+/* The legacy AES-128 key of a passphrase in a locked page (LUKS_LEGACY_KEY_PAGE bytes), or NULL. */
+uint8_t *luks_legacy_aes_key(const uint8_t *pass, size_t pass_len);
+
 #endif

@@ -231,6 +231,8 @@ static int generation_count(Qcow2State *s, Generation *g, const uint64_t *l1, co
                             uint32_t nb_snaps)
 {
     int ret = rc_add(s, &g->r, 0, "header");
+    if (ret == 0 && s->crypt_method == QCOW2_CRYPT_LUKS)
+        ret = rc_add_range(s, &g->r, s->crypto_header_offset, s->crypto_header_length, "LUKS header");
     for (uint32_t k = 0; ret == 0 && k < nb_snaps; k++) {
         const Qcow2Snapshot *sn = &snaps[k].sn;
         if (snaps[k].new_l1) {
@@ -589,6 +591,8 @@ static int stored_get(StoredRefcounts *st, uint64_t ci, uint64_t *rc)
 static int check_count_all(Qcow2State *s, RefCounts *r, StoredRefcounts *st)
 {
     int ret = rc_add(s, r, 0, "header");
+    if (ret == 0 && s->crypt_method == QCOW2_CRYPT_LUKS)
+        ret = rc_add_range(s, r, s->crypto_header_offset, s->crypto_header_length, "LUKS header");
     if (ret == 0)
         ret = rc_add_range(s, r, s->l1_table_offset, (uint64_t)s->l1_size * 8, "L1 table");
     if (ret == 0)

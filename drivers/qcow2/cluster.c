@@ -240,6 +240,7 @@ typedef struct Qcow2ReadCtx {
     const Qcow2L1Ref *l1;
     BlockNode *backing;
     uint64_t l2_entry;
+    uint64_t host;                 /* encrypted images: the host offset of the run mapped last */
 } Qcow2ReadCtx;
 
 /* The map of this node (ctx NULL: its own L1 table), as block_status and bdrv_read_mapped see it. */
@@ -256,6 +257,12 @@ static int qcow2_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *
     st->bytes = (int64_t)n;
     switch (type) {
     case QCOW2_SC_NORMAL:
+        if (s->crypt) { /* ciphertext: decode decrypts it; no host offset is told (as qemu-img map) */
+            st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
+            if (c)
+                c->host = host;
+            break;
+        }
         st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
         st->host_offset = (int64_t)host;
         st->host_file = s->data_file;
@@ -282,11 +289,15 @@ static int qcow2_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *
     return 0;
 }
 
-/* A compressed run lies within one cluster: the one whose entry the map just left in the context. */
+/* A compressed run lies within one cluster: the one whose entry the map just left in the context. An
+ * encrypted data run starts at the host offset the map left there (offset is the run's start). */
 static int qcow2_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, const BlockStatus *st,
                         void *opaque)
 {
     Qcow2ReadCtx *c = opaque;
+    Qcow2State *s = bs->opaque;
+    if (s->crypt && !(st->flags & BDRV_BLOCK_COMPRESSED))
+        return qcow2_data_pread(s, c->host, (uint64_t)offset, (uint64_t)bytes, buf);
     if (!(st->flags & BDRV_BLOCK_COMPRESSED))
         return -EIO;
     return qcow2_read_compressed(bs->opaque, c->l2_entry, (uint64_t)offset, (uint64_t)bytes, buf);

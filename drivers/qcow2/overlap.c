@@ -49,6 +49,7 @@ const char *qcow2_meta_kind_name(Qcow2MetaKind kind)
     case QCOW2_META_L2: return "an L2 table";
     case QCOW2_META_SNAPTABLE: return "the snapshot table";
     case QCOW2_META_SNAP_L1: return "a snapshot's L1 table";
+    case QCOW2_META_CRYPTO: return "the LUKS header";
     case QCOW2_META_NEW: return "new metadata";
     default: return "guest data";
     }
@@ -251,6 +252,8 @@ static int build_map(Qcow2State *s, Qcow2MetaMap **out, Error *err)
         return -ENOMEM;
     }
     int ret = build_add(s, m, 0, s->cluster_size, QCOW2_META_HEADER, 0, err);
+    if (ret == 0 && s->crypt_method == QCOW2_CRYPT_LUKS)
+        ret = build_add(s, m, s->crypto_header_offset, s->crypto_header_length, QCOW2_META_CRYPTO, 0, err);
     if (ret == 0 && s->l1_size)
         ret = build_add(s, m, s->l1_table_offset, (uint64_t)s->l1_size * 8, QCOW2_META_L1, 0, err);
     if (ret == 0)

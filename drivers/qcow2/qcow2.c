@@ -327,13 +327,9 @@ static int qcow2_check_header_length(Qcow2State *s, size_t len, Error *err)
 static int qcow2_check_features(Qcow2State *s, Error *err)
 {
     char names[512];
-    if (s->crypt_method != QCOW2_CRYPT_NONE || s->has_crypto_ext) {
-        const char *how = s->crypt_method == QCOW2_CRYPT_AES    ? "AES"
-                          : s->crypt_method == QCOW2_CRYPT_LUKS ? "LUKS"
-                                                                : "unknown method";
-        error_set(err, ENOTSUP, "encrypted qcow2 images are not supported (%s)", how);
-        return -ENOTSUP;
-    }
+    int ret = qcow2_crypt_check_header(s, err);
+    if (ret < 0)
+        return ret;
     uint64_t unknown = s->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
     if (unknown) {
         qcow2_feature_names(s, QCOW2_FEAT_TYPE_INCOMPAT, unknown, names, sizeof(names));
@@ -669,6 +665,8 @@ static int qcow2_do_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts
         ret = qcow2_read_snapshots(s, err);
     if (ret == 0)
         ret = qcow2_open_data_file(bs, s, opts, err);
+    if (ret == 0)
+        ret = qcow2_crypt_open(bs, s, opts, file_size, err);
     if (ret == 0 && qcow2_set_backing(bs, s) < 0) {
         error_set(err, ENOMEM, "out of memory");
         ret = -ENOMEM;
@@ -692,7 +690,7 @@ static int qcow2_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         qcow2_close(bs);
         return ret;
     }
-    bs->request_alignment = 1;
+    bs->request_alignment = s->crypt ? 512 : 1; /* encrypted: whole sectors */
     ret = qcow2_write_open(bs, opts, &local);
     if (ret < 0) {
         error_set(err, local.errnum ? local.errnum : -ret, "%s", local.msg[0] ? local.msg : strerror(-ret));
@@ -708,6 +706,9 @@ static void qcow2_close(BlockNode *bs)
     if (!s || !s->lock)
         return; /* never opened, or already closed after a failed open */
     qcow2_write_close(bs);
+    if (s->is_snapshot_view)
+        s->crypt = NULL; /* the parent's */
+    qcow2_crypt_close(s);
     if (s->owns_caches) {
         qcow2_cache_free(s->l2_cache);
         qcow2_cache_free(s->refcount_cache);
@@ -791,6 +792,7 @@ static void qcow2_get_info(BlockNode *bs, InfoList *info)
     info_add_bool(info, "extended_l2", s->extended_l2);
     info_add_bool(info, "lazy_refcounts", s->use_lazy_refcounts);
     info_add_int(info, "snapshots", s->nb_snapshots);
+    qcow2_crypt_info(s, info);
     info_add_bool(info, "dirty", s->dirty);
     info_add_bool(info, "corrupt", s->corrupt);
     if (s->has_data_file) {

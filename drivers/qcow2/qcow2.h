@@ -263,6 +263,7 @@ typedef struct Qcow2State {
     bool has_crypto_ext;
     uint64_t crypto_header_offset;
     uint64_t crypto_header_length;
+    struct Qcow2Crypt *crypt;      /* crypt.c: key and cipher of an encrypted image (views borrow it), or NULL */
     char *data_file_name;          /* external data file extension, NULL if absent */
 
     /* --- external data file --- */
@@ -514,6 +515,17 @@ int qcow2_amend(BlockNode *bs, const char *options, Error *err);
 /* Mark the image corrupt on disk, switch the node to read-only and log one line; returns -EIO. */
 int qcow2_mark_corrupt(Qcow2State *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* crypt.c: encrypted images (crypt_method 1 AES, 2 LUKS). qcow2_crypt_open checks the header pointer and
+ * unlocks the key (0 with s->crypt NULL for a plain image); qcow2_data_pread/pwrite move guest data
+ * between a buffer and the data file at host, decrypting/encrypting it when the image is encrypted (whole
+ * 512-byte sectors then; guest is the guest offset of host); pwrite's buf NULL writes zeros. */
+int qcow2_crypt_check_header(const Qcow2State *s, Error *err); /* header fields only (parse time) */
+int qcow2_crypt_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, int64_t file_size, Error *err);
+void qcow2_crypt_close(Qcow2State *s);
+int qcow2_data_pread(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf);
+int qcow2_data_pwrite(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, const void *buf);
+void qcow2_crypt_info(const Qcow2State *s, InfoList *info);
+
 /* create.c */
 int qcow2_create(const char *filename, const CreateOpts *opts, Error *err);
 extern const BlockOptionSpec qcow2_create_options[];
@@ -545,6 +557,7 @@ typedef enum Qcow2MetaKind {
     QCOW2_META_L2,
     QCOW2_META_SNAPTABLE,
     QCOW2_META_SNAP_L1,
+    QCOW2_META_CRYPTO,    /* the LUKS header of an encrypted image (crypt.c) */
     QCOW2_META_NEW,       /* a new metadata generation (check.c): may overlap nothing */
 } Qcow2MetaKind;
 const char *qcow2_meta_kind_name(Qcow2MetaKind kind);

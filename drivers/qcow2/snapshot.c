@@ -370,7 +370,7 @@ BlockNode *qcow2_snapshot_open(BlockNode *bs, const char *id, Error *err)
     view->read_only = true;
     view->opts = bs->opts;
     view->depth = bs->depth;
-    view->request_alignment = 1;
+    view->request_alignment = v->crypt ? 512 : 1;
     view->file = bs->file;
     view->backing = bs->backing;
     bdrv_ref(view->file);

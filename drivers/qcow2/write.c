@@ -358,8 +358,8 @@ static int qcow2_old_subcluster(BlockNode *bs, Qcow2State *s, uint64_t entry, ui
     uint64_t off = (uint64_t)sc << s->subcluster_bits;
     switch (qcow2_subcluster_type(s, entry, bitmap, sc)) {
     case QCOW2_SC_NORMAL:
-        return bdrv_pread(s->data_file, (int64_t)((entry & QCOW2_L2E_OFFSET_MASK) + off), s->subcluster_size,
-                          buf + off);
+        return qcow2_data_pread(s, (entry & QCOW2_L2E_OFFSET_MASK) + off, gstart + off, s->subcluster_size,
+                                buf + off);
     case QCOW2_SC_COMPRESSED:
         if (!*dc) {
             *dc = malloc(s->cluster_size);
@@ -384,7 +384,8 @@ static int qcow2_old_subcluster(BlockNode *bs, Qcow2State *s, uint64_t entry, ui
 }
 
 /* Write the subclusters of mask from buf to the host cluster at host, one request per contiguous run. */
-static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, const uint8_t *buf, bool cow)
+static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint64_t gstart, uint32_t mask, const uint8_t *buf,
+                                   bool cow)
 {
     unsigned n = s->subclusters_per_cluster;
     for (unsigned sc = 0; sc < n;) {
@@ -398,7 +399,7 @@ static int qcow2_write_subclusters(Qcow2State *s, uint64_t host, uint32_t mask, 
         uint64_t off = (uint64_t)sc << s->subcluster_bits, len = (uint64_t)(end - sc) << s->subcluster_bits;
         if (cow)
             bdrv_debug_event(s->data_file, "cow_write");
-        int ret = bdrv_pwrite(s->data_file, (int64_t)(host + off), (int64_t)len, buf + off, 0);
+        int ret = qcow2_data_pwrite(s, host + off, gstart + off, len, buf + off);
         if (ret < 0)
             return ret;
         sc = end;
@@ -451,14 +452,14 @@ static int qcow2_rewrite_cluster(BlockNode *bs, Qcow2State *s, void *t, uint32_t
     if (ret == 0) /* fresh clusters too: refcounts may claim metadata clusters are free */
         ret = qcow2_check_data_target(s, new_host, s->cluster_size);
     if (ret == 0)
-        ret = qcow2_write_subclusters(s, new_host, write_mask, buf, cow);
+        ret = qcow2_write_subclusters(s, new_host, gstart, write_mask, buf, cow);
     if (ret == 0 && cow)
         __atomic_store_n(&s->cow_unflushed, true, __ATOMIC_RELEASE);
     for (unsigned sc = 0; ret == 0 && direct && sc < s->subclusters_per_cluster; sc++) {
         uint64_t sc_start = (uint64_t)sc << s->subcluster_bits;
         uint64_t from = MAX(sc_start, in_off), to = MIN(sc_start + s->subcluster_size, in_off + n);
         if (direct & (1u << sc))
-            ret = bdrv_pwrite(s->data_file, (int64_t)(new_host + from), (int64_t)(to - from), buf + from, 0);
+            ret = qcow2_data_pwrite(s, new_host + from, gstart + from, to - from, buf + from);
     }
     free(buf);
     if (ret < 0)
@@ -561,7 +562,7 @@ static int qcow2_write_new_clusters(Qcow2State *s, uint64_t offset, uint64_t byt
     Qcow2AllocInFlight me = { offset, offset + len, s->allocs_in_flight };
     s->allocs_in_flight = &me;
     pthread_mutex_unlock(s->lock);
-    ret = bdrv_pwrite(s->data_file, (int64_t)new_host, (int64_t)len, p, 0);
+    ret = qcow2_data_pwrite(s, new_host, offset, len, p);
     pthread_mutex_lock(s->lock);
     if (ret == 0)
         ret = qcow2_link_new_clusters(s, offset, k, new_host);
@@ -599,8 +600,7 @@ static int qcow2_write_held(BlockNode *bs, Qcow2State *s, uint64_t offset, uint6
         }
         pthread_mutex_unlock(s->lock);
         if (ret == 0 && host)
-            ret = p ? bdrv_pwrite(s->data_file, (int64_t)host, (int64_t)run, p, 0)
-                    : bdrv_pwrite_zeroes(s->data_file, (int64_t)host, (int64_t)run, 0);
+            ret = qcow2_data_pwrite(s, host, offset, run, p); /* p NULL: zeros */
         if (ret < 0)
             return ret;
         offset += run;
@@ -685,6 +685,8 @@ int qcow2_write_compressed(BlockNode *bs, int64_t offset, int64_t bytes, const v
     int ret = qcow2_writable_range(s, offset, bytes);
     if (ret < 0)
         return ret;
+    if (s->crypt) /* an encrypted image holds no compressed clusters (qemu refuses them too) */
+        return -ENOTSUP;
     /* a whole cluster, or the last one of the disk (its rest then reads as zeros) */
     if (((uint64_t)offset & s->cluster_mask) || bytes <= 0 || (uint64_t)bytes > s->cluster_size ||
         ((uint64_t)bytes < s->cluster_size && (uint64_t)offset + s->cluster_size < s->size))

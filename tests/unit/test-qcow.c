@@ -85,7 +85,7 @@ static void refusal(int off, int width, uint64_t v, const char *want)
 
 static void test_refusals(void)
 {
-    refusal(36, 4, 1, "encrypted qcow images are not supported (AES)");
+    refusal(36, 4, 1, "encrypted qcow image (AES): a key is needed (--key-file FILE or --passphrase-fd N)");
     refusal(36, 4, 7, "unknown encryption method 7");
     refusal(32, 1, 8, "cluster_bits 8 is out of range (9 to 16)");
     refusal(33, 1, 14, "l2_bits 14 is out of range (6 to 13)");

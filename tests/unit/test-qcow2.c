@@ -207,13 +207,24 @@ static void test_refusals(void)
 
     make_v3();
     st_be32(hdr + 32, 1);
-    refuses("AES encryption", "encrypted qcow2 images are not supported (AES)");
+    {
+        Qcow2State s;
+        Error err;
+        int ret = parse(&s, &err);
+        ok(ret == 0 && s.crypt_method == QCOW2_CRYPT_AES, "AES encryption parses (the key is asked for at open)");
+        qcow2_free_header(&s);
+    }
     st_be32(hdr + 32, 2);
-    refuses("LUKS encryption", "encrypted qcow2 images are not supported (LUKS)");
+    refuses("LUKS encryption without its header extension", "without its encryption header extension");
+    st_be32(hdr + 32, 3);
+    refuses("an unknown encryption method", "unknown encryption method 3");
     make_v3();
     uint8_t crypto[16] = { 0 };
     add_ext(QCOW2_EXT_CRYPTO, crypto, sizeof(crypto));
-    refuses("a crypto header extension", "encrypted");
+    refuses("a crypto header extension without crypt_method 2", "encryption header extension in an image whose "
+            "crypt_method is 0");
+    st_be32(hdr + 32, 2);
+    refuses("an empty crypto header extension", "encryption header extension is empty");
 
     make_v3();
     st_be32(hdr + 36, 8 * 1024 * 1024);
