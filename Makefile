@@ -39,7 +39,7 @@ imgfuse: $(BUILD)/imgfuse
 $(BUILD)/imgfuse: $(CORE_OBJ) $(FUSE_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
