@@ -9,9 +9,10 @@
  * The data area is the node itself: reads and writes there go to it (on a writable mount), the headers
  * are built in memory at open and never written (EPERM).  The VDI block map is computed on read, so no
  * disk size makes the header cost memory.  The facts of the three layouts are the specifications' (VMDK
- * descriptor, VHD 1.0, VirtualBox VDI 1.1); the VHD footer is built by its driver (vpc_fixed_footer,
- * layouts.h), this file only chooses its size and creator.  Opened by bdrv_open_emulated only (it takes no
- * options and is not in the driver table: nothing probes as it); it knows no FUSE.
+ * descriptor, VHD 1.0, VirtualBox VDI 1.1); the VHD footer and the VDI header are built by their drivers
+ * (vpc_fixed_footer, vdi_static_header: layouts.h), this file only chooses sizes, creator and text.
+ * Opened by bdrv_open_emulated only (it takes no options and is not in the driver table: nothing probes
+ * as it); it knows no FUSE.
  */
 #include "block.h"
 #include "layouts.h"
@@ -26,7 +27,7 @@
 
 #define EMU_SECTOR 512
 #define VDI_BLOCK ((int64_t)1 << 20)
-#define VDI_MAP_OFFSET 0x200
+#define VDI_MAP_OFFSET VDI_HEADER_BYTES
 #define VDI_MAX_BLOCKS 0x3fffffffLL           /* the largest block count QEMU opens */
 #define VHD_MAX_BYTES (VPC_MAX_CREATE_SECTORS * EMU_SECTOR)
 #define VMDK_DESC_MAX 4096
@@ -41,9 +42,6 @@ typedef struct EmulateState {
     int64_t tail_len;
     int64_t vdi_blocks;
 } EmulateState;
-
-static void put_le32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-static void put_le64(uint8_t *p, uint64_t v) { put_le32(p, (uint32_t)v); put_le32(p + 4, (uint32_t)(v >> 32)); }
 
 static void random_bytes(uint8_t *p, size_t n)
 {
@@ -78,21 +76,8 @@ static int build_vdi(EmulateState *s, Error *err, const char *name)
     s->head_len = align_up(VDI_MAP_OFFSET + s->vdi_blocks * 4, VDI_BLOCK); /* data at a 1 MiB boundary */
     if (!(s->head = calloc(1, VDI_MAP_OFFSET)))
         return -ENOMEM;
-    uint8_t *h = s->head;
-    snprintf((char *)h, 64, "<<< imgfuse emulated VirtualBox Disk Image >>>\n");
-    put_le32(h + 0x40, 0xbeda107f);            /* signature */
-    put_le32(h + 0x44, 0x00010001);            /* version 1.1 */
-    put_le32(h + 0x48, 0x180);                 /* header size */
-    put_le32(h + 0x4c, 2);                     /* image type: fixed (static) */
-    put_le32(h + 0x154, VDI_MAP_OFFSET);       /* block map offset */
-    put_le32(h + 0x158, (uint32_t)s->head_len); /* data offset */
-    put_le32(h + 0x168, EMU_SECTOR);           /* legacy geometry: sector size */
-    put_le64(h + 0x170, (uint64_t)align_up(s->disk_len, EMU_SECTOR)); /* disk size */
-    put_le32(h + 0x178, (uint32_t)VDI_BLOCK);  /* block size */
-    put_le32(h + 0x180, (uint32_t)s->vdi_blocks); /* blocks in image */
-    put_le32(h + 0x184, (uint32_t)s->vdi_blocks); /* blocks allocated: all (static) */
-    random_bytes(h + 0x188, 16);               /* uuidCreate */
-    random_bytes(h + 0x198, 16);               /* uuidModify; linkage and parent stay null */
+    vdi_static_header(s->head, "<<< imgfuse emulated VirtualBox Disk Image >>>\n",
+                      (uint64_t)align_up(s->disk_len, EMU_SECTOR), (uint32_t)s->head_len);
     return 0;
 }
 

@@ -2,9 +2,11 @@
 /*
  * test-layouts.c - unit tests of the layouts one driver builds for another (drivers/layouts.h): the fixed-VHD
  * footer of vpc.c (its CHS geometry for disks from one sector to 2040 GiB, sizes, creator, checksum, a
- * version 4 UUID), as emulate.c puts it after disk.raw.  The geometries are those emulate.c computed with
- * its own copy before it used vpc.c's.
+ * version 4 UUID) and the static VDI header of vdi.c, as emulate.c puts them around disk.raw.  The
+ * geometries are those emulate.c computed with its own copy before it used vpc.c's; the VDI header is
+ * the one `imgfuse create -f vdi` writes (header size 0x190), with the caller's text and offsets.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../../drivers/layouts.h"
@@ -13,6 +15,8 @@
 
 static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static uint64_t be64(const uint8_t *p) { return (uint64_t)be32(p) << 32 | be32(p + 4); }
+static uint32_t le32(const uint8_t *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]; }
+static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p + 4) << 32 | le32(p); }
 
 /* The footer of a fixed disk of sectors sectors has geometry cyl/heads/spt and is otherwise whole. */
 static void footer_case(int64_t sectors, unsigned cyl, unsigned heads, unsigned spt)
@@ -51,8 +55,30 @@ static void test_vhd_footer(void)
     ok(f[84] == 0 && memcmp(f + 84, f + 85, VPC_FOOTER_SIZE - 85) == 0, "saved state and reserved bytes zero");
 }
 
+static void test_vdi_header(void)
+{
+    uint8_t *h = calloc(1, VDI_HEADER_BYTES);
+    const char *text = "<<< imgfuse emulated VirtualBox Disk Image >>>\n";
+    uint64_t size = 1000448;
+    vdi_static_header(h, text, size, 1 << 20);
+    ok(memcmp(h, text, strlen(text)) == 0 && h[strlen(text)] == 0, "pre-header text");
+    ok(le32(h + 0x40) == 0xbeda107f && le32(h + 0x44) == 0x00010001, "signature, version 1.1");
+    ok(le32(h + 0x48) == 0x190 && le32(h + 0x4c) == 2, "header size 0x190, type static");
+    ok(le32(h + 0x154) == VDI_HEADER_BYTES && le32(h + 0x158) == 1 << 20, "block map at 0x200, data at 1 MiB");
+    ok(le32(h + 0x168) == 512 && le64(h + 0x170) == size && le32(h + 0x178) == 1 << 20,
+       "sector size, disk size, block size");
+    ok(le32(h + 0x180) == 1 && le32(h + 0x184) == 1, "one block, allocated");
+    static const uint8_t zero[32];
+    ok(memcmp(h + 0x1a8, zero, 32) == 0 && memcmp(h + 0x188, zero, 16) != 0 && memcmp(h + 0x198, h + 0x188, 16) != 0,
+       "uuidCreate and uuidModify new, link and parent null");
+    vdi_static_header(h, text, (uint64_t)5 << 20 | 512, 1 << 20);
+    ok(le32(h + 0x180) == 6 && le32(h + 0x184) == 6, "a part block counts as a block");
+    free(h);
+}
+
 int main(void)
 {
     test_vhd_footer();
+    test_vdi_header();
     return done_testing();
 }
