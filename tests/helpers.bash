@@ -298,3 +298,16 @@ for blk, val in synced.items():
 print("verified", len(synced), "synced blocks")
 PYC
 }
+
+# --- shared by the create and VHD/VHDX suites (one copy of what they each repeated) ---
+
+# vhdi_equals IMAGE EXPECT: vhdimount (libvhdi) shows EXPECT as IMAGE's disk (the last layer of its chain:
+# a differencing child's own view); mounted at ./vm and unmounted again.
+vhdi_equals() {
+  mkdir -p vm
+  vhdimount "$1" vm >/dev/null
+  local rc=0
+  cmp "vm/$(ls vm | sort -V | tail -1)" "$2" || rc=1
+  fusermount3 -u vm
+  return $rc
+}

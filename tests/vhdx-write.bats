@@ -114,16 +114,6 @@ put() {
   head -c "$3" /dev/zero | tr '\0' "\\$(printf '%03o' "0x$4")" | dd of="$1" bs=512 seek=$(($2 / 512)) conv=notrunc status=none
 }
 
-# vhdi_equals CHILD EXPECT: vhdimount (libvhdi) shows EXPECT as the child's disk.
-vhdi_equals() {
-  mkdir -p vm
-  vhdimount "$1" vm >/dev/null
-  local rc=0
-  cmp "vm/$(ls vm | sort -V | tail -1)" "$2" || rc=1   # the last of the chain: the child
-  fusermount3 -u vm
-  return $rc
-}
-
 @test "differencing: writes into every block state keep the sector bitmaps; vhdimount, imgfuse and the expected bytes agree" {
   make_parent
   python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --plain 1

@@ -164,13 +164,7 @@ EOF
   mount_img c.vhd "$MNT"
   same_bytes "$MNT/disk.raw" expect.raw
   unmount_img
-  mkdir vm
-  vhdimount c.vhd vm >/dev/null
-  local top; top=$(ls vm | sort -V | tail -1)
-  run cmp vm/$top expect.raw
-  fusermount3 -u vm
-  echo "$output"
-  [ "$status" -eq 0 ]
+  vhdi_equals c.vhd expect.raw
   [ "$(sha256sum p.vhd)" = "$psum" ]
   # a parent named by an absolute path gets the absolute locator only, and is found by it
   "$IMGFUSE" create -f vpc -b "$TMP/p.vhd" -F vpc a.vhd
@@ -189,13 +183,7 @@ EOF
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   vhd_clean c.vhd
-  mkdir vm
-  vhdimount c.vhd vm >/dev/null
-  local top; top=$(ls vm | sort -V | tail -1)
-  run cmp vm/$top shown.raw
-  fusermount3 -u vm
-  echo "$output"
-  [ "$status" -eq 0 ]
+  vhdi_equals c.vhd shown.raw
 }
 
 @test "write-zeroes: zeros in place where the disk holds data, nothing allocated for a dynamic disk's empty blocks, a differencing disk hides its parent" {
@@ -232,11 +220,5 @@ EOF
     esac
     [ "$img" = c.vhd ] || { qemu-img convert -f vpc -O raw "$img" after.raw; same_bytes after.raw expect.raw; }
   done
-  mkdir vm
-  vhdimount c.vhd vm >/dev/null
-  local top; top=$(ls vm | sort -V | tail -1)
-  run cmp vm/$top expect.raw
-  fusermount3 -u vm
-  echo "$output"
-  [ "$status" -eq 0 ]
+  vhdi_equals c.vhd expect.raw
 }
