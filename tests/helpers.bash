@@ -311,3 +311,17 @@ vhdi_equals() {
   fusermount3 -u vm
   return $rc
 }
+
+# create_refusals FMT FILE: for each line "ARGS|SIZE|MESSAGE" on stdin, `imgfuse create -f FMT ARGS FILE SIZE`
+# (ARGS split at blanks, SIZE left out when empty) exits 2 with the one line "imgfuse: FILE: MESSAGE" and
+# leaves no FILE behind.
+create_refusals() {
+  local fmt=$1 file=$2 args size msg
+  while IFS='|' read -r args size msg; do
+    run "$IMGFUSE" create -f "$fmt" $args "$file" $size
+    echo "$args $size: $status $output"
+    [ "$status" -eq 2 ]
+    [ "$output" = "imgfuse: $file: $msg" ]
+    [ ! -e "$file" ]
+  done
+}

@@ -90,32 +90,14 @@ EOF
 }
 
 @test "imgfuse create -f vpc refuses bad options, sizes and parents with one line and exit 2, creating nothing" {
-  local opt msg
-  while IFS='|' read -r opt msg; do
-    run "$IMGFUSE" create -f vpc -o "$opt" x.vhd 1M
-    echo "$opt: $status $output"
-    [ "$status" -eq 2 ]
-    [ "$output" = "imgfuse: x.vhd: $msg" ]
-    [ ! -e x.vhd ]
-  done <<'EOF'
-subformat=sparse|vpc creation option 'subformat' must be dynamic or fixed, not 'sparse'
-force_size=yes|vpc creation option 'force_size' must be on or off, not 'yes'
-cluster_size=64k|unknown vpc creation option 'cluster_size'
-subformat|no value for the vpc creation option 'subformat'
-EOF
-  run "$IMGFUSE" create -f vpc x.vhd 2041G
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: x.vhd: invalid virtual size for vpc (at most 2040 GiB)" ]
   qemu-img create -q -f vpc p.vhd 10M
   qemu-img create -q -f qcow2 p.qcow2 10M
-  local size
-  while IFS='|' read -r opt size msg; do
-    run "$IMGFUSE" create -f vpc $opt x.vhd $size
-    echo "$opt: $status $output"
-    [ "$status" -eq 2 ]
-    [ "$output" = "imgfuse: x.vhd: $msg" ]
-    [ ! -e x.vhd ]
-  done <<'EOF'
+  create_refusals vpc x.vhd <<'EOF'
+-o subformat=sparse|1M|vpc creation option 'subformat' must be dynamic or fixed, not 'sparse'
+-o force_size=yes|1M|vpc creation option 'force_size' must be on or off, not 'yes'
+-o cluster_size=64k|1M|unknown vpc creation option 'cluster_size'
+-o subformat|1M|no value for the vpc creation option 'subformat'
+|2041G|invalid virtual size for vpc (at most 2040 GiB)
 -o subformat=fixed -b p.vhd -F vpc||a fixed VHD has no parent (-b needs subformat=dynamic)
 -o force_size=on -b p.vhd -F vpc||a differencing VHD takes its size fields from its parent (no force_size with -b)
 -b p.qcow2 -F qcow2|10M|a differencing VHD's parent is a VHD (-F vpc)
