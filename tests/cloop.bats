@@ -51,6 +51,20 @@ f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2], 0))
 f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))' "$@"
 }
 
+# eight_readers EXPECT: eight concurrent readers of $MNT/disk.raw, each from its own offset (reader i
+# skips 3i 4 KiB blocks) to the end of the first 3 MiB, read what EXPECT holds there.
+eight_readers() {
+  local pids=() i
+  for i in 0 1 2 3 4 5 6 7; do
+    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for i in 0 1 2 3 4 5 6 7; do
+    cmp part$i <(dd if="$1" bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
+  done
+}
+
 @test "create_compressed_fs images read like the source and like qemu-img, at several block sizes" {
   source_data src.raw
   for bsz in 512 65536 1048576; do
@@ -70,15 +84,7 @@ f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))'
   create_compressed_fs -q -B 65536 src.raw c.cloop
   qemu-img convert -f cloop -O raw c.cloop q.raw
   mount_img c.cloop "$MNT"
-  local pids=()
-  for i in 0 1 2 3 4 5 6 7; do
-    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
-  for i in 0 1 2 3 4 5 6 7; do
-    cmp part$i <(dd if=q.raw bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
-  done
+  eight_readers q.raw
   unmount_img
 }
 
@@ -175,15 +181,7 @@ PY
   done
   make_layout 4 xz,lz4,lzo,zlib 65536 c.cloop
   mount_img c.cloop "$MNT"
-  local pids=()
-  for i in 0 1 2 3 4 5 6 7; do
-    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
-  for i in 0 1 2 3 4 5 6 7; do
-    cmp part$i <(dd if=src.raw bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
-  done
+  eight_readers src.raw
   unmount_img
 }
 
