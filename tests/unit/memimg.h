@@ -2,13 +2,14 @@
 /*
  * memimg.h - what the driver unit tests that build images byte by byte in memory share: a header field
  * patched in place, the image opened on a memory node (probed, or as the format named), an open that must
- * be refused with one line, a buffer that must hold one byte value.  Test-only; each test keeps its own
- * image builders and its own assertions.
+ * be refused with one line, a buffer that must hold one byte value, a value of the node's info.
+ * Test-only; each test keeps its own image builders and its own assertions.
  */
 #ifndef IMGFUSE_MEMIMG_H
 #define IMGFUSE_MEMIMG_H
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "block.h"
@@ -45,6 +46,23 @@ static inline BlockNode *open_mem(const uint8_t *img, size_t len, const char *fm
     memset(err, 0, sizeof(*err));
     BlockNode *mem = bdrv_open_memory(img, len, o->read_only);
     return mem ? bdrv_open_on_node(mem, fmt, o, err) : NULL;
+}
+
+/* The value of key in the node's info, as text (the last of that key; "" when there is none). */
+static inline const char *info_value(BlockNode *bs, const char *key, char *buf, size_t len)
+{
+    InfoList l = { 0 };
+    bdrv_get_info(bs, &l);
+    buf[0] = '\0';
+    for (int i = 0; i < l.n; i++)
+        if (strcmp(l.items[i].key, key) == 0) {
+            if (l.items[i].str)
+                snprintf(buf, len, "%s", l.items[i].str);
+            else
+                snprintf(buf, len, "%lld", (long long)l.items[i].num);
+        }
+    info_free(&l);
+    return buf;
 }
 
 /* One assertion: the open that gave bs and err was refused with one line containing want. */
