@@ -325,3 +325,18 @@ create_refusals() {
     [ ! -e "$file" ]
   done
 }
+
+# hash_traced ARGS...: `imgfuse hash ARGS` under strace; every open and openat it made is in ./trace.txt.
+# LeakSanitizer cannot run under ptrace (sanitizer builds): leaks are checked by the other tests.
+hash_traced() {
+  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash "$@"
+}
+
+# never_opened_for_writing REGEX: no open in ./trace.txt of a file matching REGEX (grep -E; end it with '"'
+# to match the whole name) asked for O_RDWR, O_WRONLY or O_CREAT. An assertion wherever it is called (a
+# `! grep` that is not a test's last command asserts nothing under bats' set -e).
+never_opened_for_writing() {
+  if grep -E "$1" trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'; then
+    return 1
+  fi
+}
