@@ -51,6 +51,18 @@ f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2], 0))
 f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))' "$@"
 }
 
+# block1_eio IMAGE: mounted, block 1 (4 KiB) of IMAGE reads as EIO while block 0 still reads its bytes
+# of 0x01 and block 3 its bytes of 0x04 (the images of make_cloop and cloop_py).
+block1_eio() {
+  mount_img "$1" "$MNT"
+  run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
+  cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
+  unmount_img
+}
+
 # eight_readers EXPECT: eight concurrent readers of $MNT/disk.raw, each from its own offset (reader i
 # skips 3i 4 KiB blocks) to the end of the first 3 MiB, read what EXPECT holds there.
 eight_readers() {
@@ -104,13 +116,7 @@ eight_readers() {
 @test "cloop: a block that inflates short or long reads as EIO; the other blocks still read" {
   for bad in short long; do
     make_cloop $bad.cloop 4096 $bad
-    mount_img $bad.cloop "$MNT"
-    run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
-    [ "$status" -ne 0 ]
-    [[ "$output" == *"Input/output error"* ]]
-    cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
-    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
-    unmount_img
+    block1_eio $bad.cloop
   done
 }
 
@@ -208,13 +214,7 @@ PY
   cloop_py lzo.cloop 3 'codecs=["lzo"], streams={1: mc.compress("lzo", data[:8192])}'
   cloop_py garbage.cloop 4 'codecs=["xz"], streams={1: b"\xfd7zXZ\x00" + bytes(200)}'
   for img in xz lz4 none lzo garbage; do
-    mount_img $img.cloop "$MNT"
-    run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
-    [ "$status" -ne 0 ]
-    [[ "$output" == *"Input/output error"* ]]
-    cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
-    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
-    unmount_img
+    block1_eio $img.cloop
   done
 }
 
