@@ -340,3 +340,14 @@ never_opened_for_writing() {
     return 1
   fi
 }
+
+# write_both EXPECT "OFFSET LENGTH PATTERN"...: each write (qemu-io's `write -P PATTERN OFFSET LENGTH`)
+# goes to $MNT/disk.raw and to the file EXPECT alike.
+write_both() {
+  local expect=$1 w; shift
+  for w in "$@"; do
+    set -- $w
+    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
+    qemu-io -f raw -c "write -P $3 $1 $2" "$expect" >/dev/null
+  done
+}

@@ -136,11 +136,7 @@ EOF
   # writes through the mount: whole 4 KiB pieces (libvhdi 20210425 reads the sectors after a set bitmap bit
   # of the same byte from the child), in two blocks, one across a block boundary
   mount_img --rw c.vhd "$MNT"
-  for w in "0 4096 0x11" "69632 8192 0x22" "2093056 8192 0x33" "9437184 1048576 0x44"; do
-    set -- $w
-    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-  done
+  write_both expect.raw "0 4096 0x11" "69632 8192 0x22" "2093056 8192 0x33" "9437184 1048576 0x44"
   unmount_img
   vhd_clean c.vhd
   mount_img c.vhd "$MNT"

@@ -203,12 +203,7 @@ make_parent() {
   fmt_io vpc d.vhd 'write -P 0x11 2M 2M'
   qemu-img convert -f vpc -O raw d.vhd expect.raw
   mount_img --rw d.vhd "$MNT"
-  local w
-  for w in "100 3000 0x21" "2097000 5000 0x22" "5000001 77 0x23" "9437184 1048576 0x24" "11000000 333 0x25"; do
-    set -- $w
-    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-  done
+  write_both expect.raw "100 3000 0x21" "2097000 5000 0x22" "5000001 77 0x23" "9437184 1048576 0x24" "11000000 333 0x25"
   printf 'hello, vhd' | dd of="$MNT/disk.raw" bs=1 seek=7340033 conv=notrunc status=none
   printf 'hello, vhd' | dd of=expect.raw bs=1 seek=7340033 conv=notrunc status=none
   same_bytes "$MNT/disk.raw" expect.raw
@@ -245,12 +240,7 @@ make_parent() {
   python3 "$MAKE_DIFF" --block-size 1048576 --parent-raw p.raw --expect expect.raw p.vhd /dev/null 4194304:4096:0x44
   local psum; psum=$(sha256sum p.vhd)
   mount_img --rw c.vhd "$MNT"
-  local w
-  for w in "1000 10 0x71" "2097152 4096 0x72" "4194000 1000 0x73" "7000001 300000 0x74"; do
-    set -- $w
-    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-  done
+  write_both expect.raw "1000 10 0x71" "2097152 4096 0x72" "4194000 1000 0x73" "7000001 300000 0x74"
   same_bytes "$MNT/disk.raw" expect.raw
   unmount_img
   [ "$(sha256sum p.vhd)" = "$psum" ]
