@@ -351,3 +351,13 @@ write_both() {
     qemu-io -f raw -c "write -P $3 $1 $2" "$expect" >/dev/null
   done
 }
+
+# vhdx_dirty_image NAME [tests/vhdx-make-log.py options]: NAME.vhdx (12 MiB, 1 MiB blocks, three written
+# ranges) with a dirty log, NAME.before.raw its content before the log, NAME.expect.raw after its replay.
+vhdx_dirty_image() {
+  local n=$1; shift
+  qemu-img create -q -f vhdx -o block_size=1M "$n.vhdx" 12M
+  fmt_io vhdx "$n.vhdx" 'write -P 0x31 0 3M' 'write -P 0x32 5M 1M' 'write -P 0x33 11534336 1000'
+  qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
+  python3 "$BATS_TEST_DIRNAME/vhdx-make-log.py" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
+}
