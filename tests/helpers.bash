@@ -361,3 +361,14 @@ vhdx_dirty_image() {
   qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
   python3 "$BATS_TEST_DIRNAME/vhdx-make-log.py" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
 }
+
+# zero_both EXPECT "-z|-p OFFSET LENGTH"...: each range of $MNT/disk.raw zeroed (fallocate -z) or punched
+# (fallocate -p), and the same range of the file EXPECT written as zeros (qemu-io's `write -z`).
+zero_both() {
+  local expect=$1 w; shift
+  for w in "$@"; do
+    set -- $w
+    fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
+    qemu-io -f raw -c "write -z $2 $3" "$expect" >/dev/null
+  done
+}

@@ -117,17 +117,11 @@ EOF
   "$IMGFUSE" create -f qed -b base.raw -F raw t.qed
   cp base.raw expect.raw
   mount_img --rw --discard=unmap t.qed "$MNT"
-  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" "$MNT/disk.raw" >/dev/null
-  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" expect.raw >/dev/null
-  local w
+  write_both expect.raw "$((2 * C)) $((2 * C)) 0x11"
   # whole unallocated clusters 0-1, whole data cluster 2, a piece of unallocated cluster 5 (allocated),
   # a piece of data cluster 3, punched clusters 10-12 and the disk's last cluster
-  for w in "-z 0 $((2 * C))" "-z $((2 * C)) $C" "-z $((5 * C + 1000)) 3000" "-z $((3 * C + 100)) 200" \
-           "-p $((10 * C)) $((3 * C))" "-p $((63 * C)) $C"; do
-    set -- $w
-    fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
-    qemu-io -f raw -c "write -z $2 $3" expect.raw >/dev/null
-  done
+  zero_both expect.raw "-z 0 $((2 * C))" "-z $((2 * C)) $C" "-z $((5 * C + 1000)) 3000" "-z $((3 * C + 100)) 200" \
+    "-p $((10 * C)) $((3 * C))" "-p $((63 * C)) $C"
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   same_bytes shown.raw expect.raw

@@ -165,7 +165,7 @@ EOF
 }
 
 @test "write-zeroes: zeros in place where the disk holds data, nothing allocated for a dynamic disk's empty blocks, a differencing disk hides its parent" {
-  local M=1048576 w
+  local M=1048576
   "$IMGFUSE" create -f vpc -o force_size=on d.vhd 8M
   "$IMGFUSE" create -f vpc -o subformat=fixed,force_size=on f.vhd 8M
   qemu-img create -q -f vpc -o force_size=on p.vhd 8M
@@ -175,15 +175,10 @@ EOF
   for img in d.vhd f.vhd c.vhd; do
     mount_img --rw -f vpc "$img" "$MNT"
     cp "$MNT/disk.raw" expect.raw
-    qemu-io -f raw -c "write -P 0x11 0 $((3 * M))" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P 0x11 0 $((3 * M))" expect.raw >/dev/null
+    write_both expect.raw "0 $((3 * M)) 0x11"
     # across written and never written blocks, unaligned starts, and a punch (discard=ignore: zeros all the
     # same); ranges end on 4 KiB for vhdimount (see the differencing test above)
-    for w in "-z $((M + 1000)) $((6 * M + 3096))" "-p 100 1000" "-z $((7 * M + 512)) 7680"; do
-      set -- $w
-      fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
-      qemu-io -f raw -c "write -z $2 $3" expect.raw >/dev/null
-    done
+    zero_both expect.raw "-z $((M + 1000)) $((6 * M + 3096))" "-p 100 1000" "-z $((7 * M + 512)) 7680"
     cp "$MNT/disk.raw" shown.raw
     unmount_img
     same_bytes shown.raw expect.raw
