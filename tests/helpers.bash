@@ -372,3 +372,13 @@ zero_both() {
     qemu-io -f raw -c "write -z $2 $3" "$expect" >/dev/null
   done
 }
+
+# vhd_clean IMAGE: the structure check (tests/vpc-check.py) and libvhdi (vhdiinfo) both accept the image.
+vhd_clean() {
+  run python3 "$BATS_TEST_DIRNAME/vpc-check.py" "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  run vhdiinfo "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+}

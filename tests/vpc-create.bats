@@ -12,8 +12,6 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; }
 teardown() { teardown_tmp; }
 
-VPC_CHECK="$BATS_TEST_DIRNAME/vpc-check.py"
-
 # same_layout OURS THEIRS: the files have the same length, and their footers (and for dynamic disks the
 # footer copy, the dynamic header and the BAT) the same bytes but for time stamp, UUID and checksums.
 same_layout() {
@@ -31,16 +29,6 @@ def masked(d, foot):
     return bytes(d[:4096]) + bytes(d[foot:])
 assert masked(a, len(a) - 512) == masked(b, len(b) - 512), "layouts differ"
 EOF
-}
-
-# vhd_clean IMAGE: the structure check and libvhdi both accept the image.
-vhd_clean() {
-  run python3 "$VPC_CHECK" "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  run vhdiinfo "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
 }
 
 # vsize FORMAT IMAGE: the virtual size qemu-img info reports.

@@ -15,7 +15,6 @@ teardown() { teardown_tmp; }
 
 SEEKMAP="$BATS_TEST_DIRNAME/seekmap.py"
 MAKE_DIFF="$BATS_TEST_DIRNAME/vpc-make-diff.py"
-VPC_CHECK="$BATS_TEST_DIRNAME/vpc-check.py"
 
 # check_mount IMAGE [options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's view. With
 # HOST_MAP=1 (fixed disks) the map must be the image file's own SEEK_DATA map instead: holes of the file
@@ -44,16 +43,6 @@ check_mount() {
 # patch IMAGE OFFSET HEXBYTES: overwrite bytes of a file in place.
 patch() {
   printf "$(echo "$3" | sed 's/../\\x&/g')" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
-
-# vhd_clean IMAGE: the structure check and libvhdi both accept the image.
-vhd_clean() {
-  run python3 "$VPC_CHECK" "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  run vhdiinfo "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
 }
 
 # ---------------------------------------------------------------- dynamic and fixed disks made by QEMU
