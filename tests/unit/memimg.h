@@ -48,12 +48,12 @@ static inline BlockNode *open_mem(const uint8_t *img, size_t len, const char *fm
     return mem ? bdrv_open_on_node(mem, fmt, o, err) : NULL;
 }
 
-/* The value of key in the node's info, as text (the last of that key; "" when there is none). */
-static inline const char *info_value(BlockNode *bs, const char *key, char *buf, size_t len)
+/* The value of key in the node's info, as text (the last of that key; none when there is none). */
+static inline const char *info_value_or(BlockNode *bs, const char *key, const char *none, char *buf, size_t len)
 {
     InfoList l = { 0 };
     bdrv_get_info(bs, &l);
-    buf[0] = '\0';
+    snprintf(buf, len, "%s", none);
     for (int i = 0; i < l.n; i++)
         if (strcmp(l.items[i].key, key) == 0) {
             if (l.items[i].str)
@@ -63,6 +63,11 @@ static inline const char *info_value(BlockNode *bs, const char *key, char *buf, 
         }
     info_free(&l);
     return buf;
+}
+
+static inline const char *info_value(BlockNode *bs, const char *key, char *buf, size_t len)
+{
+    return info_value_or(bs, key, "", buf, len);
 }
 
 /* One assertion: the open that gave bs and err was refused with one line containing want. */

@@ -71,19 +71,7 @@ static uint32_t map_entry(BlockNode *bs, uint32_t block)
 
 static const char *info_str(BlockNode *bs, const char *key, char *out, size_t len)
 {
-    InfoList info = { 0 };
-    bdrv_get_info(bs, &info);
-    snprintf(out, len, "(none)");
-    for (int i = 0; i < info.n; i++) {
-        if (strcmp(info.items[i].key, key) != 0)
-            continue;
-        if (info.items[i].str)
-            snprintf(out, len, "%s", info.items[i].str);
-        else
-            snprintf(out, len, "%lld", (long long)info.items[i].num);
-    }
-    info_free(&info);
-    return out;
+    return info_value_or(bs, key, "(none)", out, len);
 }
 
 static void test_probe(void)
