@@ -41,11 +41,11 @@ imgfuse: $(BUILD)/imgfuse
 $(BUILD)/imgfuse: $(CORE_OBJ) $(FUSE_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard drivers/*.h) $(wildcard drivers/*/*.h) $(wildcard fuse/*.h) $(wildcard lib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) tests/unit/tap.h tests/unit/scratch.h
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJ) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -Itests/unit -o $@ $< $(CORE_OBJ) $(LDLIBS)
 

@@ -9,10 +9,13 @@
  * The data area is the node itself: reads and writes there go to it (on a writable mount), the headers
  * are built in memory at open and never written (EPERM).  The VDI block map is computed on read, so no
  * disk size makes the header cost memory.  The facts of the three layouts are the specifications' (VMDK
- * descriptor, VHD 1.0, VirtualBox VDI 1.1).  Opened by bdrv_open_emulated only (it takes no options and
- * is not in the driver table: nothing probes as it); it knows no FUSE.
+ * descriptor, VHD 1.0, VirtualBox VDI 1.1); the VHD footer and the VDI header are built by their drivers
+ * (vpc_fixed_footer, vdi_static_header: layouts.h), this file only chooses sizes, creator and text.
+ * Opened by bdrv_open_emulated only (it takes no options and is not in the driver table: nothing probes
+ * as it); it knows no FUSE.
  */
 #include "block.h"
+#include "layouts.h"
 #include "util.h"
 
 #include <errno.h>
@@ -21,13 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 
 #define EMU_SECTOR 512
 #define VDI_BLOCK ((int64_t)1 << 20)
-#define VDI_MAP_OFFSET 0x200
+#define VDI_MAP_OFFSET VDI_HEADER_BYTES
 #define VDI_MAX_BLOCKS 0x3fffffffLL           /* the largest block count QEMU opens */
-#define VHD_MAX_BYTES ((int64_t)0xff000000 * EMU_SECTOR) /* 2040 GiB, the format's limit */
+#define VHD_MAX_BYTES (VPC_MAX_CREATE_SECTORS * EMU_SECTOR)
 #define VMDK_DESC_MAX 4096
 
 typedef struct EmulateState {
@@ -36,47 +38,16 @@ typedef struct EmulateState {
     int64_t head_len;
     int64_t data_len;    /* the data area: the node's size rounded up (VDI: to whole blocks) */
     int64_t disk_len;    /* the node's size at open; data past it reads as zeros */
-    uint8_t tail[EMU_SECTOR]; /* the VHD footer */
+    uint8_t tail[VPC_FOOTER_SIZE]; /* the VHD footer */
     int64_t tail_len;
     int64_t vdi_blocks;
 } EmulateState;
-
-static void put_be32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (24 - 8 * i)); }
-static void put_be64(uint8_t *p, uint64_t v) { put_be32(p, (uint32_t)(v >> 32)); put_be32(p + 4, (uint32_t)v); }
-static void put_le32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-static void put_le64(uint8_t *p, uint64_t v) { put_le32(p, (uint32_t)v); put_le32(p + 4, (uint32_t)(v >> 32)); }
 
 static void random_bytes(uint8_t *p, size_t n)
 {
     if (getrandom(p, n, GRND_NONBLOCK) != (ssize_t)n)
         for (size_t i = 0; i < n; i++)
             p[i] = (uint8_t)(rand() >> 7);
-}
-
-/* The VHD specification's CHS geometry for a disk of `sectors` sectors. */
-static void vhd_geometry(int64_t sectors, unsigned *cyl, unsigned *heads, unsigned *spt)
-{
-    int64_t total = MIN(sectors, (int64_t)65535 * 16 * 255), ch;
-    if (total >= (int64_t)65535 * 16 * 63) {
-        *spt = 255;
-        *heads = 16;
-        ch = total / *spt;
-    } else {
-        *spt = 17;
-        ch = total / *spt;
-        *heads = (unsigned)MAX((int64_t)4, (ch + 1023) / 1024);
-        if (ch >= (int64_t)*heads * 1024 || *heads > 16) {
-            *spt = 31;
-            *heads = 16;
-            ch = total / *spt;
-        }
-        if (ch >= (int64_t)*heads * 1024) {
-            *spt = 63;
-            *heads = 16;
-            ch = total / *spt;
-        }
-    }
-    *cyl = (unsigned)(ch / *heads);
 }
 
 static int build_vhd(EmulateState *s, Error *err, const char *name)
@@ -87,32 +58,9 @@ static int build_vhd(EmulateState *s, Error *err, const char *name)
                   "(2040 GiB)", name, s->disk_len);
         return -EFBIG;
     }
-    uint8_t *f = s->tail;
-    memset(f, 0, EMU_SECTOR);
-    memcpy(f, "conectix", 8);
-    put_be32(f + 8, 2);                        /* features: the reserved bit, always set */
-    put_be32(f + 12, 0x00010000);              /* format version 1.0 */
-    put_be64(f + 16, UINT64_MAX);              /* data offset: none (fixed disk) */
-    int64_t now = (int64_t)time(NULL) - 946684800; /* seconds since 2000-01-01 */
-    put_be32(f + 24, (uint32_t)MAX(now, (int64_t)0));
-    memcpy(f + 28, "win ", 4);                 /* a creator whose current size QEMU and VirtualBox use */
-    put_be32(f + 32, 0x000a0000);
-    memcpy(f + 36, "Wi2k", 4);
-    put_be64(f + 40, (uint64_t)s->data_len);   /* original size */
-    put_be64(f + 48, (uint64_t)s->data_len);   /* current size */
-    unsigned cyl, heads, spt;
-    vhd_geometry(s->data_len / EMU_SECTOR, &cyl, &heads, &spt);
-    f[56] = (uint8_t)(cyl >> 8);
-    f[57] = (uint8_t)cyl;
-    f[58] = (uint8_t)heads;
-    f[59] = (uint8_t)spt;
-    put_be32(f + 60, 2);                       /* disk type: fixed */
-    random_bytes(f + 68, 16);                  /* unique id */
-    uint32_t sum = 0;
-    for (int i = 0; i < EMU_SECTOR; i++)
-        sum += f[i];
-    put_be32(f + 64, ~sum);
-    s->tail_len = EMU_SECTOR;
+    /* creator "win " (Hyper-V, version 10.0): one whose current size QEMU and VirtualBox use */
+    vpc_fixed_footer(s->tail, s->data_len / EMU_SECTOR, "win ", 0x000a0000);
+    s->tail_len = VPC_FOOTER_SIZE;
     return 0;
 }
 
@@ -128,21 +76,8 @@ static int build_vdi(EmulateState *s, Error *err, const char *name)
     s->head_len = align_up(VDI_MAP_OFFSET + s->vdi_blocks * 4, VDI_BLOCK); /* data at a 1 MiB boundary */
     if (!(s->head = calloc(1, VDI_MAP_OFFSET)))
         return -ENOMEM;
-    uint8_t *h = s->head;
-    snprintf((char *)h, 64, "<<< imgfuse emulated VirtualBox Disk Image >>>\n");
-    put_le32(h + 0x40, 0xbeda107f);            /* signature */
-    put_le32(h + 0x44, 0x00010001);            /* version 1.1 */
-    put_le32(h + 0x48, 0x180);                 /* header size */
-    put_le32(h + 0x4c, 2);                     /* image type: fixed (static) */
-    put_le32(h + 0x154, VDI_MAP_OFFSET);       /* block map offset */
-    put_le32(h + 0x158, (uint32_t)s->head_len); /* data offset */
-    put_le32(h + 0x168, EMU_SECTOR);           /* legacy geometry: sector size */
-    put_le64(h + 0x170, (uint64_t)align_up(s->disk_len, EMU_SECTOR)); /* disk size */
-    put_le32(h + 0x178, (uint32_t)VDI_BLOCK);  /* block size */
-    put_le32(h + 0x180, (uint32_t)s->vdi_blocks); /* blocks in image */
-    put_le32(h + 0x184, (uint32_t)s->vdi_blocks); /* blocks allocated: all (static) */
-    random_bytes(h + 0x188, 16);               /* uuidCreate */
-    random_bytes(h + 0x198, 16);               /* uuidModify; linkage and parent stay null */
+    vdi_static_header(s->head, "<<< imgfuse emulated VirtualBox Disk Image >>>\n",
+                      (uint64_t)align_up(s->disk_len, EMU_SECTOR), (uint32_t)s->head_len);
     return 0;
 }
 

@@ -17,6 +17,7 @@
  * other formats.
  */
 #include "block.h"
+#include "layouts.h"
 #include "util.h"
 
 #include <errno.h>
@@ -59,7 +60,7 @@
 #define VDI_OFF_UUID_LINK        0x1a8
 #define VDI_OFF_UUID_PARENT      0x1b8  /* uuidParentModify: the parent's uuidModify when this image was made */
 #define VDI_HEADER_SIZE_NEW      0x190  /* the header size of images this driver creates (VirtualBox's) */
-#define VDI_BMAP_OFFSET_NEW      0x200
+#define VDI_BMAP_OFFSET_NEW      VDI_HEADER_BYTES
 #define VDI_PREHEADER_TEXT       "<<< Oracle VM VirtualBox Disk Image >>>\n"
 
 enum { VDI_TYPE_DYNAMIC = 1, VDI_TYPE_STATIC = 2, VDI_TYPE_UNDO = 3, VDI_TYPE_DIFF = 4 };
@@ -1088,6 +1089,33 @@ static int vdi_create_parent(const char *filename, const CreateOpts *opts, VdiPa
     return 0;
 }
 
+/* The pre-header (text) and header of a new image of type at h (zeroed by the caller): size bytes in
+ * 1 MiB blocks (all allocated if static), the block map at VDI_BMAP_OFFSET_NEW, the data at data. */
+static void vdi_new_header(uint8_t *h, const char *text, uint32_t type, uint64_t size, uint32_t data)
+{
+    uint32_t blocks = (uint32_t)((size + VDI_BLOCK_SIZE - 1) / VDI_BLOCK_SIZE);
+    memcpy(h, text, strlen(text));
+    st_le32(h + VDI_SIGNATURE_OFFSET, VDI_SIGNATURE);
+    st_le32(h + VDI_VERSION_OFFSET, VDI_VERSION_1_1);
+    st_le32(h + VDI_OFF_HEADER_SIZE, VDI_HEADER_SIZE_NEW);
+    st_le32(h + VDI_OFF_IMAGE_TYPE, type);
+    st_le32(h + VDI_OFF_BMAP, VDI_BMAP_OFFSET_NEW);
+    st_le32(h + VDI_OFF_DATA, data);
+    st_le32(h + VDI_OFF_SECTOR_SIZE, VDI_SECTOR_SIZE);
+    st_le64(h + VDI_OFF_DISK_SIZE, size);
+    st_le32(h + VDI_OFF_BLOCK_SIZE, VDI_BLOCK_SIZE);
+    st_le32(h + VDI_OFF_BLOCKS_IN_IMAGE, blocks);
+    st_le32(h + VDI_OFF_BLOCKS_ALLOCATED, type == VDI_TYPE_STATIC ? blocks : 0);
+    vdi_new_uuid(h + VDI_OFF_UUID_IMAGE);
+    vdi_new_uuid(h + VDI_OFF_UUID_LAST_SNAP);
+}
+
+/* layouts.h: the header of a static image that is not created here (emulate.c's disk.vdi). */
+void vdi_static_header(uint8_t *h, const char *text, uint64_t disk_size, uint32_t data_offset)
+{
+    vdi_new_header(h, text, VDI_TYPE_STATIC, disk_size, data_offset);
+}
+
 /* Pre-header, header and block map of a new image (every entry free, or block i at host block i for a
  * static one); *len bytes, data at the next sector; NULL: no memory. */
 static uint8_t *vdi_new_image(uint32_t type, uint64_t size, const VdiParentIds *parent, uint64_t *len)
@@ -1097,20 +1125,7 @@ static uint8_t *vdi_new_image(uint32_t type, uint64_t size, const VdiParentIds *
     uint8_t *img = calloc(1, data);
     if (!img)
         return NULL;
-    memcpy(img, VDI_PREHEADER_TEXT, strlen(VDI_PREHEADER_TEXT));
-    st_le32(img + VDI_SIGNATURE_OFFSET, VDI_SIGNATURE);
-    st_le32(img + VDI_VERSION_OFFSET, VDI_VERSION_1_1);
-    st_le32(img + VDI_OFF_HEADER_SIZE, VDI_HEADER_SIZE_NEW);
-    st_le32(img + VDI_OFF_IMAGE_TYPE, type);
-    st_le32(img + VDI_OFF_BMAP, VDI_BMAP_OFFSET_NEW);
-    st_le32(img + VDI_OFF_DATA, (uint32_t)data);
-    st_le32(img + VDI_OFF_SECTOR_SIZE, VDI_SECTOR_SIZE);
-    st_le64(img + VDI_OFF_DISK_SIZE, size);
-    st_le32(img + VDI_OFF_BLOCK_SIZE, VDI_BLOCK_SIZE);
-    st_le32(img + VDI_OFF_BLOCKS_IN_IMAGE, blocks);
-    st_le32(img + VDI_OFF_BLOCKS_ALLOCATED, type == VDI_TYPE_STATIC ? blocks : 0);
-    vdi_new_uuid(img + VDI_OFF_UUID_IMAGE);
-    vdi_new_uuid(img + VDI_OFF_UUID_LAST_SNAP);
+    vdi_new_header(img, VDI_PREHEADER_TEXT, type, size, (uint32_t)data);
     if (parent) {
         memcpy(img + VDI_OFF_UUID_LINK, parent->create, 16);
         memcpy(img + VDI_OFF_UUID_PARENT, parent->modify, 16);

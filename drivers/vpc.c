@@ -14,6 +14,7 @@
  * path when reading (lib/backing.c does) and knows nothing of FUSE.
  */
 #include "block.h"
+#include "layouts.h"
 #include "util.h"
 
 #include <errno.h>
@@ -28,7 +29,6 @@
 #include <time.h>
 
 #define VPC_SECTOR 512
-#define VPC_FOOTER_SIZE 512
 #define VPC_HEADER_SIZE 1024
 #define VPC_TYPE_FIXED 2
 #define VPC_TYPE_DYNAMIC 3
@@ -952,7 +952,6 @@ static int vpc_flush(BlockNode *bs)
  */
 
 #define VPC_DEFAULT_BLOCK (2u << 20)
-#define VPC_MAX_CREATE_SECTORS (2040LL << 21) /* 2040 GiB */
 #define VPC_TIME_BASE 946684800 /* 2000-01-01 00:00:00 UTC, in Unix time: the footer's epoch */
 #define VPC_HEADER_AT VPC_FOOTER_SIZE
 #define VPC_BAT_AT (VPC_FOOTER_SIZE + VPC_HEADER_SIZE)
@@ -1041,16 +1040,17 @@ static uint32_t vpc_timestamp(time_t t)
     return t > VPC_TIME_BASE ? (uint32_t)(t - VPC_TIME_BASE) : 0;
 }
 
-/* A new footer of type for a disk of sectors sectors with geometry chs. */
-static void vpc_new_footer(uint8_t *f, uint32_t type, int64_t sectors, const uint32_t chs[3], bool force)
+/* A new footer of type for a disk of sectors sectors with geometry chs, made by creator (4 characters). */
+static void vpc_new_footer(uint8_t *f, uint32_t type, int64_t sectors, const uint32_t chs[3], const char *creator,
+                           uint32_t creator_version)
 {
     memset(f, 0, VPC_FOOTER_SIZE);
     memcpy(f + FT_COOKIE, "conectix", 8);
     st_be32(f + FT_FEATURES, 2);
     st_be32(f + FT_VERSION, 0x00010000);
     st_be64(f + FT_DATA_OFFSET, type == VPC_TYPE_FIXED ? UINT64_MAX : VPC_HEADER_AT);
-    memcpy(f + FT_CREATOR_APP, force ? "qem2" : "qemu", 4);
-    st_be32(f + FT_CREATOR_VERSION, 0x00050003);
+    memcpy(f + FT_CREATOR_APP, creator, 4);
+    st_be32(f + FT_CREATOR_VERSION, creator_version);
     memcpy(f + FT_CREATOR_OS, "Wi2k", 4);
     st_be64(f + FT_ORIGINAL_SIZE, (uint64_t)sectors * VPC_SECTOR);
     st_be64(f + FT_CURRENT_SIZE, (uint64_t)sectors * VPC_SECTOR);
@@ -1067,6 +1067,15 @@ static void vpc_seal_footer(uint8_t *f)
     vpc_random_uuid(f + FT_UUID);
     st_be32(f + FT_CHECKSUM, 0);
     st_be32(f + FT_CHECKSUM, vpc_checksum(f, VPC_FOOTER_SIZE, FT_CHECKSUM));
+}
+
+/* layouts.h: the footer of a fixed disk that is not created here (emulate.c's disk.vhd). */
+void vpc_fixed_footer(uint8_t *f, int64_t sectors, const char *creator, uint32_t creator_version)
+{
+    uint32_t chs[3];
+    vpc_geometry(sectors, &chs[0], &chs[1], &chs[2]);
+    vpc_new_footer(f, VPC_TYPE_FIXED, sectors, chs, creator, creator_version);
+    vpc_seal_footer(f);
 }
 
 /* UTF-8 text as UTF-16 (big- or little-endian), '/' as '\\' when windows_path; the bytes written, or -1
@@ -1276,7 +1285,8 @@ static int vpc_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, EINVAL, "%s: invalid virtual size for vpc (at most 2040 GiB)", filename);
         r = -EINVAL;
     } else if (!diff) {
-        vpc_new_footer(footer, c.fixed ? VPC_TYPE_FIXED : VPC_TYPE_DYNAMIC, sectors, chs, c.force_size);
+        vpc_new_footer(footer, c.fixed ? VPC_TYPE_FIXED : VPC_TYPE_DYNAMIC, sectors, chs,
+                       c.force_size ? "qem2" : "qemu", 0x00050003);
     }
     if (r == 0)
         vpc_seal_footer(footer);

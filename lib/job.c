@@ -30,6 +30,15 @@ static bool decided(const BlockStatus *st)
     return (st->flags & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_DATA)) || !(st->flags & BDRV_BLOCK_ZERO);
 }
 
+/* The block status through bs's chain of [pos, end) into st; one that answers for no bytes is EIO, so
+ * that a walk by st.bytes always moves on. */
+static int chunk_status(BlockNode *bs, int64_t pos, int64_t end, BlockStatus *st)
+{
+    memset(st, 0, sizeof *st);
+    int r = bdrv_block_status_above(bs, pos, end - pos, st);
+    return r == 0 && st->bytes <= 0 ? -EIO : r;
+}
+
 /* Writes n zero bytes at pos of bs without taking a tracked request (the caller holds one). */
 static int stream_zeroes(BlockNode *bs, int64_t pos, int64_t n, uint8_t *buf, int64_t buf_len)
 {
@@ -47,10 +56,7 @@ int bdrv_job_stream_chunk(BlockNode *bs, int64_t offset, int64_t bytes, int base
     int r = 0;
     BlockStatus st;
     for (int64_t pos = offset; r == 0 && pos < offset + bytes; pos += st.bytes) {
-        memset(&st, 0, sizeof st);
-        r = bdrv_block_status_above(bs, pos, offset + bytes - pos, &st);
-        if (r == 0 && st.bytes <= 0)
-            r = -EIO;
+        r = chunk_status(bs, pos, offset + bytes, &st);
         if (r < 0 || !decided(&st) || st.depth < 1 || st.depth >= base_depth)
             continue; /* the top holds it already (a guest write came first), or BASE does */
         int64_t n = MIN(st.bytes, offset + bytes - pos);
@@ -70,10 +76,7 @@ int bdrv_job_commit_chunk(BlockNode *bs, BlockNode *target, int64_t offset, int6
     int r = 0;
     BlockStatus st;
     for (int64_t pos = offset; r == 0 && pos < offset + bytes; pos += st.bytes) {
-        memset(&st, 0, sizeof st);
-        r = bdrv_block_status_above(bs, pos, offset + bytes - pos, &st);
-        if (r == 0 && st.bytes <= 0)
-            r = -EIO;
+        r = chunk_status(bs, pos, offset + bytes, &st);
         if (r < 0 || !decided(&st) || st.depth >= base_depth)
             continue;
         int64_t n = MIN(st.bytes, offset + bytes - pos);

@@ -43,10 +43,9 @@ make_aff() {
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: src.aff: AFF evidence files are read-only: mount without --rw (--overlay FILE gives a writable view)" ]
   nothing_mounted "$MNT"
-  # LeakSanitizer cannot run under ptrace (sanitizer builds): leaks are checked by the other tests
-  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash src.aff
+  hash_traced src.aff
   grep -q 'src\.aff"' trace.txt
-  ! grep 'src\.aff"' trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'
+  never_opened_for_writing 'src\.aff"'
 }
 
 @test "aff: a byte changed inside a page reads as EIO for that page only; verify fails with one line" {
@@ -114,9 +113,9 @@ make_afd() {
   run "$IMGFUSE" verify -q src.afm
   [ "$status" -eq 0 ]
   # every file opened O_RDONLY
-  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash src.afm
+  hash_traced src.afm
   grep -q 'src\.001"' trace.txt
-  ! grep -E 'src\.(afm|000|001)"' trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'
+  never_opened_for_writing 'src\.(afm|000|001)"'
 }
 
 @test "aff: an AFD (affconvert -o DIR.afd) reads like the source and affcat, named by any of its .aff files" {
@@ -134,9 +133,9 @@ make_afd() {
   done
   run "$IMGFUSE" verify -q ev.afd/file_000.aff
   [ "$status" -eq 0 ]
-  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash ev.afd/file_000.aff
+  hash_traced ev.afd/file_000.aff
   [ "$(grep -cE 'ev\.afd/file_[0-9]+\.aff"' trace.txt)" -ge "$n" ]
-  ! grep -E 'ev\.afd/file_[0-9]+\.aff"' trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'
+  never_opened_for_writing 'ev\.afd/file_[0-9]+\.aff"'
 }
 
 @test "aff: an AFM or AFD file that leads out of the image's directory, or is missing, is refused with one line" {

@@ -51,6 +51,32 @@ f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2], 0))
 f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))' "$@"
 }
 
+# block1_eio IMAGE: mounted, block 1 (4 KiB) of IMAGE reads as EIO while block 0 still reads its bytes
+# of 0x01 and block 3 its bytes of 0x04 (the images of make_cloop and cloop_py).
+block1_eio() {
+  mount_img "$1" "$MNT"
+  run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
+  cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
+  unmount_img
+}
+
+# eight_readers EXPECT: eight concurrent readers of $MNT/disk.raw, each from its own offset (reader i
+# skips 3i 4 KiB blocks) to the end of the first 3 MiB, read what EXPECT holds there.
+eight_readers() {
+  local pids=() i
+  for i in 0 1 2 3 4 5 6 7; do
+    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  for i in 0 1 2 3 4 5 6 7; do
+    cmp part$i <(dd if="$1" bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
+  done
+}
+
 @test "create_compressed_fs images read like the source and like qemu-img, at several block sizes" {
   source_data src.raw
   for bsz in 512 65536 1048576; do
@@ -70,15 +96,7 @@ f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))'
   create_compressed_fs -q -B 65536 src.raw c.cloop
   qemu-img convert -f cloop -O raw c.cloop q.raw
   mount_img c.cloop "$MNT"
-  local pids=()
-  for i in 0 1 2 3 4 5 6 7; do
-    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
-  for i in 0 1 2 3 4 5 6 7; do
-    cmp part$i <(dd if=q.raw bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
-  done
+  eight_readers q.raw
   unmount_img
 }
 
@@ -98,13 +116,7 @@ f.write(struct.pack(">I" if sys.argv[3] == "4" else ">Q", int(sys.argv[4], 0)))'
 @test "cloop: a block that inflates short or long reads as EIO; the other blocks still read" {
   for bad in short long; do
     make_cloop $bad.cloop 4096 $bad
-    mount_img $bad.cloop "$MNT"
-    run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
-    [ "$status" -ne 0 ]
-    [[ "$output" == *"Input/output error"* ]]
-    cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
-    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
-    unmount_img
+    block1_eio $bad.cloop
   done
 }
 
@@ -175,15 +187,7 @@ PY
   done
   make_layout 4 xz,lz4,lzo,zlib 65536 c.cloop
   mount_img c.cloop "$MNT"
-  local pids=()
-  for i in 0 1 2 3 4 5 6 7; do
-    dd if="$MNT/disk.raw" of=part$i bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
-  for i in 0 1 2 3 4 5 6 7; do
-    cmp part$i <(dd if=src.raw bs=4096 skip=$((i * 3)) count=$((768 - i * 3)) 2>/dev/null)
-  done
+  eight_readers src.raw
   unmount_img
 }
 
@@ -210,13 +214,7 @@ PY
   cloop_py lzo.cloop 3 'codecs=["lzo"], streams={1: mc.compress("lzo", data[:8192])}'
   cloop_py garbage.cloop 4 'codecs=["xz"], streams={1: b"\xfd7zXZ\x00" + bytes(200)}'
   for img in xz lz4 none lzo garbage; do
-    mount_img $img.cloop "$MNT"
-    run dd if="$MNT/disk.raw" of=/dev/null bs=4096 skip=1 count=1
-    [ "$status" -ne 0 ]
-    [[ "$output" == *"Input/output error"* ]]
-    cmp <(dd if="$MNT/disk.raw" bs=4096 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\001')
-    cmp <(dd if="$MNT/disk.raw" bs=4096 skip=3 count=1 2>/dev/null) <(head -c 4096 /dev/zero | tr '\0' '\004')
-    unmount_img
+    block1_eio $img.cloop
   done
 }
 

@@ -298,3 +298,87 @@ for blk, val in synced.items():
 print("verified", len(synced), "synced blocks")
 PYC
 }
+
+# --- shared by the create and VHD/VHDX suites (one copy of what they each repeated) ---
+
+# vhdi_equals IMAGE EXPECT: vhdimount (libvhdi) shows EXPECT as IMAGE's disk (the last layer of its chain:
+# a differencing child's own view); mounted at ./vm and unmounted again.
+vhdi_equals() {
+  mkdir -p vm
+  vhdimount "$1" vm >/dev/null
+  local rc=0
+  cmp "vm/$(ls vm | sort -V | tail -1)" "$2" || rc=1
+  fusermount3 -u vm
+  return $rc
+}
+
+# create_refusals FMT FILE: for each line "ARGS|SIZE|MESSAGE" on stdin, `imgfuse create -f FMT ARGS FILE SIZE`
+# (ARGS split at blanks, SIZE left out when empty) exits 2 with the one line "imgfuse: FILE: MESSAGE" and
+# leaves no FILE behind.
+create_refusals() {
+  local fmt=$1 file=$2 args size msg
+  while IFS='|' read -r args size msg; do
+    run "$IMGFUSE" create -f "$fmt" $args "$file" $size
+    echo "$args $size: $status $output"
+    [ "$status" -eq 2 ]
+    [ "$output" = "imgfuse: $file: $msg" ]
+    [ ! -e "$file" ]
+  done
+}
+
+# hash_traced ARGS...: `imgfuse hash ARGS` under strace; every open and openat it made is in ./trace.txt.
+# LeakSanitizer cannot run under ptrace (sanitizer builds): leaks are checked by the other tests.
+hash_traced() {
+  ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=open,openat -o trace.txt "$IMGFUSE" hash "$@"
+}
+
+# never_opened_for_writing REGEX: no open in ./trace.txt of a file matching REGEX (grep -E; end it with '"'
+# to match the whole name) asked for O_RDWR, O_WRONLY or O_CREAT. An assertion wherever it is called (a
+# `! grep` that is not a test's last command asserts nothing under bats' set -e).
+never_opened_for_writing() {
+  if grep -E "$1" trace.txt | grep -E 'O_RDWR|O_WRONLY|O_CREAT'; then
+    return 1
+  fi
+}
+
+# write_both EXPECT "OFFSET LENGTH PATTERN"...: each write (qemu-io's `write -P PATTERN OFFSET LENGTH`)
+# goes to $MNT/disk.raw and to the file EXPECT alike.
+write_both() {
+  local expect=$1 w; shift
+  for w in "$@"; do
+    set -- $w
+    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
+    qemu-io -f raw -c "write -P $3 $1 $2" "$expect" >/dev/null
+  done
+}
+
+# vhdx_dirty_image NAME [tests/vhdx-make-log.py options]: NAME.vhdx (12 MiB, 1 MiB blocks, three written
+# ranges) with a dirty log, NAME.before.raw its content before the log, NAME.expect.raw after its replay.
+vhdx_dirty_image() {
+  local n=$1; shift
+  qemu-img create -q -f vhdx -o block_size=1M "$n.vhdx" 12M
+  fmt_io vhdx "$n.vhdx" 'write -P 0x31 0 3M' 'write -P 0x32 5M 1M' 'write -P 0x33 11534336 1000'
+  qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
+  python3 "$BATS_TEST_DIRNAME/vhdx-make-log.py" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
+}
+
+# zero_both EXPECT "-z|-p OFFSET LENGTH"...: each range of $MNT/disk.raw zeroed (fallocate -z) or punched
+# (fallocate -p), and the same range of the file EXPECT written as zeros (qemu-io's `write -z`).
+zero_both() {
+  local expect=$1 w; shift
+  for w in "$@"; do
+    set -- $w
+    fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
+    qemu-io -f raw -c "write -z $2 $3" "$expect" >/dev/null
+  done
+}
+
+# vhd_clean IMAGE: the structure check (tests/vpc-check.py) and libvhdi (vhdiinfo) both accept the image.
+vhd_clean() {
+  run python3 "$BATS_TEST_DIRNAME/vpc-check.py" "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  run vhdiinfo "$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+}

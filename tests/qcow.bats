@@ -159,11 +159,7 @@ EOF
   for img in t.qcow c.qcow; do
     qemu-img convert -f qcow -O raw "$img" expect.raw
     mount_img --rw "$img" "$MNT"
-    for w in "100 10 0x01" "4000 200 0x02" "8191 2 0x03" "70000 5000 0x04" "1048000 500 0x05"; do
-      set -- $w
-      qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-      qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-    done
+    write_both expect.raw "100 10 0x01" "4000 200 0x02" "8191 2 0x03" "70000 5000 0x04" "1048000 500 0x05"
     cp "$MNT/disk.raw" shown.raw
     unmount_img
     same_bytes shown.raw expect.raw

@@ -56,30 +56,17 @@ EOF
 }
 
 @test "imgfuse create -f qed refuses bad options with one line and exit 2, creating nothing" {
-  local opt msg
-  while IFS='|' read -r opt msg; do
-    run "$IMGFUSE" create -f qed -o "$opt" x.qed 1M
-    echo "$opt: $status $output"
-    [ "$status" -eq 2 ]
-    [ "$output" = "imgfuse: x.qed: $msg" ]
-    [ ! -e x.qed ]
-  done <<'EOF'
-cluster_size=1k|qed creation option 'cluster_size' must be a power of two from 4K to 64M, not '1k'
-cluster_size=96k|qed creation option 'cluster_size' must be a power of two from 4K to 64M, not '96k'
-table_size=3|qed creation option 'table_size' must be a power of two from 1 to 16, not '3'
-table_size=32|qed creation option 'table_size' must be a power of two from 1 to 16, not '32'
-subformat=fixed|unknown qed creation option 'subformat'
-cluster_size|no value for the qed creation option 'cluster_size'
-EOF
-  run "$IMGFUSE" create -f qed -o cluster_size=4k,table_size=1 x.qed 1T
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: x.qed: invalid virtual size for qed with these tables (0 to 1073741824 bytes)" ]
-  [ ! -e x.qed ]
   qemu-img create -q -f raw base.raw 1M
-  run "$IMGFUSE" create -f qed -b base.raw -F nosuch x.qed 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: x.qed: unknown backing format 'nosuch'" ]
-  [ ! -e x.qed ]
+  create_refusals qed x.qed <<'EOF'
+-o cluster_size=1k|1M|qed creation option 'cluster_size' must be a power of two from 4K to 64M, not '1k'
+-o cluster_size=96k|1M|qed creation option 'cluster_size' must be a power of two from 4K to 64M, not '96k'
+-o table_size=3|1M|qed creation option 'table_size' must be a power of two from 1 to 16, not '3'
+-o table_size=32|1M|qed creation option 'table_size' must be a power of two from 1 to 16, not '32'
+-o subformat=fixed|1M|unknown qed creation option 'subformat'
+-o cluster_size|1M|no value for the qed creation option 'cluster_size'
+-o cluster_size=4k,table_size=1|1T|invalid virtual size for qed with these tables (0 to 1073741824 bytes)
+-b base.raw -F nosuch|1M|unknown backing format 'nosuch'
+EOF
 }
 
 @test "--rw fio with 4 jobs and crc32c verification on created images; qemu-img check clean, convert equal" {
@@ -130,17 +117,11 @@ EOF
   "$IMGFUSE" create -f qed -b base.raw -F raw t.qed
   cp base.raw expect.raw
   mount_img --rw --discard=unmap t.qed "$MNT"
-  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" "$MNT/disk.raw" >/dev/null
-  qemu-io -f raw -c "write -P 0x11 $((2 * C)) $((2 * C))" expect.raw >/dev/null
-  local w
+  write_both expect.raw "$((2 * C)) $((2 * C)) 0x11"
   # whole unallocated clusters 0-1, whole data cluster 2, a piece of unallocated cluster 5 (allocated),
   # a piece of data cluster 3, punched clusters 10-12 and the disk's last cluster
-  for w in "-z 0 $((2 * C))" "-z $((2 * C)) $C" "-z $((5 * C + 1000)) 3000" "-z $((3 * C + 100)) 200" \
-           "-p $((10 * C)) $((3 * C))" "-p $((63 * C)) $C"; do
-    set -- $w
-    fallocate $1 -o "$2" -l "$3" "$MNT/disk.raw"
-    qemu-io -f raw -c "write -z $2 $3" expect.raw >/dev/null
-  done
+  zero_both expect.raw "-z 0 $((2 * C))" "-z $((2 * C)) $C" "-z $((5 * C + 1000)) 3000" "-z $((3 * C + 100)) 200" \
+    "-p $((10 * C)) $((3 * C))" "-p $((63 * C)) $C"
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   same_bytes shown.raw expect.raw

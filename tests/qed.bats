@@ -156,13 +156,8 @@ EOF
   local bsum; bsum=$(sha256sum base.qcow2)
   qemu-img convert -f qed -O raw top.qed expect.raw
   mount_img --rw top.qed "$MNT"
-  local w
-  for w in "100 3000 0x71" "2097000 5000 0x72" "3146000 77 0x73" "5000001 300000 0x74" "12581000 100 0x75" \
-           "2100000 10 0x76"; do
-    set -- $w
-    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-  done
+  write_both expect.raw "100 3000 0x71" "2097000 5000 0x72" "3146000 77 0x73" "5000001 300000 0x74" "12581000 100 0x75" \
+    "2100000 10 0x76"
   same_bytes "$MNT/disk.raw" expect.raw
   unmount_img
   [ "$(sha256sum base.qcow2)" = "$bsum" ]
@@ -178,12 +173,7 @@ EOF
   qemu-img create -q -f qed -o cluster_size=65536,table_size=2 n.qed 2100000000
   truncate -s 2100000000 expect.raw
   mount_img --rw n.qed "$MNT"
-  local w
-  for w in "1 1 0x01" "65535 2 0x02" "1073741824 70000 0x03" "2099999000 1000 0x04" "536870911 131074 0x05"; do
-    set -- $w
-    qemu-io -f raw -c "write -P $3 $1 $2" "$MNT/disk.raw" >/dev/null
-    qemu-io -f raw -c "write -P $3 $1 $2" expect.raw >/dev/null
-  done
+  write_both expect.raw "1 1 0x01" "65535 2 0x02" "1073741824 70000 0x03" "2099999000 1000 0x04" "536870911 131074 0x05"
   unmount_img
   [ $(( $(stat -c %s n.qed) % 65536 )) -eq 0 ]
   qed_clean n.qed

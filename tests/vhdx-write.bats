@@ -114,16 +114,6 @@ put() {
   head -c "$3" /dev/zero | tr '\0' "\\$(printf '%03o' "0x$4")" | dd of="$1" bs=512 seek=$(($2 / 512)) conv=notrunc status=none
 }
 
-# vhdi_equals CHILD EXPECT: vhdimount (libvhdi) shows EXPECT as the child's disk.
-vhdi_equals() {
-  mkdir -p vm
-  vhdimount "$1" vm >/dev/null
-  local rc=0
-  cmp "vm/$(ls vm | sort -V | tail -1)" "$2" || rc=1   # the last of the chain: the child
-  fusermount3 -u vm
-  return $rc
-}
-
 @test "differencing: writes into every block state keep the sector bitmaps; vhdimount, imgfuse and the expected bytes agree" {
   make_parent
   python3 "$MAKE_DIFF" p.vhdx p.raw c.vhdx expect.raw --plain 1
@@ -240,17 +230,8 @@ vhdi_equals() {
   vhdi_equals c.vhdx expect.raw
 }
 
-# dirty_image NAME [vhdx-make-log options]: NAME.vhdx with a dirty log, NAME.expect.raw what it holds.
-dirty_image() {
-  local n=$1; shift
-  qemu-img create -q -f vhdx -o block_size=1M "$n.vhdx" 12M
-  fmt_io vhdx "$n.vhdx" 'write -P 0x31 0 3M' 'write -P 0x32 5M 1M' 'write -P 0x33 11534336 1000'
-  qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
-  python3 "$MAKE_LOG" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
-}
-
 @test "dirty log: a --rw mount replays it onto the file; qemu-img check clean, the bytes as the log left them" {
-  dirty_image d --stale
+  vhdx_dirty_image d --stale
   mount_img --rw d.vhdx "$MNT"
   same_bytes "$MNT/disk.raw" d.expect.raw
   grep -q "log: replayed onto the file at open (2 entries" "$MNT/info"
@@ -375,7 +356,7 @@ with open(path, "r+b") as f:
         f.seek(off); h = bytearray(f.read(4096)); h[48:64] = guid; v.set_crc(h); f.seek(off); f.write(h)
 EOF
   refused_rw x.vhdx "the log writes over the headers, the region tables or the log itself (file offset 196608); refusing to replay it onto the file (a read-only mount replays it in memory)"
-  dirty_image c --break-crc
+  vhdx_dirty_image c --break-crc
   local md5; md5=$(md5sum < c.vhdx)
   refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries" --rw
   [ "$(md5sum < c.vhdx)" = "$md5" ]

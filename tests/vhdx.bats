@@ -210,20 +210,8 @@ EOF
 
 # ---------------------------------------------------------------- the log
 
-MAKE_LOG="$BATS_TEST_DIRNAME/vhdx-make-log.py"
-
-# dirty_image NAME [generator options]: NAME.vhdx with a dirty log (tests/vhdx-make-log.py) and
-# NAME.expect.raw, the guest content after its replay.
-dirty_image() {
-  local n=$1; shift
-  qemu-img create -q -f vhdx -o block_size=1M "$n.vhdx" 12M
-  fmt_io vhdx "$n.vhdx" 'write -P 0x31 0 3M' 'write -P 0x32 5M 1M' 'write -P 0x33 11534336 1000'
-  qemu-img convert -f vhdx -O raw "$n.vhdx" "$n.before.raw"
-  python3 "$MAKE_LOG" "$n.vhdx" "$n.before.raw" "$n.expect.raw" "$@"
-}
-
 @test "dirty log: a read-only mount shows the replayed disk, the file's md5 and mtime unchanged; QEMU agrees" {
-  dirty_image d --stale
+  vhdx_dirty_image d --stale
   local md5 mtime
   md5=$(md5sum < d.vhdx); mtime=$(stat -c %Y.%y d.vhdx)
   ! cmp -s d.before.raw d.expect.raw
@@ -250,9 +238,9 @@ dirty_image() {
 }
 
 @test "dirty log: no complete sequence and a file shorter than the log's flushed offset refused" {
-  dirty_image c --break-crc
+  vhdx_dirty_image c --break-crc
   refused_open c.vhdx "the header names a log (LogGuid set) but the log holds no valid sequence of entries"
-  dirty_image t --flushed-past-end
+  vhdx_dirty_image t --flushed-past-end
   refused_open t.vhdx "the file ($(stat -c %s t.vhdx) bytes) is shorter than the log's flushed file offset $(( $(stat -c %s t.vhdx) + 1048576 )): it was truncated"
 }
 

@@ -354,21 +354,27 @@ static int vmdk_use_embedded(BlockNode *bs, VmdkState *s, VmdkExtent *e, Error *
     return r;
 }
 
+/* The one extent of a sparse file opened directly: bs->file, named as the image; NULL (err set): no memory. */
+static VmdkExtent *vmdk_open_as_extent(BlockNode *bs, VmdkState *s, Error *err)
+{
+    s->ext = calloc(1, sizeof(*s->ext));
+    VmdkExtent *e = s->ext;
+    if (e && (e->name = strdup(bs->filename))) {
+        s->n_ext = 1;
+        e->type = EXT_SPARSE;
+        e->file = bs->file;
+        return e;
+    }
+    error_set(err, ENOMEM, "out of memory");
+    return NULL;
+}
+
 /* A hosted sparse file opened directly: bs->file is the one extent. */
 static int vmdk_open_monolithic(BlockNode *bs, VmdkState *s, Error *err)
 {
-    s->ext = calloc(1, sizeof(*s->ext));
-    if (!s->ext) {
-        error_set(err, ENOMEM, "out of memory");
+    VmdkExtent *e = vmdk_open_as_extent(bs, s, err);
+    if (!e)
         return -ENOMEM;
-    }
-    s->n_ext = 1;
-    VmdkExtent *e = &s->ext[0];
-    e->name = strdup(bs->filename);
-    if (!e->name)
-        return -ENOMEM;
-    e->type = EXT_SPARSE;
-    e->file = bs->file;
     uint64_t gd_budget = VMDK_MAX_GD_TOTAL;
     int r = vmdk_open_sparse(e, &gd_budget, err);
     if (r < 0)
@@ -392,18 +398,13 @@ static int vmdk_open_bare_sesparse(BlockNode *bs, VmdkState *s, const BlockOpenO
                   "this layer alone)");
         return -ENOTSUP;
     }
-    s->ext = calloc(1, sizeof(*s->ext));
-    if (!s->ext || vmdk_se_cache_init(s) < 0) {
+    VmdkExtent *e = vmdk_open_as_extent(bs, s, err);
+    if (!e)
+        return -ENOMEM;
+    if (vmdk_se_cache_init(s) < 0) {
         error_set(err, ENOMEM, "out of memory");
         return -ENOMEM;
     }
-    s->n_ext = 1;
-    VmdkExtent *e = &s->ext[0];
-    e->name = strdup(bs->filename);
-    if (!e->name)
-        return -ENOMEM;
-    e->type = EXT_SPARSE;
-    e->file = bs->file;
     snprintf(e->kind, sizeof(e->kind), "SESPARSE");
     uint64_t gd_budget = VMDK_MAX_GD_TOTAL;
     int r = vmdk_open_sesparse(e, &gd_budget, err);

@@ -7,6 +7,7 @@
  * cluster, set the flag while open and clear it at close) and allocating writes (data, then the entry).
  */
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -53,14 +54,6 @@ static BlockNode *open_fmt(const uint8_t *img, bool read_only, const char *fmt, 
 static BlockNode *open_img(const uint8_t *img, bool read_only, Error *err)
 {
     return open_fmt(img, read_only, NULL, err);
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
 }
 
 /* The image with the u32 at off set to v (and at off2 to v2 when off2 > 0) is refused with want. */

@@ -6,6 +6,7 @@
  * writes (in place, a new cluster and L2 table appended, a compressed cluster rewritten plain).
  */
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -53,33 +54,15 @@ static BlockNode *open_img(const uint8_t *img, bool read_only, Error *err)
     BlockOpenOpts o;
     block_open_opts_init(&o);
     o.read_only = read_only;
-    memset(err, 0, sizeof(*err));
-    BlockNode *mem = bdrv_open_memory(img, IMG_LEN, read_only);
-    return mem ? bdrv_open_on_node(mem, NULL, &o, err) : NULL;
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
+    return open_mem(img, IMG_LEN, NULL, &o, err);
 }
 
 static void refusal(int off, int width, uint64_t v, const char *want)
 {
     uint8_t *img = make_qcow();
-    if (width == 1)
-        img[off] = (uint8_t)v;
-    else if (width == 4)
-        st_be32(img + off, (uint32_t)v);
-    else
-        st_be64(img + off, v);
+    put_field(img + off, width, v, true);
     Error err;
-    BlockNode *bs = open_img(img, true, &err);
-    ok(!bs && strstr(err.msg, want) && !strchr(err.msg, '\n'), "refused: %s", err.msg);
-    if (bs)
-        bdrv_close(bs);
+    open_refused(open_img(img, true, &err), &err, want);
     free(img);
 }
 

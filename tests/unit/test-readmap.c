@@ -13,6 +13,7 @@
  */
 #include "block.h"
 #include "scratch.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -138,14 +139,6 @@ static BlockNode *fake_node(const Run *runs, int n, bool with_backing)
     if (with_backing)
         bs->backing = bdrv_open_memory(back, sizeof(back), true);
     return bs;
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
 }
 
 static bool host_bytes(const uint8_t *p, size_t n, int64_t host)

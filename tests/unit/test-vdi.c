@@ -9,6 +9,7 @@
  */
 #include "block.h"
 #include "scratch.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -58,17 +59,7 @@ static BlockNode *open_vdi(const uint8_t *img, size_t len, bool read_only, Error
     block_open_opts_init(&o);
     o.read_only = read_only;
     o.discard = DISCARD_UNMAP;
-    memset(err, 0, sizeof(*err));
-    BlockNode *mem = bdrv_open_memory(img, len, read_only);
-    return mem ? bdrv_open_on_node(mem, NULL, &o, err) : NULL;
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
+    return open_mem(img, len, NULL, &o, err);
 }
 
 static uint32_t map_entry(BlockNode *bs, uint32_t block)
@@ -80,19 +71,7 @@ static uint32_t map_entry(BlockNode *bs, uint32_t block)
 
 static const char *info_str(BlockNode *bs, const char *key, char *out, size_t len)
 {
-    InfoList info = { 0 };
-    bdrv_get_info(bs, &info);
-    snprintf(out, len, "(none)");
-    for (int i = 0; i < info.n; i++) {
-        if (strcmp(info.items[i].key, key) != 0)
-            continue;
-        if (info.items[i].str)
-            snprintf(out, len, "%s", info.items[i].str);
-        else
-            snprintf(out, len, "%lld", (long long)info.items[i].num);
-    }
-    info_free(&info);
-    return out;
+    return info_value_or(bs, key, "(none)", out, len);
 }
 
 static void test_probe(void)
@@ -175,18 +154,11 @@ static void refusal(unsigned off, int width, uint64_t value, const char *want)
     const uint32_t map[2] = { 0, UNALLOC };
     size_t len;
     uint8_t *img = make_vdi(map, 2, 1, &len);
-    if (width == 4)
-        st_le32(img + off, (uint32_t)value);
-    else
-        st_le64(img + off, value);
+    put_field(img + off, width, value, false);
     Error err;
     BlockOpenOpts o;
     block_open_opts_init(&o);
-    memset(&err, 0, sizeof(err));
-    BlockNode *bs = bdrv_open_on_node(bdrv_open_memory(img, len, true), "vdi", &o, &err);
-    ok(!bs && strstr(err.msg, want) && !strchr(err.msg, '\n'), "refused: %s", err.msg);
-    if (bs)
-        bdrv_close(bs);
+    open_refused(open_mem(img, len, "vdi", &o, &err), &err, want);
     free(img);
 }
 

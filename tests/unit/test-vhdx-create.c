@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 #include "../../drivers/vhdx/vhdx.h"
@@ -47,22 +48,6 @@ static BlockNode *reopen(Error *err)
     o.no_backing = true;
     memset(err, 0, sizeof(*err));
     return bdrv_open_on_node(bdrv_open_memory(image, image_len, true), "vhdx", &o, err);
-}
-
-static const char *info_value(BlockNode *bs, const char *key, char *buf, size_t len)
-{
-    InfoList l = { 0 };
-    bdrv_get_info(bs, &l);
-    buf[0] = '\0';
-    for (int i = 0; i < l.n; i++)
-        if (strcmp(l.items[i].key, key) == 0) {
-            if (l.items[i].str)
-                snprintf(buf, len, "%s", l.items[i].str);
-            else
-                snprintf(buf, len, "%lld", (long long)l.items[i].num);
-        }
-    info_free(&l);
-    return buf;
 }
 
 #define INFO_IS(bs, key, want) do { char b_[128]; info_value(bs, key, b_, sizeof(b_)); \

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -133,22 +134,6 @@ static void refused(const char *want, const char *what)
     ok(!bs && strcmp(err.msg, want) == 0, "%s: %s", what, err.msg);
     if (bs)
         bdrv_close(bs);
-}
-
-static const char *info_value(BlockNode *bs, const char *key, char *buf, size_t len)
-{
-    InfoList l = { 0 };
-    bdrv_get_info(bs, &l);
-    buf[0] = '\0';
-    for (int i = 0; i < l.n; i++)
-        if (strcmp(l.items[i].key, key) == 0) {
-            if (l.items[i].str)
-                snprintf(buf, len, "%s", l.items[i].str);
-            else
-                snprintf(buf, len, "%lld", (long long)l.items[i].num);
-        }
-    info_free(&l);
-    return buf;
 }
 
 static void test_read_and_status(void)

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -73,14 +74,6 @@ static BlockNode *open_buf(const void *buf, size_t len, Error *err)
     o.no_backing = true;
     BlockNode *m = bdrv_open_memory(buf, len, true);
     return m ? bdrv_open_on_node(m, NULL, &o, err) : NULL;
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
 }
 
 static void test_sparse_read(void)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "memimg.h"
 #include "tap.h"
 #include "util.h"
 
@@ -83,14 +84,6 @@ static BlockNode *open_img(const char *format, bool no_backing, Error *err)
     o.no_backing = no_backing;
     BlockNode *m = bdrv_open_memory(img, sizeof(img), true);
     return m ? bdrv_open_on_node(m, format, &o, err) : NULL;
-}
-
-static bool all_bytes(const uint8_t *p, size_t n, uint8_t v)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != v)
-            return false;
-    return true;
 }
 
 static void test_read_and_bitmap(void)
