@@ -33,7 +33,7 @@ wait_lock() {
   run "$IMGFUSE" --foreground --rw img.qcow2 "$MNT"
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: img.qcow2: image is in use by another process for writing (QEMU lock); use --force-share to open it read-only" ]
-  ! mountpoint -q "$MNT"
+  ! mountpoint -q "$MNT" || false
   run "$IMGFUSE" --foreground img.qcow2 "$MNT"
   [ "$status" -eq 2 ]
   [[ "$output" == *"QEMU lock"* ]]
@@ -73,7 +73,7 @@ wait_lock() {
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "$output" == "imgfuse: d.qcow2: image is in use by another process"*"--force-share"* ]]
-  ! mountpoint -q "$MNT"
+  ! mountpoint -q "$MNT" || false
   kill "$QIO"; wait "$QIO" || true; QIO=
   mount_img --rw d.qcow2 "$MNT"
   unmount_img

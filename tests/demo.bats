@@ -14,14 +14,14 @@ teardown() { teardown_tmp; }
   run make -n -C "$SRC" demo
   echo "$output"
   grep -qx 'scripts/install-deps --demo' <<<"$output"
-  ! grep -qx 'scripts/install-deps' <<<"$output"
+  ! grep -qx 'scripts/install-deps' <<<"$output" || false
   run "$SRC/scripts/install-deps" --demo --list
   echo "$output"
   for p in build-essential pkg-config libfuse3-dev fuse3 zlib1g-dev libzstd-dev libdeflate-dev libaio-dev libssl-dev bsdextrautils; do
     grep -qx "$p" <<<"$output"
   done
   for p in qemu-utils bats fio clang qemu-system-x86 strace libvhdi-utils e2fsprogs; do
-    ! grep -qx "$p" <<<"$output"
+    ! grep -qx "$p" <<<"$output" || false
   done
   # the full set still has them
   "$SRC/scripts/install-deps" --list | grep -qx qemu-utils

@@ -45,7 +45,7 @@ teardown() { teardown_tmp; }
   unmount_img
   for f in evidence.raw mid.qcow2 top.qcow2; do
     grep "$f" "$TMP/strace.log" | grep -q O_RDONLY
-    ! grep "$f" "$TMP/strace.log" | grep -E 'O_RDWR|O_WRONLY|O_CREAT|O_TRUNC'
+    ! grep "$f" "$TMP/strace.log" | grep -E 'O_RDWR|O_WRONLY|O_CREAT|O_TRUNC' || false
   done
   [ "$(sha256sum evidence.raw mid.qcow2 top.qcow2; stat -c '%n %Y' evidence.raw mid.qcow2 top.qcow2)" = "$sums" ]
 }

@@ -57,10 +57,19 @@ unmount_img() {
 # made at the same path once it gets around to its work on a loaded machine.
 # imgfuse's own watcher (comm imgf-unmount, fuse/unwatch.c) does that job for its mounts: one whose
 # daemon is gone (its parent is no longer an imgfuse process) is about to look at the mount point.
+# A watcher keeps the working directory of the daemon it was forked from: one that stands in another
+# test's directory (/tmp/imgfuse-test.*, not ours) belongs to another run on a shared machine and is
+# not waited for; ours (in $TMP) and daemonized ones (in /) are.
 orphan_unmount_watchers() {
-  local st pp comm
-  ps -eo stat=,ppid=,comm= | while read -r st pp comm; do
-    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] && echo "$pp"
+  local pid st pp comm cwd
+  ps -eo pid=,stat=,ppid=,comm= | while read -r pid st pp comm; do
+    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] || continue
+    cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || cwd=
+    case $cwd in
+      "$TMP"|"$TMP"/*) ;;
+      /tmp/imgfuse-test.*) continue ;;
+    esac
+    echo "$pp"
   done
 }
 wait_unmount_helper() {
@@ -73,6 +82,12 @@ wait_unmount_helper() {
   done
   echo "auto_unmount helper for $1 still running" >&2
   return 1
+}
+
+# process_gone PID: the process has exited. A daemonized imgfuse's parent is PID 1, which in some
+# containers reaps late, so an exited daemon may linger as a zombie: that counts as gone (kill -0 does not).
+process_gone() {
+  [ ! -e "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
 # kill_daemon [SIGNAL]: kills the daemon (default -9), waits for it, makes sure nothing stays mounted

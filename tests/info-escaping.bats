@@ -35,8 +35,8 @@ check_text() {
   [ "$(grep -c '^  backing_file: ' "$1")" -eq 1 ]
   grep -qxF "  backing_file: $ESCAPED" "$1"
   grep -qxF "  backing_resolved: $TMP/$ESCAPED" "$1"
-  ! grep -q '^read-only: no' "$1"
-  ! grep -q $'\x1b' "$1"
+  ! grep -q '^read-only: no' "$1" || false
+  ! grep -q $'\x1b' "$1" || false
   ! LC_ALL=C grep -q $'\xff' "$1"
 }
 

@@ -227,7 +227,7 @@ PY
   qconvert w.luks ref.raw
   cmp seen.raw ref.raw
   grep -c 'MARKER-7f3a9c' seen.raw
-  ! grep -q 'MARKER-7f3a9c' w.luks
+  ! grep -q 'MARKER-7f3a9c' w.luks || false
   cryptsetup luksDump w.luks > dump.txt
   grep -q 'Version:.*1' dump.txt
 }
@@ -240,7 +240,7 @@ PY
   printf 'MARKER-LUKS2-b81e' | dd of="$MNT/disk.raw" bs=1 seek=17000001 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img
-  ! grep -q 'MARKER-LUKS2-b81e' w2.img
+  ! grep -q 'MARKER-LUKS2-b81e' w2.img || false
   cryptsetup luksDump w2.img | grep -q 'sector: 4096'
   mount_img --key-file k1 w2.img "$MNT"
   cmp "$MNT/disk.raw" seen.raw
@@ -257,9 +257,9 @@ PY
     grep -q 'VmLck:[[:space:]]*[1-9]' /proc/$pid/status
     grep -B20 'VmFlags:.* dd' /proc/$pid/smaps | grep -q '^Locked:[[:space:]]*[1-9]'
   fi
-  ! grep -q 'pass one' "$MNT/info" "$MNT/info.json"
+  ! grep -q 'pass one' "$MNT/info" "$MNT/info.json" || false
   unmount_img
-  ! grep -q 'pass one' audit.jsonl
+  ! grep -q 'pass one' audit.jsonl || false
   grep -q 'key-file' audit.jsonl
 }
 
@@ -271,9 +271,9 @@ PY
   cat -A info.out
   head -1 info.out | grep -q '^Passphrase for a.luks: '
   grep -q 'format: luks' info.out
-  ! grep -q 'pass one' info.out
+  ! grep -q 'pass one' info.out || false
   (sleep 1; printf 'pass one\n') | script -qec "$IMGFUSE a.luks $MNT" /dev/null > mount.out
-  ! grep -q 'pass one' mount.out
+  ! grep -q 'pass one' mount.out || false
   cmp "$MNT/disk.raw" ref.raw
   "$IMGFUSE" unmount "$MNT"
   run bash -c "(sleep 1; printf 'wrong\n') | script -qec '$IMGFUSE info a.luks' /dev/null"

@@ -34,15 +34,15 @@ mount --bind "$TMP/fuse" /dev/fuse
 runuser -u "$user" -- "$IMGFUSE" --pid-file "$TMP/u.pid" u.raw "$MNT"
 pid=\$(cat "$TMP/u.pid")
 runuser -u "$user" -- "$IMGFUSE" unmount "$MNT"     # through fusermount3 -u
-! kill -0 \$pid 2>/dev/null
-! grep " $MNT fuse" /proc/self/mounts
+[ ! -e /proc/\$pid ] || grep -q '^State:[[:space:]]*Z' /proc/\$pid/status
+! grep " $MNT fuse" /proc/self/mounts || false
 runuser -u "$user" -- "$IMGFUSE" u.raw "$MNT"
 runuser -u "$user" -- cmp "$MNT/disk.raw" u.raw
 pid=\$(pgrep -u "$user" -x imgfuse)
 [ -n "\$pid" ]
 kill -9 \$pid
 for i in \$(seq 1 200); do grep -q " $MNT fuse" /proc/self/mounts || break; sleep 0.05; done
-! grep " $MNT fuse" /proc/self/mounts
+! grep " $MNT fuse" /proc/self/mounts || false
 runuser -u "$user" -- stat "$MNT" >/dev/null
 EOS
   run timeout 60 unshare -m --propagation private bash user.sh
@@ -133,7 +133,7 @@ EOS
   run "$IMGFUSE" unmount "$MNT"
   [ "$status" -eq 0 ]
   [ ! -e run.pid ]
-  ! kill -0 "$pid" 2>/dev/null
+  process_gone "$pid"
   ! mountpoint -q "$MNT"
 }
 
@@ -167,7 +167,7 @@ EOS
   mountpoint -q "$MNT"
   run "$IMGFUSE" unmount "$MNT"
   [ "$status" -eq 0 ]
-  ! kill -0 "$DAEMON_PID" 2>/dev/null
+  ! kill -0 "$DAEMON_PID" 2>/dev/null || false
   wait "$DAEMON_PID"; DAEMON_PID=
 }
 
@@ -210,7 +210,7 @@ EOS
   pid=$(cat f.pid)
   run "$IMGFUSE" unmount view
   [ "$status" -eq 0 ]
-  ! kill -0 "$pid" 2>/dev/null
+  process_gone "$pid"
   [ ! -e f.pid ] && [ ! -s view ]
   mount_img f.raw "$TMP/view"
   kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true; DAEMON_PID=

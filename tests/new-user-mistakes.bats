@@ -183,7 +183,7 @@ EOS
   QSD=$!
   local i
   for i in $(seq 1 400); do qemu-img info vm.qcow2 >/dev/null 2>&1 || break; sleep 0.05; done
-  ! qemu-img info vm.qcow2 >/dev/null 2>&1
+  ! qemu-img info vm.qcow2 >/dev/null 2>&1 || false
   msg="imgfuse: vm.qcow2: image is in use by another process for writing (QEMU lock); use --force-share to open it read-only"
   run "$IMGFUSE" vm.qcow2 mnt
   fails_with 2 "$msg"

@@ -233,7 +233,7 @@ EOF
     read -r secs kib < t.txt
     echo "$img: $secs s, $kib KiB" >&3
     [ "$kib" -lt "$max_kib" ]
-    ! grep -q '^  p[0-9]' out.txt
+    ! grep -q '^  p[0-9]' out.txt || false
     mount_img "$img" "$MNT"
     [ ! -e "$MNT/partitions" ] || [ "$(ls "$MNT/partitions" | wc -l)" -eq 0 ]
     unmount_img

@@ -133,7 +133,7 @@ EOF
     mount_img "$f" "$MNT"
     same_bytes "$MNT/disk.raw" "$f"
     grep -q "^  format: raw$" "$MNT/info"
-    ! grep -q looks_like "$MNT/info"
+    ! grep -q looks_like "$MNT/info" || false
     unmount_img
   done
 }

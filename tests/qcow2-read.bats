@@ -433,7 +433,7 @@ while True:
     pos += 8 + (l + 7) // 8 * 8
 open(p, "r+b").write(bytes(d))
 EOF
-  ! qemu-img info top.qcow2 | grep -q 'backing file format'
+  ! qemu-img info top.qcow2 | grep -q 'backing file format' || false
   check_mount top.qcow2
 }
 

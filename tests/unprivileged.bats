@@ -56,7 +56,7 @@ killed_leaves_nothing() {
   pid=\$(daemon_pid); [ -n "\$pid" ]
   kill -9 \$pid
   for i in \$(seq 1 200); do grep -q " $MNT fuse" /proc/self/mounts || break; sleep 0.05; done
-  ! grep " $MNT fuse" /proc/self/mounts
+  ! grep " $MNT fuse" /proc/self/mounts || false
   as_user stat "$MNT" >/dev/null
 }
 $(cat "$1")
@@ -85,7 +85,7 @@ as_user mount "$MNT"
 grep -q " $MNT fuse.imgfuse ro," /proc/self/mounts
 as_user cmp "$MNT/disk.raw" "$TMP/want.raw"
 as_user umount "$MNT"
-! grep " $MNT fuse" /proc/self/mounts
+! grep " $MNT fuse" /proc/self/mounts || false
 as_user mount "$MNT"
 as_user cmp "$MNT/disk.raw" "$TMP/want.raw"
 killed_leaves_nothing

@@ -138,7 +138,7 @@ write_both() {
   [[ "$output" =~ uuid:\ [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12} ]]
   [[ "$output" == *"uuid_parent: 00000000-0000-0000-0000-000000000000"* ]]
   [[ "$output" == *"comment: evil?line?[31m?"* ]]
-  ! grep -q '^line' <<<"$output"
+  ! grep -q '^line' <<<"$output" || false
   mount_img info.vdi "$MNT"
   python3 - "$MNT/info.json" <<'EOF'
 import json, sys

@@ -214,7 +214,7 @@ EOF
   vhdx_dirty_image d --stale
   local md5 mtime
   md5=$(md5sum < d.vhdx); mtime=$(stat -c %Y.%y d.vhdx)
-  ! cmp -s d.before.raw d.expect.raw
+  ! cmp -s d.before.raw d.expect.raw || false
   mount_img d.vhdx "$MNT"
   same_bytes "$MNT/disk.raw" d.expect.raw
   grep -q "log: replayed in memory (2 entries, sequence" "$MNT/info"

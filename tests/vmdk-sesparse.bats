@@ -58,7 +58,7 @@ $1"
   run "$IMGFUSE" --rw se.vmdk "$MNT"
   [ "$status" -eq 2 ] && [ "${#lines[@]}" -eq 1 ]
   [[ "$output" == *"writing seSparse extents is not supported"*"--overlay"* ]]
-  ! mountpoint -q "$MNT"
+  ! mountpoint -q "$MNT" || false
   refused_open se-sesparse.vmdk "a seSparse extent holds only the changes of an ESXi snapshot; open the descriptor"
   # --no-backing asks for this layer alone: the bare extent then reads as its own grains over zeros
   mount_img --no-backing se-sesparse.vmdk "$MNT"
