@@ -154,3 +154,29 @@ bool secret_use_kept(BlockOpenOpts *o)
     o->secret_len = secret_cap - 1;
     return true;
 }
+
+int secret_prompt_new(BlockOpenOpts *o, const char *filename)
+{
+    uint8_t *first = secret_alloc(SECRET_LINE_MAX + 1), *again = NULL;
+    int n = first ? secret_ask_tty(filename, first, SECRET_LINE_MAX) : -ENOMEM, m = -1;
+    if (n >= 0 && (again = mmap(NULL, SECRET_LINE_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+                                0)) != MAP_FAILED) {
+        (void)madvise(again, SECRET_LINE_MAX, MADV_DONTDUMP);
+        (void)mlock(again, SECRET_LINE_MAX);
+        m = secret_ask_tty("verification", again, SECRET_LINE_MAX);
+        bool same = m == n && memcmp(first, again, (size_t)n) == 0;
+        explicit_bzero(again, SECRET_LINE_MAX);
+        munmap(again, SECRET_LINE_MAX);
+        if (!same) {
+            errmsg(filename, "the passphrases do not match");
+            return EXIT_USAGE;
+        }
+    }
+    if (n < 0 || m < 0) {
+        errmsg(filename, "cannot read a passphrase from the terminal");
+        return EXIT_USAGE;
+    }
+    o->secret = first;
+    o->secret_len = (size_t)n;
+    return 0;
+}

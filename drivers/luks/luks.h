@@ -125,4 +125,29 @@ int luks_header_read(BlockNode *file, uint64_t file_size, LuksHeader *h, Error *
 int luks_unlock(BlockNode *file, const LuksHeader *h, const uint8_t *pass, size_t pass_len, int slot,
                 uint8_t *mk, Error *err);
 
+/* The af_diffuse and hash lookup of header.c, shared with create.c. */
+int luks_af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md);
+const EVP_MD *luks_md(const char *name);
+
+/* create.c: new LUKS1 headers (the luks driver's create, qcow2's encrypt.format=luks). */
+typedef struct LuksCreateParams {
+    char cipher_alg[16];          /* aes, serpent, twofish */
+    uint32_t key_bits;            /* 128, 192, 256 (xts doubles the key) */
+    char mode[8];                 /* xts, cbc */
+    char ivgen[8];                /* plain64, plain, essiv */
+    char ivgen_hash[8];           /* essiv's: sha256 */
+    char hash[8];                 /* PBKDF2 and splitter: sha1, sha256, sha512 */
+    uint32_t iter_time_ms;
+} LuksCreateParams;
+extern const BlockOptionSpec luks_create_options[];
+void luks_create_defaults(LuksCreateParams *p);
+/* One creation option (key without prefix; prefix, "" or "encrypt.", only names it in errors): 0, or
+ * -EINVAL/-ENOTSUP with the reason in err. */
+int luks_create_option(LuksCreateParams *p, const char *prefix, const char *key, const char *val, Error *err);
+/* A LUKS1 header with key slot 0 opened by pass: *out (malloc'd, *out_len bytes, the payload offset), or a
+ * negative errno with the reason in err (-ENOKEY: no passphrase). */
+int luks_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
+                       uint64_t *out_len, Error *err);
+int luks_create(const char *filename, const CreateOpts *opts, Error *err);
+
 #endif
