@@ -148,3 +148,82 @@ written_back() {
     python3 -c 'import sys; d=open(sys.argv[1],"rb").read(); k=open(sys.argv[2],"rb").read(); sys.exit(k[:16] in d or k[32:48] in d)' "$f" mk.bin
   done
 }
+
+# qcow2_io FILE COMMAND...: qemu-io on an encrypted qcow2 opened with k1; fails on any failed command.
+qcow2_io() {
+  local f=$1 c; shift
+  for c in "$@"; do
+    run qemu-io $SECRET --image-opts "driver=qcow2,encrypt.key-secret=s0,file.filename=$f" -c "$c"
+    echo "$c: $output"
+    [ "$status" -eq 0 ]
+    [[ "$output" != *"Pattern verification failed"* && "$output" != *"error"* ]]
+  done
+}
+
+# qcow2_clean FILE: qemu-img check with the key finds nothing, exit 0.
+qcow2_clean() {
+  run qemu-img check $SECRET --image-opts "driver=qcow2,encrypt.key-secret=s0,file.filename=$1"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found on the image."* ]]
+}
+
+@test "create -f qcow2 -o encrypt.format=luks: qemu-img info says luks, qemu-img check is clean, qemu-io round-trips data, luksDump accepts the header" {
+  "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=luks,encrypt.iter-time=10 e.qcow2 8M
+  run qemu-img info --output=json e.qcow2
+  [ "$status" -eq 0 ]
+  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); e=j["format-specific"]["data"]["encrypt"]; assert j["encrypted"] and e["format"]=="luks" and e["cipher-alg"]=="aes-256" and e["cipher-mode"]=="xts" and e["slots"][0]["active"], j' "$output"
+  qcow2_clean e.qcow2
+  qcow2_io e.qcow2 "write -P 0xab 0 1M" "write -P 0x12 7M 64k" "read -P 0xab 0 1M" "read -P 0x12 7M 64k" "read -P 0 2M 64k"
+  qcow2_clean e.qcow2
+  ! grep -qa "$(head -c 64 /dev/zero | tr '\0' '\253')" e.qcow2
+  # the LUKS header the extension names, cut out, is a LUKS1 header cryptsetup reads and unlocks
+  local off len
+  read -r off len < <(python3 -c 'import struct,sys
+d=open(sys.argv[1],"rb").read(); assert struct.unpack(">I",d[32:36])[0]==2; p=struct.unpack(">I",d[100:104])[0]
+while True:
+    t,l=struct.unpack(">II",d[p:p+8]); assert t
+    if t==0x0537be77: print(*struct.unpack(">QQ",d[p+8:p+24])); break
+    p+=8+(l+7&~7)' e.qcow2)
+  [ $((off % 65536)) -eq 0 ]
+  dd if=e.qcow2 of=hdr.luks bs=64k skip=$((off / 65536)) count=$(((len + 65535) / 65536)) status=none
+  cryptsetup luksDump hdr.luks | grep -Eq '^Cipher mode:\s*xts-plain64$'
+  cryptsetup open --test-passphrase --key-file k1 hdr.luks
+}
+
+@test "create -f qcow2 -o encrypt.format=luks with other ciphers, compat=0.10, 4k clusters, a backing file: clean and round-trips" {
+  "$IMGFUSE" create -f qcow2 --key-file k1 -o compat=0.10,cluster_size=4k,encrypt.format=luks,encrypt.iter-time=10,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.hash-alg=sha512 a.qcow2 2M
+  run qemu-img info a.qcow2
+  [[ "$output" == *"cipher alg: aes-128"* && "$output" == *"ivgen alg: essiv"* && "$output" == *"hash alg: sha512"* ]]
+  qcow2_clean a.qcow2
+  qcow2_io a.qcow2 "write -P 0x33 4096 100k" "read -P 0x33 4096 100k"
+  qcow2_clean a.qcow2
+  qemu-img create -q -f qcow2 base.qcow2 2M
+  qemu-io -c "write -P 0x44 0 1M" base.qcow2 >/dev/null
+  "$IMGFUSE" create -f qcow2 --key-file k1 -b base.qcow2 -F qcow2 -o encrypt.format=luks,encrypt.iter-time=10,encrypt.cipher-alg=aes-128,encrypt.ivgen-alg=plain top.qcow2
+  qcow2_io top.qcow2 "read -P 0x44 0 1M" "write -P 0x55 64k 64k" "read -P 0x55 64k 64k" "read -P 0x44 128k 64k"
+  qcow2_clean top.qcow2
+}
+
+@test "create -f qcow2 -o encrypt.format=aes: the legacy method qemu-img 7.2 still creates; no key or an option without luks: exit 2, one line" {
+  "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=aes a.qcow2 1M
+  run qemu-img info a.qcow2
+  [[ "$output" == *"encrypted: yes"* && "$output" == *"format: aes"* ]]
+  qcow2_io a.qcow2 "write -P 0x5a 0 64k" "read -P 0x5a 0 64k"
+  qcow2_clean a.qcow2
+  run "$IMGFUSE" create -f qcow2 -o encrypt.format=luks b.qcow2 1M </dev/null
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: b.qcow2: an encrypted image needs a passphrase (--key-file FILE or --passphrase-fd N)" ]
+  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.cipher-alg=aes-128 b.qcow2 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: b.qcow2: encrypt.* options need encrypt.format=luks" ]
+  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=luks,encrypt.cipher-alg=cast5-128 b.qcow2 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: b.qcow2: luks creation option 'encrypt.cipher-alg': cipher 'cast5-128' is not supported (aes, serpent and twofish are)" ]
+  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=rot13 b.qcow2 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: b.qcow2: encrypt.format must be luks or aes, not 'rot13'" ]
+  [ ! -e b.qcow2 ]
+  run "$IMGFUSE" create -f qcow2 -o help
+  [[ "$output" == *"encrypt.format="* && "$output" == *"encrypt.iter-time="* ]]
+}
