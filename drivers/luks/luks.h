@@ -99,11 +99,14 @@ typedef struct LuksCipher {
     size_t key_len;
     uint8_t *essiv_key;           /* essiv: the hash of the key (locked memory), NULL otherwise */
     uint32_t sector_size;
+    void *nettle;                 /* serpent, twofish: nettle's key schedules (locked memory), NULL for aes */
+    bool serpent;                 /* with nettle: serpent, else twofish */
 } LuksCipher;
 
 /* crypt.c */
 /* Accepts "aes-xts-plain64", "aes-cbc-essiv:sha256", "aes-cbc-plain64", "aes-cbc-plain", "aes-xts-plain" for
- * key_len bytes; 0, or -ENOTSUP with the reason naming the cipher in err. c->key is set, not copied. */
+ * key_len bytes, and the same with serpent or twofish for aes; 0, or -ENOTSUP with the reason naming the
+ * cipher in err. c->key is set, not copied. */
 int luks_cipher_init(LuksCipher *c, const char *spec, const uint8_t *key, size_t key_len, uint32_t sector_size,
                      Error *err);
 void luks_cipher_free(LuksCipher *c);
@@ -113,6 +116,13 @@ int luks_cipher_run(const LuksCipher *c, uint64_t sector, uint8_t *buf, size_t l
 /* Memory for keys: locked (mlock), left out of core dumps (MADV_DONTDUMP), wiped when freed. */
 void *luks_secure_alloc(size_t len);
 void luks_secure_free(void *p, size_t len);
+
+/* nettle.c: serpent and twofish for crypt.c (c->key, key_len set): key schedules, the essiv IV, one sector
+ * encrypted or decrypted in place (iv: 16 bytes, changed). */
+int luks_nettle_init(LuksCipher *c, bool serpent, bool xts, bool essiv, Error *err);
+void luks_nettle_free(LuksCipher *c);
+void luks_nettle_essiv(const LuksCipher *c, uint8_t *iv);
+int luks_nettle_sector(const LuksCipher *c, bool xts, uint8_t *iv, uint8_t *buf, size_t len, bool enc);
 
 /* header.c */
 /* The header of a LUKS1 or LUKS2 container in file (file_size bytes): 0, or a negative errno with the

@@ -130,7 +130,7 @@ static void p_state(uint8_t *i) { st_be32(i + 208 + 48, 0x12345678); }
 static void p_hash(uint8_t *i) { strcpy((char *)i + 72, "md5"); }
 static void p_iter(uint8_t *i) { st_be32(i + 208 + 4, 4000000000u); }
 static void p_digest_iter(uint8_t *i) { st_be32(i + 164, 30000000u); }
-static void p_cipher(uint8_t *i) { strcpy((char *)i + 8, "serpent"); }
+static void p_cipher(uint8_t *i) { strcpy((char *)i + 8, "cast5"); }
 static void p_mode(uint8_t *i) { strcpy((char *)i + 40, "cbc-benbi"); }
 static void p_version(uint8_t *i) { st_be16(i + 6, 3); }
 
@@ -150,10 +150,10 @@ static void test_luks1_refusals(void)
     luks1_refused("4e9 iterations", p_iter, "key slot 0: pbkdf2 iterations 4000000000 are above the limit of 20000000");
     luks1_refused("3e7 digest iterations", p_digest_iter,
                   "digest: pbkdf2 iterations 30000000 are above the limit of 20000000");
-    luks1_refused("serpent", p_cipher, "LUKS cipher 'serpent-xts-plain64' is not supported (aes-xts-plain64, "
-                  "aes-cbc-essiv:sha256 and aes-cbc-plain64 are)");
-    luks1_refused("benbi", p_mode, "LUKS cipher 'aes-cbc-benbi' is not supported (aes-xts-plain64, "
-                  "aes-cbc-essiv:sha256 and aes-cbc-plain64 are)");
+    luks1_refused("cast5", p_cipher, "LUKS cipher 'cast5-xts-plain64' is not supported (aes, serpent and twofish "
+                  "in xts-plain64, cbc-essiv:sha256 and cbc-plain64 are)");
+    luks1_refused("benbi", p_mode, "LUKS cipher 'aes-cbc-benbi' is not supported (aes, serpent and twofish in "
+                  "xts-plain64, cbc-essiv:sha256 and cbc-plain64 are)");
     luks1_refused("version 3", p_version, "LUKS version 3 is not supported");
 }
 
