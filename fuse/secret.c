@@ -2,9 +2,10 @@
 /*
  * secret.c - the key of an encrypted image as the user gives it: --key-file FILE (its whole content, as
  * cryptsetup's --key-file reads it), --passphrase-fd N (the first line read from descriptor N, newline
- * excluded) or a no-echo prompt on the terminal.  The bytes live in one locked page range left out of
- * core dumps (MADV_DONTDUMP) and wiped at exit; they go into BlockOpenOpts.secret, never into the driver
- * options, the mount summary or any log.  It knows no image format.
+ * excluded) or a no-echo prompt on the terminal (asked twice for a new image's, `imgfuse create`).  The
+ * bytes live in one locked page range left out of core dumps (MADV_DONTDUMP) and wiped at exit; they go
+ * into BlockOpenOpts.secret (CreateOpts.secret), never into the driver options, the mount summary or any
+ * log.  It knows no image format.
  */
 #include "imgfuse.h"
 

@@ -29,7 +29,7 @@
 #define LUKS_BENCH_NS 50000000LL /* PBKDF2 is timed for at least 50 ms of this thread's CPU */
 
 const BlockOptionSpec luks_create_options[] = {
-    { "cipher-alg", BDRV_OPT_STRING, 0, "aes-128, aes-192, aes-256 (default), serpent-128/192/256, twofish-128/192/256" },
+    { "cipher-alg", BDRV_OPT_STRING, 0, "aes-128, aes-192, aes-256 (default), serpent-N, twofish-N (N: 128/192/256)" },
     { "cipher-mode", BDRV_OPT_STRING, 0, "xts (default) or cbc" },
     { "ivgen-alg", BDRV_OPT_STRING, 0, "plain64 (default), plain or essiv" },
     { "ivgen-hash-alg", BDRV_OPT_STRING, 0, "hash of essiv: sha256 (the default and only one)" },
