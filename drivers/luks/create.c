@@ -7,7 +7,8 @@
  * passphrase's copy of the master key (split into 4000 anti-forensic stripes, encrypted with the key
  * PBKDF2 derives), each slot's area 4096-aligned, the payload after the last.  The master key and the
  * stripes are random (getrandom), live in locked memory only and are wiped before return; the passphrase
- * is never written.  Reading headers and unlocking are header.c's.
+ * is never written.  version=2 (with kdf, argon2-memory) hands the header to create2.c (LUKS2).  Reading
+ * headers and unlocking are header.c's.
  */
 #include "luks.h"
 #include "util.h"
@@ -35,13 +36,17 @@ const BlockOptionSpec luks_create_options[] = {
     { "ivgen-hash-alg", BDRV_OPT_STRING, 0, "hash of essiv: sha256 (the default and only one)" },
     { "hash-alg", BDRV_OPT_STRING, 0, "PBKDF2 and splitter hash: sha1, sha256 (default) or sha512" },
     { "iter-time", BDRV_OPT_INT, 0, "milliseconds of PBKDF2 for the key slot (default 2000; the digest: 1/8)" },
+    { "version", BDRV_OPT_INT, 0, "1 (LUKS1, the default, as QEMU makes and reads) or 2 (LUKS2, as cryptsetup's)" },
+    { "kdf", BDRV_OPT_STRING, 0, "LUKS2 key slot: argon2id (default), argon2i or pbkdf2" },
+    { "argon2-memory", BDRV_OPT_SIZE, 0, "LUKS2 argon2 memory cost, 32k to 4G (default 64M); time cost from iter-time" },
     { NULL, 0, 0, NULL },
 };
 
 void luks_create_defaults(LuksCreateParams *p)
 {
     *p = (LuksCreateParams){ .cipher_alg = "aes", .key_bits = 256, .mode = "xts", .ivgen = "plain64",
-                             .ivgen_hash = "sha256", .hash = "sha256", .iter_time_ms = 2000 };
+                             .ivgen_hash = "sha256", .hash = "sha256", .iter_time_ms = 2000, .version = 1,
+                             .kdf = LUKS_KDF_ARGON2ID, .argon2_kib = 64u << 10 };
 }
 
 static int bad_value(Error *err, const char *prefix, const char *key, const char *val, const char *want)
@@ -80,12 +85,34 @@ static int take_cipher_alg(LuksCreateParams *p, const char *val, Error *err, con
     return 0;
 }
 
+/* version, kdf, argon2-memory: -f luks only (qcow2 holds LUKS1 headers, as QEMU reads them). */
+static int take_luks2_option(LuksCreateParams *p, const char *key, const char *val, Error *err)
+{
+    if (strcmp(key, "version") == 0) {
+        if (strcmp(val, "1") != 0 && strcmp(val, "2") != 0)
+            return bad_value(err, "", key, val, "1 or 2");
+        p->version = val[0] - '0';
+    } else if (strcmp(key, "kdf") == 0) {
+        if (strcmp(val, "argon2id") != 0 && strcmp(val, "argon2i") != 0 && strcmp(val, "pbkdf2") != 0)
+            return bad_value(err, "", key, val, "argon2id, argon2i or pbkdf2");
+        p->kdf = val[0] == 'p' ? LUKS_KDF_PBKDF2 : strcmp(val, "argon2id") == 0 ? LUKS_KDF_ARGON2ID : LUKS_KDF_ARGON2I;
+    } else {
+        int64_t v = parse_size(val);
+        if (v < 32 * 1024 || v > (int64_t)LUKS_MAX_ARGON2_KIB * 1024)
+            return bad_value(err, "", key, val, "a size from 32k to 4G");
+        p->argon2_kib = (uint32_t)(v / 1024);
+    }
+    return 0;
+}
+
 int luks_create_option(LuksCreateParams *p, const char *prefix, const char *key, const char *val, Error *err)
 {
     static const char *const modes[] = { "xts", "cbc", NULL }, *const ivgens[] = { "plain64", "plain", "essiv", NULL };
     static const char *const hashes[] = { "sha1", "sha256", "sha512", NULL }, *const essiv[] = { "sha256", NULL };
     if (strcmp(key, "cipher-alg") == 0)
         return take_cipher_alg(p, val, err, prefix);
+    if (!*prefix && (strcmp(key, "version") == 0 || strcmp(key, "kdf") == 0 || strcmp(key, "argon2-memory") == 0))
+        return take_luks2_option(p, key, val, err);
     if (strcmp(key, "cipher-mode") == 0 && one_of(val, modes))
         snprintf(p->mode, sizeof p->mode, "%s", val);
     else if (strcmp(key, "ivgen-alg") == 0 && one_of(val, ivgens))
@@ -114,7 +141,7 @@ int luks_create_option(LuksCreateParams *p, const char *prefix, const char *key,
 }
 
 /* "aes-xts-plain64" or "aes-cbc-essiv:sha256" into spec; the master key's bytes. */
-static uint32_t cipher_spec(const LuksCreateParams *p, char *spec, size_t len)
+uint32_t luks_cipher_spec(const LuksCreateParams *p, char *spec, size_t len)
 {
     if (strcmp(p->ivgen, "essiv") == 0)
         snprintf(spec, len, "%s-%s-essiv:%s", p->cipher_alg, p->mode, p->ivgen_hash);
@@ -123,7 +150,7 @@ static uint32_t cipher_spec(const LuksCreateParams *p, char *spec, size_t len)
     return p->key_bits / 8 * (strcmp(p->mode, "xts") == 0 ? 2 : 1);
 }
 
-static int fill_random(uint8_t *buf, size_t len)
+int luks_fill_random(uint8_t *buf, size_t len)
 {
     for (size_t got = 0; got < len;) {
         ssize_t r = getrandom(buf + got, len - got, 0);
@@ -142,7 +169,7 @@ static int64_t thread_ns(void)
 }
 
 /* PBKDF2 iterations of hash that take ms milliseconds on this CPU (at least 1000, at most the reader's limit). */
-static uint32_t pbkdf2_iterations(const char *hash, uint32_t ms, size_t out_len)
+uint32_t luks_pbkdf2_iterations(const char *hash, uint32_t ms, size_t out_len)
 {
     static const uint8_t salt[32];
     uint8_t out[LUKS_MAX_KEY_BYTES];
@@ -159,10 +186,10 @@ static uint32_t pbkdf2_iterations(const char *hash, uint32_t ms, size_t out_len)
     return (uint32_t)MAX(LUKS1_MIN_ITER, MIN(want, LUKS_MAX_PBKDF2_ITER));
 }
 
-static void random_uuid(char *out)
+void luks_random_uuid(char *out)
 {
     uint8_t u[16] = { 0 };
-    if (fill_random(u, sizeof u) < 0)
+    if (luks_fill_random(u, sizeof u) < 0)
         memset(u, 0x5a, sizeof u);
     u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
     u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
@@ -171,10 +198,10 @@ static void random_uuid(char *out)
 }
 
 /* The stripes of mk (key_len bytes) into mat: random but the last, which makes the merge give mk. */
-static int af_split(const uint8_t *mk, size_t key_len, const char *hash, uint8_t *mat)
+int luks_af_split(const uint8_t *mk, size_t key_len, const char *hash, uint8_t *mat)
 {
     uint8_t *d = mat + (size_t)(LUKS1_STRIPES - 1) * key_len;
-    int r = fill_random(mat, (size_t)(LUKS1_STRIPES - 1) * key_len);
+    int r = luks_fill_random(mat, (size_t)(LUKS1_STRIPES - 1) * key_len);
     memset(d, 0, key_len);
     for (uint32_t i = 0; r == 0 && i + 1 < LUKS1_STRIPES; i++) {
         for (size_t j = 0; j < key_len; j++)
@@ -191,13 +218,13 @@ static int write_slot(const LuksCreateParams *p, const char *spec, const uint8_t
                       const uint8_t *pass, size_t pass_len, uint8_t *slot, uint8_t *area, size_t area_len, Error *err)
 {
     uint8_t *dk = luks_secure_alloc(LUKS_MAX_KEY_BYTES), *mat = luks_secure_alloc(area_len);
-    uint32_t iters = pbkdf2_iterations(p->hash, p->iter_time_ms, key_len);
+    uint32_t iters = luks_pbkdf2_iterations(p->hash, p->iter_time_ms, key_len);
     LuksCipher c = { 0 };
-    int r = dk && mat ? fill_random(slot + 8, 32) : -ENOMEM;
+    int r = dk && mat ? luks_fill_random(slot + 8, 32) : -ENOMEM;
     if (r == 0 && !OSSL(PKCS5_PBKDF2_HMAC)((const char *)pass, (int)pass_len, slot + 8, 32, (int)iters,
                                            luks_md(p->hash), (int)key_len, dk))
         r = -EIO;
-    if (r == 0 && (r = af_split(mk, key_len, p->hash, mat)) == 0 &&
+    if (r == 0 && (r = luks_af_split(mk, key_len, p->hash, mat)) == 0 &&
         (r = luks_cipher_init(&c, spec, dk, key_len, 512, err)) == 0 &&
         (r = luks_cipher_run(&c, 0, mat, area_len, true)) == 0)
         memcpy(area, mat, area_len);
@@ -221,35 +248,46 @@ static int write_fields(const LuksCreateParams *p, const char *spec, const uint8
     memcpy(hdr + 72, p->hash, strlen(p->hash));
     st_be32(hdr + 104, (uint32_t)(payload / 512));
     st_be32(hdr + 108, key_len);
-    uint32_t iters = MAX(LUKS1_MIN_ITER, pbkdf2_iterations(p->hash, p->iter_time_ms, LUKS1_DIGEST_BYTES) / 8);
+    uint32_t iters = MAX(LUKS1_MIN_ITER, luks_pbkdf2_iterations(p->hash, p->iter_time_ms, LUKS1_DIGEST_BYTES) / 8);
     st_be32(hdr + 164, iters);
-    random_uuid((char *)hdr + 168);
-    if (fill_random(hdr + 132, 32) < 0)
+    luks_random_uuid((char *)hdr + 168);
+    if (luks_fill_random(hdr + 132, 32) < 0)
         return -EIO;
     return OSSL(PKCS5_PBKDF2_HMAC)((const char *)mk, (int)key_len, hdr + 132, 32, (int)iters, luks_md(p->hash),
                                    LUKS1_DIGEST_BYTES, hdr + 112) ? 0 : -EIO;
 }
 
-int luks_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
-                       uint64_t *out_len, Error *err)
+/* The cipher is one the sector cipher knows (else refused by name) and there is a passphrase. */
+static int luks_create_check(const LuksCreateParams *p, const uint8_t *pass, Error *err)
 {
     static const uint8_t zero_key[LUKS_MAX_KEY_BYTES];
     char spec[64];
-    uint32_t key_len = cipher_spec(p, spec, sizeof spec);
+    uint32_t key_len = luks_cipher_spec(p, spec, sizeof spec);
     LuksCipher probe;
     int r = luks_ossl_load(err);
     if (r < 0 || (r = luks_cipher_init(&probe, spec, zero_key, key_len, 512, err)) < 0)
-        return r; /* a cipher the sector cipher does not know is refused by name */
+        return r;
     luks_cipher_free(&probe);
     if (!pass) {
         error_set(err, ENOKEY, "a new LUKS container needs a passphrase (--key-file FILE or --passphrase-fd N)");
         return -ENOKEY;
     }
+    return 0;
+}
+
+int luks_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
+                       uint64_t *out_len, Error *err)
+{
+    char spec[64];
+    uint32_t key_len = luks_cipher_spec(p, spec, sizeof spec);
+    int r = luks_create_check(p, pass, err);
+    if (r < 0)
+        return r;
     size_t area = (size_t)align_up((int64_t)key_len * LUKS1_STRIPES, 512);
     size_t area_step = (size_t)align_up((int64_t)area, LUKS_ALIGN);
     uint64_t payload = LUKS_ALIGN + (uint64_t)LUKS1_SLOTS * area_step;
     uint8_t *hdr = calloc(1, payload), *mk = luks_secure_alloc(LUKS_MAX_KEY_BYTES);
-    r = hdr && mk ? fill_random(mk, key_len) : -ENOMEM;
+    r = hdr && mk ? luks_fill_random(mk, key_len) : -ENOMEM;
     if (r == 0)
         r = write_fields(p, spec, mk, key_len, payload, hdr);
     for (int i = 0; r == 0 && i < LUKS1_SLOTS; i++) {
@@ -300,8 +338,15 @@ int luks_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(&why, EINVAL, "invalid virtual size");
         r = -EINVAL;
     }
-    if (r == 0)
+    uint64_t payload = 0;
+    if (r == 0 && p.version == 2) {
+        r = luks_create_check(&p, opts->secret, &why);
+        if (r == 0)
+            r = luks2_create_header(&p, opts->secret, opts->secret_len, &hdr, &len, &payload, &why);
+    } else if (r == 0) {
         r = luks_create_header(&p, opts->secret, opts->secret_len, &hdr, &len, &why);
+        payload = len;
+    }
     if (r < 0) {
         error_set(err, -r, "%s: %s", filename, why.msg[0] ? why.msg : strerror(-r));
         return r;
@@ -309,7 +354,7 @@ int luks_create(const char *filename, const CreateOpts *opts, Error *err)
     BlockNode *file = NULL;
     r = bdrv_create_empty_file(filename, &file, err);
     if (r == 0 && (r = bdrv_pwrite(file, 0, (int64_t)len, hdr, 0)) == 0 &&
-        (r = bdrv_truncate(file, (int64_t)len + align_up(opts->size, 512))) == 0)
+        (r = bdrv_truncate(file, (int64_t)payload + align_up(opts->size, 512))) == 0)
         r = bdrv_flush(file);
     if (file)
         bdrv_close(file);

@@ -148,6 +148,9 @@ typedef struct LuksCreateParams {
     char ivgen_hash[8];           /* essiv's: sha256 */
     char hash[8];                 /* PBKDF2 and splitter: sha1, sha256, sha512 */
     uint32_t iter_time_ms;
+    int version;                  /* 1 or 2 (-f luks only) */
+    int kdf;                      /* LUKS2's key slot: LuksKdfType (default argon2id) */
+    uint32_t argon2_kib;          /* its memory cost */
 } LuksCreateParams;
 extern const BlockOptionSpec luks_create_options[];
 void luks_create_defaults(LuksCreateParams *p);
@@ -159,5 +162,15 @@ int luks_create_option(LuksCreateParams *p, const char *prefix, const char *key,
 int luks_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
                        uint64_t *out_len, Error *err);
 int luks_create(const char *filename, const CreateOpts *opts, Error *err);
+/* create.c's helpers for create2.c */
+uint32_t luks_cipher_spec(const LuksCreateParams *p, char *spec, size_t len);
+int luks_fill_random(uint8_t *buf, size_t len);
+uint32_t luks_pbkdf2_iterations(const char *hash, uint32_t ms, size_t out_len);
+void luks_random_uuid(char *out);
+int luks_af_split(const uint8_t *mk, size_t key_len, const char *hash, uint8_t *mat);
+/* create2.c: a LUKS2 header (both copies, key slot 0's area): *out (malloc'd, *out_len bytes), the payload
+ * offset in *payload; or a negative errno with the reason in err. */
+int luks2_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
+                        uint64_t *out_len, uint64_t *payload, Error *err);
 
 #endif
