@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,7 +165,9 @@ int secret_prompt_new(BlockOpenOpts *o, const char *filename)
                                 0)) != MAP_FAILED) {
         (void)madvise(again, SECRET_LINE_MAX, MADV_DONTDUMP);
         (void)mlock(again, SECRET_LINE_MAX);
-        m = secret_ask_tty("verification", again, SECRET_LINE_MAX);
+        char again_name[PATH_MAX + 16];
+        snprintf(again_name, sizeof again_name, "%s (again)", filename);
+        m = secret_ask_tty(again_name, again, SECRET_LINE_MAX);
         bool same = m == n && memcmp(first, again, (size_t)n) == 0;
         explicit_bzero(again, SECRET_LINE_MAX);
         munmap(again, SECRET_LINE_MAX);

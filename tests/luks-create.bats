@@ -314,3 +314,18 @@ PY
   [ "$output" = "imgfuse: b.qcow2: unknown luks creation option 'encrypt.version'" ]
   [ ! -e b.luks ] && [ ! -e b.qcow2 ]
 }
+
+@test "create -f luks on a terminal: the passphrase is asked twice without echo; two that differ create nothing, exit 2" {
+  (sleep 1; printf 'typed pass\n'; sleep 1; printf 'typed pass\n') |
+    script -qec "$IMGFUSE create -f luks -o iter-time=10 t.luks 1M" /dev/null > create.out
+  cat -A create.out
+  grep -q 'Passphrase for t.luks: ' create.out
+  grep -q 'Passphrase for t.luks (again): ' create.out
+  ! grep -q 'typed pass' create.out
+  printf 'typed pass' > kt
+  cryptsetup open --test-passphrase --key-file kt t.luks
+  run bash -c "(sleep 1; printf 'one\n'; sleep 1; printf 'two\n') | script -qec '$IMGFUSE create -f luks -o iter-time=10 u.luks 1M' /dev/null"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"imgfuse: u.luks: the passphrases do not match"* ]]
+  [ ! -e u.luks ]
+}
