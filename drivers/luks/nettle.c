@@ -39,7 +39,7 @@ static void set_key(bool serpent, NettleCtx *ctx, size_t len, const uint8_t *key
 int luks_nettle_init(LuksCipher *c, bool serpent, bool xts, bool essiv, Error *err)
 {
     size_t half = xts ? c->key_len / 2 : c->key_len;
-    if (half != 16 && half != 24 && half != 32) {
+    if ((half != 16 && half != 24 && half != 32) || (xts && c->key_len % 2)) {
         error_set(err, ENOTSUP, "LUKS cipher %s with a %zu-bit key is not supported", serpent ? "serpent" : "twofish",
                   c->key_len * 8);
         return -ENOTSUP;
