@@ -322,8 +322,27 @@ static void created_opens(const char *opts)
     free(hdr);
 }
 
+/* nettle.c: the key sizes serpent and twofish take, by name. */
+static void test_nettle_key_sizes(void)
+{
+    static const uint8_t key[64];
+    static const struct { const char *spec; size_t len; int want; } t[] = {
+        { "serpent-xts-plain64", 64, 0 }, { "serpent-xts-plain64", 48, 0 }, { "twofish-cbc-plain64", 16, 0 },
+        { "serpent-xts-plain64", 33, -ENOTSUP }, { "twofish-xts-plain64", 40, -ENOTSUP },
+        { "twofish-cbc-essiv:sha256", 20, -ENOTSUP }, { "serpent-ecb", 32, -ENOTSUP },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(t); i++) {
+        LuksCipher c;
+        Error err = { .errnum = 0 };
+        int r = luks_cipher_init(&c, t[i].spec, key, t[i].len, 512, &err);
+        luks_cipher_free(&c);
+        ok(r == t[i].want, "%s with %zu key bytes: %d (%s)", t[i].spec, t[i].len, r, err.msg);
+    }
+}
+
 int main(void)
 {
+    test_nettle_key_sizes();
     test_luks1_opens();
     test_luks1_refusals();
     test_luks2_refusals();
