@@ -8,6 +8,7 @@
 # one line and exit 2; hostile metadata (argon2 costs of a TiB, billions of iterations, deep JSON) is
 # refused in bounded time and memory; --rw mounts (fio, 4 jobs, verify) write ciphertext that qemu-img
 # reads back, luksDump still accepts, and in which a marker written through the mount never appears.
+# serpent and twofish containers (qemu-img's) read and written through nettle equal qemu-img's view.
 
 load helpers
 
