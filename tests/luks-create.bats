@@ -303,6 +303,9 @@ PY
   run "$IMGFUSE" info --key-file k2 s2.luks
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: s2.luks: no key slot opens with the key given" ]
+  run "$IMGFUSE" create -f luks --key-file k1 -o kdf=pbkdf2 b.luks 1M
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: b.luks: luks creation options kdf and argon2-memory need version=2" ]
   run "$IMGFUSE" create -f luks --key-file k1 -o version=3 b.luks 1M
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: b.luks: luks creation option 'version': '3' is not 1 or 2" ]

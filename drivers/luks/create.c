@@ -92,7 +92,10 @@ static int take_luks2_option(LuksCreateParams *p, const char *key, const char *v
         if (strcmp(val, "1") != 0 && strcmp(val, "2") != 0)
             return bad_value(err, "", key, val, "1 or 2");
         p->version = val[0] - '0';
-    } else if (strcmp(key, "kdf") == 0) {
+        return 0;
+    }
+    p->luks2_option = true;
+    if (strcmp(key, "kdf") == 0) {
         if (strcmp(val, "argon2id") != 0 && strcmp(val, "argon2i") != 0 && strcmp(val, "pbkdf2") != 0)
             return bad_value(err, "", key, val, "argon2id, argon2i or pbkdf2");
         p->kdf = val[0] == 'p' ? LUKS_KDF_PBKDF2 : strcmp(val, "argon2id") == 0 ? LUKS_KDF_ARGON2ID : LUKS_KDF_ARGON2I;
@@ -336,6 +339,10 @@ int luks_create(const char *filename, const CreateOpts *opts, Error *err)
     int r = bdrv_create_opts_each(opts->options, parse_item, &c);
     if (r == 0 && (opts->size < 0 || (uint64_t)opts->size > (UINT64_C(1) << 60))) {
         error_set(&why, EINVAL, "invalid virtual size");
+        r = -EINVAL;
+    }
+    if (r == 0 && p.luks2_option && p.version != 2) {
+        error_set(&why, EINVAL, "luks creation options kdf and argon2-memory need version=2");
         r = -EINVAL;
     }
     uint64_t payload = 0;

@@ -151,6 +151,7 @@ typedef struct LuksCreateParams {
     int version;                  /* 1 or 2 (-f luks only) */
     int kdf;                      /* LUKS2's key slot: LuksKdfType (default argon2id) */
     uint32_t argon2_kib;          /* its memory cost */
+    bool luks2_option;            /* kdf or argon2-memory given (they need version 2) */
 } LuksCreateParams;
 extern const BlockOptionSpec luks_create_options[];
 void luks_create_defaults(LuksCreateParams *p);
