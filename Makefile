@@ -9,12 +9,13 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd jansson libargon2
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd jansson libargon2 nettle
 CFLAGS  ?= -O2 -g
 # librbd, librados (librbd-dev): headers only, no pkg-config file; drivers/rbd.c loads the libraries with dlopen
 # when an rbd: image is opened, so that neither the binary nor the .deb depends on Ceph.
 # libcrypto: headers only; `imgfuse hash` and the luks driver load the library themselves (fuse/commands.c,
-# drivers/luks/ossl.c say why); jansson (LUKS2 metadata) and libargon2 (LUKS2 key slots) are linked
+# drivers/luks/ossl.c say why); jansson (LUKS2 metadata), libargon2 (LUKS2 key slots) and nettle (LUKS's
+# serpent and twofish) are linked
 override CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra $(WERROR) -Iinclude \
            $(shell pkg-config --cflags $(PKGS) libcrypto)
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lbz2 -laio -lpthread -ldl

@@ -225,6 +225,8 @@ static const CommandHelp command_help[] = {
       "  -o, --options OPTS       creation options KEY=VALUE,... (-o help lists those of FMT)\n"
       "  -b, --backing BACKING    backing file recorded in the image\n"
       "  -F, --backing-format FMT format of BACKING (required with -b; vhdx: always vhdx)\n"
+      "      --key-file FILE      passphrase of an encrypted image (luks, qcow2 encrypt.format=luks): all of FILE\n"
+      "      --passphrase-fd N    the same: the first line read from descriptor N (else asked on the terminal)\n"
       "  -h, --help               this help\n",
       "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
     { "convert", "[OPTIONS] SOURCE... TARGET",

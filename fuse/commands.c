@@ -331,6 +331,12 @@ static int create_options_help(const char *fmt)
     return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
 }
 
+/* Whether a new image of fmt with these options is encrypted (so the prompt asks for its passphrase). */
+static bool create_wants_key(const char *fmt, const char *options)
+{
+    return strcmp(fmt, "luks") == 0 || (options && strstr(options, "encrypt.format=") != NULL);
+}
+
 int cmd_create(int argc, char **argv)
 {
     static const char synopsis[] = "-f FMT [-o OPTS] [-b BACKING -F FMT] FILE [SIZE]";
@@ -339,11 +345,15 @@ int cmd_create(int argc, char **argv)
         { "options", required_argument, NULL, 'o' },
         { "backing", required_argument, NULL, 'b' },
         { "backing-format", required_argument, NULL, 'F' },
+        { "key-file", required_argument, NULL, SUB_KEY_FILE },
+        { "passphrase-fd", required_argument, NULL, SUB_PASSPHRASE_FD },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *fmt = NULL;
     CreateOpts co = { .size = -1 };
+    BlockOpenOpts key;
+    block_open_opts_init(&key);
     opterr = 0;
     optind = 1;
     int c;
@@ -353,6 +363,11 @@ int cmd_create(int argc, char **argv)
         case 'o': co.options = optarg; break;
         case 'b': co.backing = optarg; break;
         case 'F': co.backing_format = optarg; break;
+        case SUB_KEY_FILE:
+        case SUB_PASSPHRASE_FD:
+            if ((c == SUB_KEY_FILE ? secret_from_file(&key, optarg) : secret_from_fd(&key, optarg)) != 0)
+                return EXIT_USAGE;
+            break;
         case 'h': return cli_print_help("create");
         default: return cli_option_error(argv, c, "create", create_options);
         }
@@ -392,13 +407,19 @@ int cmd_create(int argc, char **argv)
         errmsg(file, "format '%s' does not support backing files", drv->name);
         return EXIT_USAGE;
     }
+    if (!key.secret && create_wants_key(fmt, co.options) && isatty(STDIN_FILENO) &&
+        secret_prompt_new(&key, file) != 0)
+        return EXIT_USAGE;
+    co.secret = key.secret;
+    co.secret_len = key.secret_len;
     Error err;
     memset(&err, 0, sizeof err);
     int r = bdrv_create(fmt, file, &co, &err);
     if (r < 0) {
         if (!err.errnum)
             err.errnum = -r;
-        bool usage = err.errnum == EINVAL || err.errnum == ENOTSUP || err.errnum == EOPNOTSUPP;
+        bool usage = err.errnum == EINVAL || err.errnum == ENOTSUP || err.errnum == EOPNOTSUPP ||
+                     err.errnum == ENOKEY;
         return report_error(&err, file, usage ? EXIT_USAGE : EXIT_RUNTIME);
     }
     return EXIT_OK;

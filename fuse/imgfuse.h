@@ -265,6 +265,9 @@ int secret_ask_tty(const char *filename, uint8_t *buf, size_t size);
  * the mount, which asks before it detaches from the terminal and opens the image again in the daemon. */
 int secret_ask_and_keep(const char *filename, uint8_t *buf, size_t size);
 bool secret_use_kept(BlockOpenOpts *o);
+/* The passphrase of a new image, asked twice on the terminal (`imgfuse create`) into o->secret; 0, or
+ * EXIT_USAGE with the error printed (the two differ, no terminal). */
+int secret_prompt_new(BlockOpenOpts *o, const char *filename);
 
 /* ---------------------------------------------------------------- main.c helpers */
 

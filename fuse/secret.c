@@ -2,14 +2,16 @@
 /*
  * secret.c - the key of an encrypted image as the user gives it: --key-file FILE (its whole content, as
  * cryptsetup's --key-file reads it), --passphrase-fd N (the first line read from descriptor N, newline
- * excluded) or a no-echo prompt on the terminal.  The bytes live in one locked page range left out of
- * core dumps (MADV_DONTDUMP) and wiped at exit; they go into BlockOpenOpts.secret, never into the driver
- * options, the mount summary or any log.  It knows no image format.
+ * excluded) or a no-echo prompt on the terminal (asked twice for a new image's, `imgfuse create`).  The
+ * bytes live in one locked page range left out of core dumps (MADV_DONTDUMP) and wiped at exit; they go
+ * into BlockOpenOpts.secret (CreateOpts.secret), never into the driver options, the mount summary or any
+ * log.  It knows no image format.
  */
 #include "imgfuse.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,4 +155,32 @@ bool secret_use_kept(BlockOpenOpts *o)
     o->secret = secret_buf;
     o->secret_len = secret_cap - 1;
     return true;
+}
+
+int secret_prompt_new(BlockOpenOpts *o, const char *filename)
+{
+    uint8_t *first = secret_alloc(SECRET_LINE_MAX + 1), *again = NULL;
+    int n = first ? secret_ask_tty(filename, first, SECRET_LINE_MAX) : -ENOMEM, m = -1;
+    if (n >= 0 && (again = mmap(NULL, SECRET_LINE_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+                                0)) != MAP_FAILED) {
+        (void)madvise(again, SECRET_LINE_MAX, MADV_DONTDUMP);
+        (void)mlock(again, SECRET_LINE_MAX);
+        char again_name[PATH_MAX + 16];
+        snprintf(again_name, sizeof again_name, "%s (again)", filename);
+        m = secret_ask_tty(again_name, again, SECRET_LINE_MAX);
+        bool same = m == n && memcmp(first, again, (size_t)n) == 0;
+        explicit_bzero(again, SECRET_LINE_MAX);
+        munmap(again, SECRET_LINE_MAX);
+        if (!same) {
+            errmsg(filename, "the passphrases do not match");
+            return EXIT_USAGE;
+        }
+    }
+    if (n < 0 || m < 0) {
+        errmsg(filename, "cannot read a passphrase from the terminal");
+        return EXIT_USAGE;
+    }
+    o->secret = first;
+    o->secret_len = (size_t)n;
+    return 0;
 }

@@ -252,6 +252,10 @@ typedef struct CreateOpts {
     const char *backing;        /* backing file name to record (as given) */
     const char *backing_format; /* its format, recorded in the image */
     const char *options;        /* driver options "k=v,k=v" (cluster_size=, compat=, extended_l2=, ...) */
+    /* The passphrase of a new encrypted image (luks, qcow2 encrypt.format=luks): --key-file,
+     * --passphrase-fd or the prompt of `imgfuse create`, in the caller's locked memory; NULL: none. */
+    const uint8_t *secret;
+    size_t secret_len;
 } CreateOpts;
 
 /* ---------------------------------------------------------------- typed driver facts */

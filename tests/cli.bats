@@ -452,10 +452,10 @@ CASES
   [ "$status" -eq 0 ]
   [ "${lines[0]}" = "qcow2: creation options (-o KEY=VALUE,...):" ]
   for k in cluster_size=SIZE compat=STRING extended_l2=on\|off lazy_refcounts=on\|off refcount_bits=INT \
-           compression_type=STRING; do
+           compression_type=STRING encrypt.format=STRING encrypt.cipher-alg=STRING encrypt.iter-time=INT; do
     printf '%s\n' "${lines[@]}" | grep -qE "^  ${k} +[a-z0-9]" || { echo "missing $k"; false; }
   done
-  [ "${#lines[@]}" -eq 7 ]
+  [ "${#lines[@]}" -eq 14 ]
   run $IMGFUSE create -f raw -o help
   [ "$status" -eq 0 ]
   [ "$output" = "raw: no creation options" ]

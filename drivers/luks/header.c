@@ -35,7 +35,7 @@
 
 /* ---------------------------------------------------------------- small helpers */
 
-static const EVP_MD *luks_md(const char *name)
+const EVP_MD *luks_md(const char *name)
 {
     if (strcmp(name, "sha1") == 0)
         return OSSL(EVP_sha1)();
@@ -586,7 +586,7 @@ static int kdf_run(const LuksKdf *k, const uint8_t *pass, size_t pass_len, uint8
 }
 
 /* The anti-forensic diffusion: each digest-sized block of buf replaced by H(be32(index) || block). */
-static int af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md)
+int luks_af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md)
 {
     size_t ds = (size_t)OSSL(EVP_MD_get_size)(md);
     EVP_MD_CTX *ctx = OSSL(EVP_MD_CTX_new)();
@@ -613,7 +613,7 @@ static int af_merge(const uint8_t *src, size_t key_len, uint32_t stripes, const 
     for (uint32_t i = 0; i < stripes; i++) {
         for (size_t j = 0; j < key_len; j++)
             dst[j] ^= src[(size_t)i * key_len + j];
-        if (i + 1 < stripes && af_diffuse(dst, key_len, md) < 0)
+        if (i + 1 < stripes && luks_af_diffuse(dst, key_len, md) < 0)
             return -EIO;
     }
     return 0;

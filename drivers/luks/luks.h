@@ -99,11 +99,14 @@ typedef struct LuksCipher {
     size_t key_len;
     uint8_t *essiv_key;           /* essiv: the hash of the key (locked memory), NULL otherwise */
     uint32_t sector_size;
+    void *nettle;                 /* serpent, twofish: nettle's key schedules (locked memory), NULL for aes */
+    bool serpent;                 /* with nettle: serpent, else twofish */
 } LuksCipher;
 
 /* crypt.c */
 /* Accepts "aes-xts-plain64", "aes-cbc-essiv:sha256", "aes-cbc-plain64", "aes-cbc-plain", "aes-xts-plain" for
- * key_len bytes; 0, or -ENOTSUP with the reason naming the cipher in err. c->key is set, not copied. */
+ * key_len bytes, and the same with serpent or twofish for aes; 0, or -ENOTSUP with the reason naming the
+ * cipher in err. c->key is set, not copied. */
 int luks_cipher_init(LuksCipher *c, const char *spec, const uint8_t *key, size_t key_len, uint32_t sector_size,
                      Error *err);
 void luks_cipher_free(LuksCipher *c);
@@ -113,6 +116,13 @@ int luks_cipher_run(const LuksCipher *c, uint64_t sector, uint8_t *buf, size_t l
 /* Memory for keys: locked (mlock), left out of core dumps (MADV_DONTDUMP), wiped when freed. */
 void *luks_secure_alloc(size_t len);
 void luks_secure_free(void *p, size_t len);
+
+/* nettle.c: serpent and twofish for crypt.c (c->key, key_len set): key schedules, the essiv IV, one sector
+ * encrypted or decrypted in place (iv: 16 bytes, changed). */
+int luks_nettle_init(LuksCipher *c, bool serpent, bool xts, bool essiv, Error *err);
+void luks_nettle_free(LuksCipher *c);
+void luks_nettle_essiv(const LuksCipher *c, uint8_t *iv);
+int luks_nettle_sector(const LuksCipher *c, bool xts, uint8_t *iv, uint8_t *buf, size_t len, bool enc);
 
 /* header.c */
 /* The header of a LUKS1 or LUKS2 container in file (file_size bytes): 0, or a negative errno with the
@@ -135,5 +145,44 @@ int luks_key_get(BlockNode *bs, const BlockOpenOpts *opts, const char *what, con
                  uint8_t **asked, Error *err);
 /* The legacy AES-128 key of a passphrase in a locked page (LUKS_LEGACY_KEY_PAGE bytes), or NULL. */
 uint8_t *luks_legacy_aes_key(const uint8_t *pass, size_t pass_len);
+
+/* The af_diffuse and hash lookup of header.c, shared with create.c. */
+int luks_af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md);
+const EVP_MD *luks_md(const char *name);
+
+/* create.c: new LUKS1 headers (the luks driver's create, qcow2's encrypt.format=luks). */
+typedef struct LuksCreateParams {
+    char cipher_alg[16];          /* aes, serpent, twofish */
+    uint32_t key_bits;            /* 128, 192, 256 (xts doubles the key) */
+    char mode[8];                 /* xts, cbc */
+    char ivgen[8];                /* plain64, plain, essiv */
+    char ivgen_hash[8];           /* essiv's: sha256 */
+    char hash[8];                 /* PBKDF2 and splitter: sha1, sha256, sha512 */
+    uint32_t iter_time_ms;
+    int version;                  /* 1 or 2 (-f luks only) */
+    int kdf;                      /* LUKS2's key slot: LuksKdfType (default argon2id) */
+    uint32_t argon2_kib;          /* its memory cost */
+    bool luks2_option;            /* kdf or argon2-memory given (they need version 2) */
+} LuksCreateParams;
+extern const BlockOptionSpec luks_create_options[];
+void luks_create_defaults(LuksCreateParams *p);
+/* One creation option (key without prefix; prefix, "" or "encrypt.", only names it in errors): 0, or
+ * -EINVAL/-ENOTSUP with the reason in err. */
+int luks_create_option(LuksCreateParams *p, const char *prefix, const char *key, const char *val, Error *err);
+/* A LUKS1 header with key slot 0 opened by pass: *out (malloc'd, *out_len bytes, the payload offset), or a
+ * negative errno with the reason in err (-ENOKEY: no passphrase). */
+int luks_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
+                       uint64_t *out_len, Error *err);
+int luks_create(const char *filename, const CreateOpts *opts, Error *err);
+/* create.c's helpers for create2.c */
+uint32_t luks_cipher_spec(const LuksCreateParams *p, char *spec, size_t len);
+int luks_fill_random(uint8_t *buf, size_t len);
+uint32_t luks_pbkdf2_iterations(const char *hash, uint32_t ms, size_t out_len);
+void luks_random_uuid(char *out);
+int luks_af_split(const uint8_t *mk, size_t key_len, const char *hash, uint8_t *mat);
+/* create2.c: a LUKS2 header (both copies, key slot 0's area): *out (malloc'd, *out_len bytes), the payload
+ * offset in *payload; or a negative errno with the reason in err. */
+int luks2_create_header(const LuksCreateParams *p, const uint8_t *pass, size_t pass_len, uint8_t **out,
+                        uint64_t *out_len, uint64_t *payload, Error *err);
 
 #endif

@@ -5,6 +5,10 @@
  * lazy_refcounts), their validation, and the initial layout: header with the backing format and feature
  * name extensions and the backing file name in cluster 0, then the refcount table, the refcount blocks
  * and an empty L1 table, every used cluster counted once.  Opening and writing images is elsewhere.
+ * encrypt.format=luks puts a LUKS1 header (made by drivers/luks/create.c from the passphrase in
+ * CreateOpts.secret, with the encrypt.* options) in the clusters after the L1 table, named by the full
+ * disk encryption header extension, crypt_method 2; encrypt.format=aes (the legacy method qemu-img still
+ * creates) only sets crypt_method 1: its key is the passphrase itself, nothing of it is stored.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -14,6 +18,7 @@
 
 #include "qcow2.h"
 #include "util.h"
+#include "../luks/luks.h"
 
 typedef struct CreateParams {
     uint32_t cluster_bits;
@@ -22,6 +27,9 @@ typedef struct CreateParams {
     uint32_t refcount_order;
     uint8_t compression_type;
     bool lazy_refcounts;
+    uint32_t crypt_method;      /* QCOW2_CRYPT_NONE, _AES, _LUKS */
+    LuksCreateParams luks;      /* the encrypt.* options */
+    bool luks_option;           /* an encrypt.* option other than format was given */
 } CreateParams;
 
 static int log2_exact(int64_t v)
@@ -42,6 +50,13 @@ const BlockOptionSpec qcow2_create_options[] = {
     { "lazy_refcounts", BDRV_OPT_BOOL, 0, "postpone refcount updates (needs compat=1.1)" },
     { "refcount_bits", BDRV_OPT_INT, 0, "width of a refcount entry, a power of two from 1 to 64 (default 16)" },
     { "compression_type", BDRV_OPT_STRING, 0, "zlib (the default) or zstd" },
+    { "encrypt.format", BDRV_OPT_STRING, 0, "luks (a LUKS1 header in the image) or aes (legacy); the key: --key-file" },
+    { "encrypt.cipher-alg", BDRV_OPT_STRING, 0, "as luks's cipher-alg (default aes-256)" },
+    { "encrypt.cipher-mode", BDRV_OPT_STRING, 0, "as luks's cipher-mode (default xts)" },
+    { "encrypt.ivgen-alg", BDRV_OPT_STRING, 0, "as luks's ivgen-alg (default plain64)" },
+    { "encrypt.ivgen-hash-alg", BDRV_OPT_STRING, 0, "as luks's ivgen-hash-alg (sha256)" },
+    { "encrypt.hash-alg", BDRV_OPT_STRING, 0, "as luks's hash-alg (default sha256)" },
+    { "encrypt.iter-time", BDRV_OPT_INT, 0, "as luks's iter-time (milliseconds, default 2000)" },
     { NULL, 0, 0, NULL },
 };
 
@@ -83,6 +98,21 @@ static int parse_option(CreateParams *p, const char *key, const char *val, Error
             return -EINVAL;
         }
         p->refcount_order = (uint32_t)order;
+    } else if (!strcmp(key, "encrypt.format")) {
+        if (!strcmp(val, "luks") || !strcmp(val, "aes"))
+            p->crypt_method = val[0] == 'l' ? QCOW2_CRYPT_LUKS : QCOW2_CRYPT_AES;
+        else {
+            error_set(err, EINVAL, "%s: encrypt.format must be luks or aes, not '%s'", filename, val);
+            return -EINVAL;
+        }
+    } else if (!strncmp(key, "encrypt.", 8)) {
+        Error why = { 0 };
+        int r = luks_create_option(&p->luks, "encrypt.", key + 8, val, &why);
+        if (r < 0) {
+            error_set(err, why.errnum, "%s: %s", filename, why.msg);
+            return r;
+        }
+        p->luks_option = true;
     } else if (!strcmp(key, "compression_type")) {
         if (!strcmp(val, "zlib"))
             p->compression_type = QCOW2_COMPRESSION_ZLIB;
@@ -118,11 +148,12 @@ static int parse_item(const char *key, const char *value, void *opaque)
 static int parse_options(CreateParams *p, const char *options, Error *err, const char *filename)
 {
     *p = (CreateParams){ .cluster_bits = 16, .version = 3, .refcount_order = 4 };
+    luks_create_defaults(&p->luks);
     OptionParse c = { .p = p, .err = err, .filename = filename };
     return bdrv_create_opts_each(options, parse_item, &c);
 }
 
-static int check_params(const CreateParams *p, Error *err, const char *filename)
+static int check_params(const CreateParams *p, const CreateOpts *opts, Error *err, const char *filename)
 {
     const char *bad = NULL;
     if (p->version == 2 && p->extended_l2)
@@ -135,6 +166,10 @@ static int check_params(const CreateParams *p, Error *err, const char *filename)
         bad = "compression_type=zstd needs compat=1.1";
     else if (p->extended_l2 && p->cluster_bits < QCOW2_MIN_EXTL2_CLUSTER_BITS)
         bad = "extended_l2 needs a cluster_size of at least 16k";
+    else if (p->luks_option && p->crypt_method != QCOW2_CRYPT_LUKS)
+        bad = "encrypt.* options need encrypt.format=luks";
+    else if (p->crypt_method != QCOW2_CRYPT_NONE && !opts->secret)
+        bad = "an encrypted image needs a passphrase (--key-file FILE or --passphrase-fd N)";
     if (bad) {
         error_set(err, EINVAL, "%s: %s", filename, bad);
         return -EINVAL;
@@ -164,16 +199,22 @@ static const struct { uint8_t type, bit; const char *name; } qcow2_feature_table
 /* Header extensions and backing name after the fixed header; returns the bytes used, or 0 if they do
  * not fit in the first cluster. */
 static size_t build_header_tail(uint8_t *buf, size_t hdr_len, size_t cluster_size, const CreateOpts *opts,
-                                bool feature_table, uint64_t *backing_offset)
+                                bool feature_table, const uint64_t crypt_ext[2], uint64_t *backing_offset)
 {
     size_t pos = hdr_len;
     size_t fmt_len = opts->backing_format ? strlen(opts->backing_format) : 0;
     size_t name_len = opts->backing ? strlen(opts->backing) : 0;
     size_t need = pos + (fmt_len ? 8 + (size_t)align_up((int64_t)fmt_len, 8) : 0) +
                   (feature_table ? 8 + sizeof(qcow2_feature_table) / sizeof(qcow2_feature_table[0]) * QCOW2_FEATURE_ENTRY_LEN : 0) +
-                  8 + name_len;
+                  (crypt_ext ? 8 + 16 : 0) + 8 + name_len;
     if (need > cluster_size)
         return 0;
+    if (crypt_ext) {
+        uint8_t e[16];
+        st_be64(e, crypt_ext[0]);
+        st_be64(e + 8, crypt_ext[1]);
+        pos = put_ext(buf, pos, QCOW2_EXT_CRYPTO, e, sizeof e);
+    }
     if (fmt_len)
         pos = put_ext(buf, pos, QCOW2_EXT_BACKING_FORMAT, opts->backing_format, (uint32_t)fmt_len);
     if (feature_table) {
@@ -211,8 +252,9 @@ static void plan_layout(const CreateParams *p, uint64_t l1_clusters, uint64_t *r
     }
 }
 
+/* crypt: the LUKS header (crypt_len bytes) placed in whole clusters after the L1 table, or NULL. */
 static int write_image(BlockNode *file, const CreateParams *p, const CreateOpts *opts, uint64_t size,
-                       Error *err, const char *filename)
+                       const uint8_t *crypt, uint64_t crypt_len, Error *err, const char *filename)
 {
     Qcow2State s = { 0 };
     s.cluster_bits = p->cluster_bits;
@@ -226,8 +268,9 @@ static int write_image(BlockNode *file, const CreateParams *p, const CreateOpts 
         return -EFBIG;
     }
     uint64_t l1_clusters = (l1_size * 8 + cs - 1) / cs, rt_clusters, blocks;
-    plan_layout(p, l1_clusters, &rt_clusters, &blocks);
-    uint64_t total = 1 + rt_clusters + blocks + l1_clusters;
+    uint64_t crypt_clusters = (crypt_len + cs - 1) / cs;
+    plan_layout(p, l1_clusters + crypt_clusters, &rt_clusters, &blocks);
+    uint64_t total = 1 + rt_clusters + blocks + l1_clusters + crypt_clusters;
     uint8_t *img = calloc(total, cs);
     if (!img)
         return -ENOMEM;
@@ -241,10 +284,15 @@ static int write_image(BlockNode *file, const CreateParams *p, const CreateOpts 
     s.incompatible_features = (p->extended_l2 ? QCOW2_INCOMPAT_EXTL2 : 0) |
                               (p->compression_type != QCOW2_COMPRESSION_ZLIB ? QCOW2_INCOMPAT_COMPRESSION : 0);
     s.compatible_features = p->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0;
+    s.crypt_method = p->crypt_method;
+    uint64_t crypt_ext[2] = { (1 + rt_clusters + blocks + l1_clusters) * cs, crypt_len };
+    const uint64_t *ext = crypt ? crypt_ext : NULL;
+    if (crypt)
+        memcpy(img + crypt_ext[0], crypt, crypt_len);
     uint64_t backing_offset = 0;
-    size_t used = build_header_tail(img, s.header_length, cs, opts, p->version >= 3, &backing_offset);
+    size_t used = build_header_tail(img, s.header_length, cs, opts, p->version >= 3, ext, &backing_offset);
     if (!used)
-        used = build_header_tail(img, s.header_length, cs, opts, false, &backing_offset);
+        used = build_header_tail(img, s.header_length, cs, opts, false, ext, &backing_offset);
     if (!used) {
         free(img);
         error_set(err, ENAMETOOLONG, "%s: the backing file name does not fit in a %" PRIu64 "-byte cluster",
@@ -275,7 +323,7 @@ int qcow2_create(const char *filename, const CreateOpts *opts, Error *err)
     CreateParams p;
     int ret = parse_options(&p, opts->options, err, filename);
     if (ret == 0)
-        ret = check_params(&p, err, filename);
+        ret = check_params(&p, opts, err, filename);
     if (ret < 0)
         return ret;
     if (opts->size < 0 || (uint64_t)opts->size > QCOW2_MAX_VIRTUAL_SIZE) {
@@ -286,13 +334,26 @@ int qcow2_create(const char *filename, const CreateOpts *opts, Error *err)
         error_set(err, ENAMETOOLONG, "%s: backing file name too long", filename);
         return -ENAMETOOLONG;
     }
+    uint8_t *crypt = NULL;
+    uint64_t crypt_len = 0;
+    if (p.crypt_method == QCOW2_CRYPT_LUKS) {
+        Error why = { 0 };
+        ret = luks_create_header(&p.luks, opts->secret, opts->secret_len, &crypt, &crypt_len, &why);
+        if (ret < 0) {
+            error_set(err, why.errnum, "%s: %s", filename, why.msg);
+            return ret;
+        }
+    }
     BlockNode *file = NULL;
     ret = bdrv_create_empty_file(filename, &file, err);
-    if (ret < 0)
+    if (ret < 0) {
+        free(crypt);
         return ret;
+    }
     uint64_t size = (uint64_t)align_up(opts->size, 512);
-    ret = write_image(file, &p, opts, size, err, filename);
+    ret = write_image(file, &p, opts, size, crypt, crypt_len, err, filename);
     bdrv_close(file);
+    free(crypt);
     if (ret < 0 && !err->msg[0])
         error_set(err, -ret, "%s: cannot write the image: %s", filename, strerror(-ret));
     return ret;

@@ -6,6 +6,7 @@
  * their sha256 checksums) around hostile or unsupported JSON metadata, each refused by its exact line:
  * argon2 memory of a TiB, time and threads, pbkdf2 iterations, integrity, reencryption, requirements,
  * several segments, sector sizes, key slot areas outside the file, deep nesting, broken checksums.
+ * Headers create.c makes (aes, serpent, twofish) open with their passphrase only and carry data.
  */
 #include "block.h"
 #include "tap.h"
@@ -130,7 +131,7 @@ static void p_state(uint8_t *i) { st_be32(i + 208 + 48, 0x12345678); }
 static void p_hash(uint8_t *i) { strcpy((char *)i + 72, "md5"); }
 static void p_iter(uint8_t *i) { st_be32(i + 208 + 4, 4000000000u); }
 static void p_digest_iter(uint8_t *i) { st_be32(i + 164, 30000000u); }
-static void p_cipher(uint8_t *i) { strcpy((char *)i + 8, "serpent"); }
+static void p_cipher(uint8_t *i) { strcpy((char *)i + 8, "cast5"); }
 static void p_mode(uint8_t *i) { strcpy((char *)i + 40, "cbc-benbi"); }
 static void p_version(uint8_t *i) { st_be16(i + 6, 3); }
 
@@ -150,10 +151,10 @@ static void test_luks1_refusals(void)
     luks1_refused("4e9 iterations", p_iter, "key slot 0: pbkdf2 iterations 4000000000 are above the limit of 20000000");
     luks1_refused("3e7 digest iterations", p_digest_iter,
                   "digest: pbkdf2 iterations 30000000 are above the limit of 20000000");
-    luks1_refused("serpent", p_cipher, "LUKS cipher 'serpent-xts-plain64' is not supported (aes-xts-plain64, "
-                  "aes-cbc-essiv:sha256 and aes-cbc-plain64 are)");
-    luks1_refused("benbi", p_mode, "LUKS cipher 'aes-cbc-benbi' is not supported (aes-xts-plain64, "
-                  "aes-cbc-essiv:sha256 and aes-cbc-plain64 are)");
+    luks1_refused("cast5", p_cipher, "LUKS cipher 'cast5-xts-plain64' is not supported (aes, serpent and twofish "
+                  "in xts-plain64, cbc-essiv:sha256 and cbc-plain64 are)");
+    luks1_refused("benbi", p_mode, "LUKS cipher 'aes-cbc-benbi' is not supported (aes, serpent and twofish in "
+                  "xts-plain64, cbc-essiv:sha256 and cbc-plain64 are)");
     luks1_refused("version 3", p_version, "LUKS version 3 is not supported");
 }
 
@@ -277,10 +278,77 @@ static void test_luks2_refusals(void)
     free(img);
 }
 
+/* create.c: a header luks_create_header made, with a 4 KiB payload after it, opens with its passphrase
+ * only, in each cipher family, and carries data written through it. */
+static void created_opens(const char *opts)
+{
+    LuksCreateParams p;
+    luks_create_defaults(&p);
+    p.iter_time_ms = 1;
+    Error err = { .errnum = 0 };
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", opts);
+    for (char *kv = strtok(buf, ","); kv; kv = strtok(NULL, ",")) {
+        char *eq = strchr(kv, '=');
+        *eq = '\0';
+        luks_create_option(&p, "", kv, eq + 1, &err);
+    }
+    uint8_t *hdr = NULL, data[4096], back[4096];
+    uint64_t len = 0;
+    int r = luks_create_header(&p, (const uint8_t *)"new pass", 8, &hdr, &len, &err);
+    ok(r == 0 && len % 4096 == 0, "%s: header of %llu bytes made: %s", opts, (unsigned long long)len, err.msg);
+    if (r < 0)
+        return;
+    uint8_t *img = calloc(1, len + 4096);
+    memcpy(img, hdr, len);
+    ok(memmem(img, len, "new pass", 8) == NULL, "%s: the passphrase is not in the header", opts);
+    BlockNode *bs = open_key(img, len + 4096, "wrong", &err);
+    ok(!bs && err.errnum == EPERM, "%s: a wrong key is refused: %s", opts, err.msg);
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
+    o.secret = (const uint8_t *)"new pass";
+    o.secret_len = 8;
+    o.read_only = false;
+    memset(&err, 0, sizeof err);
+    BlockNode *mem = bdrv_open_memory(img, len + 4096, false);
+    bs = mem ? bdrv_open_on_node(mem, "luks", &o, &err) : NULL;
+    ok(bs != NULL, "%s: opens with its passphrase: %s", opts, err.msg);
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 7 + 1);
+    ok(bs && bdrv_pwrite(bs, 0, 4096, data, 0) == 0 && bdrv_pread(bs, 0, 4096, back) == 0 &&
+       memcmp(data, back, sizeof data) == 0, "%s: reads back what it wrote", opts);
+    bdrv_close(bs);
+    free(img);
+    free(hdr);
+}
+
+/* nettle.c: the key sizes serpent and twofish take, by name. */
+static void test_nettle_key_sizes(void)
+{
+    static const uint8_t key[64];
+    static const struct { const char *spec; size_t len; int want; } t[] = {
+        { "serpent-xts-plain64", 64, 0 }, { "serpent-xts-plain64", 48, 0 }, { "twofish-cbc-plain64", 16, 0 },
+        { "serpent-xts-plain64", 33, -ENOTSUP }, { "twofish-xts-plain64", 40, -ENOTSUP },
+        { "twofish-cbc-essiv:sha256", 20, -ENOTSUP }, { "serpent-ecb", 32, -ENOTSUP },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(t); i++) {
+        LuksCipher c;
+        Error err = { .errnum = 0 };
+        int r = luks_cipher_init(&c, t[i].spec, key, t[i].len, 512, &err);
+        luks_cipher_free(&c);
+        ok(r == t[i].want, "%s with %zu key bytes: %d (%s)", t[i].spec, t[i].len, r, err.msg);
+    }
+}
+
 int main(void)
 {
+    test_nettle_key_sizes();
     test_luks1_opens();
     test_luks1_refusals();
     test_luks2_refusals();
+    created_opens("cipher-alg=aes-256");
+    created_opens("cipher-alg=serpent-256");
+    created_opens("cipher-alg=twofish-128,cipher-mode=cbc,ivgen-alg=essiv");
+    created_opens("cipher-alg=serpent-192,cipher-mode=cbc,hash-alg=sha1");
     return done_testing();
 }
