@@ -1,16 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * loop.c - the FUSE request loop, over libfuse's lowlevel session (receive a request, process it), in
- * place of libfuse's multi-threaded loop.  Leader and followers: one thread at a time, the leader, waits
- * in the kernel for a request; the others wait here.  A leader that finds no second request queued
- * behind the one it got keeps the lead and serves its request itself, then reads the next one: at one
- * request in flight the same thread serves every request and no thread is woken on our side.  When more
- * are queued it hands the lead to a follower (started on demand, up to max_threads, never stopped before
- * unmount) and so up to max_threads requests are served at once.  A request served by the leader must not
- * hold up the others for long: the calling thread checks every LOOP_TICK_MS while requests come and
- * hands the lead on if the same one is still being served (and sleeps while the mount is idle).  It also
- * receives the signals: the workers block them, as libfuse's loop does.  It knows nothing of what the
- * requests are about (fs.c).
+ * place of libfuse's multi-threaded loop, whose idle threads all wait in the kernel, which wakes another
+ * of them for each request.  Here the number of threads reading the kernel's queue follows the load: a
+ * thread that was the only reader and finds nothing queued behind its request serves it and reads the
+ * next one itself, so at one request in flight the same thread serves every request and nobody else is
+ * woken; a thread that finds requests queued keeps reading after serving (and, if it was the only
+ * reader, first asks a follower to read meanwhile), as libfuse's threads do; a thread that served a
+ * request while others read and nothing was queued waits here as a follower, so the readers drain to one
+ * when the load falls.  Threads are started on demand up to max_threads and live until unmount.  A
+ * request served by the only reader must not hold up the others for long: the calling thread checks every
+ * LOOP_TICK_MS while requests come (it sleeps while the mount is idle) and asks a follower to read when
+ * one request has been served alone for a whole tick.  It also receives the signals: the workers block
+ * them, as libfuse's do.  It knows nothing of what the requests are about (fs.c).
  */
 #include "fs_int.h"
 
@@ -24,11 +26,9 @@
 #include <time.h>
 
 #define LOOP_MAX_THREADS 64
-#define LOOP_TICK_MS 1          /* a request served by the leader holds the others up for 1-2 ticks at most */
+#define LOOP_TICK_MS 1          /* a request served alone holds the others up for 1-2 ticks at most */
 #define LOOP_QUIET_TICKS 100    /* ticks without a request before the checker sleeps */
 #define LOOP_IDLE_MS 1000       /* the sleeping checker still looks at the session this often */
-
-enum { LEAD_FREE, LEAD_READING, LEAD_SERVING };
 
 typedef struct Loop {
     struct fuse_session *se;
@@ -37,10 +37,12 @@ typedef struct Loop {
     pthread_mutex_t lock;
     pthread_cond_t followers;
     unsigned n_threads, n_idle;  /* under lock */
+    unsigned wanted;             /* under lock: readers asked of the followers */
     bool stop;                   /* under lock */
-    atomic_int lead;             /* LEAD_*: FREE -> READING under lock, the rest by the leader or the checker */
-    atomic_uint_fast64_t served; /* requests the leader kept */
-    atomic_bool parked;          /* the checker sleeps until the leader keeps a request */
+    atomic_int readers;          /* threads in (or on their way into) the kernel's read */
+    atomic_uint_fast64_t alone;  /* requests served by the only reader, nobody reading meanwhile */
+    atomic_bool serving_alone;
+    atomic_bool parked;          /* the checker sleeps until a request is served alone */
     atomic_int error;
     sem_t wake;                  /* the checker: session over, or a request after a quiet spell */
     pthread_t threads[LOOP_MAX_THREADS];
@@ -65,31 +67,31 @@ static void loop_spawn(Loop *l)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* The lead is free: a waiting follower takes it, or a new one. Under l->lock. */
-static void loop_pass_lead(Loop *l)
+/* Nobody reads the kernel's queue: a waiting follower starts reading, or a new thread. */
+static void loop_want_reader(Loop *l)
 {
-    atomic_store(&l->lead, LEAD_FREE);
+    pthread_mutex_lock(&l->lock);
+    l->wanted++;
     if (l->n_idle > 0)
         pthread_cond_signal(&l->followers);
     else if (l->n_threads < l->max_threads)
         loop_spawn(l);
+    pthread_mutex_unlock(&l->lock);
 }
 
-/* Waits as a follower until the lead is free and takes it; false when the loop ends. */
-static bool loop_take_lead(Loop *l)
+/* Waits as a follower until a reader is wanted; false when the loop ends. */
+static bool loop_follow(Loop *l)
 {
-    bool got = false;
+    bool go = false;
     pthread_mutex_lock(&l->lock);
     l->n_idle++;
-    while (!l->stop && !fuse_session_exited(l->se)) {
-        int free_lead = LEAD_FREE;
-        if ((got = atomic_compare_exchange_strong(&l->lead, &free_lead, LEAD_READING)))
-            break;
+    while (!l->stop && !fuse_session_exited(l->se) && !(go = l->wanted > 0))
         pthread_cond_wait(&l->followers, &l->lock);
-    }
+    if (go)
+        l->wanted--;
     l->n_idle--;
     pthread_mutex_unlock(&l->lock);
-    return got;
+    return go;
 }
 
 /* Is another request queued behind the one just read? */
@@ -114,33 +116,38 @@ static void loop_free_buf(void *arg)
     free(((struct fuse_buf *)arg)->mem);
 }
 
-/* One request as the leader; false when the session is over. *kept: the lead is still ours. */
-static bool loop_serve_one(Loop *l, struct fuse_buf *buf, bool *kept)
+/* Reads and serves one request; false when the session is over. *again: read the next one at once
+ * rather than wait as a follower, because this thread was the only reader and nothing else was queued
+ * (one request in flight), or because requests were queued (several in flight, as libfuse's loop). A
+ * thread that served a request while others read and nothing was queued becomes a follower: the readers
+ * drain to one when the load falls. */
+static bool loop_serve_one(Loop *l, struct fuse_buf *buf, bool *again)
 {
     pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
     int r = fuse_session_receive_buf(l->se, buf);
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
-    *kept = true;
+    int others = atomic_fetch_sub(&l->readers, 1) - 1;
+    *again = true;
     if (r == -EINTR || r == -EAGAIN || r == -ENOENT)
         return !fuse_session_exited(l->se);
     if (r <= 0) {
         loop_end(l, r);
         return false;
     }
-    if (loop_more_queued(l)) {
-        pthread_mutex_lock(&l->lock);
-        loop_pass_lead(l);
-        pthread_mutex_unlock(&l->lock);
-        *kept = false;
-    } else {
-        atomic_store(&l->lead, LEAD_SERVING);
-        atomic_fetch_add(&l->served, 1);
+    bool queued = loop_more_queued(l);
+    bool alone = others == 0 && !queued;
+    if (others == 0 && queued) {
+        loop_want_reader(l);
+    } else if (alone) {
+        atomic_store(&l->serving_alone, true);
+        atomic_fetch_add(&l->alone, 1);
         if (atomic_load(&l->parked) && atomic_exchange(&l->parked, false))
             sem_post(&l->wake);
     }
     fuse_session_process_buf(l->se, buf);
-    int serving = LEAD_SERVING;
-    *kept = *kept && atomic_compare_exchange_strong(&l->lead, &serving, LEAD_READING);
+    if (alone)
+        atomic_store(&l->serving_alone, false);
+    *again = alone || queued || atomic_load(&l->readers) == 0;
     return true;
 }
 
@@ -152,11 +159,13 @@ static void *loop_worker(void *arg)
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
     pthread_cleanup_push(loop_free_buf, &buf);
     bool alive = true;
-    while (alive && loop_take_lead(l)) {
-        bool kept = true;
-        while (alive && kept && !fuse_session_exited(l->se))
-            alive = loop_serve_one(l, &buf, &kept);
-        if (alive && kept) /* session exited while we led */
+    while (alive && loop_follow(l)) {
+        bool again = true;
+        while (alive && again && !fuse_session_exited(l->se)) {
+            atomic_fetch_add(&l->readers, 1);
+            alive = loop_serve_one(l, &buf, &again);
+        }
+        if (alive && again) /* the session exited */
             alive = false;
     }
     pthread_cleanup_pop(1);
@@ -171,31 +180,29 @@ static void deadline_in(struct timespec *ts, long ms)
     ts->tv_nsec %= 1000000000L;
 }
 
-/* The calling thread until the session ends: hands the lead on when the leader serves one request for
- * a whole tick, sleeps while no request comes. */
+/* The calling thread until the session ends: asks for another reader when one request has been served
+ * alone for a whole tick, sleeps while no request comes. */
 static void loop_check(Loop *l)
 {
-    uint_fast64_t last = atomic_load(&l->served);
+    uint_fast64_t last = atomic_load(&l->alone), rescued = 0;
     unsigned quiet = 0;
     struct timespec ts;
     while (!fuse_session_exited(l->se)) {
         bool park = quiet >= LOOP_QUIET_TICKS;
         if (park)
             atomic_store(&l->parked, true);
-        if (!park || atomic_load(&l->served) == last) {
+        if (!park || atomic_load(&l->alone) == last) {
             deadline_in(&ts, park ? LOOP_IDLE_MS : LOOP_TICK_MS);
             sem_timedwait(&l->wake, &ts); /* EINTR: a signal, the session may have exited */
         }
         atomic_store(&l->parked, false);
-        uint_fast64_t now = atomic_load(&l->served);
-        if (now == last && atomic_load(&l->lead) == LEAD_SERVING && !park) {
-            pthread_mutex_lock(&l->lock);
-            int serving = LEAD_SERVING;
-            if (atomic_load(&l->served) == now && atomic_compare_exchange_strong(&l->lead, &serving, LEAD_FREE))
-                loop_pass_lead(l);
-            pthread_mutex_unlock(&l->lock);
+        uint_fast64_t now = atomic_load(&l->alone);
+        bool busy = atomic_load(&l->serving_alone);
+        if (now == last && busy && !park && rescued != now && atomic_load(&l->readers) == 0) {
+            rescued = now;
+            loop_want_reader(l);
         }
-        quiet = now == last && atomic_load(&l->lead) != LEAD_SERVING ? quiet + 1 : 0;
+        quiet = now == last && !busy ? quiet + 1 : 0;
         last = now;
     }
 }
@@ -211,8 +218,8 @@ int fs_loop(struct fuse_session *se, unsigned max_threads)
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->followers, NULL);
     sem_init(&l->wake, 0, 0);
-    atomic_init(&l->lead, LEAD_FREE);
     pthread_mutex_lock(&l->lock);
+    l->wanted = 1;
     loop_spawn(l);
     unsigned started = l->n_threads;
     pthread_mutex_unlock(&l->lock);
@@ -223,7 +230,7 @@ int fs_loop(struct fuse_session *se, unsigned max_threads)
         l->stop = true;
         pthread_cond_broadcast(&l->followers);
         for (unsigned i = 0; i < l->n_threads; i++)
-            pthread_cancel(l->threads[i]); /* acts only on the leader, waiting in the kernel */
+            pthread_cancel(l->threads[i]); /* acts only on readers, waiting in the kernel */
         unsigned n = l->n_threads;
         pthread_mutex_unlock(&l->lock);
         for (unsigned i = 0; i < n; i++)
