@@ -5,10 +5,10 @@
  * of them for each request.  Here the number of threads reading the kernel's queue follows the load: a
  * thread that was the only reader and finds nothing queued behind its request serves it and reads the
  * next one itself, so at one request in flight the same thread serves every request and nobody else is
- * woken; a thread that finds requests queued keeps reading after serving (and, if it was the only
- * reader, first asks a follower to read meanwhile), as libfuse's threads do; a thread that served a
- * request while others read and nothing was queued waits here as a follower, so the readers drain to one
- * when the load falls.  Threads are started on demand up to max_threads and live until unmount.  A
+ * woken; a thread that finds requests queued, or got a long one (a large read, a write), keeps reading
+ * after serving (and, if it was the only reader, first asks a follower to read meanwhile), as libfuse's
+ * threads do; a thread that served a quick request while others read and nothing was queued waits here
+ * as a follower, so the readers drain to one when the load falls.  Threads are started on demand up to max_threads and live until unmount.  A
  * request served by the only reader must not hold up the others for long: the calling thread checks every
  * LOOP_TICK_MS while requests come (it sleeps while the mount is idle) and asks a follower to read when
  * one request has been served alone for a whole tick.  It also receives the signals: the workers block
@@ -17,6 +17,7 @@
 #include "fs_int.h"
 
 #include <errno.h>
+#include <linux/fuse.h>
 #include <poll.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -29,6 +30,7 @@
 #define LOOP_TICK_MS 1          /* a request served alone holds the others up for 1-2 ticks at most */
 #define LOOP_QUIET_TICKS 100    /* ticks without a request before the checker sleeps */
 #define LOOP_IDLE_MS 1000       /* the sleeping checker still looks at the session this often */
+#define LOOP_QUICK_READ 32768   /* a read up to this size is quick to serve (from the page cache) */
 
 typedef struct Loop {
     struct fuse_session *se;
@@ -116,11 +118,32 @@ static void loop_free_buf(void *arg)
     free(((struct fuse_buf *)arg)->mem);
 }
 
+/* Is this request quick to serve (a small read, a look-up)? A long one (a large read, a write, a flush)
+ * is never served alone: another thread reads meanwhile, as in libfuse's loop. */
+static bool loop_quick(const struct fuse_buf *buf)
+{
+    if ((buf->flags & FUSE_BUF_IS_FD) || buf->size < sizeof(struct fuse_in_header))
+        return false;
+    const struct fuse_in_header *in = buf->mem;
+    switch (in->opcode) {
+    case FUSE_READ: {
+        const struct fuse_read_in *r = (const void *)(in + 1);
+        return buf->size >= sizeof *in + sizeof *r && r->size <= LOOP_QUICK_READ;
+    }
+    case FUSE_LOOKUP: case FUSE_FORGET: case FUSE_BATCH_FORGET: case FUSE_GETATTR: case FUSE_OPEN:
+    case FUSE_OPENDIR: case FUSE_READDIR: case FUSE_READDIRPLUS: case FUSE_RELEASEDIR: case FUSE_STATFS:
+    case FUSE_GETXATTR: case FUSE_LISTXATTR: case FUSE_ACCESS: case FUSE_INTERRUPT:
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Reads and serves one request; false when the session is over. *again: read the next one at once
  * rather than wait as a follower, because this thread was the only reader and nothing else was queued
- * (one request in flight), or because requests were queued (several in flight, as libfuse's loop). A
- * thread that served a request while others read and nothing was queued becomes a follower: the readers
- * drain to one when the load falls. */
+ * (one request in flight), or because requests were queued or this one was long (several in flight, as
+ * libfuse's loop). A thread that served a quick request while others read and nothing was queued becomes
+ * a follower: the readers drain to one when the load falls. */
 static bool loop_serve_one(Loop *l, struct fuse_buf *buf, bool *again)
 {
     pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
@@ -134,9 +157,10 @@ static bool loop_serve_one(Loop *l, struct fuse_buf *buf, bool *again)
         loop_end(l, r);
         return false;
     }
-    bool queued = loop_more_queued(l);
-    bool alone = others == 0 && !queued;
-    if (others == 0 && queued) {
+    bool quick = loop_quick(buf);
+    bool queued = quick && loop_more_queued(l);
+    bool alone = others == 0 && quick && !queued;
+    if (others == 0 && !alone) {
         loop_want_reader(l);
     } else if (alone) {
         atomic_store(&l->serving_alone, true);
@@ -147,7 +171,7 @@ static bool loop_serve_one(Loop *l, struct fuse_buf *buf, bool *again)
     fuse_session_process_buf(l->se, buf);
     if (alone)
         atomic_store(&l->serving_alone, false);
-    *again = alone || queued || atomic_load(&l->readers) == 0;
+    *again = alone || queued || !quick || atomic_load(&l->readers) == 0;
     return true;
 }
 
