@@ -2,8 +2,9 @@
 /*
  * nbd.c - the "nbd" protocol driver: an image on an NBD server, named by a URL (nbd://host[:port][/export],
  * nbds:// with TLS, nbd+unix:///export?socket=PATH), through libnbd.  It owns a small pool of connections
- * (several requests in flight: one per connection; one connection only when the server is writable here and
- * does not promise multi-conn consistency), read, write (acknowledged only once the server acknowledged it),
+ * (one only when the server is writable here and does not promise multi-conn consistency), each with many
+ * commands in flight: a request sends its command at once and waits for its reply while one of the waiters
+ * of that connection polls its socket for all of them; read, write (acknowledged only once the server acknowledged it),
  * flush, trim, write-zeroes and block status from the server's base:allocation context.  Every request has a
  * deadline (nbd.timeout, --timeout, default 30 s): a server that is gone or silent costs the caller -EIO by
  * then, never a hang; the connection is dropped and the next request connects again.  It knows no format and
@@ -18,7 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define NBD_MAX_CONNECTIONS 4
 #define NBD_DEFAULT_TIMEOUT 30          /* seconds */
@@ -29,7 +33,12 @@
 
 typedef struct NbdConn {
     pthread_mutex_t lock;
+    pthread_cond_t round;               /* a poll round ended: commands may have completed, polling is free */
     struct nbd_handle *h;               /* NULL: not connected (yet, or dropped after a failure) */
+    uint64_t gen;                       /* bumped when h is closed: its other commands fail with EIO */
+    bool polling;                       /* one waiter polls h's socket for all the commands in flight */
+    bool doomed;                        /* h is to be closed by the poller once its poll returns */
+    int kick;                           /* eventfd: wakes the poller (a command to send, h doomed) */
 } NbdConn;
 
 typedef struct NbdState {
@@ -59,7 +68,8 @@ static int nbd_errno(void)
     return e > 0 ? e : EIO;
 }
 
-/* Runs h's state machine until done(h, cookie) says 1 (0), it fails (-errno) or deadline passes (-ETIMEDOUT). */
+/* Runs h's state machine until done(h, cookie) says 1 (0), it fails (-errno) or deadline passes (-ETIMEDOUT).
+ * For a handle nobody else uses (connecting, closing). */
 static int nbd_wait(struct nbd_handle *h, int64_t cookie, int64_t deadline)
 {
     for (;;) {
@@ -100,31 +110,127 @@ static struct nbd_handle *nbd_connect(const char *uri, int64_t deadline, char *w
     return h;
 }
 
-/* The connection for one request, locked, connected; NULL (-EIO, -ETIMEDOUT) when none by the deadline. */
-static NbdConn *conn_get(BlockNode *bs, int64_t deadline, int *ret)
+/* pthread_cond_timedwait until deadline (monotonic ms); false once it has passed. */
+static bool conn_sleep(NbdConn *c, int64_t deadline)
 {
-    NbdState *s = bs->opaque;
-    NbdConn *c = NULL;
-    for (int i = 0; i < s->n_conn && !c; i++)
-        if (pthread_mutex_trylock(&s->conn[i].lock) == 0)
-            c = &s->conn[i];
-    if (!c) {
-        NbdConn *w = &s->conn[atomic_fetch_add(&s->next, 1) % (unsigned)s->n_conn];
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        int64_t left = MAX(deadline - now_ms(), 0);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
+    int64_t left = deadline - now_ms();
+    if (left <= 0)
+        return false;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += left / 1000;
+    ts.tv_nsec += (left % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&c->round, &c->lock, &ts);
+    return true;
+}
+
+/* Closes c's handle (nobody polls it): every command still in flight on it fails with EIO. Under c->lock. */
+static void conn_close(NbdConn *c)
+{
+    nbd_close(c->h);
+    c->h = NULL;
+    c->gen++;
+    c->doomed = false;
+    pthread_cond_broadcast(&c->round);
+}
+
+/* A connection whose transport failed or timed out is dropped (the next request connects again); if a
+ * waiter polls it, that one closes it once its poll returns (woken now, and waited for). Under c->lock. */
+static void conn_drop(BlockNode *bs, NbdConn *c, int r)
+{
+    if (!c->h || c->doomed)
+        return;
+    log_msg("%s: %s; the connection is dropped", bs->node_name,
+            r == -ETIMEDOUT ? "the server did not answer within the timeout" : "the connection was lost");
+    if (!c->polling) {
+        conn_close(c);
+        return;
+    }
+    c->doomed = true;
+    eventfd_write(c->kick, 1);
+    while (c->polling) /* it may be moving a reply into a caller's buffer */
+        pthread_cond_wait(&c->round, &c->lock);
+}
+
+/* One poll of h's socket (and of the kick), then the state machine moves on what it got. */
+static int conn_poll(NbdConn *c, struct nbd_handle *h, int ms)
+{
+    int fd = nbd_aio_get_fd(h);
+    unsigned dir = nbd_aio_get_direction(h);
+    if (fd < 0)
+        return -nbd_errno();
+    struct pollfd p[2] = {
+        { .fd = fd, .events = (short)(((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                                      ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0)) },
+        { .fd = c->kick, .events = POLLIN },
+    };
+    int n = poll(p, 2, ms);
+    if (n < 0)
+        return errno == EINTR ? 0 : -errno;
+    if (p[1].revents & POLLIN) {
+        eventfd_t v;
+        eventfd_read(c->kick, &v);
+    }
+    int r = 0;
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+        r = nbd_aio_notify_read(h);
+    else if (p[0].revents & POLLOUT)
+        r = nbd_aio_notify_write(h);
+    return r < 0 ? -nbd_errno() : 0;
+}
+
+/* Waits for one command of h (generation gen) while others are in flight on it: one waiter at a time polls
+ * the socket for all of them, the others sleep until its round ends. Under c->lock. */
+static int conn_wait(BlockNode *bs, NbdConn *c, uint64_t gen, int64_t cookie, int64_t deadline)
+{
+    for (;;) {
+        if (!c->h || c->gen != gen)
+            return -EIO; /* dropped meanwhile: the command went with it */
+        struct nbd_handle *h = c->h;
+        int r = nbd_aio_command_completed(h, (uint64_t)cookie);
+        if (r == 1)
+            return 0;
+        if (r < 0 && !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h))
+            return -nbd_errno(); /* the server's answer: the connection stays */
+        if (r < 0 || nbd_aio_is_dead(h) || nbd_aio_is_closed(h) || deadline <= now_ms()) {
+            r = r < 0 || deadline > now_ms() ? -EIO : -ETIMEDOUT;
+            conn_drop(bs, c, r);
+            return -EIO;
         }
-        if (pthread_mutex_timedlock(&w->lock, &ts) != 0) {
+        if (c->polling || c->doomed) {
+            conn_sleep(c, deadline);
+            continue;
+        }
+        c->polling = true;
+        pthread_mutex_unlock(&c->lock);
+        r = conn_poll(c, h, (int)MIN(deadline - now_ms(), 1000));
+        pthread_mutex_lock(&c->lock);
+        c->polling = false;
+        if (c->doomed)
+            conn_close(c);
+        pthread_cond_broadcast(&c->round);
+        if (r < 0 && c->h == h && c->gen == gen) {
+            conn_drop(bs, c, r);
+            return -EIO;
+        }
+    }
+}
+
+/* The connection for one request, locked and connected (its generation in *gen); NULL (-EIO) when none
+ * by the deadline. Requests share connections: each has several commands in flight. */
+static NbdConn *conn_get(BlockNode *bs, NbdConn *c, int64_t deadline, uint64_t *gen, int *ret)
+{
+    pthread_mutex_lock(&c->lock);
+    while (c->doomed)
+        if (!conn_sleep(c, deadline)) {
+            pthread_mutex_unlock(&c->lock);
             *ret = -EIO;
             return NULL;
         }
-        c = w;
-    }
     if (!c->h) {
         char why[256];
         c->h = nbd_connect(bs->filename, deadline, why, sizeof(why));
@@ -136,55 +242,87 @@ static NbdConn *conn_get(BlockNode *bs, int64_t deadline, int *ret)
         }
         log_debug("%s: connected again", bs->node_name);
     }
+    *gen = c->gen;
     return c;
 }
 
-/* Ends a request: a connection whose transport failed or timed out is dropped (the next request connects
- * again); an error the server answered keeps it. The caller sees -EIO for a lost server. */
-static int conn_put(BlockNode *bs, NbdConn *c, int r)
+typedef enum { NBD_OP_READ, NBD_OP_WRITE, NBD_OP_ZERO, NBD_OP_TRIM, NBD_OP_FLUSH, NBD_OP_STATUS } NbdOp;
+
+typedef struct NbdExtent {
+    uint32_t length, flags;
+    bool seen;
+} NbdExtent;
+
+static int nbd_extent_cb(void *opaque, const char *context, uint64_t offset, uint32_t *entries, size_t n,
+                         int *error)
 {
-    if (r < 0 && (r == -ETIMEDOUT || nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))) {
-        log_msg("%s: %s; the connection is dropped", bs->node_name,
-                r == -ETIMEDOUT ? "the server did not answer within the timeout" : "the connection was lost");
-        nbd_close(c->h);
-        c->h = NULL;
-        r = -EIO;
+    (void)offset;
+    (void)error;
+    NbdExtent *e = opaque;
+    if (!e->seen && n >= 2 && strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0) {
+        e->length = entries[0];
+        e->flags = entries[1];
+        e->seen = true;
+    }
+    return 0;
+}
+
+/* One command on connection c, sent at once (in flight with the others on c) and waited for until its
+ * deadline. */
+static int conn_command(BlockNode *bs, NbdConn *c, NbdOp op, int64_t offset, int64_t bytes, void *buf,
+                        uint32_t flags)
+{
+    NbdState *s = bs->opaque;
+    int64_t deadline = now_ms() + s->timeout_ms;
+    int r = 0;
+    uint64_t gen;
+    if (!conn_get(bs, c, deadline, &gen, &r))
+        return r;
+    struct nbd_handle *h = c->h;
+    int64_t cookie;
+    switch (op) {
+    case NBD_OP_READ:
+        cookie = nbd_aio_pread(h, buf, (size_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, 0);
+        break;
+    case NBD_OP_WRITE:
+        cookie = nbd_aio_pwrite(h, buf, (size_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
+        break;
+    case NBD_OP_ZERO:
+        cookie = nbd_aio_zero(h, (uint64_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
+        break;
+    case NBD_OP_TRIM:
+        cookie = nbd_aio_trim(h, (uint64_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
+        break;
+    case NBD_OP_STATUS: {
+        nbd_extent_callback cb = { .callback = nbd_extent_cb, .user_data = buf };
+        cookie = nbd_aio_block_status(h, (uint64_t)bytes, (uint64_t)offset, cb, NBD_NULL_COMPLETION, flags);
+        break;
+    }
+    default:
+        cookie = nbd_aio_flush(h, NBD_NULL_COMPLETION, 0);
+        break;
+    }
+    if (cookie < 0) {
+        r = -nbd_errno();
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
+            conn_drop(bs, c, r);
+            r = -EIO;
+        }
+    } else {
+        if (c->polling && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE))
+            eventfd_write(c->kick, 1); /* the poller waits for replies only: some of ours is still to send */
+        r = conn_wait(bs, c, gen, cookie, deadline);
     }
     pthread_mutex_unlock(&c->lock);
     return r;
 }
 
-typedef enum { NBD_OP_READ, NBD_OP_WRITE, NBD_OP_ZERO, NBD_OP_TRIM, NBD_OP_FLUSH } NbdOp;
-
-/* One command on one connection of the pool, waited for until its deadline. */
+/* One command on the next connection of the pool. */
 static int nbd_command(BlockNode *bs, NbdOp op, int64_t offset, int64_t bytes, void *buf, uint32_t flags)
 {
     NbdState *s = bs->opaque;
-    int64_t deadline = now_ms() + s->timeout_ms;
-    int r = 0;
-    NbdConn *c = conn_get(bs, deadline, &r);
-    if (!c)
-        return r;
-    int64_t cookie;
-    switch (op) {
-    case NBD_OP_READ:
-        cookie = nbd_aio_pread(c->h, buf, (size_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, 0);
-        break;
-    case NBD_OP_WRITE:
-        cookie = nbd_aio_pwrite(c->h, buf, (size_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
-        break;
-    case NBD_OP_ZERO:
-        cookie = nbd_aio_zero(c->h, (uint64_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
-        break;
-    case NBD_OP_TRIM:
-        cookie = nbd_aio_trim(c->h, (uint64_t)bytes, (uint64_t)offset, NBD_NULL_COMPLETION, flags);
-        break;
-    default:
-        cookie = nbd_aio_flush(c->h, NBD_NULL_COMPLETION, 0);
-        break;
-    }
-    r = cookie < 0 ? -nbd_errno() : nbd_wait(c->h, cookie, deadline);
-    return conn_put(bs, c, r);
+    NbdConn *c = &s->conn[atomic_fetch_add(&s->next, 1) % (unsigned)s->n_conn];
+    return conn_command(bs, c, op, offset, bytes, buf, flags);
 }
 
 static int nbd_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
@@ -242,36 +380,14 @@ static int nbd_node_flush(BlockNode *bs)
         return nbd_command(bs, NBD_OP_FLUSH, 0, 0, NULL, 0);
     int r = 0;
     for (int i = 0; r == 0 && i < s->n_conn; i++) {
-        int64_t deadline = now_ms() + s->timeout_ms;
         NbdConn *c = &s->conn[i];
         pthread_mutex_lock(&c->lock);
-        if (!c->h) { /* never connected, or dropped: it holds nothing unflushed */
-            pthread_mutex_unlock(&c->lock);
-            continue;
-        }
-        int64_t cookie = nbd_aio_flush(c->h, NBD_NULL_COMPLETION, 0);
-        r = conn_put(bs, c, cookie < 0 ? -nbd_errno() : nbd_wait(c->h, cookie, deadline));
+        bool connected = c->h != NULL; /* never connected, or dropped: it holds nothing unflushed */
+        pthread_mutex_unlock(&c->lock);
+        if (connected)
+            r = conn_command(bs, c, NBD_OP_FLUSH, 0, 0, NULL, 0);
     }
     return r;
-}
-
-typedef struct NbdExtent {
-    uint32_t length, flags;
-    bool seen;
-} NbdExtent;
-
-static int nbd_extent_cb(void *opaque, const char *context, uint64_t offset, uint32_t *entries, size_t n,
-                         int *error)
-{
-    (void)offset;
-    (void)error;
-    NbdExtent *e = opaque;
-    if (!e->seen && n >= 2 && strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0) {
-        e->length = entries[0];
-        e->flags = entries[1];
-        e->seen = true;
-    }
-    return 0;
 }
 
 /* The first extent the server's base:allocation context tells for [offset, offset+bytes). */
@@ -284,16 +400,8 @@ static int nbd_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes, B
     st->host_file = bs;
     if (!s->can_status)
         return 0;
-    int64_t ask = MIN(bytes, NBD_MAX_STATUS), deadline = now_ms() + s->timeout_ms;
-    int r = 0;
-    NbdConn *c = conn_get(bs, deadline, &r);
-    if (!c)
-        return r;
     NbdExtent e = { 0 };
-    nbd_extent_callback cb = { .callback = nbd_extent_cb, .user_data = &e };
-    int64_t cookie = nbd_aio_block_status(c->h, (uint64_t)ask, (uint64_t)offset, cb, NBD_NULL_COMPLETION,
-                                          LIBNBD_CMD_FLAG_REQ_ONE);
-    r = conn_put(bs, c, cookie < 0 ? -nbd_errno() : nbd_wait(c->h, cookie, deadline));
+    int r = nbd_command(bs, NBD_OP_STATUS, offset, MIN(bytes, NBD_MAX_STATUS), &e, LIBNBD_CMD_FLAG_REQ_ONE);
     if (r < 0)
         return r;
     if (e.seen && e.length > 0) {
@@ -329,6 +437,9 @@ static void nbd_close_node(BlockNode *bs)
     for (int i = 0; i < NBD_MAX_CONNECTIONS; i++) {
         if (s->conn[i].h)
             nbd_disconnect(s->conn[i].h);
+        if (s->conn[i].kick >= 0)
+            close(s->conn[i].kick);
+        pthread_cond_destroy(&s->conn[i].round);
         pthread_mutex_destroy(&s->conn[i].lock);
     }
 }
@@ -372,8 +483,18 @@ static int nbd_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
     }
     s->timeout_ms = (int)t * 1000;
     s->n_conn = 1;
-    for (int i = 0; i < NBD_MAX_CONNECTIONS; i++)
+    for (int i = 0; i < NBD_MAX_CONNECTIONS; i++) {
         pthread_mutex_init(&s->conn[i].lock, NULL);
+        pthread_cond_init(&s->conn[i].round, NULL);
+        s->conn[i].kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    }
+    for (int i = 0; i < NBD_MAX_CONNECTIONS; i++)
+        if (s->conn[i].kick < 0) {
+            int e = errno;
+            error_set(err, e, "cannot make an eventfd: %s", strerror(e));
+            nbd_close_node(bs);
+            return -e;
+        }
     char why[256];
     s->conn[0].h = nbd_connect(bs->filename, now_ms() + s->timeout_ms, why, sizeof(why));
     int r = s->conn[0].h ? nbd_learn(bs, s->conn[0].h, err) : -EIO;

@@ -132,4 +132,8 @@ void fs_free_snapshots(Fs *fs);
 void fs_reply_entry(fuse_req_t req, Fs *fs, Entry *e);
 extern const struct fuse_lowlevel_ops fs_ops; /* what mount.c's session serves */
 
+/* loop.c: serves se's requests with up to max_threads threads until the session ends (unmounted, a
+ * signal); 0, or the negative errno of a failed read from the kernel. */
+int fs_loop(struct fuse_session *se, unsigned max_threads);
+
 #endif

@@ -2,7 +2,7 @@
 /*
  * mount.c - making and ending a mount, apart from what the mount serves (fs.c): the FUSE session's
  * set-up (libfuse's own chatter caught into one-line errors, the unmount watcher started before the
- * mount and armed right after, the readahead window raised, the multi-threaded loop, the unmount and
+ * mount and armed right after, the readahead window raised, the request loop (loop.c), the unmount and
  * teardown), and the one reader of /proc/self/mountinfo that the command line (is MOUNTPOINT busy?) and
  * `imgfuse unmount` (is this an imgfuse mount?) share.  It knows no image format.
  */
@@ -228,16 +228,7 @@ int fs_run(const FsConfig *cfg, int fuse_argc, char **fuse_argv, const char *mou
     if (ready)
         ready(ready_arg);
 
-    struct fuse_loop_config *lc = fuse_loop_cfg_create();
-    if (!lc) {
-        log_msg("%s: out of memory", mountpoint);
-        r = -ENOMEM;
-    } else {
-        fuse_loop_cfg_set_max_threads(lc, (unsigned)max_threads);
-        fuse_loop_cfg_set_idle_threads(lc, (unsigned)max_threads);
-        r = fuse_session_loop_mt(ns.se, lc);
-        fuse_loop_cfg_destroy(lc);
-    }
+    r = fs_loop(ns.se, (unsigned)max_threads);
     rc = r < 0 ? EXIT_RUNTIME : EXIT_OK;
     if (r < 0)
         log_msg("%s: session loop failed: %s", mountpoint, strerror(-r));

@@ -3,7 +3,8 @@
 # bench.bats - a smoke run of scripts/bench's format rows (issues 19-21) on 16 MiB images, so that they
 # cannot rot: every image is made and checked against the mixed disk, imgfuse and each peer
 # (qemu-storage-daemon, vhdimount, vmdkmount, ewfmount, xmount) mount it with the right bytes, and the
-# table has a number for each of them, sequential and random. The speeds of such a run mean nothing.
+# table has a number for each of them, sequential and random; the same for the qcow2-over-NBD rows
+# (--protocol nbd, issue 23). The speeds of such a run mean nothing.
 
 load helpers
 
@@ -55,4 +56,20 @@ row() {
   for r in "allocated qcow2 -> raw" "raw -> compressed qcow2 (-c)" "allocated vmdk -> qcow2"; do
     grep -E "^$(printf '%s' "$r" | sed 's/[()]/\\&/g') +[0-9.]+ +[0-9.]+ +[0-9.]+x$" "$TMP/bench/convert-results.txt"
   done
+}
+
+@test "scripts/bench --protocol nbd --size 16M: the qcow2 over NBD rows of imgfuse, qemu-storage-daemon and nbdfuse" {
+  BENCH_NO_DROP=1 BENCH_DIR=$TMP/bench IMGFUSE=$IMGFUSE run timeout 600 "$SRC/scripts/bench" --quick --runtime 1 \
+    --size 16M --no-install --no-build --protocol nbd --tools "imgfuse qsd nbdfuse" --workloads "seqread randread1 randread4"
+  echo "$output"
+  [ "$status" -eq 0 ]
+  cat "$TMP/bench/latest/results.txt"
+  for w in "seq read 1 MiB" "rand read 4 KiB x1" "rand read 4 KiB x4"; do
+    for t in imgfuse qemu-storage-daemon qemu-nbd+nbdfuse; do
+      v=$(row "$w" nbd "$t"); echo "$w nbd $t: $v"; [ -n "$v" ]
+    done
+  done
+  # imgfuse and qemu-storage-daemon read the qcow2 file's bytes over NBD and decode it themselves
+  ls "$TMP"/bench/results-*/logs/qemu-nbd-imgfuse-ro-nbd.log "$TMP"/bench/results-*/logs/qemu-nbd-qsd-ro-nbd.log
+  ! grep -q 'wrong data' "$TMP/bench/latest/results.txt"
 }

@@ -10,7 +10,8 @@
 # fio verifies 4 jobs on a --rw mount of nbdkit's memory plugin; a server killed or stopped during reads
 # gives the reader EIO within --timeout, `ls` works meanwhile and reads succeed once it is back; nbdkit's
 # error filter's errors reach the reader and writes acknowledged before stay; a URL written inside an image
-# is refused (the server sees no connection) unless --unsafe-backing.
+# is refused (the server sees no connection) unless --unsafe-backing; several requests are in flight on one
+# connection (8 reads of a 500 ms server at once take about 500 ms).
 
 load helpers
 
@@ -288,4 +289,24 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   run "$IMGFUSE" --timeout 0 -f raw "nbd://127.0.0.1:$port/x" "$MNT"
   [ "$status" -eq 2 ]
   [[ "$output" == *"nbd option 'timeout'"* ]]
+}
+
+@test "several requests in flight on one connection: 8 slow reads at once take one delay, not eight" {
+  # a writable export without multi-conn: the driver uses one connection; every read takes 500 ms
+  start_nbdkit slow --filter=log --filter=multi-conn --filter=delay memory 64M multi-conn-mode=disable \
+    delay-read=500ms logfile="$TMP/server.log"
+  mount_img --rw -f raw "$(unix_url slow)"
+  local t0 i pids=()
+  t0=$(now_ms)
+  for i in 1 2 3 4 5 6 7 8; do
+    dd if="$MNT/disk.raw" of=/dev/null bs=4k count=1 skip=$((i * 1000)) iflag=direct status=none &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i"; done
+  local took=$(( $(now_ms) - t0 ))
+  echo "8 reads of 500 ms each took $took ms" >&3
+  [ "$took" -lt 2000 ]
+  unmount_img
+  grep -q "connection=1 Read" server.log
+  ! grep -q "connection=2 " server.log
 }
