@@ -9,7 +9,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd jansson libargon2
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd libcurl jansson libargon2
 CFLAGS  ?= -O2 -g
 # libcrypto: headers only; `imgfuse hash` and the luks driver load the library themselves (fuse/commands.c,
 # drivers/luks/ossl.c say why); jansson (LUKS2 metadata) and libargon2 (LUKS2 key slots) are linked

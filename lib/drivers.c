@@ -32,12 +32,16 @@ extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_dmg;
 extern const BlockDriver bdrv_nbd;
+extern const BlockDriver bdrv_http;
+extern const BlockDriver bdrv_s3;
 extern const BlockDriver bdrv_luks;
 
 static const BlockDriver *const driver_table[] = {
     &bdrv_file,
     &bdrv_memory,
     &bdrv_nbd,
+    &bdrv_http,
+    &bdrv_s3,
     &bdrv_blkdebug,
     &bdrv_window,
     &bdrv_qcow2,
@@ -86,6 +90,9 @@ static const struct {
     { "nbds+unix", &bdrv_nbd },
     { "nbd+vsock", &bdrv_nbd },
     { "nbds+vsock", &bdrv_nbd },
+    { "http", &bdrv_http },
+    { "https", &bdrv_http },
+    { "s3", &bdrv_s3 },
 };
 
 size_t bdrv_url_scheme_len(const char *name)
