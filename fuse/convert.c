@@ -249,9 +249,10 @@ typedef struct ConvertArgs {
     enum CacheMode cache;    /* -t: the target's; unsafe by default, as qemu-img's */
     int workers;
     int64_t sparse;
+    CliNetOpts net;          /* --timeout, --cacert, --s3-endpoint: for the (first) source's protocol driver */
 } ConvertArgs;
 
-enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING };
+enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_TIMEOUT, CONV_CACERT, CONV_S3_ENDPOINT };
 
 static const struct option convert_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -267,6 +268,9 @@ static const struct option convert_options[] = {
     { "cache", required_argument, NULL, 't' },
     { "backing-dir", required_argument, NULL, CONV_BACKING_DIR },
     { "unsafe-backing", no_argument, NULL, CONV_UNSAFE_BACKING },
+    { "timeout", required_argument, NULL, CONV_TIMEOUT },
+    { "cacert", required_argument, NULL, CONV_CACERT },
+    { "s3-endpoint", required_argument, NULL, CONV_S3_ENDPOINT },
     { "force-share", no_argument, NULL, 'U' },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
@@ -338,6 +342,9 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
             a->src_opts.backing_dirs[a->src_opts.n_backing_dirs++] = optarg;
             break;
         case CONV_UNSAFE_BACKING: a->src_opts.unsafe_backing = true; break;
+        case CONV_TIMEOUT: a->net.timeout = optarg; break;
+        case CONV_CACERT: a->net.cacert = optarg; break;
+        case CONV_S3_ENDPOINT: a->net.s3_endpoint = optarg; break;
         case 'U': a->src_opts.force_share = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
@@ -367,7 +374,7 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
         errmsg("-n", "the target exists: -o and -B are for a new one");
         return EXIT_USAGE;
     }
-    return -1;
+    return cli_net_apply(&a->net, &a->src_opts, argv[optind]);
 }
 
 /* True (error printed) if target names the same file as one of the sources. */
