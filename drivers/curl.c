@@ -5,7 +5,7 @@
  * (or from the Content-Range of a one-byte ranged GET when HEAD is refused); every read is a ranged GET of
  * whole chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several
  * chunks in flight at once over a pool of connections, and a sequential reader gets a readahead window
- * that doubles up to HTTP_READAHEAD_MAX chunks.  Only an answer that is a 206 whose Content-Range is
+ * that doubles up to HTTP_READAHEAD_MAX chunks, fetched ahead of it by a readahead thread.  Only an answer that is a 206 whose Content-Range is
  * exactly the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those
  * seen at open fills a chunk: a 200 (a server that ignores Range), a short body, or a file changed on the
  * server (If-Match answered 412, or another validator) is EIO, never wrong bytes.  Transport failures and
@@ -68,6 +68,10 @@ typedef struct HttpState {
     uint64_t clock;
     int64_t seq_next;                   /* the chunk a sequential reader asks next */
     int readahead;                      /* chunks fetched ahead now */
+    pthread_t ra_thread;                /* fetches a sequential reader's window ahead of it */
+    pthread_cond_t ra_cond;             /* a window was posted (or ra_stop) */
+    bool ra_running, ra_stop;
+    int64_t ra_from, ra_to;             /* the window posted (ra_to < ra_from: none) */
     CURL *idle[HTTP_CONNECTIONS];       /* easy handles with their connections, kept between batches */
     int n_idle;
     _Atomic uint64_t gets, retries, changed;
@@ -456,18 +460,20 @@ static HttpSlot *slot_claim(HttpState *s, int64_t idx)
     return best;
 }
 
-/* Under s->lock: chunk idx is missing; claims it and the chunks of the readahead window behind it that
- * are missing too, fetches them outside the lock, and marks them ready (or empty again). */
-static int load_chunks(BlockNode *bs, int64_t idx)
+/* Under s->lock: claims the missing chunks of [from, to] (at most 1 + HTTP_READAHEAD_MAX), fetches them
+ * outside the lock and marks them ready (or empty again). need: the chunk the caller waits for (-1: none);
+ * 0 if it arrived, else -EIO; -EAGAIN when it could not be claimed (every slot is loading). */
+static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
 {
     HttpState *s = bs->opaque;
-    int64_t want[1 + HTTP_READAHEAD_MAX], last = (s->size - 1) / HTTP_CHUNK;
+    int64_t want[1 + HTTP_READAHEAD_MAX];
     HttpSlot *sl[1 + HTTP_READAHEAD_MAX];
     uint8_t *bufs[1 + HTTP_READAHEAD_MAX];
-    bool ok[1 + HTTP_READAHEAD_MAX];
+    bool ok[1 + HTTP_READAHEAD_MAX] = { false };
     int n = 0;
-    for (int64_t i = idx; i <= MIN(last, idx + s->readahead); i++) {
-        if (i != idx && slot_find(s, i))
+    to = MIN(to, (s->size - 1) / HTTP_CHUNK);
+    for (int64_t i = from; i <= to && n < 1 + HTTP_READAHEAD_MAX; i++) {
+        if (slot_find(s, i))
             continue;
         HttpSlot *c = slot_claim(s, i);
         if (!c)
@@ -476,12 +482,13 @@ static int load_chunks(BlockNode *bs, int64_t idx)
         want[n] = i;
         bufs[n++] = c->data;
     }
-    if (n == 0 || want[0] != idx) { /* no slot: every one is loading; wait for one */
+    if (need >= 0 && (n == 0 || want[0] != need)) {
         for (int i = 0; i < n; i++)
             sl[i]->state = SLOT_EMPTY;
-        pthread_cond_wait(&s->cond, &s->lock);
-        return 0;
+        return -EAGAIN;
     }
+    if (n == 0)
+        return 0;
     pthread_mutex_unlock(&s->lock);
     int r = fetch_chunks(bs, want, bufs, ok, n);
     pthread_mutex_lock(&s->lock);
@@ -490,10 +497,46 @@ static int load_chunks(BlockNode *bs, int64_t idx)
         sl[i]->used = ++s->clock;
     }
     pthread_cond_broadcast(&s->cond);
-    return ok[0] ? 0 : r < 0 ? r : -EIO;
+    return need < 0 || ok[0] ? 0 : r < 0 ? r : -EIO;
 }
 
-/* Copies [offset, offset+bytes) of chunk idx into buf, loading it first when needed. */
+/* The readahead thread: fetches the window a sequential reader asked for (ra_from..ra_to), ahead of it. */
+static void *readahead_thread(void *opaque)
+{
+    BlockNode *bs = opaque;
+    HttpState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    while (!s->ra_stop) {
+        if (s->ra_to < s->ra_from) {
+            pthread_cond_wait(&s->ra_cond, &s->lock);
+            continue;
+        }
+        int64_t from = s->ra_from, to = s->ra_to;
+        s->ra_to = -1;
+        fetch_range(bs, from, to, -1);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Under s->lock, after a read of chunk idx: a sequential reader's window behind it is handed to the
+ * readahead thread when a chunk of it is missing. */
+static void post_readahead(HttpState *s, int64_t idx)
+{
+    if (!s->ra_running || s->readahead == 0)
+        return;
+    int64_t to = MIN(idx + s->readahead, (s->size - 1) / HTTP_CHUNK);
+    for (int64_t i = idx + 1; i <= to; i++)
+        if (!slot_find(s, i)) {
+            s->ra_from = i;
+            s->ra_to = to;
+            pthread_cond_signal(&s->ra_cond);
+            return;
+        }
+}
+
+/* Copies [offset, offset+bytes) of chunk idx into buf, loading it first when needed (a miss fetches the
+ * readahead window with it). */
 static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t bytes, uint8_t *buf)
 {
     HttpState *s = bs->opaque;
@@ -504,13 +547,15 @@ static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t byt
         if (c && c->state == SLOT_READY) {
             memcpy(buf, c->data + (offset - idx * HTTP_CHUNK), (size_t)bytes);
             c->used = ++s->clock;
+            post_readahead(s, idx);
             break;
         }
-        if (c) {
+        if (c || (r = fetch_range(bs, idx, idx + s->readahead, idx)) == -EAGAIN) {
             pthread_cond_wait(&s->cond, &s->lock);
+            r = 0;
             continue;
         }
-        if ((r = load_chunks(bs, idx)) < 0)
+        if (r < 0)
             break;
     }
     pthread_mutex_unlock(&s->lock);
@@ -791,6 +836,14 @@ static int s3_url(BlockNode *bs, HttpState *s, Error *err)
 static void http_close(BlockNode *bs)
 {
     HttpState *s = bs->opaque;
+    if (s->ra_running) {
+        pthread_mutex_lock(&s->lock);
+        s->ra_stop = true;
+        pthread_cond_signal(&s->ra_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->ra_thread, NULL);
+        s->ra_running = false;
+    }
     for (int i = 0; i < s->n_idle; i++)
         curl_easy_cleanup(s->idle[i]);
     s->n_idle = 0;
@@ -798,6 +851,7 @@ static void http_close(BlockNode *bs)
         free(s->slots[i].data);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->ra_cond);
     explicit_bzero(s->key_id, sizeof s->key_id);
     explicit_bzero(s->secret, sizeof s->secret);
     explicit_bzero(s->token_hdr, sizeof s->token_hdr);
@@ -810,7 +864,9 @@ static int open_common(BlockNode *bs, bool s3, Error *err)
     s->s3 = s3;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->ra_cond, NULL);
     s->seq_next = -2;
+    s->ra_to = -1;
     int64_t t = bdrv_opt_int(bs, "timeout", HTTP_DEFAULT_TIMEOUT);
     const char *ca = bdrv_opt_str(bs, "cacert");
     int r = 0;
@@ -836,6 +892,8 @@ static int open_common(BlockNode *bs, bool s3, Error *err)
         snprintf(s->url, sizeof s->url, "%s", bs->filename);
     if (r == 0)
         r = http_learn(bs, err);
+    if (r == 0) /* without it, readahead happens only on misses */
+        s->ra_running = pthread_create(&s->ra_thread, NULL, readahead_thread, bs) == 0;
     if (r < 0)
         http_close(bs); /* the core calls close only for nodes that opened */
     return r;
