@@ -1,21 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * curl.c - the "http" and "s3" protocol drivers: a read-only image on a web server (http://, https://) or
- * in an S3 bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  The size comes from a HEAD
- * (or from the Content-Range of a one-byte ranged GET when HEAD is refused); every read is a ranged GET of
- * whole chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several
- * chunks in flight at once over a pool of connections, and a sequential reader gets a readahead window
- * that doubles up to HTTP_READAHEAD_MAX chunks, fetched ahead of it by a readahead thread.  Only an answer that is a 206 whose Content-Range is
- * exactly the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those
- * seen at open fills a chunk: a 200 (a server that ignores Range), a short body, or a file changed on the
- * server (If-Match answered 412, or another validator) is EIO, never wrong bytes.  Transport failures and
- * 5xx answers are retried with a doubling pause until the request's deadline (http.timeout, --timeout,
- * default 30 s), then EIO; the next read connects again.  TLS is verified (http.cacert, --cacert adds a CA
- * file); redirects are followed at open (at most HTTP_MAX_REDIRS, never from https to http).  s3 takes
- * its credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the credentials file
- * (AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials; profile AWS_PROFILE or "default"), its region from
- * s3.region, AWS_REGION or AWS_DEFAULT_REGION (us-east-1), and its server from s3.endpoint (--s3-endpoint,
- * path-style addressing) or AWS's virtual-hosted name; the credentials appear in no message and no info.
+ * curl.c - the "http" and "s3" protocol drivers: a read-only image on a web server (http://, https://) or in an S3
+ * bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  The size comes from a HEAD (or from the
+ * Content-Range of a one-byte ranged GET when HEAD is refused); every read is a ranged GET of whole chunks into a
+ * bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several chunks in flight at once over a
+ * pool of connections, and a sequential reader gets a readahead window that doubles up to HTTP_READAHEAD_MAX
+ * chunks, fetched ahead of it by a readahead thread.  Only an answer that is a 206 whose Content-Range is exactly
+ * the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those seen at open fills a
+ * chunk: a 200 (a server that ignores Range), a short body, or a file changed on the server (If-Match answered 412,
+ * or another validator) is EIO, never wrong bytes.  Transport failures and 5xx answers are retried with a doubling
+ * pause until the request's deadline (http.timeout, --timeout, default 30 s), then EIO; the next read connects
+ * again.  TLS is verified (http.cacert, --cacert adds a CA file); redirects are followed at open (at most
+ * HTTP_MAX_REDIRS, never from https to http).  s3 takes its credentials from
+ * AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or the credentials file (AWS_SHARED_CREDENTIALS_FILE,
+ * ~/.aws/credentials; profile AWS_PROFILE or "default"), its region from s3.region, AWS_REGION or
+ * AWS_DEFAULT_REGION (us-east-1), and its server from s3.endpoint (--s3-endpoint, path-style addressing) or AWS's
+ * virtual-hosted name; the credentials appear in no message and no info.
  */
 #include "block.h"
 #include "util.h"
@@ -942,7 +942,8 @@ static void http_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "http_timeout", s->timeout_ms / 1000);
     info_add_int(info, "http_connections", HTTP_CONNECTIONS);
     info_add_int(info, "http_cache_bytes", (int64_t)HTTP_SLOTS * HTTP_CHUNK);
-    info_add_str(info, "http_validator", "%s", s->etag[0] ? "ETag (If-Match)" : s->lastmod[0] ? "Last-Modified" : "none");
+    info_add_str(info, "http_validator", "%s",
+                 s->etag[0] ? "ETag (If-Match)" : s->lastmod[0] ? "Last-Modified" : "none");
     info_add_int(info, "http_gets", (int64_t)s->gets);
     info_add_int(info, "http_retries", (int64_t)s->retries);
 }
