@@ -72,8 +72,10 @@ typedef struct HttpState {
     pthread_cond_t ra_cond;             /* a window was posted (or ra_stop) */
     bool ra_running, ra_stop;
     int64_t ra_from, ra_to;             /* the window posted (ra_to < ra_from: none) */
-    CURL *idle[HTTP_CONNECTIONS];       /* easy handles with their connections, kept between batches */
+    CURL *idle[HTTP_CONNECTIONS];       /* easy handles, kept between batches */
     int n_idle;
+    CURLM *idle_multi[HTTP_CONNECTIONS]; /* multi handles with their connection caches (kept alive) */
+    int n_idle_multi;
     _Atomic uint64_t gets, retries, changed;
 } HttpState;
 
@@ -318,6 +320,27 @@ static void pool_put(HttpState *s, CURL *h, bool failed)
         curl_easy_cleanup(h);
 }
 
+/* A multi handle for one batch: one whose cache holds live connections when there is one idle. */
+static CURLM *multi_get(HttpState *s)
+{
+    pthread_mutex_lock(&s->lock);
+    CURLM *m = s->n_idle_multi ? s->idle_multi[--s->n_idle_multi] : NULL;
+    pthread_mutex_unlock(&s->lock);
+    return m ? m : curl_multi_init();
+}
+
+static void multi_put(HttpState *s, CURLM *m)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->n_idle_multi < HTTP_CONNECTIONS) {
+        s->idle_multi[s->n_idle_multi++] = m;
+        m = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (m)
+        curl_multi_cleanup(m);
+}
+
 /* ---------------------------------------------------------------- a batch of chunk GETs */
 
 /* Fetches chunks idx[0..n) into bufs[0..n), several at once, each retried until the deadline; ok[i] says
@@ -326,11 +349,12 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
 {
     HttpState *s = bs->opaque;
     int64_t deadline = now_ms() + s->timeout_ms;
-    CURLM *m = curl_multi_init();
+    CURLM *m = multi_get(s);
     Xfer *x = calloc((size_t)n, sizeof(*x));
     int *queue = calloc((size_t)n, sizeof(int));
     if (!m || !x || !queue) {
-        curl_multi_cleanup(m);
+        if (m)
+            multi_put(s, m);
         free(x);
         free(queue);
         return -ENOMEM;
@@ -413,7 +437,7 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
         }
         failed += !ok[i] && !changed;
     }
-    curl_multi_cleanup(m);
+    multi_put(s, m);
     free(x);
     free(queue);
     if (changed) {
@@ -844,6 +868,9 @@ static void http_close(BlockNode *bs)
         pthread_join(s->ra_thread, NULL);
         s->ra_running = false;
     }
+    for (int i = 0; i < s->n_idle_multi; i++)
+        curl_multi_cleanup(s->idle_multi[i]);
+    s->n_idle_multi = 0;
     for (int i = 0; i < s->n_idle; i++)
         curl_easy_cleanup(s->idle[i]);
     s->n_idle = 0;
