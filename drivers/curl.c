@@ -220,6 +220,7 @@ static int xfer_setup(HttpState *s, Xfer *x, const char *url, bool head, int64_t
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "imgfuse");
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 256L * 1024); /* fewer, larger body callbacks */
     if (s->cacert[0])
         curl_easy_setopt(h, CURLOPT_CAINFO, s->cacert);
     int64_t left = MAX(deadline - now_ms(), 1);
@@ -424,10 +425,13 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
             snprintf(why, sizeof why, "no answer within the timeout (%d s)", s->timeout_ms / 1000);
             break;
         }
+        int64_t next = INT64_MAX; /* when the first queued transfer may start (a retry waits its pause) */
+        for (int q = 0; q < queued; q++)
+            next = MIN(next, x[queue[q]].retry_at);
         if (running)
             curl_multi_poll(m, NULL, 0, 50, NULL);
-        else if (queued)
-            usleep(10000);
+        else if (queued && next > now_ms())
+            usleep((useconds_t)MIN(next - now_ms(), 10) * 1000);
     }
     for (int i = 0; i < n; i++) {
         if (x[i].h) {
@@ -586,16 +590,18 @@ static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t byt
     return r;
 }
 
-/* A read that starts where the last one ended (or in the chunk after) grows the readahead window; any
- * other read shrinks it to none. */
+/* A read near where the last ones ended (the kernel and the format driver send a sequential stream's pieces
+ * a little out of order, from several threads) grows the readahead window; any other read shrinks it to a
+ * quarter. */
 static void note_access(HttpState *s, int64_t first, int64_t last)
 {
     pthread_mutex_lock(&s->lock);
-    if (first == s->seq_next || first == s->seq_next - 1)
+    bool near = first >= s->seq_next - 2 && first <= s->seq_next + 1;
+    if (near)
         s->readahead = s->readahead ? MIN(s->readahead * 2, HTTP_READAHEAD_MAX) : 1;
     else
-        s->readahead = 0;
-    s->seq_next = last + 1;
+        s->readahead /= 4;
+    s->seq_next = near ? MAX(s->seq_next, last + 1) : last + 1;
     pthread_mutex_unlock(&s->lock);
 }
 
