@@ -32,9 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HTTP_CHUNK (512 * KiB)          /* the unit of a GET and of the cache */
-#define HTTP_SLOTS 48                   /* cached chunks per node: 24 MiB */
-#define HTTP_READAHEAD_MAX 16           /* chunks fetched ahead of a sequential reader (8 MiB) */
+#define HTTP_CHUNK (256 * KiB)          /* the unit of a GET and of the cache */
+#define HTTP_SLOTS 96                   /* cached chunks per node: 24 MiB */
+#define HTTP_READAHEAD_MAX 32           /* chunks fetched ahead of a sequential reader (8 MiB) */
 #define HTTP_CONNECTIONS 4              /* transfers in flight per batch; idle connections kept */
 #define HTTP_DEFAULT_TIMEOUT 30         /* seconds */
 #define HTTP_MAX_TIMEOUT 3600
