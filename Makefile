@@ -9,7 +9,7 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 # -Werror only where warnings must fail the build: make check, make asan and .ci/run set WERROR=-Werror;
 # a user's or a packager's build with another compiler still builds with warnings.
 WERROR  ?=
-PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd jansson libargon2 nettle
+PKGS    := fuse3 zlib libzstd libdeflate blkid libewf libbfio libxml-2.0 liblzma liblz4 lzo2 libnbd libcurl jansson libargon2 nettle
 CFLAGS  ?= -O2 -g
 # librbd, librados (librbd-dev): headers only, no pkg-config file; drivers/rbd.c loads the libraries with dlopen
 # when an rbd: image is opened, so that neither the binary nor the .deb depends on Ceph.

@@ -169,6 +169,39 @@ bool backing_is_a_dir(const char *backing)
     return true;
 }
 
+/* ---------------------------------------------------------------- options of the protocol drivers */
+
+int cli_net_apply(CliNetOpts *n, BlockOpenOpts *o, const char *image)
+{
+    const BlockDriver *d = bdrv_find_protocol(image);
+    if (!d && o->backing)
+        d = bdrv_find_protocol(o->backing);
+    const char *drv = d ? d->name : "nbd";
+    bool web = strcmp(drv, "http") == 0 || strcmp(drv, "s3") == 0;
+    const struct {
+        const char *opt, *value, *key, *only;
+    } want[3] = {
+        { "--timeout", n->timeout, "timeout", NULL },
+        { "--cacert", n->cacert, "cacert", web ? NULL : "https:// and s3:// images" },
+        { "--s3-endpoint", n->s3_endpoint, "endpoint", strcmp(drv, "s3") == 0 ? NULL : "s3:// images" },
+    };
+    for (int i = 0; i < 3; i++) {
+        if (!want[i].value)
+            continue;
+        if (want[i].only) {
+            errmsg(want[i].opt, "only for %s (not %s)", want[i].only, image);
+            return EXIT_USAGE;
+        }
+        int len = snprintf(n->items[i], sizeof n->items[i], "%s.%s=%s", drv, want[i].key, want[i].value);
+        if (len < 0 || (size_t)len >= sizeof n->items[i] || bdrv_opts_add(o, n->items[i]) < 0) {
+            errmsg(want[i].opt, len >= 0 && (size_t)len < sizeof n->items[i] ? "too many driver options"
+                                                                               : "value too long");
+            return EXIT_USAGE;
+        }
+    }
+    return -1;
+}
+
 /* ---------------------------------------------------------------- --help of the subcommands */
 
 typedef struct CommandHelp {
@@ -187,6 +220,9 @@ typedef struct CommandHelp {
     "      --key-file FILE      key of an encrypted image (LUKS): the whole of FILE\n" \
     "      --passphrase-fd N    key of an encrypted image: the first line read from descriptor N\n" \
     "      --key-slot N         only try key slot N of an encrypted image\n" \
+    "      --timeout SECONDS    a request to a server (nbd, http, s3) fails after it (30)\n" \
+    "      --cacert FILE        CA certificates that verify an https:// or s3:// server\n" \
+    "      --s3-endpoint URL    the S3-compatible server of an s3:// image\n" \
     "  -h, --help               this help\n"
 
 static const CommandHelp command_help[] = {
@@ -249,6 +285,9 @@ static const CommandHelp command_help[] = {
       "      --unsafe-backing     follow the sources' backing names without the safety policy\n"
       "      --key-file FILE      key of encrypted sources (LUKS, qcow2/qcow encryption): the whole of FILE\n"
       "      --passphrase-fd N    key of encrypted sources: the first line read from descriptor N\n"
+      "      --timeout SECONDS    a request to a source's server (nbd, http, s3) fails after it (30)\n"
+      "      --cacert FILE        CA certificates that verify an https:// or s3:// source's server\n"
+      "      --s3-endpoint URL    the S3-compatible server of an s3:// source\n"
       "  -h, --help               this help\n",
       "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
     { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",

@@ -38,11 +38,13 @@ typedef struct OpenArgs {
     int64_t max_size;         /* hash: --max-size (0 with --force: no limit) */
     char data_file_opt[PATH_MAX + 32]; /* "qcow2.data-file=PATH" for --data-file, in opts */
     char key_slot_opt[48];    /* "luks.key-slot=N" for --key-slot, in opts */
+    CliNetOpts net;           /* --timeout, --cacert, --s3-endpoint */
 } OpenArgs;
 
 enum { SUB_JSON = 256, SUB_ALGO, SUB_BACKING_DIR, SUB_NO_BACKING, SUB_FORCE_SHARE, SUB_MAX_SIZE, SUB_FORCE,
        SUB_AUDIT_LOG, SUB_BACKING, SUB_BACKING_FORMAT, SUB_UNSAFE_BACKING, SUB_DATA_FILE, SUB_IMAGE_OPTS,
-       SUB_OBJECT, SUB_OUTPUT, SUB_BACKING_CHAIN, SUB_KEY_FILE, SUB_PASSPHRASE_FD, SUB_KEY_SLOT };
+       SUB_OBJECT, SUB_OUTPUT, SUB_BACKING_CHAIN, SUB_KEY_FILE, SUB_PASSPHRASE_FD, SUB_KEY_SLOT,
+       SUB_TIMEOUT, SUB_CACERT, SUB_S3_ENDPOINT };
 
 /* `imgfuse hash` refuses larger disks unless --max-size or --force says otherwise: no digest offered can
  * skip runs of zeros, and 16 TiB is about three hours at 1.6 GB/s. */
@@ -66,6 +68,9 @@ static const struct option sub_options[] = {
     { "key-file", required_argument, NULL, SUB_KEY_FILE },
     { "passphrase-fd", required_argument, NULL, SUB_PASSPHRASE_FD },
     { "key-slot", required_argument, NULL, SUB_KEY_SLOT },
+    { "timeout", required_argument, NULL, SUB_TIMEOUT },
+    { "cacert", required_argument, NULL, SUB_CACERT },
+    { "s3-endpoint", required_argument, NULL, SUB_S3_ENDPOINT },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
     { "audit-log", required_argument, NULL, SUB_AUDIT_LOG },
@@ -95,6 +100,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
     a->audit_log = NULL;
     a->max_size = HASH_DEFAULT_MAX_SIZE;
     a->data_file_opt[0] = '\0';
+    a->net.timeout = a->net.cacert = a->net.s3_endpoint = NULL;
     if (isatty(STDIN_FILENO))
         a->opts.ask_secret = secret_ask_tty;
     opterr = 0;
@@ -132,6 +138,9 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
                 return EXIT_USAGE;
             }
             break;
+        case SUB_TIMEOUT: a->net.timeout = optarg; break;
+        case SUB_CACERT: a->net.cacert = optarg; break;
+        case SUB_S3_ENDPOINT: a->net.s3_endpoint = optarg; break;
         case SUB_IMAGE_OPTS:
             errmsg("--image-opts", "not supported: IMAGE is a file name");
             return EXIT_USAGE;
@@ -217,7 +226,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
         if (cli_url_error(argv[i]))
             return EXIT_USAGE;
     *image = argv[optind];
-    return -1;
+    return cli_net_apply(&a->net, &a->opts, *image);
 }
 
 static BlockNode *open_or_report(const char *image, const BlockOpenOpts *opts, int *rc)

@@ -249,9 +249,11 @@ typedef struct ConvertArgs {
     enum CacheMode cache;    /* -t: the target's; unsafe by default, as qemu-img's */
     int workers;
     int64_t sparse;
+    CliNetOpts net;          /* --timeout, --cacert, --s3-endpoint: for the (first) source's protocol driver */
 } ConvertArgs;
 
-enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_KEY_FILE, CONV_PASSPHRASE_FD };
+enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_KEY_FILE, CONV_PASSPHRASE_FD, CONV_TIMEOUT,
+       CONV_CACERT, CONV_S3_ENDPOINT };
 
 static const struct option convert_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -267,6 +269,9 @@ static const struct option convert_options[] = {
     { "cache", required_argument, NULL, 't' },
     { "backing-dir", required_argument, NULL, CONV_BACKING_DIR },
     { "unsafe-backing", no_argument, NULL, CONV_UNSAFE_BACKING },
+    { "timeout", required_argument, NULL, CONV_TIMEOUT },
+    { "cacert", required_argument, NULL, CONV_CACERT },
+    { "s3-endpoint", required_argument, NULL, CONV_S3_ENDPOINT },
     { "force-share", no_argument, NULL, 'U' },
     { "key-file", required_argument, NULL, CONV_KEY_FILE },
     { "passphrase-fd", required_argument, NULL, CONV_PASSPHRASE_FD },
@@ -348,6 +353,9 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
             if (secret_from_fd(&a->src_opts, optarg) != 0)
                 return EXIT_USAGE;
             break;
+        case CONV_TIMEOUT: a->net.timeout = optarg; break;
+        case CONV_CACERT: a->net.cacert = optarg; break;
+        case CONV_S3_ENDPOINT: a->net.s3_endpoint = optarg; break;
         case 'U': a->src_opts.force_share = true; break;
         case 'p': a->progress = true; break;
         case 'q': a->quiet = true; break;
@@ -377,7 +385,7 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
         errmsg("-n", "the target exists: -o and -B are for a new one");
         return EXIT_USAGE;
     }
-    return -1;
+    return cli_net_apply(&a->net, &a->src_opts, argv[optind]);
 }
 
 /* True (error printed) if target names the same file as one of the sources. */

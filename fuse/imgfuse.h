@@ -8,6 +8,7 @@
 #ifndef IMGFUSE_FRONTEND_H
 #define IMGFUSE_FRONTEND_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -242,6 +243,14 @@ int cli_option_error(char **argv, int c, const char *cmd, const struct option *l
 /* True (error printed) if image is a URL of a network protocol (nbd://, http://, rbd:, ...) that no protocol
  * driver serves (bdrv_find_protocol) and no local file of that name exists. */
 bool cli_url_error(const char *image);
+/* The long options of the protocol drivers (--timeout, --cacert, --s3-endpoint), as given (NULL: not). */
+typedef struct CliNetOpts {
+    const char *timeout, *cacert, *s3_endpoint;
+    char items[3][PATH_MAX + 32];   /* the "DRIVER.KEY=VALUE" strings added to the open options */
+} CliNetOpts;
+/* Adds the options of n to o as options of the protocol driver that opens image (or the --backing URL of
+ * o; --timeout alone: nbd when neither is a URL). -1 to go on, else EXIT_USAGE with the error printed. */
+int cli_net_apply(CliNetOpts *n, BlockOpenOpts *o, const char *image);
 /* True (error printed, with "did you mean --backing-dir?") if the --backing FILE given is a directory. */
 bool backing_is_a_dir(const char *backing);
 /* Prints `imgfuse CMD --help` (options a line each, an example); returns the exit code. */

@@ -114,7 +114,9 @@ static void print_help(void)
 "      --unsafe-backing       plain backing path resolution, no refusals\n"
 "      --data-file PATH       external data file of a qcow2 image\n"
 "      --l2-cache-size SIZE   metadata cache size (e.g. 4M)\n"
-"      --timeout SECONDS      a request to an NBD server (nbd://...) fails with EIO after it (30)\n"
+"      --timeout SECONDS      a request to a server (nbd://, http(s)://, s3://) fails with EIO after it (30)\n"
+"      --cacert FILE          CA certificates (PEM) that verify an https:// or s3:// server\n"
+"      --s3-endpoint URL      the S3-compatible server of an s3://BUCKET/KEY image (path-style)\n"
 "      --key-file FILE        key of an encrypted image (LUKS): the whole of FILE\n"
 "      --passphrase-fd N      key of an encrypted image: the first line read from descriptor N\n"
 "      --key-slot N           only try key slot N (else every active slot; without a key: a prompt)\n"
@@ -186,6 +188,7 @@ enum {
     OPT_DIRECT_IO, OPT_PID_FILE, OPT_NONEMPTY, OPT_IMAGE_OPTS, OPT_OBJECT,
     OPT_PARTITION, OPT_EMULATE,
     OPT_TIMEOUT, OPT_KEY_FILE, OPT_PASSPHRASE_FD, OPT_KEY_SLOT,
+    OPT_CACERT, OPT_S3_ENDPOINT,
 };
 
 static const struct option mount_options[] = {
@@ -195,6 +198,8 @@ static const struct option mount_options[] = {
     { "partition", required_argument, NULL, OPT_PARTITION },
     { "emulate", required_argument, NULL, OPT_EMULATE },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "cacert", required_argument, NULL, OPT_CACERT },
+    { "s3-endpoint", required_argument, NULL, OPT_S3_ENDPOINT },
     { "backing", required_argument, NULL, OPT_BACKING },
     { "backing-format", required_argument, NULL, OPT_BACKING_FORMAT },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -250,7 +255,7 @@ typedef struct MountArgs {
     int n_driver_items;
     StrBuf fuse_opts;   /* -o options passed through to libfuse */
     StrBuf summary;     /* the image/request options as given, for MNT/info */
-    const char *timeout; /* --timeout: the image's protocol driver's timeout option (timeout_key) */
+    CliNetOpts net;     /* --timeout, --cacert, --s3-endpoint: for the image's protocol driver */
 } MountArgs;
 
 static const char *const emulate_kinds[3] = { "vmdk", "vhd", "vdi" };
@@ -420,10 +425,9 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
             return EXIT_USAGE;
         note_option(a, name, arg);
         break;
-    case OPT_TIMEOUT:
-        a->timeout = arg; /* mapped once the image is known (parse_mount_args) */
-        note_option(a, name, arg);
-        break;
+    case OPT_TIMEOUT: a->net.timeout = arg; note_option(a, name, arg); break;
+    case OPT_CACERT: a->net.cacert = arg; note_option(a, name, arg); break;
+    case OPT_S3_ENDPOINT: a->net.s3_endpoint = arg; note_option(a, name, arg); break;
     case OPT_KEY_FILE:
         if (secret_from_file(&a->open, arg) != 0)
             return EXIT_USAGE;
@@ -649,22 +653,6 @@ static int check_combinations(const MountArgs *a)
     return 0;
 }
 
-/* --timeout's driver option: the timeout of the protocol driver of the image (rbd:...) or of --backing, when
- * that driver takes one; else nbd.timeout (an NBD layer may come from the chain). */
-static const char *timeout_key(const MountArgs *a, char *buf, size_t len)
-{
-    const char *names[] = { a->image, a->open.backing };
-    for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
-        const BlockDriver *d = bdrv_find_protocol(names[i]);
-        for (const BlockOptionSpec *o = d ? d->options : NULL; o && o->name; o++)
-            if (strcmp(o->name, "timeout") == 0) {
-                snprintf(buf, len, "%s.timeout", d->name);
-                return buf;
-            }
-    }
-    return "nbd.timeout";
-}
-
 /* Returns -1 to go on mounting, else the exit code (help/version: 0, errors: 2). */
 static int parse_mount_args(MountArgs *a, int argc, char **argv)
 {
@@ -694,10 +682,9 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
     a->mountpoint = argv[optind + 1];
     if (positional_error(a->image, a->mountpoint))
         return EXIT_USAGE;
-    char key[64];
-    if (a->timeout && !map_long_opt(a, "timeout", timeout_key(a, key, sizeof key), false, a->timeout))
-        return EXIT_USAGE;
     if ((rc = check_combinations(a)) != 0)
+        return rc;
+    if ((rc = cli_net_apply(&a->net, &a->open, a->image)) >= 0)
         return rc;
     if (a->debug)
         a->foreground = true;

@@ -33,6 +33,8 @@ extern const BlockDriver bdrv_cloop;
 extern const BlockDriver bdrv_bochs;
 extern const BlockDriver bdrv_dmg;
 extern const BlockDriver bdrv_nbd;
+extern const BlockDriver bdrv_http;
+extern const BlockDriver bdrv_s3;
 extern const BlockDriver bdrv_luks;
 extern const BlockDriver bdrv_rbd;
 
@@ -41,6 +43,8 @@ static const BlockDriver *const driver_table[] = {
     &bdrv_memory,
     &bdrv_nbd,
     &bdrv_rbd,
+    &bdrv_http,
+    &bdrv_s3,
     &bdrv_blkdebug,
     &bdrv_window,
     &bdrv_qcow2,
@@ -89,6 +93,9 @@ static const struct {
     { "nbds+unix", &bdrv_nbd },
     { "nbd+vsock", &bdrv_nbd },
     { "nbds+vsock", &bdrv_nbd },
+    { "http", &bdrv_http },
+    { "https", &bdrv_http },
+    { "s3", &bdrv_s3 },
 };
 
 /* Bare schemes, written "SCHEME:..." without "//" (qemu's "rbd:pool/image"): only that exact, lower-case

@@ -112,8 +112,9 @@ BlockNode *bdrv_open_file(const char *filename, const BlockOpenOpts *opts, bool 
     const BlockDriver *proto = bdrv_find_protocol(filename);
     char shown[PATH_MAX];
     if (proto && !bdrv_url_is_bare(filename) && bdrv_url_redact(filename, shown, sizeof(shown))) {
-        error_set(err, EINVAL, "%s: a password in the URL is not supported (the %s driver takes none; TLS keys "
-                  "go in a file: tls-psk-file=FILE)", shown, proto->name);
+        bool nbd = strcmp(proto->name, "nbd") == 0;
+        error_set(err, EINVAL, "%s: a password in the URL is not supported (the %s driver takes none%s)", shown,
+                  proto->name, nbd ? "; TLS keys go in a file: tls-psk-file=FILE" : "");
         return NULL;
     }
     BlockNode *bs = open_protocol(proto ? proto : bdrv_find_driver("file"), filename, opts, read_only, err);

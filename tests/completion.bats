@@ -37,7 +37,8 @@ comp() {
 
 @test "completion: mount options, with '=' kept for those that take a choice, and the choices" {
   [[ " $(comp --r) " == *" --rw "* ]] && [[ " $(comp --r) " != *" --cache="* ]]
-  [ "$(comp --ca)" = --cache= ]
+  [ "$(comp --cach)" = --cache= ]
+  [ "$(comp --cac)" = "--cacert --cache=" ]
   [ "$(comp --cache = "")" = "none writeback" ]
   [ "$(comp --detect-zeroes = u)" = unmap ]
   [ "$(comp --on-read-error=z)" = --on-read-error=zero ]

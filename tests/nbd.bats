@@ -272,9 +272,9 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [ "$status" -eq 2 ]
   [ "${#lines[@]}" -eq 1 ]
   [[ "${lines[0]}" == "imgfuse: nbd://127.0.0.1:$port/x: cannot connect to the NBD server: "*"Connection refused" ]]
-  run "$IMGFUSE" "http://127.0.0.1:$port/d.qcow2" "$MNT"
+  run "$IMGFUSE" "ftp://127.0.0.1:$port/d.qcow2" "$MNT"
   [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: http://127.0.0.1:$port/d.qcow2: network protocols are not supported yet (http); give the path of a local image file" ]
+  [ "$output" = "imgfuse: ftp://127.0.0.1:$port/d.qcow2: network protocols are not supported yet (ftp); give the path of a local image file" ]
   # a password in the URL: refused before anything, and never shown
   for cmd in info map hash; do
     run "$IMGFUSE" $cmd "nbd://bob:hunter2@127.0.0.1:$port/x"

@@ -436,8 +436,8 @@ EOS
   [ "$(qemu-img info --output=json ov.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["backing-filename-format"])')" = qcow2 ]
 }
 
-@test "33 a URL: network protocols without a driver are not supported yet (nbd:// and rbd: have one: tests/nbd.bats, rbd.bats)" {
-  for url in http://example.org/disk.qcow2 https://example.org/d.vmdk s3://bucket/key; do
+@test "33 a URL: network protocols without a driver are not supported yet (nbd://, http(s)://, s3:// and rbd: have one)" {
+  for url in ftp://example.org/disk.qcow2 sftp://example.org/d.vmdk ssh://example.org/d.qcow2; do
     run "$IMGFUSE" "$url" mnt
     fails_with 2 "imgfuse: $url: network protocols are not supported yet (${url%%:*}); give the path of a local image file"
     run "$IMGFUSE" info "$url"

@@ -1,0 +1,291 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# http.bats - images on web servers (the http protocol driver, drivers/curl.c, through libcurl): nginx servers
+# started here on free ports of 127.0.0.1 (one process each, master_process off, their files under the
+# test's temp dir) and stopped in teardown, over HTTPS with a CA and a certificate the test makes. qcow2,
+# vmdk and vhdx images read like `qemu-img convert -O raw` of the local file, over http and https and
+# through a redirect; a remote image's relative backing name resolves on its server; a local qcow2 overlay
+# over a remote base (--backing URL) takes writes that qemu-img checks; a server killed or stopped during
+# reads gives the reader EIO within --timeout, `ls` works meanwhile and reads succeed once it is back; a
+# wrong certificate is exit 2 in one line (no silent insecure mode); a file replaced on the server while
+# mounted gives EIO, never mixed bytes; a server that ignores Range is refused, one that refuses HEAD is
+# read through a ranged GET; a URL written inside an image is refused (no request made) unless
+# --unsafe-backing.
+
+load helpers
+
+setup() { setup_tmp; cd "$TMP"; }
+teardown() {
+  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
+  local p
+  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
+  sleep 0.1
+  teardown_tmp
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# start_nginx NAME PORT ROOT [tls] [EXTRA DIRECTIVES]: nginx serving ROOT on 127.0.0.1:PORT as one
+# process (pid in $TMP/NAME.pid, access log $TMP/NAME/access.log); tls: with $TMP/srv.pem and srv.key.
+start_nginx() {
+  local name=$1 port=$2 root=$3 tls=${4:-} extra=${5:-}
+  mkdir -p "$TMP/$name/tmp"
+  local listen="listen 127.0.0.1:$port;"
+  [ "$tls" = tls ] && listen="listen 127.0.0.1:$port ssl; ssl_certificate $TMP/srv.pem; ssl_certificate_key $TMP/srv.key;"
+  cat > "$TMP/$name/nginx.conf" <<EOF
+pid $TMP/$name/nginx.pid;
+error_log $TMP/$name/error.log;
+events { worker_connections 64; }
+http {
+  access_log $TMP/$name/access.log;
+  client_body_temp_path $TMP/$name/tmp; proxy_temp_path $TMP/$name/tmp; fastcgi_temp_path $TMP/$name/tmp;
+  uwsgi_temp_path $TMP/$name/tmp; scgi_temp_path $TMP/$name/tmp;
+  server { $listen root $root; $extra }
+}
+EOF
+  nginx -e "$TMP/$name/error.log" -c "$TMP/$name/nginx.conf" -g 'daemon off; master_process off;' 3>&- &
+  echo $! > "$TMP/$name.pid"
+  local i
+  for i in $(seq 1 100); do
+    curl -sk -o /dev/null "http$([ "$tls" = tls ] && echo s)://127.0.0.1:$port/" && return 0
+    kill -0 "$(cat "$TMP/$name.pid")" 2>/dev/null || { cat "$TMP/$name/error.log" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "nginx $name did not answer" >&2; return 1
+}
+
+stop_nginx() {
+  local pid; pid=$(cat "$TMP/$1.pid")
+  kill -CONT "$pid" 2>/dev/null || true
+  kill "${2:--TERM}" "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$TMP/$1.pid"
+}
+
+# make_ca NAME: a CA of the test ($TMP/NAME.pem, NAME.key).
+make_ca() {
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TMP/$1.key" -out "$TMP/$1.pem" -days 2 \
+    -subj "/CN=imgfuse test CA $1" 2>/dev/null
+}
+
+# make_server_cert CA SAN: $TMP/srv.pem and srv.key for SAN (e.g. IP:127.0.0.1), signed by CA.
+make_server_cert() {
+  openssl req -newkey rsa:2048 -nodes -keyout "$TMP/srv.key" -out "$TMP/srv.csr" -subj "/CN=imgfuse test server" 2>/dev/null
+  printf 'subjectAltName=%s\n' "$2" > "$TMP/san.ext"
+  openssl x509 -req -in "$TMP/srv.csr" -CA "$TMP/$1.pem" -CAkey "$TMP/$1.key" -CAcreateserial -days 2 \
+    -extfile "$TMP/san.ext" -out "$TMP/srv.pem" 2>/dev/null
+}
+
+@test "qcow2, vmdk and vhdx images on http, https (--cacert) and through a redirect read like qemu-img convert" {
+  mkdir www
+  qemu-img create -q -f qcow2 www/d.qcow2 64M
+  qio www/d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k' 'write -P 0x33 63M 1M'
+  qemu-img convert -O vmdk -o subformat=monolithicSparse www/d.qcow2 www/d.vmdk
+  qemu-img convert -O vhdx www/d.qcow2 www/d.vhdx
+  make_ca ca
+  make_server_cert ca "IP:127.0.0.1,DNS:localhost"
+  local port tport; port=$(free_port); tport=$(free_port)
+  start_nginx plain "$port" "$TMP/www" "" "location /old/ { return 302 /d.qcow2; }"
+  start_nginx secure "$tport" "$TMP/www" tls
+  local f
+  for f in d.qcow2 d.vmdk d.vhdx; do
+    mount_img "http://127.0.0.1:$port/$f"
+    grep -q "format: ${f#d.}" "$MNT/info"
+    same_bytes "$MNT/disk.raw" "$(raw_of "www/$f")"
+    unmount_img
+    mount_img --cacert "$TMP/ca.pem" "https://127.0.0.1:$tport/$f"
+    same_bytes "$MNT/disk.raw" "$(raw_of "www/$f")"
+    unmount_img
+  done
+  # several transfers in flight, and ranged GETs only (206)
+  grep -c '"GET /d.qcow2 HTTP/1.1" 206' plain/access.log
+  run grep -v '"curl/\|"GET /d\.[a-z2]* HTTP/1.1" 206 \|"HEAD /d\.[a-z2]* HTTP/1.1" 200 0 \|"HEAD /old/x HTTP/1.1" 302 ' plain/access.log
+  echo "$output"
+  [ -z "$output" ]
+  # a redirect is followed (at open; the reads go where it led)
+  run "$IMGFUSE" hash "http://127.0.0.1:$port/old/x"
+  [ "$status" -eq 0 ]
+  [ "${output%% *}" = "$(sha256sum < "$(raw_of www/d.qcow2)" | cut -d' ' -f1)" ]
+  # convert and info take the same options
+  "$IMGFUSE" convert -q --cacert "$TMP/ca.pem" -O raw "https://127.0.0.1:$tport/d.vhdx" conv.raw
+  same_bytes conv.raw "$(raw_of www/d.qcow2)"
+  run "$IMGFUSE" info --cacert "$TMP/ca.pem" -o x "https://127.0.0.1:$tport/d.vmdk"
+  [ "$status" -eq 2 ]
+}
+
+@test "a wrong certificate is exit 2 in one line: an unknown CA, no --cacert, a certificate for another name" {
+  mkdir www
+  qemu-img create -q -f qcow2 www/d.qcow2 8M
+  make_ca ca
+  make_ca other
+  make_server_cert ca "DNS:elsewhere.example"
+  local port; port=$(free_port)
+  start_nginx secure "$port" "$TMP/www" tls
+  local url="https://127.0.0.1:$port/d.qcow2"
+  run "$IMGFUSE" info "$url"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: $url: cannot reach the server: SSL certificate problem: unable to get local issuer certificate" ]]
+  run "$IMGFUSE" info --cacert "$TMP/other.pem" "$url"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: $url: cannot reach the server: SSL certificate problem: "* ]]
+  run "$IMGFUSE" info --cacert "$TMP/ca.pem" "$url"
+  echo "$output"
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  [[ "$output" == "imgfuse: $url: cannot reach the server: "*"127.0.0.1"* ]]
+  run "$IMGFUSE" "$url" "$MNT"
+  [ "$status" -eq 2 ]
+  not_mounted "$MNT"
+  # the right name: it opens
+  stop_nginx secure
+  make_server_cert ca "IP:127.0.0.1"
+  start_nginx secure "$port" "$TMP/www" tls
+  run "$IMGFUSE" info --cacert "$TMP/ca.pem" "$url"
+  [ "$status" -eq 0 ]
+  # --cacert for an image that is no https/s3 URL
+  run "$IMGFUSE" info --cacert "$TMP/ca.pem" www/d.qcow2
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: --cacert: only for https:// and s3:// images (not www/d.qcow2)" ]
+}
+
+@test "a remote image's relative backing name resolves on the same server; a local overlay over a remote base takes writes" {
+  mkdir -p www/sub
+  qemu-img create -q -f qcow2 www/sub/base.qcow2 32M
+  qio www/sub/base.qcow2 'write -P 0x55 0 32M'
+  qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 www/sub/top.qcow2
+  qio www/sub/top.qcow2 'write -P 0x66 1M 1M'
+  local port; port=$(free_port)
+  start_nginx srv "$port" "$TMP/www"
+  mount_img "http://127.0.0.1:$port/sub/top.qcow2"
+  same_bytes "$MNT/disk.raw" "$(raw_of www/sub/top.qcow2)"
+  grep -q "http://127.0.0.1:$port/sub/base.qcow2" "$MNT/info"
+  unmount_img
+  # a local qcow2 overlay over the remote base
+  qemu-img create -q -f qcow2 -b "$TMP/www/sub/base.qcow2" -F qcow2 ov.qcow2
+  mount_img --rw --backing "http://127.0.0.1:$port/sub/base.qcow2" --backing-format qcow2 ov.qcow2 "$MNT"
+  grep -q "given with --backing" "$MNT/info"
+  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  check_clean ov.qcow2
+  qemu-img convert -O raw ov.qcow2 after.raw
+  same_bytes after.raw shown.raw
+  cmp -n 327680 -i 0:196608 w1 after.raw
+  cmp -n 1048576 -i 8M:8M after.raw "$(raw_of www/sub/base.qcow2)"
+  # the http driver itself is read-only
+  run "$IMGFUSE" --rw -f raw "http://127.0.0.1:$port/sub/base.qcow2" "$MNT"
+  [ "$status" -eq 2 ]
+  [[ "$output" == *"the http driver is read-only"* ]]
+}
+
+@test "a server killed during reads: EIO within --timeout, ls works, reads succeed once it is back" {
+  mkdir www
+  truncate -s 64M www/r.raw
+  qemu-io -f raw -c 'write -P 0x5a 0 64M' www/r.raw >/dev/null
+  local port; port=$(free_port)
+  start_nginx srv "$port" "$TMP/www" "" "limit_rate 4m;"
+  mount_img --direct-io --timeout 3 -f raw "http://127.0.0.1:$port/r.raw"
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
+  local reader=$! t0
+  sleep 1
+  t0=$(now_ms)
+  stop_nginx srv -KILL
+  local rc=0
+  wait $reader || rc=$?
+  echo "dd: $rc $(cat dd.err) after $(( $(now_ms) - t0 )) ms"
+  [ "$rc" -ne 0 ]
+  grep -q "Input/output error" dd.err
+  [ $(( $(now_ms) - t0 )) -lt 6000 ]
+  ls "$MNT" | grep -q disk.raw
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
+  # a server that hangs (stopped) costs the reader --timeout, not more
+  start_nginx srv "$port" "$TMP/www"
+  kill -STOP "$(cat srv.pid)"
+  t0=$(now_ms)
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip=700 iflag=direct
+  local took=$(( $(now_ms) - t0 ))
+  echo "hung server: $status after ${took} ms: $output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
+  kill -CONT "$(cat srv.pid)"
+  # back: reads work again (new connections)
+  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
+  same_bytes back.raw www/r.raw
+  unmount_img
+  grep -q "a read failed" "$TMP/daemon.log"
+}
+
+@test "a file replaced on the server while mounted: EIO for what was not read yet, never mixed bytes" {
+  mkdir www
+  truncate -s 16M www/r.raw
+  qemu-io -f raw -c 'write -P 0x41 0 16M' www/r.raw >/dev/null
+  local port; port=$(free_port)
+  start_nginx srv "$port" "$TMP/www"
+  mount_img --direct-io -f raw "http://127.0.0.1:$port/r.raw"
+  dd if="$MNT/disk.raw" of=first bs=64k count=1 iflag=direct 2>/dev/null
+  cmp -n 65536 first www/r.raw
+  # the same size, other bytes, another modification time: a new ETag
+  qemu-io -f raw -c 'write -P 0x42 0 16M' www/r.raw >/dev/null
+  touch -d '2001-01-01' www/r.raw
+  run dd if="$MNT/disk.raw" of=later bs=64k count=1 skip=200 iflag=direct
+  echo "$output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  unmount_img
+  grep -q "the file changed on the server since it was opened" "$TMP/daemon.log"
+  grep -q '" 412 ' srv/access.log
+}
+
+@test "a server that ignores Range is refused; one that refuses HEAD is sized by a ranged GET" {
+  mkdir www
+  qemu-img create -q -f qcow2 www/d.qcow2 16M
+  qio www/d.qcow2 'write -P 0x77 4M 1M'
+  local port hport; port=$(free_port); hport=$(free_port)
+  start_nginx norange "$port" "$TMP/www" "" "max_ranges 0;"
+  run "$IMGFUSE" info "http://127.0.0.1:$port/d.qcow2"
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: http://127.0.0.1:$port/d.qcow2: the server does not serve byte ranges (it answers Range with the whole file)" ]
+  start_nginx nohead "$hport" "$TMP/www" "" 'if ($request_method = HEAD) { return 405; }'
+  mount_img "http://127.0.0.1:$hport/d.qcow2"
+  same_bytes "$MNT/disk.raw" "$(raw_of www/d.qcow2)"
+  unmount_img
+  grep -q '"HEAD /d.qcow2 HTTP/1.1" 405' nohead/access.log
+  run "$IMGFUSE" info "http://127.0.0.1:$hport/none.qcow2"
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: http://127.0.0.1:$hport/none.qcow2: not found on the server (HTTP 404)" ]
+}
+
+@test "a URL written inside an image is refused (no request made) unless --unsafe-backing; --timeout is checked" {
+  mkdir www
+  qemu-img create -q -f qcow2 www/base.qcow2 8M
+  qio www/base.qcow2 'write -P 0x99 0 1M'
+  local port; port=$(free_port)
+  start_nginx srv "$port" "$TMP/www"
+  qemu-img create -q -f qcow2 -u -b "http://127.0.0.1:$port/base.qcow2" -F qcow2 h.qcow2 8M
+  refused_open h.qcow2 "backing file 'http://127.0.0.1:$port/base.qcow2' refused: a remote location named inside an image is never followed; use --backing-dir DIR or --backing FILE (or --unsafe-backing)"
+  [ ! -s srv/access.log ] || ! grep -q base.qcow2 srv/access.log
+  mount_img --unsafe-backing h.qcow2 "$MNT"
+  same_bytes "$MNT/disk.raw" "$(raw_of www/base.qcow2)"
+  unmount_img
+  grep -q "GET /base.qcow2" srv/access.log
+  # a password in the URL: refused before any request, and never shown
+  run "$IMGFUSE" --audit-log "$TMP/audit.log" "http://bob:hunter2@127.0.0.1:$port/base.qcow2" "$MNT"
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: http://bob:***@127.0.0.1:$port/base.qcow2: a password in the URL is not supported (the http driver takes none)" ]
+  run grep -q hunter2 "$TMP/audit.log"
+  [ "$status" -ne 0 ]
+  run "$IMGFUSE" --timeout 0 "http://127.0.0.1:$port/base.qcow2" "$MNT"
+  [ "$status" -eq 2 ]
+  [ "$output" = "imgfuse: http://127.0.0.1:$port/base.qcow2: http option 'timeout': 0 is not between 1 and 3600 seconds" ]
+}
