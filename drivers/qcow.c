@@ -839,6 +839,7 @@ static bool qcow_has_zero_init(BlockNode *bs)
 static void qcow_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = (int64_t)((QcowState *)bs->opaque)->cluster_size;
+    facts->encrypted = ((QcowState *)bs->opaque)->crypt_method == QCOW_CRYPT_AES;
 }
 
 static void qcow_get_info(BlockNode *bs, InfoList *info)

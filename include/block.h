@@ -284,6 +284,8 @@ typedef struct BlockDriverFacts {
     int n_files;
     char stored_md5[33];
     char stored_sha1[41];
+    bool encrypted;         /* the image's data is encrypted (LUKS, qcow2/qcow encryption): info --output=json
+                             * says "encrypted": true, as qemu-img */
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface

@@ -198,6 +198,19 @@ static void luks_get_info(BlockNode *bs, InfoList *info)
     }
 }
 
+static void luks_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    (void)bs;
+    facts->encrypted = true;
+}
+
+/* qemu-img's "luks" format-specific data (LUKS2, which qemu 7.2 cannot open, in the same shape). */
+static const char *luks_get_format_specific(BlockNode *bs, InfoList *data)
+{
+    luks_info_qemu(&((BDRVLuksState *)bs->opaque)->hdr, "", data);
+    return "luks";
+}
+
 static bool luks_has_zero_init(BlockNode *bs)
 {
     (void)bs;
@@ -218,5 +231,7 @@ const BlockDriver bdrv_luks = {
     .block_status = bdrv_block_status_all_data,
     .getlength = luks_getlength,
     .get_info = luks_get_info,
+    .get_facts = luks_get_facts,
+    .get_format_specific = luks_get_format_specific,
     .has_zero_init = luks_has_zero_init,
 };

@@ -149,6 +149,11 @@ bool luks_key_skip(const BlockOpenOpts *opts);
 /* The legacy AES-128 key of a passphrase in a locked page (LUKS_LEGACY_KEY_PAGE bytes), or NULL. */
 uint8_t *luks_legacy_aes_key(const uint8_t *pass, size_t pass_len);
 
+/* qemu-img info's QCryptoBlockInfoLUKS members of header h into data, each key prefixed with prefix ("" for
+ * a luks node's format-specific data, "encrypt." inside qcow2's): cipher-alg, cipher-mode, ivgen-alg,
+ * ivgen-hash-alg (essiv), hash-alg, uuid, slots/I/..., payload-offset, master-key-iters. */
+void luks_info_qemu(const LuksHeader *h, const char *prefix, InfoList *data);
+
 /* The af_diffuse and hash lookup of header.c, shared with create.c. */
 int luks_af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md);
 const EVP_MD *luks_md(const char *name);

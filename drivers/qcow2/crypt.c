@@ -267,3 +267,14 @@ void qcow2_crypt_info(const Qcow2State *s, InfoList *info)
     else if (c->slot >= 0)
         info_add_int(info, "opened_key_slot", c->slot);
 }
+
+void qcow2_crypt_format_specific(const Qcow2State *s, InfoList *data)
+{
+    const struct Qcow2Crypt *c = s->crypt;
+    if (s->crypt_method == QCOW2_CRYPT_AES)
+        info_add_str(data, "encrypt.format", "aes");
+    if (s->crypt_method != QCOW2_CRYPT_LUKS || !c || !c->hdr)
+        return;
+    info_add_str(data, "encrypt.format", "luks");
+    luks_info_qemu(c->hdr, "encrypt.", data);
+}
