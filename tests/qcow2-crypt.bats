@@ -5,7 +5,8 @@
 # wrong key are refused with one line and exit 2; --rw mounts (fio, 4 jobs, verify) write ciphertext that
 # qemu-img reads back, `qemu-img check` finds clean and in which a marker written through the mount never
 # appears; an encrypted overlay on a plain base and a plain overlay on an encrypted base; --overlay; an
-# internal snapshot; hash and convert; a LUKS header pointer out of the file or over the L1 table.
+# internal snapshot; hash and convert; a LUKS header pointer out of the file or over the L1 table; info
+# without a key (metadata only, no KDF run).
 
 load helpers
 
