@@ -376,7 +376,8 @@ static int qcow_map(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *s
         run_end = MIN(end, k == QCOW_UNALLOCATED ? qcow_unallocated_end(s, rc) : run_end + s->cluster_size);
     }
     st->bytes = (int64_t)(run_end - off);
-    if (kind == QCOW_DATA && s->key) { /* ciphertext: decoded, and no host offset told (as qemu-img map) */
+    /* ciphertext (with or without the key): decoded, and no host offset told (as qemu-img map) */
+    if (kind == QCOW_DATA && s->crypt_method == QCOW_CRYPT_AES) {
         st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED;
         st->host_offset = (int64_t)(host + in);
     } else if (kind == QCOW_DATA) {
@@ -434,6 +435,8 @@ static int qcow_decode(BlockNode *bs, int64_t offset, int64_t bytes, void *buf, 
 {
     QcowState *s = bs->opaque;
     (void)opaque;
+    if (s->crypt_method == QCOW_CRYPT_AES && !s->key)
+        return -ENOKEY;
     if (s->key && !(st->flags & BDRV_BLOCK_COMPRESSED)) { /* an encrypted data run, from its start */
         int r = bdrv_pread(s->file, st->host_offset, bytes, buf);
         return r < 0 ? r : qcow_crypt(s, (uint64_t)offset, buf, (uint64_t)bytes, false);
@@ -547,6 +550,8 @@ static int qcow_write_place(BlockNode *bs, uint64_t off, uint64_t left, uint64_t
     QcowState *s = bs->opaque;
     uint64_t in = off & (s->cluster_size - 1);
     int err;
+    if (s->crypt_method == QCOW_CRYPT_AES && !s->key)
+        return -ENOKEY;
     *n = MIN(left, s->cluster_size - in);
     QcowKind k = qcow_classify(s, off >> s->cluster_bits, host, &err);
     if (k == QCOW_BAD)
@@ -694,6 +699,8 @@ static int qcow_open_key(BlockNode *bs, QcowState *s, const BlockOpenOpts *opts,
     const uint8_t *pass = NULL;
     size_t len = 0;
     uint8_t *asked = NULL;
+    if (luks_key_skip(opts))
+        return 0; /* metadata only: s->key stays NULL, data reads fail with -ENOKEY */
     int r = luks_ossl_load(err);
     if (r == 0)
         r = luks_key_get(bs, opts, "encrypted qcow image (AES)", &pass, &len, &asked, err);
@@ -832,6 +839,7 @@ static bool qcow_has_zero_init(BlockNode *bs)
 static void qcow_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = (int64_t)((QcowState *)bs->opaque)->cluster_size;
+    facts->encrypted = ((QcowState *)bs->opaque)->crypt_method == QCOW_CRYPT_AES;
 }
 
 static void qcow_get_info(BlockNode *bs, InfoList *info)
@@ -841,7 +849,9 @@ static void qcow_get_info(BlockNode *bs, InfoList *info)
     info_add_int(info, "l2_entries", (int64_t)s->l2_entries);
     info_add_int(info, "l1_table_offset", (int64_t)s->l1_offset);
     info_add_int(info, "l1_entries", (int64_t)s->l1_entries);
-    info_add_str(info, "encryption", "%s", s->key ? "aes" : "none");
+    info_add_str(info, "encryption", "%s", s->crypt_method == QCOW_CRYPT_AES ? "aes" : "none");
+    if (s->crypt_method == QCOW_CRYPT_AES && !s->key)
+        info_add_str(info, "encrypted", "yes (no key given; data not readable)");
     info_add_int(info, "backing_mtime", s->mtime);
 }
 

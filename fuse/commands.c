@@ -250,6 +250,8 @@ static int write_all_stdout(const char *s, size_t len)
 
 /* ---------------------------------------------------------------- info, map */
 
+static int info_out(BlockNode *bs, const OpenArgs *a, const char *image, StrBuf *sb);
+
 /* info and map: their options, the image opened, out() writing through sb, the image closed. */
 static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const OpenArgs *, const char *, StrBuf *))
 {
@@ -259,6 +261,7 @@ static int run_info_map(int argc, char **argv, int (*out)(BlockNode *, const Ope
                             &image);
     if (rc >= 0)
         return rc;
+    a.opts.metadata_only = out == info_out; /* info reads no data: an encrypted image opens without its key */
     BlockNode *bs = open_or_report(image, &a.opts, &rc);
     if (!bs)
         return rc;

@@ -224,14 +224,51 @@ static size_t array_prefix(const char *key)
     return slash ? (size_t)(slash - key) + 1 : 0;
 }
 
+/* Length of the "NAME." prefix of a nested object's member ("encrypt.format"), 0 for none. */
+static size_t object_prefix(const char *key)
+{
+    const char *dot = strchr(key, '.'), *slash = strchr(key, '/');
+    return dot && (!slash || dot < slash) ? (size_t)(dot - key) + 1 : 0;
+}
+
+static void render_specific_data(StrBuf *sb, const InfoList *d);
+
+/* The run of "NAME.MEMBER" items from *i as the object NAME (its members rendered as a data object's). */
+static void render_specific_object(StrBuf *sb, const InfoList *d, int *i, size_t pre, bool *first)
+{
+    const char *key = d->items[*i].key;
+    InfoList sub = {0};
+    int start = *i;
+    while (*i < d->n && object_prefix(d->items[*i].key) == pre && strncmp(d->items[*i].key, key, pre) == 0)
+        (*i)++;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)pre - 1, key);
+    json_key(sb, name, first);
+    sb_put(sb, "{", 1);
+    if ((sub.items = calloc((size_t)(*i - start), sizeof *sub.items))) {
+        for (int j = start; j < *i; j++) {
+            sub.items[sub.n] = d->items[j]; /* shallow: the strings stay d's */
+            memmove(sub.items[sub.n].key, d->items[j].key + pre, strlen(d->items[j].key + pre) + 1);
+            sub.n++;
+        }
+        render_specific_data(sb, &sub);
+        free(sub.items);
+    }
+    sb_put(sb, "}", 1);
+}
+
 /* The members of a format-specific "data" object: plain items as members, "NAME/I/KEY" items as an array
- * NAME of objects, a new object where I changes. */
+ * NAME of objects, a new object where I changes, "NAME.KEY" items as an object NAME. */
 static void render_specific_data(StrBuf *sb, const InfoList *d)
 {
     bool first = true;
     for (int i = 0; i < d->n;) {
         const char *key = d->items[i].key;
-        size_t pre = array_prefix(key);
+        size_t pre = array_prefix(key), opre = object_prefix(key);
+        if (opre) {
+            render_specific_object(sb, d, &i, opre, &first);
+            continue;
+        }
         if (!pre) {
             json_key(sb, key, &first);
             json_item_value(sb, &d->items[i++]);
@@ -419,6 +456,10 @@ static void render_image_info(StrBuf *sb, BlockNode *top, BlockNode *n, const Mo
     if (!df.no_qemu_info) {
         json_top_key(sb, "dirty-flag", &first);
         sb_printf(sb, "%s", df.dirty ? "true" : "false");
+    }
+    if (df.encrypted) {
+        json_top_key(sb, "encrypted", &first);
+        sb_put(sb, "true", 4);
     }
     if (n->backing_name) {
         char full[4096];

@@ -100,6 +100,9 @@ typedef struct BlockOpenOpts {
     int (*ask_secret)(const char *filename, uint8_t *buf, size_t size);
     bool locks_held;             /* live jobs (lib/job.c): this process's open chain holds the files' image
                                   * locks already (a second, writable node of a layer): none taken or checked */
+    bool metadata_only;          /* `imgfuse info`: the caller reads no data. A driver that needs a key, was
+                                  * given none and cannot ask (no ask_secret) opens without unlocking (no key
+                                  * slot tried, no KDF run); that node's data reads and writes fail -ENOKEY */
 } BlockOpenOpts;
 
 void block_open_opts_init(BlockOpenOpts *o);
@@ -281,6 +284,8 @@ typedef struct BlockDriverFacts {
     int n_files;
     char stored_md5[33];
     char stored_sha1[41];
+    bool encrypted;         /* the image's data is encrypted (LUKS, qcow2/qcow encryption): info --output=json
+                             * says "encrypted": true, as qemu-img */
 } BlockDriverFacts;
 
 /* ---------------------------------------------------------------- the driver interface

@@ -9,6 +9,7 @@
 # refused in bounded time and memory; --rw mounts (fio, 4 jobs, verify) write ciphertext that qemu-img
 # reads back, luksDump still accepts, and in which a marker written through the mount never appears.
 # serpent and twofish containers (qemu-img's) read and written through nettle equal qemu-img's view.
+# info without a key shows the header, runs no KDF (a 20-million-iteration slot under a 2 s CPU limit).
 
 load helpers
 
@@ -139,7 +140,7 @@ shows_plain() {
   cryptsetup luksAddKey -q --key-file k1 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 b.img k2
   run "$IMGFUSE" a.luks "$MNT"
   fails_with 2 "imgfuse: a.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
-  run "$IMGFUSE" info b.img
+  run "$IMGFUSE" hash b.img </dev/null
   fails_with 2 "imgfuse: b.img: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
   run "$IMGFUSE" --key-file k2 a.luks "$MNT"
   fails_with 2 "imgfuse: a.luks: no key slot opens with the key given"
@@ -308,4 +309,54 @@ PY
   done
   run "$IMGFUSE" info --key-file k1 n5.luks
   [[ "$output" == *"cipher: serpent-cbc-plain64"* && "$output" == *"key_bits: 256"* ]]
+}
+
+# set_iters FILE HDR_OFFSET ITERS: LUKS1 key slot 0's PBKDF2 iteration count (big-endian, at byte 212 of the
+# header) set to ITERS, as an --iter-time of many seconds would make it, without spending them here.
+set_iters() {
+  python3 -c 'import struct, sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2]) + 212); f.write(struct.pack(">I", int(sys.argv[3])))' "$@"
+}
+
+@test "info without a key: LUKS1 and LUKS2 show their header, exit 0, no key slot tried (no KDF runs); data, mounts and a wrong key stay refused" {
+  luks1_qemu a.luks 4M
+  luks2_reencrypt b.img 12 --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+  run "$IMGFUSE" info a.luks </dev/null
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"  luks_version: 1"* && "$output" == *"  cipher: aes-xts-plain64"* ]]
+  [[ "$output" == *"  key_slot_0: pbkdf2-sha256, "* ]]
+  [[ "$output" == *"  encrypted: yes (no key given; data not readable)"* ]]
+  [[ "$output" != *"opened_key_slot"* ]]
+  run "$IMGFUSE" info b.img </dev/null
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"  luks_version: 2"* && "$output" == *"  encrypted: yes (no key given; data not readable)"* ]]
+  [ "$("$IMGFUSE" info --output=json a.luks | python3 -c 'import json, sys; print(json.load(sys.stdin)["imgfuse"]["layers"][0]["encrypted"])')" = \
+    "yes (no key given; data not readable)" ]
+  # with the key, info still opens a slot and says which
+  run "$IMGFUSE" info --key-file k1 a.luks
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"  opened_key_slot: 0"* && "$output" != *"encrypted: yes"* ]]
+  # a slot costing 20 million PBKDF2 iterations (about 10 s of CPU): info without a key is done within a
+  # 2 s CPU limit and never reads the slot's key material (4096 + 256000 bytes); with the key the same
+  # limit stops the KDF (SIGXCPU), so the limit would catch a KDF run
+  cp a.luks h.luks
+  set_iters h.luks 0 20000000
+  # (LeakSanitizer cannot run under ptrace: an ASan build is traced with leak detection off)
+  ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 run prlimit --cpu=2 -- \
+    strace -f -e trace=pread64 -o trace.log "$IMGFUSE" info h.luks </dev/null
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"encrypted: yes (no key given; data not readable)"* ]]
+  ! grep -E 'pread64\(.*, 256000, 4096\)' trace.log || false
+  run prlimit --cpu=2 -- "$IMGFUSE" info --key-file k1 h.luks
+  echo "status $status"
+  [ "$status" -ne 0 ]
+  # a wrong key given to info is checked; a mount, hash and convert without a key are refused
+  run "$IMGFUSE" info --key-file k2 a.luks
+  fails_with 2 "imgfuse: a.luks: no key slot opens with the key given"
+  run "$IMGFUSE" --foreground a.luks "$MNT" </dev/null
+  fails_with 2 "imgfuse: a.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
+  run "$IMGFUSE" convert -O raw a.luks out.raw </dev/null
+  fails_with 2 "imgfuse: a.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
+  [ ! -e out.raw ]
 }

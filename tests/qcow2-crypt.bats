@@ -5,7 +5,8 @@
 # wrong key are refused with one line and exit 2; --rw mounts (fio, 4 jobs, verify) write ciphertext that
 # qemu-img reads back, `qemu-img check` finds clean and in which a marker written through the mount never
 # appears; an encrypted overlay on a plain base and a plain overlay on an encrypted base; --overlay; an
-# internal snapshot; hash and convert; a LUKS header pointer out of the file or over the L1 table.
+# internal snapshot; hash and convert; a LUKS header pointer out of the file or over the L1 table; info
+# without a key (metadata only, no KDF run).
 
 load helpers
 
@@ -112,7 +113,7 @@ same_as_qemu() {  # FMT FILE [mount options]: the mount equals qemu-img convert
   fails_with 2 "imgfuse: a.qcow: encrypted qcow image (AES): a key is needed (--key-file FILE or --passphrase-fd N)"
   run "$IMGFUSE" --foreground --key-file k2 l.qcow2 "$MNT"
   fails_with 2 "imgfuse: l.qcow2: no key slot opens with the key given"
-  run "$IMGFUSE" info l.qcow2 </dev/null
+  run "$IMGFUSE" hash l.qcow2 </dev/null
   fails_with 2 "imgfuse: l.qcow2: encrypted qcow2 image (LUKS): a key is needed (--key-file FILE or --passphrase-fd N)"
 }
 
@@ -269,4 +270,43 @@ PY
   qconvert qcow2 c.qcow2 snap.raw -l snapshot.name=s1
   cmp -n 4096 snap.raw ref.raw
   ! cmp -s snap.raw ref.raw
+}
+
+@test "info without a key: qcow2 LUKS, qcow2 AES and qcow AES show their metadata, exit 0, no key slot tried (no KDF runs); mounts, hash, convert and a wrong key stay refused" {
+  enc_create qcow2 luks l.qcow2 1M
+  enc_create qcow2 aes a.qcow2 1M
+  enc_create qcow aes a.qcow 1M
+  local f
+  for f in l.qcow2 a.qcow2 a.qcow; do
+    run "$IMGFUSE" info "$f" </dev/null
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"  encrypted: yes (no key given; data not readable)"* && "$output" != *"opened_key_slot"* ]]
+    run "$IMGFUSE" --foreground "$f" "$MNT" </dev/null
+    [ "$status" -eq 2 ]
+    [[ "$output" == *": a key is needed (--key-file FILE or --passphrase-fd N)" ]]
+    not_mounted "$MNT"
+  done
+  [[ "$("$IMGFUSE" info l.qcow2)" == *"  encryption: luks"*"  encryption_cipher: aes-xts-plain64"* ]]
+  [[ "$("$IMGFUSE" info a.qcow2)" == *"  encryption: aes"* ]]
+  [[ "$("$IMGFUSE" info a.qcow)" == *"  encryption: aes"* ]]
+  # with the key: the slot that opened, no note
+  run "$IMGFUSE" info --key-file k1 l.qcow2
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"  opened_key_slot: 0"* && "$output" != *"encrypted: yes"* ]]
+  run "$IMGFUSE" info --key-file k2 l.qcow2
+  fails_with 2 "imgfuse: l.qcow2: no key slot opens with the key given"
+  run "$IMGFUSE" convert -O raw a.qcow2 out.raw </dev/null
+  fails_with 2 "imgfuse: a.qcow2: encrypted qcow2 image (AES): a key is needed (--key-file FILE or --passphrase-fd N)"
+  [ ! -e out.raw ]
+  # key slot 0 of the embedded LUKS header at 20 million PBKDF2 iterations (about 10 s of CPU, what a long
+  # iter-time makes): info without a key is done within a 2 s CPU limit; with the key the limit stops it
+  cp l.qcow2 h.qcow2
+  python3 -c 'import struct, sys; d = open(sys.argv[1], "rb").read(); o = d.index(b"LUKS\xba\xbe", 512); f = open(sys.argv[1], "r+b"); f.seek(o + 212); f.write(struct.pack(">I", 20000000))' h.qcow2
+  run prlimit --cpu=2 -- "$IMGFUSE" info h.qcow2 </dev/null
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"encrypted: yes (no key given; data not readable)"* ]]
+  run prlimit --cpu=2 -- "$IMGFUSE" info --key-file k1 h.qcow2
+  echo "status $status"
+  [ "$status" -ne 0 ]
 }

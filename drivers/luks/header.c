@@ -100,6 +100,7 @@ static int luks1_slot(LuksHeader *h, const uint8_t *p, int i, uint64_t file_size
 {
     LuksSlot *s = &h->slots[i];
     uint32_t active = ld_be32(p);
+    s->area_offset = (uint64_t)ld_be32(p + 40) * LUKS_SECTOR; /* an inactive slot's too, for info */
     if (active == LUKS1_SLOT_INACTIVE)
         return 0;
     if (active != LUKS1_SLOT_ACTIVE) {
@@ -112,7 +113,6 @@ static int luks1_slot(LuksHeader *h, const uint8_t *p, int i, uint64_t file_size
     s->kdf.iterations = ld_be32(p + 4);
     memcpy(s->kdf.salt, p + 8, 32);
     s->kdf.salt_len = 32;
-    s->area_offset = (uint64_t)ld_be32(p + 40) * LUKS_SECTOR;
     s->stripes = ld_be32(p + 44);
     s->area_key_size = h->key_size;
     memcpy(s->area_cipher, h->cipher, sizeof s->area_cipher);
@@ -670,4 +670,43 @@ int luks_unlock(BlockNode *file, const LuksHeader *h, const uint8_t *pass, size_
     else
         error_set(err, EPERM, "no key slot opens with the key given");
     return -EPERM;
+}
+
+/* key "PREFIX/NAME" of info item (prefix "encrypt." gives "encrypt.NAME") */
+static const char *qemu_key(char *buf, size_t len, const char *prefix, const char *name)
+{
+    snprintf(buf, len, "%s%s", prefix, name);
+    return buf;
+}
+
+void luks_info_qemu(const LuksHeader *h, const char *prefix, InfoList *data)
+{
+    char alg[16] = "", mode[16] = "", ivgen[16] = "", ivhash[16] = "", k[64];
+    sscanf(h->cipher, "%15[^-]-%15[^-]-%15[^:]:%15s", alg, mode, ivgen, ivhash);
+    uint32_t bits = h->key_size * 8 / (strcmp(mode, "xts") == 0 ? 2 : 1);
+    info_add_str(data, qemu_key(k, sizeof k, prefix, "cipher-alg"), "%s-%" PRIu32, alg, bits);
+    info_add_str(data, qemu_key(k, sizeof k, prefix, "cipher-mode"), "%s", mode);
+    info_add_str(data, qemu_key(k, sizeof k, prefix, "ivgen-alg"), "%s", ivgen);
+    if (ivhash[0])
+        info_add_str(data, qemu_key(k, sizeof k, prefix, "ivgen-hash-alg"), "%s", ivhash);
+    info_add_str(data, qemu_key(k, sizeof k, prefix, "hash-alg"), "%s", h->digest_kdf.hash);
+    info_add_str(data, qemu_key(k, sizeof k, prefix, "uuid"), "%s", h->uuid);
+    for (int i = 0; i < h->n_slots; i++) {
+        const LuksSlot *s = &h->slots[i];
+        char name[32];
+        snprintf(name, sizeof name, "slots/%d/active", i);
+        info_add_bool(data, qemu_key(k, sizeof k, prefix, name), s->active);
+        if (s->active && s->kdf.type == LUKS_KDF_PBKDF2) {
+            snprintf(name, sizeof name, "slots/%d/iters", i);
+            info_add_int(data, qemu_key(k, sizeof k, prefix, name), s->kdf.iterations);
+        }
+        snprintf(name, sizeof name, "slots/%d/key-offset", i);
+        info_add_int(data, qemu_key(k, sizeof k, prefix, name), (int64_t)s->area_offset);
+        if (s->active) {
+            snprintf(name, sizeof name, "slots/%d/stripes", i);
+            info_add_int(data, qemu_key(k, sizeof k, prefix, name), s->stripes);
+        }
+    }
+    info_add_int(data, qemu_key(k, sizeof k, prefix, "payload-offset"), (int64_t)h->payload_offset);
+    info_add_int(data, qemu_key(k, sizeof k, prefix, "master-key-iters"), h->digest_kdf.iterations);
 }

@@ -3,8 +3,8 @@
  * key.c - the passphrase of an image encrypted inside another format (qcow2 with LUKS or AES, qcow with
  * AES), taken the way the luks driver takes it: BlockOpenOpts.secret as the front end read it, else the
  * no-echo prompt behind opts->ask_secret (into locked memory), else a one-line "a key is needed" error
- * naming what needs it.  It also derives the legacy AES key of qcow and qcow2 (the passphrase's first 16
- * bytes, zero-padded) into locked memory.  It knows nothing of FUSE or of the formats that call it.
+ * naming what needs it (luks_key_skip: no key at all for a caller that reads no data).  It also derives
+ * the legacy AES key of qcow and qcow2 (the passphrase's first 16 bytes, zero-padded) into locked memory.  It knows nothing of FUSE or of the formats that call it.
  */
 #include "luks.h"
 #include "util.h"
@@ -33,6 +33,11 @@ int luks_key_get(BlockNode *bs, const BlockOpenOpts *opts, const char *what, con
     }
     error_set(err, ENOKEY, "%s: a key is needed (--key-file FILE or --passphrase-fd N)", what);
     return -ENOKEY;
+}
+
+bool luks_key_skip(const BlockOpenOpts *opts)
+{
+    return opts && opts->metadata_only && !opts->secret && !opts->ask_secret;
 }
 
 uint8_t *luks_legacy_aes_key(const uint8_t *pass, size_t pass_len)

@@ -5,7 +5,8 @@
  * LUKS2 segment's otherwise).  Open reads the header (header.c), takes the key the front end gave in
  * BlockOpenOpts.secret (or asks for one through opts->ask_secret), opens the key slot named by the
  * luks.key-slot option or the first that the key opens, and keeps the master key in locked memory left
- * out of core dumps, wiped at close.  Nothing about the key reaches info, logs or options.  Headers and
+ * out of core dumps, wiped at close (`imgfuse info` without a key: no key slot tried, data reads and writes
+ * fail with -ENOKEY).  Nothing about the key reaches info, logs or options.  Headers and
  * key slots are never written: a writable mount changes payload sectors only.  It knows nothing of FUSE.
  */
 #include "luks.h"
@@ -26,7 +27,7 @@ typedef struct BDRVLuksState {
     uint8_t *mk;                 /* master key, LUKS_KEY_PAGE bytes of locked memory */
     LuksCipher cipher;
     int64_t size;                /* payload bytes */
-    int slot;                    /* the key slot that opened it */
+    int slot;                    /* the key slot that opened it, -1: none (no key, metadata only) */
 } BDRVLuksState;
 
 static const BlockOptionSpec luks_options[] = {
@@ -63,6 +64,26 @@ static int luks_get_secret(BlockNode *bs, const BlockOpenOpts *opts, const uint8
     return -ENOKEY;
 }
 
+/* The master key (the key asked for, a key slot opened) and the sector cipher over it. */
+static int luks_open_key(BlockNode *bs, BDRVLuksState *s, const BlockOpenOpts *opts, int slot, Error *err)
+{
+    const uint8_t *key = NULL;
+    size_t key_len = 0;
+    uint8_t *asked = NULL;
+    int r = luks_get_secret(bs, opts, &key, &key_len, &asked, err);
+    if (r < 0)
+        return r;
+    if (!(s->mk = luks_secure_alloc(LUKS_KEY_PAGE)))
+        r = -ENOMEM;
+    else
+        r = luks_unlock(bs->file, &s->hdr, key, key_len, slot, s->mk, err);
+    luks_secure_free(asked, LUKS_PROMPT_MAX);
+    if (r < 0)
+        return r;
+    s->slot = r;
+    return luks_cipher_init(&s->cipher, s->hdr.cipher, s->mk, s->hdr.key_size, s->hdr.sector_size, err);
+}
+
 static int luks_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
 {
     BDRVLuksState *s = bs->opaque;
@@ -77,20 +98,8 @@ static int luks_open(BlockNode *bs, const BlockOpenOpts *opts, Error *err)
         error_set(err, EINVAL, "luks option 'key-slot': %" PRId64 " is not a key slot (0..31)", slot);
         return -EINVAL;
     }
-    const uint8_t *key = NULL;
-    size_t key_len = 0;
-    uint8_t *asked = NULL;
-    if ((r = luks_get_secret(bs, opts, &key, &key_len, &asked, err)) < 0)
-        return r;
-    if (!(s->mk = luks_secure_alloc(LUKS_KEY_PAGE)))
-        r = -ENOMEM;
-    else
-        r = luks_unlock(bs->file, &s->hdr, key, key_len, (int)slot, s->mk, err);
-    luks_secure_free(asked, LUKS_PROMPT_MAX);
-    if (r < 0)
-        return r;
-    s->slot = r;
-    if ((r = luks_cipher_init(&s->cipher, s->hdr.cipher, s->mk, s->hdr.key_size, s->hdr.sector_size, err)) < 0)
+    s->slot = -1;
+    if (!luks_key_skip(opts) && (r = luks_open_key(bs, s, opts, (int)slot, err)) < 0)
         return r;
     uint64_t avail = (uint64_t)file_size - s->hdr.payload_offset;
     if (s->hdr.payload_size && s->hdr.payload_size > avail) {
@@ -124,6 +133,8 @@ static uint64_t luks_sector(const BDRVLuksState *s, int64_t offset)
 static int luks_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 {
     BDRVLuksState *s = bs->opaque;
+    if (!s->mk)
+        return -ENOKEY;
     int r = bdrv_pread(bs->file, (int64_t)s->hdr.payload_offset + offset, bytes, buf);
     if (r < 0)
         return r;
@@ -133,6 +144,8 @@ static int luks_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 static int luks_write(BlockNode *bs, int64_t offset, int64_t bytes, const void *buf, int flags)
 {
     BDRVLuksState *s = bs->opaque;
+    if (!s->mk)
+        return -ENOKEY;
     size_t chunk = (size_t)MIN(bytes, LUKS_BOUNCE_MAX);
     uint8_t *bounce = malloc(chunk);
     if (!bounce)
@@ -167,7 +180,10 @@ static void luks_get_info(BlockNode *bs, InfoList *info)
     info_add_str(info, "uuid", "%s", h->uuid);
     if (h->note[0])
         info_add_str(info, "header_copies", "%s", h->note);
-    info_add_int(info, "opened_key_slot", s->slot);
+    if (s->mk)
+        info_add_int(info, "opened_key_slot", s->slot);
+    else
+        info_add_str(info, "encrypted", "yes (no key given; data not readable)");
     for (int i = 0; i < h->n_slots; i++) {
         const LuksKdf *k = &h->slots[i].kdf;
         char key[32];
@@ -180,6 +196,19 @@ static void luks_get_info(BlockNode *bs, InfoList *info)
             info_add_str(info, key, "%s, time %" PRIu32 ", memory %" PRIu32 " KiB, %" PRIu32 " threads",
                          kdf_name(k->type), k->time, k->memory_kib, k->cpus);
     }
+}
+
+static void luks_get_facts(BlockNode *bs, BlockDriverFacts *facts)
+{
+    (void)bs;
+    facts->encrypted = true;
+}
+
+/* qemu-img's "luks" format-specific data (LUKS2, which qemu 7.2 cannot open, in the same shape). */
+static const char *luks_get_format_specific(BlockNode *bs, InfoList *data)
+{
+    luks_info_qemu(&((BDRVLuksState *)bs->opaque)->hdr, "", data);
+    return "luks";
 }
 
 static bool luks_has_zero_init(BlockNode *bs)
@@ -202,5 +231,7 @@ const BlockDriver bdrv_luks = {
     .block_status = bdrv_block_status_all_data,
     .getlength = luks_getlength,
     .get_info = luks_get_info,
+    .get_facts = luks_get_facts,
+    .get_format_specific = luks_get_format_specific,
     .has_zero_init = luks_has_zero_init,
 };

@@ -143,8 +143,16 @@ int luks_unlock(BlockNode *file, const LuksHeader *h, const uint8_t *pass, size_
  * LUKS_KEY_PROMPT_MAX bytes, luks_secure_free it), else -ENOKEY with "WHAT: a key is needed ..." in err. */
 int luks_key_get(BlockNode *bs, const BlockOpenOpts *opts, const char *what, const uint8_t **key, size_t *len,
                  uint8_t **asked, Error *err);
+/* Whether to open without a key: the caller reads no data (opts->metadata_only), gave no secret and has no
+ * prompt (a terminal still asks). The node then shows its metadata; its data I/O fails with -ENOKEY. */
+bool luks_key_skip(const BlockOpenOpts *opts);
 /* The legacy AES-128 key of a passphrase in a locked page (LUKS_LEGACY_KEY_PAGE bytes), or NULL. */
 uint8_t *luks_legacy_aes_key(const uint8_t *pass, size_t pass_len);
+
+/* qemu-img info's QCryptoBlockInfoLUKS members of header h into data, each key prefixed with prefix ("" for
+ * a luks node's format-specific data, "encrypt." inside qcow2's): cipher-alg, cipher-mode, ivgen-alg,
+ * ivgen-hash-alg (essiv), hash-alg, uuid, slots/I/..., payload-offset, master-key-iters. */
+void luks_info_qemu(const LuksHeader *h, const char *prefix, InfoList *data);
 
 /* The af_diffuse and hash lookup of header.c, shared with create.c. */
 int luks_af_diffuse(uint8_t *buf, size_t len, const EVP_MD *md);

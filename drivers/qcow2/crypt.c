@@ -7,7 +7,8 @@
  * the header pointer (inside the file, clear of the header cluster, the L1 and refcount tables), the key
  * (locked memory, wiped at close; nothing of it reaches info or logs) and the two data helpers every data
  * read and write of the driver goes through (qcow2_data_pread, qcow2_data_pwrite).  The LUKS header
- * parsing, key slots and sector cipher are drivers/luks/'s; it never writes a LUKS header.
+ * parsing, key slots and sector cipher are drivers/luks/'s; it never writes a LUKS header.  Without a key,
+ * for a caller that reads no data (`imgfuse info`), it opens locked: no key slot tried, data I/O -ENOKEY.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -28,6 +29,8 @@ struct Qcow2Crypt {
     char cipher_name[64];  /* for info */
     uint32_t key_bits;
     int slot;              /* LUKS: the key slot that opened it */
+    bool locked;           /* opened without a key (metadata only): data reads and writes fail with -ENOKEY */
+    LuksHeader *hdr;       /* LUKS: the parsed header, for info (no key material in it) */
 };
 
 static int crypt_header_range(Qcow2State *s, int64_t file_size, Error *err)
@@ -99,6 +102,15 @@ static int crypt_open_aes(struct Qcow2Crypt *c, const uint8_t *pass, size_t pass
     return luks_cipher_init(&c->cipher, "aes-cbc-plain64", c->key, LUKS_LEGACY_AES_KEY, 512, err);
 }
 
+/* No key, and the caller reads no data: nothing unlocked, the cipher's name from the header (LUKS). */
+static void crypt_open_locked(struct Qcow2Crypt *c, const LuksHeader *h)
+{
+    c->locked = true;
+    c->slot = -1;
+    snprintf(c->cipher_name, sizeof c->cipher_name, "%s", h ? h->cipher : "aes-cbc-plain64");
+    c->key_bits = h ? h->key_size * 8 : 128;
+}
+
 int qcow2_crypt_check_header(const Qcow2State *s, Error *err)
 {
     if (s->crypt_method == QCOW2_CRYPT_LUKS && !s->has_crypto_ext) {
@@ -142,16 +154,20 @@ int qcow2_crypt_open(BlockNode *bs, Qcow2State *s, const BlockOpenOpts *opts, in
         r = -ENOMEM;
     if (r == 0 && s->crypt_method == QCOW2_CRYPT_LUKS)
         r = crypt_read_luks(bs, s, h, &mem, err);
-    if (r == 0)
+    if (r == 0 && luks_key_skip(opts))
+        crypt_open_locked(c, s->crypt_method == QCOW2_CRYPT_LUKS ? h : NULL);
+    else if (r == 0)
         r = luks_key_get(bs, opts, what, &pass, &pass_len, &asked, err);
-    if (r == 0)
+    if (r == 0 && !c->locked)
         r = s->crypt_method == QCOW2_CRYPT_LUKS ? crypt_unlock_luks(c, mem, h, pass, pass_len, err)
                                                 : crypt_open_aes(c, pass, pass_len, err);
     luks_secure_free(asked, LUKS_KEY_PROMPT_MAX);
     if (mem)
         bdrv_close(mem);
-    if (h)
-        explicit_bzero(h, sizeof *h);
+    if (c && s->crypt_method == QCOW2_CRYPT_LUKS) {
+        c->hdr = h; /* kept for info */
+        h = NULL;
+    }
     free(h);
     s->crypt = c;
     if (r < 0)
@@ -167,12 +183,15 @@ void qcow2_crypt_close(Qcow2State *s)
         return;
     luks_cipher_free(&c->cipher);
     luks_secure_free(c->key, QCOW2_CRYPT_KEY_PAGE);
+    free(c->hdr);
     free(c);
 }
 
 static int crypt_run(const Qcow2State *s, uint64_t host, uint64_t guest, uint8_t *buf, uint64_t bytes, bool enc)
 {
     const struct Qcow2Crypt *c = s->crypt;
+    if (c->locked)
+        return -ENOKEY;
     if ((host | guest | bytes) & 511)
         return -EIO;
     return luks_cipher_run(&c->cipher, (c->host_iv ? host : guest) / 512, buf, (size_t)bytes, enc);
@@ -199,6 +218,8 @@ static int crypt_pread_partial(Qcow2State *s, uint64_t host, uint64_t guest, uin
 
 int qcow2_data_pread(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf)
 {
+    if (s->crypt && s->crypt->locked)
+        return -ENOKEY;
     if (s->crypt && ((guest | bytes) & 511))
         return crypt_pread_partial(s, host, guest, bytes, buf);
     int r = bdrv_pread(s->data_file, (int64_t)host, (int64_t)bytes, buf);
@@ -241,6 +262,19 @@ void qcow2_crypt_info(const Qcow2State *s, InfoList *info)
         return;
     info_add_str(info, "encryption_cipher", "%s", c->cipher_name);
     info_add_int(info, "encryption_key_bits", c->key_bits);
-    if (c->slot >= 0)
+    if (c->locked)
+        info_add_str(info, "encrypted", "yes (no key given; data not readable)");
+    else if (c->slot >= 0)
         info_add_int(info, "opened_key_slot", c->slot);
+}
+
+void qcow2_crypt_format_specific(const Qcow2State *s, InfoList *data)
+{
+    const struct Qcow2Crypt *c = s->crypt;
+    if (s->crypt_method == QCOW2_CRYPT_AES)
+        info_add_str(data, "encrypt.format", "aes");
+    if (s->crypt_method != QCOW2_CRYPT_LUKS || !c || !c->hdr)
+        return;
+    info_add_str(data, "encrypt.format", "luks");
+    luks_info_qemu(c->hdr, "encrypt.", data);
 }

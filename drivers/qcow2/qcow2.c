@@ -758,6 +758,7 @@ static void qcow2_get_facts(BlockNode *bs, BlockDriverFacts *facts)
 {
     facts->cluster_size = ((Qcow2State *)bs->opaque)->cluster_size;
     facts->dirty = ((Qcow2State *)bs->opaque)->dirty;
+    facts->encrypted = ((Qcow2State *)bs->opaque)->crypt_method != QCOW2_CRYPT_NONE;
 }
 
 /* What qemu-img shows of the header: version 2 images have neither the feature bits nor extended L2. */
@@ -767,6 +768,7 @@ static const char *qcow2_get_format_specific(BlockNode *bs, InfoList *data)
     info_add_str(data, "compat", "%s", s->version == 2 ? "0.10" : "1.1");
     info_add_str(data, "compression-type", "%s", s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
     info_add_int(data, "refcount-bits", s->refcount_bits);
+    qcow2_crypt_format_specific(s, data);
     if (s->version == 2)
         return "qcow2";
     info_add_bool(data, "lazy-refcounts", s->use_lazy_refcounts);

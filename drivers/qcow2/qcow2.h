@@ -525,6 +525,8 @@ void qcow2_crypt_close(Qcow2State *s);
 int qcow2_data_pread(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, void *buf);
 int qcow2_data_pwrite(Qcow2State *s, uint64_t host, uint64_t guest, uint64_t bytes, const void *buf);
 void qcow2_crypt_info(const Qcow2State *s, InfoList *info);
+/* qemu-img's "encrypt" object of the format-specific data ("encrypt.*" items); nothing when not encrypted. */
+void qcow2_crypt_format_specific(const Qcow2State *s, InfoList *data);
 
 /* create.c */
 int qcow2_create(const char *filename, const CreateOpts *opts, Error *err);
