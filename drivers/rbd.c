@@ -3,8 +3,9 @@
  * rbd.c - the "rbd" protocol driver: an image of a Ceph cluster, named rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]
  * [:KEY=VALUE...] (qemu's spelling; KEY one of conf, id, keyring, key, mon_host; '\' escapes ':' '@' '/'),
  * through librbd.  Read, write (acknowledged only once the cluster acknowledged it: librbd's cache is off),
- * flush, discard, write-zeroes, and the image's RBD snapshots (listed, opened read-only, created and removed
- * on a writable node).  The cluster is found the usual way (CEPH_CONF, /etc/ceph/ceph.conf, its keyring),
+ * flush, discard, write-zeroes, block status (the allocated extents librbd's diff reports, from the image's
+ * creation, of the head or of the open snapshot) and the image's RBD snapshots (listed, opened read-only,
+ * created and removed on a writable node).  The cluster is found the usual way (CEPH_CONF, /etc/ceph/ceph.conf, its keyring),
  * or as the name's options and rbd.conf, rbd.id, rbd.keyring say.  Every request has a deadline (rbd.timeout,
  * --timeout, default 30 s), which also sets librados' own op and mount timeouts: a cluster that is gone costs
  * the caller -EIO by then, never a hang.  A request given up on keeps its own buffer until librbd finishes it.
@@ -32,6 +33,8 @@
 #define RBD_MAX_REQUEST (4 * MiB)       /* one request's bounce buffer */
 #define RBD_MAX_SNAPSHOTS 4096
 #define RBD_NAME_MAX 512
+#define RBD_MAX_STATUS (256 * MiB)      /* the range one block-status request asks the cluster about */
+#define RBD_MAX_EXTENTS 1024            /* extents one block-status request keeps */
 
 /* ---------------------------------------------------------------- the libraries, loaded once */
 
@@ -62,6 +65,8 @@ typedef struct RbdLib {
     int (*rbd_snap_get_timestamp)(rbd_image_t, uint64_t, struct timespec *);
     int (*rbd_snap_create)(rbd_image_t, const char *);
     int (*rbd_snap_remove)(rbd_image_t, const char *);
+    int (*rbd_diff_iterate2)(rbd_image_t, const char *, uint64_t, uint64_t, uint8_t, uint8_t,
+                             int (*)(uint64_t, size_t, int, void *), void *);
 } RbdLib;
 
 static RbdLib lib;
@@ -84,7 +89,7 @@ static void lib_load(void)
         B(rbd_open), B(rbd_open_read_only), B(rbd_close), B(rbd_get_size), B(rbd_aio_create_completion),
         B(rbd_aio_get_return_value), B(rbd_aio_release), B(rbd_aio_read), B(rbd_aio_write), B(rbd_aio_discard),
         B(rbd_aio_write_zeroes), B(rbd_aio_flush), B(rbd_snap_list), B(rbd_snap_list_end),
-        B(rbd_snap_get_timestamp), B(rbd_snap_create), B(rbd_snap_remove),
+        B(rbd_snap_get_timestamp), B(rbd_snap_create), B(rbd_snap_remove), B(rbd_diff_iterate2),
 #undef R
 #undef B
     };
@@ -251,6 +256,7 @@ typedef struct RbdState {
     char image_name[RBD_NAME_MAX], snap[RBD_NAME_MAX];
     int timeout_ms;
     int64_t size;
+    atomic_int diffs;   /* block-status threads still using image */
 } RbdState;
 
 static const BlockOptionSpec rbd_options[] = {
@@ -279,11 +285,9 @@ static void req_free(RbdReq *q)
     free(q);
 }
 
-static void req_complete(rbd_completion_t c, void *arg)
+/* Ends q with ret; frees it when its caller gave up on it. */
+static void req_done(RbdReq *q, ssize_t ret)
 {
-    RbdReq *q = arg;
-    ssize_t ret = lib.rbd_aio_get_return_value(c);
-    lib.rbd_aio_release(c);
     pthread_mutex_lock(&q->lock);
     q->ret = ret;
     q->done = true;
@@ -292,6 +296,13 @@ static void req_complete(rbd_completion_t c, void *arg)
     pthread_mutex_unlock(&q->lock);
     if (gone)
         req_free(q);
+}
+
+static void req_complete(rbd_completion_t c, void *arg)
+{
+    ssize_t ret = lib.rbd_aio_get_return_value(c);
+    lib.rbd_aio_release(c);
+    req_done(arg, ret);
 }
 
 static RbdReq *req_new(int64_t bytes)
@@ -401,6 +412,137 @@ static int rbd_node_discard(BlockNode *bs, int64_t offset, int64_t bytes)
     return rbd_request(bs, RBD_OP_DISCARD, offset, bytes, NULL);
 }
 
+/* ---------------------------------------------------------------- block status */
+
+typedef struct RbdExtent {
+    uint64_t start, end;
+} RbdExtent;
+
+/* One block-status request: librbd's synchronous diff runs on a thread of its own, so that the caller waits
+ * no longer than any other request. Only the RBD_MAX_EXTENTS lowest extents are kept: [offset, limit) is
+ * known exactly. */
+typedef struct RbdDiff {
+    rbd_image_t image;
+    atomic_int *running;
+    uint64_t offset, len, limit;
+    int n;
+    RbdExtent ext[RBD_MAX_EXTENTS];
+} RbdDiff;
+
+static int extent_cmp(const void *a, const void *b)
+{
+    const RbdExtent *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sorts and merges d's extents (librbd may report adjacent pieces apart, and objects out of order). */
+static void diff_compact(RbdDiff *d)
+{
+    int m = 0;
+    qsort(d->ext, (size_t)d->n, sizeof *d->ext, extent_cmp);
+    for (int i = 0; i < d->n; i++) {
+        if (m > 0 && d->ext[i].start <= d->ext[m - 1].end)
+            d->ext[m - 1].end = MAX(d->ext[m - 1].end, d->ext[i].end);
+        else
+            d->ext[m++] = d->ext[i];
+    }
+    d->n = m;
+}
+
+/* librbd's callback: one extent that exists (from the image's creation, so exists=0 is a hole). */
+static int diff_extent(uint64_t offset, size_t len, int exists, void *arg)
+{
+    RbdDiff *d = arg;
+    uint64_t start = MAX(offset, d->offset), end = offset + MIN(len, UINT64_MAX - offset);
+    end = MIN(end, d->limit);
+    if (!exists || start >= end)
+        return 0;
+    if (d->n == RBD_MAX_EXTENTS) {
+        diff_compact(d);
+        if (d->n > RBD_MAX_EXTENTS / 2) { /* keep the lower half: what lies above is learnt by the next call */
+            d->limit = d->ext[RBD_MAX_EXTENTS / 2].start;
+            d->n = RBD_MAX_EXTENTS / 2;
+            if (start >= d->limit)
+                return 0;
+            end = MIN(end, d->limit);
+        }
+    }
+    d->ext[d->n++] = (RbdExtent){ start, end };
+    return 0;
+}
+
+static void *diff_thread(void *arg)
+{
+    RbdReq *q = arg;
+    RbdDiff *d = (RbdDiff *)q->buf;
+    int r = lib.rbd_diff_iterate2(d->image, NULL, d->offset, d->len, 1, 0, diff_extent, d);
+    atomic_fetch_sub(d->running, 1); /* the image is no longer used: the node may close */
+    req_done(q, r);
+    return NULL;
+}
+
+/* The extents of [offset, offset+bytes) into *d, within the node's deadline. */
+static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, RbdDiff *d)
+{
+    RbdState *s = bs->opaque;
+    RbdReq *q = req_new((int64_t)sizeof *d);
+    if (!q)
+        return -ENOMEM;
+    RbdDiff *qd = (RbdDiff *)q->buf;
+    qd->image = s->image;
+    qd->running = &s->diffs;
+    qd->offset = (uint64_t)offset;
+    qd->len = (uint64_t)bytes;
+    qd->limit = (uint64_t)offset + (uint64_t)bytes;
+    qd->n = 0;
+    pthread_attr_t a;
+    pthread_t t;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    atomic_fetch_add(&s->diffs, 1);
+    int r = pthread_create(&t, &a, diff_thread, q);
+    pthread_attr_destroy(&a);
+    if (r != 0) {
+        atomic_fetch_sub(&s->diffs, 1);
+        req_free(q);
+        return -r;
+    }
+    return req_wait(bs, q, d, (int64_t)sizeof *d, "block status");
+}
+
+/* What [offset, offset+bytes) is, from at most RBD_MAX_STATUS of it: data where an extent exists, zero
+ * elsewhere (an object never written, or discarded). */
+static int rbd_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    RbdDiff *d = malloc(sizeof *d);
+    if (!d)
+        return -ENOMEM;
+    int r = diff_request(bs, offset, MIN(bytes, RBD_MAX_STATUS), d);
+    if (r < 0) {
+        free(d);
+        return r == -ETIMEDOUT ? -EIO : r;
+    }
+    diff_compact(d);
+    uint64_t off = (uint64_t)offset, end = d->limit;
+    st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+    for (int i = 0; i < d->n; i++) {
+        if (d->ext[i].start > off) {
+            end = MIN(end, d->ext[i].start);
+            break;
+        }
+        if (d->ext[i].end > off) {
+            st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+            end = MIN(end, d->ext[i].end);
+            break;
+        }
+    }
+    free(d);
+    st->bytes = (int64_t)(end - off);
+    st->host_offset = offset;
+    st->host_file = bs;
+    return 0;
+}
+
 static int64_t rbd_getlength(BlockNode *bs)
 {
     RbdState *s = bs->opaque;
@@ -412,6 +554,8 @@ static int64_t rbd_getlength(BlockNode *bs)
 static void rbd_close_node(BlockNode *bs)
 {
     RbdState *s = bs->opaque;
+    while (atomic_load(&s->diffs) > 0) /* a block status given up on: librados' own timeouts end it */
+        nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
     if (s->image)
         lib.rbd_close(s->image);
     s->image = NULL;
@@ -603,6 +747,7 @@ const BlockDriver bdrv_rbd = {
     .write_zeroes = rbd_node_write_zeroes,
     .discard = rbd_node_discard,
     .flush = rbd_node_flush,
+    .block_status = rbd_node_block_status,
     .getlength = rbd_getlength,
     .snapshot_list = rbd_snapshot_list,
     .snapshot_open = rbd_snapshot_open,

@@ -124,6 +124,69 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [[ "$output" == *"backing file 'rbd:$POOL/$IMG-base' refused: a remote location named inside an image is never followed"* ]]
 }
 
+# rbd_diff_extents SPEC: the data extents `rbd diff SPEC` reports, adjacent ones merged, as "start end" lines.
+rbd_diff_extents() {
+  rbd diff "$1" --format json | python3 -c '
+import json, sys
+ext = []
+for e in sorted(json.load(sys.stdin), key=lambda e: e["offset"]):
+    if e["exists"] != "true":
+        continue
+    s, t = e["offset"], e["offset"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+# map_data_extents: the data extents of `imgfuse map --output=json` on stdin, merged, as "start end" lines.
+map_data_extents() {
+  python3 -c '
+import json, sys
+ext = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    s, t = e["start"], e["start"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+@test "block status: SEEK_DATA, imgfuse map and convert see the extents rbd diff reports (head and snapshot)" {
+  rbd create --size 64M "$POOL/$IMG"
+  qemu-io -f raw -c 'write -P 0x33 4M 1M' -c 'write -P 0x44 20M 64k' -c 'write -P 0x55 33M 64k' \
+    -c 'write -P 0x66 63M 1M' "rbd:$POOL/$IMG" > /dev/null
+  local theirs; theirs=$(rbd_diff_extents "$POOL/$IMG")
+  # (an object librbd created at its head reports from its start: 32M.. and 60M.. here, not 33M.. and 63M..)
+  echo "rbd diff: $theirs"
+  [ "$(echo "$theirs" | wc -l)" -eq 4 ] && [ "$(echo "$theirs" | head -2)" = "$(printf '4194304 5242880\n20971520 21037056')" ]
+  mount_img -f raw "rbd:$POOL/$IMG"
+  [ "$(python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw")" = "$theirs" ]
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG" | map_data_extents)" = "$theirs" ]
+  # convert allocates only the written data (the holes are skipped, the zeros of written objects detected)
+  "$IMGFUSE" convert -q -O qcow2 "rbd:$POOL/$IMG" c.qcow2
+  qemu-img check -q c.qcow2
+  [ "$(qemu_data_extents qcow2 c.qcow2)" = "$(printf '4194304 5242880\n20971520 21037056\n34603008 34668544\n66060288 67108864')" ]
+  qemu-img convert -O raw c.qcow2 c.raw
+  same_bytes c.raw shown.raw
+  # a snapshot opened by name: its own extents, not the head's
+  rbd snap create --no-progress "$POOL/$IMG@s"
+  qemu-io -f raw -c 'write -P 0x77 40M 128k' "rbd:$POOL/$IMG" > /dev/null
+  [ "$(rbd_diff_extents "$POOL/$IMG@s")" = "$theirs" ]
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG@s" | map_data_extents)" = "$theirs" ]
+  theirs=$(rbd_diff_extents "$POOL/$IMG")
+  [[ "$theirs" == *"41943040 42074112"* ]]
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG" | map_data_extents)" = "$theirs" ]
+}
+
 @test "fio with 4 jobs and crc32c verification on an rbd --rw mount" {
   rbd create --size 128M "$POOL/$IMG"
   mount_img --rw -f raw "rbd:$POOL/$IMG"
