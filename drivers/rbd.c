@@ -9,7 +9,9 @@
  * or as the name's options and rbd.conf, rbd.id, rbd.keyring say.  Every request has a deadline (rbd.timeout,
  * --timeout, default 30 s), which also sets librados' own op and mount timeouts: a cluster that is gone costs
  * the caller -EIO by then, never a hang.  A request given up on keeps its own buffer until librbd finishes it.
- * A key in the name never leaves the driver: the node's name shows it as "key=***".
+ * A key in the name never leaves the driver: the node's name shows it as "key=***", and a name whose key shows
+ * so (a backing image's, resolved from its overlay's shown name) takes the key of an open connection of the
+ * same user, configuration and monitors.
  * librados and librbd are loaded with dlopen at the first open, so that imgfuse (and its Debian package)
  * does not depend on Ceph's libraries; without them an rbd: name fails with one line naming the package.
  */
@@ -178,12 +180,48 @@ typedef struct RbdConn {
     rados_t cluster;
     rados_ioctx_t io;
     atomic_int refs;
+    /* Opened with a key in its name: who it authenticated as (conf, id, keyring, mon_host) and the key, in
+     * the list of such connections. */
+    char who[4 * RBD_NAME_MAX + 64], key[RBD_NAME_MAX];
+    struct RbdConn *next_keyed;
 } RbdConn;
+
+#define RBD_SHOWN_KEY "***"
+
+static pthread_mutex_t keyed_lock = PTHREAD_MUTEX_INITIALIZER;
+static RbdConn *keyed;
+
+static void keyed_remove(RbdConn *c)
+{
+    pthread_mutex_lock(&keyed_lock);
+    for (RbdConn **p = &keyed; *p; p = &(*p)->next_keyed)
+        if (*p == c) {
+            *p = c->next_keyed;
+            break;
+        }
+    pthread_mutex_unlock(&keyed_lock);
+    explicit_bzero(c->key, sizeof c->key);
+}
+
+/* The key of an open connection that authenticated as who into key (RBD_NAME_MAX bytes); false if none. */
+static bool keyed_recall(const char *who, char *key)
+{
+    bool found = false;
+    pthread_mutex_lock(&keyed_lock);
+    for (RbdConn *c = keyed; c && !found; c = c->next_keyed)
+        if (strcmp(c->who, who) == 0) {
+            memcpy(key, c->key, RBD_NAME_MAX);
+            found = true;
+        }
+    pthread_mutex_unlock(&keyed_lock);
+    return found;
+}
 
 static void conn_unref(RbdConn *c)
 {
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
         return;
+    keyed_remove(c);
     if (c->io)
         lib.rados_ioctx_destroy(c->io);
     if (c->cluster)
@@ -214,6 +252,12 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     const char *keyring = sp->keyring[0] ? sp->keyring : bdrv_opt_str(bs, "keyring");
     char t[32];
     snprintf(t, sizeof t, "%d", timeout_s);
+    snprintf(c->who, sizeof c->who, "conf=%s\nid=%s\nkeyring=%s\nmon_host=%s", conf ? conf : "", id ? id : "",
+             keyring ? keyring : "", sp->mon_host);
+    /* A key shown as "***": the one this user gave for an image still open (the overlay of this backing). */
+    const char *key = sp->key;
+    if (strcmp(key, RBD_SHOWN_KEY) == 0 && keyed_recall(c->who, c->key))
+        key = c->key;
     int r = lib.rados_create(&c->cluster, id && id[0] ? id : NULL);
     if (r < 0) {
         error_set(err, -r, "cannot create a Ceph client: %s", strerror(-r));
@@ -228,7 +272,7 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     else
         r = lib.rados_conf_parse_env(c->cluster, NULL) < 0 ? 0 : 0; /* CEPH_ARGS, when set */
     const char *const opts[][2] = {
-        { "keyring", keyring }, { "key", sp->key }, { "mon_host", sp->mon_host },
+        { "keyring", keyring }, { "key", key }, { "mon_host", sp->mon_host },
         { "rados_osd_op_timeout", t }, { "rados_mon_op_timeout", t }, { "client_mount_timeout", t },
         { "rbd_cache", "false" }, { "log_to_stderr", "false" }, { "err_to_stderr", "false" },
     };
@@ -245,6 +289,14 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     }
     if (sp->ns[0])
         lib.rados_ioctx_set_namespace(c->io, sp->ns);
+    if (key[0] && strcmp(key, RBD_SHOWN_KEY) != 0) {
+        if (key != c->key)
+            snprintf(c->key, sizeof c->key, "%s", key);
+        pthread_mutex_lock(&keyed_lock);
+        c->next_keyed = keyed;
+        keyed = c;
+        pthread_mutex_unlock(&keyed_lock);
+    }
     return c;
 }
 

@@ -315,6 +315,35 @@ for s, t in ext:
   ceph auth del client.imgfuse-t
 }
 
+@test "a key in the name opens the image's relative backing image in the cluster too, shown nowhere" {
+  local key
+  key=$(ceph auth get-or-create-key client.imgfuse-b mon 'profile rbd' osd 'profile rbd pool=rbd')
+  grep -v '^keyring' "$CEPH_CONF" > nokeyring.conf
+  qemu-img create -q -f qcow2 base.qcow2 16M
+  qio base.qcow2 'write -P 0x55 0 2M'
+  qemu-img create -q -f qcow2 top.qcow2 16M
+  qio top.qcow2 'write -P 0x66 1M 64k'
+  qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
+  rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
+  rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
+  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+  # the conf has no keyring: the key in the name is all there is, for both images
+  local name="rbd:$POOL/$IMG-top:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=$key"
+  mount_img --debug "$name"
+  grep -q "layers: 2" "$MNT/info"
+  grep -qF "rbd:$POOL/$IMG-base:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=***" "$MNT/info"
+  same_bytes "$MNT/disk.raw" "$(raw_of top.qcow2)"
+  ! grep -qF "$key" "$MNT/info" || false
+  ! grep -qF "$key" "$MNT/info.json" || false
+  unmount_img
+  ! grep -qF "$key" daemon.log || false
+  run "$IMGFUSE" info "$name"
+  echo "$output"
+  [ "$status" -eq 0 ] && [[ "$output" == *"$IMG-base:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=***"* ]]
+  [[ "$output" != *"$key"* ]]
+  ceph auth del client.imgfuse-b
+}
+
 @test "rbd names: ./rbd:x is a local file; --timeout out of range is refused; a missing pool is one line" {
   # librbd is loaded when used: the binary does not link Ceph's libraries
   ! ldd "$IMGFUSE" | grep -E 'librbd|librados' || false
