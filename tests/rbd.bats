@@ -245,6 +245,13 @@ for s, t in ext:
   [ "$status" -ne 0 ]
   [[ "$output" == *"Input/output error"* ]]
   [ "$took" -ge 3000 ] && [ "$took" -lt 9000 ]
+  # block status (SEEK_DATA) has the same deadline
+  t0=$(now_ms)
+  run python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw"
+  took=$(( $(now_ms) - t0 ))
+  echo "OSD down, SEEK_DATA: $status after $took ms: $output"
+  [ "$status" -ne 0 ] && [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 3000 ] && [ "$took" -lt 9000 ]
   ls "$MNT" | grep -q disk.raw
   [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
   "$BATS_TEST_DIRNAME/tools/ceph-cluster" start-osd "$CEPH_DIR"
