@@ -35,7 +35,9 @@
 #define RBD_MAX_REQUEST (4 * MiB)       /* one request's bounce buffer */
 #define RBD_MAX_SNAPSHOTS 4096
 #define RBD_NAME_MAX 512
-#define RBD_MAX_STATUS (256 * MiB)      /* the range one block-status request asks the cluster about */
+#define RBD_MAX_STATUS (256 * MiB)      /* the range one block-status request asks the cluster about, */
+#define RBD_STATUS_OBJECTS 64           /* ... and at most this many of the image's objects */
+#define RBD_FAST_STATUS_SPAN 64         /* with fast-diff: whole objects over this many times that range first */
 #define RBD_MAX_EXTENTS 1024            /* extents one block-status request keeps */
 
 /* ---------------------------------------------------------------- the libraries, loaded once */
@@ -54,6 +56,9 @@ typedef struct RbdLib {
     int (*rbd_open_read_only)(rados_ioctx_t, const char *, rbd_image_t *, const char *);
     int (*rbd_close)(rbd_image_t);
     int (*rbd_get_size)(rbd_image_t, uint64_t *);
+    int (*rbd_stat)(rbd_image_t, rbd_image_info_t *, size_t);
+    int (*rbd_get_features)(rbd_image_t, uint64_t *);
+    int (*rbd_get_flags)(rbd_image_t, uint64_t *);
     int (*rbd_aio_create_completion)(void *, rbd_callback_t, rbd_completion_t *);
     ssize_t (*rbd_aio_get_return_value)(rbd_completion_t);
     void (*rbd_aio_release)(rbd_completion_t);
@@ -88,7 +93,8 @@ static void lib_load(void)
 #define B(f) { rbd, #f, (void **)&lib.f }
         R(rados_create), R(rados_conf_read_file), R(rados_conf_parse_env), R(rados_conf_set), R(rados_connect),
         R(rados_shutdown), R(rados_ioctx_create), R(rados_ioctx_destroy), R(rados_ioctx_set_namespace),
-        B(rbd_open), B(rbd_open_read_only), B(rbd_close), B(rbd_get_size), B(rbd_aio_create_completion),
+        B(rbd_open), B(rbd_open_read_only), B(rbd_close), B(rbd_get_size), B(rbd_stat),
+        B(rbd_get_features), B(rbd_get_flags), B(rbd_aio_create_completion),
         B(rbd_aio_get_return_value), B(rbd_aio_release), B(rbd_aio_read), B(rbd_aio_write), B(rbd_aio_discard),
         B(rbd_aio_write_zeroes), B(rbd_aio_flush), B(rbd_snap_list), B(rbd_snap_list_end),
         B(rbd_snap_get_timestamp), B(rbd_snap_create), B(rbd_snap_remove), B(rbd_diff_iterate2),
@@ -308,6 +314,8 @@ typedef struct RbdState {
     char image_name[RBD_NAME_MAX], snap[RBD_NAME_MAX];
     int timeout_ms;
     int64_t size;
+    int64_t status_max; /* the range one block status asks about: RBD_STATUS_OBJECTS objects */
+    bool fast_diff;     /* a valid object map with fast-diff: which objects exist is known without asking */
     atomic_int diffs;   /* block-status threads still using image */
 } RbdState;
 
@@ -477,6 +485,7 @@ typedef struct RbdDiff {
     rbd_image_t image;
     atomic_int *running;
     uint64_t offset, len, limit;
+    bool whole_object;
     int n;
     RbdExtent ext[RBD_MAX_EXTENTS];
 } RbdDiff;
@@ -527,14 +536,15 @@ static void *diff_thread(void *arg)
 {
     RbdReq *q = arg;
     RbdDiff *d = (RbdDiff *)q->buf;
-    int r = lib.rbd_diff_iterate2(d->image, NULL, d->offset, d->len, 1, 0, diff_extent, d);
+    int r = lib.rbd_diff_iterate2(d->image, NULL, d->offset, d->len, 1, d->whole_object, diff_extent, d);
     atomic_fetch_sub(d->running, 1); /* the image is no longer used: the node may close */
     req_done(q, r);
     return NULL;
 }
 
-/* The extents of [offset, offset+bytes) into *d, within the node's deadline. */
-static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, RbdDiff *d)
+/* The extents of [offset, offset+bytes) (whole objects: those that exist) into *d, within the node's
+ * deadline. */
+static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, bool whole_object, RbdDiff *d)
 {
     RbdState *s = bs->opaque;
     RbdReq *q = req_new((int64_t)sizeof *d);
@@ -546,6 +556,7 @@ static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, RbdDiff *d
     qd->offset = (uint64_t)offset;
     qd->len = (uint64_t)bytes;
     qd->limit = (uint64_t)offset + (uint64_t)bytes;
+    qd->whole_object = whole_object;
     qd->n = 0;
     pthread_attr_t a;
     pthread_t t;
@@ -562,33 +573,43 @@ static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, RbdDiff *d
     return req_wait(bs, q, d, (int64_t)sizeof *d, "block status");
 }
 
-/* What [offset, offset+bytes) is, from at most RBD_MAX_STATUS of it: data where an extent exists, zero
- * elsewhere (an object never written, or discarded). */
+/* Where d's run at off ends (> off), and whether it is data. */
+static uint64_t diff_answer(RbdDiff *d, uint64_t off, bool *data)
+{
+    diff_compact(d);
+    *data = false;
+    for (int i = 0; i < d->n; i++) {
+        if (d->ext[i].start > off)
+            return MIN(d->limit, d->ext[i].start);
+        if (d->ext[i].end > off) {
+            *data = true;
+            return MIN(d->limit, d->ext[i].end);
+        }
+    }
+    return d->limit;
+}
+
+/* What [offset, offset+bytes) is, from at most s->status_max of it: data where an extent exists, zero
+ * elsewhere (an object never written, or discarded). With fast-diff the objects that exist are learnt first,
+ * over a wider range, from the object map: a hole between them costs one question. */
 static int rbd_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
 {
+    RbdState *s = bs->opaque;
     RbdDiff *d = malloc(sizeof *d);
-    if (!d)
-        return -ENOMEM;
-    int r = diff_request(bs, offset, MIN(bytes, RBD_MAX_STATUS), d);
-    if (r < 0) {
-        free(d);
-        return r == -ETIMEDOUT ? -EIO : r;
+    uint64_t off = (uint64_t)offset, end = 0;
+    bool data = true;
+    int r = d ? 0 : -ENOMEM;
+    if (r == 0 && s->fast_diff) {
+        r = diff_request(bs, offset, MIN(bytes, s->status_max * RBD_FAST_STATUS_SPAN), true, d);
+        if (r == 0 && (end = diff_answer(d, off, &data)) - off < (uint64_t)bytes)
+            bytes = (int64_t)(end - off);
     }
-    diff_compact(d);
-    uint64_t off = (uint64_t)offset, end = d->limit;
-    st->flags = BDRV_BLOCK_ZERO | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-    for (int i = 0; i < d->n; i++) {
-        if (d->ext[i].start > off) {
-            end = MIN(end, d->ext[i].start);
-            break;
-        }
-        if (d->ext[i].end > off) {
-            st->flags = BDRV_BLOCK_DATA | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
-            end = MIN(end, d->ext[i].end);
-            break;
-        }
-    }
+    if (r == 0 && data && (r = diff_request(bs, offset, MIN(bytes, s->status_max), false, d)) == 0)
+        end = diff_answer(d, off, &data);
     free(d);
+    if (r < 0)
+        return r;
+    st->flags = (data ? BDRV_BLOCK_DATA : BDRV_BLOCK_ZERO) | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
     st->bytes = (int64_t)(end - off);
     st->host_offset = offset;
     st->host_file = bs;
@@ -632,6 +653,14 @@ static int image_open(BlockNode *bs, const char *snap, Error *err)
         return -EIO;
     }
     s->size = (int64_t)size;
+    rbd_image_info_t info;
+    uint64_t obj = lib.rbd_stat(s->image, &info, sizeof info) == 0 ? info.obj_size : 0;
+    s->status_max = obj && obj <= (uint64_t)RBD_MAX_STATUS / RBD_STATUS_OBJECTS ? (int64_t)obj * RBD_STATUS_OBJECTS
+                                                                              : RBD_MAX_STATUS;
+    uint64_t features = 0, flags = 0;
+    s->fast_diff = lib.rbd_get_features(s->image, &features) == 0 && (features & RBD_FEATURE_FAST_DIFF) &&
+                   lib.rbd_get_flags(s->image, &flags) == 0 &&
+                   !(flags & (RBD_FLAG_FAST_DIFF_INVALID | RBD_FLAG_OBJECT_MAP_INVALID));
     snprintf(s->snap, sizeof s->snap, "%s", snap ? snap : "");
     bs->max_transfer = RBD_MAX_REQUEST;
     return 0;

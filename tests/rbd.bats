@@ -185,6 +185,16 @@ for s, t in ext:
   theirs=$(rbd_diff_extents "$POOL/$IMG")
   [[ "$theirs" == *"41943040 42074112"* ]]
   [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG" | map_data_extents)" = "$theirs" ]
+  # without fast-diff (no object map): every object is asked about, the same answer; and 4 KiB objects
+  rbd create --size 64M --image-feature layering "$POOL/$IMG-plain"
+  rbd create --size 64M --object-size 4K "$POOL/$IMG-small"
+  for f in plain small; do
+    qemu-io -f raw -c 'write -P 0x33 1M 64k' -c 'write -P 0x44 10M 6k' -c 'write -P 0x55 40M 1M' \
+      "rbd:$POOL/$IMG-$f" > /dev/null
+    theirs=$(rbd_diff_extents "$POOL/$IMG-$f")
+    [ "$(echo "$theirs" | wc -l)" -eq 3 ]
+    [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG-$f" | map_data_extents)" = "$theirs" ]
+  done
 }
 
 @test "fio with 4 jobs and crc32c verification on an rbd --rw mount" {
