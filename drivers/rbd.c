@@ -3,12 +3,15 @@
  * rbd.c - the "rbd" protocol driver: an image of a Ceph cluster, named rbd:POOL[/NAMESPACE]/IMAGE[@SNAP]
  * [:KEY=VALUE...] (qemu's spelling; KEY one of conf, id, keyring, key, mon_host; '\' escapes ':' '@' '/'),
  * through librbd.  Read, write (acknowledged only once the cluster acknowledged it: librbd's cache is off),
- * flush, discard, write-zeroes, and the image's RBD snapshots (listed, opened read-only, created and removed
- * on a writable node).  The cluster is found the usual way (CEPH_CONF, /etc/ceph/ceph.conf, its keyring),
+ * flush, discard, write-zeroes, block status (the allocated extents librbd's diff reports, from the image's
+ * creation, of the head or of the open snapshot) and the image's RBD snapshots (listed, opened read-only,
+ * created and removed on a writable node).  The cluster is found the usual way (CEPH_CONF, /etc/ceph/ceph.conf, its keyring),
  * or as the name's options and rbd.conf, rbd.id, rbd.keyring say.  Every request has a deadline (rbd.timeout,
  * --timeout, default 30 s), which also sets librados' own op and mount timeouts: a cluster that is gone costs
  * the caller -EIO by then, never a hang.  A request given up on keeps its own buffer until librbd finishes it.
- * A key in the name never leaves the driver: the node's name shows it as "key=***".
+ * A key in the name never leaves the driver: the node's name shows it as "key=***", and a name whose key shows
+ * so (a backing image's, resolved from its overlay's shown name) takes the key of an open connection of the
+ * same user, configuration and monitors.
  * librados and librbd are loaded with dlopen at the first open, so that imgfuse (and its Debian package)
  * does not depend on Ceph's libraries; without them an rbd: name fails with one line naming the package.
  */
@@ -32,6 +35,10 @@
 #define RBD_MAX_REQUEST (4 * MiB)       /* one request's bounce buffer */
 #define RBD_MAX_SNAPSHOTS 4096
 #define RBD_NAME_MAX 512
+#define RBD_MAX_STATUS (256 * MiB)      /* the range one block-status request asks the cluster about, */
+#define RBD_STATUS_OBJECTS 64           /* ... and at most this many of the image's objects */
+#define RBD_FAST_STATUS_SPAN 64         /* with fast-diff: whole objects over this many times that range first */
+#define RBD_MAX_EXTENTS 1024            /* extents one block-status request keeps */
 
 /* ---------------------------------------------------------------- the libraries, loaded once */
 
@@ -49,6 +56,9 @@ typedef struct RbdLib {
     int (*rbd_open_read_only)(rados_ioctx_t, const char *, rbd_image_t *, const char *);
     int (*rbd_close)(rbd_image_t);
     int (*rbd_get_size)(rbd_image_t, uint64_t *);
+    int (*rbd_stat)(rbd_image_t, rbd_image_info_t *, size_t);
+    int (*rbd_get_features)(rbd_image_t, uint64_t *);
+    int (*rbd_get_flags)(rbd_image_t, uint64_t *);
     int (*rbd_aio_create_completion)(void *, rbd_callback_t, rbd_completion_t *);
     ssize_t (*rbd_aio_get_return_value)(rbd_completion_t);
     void (*rbd_aio_release)(rbd_completion_t);
@@ -62,6 +72,8 @@ typedef struct RbdLib {
     int (*rbd_snap_get_timestamp)(rbd_image_t, uint64_t, struct timespec *);
     int (*rbd_snap_create)(rbd_image_t, const char *);
     int (*rbd_snap_remove)(rbd_image_t, const char *);
+    int (*rbd_diff_iterate2)(rbd_image_t, const char *, uint64_t, uint64_t, uint8_t, uint8_t,
+                             int (*)(uint64_t, size_t, int, void *), void *);
 } RbdLib;
 
 static RbdLib lib;
@@ -81,10 +93,11 @@ static void lib_load(void)
 #define B(f) { rbd, #f, (void **)&lib.f }
         R(rados_create), R(rados_conf_read_file), R(rados_conf_parse_env), R(rados_conf_set), R(rados_connect),
         R(rados_shutdown), R(rados_ioctx_create), R(rados_ioctx_destroy), R(rados_ioctx_set_namespace),
-        B(rbd_open), B(rbd_open_read_only), B(rbd_close), B(rbd_get_size), B(rbd_aio_create_completion),
+        B(rbd_open), B(rbd_open_read_only), B(rbd_close), B(rbd_get_size), B(rbd_stat),
+        B(rbd_get_features), B(rbd_get_flags), B(rbd_aio_create_completion),
         B(rbd_aio_get_return_value), B(rbd_aio_release), B(rbd_aio_read), B(rbd_aio_write), B(rbd_aio_discard),
         B(rbd_aio_write_zeroes), B(rbd_aio_flush), B(rbd_snap_list), B(rbd_snap_list_end),
-        B(rbd_snap_get_timestamp), B(rbd_snap_create), B(rbd_snap_remove),
+        B(rbd_snap_get_timestamp), B(rbd_snap_create), B(rbd_snap_remove), B(rbd_diff_iterate2),
 #undef R
 #undef B
     };
@@ -173,12 +186,48 @@ typedef struct RbdConn {
     rados_t cluster;
     rados_ioctx_t io;
     atomic_int refs;
+    /* Opened with a key in its name: who it authenticated as (conf, id, keyring, mon_host) and the key, in
+     * the list of such connections. */
+    char who[4 * RBD_NAME_MAX + 64], key[RBD_NAME_MAX];
+    struct RbdConn *next_keyed;
 } RbdConn;
+
+#define RBD_SHOWN_KEY "***"
+
+static pthread_mutex_t keyed_lock = PTHREAD_MUTEX_INITIALIZER;
+static RbdConn *keyed;
+
+static void keyed_remove(RbdConn *c)
+{
+    pthread_mutex_lock(&keyed_lock);
+    for (RbdConn **p = &keyed; *p; p = &(*p)->next_keyed)
+        if (*p == c) {
+            *p = c->next_keyed;
+            break;
+        }
+    pthread_mutex_unlock(&keyed_lock);
+    explicit_bzero(c->key, sizeof c->key);
+}
+
+/* The key of an open connection that authenticated as who into key (RBD_NAME_MAX bytes); false if none. */
+static bool keyed_recall(const char *who, char *key)
+{
+    bool found = false;
+    pthread_mutex_lock(&keyed_lock);
+    for (RbdConn *c = keyed; c && !found; c = c->next_keyed)
+        if (strcmp(c->who, who) == 0) {
+            memcpy(key, c->key, RBD_NAME_MAX);
+            found = true;
+        }
+    pthread_mutex_unlock(&keyed_lock);
+    return found;
+}
 
 static void conn_unref(RbdConn *c)
 {
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
         return;
+    keyed_remove(c);
     if (c->io)
         lib.rados_ioctx_destroy(c->io);
     if (c->cluster)
@@ -209,6 +258,12 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     const char *keyring = sp->keyring[0] ? sp->keyring : bdrv_opt_str(bs, "keyring");
     char t[32];
     snprintf(t, sizeof t, "%d", timeout_s);
+    snprintf(c->who, sizeof c->who, "conf=%s\nid=%s\nkeyring=%s\nmon_host=%s", conf ? conf : "", id ? id : "",
+             keyring ? keyring : "", sp->mon_host);
+    /* A key shown as "***": the one this user gave for an image still open (the overlay of this backing). */
+    const char *key = sp->key;
+    if (strcmp(key, RBD_SHOWN_KEY) == 0 && keyed_recall(c->who, c->key))
+        key = c->key;
     int r = lib.rados_create(&c->cluster, id && id[0] ? id : NULL);
     if (r < 0) {
         error_set(err, -r, "cannot create a Ceph client: %s", strerror(-r));
@@ -223,7 +278,7 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     else
         r = lib.rados_conf_parse_env(c->cluster, NULL) < 0 ? 0 : 0; /* CEPH_ARGS, when set */
     const char *const opts[][2] = {
-        { "keyring", keyring }, { "key", sp->key }, { "mon_host", sp->mon_host },
+        { "keyring", keyring }, { "key", key }, { "mon_host", sp->mon_host },
         { "rados_osd_op_timeout", t }, { "rados_mon_op_timeout", t }, { "client_mount_timeout", t },
         { "rbd_cache", "false" }, { "log_to_stderr", "false" }, { "err_to_stderr", "false" },
     };
@@ -240,6 +295,14 @@ static RbdConn *conn_open(BlockNode *bs, const RbdSpec *sp, int timeout_s, Error
     }
     if (sp->ns[0])
         lib.rados_ioctx_set_namespace(c->io, sp->ns);
+    if (key[0] && strcmp(key, RBD_SHOWN_KEY) != 0) {
+        if (key != c->key)
+            snprintf(c->key, sizeof c->key, "%s", key);
+        pthread_mutex_lock(&keyed_lock);
+        c->next_keyed = keyed;
+        keyed = c;
+        pthread_mutex_unlock(&keyed_lock);
+    }
     return c;
 }
 
@@ -251,6 +314,9 @@ typedef struct RbdState {
     char image_name[RBD_NAME_MAX], snap[RBD_NAME_MAX];
     int timeout_ms;
     int64_t size;
+    int64_t status_max; /* the range one block status asks about: RBD_STATUS_OBJECTS objects */
+    bool fast_diff;     /* a valid object map with fast-diff: which objects exist is known without asking */
+    atomic_int diffs;   /* block-status threads still using image */
 } RbdState;
 
 static const BlockOptionSpec rbd_options[] = {
@@ -279,11 +345,9 @@ static void req_free(RbdReq *q)
     free(q);
 }
 
-static void req_complete(rbd_completion_t c, void *arg)
+/* Ends q with ret; frees it when its caller gave up on it. */
+static void req_done(RbdReq *q, ssize_t ret)
 {
-    RbdReq *q = arg;
-    ssize_t ret = lib.rbd_aio_get_return_value(c);
-    lib.rbd_aio_release(c);
     pthread_mutex_lock(&q->lock);
     q->ret = ret;
     q->done = true;
@@ -292,6 +356,13 @@ static void req_complete(rbd_completion_t c, void *arg)
     pthread_mutex_unlock(&q->lock);
     if (gone)
         req_free(q);
+}
+
+static void req_complete(rbd_completion_t c, void *arg)
+{
+    ssize_t ret = lib.rbd_aio_get_return_value(c);
+    lib.rbd_aio_release(c);
+    req_done(arg, ret);
 }
 
 static RbdReq *req_new(int64_t bytes)
@@ -401,6 +472,150 @@ static int rbd_node_discard(BlockNode *bs, int64_t offset, int64_t bytes)
     return rbd_request(bs, RBD_OP_DISCARD, offset, bytes, NULL);
 }
 
+/* ---------------------------------------------------------------- block status */
+
+typedef struct RbdExtent {
+    uint64_t start, end;
+} RbdExtent;
+
+/* One block-status request: librbd's synchronous diff runs on a thread of its own, so that the caller waits
+ * no longer than any other request. Only the RBD_MAX_EXTENTS lowest extents are kept: [offset, limit) is
+ * known exactly. */
+typedef struct RbdDiff {
+    rbd_image_t image;
+    atomic_int *running;
+    uint64_t offset, len, limit;
+    bool whole_object;
+    int n;
+    RbdExtent ext[RBD_MAX_EXTENTS];
+} RbdDiff;
+
+static int extent_cmp(const void *a, const void *b)
+{
+    const RbdExtent *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sorts and merges d's extents (librbd may report adjacent pieces apart, and objects out of order). */
+static void diff_compact(RbdDiff *d)
+{
+    int m = 0;
+    qsort(d->ext, (size_t)d->n, sizeof *d->ext, extent_cmp);
+    for (int i = 0; i < d->n; i++) {
+        if (m > 0 && d->ext[i].start <= d->ext[m - 1].end)
+            d->ext[m - 1].end = MAX(d->ext[m - 1].end, d->ext[i].end);
+        else
+            d->ext[m++] = d->ext[i];
+    }
+    d->n = m;
+}
+
+/* librbd's callback: one extent that exists (from the image's creation, so exists=0 is a hole). */
+static int diff_extent(uint64_t offset, size_t len, int exists, void *arg)
+{
+    RbdDiff *d = arg;
+    uint64_t start = MAX(offset, d->offset), end = offset + MIN(len, UINT64_MAX - offset);
+    end = MIN(end, d->limit);
+    if (!exists || start >= end)
+        return 0;
+    if (d->n == RBD_MAX_EXTENTS) {
+        diff_compact(d);
+        if (d->n > RBD_MAX_EXTENTS / 2) { /* keep the lower half: what lies above is learnt by the next call */
+            d->limit = d->ext[RBD_MAX_EXTENTS / 2].start;
+            d->n = RBD_MAX_EXTENTS / 2;
+            if (start >= d->limit)
+                return 0;
+            end = MIN(end, d->limit);
+        }
+    }
+    d->ext[d->n++] = (RbdExtent){ start, end };
+    return 0;
+}
+
+static void *diff_thread(void *arg)
+{
+    RbdReq *q = arg;
+    RbdDiff *d = (RbdDiff *)q->buf;
+    int r = lib.rbd_diff_iterate2(d->image, NULL, d->offset, d->len, 1, d->whole_object, diff_extent, d);
+    atomic_fetch_sub(d->running, 1); /* the image is no longer used: the node may close */
+    req_done(q, r);
+    return NULL;
+}
+
+/* The extents of [offset, offset+bytes) (whole objects: those that exist) into *d, within the node's
+ * deadline. */
+static int diff_request(BlockNode *bs, int64_t offset, int64_t bytes, bool whole_object, RbdDiff *d)
+{
+    RbdState *s = bs->opaque;
+    RbdReq *q = req_new((int64_t)sizeof *d);
+    if (!q)
+        return -ENOMEM;
+    RbdDiff *qd = (RbdDiff *)q->buf;
+    qd->image = s->image;
+    qd->running = &s->diffs;
+    qd->offset = (uint64_t)offset;
+    qd->len = (uint64_t)bytes;
+    qd->limit = (uint64_t)offset + (uint64_t)bytes;
+    qd->whole_object = whole_object;
+    qd->n = 0;
+    pthread_attr_t a;
+    pthread_t t;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    atomic_fetch_add(&s->diffs, 1);
+    int r = pthread_create(&t, &a, diff_thread, q);
+    pthread_attr_destroy(&a);
+    if (r != 0) {
+        atomic_fetch_sub(&s->diffs, 1);
+        req_free(q);
+        return -r;
+    }
+    return req_wait(bs, q, d, (int64_t)sizeof *d, "block status");
+}
+
+/* Where d's run at off ends (> off), and whether it is data. */
+static uint64_t diff_answer(RbdDiff *d, uint64_t off, bool *data)
+{
+    diff_compact(d);
+    *data = false;
+    for (int i = 0; i < d->n; i++) {
+        if (d->ext[i].start > off)
+            return MIN(d->limit, d->ext[i].start);
+        if (d->ext[i].end > off) {
+            *data = true;
+            return MIN(d->limit, d->ext[i].end);
+        }
+    }
+    return d->limit;
+}
+
+/* What [offset, offset+bytes) is, from at most s->status_max of it: data where an extent exists, zero
+ * elsewhere (an object never written, or discarded). With fast-diff the objects that exist are learnt first,
+ * over a wider range, from the object map: a hole between them costs one question. */
+static int rbd_node_block_status(BlockNode *bs, int64_t offset, int64_t bytes, BlockStatus *st)
+{
+    RbdState *s = bs->opaque;
+    RbdDiff *d = malloc(sizeof *d);
+    uint64_t off = (uint64_t)offset, end = 0;
+    bool data = true;
+    int r = d ? 0 : -ENOMEM;
+    if (r == 0 && s->fast_diff) {
+        r = diff_request(bs, offset, MIN(bytes, s->status_max * RBD_FAST_STATUS_SPAN), true, d);
+        if (r == 0 && (end = diff_answer(d, off, &data)) - off < (uint64_t)bytes)
+            bytes = (int64_t)(end - off);
+    }
+    if (r == 0 && data && (r = diff_request(bs, offset, MIN(bytes, s->status_max), false, d)) == 0)
+        end = diff_answer(d, off, &data);
+    free(d);
+    if (r < 0)
+        return r;
+    st->flags = (data ? BDRV_BLOCK_DATA : BDRV_BLOCK_ZERO) | BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_OFFSET_VALID;
+    st->bytes = (int64_t)(end - off);
+    st->host_offset = offset;
+    st->host_file = bs;
+    return 0;
+}
+
 static int64_t rbd_getlength(BlockNode *bs)
 {
     RbdState *s = bs->opaque;
@@ -412,6 +627,8 @@ static int64_t rbd_getlength(BlockNode *bs)
 static void rbd_close_node(BlockNode *bs)
 {
     RbdState *s = bs->opaque;
+    while (atomic_load(&s->diffs) > 0) /* a block status given up on: librados' own timeouts end it */
+        nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000 * 1000 }, NULL);
     if (s->image)
         lib.rbd_close(s->image);
     s->image = NULL;
@@ -436,6 +653,14 @@ static int image_open(BlockNode *bs, const char *snap, Error *err)
         return -EIO;
     }
     s->size = (int64_t)size;
+    rbd_image_info_t info;
+    uint64_t obj = lib.rbd_stat(s->image, &info, sizeof info) == 0 ? info.obj_size : 0;
+    s->status_max = obj && obj <= (uint64_t)RBD_MAX_STATUS / RBD_STATUS_OBJECTS ? (int64_t)obj * RBD_STATUS_OBJECTS
+                                                                              : RBD_MAX_STATUS;
+    uint64_t features = 0, flags = 0;
+    s->fast_diff = lib.rbd_get_features(s->image, &features) == 0 && (features & RBD_FEATURE_FAST_DIFF) &&
+                   lib.rbd_get_flags(s->image, &flags) == 0 &&
+                   !(flags & (RBD_FLAG_FAST_DIFF_INVALID | RBD_FLAG_OBJECT_MAP_INVALID));
     snprintf(s->snap, sizeof s->snap, "%s", snap ? snap : "");
     bs->max_transfer = RBD_MAX_REQUEST;
     return 0;
@@ -603,6 +828,7 @@ const BlockDriver bdrv_rbd = {
     .write_zeroes = rbd_node_write_zeroes,
     .discard = rbd_node_discard,
     .flush = rbd_node_flush,
+    .block_status = rbd_node_block_status,
     .getlength = rbd_getlength,
     .snapshot_list = rbd_snapshot_list,
     .snapshot_open = rbd_snapshot_open,

@@ -124,6 +124,79 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [[ "$output" == *"backing file 'rbd:$POOL/$IMG-base' refused: a remote location named inside an image is never followed"* ]]
 }
 
+# rbd_diff_extents SPEC: the data extents `rbd diff SPEC` reports, adjacent ones merged, as "start end" lines.
+rbd_diff_extents() {
+  rbd diff "$1" --format json | python3 -c '
+import json, sys
+ext = []
+for e in sorted(json.load(sys.stdin), key=lambda e: e["offset"]):
+    if e["exists"] != "true":
+        continue
+    s, t = e["offset"], e["offset"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+# map_data_extents: the data extents of `imgfuse map --output=json` on stdin, merged, as "start end" lines.
+map_data_extents() {
+  python3 -c '
+import json, sys
+ext = []
+for e in json.load(sys.stdin):
+    if not e["data"]:
+        continue
+    s, t = e["start"], e["start"] + e["length"]
+    if ext and ext[-1][1] == s:
+        ext[-1][1] = t
+    else:
+        ext.append([s, t])
+for s, t in ext:
+    print(s, t)'
+}
+
+@test "block status: SEEK_DATA, imgfuse map and convert see the extents rbd diff reports (head and snapshot)" {
+  rbd create --size 64M "$POOL/$IMG"
+  qemu-io -f raw -c 'write -P 0x33 4M 1M' -c 'write -P 0x44 20M 64k' -c 'write -P 0x55 33M 64k' \
+    -c 'write -P 0x66 63M 1M' "rbd:$POOL/$IMG" > /dev/null
+  local theirs; theirs=$(rbd_diff_extents "$POOL/$IMG")
+  # (an object librbd created at its head reports from its start: 32M.. and 60M.. here, not 33M.. and 63M..)
+  echo "rbd diff: $theirs"
+  [ "$(echo "$theirs" | wc -l)" -eq 4 ] && [ "$(echo "$theirs" | head -2)" = "$(printf '4194304 5242880\n20971520 21037056')" ]
+  mount_img -f raw "rbd:$POOL/$IMG"
+  [ "$(python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw")" = "$theirs" ]
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG" | map_data_extents)" = "$theirs" ]
+  # convert allocates only the written data (the holes are skipped, the zeros of written objects detected)
+  "$IMGFUSE" convert -q -O qcow2 "rbd:$POOL/$IMG" c.qcow2
+  qemu-img check -q c.qcow2
+  [ "$(qemu_data_extents qcow2 c.qcow2)" = "$(printf '4194304 5242880\n20971520 21037056\n34603008 34668544\n66060288 67108864')" ]
+  qemu-img convert -O raw c.qcow2 c.raw
+  same_bytes c.raw shown.raw
+  # a snapshot opened by name: its own extents, not the head's
+  rbd snap create --no-progress "$POOL/$IMG@s"
+  qemu-io -f raw -c 'write -P 0x77 40M 128k' "rbd:$POOL/$IMG" > /dev/null
+  [ "$(rbd_diff_extents "$POOL/$IMG@s")" = "$theirs" ]
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG@s" | map_data_extents)" = "$theirs" ]
+  theirs=$(rbd_diff_extents "$POOL/$IMG")
+  [[ "$theirs" == *"41943040 42074112"* ]]
+  [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG" | map_data_extents)" = "$theirs" ]
+  # without fast-diff (no object map): every object is asked about, the same answer; and 4 KiB objects
+  rbd create --size 64M --image-feature layering "$POOL/$IMG-plain"
+  rbd create --size 64M --object-size 4K "$POOL/$IMG-small"
+  for f in plain small; do
+    qemu-io -f raw -c 'write -P 0x33 1M 64k' -c 'write -P 0x44 10M 6k' -c 'write -P 0x55 40M 1M' \
+      "rbd:$POOL/$IMG-$f" > /dev/null
+    theirs=$(rbd_diff_extents "$POOL/$IMG-$f")
+    [ "$(echo "$theirs" | wc -l)" -eq 3 ]
+    [ "$("$IMGFUSE" map --output=json "rbd:$POOL/$IMG-$f" | map_data_extents)" = "$theirs" ]
+  done
+}
+
 @test "fio with 4 jobs and crc32c verification on an rbd --rw mount" {
   rbd create --size 128M "$POOL/$IMG"
   mount_img --rw -f raw "rbd:$POOL/$IMG"
@@ -181,6 +254,13 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   echo "OSD down: $status after $took ms: $output"
   [ "$status" -ne 0 ]
   [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 3000 ] && [ "$took" -lt 9000 ]
+  # block status (SEEK_DATA) has the same deadline
+  t0=$(now_ms)
+  run python3 "$BATS_TEST_DIRNAME/seekmap.py" "$MNT/disk.raw"
+  took=$(( $(now_ms) - t0 ))
+  echo "OSD down, SEEK_DATA: $status after $took ms: $output"
+  [ "$status" -ne 0 ] && [[ "$output" == *"Input/output error"* ]]
   [ "$took" -ge 3000 ] && [ "$took" -lt 9000 ]
   ls "$MNT" | grep -q disk.raw
   [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
@@ -250,6 +330,35 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [ "$status" -eq 2 ] && [[ "$output" != *"$key"* ]]
   [[ "$output" == *"rbd option 'bogus' in the name is not supported"* ]]
   ceph auth del client.imgfuse-t
+}
+
+@test "a key in the name opens the image's relative backing image in the cluster too, shown nowhere" {
+  local key
+  key=$(ceph auth get-or-create-key client.imgfuse-b mon 'profile rbd' osd 'profile rbd pool=rbd')
+  grep -v '^keyring' "$CEPH_CONF" > nokeyring.conf
+  qemu-img create -q -f qcow2 base.qcow2 16M
+  qio base.qcow2 'write -P 0x55 0 2M'
+  qemu-img create -q -f qcow2 top.qcow2 16M
+  qio top.qcow2 'write -P 0x66 1M 64k'
+  qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
+  rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
+  rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
+  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+  # the conf has no keyring: the key in the name is all there is, for both images
+  local name="rbd:$POOL/$IMG-top:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=$key"
+  mount_img --debug "$name"
+  grep -q "layers: 2" "$MNT/info"
+  grep -qF "rbd:$POOL/$IMG-base:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=***" "$MNT/info"
+  same_bytes "$MNT/disk.raw" "$(raw_of top.qcow2)"
+  ! grep -qF "$key" "$MNT/info" || false
+  ! grep -qF "$key" "$MNT/info.json" || false
+  unmount_img
+  ! grep -qF "$key" daemon.log || false
+  run "$IMGFUSE" info "$name"
+  echo "$output"
+  [ "$status" -eq 0 ] && [[ "$output" == *"$IMG-base:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=***"* ]]
+  [[ "$output" != *"$key"* ]]
+  ceph auth del client.imgfuse-b
 }
 
 @test "rbd names: ./rbd:x is a local file; --timeout out of range is refused; a missing pool is one line" {
