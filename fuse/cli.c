@@ -265,6 +265,8 @@ static const CommandHelp command_help[] = {
       "  -d, --drop               leave IMAGE as it is (not emptied)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              no \"Image committed.\" line\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse commit -p top.qcow2" },
     { "stream", "[-p|-q] [-f FMT] [-b BASE] IMAGE",
@@ -273,6 +275,8 @@ static const CommandHelp command_help[] = {
       "  -b, --base BASE          keep BASE (and below) as the backing file (default: flatten)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse stream -b base.qcow2 top.qcow2" },
     { "rebase", "[-u] [-p|-q] [-f FMT] -b NEW [-F FMT] IMAGE",
@@ -283,6 +287,8 @@ static const CommandHelp command_help[] = {
       "  -u, --unsafe             only rewrite the name (the old backing file is not read)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse rebase -b new-base.qcow2 -F qcow2 top.qcow2" },
     { "amend", "[-f FMT] [-q] -o OPTIONS IMAGE",
@@ -290,6 +296,8 @@ static const CommandHelp command_help[] = {
       "  -f, --format FMT         format of IMAGE (default: probed)\n"
       "  -o, --options OPTIONS    key=value[,key=value] (repeatable)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse amend -o compat=0.10 disk.qcow2" },
     { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
@@ -323,6 +331,8 @@ static const CommandHelp command_help[] = {
       "  -s, --strict             images of different sizes differ (else the longer part must be zeros)\n"
       "  -U, --force-share        do not take or check image locks\n"
       "  -q, --quiet              no message, the exit code only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse compare disk.qcow2 disk.raw" },
 };
