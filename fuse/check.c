@@ -88,9 +88,8 @@ static int check_parse_opt(CheckArgs *a, int c, char **argv)
     case CK_IMAGE_OPTS:
         errmsg("--image-opts", "not supported: IMAGE is a file name");
         return CHECK_FAILED;
-    case CK_OBJECT:
-        errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
-        return CHECK_FAILED;
+    case CK_OBJECT: /* qemu-img's --object secret,id=ID,file=FILE: the key */
+        return secret_option(&a->opts, SECRET_OPT_OBJECT, optarg) != 0 ? CHECK_FAILED : -1;
     case CK_KEY_FILE: /* an encrypted image (qcow2 LUKS/AES) opens only with its key */
         return secret_from_file(&a->opts, optarg) != 0 ? CHECK_FAILED : -1;
     case CK_PASSPHRASE_FD:
@@ -120,7 +119,7 @@ static int check_parse(int argc, char **argv, CheckArgs *a)
     if (argc - optind != 1)
         return check_usage();
     a->image = argv[optind];
-    if (cli_url_error(a->image))
+    if (cli_url_error(a->image) || secret_options_done(&a->opts) != 0)
         return CHECK_FAILED;
     if (a->fix && a->opts.force_share) {
         errmsg("-r", "cannot be combined with --force-share: a repair needs the image to itself");

@@ -227,6 +227,7 @@ static const CommandHelp command_help[] = {
       "  -F, --backing-format FMT format of BACKING (required with -b; vhdx: always vhdx)\n"
       "      --key-file FILE      passphrase of an encrypted image (luks, qcow2 encrypt.format=luks): all of FILE\n"
       "      --passphrase-fd N    the same: the first line read from descriptor N (else asked on the terminal)\n"
+      "      --object secret,id=ID,file=FILE  the same in qemu-img's spelling, with -o key-secret=ID\n"
       "  -h, --help               this help\n",
       "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
     { "convert", "[OPTIONS] SOURCE... TARGET",
@@ -249,6 +250,9 @@ static const CommandHelp command_help[] = {
       "      --unsafe-backing     follow the sources' backing names without the safety policy\n"
       "      --key-file FILE      key of encrypted sources (LUKS, qcow2/qcow encryption): the whole of FILE\n"
       "      --passphrase-fd N    key of encrypted sources: the first line read from descriptor N\n"
+      "      --object secret,id=ID,file=FILE  a key in qemu-img's spelling: the sources', or the target's when\n"
+      "                           -o key-secret=ID (luks) / encrypt.key-secret=ID (qcow2) names it\n"
+      "      --target-key-file FILE  key of an encrypted target (-O luks, -o encrypt.format=luks): all of FILE\n"
       "  -h, --help               this help\n",
       "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
     { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",

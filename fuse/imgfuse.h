@@ -281,7 +281,14 @@ enum { SECRET_OPT_KEY_FILE = 0x5300, SECRET_OPT_PASSPHRASE_FD, SECRET_OPT_OBJECT
     { "object", required_argument, NULL, SECRET_OPT_OBJECT }
 int secret_option(BlockOpenOpts *o, int c, const char *arg);
 int secret_options_done(BlockOpenOpts *o);
+/* The same without the prompt (the mount asks before it detaches; info/map/hash set their own). */
+int secret_objects_done(BlockOpenOpts *o);
 int secret_from_object(BlockOpenOpts *o, const char *id);
+/* qemu-img's -o key-secret=ID / encrypt.key-secret=ID taken out of a new image's options: the secret ID
+ * into o, the other options into *rest (malloc'd; NULL if none). 0, or EXIT_USAGE printed. */
+int secret_take_key_secret(BlockOpenOpts *o, const char *options, char **rest);
+/* Whether a new image of fmt with these creation options is encrypted, so that it needs a key (commands.c). */
+bool create_wants_key(const char *fmt, const char *options);
 
 /* ---------------------------------------------------------------- main.c helpers */
 

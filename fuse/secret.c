@@ -349,7 +349,7 @@ int secret_option(BlockOpenOpts *o, int c, const char *arg)
     }
 }
 
-int secret_options_done(BlockOpenOpts *o)
+int secret_objects_done(BlockOpenOpts *o)
 {
     int unnamed = -1;
     for (int i = 0; i < n_objects; i++) {
@@ -365,7 +365,45 @@ int secret_options_done(BlockOpenOpts *o)
         o->secret = objects[unnamed].key.secret;
         o->secret_len = objects[unnamed].key.secret_len;
     }
+    return 0;
+}
+
+int secret_options_done(BlockOpenOpts *o)
+{
+    if (secret_objects_done(o) != 0)
+        return EXIT_USAGE;
     if (!o->secret && isatty(STDIN_FILENO))
         o->ask_secret = secret_ask_and_keep; /* asked once, for every image of the chain and every open */
+    return 0;
+}
+
+int secret_take_key_secret(BlockOpenOpts *o, const char *options, char **rest)
+{
+    *rest = NULL;
+    if (!options)
+        return 0;
+    size_t n = strlen(options);
+    char *copy = strdup(options), *out = malloc(n + 1);
+    if (!copy || !out) {
+        free(copy);
+        free(out);
+        errmsg("-o", "out of memory");
+        return EXIT_USAGE;
+    }
+    size_t len = 0;
+    int rc = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); rc == 0 && tok; tok = strtok_r(NULL, ",", &save)) {
+        if (strncmp(tok, "key-secret=", 11) == 0 || strncmp(tok, "encrypt.key-secret=", 19) == 0) {
+            rc = secret_from_object(o, strchr(tok, '=') + 1);
+            continue;
+        }
+        len += (size_t)sprintf(out + len, "%s%s", len ? "," : "", tok);
+    }
+    free(copy);
+    if (rc != 0 || !len) {
+        free(out);
+        return rc;
+    }
+    *rest = out;
     return 0;
 }

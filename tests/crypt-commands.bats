@@ -136,3 +136,108 @@ one_line() {
   run "$IMGFUSE" commit --object tls-creds-x509,id=t0 t.qcow2
   one_line 2 "imgfuse: --object: only 'secret,id=ID,file=FILE' (or data=STRING) is supported"
 }
+
+# --- convert to encrypted targets
+
+# src_raw: a 3 MiB raw disk with data, zeros and a hole.
+src_raw() {
+  head -c 1M /dev/urandom > src.raw
+  head -c 512k /dev/zero >> src.raw
+  head -c 1000000 /dev/urandom >> src.raw
+  truncate -s 3M src.raw
+}
+
+@test "convert -O luks and -O qcow2 -o encrypt.format=luks: qemu-img reads the source back with the key; check clean; no plaintext in the file" {
+  src_raw
+  run "$IMGFUSE" convert -O luks --target-key-file k1 src.raw t.luks
+  echo "$output"
+  [ "$status" -eq 0 ]
+  plain_of "driver=luks,file.filename=t.luks,key-secret=s0" back.raw
+  same_bytes back.raw src.raw
+  # qemu-img's own spelling: --object secret and -o encrypt.key-secret=ID
+  run "$IMGFUSE" convert -O qcow2 $SECRET -o encrypt.format=luks,encrypt.key-secret=s0,cluster_size=64k src.raw t.qcow2
+  echo "$output"
+  [ "$status" -eq 0 ]
+  plain_of "driver=qcow2,file.filename=t.qcow2,encrypt.key-secret=s0" back2.raw
+  same_bytes back2.raw src.raw
+  clean "driver=qcow2,file.filename=t.qcow2,encrypt.key-secret=s0"
+  run qemu-img info t.qcow2
+  [[ "$output" == *"encrypted: yes"* ]]
+  head -c 4096 src.raw > first.bin
+  ! grep -qF -f <(od -An -tx1 first.bin | tr -d ' \n' | head -c 64) <(od -An -tx1 t.qcow2 | tr -d ' \n') || false
+  # -O luks with -o key-secret=ID (qemu-img's spelling for luks) equals too
+  run "$IMGFUSE" convert -O luks $SECRET -o key-secret=s0 src.raw t2.luks
+  [ "$status" -eq 0 ]
+  plain_of "driver=luks,file.filename=t2.luks,key-secret=s0" back3.raw
+  same_bytes back3.raw src.raw
+}
+
+@test "convert from an encrypted source to a target with another key: --key-file for the source, --target-key-file or a named --object for the target" {
+  enc_qcow2 e.qcow2 4M
+  plain_of "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=s0" p.raw
+  run "$IMGFUSE" convert --key-file k1 --target-key-file k2 -O qcow2 -o encrypt.format=luks e.qcow2 t.qcow2
+  echo "$output"
+  [ "$status" -eq 0 ]
+  qemu-img convert --object secret,id=s1,file=k2 --image-opts "driver=qcow2,file.filename=t.qcow2,encrypt.key-secret=s1" -O raw back.raw
+  same_bytes back.raw p.raw
+  run "$IMGFUSE" convert --object secret,id=src,file=k1 --object secret,id=dst,data=wrong -O luks -o key-secret=dst e.qcow2 t.luks
+  echo "$output"
+  [ "$status" -eq 0 ]
+  qemu-img convert --object secret,id=s1,file=k2 --image-opts "driver=luks,file.filename=t.luks,key-secret=s1" -O raw back2.raw
+  same_bytes back2.raw p.raw
+  # the old key does not open the new target
+  run qemu-img convert $SECRET --image-opts "driver=luks,file.filename=t.luks,key-secret=s0" -O raw x.raw
+  [ "$status" -ne 0 ]
+}
+
+@test "convert: a missing or wrong target key is one line, exit 2, and no file is left behind" {
+  src_raw
+  run "$IMGFUSE" convert -O luks src.raw t.luks </dev/null
+  one_line 2 "imgfuse: t.luks: an encrypted target needs a key: --target-key-file FILE, or --object secret,id=ID,file=FILE with -o key-secret=ID"
+  [ ! -e t.luks ]
+  run "$IMGFUSE" convert -O qcow2 -o encrypt.format=luks src.raw t.qcow2 </dev/null
+  one_line 2 "imgfuse: t.qcow2: an encrypted target needs a key: --target-key-file FILE, or --object secret,id=ID,file=FILE with -o key-secret=ID"
+  [ ! -e t.qcow2 ]
+  run "$IMGFUSE" convert -O qcow2 $SECRET -o encrypt.format=luks,encrypt.key-secret=s9 src.raw t.qcow2
+  one_line 2 "imgfuse: s9: no --object secret,id=s9 was given"
+  [ ! -e t.qcow2 ]
+  run "$IMGFUSE" convert -O luks --target-key-file nokey src.raw t.luks
+  one_line 2 "imgfuse: nokey: cannot open the key file: No such file or directory"
+  [ ! -e t.luks ]
+  run "$IMGFUSE" convert -O luks --object secret,id=a,file=k1,data=x src.raw t.luks
+  one_line 2 "imgfuse: --object: 'data=x' is not supported: a secret takes id=, file= or data= (format=raw)"
+  [ ! -e t.luks ]
+  # -n into an existing encrypted target with the wrong key: refused, the target unchanged
+  run "$IMGFUSE" convert -O luks --target-key-file k1 src.raw t.luks
+  [ "$status" -eq 0 ]
+  cp t.luks before.luks
+  run "$IMGFUSE" convert -n -O luks --target-key-file k2 src.raw t.luks
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+  cmp t.luks before.luks
+}
+
+@test "--object secret on create (-o encrypt.key-secret=ID), mount, info, hash and check; a second unnamed secret is refused" {
+  run "$IMGFUSE" create -f qcow2 $SECRET -o encrypt.format=luks,encrypt.key-secret=s0 c.qcow2 4M
+  echo "$output"
+  [ "$status" -eq 0 ]
+  qio "driver=qcow2,file.filename=c.qcow2,encrypt.key-secret=s0" 'write -P 0x66 1M 64k'
+  plain_of "driver=qcow2,file.filename=c.qcow2,encrypt.key-secret=s0" p.raw
+  mount_img $SECRET c.qcow2 "$MNT"
+  same_bytes "$MNT/disk.raw" p.raw
+  ! grep -q "k1\|pass one" "$MNT/info" || false
+  unmount_img
+  run "$IMGFUSE" info --object secret,id=x,data='pass one' c.qcow2
+  [ "$status" -eq 0 ]
+  run "$IMGFUSE" hash $SECRET c.qcow2
+  [ "$status" -eq 0 ]
+  [ "${output%% *}" = "$(sha256sum < p.raw | cut -d' ' -f1)" ]
+  run "$IMGFUSE" check $SECRET c.qcow2
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"No errors were found"* ]]
+  run "$IMGFUSE" compare $SECRET --object secret,id=s1,file=k2 c.qcow2 p.raw
+  one_line 2 "imgfuse: --object: more than one key for the images (one --key-file, --passphrase-fd or secret)"
+  run "$IMGFUSE" hash --object secret,id=x,data=wrong c.qcow2
+  [ "$status" -eq 2 ]
+  [ "${#lines[@]}" -eq 1 ]
+}
