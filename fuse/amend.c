@@ -32,14 +32,23 @@ int cmd_amend(int argc, char **argv)
     static const struct option longopts[] = {
         { "format", required_argument, NULL, 'f' }, { "options", required_argument, NULL, 'o' },
         { "quiet", no_argument, NULL, 'q' },         { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+        SECRET_LONG_OPTIONS,                         { NULL, 0, NULL, 0 },
     };
     const char *format = NULL;
     char *opts = NULL;
+    BlockOpenOpts o;
+    block_open_opts_init(&o);
     opterr = 0;
     optind = 1;
-    int c;
+    int c, r;
     while ((c = cli_getopt(argc, argv, ":f:o:qh", longopts, NULL)) != -1) {
+        if ((r = secret_option(&o, c, optarg)) >= 0) { /* the key of an encrypted image */
+            if (r != 0) {
+                free(opts);
+                return r;
+            }
+            continue;
+        }
         switch (c) {
         case 'f': format = optarg; break;
         case 'o':
@@ -59,9 +68,11 @@ int cmd_amend(int argc, char **argv)
         fprintf(stderr, "imgfuse: usage: imgfuse amend %s\n", synopsis);
         return EXIT_USAGE;
     }
+    if (secret_options_done(&o) != 0) {
+        free(opts);
+        return EXIT_USAGE;
+    }
     const char *image = argv[optind];
-    BlockOpenOpts o;
-    block_open_opts_init(&o);
     o.format = format;
     o.read_only = false;
     o.no_backing = true;
@@ -73,7 +84,7 @@ int cmd_amend(int argc, char **argv)
         return report_error(&err, image, EXIT_USAGE);
     }
     memset(&err, 0, sizeof err);
-    int r = bdrv_amend(bs, opts, &err);
+    r = bdrv_amend(bs, opts, &err);
     int rc = r < 0 ? report_error(&err, image, EXIT_RUNTIME) : EXIT_OK;
     bdrv_close(bs);
     free(opts);

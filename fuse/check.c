@@ -88,9 +88,8 @@ static int check_parse_opt(CheckArgs *a, int c, char **argv)
     case CK_IMAGE_OPTS:
         errmsg("--image-opts", "not supported: IMAGE is a file name");
         return CHECK_FAILED;
-    case CK_OBJECT:
-        errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
-        return CHECK_FAILED;
+    case CK_OBJECT: /* qemu-img's --object secret,id=ID,file=FILE: the key */
+        return secret_option(&a->opts, SECRET_OPT_OBJECT, optarg) != 0 ? CHECK_FAILED : -1;
     case CK_KEY_FILE: /* an encrypted image (qcow2 LUKS/AES) opens only with its key */
         return secret_from_file(&a->opts, optarg) != 0 ? CHECK_FAILED : -1;
     case CK_PASSPHRASE_FD:
@@ -120,7 +119,7 @@ static int check_parse(int argc, char **argv, CheckArgs *a)
     if (argc - optind != 1)
         return check_usage();
     a->image = argv[optind];
-    if (cli_url_error(a->image))
+    if (cli_url_error(a->image) || secret_options_done(&a->opts) != 0)
         return CHECK_FAILED;
     if (a->fix && a->opts.force_share) {
         errmsg("-r", "cannot be combined with --force-share: a repair needs the image to itself");
@@ -306,6 +305,7 @@ static const struct option compare_options[] = {
     { "force-share", no_argument, NULL, 'U' },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
+    SECRET_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
 };
 
@@ -377,9 +377,12 @@ static int cmp_range(CmpSide *a, CmpSide *b, int64_t pos, int64_t end, int64_t *
     return 0;
 }
 
-static int cmp_open(CmpSide *s, const char *image, const char *format, bool force_share)
+static int cmp_open(CmpSide *s, const char *image, const char *format, bool force_share, const BlockOpenOpts *key)
 {
     block_open_opts_init(&s->opts);
+    s->opts.secret = key->secret; /* one key for both images and their chains */
+    s->opts.secret_len = key->secret_len;
+    s->opts.ask_secret = key->ask_secret;
     s->opts.read_only = true;
     s->opts.format = format;
     s->opts.force_share = force_share;
@@ -429,10 +432,17 @@ int cmd_compare(int argc, char **argv)
 {
     const char *fmt_a = NULL, *fmt_b = NULL;
     bool strict = false, quiet = false, force_share = false;
+    BlockOpenOpts key;
+    block_open_opts_init(&key);
     opterr = 0;
     optind = 1;
-    int c;
+    int c, r;
     while ((c = cli_getopt(argc, argv, ":f:F:hqsU", compare_options, NULL)) != -1) {
+        if ((r = secret_option(&key, c, optarg)) >= 0) {
+            if (r != 0)
+                return CMP_ERROR;
+            continue;
+        }
         switch (c) {
         case 'f': fmt_a = optarg; break;
         case 'F': fmt_b = optarg; break;
@@ -447,14 +457,14 @@ int cmd_compare(int argc, char **argv)
         fprintf(stderr, "imgfuse: usage: imgfuse compare [-s] [-q] [-f FMT] [-F FMT] [-U] IMAGE1 IMAGE2\n");
         return CMP_ERROR;
     }
-    if (cli_url_error(argv[optind]) || cli_url_error(argv[optind + 1]))
+    if (cli_url_error(argv[optind]) || cli_url_error(argv[optind + 1]) || secret_options_done(&key) != 0)
         return CMP_ERROR;
     CmpSide a, b;
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
     int rc = CMP_ERROR;
-    if (cmp_open(&a, argv[optind], fmt_a, force_share) == 0 &&
-        cmp_open(&b, argv[optind + 1], fmt_b, force_share) == 0)
+    if (cmp_open(&a, argv[optind], fmt_a, force_share, &key) == 0 &&
+        cmp_open(&b, argv[optind + 1], fmt_b, force_share, &key) == 0)
         rc = compare_images(&a, &b, strict, quiet);
     if (fflush(stdout) != 0)
         rc = CMP_ERROR;

@@ -263,6 +263,7 @@ static const CommandHelp command_help[] = {
       "  -F, --backing-format FMT format of BACKING (required with -b; vhdx: always vhdx)\n"
       "      --key-file FILE      passphrase of an encrypted image (luks, qcow2 encrypt.format=luks): all of FILE\n"
       "      --passphrase-fd N    the same: the first line read from descriptor N (else asked on the terminal)\n"
+      "      --object secret,id=ID,file=FILE  the same in qemu-img's spelling, with -o key-secret=ID\n"
       "  -h, --help               this help\n",
       "imgfuse create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2" },
     { "convert", "[OPTIONS] SOURCE... TARGET",
@@ -288,6 +289,9 @@ static const CommandHelp command_help[] = {
       "      --timeout SECONDS    a request to a source's server (nbd, http, s3) fails after it (30)\n"
       "      --cacert FILE        CA certificates that verify an https:// or s3:// source's server\n"
       "      --s3-endpoint URL    the S3-compatible server of an s3:// source\n"
+      "      --object secret,id=ID,file=FILE  a key in qemu-img's spelling: the sources', or the target's when\n"
+      "                           -o key-secret=ID (luks) / encrypt.key-secret=ID (qcow2) names it\n"
+      "      --target-key-file FILE  key of an encrypted target (-O luks, -o encrypt.format=luks): all of FILE\n"
       "  -h, --help               this help\n",
       "imgfuse convert -p -O qcow2 -c disk.vmdk disk.qcow2" },
     { "resize", "[--shrink] [-f FMT] [-q] IMAGE [+|-]SIZE",
@@ -304,6 +308,8 @@ static const CommandHelp command_help[] = {
       "  -d, --drop               leave IMAGE as it is (not emptied)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              no \"Image committed.\" line\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse commit -p top.qcow2" },
     { "stream", "[-p|-q] [-f FMT] [-b BASE] IMAGE",
@@ -312,6 +318,8 @@ static const CommandHelp command_help[] = {
       "  -b, --base BASE          keep BASE (and below) as the backing file (default: flatten)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse stream -b base.qcow2 top.qcow2" },
     { "rebase", "[-u] [-p|-q] [-f FMT] -b NEW [-F FMT] IMAGE",
@@ -322,6 +330,8 @@ static const CommandHelp command_help[] = {
       "  -u, --unsafe             only rewrite the name (the old backing file is not read)\n"
       "  -p, --progress           progress on standard error (also when it is not a terminal)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse rebase -b new-base.qcow2 -F qcow2 top.qcow2" },
     { "amend", "[-f FMT] [-q] -o OPTIONS IMAGE",
@@ -329,6 +339,8 @@ static const CommandHelp command_help[] = {
       "  -f, --format FMT         format of IMAGE (default: probed)\n"
       "  -o, --options OPTIONS    key=value[,key=value] (repeatable)\n"
       "  -q, --quiet              errors only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse amend -o compat=0.10 disk.qcow2" },
     { "snapshot", "-l|-c NAME|-d NAME|-a NAME IMAGE", "Lists, creates, deletes or applies internal snapshots.",
@@ -362,6 +374,8 @@ static const CommandHelp command_help[] = {
       "  -s, --strict             images of different sizes differ (else the longer part must be zeros)\n"
       "  -U, --force-share        do not take or check image locks\n"
       "  -q, --quiet              no message, the exit code only\n"
+      "      --key-file FILE      key of encrypted images in the chain; --passphrase-fd N: first line of fd N\n"
+      "      --object secret,id=ID,file=FILE  the same, in qemu-img's spelling (data=STRING: shows in ps)\n"
       "  -h, --help               this help\n",
       "imgfuse compare disk.qcow2 disk.raw" },
 };

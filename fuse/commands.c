@@ -144,9 +144,10 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
         case SUB_IMAGE_OPTS:
             errmsg("--image-opts", "not supported: IMAGE is a file name");
             return EXIT_USAGE;
-        case SUB_OBJECT:
-            errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
-            return EXIT_USAGE;
+        case SUB_OBJECT: /* qemu-img's --object secret,id=ID,file=FILE: the key */
+            if (secret_option(&a->opts, SECRET_OPT_OBJECT, optarg) != 0)
+                return EXIT_USAGE;
+            break;
         case SUB_JSON:
             if (!allow_json)
                 goto unknown;
@@ -218,7 +219,7 @@ static int parse_sub_args(int argc, char **argv, const char *synopsis, bool allo
         errmsg("--no-backing", "cannot be combined with --backing");
         return EXIT_USAGE;
     }
-    if (backing_is_a_dir(a->opts.backing))
+    if (backing_is_a_dir(a->opts.backing) || secret_objects_done(&a->opts) != 0)
         return EXIT_USAGE;
     if (argc - optind < 1 || (argc - optind > 1 && !allow_algo)) /* hash takes several images */
         return sub_usage(argv[0], synopsis);
@@ -344,7 +345,7 @@ static int create_options_help(const char *fmt)
 }
 
 /* Whether a new image of fmt with these options is encrypted (so the prompt asks for its passphrase). */
-static bool create_wants_key(const char *fmt, const char *options)
+bool create_wants_key(const char *fmt, const char *options)
 {
     return strcmp(fmt, "luks") == 0 || (options && strstr(options, "encrypt.format=") != NULL);
 }
@@ -359,6 +360,7 @@ int cmd_create(int argc, char **argv)
         { "backing-format", required_argument, NULL, 'F' },
         { "key-file", required_argument, NULL, SUB_KEY_FILE },
         { "passphrase-fd", required_argument, NULL, SUB_PASSPHRASE_FD },
+        { "object", required_argument, NULL, SUB_OBJECT },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -378,6 +380,10 @@ int cmd_create(int argc, char **argv)
         case SUB_KEY_FILE:
         case SUB_PASSPHRASE_FD:
             if ((c == SUB_KEY_FILE ? secret_from_file(&key, optarg) : secret_from_fd(&key, optarg)) != 0)
+                return EXIT_USAGE;
+            break;
+        case SUB_OBJECT: /* qemu-img's --object secret,id=ID,file=FILE, named by -o key-secret=ID */
+            if (secret_option(&key, SECRET_OPT_OBJECT, optarg) != 0)
                 return EXIT_USAGE;
             break;
         case 'h': return cli_print_help("create");
@@ -419,14 +425,19 @@ int cmd_create(int argc, char **argv)
         errmsg(file, "format '%s' does not support backing files", drv->name);
         return EXIT_USAGE;
     }
-    if (!key.secret && create_wants_key(fmt, co.options) && isatty(STDIN_FILENO) &&
-        secret_prompt_new(&key, file) != 0)
+    char *rest = NULL; /* -o without key-secret=ID */
+    if (secret_take_key_secret(&key, co.options, &rest) != 0 || secret_objects_done(&key) != 0 ||
+        (!key.secret && create_wants_key(fmt, rest) && isatty(STDIN_FILENO) && secret_prompt_new(&key, file) != 0)) {
+        free(rest);
         return EXIT_USAGE;
+    }
+    co.options = rest;
     co.secret = key.secret;
     co.secret_len = key.secret_len;
     Error err;
     memset(&err, 0, sizeof err);
     int r = bdrv_create(fmt, file, &co, &err);
+    free(rest);
     if (r < 0) {
         if (!err.errnum)
             err.errnum = -r;

@@ -243,6 +243,8 @@ static int convert_copy(Convert *c, int n_workers)
 
 typedef struct ConvertArgs {
     BlockOpenOpts src_opts;
+    BlockOpenOpts dst_key;   /* the target's key (--target-key-file, -o key-secret=ID, a prompt): only its secret */
+    char *options;           /* -o without key-secret=ID (malloc'd) */
     const char *out_fmt;
     CreateOpts co;
     bool no_create, target_is_zero, progress, quiet, compress;
@@ -252,8 +254,8 @@ typedef struct ConvertArgs {
     CliNetOpts net;          /* --timeout, --cacert, --s3-endpoint: for the (first) source's protocol driver */
 } ConvertArgs;
 
-enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_KEY_FILE, CONV_PASSPHRASE_FD, CONV_TIMEOUT,
-       CONV_CACERT, CONV_S3_ENDPOINT };
+enum { CONV_TARGET_IS_ZERO = 256, CONV_BACKING_DIR, CONV_UNSAFE_BACKING, CONV_TARGET_KEY_FILE, CONV_TIMEOUT, CONV_CACERT,
+       CONV_S3_ENDPOINT };
 
 static const struct option convert_options[] = {
     { "format", required_argument, NULL, 'f' },
@@ -273,8 +275,8 @@ static const struct option convert_options[] = {
     { "cacert", required_argument, NULL, CONV_CACERT },
     { "s3-endpoint", required_argument, NULL, CONV_S3_ENDPOINT },
     { "force-share", no_argument, NULL, 'U' },
-    { "key-file", required_argument, NULL, CONV_KEY_FILE },
-    { "passphrase-fd", required_argument, NULL, CONV_PASSPHRASE_FD },
+    SECRET_LONG_OPTIONS,
+    { "target-key-file", required_argument, NULL, CONV_TARGET_KEY_FILE },
     { "progress", no_argument, NULL, 'p' },
     { "quiet", no_argument, NULL, 'q' },
     { "help", no_argument, NULL, 'h' },
@@ -284,11 +286,35 @@ static const struct option convert_options[] = {
 static const char convert_synopsis[] = "[-p|-q] [-c] [-f FMT] [-O FMT] [-o OPTS] [-B BACKING -F FMT] [-n] [-m N] "
                                        "[-S SIZE] [-t CACHE] SOURCE... TARGET";
 
+/* The keys once the options are read: -o key-secret=ID names the target's --object secret (the others are
+ * the sources' key), and a new encrypted target has a key before anything is created (on a terminal: asked
+ * twice). -1 to go on, else an exit code. */
+static int convert_keys(ConvertArgs *a, const char *target)
+{
+    if (secret_take_key_secret(&a->dst_key, a->co.options, &a->options) != 0 ||
+        secret_options_done(&a->src_opts) != 0)
+        return EXIT_USAGE;
+    a->co.options = a->options;
+    if (!a->no_create && !a->dst_key.secret && create_wants_key(a->out_fmt, a->co.options)) {
+        if (!isatty(STDIN_FILENO)) {
+            errmsg(target, "an encrypted target needs a key: --target-key-file FILE, or --object "
+                   "secret,id=ID,file=FILE with -o key-secret=ID");
+            return EXIT_USAGE;
+        }
+        if (secret_prompt_new(&a->dst_key, target) != 0)
+            return EXIT_USAGE;
+    }
+    a->co.secret = a->dst_key.secret;
+    a->co.secret_len = a->dst_key.secret_len;
+    return -1;
+}
+
 /* Returns -1 to go on, else an exit code. */
 static int convert_parse(int argc, char **argv, ConvertArgs *a)
 {
     memset(a, 0, sizeof *a);
     block_open_opts_init(&a->src_opts);
+    block_open_opts_init(&a->dst_key);
     a->src_opts.read_only = true;
     a->out_fmt = "raw";
     a->co.size = -1;
@@ -297,8 +323,13 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
     a->cache = CACHE_UNSAFE;
     opterr = 0;
     optind = 1;
-    int c;
+    int c, r;
     while ((c = cli_getopt(argc, argv, ":f:O:o:B:F:ncS:m:t:Upqh", convert_options, NULL)) != -1) {
+        if ((r = secret_option(&a->src_opts, c, optarg)) >= 0) { /* the key of encrypted sources */
+            if (r != 0)
+                return r;
+            continue;
+        }
         switch (c) {
         case 'f': a->src_opts.format = optarg; break;
         case 'O': a->out_fmt = optarg; break;
@@ -345,12 +376,8 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
             a->src_opts.backing_dirs[a->src_opts.n_backing_dirs++] = optarg;
             break;
         case CONV_UNSAFE_BACKING: a->src_opts.unsafe_backing = true; break;
-        case CONV_KEY_FILE: /* the key of encrypted sources */
-            if (secret_from_file(&a->src_opts, optarg) != 0)
-                return EXIT_USAGE;
-            break;
-        case CONV_PASSPHRASE_FD:
-            if (secret_from_fd(&a->src_opts, optarg) != 0)
+        case CONV_TARGET_KEY_FILE: /* the key of an encrypted target */
+            if (secret_from_file(&a->dst_key, optarg) != 0)
                 return EXIT_USAGE;
             break;
         case CONV_TIMEOUT: a->net.timeout = optarg; break;
@@ -385,7 +412,9 @@ static int convert_parse(int argc, char **argv, ConvertArgs *a)
         errmsg("-n", "the target exists: -o and -B are for a new one");
         return EXIT_USAGE;
     }
-    return cli_net_apply(&a->net, &a->src_opts, argv[optind]);
+    if ((c = cli_net_apply(&a->net, &a->src_opts, argv[optind])) >= 0)
+        return c;
+    return convert_keys(a, argv[argc - 1]);
 }
 
 /* True (error printed) if target names the same file as one of the sources. */
@@ -464,6 +493,8 @@ static int convert_open_target(Convert *c, ConvertArgs *a)
     o.read_only = false;
     o.no_backing = true;
     o.cache = a->cache;
+    o.secret = a->dst_key.secret;
+    o.secret_len = a->dst_key.secret_len;
     c->dst = bdrv_open(c->dst_name, &o, &err);
     if (!c->dst)
         return report_error(&err, c->dst_name, EXIT_USAGE);
@@ -473,7 +504,8 @@ static int convert_open_target(Convert *c, ConvertArgs *a)
                c->total);
         return EXIT_USAGE;
     }
-    c->zero_init = a->no_create ? a->target_is_zero : !a->co.backing;
+    /* a new encrypted container's payload decrypts to noise, not zeros (luks): its driver says so */
+    c->zero_init = a->no_create ? a->target_is_zero : !a->co.backing && (!a->co.secret || bdrv_has_zero_init(c->dst));
     c->top_only = a->co.backing != NULL;
     return -1;
 }
@@ -519,12 +551,15 @@ int cmd_convert(int argc, char **argv)
 {
     ConvertArgs a;
     int rc = convert_parse(argc, argv, &a);
-    if (rc >= 0)
+    if (rc >= 0) {
+        free(a.options);
         return rc;
+    }
     int n_src = argc - optind - 1;
     char **names = argv + optind;
     Convert *c = calloc(1, sizeof *c);
     if (!c) {
+        free(a.options);
         errmsg("convert", "out of memory");
         return EXIT_RUNTIME;
     }
@@ -562,6 +597,7 @@ int cmd_convert(int argc, char **argv)
         bdrv_close(c->src[i].bs);
     pthread_mutex_destroy(&c->lock);
     free(c);
+    free(a.options);
     return rc;
 }
 

@@ -277,6 +277,27 @@ bool secret_use_kept(BlockOpenOpts *o);
 /* The passphrase of a new image, asked twice on the terminal (`imgfuse create`) into o->secret; 0, or
  * EXIT_USAGE with the error printed (the two differ, no terminal). */
 int secret_prompt_new(BlockOpenOpts *o, const char *filename);
+/* The key options every command that opens encrypted images takes, in its getopt table: --key-file FILE,
+ * --passphrase-fd N and qemu-img's --object secret,id=ID,file=FILE|data=STRING. secret_option handles c
+ * if it is one of them (0, or EXIT_USAGE printed; -1: not a key option); after the options,
+ * secret_options_done makes the one secret no -o key-secret=ID named the images' key and, on a terminal
+ * without a key, lets the open ask once (0, or EXIT_USAGE printed). secret_from_object puts the secret ID
+ * into o (a new image's key). */
+enum { SECRET_OPT_KEY_FILE = 0x5300, SECRET_OPT_PASSPHRASE_FD, SECRET_OPT_OBJECT };
+#define SECRET_LONG_OPTIONS                                                                                   \
+    { "key-file", required_argument, NULL, SECRET_OPT_KEY_FILE },                                             \
+    { "passphrase-fd", required_argument, NULL, SECRET_OPT_PASSPHRASE_FD },                                   \
+    { "object", required_argument, NULL, SECRET_OPT_OBJECT }
+int secret_option(BlockOpenOpts *o, int c, const char *arg);
+int secret_options_done(BlockOpenOpts *o);
+/* The same without the prompt (the mount asks before it detaches; info/map/hash set their own). */
+int secret_objects_done(BlockOpenOpts *o);
+int secret_from_object(BlockOpenOpts *o, const char *id);
+/* qemu-img's -o key-secret=ID / encrypt.key-secret=ID taken out of a new image's options: the secret ID
+ * into o, the other options into *rest (malloc'd; NULL if none). 0, or EXIT_USAGE printed. */
+int secret_take_key_secret(BlockOpenOpts *o, const char *options, char **rest);
+/* Whether a new image of fmt with these creation options is encrypted, so that it needs a key (commands.c). */
+bool create_wants_key(const char *fmt, const char *options);
 
 /* ---------------------------------------------------------------- main.c helpers */
 

@@ -26,6 +26,7 @@
 #define JOB_CHUNK (2 * 1024 * 1024)
 
 static volatile sig_atomic_t job_stop;
+static BlockOpenOpts job_key; /* the key of encrypted images in the chain (secret, prompt): every open's */
 
 static void job_on_signal(int sig)
 {
@@ -57,12 +58,19 @@ static int job_parse(int argc, char **argv, JobArgs *a, const char *shortopts, c
         { "backing", required_argument, NULL, 'b' },     { "backing-format", required_argument, NULL, 'F' },
         { "unsafe", no_argument, NULL, 'u' },            { "drop", no_argument, NULL, 'd' },
         { "progress", no_argument, NULL, 'p' },          { "quiet", no_argument, NULL, 'q' },
-        { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
+        { "help", no_argument, NULL, 'h' },              SECRET_LONG_OPTIONS,
+        { NULL, 0, NULL, 0 },
     };
+    block_open_opts_init(&job_key);
     opterr = 0;
     optind = 1;
-    int c;
+    int c, r;
     while ((c = cli_getopt(argc, argv, shortopts, longopts, NULL)) != -1) {
+        if ((r = secret_option(&job_key, c, optarg)) >= 0) {
+            if (r != 0)
+                return r;
+            continue;
+        }
         switch (c) {
         case 'f': a->format = optarg; break;
         case 'b': a->base = optarg; break;
@@ -78,7 +86,7 @@ static int job_parse(int argc, char **argv, JobArgs *a, const char *shortopts, c
     if (argc - optind != 1)
         return job_usage(a->cmd, synopsis);
     a->image = argv[optind];
-    return -1;
+    return secret_options_done(&job_key) != 0 ? EXIT_USAGE : -1;
 }
 
 static BlockNode *job_open(const char *name, const char *format, bool writable, bool no_backing, bool share,
@@ -86,6 +94,9 @@ static BlockNode *job_open(const char *name, const char *format, bool writable, 
 {
     BlockOpenOpts o;
     block_open_opts_init(&o);
+    o.secret = job_key.secret;
+    o.secret_len = job_key.secret_len;
+    o.ask_secret = job_key.ask_secret;
     o.format = format;
     o.read_only = !writable;
     o.no_backing = no_backing;

@@ -504,9 +504,10 @@ static int apply_mount_opt(MountArgs *a, int c, const char *name, const char *ar
     case OPT_IMAGE_OPTS:
         errmsg("--image-opts", "not supported: IMAGE is a file name; driver options go in -o DRIVER.KEY=VALUE");
         return EXIT_USAGE;
-    case OPT_OBJECT:
-        errmsg("--object", "not supported: imgfuse takes no QEMU objects (secrets, encryption keys)");
-        return EXIT_USAGE;
+    case OPT_OBJECT: /* qemu-img's --object secret,id=ID,file=FILE: the key (never in the mount summary) */
+        if (secret_option(&a->open, SECRET_OPT_OBJECT, arg) != 0)
+            return EXIT_USAGE;
+        break;
     case 'h': print_help(); return EXIT_OK;
     case 'V': print_version(); return EXIT_OK;
     default: abort();
@@ -668,7 +669,7 @@ static int parse_mount_args(MountArgs *a, int argc, char **argv)
             return rc;
         longidx = -1;
     }
-    if (a->open.format && format_is_a_file(a->open.format))
+    if ((a->open.format && format_is_a_file(a->open.format)) || secret_objects_done(&a->open) != 0)
         return EXIT_USAGE;
     if (argc - optind > 2) {
         errmsg(argv[optind + 2], "unexpected argument (usage: imgfuse [OPTIONS] IMAGE MOUNTPOINT)");

@@ -126,7 +126,7 @@ written_back() {
   [ "$output" = "imgfuse: b.luks: luks creation option 'iter-time': '0' is not a time from 1 to 60000 ms" ]
   run "$IMGFUSE" create -f luks --key-file k1 -o key-secret=s0 b.luks 1M
   [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: unknown luks creation option 'key-secret'" ]
+  [ "$output" = "imgfuse: s0: no --object secret,id=s0 was given" ]
   [ ! -e b.luks ]
 }
 

@@ -151,7 +151,7 @@ EOS
   cmp top.qcow2 orig.qcow2
 }
 
-@test "13 qemu spellings: -r/--read-only and -U/--force-share work, --image-opts and --object are refused by name" {
+@test "13 qemu spellings: -r/--read-only and -U/--force-share work, --image-opts and --object other than a secret are refused by name" {
   for opt in -r --read-only -U --force-share; do
     mount_img "$opt" top.qcow2 "$MNT"
     [ "$(stat -c %a "$MNT/disk.raw")" = 444 ]
@@ -162,13 +162,13 @@ EOS
   fails_with 2 "imgfuse: --read-only: cannot be combined with --rw"
   run "$IMGFUSE" --image-opts driver=qcow2,file.filename=top.qcow2 mnt
   fails_with 2 "imgfuse: --image-opts: not supported: IMAGE is a file name; driver options go in -o DRIVER.KEY=VALUE"
-  run "$IMGFUSE" --object secret,id=s0,data=pw top.qcow2 mnt
-  fails_with 2 "imgfuse: --object: not supported: imgfuse takes no QEMU objects (secrets, encryption keys)"
+  run "$IMGFUSE" --object tls-creds-x509,id=t0,dir=. top.qcow2 mnt
+  fails_with 2 "imgfuse: --object: only 'secret,id=ID,file=FILE' (or data=STRING) is supported"
   run "$IMGFUSE" info -U top.qcow2
   [ "$status" -eq 0 ]
   [[ "$output" == *"format: qcow2"* ]]
-  run "$IMGFUSE" info --object secret,id=s0,data=pw top.qcow2
-  fails_with 2 "imgfuse: --object: not supported: imgfuse takes no QEMU objects (secrets, encryption keys)"
+  run "$IMGFUSE" info --object iothread,id=io0 top.qcow2
+  fails_with 2 "imgfuse: --object: only 'secret,id=ID,file=FILE' (or data=STRING) is supported"
 }
 
 @test "14 bad FUSE option: libfuse's word, one line" {
