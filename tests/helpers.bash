@@ -132,21 +132,30 @@ fmt_io() {
 # qio IMAGE CMD...: qemu-io commands on a qcow2 IMAGE.
 qio() { fmt_io qcow2 "$@"; }
 
-# qemu_data_extents FORMAT IMAGE: the "start end" ranges qemu-img map calls data, adjacent ones merged.
-qemu_data_extents() {
-  qemu-img map -f "$1" --output=json "$2" | python3 -c '
+# json_extents START LENGTH KEY [VALUE]: reads a JSON list of extents on stdin (qemu-img map, imgfuse map,
+# rbd diff) and prints, sorted and with adjacent ones merged, the "start end" ranges of the entries whose
+# KEY is true (or, with VALUE, equals VALUE as a string); START and LENGTH name the offset and size keys.
+json_extents() {
+  python3 -c '
 import json, sys
+start, length, key = sys.argv[1:4]
+want = sys.argv[4] if len(sys.argv) > 4 else None
 ext = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
+for e in sorted(json.load(sys.stdin), key=lambda e: e[start]):
+    if (str(e[key]) != want) if want is not None else not e[key]:
         continue
-    s, t = e["start"], e["start"] + e["length"]
+    s, t = e[start], e[start] + e[length]
     if ext and ext[-1][1] == s:
         ext[-1][1] = t
     else:
         ext.append([s, t])
 for s, t in ext:
-    print(s, t)'
+    print(s, t)' "$@"
+}
+
+# qemu_data_extents FORMAT IMAGE: the "start end" ranges qemu-img map calls data, adjacent ones merged.
+qemu_data_extents() {
+  qemu-img map -f "$1" --output=json "$2" | json_extents start length data
 }
 
 # refused_open IMAGE PATTERN [options...]: mounting IMAGE fails with exit 2, one line naming IMAGE and

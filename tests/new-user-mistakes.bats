@@ -364,8 +364,13 @@ EOS
   [[ "$output" == *"format: qcow"$'\n'* ]]
   run "$IMGFUSE" c.luks mnt
   fails_with 2 "imgfuse: c.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
-  run "$IMGFUSE" info c.luks
+  run "$IMGFUSE" hash c.luks
   fails_with 2 "imgfuse: c.luks: LUKS encrypted container: a key is needed (--key-file FILE or --passphrase-fd N)"
+  # info needs no key (as qemu-img info): the header is shown, the data is not read
+  run "$IMGFUSE" info c.luks </dev/null
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"format: luks"$'\n'* ]]
+  [[ "$output" == *"encrypted: yes (no key given; data not readable)"* ]]
   printf pw > key
   run "$IMGFUSE" info --key-file key c.luks
   [ "$status" -eq 0 ]

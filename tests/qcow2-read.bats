@@ -24,22 +24,7 @@ rawio() {
 
 # map_extents KEY: reads a qemu-img style JSON map on stdin and prints the merged "start end" extents
 # whose KEY (data, zero or present) is true.
-map_extents() {
-  python3 -c '
-import json, sys
-key = sys.argv[1]
-ext = []
-for e in json.load(sys.stdin):
-    if not e[key]:
-        continue
-    s, t = e["start"], e["start"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)' "$1"
-}
+map_extents() { json_extents start length "$1"; }
 
 # qemu_extents IMAGE: data extents of the whole chain as qemu-img map sees them.
 qemu_extents() {

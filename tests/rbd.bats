@@ -126,37 +126,11 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # rbd_diff_extents SPEC: the data extents `rbd diff SPEC` reports, adjacent ones merged, as "start end" lines.
 rbd_diff_extents() {
-  rbd diff "$1" --format json | python3 -c '
-import json, sys
-ext = []
-for e in sorted(json.load(sys.stdin), key=lambda e: e["offset"]):
-    if e["exists"] != "true":
-        continue
-    s, t = e["offset"], e["offset"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)'
+  rbd diff "$1" --format json | json_extents offset length exists true
 }
 
 # map_data_extents: the data extents of `imgfuse map --output=json` on stdin, merged, as "start end" lines.
-map_data_extents() {
-  python3 -c '
-import json, sys
-ext = []
-for e in json.load(sys.stdin):
-    if not e["data"]:
-        continue
-    s, t = e["start"], e["start"] + e["length"]
-    if ext and ext[-1][1] == s:
-        ext[-1][1] = t
-    else:
-        ext.append([s, t])
-for s, t in ext:
-    print(s, t)'
-}
+map_data_extents() { json_extents start length data; }
 
 @test "block status: SEEK_DATA, imgfuse map and convert see the extents rbd diff reports (head and snapshot)" {
   rbd create --size 64M "$POOL/$IMG"
