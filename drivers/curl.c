@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * curl.c - the "http" and "s3" protocol drivers: a read-only image on a web server (http://, https://) or in an S3
- * bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  The size comes from a HEAD (or from the
- * Content-Range of a one-byte ranged GET when HEAD is refused); every read is a ranged GET of whole chunks into a
- * bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several chunks in flight at once over a
+ * bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  Open is one request, a ranged GET of the
+ * first chunk: its Content-Range gives the size, its bytes fill the cache.  Every read is a ranged GET of whole
+ * chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several chunks in flight at once over a
  * pool of connections, and a sequential reader gets a readahead window that doubles up to HTTP_READAHEAD_MAX
  * chunks, fetched ahead of it by a readahead thread.  Only an answer that is a 206 whose Content-Range is exactly
  * the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those seen at open fills a
@@ -629,20 +629,21 @@ static int http_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
 
 /* ---------------------------------------------------------------- open */
 
-/* One request at open (HEAD, or a GET of the first byte), not retried; *code the HTTP status. */
-static int open_request(HttpState *s, Xfer *x, bool head, bool follow, long *code, char *why, size_t whylen)
+/* The one request at open: a ranged GET of the first chunk into buf, not retried; *code the HTTP status. A body
+ * that is not the range asked is not kept (x->overflow): the caller judges the status. */
+static int open_request(HttpState *s, Xfer *x, uint8_t *buf, bool follow, long *code, char *why, size_t whylen)
 {
     if (!(x->h = curl_easy_init())) {
         snprintf(why, whylen, "out of memory");
         return -ENOMEM;
     }
-    xfer_setup(s, x, s->url, head, 0, head ? 0 : 1, NULL, now_ms() + s->timeout_ms, follow);
+    xfer_setup(s, x, s->url, false, 0, HTTP_CHUNK, buf, now_ms() + s->timeout_ms, follow);
     CURLcode rc = curl_easy_perform(x->h);
     xfer_done(x);
     *code = 0;
     curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, code);
     int r = 0;
-    if (rc != CURLE_OK) {
+    if (rc != CURLE_OK && !(x->overflow && *code != 206)) {
         snprintf(why, whylen, "cannot reach the server: %s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
         r = -EIO;
     } else if (*code == 401 || *code == 403) {
@@ -663,36 +664,10 @@ static int open_request(HttpState *s, Xfer *x, bool head, bool follow, long *cod
     return r;
 }
 
-/* The size, validators and range support: HEAD, and a ranged GET of one byte when HEAD is refused or does
- * not promise ranges. */
-static int http_learn(BlockNode *bs, Error *err)
+/* Judges the answer to the first chunk's GET: exactly the range asked of a non-empty file, or an error. */
+static int first_chunk_verdict(const Xfer *g, long code, Error *err)
 {
-    HttpState *s = bs->opaque;
-    Xfer x;
-    memset(&x, 0, sizeof x);
-    long code;
-    char why[CURL_ERROR_SIZE + 128];
-    int r = open_request(s, &x, true, !s->s3, &code, why, sizeof why);
-    bool head_ok = r == 0 && code >= 200 && code < 300;
-    if (r < 0 && r != -EIO && !(r == -EACCES && !s->s3)) { /* a 403 to HEAD only: GET may still be allowed */
-        error_set(err, -r, "%s", why);
-        return r;
-    }
-    if (r == -EIO) {
-        error_set(err, EIO, "%s", why);
-        return r;
-    }
-    snprintf(s->etag, sizeof s->etag, "%s", head_ok ? x.etag : "");
-    snprintf(s->lastmod, sizeof s->lastmod, "%s", head_ok ? x.lastmod : "");
-    /* the ranged probe: the size from Content-Range, and proof that ranges are served */
-    Xfer g;
-    memset(&g, 0, sizeof g);
-    r = open_request(s, &g, false, !s->s3 && !head_ok, &code, why, sizeof why);
-    if (r < 0) {
-        error_set(err, -r, "%s", why);
-        return r;
-    }
-    if (code == 416 && g.r_total == 0) {
+    if (code == 416 && g->r_total == 0) {
         error_set(err, EINVAL, "the file on the server is empty");
         return -EINVAL;
     }
@@ -700,21 +675,53 @@ static int http_learn(BlockNode *bs, Error *err)
         error_set(err, ENOTSUP, "the server does not serve byte ranges (it answers Range with the whole file)");
         return -ENOTSUP;
     }
-    if (code != 206 || !g.have_range || g.r_first != 0) {
+    if (code != 206 || !g->have_range || g->r_first != 0) {
         error_set(err, EIO, "HTTP %ld from the server%s", code, code == 206 ? " without a Content-Range" : "");
         return -EIO;
     }
-    if (!s->etag[0])
-        snprintf(s->etag, sizeof s->etag, "%s", g.etag);
-    if (!s->lastmod[0])
-        snprintf(s->lastmod, sizeof s->lastmod, "%s", g.lastmod);
-    if (s->etag[0] && g.etag[0] && strcmp(s->etag, g.etag) != 0) {
-        error_set(err, EIO, "the file changed on the server while it was opened");
+    int64_t want = MIN((int64_t)HTTP_CHUNK, g->r_total);
+    if (g->r_last != want - 1 || g->got != want) {
+        error_set(err, EIO, "HTTP 206 from the server for another range than the one asked");
         return -EIO;
     }
+    return 0;
+}
+
+/* The size, validators and range support from one ranged GET of the first chunk (no HEAD): its Content-Range
+ * gives the size, and its bytes fill the cache's first slot, so the format probe and the header reads of most
+ * images cost no further round trip. */
+static int http_learn(BlockNode *bs, Error *err)
+{
+    HttpState *s = bs->opaque;
+    uint8_t *buf = malloc(HTTP_CHUNK);
+    if (!buf) {
+        error_set(err, ENOMEM, "out of memory");
+        return -ENOMEM;
+    }
+    Xfer g;
+    memset(&g, 0, sizeof g);
+    long code;
+    char why[CURL_ERROR_SIZE + 128];
+    int r = open_request(s, &g, buf, !s->s3, &code, why, sizeof why);
+    if (r < 0)
+        error_set(err, -r, "%s", why);
+    else
+        r = first_chunk_verdict(&g, code, err);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    snprintf(s->etag, sizeof s->etag, "%s", g.etag);
+    snprintf(s->lastmod, sizeof s->lastmod, "%s", g.lastmod);
     if (s->etag[0] && (s->etag[0] == 'W' || s->etag[0] != '"'))
         s->etag[0] = '\0'; /* a weak ETag cannot be matched with If-Match: Last-Modified is checked alone */
     s->size = g.r_total;
+    HttpSlot *c = &s->slots[0];
+    c->data = buf;
+    c->idx = 0;
+    c->state = SLOT_READY;
+    c->used = ++s->clock;
+    s->gets++;
     return 0;
 }
 
