@@ -55,13 +55,6 @@ static const BlockOptionSpec nbd_options[] = {
     { NULL, 0, 0, NULL }
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int nbd_errno(void)
 {
     int e = nbd_get_errno();

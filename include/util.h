@@ -85,6 +85,8 @@ const char *path_base_of(const char *path);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);
+/* Milliseconds of the monotonic clock (deadlines of network requests). */
+int64_t now_ms(void);
 
 /* UTF-16 (big- or little-endian) to UTF-8, up to a NUL or nbytes, into out (outlen bytes, always
  * terminated; a character that does not fit ends it). Unpaired surrogates and control characters become

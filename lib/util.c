@@ -98,6 +98,11 @@ uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int64_t now_ms(void)
+{
+    return (int64_t)(now_ns() / 1000000);
+}
+
 void path_dir_of(const char *path, char *out, size_t len)
 {
     const char *slash = strrchr(path, '/');
