@@ -3,9 +3,10 @@
  * curl.c - the "http" and "s3" protocol drivers: a read-only image on a web server (http://, https://) or in an S3
  * bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  Open is one request, a ranged GET of the
  * first chunk: its Content-Range gives the size, its bytes fill the cache.  Every read is a ranged GET of whole
- * chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several chunks in flight at once over a
+ * chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several GETs in flight at once over a
  * pool of connections, and a sequential reader gets a readahead window that doubles up to HTTP_READAHEAD_MAX
- * chunks, fetched ahead of it by a readahead thread.  Only an answer that is a 206 whose Content-Range is exactly
+ * chunks, fetched ahead of it by readahead threads in GETs of up to HTTP_RUN_MAX chunks, each chunk served as
+ * soon as its GET lands.  Only an answer that is a 206 whose Content-Range is exactly
  * the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those seen at open fills a
  * chunk: a 200 (a server that ignores Range), a short body, or a file changed on the server (If-Match answered 412,
  * or another validator) is EIO, never wrong bytes.  Transport failures and 5xx answers are retried with a doubling
@@ -35,7 +36,10 @@
 #define HTTP_CHUNK (256 * KiB)          /* the unit of a GET and of the cache */
 #define HTTP_SLOTS 96                   /* cached chunks per node: 24 MiB */
 #define HTTP_READAHEAD_MAX 32           /* chunks fetched ahead of a sequential reader (8 MiB) */
-#define HTTP_CONNECTIONS 4              /* transfers in flight per batch; idle connections kept */
+#define HTTP_CONNECTIONS 8              /* transfers in flight per batch */
+#define HTTP_RA_THREADS 2               /* readahead batches at once: one starts while the other drains */
+#define HTTP_POOL (HTTP_CONNECTIONS * (HTTP_RA_THREADS + 1)) /* idle connections kept (readers' misses too) */
+#define HTTP_RUN_MAX 4                  /* consecutive chunks one readahead GET may ask (1 MiB) */
 #define HTTP_DEFAULT_TIMEOUT 30         /* seconds */
 #define HTTP_MAX_TIMEOUT 3600
 #define HTTP_MAX_REDIRS 5
@@ -68,13 +72,14 @@ typedef struct HttpState {
     uint64_t clock;
     int64_t seq_next;                   /* the chunk a sequential reader asks next */
     int readahead;                      /* chunks fetched ahead now */
-    pthread_t ra_thread;                /* fetches a sequential reader's window ahead of it */
+    pthread_t ra_thread[HTTP_RA_THREADS]; /* fetch a sequential reader's window ahead of it */
     pthread_cond_t ra_cond;             /* a window was posted (or ra_stop) */
-    bool ra_running, ra_stop;
+    int ra_running;                     /* readahead threads started */
+    bool ra_stop;
     int64_t ra_from, ra_to;             /* the window posted (ra_to < ra_from: none) */
-    CURL *idle[HTTP_CONNECTIONS];       /* easy handles, kept between batches */
+    CURL *idle[HTTP_POOL];              /* easy handles, kept between batches */
     int n_idle;
-    CURLM *idle_multi[HTTP_CONNECTIONS]; /* multi handles with their connection caches (kept alive) */
+    CURLM *idle_multi[HTTP_POOL];       /* multi handles with their connection caches (kept alive) */
     int n_idle_multi;
     _Atomic uint64_t gets, retries, changed;
 } HttpState;
@@ -106,7 +111,8 @@ typedef struct Xfer {
     CURL *h;
     struct curl_slist *hdrs;
     char errbuf[CURL_ERROR_SIZE];
-    uint8_t *buf;
+    uint8_t *buf;                       /* where the body goes (NULL: not kept) */
+    uint8_t *const *parts;              /* or: HTTP_CHUNK-sized buffers, one per chunk of the range */
     int64_t cap, got;
     int64_t start, len;                 /* the range asked (len 0: HEAD or no range) */
     bool overflow;
@@ -114,7 +120,7 @@ typedef struct Xfer {
     int64_t r_first, r_last, r_total;   /* Content-Range of the last response */
     char etag[HTTP_HDR_MAX], lastmod[HTTP_HDR_MAX];
     bool accept_ranges;
-    int idx;                            /* the batch's chunk it fills */
+    int idx, n;                         /* the batch's chunks it fills: idx..idx+n-1 */
     int tries;
     int64_t retry_at;                   /* ms: started again then */
 } Xfer;
@@ -127,14 +133,24 @@ static size_t on_body(char *p, size_t size, size_t n, void *opaque)
     curl_easy_getinfo(x->h, CURLINFO_RESPONSE_CODE, &code);
     if (code >= 300 && code < 400)
         return bytes; /* a redirect's body */
-    if (!x->buf) /* a probe or an error page: counted, not kept */
+    if (!x->buf && !x->parts) /* a probe or an error page: counted, not kept */
         return x->got += (int64_t)bytes, bytes;
     if (code != 206 || (int64_t)bytes > x->cap - x->got) {
         x->overflow = true;
         return 0; /* not the range asked: abort, never keep the bytes */
     }
-    memcpy(x->buf + x->got, p, bytes);
-    x->got += (int64_t)bytes;
+    if (x->buf) {
+        memcpy(x->buf + x->got, p, bytes);
+        x->got += (int64_t)bytes;
+        return bytes;
+    }
+    for (size_t done = 0; done < bytes;) { /* a run of chunks: each part takes its HTTP_CHUNK bytes */
+        int64_t off = x->got % HTTP_CHUNK;
+        size_t k = MIN(bytes - done, (size_t)(HTTP_CHUNK - off));
+        memcpy(x->parts[x->got / HTTP_CHUNK] + off, p + done, k);
+        done += k;
+        x->got += (int64_t)k;
+    }
     return bytes;
 }
 
@@ -191,6 +207,7 @@ static int xfer_setup(HttpState *s, Xfer *x, const char *url, bool head, int64_t
     CURL *h = x->h;
     x->hdrs = NULL;
     x->buf = buf;
+    x->parts = NULL;
     x->cap = len;
     x->got = 0;
     x->start = start;
@@ -305,7 +322,7 @@ static void pool_put(HttpState *s, CURL *h, bool failed)
     if (!h)
         return;
     pthread_mutex_lock(&s->lock);
-    if (!failed && s->n_idle < HTTP_CONNECTIONS) {
+    if (!failed && s->n_idle < HTTP_POOL) {
         s->idle[s->n_idle++] = h;
         h = NULL;
     }
@@ -326,7 +343,7 @@ static CURLM *multi_get(HttpState *s)
 static void multi_put(HttpState *s, CURLM *m)
 {
     pthread_mutex_lock(&s->lock);
-    if (s->n_idle_multi < HTTP_CONNECTIONS) {
+    if (s->n_idle_multi < HTTP_POOL) {
         s->idle_multi[s->n_idle_multi++] = m;
         m = NULL;
     }
@@ -337,9 +354,33 @@ static void multi_put(HttpState *s, CURLM *m)
 
 /* ---------------------------------------------------------------- a batch of chunk GETs */
 
-/* Fetches chunks idx[0..n) into bufs[0..n), several at once, each retried until the deadline; ok[i] says
- * which arrived. Returns 0, or -EIO when any failed (the reason logged). */
-static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs, bool *ok, int n)
+/* Called (outside s->lock) as soon as chunks first..first+n-1 of a batch have arrived, before the batch ends. */
+typedef void (*ChunksArrived)(BlockNode *bs, void *ctx, int first, int n);
+
+/* Splits chunks idx[0..n) into runs of consecutive chunks, one GET each: a window of n chunks in about
+ * HTTP_RUN_MAX GETs of up to HTTP_RUN_MAX chunks (fewer requests, which object stores bill; the first bytes of a
+ * run wait for its whole answer), so a full window is HTTP_READAHEAD_MAX / HTTP_RUN_MAX GETs in flight. first_alone: chunk 0 is a run of its own (a reader waits
+ * for it). Fills x[k].idx/.n; returns the number of runs. */
+static int split_runs(const int64_t *idx, int n, bool first_alone, Xfer *x)
+{
+    int len = MIN(MAX((n + HTTP_RUN_MAX - 1) / HTTP_RUN_MAX, 1), HTTP_RUN_MAX);
+    int runs = 0;
+    for (int i = 0; i < n;) {
+        int k = 1;
+        while (i + k < n && k < len && idx[i + k] == idx[i] + k && !(first_alone && i == 0))
+            k++;
+        x[runs].idx = i;
+        x[runs++].n = k;
+        i += k;
+    }
+    return runs;
+}
+
+/* Fetches chunks idx[0..n) into bufs[0..n), several GETs at once, each retried until the deadline; ok[i] says
+ * which arrived, and arrived() is told of each run as it lands. Returns 0, or -EIO when any failed (the reason
+ * logged). */
+static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs, bool *ok, int n, bool first_alone,
+                        ChunksArrived arrived, void *ctx)
 {
     HttpState *s = bs->opaque;
     int64_t deadline = now_ms() + s->timeout_ms;
@@ -353,12 +394,12 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
         free(queue);
         return -ENOMEM;
     }
-    int queued = n, running = 0, failed = 0, changed = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         ok[i] = false;
-        queue[i] = n - 1 - i; /* popped from the end: chunk order */
-        x[i].idx = i;
-    }
+    int runs = split_runs(idx, n, first_alone, x);
+    int queued = runs, running = 0, failed = 0, changed = 0;
+    for (int i = 0; i < runs; i++)
+        queue[i] = runs - 1 - i; /* popped from the end: chunk order */
     char why[CURL_ERROR_SIZE + 64] = "";
     while ((queued || running) && !changed) {
         int64_t now = now_ms();
@@ -373,8 +414,8 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
                 continue;
             }
             int64_t start = idx[t->idx] * HTTP_CHUNK;
-            xfer_setup(s, t, s->url, false, start, MIN(HTTP_CHUNK, s->size - start), bufs[t->idx], deadline,
-                       false);
+            xfer_setup(s, t, s->url, false, start, MIN(t->n * HTTP_CHUNK, s->size - start), NULL, deadline, false);
+            t->parts = &bufs[t->idx];
             curl_easy_setopt(t->h, CURLOPT_PRIVATE, t);
             curl_multi_add_handle(m, t->h);
             running++;
@@ -394,19 +435,23 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
             XferVerdict v = chunk_verdict(s, t, rc, why, sizeof why);
             xfer_done(t);
             if (v == XV_OK) {
-                ok[t->idx] = true;
+                for (int j = 0; j < t->n; j++)
+                    ok[t->idx + j] = true;
                 pool_put(s, t->h, false);
                 t->h = NULL;
+                if (arrived)
+                    arrived(bs, ctx, t->idx, t->n);
                 continue;
             }
-            log_debug("%s: chunk %lld: %s", bs->node_name, (long long)idx[t->idx], why);
+            log_debug("%s: chunks %lld-%lld: %s", bs->node_name, (long long)idx[t->idx],
+                      (long long)idx[t->idx] + t->n - 1, why);
             pool_put(s, t->h, true); /* a failed transfer's connection is not trusted again */
             t->h = NULL;
             int pause = MIN(HTTP_FIRST_PAUSE_MS << MIN(t->tries, 8), HTTP_MAX_PAUSE_MS);
             if (v == XV_RETRY && now_ms() + pause < deadline) {
                 t->tries++;
                 t->retry_at = now_ms() + pause;
-                queue[queued++] = t->idx;
+                queue[queued++] = (int)(t - x);
                 s->retries++;
             } else if (v == XV_CHANGED) {
                 changed++;
@@ -426,14 +471,15 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
         else if (queued && next > now_ms())
             usleep((useconds_t)MIN(next - now_ms(), 10) * 1000);
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < runs; i++) {
         if (x[i].h) {
             curl_multi_remove_handle(m, x[i].h);
             xfer_done(&x[i]);
             pool_put(s, x[i].h, true);
         }
-        failed += !ok[i] && !changed;
     }
+    for (int i = 0; i < n; i++)
+        failed += !ok[i] && !changed;
     multi_put(s, m);
     free(x);
     free(queue);
@@ -481,9 +527,24 @@ static HttpSlot *slot_claim(HttpState *s, int64_t idx)
     return best;
 }
 
+/* A run of a batch landed: its slots are ready for readers now, not when the whole batch has. */
+static void slots_arrived(BlockNode *bs, void *ctx, int first, int n)
+{
+    HttpState *s = bs->opaque;
+    HttpSlot **sl = ctx;
+    pthread_mutex_lock(&s->lock);
+    for (int i = first; i < first + n; i++) {
+        sl[i]->state = SLOT_READY;
+        sl[i]->used = ++s->clock;
+    }
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* Under s->lock: claims the missing chunks of [from, to] (at most 1 + HTTP_READAHEAD_MAX), fetches them
- * outside the lock and marks them ready (or empty again). need: the chunk the caller waits for (-1: none);
- * 0 if it arrived, else -EIO; -EAGAIN when it could not be claimed (every slot is loading). */
+ * outside the lock; each is marked ready as it lands, and the ones that failed empty again. need: the chunk the
+ * caller waits for (-1: none); 0 if it arrived, else -EIO; -EAGAIN when it could not be claimed (every slot is
+ * loading). */
 static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
 {
     HttpState *s = bs->opaque;
@@ -511,12 +572,11 @@ static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
     if (n == 0)
         return 0;
     pthread_mutex_unlock(&s->lock);
-    int r = fetch_chunks(bs, want, bufs, ok, n);
+    int r = fetch_chunks(bs, want, bufs, ok, n, need >= 0, slots_arrived, sl);
     pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < n; i++) {
-        sl[i]->state = ok[i] ? SLOT_READY : SLOT_EMPTY;
-        sl[i]->used = ++s->clock;
-    }
+    for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
+        if (!ok[i])
+            sl[i]->state = SLOT_EMPTY;
     pthread_cond_broadcast(&s->cond);
     return need < 0 || ok[0] ? 0 : r < 0 ? r : -EIO;
 }
@@ -584,15 +644,16 @@ static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t byt
 }
 
 /* A read near where the last ones ended (the kernel and the format driver send a sequential stream's pieces
- * a little out of order, from several threads) grows the readahead window; any other read shrinks it to a
- * quarter. */
+ * a little out of order, from several threads) that reaches a new chunk grows the readahead window; a near one
+ * within chunks already read (a format driver's metadata reads in one chunk) leaves it; any other read shrinks
+ * it to a quarter. */
 static void note_access(HttpState *s, int64_t first, int64_t last)
 {
     pthread_mutex_lock(&s->lock);
     bool near = first >= s->seq_next - 2 && first <= s->seq_next + 1;
-    if (near)
+    if (near && last >= s->seq_next)
         s->readahead = s->readahead ? MIN(s->readahead * 2, HTTP_READAHEAD_MAX) : 1;
-    else
+    else if (!near)
         s->readahead /= 4;
     s->seq_next = near ? MAX(s->seq_next, last + 1) : last + 1;
     pthread_mutex_unlock(&s->lock);
@@ -869,10 +930,11 @@ static void http_close(BlockNode *bs)
     if (s->ra_running) {
         pthread_mutex_lock(&s->lock);
         s->ra_stop = true;
-        pthread_cond_signal(&s->ra_cond);
+        pthread_cond_broadcast(&s->ra_cond);
         pthread_mutex_unlock(&s->lock);
-        pthread_join(s->ra_thread, NULL);
-        s->ra_running = false;
+        for (int i = 0; i < s->ra_running; i++)
+            pthread_join(s->ra_thread[i], NULL);
+        s->ra_running = 0;
     }
     for (int i = 0; i < s->n_idle_multi; i++)
         curl_multi_cleanup(s->idle_multi[i]);
@@ -925,8 +987,9 @@ static int open_common(BlockNode *bs, bool s3, Error *err)
         snprintf(s->url, sizeof s->url, "%s", bs->filename);
     if (r == 0)
         r = http_learn(bs, err);
-    if (r == 0) /* without it, readahead happens only on misses */
-        s->ra_running = pthread_create(&s->ra_thread, NULL, readahead_thread, bs) == 0;
+    while (r == 0 && s->ra_running < HTTP_RA_THREADS && /* without them, readahead happens only on misses */
+           pthread_create(&s->ra_thread[s->ra_running], NULL, readahead_thread, bs) == 0)
+        s->ra_running++;
     if (r < 0)
         http_close(bs); /* the core calls close only for nodes that opened */
     return r;

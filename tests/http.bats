@@ -31,12 +31,14 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # start_nginx NAME PORT ROOT [tls] [EXTRA DIRECTIVES]: nginx serving ROOT on 127.0.0.1:PORT as one
 # process (pid in $TMP/NAME.pid, access log $TMP/NAME/access.log); tls: with $TMP/srv.pem and srv.key.
+# NGINX_MAIN and NGINX_HTTP: more directives for the main and the http context (load_module, log_format).
 start_nginx() {
   local name=$1 port=$2 root=$3 tls=${4:-} extra=${5:-}
   mkdir -p "$TMP/$name/tmp"
   local listen="listen 127.0.0.1:$port;"
   [ "$tls" = tls ] && listen="listen 127.0.0.1:$port ssl; ssl_certificate $TMP/srv.pem; ssl_certificate_key $TMP/srv.key;"
   cat > "$TMP/$name/nginx.conf" <<EOF
+${NGINX_MAIN:-}
 pid $TMP/$name/nginx.pid;
 error_log $TMP/$name/error.log;
 events { worker_connections 64; }
@@ -44,6 +46,7 @@ http {
   access_log $TMP/$name/access.log;
   client_body_temp_path $TMP/$name/tmp; proxy_temp_path $TMP/$name/tmp; fastcgi_temp_path $TMP/$name/tmp;
   uwsgi_temp_path $TMP/$name/tmp; scgi_temp_path $TMP/$name/tmp;
+  ${NGINX_HTTP:-}
   server { $listen root $root; $extra }
 }
 EOF
@@ -313,4 +316,49 @@ make_server_cert() {
   run "$IMGFUSE" --timeout 0 "http://127.0.0.1:$port/base.qcow2" "$MNT"
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: http://127.0.0.1:$port/base.qcow2: http option 'timeout': 0 is not between 1 and 3600 seconds" ]
+}
+
+# max_in_flight LOG: the most requests a "$msec $request_time ..." access log shows in flight at once.
+max_in_flight() {
+  awk '{ printf "%.3f 1\n%.3f -1\n", $1 - $2, $1 }' "$1" | sort -n -k1,1 -k2,2 |
+    awk '{ n += $2; if (n > m) m = n } END { print m + 0 }'
+}
+
+@test "a sequential reader's readahead asks several chunks per GET and several GETs at once; the bytes match" {
+  mkdir www
+  head -c 24M /dev/urandom > www/big.raw
+  local port; port=$(free_port)
+  # every answer waits 100 ms before its first byte, as a distant server's would
+  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
+    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
+    start_nginx srv "$port" "$TMP/www" "" \
+    "access_log $TMP/srv/span.log span; location / { echo_sleep 0.1; echo_exec @file; } location @file { }"
+  mount_img -f raw "http://127.0.0.1:$port/big.raw"
+  cat "$MNT/disk.raw" > got.raw
+  unmount_img
+  cmp got.raw www/big.raw
+  grep ' imgfuse$' srv/span.log > req.log
+  cat req.log
+  echo "GETs: $(wc -l < req.log), of several chunks: $(awk '$3 > 262144' req.log | wc -l), in flight at most: $(max_in_flight req.log)"
+  # the 96 chunks of 256 KiB were asked in fewer GETs (readahead GETs span up to 4 chunks), many at once
+  [ "$(wc -l < req.log)" -le 64 ]
+  [ "$(awk '$3 > 262144' req.log | wc -l)" -ge 16 ]
+  [ "$(max_in_flight req.log)" -ge 8 ]
+}
+
+@test "info of a qcow2 on a server reads what it needs and little more (a format driver's header reads start no readahead)" {
+  mkdir www
+  qemu-img create -q -f qcow2 www/d.qcow2 64M
+  qio www/d.qcow2 'write -P 0x11 0 24M'
+  local port; port=$(free_port)
+  start_nginx srv "$port" "$TMP/www"
+  run "$IMGFUSE" info "http://127.0.0.1:$port/d.qcow2"
+  [ "$status" -eq 0 ]
+  grep -q "virtual_size: 67108864 " <<< "$output"
+  grep '"imgfuse"' srv/access.log > req.log
+  cat req.log
+  # info reads the header, refcount table, L1 and L2 (the first two chunks) and the guest's first MiB (its
+  # partition probe, file bytes 320 KiB to 1.3 MiB): 6 chunks, and a readahead window of two more at most
+  # (it was 19 chunks when every read within the first chunk grew the window)
+  [ "$(awk '{ n += $10 } END { print n + 0 }' req.log)" -le $((8 * 262144)) ]
 }
