@@ -3,13 +3,13 @@
  * curl.c - the "http" and "s3" protocol drivers: a read-only image on a web server (http://, https://) or in an S3
  * bucket (s3://BUCKET/KEY, signed with AWS SigV4), through libcurl.  Open is one request, a ranged GET of the
  * first chunk: its Content-Range gives the size, its bytes fill the cache.  Every read is a ranged GET of whole
- * chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), several GETs in flight at once over a
- * pool of connections, and a sequential reader gets a readahead window that doubles up to HTTP_READAHEAD_MAX
- * chunks, fetched ahead of it by readahead threads in GETs of up to HTTP_RUN_MAX chunks, each chunk served as
- * soon as its GET lands.  Only an answer that is a 206 whose Content-Range is exactly
- * the range asked, whose body is exactly that long, and whose ETag and Last-Modified are those seen at open fills a
- * chunk: a 200 (a server that ignores Range), a short body, or a file changed on the server (If-Match answered 412,
- * or another validator) is EIO, never wrong bytes.  Transport failures and 5xx answers are retried with a doubling
+ * chunks into a bounded cache (HTTP_SLOTS chunks of HTTP_CHUNK bytes: its memory budget), the missing chunks of
+ * one read asked together, several GETs in flight at once over a pool of connections; a sequential reader gets a
+ * readahead window that doubles up to HTTP_READAHEAD_MAX chunks, fetched ahead of it by readahead threads in GETs
+ * of up to HTTP_RUN_MAX chunks, each chunk served as soon as its GET lands.  Only an answer that is a 206 whose
+ * Content-Range is exactly the range asked, whose body is exactly that long, and whose ETag and Last-Modified are
+ * those seen at open fills a chunk: a 200 (a server that ignores Range), a short body, or a file changed on the
+ * server (If-Match answered 412, or another validator) is EIO, never wrong bytes.  Transport failures and 5xx answers are retried with a doubling
  * pause until the request's deadline (http.timeout, --timeout, default 30 s), then EIO; the next read connects
  * again.  TLS is verified (http.cacert, --cacert adds a CA file); redirects are followed at open (at most
  * HTTP_MAX_REDIRS, never from https to http).  s3 takes its credentials from
@@ -75,7 +75,7 @@ typedef struct HttpState {
     pthread_t ra_thread[HTTP_RA_THREADS]; /* fetch a sequential reader's window ahead of it */
     pthread_cond_t ra_cond;             /* a window was posted (or ra_stop) */
     int ra_running;                     /* readahead threads started */
-    bool ra_stop;
+    _Atomic bool ra_stop;               /* closing: readahead batches stop where they are */
     int64_t ra_from, ra_to;             /* the window posted (ra_to < ra_from: none) */
     CURL *idle[HTTP_POOL];              /* easy handles, kept between batches */
     int n_idle;
@@ -358,9 +358,9 @@ static void multi_put(HttpState *s, CURLM *m)
 typedef void (*ChunksArrived)(BlockNode *bs, void *ctx, int first, int n);
 
 /* Splits chunks idx[0..n) into runs of consecutive chunks, one GET each: a window of n chunks in about
- * HTTP_RUN_MAX GETs of up to HTTP_RUN_MAX chunks (fewer requests, which object stores bill; the first bytes of a
- * run wait for its whole answer), so a full window is HTTP_READAHEAD_MAX / HTTP_RUN_MAX GETs in flight. first_alone: chunk 0 is a run of its own (a reader waits
- * for it). Fills x[k].idx/.n; returns the number of runs. */
+ * HTTP_RUN_MAX GETs of up to HTTP_RUN_MAX chunks (fewer requests, which object stores bill; the first bytes of
+ * a run wait for its whole answer), so a full window is HTTP_READAHEAD_MAX / HTTP_RUN_MAX GETs in flight.
+ * first_alone: chunk 0 is a run of its own (a reader waits for it). Fills x[k].idx/.n; returns the runs. */
 static int split_runs(const int64_t *idx, int n, bool first_alone, Xfer *x)
 {
     int len = MIN(MAX((n + HTTP_RUN_MAX - 1) / HTTP_RUN_MAX, 1), HTTP_RUN_MAX);
@@ -377,9 +377,9 @@ static int split_runs(const int64_t *idx, int n, bool first_alone, Xfer *x)
 }
 
 /* Fetches chunks idx[0..n) into bufs[0..n), several GETs at once, each retried until the deadline; ok[i] says
- * which arrived, and arrived() is told of each run as it lands. Returns 0, or -EIO when any failed (the reason
- * logged). */
-static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs, bool *ok, int n, bool first_alone,
+ * which arrived, and arrived() is told of each run as it lands. readahead: nobody waits for these chunks, so
+ * the batch stops when the node closes (-ECANCELED). Returns 0, or -EIO when any failed (the reason logged). */
+static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs, bool *ok, int n, bool readahead,
                         ChunksArrived arrived, void *ctx)
 {
     HttpState *s = bs->opaque;
@@ -396,12 +396,13 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
     }
     for (int i = 0; i < n; i++)
         ok[i] = false;
-    int runs = split_runs(idx, n, first_alone, x);
+    int runs = split_runs(idx, n, !readahead, x);
     int queued = runs, running = 0, failed = 0, changed = 0;
     for (int i = 0; i < runs; i++)
         queue[i] = runs - 1 - i; /* popped from the end: chunk order */
     char why[CURL_ERROR_SIZE + 64] = "";
-    while ((queued || running) && !changed) {
+    bool stopped = false;
+    while ((queued || running) && !changed && !(stopped = readahead && s->ra_stop)) {
         int64_t now = now_ms();
         for (int q = queued - 1; q >= 0 && running < HTTP_CONNECTIONS; q--) {
             Xfer *t = &x[queue[q]];
@@ -483,6 +484,8 @@ static int fetch_chunks(BlockNode *bs, const int64_t *idx, uint8_t *const *bufs,
     multi_put(s, m);
     free(x);
     free(queue);
+    if (stopped)
+        return -ECANCELED;
     if (changed) {
         s->changed++;
         log_msg("%s: %s: reads fail with EIO", bs->node_name, why);
@@ -572,7 +575,7 @@ static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
     if (n == 0)
         return 0;
     pthread_mutex_unlock(&s->lock);
-    int r = fetch_chunks(bs, want, bufs, ok, n, need >= 0, slots_arrived, sl);
+    int r = fetch_chunks(bs, want, bufs, ok, n, need < 0, slots_arrived, sl);
     pthread_mutex_lock(&s->lock);
     for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
         if (!ok[i])
@@ -602,11 +605,12 @@ static void *readahead_thread(void *opaque)
 
 /* Under s->lock, after a read of chunk idx: a sequential reader's window behind it is handed to the
  * readahead thread when a chunk of it is missing. */
-static void post_readahead(HttpState *s, int64_t idx)
+static void post_readahead(HttpState *s, int64_t idx, int64_t last)
 {
     if (!s->ra_running || s->readahead == 0)
         return;
-    int64_t to = MIN(idx + s->readahead, (s->size - 1) / HTTP_CHUNK);
+    /* the window covers the rest of the caller's request too, so that it arrives in one round */
+    int64_t to = MIN(MAX(idx + s->readahead, last), (s->size - 1) / HTTP_CHUNK);
     for (int64_t i = idx + 1; i <= to; i++)
         if (!slot_find(s, i)) {
             s->ra_from = i;
@@ -616,9 +620,9 @@ static void post_readahead(HttpState *s, int64_t idx)
         }
 }
 
-/* Copies [offset, offset+bytes) of chunk idx into buf, loading it first when needed (a miss fetches the
- * readahead window with it). */
-static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t bytes, uint8_t *buf)
+/* Copies [offset, offset+bytes) of chunk idx into buf, loading it first when needed: a miss fetches, in one
+ * batch, the rest of the caller's request (up to chunk last) and the readahead window with it. */
+static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t bytes, uint8_t *buf, int64_t last)
 {
     HttpState *s = bs->opaque;
     pthread_mutex_lock(&s->lock);
@@ -628,10 +632,10 @@ static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t byt
         if (c && c->state == SLOT_READY) {
             memcpy(buf, c->data + (offset - idx * HTTP_CHUNK), (size_t)bytes);
             c->used = ++s->clock;
-            post_readahead(s, idx);
+            post_readahead(s, idx, last);
             break;
         }
-        if (c || (r = fetch_range(bs, idx, idx + s->readahead, idx)) == -EAGAIN) {
+        if (c || (r = fetch_range(bs, idx, MAX(idx + s->readahead, last), idx)) == -EAGAIN) {
             pthread_cond_wait(&s->cond, &s->lock);
             r = 0;
             continue;
@@ -671,7 +675,7 @@ static int http_read(BlockNode *bs, int64_t offset, int64_t bytes, void *buf)
     while (bytes > 0) {
         int64_t idx = offset / HTTP_CHUNK;
         int64_t n = MIN(bytes, (idx + 1) * HTTP_CHUNK - offset);
-        int r = read_in_chunk(bs, idx, offset, n, p);
+        int r = read_in_chunk(bs, idx, offset, n, p, (offset + bytes - 1) / HTTP_CHUNK);
         if (r < 0)
             return r;
         offset += n;
