@@ -34,11 +34,11 @@
 #include <unistd.h>
 
 #define HTTP_CHUNK (256 * KiB)          /* the unit of a GET and of the cache */
-#define HTTP_SLOTS 96                   /* cached chunks per node: 24 MiB */
-#define HTTP_READAHEAD_MAX 32           /* chunks fetched ahead of a sequential reader (8 MiB) */
-#define HTTP_CONNECTIONS 8              /* transfers in flight per batch */
-#define HTTP_RA_THREADS 2               /* readahead batches at once: one starts while the other drains */
-#define HTTP_POOL (HTTP_CONNECTIONS * (HTTP_RA_THREADS + 1)) /* idle connections kept (readers' misses too) */
+#define HTTP_SLOTS 128                  /* cached chunks per node: 32 MiB */
+#define HTTP_READAHEAD_MAX 64           /* chunks fetched ahead of a sequential reader (16 MiB) */
+#define HTTP_CONNECTIONS 8              /* transfers in flight per batch of a reader's miss */
+#define HTTP_RA_THREADS 16              /* readahead GETs in flight: each thread asks one run, then the next */
+#define HTTP_POOL (HTTP_CONNECTIONS + HTTP_RA_THREADS) /* idle connections kept */
 #define HTTP_RUN_MAX 4                  /* consecutive chunks one readahead GET may ask (1 MiB) */
 #define HTTP_DEFAULT_TIMEOUT 30         /* seconds */
 #define HTTP_MAX_TIMEOUT 3600
@@ -357,13 +357,13 @@ static void multi_put(HttpState *s, CURLM *m)
 /* Called (outside s->lock) as soon as chunks first..first+n-1 of a batch have arrived, before the batch ends. */
 typedef void (*ChunksArrived)(BlockNode *bs, void *ctx, int first, int n);
 
-/* Splits chunks idx[0..n) into runs of consecutive chunks, one GET each: a window of n chunks in about
- * HTTP_RUN_MAX GETs of up to HTTP_RUN_MAX chunks (fewer requests, which object stores bill; the first bytes of
- * a run wait for its whole answer), so a full window is HTTP_READAHEAD_MAX / HTTP_RUN_MAX GETs in flight.
- * first_alone: chunk 0 is a run of its own (a reader waits for it). Fills x[k].idx/.n; returns the runs. */
+/* Splits chunks idx[0..n) into runs of consecutive chunks, one GET each. A reader's miss (first_alone): the
+ * chunk it waits for alone, the rest in about HTTP_RUN_MAX GETs of up to HTTP_RUN_MAX chunks; readahead: runs as
+ * long as HTTP_RUN_MAX (fewer requests, which object stores bill; the first bytes of a run wait for its whole
+ * answer). Fills x[k].idx/.n; returns the number of runs. */
 static int split_runs(const int64_t *idx, int n, bool first_alone, Xfer *x)
 {
-    int len = MIN(MAX((n + HTTP_RUN_MAX - 1) / HTTP_RUN_MAX, 1), HTTP_RUN_MAX);
+    int len = first_alone ? MIN(MAX((n + HTTP_RUN_MAX - 1) / HTTP_RUN_MAX, 1), HTTP_RUN_MAX) : HTTP_RUN_MAX;
     int runs = 0;
     for (int i = 0; i < n;) {
         int k = 1;
@@ -584,20 +584,55 @@ static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
     return need < 0 || ok[0] ? 0 : r < 0 ? r : -EIO;
 }
 
-/* The readahead thread: fetches the window a sequential reader asked for (ra_from..ra_to), ahead of it. */
+/* Under s->lock: claims the first run of missing chunks (up to HTTP_RUN_MAX consecutive ones) of the window a
+ * sequential reader posted (ra_from..ra_to) into sl/want/bufs; the number claimed, 0 when none is missing. */
+static int claim_window_run(HttpState *s, HttpSlot **sl, int64_t *want, uint8_t **bufs)
+{
+    int n = 0;
+    for (int64_t i = s->ra_from; i <= s->ra_to && n < HTTP_RUN_MAX; i++) {
+        if (slot_find(s, i)) {
+            if (n)
+                break; /* a run is consecutive */
+            s->ra_from = i + 1;
+            continue;
+        }
+        HttpSlot *c = slot_claim(s, i);
+        if (!c)
+            break;
+        sl[n] = c;
+        want[n] = i;
+        bufs[n++] = c->data;
+    }
+    return n;
+}
+
+/* A readahead thread: asks the next run of the posted window, one GET, and when it has landed the next, so
+ * that HTTP_RA_THREADS GETs stay in flight ahead of a sequential reader (a new one starts as each lands, not
+ * when a whole batch has). */
 static void *readahead_thread(void *opaque)
 {
     BlockNode *bs = opaque;
     HttpState *s = bs->opaque;
+    HttpSlot *sl[HTTP_RUN_MAX];
+    int64_t want[HTTP_RUN_MAX];
+    uint8_t *bufs[HTTP_RUN_MAX];
+    bool ok[HTTP_RUN_MAX];
     pthread_mutex_lock(&s->lock);
     while (!s->ra_stop) {
-        if (s->ra_to < s->ra_from) {
+        int n = claim_window_run(s, sl, want, bufs);
+        if (n == 0) {
             pthread_cond_wait(&s->ra_cond, &s->lock);
             continue;
         }
-        int64_t from = s->ra_from, to = s->ra_to;
-        s->ra_to = -1;
-        fetch_range(bs, from, to, -1);
+        pthread_mutex_unlock(&s->lock);
+        int r = fetch_chunks(bs, want, bufs, ok, n, true, slots_arrived, sl);
+        pthread_mutex_lock(&s->lock);
+        for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
+            if (!ok[i])
+                sl[i]->state = SLOT_EMPTY;
+        if (r < 0)
+            s->ra_to = s->ra_from - 1; /* a failed server: the window is dropped, the reader's own read retries */
+        pthread_cond_broadcast(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
@@ -615,7 +650,7 @@ static void post_readahead(HttpState *s, int64_t idx, int64_t last)
         if (!slot_find(s, i)) {
             s->ra_from = i;
             s->ra_to = to;
-            pthread_cond_signal(&s->ra_cond);
+            pthread_cond_broadcast(&s->ra_cond);
             return;
         }
 }

@@ -346,9 +346,10 @@ max_in_flight() {
   [ "$(max_in_flight req.log)" -ge 8 ]
 }
 
-# started_at LOG OFFSET: when the GET of the chunk at OFFSET started, by a "$msec $request_time ..." log (ms).
+# started_at LOG OFFSET: when the GET of the byte at OFFSET started, by a "$msec $request_time $bytes
+# bytes=A-B" log (ms).
 started_at() {
-  awk -v r="bytes=$2-" 'index($4, r) == 1 { printf "%.0f\n", ($1 - $2) * 1000 }' "$1"
+  awk -v o="$2" '{ split(substr($4, 7), r, "-") } r[1] <= o + 0 && o + 0 <= r[2] { printf "%.0f\n", ($1 - $2) * 1000 }' "$1" | head -1
 }
 
 @test "info of a qcow2 on a server reads what it needs and little more, each read's missing chunks in one round" {
