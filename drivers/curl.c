@@ -544,11 +544,13 @@ static void slots_arrived(BlockNode *bs, void *ctx, int first, int n)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Under s->lock: claims the missing chunks of [from, to] (at most 1 + HTTP_READAHEAD_MAX), fetches them
- * outside the lock; each is marked ready as it lands, and the ones that failed empty again. need: the chunk the
- * caller waits for (-1: none); 0 if it arrived, else -EIO; -EAGAIN when it could not be claimed (every slot is
- * loading). */
-static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
+static void post_readahead(HttpState *s, int64_t idx, int64_t last);
+
+/* Under s->lock, for a reader that waits for chunk from: claims the missing chunks of its read [from, to] (at
+ * most 1 + HTTP_READAHEAD_MAX), posts the readahead window beyond them, and fetches them outside the lock, each
+ * marked ready as it lands (the ones that failed empty again). 0 when chunk from arrived, else -EIO; -EAGAIN
+ * when it could not be claimed (every slot is loading). */
+static int fetch_range(BlockNode *bs, int64_t from, int64_t to)
 {
     HttpState *s = bs->opaque;
     int64_t want[1 + HTTP_READAHEAD_MAX];
@@ -567,21 +569,20 @@ static int fetch_range(BlockNode *bs, int64_t from, int64_t to, int64_t need)
         want[n] = i;
         bufs[n++] = c->data;
     }
-    if (need >= 0 && (n == 0 || want[0] != need)) {
+    if (n == 0 || want[0] != from) {
         for (int i = 0; i < n; i++)
             sl[i]->state = SLOT_EMPTY;
         return -EAGAIN;
     }
-    if (n == 0)
-        return 0;
+    post_readahead(s, from, to);
     pthread_mutex_unlock(&s->lock);
-    int r = fetch_chunks(bs, want, bufs, ok, n, need < 0, slots_arrived, sl);
+    int r = fetch_chunks(bs, want, bufs, ok, n, false, slots_arrived, sl);
     pthread_mutex_lock(&s->lock);
     for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
         if (!ok[i])
             sl[i]->state = SLOT_EMPTY;
     pthread_cond_broadcast(&s->cond);
-    return need < 0 || ok[0] ? 0 : r < 0 ? r : -EIO;
+    return ok[0] ? 0 : r < 0 ? r : -EIO;
 }
 
 /* Under s->lock: claims the first run of missing chunks (up to HTTP_RUN_MAX consecutive ones) of the window a
@@ -656,7 +657,7 @@ static void post_readahead(HttpState *s, int64_t idx, int64_t last)
 }
 
 /* Copies [offset, offset+bytes) of chunk idx into buf, loading it first when needed: a miss fetches, in one
- * batch, the rest of the caller's request (up to chunk last) and the readahead window with it. */
+ * batch, the rest of the caller's request (up to chunk last), and hands the readahead window to the threads. */
 static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t bytes, uint8_t *buf, int64_t last)
 {
     HttpState *s = bs->opaque;
@@ -670,7 +671,7 @@ static int read_in_chunk(BlockNode *bs, int64_t idx, int64_t offset, int64_t byt
             post_readahead(s, idx, last);
             break;
         }
-        if (c || (r = fetch_range(bs, idx, MAX(idx + s->readahead, last), idx)) == -EAGAIN) {
+        if (c || (r = fetch_range(bs, idx, last)) == -EAGAIN) {
             pthread_cond_wait(&s->cond, &s->lock);
             r = 0;
             continue;
