@@ -376,3 +376,22 @@ started_at() {
   echo "chunk 3 asked at $a ms, chunk 5 at $b ms"
   [ -n "$a" ] && [ -n "$b" ] && [ $((b - a)) -lt 50 ] && [ $((a - b)) -lt 50 ]
 }
+
+@test "the partition probe of a remote disk asks its first and its last MiB at once" {
+  mkdir www
+  head -c 64M /dev/urandom > www/d.raw
+  local port; port=$(free_port)
+  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
+    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
+    start_nginx srv "$port" "$TMP/www" "" \
+    "access_log $TMP/srv/span.log span; location / { echo_sleep 0.1; echo_exec @file; } location @file { }"
+  run "$IMGFUSE" info -f raw "http://127.0.0.1:$port/d.raw"
+  [ "$status" -eq 0 ]
+  grep ' imgfuse$' srv/span.log > req.log
+  cat req.log
+  # the open's GET has the first chunk (and the format probe the last); the partition probe then asks the
+  # rest of the first MiB and the last MiB together
+  local a b; a=$(started_at req.log 262144); b=$(started_at req.log $((63 * 1048576)))
+  echo "the first MiB's second chunk asked at $a ms, the last MiB's first at $b ms"
+  [ -n "$a" ] && [ -n "$b" ] && [ $((b - a)) -lt 50 ] && [ $((a - b)) -lt 50 ]
+}
