@@ -10,7 +10,8 @@
 # wrong certificate is exit 2 in one line (no silent insecure mode); a file replaced on the server while
 # mounted gives EIO, never mixed bytes; a server that ignores Range is refused, one that refuses HEAD is
 # read through a ranged GET; open costs one request (the first chunk's ranged GET); a URL written inside an image is refused (no request made) unless
-# --unsafe-backing.
+# --unsafe-backing. Under a 100 ms server delay: readahead GETs span several chunks and many are in flight,
+# a read's missing chunks go out in one round, and the partition probe asks both ends of the disk at once.
 
 load helpers
 
