@@ -1076,7 +1076,8 @@ static void http_get_info(BlockNode *bs, InfoList *info)
     else if (strcmp(s->url, bs->filename) != 0)
         info_add_str(info, "http_redirected_to", "%s", s->url);
     info_add_int(info, "http_timeout", s->timeout_ms / 1000);
-    info_add_int(info, "http_connections", HTTP_CONNECTIONS);
+    info_add_int(info, "http_miss_gets_in_flight", HTTP_CONNECTIONS);
+    info_add_int(info, "http_readahead_gets_in_flight", s->ra_running);
     info_add_int(info, "http_cache_bytes", (int64_t)HTTP_SLOTS * HTTP_CHUNK);
     info_add_str(info, "http_validator", "%s",
                  s->etag[0] ? "ETag (If-Match)" : s->lastmod[0] ? "Last-Modified" : "none");
