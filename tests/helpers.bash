@@ -406,3 +406,29 @@ vhd_clean() {
   echo "$output"
   [ "$status" -eq 0 ]
 }
+
+# --- servers of the remote-protocol suites (nbd, http, s3, rbd): one copy of what they each wrote ---
+
+# stop_server NAME [SIGNAL]: the server whose pid is in $TMP/NAME.pid is resumed (it may have been stopped),
+# sent SIGNAL (default -TERM) and waited for (5 s at most); its pid file is removed.
+stop_server() {
+  local pid; pid=$(cat "$TMP/$1.pid")
+  kill -CONT "$pid" 2>/dev/null || true
+  kill "${2:--TERM}" "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$TMP/$1.pid"
+}
+
+# teardown_servers: the teardown of a suite that starts servers. A mount left behind is unmounted while its
+# server is still up (an unmount that fails, an ASan report among them, fails the test), then every server
+# with a pid file in $TMP is stopped, then teardown_tmp.
+teardown_servers() {
+  local rc=0 p
+  if [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null; then unmount_img "$MOUNTED" || rc=$?; fi
+  for p in "$TMP"/*.pid; do
+    if [ -f "$p" ]; then stop_server "$(basename "$p" .pid)"; fi
+  done
+  teardown_tmp
+  return $rc
+}

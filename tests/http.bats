@@ -15,13 +15,7 @@
 load helpers
 
 setup() { setup_tmp; cd "$TMP"; }
-teardown() {
-  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
-  local p
-  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
-  sleep 0.1
-  teardown_tmp
-}
+teardown() { teardown_servers; }
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -56,15 +50,6 @@ EOF
     sleep 0.05
   done
   echo "nginx $name did not answer" >&2; return 1
-}
-
-stop_nginx() {
-  local pid; pid=$(cat "$TMP/$1.pid")
-  kill -CONT "$pid" 2>/dev/null || true
-  kill "${2:--TERM}" "$pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  rm -f "$TMP/$1.pid"
 }
 
 # make_ca NAME: a CA of the test ($TMP/NAME.pem, NAME.key).
@@ -145,7 +130,7 @@ make_server_cert() {
   [ "$status" -eq 2 ]
   not_mounted "$MNT"
   # the right name: it opens
-  stop_nginx secure
+  stop_server secure
   make_server_cert ca "IP:127.0.0.1"
   start_nginx secure "$port" "$TMP/www" tls
   run "$IMGFUSE" info --cacert "$TMP/ca.pem" "$url"
@@ -199,7 +184,7 @@ make_server_cert() {
   local reader=$! t0
   sleep 1
   t0=$(now_ms)
-  stop_nginx srv -KILL
+  stop_server srv -KILL
   local rc=0
   wait $reader || rc=$?
   echo "dd: $rc $(cat dd.err) after $(( $(now_ms) - t0 )) ms"

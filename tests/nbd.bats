@@ -16,12 +16,7 @@
 load helpers
 
 setup() { setup_tmp; cd "$TMP"; }
-teardown() {
-  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
-  local p
-  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
-  teardown_tmp
-}
+teardown() { teardown_servers; }
 
 # start_nbdkit NAME ARGS...: nbdkit ARGS on the unix socket $TMP/NAME.sock (pid in $TMP/NAME.pid); it forks
 # once it listens. Echoes nothing; the URL is "nbd+unix:///EXPORT?socket=$TMP/NAME.sock".
@@ -43,15 +38,6 @@ start_nbdkit_tcp() {
   local name=$1 port=$2; shift 2
   nbdkit -i 127.0.0.1 -p "$port" -P "$TMP/$name.pid" "$@"
   wait_pid_file "$name"
-}
-
-stop_nbdkit() {
-  local pid; pid=$(cat "$TMP/$1.pid")
-  kill -CONT "$pid" 2>/dev/null || true
-  kill "${2:--TERM}" "$pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  rm -f "$TMP/$1.pid"
 }
 
 # free_port: a TCP port of 127.0.0.1 nobody listens on now.
@@ -195,7 +181,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   local reader=$! t0
   sleep 1
   t0=$(now_ms)
-  stop_nbdkit srv -KILL
+  stop_server srv -KILL
   run wait $reader
   echo "dd: $status $(cat dd.err)"
   [ "$status" -ne 0 ]

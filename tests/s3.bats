@@ -34,10 +34,7 @@ setup() {
   BUCKET=b$(date +%s%N | tail -c 10)
   s3_call -X PUT "$S3_ENDPOINT/$BUCKET"
 }
-teardown() {
-  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
-  teardown_tmp
-}
+teardown() { teardown_servers; }
 
 # s3_call CURL-ARGS...: a request signed with the test user's keys (curl's own SigV4, an unsigned payload).
 s3_call() {
