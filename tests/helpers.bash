@@ -432,3 +432,11 @@ teardown_servers() {
   teardown_tmp
   return $rc
 }
+
+# free_port: a TCP port of 127.0.0.1 nobody listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# now_ms: the wall clock in milliseconds, for timing what a test waits for.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

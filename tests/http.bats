@@ -17,12 +17,6 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; }
 teardown() { teardown_servers; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
 # start_nginx NAME PORT ROOT [tls] [EXTRA DIRECTIVES]: nginx serving ROOT on 127.0.0.1:PORT as one
 # process (pid in $TMP/NAME.pid, access log $TMP/NAME/access.log); tls: with $TMP/srv.pem and srv.key.
 start_nginx() {

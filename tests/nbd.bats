@@ -40,14 +40,7 @@ start_nbdkit_tcp() {
   wait_pid_file "$name"
 }
 
-# free_port: a TCP port of 127.0.0.1 nobody listens on now.
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 unix_url() { echo "nbd+unix:///${2:-}?socket=$TMP/$1.sock"; }
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 @test "qcow2, vmdk and vhdx images on nbd (unix socket and TCP) read like qemu-img convert of the local file" {
   qemu-img create -q -f qcow2 d.qcow2 64M

@@ -42,8 +42,6 @@ teardown() {
   teardown_tmp
 }
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
 @test "qcow2, vmdk and vhdx images on rbd read like qemu-img convert of the local file; qemu-img's rbd agrees" {
   qemu-img create -q -f qcow2 d.qcow2 64M
   qio d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k'
