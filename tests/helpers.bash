@@ -440,3 +440,24 @@ free_port() {
 
 # now_ms: the wall clock in milliseconds, for timing what a test waits for.
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# format_trio [DIR]: DIR/d.qcow2 (64 MiB; data at 1M, 40M and 63M and a zeroed range, written by qemu-io) and
+# the same disk converted by qemu-img to DIR/d.vmdk (monolithicSparse) and DIR/d.vhdx. DIR defaults to ".".
+format_trio() {
+  local d=${1:-.}
+  qemu-img create -q -f qcow2 "$d/d.qcow2" 64M
+  fmt_io qcow2 "$d/d.qcow2" 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k' 'write -P 0x33 63M 1M'
+  qemu-img convert -O vmdk -o subformat=monolithicSparse "$d/d.qcow2" "$d/d.vmdk"
+  qemu-img convert -O vhdx "$d/d.qcow2" "$d/d.vhdx"
+}
+
+# reads_like LOCAL [imgfuse options...] IMAGE: IMAGE (a URL, most often) mounted at $MNT has LOCAL's format (as
+# qemu-img names it) in info, and disk.raw holds the bytes of `qemu-img convert -O raw LOCAL`; unmounted again.
+reads_like() {
+  local local_img=$1 fmt; shift
+  fmt=$(qemu-img info --output=json "$local_img" | python3 -c 'import json, sys; print(json.load(sys.stdin)["format"])')
+  mount_img "$@" "$MNT"
+  grep -q "format: $fmt\$" "$MNT/info"
+  same_bytes "$MNT/disk.raw" "$(raw_of "$local_img")"
+  unmount_img
+}

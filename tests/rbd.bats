@@ -43,10 +43,7 @@ teardown() {
 }
 
 @test "qcow2, vmdk and vhdx images on rbd read like qemu-img convert of the local file; qemu-img's rbd agrees" {
-  qemu-img create -q -f qcow2 d.qcow2 64M
-  qio d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k'
-  qemu-img convert -O vmdk -o subformat=monolithicSparse d.qcow2 d.vmdk
-  qemu-img convert -O vhdx d.qcow2 d.vhdx
+  format_trio
   local f
   for f in d.qcow2 d.vmdk d.vhdx; do
     rbd import --no-progress "$f" "$POOL/$IMG-${f#d.}"
