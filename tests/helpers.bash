@@ -461,3 +461,22 @@ reads_like() {
   same_bytes "$MNT/disk.raw" "$(raw_of "$local_img")"
   unmount_img
 }
+
+# overlay_takes_writes BASE [imgfuse options...]: ov.qcow2 (a local qcow2 overlay the caller made) mounted --rw
+# over BASE (a qcow2, a URL most often) given with --backing takes two writes of random data (w1: 320 KiB at
+# 192 KiB, its first 12 KiB at 4000 KiB); after unmount qemu-img check finds it clean and qemu-img convert of
+# it (after.raw) equals what the mount showed (shown.raw) and holds w1 at 192 KiB.
+overlay_takes_writes() {
+  local base=$1; shift
+  mount_img --rw "$@" --backing "$base" --backing-format qcow2 ov.qcow2 "$MNT"
+  grep -q "given with --backing" "$MNT/info"
+  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  check_clean ov.qcow2
+  qemu-img convert -O raw ov.qcow2 after.raw
+  same_bytes after.raw shown.raw
+  cmp -n 327680 -i 0:196608 w1 after.raw
+}

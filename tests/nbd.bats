@@ -107,17 +107,7 @@ unix_url() { echo "nbd+unix:///${2:-}?socket=$TMP/$1.sock"; }
   qio base.qcow2 'write -P 0x77 0 32M'
   qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
   start_nbdkit base -r file base.qcow2
-  mount_img --rw --backing "$(unix_url base)" --backing-format qcow2 ov.qcow2 "$MNT"
-  grep -q "given with --backing" "$MNT/info"
-  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
-  cp "$MNT/disk.raw" shown.raw
-  unmount_img
-  check_clean ov.qcow2
-  qemu-img convert -O raw ov.qcow2 after.raw
-  same_bytes after.raw shown.raw
-  cmp -n 327680 -i 0:196608 w1 after.raw
+  overlay_takes_writes "$(unix_url base)"
 }
 
 @test "--overlay and --snapshot of a remote image: writes stay local, the export is untouched, the overlay is reused" {
