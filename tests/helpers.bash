@@ -480,3 +480,38 @@ overlay_takes_writes() {
   same_bytes after.raw shown.raw
   cmp -n 327680 -i 0:196608 w1 after.raw
 }
+
+# killed_server_fails_reads NAME: a reader of $MNT/disk.raw (a 64 MiB image mounted --direct-io --timeout 3 from
+# the server whose pid is in $TMP/NAME.pid, slowed down so that reading takes more than a second) gets EIO
+# within 6 s of the server's kill -9; ls and stat of the mount still work.
+killed_server_fails_reads() {
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
+  local reader=$! t0 rc=0
+  sleep 1
+  t0=$(now_ms)
+  stop_server "$1" -KILL
+  wait $reader || rc=$?
+  echo "dd: $rc $(cat dd.err) after $(( $(now_ms) - t0 )) ms"
+  [ "$rc" -ne 0 ]
+  grep -q "Input/output error" dd.err
+  [ $(( $(now_ms) - t0 )) -lt 6000 ]
+  ls "$MNT" | grep -q disk.raw
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
+}
+
+# hung_server_fails_reads NAME SKIP LOCAL: the server with its pid in $TMP/NAME.pid (started again by the caller)
+# is stopped (SIGSTOP): a read of the 64 KiB block SKIP of $MNT/disk.raw (one the mount has not cached) fails
+# with EIO after the mount's --timeout of 3 s, not much more; resumed, all of disk.raw reads like the file LOCAL.
+hung_server_fails_reads() {
+  kill -STOP "$(cat "$TMP/$1.pid")"
+  local t0 took; t0=$(now_ms)
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip="$2" iflag=direct
+  took=$(( $(now_ms) - t0 ))
+  echo "hung server: $status after ${took} ms: $output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
+  kill -CONT "$(cat "$TMP/$1.pid")"
+  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
+  same_bytes back.raw "$3"
+}
