@@ -515,3 +515,11 @@ hung_server_fails_reads() {
   dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
   same_bytes back.raw "$3"
 }
+
+# fio_crc32c FIO-JOB-OPTIONS...: fio over $MNT/disk.raw (psync, crc32c verification that stops at the first
+# mismatch, the jobs' results as one) with the given job options (--rw, block sizes, --size, --numjobs,
+# --offset_increment, --direct, --randseed); fio's log (./fio.log) is shown when it fails.
+fio_crc32c() {
+  fio --name=v --filename="$MNT/disk.raw" "$@" --verify=crc32c --ioengine=psync --verify_fatal=1 --group_reporting \
+    > fio.log 2>&1 || { cat fio.log; return 1; }
+}

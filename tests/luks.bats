@@ -222,8 +222,7 @@ PY
 @test "--rw on LUKS1: fio with 4 jobs and verification; qemu-img reads the same plaintext; luksDump accepts it; a marker is not in the file" {
   luks1_qemu w.luks 64M
   mount_img --rw --key-file k1 w.luks "$MNT"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randwrite --bs=4k --size=16M --numjobs=4 --offset_increment=16M \
-    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  fio_crc32c --rw=randwrite --bs=4k --size=16M --numjobs=4 --offset_increment=16M --direct=1 --randseed=7
   printf 'MARKER-7f3a9c-plaintext-never-on-disk' | dd of="$MNT/disk.raw" bs=1 seek=123457 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img
@@ -238,8 +237,7 @@ PY
 @test "--rw on LUKS2 (4096-byte sectors, unaligned writes): read back after remount; luksDump accepts it; a marker is not in the file" {
   luks2_reencrypt w2.img 24 --sector-size 4096 --pbkdf pbkdf2 --pbkdf-force-iterations 1000
   mount_img --rw --key-file k1 w2.img "$MNT"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M \
-    --verify=crc32c --ioengine=psync --verify_fatal=1 --randseed=3 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M --randseed=3
   printf 'MARKER-LUKS2-b81e' | dd of="$MNT/disk.raw" bs=1 seek=17000001 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img

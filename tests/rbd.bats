@@ -169,9 +169,7 @@ map_data_extents() { json_extents start length data; }
 @test "fio with 4 jobs and crc32c verification on an rbd --rw mount" {
   rbd create --size 128M "$POOL/$IMG"
   mount_img --rw -f raw "rbd:$POOL/$IMG"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M \
-    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 ||
-    { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M --direct=1 --randseed=7
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   rbd export --no-progress "$POOL/$IMG" after.raw
