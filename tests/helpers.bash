@@ -523,3 +523,19 @@ fio_crc32c() {
   fio --name=v --filename="$MNT/disk.raw" "$@" --verify=crc32c --ioengine=psync --verify_fatal=1 --group_reporting \
     > fio.log 2>&1 || { cat fio.log; return 1; }
 }
+
+# ceph_start: for setup_file: a single-node Ceph cluster (tests/tools/ceph-cluster, radosgw included) in a new
+# directory CEPH_DIR (exported). If it does not start, its output without the lines that name keys and the
+# tail of its logs are shown.
+ceph_start() {
+  CEPH_DIR=$(mktemp -d /tmp/imgfuse-ceph.XXXXXX)
+  export CEPH_DIR
+  CEPH_START_TIMEOUT=${CEPH_START_TIMEOUT:-180} "$BATS_TEST_DIRNAME/tools/ceph-cluster" start "$CEPH_DIR" \
+    >"$CEPH_DIR.out" 2>&1 || { grep -v KEY "$CEPH_DIR.out" >&3; tail -5 "$CEPH_DIR"/log/*.log >&3 2>/dev/null; return 1; }
+}
+
+# ceph_stop: for teardown_file: the cluster of ceph_start stopped, its directory removed.
+ceph_stop() {
+  "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR" >/dev/null 2>&1 || true
+  case "${CEPH_DIR:-}" in /tmp/imgfuse-ceph.*) rm -rf -- "$CEPH_DIR" "$CEPH_DIR.out" ;; esac
+}

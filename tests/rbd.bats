@@ -14,19 +14,8 @@
 
 load helpers
 
-setup_file() {
-  CEPH_DIR=$(mktemp -d /tmp/imgfuse-ceph.XXXXXX)
-  export CEPH_DIR
-  "$BATS_TEST_DIRNAME/tools/ceph-cluster" start "$CEPH_DIR" >"$CEPH_DIR.start.log" 2>&1 ||
-    { cat "$CEPH_DIR.start.log" >&2; return 1; }
-  rm -f "$CEPH_DIR.start.log"
-}
-
-teardown_file() {
-  "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR"
-  [ -n "${CEPH_DIR:-}" ] && rm -rf "$CEPH_DIR"
-  true
-}
+setup_file() { ceph_start; }
+teardown_file() { ceph_stop; }
 
 setup() {
   setup_tmp; cd "$TMP"

@@ -12,18 +12,8 @@
 
 load helpers
 
-setup_file() {
-  CEPH_DIR=$(mktemp -d /tmp/imgfuse-ceph.XXXXXX)
-  export CEPH_DIR
-  # (its output names the keys: not shown)
-  CEPH_START_TIMEOUT=180 "$BATS_TEST_DIRNAME/tools/ceph-cluster" start "$CEPH_DIR" >"$CEPH_DIR.out" 2>&1 ||
-    { grep -v KEY "$CEPH_DIR.out" >&3; tail -5 "$CEPH_DIR"/log/*.log >&3 2>/dev/null; return 1; }
-}
-
-teardown_file() {
-  "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR" >/dev/null 2>&1 || true
-  case "$CEPH_DIR" in /tmp/imgfuse-ceph.*) rm -rf -- "$CEPH_DIR" "$CEPH_DIR.out" ;; esac
-}
+setup_file() { ceph_start; }
+teardown_file() { ceph_stop; }
 
 setup() {
   setup_tmp; cd "$TMP"
