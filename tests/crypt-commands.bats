@@ -15,12 +15,7 @@ teardown() { teardown_tmp; }
 # enc_qcow2 FILE SIZE: an encrypted qcow2 (LUKS, key k1) made by qemu-img, with data in it (qemu times its
 # PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 enc_qcow2() {
-  local i o="encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f qcow2 $SECRET -o "$o" "$1" "$2" 2>/dev/null && break
-    rm -f "$1"; sleep 1
-  done
-  [ -f "$1" ]
+  qemu_create_retry "$1" -f qcow2 $SECRET -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 "$1" "$2"
   qio "driver=qcow2,file.filename=$1,encrypt.key-secret=s0" 'write -P 0x11 0 1M' 'write -P 0x22 3M 300k' \
     'write -z 3500k 64k'
 }

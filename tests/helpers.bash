@@ -250,12 +250,7 @@ EOF
 # make_luks FILE: a real LUKS1 container. qemu-img times its PBKDF on this CPU and gives up with
 # "Unable to get accurate CPU usage" when the machine is busy, so it is given a few tries.
 make_luks() {  # used by probe-known-formats and new-user-mistakes
-  local i
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M 2>/dev/null && return 0
-    rm -f "$1"; sleep 1
-  done
-  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
+  qemu_create_retry "$1" -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
 }
 
 # mount_equals_qemu FMT IMAGE [mount options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's
@@ -538,4 +533,18 @@ ceph_start() {
 ceph_stop() {
   "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR" >/dev/null 2>&1 || true
   case "${CEPH_DIR:-}" in /tmp/imgfuse-ceph.*) rm -rf -- "$CEPH_DIR" "$CEPH_DIR.out" ;; esac
+}
+
+# --- the encrypted-image suites (luks, luks-create, qcow2-crypt, crypt-commands): one copy of what they each wrote ---
+
+# qemu_create_retry FILE QEMU-IMG-CREATE-ARGUMENTS...: `qemu-img create -q ARGUMENTS` (which make FILE), tried up
+# to 8 times a second apart with FILE removed after each failure, then once more with its error shown: qemu-img
+# times its LUKS PBKDF on this CPU and gives up ("Unable to get accurate CPU usage") when the machine is busy.
+qemu_create_retry() {
+  local f=$1 i; shift
+  for i in 1 2 3 4 5 6 7 8; do
+    qemu-img create -q "$@" 2>/dev/null && return 0
+    rm -f "$f"; sleep 1
+  done
+  qemu-img create -q "$@"
 }

@@ -30,12 +30,7 @@ SECRET="--object secret,id=s0,file=k1"
 # luks1_qemu FILE SIZE [OPTS]: a LUKS1 container made by qemu-img with key k1 and creation options OPTS
 # (qemu times its PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 luks1_qemu() {
-  local i o="key-secret=s0,iter-time=10${3:+,$3}"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f luks $SECRET -o "$o" "$1" "$2" 2>/dev/null && return 0
-    rm -f "$1"; sleep 1
-  done
-  qemu-img create -q -f luks $SECRET -o "$o" "$1" "$2"
+  qemu_create_retry "$1" -f luks $SECRET -o "key-secret=s0,iter-time=10${3:+,$3}" "$1" "$2"
 }
 
 # qio FILE COMMAND...: qemu-io on a LUKS container opened with k1.

@@ -18,14 +18,10 @@ SECRET="--object secret,id=s0,file=k1"
 # enc_create FMT ENCRYPT FILE SIZE [more -o options]: an image encrypted with key k1 by qemu-img (qemu times
 # its LUKS PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 enc_create() {
-  local fmt=$1 enc=$2 f=$3 size=$4 o i
+  local fmt=$1 enc=$2 f=$3 size=$4 o
   o="encrypt.format=$enc,encrypt.key-secret=s0${5:+,$5}"
   [ "$enc" = luks ] && o="$o,encrypt.iter-time=10"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f "$fmt" $SECRET -o "$o" "$f" "$size" 2>/dev/null && return 0
-    rm -f "$f"; sleep 1
-  done
-  qemu-img create -q -f "$fmt" $SECRET -o "$o" "$f" "$size"
+  qemu_create_retry "$f" -f "$fmt" $SECRET -o "$o" "$f" "$size"
 }
 
 # opts FMT FILE: qemu's --image-opts for an encrypted FILE opened with k1 (a plain backing file needs none).
