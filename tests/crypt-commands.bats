@@ -38,14 +38,6 @@ clean() {
   [[ "$output" != *"leaked"* ]]
 }
 
-# one_line STATUS LINE: the last `run` exited STATUS and printed exactly LINE.
-one_line() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-}
-
 @test "compare: an encrypted qcow2 and its plaintext are identical with the key (each spelling), differ by a byte, and without a key it is one line, exit 2" {
   enc_qcow2 e.qcow2 4M
   plain_of "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=s0" p.raw

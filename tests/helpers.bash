@@ -548,3 +548,17 @@ qemu_create_retry() {
   done
   qemu-img create -q "$@"
 }
+
+# one_line STATUS LINE: the last `run` exited STATUS and printed exactly LINE, one line.
+one_line() {
+  echo "status $status (want $1): $output"
+  [ "$status" -eq "$1" ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "$2" ]
+}
+
+# fails_with STATUS LINE: one_line STATUS LINE, and nothing is mounted at $MNT.
+fails_with() {
+  one_line "$@"
+  not_mounted "$MNT"
+}

@@ -16,15 +16,6 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; printf 'pass one' > k1; printf 'second pass' > k2; printf 'third' > k3; }
 teardown() { teardown_tmp; }
 
-# fails_with STATUS LINE: the last `run` exited STATUS and printed exactly LINE, and nothing is mounted.
-fails_with() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-  not_mounted "$MNT"
-}
-
 SECRET="--object secret,id=s0,file=k1"
 
 # luks1_qemu FILE SIZE [OPTS]: a LUKS1 container made by qemu-img with key k1 and creation options OPTS

@@ -45,15 +45,6 @@ check_clean_enc() {
   [[ "$output" != *"leaked"* ]]
 }
 
-# fails_with STATUS LINE: the last `run` exited STATUS and printed exactly LINE, and nothing is mounted.
-fails_with() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-  not_mounted "$MNT"
-}
-
 # fill FMT FILE: data in the first, a middle and the last cluster, a partial cluster and a zeroed range.
 fill() {
   qio "$1" "$2" "write -P 0xab 0 1M" "write -P 0x12 3M 100k" "write -P 0x5a 8387584 512" "write -P 0x33 5M 3k" \
