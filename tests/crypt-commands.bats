@@ -30,13 +30,7 @@ qio() {
 plain_of() { qemu-img convert $SECRET --image-opts "$1" -O raw "$2"; }
 
 # clean IMAGE-OPTS: qemu-img check (with the key) finds neither errors nor leaks.
-clean() {
-  run qemu-img check $SECRET --image-opts "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  [[ "$output" == *"No errors were found"* ]]
-  [[ "$output" != *"leaked"* ]]
-}
+clean() { check_clean $SECRET --image-opts "$1"; }
 
 @test "compare: an encrypted qcow2 and its plaintext are identical with the key (each spelling), differ by a byte, and without a key it is one line, exit 2" {
   enc_qcow2 e.qcow2 4M

@@ -182,9 +182,9 @@ with open(path, "r+b") as f:
 EOF
 }
 
-# check_clean IMAGE: qemu-img check reports neither errors nor leaks.
+# check_clean [qemu-img check options...] IMAGE: qemu-img check reports neither errors nor leaks.
 check_clean() {
-  run qemu-img check "$1"
+  run qemu-img check "$@"
   echo "$output"
   [ "$status" -eq 0 ]
   [[ "$output" == *"No errors were found"* ]]
