@@ -88,7 +88,10 @@ teardown() {
   same_bytes base-now.qcow2 base.qcow2
 }
 
-@test "a qcow2 image on rbd finds its backing image by relative name in the same pool; a URL inside is refused" {
+# rbd_chain: base.qcow2 (16 MiB, 2 MiB of data) imported as $POOL/$IMG-base and top.qcow2 (64 KiB more) as
+# $POOL/$IMG-top, which names its backing image by the relative name $IMG-base; the local top.qcow2 names
+# base.qcow2 again, so that raw_of top.qcow2 is what the chain in the cluster holds.
+rbd_chain() {
   qemu-img create -q -f qcow2 base.qcow2 16M
   qio base.qcow2 'write -P 0x55 0 2M'
   qemu-img create -q -f qcow2 top.qcow2 16M
@@ -96,9 +99,13 @@ teardown() {
   qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
   rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
   rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
+  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+}
+
+@test "a qcow2 image on rbd finds its backing image by relative name in the same pool; a URL inside is refused" {
+  rbd_chain
   mount_img "rbd:$POOL/$IMG-top"
   grep -q "layers: 2" "$MNT/info"
-  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
   same_bytes "$MNT/disk.raw" "$(raw_of top.qcow2)"
   unmount_img
   # a backing name that is itself an rbd: location inside an image is never followed
@@ -292,14 +299,7 @@ map_data_extents() { json_extents start length data; }
   local key
   key=$(ceph auth get-or-create-key client.imgfuse-b mon 'profile rbd' osd 'profile rbd pool=rbd')
   grep -v '^keyring' "$CEPH_CONF" > nokeyring.conf
-  qemu-img create -q -f qcow2 base.qcow2 16M
-  qio base.qcow2 'write -P 0x55 0 2M'
-  qemu-img create -q -f qcow2 top.qcow2 16M
-  qio top.qcow2 'write -P 0x66 1M 64k'
-  qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
-  rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
-  rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
-  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+  rbd_chain
   # the conf has no keyring: the key in the name is all there is, for both images
   local name="rbd:$POOL/$IMG-top:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=$key"
   mount_img --debug "$name"
