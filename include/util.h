@@ -82,6 +82,9 @@ void path_dir_of(const char *path, char *out, size_t len);
 /* The last component of path, for names and messages: what follows the last '/', or all of path when
  * nothing does (no slash, or a trailing one). */
 const char *path_base_of(const char *path);
+/* A file name as an image names it (a backing file, an extent): an absolute name as it is, a relative one in
+ * the directory of image_path (path_dir_of). Truncated to len like snprintf. */
+void path_beside(const char *image_path, const char *name, char *out, size_t len);
 
 /* Monotonic clock in nanoseconds. */
 uint64_t now_ns(void);

@@ -166,12 +166,7 @@ static int resolve_bare(const char *image_url, const char *name, char *out, size
 static int resolve_unsafe(const char *image_path, const char *name, char *out, size_t outlen, char *note,
                           size_t notelen, Error *err)
 {
-    char dir[PATH_MAX];
-    path_dir_of(image_path, dir, sizeof(dir));
-    if (name[0] == '/')
-        snprintf(out, outlen, "%s", name);
-    else
-        snprintf(out, outlen, "%s/%s", dir, name);
+    path_beside(image_path, name, out, outlen);
     struct stat st;
     if (stat(out, &st) != 0)
         return not_found(err, image_path, name, out);
@@ -239,10 +234,7 @@ int bdrv_resolve_backing(const char *image_path, const char *name, const BlockOp
     if (!a)
         return -ENOMEM;
     allowed_dirs_init(a, dir, opts);
-    if (name[0] == '/')
-        snprintf(cand, sizeof(cand), "%s", name);
-    else
-        snprintf(cand, sizeof(cand), "%s/%s", dir, name);
+    path_beside(image_path, name, cand, sizeof(cand));
 
     int r = 0, which = -1;
     const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * util.c - the small helpers of util.h that are not inline: aligned zeroed buffers, the fast all-zero
- * test, size parsing and formatting, the directory part of a path, and the monotonic clock.  Nothing
+ * test, size parsing and formatting, the directory part of a path (and a name
+ * beside it), and the monotonic clock.  Nothing
  * here knows about images or nodes.
  */
 #include "util.h"
@@ -9,6 +10,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +114,16 @@ void path_dir_of(const char *path, char *out, size_t len)
         snprintf(out, len, "/");
     else
         snprintf(out, len, "%.*s", (int)(slash - path), path);
+}
+
+void path_beside(const char *image_path, const char *name, char *out, size_t len)
+{
+    char dir[PATH_MAX];
+    path_dir_of(image_path, dir, sizeof(dir));
+    if (name[0] == '/')
+        snprintf(out, len, "%s", name);
+    else
+        snprintf(out, len, "%s/%s", dir, name);
 }
 
 const char *path_base_of(const char *path)

@@ -15,12 +15,7 @@ teardown() { teardown_tmp; }
 # enc_qcow2 FILE SIZE: an encrypted qcow2 (LUKS, key k1) made by qemu-img, with data in it (qemu times its
 # PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 enc_qcow2() {
-  local i o="encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f qcow2 $SECRET -o "$o" "$1" "$2" 2>/dev/null && break
-    rm -f "$1"; sleep 1
-  done
-  [ -f "$1" ]
+  qemu_create_retry "$1" -f qcow2 $SECRET -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 "$1" "$2"
   qio "driver=qcow2,file.filename=$1,encrypt.key-secret=s0" 'write -P 0x11 0 1M' 'write -P 0x22 3M 300k' \
     'write -z 3500k 64k'
 }
@@ -35,21 +30,7 @@ qio() {
 plain_of() { qemu-img convert $SECRET --image-opts "$1" -O raw "$2"; }
 
 # clean IMAGE-OPTS: qemu-img check (with the key) finds neither errors nor leaks.
-clean() {
-  run qemu-img check $SECRET --image-opts "$1"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  [[ "$output" == *"No errors were found"* ]]
-  [[ "$output" != *"leaked"* ]]
-}
-
-# one_line STATUS LINE: the last `run` exited STATUS and printed exactly LINE.
-one_line() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-}
+clean() { check_clean $SECRET --image-opts "$1"; }
 
 @test "compare: an encrypted qcow2 and its plaintext are identical with the key (each spelling), differ by a byte, and without a key it is one line, exit 2" {
   enc_qcow2 e.qcow2 4M

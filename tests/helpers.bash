@@ -182,9 +182,9 @@ with open(path, "r+b") as f:
 EOF
 }
 
-# check_clean IMAGE: qemu-img check reports neither errors nor leaks.
+# check_clean [qemu-img check options...] IMAGE: qemu-img check reports neither errors nor leaks.
 check_clean() {
-  run qemu-img check "$1"
+  run qemu-img check "$@"
   echo "$output"
   [ "$status" -eq 0 ]
   [[ "$output" == *"No errors were found"* ]]
@@ -250,12 +250,7 @@ EOF
 # make_luks FILE: a real LUKS1 container. qemu-img times its PBKDF on this CPU and gives up with
 # "Unable to get accurate CPU usage" when the machine is busy, so it is given a few tries.
 make_luks() {  # used by probe-known-formats and new-user-mistakes
-  local i
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M 2>/dev/null && return 0
-    rm -f "$1"; sleep 1
-  done
-  qemu-img create -q -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
+  qemu_create_retry "$1" -f luks --object secret,id=s0,data=pw -o key-secret=s0,iter-time=500 "$1" 1M
 }
 
 # mount_equals_qemu FMT IMAGE [mount options]: size, bytes and SEEK_DATA map of disk.raw equal QEMU's
@@ -405,4 +400,165 @@ vhd_clean() {
   run vhdiinfo "$1"
   echo "$output"
   [ "$status" -eq 0 ]
+}
+
+# --- servers of the remote-protocol suites (nbd, http, s3, rbd): one copy of what they each wrote ---
+
+# stop_server NAME [SIGNAL]: the server whose pid is in $TMP/NAME.pid is resumed (it may have been stopped),
+# sent SIGNAL (default -TERM) and waited for (5 s at most); its pid file is removed.
+stop_server() {
+  local pid; pid=$(cat "$TMP/$1.pid")
+  kill -CONT "$pid" 2>/dev/null || true
+  kill "${2:--TERM}" "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$TMP/$1.pid"
+}
+
+# teardown_servers: the teardown of a suite that starts servers. A mount left behind is unmounted while its
+# server is still up (an unmount that fails, an ASan report among them, fails the test), then every server
+# with a pid file in $TMP is stopped, then teardown_tmp.
+teardown_servers() {
+  local rc=0 p
+  if [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null; then unmount_img "$MOUNTED" || rc=$?; fi
+  for p in "$TMP"/*.pid; do
+    if [ -f "$p" ]; then stop_server "$(basename "$p" .pid)"; fi
+  done
+  teardown_tmp
+  return $rc
+}
+
+# free_port: a TCP port of 127.0.0.1 nobody listens on now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# now_ms: the wall clock in milliseconds, for timing what a test waits for.
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# format_trio [DIR]: DIR/d.qcow2 (64 MiB; data at 1M, 40M and 63M and a zeroed range, written by qemu-io) and
+# the same disk converted by qemu-img to DIR/d.vmdk (monolithicSparse) and DIR/d.vhdx. DIR defaults to ".".
+format_trio() {
+  local d=${1:-.}
+  qemu-img create -q -f qcow2 "$d/d.qcow2" 64M
+  fmt_io qcow2 "$d/d.qcow2" 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k' 'write -P 0x33 63M 1M'
+  qemu-img convert -O vmdk -o subformat=monolithicSparse "$d/d.qcow2" "$d/d.vmdk"
+  qemu-img convert -O vhdx "$d/d.qcow2" "$d/d.vhdx"
+}
+
+# reads_like LOCAL [imgfuse options...] IMAGE: IMAGE (a URL, most often) mounted at $MNT has LOCAL's format (as
+# qemu-img names it) in info, and disk.raw holds the bytes of `qemu-img convert -O raw LOCAL`; unmounted again.
+reads_like() {
+  local local_img=$1 fmt; shift
+  fmt=$(qemu-img info --output=json "$local_img" | python3 -c 'import json, sys; print(json.load(sys.stdin)["format"])')
+  mount_img "$@" "$MNT"
+  grep -q "format: $fmt\$" "$MNT/info"
+  same_bytes "$MNT/disk.raw" "$(raw_of "$local_img")"
+  unmount_img
+}
+
+# overlay_takes_writes BASE [imgfuse options...]: ov.qcow2 (a local qcow2 overlay the caller made) mounted --rw
+# over BASE (a qcow2, a URL most often) given with --backing takes two writes of random data (w1: 320 KiB at
+# 192 KiB, its first 12 KiB at 4000 KiB); after unmount qemu-img check finds it clean and qemu-img convert of
+# it (after.raw) equals what the mount showed (shown.raw) and holds w1 at 192 KiB.
+overlay_takes_writes() {
+  local base=$1; shift
+  mount_img --rw "$@" --backing "$base" --backing-format qcow2 ov.qcow2 "$MNT"
+  grep -q "given with --backing" "$MNT/info"
+  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
+  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
+  cp "$MNT/disk.raw" shown.raw
+  unmount_img
+  check_clean ov.qcow2
+  qemu-img convert -O raw ov.qcow2 after.raw
+  same_bytes after.raw shown.raw
+  cmp -n 327680 -i 0:196608 w1 after.raw
+}
+
+# killed_server_fails_reads NAME: a reader of $MNT/disk.raw (a 64 MiB image mounted --direct-io --timeout 3 from
+# the server whose pid is in $TMP/NAME.pid, slowed down so that reading takes more than a second) gets EIO
+# within 6 s of the server's kill -9; ls and stat of the mount still work.
+killed_server_fails_reads() {
+  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
+  local reader=$! t0 rc=0
+  sleep 1
+  t0=$(now_ms)
+  stop_server "$1" -KILL
+  wait $reader || rc=$?
+  echo "dd: $rc $(cat dd.err) after $(( $(now_ms) - t0 )) ms"
+  [ "$rc" -ne 0 ]
+  grep -q "Input/output error" dd.err
+  [ $(( $(now_ms) - t0 )) -lt 6000 ]
+  ls "$MNT" | grep -q disk.raw
+  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
+}
+
+# hung_server_fails_reads NAME SKIP LOCAL: the server with its pid in $TMP/NAME.pid (started again by the caller)
+# is stopped (SIGSTOP): a read of the 64 KiB block SKIP of $MNT/disk.raw (one the mount has not cached) fails
+# with EIO after the mount's --timeout of 3 s, not much more; resumed, all of disk.raw reads like the file LOCAL.
+hung_server_fails_reads() {
+  kill -STOP "$(cat "$TMP/$1.pid")"
+  local t0 took; t0=$(now_ms)
+  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip="$2" iflag=direct
+  took=$(( $(now_ms) - t0 ))
+  echo "hung server: $status after ${took} ms: $output"
+  [ "$status" -ne 0 ]
+  [[ "$output" == *"Input/output error"* ]]
+  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
+  kill -CONT "$(cat "$TMP/$1.pid")"
+  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
+  same_bytes back.raw "$3"
+}
+
+# fio_crc32c FIO-JOB-OPTIONS...: fio over $MNT/disk.raw (psync, crc32c verification that stops at the first
+# mismatch, the jobs' results as one) with the given job options (--rw, block sizes, --size, --numjobs,
+# --offset_increment, --direct, --randseed); fio's log (./fio.log) is shown when it fails.
+fio_crc32c() {
+  fio --name=v --filename="$MNT/disk.raw" "$@" --verify=crc32c --ioengine=psync --verify_fatal=1 --group_reporting \
+    > fio.log 2>&1 || { cat fio.log; return 1; }
+}
+
+# ceph_start: for setup_file: a single-node Ceph cluster (tests/tools/ceph-cluster, radosgw included) in a new
+# directory CEPH_DIR (exported). If it does not start, its output without the lines that name keys and the
+# tail of its logs are shown.
+ceph_start() {
+  CEPH_DIR=$(mktemp -d /tmp/imgfuse-ceph.XXXXXX)
+  export CEPH_DIR
+  CEPH_START_TIMEOUT=${CEPH_START_TIMEOUT:-180} "$BATS_TEST_DIRNAME/tools/ceph-cluster" start "$CEPH_DIR" \
+    >"$CEPH_DIR.out" 2>&1 || { grep -v KEY "$CEPH_DIR.out" >&3; tail -5 "$CEPH_DIR"/log/*.log >&3 2>/dev/null; return 1; }
+}
+
+# ceph_stop: for teardown_file: the cluster of ceph_start stopped, its directory removed.
+ceph_stop() {
+  "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR" >/dev/null 2>&1 || true
+  case "${CEPH_DIR:-}" in /tmp/imgfuse-ceph.*) rm -rf -- "$CEPH_DIR" "$CEPH_DIR.out" ;; esac
+}
+
+# --- the encrypted-image suites (luks, luks-create, qcow2-crypt, crypt-commands): one copy of what they each wrote ---
+
+# qemu_create_retry FILE QEMU-IMG-CREATE-ARGUMENTS...: `qemu-img create -q ARGUMENTS` (which make FILE), tried up
+# to 8 times a second apart with FILE removed after each failure, then once more with its error shown: qemu-img
+# times its LUKS PBKDF on this CPU and gives up ("Unable to get accurate CPU usage") when the machine is busy.
+qemu_create_retry() {
+  local f=$1 i; shift
+  for i in 1 2 3 4 5 6 7 8; do
+    qemu-img create -q "$@" 2>/dev/null && return 0
+    rm -f "$f"; sleep 1
+  done
+  qemu-img create -q "$@"
+}
+
+# one_line STATUS LINE: the last `run` exited STATUS and printed exactly LINE, one line.
+one_line() {
+  echo "status $status (want $1): $output"
+  [ "$status" -eq "$1" ]
+  [ "${#lines[@]}" -eq 1 ]
+  [ "${lines[0]}" = "$2" ]
+}
+
+# fails_with STATUS LINE: one_line STATUS LINE, and nothing is mounted at $MNT.
+fails_with() {
+  one_line "$@"
+  not_mounted "$MNT"
 }

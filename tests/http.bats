@@ -16,19 +16,7 @@
 load helpers
 
 setup() { setup_tmp; cd "$TMP"; }
-teardown() {
-  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
-  local p
-  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
-  sleep 0.1
-  teardown_tmp
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+teardown() { teardown_servers; }
 
 # start_nginx NAME PORT ROOT [tls] [EXTRA DIRECTIVES]: nginx serving ROOT on 127.0.0.1:PORT as one
 # process (pid in $TMP/NAME.pid, access log $TMP/NAME/access.log); tls: with $TMP/srv.pem and srv.key.
@@ -62,15 +50,6 @@ EOF
   echo "nginx $name did not answer" >&2; return 1
 }
 
-stop_nginx() {
-  local pid; pid=$(cat "$TMP/$1.pid")
-  kill -CONT "$pid" 2>/dev/null || true
-  kill "${2:--TERM}" "$pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  rm -f "$TMP/$1.pid"
-}
-
 # make_ca NAME: a CA of the test ($TMP/NAME.pem, NAME.key).
 make_ca() {
   openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TMP/$1.key" -out "$TMP/$1.pem" -days 2 \
@@ -87,10 +66,7 @@ make_server_cert() {
 
 @test "qcow2, vmdk and vhdx images on http, https (--cacert) and through a redirect read like qemu-img convert" {
   mkdir www
-  qemu-img create -q -f qcow2 www/d.qcow2 64M
-  qio www/d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k' 'write -P 0x33 63M 1M'
-  qemu-img convert -O vmdk -o subformat=monolithicSparse www/d.qcow2 www/d.vmdk
-  qemu-img convert -O vhdx www/d.qcow2 www/d.vhdx
+  format_trio www
   make_ca ca
   make_server_cert ca "IP:127.0.0.1,DNS:localhost"
   local port tport; port=$(free_port); tport=$(free_port)
@@ -98,13 +74,8 @@ make_server_cert() {
   start_nginx secure "$tport" "$TMP/www" tls
   local f
   for f in d.qcow2 d.vmdk d.vhdx; do
-    mount_img "http://127.0.0.1:$port/$f"
-    grep -q "format: ${f#d.}" "$MNT/info"
-    same_bytes "$MNT/disk.raw" "$(raw_of "www/$f")"
-    unmount_img
-    mount_img --cacert "$TMP/ca.pem" "https://127.0.0.1:$tport/$f"
-    same_bytes "$MNT/disk.raw" "$(raw_of "www/$f")"
-    unmount_img
+    reads_like "www/$f" "http://127.0.0.1:$port/$f"
+    reads_like "www/$f" --cacert "$TMP/ca.pem" "https://127.0.0.1:$tport/$f"
   done
   # several transfers in flight, and ranged GETs only (206)
   grep -c '"GET /d.qcow2 HTTP/1.1" 206' plain/access.log
@@ -149,7 +120,7 @@ make_server_cert() {
   [ "$status" -eq 2 ]
   not_mounted "$MNT"
   # the right name: it opens
-  stop_nginx secure
+  stop_server secure
   make_server_cert ca "IP:127.0.0.1"
   start_nginx secure "$port" "$TMP/www" tls
   run "$IMGFUSE" info --cacert "$TMP/ca.pem" "$url"
@@ -174,17 +145,7 @@ make_server_cert() {
   unmount_img
   # a local qcow2 overlay over the remote base
   qemu-img create -q -f qcow2 -b "$TMP/www/sub/base.qcow2" -F qcow2 ov.qcow2
-  mount_img --rw --backing "http://127.0.0.1:$port/sub/base.qcow2" --backing-format qcow2 ov.qcow2 "$MNT"
-  grep -q "given with --backing" "$MNT/info"
-  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
-  cp "$MNT/disk.raw" shown.raw
-  unmount_img
-  check_clean ov.qcow2
-  qemu-img convert -O raw ov.qcow2 after.raw
-  same_bytes after.raw shown.raw
-  cmp -n 327680 -i 0:196608 w1 after.raw
+  overlay_takes_writes "http://127.0.0.1:$port/sub/base.qcow2"
   cmp -n 1048576 -i 8M:8M after.raw "$(raw_of www/sub/base.qcow2)"
   # the http driver itself is read-only
   run "$IMGFUSE" --rw -f raw "http://127.0.0.1:$port/sub/base.qcow2" "$MNT"
@@ -199,33 +160,10 @@ make_server_cert() {
   local port; port=$(free_port)
   start_nginx srv "$port" "$TMP/www" "" "limit_rate 4m;"
   mount_img --direct-io --timeout 3 -f raw "http://127.0.0.1:$port/r.raw"
-  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
-  local reader=$! t0
-  sleep 1
-  t0=$(now_ms)
-  stop_nginx srv -KILL
-  local rc=0
-  wait $reader || rc=$?
-  echo "dd: $rc $(cat dd.err) after $(( $(now_ms) - t0 )) ms"
-  [ "$rc" -ne 0 ]
-  grep -q "Input/output error" dd.err
-  [ $(( $(now_ms) - t0 )) -lt 6000 ]
-  ls "$MNT" | grep -q disk.raw
-  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
-  # a server that hangs (stopped) costs the reader --timeout, not more
+  killed_server_fails_reads srv
+  # a server that hangs (stopped) costs the reader --timeout, not more; back, reads work again (new connections)
   start_nginx srv "$port" "$TMP/www"
-  kill -STOP "$(cat srv.pid)"
-  t0=$(now_ms)
-  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip=700 iflag=direct
-  local took=$(( $(now_ms) - t0 ))
-  echo "hung server: $status after ${took} ms: $output"
-  [ "$status" -ne 0 ]
-  [[ "$output" == *"Input/output error"* ]]
-  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
-  kill -CONT "$(cat srv.pid)"
-  # back: reads work again (new connections)
-  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
-  same_bytes back.raw www/r.raw
+  hung_server_fails_reads srv 700 www/r.raw
   unmount_img
   grep -q "a read failed" "$TMP/daemon.log"
 }
@@ -261,9 +199,7 @@ make_server_cert() {
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: http://127.0.0.1:$port/d.qcow2: the server does not serve byte ranges (it answers Range with the whole file)" ]
   start_nginx nohead "$hport" "$TMP/www" "" 'if ($request_method = HEAD) { return 405; }'
-  mount_img "http://127.0.0.1:$hport/d.qcow2"
-  same_bytes "$MNT/disk.raw" "$(raw_of www/d.qcow2)"
-  unmount_img
+  reads_like www/d.qcow2 "http://127.0.0.1:$hport/d.qcow2"
   run grep -c '"HEAD ' nohead/access.log
   [ "$output" = 0 ]
   run "$IMGFUSE" info "http://127.0.0.1:$hport/none.qcow2"
@@ -304,9 +240,7 @@ make_server_cert() {
   qemu-img create -q -f qcow2 -u -b "http://127.0.0.1:$port/base.qcow2" -F qcow2 h.qcow2 8M
   refused_open h.qcow2 "backing file 'http://127.0.0.1:$port/base.qcow2' refused: a remote location named inside an image is never followed; use --backing-dir DIR or --backing FILE (or --unsafe-backing)"
   [ ! -s srv/access.log ] || ! grep -q base.qcow2 srv/access.log
-  mount_img --unsafe-backing h.qcow2 "$MNT"
-  same_bytes "$MNT/disk.raw" "$(raw_of www/base.qcow2)"
-  unmount_img
+  reads_like www/base.qcow2 --unsafe-backing h.qcow2
   grep -q "GET /base.qcow2" srv/access.log
   # a password in the URL: refused before any request, and never shown
   run "$IMGFUSE" --audit-log "$TMP/audit.log" "http://bob:hunter2@127.0.0.1:$port/base.qcow2" "$MNT"

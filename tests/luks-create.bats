@@ -107,23 +107,17 @@ written_back() {
 @test "a wrong key for a created container: exit 2 and one line; no key, a bad or unsupported option: exit 2 and one line, no file" {
   "$IMGFUSE" create -f luks --key-file k1 -o iter-time=10 a.luks 1M
   run "$IMGFUSE" info --key-file k2 a.luks
-  [ "$status" -eq 2 ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "$output" = "imgfuse: a.luks: no key slot opens with the key given" ]
+  one_line 2 "imgfuse: a.luks: no key slot opens with the key given"
   run cryptsetup open --test-passphrase --key-file k2 a.luks
   [ "$status" -ne 0 ]
   run "$IMGFUSE" create -f luks -o iter-time=10 b.luks 1M </dev/null
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: b.luks: a new LUKS container needs a passphrase (--key-file FILE or --passphrase-fd N)" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o cipher-alg=cast5-128 b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation option 'cipher-alg': cipher 'cast5-128' is not supported (aes, serpent and twofish are)" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o cipher-mode=ecb b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation option 'cipher-mode': 'ecb' is not supported (xts and cbc are)" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o iter-time=0 b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation option 'iter-time': '0' is not a time from 1 to 60000 ms" ]
+  create_refusals luks b.luks <<'EOF'
+--key-file k1 -o cipher-alg=cast5-128|1M|luks creation option 'cipher-alg': cipher 'cast5-128' is not supported (aes, serpent and twofish are)
+--key-file k1 -o cipher-mode=ecb|1M|luks creation option 'cipher-mode': 'ecb' is not supported (xts and cbc are)
+--key-file k1 -o iter-time=0|1M|luks creation option 'iter-time': '0' is not a time from 1 to 60000 ms
+EOF
   run "$IMGFUSE" create -f luks --key-file k1 -o key-secret=s0 b.luks 1M
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: s0: no --object secret,id=s0 was given" ]
@@ -231,15 +225,11 @@ while True:
   run "$IMGFUSE" create -f qcow2 -o encrypt.format=luks b.qcow2 1M </dev/null
   [ "$status" -eq 2 ]
   [ "$output" = "imgfuse: b.qcow2: an encrypted image needs a passphrase (--key-file FILE or --passphrase-fd N)" ]
-  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.cipher-alg=aes-128 b.qcow2 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.qcow2: encrypt.* options need encrypt.format=luks" ]
-  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=luks,encrypt.cipher-alg=cast5-128 b.qcow2 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.qcow2: luks creation option 'encrypt.cipher-alg': cipher 'cast5-128' is not supported (aes, serpent and twofish are)" ]
-  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=rot13 b.qcow2 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.qcow2: encrypt.format must be luks or aes, not 'rot13'" ]
+  create_refusals qcow2 b.qcow2 <<'EOF'
+--key-file k1 -o encrypt.cipher-alg=aes-128|1M|encrypt.* options need encrypt.format=luks
+--key-file k1 -o encrypt.format=luks,encrypt.cipher-alg=cast5-128|1M|luks creation option 'encrypt.cipher-alg': cipher 'cast5-128' is not supported (aes, serpent and twofish are)
+--key-file k1 -o encrypt.format=rot13|1M|encrypt.format must be luks or aes, not 'rot13'
+EOF
   [ ! -e b.qcow2 ]
   run "$IMGFUSE" create -f qcow2 -o help
   [[ "$output" == *"encrypt.format="* && "$output" == *"encrypt.iter-time="* ]]
@@ -301,21 +291,13 @@ PY
   cmp -n 4096 "$MNT/disk.raw" data.bin
   unmount_img
   run "$IMGFUSE" info --key-file k2 s2.luks
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: s2.luks: no key slot opens with the key given" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o kdf=pbkdf2 b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation options kdf and argon2-memory need version=2" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o version=3 b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation option 'version': '3' is not 1 or 2" ]
-  run "$IMGFUSE" create -f luks --key-file k1 -o version=2,argon2-memory=8T b.luks 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.luks: luks creation option 'argon2-memory': '8T' is not a size from 32k to 4G" ]
-  run "$IMGFUSE" create -f qcow2 --key-file k1 -o encrypt.format=luks,encrypt.version=2 b.qcow2 1M
-  [ "$status" -eq 2 ]
-  [ "$output" = "imgfuse: b.qcow2: unknown luks creation option 'encrypt.version'" ]
-  [ ! -e b.luks ] && [ ! -e b.qcow2 ]
+  one_line 2 "imgfuse: s2.luks: no key slot opens with the key given"
+  create_refusals luks b.luks <<'EOF'
+--key-file k1 -o kdf=pbkdf2|1M|luks creation options kdf and argon2-memory need version=2
+--key-file k1 -o version=3|1M|luks creation option 'version': '3' is not 1 or 2
+--key-file k1 -o version=2,argon2-memory=8T|1M|luks creation option 'argon2-memory': '8T' is not a size from 32k to 4G
+EOF
+  create_refusals qcow2 b.qcow2 <<<"--key-file k1 -o encrypt.format=luks,encrypt.version=2|1M|unknown luks creation option 'encrypt.version'"
 }
 
 @test "create -f luks on a terminal: the passphrase is asked twice without echo; two that differ create nothing, exit 2" {

@@ -16,26 +16,12 @@ load helpers
 setup() { setup_tmp; cd "$TMP"; printf 'pass one' > k1; printf 'second pass' > k2; printf 'third' > k3; }
 teardown() { teardown_tmp; }
 
-# fails_with STATUS LINE: the last `run` exited STATUS and printed exactly LINE, and nothing is mounted.
-fails_with() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-  not_mounted "$MNT"
-}
-
 SECRET="--object secret,id=s0,file=k1"
 
 # luks1_qemu FILE SIZE [OPTS]: a LUKS1 container made by qemu-img with key k1 and creation options OPTS
 # (qemu times its PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 luks1_qemu() {
-  local i o="key-secret=s0,iter-time=10${3:+,$3}"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f luks $SECRET -o "$o" "$1" "$2" 2>/dev/null && return 0
-    rm -f "$1"; sleep 1
-  done
-  qemu-img create -q -f luks $SECRET -o "$o" "$1" "$2"
+  qemu_create_retry "$1" -f luks $SECRET -o "key-secret=s0,iter-time=10${3:+,$3}" "$1" "$2"
 }
 
 # qio FILE COMMAND...: qemu-io on a LUKS container opened with k1.
@@ -222,8 +208,7 @@ PY
 @test "--rw on LUKS1: fio with 4 jobs and verification; qemu-img reads the same plaintext; luksDump accepts it; a marker is not in the file" {
   luks1_qemu w.luks 64M
   mount_img --rw --key-file k1 w.luks "$MNT"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randwrite --bs=4k --size=16M --numjobs=4 --offset_increment=16M \
-    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  fio_crc32c --rw=randwrite --bs=4k --size=16M --numjobs=4 --offset_increment=16M --direct=1 --randseed=7
   printf 'MARKER-7f3a9c-plaintext-never-on-disk' | dd of="$MNT/disk.raw" bs=1 seek=123457 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img
@@ -238,8 +223,7 @@ PY
 @test "--rw on LUKS2 (4096-byte sectors, unaligned writes): read back after remount; luksDump accepts it; a marker is not in the file" {
   luks2_reencrypt w2.img 24 --sector-size 4096 --pbkdf pbkdf2 --pbkdf-force-iterations 1000
   mount_img --rw --key-file k1 w2.img "$MNT"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M \
-    --verify=crc32c --ioengine=psync --verify_fatal=1 --randseed=3 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M --randseed=3
   printf 'MARKER-LUKS2-b81e' | dd of="$MNT/disk.raw" bs=1 seek=17000001 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img

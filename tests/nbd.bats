@@ -16,12 +16,7 @@
 load helpers
 
 setup() { setup_tmp; cd "$TMP"; }
-teardown() {
-  [ -n "${MOUNTED:-}" ] && mountpoint -q "$MOUNTED" 2>/dev/null && unmount_img "$MOUNTED"
-  local p
-  for p in "$TMP"/*.pid; do [ -f "$p" ] && kill -CONT "$(cat "$p")" 2>/dev/null && kill "$(cat "$p")" 2>/dev/null; done
-  teardown_tmp
-}
+teardown() { teardown_servers; }
 
 # start_nbdkit NAME ARGS...: nbdkit ARGS on the unix socket $TMP/NAME.sock (pid in $TMP/NAME.pid); it forks
 # once it listens. Echoes nothing; the URL is "nbd+unix:///EXPORT?socket=$TMP/NAME.sock".
@@ -45,42 +40,18 @@ start_nbdkit_tcp() {
   wait_pid_file "$name"
 }
 
-stop_nbdkit() {
-  local pid; pid=$(cat "$TMP/$1.pid")
-  kill -CONT "$pid" 2>/dev/null || true
-  kill "${2:--TERM}" "$pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  rm -f "$TMP/$1.pid"
-}
-
-# free_port: a TCP port of 127.0.0.1 nobody listens on now.
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 unix_url() { echo "nbd+unix:///${2:-}?socket=$TMP/$1.sock"; }
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
 @test "qcow2, vmdk and vhdx images on nbd (unix socket and TCP) read like qemu-img convert of the local file" {
-  qemu-img create -q -f qcow2 d.qcow2 64M
-  qio d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k'
-  qemu-img convert -O vmdk -o subformat=monolithicSparse d.qcow2 d.vmdk
-  qemu-img convert -O vhdx d.qcow2 d.vhdx
+  format_trio
   local f
   for f in d.qcow2 d.vmdk d.vhdx; do
     start_nbdkit "${f#d.}" -r file "$f"
-    mount_img "$(unix_url "${f#d.}")"
-    grep -q "format: ${f#d.}" "$MNT/info"
-    same_bytes "$MNT/disk.raw" "$(raw_of "$f")"
-    unmount_img
+    reads_like "$f" "$(unix_url "${f#d.}")"
   done
   local port; port=$(free_port)
   start_nbdkit_tcp tcp "$port" -r file d.qcow2
-  mount_img "nbd://127.0.0.1:$port"
-  same_bytes "$MNT/disk.raw" "$(raw_of d.qcow2)"
-  unmount_img
+  reads_like d.qcow2 "nbd://127.0.0.1:$port"
   run "$IMGFUSE" info "nbd://127.0.0.1:$port/"
   [ "$status" -eq 0 ]
   [[ "$output" == *"format: qcow2"* ]]
@@ -125,9 +96,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   chmod 600 keys.psk
   local port; port=$(free_port)
   start_nbdkit_tcp tls "$port" -r --tls=require --tls-psk="$TMP/keys.psk" file d.qcow2
-  mount_img "nbds://alice@127.0.0.1:$port/?tls-psk-file=$TMP/keys.psk"
-  same_bytes "$MNT/disk.raw" "$(raw_of d.qcow2)"
-  unmount_img
+  reads_like d.qcow2 "nbds://alice@127.0.0.1:$port/?tls-psk-file=$TMP/keys.psk"
   run "$IMGFUSE" info "nbd://127.0.0.1:$port/"
   [ "$status" -eq 2 ]
   [[ "$output" == *"cannot connect to the NBD server: "*"TLS"* ]]
@@ -138,17 +107,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   qio base.qcow2 'write -P 0x77 0 32M'
   qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2
   start_nbdkit base -r file base.qcow2
-  mount_img --rw --backing "$(unix_url base)" --backing-format qcow2 ov.qcow2 "$MNT"
-  grep -q "given with --backing" "$MNT/info"
-  dd if=/dev/urandom of=w1 bs=64k count=5 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=64k seek=3 conv=notrunc,fsync 2>/dev/null
-  dd if=w1 of="$MNT/disk.raw" bs=4096 seek=1000 count=3 conv=notrunc,fsync 2>/dev/null
-  cp "$MNT/disk.raw" shown.raw
-  unmount_img
-  check_clean ov.qcow2
-  qemu-img convert -O raw ov.qcow2 after.raw
-  same_bytes after.raw shown.raw
-  cmp -n 327680 -i 0:196608 w1 after.raw
+  overlay_takes_writes "$(unix_url base)"
 }
 
 @test "--overlay and --snapshot of a remote image: writes stay local, the export is untouched, the overlay is reused" {
@@ -175,9 +134,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 @test "fio with 4 jobs and crc32c verification on an nbd --rw mount (nbdkit memory plugin)" {
   start_nbdkit mem --filter=log memory 128M logfile="$TMP/server.log"
   mount_img --rw -f raw "$(unix_url mem)"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M \
-    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 ||
-    { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M --direct=1 --randseed=7
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   qemu-img convert -f raw -O raw "$(unix_url mem)" server.raw
@@ -191,32 +148,11 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   local port; port=$(free_port)
   start_nbdkit_tcp srv "$port" -r --filter=delay file r.raw rdelay=200ms
   mount_img --direct-io --timeout 3 -f raw "nbd://127.0.0.1:$port"
-  dd if="$MNT/disk.raw" of=/dev/null bs=1M count=60 iflag=direct 2>dd.err &
-  local reader=$! t0
-  sleep 1
-  t0=$(now_ms)
-  stop_nbdkit srv -KILL
-  run wait $reader
-  echo "dd: $status $(cat dd.err)"
-  [ "$status" -ne 0 ]
-  grep -q "Input/output error" dd.err
-  [ $(( $(now_ms) - t0 )) -lt 6000 ]
-  ls "$MNT" | grep -q disk.raw
-  [ "$(stat -c %s "$MNT/disk.raw")" -eq 67108864 ]
-  # a server that hangs (stopped) costs the reader --timeout, not more
+  killed_server_fails_reads srv
+  # a server that hangs (stopped) costs the reader --timeout, not more; back, reads work again (the driver
+  # connects anew)
   start_nbdkit_tcp srv "$port" -r file r.raw
-  kill -STOP "$(cat srv.pid)"
-  t0=$(now_ms)
-  run dd if="$MNT/disk.raw" of=/dev/null bs=64k count=1 skip=3 iflag=direct
-  local took=$(( $(now_ms) - t0 ))
-  echo "hung server: $status after ${took} ms: $output"
-  [ "$status" -ne 0 ]
-  [[ "$output" == *"Input/output error"* ]]
-  [ "$took" -ge 2500 ] && [ "$took" -lt 8000 ]
-  kill -CONT "$(cat srv.pid)"
-  # back: reads work again (the driver connects anew)
-  dd if="$MNT/disk.raw" of=back.raw bs=1M iflag=direct 2>/dev/null
-  same_bytes back.raw r.raw
+  hung_server_fails_reads srv 3 r.raw
   unmount_img
 }
 
@@ -255,9 +191,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   [ "$status" -eq 2 ]
   run grep -c "connection=" server.log
   [ "$output" = 0 ]
-  mount_img --unsafe-backing h.qcow2 "$MNT"
-  same_bytes "$MNT/disk.raw" "$(raw_of base.qcow2)"
-  unmount_img
+  reads_like base.qcow2 --unsafe-backing h.qcow2
   grep -q "connection=1" server.log
   # imgfuse create -b URL (the user's choice) takes the size from the server; the image still needs
   # --unsafe-backing to follow the URL it records

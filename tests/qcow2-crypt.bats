@@ -18,14 +18,10 @@ SECRET="--object secret,id=s0,file=k1"
 # enc_create FMT ENCRYPT FILE SIZE [more -o options]: an image encrypted with key k1 by qemu-img (qemu times
 # its LUKS PBKDF on this CPU and fails now and then on a busy machine, hence the tries).
 enc_create() {
-  local fmt=$1 enc=$2 f=$3 size=$4 o i
+  local fmt=$1 enc=$2 f=$3 size=$4 o
   o="encrypt.format=$enc,encrypt.key-secret=s0${5:+,$5}"
   [ "$enc" = luks ] && o="$o,encrypt.iter-time=10"
-  for i in 1 2 3 4 5 6 7 8; do
-    qemu-img create -q -f "$fmt" $SECRET -o "$o" "$f" "$size" 2>/dev/null && return 0
-    rm -f "$f"; sleep 1
-  done
-  qemu-img create -q -f "$fmt" $SECRET -o "$o" "$f" "$size"
+  qemu_create_retry "$f" -f "$fmt" $SECRET -o "$o" "$f" "$size"
 }
 
 # opts FMT FILE: qemu's --image-opts for an encrypted FILE opened with k1 (a plain backing file needs none).
@@ -41,22 +37,7 @@ qio() {
 qconvert() { local fmt=$1 f=$2 out=$3; shift 3; qemu-img convert $SECRET "$@" --image-opts "$(opts "$fmt" "$f")" -O raw "$out"; }
 
 # check_clean_enc FILE: qemu-img check (given the key) reports neither errors nor leaks.
-check_clean_enc() {
-  run qemu-img check $SECRET --image-opts "$(opts qcow2 "$1")"
-  echo "$output"
-  [ "$status" -eq 0 ]
-  [[ "$output" == *"No errors were found"* ]]
-  [[ "$output" != *"leaked"* ]]
-}
-
-# fails_with STATUS LINE: the last `run` exited STATUS and printed exactly LINE, and nothing is mounted.
-fails_with() {
-  echo "status $status (want $1): $output"
-  [ "$status" -eq "$1" ]
-  [ "${#lines[@]}" -eq 1 ]
-  [ "${lines[0]}" = "$2" ]
-  not_mounted "$MNT"
-}
+check_clean_enc() { check_clean $SECRET --image-opts "$(opts qcow2 "$1")"; }
 
 # fill FMT FILE: data in the first, a middle and the last cluster, a partial cluster and a zeroed range.
 fill() {
@@ -122,8 +103,7 @@ same_as_qemu() {  # FMT FILE [mount options]: the mount equals qemu-img convert
 rw_round() {
   local fmt=$1 f=$2
   mount_img --rw --key-file k1 "$f" "$MNT"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M \
-    --verify=crc32c --ioengine=psync --verify_fatal=1 --randseed=5 --group_reporting > fio.log 2>&1 || { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-64k --size=4M --numjobs=4 --offset_increment=4M --randseed=5
   printf 'MARKER-qcrypt-5e1d' | dd of="$MNT/disk.raw" bs=1 seek=12345679 conv=notrunc status=none
   cp "$MNT/disk.raw" seen.raw
   unmount_img

@@ -14,19 +14,8 @@
 
 load helpers
 
-setup_file() {
-  CEPH_DIR=$(mktemp -d /tmp/imgfuse-ceph.XXXXXX)
-  export CEPH_DIR
-  "$BATS_TEST_DIRNAME/tools/ceph-cluster" start "$CEPH_DIR" >"$CEPH_DIR.start.log" 2>&1 ||
-    { cat "$CEPH_DIR.start.log" >&2; return 1; }
-  rm -f "$CEPH_DIR.start.log"
-}
-
-teardown_file() {
-  "$BATS_TEST_DIRNAME/tools/ceph-cluster" stop "$CEPH_DIR"
-  [ -n "${CEPH_DIR:-}" ] && rm -rf "$CEPH_DIR"
-  true
-}
+setup_file() { ceph_start; }
+teardown_file() { ceph_stop; }
 
 setup() {
   setup_tmp; cd "$TMP"
@@ -42,13 +31,8 @@ teardown() {
   teardown_tmp
 }
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
 @test "qcow2, vmdk and vhdx images on rbd read like qemu-img convert of the local file; qemu-img's rbd agrees" {
-  qemu-img create -q -f qcow2 d.qcow2 64M
-  qio d.qcow2 'write -P 0x11 1M 3M' 'write -P 0x22 40M 100k' 'write -z 2M 64k'
-  qemu-img convert -O vmdk -o subformat=monolithicSparse d.qcow2 d.vmdk
-  qemu-img convert -O vhdx d.qcow2 d.vhdx
+  format_trio
   local f
   for f in d.qcow2 d.vmdk d.vhdx; do
     rbd import --no-progress "$f" "$POOL/$IMG-${f#d.}"
@@ -104,7 +88,10 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   same_bytes base-now.qcow2 base.qcow2
 }
 
-@test "a qcow2 image on rbd finds its backing image by relative name in the same pool; a URL inside is refused" {
+# rbd_chain: base.qcow2 (16 MiB, 2 MiB of data) imported as $POOL/$IMG-base and top.qcow2 (64 KiB more) as
+# $POOL/$IMG-top, which names its backing image by the relative name $IMG-base; the local top.qcow2 names
+# base.qcow2 again, so that raw_of top.qcow2 is what the chain in the cluster holds.
+rbd_chain() {
   qemu-img create -q -f qcow2 base.qcow2 16M
   qio base.qcow2 'write -P 0x55 0 2M'
   qemu-img create -q -f qcow2 top.qcow2 16M
@@ -112,9 +99,13 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
   qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
   rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
   rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
+  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+}
+
+@test "a qcow2 image on rbd finds its backing image by relative name in the same pool; a URL inside is refused" {
+  rbd_chain
   mount_img "rbd:$POOL/$IMG-top"
   grep -q "layers: 2" "$MNT/info"
-  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
   same_bytes "$MNT/disk.raw" "$(raw_of top.qcow2)"
   unmount_img
   # a backing name that is itself an rbd: location inside an image is never followed
@@ -174,9 +165,7 @@ map_data_extents() { json_extents start length data; }
 @test "fio with 4 jobs and crc32c verification on an rbd --rw mount" {
   rbd create --size 128M "$POOL/$IMG"
   mount_img --rw -f raw "rbd:$POOL/$IMG"
-  fio --name=v --filename="$MNT/disk.raw" --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M \
-    --verify=crc32c --direct=1 --ioengine=psync --verify_fatal=1 --randseed=7 --group_reporting > fio.log 2>&1 ||
-    { cat fio.log; return 1; }
+  fio_crc32c --rw=randrw --bsrange=512-128k --size=16M --numjobs=4 --offset_increment=32M --direct=1 --randseed=7
   cp "$MNT/disk.raw" shown.raw
   unmount_img
   rbd export --no-progress "$POOL/$IMG" after.raw
@@ -310,14 +299,7 @@ map_data_extents() { json_extents start length data; }
   local key
   key=$(ceph auth get-or-create-key client.imgfuse-b mon 'profile rbd' osd 'profile rbd pool=rbd')
   grep -v '^keyring' "$CEPH_CONF" > nokeyring.conf
-  qemu-img create -q -f qcow2 base.qcow2 16M
-  qio base.qcow2 'write -P 0x55 0 2M'
-  qemu-img create -q -f qcow2 top.qcow2 16M
-  qio top.qcow2 'write -P 0x66 1M 64k'
-  qemu-img rebase -q -u -b "$IMG-base" -F qcow2 top.qcow2
-  rbd import --no-progress base.qcow2 "$POOL/$IMG-base"
-  rbd import --no-progress top.qcow2 "$POOL/$IMG-top"
-  qemu-img rebase -q -u -b base.qcow2 -F qcow2 top.qcow2
+  rbd_chain
   # the conf has no keyring: the key in the name is all there is, for both images
   local name="rbd:$POOL/$IMG-top:conf=$TMP/nokeyring.conf:id=imgfuse-b:key=$key"
   mount_img --debug "$name"

@@ -167,21 +167,11 @@ static int parse_options(VmdkCreate *c, const CreateOpts *opts)
 
 /* ---------------------------------------------------------------- the parent */
 
-static void backing_path(const char *filename, const char *backing, char *out, size_t len)
-{
-    char dir[PATH_MAX];
-    path_dir_of(filename, dir, sizeof(dir));
-    if (backing[0] == '/')
-        snprintf(out, len, "%s", backing);
-    else
-        snprintf(out, len, "%s/%s", dir, backing);
-}
-
 /* The parent's CID (0 if it has none) and its file's identity, for the overwrite check. */
 static int parent_cid(VmdkCreate *c, uint32_t *cid, struct stat *st)
 {
     char path[2 * PATH_MAX];
-    backing_path(c->filename, c->backing, path, sizeof(path));
+    path_beside(c->filename, c->backing, path, sizeof(path));
     BlockOpenOpts o;
     block_open_opts_init(&o);
     o.read_only = true;

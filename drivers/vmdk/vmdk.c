@@ -99,18 +99,14 @@ static int vmdk_se_cache_init(VmdkState *s)
 /* Opens the file an extent line names, under the extent-path policy (the backing-name policy's). */
 static int vmdk_open_extent_file(BlockNode *bs, const BlockOpenOpts *opts, VmdkExtent *e, Error *err)
 {
-    char dir[PATH_MAX], path[2 * PATH_MAX];
+    char path[2 * PATH_MAX];
     bool unsafe = opts && opts->unsafe_backing;
     if (e->name[0] == '/' && !unsafe) {
         error_set(err, EACCES, "extent \"%s\" refused: absolute extent paths are not followed "
                   "(use --unsafe-backing)", e->name);
         return -EACCES;
     }
-    path_dir_of(bs->filename, dir, sizeof(dir));
-    if (e->name[0] == '/')
-        snprintf(path, sizeof(path), "%s", e->name);
-    else
-        snprintf(path, sizeof(path), "%s/%s", dir, e->name);
+    path_beside(bs->filename, e->name, path, sizeof(path));
     const char *why = bdrv_named_file_refusal(bs, opts, path);
     if (why) {
         error_set(err, EACCES, "extent \"%s\" refused: %s (use --unsafe-backing)", e->name, why);

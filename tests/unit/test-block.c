@@ -78,6 +78,17 @@ static void test_util(void)
        "path_base_of: last component, bare name");
     ok(strcmp(path_base_of("/a/b/"), "/a/b/") == 0 && strcmp(path_base_of(""), "") == 0,
        "path_base_of: a trailing slash or an empty name gives all of it");
+    char beside[64];
+    path_beside("/a/b/c.vmdk", "d-f001.vmdk", beside, sizeof(beside));
+    ok(strcmp(beside, "/a/b/d-f001.vmdk") == 0, "path_beside: a relative name in the image's directory");
+    path_beside("c.vmdk", "base.qcow2", beside, sizeof(beside));
+    ok(strcmp(beside, "./base.qcow2") == 0, "path_beside: beside a bare image name: in .");
+    path_beside("/c.qcow2", "base.qcow2", beside, sizeof(beside));
+    ok(strcmp(beside, "//base.qcow2") == 0, "path_beside: beside an image in /");
+    path_beside("/a/b/c.qcow2", "/x/base.qcow2", beside, sizeof(beside));
+    ok(strcmp(beside, "/x/base.qcow2") == 0, "path_beside: an absolute name as it is");
+    path_beside("/a/b/c.qcow2", "0123456789012345678901234567890123456789012345678901234567890123456789", beside, 16);
+    ok(strcmp(beside, "/a/b/0123456789") == 0, "path_beside: truncated to the buffer, terminated");
     static const uint64_t runs[][2] = { { 0, 4 }, { 10, 2 }, { 12, 8 }, { 40, 1 } }; /* start, length */
     size_t at[] = { 0, 3, 4, 10, 11, 12, 19, 20, 40, 41, 1000 }, want[] = { 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4 };
     bool all = true;
