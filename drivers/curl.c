@@ -546,65 +546,78 @@ static void slots_arrived(BlockNode *bs, void *ctx, int first, int n)
 
 static void post_readahead(HttpState *s, int64_t idx, int64_t last);
 
+/* Chunks claimed (their slots LOADING, ours) for one fetch. */
+typedef struct Claim {
+    int n;
+    HttpSlot *sl[1 + HTTP_READAHEAD_MAX];
+    int64_t want[1 + HTTP_READAHEAD_MAX];
+    uint8_t *bufs[1 + HTTP_READAHEAD_MAX];
+    bool ok[1 + HTTP_READAHEAD_MAX];
+} Claim;
+
+/* Under s->lock: claims chunk i into cl; false when no slot can be had (every one is loading). */
+static bool claim_chunk(HttpState *s, Claim *cl, int64_t i)
+{
+    HttpSlot *c = slot_claim(s, i);
+    if (!c)
+        return false;
+    cl->sl[cl->n] = c;
+    cl->want[cl->n] = i;
+    cl->bufs[cl->n++] = c->data;
+    return true;
+}
+
+/* Under s->lock: fetches cl's chunks outside the lock, each marked ready as it lands; the ones that failed are
+ * emptied again (a ready slot may be another chunk's by now: only the failed are still ours). */
+static int fetch_claimed(BlockNode *bs, Claim *cl, bool readahead)
+{
+    HttpState *s = bs->opaque;
+    pthread_mutex_unlock(&s->lock);
+    int r = fetch_chunks(bs, cl->want, cl->bufs, cl->ok, cl->n, readahead, slots_arrived, cl->sl);
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < cl->n; i++)
+        if (!cl->ok[i])
+            cl->sl[i]->state = SLOT_EMPTY;
+    pthread_cond_broadcast(&s->cond);
+    return r;
+}
+
 /* Under s->lock, for a reader that waits for chunk from: claims the missing chunks of its read [from, to] (at
- * most 1 + HTTP_READAHEAD_MAX), posts the readahead window beyond them, and fetches them outside the lock, each
- * marked ready as it lands (the ones that failed empty again). 0 when chunk from arrived, else -EIO; -EAGAIN
- * when it could not be claimed (every slot is loading). */
+ * most 1 + HTTP_READAHEAD_MAX), posts the readahead window beyond them, and fetches them. 0 when chunk from
+ * arrived, else -EIO; -EAGAIN when it could not be claimed (every slot is loading). */
 static int fetch_range(BlockNode *bs, int64_t from, int64_t to)
 {
     HttpState *s = bs->opaque;
-    int64_t want[1 + HTTP_READAHEAD_MAX];
-    HttpSlot *sl[1 + HTTP_READAHEAD_MAX];
-    uint8_t *bufs[1 + HTTP_READAHEAD_MAX];
-    bool ok[1 + HTTP_READAHEAD_MAX] = { false };
-    int n = 0;
+    Claim cl = { .n = 0 };
     to = MIN(to, (s->size - 1) / HTTP_CHUNK);
-    for (int64_t i = from; i <= to && n < 1 + HTTP_READAHEAD_MAX; i++) {
-        if (slot_find(s, i))
-            continue;
-        HttpSlot *c = slot_claim(s, i);
-        if (!c)
+    for (int64_t i = from; i <= to && cl.n < 1 + HTTP_READAHEAD_MAX; i++)
+        if (!slot_find(s, i) && !claim_chunk(s, &cl, i))
             break;
-        sl[n] = c;
-        want[n] = i;
-        bufs[n++] = c->data;
-    }
-    if (n == 0 || want[0] != from) {
-        for (int i = 0; i < n; i++)
-            sl[i]->state = SLOT_EMPTY;
+    if (cl.n == 0 || cl.want[0] != from) {
+        for (int i = 0; i < cl.n; i++)
+            cl.sl[i]->state = SLOT_EMPTY;
         return -EAGAIN;
     }
     post_readahead(s, from, to);
-    pthread_mutex_unlock(&s->lock);
-    int r = fetch_chunks(bs, want, bufs, ok, n, false, slots_arrived, sl);
-    pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
-        if (!ok[i])
-            sl[i]->state = SLOT_EMPTY;
-    pthread_cond_broadcast(&s->cond);
-    return ok[0] ? 0 : r < 0 ? r : -EIO;
+    int r = fetch_claimed(bs, &cl, false);
+    return cl.ok[0] ? 0 : r < 0 ? r : -EIO;
 }
 
 /* Under s->lock: claims the first run of missing chunks (up to HTTP_RUN_MAX consecutive ones) of the window a
- * sequential reader posted (ra_from..ra_to) into sl/want/bufs; the number claimed, 0 when none is missing. */
-static int claim_window_run(HttpState *s, HttpSlot **sl, int64_t *want, uint8_t **bufs)
+ * sequential reader posted (ra_from..ra_to); false when none is missing. */
+static bool claim_window_run(HttpState *s, Claim *cl)
 {
-    int n = 0;
-    for (int64_t i = s->ra_from; i <= s->ra_to && n < HTTP_RUN_MAX; i++) {
+    cl->n = 0;
+    for (int64_t i = s->ra_from; i <= s->ra_to && cl->n < HTTP_RUN_MAX; i++) {
         if (slot_find(s, i)) {
-            if (n)
+            if (cl->n)
                 break; /* a run is consecutive */
             s->ra_from = i + 1;
-            continue;
-        }
-        HttpSlot *c = slot_claim(s, i);
-        if (!c)
+        } else if (!claim_chunk(s, cl, i)) {
             break;
-        sl[n] = c;
-        want[n] = i;
-        bufs[n++] = c->data;
+        }
     }
-    return n;
+    return cl->n > 0;
 }
 
 /* A readahead thread: asks the next run of the posted window, one GET, and when it has landed the next, so
@@ -614,28 +627,18 @@ static void *readahead_thread(void *opaque)
 {
     BlockNode *bs = opaque;
     HttpState *s = bs->opaque;
-    HttpSlot *sl[HTTP_RUN_MAX];
-    int64_t want[HTTP_RUN_MAX];
-    uint8_t *bufs[HTTP_RUN_MAX];
-    bool ok[HTTP_RUN_MAX];
+    Claim *cl = malloc(sizeof *cl);
     pthread_mutex_lock(&s->lock);
-    while (!s->ra_stop) {
-        int n = claim_window_run(s, sl, want, bufs);
-        if (n == 0) {
+    while (cl && !s->ra_stop) {
+        if (!claim_window_run(s, cl)) {
             pthread_cond_wait(&s->ra_cond, &s->lock);
             continue;
         }
-        pthread_mutex_unlock(&s->lock);
-        int r = fetch_chunks(bs, want, bufs, ok, n, true, slots_arrived, sl);
-        pthread_mutex_lock(&s->lock);
-        for (int i = 0; i < n; i++) /* a ready slot may be another chunk's by now: only the failed are still ours */
-            if (!ok[i])
-                sl[i]->state = SLOT_EMPTY;
-        if (r < 0)
+        if (fetch_claimed(bs, cl, true) < 0)
             s->ra_to = s->ra_from - 1; /* a failed server: the window is dropped, the reader's own read retries */
-        pthread_cond_broadcast(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
+    free(cl);
     return NULL;
 }
 

@@ -158,7 +158,7 @@ make_server_cert() {
   truncate -s 64M www/r.raw
   qemu-io -f raw -c 'write -P 0x5a 0 64M' www/r.raw >/dev/null
   local port; port=$(free_port)
-  start_nginx srv "$port" "$TMP/www" "" "limit_rate 4m;"
+  start_nginx srv "$port" "$TMP/www" "" "limit_rate 1m;" # 16 GETs at once: 16 MB/s, 60 MiB in ~4 s
   mount_img --direct-io --timeout 3 -f raw "http://127.0.0.1:$port/r.raw"
   killed_server_fails_reads srv
   # a server that hangs (stopped) costs the reader --timeout, not more; back, reads work again (new connections)
@@ -253,6 +253,16 @@ make_server_cert() {
   [ "$output" = "imgfuse: http://127.0.0.1:$port/base.qcow2: http option 'timeout': 0 is not between 1 and 3600 seconds" ]
 }
 
+# start_slow_nginx NAME PORT ROOT SECONDS: start_nginx whose every answer waits SECONDS before its first byte
+# (the echo module's echo_sleep, then the static file), as a distant server's; $TMP/NAME/span.log has
+# "$msec $request_time $body_bytes_sent $http_range $http_user_agent" for each request.
+start_slow_nginx() {
+  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
+    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
+    start_nginx "$1" "$2" "$3" "" \
+    "access_log $TMP/$1/span.log span; location / { echo_sleep $4; echo_exec @file; } location @file { }"
+}
+
 # max_in_flight LOG: the most requests a "$msec $request_time ..." access log shows in flight at once.
 max_in_flight() {
   awk '{ printf "%.3f 1\n%.3f -1\n", $1 - $2, $1 }' "$1" | sort -n -k1,1 -k2,2 |
@@ -264,10 +274,7 @@ max_in_flight() {
   head -c 24M /dev/urandom > www/big.raw
   local port; port=$(free_port)
   # every answer waits 100 ms before its first byte, as a distant server's would
-  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
-    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
-    start_nginx srv "$port" "$TMP/www" "" \
-    "access_log $TMP/srv/span.log span; location / { echo_sleep 0.1; echo_exec @file; } location @file { }"
+  start_slow_nginx srv "$port" "$TMP/www" 0.1
   mount_img -f raw "http://127.0.0.1:$port/big.raw"
   cat "$MNT/disk.raw" > got.raw
   unmount_img
@@ -292,10 +299,7 @@ started_at() {
   qemu-img create -q -f qcow2 www/d.qcow2 64M
   qio www/d.qcow2 'write -P 0x11 0 24M'
   local port; port=$(free_port)
-  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
-    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
-    start_nginx srv "$port" "$TMP/www" "" \
-    "access_log $TMP/srv/span.log span; location / { echo_sleep 0.1; echo_exec @file; } location @file { }"
+  start_slow_nginx srv "$port" "$TMP/www" 0.1
   run "$IMGFUSE" info "http://127.0.0.1:$port/d.qcow2"
   [ "$status" -eq 0 ]
   grep -q "virtual_size: 67108864 " <<< "$output"
@@ -316,10 +320,7 @@ started_at() {
   mkdir www
   head -c 64M /dev/urandom > www/d.raw
   local port; port=$(free_port)
-  NGINX_MAIN="load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;" \
-    NGINX_HTTP='log_format span "$msec $request_time $body_bytes_sent $http_range $http_user_agent";' \
-    start_nginx srv "$port" "$TMP/www" "" \
-    "access_log $TMP/srv/span.log span; location / { echo_sleep 0.1; echo_exec @file; } location @file { }"
+  start_slow_nginx srv "$port" "$TMP/www" 0.1
   run "$IMGFUSE" info -f raw "http://127.0.0.1:$port/d.raw"
   [ "$status" -eq 0 ]
   grep ' imgfuse$' srv/span.log > req.log
