@@ -56,14 +56,17 @@ unmount_img() {
 # fusermount3 process watching MOUNTPOINT) has exited. Left running, it could unmount the next mount
 # made at the same path once it gets around to its work on a loaded machine.
 # imgfuse's own watcher (comm imgf-unmount, fuse/unwatch.c) does that job for its mounts: one whose
-# daemon is gone (its parent is no longer an imgfuse process) is about to look at the mount point.
+# daemon is gone (its parent is no longer an imgfuse process) is about to look at the mount point. A
+# daemon run from a copy of the binary under another name (imgfuse-new, ...: benchmarks on a shared
+# machine) is still an imgfuse process: its watcher is not an orphan, and waiting for it would cost every
+# unmount 30 s and then fail.
 # A watcher keeps the working directory of the daemon it was forked from: one that stands in another
 # test's directory (/tmp/imgfuse-test.*, not ours) belongs to another run on a shared machine and is
 # not waited for; ours (in $TMP) and daemonized ones (in /) are.
 orphan_unmount_watchers() {
   local pid st pp comm cwd
   ps -eo pid=,stat=,ppid=,comm= | while read -r pid st pp comm; do
-    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse ] || continue
+    [ "$comm" = imgf-unmount ] && [ "${st#Z}" = "$st" ] && [[ "$(cat "/proc/$pp/comm" 2>/dev/null)" != imgfuse* ]] || continue
     cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || cwd=
     case $cwd in
       "$TMP"|"$TMP"/*) ;;
