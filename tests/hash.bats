@@ -15,12 +15,12 @@ zero_8e() {
   printf '# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType="custom"\nRW 18014398509481983 ZERO\n' > huge.vmdk
 }
 
-# stops_on SIGNAL: starts a forced hash of huge.vmdk (--algo $HASH_ALGO if set), sends SIGNAL after a
-# second; it must end within 20 s.
+# stops_on SIGNAL: starts a forced hash of huge.vmdk (--algo $HASH_ALGO if set), sends SIGNAL once it has
+# hashed its first chunk (its first progress line, within 10 s); it must end within 20 s.
 stops_on() {
   "$IMGFUSE" hash -p --force ${HASH_ALGO:+--algo "$HASH_ALGO"} -f vmdk huge.vmdk > out.txt 2> err.txt &
   local pid=$! i
-  sleep 1
+  for i in $(seq 1 500); do grep -q '^imgfuse: hash: ' err.txt && break; sleep 0.02; done
   kill -"$1" "$pid"
   for i in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; echo "hash did not stop on $1"; return 1; fi

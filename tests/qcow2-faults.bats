@@ -7,17 +7,25 @@
 # acknowledged and fsynced reads back.
 load helpers
 
-setup() {
-  setup_tmp
-  cd "$TMP"
-  # 4 KiB clusters: an L2 table maps 2 MiB and a refcount block 8 MiB, so the workload below needs new
-  # L2 tables (L1 updates) and a second refcount block (a refcount table update).
-  python3 - <<'PY'
+# The backing file and the written regions are made once for the suite (each test copies them).
+setup_file() {
+  export FIXTURES="$BATS_FILE_TMPDIR/fixtures"
+  mkdir -p "$FIXTURES"
+  (cd "$FIXTURES" && python3 - <<'PY'
 import os
 open("base.raw", "wb").write(bytes((i * 7 + (i >> 12)) & 0xFF for i in range(4 << 20)))
 for i, n in enumerate([1000, 65536, 1 << 20, 3000, 1 << 20, 1 << 20, 1 << 20, 4096, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 500]):
     open("w%d.bin" % i, "wb").write(os.urandom(n))
 PY
+  )
+}
+
+setup() {
+  setup_tmp
+  cd "$TMP"
+  cp "$FIXTURES"/base.raw "$FIXTURES"/w*.bin .
+  # 4 KiB clusters: an L2 table maps 2 MiB and a refcount block 8 MiB, so the workload below needs new
+  # L2 tables (L1 updates) and a second refcount block (a refcount table update).
   qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.raw -F raw top.qcow2 32M
 }
 teardown() { teardown_tmp; }
